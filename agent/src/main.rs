@@ -1,0 +1,438 @@
+//! ramboot-agent: the stage-one agent, and stage two's "ready" reporter.
+//!
+//! `ramboot-agent stage1` runs from the stage-one initramfs after the NIC is up. It
+//! says hello with the hardware inventory, fetches the node's plan, streams the image
+//! into RAM while hashing it, refuses it on any size or hash mismatch, mounts it
+//! (squashfs + an overlay with a tmpfs upper layer) at /newroot and installs itself
+//! there. The init script then switches root. Every step is reported to the server;
+//! any failure is reported as `failed` with the reason and exits non-zero.
+//!
+//! `ramboot-agent ready` runs in stage two and reports the node ready.
+//!
+//! Built static (`-C target-feature=+crt-static`) so it runs on busybox alone.
+
+use ramboot_proto::{
+    paths, AgentEvent, BootArgs, Dmi, Inventory, Nic, Plan, Progress, ReportedState,
+};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const WORK: &str = "/run/ramboot";
+const NEWROOT: &str = "/newroot";
+/// Where stage one leaves the server coordinates for stage two.
+const ENV_FILE: &str = "etc/ramboot/agent.env";
+const INSTALLED_AGENT: &str = "usr/sbin/ramboot-agent";
+
+type Result<T> = std::result::Result<T, String>;
+
+fn main() {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let outcome = match mode.as_str() {
+        "stage1" => stage1(),
+        "ready" => ready(),
+        _ => Err("usage: ramboot-agent stage1|ready".to_string()),
+    };
+    if let Err(e) = outcome {
+        say(&format!("FAILED: {e}"));
+        std::process::exit(1);
+    }
+}
+
+fn say(msg: &str) {
+    println!("ramboot-agent: {msg}");
+}
+
+struct Server {
+    base: String,
+    token: String,
+    http: ureq::Agent,
+}
+
+impl Server {
+    fn new(args: &BootArgs) -> Server {
+        let http = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(Duration::from_secs(60))
+            .build();
+        Server {
+            base: args.server.trim_end_matches('/').to_string(),
+            token: args.token.clone(),
+            http,
+        }
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// POST JSON, retrying transport errors and 5xx a few times: the network may
+    /// still be settling, and a boot should not fail on one lost packet.
+    fn post<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<()> {
+        let url = format!("{}{path}", self.base);
+        retry(&url, || {
+            self.http
+                .post(&url)
+                .set("Authorization", &self.auth())
+                .send_json(body)
+                .map(|_| ())
+        })
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let resp = retry(&url, || {
+            self.http
+                .get(&url)
+                .set("Authorization", &self.auth())
+                .call()
+        })?;
+        resp.into_json()
+            .map_err(|e| format!("{url}: bad JSON: {e}"))
+    }
+
+    fn report(
+        &self,
+        state: Option<ReportedState>,
+        message: &str,
+        progress: Option<Progress>,
+    ) -> Result<()> {
+        self.post(
+            paths::EVENTS,
+            &AgentEvent {
+                state,
+                message: message.to_string(),
+                progress,
+            },
+        )
+    }
+}
+
+fn retry<T>(url: &str, mut call: impl FnMut() -> std::result::Result<T, ureq::Error>) -> Result<T> {
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=6 {
+        match call() {
+            Ok(v) => return Ok(v),
+            Err(ureq::Error::Status(code, resp)) if code < 500 => {
+                let body = resp.into_string().unwrap_or_default();
+                return Err(format!("{url}: HTTP {code}: {}", body.trim()));
+            }
+            Err(e) if attempt == 6 => return Err(format!("{url}: {e}")),
+            Err(e) => {
+                say(&format!("{url}: {e}; retrying in {delay:?}"));
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(8));
+            }
+        }
+    }
+    Err(format!("{url}: gave up"))
+}
+
+fn stage1() -> Result<()> {
+    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+    let args = BootArgs::from_cmdline(&cmdline)
+        .map_err(|key| format!("kernel command line has no {key}="))?;
+    let server = Server::new(&args);
+    say(&format!("node {} talking to {}", args.node, server.base));
+    match load_and_mount(&server, &args) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // Best effort: the server may be what failed.
+            let _ = server.report(Some(ReportedState::Failed), &e, None);
+            Err(e)
+        }
+    }
+}
+
+fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
+    let inventory = inventory();
+    say(&format!(
+        "hello: {} CPUs, {} MiB RAM, NICs {}",
+        inventory.cpus,
+        inventory.memory_bytes >> 20,
+        inventory
+            .nics
+            .iter()
+            .map(|n| format!("{}={}", n.name, n.mac))
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+    server.post(paths::HELLO, &inventory)?;
+    let plan: Plan = server.get_json(paths::PLAN)?;
+    say(&format!(
+        "plan: profile {}, image {} ({} bytes, {})",
+        plan.profile, plan.image.name, plan.image.size, plan.image.format
+    ));
+    if plan.image.format != "squashfs" {
+        return Err(format!(
+            "image format {:?} is not supported by this stage one",
+            plan.image.format
+        ));
+    }
+    let ram = inventory.memory_bytes;
+    if plan.image.size > ram / 2 {
+        return Err(format!(
+            "image of {} MiB does not fit in half of {} MiB RAM",
+            plan.image.size >> 20,
+            ram >> 20
+        ));
+    }
+    server.report(
+        Some(ReportedState::Loading),
+        &format!(
+            "fetching {} ({} MiB)",
+            plan.image.name,
+            plan.image.size >> 20
+        ),
+        None,
+    )?;
+    fs::create_dir_all(WORK).map_err(|e| format!("{WORK}: {e}"))?;
+    let image_path = format!("{WORK}/image.squashfs");
+    let started = Instant::now();
+    fetch_verified(server, &plan, &image_path)?;
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let rate = plan.image.size as f64 / secs / (1 << 20) as f64;
+    server.report(
+        None,
+        &format!(
+            "image verified: sha256 {} in {secs:.1}s ({rate:.0} MiB/s)",
+            short(&plan.image.sha256)
+        ),
+        None,
+    )?;
+    mount_root(&image_path)?;
+    install_for_stage_two(args, &plan)?;
+    server.report(
+        Some(ReportedState::Handoff),
+        &format!("root filesystem mounted at {NEWROOT}; switching root"),
+        None,
+    )?;
+    say("handing off to stage two");
+    Ok(())
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
+/// Stream the image to `dest`, hashing as it arrives; reject size or hash mismatch.
+fn fetch_verified(server: &Server, plan: &Plan, dest: &str) -> Result<()> {
+    let url = &plan.image.url;
+    let resp = retry(url, || {
+        server
+            .http
+            .get(url)
+            .set("Authorization", &server.auth())
+            .call()
+    })?;
+    let mut body = resp.into_reader();
+    let mut file = fs::File::create(dest).map_err(|e| format!("{dest}: {e}"))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let total = plan.image.size;
+    let (mut done, mut next_report) = (0u64, 0u64);
+    let step = (total / 10).max(1);
+    loop {
+        let n = body
+            .read(&mut buf)
+            .map_err(|e| format!("reading {url}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        done += n as u64;
+        if done > total {
+            return Err(format!("image is larger than the planned {total} bytes"));
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .map_err(|e| format!("{dest}: {e} (out of RAM?)"))?;
+        if done >= next_report {
+            let pct = done * 100 / total.max(1);
+            say(&format!(
+                "fetched {pct}% ({} of {} MiB)",
+                done >> 20,
+                total >> 20
+            ));
+            // Progress is informative: a lost report must not fail the boot.
+            let _ = server.report(
+                None,
+                &format!("fetched {pct}%"),
+                Some(Progress {
+                    done_bytes: done,
+                    total_bytes: total,
+                }),
+            );
+            next_report = done + step;
+        }
+    }
+    if done != total {
+        return Err(format!("image truncated: got {done} of {total} bytes"));
+    }
+    let got = hex::encode(hasher.finalize());
+    if got != plan.image.sha256 {
+        return Err(format!(
+            "image hash mismatch: expected sha256 {}, got {got}",
+            plan.image.sha256
+        ));
+    }
+    file.sync_all().map_err(|e| format!("{dest}: {e}"))?;
+    say(&format!("image verified: sha256 {got}"));
+    Ok(())
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// squashfs (read-only, stays compressed in RAM) under an overlay whose writable
+/// layer is tmpfs: the node runs entirely from memory and starts clean every boot.
+fn mount_root(image: &str) -> Result<()> {
+    let (lower, upper, work) = (
+        format!("{WORK}/lower"),
+        format!("{WORK}/upper"),
+        format!("{WORK}/work"),
+    );
+    for d in [&lower, &upper, &work, &NEWROOT.to_string()] {
+        fs::create_dir_all(d).map_err(|e| format!("{d}: {e}"))?;
+    }
+    run("mount", &["-t", "squashfs", "-o", "loop,ro", image, &lower])?;
+    let opts = format!("lowerdir={lower},upperdir={upper},workdir={work}");
+    run("mount", &["-t", "overlay", "overlay", "-o", &opts, NEWROOT])?;
+    Ok(())
+}
+
+/// Put the agent and its coordinates into the new root so stage two can report.
+fn install_for_stage_two(args: &BootArgs, plan: &Plan) -> Result<()> {
+    let root = Path::new(NEWROOT);
+    let agent_dest = root.join(INSTALLED_AGENT);
+    let env_dest = root.join(ENV_FILE);
+    for p in [&agent_dest, &env_dest] {
+        if let Some(dir) = p.parent() {
+            fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+    }
+    fs::copy("/proc/self/exe", &agent_dest)
+        .map_err(|e| format!("{}: {e}", agent_dest.display()))?;
+    set_mode(&agent_dest, 0o755)?;
+    let env = format!(
+        "RAMBOOT_SERVER={}\nRAMBOOT_NODE={}\nRAMBOOT_TOKEN={}\nRAMBOOT_PROFILE={}\n",
+        args.server, args.node, args.token, plan.profile
+    );
+    fs::write(&env_dest, env).map_err(|e| format!("{}: {e}", env_dest.display()))?;
+    set_mode(&env_dest, 0o600)?;
+    let hostname = root.join("etc/hostname");
+    fs::write(&hostname, format!("{}\n", plan.hostname))
+        .map_err(|e| format!("{}: {e}", hostname.display()))?;
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn ready() -> Result<()> {
+    let path = format!("/{ENV_FILE}");
+    let text = fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .map(str::to_string)
+            .ok_or_else(|| format!("{path} has no {key}"))
+    };
+    let args = BootArgs {
+        server: get("RAMBOOT_SERVER")?,
+        node: get("RAMBOOT_NODE")?,
+        token: get("RAMBOOT_TOKEN")?,
+        mac: None,
+    };
+    let server = Server::new(&args);
+    let host = read_trim("/etc/hostname").unwrap_or_default();
+    let uptime = read_trim("/proc/uptime")
+        .and_then(|u| u.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default();
+    server.report(
+        Some(ReportedState::Ready),
+        &format!("stage two up: {host}, kernel uptime {uptime}s"),
+        None,
+    )?;
+    say("reported ready");
+    Ok(())
+}
+
+fn read_trim(path: &str) -> Option<String> {
+    fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn inventory() -> Inventory {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count() as u32;
+    let cpu_model = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("model name")
+            .and_then(|r| r.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    });
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_bytes = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let mut nics = vec![];
+    if let Ok(entries) = fs::read_dir("/sys/class/net") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let dir = e.path();
+            if name == "lo" || !dir.join("device").exists() {
+                continue;
+            }
+            let driver = fs::read_link(dir.join("device/driver"))
+                .ok()
+                .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
+            nics.push(Nic {
+                mac: read_trim(&format!("/sys/class/net/{name}/address")).unwrap_or_default(),
+                speed_mbps: read_trim(&format!("/sys/class/net/{name}/speed"))
+                    .and_then(|s| s.parse().ok()),
+                driver,
+                name,
+            });
+        }
+    }
+    nics.sort_by(|a, b| a.name.cmp(&b.name));
+    let dmi = |f: &str| read_trim(&format!("/sys/class/dmi/id/{f}"));
+    Inventory {
+        cpus,
+        cpu_model,
+        memory_bytes,
+        nics,
+        dmi: Dmi {
+            vendor: dmi("sys_vendor"),
+            product: dmi("product_name"),
+            serial: dmi("product_serial"),
+            uuid: dmi("product_uuid"),
+        },
+        kernel: read_trim("/proc/sys/kernel/osrelease"),
+    }
+}

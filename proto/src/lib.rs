@@ -1,0 +1,149 @@
+//! What the stage-one agent and the server say to each other over HTTP, and how the
+//! server hands the agent its coordinates on the kernel command line.
+//!
+//! Kept dependency-light: it is compiled into the static agent in every initramfs.
+
+use serde::{Deserialize, Serialize};
+
+/// Paths of the boot API, relative to the server URL.
+pub mod paths {
+    pub const HELLO: &str = "/boot/v1/hello";
+    pub const PLAN: &str = "/boot/v1/plan";
+    pub const EVENTS: &str = "/boot/v1/events";
+}
+
+/// Kernel command-line keys the iPXE script sets for stage one.
+pub mod cmdline {
+    pub const SERVER: &str = "ramboot.server";
+    pub const NODE: &str = "ramboot.node";
+    pub const TOKEN: &str = "ramboot.token";
+    pub const MAC: &str = "ramboot.mac";
+}
+
+/// The agent's coordinates, as found on the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootArgs {
+    pub server: String,
+    pub node: String,
+    pub token: String,
+    pub mac: Option<String>,
+}
+
+impl BootArgs {
+    /// Parse `/proc/cmdline`. `None` names the first missing key.
+    pub fn from_cmdline(cmdline: &str) -> Result<BootArgs, &'static str> {
+        let get = |key: &str| {
+            cmdline
+                .split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        };
+        Ok(BootArgs {
+            server: get(cmdline::SERVER).ok_or(cmdline::SERVER)?,
+            node: get(cmdline::NODE).ok_or(cmdline::NODE)?,
+            token: get(cmdline::TOKEN).ok_or(cmdline::TOKEN)?,
+            mac: get(cmdline::MAC),
+        })
+    }
+}
+
+/// Hardware facts reported in the agent's hello.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    pub cpus: u32,
+    pub cpu_model: Option<String>,
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub nics: Vec<Nic>,
+    #[serde(default)]
+    pub dmi: Dmi,
+    pub kernel: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    pub name: String,
+    pub mac: String,
+    pub driver: Option<String>,
+    pub speed_mbps: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dmi {
+    pub vendor: Option<String>,
+    pub product: Option<String>,
+    pub serial: Option<String>,
+    pub uuid: Option<String>,
+}
+
+/// What the node should become.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub node_id: i64,
+    pub boot_id: i64,
+    pub hostname: String,
+    pub profile: String,
+    pub image: PlanImage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanImage {
+    pub name: String,
+    pub url: String,
+    /// Lowercase hex SHA-256 of the whole file.
+    pub sha256: String,
+    pub size: u64,
+    /// `squashfs` is the only format stage one mounts today.
+    pub format: String,
+}
+
+/// Lifecycle states an agent may report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportedState {
+    Loading,
+    Handoff,
+    Ready,
+    Failed,
+}
+
+/// One report from the agent: a state move, or progress within the current state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEvent {
+    /// `None` for a progress report.
+    pub state: Option<ReportedState>,
+    pub message: String,
+    pub progress: Option<Progress>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_args_come_from_the_kernel_command_line() {
+        let line = "BOOT_IMAGE=vmlinuz initrd=initrd.img console=ttyS0 ramboot.server=http://10.0.0.1:8080 \
+                    ramboot.node=7 ramboot.token=abc ramboot.mac=52:54:00:00:00:01 quiet";
+        let args = BootArgs::from_cmdline(line).unwrap();
+        assert_eq!(args.server, "http://10.0.0.1:8080");
+        assert_eq!(args.node, "7");
+        assert_eq!(args.token, "abc");
+        assert_eq!(args.mac.as_deref(), Some("52:54:00:00:00:01"));
+        assert_eq!(
+            BootArgs::from_cmdline("quiet ramboot.node=1"),
+            Err(cmdline::SERVER)
+        );
+    }
+}

@@ -1,0 +1,396 @@
+//! Images: a content-addressed artifact store plus named manifests, and the
+//! `image build` driver that runs a recipe from `images/<name>/build.sh`.
+//!
+//! Layout under `<data>/images/`: `sha256/<hex>` holds each artifact exactly once;
+//! `manifests/<name>.json` names the current build of an image and its artifacts.
+//! Artifacts are immutable: the HTTP tier serves them with their digest as ETag.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+
+/// A SHA-256 digest, printed as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{self}")
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not a SHA-256 digest (64 lowercase hex digits)")]
+pub struct DigestParseError;
+
+impl FromStr for Digest {
+    type Err = DigestParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.strip_prefix("sha256:").unwrap_or(s);
+        // Lowercase only: the digest is also a file name, so one spelling per digest.
+        if s.len() != 64
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(DigestParseError);
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| DigestParseError)?;
+        Ok(Digest(out))
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    /// Kernel + initramfs with the agent.
+    Stage1,
+    /// A profile's root filesystem.
+    Rootfs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub digest: Digest,
+    pub size: u64,
+    /// e.g. `squashfs`, `cpio.zst`, `bzImage`.
+    pub format: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub kind: ImageKind,
+    pub built_at_ms: i64,
+    /// `kernel` + `initrd` for stage one, `rootfs` for a root filesystem.
+    pub artifacts: BTreeMap<String, Artifact>,
+    /// What went in (package versions, module list), as the recipe reported it.
+    pub inputs: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    pub fn artifact(&self, role: &str) -> Result<&Artifact, ImageError> {
+        self.artifacts
+            .get(role)
+            .ok_or_else(|| ImageError::MissingArtifact {
+                image: self.name.clone(),
+                role: role.to_string(),
+            })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no image named {0:?} has been built (run `ramboot image build {0}`)")]
+    NoSuchImage(String),
+    #[error("image {image:?} has no {role} artifact")]
+    MissingArtifact { image: String, role: String },
+    #[error("manifest {path}: {message}")]
+    BadManifest { path: PathBuf, message: String },
+    #[error("invalid image name {0:?}: use letters, digits, '-' and '_'")]
+    BadName(String),
+    #[error("recipe {recipe}: {message}")]
+    Recipe { recipe: String, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The content-addressed store rooted at `<data>/images`.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+impl ImageStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ImageStore { root: root.into() }
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("sha256").join(digest.to_string())
+    }
+
+    fn manifest_path(&self, name: &str) -> PathBuf {
+        self.root.join("manifests").join(format!("{name}.json"))
+    }
+
+    /// Hash `file` and copy it into the store (once per digest). The copy goes to a
+    /// temporary name first and is renamed, so a reader never sees half a blob.
+    pub fn ingest(&self, file: &Path, format: &str) -> Result<Artifact, ImageError> {
+        let (digest, size) = hash_file(file)?;
+        let dest = self.blob_path(&digest);
+        if !dest.exists() {
+            let dir = self.root.join("sha256");
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let tmp = dir.join(format!(".{digest}.partial"));
+            std::fs::copy(file, &tmp).map_err(io_err(&tmp))?;
+            std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        }
+        Ok(Artifact {
+            digest,
+            size,
+            format: format.to_string(),
+        })
+    }
+
+    pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), ImageError> {
+        let path = self.manifest_path(&manifest.name);
+        let dir = self.root.join("manifests");
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let tmp = dir.join(format!(".{}.json.partial", manifest.name));
+        let text = serde_json::to_string_pretty(manifest).map_err(|e| ImageError::BadManifest {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+
+    pub fn manifest(&self, name: &str) -> Result<Manifest, ImageError> {
+        if !valid_name(name) {
+            return Err(ImageError::BadName(name.to_string()));
+        }
+        let path = self.manifest_path(name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ImageError::NoSuchImage(name.to_string()))
+            }
+            Err(e) => return Err(ImageError::Io { path, source: e }),
+        };
+        serde_json::from_str(&text).map_err(|e| ImageError::BadManifest {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    pub fn list(&self) -> Result<Vec<Manifest>, ImageError> {
+        let dir = self.root.join("manifests");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => {
+                return Err(ImageError::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
+        };
+        let mut out = vec![];
+        for entry in entries {
+            let name = entry.map_err(io_err(&dir))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".json").filter(|s| !s.starts_with('.')) {
+                out.push(self.manifest(stem)?);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+pub fn hash_file(path: &Path) -> Result<(Digest, u64), ImageError> {
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((Digest(hasher.finalize().into()), size))
+}
+
+/// What a recipe's build leaves in its output directory, and what it becomes.
+const OUTPUTS: &[(&str, &str, &str, ImageKind)] = &[
+    ("vmlinuz", "kernel", "bzImage", ImageKind::Stage1),
+    ("initrd.img", "initrd", "cpio.zst", ImageKind::Stage1),
+    ("rootfs.sqfs", "rootfs", "squashfs", ImageKind::Rootfs),
+];
+
+/// Inputs of one `ramboot image build`.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub recipe: String,
+    /// The directory holding `<recipe>/build.sh` (the repo's `images/`).
+    pub recipes_dir: PathBuf,
+    /// Downloads and intermediate results kept between builds.
+    pub cache_dir: PathBuf,
+    /// Static agent binary to put into a stage-one initramfs.
+    pub agent: Option<PathBuf>,
+    pub now_ms: i64,
+}
+
+/// Run a recipe and ingest its outputs. The recipe's own progress lines stream to
+/// the caller's terminal as they happen.
+pub fn build(store: &ImageStore, req: &BuildRequest) -> Result<Manifest, ImageError> {
+    let recipe_err = |message: String| ImageError::Recipe {
+        recipe: req.recipe.clone(),
+        message,
+    };
+    if !valid_name(&req.recipe) {
+        return Err(ImageError::BadName(req.recipe.clone()));
+    }
+    let script = req.recipes_dir.join(&req.recipe).join("build.sh");
+    if !script.is_file() {
+        return Err(recipe_err(format!("{} does not exist", script.display())));
+    }
+    let out = req.cache_dir.join("out").join(&req.recipe);
+    if out.exists() {
+        std::fs::remove_dir_all(&out).map_err(io_err(&out))?;
+    }
+    std::fs::create_dir_all(&out).map_err(io_err(&out))?;
+    let cache = req.cache_dir.join("recipes").join(&req.recipe);
+    std::fs::create_dir_all(&cache).map_err(io_err(&cache))?;
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).env("OUT", &out).env("CACHE", &cache);
+    if let Some(agent) = &req.agent {
+        cmd.env("AGENT", agent);
+    }
+    let status = cmd.status().map_err(io_err(&script))?;
+    if !status.success() {
+        return Err(recipe_err(format!("build.sh failed ({status})")));
+    }
+    let mut artifacts = BTreeMap::new();
+    let mut kind = None;
+    for (file, role, format, file_kind) in OUTPUTS {
+        let path = out.join(file);
+        if path.is_file() {
+            artifacts.insert(role.to_string(), store.ingest(&path, format)?);
+            kind = Some(*file_kind);
+        }
+    }
+    let kind =
+        kind.ok_or_else(|| recipe_err("produced none of vmlinuz, initrd.img, rootfs.sqfs".into()))?;
+    if kind == ImageKind::Stage1
+        && !(artifacts.contains_key("kernel") && artifacts.contains_key("initrd"))
+    {
+        return Err(recipe_err(
+            "a stage-one set needs both vmlinuz and initrd.img".into(),
+        ));
+    }
+    let inputs = std::fs::read_to_string(out.join("inputs.txt"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let manifest = Manifest {
+        name: req.recipe.clone(),
+        kind,
+        built_at_ms: req.now_ms,
+        artifacts,
+        inputs,
+    };
+    store.write_manifest(&manifest)?;
+    std::fs::remove_dir_all(&out).map_err(io_err(&out))?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_parsing_is_strict() {
+        let hex = "ab".repeat(32);
+        assert_eq!(hex.parse::<Digest>().unwrap().to_string(), hex);
+        assert!(format!("sha256:{hex}").parse::<Digest>().is_ok());
+        for bad in [
+            "",
+            "ab",
+            &"AB".repeat(32),
+            &format!("{}/..", &hex[..61]),
+            &"zz".repeat(32),
+        ] {
+            assert!(bad.parse::<Digest>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ingest_is_content_addressed_and_manifests_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path().join("images"));
+        let src = dir.path().join("blob");
+        std::fs::write(&src, b"hello").unwrap();
+        let art = store.ingest(&src, "raw").unwrap();
+        assert_eq!(
+            art.digest.to_string(),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(
+            std::fs::read(store.blob_path(&art.digest)).unwrap(),
+            b"hello"
+        );
+        let manifest = Manifest {
+            name: "tiny".into(),
+            kind: ImageKind::Rootfs,
+            built_at_ms: 1,
+            artifacts: [("rootfs".to_string(), art)].into(),
+            inputs: BTreeMap::new(),
+        };
+        store.write_manifest(&manifest).unwrap();
+        assert_eq!(store.manifest("tiny").unwrap(), manifest);
+        assert_eq!(store.list().unwrap(), vec![manifest]);
+        assert!(matches!(
+            store.manifest("nope"),
+            Err(ImageError::NoSuchImage(_))
+        ));
+        assert!(matches!(
+            store.manifest("../x"),
+            Err(ImageError::BadName(_))
+        ));
+    }
+}

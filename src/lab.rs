@@ -1,0 +1,623 @@
+//! `ramboot lab`: a whole netboot on one machine, for users and for CI.
+//!
+//! It makes a network namespace with a bridge and a tap, runs `ramboot serve` on the
+//! bridge, PXE-boots a QEMU VM (TCG, e1000 + iPXE ROM) from it, follows the node
+//! through the admin API while printing each phase, then prints the timeline.
+//! Everything it starts, it stops: children by PID, the namespace by name, also on
+//! Ctrl-C and on failure.
+
+use crate::cli::{format_ms, NodeDetailView};
+use crate::images::{self, BuildRequest, ImageStore};
+use crate::node::NodeState;
+use crate::store::Event;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// Inside the lab namespace only: nothing outside it ever sees these addresses.
+const SUBNET_PREFIX: &str = "10.213.0";
+const BRIDGE: &str = "rbbr0";
+const TAP: &str = "rbtap0";
+const HTTP_PORT: u16 = 8080;
+
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Exit once the node is ready (or failed) instead of keeping it running.
+    pub once: bool,
+    pub profile: String,
+    /// Working directory: data, caches, logs.
+    pub dir: PathBuf,
+    /// The source checkout: `images/` recipes, `profiles/`, `ipxe/`, the agent crate.
+    pub repo: PathBuf,
+    pub timeout: Duration,
+    pub uefi: bool,
+    pub memory_mb: u32,
+    pub rebuild: bool,
+    /// Write the node's final state and events (as the admin API returned them) here.
+    pub report: Option<PathBuf>,
+}
+
+/// Debian packages the lab needs, by the file that proves each is installed.
+const NEEDS: &[(&str, &str)] = &[
+    ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
+    ("/usr/lib/ipxe/qemu/pxe-e1000.rom", "ipxe-qemu"),
+    ("/usr/lib/ipxe/undionly.kpxe", "ipxe"),
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+    ("/bin/busybox", "busybox-static"),
+    ("/usr/bin/cpio", "cpio"),
+    ("/usr/bin/zstd", "zstd"),
+    ("/usr/bin/mksquashfs", "squashfs-tools"),
+    ("/usr/sbin/depmod", "kmod"),
+    ("/usr/sbin/debootstrap", "debootstrap"),
+    ("/usr/bin/curl", "curl"),
+];
+
+/// Install whatever the lab needs that is missing, saying so on screen.
+pub fn ensure_packages() -> Result<()> {
+    let missing: BTreeSet<&str> = NEEDS
+        .iter()
+        .filter(|(f, _)| !Path::new(f).exists())
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<&str> = missing.into_iter().collect();
+    println!(
+        "lab: installing missing Debian packages: {}",
+        list.join(" ")
+    );
+    let run = |args: &[&str]| -> Result<()> {
+        let status = std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    run(&["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(list);
+    run(&args)
+}
+
+/// Build the static agent for stage one (glibc, `+crt-static`: no musl target here).
+pub fn build_agent(repo: &Path) -> Result<PathBuf> {
+    println!("lab: building ramboot-agent (static)");
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(repo)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "ramboot-agent",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+            ])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .status()
+            .context("running cargo to build the agent")?;
+    if !status.success() {
+        bail!("building ramboot-agent failed ({status})");
+    }
+    Ok(repo.join("target/x86_64-unknown-linux-gnu/release/ramboot-agent"))
+}
+
+/// Make sure the images a profile needs exist, building them if not (or if asked).
+pub fn ensure_images(
+    repo: &Path,
+    data: &Path,
+    cache: &Path,
+    profile: &crate::profiles::Profile,
+    rebuild: bool,
+) -> Result<()> {
+    let store = ImageStore::new(data.join("images"));
+    for name in [&profile.stage1, &profile.image] {
+        if !rebuild && store.manifest(name).is_ok() {
+            println!("lab: image {name} already built");
+            continue;
+        }
+        let agent = if name == &profile.stage1 {
+            Some(build_agent(repo)?)
+        } else {
+            None
+        };
+        println!("lab: building image {name} (recipe images/{name}/build.sh)");
+        let started = Instant::now();
+        let manifest = images::build(
+            &store,
+            &BuildRequest {
+                recipe: name.clone(),
+                recipes_dir: repo.join("images"),
+                cache_dir: cache.to_path_buf(),
+                agent,
+                now_ms: crate::http::now_ms(),
+            },
+        )?;
+        for (role, a) in &manifest.artifacts {
+            println!(
+                "lab:   {name}/{role}: {} bytes, sha256 {}",
+                a.size, a.digest
+            );
+        }
+        println!(
+            "lab: image {name} built in {:.0}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// A network namespace that is deleted when dropped.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(name: &str) -> Result<Netns> {
+        ip(&["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        let addr = format!("{SUBNET_PREFIX}.1/24");
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec![
+                "link",
+                "add",
+                "name",
+                BRIDGE,
+                "type",
+                "bridge",
+                "forward_delay",
+                "0",
+            ],
+            vec!["addr", "add", &addr, "dev", BRIDGE],
+            vec!["link", "set", BRIDGE, "up"],
+            vec!["tuntap", "add", "dev", TAP, "mode", "tap"],
+            vec!["link", "set", TAP, "master", BRIDGE],
+            vec!["link", "set", TAP, "up"],
+        ] {
+            let mut full = vec!["-n", name];
+            full.extend(args);
+            ip(&full)?;
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("lab: could not delete namespace {}: {e}", self.name);
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
+struct Guarded {
+    what: &'static str,
+    child: Child,
+}
+
+impl Guarded {
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if tokio::time::timeout(Duration::from_secs(8), self.child.wait())
+                .await
+                .is_err()
+            {
+                eprintln!("lab: {} did not stop on SIGTERM; killing it", self.what);
+                let _ = self.child.kill().await;
+            }
+        }
+    }
+}
+
+/// HTTP GETs performed from inside the namespace: a dedicated thread joins it (a
+/// thread's network namespace is its own), so the rest of the process stays outside.
+struct NetnsHttp {
+    requests: mpsc::Sender<(String, tokio::sync::oneshot::Sender<Result<String, String>>)>,
+}
+
+impl NetnsHttp {
+    fn start(netns: &str) -> Result<NetnsHttp> {
+        let file = std::fs::File::open(format!("/run/netns/{netns}"))
+            .context("opening the lab namespace")?;
+        let (tx, rx) =
+            mpsc::channel::<(String, tokio::sync::oneshot::Sender<Result<String, String>>)>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("lab-netns-http".into())
+            .spawn(move || {
+                let joined = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| e.to_string());
+                let ok = joined.is_ok();
+                let _ = ready_tx.send(joined);
+                if !ok {
+                    return;
+                }
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(5))
+                    .build();
+                for (url, reply) in rx {
+                    let result = match agent.get(&url).call() {
+                        Ok(r) => r.into_string().map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = reply.send(result);
+                }
+            })?;
+        ready_rx
+            .recv()
+            .context("namespace thread died")?
+            .map_err(|e| anyhow::anyhow!("joining the namespace: {e}"))?;
+        Ok(NetnsHttp { requests: tx })
+    }
+
+    async fn get(&self, url: String) -> Result<String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.requests
+            .send((url, tx))
+            .map_err(|_| anyhow::anyhow!("namespace thread gone"))?;
+        rx.await
+            .context("namespace thread gone")?
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+/// How a lab boot ended.
+#[derive(Debug)]
+enum Outcome {
+    Ready,
+    Failed(String),
+    TimedOut,
+    VmExited(String),
+    Interrupted,
+}
+
+pub async fn run(opts: LabOptions) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("ramboot lab needs root (network namespaces, tap devices, DHCP port 67)");
+    }
+    ensure_packages()?;
+    let dir = std::path::absolute(&opts.dir)?;
+    let repo = std::path::absolute(&opts.repo)?;
+    let (data, cache) = (dir.join("data"), dir.join("cache"));
+    std::fs::create_dir_all(&data)?;
+    let profiles =
+        crate::profiles::load_dir(&repo.join("profiles")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let profile = profiles
+        .get(&opts.profile)
+        .with_context(|| {
+            format!(
+                "no profile {:?} in {}/profiles",
+                opts.profile,
+                repo.display()
+            )
+        })?
+        .clone();
+    {
+        let (repo, data, cache, profile, rebuild) = (
+            repo.clone(),
+            data.clone(),
+            cache.clone(),
+            profile.clone(),
+            opts.rebuild,
+        );
+        tokio::task::spawn_blocking(move || ensure_images(&repo, &data, &cache, &profile, rebuild))
+            .await??;
+    }
+    let ipxe_dir = dir.join("ipxe");
+    run_checked(
+        std::process::Command::new("bash")
+            .arg(repo.join("ipxe/fetch.sh"))
+            .arg(&ipxe_dir),
+        "ipxe/fetch.sh",
+    )?;
+
+    let server_ip = format!("{SUBNET_PREFIX}.1");
+    let config_path = dir.join("ramboot.yaml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "# Written by `ramboot lab`: the lab's own network namespace and paths.\n\
+             interface: {BRIDGE}\nserver_address: {server_ip}\nhttp:\n  listen: 0.0.0.0:{HTTP_PORT}\n\
+             dhcp:\n  subnet: {SUBNET_PREFIX}.0/24\n  range: [{SUBNET_PREFIX}.100, {SUBNET_PREFIX}.199]\n  router: {server_ip}\n\
+             paths:\n  profiles: {}\n  ipxe: {}\n  data: {}\ndefault_profile: {}\n",
+            repo.join("profiles").display(),
+            ipxe_dir.display(),
+            data.display(),
+            profile.name
+        ),
+    )?;
+
+    let netns_name = format!("rblab{}", std::process::id());
+    println!("lab: network namespace {netns_name}: bridge {BRIDGE} {server_ip}/24, tap {TAP}");
+    let netns = Netns::create(&netns_name)?;
+    let result = run_in_namespace(&opts, &dir, &netns_name, &config_path, &server_ip).await;
+    drop(netns);
+    println!("lab: cleaned up namespace {netns_name}");
+    result
+}
+
+fn run_checked(cmd: &mut std::process::Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+async fn run_in_namespace(
+    opts: &LabOptions,
+    dir: &Path,
+    netns: &str,
+    config: &Path,
+    server_ip: &str,
+) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let server_log = dir.join("server.log");
+    let console_log = dir.join("console.log");
+    let server = Guarded {
+        what: "ramboot serve",
+        child: Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(&exe)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&server_log)?)
+            .stderr(std::fs::File::create(dir.join("server.err"))?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting ramboot serve")?,
+    };
+    println!("lab: ramboot serve started (log: {})", server_log.display());
+    let http = NetnsHttp::start(netns)?;
+    let base = format!("http://{server_ip}:{HTTP_PORT}");
+    wait_for_server(&http, &base, &dir.join("server.err")).await?;
+
+    let mac = "52:54:00:72:62:01";
+    let mut qemu_cmd = Command::new("ip");
+    qemu_cmd.args([
+        "netns",
+        "exec",
+        netns,
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+    ]);
+    qemu_cmd.args([
+        "-m",
+        &opts.memory_mb.to_string(),
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ]);
+    qemu_cmd.args([
+        "-netdev",
+        &format!("tap,id=n0,ifname={TAP},script=no,downscript=no"),
+    ]);
+    let rom = if opts.uefi {
+        "efi-e1000.rom"
+    } else {
+        "pxe-e1000.rom"
+    };
+    qemu_cmd.args([
+        "-device",
+        &format!("e1000,netdev=n0,mac={mac},romfile=/usr/lib/ipxe/qemu/{rom},bootindex=1"),
+        "-boot",
+        "n",
+    ]);
+    if opts.uefi {
+        let vars = dir.join("OVMF_VARS.fd");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)?;
+        qemu_cmd.args(["-machine", "q35"]);
+        qemu_cmd.args([
+            "-drive",
+            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+        ]);
+        qemu_cmd.args([
+            "-drive",
+            &format!("if=pflash,format=raw,file={}", vars.display()),
+        ]);
+    }
+    let started = Instant::now();
+    let qemu = Guarded {
+        what: "qemu",
+        child: qemu_cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&console_log)?)
+            .stderr(std::fs::File::create(dir.join("qemu.err"))?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting QEMU")?,
+    };
+    println!(
+        "lab: VM {mac} powered on ({}, {} MiB, TCG); serial console: {}",
+        if opts.uefi { "UEFI" } else { "BIOS" },
+        opts.memory_mb,
+        console_log.display()
+    );
+
+    let (outcome, qemu) = follow(&http, &base, mac, started, opts.timeout, qemu).await;
+    let detail = http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok();
+    let detail: Option<NodeDetailView> = detail.and_then(|body| serde_json::from_str(&body).ok());
+    if let Some(detail) = &detail {
+        print_timeline(&detail.events, detail.node.current_boot_id);
+    }
+    if let (Some(path), Some(body)) = (
+        &opts.report,
+        http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok(),
+    ) {
+        std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let outcome = match outcome {
+        Outcome::Ready if !opts.once => {
+            println!(
+                "lab: node is ready. The VM keeps running; press Ctrl-C to stop it and clean up."
+            );
+            let _ = tokio::signal::ctrl_c().await;
+            Outcome::Ready
+        }
+        other => other,
+    };
+    qemu.stop().await;
+    server.stop().await;
+    match outcome {
+        Outcome::Ready => Ok(()),
+        Outcome::Failed(reason) => {
+            print_tail(&console_log);
+            bail!("node failed: {reason}")
+        }
+        Outcome::TimedOut => {
+            print_tail(&console_log);
+            bail!("node not ready after {:?}", opts.timeout)
+        }
+        Outcome::VmExited(status) => {
+            print_tail(&console_log);
+            bail!("the VM exited before the node was ready ({status})")
+        }
+        Outcome::Interrupted => bail!("interrupted"),
+    }
+}
+
+async fn wait_for_server(http: &NetnsHttp, base: &str, err_log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http.get(format!("{base}/api/v1/nodes")).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(err_log).unwrap_or_default();
+    bail!("ramboot serve did not come up within 30 s:\n{log}")
+}
+
+/// Print each new event as it happens until the node is ready or failed.
+async fn follow(
+    http: &NetnsHttp,
+    base: &str,
+    mac: &str,
+    started: Instant,
+    timeout: Duration,
+    mut qemu: Guarded,
+) -> (Outcome, Guarded) {
+    let mut last_event = 0i64;
+    let mut boot_seen = None;
+    let deadline = started + timeout;
+    loop {
+        if let Ok(Some(status)) = qemu.child.try_wait() {
+            return (Outcome::VmExited(status.to_string()), qemu);
+        }
+        if Instant::now() > deadline {
+            return (Outcome::TimedOut, qemu);
+        }
+        if let Ok(body) = http
+            .get(format!(
+                "{base}/api/v1/nodes/{mac}/events?after={last_event}&limit=100"
+            ))
+            .await
+        {
+            if let Ok(events) = serde_json::from_str::<Vec<Event>>(&body) {
+                for e in &events {
+                    last_event = e.id;
+                    let at = started.elapsed().as_secs_f64();
+                    let state = e.state.map(|s| s.as_str()).unwrap_or(&e.kind);
+                    println!("lab: {at:6.1}s  {state:<10} {}", e.message);
+                    if e.state == Some(NodeState::Booting) {
+                        boot_seen = e.boot_id;
+                    }
+                    if boot_seen.is_some() && e.boot_id == boot_seen {
+                        match e.state {
+                            Some(NodeState::Ready) => return (Outcome::Ready, qemu),
+                            Some(NodeState::Failed) => {
+                                return (Outcome::Failed(e.message.clone()), qemu)
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::signal::ctrl_c() => return (Outcome::Interrupted, qemu),
+        }
+    }
+}
+
+/// The per-phase timeline of the node's current boot.
+fn print_timeline(events: &[Event], boot: Option<i64>) {
+    let moves: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.state.is_some() && e.boot_id == boot && boot.is_some())
+        .collect();
+    let Some(first) = moves.first() else { return };
+    println!(
+        "\nlab: timeline of boot {} (seconds in each phase)",
+        boot.unwrap_or_default()
+    );
+    for pair in moves.windows(2) {
+        let (from, to) = (pair[0], pair[1]);
+        println!(
+            "  {:<10} {:>6.1}s   (until {}: {})",
+            from.state.map(|s| s.as_str()).unwrap_or("-"),
+            (to.at_ms - from.at_ms) as f64 / 1000.0,
+            to.state.map(|s| s.as_str()).unwrap_or("-"),
+            to.message
+        );
+    }
+    if let Some(last) = moves.last() {
+        println!(
+            "  total      {:>6.1}s   from iPXE script ({}) to {}",
+            (last.at_ms - first.at_ms) as f64 / 1000.0,
+            format_ms(first.at_ms),
+            last.state.map(|s| s.as_str()).unwrap_or("-")
+        );
+    }
+}
+
+fn print_tail(log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    eprintln!("lab: last lines of the VM console ({}):", log.display());
+    for line in &lines[lines.len().saturating_sub(30)..] {
+        eprintln!("  | {line}");
+    }
+}

@@ -1,0 +1,20 @@
+//! ramboot: a diskless netboot provisioner.
+//!
+//! One process serves DHCP, TFTP and HTTP so that bare-metal nodes PXE-boot into a
+//! stage-one OS, which loads the node's profile image into RAM and hands off to it.
+//! Protocol decisions live in pure cores (`dhcp::core`, `http::range`); sockets and
+//! files live in thin tokio layers around them.
+
+pub mod cli;
+pub mod config;
+pub mod dhcp;
+pub mod http;
+pub mod images;
+pub mod lab;
+pub mod node;
+pub mod profiles;
+pub mod serve;
+pub mod store;
+pub mod tftp;
+pub mod token;
+pub mod yaml;

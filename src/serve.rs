@@ -1,0 +1,123 @@
+//! `ramboot serve`: start DHCP, TFTP and HTTP on one runtime, stop them together.
+//!
+//! Start-up refuses a bad config or profile set (with `file:line:col`) before any
+//! socket opens. On SIGINT/SIGTERM a cancellation token stops every service; HTTP
+//! drains in-flight requests for up to `DRAIN` before the process exits.
+
+use crate::config::Config;
+use crate::dhcp;
+use crate::http::{self, AppState};
+use crate::images::ImageStore;
+use crate::store::Store;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+const DRAIN: Duration = Duration::from_secs(10);
+
+pub async fn run(config: Config) -> Result<()> {
+    let profiles = crate::profiles::load_dir(&config.paths.profiles)
+        .map_err(|e| anyhow::anyhow!("refusing to start: invalid profiles:\n{e}"))?;
+    if profiles.get(&config.default_profile).is_none() {
+        anyhow::bail!(
+            "refusing to start: default_profile {:?} is not defined in {}",
+            config.default_profile,
+            config.paths.profiles.display()
+        );
+    }
+    std::fs::create_dir_all(&config.paths.data)
+        .with_context(|| format!("creating data dir {}", config.paths.data.display()))?;
+    let store = Store::open(&config.database_url)
+        .await
+        .context("opening the database")?;
+    let images = ImageStore::new(config.paths.images());
+    info!(profiles = profiles.len(), database = %config.database_url, "ramboot starting");
+
+    let cancel = CancellationToken::new();
+    let dhcp_socket = dhcp::io::bind(&config.interface, config.dhcp.port)?;
+    let tftp_socket = std::net::UdpSocket::bind(config.tftp_listen)
+        .with_context(|| format!("binding TFTP on {}", config.tftp_listen))?;
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http_listen))?;
+    info!(http = %config.http_listen, tftp = %config.tftp_listen, dhcp = %config.interface, "listening");
+
+    let config = Arc::new(config);
+    let state = AppState {
+        config: config.clone(),
+        store: store.clone(),
+        images,
+        profiles: Arc::new(profiles),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (cfg, store, cancel) = (config.clone(), store.clone(), cancel.clone());
+        tasks.spawn(async move {
+            dhcp::io::serve(&cfg, dhcp_socket, store, cancel)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    {
+        let (root, cancel) = (config.paths.ipxe.clone(), cancel.clone());
+        tasks.spawn(async move {
+            crate::tftp::serve(&root, tftp_socket, cancel)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    {
+        let cancel = cancel.clone();
+        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { cancel.cancelled().await })
+                .await
+                .context("HTTP server")
+        });
+    }
+
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown_signal() => info!("shutting down"),
+        Some(result) = tasks.join_next() => {
+            // A service ended on its own: that is a failure; take the rest down.
+            let err = match result {
+                Ok(Ok(())) => anyhow::anyhow!("a service stopped unexpectedly"),
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("a service panicked: {e}"),
+            };
+            error!(error = %err, "service failed, shutting down");
+            failure = Some(err);
+        }
+    }
+    cancel.cancel();
+    let drained =
+        tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        error!("services did not stop within {DRAIN:?}; exiting anyway");
+    }
+    store.close().await;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! Durable node state: nodes, leases, boots and the event timeline.
+//!
+//! SQLite (WAL) through sqlx with runtime queries, so a PostgreSQL back-end can share
+//! the same tests later. Every state move and its event are written in one
+//! transaction; a lease is written before the DHCP ACK that announces it.
+//! Callers pass `now` in, so the store has no clock of its own.
+
+use crate::node::{MacAddr, NodeState};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::Row;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub type NodeId = i64;
+pub type BootId = i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("no node {0}")]
+    NoSuchNode(String),
+    #[error("node {node} cannot move from {from} to {to} in this boot")]
+    BadTransition {
+        node: NodeId,
+        from: NodeState,
+        to: NodeState,
+    },
+    #[error("boot {0} is no longer the node's current boot")]
+    StaleBoot(BootId),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub mac: MacAddr,
+    pub hostname: String,
+    pub ip: Option<String>,
+    pub profile: Option<String>,
+    pub state: NodeState,
+    pub state_since_ms: i64,
+    pub current_boot_id: Option<BootId>,
+    pub inventory: Option<serde_json::Value>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Boot {
+    pub id: BootId,
+    pub node_id: NodeId,
+    pub profile: String,
+    pub image: Option<BootImage>,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub outcome: Option<String>,
+}
+
+/// The root filesystem a boot was planned with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootImage {
+    pub name: String,
+    pub digest: String,
+    pub size: u64,
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub node_id: NodeId,
+    pub boot_id: Option<BootId>,
+    pub at_ms: i64,
+    pub kind: String,
+    pub state: Option<NodeState>,
+    pub phase_ms: Option<i64>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub expires_at: u64,
+    pub state: String,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    State,
+    Progress,
+    Dhcp,
+    Info,
+}
+
+impl EventKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventKind::State => "state",
+            EventKind::Progress => "progress",
+            EventKind::Dhcp => "dhcp",
+            EventKind::Info => "info",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn node_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Node, StoreError> {
+    let mac: String = row.try_get("mac")?;
+    let state: String = row.try_get("state")?;
+    let inventory: Option<String> = row.try_get("inventory")?;
+    Ok(Node {
+        id: row.try_get("id")?,
+        mac: mac.parse().map_err(corrupt)?,
+        hostname: row.try_get("hostname")?,
+        ip: row.try_get("ip")?,
+        profile: row.try_get("profile")?,
+        state: state.parse().map_err(corrupt)?,
+        state_since_ms: row.try_get("state_since_ms")?,
+        current_boot_id: row.try_get("current_boot_id")?,
+        inventory: inventory
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(corrupt)?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
+    let state: Option<String> = row.try_get("state")?;
+    Ok(Event {
+        id: row.try_get("id")?,
+        node_id: row.try_get("node_id")?,
+        boot_id: row.try_get("boot_id")?,
+        at_ms: row.try_get("at_ms")?,
+        kind: row.try_get("kind")?,
+        state: state.map(|s| s.parse()).transpose().map_err(corrupt)?,
+        phase_ms: row.try_get("phase_ms")?,
+        message: row.try_get("message")?,
+    })
+}
+
+/// The hostname a node gets until an operator names it.
+pub fn default_hostname(mac: MacAddr) -> String {
+    let b = mac.0;
+    format!(
+        "node-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        b[0], b[1], b[2], b[3], b[4], b[5]
+    )
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the database at `url`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL is durable against process crashes; FULL also against power
+            // loss, which is what "committed before the ACK" must mean.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- leases ----
+
+    /// Active leases that have not expired at `now` (Unix seconds), for rebuilding the pool.
+    pub async fn active_leases(&self, now: u64) -> Result<Vec<Lease>, StoreError> {
+        let rows = sqlx::query("SELECT ip, mac, expires_at, state FROM leases WHERE state = 'active' AND expires_at > ?")
+            .bind(now as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    pub async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let rows = sqlx::query("SELECT ip, mac, expires_at, state FROM leases ORDER BY ip")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    /// Persist a granted lease and record the node's address, in one transaction.
+    pub async fn commit_lease(
+        &self,
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        expires_at: u64,
+        now_ms: i64,
+    ) -> Result<NodeId, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (mac_s, ip_s) = (mac.to_string(), ip.to_string());
+        // Any other active lease of this MAC ends: a MAC holds one address.
+        sqlx::query("UPDATE leases SET state = 'released', updated_at_ms = ? WHERE mac = ? AND state = 'active' AND ip <> ?")
+            .bind(now_ms)
+            .bind(&mac_s)
+            .bind(&ip_s)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO leases (ip, mac, expires_at, state, updated_at_ms) VALUES (?, ?, ?, 'active', ?)
+             ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, expires_at = excluded.expires_at,
+                 state = 'active', updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&ip_s)
+        .bind(&mac_s)
+        .bind(expires_at as i64)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let node_id = upsert_node(&mut tx, mac, now_ms).await?;
+        sqlx::query("UPDATE nodes SET ip = ?, updated_at_ms = ? WHERE id = ?")
+            .bind(&ip_s)
+            .bind(now_ms)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(node_id)
+    }
+
+    /// Mark a lease released (RELEASE) or declined (DECLINE).
+    pub async fn end_lease(
+        &self,
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        declined: bool,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE leases SET state = ?, updated_at_ms = ? WHERE ip = ? AND mac = ?")
+            .bind(if declined { "declined" } else { "released" })
+            .bind(now_ms)
+            .bind(ip.to_string())
+            .bind(mac.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- nodes ----
+
+    /// The node with this MAC, created as `discovered` if it is new.
+    pub async fn ensure_node(&self, mac: MacAddr, now_ms: i64) -> Result<Node, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let id = upsert_node(&mut tx, mac, now_ms).await?;
+        tx.commit().await?;
+        self.node(id).await
+    }
+
+    pub async fn node(&self, id: NodeId) -> Result<Node, StoreError> {
+        let row = sqlx::query("SELECT * FROM nodes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
+        node_from_row(&row)
+    }
+
+    pub async fn node_by_mac(&self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
+        let row = sqlx::query("SELECT * FROM nodes WHERE mac = ?")
+            .bind(mac.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM nodes ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    pub async fn set_inventory(
+        &self,
+        id: NodeId,
+        inventory: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET inventory = ?, updated_at_ms = ? WHERE id = ?")
+            .bind(inventory.to_string())
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- boots and the state machine ----
+
+    /// Start a new boot of `node`: the previous boot (if unfinished) is superseded,
+    /// the node moves to `booting`, and the boot's token hash is recorded.
+    pub async fn start_boot(
+        &self,
+        node: NodeId,
+        profile: &str,
+        image: Option<&BootImage>,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<BootId, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "UPDATE boots SET outcome = 'superseded', finished_at_ms = ? WHERE node_id = ? AND finished_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(node)
+        .execute(&mut *tx)
+        .await?;
+        let boot: BootId = sqlx::query(
+            "INSERT INTO boots (node_id, token_hash, profile, image_name, image_digest, image_size, image_format, started_at_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(node)
+        .bind(token_hash)
+        .bind(profile)
+        .bind(image.map(|i| &i.name))
+        .bind(image.map(|i| &i.digest))
+        .bind(image.map(|i| i.size as i64))
+        .bind(image.map(|i| &i.format))
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        sqlx::query("UPDATE nodes SET current_boot_id = ? WHERE id = ?")
+            .bind(boot)
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        move_state(
+            &mut tx,
+            node,
+            Some(boot),
+            NodeState::Booting,
+            &format!("iPXE script served (profile {profile})"),
+            now_ms,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(boot)
+    }
+
+    /// The node and boot a per-boot token belongs to, if that boot is still current.
+    pub async fn boot_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(Node, Boot)>, StoreError> {
+        let row = sqlx::query("SELECT * FROM boots WHERE token_hash = ?")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let boot = boot_from_row(&row)?;
+        let node = self.node(boot.node_id).await?;
+        if node.current_boot_id != Some(boot.id) {
+            return Ok(None);
+        }
+        Ok(Some((node, boot)))
+    }
+
+    pub async fn boot(&self, id: BootId) -> Result<Option<Boot>, StoreError> {
+        let row = sqlx::query("SELECT * FROM boots WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(boot_from_row).transpose()
+    }
+
+    /// Move a node within its current boot, as an agent reported. Refuses moves
+    /// backwards and moves for a boot that is no longer current.
+    pub async fn agent_transition(
+        &self,
+        node: NodeId,
+        boot: BootId,
+        next: NodeState,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query("SELECT state, current_boot_id FROM nodes WHERE id = ?")
+            .bind(node)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchNode(node.to_string()))?;
+        let current_boot: Option<BootId> = row.try_get("current_boot_id")?;
+        if current_boot != Some(boot) {
+            return Err(StoreError::StaleBoot(boot));
+        }
+        let state: String = row.try_get("state")?;
+        let state: NodeState = state.parse().map_err(corrupt)?;
+        if !state.agent_may_move_to(next) {
+            return Err(StoreError::BadTransition {
+                node,
+                from: state,
+                to: next,
+            });
+        }
+        move_state(&mut tx, node, Some(boot), next, message, now_ms).await?;
+        if matches!(next, NodeState::Ready | NodeState::Failed) {
+            sqlx::query("UPDATE boots SET finished_at_ms = ?, outcome = ? WHERE id = ?")
+                .bind(now_ms)
+                .bind(next.as_str())
+                .bind(boot)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Record an event that does not move the node (progress, DHCP, info).
+    pub async fn add_event(
+        &self,
+        node: NodeId,
+        boot: Option<BootId>,
+        kind: EventKind,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO events (node_id, boot_id, at_ms, kind, message) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(node)
+        .bind(boot)
+        .bind(now_ms)
+        .bind(kind.as_str())
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A node's events, oldest first, newer than `after_id`, at most `limit`.
+    pub async fn events(
+        &self,
+        node: NodeId,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM events WHERE node_id = ? AND id > ? ORDER BY id LIMIT ?")
+                .bind(node)
+                .bind(after_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+fn lease_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Lease, StoreError> {
+    let ip: String = row.try_get("ip")?;
+    let mac: String = row.try_get("mac")?;
+    let expires_at: i64 = row.try_get("expires_at")?;
+    Ok(Lease {
+        ip: ip.parse().map_err(corrupt)?,
+        mac: mac.parse().map_err(corrupt)?,
+        expires_at: u64::try_from(expires_at).map_err(corrupt)?,
+        state: row.try_get("state")?,
+    })
+}
+
+fn boot_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Boot, StoreError> {
+    let name: Option<String> = row.try_get("image_name")?;
+    let digest: Option<String> = row.try_get("image_digest")?;
+    let size: Option<i64> = row.try_get("image_size")?;
+    let format: Option<String> = row.try_get("image_format")?;
+    let image = match (name, digest, size, format) {
+        (Some(name), Some(digest), Some(size), Some(format)) => Some(BootImage {
+            name,
+            digest,
+            size: u64::try_from(size).map_err(corrupt)?,
+            format,
+        }),
+        _ => None,
+    };
+    Ok(Boot {
+        id: row.try_get("id")?,
+        node_id: row.try_get("node_id")?,
+        profile: row.try_get("profile")?,
+        image,
+        started_at_ms: row.try_get("started_at_ms")?,
+        finished_at_ms: row.try_get("finished_at_ms")?,
+        outcome: row.try_get("outcome")?,
+    })
+}
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+
+async fn upsert_node(tx: &mut Tx<'_>, mac: MacAddr, now_ms: i64) -> Result<NodeId, StoreError> {
+    let mac_s = mac.to_string();
+    if let Some(row) = sqlx::query("SELECT id FROM nodes WHERE mac = ?")
+        .bind(&mac_s)
+        .fetch_optional(&mut **tx)
+        .await?
+    {
+        return Ok(row.try_get("id")?);
+    }
+    let id: NodeId = sqlx::query(
+        "INSERT INTO nodes (mac, hostname, state, state_since_ms, created_at_ms, updated_at_ms)
+         VALUES (?, ?, 'discovered', ?, ?, ?) RETURNING id",
+    )
+    .bind(&mac_s)
+    .bind(default_hostname(mac))
+    .bind(now_ms)
+    .bind(now_ms)
+    .bind(now_ms)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("id")?;
+    sqlx::query("INSERT INTO events (node_id, at_ms, kind, state, message) VALUES (?, ?, 'state', 'discovered', ?)")
+        .bind(id)
+        .bind(now_ms)
+        .bind(format!("first seen ({mac})"))
+        .execute(&mut **tx)
+        .await?;
+    Ok(id)
+}
+
+/// Move `node` to `next` and record the move with the time spent in the old state.
+async fn move_state(
+    tx: &mut Tx<'_>,
+    node: NodeId,
+    boot: Option<BootId>,
+    next: NodeState,
+    message: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let since: i64 = sqlx::query("SELECT state_since_ms FROM nodes WHERE id = ?")
+        .bind(node)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("state_since_ms")?;
+    sqlx::query("UPDATE nodes SET state = ?, state_since_ms = ?, updated_at_ms = ? WHERE id = ?")
+        .bind(next.as_str())
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO events (node_id, boot_id, at_ms, kind, state, phase_ms, message) VALUES (?, ?, ?, 'state', ?, ?, ?)")
+        .bind(node)
+        .bind(boot)
+        .bind(now_ms)
+        .bind(next.as_str())
+        .bind((now_ms - since).max(0))
+        .bind(message)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        (Store::open(&url).await.unwrap(), dir)
+    }
+
+    const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+
+    #[tokio::test]
+    async fn lease_commit_creates_node_and_moves_address() {
+        let (s, _d) = store().await;
+        let ip1 = Ipv4Addr::new(10, 0, 0, 5);
+        let id = s.commit_lease(MAC, ip1, 500, 1).await.unwrap();
+        assert_eq!(s.node(id).await.unwrap().ip.as_deref(), Some("10.0.0.5"));
+        // The same MAC moving to a new address ends its old lease.
+        s.commit_lease(MAC, Ipv4Addr::new(10, 0, 0, 6), 600, 2)
+            .await
+            .unwrap();
+        let active = s.active_leases(0).await.unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].ip, Ipv4Addr::new(10, 0, 0, 6));
+        // Another MAC taking over an address replaces the row: never two leases per IP.
+        s.commit_lease(
+            MacAddr([2, 0, 0, 0, 0, 2]),
+            Ipv4Addr::new(10, 0, 0, 6),
+            700,
+            3,
+        )
+        .await
+        .unwrap();
+        let active = s.active_leases(0).await.unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].mac, MacAddr([2, 0, 0, 0, 0, 2]));
+    }
+
+    #[tokio::test]
+    async fn boot_timeline_moves_forward_only_and_records_phases() {
+        let (s, _d) = store().await;
+        let node = s.ensure_node(MAC, 1000).await.unwrap();
+        assert_eq!(node.state, NodeState::Discovered);
+        let boot = s
+            .start_boot(node.id, "tiny", None, "hash1", 2000)
+            .await
+            .unwrap();
+        s.agent_transition(node.id, boot, NodeState::Stage1, "hello", 5000)
+            .await
+            .unwrap();
+        s.agent_transition(node.id, boot, NodeState::Loading, "fetch", 6000)
+            .await
+            .unwrap();
+        let err = s
+            .agent_transition(node.id, boot, NodeState::Stage1, "again", 6500)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::BadTransition { .. }), "{err}");
+        s.agent_transition(node.id, boot, NodeState::Handoff, "mounted", 9000)
+            .await
+            .unwrap();
+        s.agent_transition(node.id, boot, NodeState::Ready, "up", 12000)
+            .await
+            .unwrap();
+
+        let events = s.events(node.id, 0, 100).await.unwrap();
+        let moves: Vec<_> = events
+            .iter()
+            .filter_map(|e| e.state.map(|st| (st, e.phase_ms)))
+            .collect();
+        assert_eq!(
+            moves,
+            vec![
+                (NodeState::Discovered, None),
+                (NodeState::Booting, Some(1000)),
+                (NodeState::Stage1, Some(3000)),
+                (NodeState::Loading, Some(1000)),
+                (NodeState::Handoff, Some(3000)),
+                (NodeState::Ready, Some(3000)),
+            ]
+        );
+        assert_eq!(
+            s.boot(boot).await.unwrap().unwrap().outcome.as_deref(),
+            Some("ready")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_boot_supersedes_the_old_token() {
+        let (s, _d) = store().await;
+        let node = s.ensure_node(MAC, 0).await.unwrap();
+        let first = s.start_boot(node.id, "tiny", None, "h1", 1).await.unwrap();
+        assert!(s.boot_by_token_hash("h1").await.unwrap().is_some());
+        s.start_boot(node.id, "tiny", None, "h2", 2).await.unwrap();
+        assert!(
+            s.boot_by_token_hash("h1").await.unwrap().is_none(),
+            "old token is dead"
+        );
+        let err = s
+            .agent_transition(node.id, first, NodeState::Stage1, "late", 3)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::StaleBoot(_)));
+        assert_eq!(
+            s.boot(first).await.unwrap().unwrap().outcome.as_deref(),
+            Some("superseded")
+        );
+    }
+}
