@@ -20,14 +20,9 @@ pub struct NodeDetailView {
 
 impl ApiClient {
     pub fn new(base: &str) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build();
-        ApiClient {
-            base: base.trim_end_matches('/').to_string(),
-            agent,
-        }
+        let agent =
+            ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).timeout(Duration::from_secs(30)).build();
+        ApiClient { base: base.trim_end_matches('/').to_string(), agent }
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -52,10 +47,7 @@ impl ApiClient {
 }
 
 pub fn print_nodes(nodes: &[Node]) {
-    println!(
-        "{:<5} {:<18} {:<16} {:<20} {:<14} {:<10}",
-        "ID", "MAC", "IP", "HOSTNAME", "PROFILE", "STATE"
-    );
+    println!("{:<5} {:<18} {:<16} {:<20} {:<14} {:<10}", "ID", "MAC", "IP", "HOSTNAME", "PROFILE", "STATE");
     for n in nodes {
         println!(
             "{:<5} {:<18} {:<16} {:<20} {:<14} {:<10}",
@@ -71,13 +63,7 @@ pub fn print_nodes(nodes: &[Node]) {
 
 pub fn print_node(detail: &NodeDetailView) {
     let n = &detail.node;
-    println!(
-        "node {} ({}), hostname {}, ip {}",
-        n.id,
-        n.mac,
-        n.hostname,
-        n.ip.as_deref().unwrap_or("-")
-    );
+    println!("node {} ({}), hostname {}, ip {}", n.id, n.mac, n.hostname, n.ip.as_deref().unwrap_or("-"));
     println!("state {} since {}", n.state, format_ms(n.state_since_ms));
     println!("profile {}", n.profile.as_deref().unwrap_or("(default)"));
     println!();
@@ -86,17 +72,9 @@ pub fn print_node(detail: &NodeDetailView) {
 
 pub fn print_events(events: &[Event]) {
     for e in events {
-        let phase = e
-            .phase_ms
-            .map(|ms| format!(" (+{:.1}s)", ms as f64 / 1000.0))
-            .unwrap_or_default();
+        let phase = e.phase_ms.map(|ms| format!(" (+{:.1}s)", ms as f64 / 1000.0)).unwrap_or_default();
         let state = e.state.map(|s| format!("[{s}] ")).unwrap_or_default();
-        println!(
-            "{}  {:<8} {state}{}{phase}",
-            format_ms(e.at_ms),
-            e.kind,
-            e.message
-        );
+        println!("{}  {:<8} {state}{}{phase}", format_ms(e.at_ms), e.kind, e.message);
     }
 }
 

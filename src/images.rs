@@ -39,11 +39,7 @@ impl FromStr for Digest {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.strip_prefix("sha256:").unwrap_or(s);
         // Lowercase only: the digest is also a file name, so one spelling per digest.
-        if s.len() != 64
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(DigestParseError);
         }
         let mut out = [0u8; 32];
@@ -60,9 +56,7 @@ impl Serialize for Digest {
 
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -98,10 +92,7 @@ impl Manifest {
     pub fn artifact(&self, role: &str) -> Result<&Artifact, ImageError> {
         self.artifacts
             .get(role)
-            .ok_or_else(|| ImageError::MissingArtifact {
-                image: self.name.clone(),
-                role: role.to_string(),
-            })
+            .ok_or_else(|| ImageError::MissingArtifact { image: self.name.clone(), role: role.to_string() })
     }
 }
 
@@ -126,18 +117,11 @@ pub enum ImageError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ImageError::Io { path: path.to_path_buf(), source }
 }
 
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The content-addressed store rooted at `<data>/images`.
@@ -171,11 +155,7 @@ impl ImageStore {
             std::fs::copy(file, &tmp).map_err(io_err(&tmp))?;
             std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
         }
-        Ok(Artifact {
-            digest,
-            size,
-            format: format.to_string(),
-        })
+        Ok(Artifact { digest, size, format: format.to_string() })
     }
 
     pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), ImageError> {
@@ -183,14 +163,10 @@ impl ImageStore {
         let dir = self.root.join("manifests");
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let tmp = dir.join(format!(".{}.json.partial", manifest.name));
-        let text = serde_json::to_string_pretty(manifest).map_err(|e| ImageError::BadManifest {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let text = serde_json::to_string_pretty(manifest)
+            .map_err(|e| ImageError::BadManifest { path: path.clone(), message: e.to_string() })?;
         let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(io_err(&tmp))?;
+        f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err(&path))
     }
 
@@ -206,10 +182,7 @@ impl ImageStore {
             }
             Err(e) => return Err(ImageError::Io { path, source: e }),
         };
-        serde_json::from_str(&text).map_err(|e| ImageError::BadManifest {
-            path,
-            message: e.to_string(),
-        })
+        serde_json::from_str(&text).map_err(|e| ImageError::BadManifest { path, message: e.to_string() })
     }
 
     pub fn list(&self) -> Result<Vec<Manifest>, ImageError> {
@@ -217,12 +190,7 @@ impl ImageStore {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => {
-                return Err(ImageError::Io {
-                    path: dir,
-                    source: e,
-                })
-            }
+            Err(e) => return Err(ImageError::Io { path: dir, source: e }),
         };
         let mut out = vec![];
         for entry in entries {
@@ -276,10 +244,7 @@ pub struct BuildRequest {
 /// Run a recipe and ingest its outputs. The recipe's own progress lines stream to
 /// the caller's terminal as they happen.
 pub fn build(store: &ImageStore, req: &BuildRequest) -> Result<Manifest, ImageError> {
-    let recipe_err = |message: String| ImageError::Recipe {
-        recipe: req.recipe.clone(),
-        message,
-    };
+    let recipe_err = |message: String| ImageError::Recipe { recipe: req.recipe.clone(), message };
     if !valid_name(&req.recipe) {
         return Err(ImageError::BadName(req.recipe.clone()));
     }
@@ -312,14 +277,9 @@ pub fn build(store: &ImageStore, req: &BuildRequest) -> Result<Manifest, ImageEr
             kind = Some(*file_kind);
         }
     }
-    let kind =
-        kind.ok_or_else(|| recipe_err("produced none of vmlinuz, initrd.img, rootfs.sqfs".into()))?;
-    if kind == ImageKind::Stage1
-        && !(artifacts.contains_key("kernel") && artifacts.contains_key("initrd"))
-    {
-        return Err(recipe_err(
-            "a stage-one set needs both vmlinuz and initrd.img".into(),
-        ));
+    let kind = kind.ok_or_else(|| recipe_err("produced none of vmlinuz, initrd.img, rootfs.sqfs".into()))?;
+    if kind == ImageKind::Stage1 && !(artifacts.contains_key("kernel") && artifacts.contains_key("initrd")) {
+        return Err(recipe_err("a stage-one set needs both vmlinuz and initrd.img".into()));
     }
     let inputs = std::fs::read_to_string(out.join("inputs.txt"))
         .unwrap_or_default()
@@ -327,13 +287,7 @@ pub fn build(store: &ImageStore, req: &BuildRequest) -> Result<Manifest, ImageEr
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let manifest = Manifest {
-        name: req.recipe.clone(),
-        kind,
-        built_at_ms: req.now_ms,
-        artifacts,
-        inputs,
-    };
+    let manifest = Manifest { name: req.recipe.clone(), kind, built_at_ms: req.now_ms, artifacts, inputs };
     store.write_manifest(&manifest)?;
     std::fs::remove_dir_all(&out).map_err(io_err(&out))?;
     Ok(manifest)
@@ -348,13 +302,7 @@ mod tests {
         let hex = "ab".repeat(32);
         assert_eq!(hex.parse::<Digest>().unwrap().to_string(), hex);
         assert!(format!("sha256:{hex}").parse::<Digest>().is_ok());
-        for bad in [
-            "",
-            "ab",
-            &"AB".repeat(32),
-            &format!("{}/..", &hex[..61]),
-            &"zz".repeat(32),
-        ] {
+        for bad in ["", "ab", &"AB".repeat(32), &format!("{}/..", &hex[..61]), &"zz".repeat(32)] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
     }
@@ -366,14 +314,8 @@ mod tests {
         let src = dir.path().join("blob");
         std::fs::write(&src, b"hello").unwrap();
         let art = store.ingest(&src, "raw").unwrap();
-        assert_eq!(
-            art.digest.to_string(),
-            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
-        assert_eq!(
-            std::fs::read(store.blob_path(&art.digest)).unwrap(),
-            b"hello"
-        );
+        assert_eq!(art.digest.to_string(), "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(std::fs::read(store.blob_path(&art.digest)).unwrap(), b"hello");
         let manifest = Manifest {
             name: "tiny".into(),
             kind: ImageKind::Rootfs,
@@ -384,13 +326,7 @@ mod tests {
         store.write_manifest(&manifest).unwrap();
         assert_eq!(store.manifest("tiny").unwrap(), manifest);
         assert_eq!(store.list().unwrap(), vec![manifest]);
-        assert!(matches!(
-            store.manifest("nope"),
-            Err(ImageError::NoSuchImage(_))
-        ));
-        assert!(matches!(
-            store.manifest("../x"),
-            Err(ImageError::BadName(_))
-        ));
+        assert!(matches!(store.manifest("nope"), Err(ImageError::NoSuchImage(_))));
+        assert!(matches!(store.manifest("../x"), Err(ImageError::BadName(_))));
     }
 }

@@ -17,6 +17,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
 
 /// Inside the lab namespace only: nothing outside it ever sees these addresses.
 const SUBNET_PREFIX: &str = "10.213.0";
@@ -58,19 +59,12 @@ const NEEDS: &[(&str, &str)] = &[
 
 /// Install whatever the lab needs that is missing, saying so on screen.
 pub fn ensure_packages() -> Result<()> {
-    let missing: BTreeSet<&str> = NEEDS
-        .iter()
-        .filter(|(f, _)| !Path::new(f).exists())
-        .map(|(_, p)| *p)
-        .collect();
+    let missing: BTreeSet<&str> = NEEDS.iter().filter(|(f, _)| !Path::new(f).exists()).map(|(_, p)| *p).collect();
     if missing.is_empty() {
         return Ok(());
     }
     let list: Vec<&str> = missing.into_iter().collect();
-    println!(
-        "lab: installing missing Debian packages: {}",
-        list.join(" ")
-    );
+    println!("lab: installing missing Debian packages: {}", list.join(" "));
     let run = |args: &[&str]| -> Result<()> {
         let status = std::process::Command::new("apt-get")
             .args(args)
@@ -91,24 +85,18 @@ pub fn ensure_packages() -> Result<()> {
 /// Build the static agent for stage one (glibc, `+crt-static`: no musl target here).
 pub fn build_agent(repo: &Path) -> Result<PathBuf> {
     println!("lab: building ramboot-agent (static)");
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(repo)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "ramboot-agent",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-            ])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .status()
-            .context("running cargo to build the agent")?;
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(repo)
+        .args(["build", "--release", "-p", "ramboot-agent", "--target", "x86_64-unknown-linux-gnu"])
+        // An explicit target dir: the path below must not depend on CARGO_TARGET_DIR.
+        .args(["--target-dir", "target/agent"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .status()
+        .context("running cargo to build the agent")?;
     if !status.success() {
         bail!("building ramboot-agent failed ({status})");
     }
-    Ok(repo.join("target/x86_64-unknown-linux-gnu/release/ramboot-agent"))
+    Ok(repo.join("target/agent/x86_64-unknown-linux-gnu/release/ramboot-agent"))
 }
 
 /// Make sure the images a profile needs exist, building them if not (or if asked).
@@ -125,11 +113,7 @@ pub fn ensure_images(
             println!("lab: image {name} already built");
             continue;
         }
-        let agent = if name == &profile.stage1 {
-            Some(build_agent(repo)?)
-        } else {
-            None
-        };
+        let agent = if name == &profile.stage1 { Some(build_agent(repo)?) } else { None };
         println!("lab: building image {name} (recipe images/{name}/build.sh)");
         let started = Instant::now();
         let manifest = images::build(
@@ -143,15 +127,9 @@ pub fn ensure_images(
             },
         )?;
         for (role, a) in &manifest.artifacts {
-            println!(
-                "lab:   {name}/{role}: {} bytes, sha256 {}",
-                a.size, a.digest
-            );
+            println!("lab:   {name}/{role}: {} bytes, sha256 {}", a.size, a.digest);
         }
-        println!(
-            "lab: image {name} built in {:.0}s",
-            started.elapsed().as_secs_f64()
-        );
+        println!("lab: image {name} built in {:.0}s", started.elapsed().as_secs_f64());
     }
     Ok(())
 }
@@ -164,22 +142,11 @@ struct Netns {
 impl Netns {
     fn create(name: &str) -> Result<Netns> {
         ip(&["netns", "add", name])?;
-        let ns = Netns {
-            name: name.to_string(),
-        };
+        let ns = Netns { name: name.to_string() };
         let addr = format!("{SUBNET_PREFIX}.1/24");
         for args in [
             vec!["link", "set", "lo", "up"],
-            vec![
-                "link",
-                "add",
-                "name",
-                BRIDGE,
-                "type",
-                "bridge",
-                "forward_delay",
-                "0",
-            ],
+            vec!["link", "add", "name", BRIDGE, "type", "bridge", "forward_delay", "0"],
             vec!["addr", "add", &addr, "dev", BRIDGE],
             vec!["link", "set", BRIDGE, "up"],
             vec!["tuntap", "add", "dev", TAP, "mode", "tap"],
@@ -203,16 +170,9 @@ impl Drop for Netns {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
+    let out = std::process::Command::new("ip").args(args).output().context("running ip")?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -226,14 +186,8 @@ struct Guarded {
 impl Guarded {
     async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            if tokio::time::timeout(Duration::from_secs(8), self.child.wait())
-                .await
-                .is_err()
-            {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            if tokio::time::timeout(Duration::from_secs(8), self.child.wait()).await.is_err() {
                 eprintln!("lab: {} did not stop on SIGTERM; killing it", self.what);
                 let _ = self.child.kill().await;
             }
@@ -249,48 +203,51 @@ struct NetnsHttp {
 
 impl NetnsHttp {
     fn start(netns: &str) -> Result<NetnsHttp> {
-        let file = std::fs::File::open(format!("/run/netns/{netns}"))
-            .context("opening the lab namespace")?;
-        let (tx, rx) =
-            mpsc::channel::<(String, tokio::sync::oneshot::Sender<Result<String, String>>)>();
+        let file = std::fs::File::open(format!("/run/netns/{netns}")).context("opening the lab namespace")?;
+        let (tx, rx) = mpsc::channel::<(String, tokio::sync::oneshot::Sender<Result<String, String>>)>();
         let (ready_tx, ready_rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("lab-netns-http".into())
-            .spawn(move || {
-                let joined = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| e.to_string());
-                let ok = joined.is_ok();
-                let _ = ready_tx.send(joined);
-                if !ok {
-                    return;
-                }
-                let agent = ureq::AgentBuilder::new()
-                    .timeout(Duration::from_secs(5))
-                    .build();
-                for (url, reply) in rx {
-                    let result = match agent.get(&url).call() {
-                        Ok(r) => r.into_string().map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    let _ = reply.send(result);
-                }
-            })?;
-        ready_rx
-            .recv()
-            .context("namespace thread died")?
-            .map_err(|e| anyhow::anyhow!("joining the namespace: {e}"))?;
+        std::thread::Builder::new().name("lab-netns-http".into()).spawn(move || {
+            let joined = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string());
+            let ok = joined.is_ok();
+            let _ = ready_tx.send(joined);
+            if !ok {
+                return;
+            }
+            let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+            for (url, reply) in rx {
+                let result = match agent.get(&url).call() {
+                    Ok(r) => r.into_string().map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(result);
+            }
+        })?;
+        ready_rx.recv().context("namespace thread died")?.map_err(|e| anyhow::anyhow!("joining the namespace: {e}"))?;
         Ok(NetnsHttp { requests: tx })
     }
 
     async fn get(&self, url: String) -> Result<String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.requests
-            .send((url, tx))
-            .map_err(|_| anyhow::anyhow!("namespace thread gone"))?;
-        rx.await
-            .context("namespace thread gone")?
-            .map_err(|e| anyhow::anyhow!(e))
+        self.requests.send((url, tx)).map_err(|_| anyhow::anyhow!("namespace thread gone"))?;
+        rx.await.context("namespace thread gone")?.map_err(|e| anyhow::anyhow!(e))
     }
+}
+
+/// A token cancelled by the first SIGINT or SIGTERM.
+fn interrupt_token() -> Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = CancellationToken::new();
+    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        eprintln!("lab: interrupted; stopping the VM and the server, removing the namespace");
+        cancel.cancel();
+    });
+    Ok(token)
 }
 
 /// How a lab boot ended.
@@ -304,6 +261,9 @@ enum Outcome {
 }
 
 pub async fn run(opts: LabOptions) -> Result<()> {
+    // Handlers first: from here on SIGINT/SIGTERM only cancel, so every guard below
+    // (children, namespace) gets to clean up.
+    let interrupted = interrupt_token()?;
     if !nix::unistd::geteuid().is_root() {
         bail!("ramboot lab needs root (network namespaces, tap devices, DHCP port 67)");
     }
@@ -312,36 +272,25 @@ pub async fn run(opts: LabOptions) -> Result<()> {
     let repo = std::path::absolute(&opts.repo)?;
     let (data, cache) = (dir.join("data"), dir.join("cache"));
     std::fs::create_dir_all(&data)?;
-    let profiles =
-        crate::profiles::load_dir(&repo.join("profiles")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let profiles = crate::profiles::load_dir(&repo.join("profiles")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let profile = profiles
         .get(&opts.profile)
-        .with_context(|| {
-            format!(
-                "no profile {:?} in {}/profiles",
-                opts.profile,
-                repo.display()
-            )
-        })?
+        .with_context(|| format!("no profile {:?} in {}/profiles", opts.profile, repo.display()))?
         .clone();
     {
-        let (repo, data, cache, profile, rebuild) = (
-            repo.clone(),
-            data.clone(),
-            cache.clone(),
-            profile.clone(),
-            opts.rebuild,
-        );
-        tokio::task::spawn_blocking(move || ensure_images(&repo, &data, &cache, &profile, rebuild))
-            .await??;
+        let (repo, data, cache, profile, rebuild) =
+            (repo.clone(), data.clone(), cache.clone(), profile.clone(), opts.rebuild);
+        tokio::task::spawn_blocking(move || ensure_images(&repo, &data, &cache, &profile, rebuild)).await??;
+    }
+    // Node state is per lab run (images stay cached): each run's timeline is its own.
+    for f in ["ramboot.db", "ramboot.db-wal", "ramboot.db-shm"] {
+        match std::fs::remove_file(data.join(f)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).context("resetting the lab database"),
+            _ => {}
+        }
     }
     let ipxe_dir = dir.join("ipxe");
-    run_checked(
-        std::process::Command::new("bash")
-            .arg(repo.join("ipxe/fetch.sh"))
-            .arg(&ipxe_dir),
-        "ipxe/fetch.sh",
-    )?;
+    run_checked(std::process::Command::new("bash").arg(repo.join("ipxe/fetch.sh")).arg(&ipxe_dir), "ipxe/fetch.sh")?;
 
     let server_ip = format!("{SUBNET_PREFIX}.1");
     let config_path = dir.join("ramboot.yaml");
@@ -351,7 +300,7 @@ pub async fn run(opts: LabOptions) -> Result<()> {
             "# Written by `ramboot lab`: the lab's own network namespace and paths.\n\
              interface: {BRIDGE}\nserver_address: {server_ip}\nhttp:\n  listen: 0.0.0.0:{HTTP_PORT}\n\
              dhcp:\n  subnet: {SUBNET_PREFIX}.0/24\n  range: [{SUBNET_PREFIX}.100, {SUBNET_PREFIX}.199]\n  router: {server_ip}\n\
-             paths:\n  profiles: {}\n  ipxe: {}\n  data: {}\ndefault_profile: {}\n",
+             paths:\n  profiles: {}\n  ipxe: {}\n  data: {}\ndefault_profile: {}\nipv6_ra: true\n",
             repo.join("profiles").display(),
             ipxe_dir.display(),
             data.display(),
@@ -362,7 +311,7 @@ pub async fn run(opts: LabOptions) -> Result<()> {
     let netns_name = format!("rblab{}", std::process::id());
     println!("lab: network namespace {netns_name}: bridge {BRIDGE} {server_ip}/24, tap {TAP}");
     let netns = Netns::create(&netns_name)?;
-    let result = run_in_namespace(&opts, &dir, &netns_name, &config_path, &server_ip).await;
+    let result = run_in_namespace(&opts, &dir, &netns_name, &config_path, &server_ip, &interrupted).await;
     drop(netns);
     println!("lab: cleaned up namespace {netns_name}");
     result
@@ -382,6 +331,7 @@ async fn run_in_namespace(
     netns: &str,
     config: &Path,
     server_ip: &str,
+    interrupted: &CancellationToken,
 ) -> Result<()> {
     let exe = std::env::current_exe()?;
     let server_log = dir.join("server.log");
@@ -393,10 +343,7 @@ async fn run_in_namespace(
             .arg(&exe)
             .args(["serve", "--config"])
             .arg(config)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&server_log)?)
             .stderr(std::fs::File::create(dir.join("server.err"))?)
@@ -407,18 +354,18 @@ async fn run_in_namespace(
     println!("lab: ramboot serve started (log: {})", server_log.display());
     let http = NetnsHttp::start(netns)?;
     let base = format!("http://{server_ip}:{HTTP_PORT}");
-    wait_for_server(&http, &base, &dir.join("server.err")).await?;
+    let server_err = dir.join("server.err");
+    tokio::select! {
+        r = wait_for_server(&http, &base, &server_err) => r?,
+        _ = interrupted.cancelled() => {
+            server.stop().await;
+            bail!("interrupted");
+        }
+    }
 
     let mac = "52:54:00:72:62:01";
     let mut qemu_cmd = Command::new("ip");
-    qemu_cmd.args([
-        "netns",
-        "exec",
-        netns,
-        "qemu-system-x86_64",
-        "-accel",
-        "tcg",
-    ]);
+    qemu_cmd.args(["netns", "exec", netns, "qemu-system-x86_64", "-accel", "tcg"]);
     qemu_cmd.args([
         "-m",
         &opts.memory_mb.to_string(),
@@ -429,15 +376,8 @@ async fn run_in_namespace(
         "none",
         "-no-reboot",
     ]);
-    qemu_cmd.args([
-        "-netdev",
-        &format!("tap,id=n0,ifname={TAP},script=no,downscript=no"),
-    ]);
-    let rom = if opts.uefi {
-        "efi-e1000.rom"
-    } else {
-        "pxe-e1000.rom"
-    };
+    qemu_cmd.args(["-netdev", &format!("tap,id=n0,ifname={TAP},script=no,downscript=no")]);
+    let rom = if opts.uefi { "efi-e1000.rom" } else { "pxe-e1000.rom" };
     qemu_cmd.args([
         "-device",
         &format!("e1000,netdev=n0,mac={mac},romfile=/usr/lib/ipxe/qemu/{rom},bootindex=1"),
@@ -448,14 +388,8 @@ async fn run_in_namespace(
         let vars = dir.join("OVMF_VARS.fd");
         std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)?;
         qemu_cmd.args(["-machine", "q35"]);
-        qemu_cmd.args([
-            "-drive",
-            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-        ]);
-        qemu_cmd.args([
-            "-drive",
-            &format!("if=pflash,format=raw,file={}", vars.display()),
-        ]);
+        qemu_cmd.args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"]);
+        qemu_cmd.args(["-drive", &format!("if=pflash,format=raw,file={}", vars.display())]);
     }
     let started = Instant::now();
     let qemu = Guarded {
@@ -475,24 +409,19 @@ async fn run_in_namespace(
         console_log.display()
     );
 
-    let (outcome, qemu) = follow(&http, &base, mac, started, opts.timeout, qemu).await;
+    let (outcome, qemu) = follow(&http, &base, mac, started, opts.timeout, qemu, interrupted).await;
     let detail = http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok();
     let detail: Option<NodeDetailView> = detail.and_then(|body| serde_json::from_str(&body).ok());
     if let Some(detail) = &detail {
         print_timeline(&detail.events, detail.node.current_boot_id);
     }
-    if let (Some(path), Some(body)) = (
-        &opts.report,
-        http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok(),
-    ) {
+    if let (Some(path), Some(body)) = (&opts.report, http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok()) {
         std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?;
     }
     let outcome = match outcome {
         Outcome::Ready if !opts.once => {
-            println!(
-                "lab: node is ready. The VM keeps running; press Ctrl-C to stop it and clean up."
-            );
-            let _ = tokio::signal::ctrl_c().await;
+            println!("lab: node is ready. The VM keeps running; press Ctrl-C to stop it and clean up.");
+            interrupted.cancelled().await;
             Outcome::Ready
         }
         other => other,
@@ -537,6 +466,7 @@ async fn follow(
     started: Instant,
     timeout: Duration,
     mut qemu: Guarded,
+    interrupted: &CancellationToken,
 ) -> (Outcome, Guarded) {
     let mut last_event = 0i64;
     let mut boot_seen = None;
@@ -548,12 +478,7 @@ async fn follow(
         if Instant::now() > deadline {
             return (Outcome::TimedOut, qemu);
         }
-        if let Ok(body) = http
-            .get(format!(
-                "{base}/api/v1/nodes/{mac}/events?after={last_event}&limit=100"
-            ))
-            .await
-        {
+        if let Ok(body) = http.get(format!("{base}/api/v1/nodes/{mac}/events?after={last_event}&limit=100")).await {
             if let Ok(events) = serde_json::from_str::<Vec<Event>>(&body) {
                 for e in &events {
                     last_event = e.id;
@@ -566,9 +491,7 @@ async fn follow(
                     if boot_seen.is_some() && e.boot_id == boot_seen {
                         match e.state {
                             Some(NodeState::Ready) => return (Outcome::Ready, qemu),
-                            Some(NodeState::Failed) => {
-                                return (Outcome::Failed(e.message.clone()), qemu)
-                            }
+                            Some(NodeState::Failed) => return (Outcome::Failed(e.message.clone()), qemu),
                             _ => {}
                         }
                     }
@@ -577,22 +500,17 @@ async fn follow(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = tokio::signal::ctrl_c() => return (Outcome::Interrupted, qemu),
+            _ = interrupted.cancelled() => return (Outcome::Interrupted, qemu),
         }
     }
 }
 
 /// The per-phase timeline of the node's current boot.
 fn print_timeline(events: &[Event], boot: Option<i64>) {
-    let moves: Vec<&Event> = events
-        .iter()
-        .filter(|e| e.state.is_some() && e.boot_id == boot && boot.is_some())
-        .collect();
+    let moves: Vec<&Event> =
+        events.iter().filter(|e| e.state.is_some() && e.boot_id == boot && boot.is_some()).collect();
     let Some(first) = moves.first() else { return };
-    println!(
-        "\nlab: timeline of boot {} (seconds in each phase)",
-        boot.unwrap_or_default()
-    );
+    println!("\nlab: timeline of boot {} (seconds in each phase)", boot.unwrap_or_default());
     for pair in moves.windows(2) {
         let (from, to) = (pair[0], pair[1]);
         println!(

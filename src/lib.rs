@@ -13,6 +13,7 @@ pub mod images;
 pub mod lab;
 pub mod node;
 pub mod profiles;
+pub mod ra;
 pub mod serve;
 pub mod store;
 pub mod tftp;

@@ -7,11 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(
-    name = "ramboot",
-    version,
-    about = "Diskless netboot provisioner: PXE-boot servers into RAM"
-)]
+#[command(name = "ramboot", version, about = "Diskless netboot provisioner: PXE-boot servers into RAM")]
 struct Args {
     #[command(subcommand)]
     command: Cmd,
@@ -58,12 +54,7 @@ enum Cmd {
     },
     /// Inspect nodes through a running server's admin API.
     Nodes {
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:8080",
-            env = "RAMBOOT_SERVER",
-            global = true
-        )]
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "RAMBOOT_SERVER", global = true)]
         server: String,
         #[command(subcommand)]
         command: NodesCmd,
@@ -116,12 +107,8 @@ enum ProfilesCmd {
 }
 
 fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn main() -> Result<()> {
@@ -132,16 +119,7 @@ fn main() -> Result<()> {
             let config = Config::load(&config)?;
             tokio::runtime::Runtime::new()?.block_on(ramboot::serve::run(config))
         }
-        Cmd::Image {
-            command:
-                ImageCmd::Build {
-                    recipe,
-                    data,
-                    recipes,
-                    cache,
-                    agent,
-                },
-        } => {
+        Cmd::Image { command: ImageCmd::Build { recipe, data, recipes, cache, agent } } => {
             let agent = match agent {
                 Some(a) => Some(a),
                 None if std::fs::read_to_string(recipes.join(&recipe).join("build.sh"))
@@ -161,28 +139,15 @@ fn main() -> Result<()> {
                 now_ms: ramboot::http::now_ms(),
             };
             let manifest = images::build(&store, &request)?;
-            println!(
-                "built {} ({:?}) in {:.0}s",
-                manifest.name,
-                manifest.kind,
-                started.elapsed().as_secs_f64()
-            );
+            println!("built {} ({:?}) in {:.0}s", manifest.name, manifest.kind, started.elapsed().as_secs_f64());
             for (role, a) in &manifest.artifacts {
-                println!(
-                    "  {role:<7} {:>12} bytes  {}  sha256:{}",
-                    a.size, a.format, a.digest
-                );
+                println!("  {role:<7} {:>12} bytes  {}  sha256:{}", a.size, a.format, a.digest);
             }
             Ok(())
         }
-        Cmd::Image {
-            command: ImageCmd::Ls { data },
-        } => {
+        Cmd::Image { command: ImageCmd::Ls { data } } => {
             let store = images::ImageStore::new(data.join("images"));
-            println!(
-                "{:<14} {:<7} {:<8} {:>12}  DIGEST",
-                "NAME", "KIND", "ROLE", "BYTES"
-            );
+            println!("{:<14} {:<7} {:<8} {:>12}  DIGEST", "NAME", "KIND", "ROLE", "BYTES");
             for m in store.list()? {
                 for (role, a) in &m.artifacts {
                     println!(
@@ -197,17 +162,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Lab {
-            once,
-            profile,
-            dir,
-            repo,
-            timeout,
-            uefi,
-            memory_mb,
-            rebuild,
-            report,
-        } => {
+        Cmd::Lab { once, profile, dir, repo, timeout, uefi, memory_mb, rebuild, report } => {
             let opts = lab::LabOptions {
                 once,
                 profile,
@@ -229,12 +184,8 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Profiles {
-            command: ProfilesCmd::Validate { dir },
-        } => {
-            let set = profiles::load_dir(&dir)
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .context("profiles are invalid")?;
+        Cmd::Profiles { command: ProfilesCmd::Validate { dir } } => {
+            let set = profiles::load_dir(&dir).map_err(|e| anyhow::anyhow!("{e}")).context("profiles are invalid")?;
             for (p, path) in set.iter() {
                 println!("ok  {:<16} {}", p.name, path.display());
             }

@@ -15,11 +15,7 @@ pub struct MacAddr(pub [u8; 6]);
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
     }
 }
 
@@ -144,10 +140,7 @@ pub struct StateParseError(pub String);
 impl FromStr for NodeState {
     type Err = StateParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        NodeState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| StateParseError(s.to_string()))
+        NodeState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| StateParseError(s.to_string()))
     }
 }
 
@@ -160,13 +153,7 @@ mod tests {
         let mac: MacAddr = "52:54:00:AB:cd:01".parse().unwrap();
         assert_eq!(mac.to_string(), "52:54:00:ab:cd:01");
         assert_eq!("52-54-00-ab-cd-01".parse::<MacAddr>().unwrap(), mac);
-        for bad in [
-            "",
-            "52:54:00:ab:cd",
-            "52:54:00:ab:cd:01:02",
-            "5:54:00:ab:cd:01",
-            "zz:54:00:ab:cd:01",
-        ] {
+        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:01:02", "5:54:00:ab:cd:01", "zz:54:00:ab:cd:01"] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -56,14 +56,8 @@ pub struct ProfileErrors(pub Vec<SourceError>);
 
 /// Load and validate every `*.yaml`/`*.yml` file in `dir`.
 pub fn load_dir(dir: &Path) -> Result<ProfileSet, ProfileErrors> {
-    let at = |file: &Path, message: String| SourceError {
-        file: file.to_path_buf(),
-        line: 0,
-        column: 0,
-        message,
-    };
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| ProfileErrors(vec![at(dir, format!("cannot read: {e}"))]))?;
+    let at = |file: &Path, message: String| SourceError { file: file.to_path_buf(), line: 0, column: 0, message };
+    let entries = std::fs::read_dir(dir).map_err(|e| ProfileErrors(vec![at(dir, format!("cannot read: {e}"))]))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
@@ -84,11 +78,7 @@ pub fn load_dir(dir: &Path) -> Result<ProfileSet, ProfileErrors> {
                 if let Some((_, first)) = set.profiles.get(&profile.name) {
                     errors.push(at(
                         &file,
-                        format!(
-                            "profile {:?} is already defined in {}",
-                            profile.name,
-                            first.display()
-                        ),
+                        format!("profile {:?} is already defined in {}", profile.name, first.display()),
                     ));
                 } else {
                     set.profiles.insert(profile.name.clone(), (profile, file));
@@ -110,31 +100,16 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, SourceError> {
     let invalid = |field: &str, message: String| {
         // Point at the offending key, so the operator lands on the right line.
         let (line, column) = locate_key(text, field);
-        SourceError {
-            file: file.to_path_buf(),
-            line,
-            column,
-            message,
-        }
+        SourceError { file: file.to_path_buf(), line, column, message }
     };
-    for (field, value) in [
-        ("name", &profile.name),
-        ("stage1", &profile.stage1),
-        ("image", &profile.image),
-    ] {
+    for (field, value) in [("name", &profile.name), ("stage1", &profile.stage1), ("image", &profile.image)] {
         if !valid_name(value) {
-            return Err(invalid(
-                field,
-                format!("{field} {value:?} must be 1-64 letters, digits, '-' or '_'"),
-            ));
+            return Err(invalid(field, format!("{field} {value:?} must be 1-64 letters, digits, '-' or '_'")));
         }
     }
     for arg in &profile.kernel_args {
         if arg.is_empty() || arg.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid(
-                "kernel_args",
-                format!("kernel argument {arg:?} must be one word with no spaces"),
-            ));
+            return Err(invalid("kernel_args", format!("kernel argument {arg:?} must be one word with no spaces")));
         }
     }
     Ok(profile)
@@ -144,10 +119,7 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, SourceError> {
 fn locate_key(text: &str, key: &str) -> (u64, u64) {
     text.lines()
         .enumerate()
-        .find(|(_, line)| {
-            line.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with(':'))
-        })
+        .find(|(_, line)| line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':')))
         .map(|(i, _)| (i as u64 + 1, 1))
         .unwrap_or((0, 0))
 }
@@ -180,10 +152,7 @@ mod tests {
         let err = parse_profile(Path::new("c.yaml"), &text).unwrap_err();
         assert_eq!(err.line, 3, "{err}");
         let text = GOOD.replace("[quiet]", "[\"console=ttyS0 rm\"]");
-        assert_eq!(
-            parse_profile(Path::new("c.yaml"), &text).unwrap_err().line,
-            4
-        );
+        assert_eq!(parse_profile(Path::new("c.yaml"), &text).unwrap_err().line, 4);
     }
 
     #[test]
@@ -195,10 +164,6 @@ mod tests {
         let errs = load_dir(dir.path()).unwrap_err().0;
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs[0].message.contains("already defined"));
-        assert!(
-            errs[1].file.ends_with("c.yaml") && errs[1].line >= 1,
-            "{}",
-            errs[1]
-        );
+        assert!(errs[1].file.ends_with("c.yaml") && errs[1].line >= 1, "{}", errs[1]);
     }
 }

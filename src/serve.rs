@@ -30,9 +30,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     std::fs::create_dir_all(&config.paths.data)
         .with_context(|| format!("creating data dir {}", config.paths.data.display()))?;
-    let store = Store::open(&config.database_url)
-        .await
-        .context("opening the database")?;
+    let store = Store::open(&config.database_url).await.context("opening the database")?;
     let images = ImageStore::new(config.paths.images());
     info!(profiles = profiles.len(), database = %config.database_url, "ramboot starting");
 
@@ -46,28 +44,20 @@ pub async fn run(config: Config) -> Result<()> {
     info!(http = %config.http_listen, tftp = %config.tftp_listen, dhcp = %config.interface, "listening");
 
     let config = Arc::new(config);
-    let state = AppState {
-        config: config.clone(),
-        store: store.clone(),
-        images,
-        profiles: Arc::new(profiles),
-    };
+    let state = AppState { config: config.clone(), store: store.clone(), images, profiles: Arc::new(profiles) };
     let mut tasks = tokio::task::JoinSet::new();
     {
         let (cfg, store, cancel) = (config.clone(), store.clone(), cancel.clone());
-        tasks.spawn(async move {
-            dhcp::io::serve(&cfg, dhcp_socket, store, cancel)
-                .await
-                .map_err(anyhow::Error::from)
-        });
+        tasks
+            .spawn(async move { dhcp::io::serve(&cfg, dhcp_socket, store, cancel).await.map_err(anyhow::Error::from) });
     }
     {
         let (root, cancel) = (config.paths.ipxe.clone(), cancel.clone());
-        tasks.spawn(async move {
-            crate::tftp::serve(&root, tftp_socket, cancel)
-                .await
-                .map_err(anyhow::Error::from)
-        });
+        tasks.spawn(async move { crate::tftp::serve(&root, tftp_socket, cancel).await.map_err(anyhow::Error::from) });
+    }
+    if config.ipv6_ra {
+        let (interface, cancel) = (config.interface.clone(), cancel.clone());
+        tasks.spawn(async move { crate::ra::serve(&interface, cancel).await.map_err(anyhow::Error::from) });
     }
     {
         let cancel = cancel.clone();
@@ -95,8 +85,7 @@ pub async fn run(config: Config) -> Result<()> {
         }
     }
     cancel.cancel();
-    let drained =
-        tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         error!("services did not stop within {DRAIN:?}; exiting anyway");
     }

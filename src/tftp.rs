@@ -51,9 +51,7 @@ pub fn resolve(root: &Path, requested: &str) -> Result<PathBuf, PathError> {
         match part {
             Component::Normal(p) => clean.push(p),
             Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(PathError::Traversal)
-            }
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return Err(PathError::Traversal),
         }
     }
     if clean.as_os_str().is_empty() {
@@ -77,9 +75,7 @@ pub struct ReadOnlyDir {
 
 impl ReadOnlyDir {
     pub fn new(root: &Path) -> std::io::Result<Self> {
-        Ok(ReadOnlyDir {
-            root: std::fs::canonicalize(root)?,
-        })
+        Ok(ReadOnlyDir { root: std::fs::canonicalize(root)? })
     }
 }
 
@@ -147,20 +143,10 @@ pub enum TftpError {
 }
 
 /// Serve `root` on `socket` until `cancel` fires.
-pub async fn serve(
-    root: &Path,
-    socket: std::net::UdpSocket,
-    cancel: CancellationToken,
-) -> Result<(), TftpError> {
-    let handler = ReadOnlyDir::new(root).map_err(|source| TftpError::Root {
-        path: root.to_path_buf(),
-        source,
-    })?;
+pub async fn serve(root: &Path, socket: std::net::UdpSocket, cancel: CancellationToken) -> Result<(), TftpError> {
+    let handler = ReadOnlyDir::new(root).map_err(|source| TftpError::Root { path: root.to_path_buf(), source })?;
     socket.set_nonblocking(true)?;
-    let server = TftpServerBuilder::with_handler(handler)
-        .std_socket(socket)?
-        .build()
-        .await?;
+    let server = TftpServerBuilder::with_handler(handler).std_socket(socket)?.build().await?;
     info!(addr = %server.listen_addr()?, root = %root.display(), "TFTP serving");
     tokio::select! {
         result = server.serve() => result.map_err(TftpError::from),
@@ -185,52 +171,28 @@ mod tests {
     #[test]
     fn plain_nested_and_rooted_names_resolve() {
         let (_d, root) = root();
-        assert_eq!(
-            resolve(&root, "undionly.kpxe").unwrap(),
-            root.join("undionly.kpxe")
-        );
-        assert_eq!(
-            resolve(&root, "/undionly.kpxe").unwrap(),
-            root.join("undionly.kpxe")
-        );
-        assert_eq!(
-            resolve(&root, "./efi/ipxe.efi").unwrap(),
-            root.join("efi/ipxe.efi")
-        );
+        assert_eq!(resolve(&root, "undionly.kpxe").unwrap(), root.join("undionly.kpxe"));
+        assert_eq!(resolve(&root, "/undionly.kpxe").unwrap(), root.join("undionly.kpxe"));
+        assert_eq!(resolve(&root, "./efi/ipxe.efi").unwrap(), root.join("efi/ipxe.efi"));
     }
 
     #[test]
     fn traversal_attempts_are_refused() {
         let (_d, root) = root();
         assert_eq!(resolve(&root, "../secret"), Err(PathError::Traversal));
-        assert_eq!(
-            resolve(&root, "efi/../../secret"),
-            Err(PathError::Traversal)
-        );
+        assert_eq!(resolve(&root, "efi/../../secret"), Err(PathError::Traversal));
         assert_eq!(resolve(&root, "..\\secret"), Err(PathError::BadCharacter));
-        assert_eq!(
-            resolve(&root, "undionly.kpxe\0.txt"),
-            Err(PathError::BadCharacter)
-        );
+        assert_eq!(resolve(&root, "undionly.kpxe\0.txt"), Err(PathError::BadCharacter));
         assert_eq!(resolve(&root, &"a".repeat(300)), Err(PathError::TooLong));
-        assert_eq!(
-            resolve(&root, "/etc/passwd"),
-            Err(PathError::NotFound),
-            "absolute names stay inside the root"
-        );
-        assert_eq!(
-            resolve(&root, "efi"),
-            Err(PathError::NotFound),
-            "directories are not files"
-        );
+        assert_eq!(resolve(&root, "/etc/passwd"), Err(PathError::NotFound), "absolute names stay inside the root");
+        assert_eq!(resolve(&root, "efi"), Err(PathError::NotFound), "directories are not files");
         assert_eq!(resolve(&root, "/"), Err(PathError::Empty));
     }
 
     #[test]
     fn symlinks_out_of_the_root_are_refused() {
         let (_d, root) = root();
-        std::os::unix::fs::symlink(root.parent().unwrap().join("secret"), root.join("link"))
-            .unwrap();
+        std::os::unix::fs::symlink(root.parent().unwrap().join("secret"), root.join("link")).unwrap();
         assert_eq!(resolve(&root, "link"), Err(PathError::Traversal));
     }
 }

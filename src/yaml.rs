@@ -33,14 +33,7 @@ pub struct SourceError {
 
 impl fmt::Display for SourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
     }
 }
 
@@ -49,25 +42,14 @@ impl std::error::Error for SourceError {}
 /// Parse `text` (the contents of `file`) as a `T`.
 pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, SourceError> {
     serde_saphyr::from_str::<T>(text).map_err(|err| {
-        let (line, column) = err
-            .location()
-            .map(|loc| (loc.line(), loc.column()))
-            .unwrap_or((0, 0));
-        SourceError {
-            file: file.to_path_buf(),
-            line,
-            column,
-            message: strip_location_suffix(&err.to_string()),
-        }
+        let (line, column) = err.location().map(|loc| (loc.line(), loc.column())).unwrap_or((0, 0));
+        SourceError { file: file.to_path_buf(), line, column, message: strip_location_suffix(&err.to_string()) }
     })
 }
 
 /// Read and parse a YAML file.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, YamlError> {
-    let text = std::fs::read_to_string(path).map_err(|source| YamlError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| YamlError::Io { path: path.to_path_buf(), source })?;
     parse(path, &text).map_err(YamlError::Invalid)
 }
 
@@ -94,8 +76,7 @@ mod tests {
 
     #[test]
     fn unknown_key_reports_line_and_column() {
-        let err =
-            parse::<Sample>(Path::new("p.yaml"), "name: a\nsize: 3\ncolour: red\n").unwrap_err();
+        let err = parse::<Sample>(Path::new("p.yaml"), "name: a\nsize: 3\ncolour: red\n").unwrap_err();
         assert_eq!((err.line, err.column), (3, 1), "{err}");
         assert!(err.message.contains("colour"), "{err}");
         assert!(err.to_string().starts_with("p.yaml:3:1: "), "{err}");

@@ -11,9 +11,10 @@
 //!
 //! Built static (`-C target-feature=+crt-static`) so it runs on busybox alone.
 
-use ramboot_proto::{
-    paths, AgentEvent, BootArgs, Dmi, Inventory, Nic, Plan, Progress, ReportedState,
-};
+// ureq 2 returns its large `Error` by value; it is only built on failure paths.
+#![allow(clippy::result_large_err)]
+
+use ramboot_proto::{human_bytes, paths, AgentEvent, BootArgs, Dmi, Inventory, Nic, Plan, Progress, ReportedState};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{Read, Write};
@@ -58,11 +59,7 @@ impl Server {
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(60))
             .build();
-        Server {
-            base: args.server.trim_end_matches('/').to_string(),
-            token: args.token.clone(),
-            http,
-        }
+        Server { base: args.server.trim_end_matches('/').to_string(), token: args.token.clone(), http }
     }
 
     fn auth(&self) -> String {
@@ -73,41 +70,17 @@ impl Server {
     /// still be settling, and a boot should not fail on one lost packet.
     fn post<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<()> {
         let url = format!("{}{path}", self.base);
-        retry(&url, || {
-            self.http
-                .post(&url)
-                .set("Authorization", &self.auth())
-                .send_json(body)
-                .map(|_| ())
-        })
+        retry(&url, || self.http.post(&url).set("Authorization", &self.auth()).send_json(body).map(|_| ()))
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = format!("{}{path}", self.base);
-        let resp = retry(&url, || {
-            self.http
-                .get(&url)
-                .set("Authorization", &self.auth())
-                .call()
-        })?;
-        resp.into_json()
-            .map_err(|e| format!("{url}: bad JSON: {e}"))
+        let resp = retry(&url, || self.http.get(&url).set("Authorization", &self.auth()).call())?;
+        resp.into_json().map_err(|e| format!("{url}: bad JSON: {e}"))
     }
 
-    fn report(
-        &self,
-        state: Option<ReportedState>,
-        message: &str,
-        progress: Option<Progress>,
-    ) -> Result<()> {
-        self.post(
-            paths::EVENTS,
-            &AgentEvent {
-                state,
-                message: message.to_string(),
-                progress,
-            },
-        )
+    fn report(&self, state: Option<ReportedState>, message: &str, progress: Option<Progress>) -> Result<()> {
+        self.post(paths::EVENTS, &AgentEvent { state, message: message.to_string(), progress })
     }
 }
 
@@ -133,8 +106,7 @@ fn retry<T>(url: &str, mut call: impl FnMut() -> std::result::Result<T, ureq::Er
 
 fn stage1() -> Result<()> {
     let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
-    let args = BootArgs::from_cmdline(&cmdline)
-        .map_err(|key| format!("kernel command line has no {key}="))?;
+    let args = BootArgs::from_cmdline(&cmdline).map_err(|key| format!("kernel command line has no {key}="))?;
     let server = Server::new(&args);
     say(&format!("node {} talking to {}", args.node, server.base));
     match load_and_mount(&server, &args) {
@@ -150,15 +122,10 @@ fn stage1() -> Result<()> {
 fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
     let inventory = inventory();
     say(&format!(
-        "hello: {} CPUs, {} MiB RAM, NICs {}",
+        "hello: {} CPUs, {} RAM, NICs {}",
         inventory.cpus,
-        inventory.memory_bytes >> 20,
-        inventory
-            .nics
-            .iter()
-            .map(|n| format!("{}={}", n.name, n.mac))
-            .collect::<Vec<_>>()
-            .join(",")
+        human_bytes(inventory.memory_bytes),
+        inventory.nics.iter().map(|n| format!("{}={}", n.name, n.mac)).collect::<Vec<_>>().join(",")
     ));
     server.post(paths::HELLO, &inventory)?;
     let plan: Plan = server.get_json(paths::PLAN)?;
@@ -167,26 +134,19 @@ fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
         plan.profile, plan.image.name, plan.image.size, plan.image.format
     ));
     if plan.image.format != "squashfs" {
-        return Err(format!(
-            "image format {:?} is not supported by this stage one",
-            plan.image.format
-        ));
+        return Err(format!("image format {:?} is not supported by this stage one", plan.image.format));
     }
     let ram = inventory.memory_bytes;
     if plan.image.size > ram / 2 {
         return Err(format!(
-            "image of {} MiB does not fit in half of {} MiB RAM",
-            plan.image.size >> 20,
-            ram >> 20
+            "image of {} does not fit in half of {} RAM",
+            human_bytes(plan.image.size),
+            human_bytes(ram)
         ));
     }
     server.report(
         Some(ReportedState::Loading),
-        &format!(
-            "fetching {} ({} MiB)",
-            plan.image.name,
-            plan.image.size >> 20
-        ),
+        &format!("fetching {} ({})", plan.image.name, human_bytes(plan.image.size)),
         None,
     )?;
     fs::create_dir_all(WORK).map_err(|e| format!("{WORK}: {e}"))?;
@@ -197,10 +157,7 @@ fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
     let rate = plan.image.size as f64 / secs / (1 << 20) as f64;
     server.report(
         None,
-        &format!(
-            "image verified: sha256 {} in {secs:.1}s ({rate:.0} MiB/s)",
-            short(&plan.image.sha256)
-        ),
+        &format!("image verified: sha256 {} in {secs:.1}s ({rate:.0} MiB/s)", short(&plan.image.sha256)),
         None,
     )?;
     mount_root(&image_path)?;
@@ -221,24 +178,18 @@ fn short(digest: &str) -> &str {
 /// Stream the image to `dest`, hashing as it arrives; reject size or hash mismatch.
 fn fetch_verified(server: &Server, plan: &Plan, dest: &str) -> Result<()> {
     let url = &plan.image.url;
-    let resp = retry(url, || {
-        server
-            .http
-            .get(url)
-            .set("Authorization", &server.auth())
-            .call()
-    })?;
+    let resp = retry(url, || server.http.get(url).set("Authorization", &server.auth()).call())?;
     let mut body = resp.into_reader();
     let mut file = fs::File::create(dest).map_err(|e| format!("{dest}: {e}"))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let total = plan.image.size;
-    let (mut done, mut next_report) = (0u64, 0u64);
-    let step = (total / 10).max(1);
+    let mut done = 0u64;
+    // Report by time, not by percent: a small image makes no noise, a large or slow
+    // one shows steady progress.
+    let mut last_report = Instant::now();
     loop {
-        let n = body
-            .read(&mut buf)
-            .map_err(|e| format!("reading {url}: {e}"))?;
+        let n = body.read(&mut buf).map_err(|e| format!("reading {url}: {e}"))?;
         if n == 0 {
             break;
         }
@@ -247,25 +198,14 @@ fn fetch_verified(server: &Server, plan: &Plan, dest: &str) -> Result<()> {
             return Err(format!("image is larger than the planned {total} bytes"));
         }
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])
-            .map_err(|e| format!("{dest}: {e} (out of RAM?)"))?;
-        if done >= next_report {
+        file.write_all(&buf[..n]).map_err(|e| format!("{dest}: {e} (out of RAM?)"))?;
+        if last_report.elapsed() >= Duration::from_secs(2) {
             let pct = done * 100 / total.max(1);
-            say(&format!(
-                "fetched {pct}% ({} of {} MiB)",
-                done >> 20,
-                total >> 20
-            ));
+            let text = format!("fetched {pct}% ({} of {})", human_bytes(done), human_bytes(total));
+            say(&text);
             // Progress is informative: a lost report must not fail the boot.
-            let _ = server.report(
-                None,
-                &format!("fetched {pct}%"),
-                Some(Progress {
-                    done_bytes: done,
-                    total_bytes: total,
-                }),
-            );
-            next_report = done + step;
+            let _ = server.report(None, &text, Some(Progress { done_bytes: done, total_bytes: total }));
+            last_report = Instant::now();
         }
     }
     if done != total {
@@ -273,10 +213,7 @@ fn fetch_verified(server: &Server, plan: &Plan, dest: &str) -> Result<()> {
     }
     let got = hex::encode(hasher.finalize());
     if got != plan.image.sha256 {
-        return Err(format!(
-            "image hash mismatch: expected sha256 {}, got {got}",
-            plan.image.sha256
-        ));
+        return Err(format!("image hash mismatch: expected sha256 {}, got {got}", plan.image.sha256));
     }
     file.sync_all().map_err(|e| format!("{dest}: {e}"))?;
     say(&format!("image verified: sha256 {got}"));
@@ -284,16 +221,9 @@ fn fetch_verified(server: &Server, plan: &Plan, dest: &str) -> Result<()> {
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
+    let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(())
 }
@@ -301,11 +231,7 @@ fn run(cmd: &str, args: &[&str]) -> Result<()> {
 /// squashfs (read-only, stays compressed in RAM) under an overlay whose writable
 /// layer is tmpfs: the node runs entirely from memory and starts clean every boot.
 fn mount_root(image: &str) -> Result<()> {
-    let (lower, upper, work) = (
-        format!("{WORK}/lower"),
-        format!("{WORK}/upper"),
-        format!("{WORK}/work"),
-    );
+    let (lower, upper, work) = (format!("{WORK}/lower"), format!("{WORK}/upper"), format!("{WORK}/work"));
     for d in [&lower, &upper, &work, &NEWROOT.to_string()] {
         fs::create_dir_all(d).map_err(|e| format!("{d}: {e}"))?;
     }
@@ -325,8 +251,7 @@ fn install_for_stage_two(args: &BootArgs, plan: &Plan) -> Result<()> {
             fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
     }
-    fs::copy("/proc/self/exe", &agent_dest)
-        .map_err(|e| format!("{}: {e}", agent_dest.display()))?;
+    fs::copy("/proc/self/exe", &agent_dest).map_err(|e| format!("{}: {e}", agent_dest.display()))?;
     set_mode(&agent_dest, 0o755)?;
     let env = format!(
         "RAMBOOT_SERVER={}\nRAMBOOT_NODE={}\nRAMBOOT_TOKEN={}\nRAMBOOT_PROFILE={}\n",
@@ -335,15 +260,13 @@ fn install_for_stage_two(args: &BootArgs, plan: &Plan) -> Result<()> {
     fs::write(&env_dest, env).map_err(|e| format!("{}: {e}", env_dest.display()))?;
     set_mode(&env_dest, 0o600)?;
     let hostname = root.join("etc/hostname");
-    fs::write(&hostname, format!("{}\n", plan.hostname))
-        .map_err(|e| format!("{}: {e}", hostname.display()))?;
+    fs::write(&hostname, format!("{}\n", plan.hostname)).map_err(|e| format!("{}: {e}", hostname.display()))?;
     Ok(())
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn ready() -> Result<()> {
@@ -363,36 +286,23 @@ fn ready() -> Result<()> {
     };
     let server = Server::new(&args);
     let host = read_trim("/etc/hostname").unwrap_or_default();
-    let uptime = read_trim("/proc/uptime")
-        .and_then(|u| u.split_whitespace().next().map(str::to_string))
-        .unwrap_or_default();
-    server.report(
-        Some(ReportedState::Ready),
-        &format!("stage two up: {host}, kernel uptime {uptime}s"),
-        None,
-    )?;
+    let uptime =
+        read_trim("/proc/uptime").and_then(|u| u.split_whitespace().next().map(str::to_string)).unwrap_or_default();
+    server.report(Some(ReportedState::Ready), &format!("stage two up: {host}, kernel uptime {uptime}s"), None)?;
     say("reported ready");
     Ok(())
 }
 
 fn read_trim(path: &str) -> Option<String> {
-    fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 fn inventory() -> Inventory {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpus = cpuinfo
+    let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count() as u32;
+    let cpu_model = cpuinfo
         .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count() as u32;
-    let cpu_model = cpuinfo.lines().find_map(|l| {
-        l.strip_prefix("model name")
-            .and_then(|r| r.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-    });
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()));
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let memory_bytes = meminfo
         .lines()
@@ -413,8 +323,7 @@ fn inventory() -> Inventory {
                 .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
             nics.push(Nic {
                 mac: read_trim(&format!("/sys/class/net/{name}/address")).unwrap_or_default(),
-                speed_mbps: read_trim(&format!("/sys/class/net/{name}/speed"))
-                    .and_then(|s| s.parse().ok()),
+                speed_mbps: read_trim(&format!("/sys/class/net/{name}/speed")).and_then(|s| s.parse().ok()),
                 driver,
                 name,
             });

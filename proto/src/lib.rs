@@ -141,9 +141,36 @@ mod tests {
         assert_eq!(args.node, "7");
         assert_eq!(args.token, "abc");
         assert_eq!(args.mac.as_deref(), Some("52:54:00:00:00:01"));
-        assert_eq!(
-            BootArgs::from_cmdline("quiet ramboot.node=1"),
-            Err(cmdline::SERVER)
-        );
+        assert_eq!(BootArgs::from_cmdline("quiet ramboot.node=1"), Err(cmdline::SERVER));
+    }
+}
+
+/// Byte counts for people: `960 KiB`, `12.3 MiB`, `1.5 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value >= 100.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod human_tests {
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(super::human_bytes(512), "512 B");
+        assert_eq!(super::human_bytes(983_040), "960 KiB");
+        assert_eq!(super::human_bytes(12_900_000), "12.3 MiB");
+        assert_eq!(super::human_bytes(3 << 30), "3.0 GiB");
     }
 }

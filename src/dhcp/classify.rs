@@ -55,10 +55,7 @@ impl From<u16> for Arch {
 impl Arch {
     /// UEFI HTTP boot clients fetch their boot file by URL, not TFTP.
     pub fn is_http_boot(self) -> bool {
-        matches!(
-            self,
-            Arch::EfiIa32Http | Arch::EfiX64Http | Arch::EfiArm32Http | Arch::EfiArm64Http
-        )
+        matches!(self, Arch::EfiIa32Http | Arch::EfiX64Http | Arch::EfiArm32Http | Arch::EfiArm64Http)
     }
 }
 
@@ -115,10 +112,7 @@ pub enum ClassifyError {
 pub fn classify(msg: &Message) -> Result<Client, ClassifyError> {
     // `Message::chaddr()` slices by the wire's hlen and would panic past 16: check first.
     if msg.htype() != HType::Eth || msg.hlen() != 6 {
-        return Err(ClassifyError::NotEthernet {
-            htype: msg.htype(),
-            hlen: msg.hlen(),
-        });
+        return Err(ClassifyError::NotEthernet { htype: msg.htype(), hlen: msg.hlen() });
     }
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&msg.chaddr()[..6]);
@@ -138,15 +132,9 @@ pub fn classify(msg: &Message) -> Result<Client, ClassifyError> {
     let has_ipxe_encap = opts.get(OptionCode::Unknown(175)).is_some();
     let firmware = if user_class_is_ipxe || has_ipxe_encap {
         Firmware::Ipxe
-    } else if vendor_class
-        .as_deref()
-        .is_some_and(|v| v.starts_with("HTTPClient"))
-    {
+    } else if vendor_class.as_deref().is_some_and(|v| v.starts_with("HTTPClient")) {
         Firmware::HttpClient
-    } else if vendor_class
-        .as_deref()
-        .is_some_and(|v| v.starts_with("PXEClient"))
-    {
+    } else if vendor_class.as_deref().is_some_and(|v| v.starts_with("PXEClient")) {
         Firmware::Pxe
     } else {
         Firmware::Plain
@@ -155,13 +143,7 @@ pub fn classify(msg: &Message) -> Result<Client, ClassifyError> {
         Some(DhcpOption::ClientMachineIdentifier(raw)) => Some(raw.clone()),
         _ => None,
     };
-    Ok(Client {
-        mac: MacAddr(mac),
-        arch,
-        firmware,
-        uuid,
-        vendor_class,
-    })
+    Ok(Client { mac: MacAddr(mac), arch, firmware, uuid, vendor_class })
 }
 
 /// Option 77's value. RFC 3004 frames it as length-prefixed names, but iPXE and many
@@ -222,14 +204,9 @@ pub(crate) mod tests {
         let mut msg = request(mac, kind);
         let o = msg.opts_mut();
         o.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(0)));
-        o.insert(DhcpOption::ClassIdentifier(
-            b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
-        ));
+        o.insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()));
         o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-        o.insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(
-            175.into(),
-            vec![0xb1, 1, 1],
-        )));
+        o.insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(175.into(), vec![0xb1, 1, 1])));
         msg
     }
 
@@ -244,26 +221,17 @@ pub(crate) mod tests {
     #[test]
     fn plain_pxe_rom_on_uefi() {
         let mut msg = request([2, 0, 0, 0, 0, 2], MessageType::Discover);
-        msg.opts_mut()
-            .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(7)));
-        msg.opts_mut().insert(DhcpOption::ClassIdentifier(
-            b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
-        ));
+        msg.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::from(7)));
+        msg.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007:UNDI:003016".to_vec()));
         let client = classify(&msg).unwrap();
-        assert_eq!(
-            (client.firmware, client.arch),
-            (Firmware::Pxe, Some(Arch::EfiX64))
-        );
+        assert_eq!((client.firmware, client.arch), (Firmware::Pxe, Some(Arch::EfiX64)));
     }
 
     #[test]
     fn http_boot_client() {
         let mut msg = request([2, 0, 0, 0, 0, 3], MessageType::Discover);
-        msg.opts_mut()
-            .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(16)));
-        msg.opts_mut().insert(DhcpOption::ClassIdentifier(
-            b"HTTPClient:Arch:00016".to_vec(),
-        ));
+        msg.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::from(16)));
+        msg.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016".to_vec()));
         let client = classify(&msg).unwrap();
         assert_eq!(client.firmware, Firmware::HttpClient);
         assert!(client.arch.unwrap().is_http_boot());
@@ -272,8 +240,7 @@ pub(crate) mod tests {
     #[test]
     fn rfc3004_framed_user_class_is_recognised() {
         let mut msg = request([2, 0, 0, 0, 0, 4], MessageType::Discover);
-        msg.opts_mut()
-            .insert(DhcpOption::UserClass(b"\x03foo\x04iPXE".to_vec()));
+        msg.opts_mut().insert(DhcpOption::UserClass(b"\x03foo\x04iPXE".to_vec()));
         assert_eq!(classify(&msg).unwrap().firmware, Firmware::Ipxe);
     }
 
@@ -281,9 +248,6 @@ pub(crate) mod tests {
     fn oversized_hlen_is_refused_not_panicking() {
         let mut msg = request([2, 0, 0, 0, 0, 5], MessageType::Discover);
         msg.set_chaddr(&[0u8; 16]);
-        assert!(matches!(
-            classify(&msg),
-            Err(ClassifyError::NotEthernet { hlen: 16, .. })
-        ));
+        assert!(matches!(classify(&msg), Err(ClassifyError::NotEthernet { hlen: 16, .. })));
     }
 }

@@ -112,12 +112,7 @@ pub struct LeaseGrant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Send `reply`; if `grant` is set, persist it first and send nothing if that fails.
-    Reply {
-        reply: Box<Message>,
-        grant: Option<LeaseGrant>,
-        client: Client,
-        boot: BootChoice,
-    },
+    Reply { reply: Box<Message>, grant: Option<LeaseGrant>, client: Client, boot: BootChoice },
     /// The client gave its address back: mark the stored lease released.
     Released { mac: MacAddr, ip: Ipv4Addr },
     /// The client found the address in use: quarantined in the pool, record it.
@@ -154,12 +149,7 @@ pub fn decide(msg: &Message, policy: &DhcpPolicy, pool: &mut LeasePool, now: u64
     }
 }
 
-fn decide_inner(
-    msg: &Message,
-    policy: &DhcpPolicy,
-    pool: &mut LeasePool,
-    now: u64,
-) -> Result<Decision, IgnoreReason> {
+fn decide_inner(msg: &Message, policy: &DhcpPolicy, pool: &mut LeasePool, now: u64) -> Result<Decision, IgnoreReason> {
     if msg.opcode() != Opcode::BootRequest {
         return Err(IgnoreReason::NotRequest);
     }
@@ -175,26 +165,16 @@ fn decide_inner(
     };
     match kind {
         MessageType::Discover => {
-            let ip = pool
-                .offer(client.mac, requested, now, OFFER_HOLD_SECS)
-                .ok_or(IgnoreReason::PoolExhausted)?;
+            let ip = pool.offer(client.mac, requested, now, OFFER_HOLD_SECS).ok_or(IgnoreReason::PoolExhausted)?;
             let boot = choose_boot(&client, policy);
             let reply = build_reply(msg, MessageType::Offer, ip, &boot, policy);
-            Ok(Decision::Reply {
-                reply: Box::new(reply),
-                grant: None,
-                client,
-                boot,
-            })
+            Ok(Decision::Reply { reply: Box::new(reply), grant: None, client, boot })
         }
         MessageType::Request => {
             if let Some(id) = server_id.filter(|id| *id != policy.server_id) {
                 // SELECTING another server's offer: free ours at once.
                 if let Some(ip) = pool.held_by(client.mac, now) {
-                    if pool
-                        .binding(ip)
-                        .is_some_and(|b| b.kind == super::pool::BindingKind::Offered)
-                    {
+                    if pool.binding(ip).is_some_and(|b| b.kind == super::pool::BindingKind::Offered) {
                         pool.forget(client.mac, ip);
                     }
                 }
@@ -207,36 +187,19 @@ fn decide_inner(
             let boot = choose_boot(&client, policy);
             if !pool.can_grant(client.mac, ip, now) {
                 let reply = build_nak(msg, policy);
-                return Ok(Decision::Reply {
-                    reply: Box::new(reply),
-                    grant: None,
-                    client,
-                    boot,
-                });
+                return Ok(Decision::Reply { reply: Box::new(reply), grant: None, client, boot });
             }
             let expires_at = now + u64::from(policy.lease_secs);
             pool.grant(client.mac, ip, expires_at);
             let reply = build_reply(msg, MessageType::Ack, ip, &boot, policy);
-            let grant = LeaseGrant {
-                mac: client.mac,
-                ip,
-                expires_at,
-            };
-            Ok(Decision::Reply {
-                reply: Box::new(reply),
-                grant: Some(grant),
-                client,
-                boot,
-            })
+            let grant = LeaseGrant { mac: client.mac, ip, expires_at };
+            Ok(Decision::Reply { reply: Box::new(reply), grant: Some(grant), client, boot })
         }
         MessageType::Release => {
             let ip = msg.ciaddr();
             if pool.binding(ip).is_some_and(|b| b.mac == client.mac) {
                 pool.forget(client.mac, ip);
-                Ok(Decision::Released {
-                    mac: client.mac,
-                    ip,
-                })
+                Ok(Decision::Released { mac: client.mac, ip })
             } else {
                 Err(IgnoreReason::NotOurs(ip))
             }
@@ -245,10 +208,7 @@ fn decide_inner(
             let ip = requested.ok_or(IgnoreReason::NoRequestedAddress)?;
             if pool.binding(ip).is_some_and(|b| b.mac == client.mac) {
                 pool.quarantine(client.mac, ip, now + u64::from(policy.lease_secs));
-                Ok(Decision::Declined {
-                    mac: client.mac,
-                    ip,
-                })
+                Ok(Decision::Declined { mac: client.mac, ip })
             } else {
                 Err(IgnoreReason::NotOurs(ip))
             }
@@ -270,13 +230,7 @@ fn reply_header(req: &Message) -> Message {
     reply
 }
 
-fn build_reply(
-    req: &Message,
-    kind: MessageType,
-    ip: Ipv4Addr,
-    boot: &BootChoice,
-    policy: &DhcpPolicy,
-) -> Message {
+fn build_reply(req: &Message, kind: MessageType, ip: Ipv4Addr, boot: &BootChoice, policy: &DhcpPolicy) -> Message {
     let mut reply = reply_header(req);
     reply.set_yiaddr(ip).set_siaddr(policy.server_id);
     if kind == MessageType::Ack {
@@ -303,9 +257,7 @@ fn build_reply(
         opts.insert(DhcpOption::DomainNameServer(policy.dns.clone()));
     }
     if let Some(file) = boot.file() {
-        opts.insert(DhcpOption::TFTPServerName(
-            policy.server_id.to_string().into_bytes(),
-        ));
+        opts.insert(DhcpOption::TFTPServerName(policy.server_id.to_string().into_bytes()));
         opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
     }
     if let BootChoice::Http(_) = boot {
@@ -351,17 +303,12 @@ mod tests {
     }
 
     fn pool() -> LeasePool {
-        LeasePool::new(
-            Ipv4Addr::new(10, 213, 0, 100),
-            Ipv4Addr::new(10, 213, 0, 199),
-        )
+        LeasePool::new(Ipv4Addr::new(10, 213, 0, 100), Ipv4Addr::new(10, 213, 0, 199))
     }
 
     fn reply_of(d: Decision) -> (Message, Option<LeaseGrant>, BootChoice) {
         match d {
-            Decision::Reply {
-                reply, grant, boot, ..
-            } => (*reply, grant, boot),
+            Decision::Reply { reply, grant, boot, .. } => (*reply, grant, boot),
             other => panic!("expected a reply, got {other:?}"),
         }
     }
@@ -371,41 +318,23 @@ mod tests {
     #[test]
     fn ipxe_discover_request_ack_carries_script_url_and_grant() {
         let (p, mut pool) = (policy(), pool());
-        let (offer, grant, boot) = reply_of(decide(
-            &ipxe_bios(MAC, MessageType::Discover),
-            &p,
-            &mut pool,
-            1000,
-        ));
+        let (offer, grant, boot) = reply_of(decide(&ipxe_bios(MAC, MessageType::Discover), &p, &mut pool, 1000));
         assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
         assert!(grant.is_none(), "an OFFER is not a lease");
-        assert_eq!(
-            boot,
-            BootChoice::IpxeScript("http://10.213.0.1:8080/boot.ipxe?mac=52:54:00:12:34:56".into())
-        );
+        assert_eq!(boot, BootChoice::IpxeScript("http://10.213.0.1:8080/boot.ipxe?mac=52:54:00:12:34:56".into()));
         let ip = offer.yiaddr();
         assert!(pool.contains(ip));
 
         let mut req = ipxe_bios(MAC, MessageType::Request);
         req.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
-        req.opts_mut()
-            .insert(DhcpOption::ServerIdentifier(p.server_id));
+        req.opts_mut().insert(DhcpOption::ServerIdentifier(p.server_id));
         let (ack, grant, _) = reply_of(decide(&req, &p, &mut pool, 1001));
         assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
         assert_eq!(ack.yiaddr(), ip);
-        assert_eq!(
-            grant,
-            Some(LeaseGrant {
-                mac: MacAddr(MAC),
-                ip,
-                expires_at: 1001 + 3600
-            })
-        );
+        assert_eq!(grant, Some(LeaseGrant { mac: MacAddr(MAC), ip, expires_at: 1001 + 3600 }));
         assert_eq!(
             ack.opts().get(OptionCode::BootfileName),
-            Some(&DhcpOption::BootfileName(
-                b"http://10.213.0.1:8080/boot.ipxe?mac=52:54:00:12:34:56".to_vec()
-            ))
+            Some(&DhcpOption::BootfileName(b"http://10.213.0.1:8080/boot.ipxe?mac=52:54:00:12:34:56".to_vec()))
         );
         assert_eq!(ack.siaddr(), p.server_id);
     }
@@ -413,11 +342,8 @@ mod tests {
     #[test]
     fn plain_pxe_bios_rom_gets_undionly_over_tftp() {
         let mut msg = request(MAC, MessageType::Discover);
-        msg.opts_mut()
-            .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(0)));
-        msg.opts_mut().insert(DhcpOption::ClassIdentifier(
-            b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
-        ));
+        msg.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::from(0)));
+        msg.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()));
         let (offer, _, boot) = reply_of(decide(&msg, &policy(), &mut pool(), 0));
         assert_eq!(boot, BootChoice::Tftp("undionly.kpxe".into()));
         assert_eq!(offer.fname_str().unwrap().unwrap(), "undionly.kpxe");
@@ -427,13 +353,8 @@ mod tests {
     fn plain_pxe_uefi_x64_rom_gets_ipxe_efi() {
         for code in [7u16, 9] {
             let mut msg = request(MAC, MessageType::Discover);
-            msg.opts_mut()
-                .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(
-                    code,
-                )));
-            msg.opts_mut().insert(DhcpOption::ClassIdentifier(
-                b"PXEClient:Arch:00007".to_vec(),
-            ));
+            msg.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::from(code)));
+            msg.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007".to_vec()));
             let (_, _, boot) = reply_of(decide(&msg, &policy(), &mut pool(), 0));
             assert_eq!(boot, BootChoice::Tftp("ipxe.efi".into()), "arch {code}");
         }
@@ -441,12 +362,7 @@ mod tests {
 
     #[test]
     fn an_os_dhcp_client_gets_an_address_and_no_boot_file() {
-        let (offer, _, boot) = reply_of(decide(
-            &request(MAC, MessageType::Discover),
-            &policy(),
-            &mut pool(),
-            0,
-        ));
+        let (offer, _, boot) = reply_of(decide(&request(MAC, MessageType::Discover), &policy(), &mut pool(), 0));
         assert_eq!(boot, BootChoice::None);
         assert!(offer.opts().get(OptionCode::BootfileName).is_none());
     }
@@ -454,21 +370,11 @@ mod tests {
     #[test]
     fn request_for_another_servers_offer_is_ignored_and_frees_ours() {
         let (p, mut pool) = (policy(), pool());
-        let (offer, _, _) = reply_of(decide(
-            &request(MAC, MessageType::Discover),
-            &p,
-            &mut pool,
-            0,
-        ));
+        let (offer, _, _) = reply_of(decide(&request(MAC, MessageType::Discover), &p, &mut pool, 0));
         let mut req = request(MAC, MessageType::Request);
-        req.opts_mut()
-            .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
-        req.opts_mut()
-            .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 213, 0, 2)));
-        assert!(matches!(
-            decide(&req, &p, &mut pool, 1),
-            Decision::Ignore(IgnoreReason::OtherServer(_))
-        ));
+        req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        req.opts_mut().insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 213, 0, 2)));
+        assert!(matches!(decide(&req, &p, &mut pool, 1), Decision::Ignore(IgnoreReason::OtherServer(_))));
         assert_eq!(pool.held_by(MacAddr(MAC), 1), None);
     }
 
@@ -476,26 +382,16 @@ mod tests {
     fn request_for_a_foreign_or_taken_address_is_naked() {
         let (p, mut pool) = (policy(), pool());
         let mut req = request(MAC, MessageType::Request);
-        req.opts_mut()
-            .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(
-                192, 168, 1, 5,
-            )));
+        req.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(192, 168, 1, 5)));
         let (nak, grant, _) = reply_of(decide(&req, &p, &mut pool, 0));
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
         assert!(grant.is_none());
         assert!(nak.yiaddr().is_unspecified());
 
         // Another MAC holds .100; a REQUEST for it must not be granted.
-        pool.grant(
-            MacAddr([2, 0, 0, 0, 0, 9]),
-            Ipv4Addr::new(10, 213, 0, 100),
-            5000,
-        );
+        pool.grant(MacAddr([2, 0, 0, 0, 0, 9]), Ipv4Addr::new(10, 213, 0, 100), 5000);
         let mut req = request(MAC, MessageType::Request);
-        req.opts_mut()
-            .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(
-                10, 213, 0, 100,
-            )));
+        req.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 213, 0, 100)));
         let (nak, _, _) = reply_of(decide(&req, &p, &mut pool, 0));
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
     }
@@ -520,13 +416,7 @@ mod tests {
         pool.grant(MacAddr(MAC), ip, 100);
         let mut rel = request(MAC, MessageType::Release);
         rel.set_ciaddr(ip);
-        assert_eq!(
-            decide(&rel, &p, &mut pool, 1),
-            Decision::Released {
-                mac: MacAddr(MAC),
-                ip
-            }
-        );
+        assert_eq!(decide(&rel, &p, &mut pool, 1), Decision::Released { mac: MacAddr(MAC), ip });
         assert!(pool.can_grant(MacAddr([2, 0, 0, 0, 0, 9]), ip, 1));
     }
 
@@ -534,24 +424,14 @@ mod tests {
     fn long_script_url_goes_only_in_option_67() {
         let mut p = policy();
         p.boot_url = format!("http://{}.example:8080", "x".repeat(120));
-        let (offer, _, _) = reply_of(decide(
-            &ipxe_bios(MAC, MessageType::Discover),
-            &p,
-            &mut pool(),
-            0,
-        ));
+        let (offer, _, _) = reply_of(decide(&ipxe_bios(MAC, MessageType::Discover), &p, &mut pool(), 0));
         assert!(offer.fname().is_none());
         assert!(offer.opts().get(OptionCode::BootfileName).is_some());
     }
 
     #[test]
     fn replies_encode_and_decode_again() {
-        let (offer, _, _) = reply_of(decide(
-            &ipxe_bios(MAC, MessageType::Discover),
-            &policy(),
-            &mut pool(),
-            0,
-        ));
+        let (offer, _, _) = reply_of(decide(&ipxe_bios(MAC, MessageType::Discover), &policy(), &mut pool(), 0));
         // Byte-level: dhcproto keeps the NUL terminator of `file` when decoding.
         let bytes = offer.to_vec().unwrap();
         let again = Message::decode(&mut dhcproto::Decoder::new(&bytes)).unwrap();

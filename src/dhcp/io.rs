@@ -34,20 +34,12 @@ pub enum DhcpIoError {
 /// A UDP socket bound to `port` on every address but tied to `interface`, so
 /// broadcast replies leave through the boot network and nowhere else.
 pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpIoError> {
-    let err = |source| DhcpIoError::Bind {
-        interface: interface.to_string(),
-        port,
-        source,
-    };
+    let err = |source| DhcpIoError::Bind { interface: interface.to_string(), port, source };
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
     socket.set_broadcast(true).map_err(err)?;
-    socket
-        .bind_device(Some(interface.as_bytes()))
-        .map_err(err)?;
-    socket
-        .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
-        .map_err(err)?;
+    socket.bind_device(Some(interface.as_bytes())).map_err(err)?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into()).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     UdpSocket::from_std(socket.into()).map_err(err)
 }
@@ -55,11 +47,7 @@ pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpIoError> {
 /// Where a reply goes, per RFC 2131 §4.1: to the relay if there is one; a NAK by
 /// broadcast; to ciaddr if the client has an address; otherwise by broadcast,
 /// because an address-less client cannot answer ARP (we add no ARP entries).
-pub fn reply_destination(
-    request: &Message,
-    reply_type: MessageType,
-    server_port: u16,
-) -> SocketAddrV4 {
+pub fn reply_destination(request: &Message, reply_type: MessageType, server_port: u16) -> SocketAddrV4 {
     let client_port = server_port.wrapping_add(1);
     if !request.giaddr().is_unspecified() {
         return SocketAddrV4::new(request.giaddr(), server_port);
@@ -83,9 +71,7 @@ pub fn policy_from_config(cfg: &Config) -> DhcpPolicy {
 }
 
 fn unix_now() -> (u64, i64) {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     (d.as_secs(), d.as_millis() as i64)
 }
 
@@ -145,26 +131,14 @@ async fn handle(
     let (now, now_ms) = unix_now();
     let request_type = request.opts().msg_type();
     match decide(request, policy, pool, now) {
-        Decision::Reply {
-            reply,
-            grant,
-            client,
-            boot,
-        } => {
+        Decision::Reply { reply, grant, client, boot } => {
             let reply_type = reply.opts().msg_type().unwrap_or(MessageType::Unknown(0));
             if let Some(grant) = &grant {
                 // Durable before it is announced: no ACK for a lease we could lose.
-                match store
-                    .commit_lease(grant.mac, grant.ip, grant.expires_at, now_ms)
-                    .await
-                {
+                match store.commit_lease(grant.mac, grant.ip, grant.expires_at, now_ms).await {
                     Ok(node) => {
-                        let msg =
-                            format!("DHCP lease {} (until unix {})", grant.ip, grant.expires_at);
-                        if let Err(e) = store
-                            .add_event(node, None, EventKind::Dhcp, &msg, now_ms)
-                            .await
-                        {
+                        let msg = format!("DHCP lease {} (until unix {})", grant.ip, grant.expires_at);
+                        if let Err(e) = store.add_event(node, None, EventKind::Dhcp, &msg, now_ms).await {
                             warn!(error = %e, "recording DHCP event failed");
                         }
                     }
@@ -223,24 +197,11 @@ mod tests {
     #[test]
     fn replies_go_to_relay_then_ciaddr_then_broadcast() {
         let mut req = request([2, 0, 0, 0, 0, 1], MessageType::Request);
-        assert_eq!(
-            reply_destination(&req, MessageType::Ack, 67),
-            SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)
-        );
+        assert_eq!(reply_destination(&req, MessageType::Ack, 67), SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
         req.set_ciaddr(Ipv4Addr::new(10, 0, 0, 5));
-        assert_eq!(
-            reply_destination(&req, MessageType::Ack, 67),
-            "10.0.0.5:68".parse().unwrap()
-        );
-        assert_eq!(
-            reply_destination(&req, MessageType::Nak, 67),
-            SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)
-        );
-        req.set_giaddr(Ipv4Addr::new(10, 1, 0, 1))
-            .set_flags(Flags::default().set_broadcast());
-        assert_eq!(
-            reply_destination(&req, MessageType::Ack, 67),
-            "10.1.0.1:67".parse().unwrap()
-        );
+        assert_eq!(reply_destination(&req, MessageType::Ack, 67), "10.0.0.5:68".parse().unwrap());
+        assert_eq!(reply_destination(&req, MessageType::Nak, 67), SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        req.set_giaddr(Ipv4Addr::new(10, 1, 0, 1)).set_flags(Flags::default().set_broadcast());
+        assert_eq!(reply_destination(&req, MessageType::Ack, 67), "10.1.0.1:67".parse().unwrap());
     }
 }

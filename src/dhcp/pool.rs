@@ -40,13 +40,7 @@ pub struct LeasePool {
 impl LeasePool {
     pub fn new(start: Ipv4Addr, end: Ipv4Addr) -> Self {
         let (start, end) = (u32::from(start), u32::from(end));
-        LeasePool {
-            start,
-            end,
-            by_ip: BTreeMap::new(),
-            by_mac: HashMap::new(),
-            cursor: start,
-        }
+        LeasePool { start, end, by_ip: BTreeMap::new(), by_mac: HashMap::new(), cursor: start }
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -67,14 +61,7 @@ impl LeasePool {
     /// Restore a persisted lease (at start-up).
     pub fn restore(&mut self, ip: Ipv4Addr, mac: MacAddr, expires_at: u64) {
         if self.contains(ip) {
-            self.bind(
-                u32::from(ip),
-                Binding {
-                    mac,
-                    kind: BindingKind::Leased,
-                    expires_at,
-                },
-            );
+            self.bind(u32::from(ip), Binding { mac, kind: BindingKind::Leased, expires_at });
         }
     }
 
@@ -88,10 +75,7 @@ impl LeasePool {
     fn bind(&mut self, ip: u32, binding: Binding) {
         if let Some(old_ip) = self.by_mac.insert(binding.mac, ip) {
             if old_ip != ip
-                && self
-                    .by_ip
-                    .get(&old_ip)
-                    .is_some_and(|b| b.mac == binding.mac && b.kind != BindingKind::Quarantined)
+                && self.by_ip.get(&old_ip).is_some_and(|b| b.mac == binding.mac && b.kind != BindingKind::Quarantined)
             {
                 self.by_ip.remove(&old_ip);
             }
@@ -107,43 +91,24 @@ impl LeasePool {
     ///
     /// Preference: the address the MAC already holds, then the one it asked for
     /// (option 50) if free, then the next free address after the cursor.
-    pub fn offer(
-        &mut self,
-        mac: MacAddr,
-        requested: Option<Ipv4Addr>,
-        now: u64,
-        hold_secs: u64,
-    ) -> Option<Ipv4Addr> {
+    pub fn offer(&mut self, mac: MacAddr, requested: Option<Ipv4Addr>, now: u64, hold_secs: u64) -> Option<Ipv4Addr> {
         let chosen = self
             .held_by(mac, now)
             .map(u32::from)
             .or_else(|| {
-                requested
-                    .map(u32::from)
-                    .filter(|&ip| self.contains(Ipv4Addr::from(ip)) && self.is_free(ip, mac, now))
+                requested.map(u32::from).filter(|&ip| self.contains(Ipv4Addr::from(ip)) && self.is_free(ip, mac, now))
             })
             .or_else(|| self.next_free(mac, now))?;
         let expires_at = match self.by_ip.get(&chosen) {
             // Never shorten a live lease because the client asked again.
-            Some(b) if b.mac == mac && b.kind == BindingKind::Leased && b.expires_at > now => {
-                b.expires_at
-            }
+            Some(b) if b.mac == mac && b.kind == BindingKind::Leased && b.expires_at > now => b.expires_at,
             _ => now + hold_secs,
         };
         let kind = match self.by_ip.get(&chosen) {
-            Some(b) if b.mac == mac && b.kind == BindingKind::Leased && b.expires_at > now => {
-                BindingKind::Leased
-            }
+            Some(b) if b.mac == mac && b.kind == BindingKind::Leased && b.expires_at > now => BindingKind::Leased,
             _ => BindingKind::Offered,
         };
-        self.bind(
-            chosen,
-            Binding {
-                mac,
-                kind,
-                expires_at,
-            },
-        );
+        self.bind(chosen, Binding { mac, kind, expires_at });
         Some(Ipv4Addr::from(chosen))
     }
 
@@ -169,14 +134,7 @@ impl LeasePool {
     /// Record a grant. The caller persists it before acknowledging, and calls
     /// [`LeasePool::forget`] if persisting fails.
     pub fn grant(&mut self, mac: MacAddr, ip: Ipv4Addr, expires_at: u64) {
-        self.bind(
-            u32::from(ip),
-            Binding {
-                mac,
-                kind: BindingKind::Leased,
-                expires_at,
-            },
-        );
+        self.bind(u32::from(ip), Binding { mac, kind: BindingKind::Leased, expires_at });
     }
 
     /// Drop whatever `mac` holds at `ip` (RELEASE, or a grant that failed to persist).
@@ -197,14 +155,7 @@ impl LeasePool {
             if self.by_mac.get(&mac) == Some(&ip) {
                 self.by_mac.remove(&mac);
             }
-            self.by_ip.insert(
-                ip,
-                Binding {
-                    mac,
-                    kind: BindingKind::Quarantined,
-                    expires_at: until,
-                },
-            );
+            self.by_ip.insert(ip, Binding { mac, kind: BindingKind::Quarantined, expires_at: until });
         }
     }
 }
@@ -230,11 +181,7 @@ mod tests {
         let c = p.offer(mac(3), None, 100, 30).unwrap();
         assert_ne!(a, b);
         assert_ne!(b, c);
-        assert_eq!(
-            p.offer(mac(4), None, 100, 30),
-            None,
-            "pool of three is full"
-        );
+        assert_eq!(p.offer(mac(4), None, 100, 30), None, "pool of three is full");
         // Offers lapse: after the hold time the address is free again.
         assert!(p.offer(mac(4), None, 200, 30).is_some());
     }

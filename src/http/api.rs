@@ -38,9 +38,7 @@ pub struct NodeDetail {
 }
 
 async fn list_nodes(State(state): State<AppState>) -> Result<Json<NodeList>, ApiError> {
-    Ok(Json(NodeList {
-        nodes: state.store.nodes().await?,
-    }))
+    Ok(Json(NodeList { nodes: state.store.nodes().await? }))
 }
 
 /// A node is addressed by its numeric id or by its MAC address.
@@ -48,22 +46,13 @@ async fn find_node(state: &AppState, id: &str) -> Result<Node, ApiError> {
     if let Ok(n) = id.parse::<i64>() {
         return Ok(state.store.node(n).await?);
     }
-    let mac: MacAddr = id
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("no node {id:?} (use its id or MAC)")))?;
-    state
-        .store
-        .node_by_mac(mac)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no node with MAC {mac}")))
+    let mac: MacAddr = id.parse().map_err(|_| ApiError::not_found(format!("no node {id:?} (use its id or MAC)")))?;
+    state.store.node_by_mac(mac).await?.ok_or_else(|| ApiError::not_found(format!("no node with MAC {mac}")))
 }
 
 const MAX_EVENTS: i64 = 1000;
 
-async fn show_node(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<NodeDetail>, ApiError> {
+async fn show_node(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<NodeDetail>, ApiError> {
     let node = find_node(&state, &id).await?;
     let boot = match node.current_boot_id {
         Some(b) => state.store.boot(b).await?,
@@ -91,9 +80,7 @@ async fn node_events(
     Query(q): Query<EventQuery>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
     if !(1..=MAX_EVENTS).contains(&q.limit) {
-        return Err(ApiError::bad_request(format!(
-            "limit must be between 1 and {MAX_EVENTS}"
-        )));
+        return Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_EVENTS}")));
     }
     let node = find_node(&state, &id).await?;
     Ok(Json(state.store.events(node.id, q.after, q.limit).await?))
@@ -107,13 +94,7 @@ async fn list_images(State(state): State<AppState>) -> Result<Json<Vec<Manifest>
     let images = state.images.clone();
     let list = tokio::task::spawn_blocking(move || images.list())
         .await
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                e.to_string(),
-            )
-        })??;
+        .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     Ok(Json(list))
 }
 

@@ -40,22 +40,12 @@ async fn artifact(
     Path(digest): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let digest: Digest = digest
-        .parse()
-        .map_err(|_| ApiError::not_found("no such artifact"))?;
+    let digest: Digest = digest.parse().map_err(|_| ApiError::not_found("no such artifact"))?;
     let path = state.images.blob_path(&digest);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::not_found("no such artifact"))
-        }
-        Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                e.to_string(),
-            ))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ApiError::not_found("no such artifact")),
+        Err(e) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())),
     };
     let len = file
         .metadata()
@@ -65,28 +55,17 @@ async fn artifact(
     let etag = format!("\"{digest}\"");
     let mut common = HeaderMap::new();
     common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    common.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
+    common.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
     if let Ok(v) = HeaderValue::from_str(&etag) {
         common.insert(header::ETAG, v);
     }
-    let if_none_match = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok());
+    let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
     if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
     // If-Range with another validator means "send it all": the client's copy is stale.
-    let if_range_ok = headers
-        .get(header::IF_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v.trim() == etag);
-    let range_header = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| if_range_ok);
+    let if_range_ok = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()).is_none_or(|v| v.trim() == etag);
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).filter(|_| if_range_ok);
     let (status, start, count) = match parse_range(range_header, len) {
         RangeOutcome::Full => (StatusCode::OK, 0, len),
         RangeOutcome::Partial { start, end } => {
@@ -106,14 +85,9 @@ async fn artifact(
     if start > 0 {
         file.seek(std::io::SeekFrom::Start(start))
             .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     }
-    common.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    common.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     common.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     let body = Body::from_stream(ReaderStream::with_capacity(file.take(count), CHUNK));
     Ok((status, common, body).into_response())

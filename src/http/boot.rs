@@ -17,7 +17,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ramboot_proto::{paths, AgentEvent, Inventory, Plan, PlanImage, ReportedState};
+use ramboot_proto::{human_bytes, paths, AgentEvent, Inventory, Plan, PlanImage, ReportedState};
 use serde::Deserialize;
 use tracing::{info, warn, Instrument};
 
@@ -61,8 +61,7 @@ fn ipxe(text: String) -> Response {
 }
 
 fn render(t: &impl Template) -> Result<String, ApiError> {
-    t.render()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    t.render().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
 /// An iPXE script that explains why and retries later: iPXE shows it on the console.
@@ -73,32 +72,12 @@ fn refusal(mac: &str, reason: &str) -> Result<Response, ApiError> {
 /// Only printable ASCII reaches the script (iPXE echoes it), so neither a client's
 /// query string nor an error message can inject script lines.
 fn refusal_script(mac: &str, reason: &str) -> RefuseScript {
-    let reason: String = reason
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    let mac: String = mac
-        .chars()
-        .take(32)
-        .filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-')
-        .collect();
-    RefuseScript {
-        mac,
-        reason,
-        retry_secs: 30,
-    }
+    let reason: String = reason.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+    let mac: String = mac.chars().take(32).filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-').collect();
+    RefuseScript { mac, reason, retry_secs: 30 }
 }
 
-async fn boot_script(
-    State(state): State<AppState>,
-    Query(q): Query<BootQuery>,
-) -> Result<Response, ApiError> {
+async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) -> Result<Response, ApiError> {
     let Ok(mac) = q.mac.parse::<MacAddr>() else {
         return refusal(&q.mac, "the script URL carries no valid MAC address");
     };
@@ -116,7 +95,8 @@ async fn boot_script(
                 return refusal(&mac.to_string(), &reason);
             }
         };
-        let token = crate::token::generate().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        let token = crate::token::generate()
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
         let rootfs_art = rootfs.artifact("rootfs")?;
         let image = BootImage {
             name: rootfs.name.clone(),
@@ -124,7 +104,8 @@ async fn boot_script(
             size: rootfs_art.size,
             format: rootfs_art.format.clone(),
         };
-        let boot_id = state.store.start_boot(node.id, &profile.name, Some(&image), &crate::token::hash(&token), now).await?;
+        let boot_id =
+            state.store.start_boot(node.id, &profile.name, Some(&image), &crate::token::hash(&token), now).await?;
         let base = state.config.boot_url();
         let kernel = stage1.artifact("kernel")?;
         let initrd = stage1.artifact("initrd")?;
@@ -158,24 +139,12 @@ fn prepare_boot(
     state: &AppState,
     profile_name: &str,
 ) -> Result<(crate::profiles::Profile, Manifest, Manifest), String> {
-    let profile = state
-        .profiles
-        .get(profile_name)
-        .cloned()
-        .ok_or_else(|| format!("profile {profile_name:?} does not exist"))?;
-    let load = |name: &str| {
-        state
-            .images
-            .manifest(name)
-            .map_err(|e: ImageError| e.to_string())
-    };
+    let profile =
+        state.profiles.get(profile_name).cloned().ok_or_else(|| format!("profile {profile_name:?} does not exist"))?;
+    let load = |name: &str| state.images.manifest(name).map_err(|e: ImageError| e.to_string());
     let stage1 = load(&profile.stage1)?;
     let rootfs = load(&profile.image)?;
-    for (m, role) in [
-        (&stage1, "kernel"),
-        (&stage1, "initrd"),
-        (&rootfs, "rootfs"),
-    ] {
+    for (m, role) in [(&stage1, "kernel"), (&stage1, "initrd"), (&rootfs, "rootfs")] {
         m.artifact(role).map_err(|e| e.to_string())?;
     }
     Ok((profile, stage1, rootfs))
@@ -190,10 +159,7 @@ pub struct BootAuth {
 impl FromRequestParts<AppState> for BootAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -216,32 +182,19 @@ async fn hello(
 ) -> Result<StatusCode, ApiError> {
     let now = now_ms();
     let inventory = serde_json::to_value(&inv).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    state
-        .store
-        .set_inventory(auth.node.id, &inventory, now)
-        .await?;
-    let summary = format!(
-        "agent hello: {} CPUs, {} MiB RAM, {} NICs",
-        inv.cpus,
-        inv.memory_bytes >> 20,
-        inv.nics.len()
-    );
-    state
-        .store
-        .agent_transition(auth.node.id, auth.boot.id, NodeState::Stage1, &summary, now)
-        .await?;
+    state.store.set_inventory(auth.node.id, &inventory, now).await?;
+    let summary =
+        format!("agent hello: {} CPUs, {} RAM, {} NICs", inv.cpus, human_bytes(inv.memory_bytes), inv.nics.len());
+    state.store.agent_transition(auth.node.id, auth.boot.id, NodeState::Stage1, &summary, now).await?;
     info!(node = auth.node.id, boot = auth.boot.id, "{summary}");
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Json<Plan>, ApiError> {
-    let image = auth.boot.image.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "no_image",
-            "this boot has no image planned",
-        )
-    })?;
+    let image = auth
+        .boot
+        .image
+        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "no_image", "this boot has no image planned"))?;
     Ok(Json(Plan {
         node_id: auth.node.id,
         boot_id: auth.boot.id,
@@ -279,26 +232,11 @@ async fn event(
                 ReportedState::Ready => NodeState::Ready,
                 ReportedState::Failed => NodeState::Failed,
             };
-            state
-                .store
-                .agent_transition(node, boot, next, &message, now)
-                .await?;
+            state.store.agent_transition(node, boot, next, &message, now).await?;
             info!(node, boot, state = %next, %message, "node moved");
         }
-        None => {
-            let text = match ev.progress {
-                Some(p) => format!(
-                    "{message} ({} of {} MiB)",
-                    p.done_bytes >> 20,
-                    p.total_bytes >> 20
-                ),
-                None => message,
-            };
-            state
-                .store
-                .add_event(node, Some(boot), EventKind::Progress, &text, now)
-                .await?;
-        }
+        // The agent's message already says how far it got, in human units.
+        None => state.store.add_event(node, Some(boot), EventKind::Progress, &message, now).await?,
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -316,14 +254,8 @@ mod tests {
             hostname: "node-525400123456",
             profile: "compute-node",
             stage1: "stage1",
-            kernel_url: format!(
-                "http://10.213.0.1:8080/artifacts/sha256/{}/vmlinuz",
-                "a".repeat(64)
-            ),
-            initrd_url: format!(
-                "http://10.213.0.1:8080/artifacts/sha256/{}/initrd.img",
-                "b".repeat(64)
-            ),
+            kernel_url: format!("http://10.213.0.1:8080/artifacts/sha256/{}/vmlinuz", "a".repeat(64)),
+            initrd_url: format!("http://10.213.0.1:8080/artifacts/sha256/{}/initrd.img", "b".repeat(64)),
             args: vec![
                 "console=ttyS0,115200n8".into(),
                 "ramboot.server=http://10.213.0.1:8080".into(),
@@ -337,17 +269,13 @@ mod tests {
 
     #[test]
     fn refusal_snapshot() {
-        let script = refusal_script("52:54:00:12:34:56", "profile \"x\" does not exist")
-            .render()
-            .unwrap();
+        let script = refusal_script("52:54:00:12:34:56", "profile \"x\" does not exist").render().unwrap();
         insta::assert_snapshot!(script);
     }
 
     #[test]
     fn refusal_cannot_inject_script_lines() {
-        let script = refusal_script("52:54:00:12:34:56\nshell", "bad\nchain http://evil/")
-            .render()
-            .unwrap();
+        let script = refusal_script("52:54:00:12:34:56\nshell", "bad\nchain http://evil/").render().unwrap();
         assert_eq!(script.lines().count(), 6, "{script}");
         assert!(script.contains("bad?chain"), "{script}");
         assert!(!script.contains("shell"), "{script}");

@@ -15,11 +15,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
@@ -57,9 +53,7 @@ impl From<StoreError> for ApiError {
 impl From<ImageError> for ApiError {
     fn from(e: ImageError) -> Self {
         match e {
-            ImageError::NoSuchImage(_) | ImageError::MissingArtifact { .. } => {
-                ApiError::not_found(e.to_string())
-            }
+            ImageError::NoSuchImage(_) | ImageError::MissingArtifact { .. } => ApiError::not_found(e.to_string()),
             ImageError::BadName(_) => ApiError::bad_request(e.to_string()),
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }

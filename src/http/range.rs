@@ -26,9 +26,7 @@ pub fn parse_range(header: Option<&str>, len: u64) -> RangeOutcome {
     };
     let parse = |s: &str| -> Option<u64> {
         let s = s.trim();
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
     };
     let (first, last) = (first.trim(), last.trim());
     if first.is_empty() {
@@ -36,10 +34,7 @@ pub fn parse_range(header: Option<&str>, len: u64) -> RangeOutcome {
         return match parse(last) {
             Some(0) => RangeOutcome::Unsatisfiable,
             Some(_) if len == 0 => RangeOutcome::Unsatisfiable,
-            Some(suffix) => RangeOutcome::Partial {
-                start: len.saturating_sub(suffix),
-                end: len - 1,
-            },
+            Some(suffix) => RangeOutcome::Partial { start: len.saturating_sub(suffix), end: len - 1 },
             None => RangeOutcome::Full,
         };
     }
@@ -58,10 +53,7 @@ pub fn parse_range(header: Option<&str>, len: u64) -> RangeOutcome {
     if start >= len {
         return RangeOutcome::Unsatisfiable;
     }
-    RangeOutcome::Partial {
-        start,
-        end: end.map_or(len - 1, |e| e.min(len - 1)),
-    }
+    RangeOutcome::Partial { start, end: end.map_or(len - 1, |e| e.min(len - 1)) }
 }
 
 #[cfg(test)]
@@ -73,26 +65,11 @@ mod tests {
     #[test]
     fn single_ranges() {
         assert_eq!(parse_range(None, 10), Full);
-        assert_eq!(
-            parse_range(Some("bytes=0-4"), 10),
-            Partial { start: 0, end: 4 }
-        );
-        assert_eq!(
-            parse_range(Some("bytes=5-"), 10),
-            Partial { start: 5, end: 9 }
-        );
-        assert_eq!(
-            parse_range(Some("bytes=-3"), 10),
-            Partial { start: 7, end: 9 }
-        );
-        assert_eq!(
-            parse_range(Some("bytes=-30"), 10),
-            Partial { start: 0, end: 9 }
-        );
-        assert_eq!(
-            parse_range(Some("bytes=8-100"), 10),
-            Partial { start: 8, end: 9 }
-        );
+        assert_eq!(parse_range(Some("bytes=0-4"), 10), Partial { start: 0, end: 4 });
+        assert_eq!(parse_range(Some("bytes=5-"), 10), Partial { start: 5, end: 9 });
+        assert_eq!(parse_range(Some("bytes=-3"), 10), Partial { start: 7, end: 9 });
+        assert_eq!(parse_range(Some("bytes=-30"), 10), Partial { start: 0, end: 9 });
+        assert_eq!(parse_range(Some("bytes=8-100"), 10), Partial { start: 8, end: 9 });
     }
 
     #[test]

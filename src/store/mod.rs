@@ -7,9 +7,7 @@
 
 use crate::node::{MacAddr, NodeState};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -27,11 +25,7 @@ pub enum StoreError {
     #[error("no node {0}")]
     NoSuchNode(String),
     #[error("node {node} cannot move from {from} to {to} in this boot")]
-    BadTransition {
-        node: NodeId,
-        from: NodeState,
-        to: NodeState,
-    },
+    BadTransition { node: NodeId, from: NodeState, to: NodeState },
     #[error("boot {0} is no longer the node's current boot")]
     StaleBoot(BootId),
     #[error("corrupt row: {0}")]
@@ -135,10 +129,7 @@ fn node_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Node, StoreError> {
         state: state.parse().map_err(corrupt)?,
         state_since_ms: row.try_get("state_since_ms")?,
         current_boot_id: row.try_get("current_boot_id")?,
-        inventory: inventory
-            .map(|s| serde_json::from_str(&s))
-            .transpose()
-            .map_err(corrupt)?,
+        inventory: inventory.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })
@@ -161,10 +152,7 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
 /// The hostname a node gets until an operator names it.
 pub fn default_hostname(mac: MacAddr) -> String {
     let b = mac.0;
-    format!(
-        "node-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        b[0], b[1], b[2], b[3], b[4], b[5]
-    )
+    format!("node-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
 }
 
 impl Store {
@@ -178,10 +166,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Store { pool })
     }
@@ -194,17 +179,17 @@ impl Store {
 
     /// Active leases that have not expired at `now` (Unix seconds), for rebuilding the pool.
     pub async fn active_leases(&self, now: u64) -> Result<Vec<Lease>, StoreError> {
-        let rows = sqlx::query("SELECT ip, mac, expires_at, state FROM leases WHERE state = 'active' AND expires_at > ?")
-            .bind(now as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT ip, mac, expires_at, state FROM leases WHERE state = 'active' AND expires_at > ?")
+                .bind(now as i64)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(lease_from_row).collect()
     }
 
     pub async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
-        let rows = sqlx::query("SELECT ip, mac, expires_at, state FROM leases ORDER BY ip")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT ip, mac, expires_at, state FROM leases ORDER BY ip").fetch_all(&self.pool).await?;
         rows.iter().map(lease_from_row).collect()
     }
 
@@ -219,12 +204,14 @@ impl Store {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (mac_s, ip_s) = (mac.to_string(), ip.to_string());
         // Any other active lease of this MAC ends: a MAC holds one address.
-        sqlx::query("UPDATE leases SET state = 'released', updated_at_ms = ? WHERE mac = ? AND state = 'active' AND ip <> ?")
-            .bind(now_ms)
-            .bind(&mac_s)
-            .bind(&ip_s)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE leases SET state = 'released', updated_at_ms = ? WHERE mac = ? AND state = 'active' AND ip <> ?",
+        )
+        .bind(now_ms)
+        .bind(&mac_s)
+        .bind(&ip_s)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO leases (ip, mac, expires_at, state, updated_at_ms) VALUES (?, ?, ?, 'active', ?)
              ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, expires_at = excluded.expires_at,
@@ -248,13 +235,7 @@ impl Store {
     }
 
     /// Mark a lease released (RELEASE) or declined (DECLINE).
-    pub async fn end_lease(
-        &self,
-        mac: MacAddr,
-        ip: Ipv4Addr,
-        declined: bool,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn end_lease(&self, mac: MacAddr, ip: Ipv4Addr, declined: bool, now_ms: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE leases SET state = ?, updated_at_ms = ? WHERE ip = ? AND mac = ?")
             .bind(if declined { "declined" } else { "released" })
             .bind(now_ms)
@@ -285,17 +266,13 @@ impl Store {
     }
 
     pub async fn node_by_mac(&self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
-        let row = sqlx::query("SELECT * FROM nodes WHERE mac = ?")
-            .bind(mac.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT * FROM nodes WHERE mac = ?").bind(mac.to_string()).fetch_optional(&self.pool).await?;
         row.as_ref().map(node_from_row).transpose()
     }
 
     pub async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM nodes ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query("SELECT * FROM nodes ORDER BY id").fetch_all(&self.pool).await?;
         rows.iter().map(node_from_row).collect()
     }
 
@@ -368,14 +345,9 @@ impl Store {
     }
 
     /// The node and boot a per-boot token belongs to, if that boot is still current.
-    pub async fn boot_by_token_hash(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<(Node, Boot)>, StoreError> {
-        let row = sqlx::query("SELECT * FROM boots WHERE token_hash = ?")
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn boot_by_token_hash(&self, token_hash: &str) -> Result<Option<(Node, Boot)>, StoreError> {
+        let row =
+            sqlx::query("SELECT * FROM boots WHERE token_hash = ?").bind(token_hash).fetch_optional(&self.pool).await?;
         let Some(row) = row else { return Ok(None) };
         let boot = boot_from_row(&row)?;
         let node = self.node(boot.node_id).await?;
@@ -386,10 +358,7 @@ impl Store {
     }
 
     pub async fn boot(&self, id: BootId) -> Result<Option<Boot>, StoreError> {
-        let row = sqlx::query("SELECT * FROM boots WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT * FROM boots WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(boot_from_row).transpose()
     }
 
@@ -416,11 +385,7 @@ impl Store {
         let state: String = row.try_get("state")?;
         let state: NodeState = state.parse().map_err(corrupt)?;
         if !state.agent_may_move_to(next) {
-            return Err(StoreError::BadTransition {
-                node,
-                from: state,
-                to: next,
-            });
+            return Err(StoreError::BadTransition { node, from: state, to: next });
         }
         move_state(&mut tx, node, Some(boot), next, message, now_ms).await?;
         if matches!(next, NodeState::Ready | NodeState::Failed) {
@@ -444,33 +409,25 @@ impl Store {
         message: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO events (node_id, boot_id, at_ms, kind, message) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(node)
-        .bind(boot)
-        .bind(now_ms)
-        .bind(kind.as_str())
-        .bind(message)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("INSERT INTO events (node_id, boot_id, at_ms, kind, message) VALUES (?, ?, ?, ?, ?)")
+            .bind(node)
+            .bind(boot)
+            .bind(now_ms)
+            .bind(kind.as_str())
+            .bind(message)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// A node's events, oldest first, newer than `after_id`, at most `limit`.
-    pub async fn events(
-        &self,
-        node: NodeId,
-        after_id: i64,
-        limit: i64,
-    ) -> Result<Vec<Event>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM events WHERE node_id = ? AND id > ? ORDER BY id LIMIT ?")
-                .bind(node)
-                .bind(after_id)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
+    pub async fn events(&self, node: NodeId, after_id: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM events WHERE node_id = ? AND id > ? ORDER BY id LIMIT ?")
+            .bind(node)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(event_from_row).collect()
     }
 }
@@ -493,12 +450,9 @@ fn boot_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Boot, StoreError> {
     let size: Option<i64> = row.try_get("image_size")?;
     let format: Option<String> = row.try_get("image_format")?;
     let image = match (name, digest, size, format) {
-        (Some(name), Some(digest), Some(size), Some(format)) => Some(BootImage {
-            name,
-            digest,
-            size: u64::try_from(size).map_err(corrupt)?,
-            format,
-        }),
+        (Some(name), Some(digest), Some(size), Some(format)) => {
+            Some(BootImage { name, digest, size: u64::try_from(size).map_err(corrupt)?, format })
+        }
         _ => None,
     };
     Ok(Boot {
@@ -516,11 +470,7 @@ type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 
 async fn upsert_node(tx: &mut Tx<'_>, mac: MacAddr, now_ms: i64) -> Result<NodeId, StoreError> {
     let mac_s = mac.to_string();
-    if let Some(row) = sqlx::query("SELECT id FROM nodes WHERE mac = ?")
-        .bind(&mac_s)
-        .fetch_optional(&mut **tx)
-        .await?
-    {
+    if let Some(row) = sqlx::query("SELECT id FROM nodes WHERE mac = ?").bind(&mac_s).fetch_optional(&mut **tx).await? {
         return Ok(row.try_get("id")?);
     }
     let id: NodeId = sqlx::query(
@@ -596,21 +546,12 @@ mod tests {
         let id = s.commit_lease(MAC, ip1, 500, 1).await.unwrap();
         assert_eq!(s.node(id).await.unwrap().ip.as_deref(), Some("10.0.0.5"));
         // The same MAC moving to a new address ends its old lease.
-        s.commit_lease(MAC, Ipv4Addr::new(10, 0, 0, 6), 600, 2)
-            .await
-            .unwrap();
+        s.commit_lease(MAC, Ipv4Addr::new(10, 0, 0, 6), 600, 2).await.unwrap();
         let active = s.active_leases(0).await.unwrap();
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].ip, Ipv4Addr::new(10, 0, 0, 6));
         // Another MAC taking over an address replaces the row: never two leases per IP.
-        s.commit_lease(
-            MacAddr([2, 0, 0, 0, 0, 2]),
-            Ipv4Addr::new(10, 0, 0, 6),
-            700,
-            3,
-        )
-        .await
-        .unwrap();
+        s.commit_lease(MacAddr([2, 0, 0, 0, 0, 2]), Ipv4Addr::new(10, 0, 0, 6), 700, 3).await.unwrap();
         let active = s.active_leases(0).await.unwrap();
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].mac, MacAddr([2, 0, 0, 0, 0, 2]));
@@ -621,33 +562,16 @@ mod tests {
         let (s, _d) = store().await;
         let node = s.ensure_node(MAC, 1000).await.unwrap();
         assert_eq!(node.state, NodeState::Discovered);
-        let boot = s
-            .start_boot(node.id, "tiny", None, "hash1", 2000)
-            .await
-            .unwrap();
-        s.agent_transition(node.id, boot, NodeState::Stage1, "hello", 5000)
-            .await
-            .unwrap();
-        s.agent_transition(node.id, boot, NodeState::Loading, "fetch", 6000)
-            .await
-            .unwrap();
-        let err = s
-            .agent_transition(node.id, boot, NodeState::Stage1, "again", 6500)
-            .await
-            .unwrap_err();
+        let boot = s.start_boot(node.id, "tiny", None, "hash1", 2000).await.unwrap();
+        s.agent_transition(node.id, boot, NodeState::Stage1, "hello", 5000).await.unwrap();
+        s.agent_transition(node.id, boot, NodeState::Loading, "fetch", 6000).await.unwrap();
+        let err = s.agent_transition(node.id, boot, NodeState::Stage1, "again", 6500).await.unwrap_err();
         assert!(matches!(err, StoreError::BadTransition { .. }), "{err}");
-        s.agent_transition(node.id, boot, NodeState::Handoff, "mounted", 9000)
-            .await
-            .unwrap();
-        s.agent_transition(node.id, boot, NodeState::Ready, "up", 12000)
-            .await
-            .unwrap();
+        s.agent_transition(node.id, boot, NodeState::Handoff, "mounted", 9000).await.unwrap();
+        s.agent_transition(node.id, boot, NodeState::Ready, "up", 12000).await.unwrap();
 
         let events = s.events(node.id, 0, 100).await.unwrap();
-        let moves: Vec<_> = events
-            .iter()
-            .filter_map(|e| e.state.map(|st| (st, e.phase_ms)))
-            .collect();
+        let moves: Vec<_> = events.iter().filter_map(|e| e.state.map(|st| (st, e.phase_ms))).collect();
         assert_eq!(
             moves,
             vec![
@@ -659,10 +583,7 @@ mod tests {
                 (NodeState::Ready, Some(3000)),
             ]
         );
-        assert_eq!(
-            s.boot(boot).await.unwrap().unwrap().outcome.as_deref(),
-            Some("ready")
-        );
+        assert_eq!(s.boot(boot).await.unwrap().unwrap().outcome.as_deref(), Some("ready"));
     }
 
     #[tokio::test]
@@ -672,18 +593,9 @@ mod tests {
         let first = s.start_boot(node.id, "tiny", None, "h1", 1).await.unwrap();
         assert!(s.boot_by_token_hash("h1").await.unwrap().is_some());
         s.start_boot(node.id, "tiny", None, "h2", 2).await.unwrap();
-        assert!(
-            s.boot_by_token_hash("h1").await.unwrap().is_none(),
-            "old token is dead"
-        );
-        let err = s
-            .agent_transition(node.id, first, NodeState::Stage1, "late", 3)
-            .await
-            .unwrap_err();
+        assert!(s.boot_by_token_hash("h1").await.unwrap().is_none(), "old token is dead");
+        let err = s.agent_transition(node.id, first, NodeState::Stage1, "late", 3).await.unwrap_err();
         assert!(matches!(err, StoreError::StaleBoot(_)));
-        assert_eq!(
-            s.boot(first).await.unwrap().unwrap().outcome.as_deref(),
-            Some("superseded")
-        );
+        assert_eq!(s.boot(first).await.unwrap().unwrap().outcome.as_deref(), Some("superseded"));
     }
 }

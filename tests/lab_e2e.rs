@@ -1,0 +1,76 @@
+//! End to end: a QEMU VM (SeaBIOS + the e1000 iPXE ROM) PXE-boots through ramboot's
+//! own DHCP and HTTP into stage one, loads the tiny image into RAM and reports ready.
+//! The node's final state and events are read back over the admin API by `ramboot
+//! lab --report`, and asserted here.
+//!
+//! Needs root (namespaces, tap, port 67) and QEMU. CI runs as root and installs QEMU
+//! (`.ci/run`); elsewhere the test skips with a message when either is missing.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn skip_reason() -> Option<&'static str> {
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    if !root {
+        return Some("not root (network namespaces and DHCP port 67 need it)");
+    }
+    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
+        return Some("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    }
+    None
+}
+
+fn lab_dir() -> PathBuf {
+    // Kept between runs so the kernel download and image builds are cached.
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-e2e")
+}
+
+#[test]
+fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
+    if let Some(reason) = skip_reason() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the QEMU end-to-end test, but: {reason}");
+        eprintln!("SKIPPED qemu_node_pxe_boots_into_ram_and_reports_ready: {reason}");
+        return;
+    }
+    let dir = lab_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.json");
+    let _ = std::fs::remove_file(&report);
+    let status = Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["lab", "--once", "--timeout", "300", "--profile", "tiny", "--dir"])
+        .arg(&dir)
+        .arg("--report")
+        .arg(&report)
+        .status()
+        .expect("running ramboot lab");
+    assert!(status.success(), "ramboot lab failed ({status}); see {}/console.log and server.log", dir.display());
+
+    let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let node = &detail["node"];
+    assert_eq!(node["state"], "ready", "{detail:#}");
+    assert_eq!(node["mac"], "52:54:00:72:62:01");
+    assert!(node["ip"].as_str().is_some_and(|ip| ip.starts_with("10.213.0.")), "{node}");
+    let nics = node["inventory"]["nics"].as_array().expect("inventory from the agent's hello");
+    assert!(nics.iter().any(|n| n["mac"] == "52:54:00:72:62:01"), "{nics:?}");
+    assert_eq!(detail["boot"]["outcome"], "ready");
+    assert_eq!(detail["boot"]["image"]["name"], "tiny");
+
+    // The current boot's state moves, in order, each with a timestamp and phase duration.
+    let boot = detail["boot"]["id"].clone();
+    let events = detail["events"].as_array().unwrap();
+    let moves: Vec<&str> = events
+        .iter()
+        .filter(|e| e["boot_id"] == boot && e["kind"] == "state")
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(moves, ["booting", "stage1", "loading", "handoff", "ready"], "{events:#?}");
+    for e in events.iter().filter(|e| e["boot_id"] == boot && e["kind"] == "state" && e["state"] != "booting") {
+        assert!(e["phase_ms"].as_i64().is_some_and(|ms| ms >= 0), "{e}");
+    }
+    assert!(
+        events.iter().any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("image verified: sha256"))),
+        "the agent reports the verified hash: {events:#?}"
+    );
+    assert!(events.iter().any(|e| e["kind"] == "dhcp"), "the lease is an event too");
+}
