@@ -53,12 +53,21 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, YamlError> {
     parse(path, &text).map_err(YamlError::Invalid)
 }
 
-/// serde-saphyr appends its own " at line X, column Y"; we print our own prefix.
+/// serde-saphyr writes its own position into the message (`error: line 3 column 1:
+/// ...`, or `... at line 3, column 1`); we print ours as a `file:line:col:` prefix.
 fn strip_location_suffix(message: &str) -> String {
-    let first_line = message.lines().next().unwrap_or(message);
-    match first_line.rfind(" at line ") {
-        Some(idx) => first_line[..idx].to_string(),
-        None => first_line.to_string(),
+    let mut text = message.lines().next().unwrap_or(message).trim();
+    text = text.strip_prefix("error: ").unwrap_or(text);
+    if let Some(rest) = text.strip_prefix("line ") {
+        if let Some((position, tail)) = rest.split_once(": ") {
+            if position.split(" column ").all(|n| n.trim().bytes().all(|b| b.is_ascii_digit())) {
+                text = tail;
+            }
+        }
+    }
+    match text.rfind(" at line ") {
+        Some(idx) => text[..idx].to_string(),
+        None => text.to_string(),
     }
 }
 
@@ -78,7 +87,7 @@ mod tests {
     fn unknown_key_reports_line_and_column() {
         let err = parse::<Sample>(Path::new("p.yaml"), "name: a\nsize: 3\ncolour: red\n").unwrap_err();
         assert_eq!((err.line, err.column), (3, 1), "{err}");
-        assert!(err.message.contains("colour"), "{err}");
+        assert!(err.message.starts_with("unknown field `colour`"), "{err}");
         assert!(err.to_string().starts_with("p.yaml:3:1: "), "{err}");
     }
 

@@ -9,6 +9,7 @@ use super::AppState;
 use crate::images::Manifest;
 use crate::node::MacAddr;
 use crate::store::{Boot, Event, Lease, Node};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -77,8 +78,9 @@ fn default_limit() -> i64 {
 async fn node_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<EventQuery>,
+    query: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
+    let Query(q) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
     if !(1..=MAX_EVENTS).contains(&q.limit) {
         return Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_EVENTS}")));
     }

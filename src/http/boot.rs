@@ -5,7 +5,7 @@
 //! command line. The agent endpoints accept only that token (`Authorization: Bearer`),
 //! and only while its boot is the node's current one.
 
-use super::error::ApiError;
+use super::error::{ApiError, ApiJson};
 use super::{now_ms, AppState};
 use crate::images::{ImageError, Manifest};
 use crate::node::{MacAddr, NodeState};
@@ -53,7 +53,7 @@ pub struct RefuseScript {
 
 #[derive(Deserialize)]
 pub struct BootQuery {
-    mac: String,
+    mac: Option<String>,
 }
 
 fn ipxe(text: String) -> Response {
@@ -78,8 +78,9 @@ fn refusal_script(mac: &str, reason: &str) -> RefuseScript {
 }
 
 async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) -> Result<Response, ApiError> {
-    let Ok(mac) = q.mac.parse::<MacAddr>() else {
-        return refusal(&q.mac, "the script URL carries no valid MAC address");
+    let raw_mac = q.mac.unwrap_or_default();
+    let Ok(mac) = raw_mac.parse::<MacAddr>() else {
+        return refusal(&raw_mac, "the script URL carries no valid MAC address");
     };
     let span = tracing::info_span!("boot", %mac);
     async move {
@@ -178,7 +179,7 @@ impl FromRequestParts<AppState> for BootAuth {
 async fn hello(
     State(state): State<AppState>,
     auth: BootAuth,
-    Json(inv): Json<Inventory>,
+    ApiJson(inv): ApiJson<Inventory>,
 ) -> Result<StatusCode, ApiError> {
     let now = now_ms();
     let inventory = serde_json::to_value(&inv).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -219,7 +220,7 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Json<Plan
 async fn event(
     State(state): State<AppState>,
     auth: BootAuth,
-    Json(ev): Json<AgentEvent>,
+    ApiJson(ev): ApiJson<AgentEvent>,
 ) -> Result<StatusCode, ApiError> {
     let now = now_ms();
     let message: String = ev.message.chars().take(1024).collect();

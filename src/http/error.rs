@@ -2,6 +2,8 @@
 
 use crate::images::ImageError;
 use crate::store::StoreError;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -58,4 +60,28 @@ impl From<ImageError> for ApiError {
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }
     }
+}
+
+/// `Json<T>` whose rejections (bad syntax, wrong types, unknown fields, oversize
+/// bodies) come back in the one error shape, with axum's status code.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ApiError::new(rejection.status(), "bad_body", rejection.body_text())),
+        }
+    }
+}
+
+/// Unknown routes: a 404 in the same shape as every other error.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
 }

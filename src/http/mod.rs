@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .merge(boot::routes())
         .merge(artifacts::routes())
         .nest("/api/v1", api::routes())
+        .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -1,0 +1,208 @@
+//! The HTTP boot tier and admin API over real HTTP: the boot sequence an agent
+//! follows, per-boot token checks, artifact Range/ETag semantics, bad bodies and
+//! unknown paths, and the `ramboot nodes` CLI against the running server.
+
+mod common;
+
+use common::{agent, call, send_json, token_of, TestServer};
+use serde_json::{json, Value};
+
+const MAC: &str = "52:54:00:00:00:01";
+
+fn inventory() -> Value {
+    json!({"cpus": 2, "cpu_model": "QEMU", "memory_bytes": 536870912u64,
+           "nics": [{"name": "eth0", "mac": MAC, "driver": "e1000", "speed_mbps": 1000}],
+           "dmi": {"serial": "S123", "uuid": "u-1"}, "kernel": "6.1.0"})
+}
+
+fn error_code(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}")).to_string()
+}
+
+#[test]
+fn a_boot_runs_from_script_to_ready_with_its_token() {
+    let srv = TestServer::start();
+    let http = agent();
+    let (status, script) = call(http.get(&srv.url(&format!("/boot.ipxe?mac={MAC}"))));
+    assert_eq!(status, 200);
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    assert!(script.contains("initrd=initrd.img") && script.contains("console=ttyS0"), "{script}");
+    assert!(script.contains(&format!("ramboot.mac={MAC}")), "{script}");
+    let token = token_of(&script);
+    let bearer = format!("Bearer {token}");
+
+    // No token, a wrong token: 401 in the one error shape.
+    let (status, body) = send_json(http.post(&srv.url("/boot/v1/hello")), inventory());
+    assert_eq!((status, error_code(&body).as_str()), (401, "unauthorized"));
+    let (status, body) =
+        send_json(http.post(&srv.url("/boot/v1/hello")).set("Authorization", "Bearer nope"), inventory());
+    assert_eq!((status, error_code(&body).as_str()), (401, "unauthorized"));
+
+    // Bad bodies: unknown field, wrong type, not JSON, oversize.
+    let hello = || http.post(&srv.url("/boot/v1/hello")).set("Authorization", &bearer);
+    let mut bad = inventory();
+    bad["colour"] = json!("red");
+    let (status, body) = send_json(hello(), bad);
+    assert_eq!((status, error_code(&body).as_str()), (422, "bad_body"), "{body}");
+    let (status, body) = send_json(hello(), json!({"cpus": "two", "memory_bytes": 1}));
+    assert_eq!((status, error_code(&body).as_str()), (422, "bad_body"), "{body}");
+    let (status, body) = match hello().set("Content-Type", "application/json").send_string("{not json") {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap()),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!((status, error_code(&body).as_str()), (400, "bad_body"), "{body}");
+    let mut huge = inventory();
+    huge["cpu_model"] = json!("x".repeat(300 * 1024));
+    let (status, body) = send_json(hello(), huge);
+    assert_eq!((status, error_code(&body).as_str()), (413, "bad_body"), "{body}");
+
+    let (status, _) = send_json(hello(), inventory());
+    assert_eq!(status, 204);
+    let (status, plan) = call(http.get(&srv.url("/boot/v1/plan")).set("Authorization", &bearer));
+    assert_eq!(status, 200);
+    let plan: Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(plan["image"]["sha256"], srv.rootfs_digest.as_str());
+    assert_eq!(plan["image"]["size"], srv.rootfs.len());
+    assert_eq!(plan["image"]["format"], "squashfs");
+
+    // The agent downloads the image from the URL in its plan.
+    let url = plan["image"]["url"].as_str().unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut http.get(url).call().unwrap().into_reader(), &mut got).unwrap();
+    assert!(got == srv.rootfs, "image bytes differ");
+
+    let event = |state: Option<&str>, message: &str| {
+        send_json(
+            http.post(&srv.url("/boot/v1/events")).set("Authorization", &bearer),
+            json!({"state": state, "message": message, "progress": null}),
+        )
+    };
+    assert_eq!(event(Some("loading"), "fetching").0, 204);
+    assert_eq!(event(None, "fetched 50%").0, 204);
+    assert_eq!(event(Some("handoff"), "mounted").0, 204);
+    // Backwards is refused: a retried report cannot rewind the timeline.
+    let (status, body) = event(Some("loading"), "late retry");
+    assert_eq!((status, error_code(&body).as_str()), (409, "conflict"));
+    assert_eq!(event(Some("ready"), "up").0, 204);
+
+    let (status, body) = call(http.get(&srv.url(&format!("/api/v1/nodes/{MAC}"))));
+    assert_eq!(status, 200);
+    let detail: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(detail["node"]["state"], "ready");
+    assert_eq!(detail["node"]["inventory"]["dmi"]["serial"], "S123");
+    let states: Vec<&str> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "state")
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["discovered", "booting", "stage1", "loading", "handoff", "ready"]);
+
+    // A new boot of the same node makes the old token worthless.
+    let (_, script2) = call(http.get(&srv.url(&format!("/boot.ipxe?mac={MAC}"))));
+    assert_ne!(token_of(&script2), token);
+    let (status, _) = call(http.get(&srv.url("/boot/v1/plan")).set("Authorization", &bearer));
+    assert_eq!(status, 401);
+
+    // The CLI reads the same API.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["nodes", "ls", "--server", &srv.base])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(MAC) && text.contains("booting"), "{text}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["nodes", "show", MAC, "--server", &srv.base])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[handoff] mounted") && text.contains("[ready] up"), "{text}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["nodes", "show", "99", "--server", &srv.base])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn nodes_that_cannot_boot_get_a_script_that_says_why() {
+    let srv = TestServer::start();
+    let http = agent();
+    for query in ["/boot.ipxe", "/boot.ipxe?mac=not-a-mac", "/boot.ipxe?mac=52:54:00:00:00:01%0Achain%20x"] {
+        let (status, script) = call(http.get(&srv.url(query)));
+        assert_eq!(status, 200, "{query}");
+        assert!(script.contains("no valid MAC address") && script.contains("sleep 30"), "{query}: {script}");
+        assert!(!script.contains("\nchain"), "{script}");
+    }
+}
+
+#[test]
+fn artifacts_support_range_etag_and_head() {
+    let srv = TestServer::start();
+    let http = agent();
+    let url = srv.url(&format!("/artifacts/sha256/{}/rootfs.squashfs", srv.rootfs_digest));
+    let len = srv.rootfs.len();
+    let etag = format!("\"{}\"", srv.rootfs_digest);
+
+    let r = http.get(&url).call().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    assert_eq!(r.header("content-length"), Some(len.to_string().as_str()));
+
+    let r = http.get(&url).set("Range", "bytes=100-199").call().unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.header("content-range"), Some(format!("bytes 100-199/{len}").as_str()));
+    let mut part = Vec::new();
+    std::io::Read::read_to_end(&mut r.into_reader(), &mut part).unwrap();
+    assert_eq!(part, &srv.rootfs[100..200]);
+
+    let r = http.get(&url).set("Range", "bytes=-10").call().unwrap();
+    assert_eq!(r.header("content-range"), Some(format!("bytes {}-{}/{len}", len - 10, len - 1).as_str()));
+
+    // A stale If-Range validator means "send everything".
+    let r = http.get(&url).set("Range", "bytes=0-0").set("If-Range", "\"other\"").call().unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (status, _) = call(http.get(&url).set("Range", &format!("bytes={len}-")));
+    assert_eq!(status, 416);
+    let (status, _) = call(http.get(&url).set("Range", "bytes=0-1,5-6"));
+    assert_eq!(status, 416);
+    let (status, _) = call(http.get(&url).set("If-None-Match", &etag));
+    assert_eq!(status, 304);
+
+    let r = http.head(&url).call().unwrap();
+    assert_eq!(r.header("content-length"), Some(len.to_string().as_str()));
+    assert_eq!(r.into_string().unwrap(), "");
+
+    for bad in [
+        "/artifacts/sha256/../../etc/passwd",
+        "/artifacts/sha256/ABCDEF",
+        &format!("/artifacts/sha256/{}", "0".repeat(64)),
+    ] {
+        let (status, body) = call(http.get(&srv.url(bad)));
+        assert_eq!((status, error_code(&body).as_str()), (404, "not_found"), "{bad}: {body}");
+    }
+}
+
+#[test]
+fn unknown_paths_and_bad_queries_get_the_error_shape() {
+    let srv = TestServer::start();
+    let http = agent();
+    let (status, body) = call(http.get(&srv.url("/no/such/path")));
+    assert_eq!((status, error_code(&body).as_str()), (404, "not_found"));
+    let (status, body) = call(http.get(&srv.url("/api/v1/nodes/99")));
+    assert_eq!((status, error_code(&body).as_str()), (404, "not_found"));
+    let (status, body) = call(http.get(&srv.url("/api/v1/nodes/1/events?after=abc")));
+    assert_eq!((status, error_code(&body).as_str()), (400, "bad_request"));
+    let (status, body) = call(http.get(&srv.url("/api/v1/nodes/1/events?limit=0")));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = call(http.get(&srv.url("/api/v1/images")));
+    assert_eq!(status, 200);
+    assert!(body.contains("\"stage1\"") && body.contains("\"tiny\""), "{body}");
+}

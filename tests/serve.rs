@@ -1,0 +1,129 @@
+//! `ramboot serve` and its DHCP socket layer, end to end on loopback.
+
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable};
+use ramboot::config::Config;
+use ramboot::store::Store;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false)
+}
+
+/// Two free UDP ports in a row: the server's and the client's (server + 1).
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        if port < 65000 && UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_dropped_and_a_lease_is_durable_before_its_ack() {
+    if !is_root() {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIPPED: binding DHCP to an interface (SO_BINDTODEVICE) needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port_pair();
+    let text = format!(
+        "interface: lo\nserver_address: 127.0.0.1\ndhcp:\n  subnet: 127.0.0.0/8\n  \
+         range: [127.0.0.100, 127.0.0.200]\n  port: {port}\ndefault_profile: tiny\n"
+    );
+    let config = Config::parse(&dir.path().join("ramboot.yaml"), &text).unwrap();
+    std::fs::create_dir_all(&config.paths.data).unwrap();
+    let store = Store::open(&config.database_url).await.unwrap();
+    let socket = ramboot::dhcp::io::bind("lo", port).unwrap();
+    let cancel = CancellationToken::new();
+    let service = {
+        let (config, store, cancel) = (config.clone(), store.clone(), cancel.clone());
+        tokio::spawn(async move { ramboot::dhcp::io::serve(&config, socket, store, cancel).await })
+    };
+
+    let client = UdpSocket::bind(("0.0.0.0", port + 1)).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let server = ("127.0.0.1", port);
+    // Not DHCP at all; a truncated header; a BOOTREQUEST claiming a 255-byte hardware address.
+    client.send_to(b"hello", server).unwrap();
+    client.send_to(&[1u8; 100], server).unwrap();
+    let mut bogus = Message::default();
+    bogus.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+    let mut bytes = bogus.to_vec().unwrap();
+    bytes[2] = 255;
+    client.send_to(&bytes, server).unwrap();
+
+    // A client renewing 127.0.0.150 (RENEWING: ciaddr set, unicast reply to it).
+    let mac = [0x52, 0x54, 0, 0, 0, 0x42];
+    let ip = Ipv4Addr::new(127, 0, 0, 150);
+    let mut request =
+        Message::new_with_id(7, ip, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &mac);
+    request.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+    client.send_to(&request.to_vec().unwrap(), server).unwrap();
+
+    let mut buf = [0u8; 1500];
+    let (n, _) = client.recv_from(&mut buf).expect("an ACK after the garbage: the service survived it");
+    let ack = Message::decode(&mut Decoder::new(&buf[..n])).unwrap();
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(ack.xid(), 7);
+    assert_eq!(ack.yiaddr(), ip);
+    assert_eq!(ack.opts().get(OptionCode::ServerIdentifier), Some(&DhcpOption::ServerIdentifier(Ipv4Addr::LOCALHOST)));
+    // The ACK has arrived, so the lease must already be in the store.
+    let leases = store.active_leases(0).await.unwrap();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!((leases[0].ip, leases[0].mac.to_string().as_str()), (ip, "52:54:00:00:00:42"));
+    assert!(!service.is_finished(), "the DHCP service is still running");
+    cancel.cancel();
+    service.await.unwrap().unwrap();
+}
+
+#[test]
+fn serve_refuses_a_broken_profile_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
+    std::fs::write(dir.path().join("profiles/good.yaml"), "name: good\nstage1: stage1\nimage: tiny\n").unwrap();
+    std::fs::write(dir.path().join("profiles/bad.yaml"), "name: bad\nstage1: stage1\nimgae: tiny\n").unwrap();
+    std::fs::write(
+        dir.path().join("ramboot.yaml"),
+        "interface: lo\nserver_address: 127.0.0.1\ndhcp:\n  subnet: 127.0.0.0/8\n  range: [127.0.0.100, 127.0.0.200]\n\
+         default_profile: good\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("ramboot.yaml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("bad.yaml:3:1: unknown field `imgae`"), "{stderr}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["profiles", "validate"])
+        .arg(dir.path().join("profiles"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml:3:1"));
+}
+
+#[test]
+fn serve_refuses_a_config_with_an_unknown_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ramboot.yaml"), "interface: lo\nserver_adress: 127.0.0.1\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("ramboot.yaml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ramboot.yaml:2:1: unknown field `server_adress`"), "{stderr}");
+}
