@@ -221,6 +221,38 @@ pub fn hash_file(path: &Path) -> Result<(Digest, u64), ImageError> {
     Ok((Digest(hasher.finalize().into()), size))
 }
 
+/// Manifest input: digest of the recipe's files (and the shared `images/lib`).
+pub const RECIPE_DIGEST: &str = "recipe_sha256";
+/// Manifest input: digest of the agent binary put into a stage-one set.
+pub const AGENT_DIGEST: &str = "agent_sha256";
+
+/// One digest over every file of `images/<recipe>/` and `images/lib/`, names
+/// included: a build is stale when this changes.
+pub fn recipe_digest(recipes_dir: &Path, recipe: &str) -> Result<Digest, ImageError> {
+    let mut files = vec![];
+    for dir in [recipes_dir.join(recipe), recipes_dir.join("lib")] {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(ImageError::Io { path: dir, source: e }),
+        };
+        for entry in entries {
+            let path = entry.map_err(io_err(&dir))?.path();
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut hasher = Sha256::new();
+    for path in files {
+        let rel = path.strip_prefix(recipes_dir).unwrap_or(&path);
+        hasher.update(rel.to_string_lossy().as_bytes());
+        hasher.update(hash_file(&path)?.0 .0);
+    }
+    Ok(Digest(hasher.finalize().into()))
+}
+
 /// What a recipe's build leaves in its output directory, and what it becomes.
 const OUTPUTS: &[(&str, &str, &str, ImageKind)] = &[
     ("vmlinuz", "kernel", "bzImage", ImageKind::Stage1),
@@ -281,12 +313,16 @@ pub fn build(store: &ImageStore, req: &BuildRequest) -> Result<Manifest, ImageEr
     if kind == ImageKind::Stage1 && !(artifacts.contains_key("kernel") && artifacts.contains_key("initrd")) {
         return Err(recipe_err("a stage-one set needs both vmlinuz and initrd.img".into()));
     }
-    let inputs = std::fs::read_to_string(out.join("inputs.txt"))
+    let mut inputs: BTreeMap<String, String> = std::fs::read_to_string(out.join("inputs.txt"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
+    inputs.insert(RECIPE_DIGEST.into(), recipe_digest(&req.recipes_dir, &req.recipe)?.to_string());
+    if let Some(agent) = &req.agent {
+        inputs.insert(AGENT_DIGEST.into(), hash_file(agent)?.0.to_string());
+    }
     let manifest = Manifest { name: req.recipe.clone(), kind, built_at_ms: req.now_ms, artifacts, inputs };
     store.write_manifest(&manifest)?;
     std::fs::remove_dir_all(&out).map_err(io_err(&out))?;

@@ -99,7 +99,9 @@ pub fn build_agent(repo: &Path) -> Result<PathBuf> {
     Ok(repo.join("target/agent/x86_64-unknown-linux-gnu/release/ramboot-agent"))
 }
 
-/// Make sure the images a profile needs exist, building them if not (or if asked).
+/// Make sure the images a profile needs exist and are current, building them if
+/// not: a recipe (or, for stage one, the agent) that changed since the last build
+/// makes that build stale.
 pub fn ensure_images(
     repo: &Path,
     data: &Path,
@@ -108,26 +110,33 @@ pub fn ensure_images(
     rebuild: bool,
 ) -> Result<()> {
     let store = ImageStore::new(data.join("images"));
+    let recipes = repo.join("images");
     for name in [&profile.stage1, &profile.image] {
-        if !rebuild && store.manifest(name).is_ok() {
-            println!("lab: image {name} already built");
+        let agent = if name == &profile.stage1 { Some(build_agent(repo)?) } else { None };
+        let mut wanted = vec![(images::RECIPE_DIGEST, images::recipe_digest(&recipes, name)?.to_string())];
+        if let Some(agent) = &agent {
+            wanted.push((images::AGENT_DIGEST, images::hash_file(agent)?.0.to_string()));
+        }
+        let current =
+            store.manifest(name).ok().filter(|m| wanted.iter().all(|(key, digest)| m.inputs.get(*key) == Some(digest)));
+        if current.is_some() && !rebuild {
+            println!("lab: image {name} is up to date");
             continue;
         }
-        let agent = if name == &profile.stage1 { Some(build_agent(repo)?) } else { None };
         println!("lab: building image {name} (recipe images/{name}/build.sh)");
         let started = Instant::now();
         let manifest = images::build(
             &store,
             &BuildRequest {
                 recipe: name.clone(),
-                recipes_dir: repo.join("images"),
+                recipes_dir: recipes.clone(),
                 cache_dir: cache.to_path_buf(),
                 agent,
                 now_ms: crate::http::now_ms(),
             },
         )?;
         for (role, a) in &manifest.artifacts {
-            println!("lab:   {name}/{role}: {} bytes, sha256 {}", a.size, a.digest);
+            println!("lab:   {name}/{role}: {}, sha256 {}", ramboot_proto::human_bytes(a.size), a.digest);
         }
         println!("lab: image {name} built in {:.0}s", started.elapsed().as_secs_f64());
     }
