@@ -1,80 +1,195 @@
 //! The operator CLI's client side: commands that talk to a running server's admin API.
+//!
+//! Blocking (ureq): the CLI is a one-shot program and needs no runtime. Tables for
+//! people, `--json` (the API's own JSON) for scripts.
 
-use crate::http::api::NodeList;
+use crate::http::api::{NodeDetail, NodeList, ProfileList};
+use crate::images::Manifest;
 use crate::store::{Event, Node};
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::io::BufRead;
 use std::time::Duration;
 
-/// A blocking admin-API client (the CLI is a one-shot program; no runtime needed).
+/// A blocking admin-API client.
 pub struct ApiClient {
     base: String,
+    token: Option<String>,
     agent: ureq::Agent,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct NodeDetailView {
-    pub node: Node,
-    pub events: Vec<Event>,
-}
-
 impl ApiClient {
-    pub fn new(base: &str) -> Self {
+    pub fn new(base: &str, token: Option<String>) -> Self {
         let agent =
             ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).timeout(Duration::from_secs(30)).build();
-        ApiClient { base: base.trim_end_matches('/').to_string(), agent }
+        ApiClient { base: base.trim_end_matches('/').to_string(), token, agent }
     }
 
-    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let url = format!("{}/api/v1{path}", self.base);
-        match self.agent.get(&url).call() {
-            Ok(resp) => resp.into_json().with_context(|| format!("decoding {url}")),
-            Err(ureq::Error::Status(code, resp)) => {
-                let body = resp.into_string().unwrap_or_default();
-                anyhow::bail!("{url}: HTTP {code}: {body}")
-            }
-            Err(e) => Err(e).with_context(|| format!("requesting {url}")),
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    fn authed(&self, req: ureq::Request) -> ureq::Request {
+        match &self.token {
+            Some(t) => req.set("Authorization", &format!("Bearer {t}")),
+            None => req,
         }
     }
 
-    pub fn nodes(&self) -> Result<Vec<Node>> {
-        Ok(self.get::<NodeList>("/nodes")?.nodes)
+    fn send(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let url = self.url(path);
+        let req = self.authed(self.agent.request(method, &url));
+        let result = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match result {
+            Ok(resp) if resp.status() == 204 => Ok(Value::Null),
+            Ok(resp) => resp.into_json().with_context(|| format!("decoding the answer of {url}")),
+            Err(ureq::Error::Status(code, resp)) => {
+                let body: Value = resp.into_json().unwrap_or(Value::Null);
+                let message = body["error"]["message"].as_str().unwrap_or("(no message)");
+                anyhow::bail!("{method} {url}: HTTP {code}: {message}")
+            }
+            Err(e) => Err(e).with_context(|| format!("{method} {url}")),
+        }
     }
 
-    pub fn node(&self, id: &str) -> Result<NodeDetailView> {
-        self.get(&format!("/nodes/{id}"))
+    pub fn get_json(&self, path: &str) -> Result<Value> {
+        self.send("GET", path, None)
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        serde_json::from_value(self.get_json(path)?).context("unexpected answer from the API")
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Result<Value> {
+        self.send("POST", path, Some(body))
+    }
+
+    pub fn patch(&self, path: &str, body: Value) -> Result<Value> {
+        self.send("PATCH", path, Some(body))
+    }
+
+    pub fn delete(&self, path: &str) -> Result<()> {
+        self.send("DELETE", path, None).map(|_| ())
+    }
+
+    /// Every node matching `query` (a query string without `after`), following pages.
+    pub fn all_nodes(&self, query: &str) -> Result<Vec<Node>> {
+        let mut nodes = vec![];
+        let mut after = 0;
+        loop {
+            let page: NodeList = self.get(&format!("/nodes?after={after}&limit=500{query}"))?;
+            nodes.extend(page.nodes);
+            match page.next_after {
+                Some(next) => after = next,
+                None => return Ok(nodes),
+            }
+        }
+    }
+
+    pub fn node(&self, id: &str) -> Result<NodeDetail> {
+        self.get(&format!("/nodes/{}", encode(id)))
+    }
+
+    pub fn profiles(&self) -> Result<ProfileList> {
+        self.get("/profiles")
+    }
+
+    pub fn images(&self) -> Result<Vec<Manifest>> {
+        self.get("/images")
+    }
+
+    /// Follow `/events/stream` (Server-Sent Events), calling `each` per event until
+    /// the server closes the stream.
+    pub fn follow_events(&self, after: Option<i64>, mut each: impl FnMut(Event) -> Result<()>) -> Result<()> {
+        // No overall timeout: the stream is open-ended. Keep-alives arrive every 15 s.
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_read(Duration::from_secs(60))
+            .build();
+        let path = match after {
+            Some(a) => format!("/events/stream?after={a}"),
+            None => "/events/stream".to_string(),
+        };
+        let url = self.url(&path);
+        let resp = match self.authed(agent.get(&url)).set("Accept", "text/event-stream").call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, _)) => anyhow::bail!("GET {url}: HTTP {code}"),
+            Err(e) => return Err(e).with_context(|| format!("GET {url}")),
+        };
+        for line in std::io::BufReader::new(resp.into_reader()).lines() {
+            let line = line.context("reading the event stream")?;
+            if let Some(data) = line.strip_prefix("data:") {
+                each(serde_json::from_str(data.trim()).context("decoding a streamed event")?)?;
+            }
+        }
+        Ok(())
     }
 }
 
+/// Percent-encode a path segment (ids, MACs and names pass through unchanged).
+pub fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b':' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub fn print_nodes(nodes: &[Node]) {
-    println!("{:<5} {:<18} {:<16} {:<20} {:<14} {:<10}", "ID", "MAC", "IP", "HOSTNAME", "PROFILE", "STATE");
+    println!("{:<5} {:<18} {:<16} {:<20} {:<14} {:<12} LABELS", "ID", "MAC", "IP", "HOSTNAME", "PROFILE", "STATE");
     for n in nodes {
+        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "{:<5} {:<18} {:<16} {:<20} {:<14} {:<10}",
+            "{:<5} {:<18} {:<16} {:<20} {:<14} {:<12} {}",
             n.id,
             n.mac.to_string(),
             n.ip.as_deref().unwrap_or("-"),
             n.hostname,
-            n.profile.as_deref().unwrap_or("(default)"),
-            n.state.as_str()
+            n.profile.as_deref().unwrap_or("-"),
+            n.state.as_str(),
+            labels.join(",")
         );
     }
 }
 
-pub fn print_node(detail: &NodeDetailView) {
+pub fn print_node(detail: &NodeDetail) {
     let n = &detail.node;
     println!("node {} ({}), hostname {}, ip {}", n.id, n.mac, n.hostname, n.ip.as_deref().unwrap_or("-"));
     println!("state {} since {}", n.state, format_ms(n.state_since_ms));
-    println!("profile {}", n.profile.as_deref().unwrap_or("(default)"));
+    if let Some(reason) = &n.maintenance_reason {
+        println!("maintenance: {reason}");
+    }
+    println!("profile {}", n.profile.as_deref().unwrap_or("- (selectors or default)"));
+    if !n.labels.is_empty() {
+        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("labels {}", labels.join(", "));
+    }
+    if n.failures > 0 {
+        println!("consecutive failed boots {}", n.failures);
+    }
+    if let Some(boot) = &detail.boot {
+        let image = boot.image.as_ref().map(|i| format!("{} sha256:{}", i.name, &i.digest[..12.min(i.digest.len())]));
+        println!("current boot {} (profile {}, image {})", boot.id, boot.profile, image.as_deref().unwrap_or("-"));
+    }
     println!();
     print_events(&detail.events);
 }
 
+pub fn print_event(e: &Event) {
+    let phase = e.phase_ms.map(|ms| format!(" (+{:.1}s)", ms as f64 / 1000.0)).unwrap_or_default();
+    let state = e.state.map(|s| format!("[{s}] ")).unwrap_or_default();
+    println!("{}  node {:<4} {:<8} {state}{}{phase}", format_ms(e.at_ms), e.node_id, e.kind, e.message);
+}
+
 pub fn print_events(events: &[Event]) {
     for e in events {
-        let phase = e.phase_ms.map(|ms| format!(" (+{:.1}s)", ms as f64 / 1000.0)).unwrap_or_default();
-        let state = e.state.map(|s| format!("[{s}] ")).unwrap_or_default();
-        println!("{}  {:<8} {state}{}{phase}", format_ms(e.at_ms), e.kind, e.message);
+        print_event(e);
     }
 }
 

@@ -35,8 +35,16 @@ struct WireConfig {
     paths: WirePaths,
     /// sqlx URL; default `sqlite://<data>/ramboot.db`.
     database: Option<String>,
-    /// Profile for nodes that have none assigned.
-    default_profile: String,
+    /// Profile for nodes that have none assigned and match no selector. Without
+    /// one, such nodes boot into discovery and wait for an assignment.
+    default_profile: Option<String>,
+    /// Stage-one set a discovery boot runs (nodes with no profile yet).
+    #[serde(default = "default_discovery_stage1")]
+    discovery_stage1: String,
+    /// YAML map of secret name → value, for `secret("name")` in overlay templates.
+    secrets: Option<PathBuf>,
+    #[serde(default)]
+    lifecycle: WireLifecycle,
     /// Answer IPv6 router solicitations with an empty RA (see `ra`): saves iPXE's
     /// ~13 s IPv6 wait on boot networks that have no IPv6 router.
     #[serde(default)]
@@ -92,6 +100,37 @@ struct WireDhcp {
     port: u16,
 }
 
+fn default_discovery_stage1() -> String {
+    "stage1".into()
+}
+
+/// How long each boot phase may take, and how failed boots are retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WireLifecycle {
+    booting_timeout_secs: u64,
+    stage1_timeout_secs: u64,
+    loading_timeout_secs: u64,
+    handoff_timeout_secs: u64,
+    max_retries: u32,
+    retry_backoff_secs: u32,
+    retry_backoff_max_secs: u32,
+}
+
+impl Default for WireLifecycle {
+    fn default() -> Self {
+        WireLifecycle {
+            booting_timeout_secs: 300,
+            stage1_timeout_secs: 300,
+            loading_timeout_secs: 1800,
+            handoff_timeout_secs: 600,
+            max_retries: 5,
+            retry_backoff_secs: 15,
+            retry_backoff_max_secs: 600,
+        }
+    }
+}
+
 fn default_lease_secs() -> u32 {
     3600
 }
@@ -118,8 +157,38 @@ pub struct Config {
     pub dhcp: DhcpConfig,
     pub paths: Paths,
     pub database_url: String,
-    pub default_profile: String,
+    pub default_profile: Option<String>,
+    pub discovery_stage1: String,
+    pub secrets: Option<PathBuf>,
+    pub lifecycle: Lifecycle,
     pub ipv6_ra: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    pub booting_timeout: Duration,
+    pub stage1_timeout: Duration,
+    pub loading_timeout: Duration,
+    pub handoff_timeout: Duration,
+    /// Consecutive failed boots after which the node is no longer retried.
+    pub max_retries: u32,
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+}
+
+impl Lifecycle {
+    /// How long a node that failed `failures` times in a row waits before retrying
+    /// (exponential), or `None` once it has used up its retries.
+    pub fn retry_delay(&self, failures: u32) -> Option<Duration> {
+        if failures == 0 {
+            return Some(Duration::ZERO);
+        }
+        if failures > self.max_retries {
+            return None;
+        }
+        let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
+        Some(self.retry_backoff.saturating_mul(factor).min(self.retry_backoff_max))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +247,17 @@ impl Config {
         if d.lease_time_secs < 60 {
             return Err("dhcp.lease_time_secs must be at least 60".into());
         }
+        let l = &wire.lifecycle;
+        for (name, secs) in [
+            ("booting", l.booting_timeout_secs),
+            ("stage1", l.stage1_timeout_secs),
+            ("loading", l.loading_timeout_secs),
+            ("handoff", l.handoff_timeout_secs),
+        ] {
+            if secs < 10 {
+                return Err(format!("lifecycle.{name}_timeout_secs must be at least 10"));
+            }
+        }
         if wire.interface.is_empty() || wire.interface.len() > 15 {
             return Err(format!("interface {:?} is not a valid interface name", wire.interface));
         }
@@ -213,6 +293,17 @@ impl Config {
             paths,
             database_url,
             default_profile: wire.default_profile,
+            discovery_stage1: wire.discovery_stage1,
+            secrets: wire.secrets.map(|p| if p.is_absolute() { p } else { base.join(p) }),
+            lifecycle: Lifecycle {
+                booting_timeout: Duration::from_secs(l.booting_timeout_secs),
+                stage1_timeout: Duration::from_secs(l.stage1_timeout_secs),
+                loading_timeout: Duration::from_secs(l.loading_timeout_secs),
+                handoff_timeout: Duration::from_secs(l.handoff_timeout_secs),
+                max_retries: l.max_retries,
+                retry_backoff: Duration::from_secs(u64::from(l.retry_backoff_secs)),
+                retry_backoff_max: Duration::from_secs(u64::from(l.retry_backoff_max_secs)),
+            },
             ipv6_ra: wire.ipv6_ra,
         })
     }
@@ -250,6 +341,13 @@ default_profile: tiny
         let text = GOOD.replace("router:", "routr:");
         let err = Config::parse(Path::new("r.yaml"), &text).unwrap_err().to_string();
         assert!(err.starts_with("r.yaml:6:3:"), "{err}");
+    }
+
+    #[test]
+    fn retry_backoff_doubles_up_to_a_cap_then_stops() {
+        let cfg = Config::parse(Path::new("r.yaml"), GOOD).unwrap();
+        let delays: Vec<_> = (0..=6).map(|n| cfg.lifecycle.retry_delay(n).map(|d| d.as_secs())).collect();
+        assert_eq!(delays, [Some(0), Some(15), Some(30), Some(60), Some(120), Some(240), None]);
     }
 
     #[test]

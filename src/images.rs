@@ -60,7 +60,7 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageKind {
     /// Kernel + initramfs with the agent.
@@ -69,15 +69,16 @@ pub enum ImageKind {
     Rootfs,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Artifact {
+    #[schema(value_type = String, example = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")]
     pub digest: Digest,
     pub size: u64,
     /// e.g. `squashfs`, `cpio.zst`, `bzImage`.
     pub format: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Manifest {
     pub name: String,
     pub kind: ImageKind,
@@ -137,6 +138,10 @@ impl ImageStore {
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("sha256").join(digest.to_string())
+    }
+
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.root.join("manifests")
     }
 
     fn manifest_path(&self, name: &str) -> PathBuf {
@@ -202,6 +207,36 @@ impl ImageStore {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+}
+
+impl ImageStore {
+    /// Remove an image's manifest, then every blob no remaining manifest uses.
+    pub fn delete(&self, name: &str) -> Result<(), ImageError> {
+        self.manifest(name)?;
+        let path = self.manifest_path(name);
+        std::fs::remove_file(&path).map_err(io_err(&path))?;
+        self.collect_garbage()
+    }
+
+    fn collect_garbage(&self) -> Result<(), ImageError> {
+        let live: std::collections::BTreeSet<String> =
+            self.list()?.iter().flat_map(|m| m.artifacts.values().map(|a| a.digest.to_string())).collect();
+        let dir = self.root.join("sha256");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(ImageError::Io { path: dir, source: e }),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.parse::<Digest>().is_ok() && !live.contains(&name) {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -361,8 +396,12 @@ mod tests {
         };
         store.write_manifest(&manifest).unwrap();
         assert_eq!(store.manifest("tiny").unwrap(), manifest);
-        assert_eq!(store.list().unwrap(), vec![manifest]);
+        assert_eq!(store.list().unwrap(), vec![manifest.clone()]);
         assert!(matches!(store.manifest("nope"), Err(ImageError::NoSuchImage(_))));
         assert!(matches!(store.manifest("../x"), Err(ImageError::BadName(_))));
+        let blob = store.blob_path(&manifest.artifacts["rootfs"].digest);
+        store.delete("tiny").unwrap();
+        assert!(store.list().unwrap().is_empty());
+        assert!(!blob.exists(), "unreferenced blobs are collected");
     }
 }

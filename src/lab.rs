@@ -6,7 +6,8 @@
 //! Everything it starts, it stops: children by PID, the namespace by name, also on
 //! Ctrl-C and on failure.
 
-use crate::cli::{format_ms, NodeDetailView};
+use crate::cli::format_ms;
+use crate::http::api::NodeDetail;
 use crate::images::{self, BuildRequest, ImageStore};
 use crate::node::NodeState;
 use crate::store::Event;
@@ -206,14 +207,19 @@ impl Guarded {
 
 /// HTTP GETs performed from inside the namespace: a dedicated thread joins it (a
 /// thread's network namespace is its own), so the rest of the process stays outside.
+/// A GET to run in the namespace: URL, bearer token, where to send the body.
+type NetnsRequest = (String, Option<String>, tokio::sync::oneshot::Sender<Result<String, String>>);
+
 struct NetnsHttp {
-    requests: mpsc::Sender<(String, tokio::sync::oneshot::Sender<Result<String, String>>)>,
+    requests: mpsc::Sender<NetnsRequest>,
+    /// The admin API token, once the server has written it.
+    token: std::sync::Mutex<Option<String>>,
 }
 
 impl NetnsHttp {
     fn start(netns: &str) -> Result<NetnsHttp> {
         let file = std::fs::File::open(format!("/run/netns/{netns}")).context("opening the lab namespace")?;
-        let (tx, rx) = mpsc::channel::<(String, tokio::sync::oneshot::Sender<Result<String, String>>)>();
+        let (tx, rx) = mpsc::channel::<NetnsRequest>();
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::Builder::new().name("lab-netns-http".into()).spawn(move || {
             let joined = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string());
@@ -223,8 +229,12 @@ impl NetnsHttp {
                 return;
             }
             let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
-            for (url, reply) in rx {
-                let result = match agent.get(&url).call() {
+            for (url, token, reply) in rx {
+                let mut request = agent.get(&url);
+                if let Some(token) = token {
+                    request = request.set("Authorization", &format!("Bearer {token}"));
+                }
+                let result = match request.call() {
                     Ok(r) => r.into_string().map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
@@ -232,12 +242,13 @@ impl NetnsHttp {
             }
         })?;
         ready_rx.recv().context("namespace thread died")?.map_err(|e| anyhow::anyhow!("joining the namespace: {e}"))?;
-        Ok(NetnsHttp { requests: tx })
+        Ok(NetnsHttp { requests: tx, token: std::sync::Mutex::new(None) })
     }
 
     async fn get(&self, url: String) -> Result<String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.requests.send((url, tx)).map_err(|_| anyhow::anyhow!("namespace thread gone"))?;
+        let token = self.token.lock().map(|t| t.clone()).unwrap_or(None);
+        self.requests.send((url, token, tx)).map_err(|_| anyhow::anyhow!("namespace thread gone"))?;
         rx.await.context("namespace thread gone")?.map_err(|e| anyhow::anyhow!(e))
     }
 }
@@ -281,7 +292,9 @@ pub async fn run(opts: LabOptions) -> Result<()> {
     let repo = std::path::absolute(&opts.repo)?;
     let (data, cache) = (dir.join("data"), dir.join("cache"));
     std::fs::create_dir_all(&data)?;
-    let profiles = crate::profiles::load_dir(&repo.join("profiles")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let repo_profiles = repo.join("profiles");
+    let profiles = crate::profiles::load_dir(&repo_profiles, &crate::profiles::Context::for_dir(&repo_profiles, None))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let profile = profiles
         .get(&opts.profile)
         .with_context(|| format!("no profile {:?} in {}/profiles", opts.profile, repo.display()))?
@@ -298,6 +311,25 @@ pub async fn run(opts: LabOptions) -> Result<()> {
             _ => {}
         }
     }
+    // The lab serves only the profile it boots (others may name images not built here),
+    // from its own directory, which tests may edit live.
+    let lab_profiles = dir.join("profiles");
+    if lab_profiles.exists() {
+        std::fs::remove_dir_all(&lab_profiles)?;
+    }
+    std::fs::create_dir_all(&lab_profiles)?;
+    let (_, profile_file) = profiles.iter().find(|(p, _)| p.name == profile.name).context("profile file")?;
+    std::fs::copy(profile_file, lab_profiles.join(profile_file.file_name().unwrap_or_default()))?;
+    let templates = repo_profiles.join("templates");
+    if templates.is_dir() {
+        std::fs::create_dir_all(lab_profiles.join("templates"))?;
+        for entry in std::fs::read_dir(&templates)? {
+            let path = entry?.path();
+            if path.is_file() {
+                std::fs::copy(&path, lab_profiles.join("templates").join(path.file_name().unwrap_or_default()))?;
+            }
+        }
+    }
     let ipxe_dir = dir.join("ipxe");
     run_checked(std::process::Command::new("bash").arg(repo.join("ipxe/fetch.sh")).arg(&ipxe_dir), "ipxe/fetch.sh")?;
 
@@ -310,7 +342,7 @@ pub async fn run(opts: LabOptions) -> Result<()> {
              interface: {BRIDGE}\nserver_address: {server_ip}\nhttp:\n  listen: 0.0.0.0:{HTTP_PORT}\n\
              dhcp:\n  subnet: {SUBNET_PREFIX}.0/24\n  range: [{SUBNET_PREFIX}.100, {SUBNET_PREFIX}.199]\n  router: {server_ip}\n\
              paths:\n  profiles: {}\n  ipxe: {}\n  data: {}\ndefault_profile: {}\nipv6_ra: true\n",
-            repo.join("profiles").display(),
+            lab_profiles.display(),
             ipxe_dir.display(),
             data.display(),
             profile.name
@@ -363,9 +395,9 @@ async fn run_in_namespace(
     println!("lab: ramboot serve started (log: {})", server_log.display());
     let http = NetnsHttp::start(netns)?;
     let base = format!("http://{server_ip}:{HTTP_PORT}");
-    let server_err = dir.join("server.err");
+    let (server_err, data) = (dir.join("server.err"), dir.join("data"));
     tokio::select! {
-        r = wait_for_server(&http, &base, &server_err) => r?,
+        r = wait_for_server(&http, &base, &server_err, &data) => r?,
         _ = interrupted.cancelled() => {
             server.stop().await;
             bail!("interrupted");
@@ -420,7 +452,7 @@ async fn run_in_namespace(
 
     let (outcome, qemu) = follow(&http, &base, mac, started, opts.timeout, qemu, interrupted).await;
     let detail = http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok();
-    let detail: Option<NodeDetailView> = detail.and_then(|body| serde_json::from_str(&body).ok());
+    let detail: Option<NodeDetail> = detail.and_then(|body| serde_json::from_str(&body).ok());
     if let Some(detail) = &detail {
         print_timeline(&detail.events, detail.node.current_boot_id);
     }
@@ -455,11 +487,18 @@ async fn run_in_namespace(
     }
 }
 
-async fn wait_for_server(http: &NetnsHttp, base: &str, err_log: &Path) -> Result<()> {
+/// Wait until the server answers its admin API with the token it wrote at start.
+async fn wait_for_server(http: &NetnsHttp, base: &str, err_log: &Path, data: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let token_file = crate::http::auth::admin_token_path(data);
     while Instant::now() < deadline {
-        if http.get(format!("{base}/api/v1/nodes")).await.is_ok() {
-            return Ok(());
+        if let Ok(token) = std::fs::read_to_string(&token_file) {
+            if let Ok(mut slot) = http.token.lock() {
+                *slot = Some(token.trim().to_string());
+            }
+            if http.get(format!("{base}/api/v1/nodes")).await.is_ok() {
+                return Ok(());
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

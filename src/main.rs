@@ -2,7 +2,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use ramboot::store::Event;
 use ramboot::{cli, config::Config, images, lab, profiles};
+use ramboot_proto::human_bytes;
+use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,7 +24,8 @@ enum Cmd {
         config: PathBuf,
     },
     /// Build and list images.
-    Image {
+    #[command(alias = "image")]
+    Images {
         #[command(subcommand)]
         command: ImageCmd,
     },
@@ -52,18 +56,51 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
-    /// Inspect nodes through a running server's admin API.
+    /// Manage nodes through a running server's admin API.
     Nodes {
-        #[arg(long, default_value = "http://127.0.0.1:8080", env = "RAMBOOT_SERVER", global = true)]
-        server: String,
+        #[command(flatten)]
+        api: ApiArgs,
         #[command(subcommand)]
         command: NodesCmd,
     },
-    /// Check profile files.
+    /// List profiles on a server, or validate a profiles directory locally.
     Profiles {
         #[command(subcommand)]
         command: ProfilesCmd,
     },
+    /// Show the event log, or follow it live.
+    Events {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Keep printing new events as they happen (Server-Sent Events).
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this node's events (id or MAC).
+        #[arg(long)]
+        node: Option<String>,
+        /// How many past events to show first.
+        #[arg(long, default_value_t = 50)]
+        last: i64,
+    },
+}
+
+/// Where the admin API is, and the token to call it with.
+#[derive(clap::Args, Clone)]
+struct ApiArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "RAMBOOT_SERVER", global = true)]
+    server: String,
+    /// API token (the first admin token is in `<data>/admin.token`).
+    #[arg(long, env = "RAMBOOT_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl ApiArgs {
+    fn client(&self) -> cli::ApiClient {
+        cli::ApiClient::new(&self.server, self.token.clone())
+    }
 }
 
 #[derive(Subcommand)]
@@ -82,27 +119,84 @@ enum ImageCmd {
         #[arg(long)]
         agent: Option<PathBuf>,
     },
-    /// List built images.
+    /// List images: from a running server, or from a local data directory with --data.
     Ls {
-        #[arg(long, default_value = "data")]
-        data: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
 }
 
 #[derive(Subcommand)]
 enum NodesCmd {
     /// List nodes.
-    Ls,
+    Ls {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        profile: Option<String>,
+        /// key=value
+        #[arg(long)]
+        label: Option<String>,
+    },
     /// Show one node (by id or MAC) with its event timeline.
     Show { id: String },
+    /// Register a node before it boots.
+    Add {
+        mac: String,
+        #[arg(long)]
+        hostname: Option<String>,
+        #[arg(long)]
+        profile: Option<String>,
+        /// key=value, repeatable
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Assign a profile (or clear the assignment with --clear).
+    Assign {
+        id: String,
+        #[arg(required_unless_present = "clear")]
+        profile: Option<String>,
+        #[arg(long, conflicts_with = "profile")]
+        clear: bool,
+    },
+    /// Set labels (key=value) and remove others (key-).
+    Label {
+        id: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
+    /// Make the next boot load afresh (clears failures and the current boot).
+    Reprovision { id: String },
+    /// Take a node out of service (--on) or return it (--off).
+    Maintenance {
+        id: String,
+        #[arg(long, conflicts_with = "off", required_unless_present = "off")]
+        on: bool,
+        #[arg(long)]
+        off: bool,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Forget a node.
+    Rm { id: String },
 }
 
 #[derive(Subcommand)]
 enum ProfilesCmd {
+    /// List the server's profiles and any reload errors.
+    Ls {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Validate every profile in a directory; errors print as file:line:col.
     Validate {
         #[arg(default_value = "profiles")]
         dir: PathBuf,
+        /// Also check that referenced images are built in this data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
 }
 
@@ -119,7 +213,7 @@ fn main() -> Result<()> {
             let config = Config::load(&config)?;
             tokio::runtime::Runtime::new()?.block_on(ramboot::serve::run(config))
         }
-        Cmd::Image { command: ImageCmd::Build { recipe, data, recipes, cache, agent } } => {
+        Cmd::Images { command: ImageCmd::Build { recipe, data, recipes, cache, agent } } => {
             let agent = match agent {
                 Some(a) => Some(a),
                 None if std::fs::read_to_string(recipes.join(&recipe).join("build.sh"))
@@ -141,23 +235,24 @@ fn main() -> Result<()> {
             let manifest = images::build(&store, &request)?;
             println!("built {} ({:?}) in {:.0}s", manifest.name, manifest.kind, started.elapsed().as_secs_f64());
             for (role, a) in &manifest.artifacts {
-                println!("  {role:<7} {:>12} bytes  {}  sha256:{}", a.size, a.format, a.digest);
+                println!("  {role:<7} {:>10}  {}  sha256:{}", human_bytes(a.size), a.format, a.digest);
             }
             Ok(())
         }
-        Cmd::Image { command: ImageCmd::Ls { data } } => {
-            let store = images::ImageStore::new(data.join("images"));
-            println!("{:<14} {:<7} {:<8} {:>12}  DIGEST", "NAME", "KIND", "ROLE", "BYTES");
-            for m in store.list()? {
+        Cmd::Images { command: ImageCmd::Ls { api, data } } => {
+            let list = match data {
+                Some(data) => images::ImageStore::new(data.join("images")).list()?,
+                None => api.client().images()?,
+            };
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!("{:<14} {:<7} {:<7} {:>10}  DIGEST", "NAME", "KIND", "ROLE", "SIZE");
+            for m in list {
                 for (role, a) in &m.artifacts {
-                    println!(
-                        "{:<14} {:<7} {:<8} {:>12}  {}",
-                        m.name,
-                        format!("{:?}", m.kind).to_lowercase(),
-                        role,
-                        a.size,
-                        a.digest
-                    );
+                    let kind = format!("{:?}", m.kind).to_lowercase();
+                    println!("{:<14} {:<7} {:<7} {:>10}  {}", m.name, kind, role, human_bytes(a.size), a.digest);
                 }
             }
             Ok(())
@@ -176,20 +271,163 @@ fn main() -> Result<()> {
             };
             tokio::runtime::Runtime::new()?.block_on(lab::run(opts))
         }
-        Cmd::Nodes { server, command } => {
-            let client = cli::ApiClient::new(&server);
-            match command {
-                NodesCmd::Ls => cli::print_nodes(&client.nodes()?),
-                NodesCmd::Show { id } => cli::print_node(&client.node(&id)?),
+        Cmd::Nodes { api, command } => nodes(&api, command),
+        Cmd::Profiles { command: ProfilesCmd::Ls { api } } => {
+            let list = api.client().profiles()?;
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!("{:<16} {:<10} {:<14} {:<4} FILE", "NAME", "STAGE1", "IMAGE", "SEL");
+            for p in &list.profiles {
+                let pr = &p.profile;
+                println!("{:<16} {:<10} {:<14} {:<4} {}", pr.name, pr.stage1, pr.image, pr.selectors.len(), p.file);
+            }
+            for e in &list.errors {
+                println!("error: {e}");
             }
             Ok(())
         }
-        Cmd::Profiles { command: ProfilesCmd::Validate { dir } } => {
-            let set = profiles::load_dir(&dir).map_err(|e| anyhow::anyhow!("{e}")).context("profiles are invalid")?;
+        Cmd::Profiles { command: ProfilesCmd::Validate { dir, data } } => {
+            let store = data.map(|d| images::ImageStore::new(d.join("images")));
+            let ctx = profiles::Context::for_dir(&dir, store.as_ref());
+            let set =
+                profiles::load_dir(&dir, &ctx).map_err(|e| anyhow::anyhow!("{e}")).context("profiles are invalid")?;
             for (p, path) in set.iter() {
                 println!("ok  {:<16} {}", p.name, path.display());
             }
             Ok(())
         }
+        Cmd::Events { api, follow, node, last } => {
+            let client = api.client();
+            let path = match &node {
+                Some(n) => format!("/nodes/{}/events", cli::encode(n)),
+                None => "/events".to_string(),
+            };
+            // The tail of the log first, then (with --follow) everything after it.
+            let recent: Vec<Event> = client.get(&format!("{path}?last={}", last.clamp(1, 500)))?;
+            let mut shown = 0;
+            for e in &recent {
+                print_one(&api, e)?;
+                shown = e.id;
+            }
+            if shown == 0 {
+                shown = client.get::<Vec<Event>>("/events?last=1")?.last().map_or(0, |e| e.id);
+            }
+            if follow {
+                let node_id = match &node {
+                    Some(n) => Some(client.node(n)?.node.id),
+                    None => None,
+                };
+                client.follow_events(Some(shown), |e| {
+                    if node_id.is_none_or(|id| id == e.node_id) {
+                        print_one(&api, &e)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        }
     }
+}
+
+fn print_one(api: &ApiArgs, e: &Event) -> Result<()> {
+    use std::io::Write;
+    if api.json {
+        println!("{}", serde_json::to_string(e)?);
+    } else {
+        cli::print_event(e);
+    }
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+fn nodes(api: &ApiArgs, command: NodesCmd) -> Result<()> {
+    let client = api.client();
+    let show = |value: serde_json::Value| -> Result<()> {
+        if api.json {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else if let Ok(node) = serde_json::from_value::<ramboot::store::Node>(value) {
+            cli::print_nodes(std::slice::from_ref(&node));
+        }
+        Ok(())
+    };
+    match command {
+        NodesCmd::Ls { state, profile, label } => {
+            let mut query = String::new();
+            for (key, value) in [("state", state), ("profile", profile), ("label", label)] {
+                if let Some(v) = value {
+                    query.push_str(&format!("&{key}={}", cli::encode(&v)));
+                }
+            }
+            let nodes = client.all_nodes(&query)?;
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                cli::print_nodes(&nodes);
+            }
+        }
+        NodesCmd::Show { id } => {
+            if api.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&client.get_json(&format!("/nodes/{}", cli::encode(&id)))?)?
+                );
+            } else {
+                cli::print_node(&client.node(&id)?);
+            }
+        }
+        NodesCmd::Add { mac, hostname, profile, labels } => {
+            let labels = parse_labels(&labels)?;
+            show(
+                client
+                    .post("/nodes", json!({"mac": mac, "hostname": hostname, "profile": profile, "labels": labels}))?,
+            )?;
+        }
+        NodesCmd::Assign { id, profile, clear } => {
+            let profile = if clear { None } else { profile };
+            show(client.patch(&format!("/nodes/{}", cli::encode(&id)), json!({ "profile": profile }))?)?;
+        }
+        NodesCmd::Label { id, changes } => {
+            let current = client.node(&id)?.node.labels;
+            let mut labels = current.clone();
+            for change in &changes {
+                match change.strip_suffix('-') {
+                    Some(key) if !change.contains('=') => {
+                        labels.remove(key);
+                    }
+                    _ => {
+                        let (k, v) =
+                            change.split_once('=').with_context(|| format!("{change:?}: use key=value or key-"))?;
+                        labels.insert(k.to_string(), v.to_string());
+                    }
+                }
+            }
+            show(client.patch(&format!("/nodes/{}", cli::encode(&id)), json!({ "labels": labels }))?)?;
+        }
+        NodesCmd::Reprovision { id } => {
+            show(client.post(&format!("/nodes/{}/reprovision", cli::encode(&id)), json!({}))?)?
+        }
+        NodesCmd::Maintenance { id, on, off: _, reason } => {
+            let body = json!({ "enabled": on, "reason": reason });
+            show(client.post(&format!("/nodes/{}/maintenance", cli::encode(&id)), body)?)?
+        }
+        NodesCmd::Rm { id } => {
+            client.delete(&format!("/nodes/{}", cli::encode(&id)))?;
+            if !api.json {
+                println!("removed node {id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    labels
+        .iter()
+        .map(|l| {
+            let (k, v) = l.split_once('=').with_context(|| format!("label {l:?}: use key=value"))?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
 }

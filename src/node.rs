@@ -1,8 +1,9 @@
 //! Node identity and lifecycle vocabulary shared by every service.
 //!
 //! A node is identified on the wire by its boot NIC's MAC address. Its lifecycle
-//! state moves `discovered → booting → stage1 → loading → handoff → ready`, or to
-//! `failed` with a reason; every move is recorded as an event by the store.
+//! state moves `discovered → assigned → booting → stage1 → loading → handoff →
+//! ready`, or to `failed` with a reason, and an operator can put it in `maintenance`
+//! (it is told not to boot). Every move is recorded as an event by the store.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -62,12 +63,34 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
+/// What a label key or value may look like (as in Kubernetes, minus the prefix).
+pub const LABEL_RULE: &str = "labels are 1-63 characters of letters, digits, '-', '_' and '.', starting and ending \
+                              with a letter or digit";
+
+pub fn valid_label(s: &str) -> bool {
+    let ok_edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    (1..=63).contains(&s.len())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && ok_edge(s.chars().next())
+        && ok_edge(s.chars().last())
+}
+
+/// An RFC 1123 host name label (we name nodes, not domains).
+pub fn valid_hostname(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 /// Where a node is in its life. Stored as its lowercase name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
-    /// Seen (DHCP or inventory) but never booted by us.
+    /// Seen (DHCP, or a discovery boot's inventory) and has no profile yet.
     Discovered,
+    /// Has a profile (explicit or by selector); boots it next time it boots.
+    Assigned,
     /// Its iPXE script was served: stage one is loading.
     Booting,
     /// The stage-one agent said hello.
@@ -78,46 +101,55 @@ pub enum NodeState {
     Handoff,
     /// Stage two reported that it is up.
     Ready,
-    /// The boot failed; the reason is in the event log.
+    /// The boot failed; the reason is in the event log. Retried with backoff.
     Failed,
+    /// An operator took the node out of service: it is told not to boot.
+    Maintenance,
 }
 
 impl NodeState {
-    pub const ALL: [NodeState; 7] = [
+    pub const ALL: [NodeState; 9] = [
         NodeState::Discovered,
+        NodeState::Assigned,
         NodeState::Booting,
         NodeState::Stage1,
         NodeState::Loading,
         NodeState::Handoff,
         NodeState::Ready,
         NodeState::Failed,
+        NodeState::Maintenance,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             NodeState::Discovered => "discovered",
+            NodeState::Assigned => "assigned",
             NodeState::Booting => "booting",
             NodeState::Stage1 => "stage1",
             NodeState::Loading => "loading",
             NodeState::Handoff => "handoff",
             NodeState::Ready => "ready",
             NodeState::Failed => "failed",
+            NodeState::Maintenance => "maintenance",
         }
     }
 
     /// Whether an agent report may move a node from `self` to `next`.
     ///
     /// Reports only move forward within one boot (a retried HTTP request must not
-    /// rewind the timeline); `failed` is reachable from any in-boot state.
+    /// rewind the timeline); `failed` is reachable from any in-boot state. A
+    /// discovery boot starts from `discovered`/`assigned` and joins the sequence once
+    /// the node has a profile. Nothing moves a node out of `maintenance` but an operator.
     pub fn agent_may_move_to(self, next: NodeState) -> bool {
         use NodeState::*;
         let rank = |s: NodeState| match s {
+            Discovered | Assigned => Some(0),
             Booting => Some(1),
             Stage1 => Some(2),
             Loading => Some(3),
             Handoff => Some(4),
             Ready => Some(5),
-            Discovered | Failed => None,
+            Failed | Maintenance => None,
         };
         match (rank(self), next) {
             (Some(_), Failed) => true,
@@ -165,8 +197,23 @@ mod tests {
         assert!(Stage1.agent_may_move_to(Ready));
         assert!(Loading.agent_may_move_to(Failed));
         assert!(!Ready.agent_may_move_to(Loading));
-        assert!(!Discovered.agent_may_move_to(Stage1));
+        assert!(Discovered.agent_may_move_to(Loading), "a discovery boot that got its assignment");
+        assert!(!Ready.agent_may_move_to(Assigned));
         assert!(!Failed.agent_may_move_to(Ready));
+        assert!(!Maintenance.agent_may_move_to(Stage1));
+        assert!(!Maintenance.agent_may_move_to(Failed));
+    }
+
+    #[test]
+    fn labels_and_hostnames() {
+        for good in ["r1", "rack.a-1", "A_b"] {
+            assert!(valid_label(good), "{good}");
+        }
+        for bad in ["", "-a", "a-", "a b", "a/b", &"x".repeat(64)] {
+            assert!(!valid_label(bad), "{bad}");
+        }
+        assert!(valid_hostname("node-01"));
+        assert!(!valid_hostname("node_01") && !valid_hostname("-n") && !valid_hostname(""));
     }
 
     #[test]

@@ -1,16 +1,32 @@
 //! Profiles: operator-edited YAML under `profiles/` saying what a node boots.
 //!
-//! Each `*.yaml` file holds one profile. Loading is all-or-nothing: any file that
-//! fails to parse or validate is reported as `file:line:col: message` and the set is
-//! refused, so a server never starts (or, later, swaps in) a half-valid set.
+//! Each `*.yaml` file holds one profile. Validation covers the schema (unknown keys
+//! refused), names, kernel arguments, selectors, referenced images (they must be
+//! built), overlay templates (they must compile) and cross-profile rules (unique
+//! names, no selector ties). Errors read `file:line:col: message`.
+//!
+//! Loading at start is all-or-nothing. A live reload ([`LiveProfiles::reload`]) is
+//! per file: a file that fails keeps serving its last good version, every other file
+//! applies, and the errors are kept for the API and the log.
 
-use crate::images::valid_name;
+use crate::images::{valid_name, ImageStore};
+use crate::node::MacAddr;
+use crate::safe_path;
 use crate::yaml::{self, SourceError};
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Rendered overlay limits: a template is operator input, not a place to build a disk image.
+pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
+pub const MAX_RENDERED_FILE_BYTES: usize = 1024 * 1024;
+pub const MAX_OVERLAY_BYTES: usize = 8 * 1024 * 1024;
+/// minijinja fuel: bounds loops in a template (roughly instructions executed).
+const TEMPLATE_FUEL: u64 = 1_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub name: String,
@@ -23,21 +39,143 @@ pub struct Profile {
     /// Extra kernel command-line arguments for stage one (and, through it, stage two).
     #[serde(default)]
     pub kernel_args: Vec<String>,
+    /// Nodes this profile is chosen for automatically; the most specific match wins.
+    #[serde(default)]
+    pub selectors: Vec<Selector>,
+    /// Values for the overlay templates (`{{ vars.name }}`).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Files rendered per node and laid over the image.
+    #[serde(default)]
+    pub files: Vec<OverlayFile>,
+}
+
+/// All present fields must match (AND). A profile matches if any selector does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    #[schema(value_type = Option<String>)]
+    pub mac: Option<MacAddr>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// DMI system serial number, as the agent reports it.
+    pub serial: Option<String>,
+    /// DMI system UUID.
+    pub uuid: Option<String>,
+    /// Firmware architecture as DHCP saw it (`bios`, `efi-x64`, ...).
+    pub arch: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayFile {
+    /// Absolute path in the node's root filesystem.
+    pub path: String,
+    /// Inline minijinja template.
+    pub template: Option<String>,
+    /// Or a template file under `profiles/templates/`.
+    pub template_file: Option<String>,
+    /// Octal mode, e.g. `"0644"` (default) or `"0600"`.
+    pub mode: Option<String>,
+}
+
+/// What selectors match against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub mac: Option<MacAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub serial: Option<String>,
+    pub uuid: Option<String>,
+    pub arch: Option<String>,
+}
+
+impl Selector {
+    /// How precisely it names nodes; the most specific matching selector wins.
+    ///
+    /// Facts weigh by how many machines they can name: a MAC names one NIC, a DMI
+    /// serial or UUID one machine, a label a group, an architecture half the fleet.
+    /// So a serial selector beats any label selector, and only comparable selectors
+    /// can tie.
+    pub fn specificity(&self) -> usize {
+        1000 * usize::from(self.mac.is_some())
+            + 300 * usize::from(self.serial.is_some())
+            + 300 * usize::from(self.uuid.is_some())
+            + 10 * self.labels.len()
+            + usize::from(self.arch.is_some())
+    }
+
+    pub fn matches(&self, facts: &NodeFacts) -> bool {
+        let same = |want: &Option<String>, have: &Option<String>| {
+            want.as_ref().is_none_or(|w| have.as_ref().is_some_and(|h| h.eq_ignore_ascii_case(w)))
+        };
+        self.mac.is_none_or(|m| facts.mac == Some(m))
+            && self.labels.iter().all(|(k, v)| facts.labels.get(k) == Some(v))
+            && same(&self.serial, &facts.serial)
+            && same(&self.uuid, &facts.uuid)
+            && same(&self.arch, &facts.arch)
+    }
+
+    /// Could one node match both? (No field where both pin different values.)
+    fn overlaps(&self, other: &Selector) -> bool {
+        let agree = |a: &Option<String>, b: &Option<String>| match (a, b) {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            _ => true,
+        };
+        let macs_agree = match (self.mac, other.mac) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        macs_agree
+            && self.labels.iter().all(|(k, v)| other.labels.get(k).is_none_or(|w| w == v))
+            && agree(&self.serial, &other.serial)
+            && agree(&self.uuid, &other.uuid)
+            && agree(&self.arch, &other.arch)
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = vec![];
+        if let Some(m) = self.mac {
+            parts.push(format!("mac={m}"));
+        }
+        parts.extend(self.labels.iter().map(|(k, v)| format!("label {k}={v}")));
+        for (name, value) in [("serial", &self.serial), ("uuid", &self.uuid), ("arch", &self.arch)] {
+            if let Some(v) = value {
+                parts.push(format!("{name}={v}"));
+            }
+        }
+        if parts.is_empty() {
+            "any node".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// A validated profile with its compiled templates.
+#[derive(Debug)]
+pub struct LoadedProfile {
+    pub profile: Profile,
+    pub file: PathBuf,
+    templates: minijinja::Environment<'static>,
 }
 
 /// A validated set of profiles, by name.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct ProfileSet {
-    profiles: BTreeMap<String, (Profile, PathBuf)>,
+    profiles: BTreeMap<String, Arc<LoadedProfile>>,
 }
 
 impl ProfileSet {
     pub fn get(&self, name: &str) -> Option<&Profile> {
-        self.profiles.get(name).map(|(p, _)| p)
+        self.profiles.get(name).map(|p| &p.profile)
+    }
+
+    pub fn loaded(&self, name: &str) -> Option<&Arc<LoadedProfile>> {
+        self.profiles.get(name)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Profile, &Path)> {
-        self.profiles.values().map(|(p, path)| (p, path.as_path()))
+        self.profiles.values().map(|p| (&p.profile, p.file.as_path()))
     }
 
     pub fn len(&self) -> usize {
@@ -47,6 +185,21 @@ impl ProfileSet {
     pub fn is_empty(&self) -> bool {
         self.profiles.is_empty()
     }
+
+    fn by_file(&self, file: &Path) -> Option<&Arc<LoadedProfile>> {
+        self.profiles.values().find(|p| p.file == file)
+    }
+
+    /// The profile whose most specific selector matches `facts`, and why.
+    /// Validation rules out ties, so the answer is unique.
+    pub fn select(&self, facts: &NodeFacts) -> Option<(&Profile, String)> {
+        self.profiles
+            .values()
+            .flat_map(|p| p.profile.selectors.iter().map(move |s| (p, s)))
+            .filter(|(_, s)| s.matches(facts))
+            .max_by_key(|(_, s)| s.specificity())
+            .map(|(p, s)| (&p.profile, format!("selector {}", s.describe())))
+    }
 }
 
 /// Every problem found in a profiles directory (not just the first).
@@ -54,39 +207,27 @@ impl ProfileSet {
 #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
 pub struct ProfileErrors(pub Vec<SourceError>);
 
-/// Load and validate every `*.yaml`/`*.yml` file in `dir`.
-pub fn load_dir(dir: &Path) -> Result<ProfileSet, ProfileErrors> {
-    let at = |file: &Path, message: String| SourceError { file: file.to_path_buf(), line: 0, column: 0, message };
-    let entries = std::fs::read_dir(dir).map_err(|e| ProfileErrors(vec![at(dir, format!("cannot read: {e}"))]))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
-    let mut set = ProfileSet::default();
-    let mut errors = vec![];
-    for file in files {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(at(&file, format!("cannot read: {e}")));
-                continue;
-            }
-        };
-        match parse_profile(&file, &text) {
-            Ok(profile) => {
-                if let Some((_, first)) = set.profiles.get(&profile.name) {
-                    errors.push(at(
-                        &file,
-                        format!("profile {:?} is already defined in {}", profile.name, first.display()),
-                    ));
-                } else {
-                    set.profiles.insert(profile.name.clone(), (profile, file));
-                }
-            }
-            Err(e) => errors.push(e),
-        }
+fn at(file: &Path, line: u64, message: String) -> SourceError {
+    SourceError { file: file.to_path_buf(), line, column: if line > 0 { 1 } else { 0 }, message }
+}
+
+/// What a profile may refer to outside itself.
+pub struct Context<'a> {
+    /// Where `template_file`s live (`<profiles>/templates`).
+    pub templates_dir: PathBuf,
+    /// When set, referenced images must have been built.
+    pub images: Option<&'a ImageStore>,
+}
+
+impl Context<'_> {
+    pub fn for_dir<'a>(dir: &Path, images: Option<&'a ImageStore>) -> Context<'a> {
+        Context { templates_dir: dir.join("templates"), images }
     }
+}
+
+/// Load and validate every profile in `dir`; any error refuses the whole set.
+pub fn load_dir(dir: &Path, ctx: &Context) -> Result<ProfileSet, ProfileErrors> {
+    let (set, errors) = assemble(dir, ctx, None)?;
     if errors.is_empty() {
         Ok(set)
     } else {
@@ -94,14 +235,77 @@ pub fn load_dir(dir: &Path) -> Result<ProfileSet, ProfileErrors> {
     }
 }
 
+/// Read every `*.yaml`/`*.yml` in `dir` and build the set. Files that fail keep
+/// `previous`'s version (if given); their errors are returned beside the set.
+fn assemble(
+    dir: &Path,
+    ctx: &Context,
+    previous: Option<&ProfileSet>,
+) -> Result<(ProfileSet, Vec<SourceError>), ProfileErrors> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ProfileErrors(vec![at(dir, 0, format!("cannot read: {e}"))]))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    let mut set = ProfileSet::default();
+    let mut errors = vec![];
+    for file in files {
+        let loaded = std::fs::read_to_string(&file)
+            .map_err(|e| at(&file, 0, format!("cannot read: {e}")))
+            .and_then(|text| load_one(&file, &text, ctx));
+        let loaded: Arc<LoadedProfile> = match loaded {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                errors.push(e);
+                match previous.and_then(|prev| prev.by_file(&file)) {
+                    Some(last_good) => last_good.clone(),
+                    None => continue,
+                }
+            }
+        };
+        if let Some(clash) = set.profiles.get(&loaded.profile.name) {
+            errors.push(at(
+                &file,
+                locate_key(&file, "name"),
+                format!("profile {:?} is already defined in {}", loaded.profile.name, clash.file.display()),
+            ));
+            continue;
+        }
+        if let Some(message) = selector_tie(&set, &loaded.profile) {
+            errors.push(at(&file, locate_key(&file, "selectors"), message));
+            continue;
+        }
+        set.profiles.insert(loaded.profile.name.clone(), loaded);
+    }
+    Ok((set, errors))
+}
+
+/// A selector of `candidate` that ties with another profile's: equally specific and
+/// able to match the same node, so neither would be "the most specific".
+fn selector_tie(set: &ProfileSet, candidate: &Profile) -> Option<String> {
+    for theirs in set.profiles.values() {
+        for a in &candidate.selectors {
+            for b in &theirs.profile.selectors {
+                if a.specificity() == b.specificity() && a.overlaps(b) {
+                    return Some(format!(
+                        "selector ({}) ties with profile {:?}'s selector ({}): a node could match both equally; \
+                         make one more specific",
+                        a.describe(),
+                        theirs.profile.name,
+                        b.describe()
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Parse and validate one profile document.
 pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, SourceError> {
     let profile: Profile = yaml::parse(file, text)?;
-    let invalid = |field: &str, message: String| {
-        // Point at the offending key, so the operator lands on the right line.
-        let (line, column) = locate_key(text, field);
-        SourceError { file: file.to_path_buf(), line, column, message }
-    };
+    let invalid = |field: &str, message: String| at(file, locate_key_in(text, field), message);
     for (field, value) in [("name", &profile.name), ("stage1", &profile.stage1), ("image", &profile.image)] {
         if !valid_name(value) {
             return Err(invalid(field, format!("{field} {value:?} must be 1-64 letters, digits, '-' or '_'")));
@@ -112,16 +316,209 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, SourceError> {
             return Err(invalid("kernel_args", format!("kernel argument {arg:?} must be one word with no spaces")));
         }
     }
+    for s in &profile.selectors {
+        if s.specificity() == 0 {
+            return Err(invalid("selectors", "an empty selector would match every node; use default_profile".into()));
+        }
+        for (k, v) in &s.labels {
+            if !crate::node::valid_label(k) || !crate::node::valid_label(v) {
+                return Err(invalid("selectors", format!("label {k}={v}: {}", crate::node::LABEL_RULE)));
+            }
+        }
+    }
+    for f in &profile.files {
+        let path_ok = f.path.starts_with('/') && !f.path.split('/').any(|c| c == "..") && !f.path.contains('\0');
+        if !path_ok {
+            return Err(invalid("files", format!("overlay path {:?} must be absolute with no '..'", f.path)));
+        }
+        if f.template.is_some() == f.template_file.is_some() {
+            return Err(invalid("files", format!("{}: give exactly one of template and template_file", f.path)));
+        }
+        if let Some(mode) = &f.mode {
+            if u32::from_str_radix(mode, 8).map_or(true, |m| m > 0o7777) {
+                return Err(invalid("files", format!("{}: mode {mode:?} is not an octal file mode", f.path)));
+            }
+        }
+    }
     Ok(profile)
 }
 
-/// 1-based line and column of a top-level `key:` in `text`, or (0, 0).
-fn locate_key(text: &str, key: &str) -> (u64, u64) {
+fn load_one(file: &Path, text: &str, ctx: &Context) -> Result<LoadedProfile, SourceError> {
+    let profile = parse_profile(file, text)?;
+    let invalid = |field: &str, message: String| at(file, locate_key_in(text, field), message);
+    if let Some(images) = ctx.images {
+        for (field, name) in [("stage1", &profile.stage1), ("image", &profile.image)] {
+            if let Err(e) = images.manifest(name) {
+                return Err(invalid(field, e.to_string()));
+            }
+        }
+    }
+    let mut env = template_env();
+    for f in &profile.files {
+        let source = match (&f.template, &f.template_file) {
+            (Some(inline), _) => inline.clone(),
+            (None, Some(name)) => {
+                let root = std::fs::canonicalize(&ctx.templates_dir)
+                    .map_err(|e| invalid("files", format!("{}: {e}", ctx.templates_dir.display())))?;
+                let real = safe_path::resolve(&root, name)
+                    .map_err(|e| invalid("files", format!("template_file {name:?}: {e}")))?;
+                std::fs::read_to_string(&real).map_err(|e| invalid("files", format!("{}: {e}", real.display())))?
+            }
+            (None, None) => unreachable_source(),
+        };
+        if source.len() > MAX_TEMPLATE_BYTES {
+            return Err(invalid("files", format!("{}: template is over {MAX_TEMPLATE_BYTES} bytes", f.path)));
+        }
+        env.add_template_owned(f.path.clone(), source)
+            .map_err(|e| invalid("files", format!("{}: template does not compile: {e}", f.path)))?;
+    }
+    Ok(LoadedProfile { profile, file: file.to_path_buf(), templates: env })
+}
+
+/// `parse_profile` guarantees one of the two sources; an empty template is harmless.
+fn unreachable_source() -> String {
+    String::new()
+}
+
+/// The sandbox templates run in: no loader (no filesystem), strict undefined
+/// variables, bounded work.
+fn template_env() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_keep_trailing_newline(true);
+    env
+}
+
+/// One rendered overlay file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedFile {
+    pub path: String,
+    pub mode: u32,
+    pub contents: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("overlay file {path}: {message}")]
+    Template { path: String, message: String },
+    #[error("overlay is larger than {MAX_OVERLAY_BYTES} bytes")]
+    TooLarge,
+}
+
+impl LoadedProfile {
+    /// Render the profile's files for one node. `facts` is the template context
+    /// (node, vars, ...); `secret(name)` looks names up in `secrets`.
+    pub fn render_overlay(
+        &self,
+        facts: &serde_json::Value,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<Vec<RenderedFile>, RenderError> {
+        let mut env = self.templates.clone();
+        let secrets = secrets.clone();
+        env.add_function("secret", move |name: String| -> Result<String, minijinja::Error> {
+            secrets.get(&name).cloned().ok_or_else(|| {
+                minijinja::Error::new(
+                    minijinja::ErrorKind::UndefinedError,
+                    format!("no secret named {name:?} in the secrets file"),
+                )
+            })
+        });
+        let mut total = 0usize;
+        let mut out = vec![];
+        for f in &self.profile.files {
+            let err = |message: String| RenderError::Template { path: f.path.clone(), message };
+            let template = env.get_template(&f.path).map_err(|e| err(e.to_string()))?;
+            let text = template.render(facts).map_err(|e| err(e.to_string()))?;
+            if text.len() > MAX_RENDERED_FILE_BYTES {
+                return Err(err(format!("rendered file is over {MAX_RENDERED_FILE_BYTES} bytes")));
+            }
+            total += text.len();
+            if total > MAX_OVERLAY_BYTES {
+                return Err(RenderError::TooLarge);
+            }
+            let mode = f.mode.as_deref().and_then(|m| u32::from_str_radix(m, 8).ok()).unwrap_or(0o644);
+            out.push(RenderedFile { path: f.path.clone(), mode, contents: text.into_bytes() });
+        }
+        Ok(out)
+    }
+}
+
+/// 1-based line of a top-level `key:` in `text`, or 0.
+fn locate_key_in(text: &str, key: &str) -> u64 {
     text.lines()
-        .enumerate()
-        .find(|(_, line)| line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':')))
-        .map(|(i, _)| (i as u64 + 1, 1))
-        .unwrap_or((0, 0))
+        .position(|line| line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':')))
+        .map_or(0, |i| i as u64 + 1)
+}
+
+fn locate_key(file: &Path, key: &str) -> u64 {
+    std::fs::read_to_string(file).map(|t| locate_key_in(&t, key)).unwrap_or(0)
+}
+
+/// The profiles the server serves now, swapped atomically on a good reload.
+pub struct LiveProfiles {
+    dir: PathBuf,
+    current: ArcSwap<ProfileSet>,
+    errors: ArcSwap<Vec<SourceError>>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub profiles: usize,
+    pub errors: Vec<SourceError>,
+}
+
+impl LiveProfiles {
+    /// Start-up: every file must be valid.
+    pub fn load(dir: &Path, images: &ImageStore) -> Result<LiveProfiles, ProfileErrors> {
+        let set = load_dir(dir, &Context::for_dir(dir, Some(images)))?;
+        Ok(LiveProfiles {
+            dir: dir.to_path_buf(),
+            current: ArcSwap::from_pointee(set),
+            errors: ArcSwap::from_pointee(vec![]),
+        })
+    }
+
+    /// Wrap an already validated set (tests, tools).
+    pub fn fixed(dir: &Path, set: ProfileSet) -> LiveProfiles {
+        LiveProfiles {
+            dir: dir.to_path_buf(),
+            current: ArcSwap::from_pointee(set),
+            errors: ArcSwap::from_pointee(vec![]),
+        }
+    }
+
+    pub fn current(&self) -> Arc<ProfileSet> {
+        self.current.load_full()
+    }
+
+    pub fn errors(&self) -> Arc<Vec<SourceError>> {
+        self.errors.load_full()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Re-read the directory. Good files apply, bad ones keep their last good
+    /// version; the new set is swapped in as one unit.
+    pub fn reload(&self, images: &ImageStore) -> ReloadReport {
+        let previous = self.current.load_full();
+        let ctx = Context::for_dir(&self.dir, Some(images));
+        let (set, errors) = match assemble(&self.dir, &ctx, Some(&previous)) {
+            Ok(x) => x,
+            // The directory itself is unreadable: keep everything as it is.
+            Err(ProfileErrors(errors)) => {
+                self.errors.store(Arc::new(errors.clone()));
+                return ReloadReport { profiles: previous.len(), errors };
+            }
+        };
+        let report = ReloadReport { profiles: set.len(), errors: errors.clone() };
+        self.current.store(Arc::new(set));
+        self.errors.store(Arc::new(errors));
+        report
+    }
 }
 
 #[cfg(test)]
@@ -130,9 +527,14 @@ mod tests {
 
     const GOOD: &str = "name: compute\nstage1: stage1\nimage: compute-node\nkernel_args: [quiet]\n";
 
+    fn no_images(dir: &Path) -> Context<'static> {
+        Context::for_dir(dir, None)
+    }
+
     #[test]
     fn shipped_profiles_are_valid() {
-        let set = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles")).unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let set = load_dir(&dir, &no_images(&dir)).unwrap();
         for name in ["compute-node", "k8s-master", "tiny"] {
             assert!(set.get(name).is_some(), "profiles/{name}.yaml");
         }
@@ -153,6 +555,8 @@ mod tests {
         assert_eq!(err.line, 3, "{err}");
         let text = GOOD.replace("[quiet]", "[\"console=ttyS0 rm\"]");
         assert_eq!(parse_profile(Path::new("c.yaml"), &text).unwrap_err().line, 4);
+        let text = format!("{GOOD}files:\n  - path: etc/motd\n    template: hi\n");
+        assert_eq!(parse_profile(Path::new("c.yaml"), &text).unwrap_err().line, 5);
     }
 
     #[test]
@@ -161,9 +565,166 @@ mod tests {
         std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
         std::fs::write(dir.path().join("b.yaml"), GOOD).unwrap();
         std::fs::write(dir.path().join("c.yaml"), "name: [unclosed\n").unwrap();
-        let errs = load_dir(dir.path()).unwrap_err().0;
+        let errs = load_dir(dir.path(), &no_images(dir.path())).unwrap_err().0;
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs[0].message.contains("already defined"));
         assert!(errs[1].file.ends_with("c.yaml") && errs[1].line >= 1, "{}", errs[1]);
+    }
+
+    #[test]
+    fn missing_images_and_broken_templates_are_validation_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = ImageStore::new(dir.path().join("images"));
+        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+        let errs = load_dir(dir.path(), &Context::for_dir(dir.path(), Some(&images))).unwrap_err().0;
+        assert_eq!(errs[0].line, 2, "stage1 is checked first: {}", errs[0]);
+        assert!(errs[0].message.contains("ramboot image build stage1"), "{}", errs[0]);
+
+        let text = format!("{GOOD}files:\n  - path: /etc/motd\n    template: \"{{{{ node.hostname \"\n");
+        std::fs::write(dir.path().join("a.yaml"), text).unwrap();
+        let errs = load_dir(dir.path(), &no_images(dir.path())).unwrap_err().0;
+        assert!(errs[0].message.contains("does not compile") && errs[0].line == 5, "{}", errs[0]);
+
+        let text = format!("{GOOD}files:\n  - path: /etc/motd\n    template_file: ../../etc/passwd\n");
+        std::fs::write(dir.path().join("a.yaml"), text).unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        let errs = load_dir(dir.path(), &no_images(dir.path())).unwrap_err().0;
+        assert!(errs[0].message.contains("leaves"), "{}", errs[0]);
+    }
+
+    fn facts(mac: u8, labels: &[(&str, &str)], serial: Option<&str>) -> NodeFacts {
+        NodeFacts {
+            mac: Some(MacAddr([2, 0, 0, 0, 0, mac])),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            serial: serial.map(str::to_string),
+            uuid: None,
+            arch: Some("bios".into()),
+        }
+    }
+
+    fn write_profiles(dir: &Path, profiles: &[(&str, &str)]) {
+        for (name, selectors) in profiles {
+            std::fs::write(
+                dir.join(format!("{name}.yaml")),
+                format!("name: {name}\nstage1: s\nimage: i\nselectors:\n{selectors}"),
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn most_specific_selector_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        write_profiles(
+            dir.path(),
+            &[
+                ("rack", "  - labels: {rack: r1}\n"),
+                ("gpu", "  - labels: {rack: r1, gpu: \"yes\"}\n"),
+                ("special", "  - mac: \"02:00:00:00:00:09\"\n    labels: {rack: r1, gpu: \"yes\"}\n"),
+                ("serial", "  - serial: ABC123\n    arch: bios\n"),
+                ("bios", "  - arch: bios\n"),
+            ],
+        );
+        let set = load_dir(dir.path(), &no_images(dir.path())).unwrap();
+        let pick = |f: &NodeFacts| set.select(f).map(|(p, _)| p.name.clone());
+        assert_eq!(pick(&facts(1, &[("rack", "r1")], None)).as_deref(), Some("rack"));
+        assert_eq!(pick(&facts(1, &[("rack", "r1"), ("gpu", "yes")], None)).as_deref(), Some("gpu"));
+        assert_eq!(pick(&facts(9, &[("rack", "r1"), ("gpu", "yes")], None)).as_deref(), Some("special"));
+        assert_eq!(pick(&facts(1, &[("rack", "r2")], None)).as_deref(), Some("bios"), "arch is the weakest fact");
+        assert_eq!(
+            pick(&facts(1, &[], Some("abc123"))).as_deref(),
+            Some("serial"),
+            "serials compare case-insensitively"
+        );
+        assert_eq!(
+            pick(&facts(1, &[("rack", "r1")], Some("ABC123"))).as_deref(),
+            Some("serial"),
+            "a serial beats a label"
+        );
+    }
+
+    #[test]
+    fn equally_specific_overlapping_selectors_are_a_tie() {
+        let dir = tempfile::tempdir().unwrap();
+        write_profiles(dir.path(), &[("a", "  - labels: {role: compute}\n"), ("b", "  - labels: {rack: r1}\n")]);
+        let errs = load_dir(dir.path(), &no_images(dir.path())).unwrap_err().0;
+        assert!(errs[0].message.contains("ties with profile \"a\""), "{}", errs[0]);
+        assert_eq!(errs[0].line, 4);
+        // Disjoint values do not tie.
+        let dir = tempfile::tempdir().unwrap();
+        write_profiles(dir.path(), &[("a", "  - labels: {rack: r1}\n"), ("b", "  - labels: {rack: r2}\n")]);
+        assert!(load_dir(dir.path(), &no_images(dir.path())).is_ok());
+    }
+
+    #[test]
+    fn overlays_render_strictly_with_secrets_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join("templates/hosts.j2"), "127.0.1.1 {{ node.hostname }}\n").unwrap();
+        let text = format!(
+            "{GOOD}vars: {{site: lab}}\nfiles:\n  - path: /etc/motd\n    template: \"{{{{ node.hostname }}}} at {{{{ vars.site }}}}\"\n\
+             \x20 - path: /etc/hosts\n    template_file: hosts.j2\n\
+             \x20 - path: /etc/key\n    mode: \"0600\"\n    template: \"{{{{ secret('iscsi') }}}}\"\n"
+        );
+        std::fs::write(dir.path().join("a.yaml"), &text).unwrap();
+        let set = load_dir(dir.path(), &no_images(dir.path())).unwrap();
+        let loaded = set.loaded("compute").unwrap();
+        let ctx = serde_json::json!({"node": {"hostname": "n1"}, "vars": {"site": "lab"}});
+        let secrets = [("iscsi".to_string(), "s3cret".to_string())].into();
+        let files = loaded.render_overlay(&ctx, &secrets).unwrap();
+        assert_eq!(files[0].contents, b"n1 at lab");
+        assert_eq!(files[1].contents, b"127.0.1.1 n1\n");
+        assert_eq!((files[2].mode, files[2].contents.as_slice()), (0o600, b"s3cret".as_slice()));
+
+        let err = loaded.render_overlay(&serde_json::json!({"node": {}, "vars": {}}), &secrets).unwrap_err();
+        assert!(err.to_string().contains("/etc/motd"), "strict undefined: {err}");
+        let err = loaded.render_overlay(&ctx, &BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("no secret named \"iscsi\""), "{err}");
+    }
+
+    #[test]
+    fn runaway_templates_are_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{GOOD}files:\n  - path: /etc/big\n    template: \"{{% for i in range(100000) %}}{{% for j in range(100000) %}}x{{% endfor %}}{{% endfor %}}\"\n"
+        );
+        std::fs::write(dir.path().join("a.yaml"), &text).unwrap();
+        let set = load_dir(dir.path(), &no_images(dir.path())).unwrap();
+        let err = set.loaded("compute").unwrap().render_overlay(&serde_json::json!({}), &BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("/etc/big"), "{err}");
+    }
+
+    #[test]
+    fn reload_keeps_the_last_good_version_of_a_broken_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = ImageStore::new(dir.path().join("images"));
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, GOOD).unwrap();
+        let set = load_dir(dir.path(), &no_images(dir.path())).unwrap();
+        let live = LiveProfiles::fixed(dir.path(), set);
+        // Images are not built here: give the reload a context without the image check.
+        let reload = |live: &LiveProfiles| {
+            let previous = live.current();
+            let (set, errors) = assemble(dir.path(), &no_images(dir.path()), Some(&previous)).unwrap();
+            live.current.store(Arc::new(set));
+            live.errors.store(Arc::new(errors));
+        };
+        std::fs::write(&file, GOOD.replace("kernel_args: [quiet]", "kernel_args: [quiet, debug]")).unwrap();
+        reload(&live);
+        assert_eq!(live.current().get("compute").unwrap().kernel_args, ["quiet", "debug"]);
+        std::fs::write(&file, "name: compute\nstage1: stage1\nimage: [broken\n").unwrap();
+        reload(&live);
+        assert_eq!(live.current().get("compute").unwrap().kernel_args, ["quiet", "debug"], "last good version serves");
+        assert_eq!(live.errors().len(), 1);
+        assert!(live.errors()[0].to_string().contains("a.yaml:3:"), "{}", live.errors()[0]);
+        std::fs::write(&file, GOOD).unwrap();
+        reload(&live);
+        assert_eq!(live.current().get("compute").unwrap().kernel_args, ["quiet"]);
+        assert!(live.errors().is_empty());
+        // And the real reload (with the image check) refuses, keeping the good version.
+        let report = live.reload(&images);
+        assert_eq!(report.profiles, 1);
+        assert!(report.errors[0].message.contains("no image named"), "{:?}", report.errors);
+        assert!(live.current().get("compute").is_some());
     }
 }

@@ -8,31 +8,39 @@ use crate::config::Config;
 use crate::dhcp;
 use crate::http::{self, AppState};
 use crate::images::ImageStore;
+use crate::profiles::LiveProfiles;
 use crate::store::Store;
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 const DRAIN: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config) -> Result<()> {
-    let profiles = crate::profiles::load_dir(&config.paths.profiles)
+    let images = ImageStore::new(config.paths.images());
+    let profiles = LiveProfiles::load(&config.paths.profiles, &images)
         .map_err(|e| anyhow::anyhow!("refusing to start: invalid profiles:\n{e}"))?;
-    if profiles.get(&config.default_profile).is_none() {
-        anyhow::bail!(
-            "refusing to start: default_profile {:?} is not defined in {}",
-            config.default_profile,
-            config.paths.profiles.display()
-        );
+    if let Some(default) = &config.default_profile {
+        if profiles.current().get(default).is_none() {
+            anyhow::bail!(
+                "refusing to start: default_profile {default:?} is not defined in {}",
+                config.paths.profiles.display()
+            );
+        }
     }
     std::fs::create_dir_all(&config.paths.data)
         .with_context(|| format!("creating data dir {}", config.paths.data.display()))?;
     let store = Store::open(&config.database_url).await.context("opening the database")?;
-    let images = ImageStore::new(config.paths.images());
-    info!(profiles = profiles.len(), database = %config.database_url, "ramboot starting");
+    if let Some(path) =
+        crate::http::auth::bootstrap_admin_token(&store, &config.paths.data, crate::http::now_ms()).await?
+    {
+        warn!(path = %path.display(), "first start: created an admin API token; it is in this file (mode 0600)");
+    }
+    crate::http::metrics::handle();
+    info!(profiles = profiles.current().len(), database = %config.database_url, "ramboot starting");
 
     let cancel = CancellationToken::new();
     let dhcp_socket = dhcp::io::bind(&config.interface, config.dhcp.port)?;
@@ -44,8 +52,23 @@ pub async fn run(config: Config) -> Result<()> {
     info!(http = %config.http_listen, tftp = %config.tftp_listen, dhcp = %config.interface, "listening");
 
     let config = Arc::new(config);
-    let state = AppState { config: config.clone(), store: store.clone(), images, profiles: Arc::new(profiles) };
+    let profiles = Arc::new(profiles);
+    let state =
+        AppState { config: config.clone(), store: store.clone(), images: images.clone(), profiles: profiles.clone() };
     let mut tasks = tokio::task::JoinSet::new();
+    {
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            crate::watch::watch_profiles(profiles, images, cancel).await.map_err(anyhow::Error::from)
+        });
+    }
+    {
+        let (store, lifecycle, cancel) = (store.clone(), config.lifecycle.clone(), cancel.clone());
+        tasks.spawn(async move {
+            crate::watchdog::run(store, lifecycle, cancel).await;
+            Ok(())
+        });
+    }
     {
         let (cfg, store, cancel) = (config.clone(), store.clone(), cancel.clone());
         tasks

@@ -21,8 +21,9 @@ pub enum YamlError {
 }
 
 /// An error anchored at a position in a file.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SourceError {
+    #[schema(value_type = String)]
     pub file: PathBuf,
     /// 1-based; 0 when the parser could not tell.
     pub line: u64,

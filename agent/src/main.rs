@@ -14,7 +14,9 @@
 // ureq 2 returns its large `Error` by value; it is only built on failure paths.
 #![allow(clippy::result_large_err)]
 
-use ramboot_proto::{human_bytes, paths, AgentEvent, BootArgs, Dmi, Inventory, Nic, Plan, Progress, ReportedState};
+use ramboot_proto::{
+    human_bytes, paths, AgentEvent, BootArgs, Dmi, Inventory, Nic, Plan, PlanWait, Progress, ReportedState,
+};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{Read, Write};
@@ -73,10 +75,9 @@ impl Server {
         retry(&url, || self.http.post(&url).set("Authorization", &self.auth()).send_json(body).map(|_| ()))
     }
 
-    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let url = format!("{}{path}", self.base);
-        let resp = retry(&url, || self.http.get(&url).set("Authorization", &self.auth()).call())?;
-        resp.into_json().map_err(|e| format!("{url}: bad JSON: {e}"))
+    /// An authorised GET of `url`, retried like `post`.
+    fn get(&self, url: &str) -> Result<ureq::Response> {
+        retry(url, || self.http.get(url).set("Authorization", &self.auth()).call())
     }
 
     fn report(&self, state: Option<ReportedState>, message: &str, progress: Option<Progress>) -> Result<()> {
@@ -128,7 +129,7 @@ fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
         inventory.nics.iter().map(|n| format!("{}={}", n.name, n.mac)).collect::<Vec<_>>().join(",")
     ));
     server.post(paths::HELLO, &inventory)?;
-    let plan: Plan = server.get_json(paths::PLAN)?;
+    let plan = wait_for_plan(server)?;
     say(&format!(
         "plan: profile {}, image {} ({} bytes, {})",
         plan.profile, plan.image.name, plan.image.size, plan.image.format
@@ -161,6 +162,9 @@ fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
         None,
     )?;
     mount_root(&image_path)?;
+    if let Some(url) = &plan.overlay_url {
+        apply_overlay(server, url)?;
+    }
     install_for_stage_two(args, &plan)?;
     server.report(
         Some(ReportedState::Handoff),
@@ -171,6 +175,37 @@ fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
     Ok(())
 }
 
+/// A discovery boot has no plan until the node is assigned a profile: the server
+/// answers 202 with how long to wait. The server's phase timeouts bound the wait,
+/// not the agent: an operator may take a while to assign a new node.
+fn wait_for_plan(server: &Server) -> Result<Plan> {
+    let url = format!("{}{}", server.base, paths::PLAN);
+    let mut announced = false;
+    loop {
+        let resp = server.get(&url)?;
+        if resp.status() != 202 {
+            return resp.into_json().map_err(|e| format!("{url}: bad JSON: {e}"));
+        }
+        let wait: PlanWait = resp.into_json().map_err(|e| format!("{url}: bad JSON: {e}"))?;
+        if !announced {
+            say(&format!("waiting for an assignment: {}", wait.reason));
+            announced = true;
+        }
+        std::thread::sleep(Duration::from_secs(wait.retry_after_secs.clamp(1, 300)));
+    }
+}
+
+/// Lay the node's rendered files over the new root.
+fn apply_overlay(server: &Server, url: &str) -> Result<()> {
+    let resp = server.get(url)?;
+    let archive = format!("{WORK}/overlay.tar");
+    let mut file = fs::File::create(&archive).map_err(|e| format!("{archive}: {e}"))?;
+    std::io::copy(&mut resp.into_reader().take(64 << 20), &mut file).map_err(|e| format!("{url}: {e}"))?;
+    run("tar", &["-x", "-f", &archive, "-C", NEWROOT])?;
+    say("overlay applied");
+    Ok(())
+}
+
 fn short(digest: &str) -> &str {
     &digest[..digest.len().min(12)]
 }
@@ -178,7 +213,7 @@ fn short(digest: &str) -> &str {
 /// Stream the image to `dest`, hashing as it arrives; reject size or hash mismatch.
 fn fetch_verified(server: &Server, plan: &Plan, dest: &str) -> Result<()> {
     let url = &plan.image.url;
-    let resp = retry(url, || server.http.get(url).set("Authorization", &server.auth()).call())?;
+    let resp = server.get(url)?;
     let mut body = resp.into_reader();
     let mut file = fs::File::create(dest).map_err(|e| format!("{dest}: {e}"))?;
     let mut hasher = Sha256::new();

@@ -88,6 +88,8 @@ pub struct Plan {
     pub hostname: String,
     pub profile: String,
     pub image: PlanImage,
+    /// Files rendered for this node, as a tar archive to extract over the root.
+    pub overlay_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,3 +176,13 @@ mod human_tests {
         assert_eq!(super::human_bytes(3 << 30), "3.0 GiB");
     }
 }
+
+/// A discovery boot's answer to `GET plan` while the node has no profile (HTTP 202).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanWait {
+    pub reason: String,
+    pub retry_after_secs: u64,
+}
+
+/// Path of the per-node overlay archive (tar), relative to the server URL.
+pub const OVERLAY_PATH: &str = "/boot/v1/overlay";

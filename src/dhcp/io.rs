@@ -108,6 +108,7 @@ pub async fn serve(
         let request = match decoded {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
+                count(None, "undecodable");
                 warn!(%peer, bytes = len, error = %e, "dropping undecodable DHCP packet");
                 continue;
             }
@@ -118,6 +119,20 @@ pub async fn serve(
         };
         handle(&request, &policy, &mut pool, &store, &socket, cfg.dhcp.port).await;
     }
+}
+
+/// Count one handled message, by its type and what became of it.
+fn count(request_type: Option<MessageType>, outcome: &'static str) {
+    let kind = match request_type {
+        Some(MessageType::Discover) => "discover",
+        Some(MessageType::Request) => "request",
+        Some(MessageType::Release) => "release",
+        Some(MessageType::Decline) => "decline",
+        Some(MessageType::Inform) => "inform",
+        Some(_) => "other",
+        None => "none",
+    };
+    metrics::counter!("ramboot_dhcp_messages_total", "type" => kind, "outcome" => outcome).increment(1);
 }
 
 async fn handle(
@@ -134,8 +149,9 @@ async fn handle(
         Decision::Reply { reply, grant, client, boot } => {
             let reply_type = reply.opts().msg_type().unwrap_or(MessageType::Unknown(0));
             if let Some(grant) = &grant {
+                let arch = client.arch.map(|a| a.to_string());
                 // Durable before it is announced: no ACK for a lease we could lose.
-                match store.commit_lease(grant.mac, grant.ip, grant.expires_at, now_ms).await {
+                match store.commit_lease(grant.mac, grant.ip, grant.expires_at, arch.as_deref(), now_ms).await {
                     Ok(node) => {
                         let msg = format!("DHCP lease {} (until unix {})", grant.ip, grant.expires_at);
                         if let Err(e) = store.add_event(node, None, EventKind::Dhcp, &msg, now_ms).await {
@@ -143,6 +159,7 @@ async fn handle(
                         }
                     }
                     Err(e) => {
+                        count(request_type, "store_error");
                         pool.forget(grant.mac, grant.ip);
                         error!(mac = %grant.mac, ip = %grant.ip, error = %e, "lease not persisted: no ACK sent");
                         return;
@@ -158,9 +175,17 @@ async fn handle(
             };
             let dest = reply_destination(request, reply_type, port);
             if let Err(e) = socket.send_to(&bytes, dest).await {
+                count(request_type, "send_error");
                 warn!(mac = %client.mac, %dest, error = %e, "sending DHCP reply failed");
                 return;
             }
+            let outcome = match reply_type {
+                MessageType::Offer => "offer",
+                MessageType::Ack => "ack",
+                MessageType::Nak => "nak",
+                _ => "other",
+            };
+            count(request_type, outcome);
             info!(
                 mac = %client.mac,
                 request = ?request_type,
@@ -173,18 +198,23 @@ async fn handle(
             );
         }
         Decision::Released { mac, ip } => {
+            count(request_type, "released");
             info!(%mac, %ip, "DHCP release");
             if let Err(e) = store.end_lease(mac, ip, false, now_ms).await {
                 warn!(%mac, %ip, error = %e, "recording release failed");
             }
         }
         Decision::Declined { mac, ip } => {
+            count(request_type, "declined");
             warn!(%mac, %ip, "DHCP decline: address in use by someone else, quarantined");
             if let Err(e) = store.end_lease(mac, ip, true, now_ms).await {
                 warn!(%mac, %ip, error = %e, "recording decline failed");
             }
         }
-        Decision::Ignore(reason) => debug!(request = ?request_type, %reason, "DHCP ignored"),
+        Decision::Ignore(reason) => {
+            count(request_type, "ignored");
+            debug!(request = ?request_type, %reason, "DHCP ignored")
+        }
     }
 }
 

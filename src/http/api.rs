@@ -1,45 +1,197 @@
-//! The admin API (`/api/v1`): what operators and the `ramboot` CLI read.
+//! The admin API (`/api/v1`): what operators and the `ramboot` CLI call.
 //!
-//! This skeleton is read-only and unauthenticated; bearer tokens with roles come
-//! with the operator-surface work, and until then it should listen only where
-//! operators are.
+//! Every route needs an API token (`auth::Operator`); reads need the `read` role,
+//! changes `admin`. Lists page by id (`after`, `limit`), newest state last. All
+//! errors have one shape (`error::ErrorBody`). `/events/stream` is Server-Sent Events.
 
-use super::error::ApiError;
-use super::AppState;
+use super::auth::Operator;
+use super::error::{ApiError, ApiJson, ErrorBody};
+use super::{now_ms, AppState};
 use crate::images::Manifest;
-use crate::node::MacAddr;
-use crate::store::{Boot, Event, Lease, Node};
+use crate::node::{valid_hostname, valid_label, MacAddr, NodeState, LABEL_RULE};
+use crate::profiles::Profile;
+use crate::store::{Boot, Event, Lease, Node, NodeFilter};
+use crate::yaml::SourceError;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Json;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/nodes", get(list_nodes))
-        .route("/nodes/{id}", get(show_node))
-        .route("/nodes/{id}/events", get(node_events))
-        .route("/leases", get(list_leases))
-        .route("/images", get(list_images))
-        .route("/profiles", get(list_profiles))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_nodes, create_node))
+        .routes(routes!(show_node, update_node, delete_node))
+        .routes(routes!(reprovision_node))
+        .routes(routes!(maintenance_node))
+        .routes(routes!(node_events))
+        .routes(routes!(list_profiles))
+        .routes(routes!(profile_errors))
+        .routes(routes!(show_profile))
+        .routes(routes!(list_images))
+        .routes(routes!(show_image, delete_image))
+        .routes(routes!(list_leases))
+        .routes(routes!(list_events))
+        .routes(routes!(event_stream))
 }
 
-#[derive(Serialize, Deserialize)]
+const MAX_PAGE: i64 = 500;
+const MAX_LABELS: usize = 32;
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|r| ApiError::bad_request(r.body_text()))
+}
+
+fn check_limit(limit: i64) -> Result<i64, ApiError> {
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_PAGE}")))
+    }
+}
+
+fn check_after(after: i64) -> Result<(), ApiError> {
+    if after < 0 {
+        return Err(ApiError::bad_request("after must not be negative"));
+    }
+    Ok(())
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NodeQuery {
+    /// Only nodes in this state.
+    state: Option<NodeState>,
+    /// Only nodes explicitly assigned this profile.
+    profile: Option<String>,
+    /// Only nodes with this label, as `key=value`.
+    label: Option<String>,
+    /// Only nodes with an id greater than this (the previous page's `next_after`).
+    #[serde(default)]
+    #[param(minimum = 0)]
+    after: i64,
+    #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 500)]
+    limit: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct NodeList {
     pub nodes: Vec<Node>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next_after: Option<i64>,
 }
 
 /// One node with its current boot and its event timeline.
-#[derive(Serialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct NodeDetail {
     pub node: Node,
     pub boot: Option<Boot>,
     pub events: Vec<Event>,
 }
 
-async fn list_nodes(State(state): State<AppState>) -> Result<Json<NodeList>, ApiError> {
-    Ok(Json(NodeList { nodes: state.store.nodes().await? }))
+#[utoipa::path(get, path = "/nodes", tag = "nodes", params(NodeQuery),
+    responses((status = 200, body = NodeList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_nodes(
+    State(state): State<AppState>,
+    _op: Operator,
+    q: Result<Query<NodeQuery>, QueryRejection>,
+) -> Result<Json<NodeList>, ApiError> {
+    let q = query(q)?;
+    let label = match &q.label {
+        Some(l) => {
+            let (k, v) = l.split_once('=').ok_or_else(|| ApiError::bad_request("label filter must be key=value"))?;
+            Some((k.to_string(), v.to_string()))
+        }
+        None => None,
+    };
+    let limit = check_limit(q.limit)?;
+    check_after(q.after)?;
+    let filter = NodeFilter { state: q.state, profile: q.profile, label, after: q.after, limit };
+    let nodes = state.store.list_nodes(&filter).await?;
+    let next_after = (nodes.len() as i64 == limit).then(|| nodes.last().map(|n| n.id)).flatten();
+    Ok(Json(NodeList { nodes, next_after }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewNode {
+    #[schema(value_type = String, example = "52:54:00:72:62:01")]
+    mac: MacAddr,
+    hostname: Option<String>,
+    profile: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if labels.len() > MAX_LABELS {
+        return Err(unprocessable(format!("at most {MAX_LABELS} labels")));
+    }
+    for (k, v) in labels {
+        if !valid_label(k) || !valid_label(v) {
+            return Err(unprocessable(format!("label {k}={v}: {LABEL_RULE}")));
+        }
+    }
+    Ok(())
+}
+
+fn check_hostname(h: &str) -> Result<(), ApiError> {
+    if valid_hostname(h) {
+        Ok(())
+    } else {
+        Err(unprocessable(format!(
+            "hostname {h:?} must be 1-63 letters, digits and '-', not starting or ending with '-'"
+        )))
+    }
+}
+
+fn check_profile(state: &AppState, name: &str) -> Result<(), ApiError> {
+    if state.profiles.current().get(name).is_some() {
+        Ok(())
+    } else {
+        Err(unprocessable(format!("no valid profile named {name:?}")))
+    }
+}
+
+fn unprocessable(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+}
+
+#[utoipa::path(post, path = "/nodes", tag = "nodes", request_body = NewNode,
+    responses((status = 201, body = Node), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_node(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiJson(new): ApiJson<NewNode>,
+) -> Result<(StatusCode, Json<Node>), ApiError> {
+    op.require_admin()?;
+    if let Some(h) = &new.hostname {
+        check_hostname(h)?;
+    }
+    if let Some(p) = &new.profile {
+        check_profile(&state, p)?;
+    }
+    check_labels(&new.labels)?;
+    let node = state
+        .store
+        .create_node(new.mac, new.hostname.as_deref(), new.profile.as_deref(), &new.labels, now_ms())
+        .await?;
+    Ok((StatusCode::CREATED, Json(node)))
 }
 
 /// A node is addressed by its numeric id or by its MAC address.
@@ -53,7 +205,13 @@ async fn find_node(state: &AppState, id: &str) -> Result<Node, ApiError> {
 
 const MAX_EVENTS: i64 = 1000;
 
-async fn show_node(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<NodeDetail>, ApiError> {
+#[utoipa::path(get, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
+    responses((status = 200, body = NodeDetail), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn show_node(
+    State(state): State<AppState>,
+    _op: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<NodeDetail>, ApiError> {
     let node = find_node(&state, &id).await?;
     let boot = match node.current_boot_id {
         Some(b) => state.store.boot(b).await?,
@@ -63,43 +221,324 @@ async fn show_node(State(state): State<AppState>, Path(id): Path<String>) -> Res
     Ok(Json(NodeDetail { node, boot, events }))
 }
 
-#[derive(Deserialize)]
-struct EventQuery {
+/// Fields to change; absent fields stay as they are. `"profile": null` clears the
+/// assignment.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUpdate {
+    hostname: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, nullable)]
+    profile: Option<Option<String>>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+/// Tell a field given as `null` from a missing one.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[utoipa::path(patch, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
+    request_body = NodeUpdate,
+    responses((status = 200, body = Node), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn update_node(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    ApiJson(update): ApiJson<NodeUpdate>,
+) -> Result<Json<Node>, ApiError> {
+    op.require_admin()?;
+    let mut node = find_node(&state, &id).await?;
+    if let Some(h) = &update.hostname {
+        check_hostname(h)?;
+    }
+    if let Some(Some(p)) = &update.profile {
+        check_profile(&state, p)?;
+    }
+    if let Some(labels) = &update.labels {
+        check_labels(labels)?;
+    }
+    let now = now_ms();
+    if let Some(h) = &update.hostname {
+        node = state.store.set_hostname(node.id, h, now).await?;
+    }
+    if let Some(labels) = &update.labels {
+        node = state.store.set_labels(node.id, labels, now).await?;
+    }
+    if let Some(profile) = &update.profile {
+        node = state.store.assign(node.id, profile.as_deref(), now).await?;
+    }
+    Ok(Json(node))
+}
+
+#[utoipa::path(delete, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_node(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    op.require_admin()?;
+    let node = find_node(&state, &id).await?;
+    state.store.delete_node(node.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/nodes/{id}/reprovision", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
+    responses((status = 200, body = Node), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn reprovision_node(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<Node>, ApiError> {
+    op.require_admin()?;
+    let node = find_node(&state, &id).await?;
+    Ok(Json(state.store.reprovision(node.id, now_ms()).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    /// `true` to take the node out of service, `false` to return it.
+    enabled: bool,
+    /// Shown on the node's console and in its events.
+    reason: Option<String>,
+}
+
+#[utoipa::path(post, path = "/nodes/{id}/maintenance", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
+    request_body = Maintenance,
+    responses((status = 200, body = Node), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn maintenance_node(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    ApiJson(m): ApiJson<Maintenance>,
+) -> Result<Json<Node>, ApiError> {
+    op.require_admin()?;
+    let node = find_node(&state, &id).await?;
+    let reason = m.reason.unwrap_or_else(|| "operator request".into());
+    if reason.len() > 200 || reason.chars().any(char::is_control) {
+        return Err(unprocessable("reason must be at most 200 printable characters"));
+    }
+    let reason = m.enabled.then_some(reason);
+    Ok(Json(state.store.set_maintenance(node.id, reason.as_deref(), now_ms()).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventQuery {
+    /// Only events with an id greater than this.
     #[serde(default)]
+    #[param(minimum = 0)]
     after: i64,
+    /// Instead of paging from `after`: the newest `last` events (oldest first).
+    #[param(minimum = 1, maximum = 500)]
+    last: Option<i64>,
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 500)]
     limit: i64,
 }
 
-fn default_limit() -> i64 {
-    100
-}
-
+#[utoipa::path(get, path = "/nodes/{id}/events", tag = "events", params(("id" = String, Path, description = "node id or MAC"), EventQuery),
+    responses((status = 200, body = Vec<Event>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn node_events(
     State(state): State<AppState>,
+    _op: Operator,
     Path(id): Path<String>,
-    query: Result<Query<EventQuery>, QueryRejection>,
+    q: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
-    let Query(q) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
-    if !(1..=MAX_EVENTS).contains(&q.limit) {
-        return Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_EVENTS}")));
-    }
+    let q = query(q)?;
+    let limit = check_limit(q.limit)?;
+    check_after(q.after)?;
     let node = find_node(&state, &id).await?;
-    Ok(Json(state.store.events(node.id, q.after, q.limit).await?))
+    match q.last {
+        Some(n) => Ok(Json(state.store.recent_events(Some(node.id), check_limit(n)?).await?)),
+        None => Ok(Json(state.store.events(node.id, q.after, limit).await?)),
+    }
 }
 
-async fn list_leases(State(state): State<AppState>) -> Result<Json<Vec<Lease>>, ApiError> {
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProfileList {
+    pub profiles: Vec<ProfileView>,
+    /// Files that failed their last (re)load; their last good version (if any) serves.
+    pub errors: Vec<SourceError>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProfileView {
+    pub file: String,
+    #[serde(flatten)]
+    pub profile: Profile,
+}
+
+#[utoipa::path(get, path = "/profiles", tag = "profiles",
+    responses((status = 200, body = ProfileList), (status = 401, body = ErrorBody)))]
+async fn list_profiles(State(state): State<AppState>, _op: Operator) -> Json<ProfileList> {
+    let set = state.profiles.current();
+    let profiles =
+        set.iter().map(|(p, file)| ProfileView { file: file.display().to_string(), profile: p.clone() }).collect();
+    Json(ProfileList { profiles, errors: state.profiles.errors().as_ref().clone() })
+}
+
+#[utoipa::path(get, path = "/profiles/errors", tag = "profiles",
+    responses((status = 200, body = Vec<SourceError>), (status = 401, body = ErrorBody)))]
+async fn profile_errors(State(state): State<AppState>, _op: Operator) -> Json<Vec<SourceError>> {
+    Json(state.profiles.errors().as_ref().clone())
+}
+
+#[utoipa::path(get, path = "/profiles/{name}", tag = "profiles", params(("name" = String, Path)),
+    responses((status = 200, body = ProfileView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn show_profile(
+    State(state): State<AppState>,
+    _op: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<ProfileView>, ApiError> {
+    let set = state.profiles.current();
+    let found = set
+        .iter()
+        .find(|(p, _)| p.name == name)
+        .map(|(p, file)| ProfileView { file: file.display().to_string(), profile: p.clone() });
+    found.map(Json).ok_or_else(|| ApiError::not_found(format!("no profile named {name:?}")))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::images::ImageError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+#[utoipa::path(get, path = "/images", tag = "images",
+    responses((status = 200, body = Vec<Manifest>), (status = 401, body = ErrorBody)))]
+async fn list_images(State(state): State<AppState>, _op: Operator) -> Result<Json<Vec<Manifest>>, ApiError> {
+    let images = state.images.clone();
+    Ok(Json(blocking(move || images.list()).await?))
+}
+
+#[utoipa::path(get, path = "/images/{name}", tag = "images", params(("name" = String, Path)),
+    responses((status = 200, body = Manifest), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn show_image(
+    State(state): State<AppState>,
+    _op: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<Manifest>, ApiError> {
+    let images = state.images.clone();
+    Ok(Json(blocking(move || images.manifest(&name)).await?))
+}
+
+#[utoipa::path(delete, path = "/images/{name}", tag = "images", params(("name" = String, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_image(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    op.require_admin()?;
+    let users: Vec<String> = state
+        .profiles
+        .current()
+        .iter()
+        .filter(|(p, _)| p.image == name || p.stage1 == name)
+        .map(|(p, _)| p.name.clone())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "in_use",
+            format!("image {name:?} is used by profile(s) {}", users.join(", ")),
+        ));
+    }
+    if name == state.config.discovery_stage1 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "in_use",
+            format!("image {name:?} is the discovery stage one"),
+        ));
+    }
+    if state.store.image_in_current_boot(&name).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "in_use",
+            format!("image {name:?} is being loaded by a booting node"),
+        ));
+    }
+    let images = state.images.clone();
+    blocking(move || images.delete(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/leases", tag = "leases",
+    responses((status = 200, body = Vec<Lease>), (status = 401, body = ErrorBody)))]
+async fn list_leases(State(state): State<AppState>, _op: Operator) -> Result<Json<Vec<Lease>>, ApiError> {
     Ok(Json(state.store.leases().await?))
 }
 
-async fn list_images(State(state): State<AppState>) -> Result<Json<Vec<Manifest>>, ApiError> {
-    let images = state.images.clone();
-    let list = tokio::task::spawn_blocking(move || images.list())
-        .await
-        .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    Ok(Json(list))
+#[utoipa::path(get, path = "/events", tag = "events", params(EventQuery),
+    responses((status = 200, body = Vec<Event>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_events(
+    State(state): State<AppState>,
+    _op: Operator,
+    q: Result<Query<EventQuery>, QueryRejection>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let q = query(q)?;
+    let limit = check_limit(q.limit)?;
+    check_after(q.after)?;
+    match q.last {
+        Some(n) => Ok(Json(state.store.recent_events(None, check_limit(n)?).await?)),
+        None => Ok(Json(state.store.all_events(q.after, limit).await?)),
+    }
 }
 
-async fn list_profiles(State(state): State<AppState>) -> Json<Vec<crate::profiles::Profile>> {
-    Json(state.profiles.iter().map(|(p, _)| p.clone()).collect())
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// Start after this event id (0: from the beginning; omit: only new events).
+    #[param(minimum = 0)]
+    after: Option<i64>,
+}
+
+/// How often the stream looks for new events. Polling the store (not an in-process
+/// channel) means every server sharing a database streams every event.
+const STREAM_POLL: Duration = Duration::from_millis(500);
+
+#[utoipa::path(get, path = "/events/stream", tag = "events", params(StreamQuery),
+    responses((status = 200, description = "Server-Sent Events: one `event` message (JSON `Event`) per event", content_type = "text/event-stream", body = String),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn event_stream(
+    State(state): State<AppState>,
+    _op: Operator,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let q = query(q)?;
+    let mut after = match q.after {
+        Some(a) if a >= 0 => a,
+        Some(_) => return Err(ApiError::bad_request("after must not be negative")),
+        None => state.store.last_event_id().await?,
+    };
+    let stream = async_stream::stream! {
+        loop {
+            match state.store.all_events(after, MAX_PAGE).await {
+                Ok(events) => {
+                    for e in events {
+                        after = e.id;
+                        if let Ok(data) = serde_json::to_string(&e) {
+                            yield Ok(SseEvent::default().event("event").id(e.id.to_string()).data(data));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "event stream: reading events failed"),
+            }
+            tokio::time::sleep(STREAM_POLL).await;
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

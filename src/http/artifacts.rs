@@ -14,10 +14,28 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 const CHUNK: usize = 256 * 1024;
+
+/// Counts a download as in flight until its body stream is dropped (finished,
+/// failed or abandoned by the client).
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!("ramboot_http_artifact_downloads_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("ramboot_http_artifact_downloads_in_flight").decrement(1.0);
+    }
+}
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -89,6 +107,14 @@ async fn artifact(
     }
     common.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     common.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    let body = Body::from_stream(ReaderStream::with_capacity(file.take(count), CHUNK));
+    let in_flight = InFlight::start();
+    let chunks = ReaderStream::with_capacity(file.take(count), CHUNK).map(move |chunk| {
+        let _held = &in_flight;
+        if let Ok(bytes) = &chunk {
+            metrics::counter!("ramboot_http_artifact_bytes_total").increment(bytes.len() as u64);
+        }
+        chunk
+    });
+    let body = Body::from_stream(chunks);
     Ok((status, common, body).into_response())
 }

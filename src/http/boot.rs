@@ -1,14 +1,18 @@
 //! The boot tier: the per-node iPXE script and the stage-one agent's endpoints.
 //!
-//! `GET /boot.ipxe?mac=` starts a boot: it records the boot with a fresh per-boot
-//! token and renders the script that loads stage one with that token on its kernel
-//! command line. The agent endpoints accept only that token (`Authorization: Bearer`),
-//! and only while its boot is the node's current one.
+//! `GET /boot.ipxe?mac=` decides what a node boots: its explicit profile, else the
+//! most specific matching selector, else the default profile, else a discovery boot
+//! (stage one only, waiting for an assignment). A node in maintenance, or one that
+//! used up its retries, gets a script that says so and asks again later; a node
+//! that failed recently waits out its backoff first. Every boot gets a fresh
+//! per-boot token on its kernel command line. The agent endpoints accept only that
+//! token (`Authorization: Bearer`), and only while its boot is the node's current one.
 
 use super::error::{ApiError, ApiJson};
 use super::{now_ms, AppState};
-use crate::images::{ImageError, Manifest};
+use crate::images::Manifest;
 use crate::node::{MacAddr, NodeState};
+use crate::profiles::{NodeFacts, Profile};
 use crate::store::{Boot, BootImage, EventKind, Node};
 use askama::Template;
 use axum::extract::{FromRequestParts, Query, State};
@@ -17,9 +21,16 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ramboot_proto::{human_bytes, paths, AgentEvent, Inventory, Plan, PlanImage, ReportedState};
+use ramboot_proto::{
+    human_bytes, paths, AgentEvent, Inventory, Plan, PlanImage, PlanWait, ReportedState, OVERLAY_PATH,
+};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use tracing::{info, warn, Instrument};
+
+/// How often a script that refused to boot asks again, and a waiting agent polls.
+const ASK_AGAIN_SECS: u32 = 60;
+const DISCOVERY_POLL_SECS: u64 = 10;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -27,6 +38,7 @@ pub fn routes() -> Router<AppState> {
         .route(paths::HELLO, post(hello))
         .route(paths::PLAN, get(plan))
         .route(paths::EVENTS, post(event))
+        .route(OVERLAY_PATH, get(overlay))
 }
 
 #[derive(Template)]
@@ -41,6 +53,8 @@ pub struct BootScript<'a> {
     pub kernel_url: String,
     pub initrd_url: String,
     pub args: Vec<String>,
+    pub failures: i64,
+    pub retry_delay_secs: u64,
 }
 
 #[derive(Template)]
@@ -60,11 +74,15 @@ fn ipxe(text: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
 
-fn render(t: &impl Template) -> Result<String, ApiError> {
-    t.render().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
-/// An iPXE script that explains why and retries later: iPXE shows it on the console.
+fn render(t: &impl Template) -> Result<String, ApiError> {
+    t.render().map_err(internal)
+}
+
+/// An iPXE script that explains why and asks again later: iPXE shows it on the console.
 fn refusal(mac: &str, reason: &str) -> Result<Response, ApiError> {
     Ok(ipxe(render(&refusal_script(mac, reason))?))
 }
@@ -74,7 +92,57 @@ fn refusal(mac: &str, reason: &str) -> Result<Response, ApiError> {
 fn refusal_script(mac: &str, reason: &str) -> RefuseScript {
     let reason: String = reason.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
     let mac: String = mac.chars().take(32).filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-').collect();
-    RefuseScript { mac, reason, retry_secs: 30 }
+    RefuseScript { mac, reason, retry_secs: ASK_AGAIN_SECS }
+}
+
+/// What selectors see of a node.
+fn facts_of(node: &Node) -> NodeFacts {
+    let dmi = |field: &str| node.inventory.as_ref().and_then(|inv| inv["dmi"][field].as_str()).map(str::to_string);
+    NodeFacts {
+        mac: Some(node.mac),
+        labels: node.labels.clone(),
+        serial: dmi("serial"),
+        uuid: dmi("uuid"),
+        arch: node.arch.clone(),
+    }
+}
+
+/// Which profile a node boots, and why; `None` means discovery.
+fn resolve_profile(state: &AppState, node: &Node) -> Result<Option<(Profile, String)>, String> {
+    let profiles = state.profiles.current();
+    if let Some(name) = &node.profile {
+        return match profiles.get(name) {
+            Some(p) => Ok(Some((p.clone(), "assigned".into()))),
+            None => Err(format!("assigned profile {name:?} does not exist (or failed validation)")),
+        };
+    }
+    if let Some((p, why)) = profiles.select(&facts_of(node)) {
+        return Ok(Some((p.clone(), why)));
+    }
+    match &state.config.default_profile {
+        Some(name) => match profiles.get(name) {
+            Some(p) => Ok(Some((p.clone(), "default profile".into()))),
+            None => Err(format!("default profile {name:?} does not exist (or failed validation)")),
+        },
+        None => Ok(None),
+    }
+}
+
+/// The stage-one set and root filesystem a profile needs, as built.
+fn images_for(state: &AppState, profile: &Profile) -> Result<(Manifest, BootImage), String> {
+    let stage1 = state.images.manifest(&profile.stage1).map_err(|e| e.to_string())?;
+    let rootfs = state.images.manifest(&profile.image).map_err(|e| e.to_string())?;
+    for role in ["kernel", "initrd"] {
+        stage1.artifact(role).map_err(|e| e.to_string())?;
+    }
+    let art = rootfs.artifact("rootfs").map_err(|e| e.to_string())?;
+    let image = BootImage {
+        name: rootfs.name.clone(),
+        digest: art.digest.to_string(),
+        size: art.size,
+        format: art.format.clone(),
+    };
+    Ok((stage1, image))
 }
 
 async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) -> Result<Response, ApiError> {
@@ -86,31 +154,49 @@ async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) 
     async move {
         let now = now_ms();
         let node = state.store.ensure_node(mac, now).await?;
-        let profile_name = node.profile.clone().unwrap_or_else(|| state.config.default_profile.clone());
-        let prepared = prepare_boot(&state, &profile_name);
-        let (profile, stage1, rootfs) = match prepared {
-            Ok(p) => p,
-            Err(reason) => {
-                warn!(node = node.id, %reason, "refusing to boot");
-                state.store.add_event(node.id, None, EventKind::Info, &format!("boot refused: {reason}"), now).await?;
-                return refusal(&mac.to_string(), &reason);
+        let mac_s = mac.to_string();
+        if node.state == NodeState::Maintenance {
+            let reason = node.maintenance_reason.as_deref().unwrap_or("no reason given");
+            info!(node = node.id, reason, "node in maintenance: told not to boot");
+            return refusal(&mac_s, &format!("in maintenance ({reason})"));
+        }
+        let failures = u32::try_from(node.failures).unwrap_or(u32::MAX);
+        let Some(delay) = state.config.lifecycle.retry_delay(failures) else {
+            let reason = format!("{failures} boots failed in a row; reprovision the node to try again");
+            warn!(node = node.id, "{reason}");
+            return refusal(&mac_s, &reason);
+        };
+        let resolved = match resolve_profile(&state, &node) {
+            Ok(r) => r,
+            Err(reason) => return refuse_with_event(&state, &node, &reason, now).await,
+        };
+        let token = crate::token::generate().map_err(internal)?;
+        let token_hash = crate::token::hash(&token);
+        let (boot_id, profile_name, stage1, why) = match resolved {
+            Some((profile, why)) => {
+                let (stage1, image) = match images_for(&state, &profile) {
+                    Ok(x) => x,
+                    Err(reason) => return refuse_with_event(&state, &node, &reason, now).await,
+                };
+                let boot = state.store.start_boot(node.id, &profile.name, Some(&image), &token_hash, now, &why).await?;
+                (boot, profile.name.clone(), stage1, why)
+            }
+            None => {
+                let stage1 = match state.images.manifest(&state.config.discovery_stage1) {
+                    Ok(m) => m,
+                    Err(e) => return refuse_with_event(&state, &node, &e.to_string(), now).await,
+                };
+                let boot = state.store.start_discovery_boot(node.id, &token_hash, now).await?;
+                (boot, "(discovery)".to_string(), stage1, "no profile: discovery".to_string())
             }
         };
-        let token = crate::token::generate()
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-        let rootfs_art = rootfs.artifact("rootfs")?;
-        let image = BootImage {
-            name: rootfs.name.clone(),
-            digest: rootfs_art.digest.to_string(),
-            size: rootfs_art.size,
-            format: rootfs_art.format.clone(),
-        };
-        let boot_id =
-            state.store.start_boot(node.id, &profile.name, Some(&image), &crate::token::hash(&token), now).await?;
+        let profile = state.profiles.current().get(&profile_name).cloned();
         let base = state.config.boot_url();
         let kernel = stage1.artifact("kernel")?;
         let initrd = stage1.artifact("initrd")?;
-        let mut args = profile.kernel_args.clone();
+        let mut args = profile
+            .map(|p| p.kernel_args)
+            .unwrap_or_else(|| vec!["console=tty0".into(), "console=ttyS0,115200n8".into()]);
         args.extend([
             format!("{}={base}", ramboot_proto::cmdline::SERVER),
             format!("{}={}", ramboot_proto::cmdline::NODE, node.id),
@@ -122,33 +208,25 @@ async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) 
             boot_id,
             mac,
             hostname: &node.hostname,
-            profile: &profile.name,
+            profile: &profile_name,
             stage1: &stage1.name,
             kernel_url: format!("{base}/artifacts/sha256/{}/vmlinuz", kernel.digest),
             initrd_url: format!("{base}/artifacts/sha256/{}/initrd.img", initrd.digest),
             args,
+            failures: node.failures,
+            retry_delay_secs: delay.as_secs(),
         };
-        info!(node = node.id, boot = boot_id, profile = %profile.name, "boot started: iPXE script served");
+        info!(node = node.id, boot = boot_id, profile = %profile_name, %why, "boot started: iPXE script served");
         Ok(ipxe(render(&script)?))
     }
     .instrument(span)
     .await
 }
 
-/// Resolve a profile to the images it needs, or say why it cannot boot.
-fn prepare_boot(
-    state: &AppState,
-    profile_name: &str,
-) -> Result<(crate::profiles::Profile, Manifest, Manifest), String> {
-    let profile =
-        state.profiles.get(profile_name).cloned().ok_or_else(|| format!("profile {profile_name:?} does not exist"))?;
-    let load = |name: &str| state.images.manifest(name).map_err(|e: ImageError| e.to_string());
-    let stage1 = load(&profile.stage1)?;
-    let rootfs = load(&profile.image)?;
-    for (m, role) in [(&stage1, "kernel"), (&stage1, "initrd"), (&rootfs, "rootfs")] {
-        m.artifact(role).map_err(|e| e.to_string())?;
-    }
-    Ok((profile, stage1, rootfs))
+async fn refuse_with_event(state: &AppState, node: &Node, reason: &str, now: i64) -> Result<Response, ApiError> {
+    warn!(node = node.id, %reason, "refusing to boot");
+    state.store.add_event(node.id, None, EventKind::Info, &format!("boot refused: {reason}"), now).await?;
+    refusal(&node.mac.to_string(), reason)
 }
 
 /// The node and boot behind a valid per-boot bearer token.
@@ -161,15 +239,11 @@ impl FromRequestParts<AppState> for BootAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("a per-boot bearer token is required"))?;
+        let token =
+            super::auth::bearer(parts).ok_or_else(|| ApiError::unauthorized("a per-boot bearer token is required"))?;
         let (node, boot) = state
             .store
-            .boot_by_token_hash(&crate::token::hash(token.trim()))
+            .boot_by_token_hash(&crate::token::hash(token))
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown or expired boot token"))?;
         Ok(BootAuth { node, boot })
@@ -186,35 +260,133 @@ async fn hello(
     state.store.set_inventory(auth.node.id, &inventory, now).await?;
     let summary =
         format!("agent hello: {} CPUs, {} RAM, {} NICs", inv.cpus, human_bytes(inv.memory_bytes), inv.nics.len());
-    state.store.agent_transition(auth.node.id, auth.boot.id, NodeState::Stage1, &summary, now).await?;
+    if auth.boot.image.is_some() {
+        state.store.agent_transition(auth.node.id, auth.boot.id, NodeState::Stage1, &summary, now).await?;
+    } else {
+        // Discovery: the inventory may be what a selector was waiting for.
+        state.store.add_event(auth.node.id, Some(auth.boot.id), EventKind::Info, &summary, now).await?;
+        let node = state.store.node(auth.node.id).await?;
+        pin_if_resolvable(&state, &node, &auth.boot, now).await?;
+    }
     info!(node = auth.node.id, boot = auth.boot.id, "{summary}");
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Json<Plan>, ApiError> {
-    let image = auth
-        .boot
-        .image
-        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "no_image", "this boot has no image planned"))?;
+/// For a discovery boot: if the node now has a profile, pin it into the boot.
+async fn pin_if_resolvable(
+    state: &AppState,
+    node: &Node,
+    boot: &Boot,
+    now: i64,
+) -> Result<Option<BootImage>, ApiError> {
+    let Ok(Some((profile, why))) = resolve_profile(state, node) else { return Ok(None) };
+    match images_for(state, &profile) {
+        Ok((_, image)) => {
+            state.store.pin_boot(node.id, boot.id, &profile.name, &image, &why, now).await?;
+            Ok(Some(image))
+        }
+        Err(reason) => {
+            state
+                .store
+                .add_event(
+                    node.id,
+                    Some(boot.id),
+                    EventKind::Info,
+                    &format!("cannot load {}: {reason}", profile.name),
+                    now,
+                )
+                .await?;
+            Ok(None)
+        }
+    }
+}
+
+async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response, ApiError> {
+    let (image, profile) = match auth.boot.image.clone() {
+        Some(image) => (image, auth.boot.profile.clone()),
+        None => match pin_if_resolvable(&state, &auth.node, &auth.boot, now_ms()).await? {
+            Some(image) => {
+                let boot =
+                    state.store.boot(auth.boot.id).await?.ok_or_else(|| ApiError::unauthorized("boot is gone"))?;
+                (image, boot.profile)
+            }
+            None => {
+                let wait = PlanWait {
+                    reason: "no profile assigned yet: assign one (API, CLI) or add a selector".into(),
+                    retry_after_secs: DISCOVERY_POLL_SECS,
+                };
+                return Ok((StatusCode::ACCEPTED, Json(wait)).into_response());
+            }
+        },
+    };
+    let base = state.config.boot_url();
+    let has_files = state.profiles.current().get(&profile).is_some_and(|p| !p.files.is_empty());
     Ok(Json(Plan {
         node_id: auth.node.id,
         boot_id: auth.boot.id,
         hostname: auth.node.hostname,
-        profile: auth.boot.profile,
+        profile,
+        overlay_url: has_files.then(|| format!("{base}{OVERLAY_PATH}")),
         image: PlanImage {
-            url: format!(
-                "{}/artifacts/sha256/{}/{}.{}",
-                state.config.boot_url(),
-                image.digest,
-                image.name,
-                image.format
-            ),
+            url: format!("{base}/artifacts/sha256/{}/{}.{}", image.digest, image.name, image.format),
             name: image.name,
             sha256: image.digest,
             size: image.size,
             format: image.format,
         },
-    }))
+    })
+    .into_response())
+}
+
+/// The node's overlay: its profile's files rendered from its facts, as a tar archive.
+async fn overlay(State(state): State<AppState>, auth: BootAuth) -> Result<Response, ApiError> {
+    let profiles = state.profiles.current();
+    let loaded = profiles
+        .loaded(&auth.boot.profile)
+        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "no_profile", "this boot has no (valid) profile"))?
+        .clone();
+    let node = &auth.node;
+    let facts = serde_json::json!({
+        "node": {
+            "id": node.id, "hostname": node.hostname, "mac": node.mac.to_string(), "ip": node.ip,
+            "labels": node.labels, "arch": node.arch, "inventory": node.inventory,
+        },
+        "profile": loaded.profile.name,
+        "vars": loaded.profile.vars,
+        "boot": { "id": auth.boot.id },
+        "server": { "url": state.config.boot_url() },
+    });
+    let secrets = read_secrets(state.config.secrets.as_deref()).await?;
+    let files = loaded
+        .render_overlay(&facts, &secrets)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "render_failed", e.to_string()))?;
+    let archive = tar_of(&files).map_err(internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], archive).into_response())
+}
+
+/// Secrets are read at render time, so rotating one needs no restart.
+async fn read_secrets(path: Option<&std::path::Path>) -> Result<BTreeMap<String, String>, ApiError> {
+    let Some(path) = path else { return Ok(BTreeMap::new()) };
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::yaml::load::<BTreeMap<String, String>>(&path))
+        .await
+        .map_err(internal)?
+        .map_err(|e| internal(format!("secrets file: {e}")))
+}
+
+fn tar_of(files: &[crate::profiles::RenderedFile]) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for f in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(f.contents.len() as u64);
+        header.set_mode(f.mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, f.path.trim_start_matches('/'), f.contents.as_slice())?;
+    }
+    builder.into_inner()
 }
 
 async fn event(
@@ -233,7 +405,9 @@ async fn event(
                 ReportedState::Ready => NodeState::Ready,
                 ReportedState::Failed => NodeState::Failed,
             };
+            let from = auth.node.state;
             state.store.agent_transition(node, boot, next, &message, now).await?;
+            super::metrics::record_phase(&auth.boot.profile, from, now - auth.node.state_since_ms);
             info!(node, boot, state = %next, %message, "node moved");
         }
         // The agent's message already says how far it got, in human units.
@@ -246,9 +420,8 @@ async fn event(
 mod tests {
     use super::*;
 
-    #[test]
-    fn boot_script_snapshot() {
-        let script = BootScript {
+    fn script(retry_delay_secs: u64) -> String {
+        BootScript {
             node_id: 3,
             boot_id: 12,
             mac: "52:54:00:12:34:56".parse().unwrap(),
@@ -264,8 +437,21 @@ mod tests {
                 "ramboot.token=0123abcd".into(),
                 "ramboot.mac=52:54:00:12:34:56".into(),
             ],
-        };
-        insta::assert_snapshot!(script.render().unwrap());
+            failures: if retry_delay_secs > 0 { 2 } else { 0 },
+            retry_delay_secs,
+        }
+        .render()
+        .unwrap()
+    }
+
+    #[test]
+    fn boot_script_snapshot() {
+        insta::assert_snapshot!(script(0));
+    }
+
+    #[test]
+    fn retry_script_snapshot() {
+        insta::assert_snapshot!(script(30));
     }
 
     #[test]
@@ -280,5 +466,24 @@ mod tests {
         assert_eq!(script.lines().count(), 6, "{script}");
         assert!(script.contains("bad?chain"), "{script}");
         assert!(!script.contains("shell"), "{script}");
+    }
+
+    #[test]
+    fn overlay_tar_has_modes_and_relative_paths() {
+        let files = vec![
+            crate::profiles::RenderedFile { path: "/etc/hostname".into(), mode: 0o644, contents: b"n1\n".to_vec() },
+            crate::profiles::RenderedFile { path: "/etc/key".into(), mode: 0o600, contents: b"k".to_vec() },
+        ];
+        let bytes = tar_of(&files).unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let entries: Vec<(String, u32)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path().unwrap().to_string_lossy().into_owned(), e.header().mode().unwrap())
+            })
+            .collect();
+        assert_eq!(entries, [("etc/hostname".to_string(), 0o644), ("etc/key".to_string(), 0o600)]);
     }
 }

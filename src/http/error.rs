@@ -8,6 +8,23 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+/// The one error shape, as documented in the OpenAPI document.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `not_found`, `unauthorized`, `forbidden`, `bad_request`,
+    /// `bad_body`, `invalid`, `conflict`, `in_use`, `internal`, ...
+    pub code: String,
+    pub message: String,
+    /// Extra structured context, when there is any.
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -35,7 +52,8 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message, details: None } };
         (self.status, Json(body)).into_response()
     }
 }
@@ -44,9 +62,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NoSuchNode(_) => ApiError::not_found(e.to_string()),
-            StoreError::BadTransition { .. } | StoreError::StaleBoot(_) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
-            }
+            StoreError::BadTransition { .. }
+            | StoreError::StaleBoot(_)
+            | StoreError::DuplicateMac(_)
+            | StoreError::DuplicateToken(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }
     }

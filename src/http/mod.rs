@@ -1,22 +1,28 @@
 //! HTTP: the boot tier (`boot`, `artifacts`: what nodes fetch) and the admin API
-//! (`api`: what operators call). They share one listener for now but have separate
-//! routes and separate auth: boot routes take only per-boot tokens.
+//! (`api`: what operators call, documented at `/api/v1/openapi.json`), plus
+//! `/metrics`. They share one listener but have separate routes and separate auth:
+//! boot routes take only per-boot tokens, the API only API tokens (`auth`).
 
 pub mod api;
 pub mod artifacts;
+pub mod auth;
 pub mod boot;
 pub mod error;
+pub mod metrics;
 pub mod range;
 
 use crate::config::Config;
 use crate::images::ImageStore;
-use crate::profiles::ProfileSet;
+use crate::profiles::LiveProfiles;
 use crate::store::Store;
 use axum::extract::DefaultBodyLimit;
-use axum::Router;
+use axum::routing::get;
+use axum::{Json, Router};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 /// Everything a handler may touch.
 #[derive(Clone)]
@@ -24,17 +30,47 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
     pub images: ImageStore,
-    pub profiles: Arc<ProfileSet>,
+    pub profiles: Arc<LiveProfiles>,
 }
 
 /// Request bodies are small JSON documents; nothing legitimate comes near this.
-const MAX_BODY_BYTES: usize = 256 * 1024;
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "ramboot admin API", description = "Nodes, profiles, images, leases and events of a ramboot server."),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of the admin API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi()).nest("/api/v1", api::routes()).split_for_parts().1
+}
 
 pub fn router(state: AppState) -> Router {
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", api::routes()).split_for_parts();
+    let doc = Arc::new(doc);
     Router::new()
         .merge(boot::routes())
         .merge(artifacts::routes())
-        .nest("/api/v1", api::routes())
+        .merge(api)
+        .route("/api/v1/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .route("/metrics", get(metrics::render))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())

@@ -9,6 +9,7 @@ use crate::node::{MacAddr, NodeState};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -30,11 +31,16 @@ pub enum StoreError {
     StaleBoot(BootId),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error("a node with MAC {0} already exists")]
+    DuplicateMac(MacAddr),
+    #[error("a token named {0:?} already exists")]
+    DuplicateToken(String),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Node {
     pub id: NodeId,
+    #[schema(value_type = String, example = "52:54:00:72:62:01")]
     pub mac: MacAddr,
     pub hostname: String,
     pub ip: Option<String>,
@@ -42,12 +48,20 @@ pub struct Node {
     pub state: NodeState,
     pub state_since_ms: i64,
     pub current_boot_id: Option<BootId>,
+    /// The stage-one agent's hardware report.
+    #[schema(value_type = Option<Object>)]
     pub inventory: Option<serde_json::Value>,
+    pub labels: BTreeMap<String, String>,
+    /// Firmware architecture from the last DHCP request (`bios`, `efi-x64`, ...).
+    pub arch: Option<String>,
+    /// Consecutive failed boots (reset by a boot that reaches ready).
+    pub failures: i64,
+    pub maintenance_reason: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Boot {
     pub id: BootId,
     pub node_id: NodeId,
@@ -59,7 +73,7 @@ pub struct Boot {
 }
 
 /// The root filesystem a boot was planned with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BootImage {
     pub name: String,
     pub digest: String,
@@ -67,7 +81,7 @@ pub struct BootImage {
     pub format: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: i64,
     pub node_id: NodeId,
@@ -79,9 +93,11 @@ pub struct Event {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
+    #[schema(value_type = String, example = "10.213.0.100")]
     pub ip: Ipv4Addr,
+    #[schema(value_type = String, example = "52:54:00:72:62:01")]
     pub mac: MacAddr,
     pub expires_at: u64,
     pub state: String,
@@ -120,6 +136,7 @@ fn node_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Node, StoreError> {
     let mac: String = row.try_get("mac")?;
     let state: String = row.try_get("state")?;
     let inventory: Option<String> = row.try_get("inventory")?;
+    let labels: String = row.try_get("labels")?;
     Ok(Node {
         id: row.try_get("id")?,
         mac: mac.parse().map_err(corrupt)?,
@@ -130,6 +147,10 @@ fn node_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Node, StoreError> {
         state_since_ms: row.try_get("state_since_ms")?,
         current_boot_id: row.try_get("current_boot_id")?,
         inventory: inventory.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
+        labels: serde_json::from_str(&labels).map_err(corrupt)?,
+        arch: row.try_get("arch")?,
+        failures: row.try_get("failures")?,
+        maintenance_reason: row.try_get("maintenance_reason")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })
@@ -199,6 +220,7 @@ impl Store {
         mac: MacAddr,
         ip: Ipv4Addr,
         expires_at: u64,
+        arch: Option<&str>,
         now_ms: i64,
     ) -> Result<NodeId, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -224,8 +246,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let node_id = upsert_node(&mut tx, mac, now_ms).await?;
-        sqlx::query("UPDATE nodes SET ip = ?, updated_at_ms = ? WHERE id = ?")
+        sqlx::query("UPDATE nodes SET ip = ?, arch = COALESCE(?, arch), updated_at_ms = ? WHERE id = ?")
             .bind(&ip_s)
+            .bind(arch)
             .bind(now_ms)
             .bind(node_id)
             .execute(&mut *tx)
@@ -302,6 +325,7 @@ impl Store {
         image: Option<&BootImage>,
         token_hash: &str,
         now_ms: i64,
+        why: &str,
     ) -> Result<BootId, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
@@ -336,7 +360,7 @@ impl Store {
             node,
             Some(boot),
             NodeState::Booting,
-            &format!("iPXE script served (profile {profile})"),
+            &format!("iPXE script served (profile {profile}: {why})"),
             now_ms,
         )
         .await?;
@@ -388,6 +412,15 @@ impl Store {
             return Err(StoreError::BadTransition { node, from: state, to: next });
         }
         move_state(&mut tx, node, Some(boot), next, message, now_ms).await?;
+        let failures_delta = match next {
+            NodeState::Failed => "failures + 1",
+            NodeState::Ready => "0",
+            _ => "failures",
+        };
+        sqlx::query(&format!("UPDATE nodes SET failures = {failures_delta} WHERE id = ?"))
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
         if matches!(next, NodeState::Ready | NodeState::Failed) {
             sqlx::query("UPDATE boots SET finished_at_ms = ?, outcome = ? WHERE id = ?")
                 .bind(now_ms)
@@ -430,6 +463,435 @@ impl Store {
             .await?;
         rows.iter().map(event_from_row).collect()
     }
+}
+
+/// Which nodes to list, and from where (keyset pagination by id).
+#[derive(Debug, Clone, Default)]
+pub struct NodeFilter {
+    pub state: Option<NodeState>,
+    pub profile: Option<String>,
+    pub label: Option<(String, String)>,
+    /// Only nodes with an id greater than this.
+    pub after: i64,
+    pub limit: i64,
+}
+
+/// Roles of admin API tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl Store {
+    pub async fn list_nodes(&self, f: &NodeFilter) -> Result<Vec<Node>, StoreError> {
+        let mut sql = String::from("SELECT * FROM nodes WHERE id > ?");
+        if f.state.is_some() {
+            sql.push_str(" AND state = ?");
+        }
+        if f.profile.is_some() {
+            sql.push_str(" AND profile = ?");
+        }
+        if f.label.is_some() {
+            sql.push_str(" AND json_extract(labels, '$.' || json_quote(?)) = ?");
+        }
+        sql.push_str(" ORDER BY id LIMIT ?");
+        let mut q = sqlx::query(&sql).bind(f.after);
+        if let Some(state) = f.state {
+            q = q.bind(state.as_str());
+        }
+        if let Some(profile) = &f.profile {
+            q = q.bind(profile);
+        }
+        if let Some((k, v)) = &f.label {
+            q = q.bind(k).bind(v);
+        }
+        let rows = q.bind(f.limit).fetch_all(&self.pool).await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    /// Register a node an operator knows about before it ever boots.
+    pub async fn create_node(
+        &self,
+        mac: MacAddr,
+        hostname: Option<&str>,
+        profile: Option<&str>,
+        labels: &BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> Result<Node, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if sqlx::query("SELECT id FROM nodes WHERE mac = ?")
+            .bind(mac.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some()
+        {
+            return Err(StoreError::DuplicateMac(mac));
+        }
+        let id = upsert_node(&mut tx, mac, now_ms).await?;
+        sqlx::query("UPDATE nodes SET hostname = COALESCE(?, hostname), labels = ? WHERE id = ?")
+            .bind(hostname)
+            .bind(serde_json::to_string(labels).map_err(corrupt)?)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(profile) = profile {
+            assign_in(&mut tx, id, Some(profile), now_ms).await?;
+        }
+        tx.commit().await?;
+        self.node(id).await
+    }
+
+    /// Set (or clear) a node's explicit profile. A node between boots becomes
+    /// `assigned` (or `discovered` when cleared); a node mid-boot keeps its pinned
+    /// image and gets the new profile on its next boot.
+    pub async fn assign(&self, id: NodeId, profile: Option<&str>, now_ms: i64) -> Result<Node, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        assign_in(&mut tx, id, profile, now_ms).await?;
+        tx.commit().await?;
+        self.node(id).await
+    }
+
+    pub async fn set_labels(
+        &self,
+        id: NodeId,
+        labels: &BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> Result<Node, StoreError> {
+        let done = sqlx::query("UPDATE nodes SET labels = ?, updated_at_ms = ? WHERE id = ?")
+            .bind(serde_json::to_string(labels).map_err(corrupt)?)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchNode(id.to_string()));
+        }
+        self.add_event(
+            id,
+            None,
+            EventKind::Info,
+            &format!("labels set to {}", serde_json::to_string(labels).unwrap_or_default()),
+            now_ms,
+        )
+        .await?;
+        self.node(id).await
+    }
+
+    pub async fn set_hostname(&self, id: NodeId, hostname: &str, now_ms: i64) -> Result<Node, StoreError> {
+        let done = sqlx::query("UPDATE nodes SET hostname = ?, updated_at_ms = ? WHERE id = ?")
+            .bind(hostname)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchNode(id.to_string()));
+        }
+        self.node(id).await
+    }
+
+    /// Forget a node, its boots and events. Its lease stays until it expires: the
+    /// address may still be in use.
+    pub async fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM nodes WHERE id = ?").bind(id).execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchNode(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The next boot loads afresh: any boot in progress is superseded, the failure
+    /// count is cleared, and the node waits for its next PXE boot.
+    pub async fn reprovision(&self, id: NodeId, now_ms: i64) -> Result<Node, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let node = node_in(&mut tx, id).await?;
+        sqlx::query(
+            "UPDATE boots SET outcome = 'superseded', finished_at_ms = ? WHERE node_id = ? AND finished_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE nodes SET failures = 0, current_boot_id = NULL, maintenance_reason = NULL WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let next = if node.profile.is_some() { NodeState::Assigned } else { NodeState::Discovered };
+        move_state(&mut tx, id, None, next, "reprovision requested: the next boot loads afresh", now_ms).await?;
+        tx.commit().await?;
+        self.node(id).await
+    }
+
+    /// Put a node in maintenance (it is told not to boot), or take it out.
+    pub async fn set_maintenance(&self, id: NodeId, reason: Option<&str>, now_ms: i64) -> Result<Node, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let node = node_in(&mut tx, id).await?;
+        match reason {
+            Some(reason) => {
+                sqlx::query("UPDATE nodes SET maintenance_reason = ? WHERE id = ?")
+                    .bind(reason)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                if node.state != NodeState::Maintenance {
+                    move_state(
+                        &mut tx,
+                        id,
+                        node.current_boot_id,
+                        NodeState::Maintenance,
+                        &format!("maintenance: {reason}"),
+                        now_ms,
+                    )
+                    .await?;
+                }
+            }
+            None => {
+                sqlx::query("UPDATE nodes SET maintenance_reason = NULL, failures = 0 WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                if node.state == NodeState::Maintenance {
+                    let next = if node.profile.is_some() { NodeState::Assigned } else { NodeState::Discovered };
+                    move_state(&mut tx, id, None, next, "maintenance ended", now_ms).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        self.node(id).await
+    }
+
+    /// A boot that overran its phase timeout: fail it (the watchdog's move).
+    pub async fn fail_boot(&self, id: NodeId, boot: BootId, reason: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.agent_transition(id, boot, NodeState::Failed, reason, now_ms).await
+    }
+
+    /// Give a discovery boot the profile and image it now has: the boot continues
+    /// with them, and the node moves to `assigned`.
+    pub async fn pin_boot(
+        &self,
+        node: NodeId,
+        boot: BootId,
+        profile: &str,
+        image: &BootImage,
+        why: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let current = node_in(&mut tx, node).await?;
+        if current.current_boot_id != Some(boot) {
+            return Err(StoreError::StaleBoot(boot));
+        }
+        sqlx::query(
+            "UPDATE boots SET profile = ?, image_name = ?, image_digest = ?, image_size = ?, image_format = ? WHERE id = ?",
+        )
+        .bind(profile)
+        .bind(&image.name)
+        .bind(&image.digest)
+        .bind(image.size as i64)
+        .bind(&image.format)
+        .bind(boot)
+        .execute(&mut *tx)
+        .await?;
+        if current.state == NodeState::Discovered {
+            let message = format!("profile {profile} chosen ({why})");
+            move_state(&mut tx, node, Some(boot), NodeState::Assigned, &message, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Start a discovery boot: no profile yet, the node stays `discovered` and its
+    /// agent waits for an assignment.
+    pub async fn start_discovery_boot(
+        &self,
+        node: NodeId,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<BootId, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "UPDATE boots SET outcome = 'superseded', finished_at_ms = ? WHERE node_id = ? AND finished_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(node)
+        .execute(&mut *tx)
+        .await?;
+        let boot: BootId = sqlx::query(
+            "INSERT INTO boots (node_id, token_hash, profile, started_at_ms) VALUES (?, ?, '', ?) RETURNING id",
+        )
+        .bind(node)
+        .bind(token_hash)
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        sqlx::query("UPDATE nodes SET current_boot_id = ? WHERE id = ?")
+            .bind(boot)
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO events (node_id, boot_id, at_ms, kind, message) VALUES (?, ?, ?, 'info', ?)")
+            .bind(node)
+            .bind(boot)
+            .bind(now_ms)
+            .bind("discovery boot: no profile yet; stage one reports its inventory and waits for an assignment")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(boot)
+    }
+
+    /// Nodes in `state` since before `before_ms`, with a current boot.
+    pub async fn nodes_in_state_since(&self, state: NodeState, before_ms: i64) -> Result<Vec<Node>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM nodes WHERE state = ? AND state_since_ms < ? AND current_boot_id IS NOT NULL")
+                .bind(state.as_str())
+                .bind(before_ms)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    pub async fn count_by_state(&self) -> Result<BTreeMap<NodeState, i64>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM nodes GROUP BY state").fetch_all(&self.pool).await?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            out.insert(state.parse().map_err(corrupt)?, row.try_get("n")?);
+        }
+        Ok(out)
+    }
+
+    /// Events of every node, oldest first, newer than `after_id`.
+    pub async fn all_events(&self, after_id: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?")
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Is `image` pinned by a boot still in progress?
+    pub async fn image_in_current_boot(&self, image: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 FROM boots JOIN nodes ON nodes.current_boot_id = boots.id
+             WHERE boots.image_name = ? AND boots.finished_at_ms IS NULL LIMIT 1",
+        )
+        .bind(image)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// The newest `last` events (of one node, or of all), oldest first.
+    pub async fn recent_events(&self, node: Option<NodeId>, last: i64) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM events WHERE (? IS NULL OR node_id = ?) ORDER BY id DESC LIMIT ?) ORDER BY id",
+        )
+        .bind(node)
+        .bind(node)
+        .bind(last)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    pub async fn last_event_id(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM events").fetch_one(&self.pool).await?;
+        Ok(row.try_get("id")?)
+    }
+
+    // ---- admin API tokens ----
+
+    pub async fn has_admin_token(&self) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT 1 FROM api_tokens WHERE role = 'admin' LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
+    pub async fn create_token(&self, name: &str, role: Role, token_hash: &str, now_ms: i64) -> Result<(), StoreError> {
+        let result = sqlx::query("INSERT INTO api_tokens (name, role, token_hash, created_at_ms) VALUES (?, ?, ?, ?)")
+            .bind(name)
+            .bind(role.as_str())
+            .bind(token_hash)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await;
+        match result {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::DuplicateToken(name.to_string()))
+            }
+            other => other.map(|_| ()).map_err(StoreError::from),
+        }
+    }
+
+    /// The role a token hash grants, if any.
+    pub async fn token_role(&self, token_hash: &str) -> Result<Option<Role>, StoreError> {
+        let row = sqlx::query("SELECT role FROM api_tokens WHERE token_hash = ?")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            None => None,
+            Some(row) => match row.try_get::<String, _>("role")?.as_str() {
+                "admin" => Some(Role::Admin),
+                "read" => Some(Role::Read),
+                other => return Err(corrupt(format!("token role {other:?}"))),
+            },
+        })
+    }
+}
+
+async fn node_in(tx: &mut Tx<'_>, id: NodeId) -> Result<Node, StoreError> {
+    let row = sqlx::query("SELECT * FROM nodes WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
+    node_from_row(&row)
+}
+
+async fn assign_in(tx: &mut Tx<'_>, id: NodeId, profile: Option<&str>, now_ms: i64) -> Result<(), StoreError> {
+    let node = node_in(tx, id).await?;
+    sqlx::query("UPDATE nodes SET profile = ?, updated_at_ms = ? WHERE id = ?")
+        .bind(profile)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    let message = match profile {
+        Some(p) => format!("profile {p} assigned"),
+        None => "profile assignment cleared".to_string(),
+    };
+    match node.state {
+        NodeState::Discovered | NodeState::Assigned | NodeState::Failed | NodeState::Ready => {
+            let next = if profile.is_some() { NodeState::Assigned } else { NodeState::Discovered };
+            move_state(tx, id, None, next, &message, now_ms).await?;
+        }
+        // Mid-boot or in maintenance: the change applies to the next boot.
+        _ => {
+            sqlx::query("INSERT INTO events (node_id, at_ms, kind, message) VALUES (?, ?, 'info', ?)")
+                .bind(id)
+                .bind(now_ms)
+                .bind(format!("{message}; applies to the next boot"))
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 fn lease_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Lease, StoreError> {
@@ -543,15 +1005,15 @@ mod tests {
     async fn lease_commit_creates_node_and_moves_address() {
         let (s, _d) = store().await;
         let ip1 = Ipv4Addr::new(10, 0, 0, 5);
-        let id = s.commit_lease(MAC, ip1, 500, 1).await.unwrap();
+        let id = s.commit_lease(MAC, ip1, 500, None, 1).await.unwrap();
         assert_eq!(s.node(id).await.unwrap().ip.as_deref(), Some("10.0.0.5"));
         // The same MAC moving to a new address ends its old lease.
-        s.commit_lease(MAC, Ipv4Addr::new(10, 0, 0, 6), 600, 2).await.unwrap();
+        s.commit_lease(MAC, Ipv4Addr::new(10, 0, 0, 6), 600, Some("bios"), 2).await.unwrap();
         let active = s.active_leases(0).await.unwrap();
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].ip, Ipv4Addr::new(10, 0, 0, 6));
         // Another MAC taking over an address replaces the row: never two leases per IP.
-        s.commit_lease(MacAddr([2, 0, 0, 0, 0, 2]), Ipv4Addr::new(10, 0, 0, 6), 700, 3).await.unwrap();
+        s.commit_lease(MacAddr([2, 0, 0, 0, 0, 2]), Ipv4Addr::new(10, 0, 0, 6), 700, None, 3).await.unwrap();
         let active = s.active_leases(0).await.unwrap();
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].mac, MacAddr([2, 0, 0, 0, 0, 2]));
@@ -562,7 +1024,7 @@ mod tests {
         let (s, _d) = store().await;
         let node = s.ensure_node(MAC, 1000).await.unwrap();
         assert_eq!(node.state, NodeState::Discovered);
-        let boot = s.start_boot(node.id, "tiny", None, "hash1", 2000).await.unwrap();
+        let boot = s.start_boot(node.id, "tiny", None, "hash1", 2000, "test").await.unwrap();
         s.agent_transition(node.id, boot, NodeState::Stage1, "hello", 5000).await.unwrap();
         s.agent_transition(node.id, boot, NodeState::Loading, "fetch", 6000).await.unwrap();
         let err = s.agent_transition(node.id, boot, NodeState::Stage1, "again", 6500).await.unwrap_err();
@@ -590,9 +1052,9 @@ mod tests {
     async fn a_new_boot_supersedes_the_old_token() {
         let (s, _d) = store().await;
         let node = s.ensure_node(MAC, 0).await.unwrap();
-        let first = s.start_boot(node.id, "tiny", None, "h1", 1).await.unwrap();
+        let first = s.start_boot(node.id, "tiny", None, "h1", 1, "test").await.unwrap();
         assert!(s.boot_by_token_hash("h1").await.unwrap().is_some());
-        s.start_boot(node.id, "tiny", None, "h2", 2).await.unwrap();
+        s.start_boot(node.id, "tiny", None, "h2", 2, "test").await.unwrap();
         assert!(s.boot_by_token_hash("h1").await.unwrap().is_none(), "old token is dead");
         let err = s.agent_transition(node.id, first, NodeState::Stage1, "late", 3).await.unwrap_err();
         assert!(matches!(err, StoreError::StaleBoot(_)));

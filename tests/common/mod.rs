@@ -6,13 +6,15 @@
 use ramboot::config::Config;
 use ramboot::http::{router, AppState};
 use ramboot::images::{ImageKind, ImageStore, Manifest};
-use ramboot::store::Store;
+use ramboot::store::{Role, Store};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 pub struct TestServer {
     pub base: String,
+    pub admin: String,
+    pub reader: String,
     pub dir: tempfile::TempDir,
     pub rootfs: Vec<u8>,
     pub rootfs_digest: String,
@@ -45,6 +47,16 @@ fn write_image(store: &ImageStore, dir: &Path, name: &str, kind: ImageKind, file
 
 impl TestServer {
     pub fn start() -> TestServer {
+        Self::start_with(Some("tiny"), &[], "")
+    }
+
+    /// A server with `default_profile`, extra profile files (name, YAML), and extra
+    /// config lines.
+    pub fn start_with(
+        default_profile: Option<&str>,
+        extra_profiles: &[(&str, &str)],
+        extra_config: &str,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("profiles")).unwrap();
@@ -53,10 +65,17 @@ impl TestServer {
             "name: tiny\nstage1: stage1\nimage: tiny\nkernel_args: [console=ttyS0]\n",
         )
         .unwrap();
-        std::fs::write(root.join("profiles/ghost.yaml"), "name: ghost\nstage1: stage1\nimage: not-built\n").unwrap();
-        let config_text = "interface: lo\nserver_address: 127.0.0.1\nhttp:\n  listen: 127.0.0.1:0\n\
-             dhcp:\n  subnet: 127.0.0.0/8\n  range: [127.0.0.100, 127.0.0.200]\ndefault_profile: tiny\n";
-        let config = Config::parse(&root.join("ramboot.yaml"), config_text).unwrap();
+        for (name, text) in extra_profiles {
+            std::fs::write(root.join(format!("profiles/{name}.yaml")), text).unwrap();
+        }
+        let mut config_text = "interface: lo\nserver_address: 127.0.0.1\nhttp:\n  listen: 127.0.0.1:0\n\
+             dhcp:\n  subnet: 127.0.0.0/8\n  range: [127.0.0.100, 127.0.0.200]\n"
+            .to_string();
+        if let Some(p) = default_profile {
+            config_text.push_str(&format!("default_profile: {p}\n"));
+        }
+        config_text.push_str(extra_config);
+        let config = Config::parse(&root.join("ramboot.yaml"), &config_text).unwrap();
         let images = ImageStore::new(config.paths.images());
         let rootfs = pattern(3 * 1024 * 1024 + 17);
         write_image(
@@ -68,14 +87,23 @@ impl TestServer {
         );
         write_image(&images, root, "tiny", ImageKind::Rootfs, &[("rootfs", "squashfs", &rootfs)]);
         let rootfs_digest = images.manifest("tiny").unwrap().artifacts["rootfs"].digest.to_string();
-        let profiles = ramboot::profiles::load_dir(&config.paths.profiles).unwrap();
+        let profiles = ramboot::profiles::LiveProfiles::load(&config.paths.profiles, &images).unwrap();
+        let (admin, reader) = (ramboot::token::generate().unwrap(), ramboot::token::generate().unwrap());
+        let tokens = [
+            ("admin", Role::Admin, ramboot::token::hash(&admin)),
+            ("reader", Role::Read, ramboot::token::hash(&reader)),
+        ];
 
         let (tx, rx) = std::sync::mpsc::channel();
         let runtime = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 std::fs::create_dir_all(&config.paths.data).unwrap();
+                ramboot::http::metrics::handle();
                 let store = Store::open(&config.database_url).await.unwrap();
+                for (name, role, hash) in tokens {
+                    store.create_token(name, role, &hash, 0).await.unwrap();
+                }
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let mut config = config;
                 config.http_listen = listener.local_addr().unwrap();
@@ -85,11 +113,19 @@ impl TestServer {
             });
         });
         let addr = rx.recv().unwrap();
-        TestServer { base: format!("http://{addr}"), dir, rootfs, rootfs_digest, _runtime: runtime }
+        TestServer { base: format!("http://{addr}"), admin, reader, dir, rootfs, rootfs_digest, _runtime: runtime }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    pub fn admin_auth(&self) -> String {
+        format!("Bearer {}", self.admin)
+    }
+
+    pub fn read_auth(&self) -> String {
+        format!("Bearer {}", self.reader)
     }
 }
 
@@ -107,14 +143,34 @@ pub fn call(req: ureq::Request) -> (u16, String) {
 }
 
 pub fn send_json(req: ureq::Request, body: serde_json::Value) -> (u16, String) {
+    let shown: String = body.to_string().chars().take(120).collect();
     match req.send_json(body) {
         Ok(r) => (r.status(), r.into_string().unwrap()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
-        Err(e) => panic!("transport error: {e}"),
+        Err(e) => panic!("transport error: {e} (sending {shown})"),
     }
 }
 
 /// The per-boot token the iPXE script passes on the kernel command line.
 pub fn token_of(script: &str) -> String {
     script.split_whitespace().find_map(|w| w.strip_prefix("ramboot.token=")).expect("script has a token").to_string()
+}
+
+/// Send a body over the server's limit. The server answers 413 and closes as soon
+/// as the limit is passed, so a client still writing may see the connection cut
+/// instead: both are a refusal. Returns the error code of a 413, or "cut".
+pub fn send_oversize(req: ureq::Request, body: serde_json::Value) -> String {
+    match req.send_json(body) {
+        Ok(r) => panic!("oversize body accepted with {}", r.status()),
+        Err(ureq::Error::Status(413, r)) => {
+            let v: serde_json::Value = r.into_json().unwrap();
+            v["error"]["code"].as_str().unwrap().to_string()
+        }
+        Err(ureq::Error::Status(code, _)) => panic!("oversize body answered {code}, not 413"),
+        Err(ureq::Error::Transport(t)) => {
+            let text = t.to_string();
+            assert!(text.contains("Broken pipe") || text.contains("reset"), "unexpected transport error: {text}");
+            "cut".to_string()
+        }
+    }
 }

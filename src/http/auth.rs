@@ -1,0 +1,95 @@
+//! Who may call what. Admin API calls carry a bearer token from `api_tokens` (stored
+//! hashed) with a role: `read` for GETs, `admin` for changes. Per-boot tokens live in
+//! `boots` and are never found here, so a node can never act as an operator.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::store::{Role, Store, StoreError};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The token of an `Authorization: Bearer` header, if any.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// A caller holding a valid admin-API token.
+pub struct Operator {
+    pub role: Role,
+}
+
+impl Operator {
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::Read => {
+                Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs a token with the admin role"))
+            }
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("an API bearer token is required"))?;
+        match state.store.token_role(&crate::token::hash(token)).await? {
+            Some(role) => Ok(Operator { role }),
+            None => Err(ApiError::unauthorized("unknown API token")),
+        }
+    }
+}
+
+/// Where the first admin token is written.
+pub fn admin_token_path(data: &Path) -> PathBuf {
+    data.join("admin.token")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing the admin token to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("generating a token: {0}")]
+    Random(#[from] crate::token::TokenError),
+}
+
+/// On a server's first start, create an admin token and write it (mode 0600, created
+/// exclusively) where only root can read it. Returns the path when it did.
+pub async fn bootstrap_admin_token(store: &Store, data: &Path, now_ms: i64) -> Result<Option<PathBuf>, BootstrapError> {
+    if store.has_admin_token().await? {
+        return Ok(None);
+    }
+    let token = crate::token::generate()?;
+    let path = admin_token_path(data);
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A stale file from an older database is replaced, never appended to.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        f.write_all(format!("{token}\n").as_bytes())?;
+        f.sync_all()
+    };
+    write().map_err(|source| BootstrapError::Write { path: path.clone(), source })?;
+    store.create_token("admin", Role::Admin, &crate::token::hash(&token), now_ms).await?;
+    Ok(Some(path))
+}

@@ -1,0 +1,66 @@
+//! Prometheus metrics. Counters and histograms are recorded where things happen
+//! (DHCP decisions, TFTP sessions, artifact bytes, phase moves, profile reloads);
+//! node counts by state are read from the store at scrape time.
+//!
+//! Names follow Prometheus conventions: `ramboot_` prefix, base units (seconds,
+//! bytes), `_total` for counters.
+
+use super::AppState;
+use crate::node::NodeState;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Boot phases last seconds to minutes under TCG or on real iron.
+const PHASE_BUCKETS: &[f64] = &[0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0, 600.0];
+
+/// Install the process-wide recorder once; later calls reuse it (tests start many servers).
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let matcher = Matcher::Full("ramboot_boot_phase_duration_seconds".into());
+        // Only an empty bucket list is refused, and ours is a non-empty constant.
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(matcher, PHASE_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may exist (a test harness); ours still renders what it recorded.
+        let _ = metrics::set_global_recorder(recorder);
+        metrics::gauge!("ramboot_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    metrics::describe_counter!("ramboot_dhcp_messages_total", "DHCP messages handled, by request type and outcome");
+    metrics::describe_counter!("ramboot_tftp_sessions_total", "TFTP read requests, by outcome");
+    metrics::describe_counter!("ramboot_tftp_bytes_total", "Bytes of files opened for TFTP transfer");
+    metrics::describe_counter!("ramboot_http_artifact_bytes_total", "Artifact bytes sent over HTTP");
+    metrics::describe_gauge!("ramboot_http_artifact_downloads_in_flight", "Artifact downloads in progress");
+    metrics::describe_gauge!("ramboot_nodes", "Nodes by lifecycle state");
+    metrics::describe_histogram!("ramboot_boot_phase_duration_seconds", "Time spent in each boot phase, by profile");
+    metrics::describe_counter!("ramboot_profile_reloads_total", "Profile directory reloads, by outcome");
+    metrics::describe_gauge!("ramboot_build_info", "Build information (value is always 1)");
+}
+
+/// Time a node spent in `phase` before moving on.
+pub fn record_phase(profile: &str, phase: NodeState, ms: i64) {
+    let profile = if profile.is_empty() { "(discovery)".to_string() } else { profile.to_string() };
+    metrics::histogram!("ramboot_boot_phase_duration_seconds", "phase" => phase.as_str(), "profile" => profile)
+        .record(ms.max(0) as f64 / 1000.0);
+}
+
+pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
+    let handle = handle();
+    if let Ok(counts) = state.store.count_by_state().await {
+        for s in NodeState::ALL {
+            metrics::gauge!("ramboot_nodes", "state" => s.as_str()).set(counts.get(&s).copied().unwrap_or(0) as f64);
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render())
+}

@@ -1,0 +1,371 @@
+//! The operator surface over real HTTP: auth and roles, node CRUD and pagination,
+//! bad bodies, maintenance, retries with backoff, discovery with selectors, per-node
+//! overlays, the event log and its stream, OpenAPI and Prometheus metrics.
+
+mod common;
+
+use common::{agent, call, send_json, token_of, TestServer};
+
+use serde_json::{json, Value};
+
+fn error_code(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}")).to_string()
+}
+
+struct Api<'a> {
+    srv: &'a TestServer,
+    http: ureq::Agent,
+    auth: String,
+}
+
+impl<'a> Api<'a> {
+    fn admin(srv: &'a TestServer) -> Self {
+        Api { srv, http: agent(), auth: srv.admin_auth() }
+    }
+    fn reader(srv: &'a TestServer) -> Self {
+        Api { srv, http: agent(), auth: srv.read_auth() }
+    }
+    fn get(&self, path: &str) -> (u16, String) {
+        call(self.http.get(&self.srv.url(&format!("/api/v1{path}"))).set("Authorization", &self.auth))
+    }
+    fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+    fn send(&self, method: &str, path: &str, body: Value) -> (u16, String) {
+        send_json(
+            self.http.request(method, &self.srv.url(&format!("/api/v1{path}"))).set("Authorization", &self.auth),
+            body,
+        )
+    }
+    fn delete(&self, path: &str) -> (u16, String) {
+        call(self.http.delete(&self.srv.url(&format!("/api/v1{path}"))).set("Authorization", &self.auth))
+    }
+}
+
+/// Run a node's boot as its agent would, up to `until` (a reported state).
+fn boot(srv: &TestServer, mac: &str) -> String {
+    let (status, script) = call(agent().get(&srv.url(&format!("/boot.ipxe?mac={mac}"))));
+    assert_eq!(status, 200);
+    script
+}
+
+fn report(srv: &TestServer, token: &str, state: &str) -> u16 {
+    send_json(
+        agent().post(&srv.url("/boot/v1/events")).set("Authorization", &format!("Bearer {token}")),
+        json!({"state": state, "message": format!("agent says {state}"), "progress": null}),
+    )
+    .0
+}
+
+fn hello(srv: &TestServer, token: &str, serial: &str) -> u16 {
+    send_json(
+        agent().post(&srv.url("/boot/v1/hello")).set("Authorization", &format!("Bearer {token}")),
+        json!({"cpus": 1, "memory_bytes": 1u64 << 30, "nics": [], "dmi": {"serial": serial}}),
+    )
+    .0
+}
+
+#[test]
+fn every_api_route_needs_a_token_and_changes_need_admin() {
+    let srv = TestServer::start();
+    let http = agent();
+    for path in ["/nodes", "/nodes/1", "/profiles", "/profiles/errors", "/images", "/leases", "/events"] {
+        let (status, body) = call(http.get(&srv.url(&format!("/api/v1{path}"))));
+        assert_eq!((status, error_code(&body).as_str()), (401, "unauthorized"), "{path}");
+        let (status, _) = call(http.get(&srv.url(&format!("/api/v1{path}"))).set("Authorization", "Bearer wrong"));
+        assert_eq!(status, 401, "{path}");
+    }
+    // A per-boot token is not an API token.
+    let boot_token = token_of(&boot(&srv, "52:54:00:00:00:01"));
+    let (status, _) = call(http.get(&srv.url("/api/v1/nodes")).set("Authorization", &format!("Bearer {boot_token}")));
+    assert_eq!(status, 401);
+    // And an API token is not a boot token.
+    let (status, _) = call(http.get(&srv.url("/boot/v1/plan")).set("Authorization", &srv.admin_auth()));
+    assert_eq!(status, 401);
+
+    let reader = Api::reader(&srv);
+    assert_eq!(reader.get("/nodes").0, 200);
+    for (method, path, body) in [
+        ("POST", "/nodes", json!({"mac": "52:54:00:00:00:02"})),
+        ("PATCH", "/nodes/1", json!({"hostname": "x"})),
+        ("POST", "/nodes/1/reprovision", json!({})),
+        ("POST", "/nodes/1/maintenance", json!({"enabled": true})),
+    ] {
+        let (status, body) = reader.send(method, path, body);
+        assert_eq!((status, error_code(&body).as_str()), (403, "forbidden"), "{method} {path}");
+    }
+    assert_eq!(reader.delete("/nodes/1").0, 403);
+    assert_eq!(reader.delete("/images/tiny").0, 403);
+}
+
+#[test]
+fn nodes_crud_with_validation() {
+    let srv = TestServer::start();
+    let api = Api::admin(&srv);
+    let (status, body) =
+        api.send("POST", "/nodes", json!({"mac": "52:54:00:AA:00:01", "hostname": "web-1", "labels": {"rack": "r1"}}));
+    assert_eq!(status, 201, "{body}");
+    let node: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((node["mac"].as_str(), node["state"].as_str()), (Some("52:54:00:aa:00:01"), Some("discovered")));
+    let id = node["id"].as_i64().unwrap();
+
+    let (status, body) = api.send("POST", "/nodes", json!({"mac": "52:54:00:aa:00:01"}));
+    assert_eq!((status, error_code(&body).as_str()), (409, "conflict"), "{body}");
+    for bad in [
+        json!({"mac": "not-a-mac"}),
+        json!({"mac": 5}),
+        json!({"mac": "52:54:00:aa:00:02", "colour": "red"}),
+        json!({"mac": "52:54:00:aa:00:02", "labels": {"rack": 1}}),
+    ] {
+        let (status, body) = api.send("POST", "/nodes", bad.clone());
+        assert_eq!((status, error_code(&body).as_str()), (422, "bad_body"), "{bad}: {body}");
+    }
+    for bad in [
+        json!({"mac": "52:54:00:aa:00:02", "hostname": "bad_name"}),
+        json!({"mac": "52:54:00:aa:00:02", "profile": "nope"}),
+        json!({"mac": "52:54:00:aa:00:02", "labels": {"a b": "c"}}),
+    ] {
+        let (status, body) = api.send("POST", "/nodes", bad.clone());
+        assert_eq!((status, error_code(&body).as_str()), (422, "invalid"), "{bad}: {body}");
+    }
+    let oversize = json!({"mac": "52:54:00:aa:00:02", "hostname": "x".repeat(300 * 1024)});
+    let req = agent().post(&srv.url("/api/v1/nodes")).set("Authorization", &srv.admin_auth());
+    assert!(matches!(common::send_oversize(req, oversize).as_str(), "bad_body" | "cut"));
+
+    // By id and by MAC; patch; assign and clear.
+    assert_eq!(api.json(&format!("/nodes/{id}"))["node"]["hostname"], "web-1");
+    assert_eq!(api.json("/nodes/52:54:00:aa:00:01")["node"]["id"], id);
+    let (status, body) =
+        api.send("PATCH", &format!("/nodes/{id}"), json!({"labels": {"rack": "r2", "role": "db"}, "hostname": "db-1"}));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api.send("PATCH", &format!("/nodes/{id}"), json!({"profile": "tiny"}));
+    assert_eq!(status, 200, "{body}");
+    let node: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((node["profile"].as_str(), node["state"].as_str()), (Some("tiny"), Some("assigned")));
+    assert_eq!(node["labels"], json!({"rack": "r2", "role": "db"}));
+    let (status, body) = api.send("PATCH", &format!("/nodes/{id}"), json!({"profile": null}));
+    let node: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, node["profile"].clone(), node["state"].as_str()), (200, Value::Null, Some("discovered")));
+    let (status, body) = api.send("PATCH", &format!("/nodes/{id}"), json!({"profile": "ghost"}));
+    assert_eq!((status, error_code(&body).as_str()), (422, "invalid"));
+    let (status, _) = api.send("PATCH", "/nodes/999", json!({"hostname": "x"}));
+    assert_eq!(status, 404);
+
+    let timeline = api.json(&format!("/nodes/{id}/events"));
+    let messages: Vec<&str> = timeline.as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert!(
+        messages.contains(&"profile tiny assigned") && messages.contains(&"profile assignment cleared"),
+        "{messages:?}"
+    );
+
+    assert_eq!(api.delete(&format!("/nodes/{id}")).0, 204);
+    assert_eq!(api.get(&format!("/nodes/{id}")).0, 404);
+    assert_eq!(api.delete(&format!("/nodes/{id}")).0, 404);
+}
+
+#[test]
+fn node_lists_page_and_filter() {
+    let srv = TestServer::start();
+    let api = Api::admin(&srv);
+    for i in 0..7 {
+        let labels = if i % 2 == 0 { json!({"rack": "even"}) } else { json!({"rack": "odd"}) };
+        let (status, _) =
+            api.send("POST", "/nodes", json!({"mac": format!("52:54:00:bb:00:{i:02x}"), "labels": labels}));
+        assert_eq!(status, 201);
+    }
+    let mut seen = vec![];
+    let mut after = 0;
+    loop {
+        let page = api.json(&format!("/nodes?limit=3&after={after}"));
+        let ids: Vec<i64> = page["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_i64().unwrap()).collect();
+        assert!(ids.len() <= 3);
+        seen.extend(ids);
+        match page["next_after"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=7).collect::<Vec<_>>());
+    // A full last page points to an empty one: the edge is well defined.
+    let page = api.json("/nodes?limit=7");
+    assert_eq!(page["next_after"], 7);
+    assert_eq!(api.json("/nodes?after=7")["nodes"], json!([]));
+    assert_eq!(api.json("/nodes?label=rack=odd")["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(api.json("/nodes?state=discovered")["nodes"].as_array().unwrap().len(), 7);
+    assert_eq!(api.json("/nodes?state=ready")["nodes"], json!([]));
+    for bad in ["limit=0", "limit=501", "after=-1", "state=sleepy", "label=novalue", "limit=x", "bogus=1"] {
+        let (status, body) = api.get(&format!("/nodes?{bad}"));
+        assert_eq!((status, error_code(&body).as_str()), (400, "bad_request"), "{bad}: {body}");
+    }
+}
+
+#[test]
+fn maintenance_retries_and_reprovision_shape_the_boot_script() {
+    let srv = TestServer::start();
+    let api = Api::admin(&srv);
+    let mac = "52:54:00:cc:00:01";
+    let token = token_of(&boot(&srv, mac));
+    assert_eq!(report(&srv, &token, "failed"), 204);
+    let node = api.json(&format!("/nodes/{mac}"))["node"].clone();
+    assert_eq!((node["state"].as_str(), node["failures"].as_i64()), (Some("failed"), Some(1)));
+    // The next boot backs off first.
+    let script = boot(&srv, mac);
+    assert!(
+        script.contains("failed 1 boot(s) in a row; retrying in 15 seconds") && script.contains("sleep 15"),
+        "{script}"
+    );
+    // Fail it to the limit (5 by default): then it is not retried any more.
+    for _ in 0..5 {
+        let token = token_of(&boot(&srv, mac));
+        assert_eq!(report(&srv, &token, "failed"), 204);
+    }
+    let script = boot(&srv, mac);
+    assert!(script.contains("6 boots failed in a row; reprovision the node") && !script.contains("kernel"), "{script}");
+    let (status, body) = api.send("POST", &format!("/nodes/{mac}/reprovision"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    let script = boot(&srv, mac);
+    assert!(script.contains("kernel") && !script.contains("sleep"), "{script}");
+
+    let (status, body) =
+        api.send("POST", &format!("/nodes/{mac}/maintenance"), json!({"enabled": true, "reason": "disk swap"}));
+    assert_eq!(status, 200, "{body}");
+    let script = boot(&srv, mac);
+    assert!(script.contains("in maintenance (disk swap)") && !script.contains("kernel"), "{script}");
+    let (_, body) = api.send("POST", &format!("/nodes/{mac}/maintenance"), json!({"enabled": false}));
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["state"], "discovered");
+    assert!(boot(&srv, mac).contains("kernel"));
+    let (status, _) = api.send("POST", &format!("/nodes/{mac}/maintenance"), json!({"enabled": "yes"}));
+    assert_eq!(status, 422);
+}
+
+const SELECTED: &str = "name: by-serial\nstage1: stage1\nimage: tiny\nselectors:\n  - serial: SN-42\n\
+    vars: {site: lab}\nfiles:\n  - path: /etc/motd\n    template: \"{{ node.hostname }} at {{ vars.site }} ({{ node.inventory.dmi.serial }})\"\n\
+\x20 - path: /etc/ramboot/secret\n    mode: \"0600\"\n    template: \"{{ secret('cluster') }}\"\n";
+
+#[test]
+fn discovery_waits_for_a_selector_or_an_assignment_and_overlays_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.yaml");
+    std::fs::write(&secrets, "cluster: s3cr3t\n").unwrap();
+    let srv = TestServer::start_with(None, &[("by-serial", SELECTED)], &format!("secrets: {}\n", secrets.display()));
+    let api = Api::admin(&srv);
+
+    // Unknown node, no default profile: a discovery boot of stage one.
+    let script = boot(&srv, "52:54:00:dd:00:01");
+    assert!(script.contains("profile (discovery)") && script.contains("/vmlinuz"), "{script}");
+    let token = token_of(&script);
+    let plan =
+        |token: &str| call(agent().get(&srv.url("/boot/v1/plan")).set("Authorization", &format!("Bearer {token}")));
+    // Its inventory names serial SN-42: the selector picks it up within the same boot.
+    assert_eq!(hello(&srv, &token, "SN-42"), 204);
+    let (status, body) = plan(&token);
+    assert_eq!(status, 200, "{body}");
+    let p: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(p["profile"], "by-serial");
+    let overlay_url = p["overlay_url"].as_str().expect("profile has files");
+    let node = api.json("/nodes/52:54:00:dd:00:01")["node"].clone();
+    assert_eq!(node["state"], "assigned");
+
+    // The overlay: rendered from the node's facts, profile vars and secrets.
+    let resp = agent().get(overlay_url).set("Authorization", &format!("Bearer {token}")).call().unwrap();
+    assert_eq!(resp.header("content-type"), Some("application/x-tar"));
+    let mut bytes = vec![];
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
+    let mut archive = tar::Archive::new(bytes.as_slice());
+    let mut files = std::collections::BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut e = entry.unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+        files.insert(e.path().unwrap().to_string_lossy().into_owned(), (e.header().mode().unwrap(), text));
+    }
+    assert_eq!(files["etc/motd"].1, "node-525400dd0001 at lab (SN-42)");
+    assert_eq!(files["etc/ramboot/secret"], (0o600, "s3cr3t".to_string()));
+
+    // Another unknown node matches nothing: it waits (202) until an operator assigns it.
+    let token = token_of(&boot(&srv, "52:54:00:dd:00:02"));
+    assert_eq!(hello(&srv, &token, "SN-1"), 204);
+    let (status, body) = plan(&token);
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("retry_after_secs"), "{body}");
+    assert_eq!(api.send("PATCH", "/nodes/52:54:00:dd:00:02", json!({"profile": "tiny"})).0, 200);
+    let (status, body) = plan(&token);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["image"]["name"], "tiny");
+}
+
+#[test]
+fn profiles_images_and_leases_are_listed() {
+    let srv = TestServer::start();
+    let api = Api::reader(&srv);
+    let list = api.json("/profiles");
+    assert_eq!(list["profiles"][0]["name"], "tiny");
+    assert_eq!(list["errors"], json!([]));
+    assert_eq!(api.json("/profiles/tiny")["stage1"], "stage1");
+    assert_eq!(api.get("/profiles/nope").0, 404);
+    assert_eq!(api.json("/profiles/errors"), json!([]));
+    assert_eq!(api.json("/images/tiny")["kind"], "rootfs");
+    assert_eq!(api.get("/images/..%2Fetc").0, 400);
+    assert_eq!(api.json("/leases"), json!([]));
+    // An image a profile uses cannot be deleted.
+    let (status, body) = Api::admin(&srv).delete("/images/tiny");
+    assert_eq!((status, error_code(&body).as_str()), (409, "in_use"));
+    assert_eq!(Api::admin(&srv).delete("/images/nope").0, 404);
+}
+
+#[test]
+fn events_tail_and_stream() {
+    let srv = TestServer::start();
+    let api = Api::reader(&srv);
+    boot(&srv, "52:54:00:ee:00:01");
+    let all = api.json("/events?after=0");
+    assert!(all.as_array().unwrap().len() >= 2);
+    let last = api.json("/events?last=1");
+    assert_eq!(last.as_array().unwrap().len(), 1);
+    assert_eq!(last[0]["id"], all.as_array().unwrap().last().unwrap()["id"]);
+
+    // The stream from the start replays, then goes on live.
+    let resp =
+        agent().get(&srv.url("/api/v1/events/stream?after=0")).set("Authorization", &srv.read_auth()).call().unwrap();
+    assert_eq!(resp.header("content-type"), Some("text/event-stream"));
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(resp.into_reader()));
+    let first = lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("data:"))).unwrap().unwrap();
+    let event: Value = serde_json::from_str(first.trim_start_matches("data:").trim()).unwrap();
+    assert_eq!(event["id"], all[0]["id"]);
+}
+
+#[test]
+fn openapi_document_and_metrics() {
+    let srv = TestServer::start();
+    let doc: Value = agent().get(&srv.url("/api/v1/openapi.json")).call().unwrap().into_json().unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/api/v1/nodes", "/api/v1/nodes/{id}", "/api/v1/events/stream", "/api/v1/profiles/errors"] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    // A full boot, so the phase histogram has samples.
+    let mac = "52:54:00:ff:00:01";
+    let token = token_of(&boot(&srv, mac));
+    assert_eq!(hello(&srv, &token, "x"), 204);
+    for state in ["loading", "handoff", "ready"] {
+        assert_eq!(report(&srv, &token, state), 204);
+    }
+    let text = agent().get(&srv.url("/metrics")).call().unwrap().into_string().unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format");
+    let find = |name: &'static str| scrape.samples.iter().filter(move |s| s.metric == name);
+    assert_eq!(find("ramboot_build_info").count(), 1, "{text}");
+    let ready = find("ramboot_nodes").find(|s| s.labels.get("state") == Some("ready")).expect("nodes by state");
+    assert!(matches!(ready.value, prometheus_parse::Value::Gauge(v) if v >= 1.0), "{text}");
+    let phases: Vec<&str> = find("ramboot_boot_phase_duration_seconds")
+        .filter(|s| s.labels.get("profile") == Some("tiny"))
+        .filter_map(|s| s.labels.get("phase"))
+        .collect();
+    for phase in ["booting", "stage1", "loading", "handoff"] {
+        assert!(phases.contains(&phase), "histogram for {phase}: {text}");
+    }
+}
