@@ -324,7 +324,9 @@ pub fn build(store: &ImageStore, req: &BuildRequest) -> Result<Manifest, ImageEr
         std::fs::remove_dir_all(&out).map_err(io_err(&out))?;
     }
     std::fs::create_dir_all(&out).map_err(io_err(&out))?;
-    let cache = req.cache_dir.join("recipes").join(&req.recipe);
+    // One cache for every recipe: stage two runs on stage one's kernel, so the
+    // profile images must carry modules of the very same kernel package.
+    let cache = req.cache_dir.join("shared");
     std::fs::create_dir_all(&cache).map_err(io_err(&cache))?;
     let mut cmd = Command::new("bash");
     cmd.arg(&script).env("OUT", &out).env("CACHE", &cache);

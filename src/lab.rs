@@ -41,6 +41,8 @@ pub struct LabOptions {
     pub rebuild: bool,
     /// Write the node's final state and events (as the admin API returned them) here.
     pub report: Option<PathBuf>,
+    /// Boot the VM this many times (it is reset after each ready boot).
+    pub boots: u32,
 }
 
 /// Debian packages the lab needs, by the file that proves each is installed.
@@ -407,16 +409,16 @@ async fn run_in_namespace(
     let mac = "52:54:00:72:62:01";
     let mut qemu_cmd = Command::new("ip");
     qemu_cmd.args(["netns", "exec", netns, "qemu-system-x86_64", "-accel", "tcg"]);
-    qemu_cmd.args([
-        "-m",
-        &opts.memory_mb.to_string(),
-        "-nographic",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-        "-no-reboot",
-    ]);
+    // A monitor socket lets the lab power-cycle the VM between boots.
+    let monitor = dir.join("qemu.monitor");
+    let monitor_arg = format!("unix:{},server,nowait", monitor.display());
+    let memory = opts.memory_mb.to_string();
+    qemu_cmd.args(["-m", &memory, "-nographic", "-serial", "stdio", "-monitor", &monitor_arg]);
+    // One boot: a guest reboot (stage one gives up) ends QEMU, a quick failure signal.
+    // Several: QEMU must survive the resets (it also treats `system_reset` as exit).
+    if opts.boots <= 1 {
+        qemu_cmd.arg("-no-reboot");
+    }
     qemu_cmd.args(["-netdev", &format!("tap,id=n0,ifname={TAP},script=no,downscript=no")]);
     let rom = if opts.uefi { "efi-e1000.rom" } else { "pxe-e1000.rom" };
     qemu_cmd.args([
@@ -450,11 +452,22 @@ async fn run_in_namespace(
         console_log.display()
     );
 
-    let (outcome, qemu) = follow(&http, &base, mac, started, opts.timeout, qemu, interrupted).await;
-    let detail = http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok();
-    let detail: Option<NodeDetail> = detail.and_then(|body| serde_json::from_str(&body).ok());
-    if let Some(detail) = &detail {
-        print_timeline(&detail.events, detail.node.current_boot_id);
+    let mut qemu = qemu;
+    let mut progress = Follow::default();
+    let deadline = started + opts.timeout * opts.boots.max(1);
+    let mut outcome = Outcome::TimedOut;
+    for n in 1..=opts.boots.max(1) {
+        let (result, boot) = follow(&http, &base, mac, started, deadline, &mut qemu, &mut progress, interrupted).await;
+        let detail = http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok();
+        if let Some(detail) = detail.and_then(|body| serde_json::from_str::<NodeDetail>(&body).ok()) {
+            print_timeline(&detail.events, boot);
+        }
+        outcome = result;
+        if !matches!(outcome, Outcome::Ready) || n == opts.boots {
+            break;
+        }
+        println!("lab: boot {n} of {} is ready; resetting the VM for the next boot", opts.boots);
+        reset_vm(&monitor).await?;
     }
     if let (Some(path), Some(body)) = (&opts.report, http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok()) {
         std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?;
@@ -469,6 +482,7 @@ async fn run_in_namespace(
     };
     qemu.stop().await;
     server.stop().await;
+    let _ = std::fs::remove_file(&monitor);
     match outcome {
         Outcome::Ready => Ok(()),
         Outcome::Failed(reason) => {
@@ -507,40 +521,54 @@ async fn wait_for_server(http: &NetnsHttp, base: &str, err_log: &Path, data: &Pa
 }
 
 /// Print each new event as it happens until the node is ready or failed.
+/// Where following a node's events has got to, across boots.
+#[derive(Default)]
+struct Follow {
+    last_event: i64,
+    /// Boots already seen to the end: their late events do not end a later wait.
+    done: Vec<i64>,
+}
+
+/// Print each new event as it happens until a new boot of the node is ready or failed.
+#[allow(clippy::too_many_arguments)]
 async fn follow(
     http: &NetnsHttp,
     base: &str,
     mac: &str,
     started: Instant,
-    timeout: Duration,
-    mut qemu: Guarded,
+    deadline: Instant,
+    qemu: &mut Guarded,
+    state: &mut Follow,
     interrupted: &CancellationToken,
-) -> (Outcome, Guarded) {
-    let mut last_event = 0i64;
+) -> (Outcome, Option<i64>) {
     let mut boot_seen = None;
-    let deadline = started + timeout;
     loop {
         if let Ok(Some(status)) = qemu.child.try_wait() {
-            return (Outcome::VmExited(status.to_string()), qemu);
+            return (Outcome::VmExited(status.to_string()), boot_seen);
         }
         if Instant::now() > deadline {
-            return (Outcome::TimedOut, qemu);
+            return (Outcome::TimedOut, boot_seen);
         }
-        if let Ok(body) = http.get(format!("{base}/api/v1/nodes/{mac}/events?after={last_event}&limit=100")).await {
+        let url = format!("{base}/api/v1/nodes/{mac}/events?after={}&limit=100", state.last_event);
+        if let Ok(body) = http.get(url).await {
             if let Ok(events) = serde_json::from_str::<Vec<Event>>(&body) {
                 for e in &events {
-                    last_event = e.id;
+                    state.last_event = e.id;
                     let at = started.elapsed().as_secs_f64();
-                    let state = e.state.map(|s| s.as_str()).unwrap_or(&e.kind);
-                    println!("lab: {at:6.1}s  {state:<10} {}", e.message);
-                    if e.state == Some(NodeState::Booting) {
+                    let label = e.state.map(|s| s.as_str()).unwrap_or(&e.kind);
+                    println!("lab: {at:6.1}s  {label:<10} {}", e.message);
+                    if e.state == Some(NodeState::Booting) && e.boot_id.is_some_and(|b| !state.done.contains(&b)) {
                         boot_seen = e.boot_id;
                     }
                     if boot_seen.is_some() && e.boot_id == boot_seen {
-                        match e.state {
-                            Some(NodeState::Ready) => return (Outcome::Ready, qemu),
-                            Some(NodeState::Failed) => return (Outcome::Failed(e.message.clone()), qemu),
-                            _ => {}
+                        let end = match e.state {
+                            Some(NodeState::Ready) => Some(Outcome::Ready),
+                            Some(NodeState::Failed) => Some(Outcome::Failed(e.message.clone())),
+                            _ => None,
+                        };
+                        if let Some(end) = end {
+                            state.done.extend(boot_seen);
+                            return (end, boot_seen);
                         }
                     }
                 }
@@ -548,9 +576,18 @@ async fn follow(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = interrupted.cancelled() => return (Outcome::Interrupted, qemu),
+            _ = interrupted.cancelled() => return (Outcome::Interrupted, boot_seen),
         }
     }
+}
+
+/// Reset the VM (a power cycle): it PXE-boots again.
+async fn reset_vm(monitor: &Path) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut sock = tokio::net::UnixStream::connect(monitor).await.context("connecting to the QEMU monitor")?;
+    sock.write_all(b"system_reset\n").await?;
+    sock.flush().await?;
+    Ok(())
 }
 
 /// The per-phase timeline of the node's current boot.

@@ -55,6 +55,9 @@ enum Cmd {
         /// Write the node's final state and events (from the admin API) to this file.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Boot the VM this many times, resetting it after each ready boot.
+        #[arg(long, default_value_t = 1)]
+        boots: u32,
     },
     /// Manage nodes through a running server's admin API.
     Nodes {
@@ -257,7 +260,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Lab { once, profile, dir, repo, timeout, uefi, memory_mb, rebuild, report } => {
+        Cmd::Lab { once, profile, dir, repo, timeout, uefi, memory_mb, rebuild, report, boots } => {
             let opts = lab::LabOptions {
                 once,
                 profile,
@@ -268,6 +271,7 @@ fn main() -> Result<()> {
                 memory_mb,
                 rebuild,
                 report,
+                boots,
             };
             tokio::runtime::Runtime::new()?.block_on(lab::run(opts))
         }

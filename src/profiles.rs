@@ -156,6 +156,8 @@ impl Selector {
 pub struct LoadedProfile {
     pub profile: Profile,
     pub file: PathBuf,
+    /// Short SHA-256 of the file's text: which version of the profile a boot used.
+    pub revision: String,
     templates: minijinja::Environment<'static>,
 }
 
@@ -176,6 +178,10 @@ impl ProfileSet {
 
     pub fn iter(&self) -> impl Iterator<Item = (&Profile, &Path)> {
         self.profiles.values().map(|p| (&p.profile, p.file.as_path()))
+    }
+
+    pub fn loaded_iter(&self) -> impl Iterator<Item = &Arc<LoadedProfile>> {
+        self.profiles.values()
     }
 
     pub fn len(&self) -> usize {
@@ -372,7 +378,9 @@ fn load_one(file: &Path, text: &str, ctx: &Context) -> Result<LoadedProfile, Sou
         env.add_template_owned(f.path.clone(), source)
             .map_err(|e| invalid("files", format!("{}: template does not compile: {e}", f.path)))?;
     }
-    Ok(LoadedProfile { profile, file: file.to_path_buf(), templates: env })
+    use sha2::Digest as _;
+    let revision = hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6]);
+    Ok(LoadedProfile { profile, file: file.to_path_buf(), revision, templates: env })
 }
 
 /// `parse_profile` guarantees one of the two sources; an empty template is harmless.

@@ -302,9 +302,10 @@ fn profiles_images_and_leases_are_listed() {
     let srv = TestServer::start();
     let api = Api::reader(&srv);
     let list = api.json("/profiles");
-    assert_eq!(list["profiles"][0]["name"], "tiny");
+    assert_eq!(list["profiles"][0]["profile"]["name"], "tiny");
+    assert_eq!(list["profiles"][0]["revision"].as_str().map(str::len), Some(12));
     assert_eq!(list["errors"], json!([]));
-    assert_eq!(api.json("/profiles/tiny")["stage1"], "stage1");
+    assert_eq!(api.json("/profiles/tiny")["profile"]["stage1"], "stage1");
     assert_eq!(api.get("/profiles/nope").0, 404);
     assert_eq!(api.json("/profiles/errors"), json!([]));
     assert_eq!(api.json("/images/tiny")["kind"], "rootfs");

@@ -7,8 +7,15 @@
 //! (`.ci/run`); elsewhere the test skips with a message when either is missing.
 
 use serde_json::Value;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One VM at a time: two TCG guests on two cores only slow each other down, and the
+/// tests share one lab directory (its image cache).
+static ONE_LAB: Mutex<()> = Mutex::new(());
 
 fn skip_reason() -> Option<&'static str> {
     let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
@@ -33,6 +40,7 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
         eprintln!("SKIPPED qemu_node_pxe_boots_into_ram_and_reports_ready: {reason}");
         return;
     }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let dir = lab_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report.json");
@@ -73,4 +81,80 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
         "the agent reports the verified hash: {events:#?}"
     );
     assert!(events.iter().any(|e| e["kind"] == "dhcp"), "the lease is an event too");
+}
+
+/// Operators edit profiles while nodes boot. A broken save must not disturb the boot
+/// in flight (it completes on the last good version) and a fixed save applies to
+/// the next boot. Boot 1 runs while the test saves a broken `tiny.yaml` and then a
+/// fixed, changed one; the lab then resets the VM for boot 2.
+#[test]
+fn live_profile_edits_never_break_a_boot_and_apply_to_the_next() {
+    if let Some(reason) = skip_reason() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the QEMU end-to-end test, but: {reason}");
+        eprintln!("SKIPPED live_profile_edits_never_break_a_boot_and_apply_to_the_next: {reason}");
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = lab_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report-live-edit.json");
+    let mut lab = Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["lab", "--once", "--boots", "2", "--timeout", "300", "--profile", "tiny", "--dir"])
+        .arg(&dir)
+        .arg("--report")
+        .arg(&report)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running ramboot lab");
+    let profile = dir.join("profiles/tiny.yaml");
+    let server_log = dir.join("server.err");
+    let mut edited = false;
+    for line in std::io::BufReader::new(lab.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        println!("{line}");
+        if !edited && line.contains("iPXE script served") {
+            edited = true;
+            let good = std::fs::read_to_string(&profile).unwrap();
+            // A broken save (as an editor writes it: a new file renamed over the old one).
+            let tmp = dir.join("profiles/.tiny.yaml.swp");
+            std::fs::write(&tmp, "name: tiny\nstage1: stage1\nimage: [broken\n").unwrap();
+            std::fs::rename(&tmp, &profile).unwrap();
+            let refused = wait_for(Duration::from_secs(20), || {
+                std::fs::read_to_string(&server_log).unwrap_or_default().contains("profile refused")
+            });
+            assert!(refused, "the server logs the refused edit");
+            let log = std::fs::read_to_string(&server_log).unwrap();
+            assert!(log.contains("tiny.yaml:3:"), "with file:line:col: {log}");
+            // The fix, with a visible change: a new revision.
+            std::fs::write(&tmp, format!("{good}vars:\n  edition: two\n")).unwrap();
+            std::fs::rename(&tmp, &profile).unwrap();
+        }
+    }
+    let status = lab.wait().unwrap();
+    assert!(edited, "the lab served a boot script");
+    assert!(status.success(), "ramboot lab failed ({status}); see {}/console.log and server.err", dir.display());
+
+    let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let events = detail["events"].as_array().unwrap();
+    let moves = |state: &str| -> Vec<&Value> { events.iter().filter(|e| e["state"] == state).collect() };
+    let booting = moves("booting");
+    assert_eq!(booting.len(), 2, "two boots: {events:#?}");
+    let revision = |e: &Value| e["message"].as_str().unwrap().split("revision ").nth(1).unwrap()[..12].to_string();
+    let (first, second) = (revision(booting[0]), revision(booting[1]));
+    assert_ne!(first, second, "the fix applies to the next boot");
+    let ready: Vec<&Value> = moves("ready");
+    assert_eq!(ready.len(), 2, "both boots reached ready: {events:#?}");
+    assert_eq!(ready[0]["boot_id"], booting[0]["boot_id"], "boot 1 completed on the last good version");
+    assert_eq!(detail["node"]["state"], "ready");
+}
+
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
 }

@@ -128,8 +128,9 @@ async fn list_nodes(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewNode {
-    #[schema(value_type = String, example = "52:54:00:72:62:01")]
+    #[schema(value_type = String, example = "52:54:00:72:62:01", pattern = r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")]
     mac: MacAddr,
+    #[schema(pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]
     hostname: Option<String>,
     profile: Option<String>,
     #[serde(default)]
@@ -226,6 +227,7 @@ async fn show_node(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeUpdate {
+    #[schema(pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]
     hostname: Option<String>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, nullable)]
@@ -372,16 +374,22 @@ pub struct ProfileList {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ProfileView {
     pub file: String,
-    #[serde(flatten)]
+    /// Short hash of the file's text; boot events name the revision they used.
+    pub revision: String,
     pub profile: Profile,
+}
+
+impl ProfileView {
+    fn of(p: &crate::profiles::LoadedProfile) -> Self {
+        ProfileView { file: p.file.display().to_string(), revision: p.revision.clone(), profile: p.profile.clone() }
+    }
 }
 
 #[utoipa::path(get, path = "/profiles", tag = "profiles",
     responses((status = 200, body = ProfileList), (status = 401, body = ErrorBody)))]
 async fn list_profiles(State(state): State<AppState>, _op: Operator) -> Json<ProfileList> {
     let set = state.profiles.current();
-    let profiles =
-        set.iter().map(|(p, file)| ProfileView { file: file.display().to_string(), profile: p.clone() }).collect();
+    let profiles = set.loaded_iter().map(|p| ProfileView::of(p)).collect();
     Json(ProfileList { profiles, errors: state.profiles.errors().as_ref().clone() })
 }
 
@@ -399,10 +407,7 @@ async fn show_profile(
     Path(name): Path<String>,
 ) -> Result<Json<ProfileView>, ApiError> {
     let set = state.profiles.current();
-    let found = set
-        .iter()
-        .find(|(p, _)| p.name == name)
-        .map(|(p, file)| ProfileView { file: file.display().to_string(), profile: p.clone() });
+    let found = set.loaded(&name).map(|p| ProfileView::of(p));
     found.map(Json).ok_or_else(|| ApiError::not_found(format!("no profile named {name:?}")))
 }
 

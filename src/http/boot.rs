@@ -178,6 +178,9 @@ async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) 
                     Ok(x) => x,
                     Err(reason) => return refuse_with_event(&state, &node, &reason, now).await,
                 };
+                let revision =
+                    state.profiles.current().loaded(&profile.name).map(|p| p.revision.clone()).unwrap_or_default();
+                let why = format!("revision {revision}, {why}");
                 let boot = state.store.start_boot(node.id, &profile.name, Some(&image), &token_hash, now, &why).await?;
                 (boot, profile.name.clone(), stage1, why)
             }
