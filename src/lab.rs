@@ -43,6 +43,9 @@ pub struct LabOptions {
     pub report: Option<PathBuf>,
     /// Boot the VM this many times (it is reset after each ready boot).
     pub boots: u32,
+    /// No default profile: the node boots into discovery and waits for an operator
+    /// to assign it one (`ramboot nodes assign`).
+    pub discover: bool,
 }
 
 /// Debian packages the lab needs, by the file that proves each is installed.
@@ -343,13 +346,23 @@ pub async fn run(opts: LabOptions) -> Result<()> {
             "# Written by `ramboot lab`: the lab's own network namespace and paths.\n\
              interface: {BRIDGE}\nserver_address: {server_ip}\nhttp:\n  listen: 0.0.0.0:{HTTP_PORT}\n\
              dhcp:\n  subnet: {SUBNET_PREFIX}.0/24\n  range: [{SUBNET_PREFIX}.100, {SUBNET_PREFIX}.199]\n  router: {server_ip}\n\
-             paths:\n  profiles: {}\n  ipxe: {}\n  data: {}\ndefault_profile: {}\nipv6_ra: true\n",
+             paths:\n  profiles: {}\n  ipxe: {}\n  data: {}\n{}ipv6_ra: true\n",
             lab_profiles.display(),
             ipxe_dir.display(),
             data.display(),
-            profile.name
+            if opts.discover { String::new() } else { format!("default_profile: {}\n", profile.name) }
         ),
     )?;
+    if opts.discover {
+        println!(
+            "lab: discovery mode: the node will wait for an assignment, e.g.\n  \
+             ip netns exec rblab{} ramboot nodes assign 52:54:00:72:62:01 {} --server http://{SUBNET_PREFIX}.1:{HTTP_PORT} \
+             --token $(cat {})",
+            std::process::id(),
+            profile.name,
+            crate::http::auth::admin_token_path(&data).display()
+        );
+    }
 
     let netns_name = format!("rblab{}", std::process::id());
     println!("lab: network namespace {netns_name}: bridge {BRIDGE} {server_ip}/24, tap {TAP}");
@@ -557,7 +570,8 @@ async fn follow(
                     let at = started.elapsed().as_secs_f64();
                     let label = e.state.map(|s| s.as_str()).unwrap_or(&e.kind);
                     println!("lab: {at:6.1}s  {label:<10} {}", e.message);
-                    if e.state == Some(NodeState::Booting) && e.boot_id.is_some_and(|b| !state.done.contains(&b)) {
+                    // A boot starts with its first event: `booting`, or a discovery boot's note.
+                    if boot_seen.is_none() && e.boot_id.is_some_and(|b| !state.done.contains(&b)) {
                         boot_seen = e.boot_id;
                     }
                     if boot_seen.is_some() && e.boot_id == boot_seen {

@@ -58,6 +58,9 @@ enum Cmd {
         /// Boot the VM this many times, resetting it after each ready boot.
         #[arg(long, default_value_t = 1)]
         boots: u32,
+        /// No default profile: the node boots into discovery and waits to be assigned.
+        #[arg(long)]
+        discover: bool,
     },
     /// Manage nodes through a running server's admin API.
     Nodes {
@@ -260,7 +263,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Lab { once, profile, dir, repo, timeout, uefi, memory_mb, rebuild, report, boots } => {
+        Cmd::Lab { once, profile, dir, repo, timeout, uefi, memory_mb, rebuild, report, boots, discover } => {
             let opts = lab::LabOptions {
                 once,
                 profile,
@@ -272,6 +275,7 @@ fn main() -> Result<()> {
                 rebuild,
                 report,
                 boots,
+                discover,
             };
             tokio::runtime::Runtime::new()?.block_on(lab::run(opts))
         }

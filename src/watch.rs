@@ -22,6 +22,12 @@ pub struct WatchError {
     source: notify::Error,
 }
 
+/// Does this event change what a reload would read?
+pub fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    matches!(kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any)
+}
+
 /// Reload `live` whenever its directory or the image manifests change, until `cancel`.
 pub async fn watch_profiles(
     live: Arc<LiveProfiles>,
@@ -29,9 +35,17 @@ pub async fn watch_profiles(
     cancel: CancellationToken,
 ) -> Result<(), WatchError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result| {
-        // A full channel means a reload is already pending: dropping is fine.
-        let _ = tx.try_send(result);
+    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: notify_debouncer_full::DebounceEventResult| {
+        // Reloading reads the files, and inotify reports reads (open, close) as
+        // access events: reacting to those would reload forever. Only changes count.
+        let changed = match &result {
+            Ok(events) => events.iter().any(|e| is_change(&e.kind)),
+            Err(_) => true,
+        };
+        if changed {
+            // A full channel means a reload is already pending: dropping is fine.
+            let _ = tx.try_send(result);
+        }
     })
     .map_err(|source| WatchError { path: live.dir().display().to_string(), source })?;
     let dir = live.dir().to_path_buf();
@@ -55,6 +69,8 @@ pub async fn watch_profiles(
                 warn!(error = %e, "profile watcher error");
             }
         }
+        // Let a burst of saves settle into one reload.
+        while rx.try_recv().is_ok() {}
         let (live, images) = (live.clone(), images.clone());
         let report = match tokio::task::spawn_blocking(move || live.reload(&images)).await {
             Ok(r) => r,
@@ -73,5 +89,77 @@ pub async fn watch_profiles(
                 error!("profile refused, last good version keeps serving: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+    use notify::EventKind;
+
+    #[test]
+    fn reads_do_not_trigger_reloads_but_saves_do() {
+        assert!(!is_change(&EventKind::Access(AccessKind::Open(AccessMode::Read))));
+        assert!(!is_change(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(is_change(&EventKind::Create(CreateKind::File)));
+    }
+
+    /// The real watcher over a real directory: a save reloads once, and the reload's
+    /// own reads do not start another.
+    #[tokio::test]
+    async fn a_save_reloads_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = ImageStore::new(dir.path().join("images"));
+        for (name, role) in [("stage1", "kernel"), ("tiny", "rootfs")] {
+            let blob = dir.path().join(name);
+            std::fs::write(&blob, name).unwrap();
+            let art = images.ingest(&blob, "raw").unwrap();
+            let kind =
+                if role == "kernel" { crate::images::ImageKind::Stage1 } else { crate::images::ImageKind::Rootfs };
+            images
+                .write_manifest(&crate::images::Manifest {
+                    name: name.into(),
+                    kind,
+                    built_at_ms: 0,
+                    artifacts: [(role.to_string(), art)].into(),
+                    inputs: Default::default(),
+                })
+                .unwrap();
+        }
+        let profiles = dir.path().join("profiles");
+        std::fs::create_dir_all(&profiles).unwrap();
+        let file = profiles.join("tiny.yaml");
+        std::fs::write(&file, "name: tiny\nstage1: stage1\nimage: tiny\n").unwrap();
+        let live = Arc::new(LiveProfiles::load(&profiles, &images).unwrap());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(watch_profiles(live.clone(), images.clone(), cancel.clone()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Saved as editors do: a new file renamed over the old one.
+        let tmp = profiles.join(".tiny.yaml.swp");
+        std::fs::write(&tmp, "name: tiny\nstage1: stage1\nimage: [broken\n").unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(live.errors().len(), 1, "the broken save is refused");
+        std::fs::write(&tmp, "name: tiny\nstage1: stage1\nimage: tiny\nkernel_args: [quiet]\n").unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        let mut applied = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if live.current().get("tiny").is_some_and(|p| p.kernel_args == ["quiet"]) {
+                applied = true;
+                break;
+            }
+        }
+        assert!(applied, "the save was applied");
+        let revision = live.current().loaded("tiny").map(|p| p.revision.clone());
+        // Quiet afterwards: no reload storm (each reload would build a new set).
+        let before = Arc::as_ptr(&live.current());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(Arc::as_ptr(&live.current()), before, "no reloads without changes");
+        assert_eq!(live.current().loaded("tiny").map(|p| p.revision.clone()), revision);
+        cancel.cancel();
+        task.await.unwrap().unwrap();
     }
 }
