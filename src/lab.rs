@@ -596,12 +596,33 @@ async fn follow(
 }
 
 /// Reset the VM (a power cycle): it PXE-boots again.
+///
+/// QEMU's human monitor drops a command whose connection closes before it has been
+/// read, so this waits for the banner's prompt, sends the command, and waits for
+/// the prompt that follows it.
 async fn reset_vm(monitor: &Path) -> Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut sock = tokio::net::UnixStream::connect(monitor).await.context("connecting to the QEMU monitor")?;
-    sock.write_all(b"system_reset\n").await?;
-    sock.flush().await?;
-    Ok(())
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let talk = async {
+        let mut sock = tokio::net::UnixStream::connect(monitor).await.context("connecting to the QEMU monitor")?;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        let mut prompts_wanted = 1;
+        loop {
+            let n = sock.read(&mut buf).await?;
+            if n == 0 {
+                bail!("the QEMU monitor closed the connection");
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if seen.windows(7).filter(|w| w == b"(qemu) ").count() >= prompts_wanted {
+                if prompts_wanted == 2 {
+                    return Ok(());
+                }
+                sock.write_all(b"system_reset\n").await?;
+                prompts_wanted = 2;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), talk).await.context("the QEMU monitor did not answer")?
 }
 
 /// The per-phase timeline of the node's current boot.
