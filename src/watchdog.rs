@@ -57,3 +57,34 @@ pub async fn run(store: Store, lifecycle: Lifecycle, cancel: CancellationToken) 
         sweep(&store, &lifecycle, crate::http::now_ms()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::MacAddr;
+
+    #[tokio::test]
+    async fn boots_that_overrun_their_phase_fail_once_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let lifecycle = crate::config::Config::parse(
+            std::path::Path::new("r.yaml"),
+            "interface: lo\nserver_address: 127.0.0.1\ndhcp:\n  subnet: 127.0.0.0/8\n  range: [127.0.0.2, 127.0.0.9]\n\
+             lifecycle:\n  booting_timeout_secs: 60\n",
+        )
+        .unwrap()
+        .lifecycle;
+        let slow = store.ensure_node(MacAddr([2, 0, 0, 0, 0, 1]), 0).await.unwrap();
+        let quick = store.ensure_node(MacAddr([2, 0, 0, 0, 0, 2]), 0).await.unwrap();
+        store.start_boot(slow.id, "tiny", None, "h1", 1_000, "test").await.unwrap();
+        store.start_boot(quick.id, "tiny", None, "h2", 50_000, "test").await.unwrap();
+        // At 61.5 s the first boot has sat in `booting` for 60.5 s, the second for 11.5 s.
+        assert_eq!(sweep(&store, &lifecycle, 61_500).await, 1);
+        let slow = store.node(slow.id).await.unwrap();
+        assert_eq!((slow.state, slow.failures), (NodeState::Failed, 1));
+        let last = store.events(slow.id, 0, 100).await.unwrap().pop().unwrap();
+        assert_eq!(last.message, "timed out in booting after 60s");
+        assert_eq!(store.node(quick.id).await.unwrap().state, NodeState::Booting);
+        assert_eq!(sweep(&store, &lifecycle, 61_600).await, 0, "a failed boot is not failed again");
+    }
+}

@@ -81,6 +81,12 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
         "the agent reports the verified hash: {events:#?}"
     );
     assert!(events.iter().any(|e| e["kind"] == "dhcp"), "the lease is an event too");
+    // The profile's overlay was rendered for this node and laid over the image.
+    let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
+    assert!(
+        console.contains("ramboot: node-525400726201 (52:54:00:72:62:01) runs profile tiny"),
+        "stage two prints its rendered /etc/motd; console:\n{console}"
+    );
 }
 
 /// Operators edit profiles while nodes boot. A broken save must not disturb the boot

@@ -1,0 +1,100 @@
+//! The `ramboot` CLI against a running server: every subcommand, tables and --json,
+//! token from the flag and from the environment, and errors that say what failed.
+
+mod common;
+
+use common::TestServer;
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn ramboot(srv: &TestServer, token: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(args)
+        .env("RAMBOOT_SERVER", &srv.base)
+        .env("RAMBOOT_TOKEN", token)
+        .output()
+        .expect("running ramboot")
+}
+
+fn ok(out: Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn fails(out: Output) -> String {
+    assert!(!out.status.success(), "should fail: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn operators_manage_nodes_from_the_cli() {
+    let srv = TestServer::start();
+    let (admin, reader) = (srv.admin.clone(), srv.reader.clone());
+    let mac = "52:54:00:c1:00:01";
+
+    let text = ok(ramboot(&srv, &admin, &["nodes", "add", mac, "--hostname", "hv-1", "--label", "rack=r1"]));
+    assert!(text.contains("hv-1") && text.contains("discovered") && text.contains("rack=r1"), "{text}");
+    let text = ok(ramboot(&srv, &admin, &["nodes", "assign", mac, "tiny"]));
+    assert!(text.contains("tiny") && text.contains("assigned"), "{text}");
+    let text = ok(ramboot(&srv, &admin, &["nodes", "label", mac, "role=hypervisor", "rack-"]));
+    assert!(text.contains("role=hypervisor") && !text.contains("rack="), "{text}");
+    let text = ok(ramboot(&srv, &admin, &["nodes", "maintenance", mac, "--on", "--reason", "dimm swap"]));
+    assert!(text.contains("maintenance"), "{text}");
+    let text = ok(ramboot(&srv, &admin, &["nodes", "maintenance", mac, "--off"]));
+    assert!(text.contains("assigned"), "{text}");
+    let text = ok(ramboot(&srv, &admin, &["nodes", "reprovision", mac]));
+    assert!(text.contains("assigned"), "{text}");
+
+    // Reads with the read token; --json gives the API's JSON.
+    let nodes: Value =
+        serde_json::from_str(&ok(ramboot(&srv, &reader, &["nodes", "ls", "--json", "--label", "role=hypervisor"])))
+            .unwrap();
+    assert_eq!(nodes[0]["hostname"], "hv-1");
+    let text = ok(ramboot(&srv, &reader, &["nodes", "show", mac]));
+    assert!(text.contains("[maintenance] maintenance: dimm swap") && text.contains("reprovision requested"), "{text}");
+    let text = ok(ramboot(&srv, &reader, &["events", "--node", mac, "--last", "3"]));
+    assert_eq!(text.lines().count(), 3, "{text}");
+    let text = ok(ramboot(&srv, &reader, &["profiles", "ls"]));
+    assert!(text.contains("tiny") && text.contains("stage1"), "{text}");
+    let text = ok(ramboot(&srv, &reader, &["images", "ls"]));
+    assert!(text.contains("tiny") && text.contains("rootfs") && text.contains("3.0 MiB"), "{text}");
+
+    // Changes need the admin role, and errors say what happened.
+    let err = fails(ramboot(&srv, &reader, &["nodes", "rm", mac]));
+    assert!(err.contains("HTTP 403") && err.contains("admin role"), "{err}");
+    let err = fails(ramboot(&srv, &admin, &["nodes", "assign", mac, "ghost"]));
+    assert!(err.contains("HTTP 422") && err.contains("no valid profile named \"ghost\""), "{err}");
+    let err = fails(ramboot(&srv, "wrong", &["nodes", "ls"]));
+    assert!(err.contains("HTTP 401"), "{err}");
+    let err = fails(ramboot(&srv, &admin, &["nodes", "label", mac, "nonsense"]));
+    assert!(err.contains("key=value"), "{err}");
+
+    ok(ramboot(&srv, &admin, &["nodes", "rm", mac]));
+    let err = fails(ramboot(&srv, &reader, &["nodes", "show", mac]));
+    assert!(err.contains("HTTP 404"), "{err}");
+}
+
+#[test]
+fn events_follow_streams_new_events() {
+    let srv = TestServer::start();
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["events", "--follow", "--json", "--server", &srv.base, "--token", &srv.reader])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let (status, _) = common::call(common::agent().get(&srv.url("/boot.ipxe?mac=52:54:00:c1:00:02")));
+    assert_eq!(status, 200);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let mut seen = vec![];
+    while seen.len() < 2 {
+        let line = lines.next().expect("the stream stays open").unwrap();
+        let event: Value = serde_json::from_str(&line).unwrap();
+        seen.push(event["message"].as_str().unwrap().to_string());
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(seen[0].starts_with("first seen"), "{seen:?}");
+    assert!(seen[1].starts_with("iPXE script served"), "{seen:?}");
+}
