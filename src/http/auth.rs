@@ -93,3 +93,22 @@ pub async fn bootstrap_admin_token(store: &Store, data: &Path, now_ms: i64) -> R
     store.create_token("admin", Role::Admin, &crate::token::hash(&token), now_ms).await?;
     Ok(Some(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn first_start_writes_one_admin_token_readable_only_by_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let path = bootstrap_admin_token(&store, dir.path(), 0).await.unwrap().expect("created on first start");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let token = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(store.token_role(&crate::token::hash(token.trim())).await.unwrap(), Some(Role::Admin));
+        assert!(bootstrap_admin_token(&store, dir.path(), 1).await.unwrap().is_none(), "only once");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), token, "and the file is left alone");
+    }
+}
