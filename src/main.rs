@@ -74,6 +74,13 @@ enum Cmd {
         #[command(subcommand)]
         command: ProfilesCmd,
     },
+    /// Manage admin API tokens (needs an admin token).
+    Tokens {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: TokensCmd,
+    },
     /// Show the event log, or follow it live.
     Events {
         #[command(flatten)]
@@ -190,6 +197,20 @@ enum NodesCmd {
 }
 
 #[derive(Subcommand)]
+enum TokensCmd {
+    /// List tokens (names and roles; secrets are never shown again).
+    Ls,
+    /// Create a token and print it once.
+    Create {
+        name: String,
+        #[arg(long, value_parser = ["read", "admin"], default_value = "read")]
+        role: String,
+    },
+    /// Revoke a token.
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
 enum ProfilesCmd {
     /// List the server's profiles and any reload errors.
     Ls {
@@ -280,6 +301,7 @@ fn main() -> Result<()> {
             tokio::runtime::Runtime::new()?.block_on(lab::run(opts))
         }
         Cmd::Nodes { api, command } => nodes(&api, command),
+        Cmd::Tokens { api, command } => tokens(&api, command),
         Cmd::Profiles { command: ProfilesCmd::Ls { api } } => {
             let list = api.client().profiles()?;
             if api.json {
@@ -438,4 +460,41 @@ fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, 
             Ok((k.to_string(), v.to_string()))
         })
         .collect()
+}
+
+fn tokens(api: &ApiArgs, command: TokensCmd) -> Result<()> {
+    let client = api.client();
+    match command {
+        TokensCmd::Ls => {
+            let list = client.get_json("/tokens")?;
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!("{:<24} {:<6} CREATED", "NAME", "ROLE");
+            for t in list.as_array().into_iter().flatten() {
+                let created = cli::format_ms(t["created_at_ms"].as_i64().unwrap_or(0));
+                println!(
+                    "{:<24} {:<6} {created}",
+                    t["name"].as_str().unwrap_or("?"),
+                    t["role"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        TokensCmd::Create { name, role } => {
+            let created = client.post("/tokens", json!({ "name": name, "role": role }))?;
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                // The secret alone on stdout, so it can be captured; the note goes to stderr.
+                eprintln!("token {name} ({role}) created; it is shown only this once:");
+                println!("{}", created["token"].as_str().unwrap_or_default());
+            }
+        }
+        TokensCmd::Rm { name } => {
+            client.delete(&format!("/tokens/{}", cli::encode(&name)))?;
+            eprintln!("token {name} revoked");
+        }
+    }
+    Ok(())
 }

@@ -98,6 +98,7 @@ fn every_api_route_needs_a_token_and_changes_need_admin() {
         assert_eq!((status, error_code(&body).as_str()), (403, "forbidden"), "{method} {path}");
     }
     assert_eq!(reader.delete("/nodes/1").0, 403);
+    assert_eq!(reader.get("/tokens").0, 403, "listing tokens is for admins");
     assert_eq!(reader.delete("/images/tiny").0, 403);
 }
 

@@ -98,3 +98,23 @@ fn events_follow_streams_new_events() {
     assert!(seen[0].starts_with("first seen"), "{seen:?}");
     assert!(seen[1].starts_with("iPXE script served"), "{seen:?}");
 }
+
+#[test]
+fn tokens_are_created_once_used_and_revoked() {
+    let srv = TestServer::start();
+    let admin = srv.admin.clone();
+    let token = ok(ramboot(&srv, &admin, &["tokens", "create", "prometheus", "--role", "read"])).trim().to_string();
+    assert_eq!(token.len(), 64, "the secret alone on stdout: {token:?}");
+    ok(ramboot(&srv, &token, &["nodes", "ls"]));
+    let err = fails(ramboot(&srv, &token, &["tokens", "create", "sneaky", "--role", "admin"]));
+    assert!(err.contains("HTTP 403"), "a read token cannot mint tokens: {err}");
+    let list = ok(ramboot(&srv, &admin, &["tokens", "ls"]));
+    assert!(list.contains("prometheus") && list.contains("read") && !list.contains(&token), "{list}");
+    let err = fails(ramboot(&srv, &admin, &["tokens", "create", "prometheus"]));
+    assert!(err.contains("HTTP 409"), "{err}");
+    ok(ramboot(&srv, &admin, &["tokens", "rm", "prometheus"]));
+    let err = fails(ramboot(&srv, &token, &["nodes", "ls"]));
+    assert!(err.contains("HTTP 401"), "a revoked token is dead: {err}");
+    let err = fails(ramboot(&srv, &admin, &["tokens", "rm", "admin"]));
+    assert!(err.contains("HTTP 409") && err.contains("last admin token"), "{err}");
+}

@@ -10,7 +10,7 @@ use super::{now_ms, AppState};
 use crate::images::Manifest;
 use crate::node::{valid_hostname, valid_label, MacAddr, NodeState, LABEL_RULE};
 use crate::profiles::Profile;
-use crate::store::{Boot, Event, Lease, Node, NodeFilter};
+use crate::store::{Boot, Event, Lease, Node, NodeFilter, Role, TokenInfo};
 use crate::yaml::SourceError;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -40,6 +40,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_leases))
         .routes(routes!(list_events))
         .routes(routes!(event_stream))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(delete_token))
 }
 
 const MAX_PAGE: i64 = 500;
@@ -546,4 +548,60 @@ async fn event_stream(
         }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// Unique, for people: who or what holds it (`prometheus`, `alice`).
+    #[schema(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")]
+    name: String,
+    role: Role,
+}
+
+/// The new token, shown this once: only its hash is stored.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: Role,
+    pub token: String,
+}
+
+#[utoipa::path(get, path = "/tokens", tag = "tokens",
+    responses((status = 200, body = Vec<TokenInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list_tokens(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    op.require_admin()?;
+    Ok(Json(state.store.list_tokens().await?))
+}
+
+#[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = NewToken,
+    responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_token(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiJson(new): ApiJson<NewToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    op.require_admin()?;
+    if !valid_label(&new.name) {
+        return Err(unprocessable(format!("token name {:?}: {LABEL_RULE}", new.name)));
+    }
+    let token = crate::token::generate()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    state.store.create_token(&new.name, new.role, &crate::token::hash(&token), now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { name: new.name, role: new.role, token })))
+}
+
+#[utoipa::path(delete, path = "/tokens/{name}", tag = "tokens", params(("name" = String, Path)),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn delete_token(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    op.require_admin()?;
+    state.store.delete_token(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -35,6 +35,10 @@ pub enum StoreError {
     DuplicateMac(MacAddr),
     #[error("a token named {0:?} already exists")]
     DuplicateToken(String),
+    #[error("no token named {0:?}")]
+    NoSuchToken(String),
+    #[error("this is the last admin token; create another admin token first")]
+    LastAdmin,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -476,8 +480,16 @@ pub struct NodeFilter {
     pub limit: i64,
 }
 
+/// An API token as listed: never the secret, nor its hash.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: Role,
+    pub created_at_ms: i64,
+}
+
 /// Roles of admin API tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Read,
@@ -836,6 +848,41 @@ impl Store {
             }
             other => other.map(|_| ()).map_err(StoreError::from),
         }
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        let rows =
+            sqlx::query("SELECT name, role, created_at_ms FROM api_tokens ORDER BY name").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let role: String = row.try_get("role")?;
+                Ok(TokenInfo {
+                    name: row.try_get("name")?,
+                    role: if role == "admin" { Role::Admin } else { Role::Read },
+                    created_at_ms: row.try_get("created_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revoke a token. The last admin token cannot go: nobody could make another.
+    pub async fn delete_token(&self, name: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query("SELECT role FROM api_tokens WHERE name = ?").bind(name).fetch_optional(&mut *tx).await?;
+        let Some(row) = row else { return Err(StoreError::NoSuchToken(name.to_string())) };
+        let role: String = row.try_get("role")?;
+        if role == "admin" {
+            let admins: i64 = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens WHERE role = 'admin'")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+            if admins <= 1 {
+                return Err(StoreError::LastAdmin);
+            }
+        }
+        sqlx::query("DELETE FROM api_tokens WHERE name = ?").bind(name).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The role a token hash grants, if any.
