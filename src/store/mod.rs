@@ -332,33 +332,7 @@ impl Store {
         why: &str,
     ) -> Result<BootId, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "UPDATE boots SET outcome = 'superseded', finished_at_ms = ? WHERE node_id = ? AND finished_at_ms IS NULL",
-        )
-        .bind(now_ms)
-        .bind(node)
-        .execute(&mut *tx)
-        .await?;
-        let boot: BootId = sqlx::query(
-            "INSERT INTO boots (node_id, token_hash, profile, image_name, image_digest, image_size, image_format, started_at_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(node)
-        .bind(token_hash)
-        .bind(profile)
-        .bind(image.map(|i| &i.name))
-        .bind(image.map(|i| &i.digest))
-        .bind(image.map(|i| i.size as i64))
-        .bind(image.map(|i| &i.format))
-        .bind(now_ms)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("id")?;
-        sqlx::query("UPDATE nodes SET current_boot_id = ? WHERE id = ?")
-            .bind(boot)
-            .bind(node)
-            .execute(&mut *tx)
-            .await?;
+        let boot = begin_boot(&mut tx, node, profile, image, token_hash, now_ms).await?;
         move_state(
             &mut tx,
             node,
@@ -628,13 +602,7 @@ impl Store {
     pub async fn reprovision(&self, id: NodeId, now_ms: i64) -> Result<Node, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let node = node_in(&mut tx, id).await?;
-        sqlx::query(
-            "UPDATE boots SET outcome = 'superseded', finished_at_ms = ? WHERE node_id = ? AND finished_at_ms IS NULL",
-        )
-        .bind(now_ms)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        supersede_boots(&mut tx, id, now_ms).await?;
         sqlx::query("UPDATE nodes SET failures = 0, current_boot_id = NULL, maintenance_reason = NULL WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -732,27 +700,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<BootId, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "UPDATE boots SET outcome = 'superseded', finished_at_ms = ? WHERE node_id = ? AND finished_at_ms IS NULL",
-        )
-        .bind(now_ms)
-        .bind(node)
-        .execute(&mut *tx)
-        .await?;
-        let boot: BootId = sqlx::query(
-            "INSERT INTO boots (node_id, token_hash, profile, started_at_ms) VALUES (?, ?, '', ?) RETURNING id",
-        )
-        .bind(node)
-        .bind(token_hash)
-        .bind(now_ms)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("id")?;
-        sqlx::query("UPDATE nodes SET current_boot_id = ? WHERE id = ?")
-            .bind(boot)
-            .bind(node)
-            .execute(&mut *tx)
-            .await?;
+        let boot = begin_boot(&mut tx, node, "", None, token_hash, now_ms).await?;
         sqlx::query("INSERT INTO events (node_id, boot_id, at_ms, kind, message) VALUES (?, ?, ?, 'info', ?)")
             .bind(node)
             .bind(boot)
@@ -1001,6 +949,47 @@ async fn upsert_node(tx: &mut Tx<'_>, mac: MacAddr, now_ms: i64) -> Result<NodeI
         .execute(&mut **tx)
         .await?;
     Ok(id)
+}
+
+/// End any unfinished boot of `node`: its token stops working.
+async fn supersede_boots(tx: &mut Tx<'_>, node: NodeId, now_ms: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE boots SET outcome = 'superseded', finished_at_ms = ? WHERE node_id = ? AND finished_at_ms IS NULL",
+    )
+    .bind(now_ms)
+    .bind(node)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Supersede the node's previous boot and make a new one current.
+async fn begin_boot(
+    tx: &mut Tx<'_>,
+    node: NodeId,
+    profile: &str,
+    image: Option<&BootImage>,
+    token_hash: &str,
+    now_ms: i64,
+) -> Result<BootId, StoreError> {
+    supersede_boots(tx, node, now_ms).await?;
+    let boot: BootId = sqlx::query(
+        "INSERT INTO boots (node_id, token_hash, profile, image_name, image_digest, image_size, image_format, started_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(node)
+    .bind(token_hash)
+    .bind(profile)
+    .bind(image.map(|i| &i.name))
+    .bind(image.map(|i| &i.digest))
+    .bind(image.map(|i| i.size as i64))
+    .bind(image.map(|i| &i.format))
+    .bind(now_ms)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("id")?;
+    sqlx::query("UPDATE nodes SET current_boot_id = ? WHERE id = ?").bind(boot).bind(node).execute(&mut **tx).await?;
+    Ok(boot)
 }
 
 /// Move `node` to `next` and record the move with the time spent in the old state.
