@@ -10,6 +10,7 @@ pub mod config;
 pub mod dhcp;
 pub mod http;
 pub mod images;
+pub mod iscsi;
 pub mod lab;
 pub mod node;
 pub mod profiles;
