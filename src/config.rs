@@ -45,6 +45,8 @@ struct WireConfig {
     secrets: Option<PathBuf>,
     #[serde(default)]
     lifecycle: WireLifecycle,
+    /// iSCSI VM disks; absent: volumes are not managed by this server.
+    iscsi: Option<WireIscsi>,
     /// Answer IPv6 router solicitations with an empty RA (see `ra`): saves iPXE's
     /// ~13 s IPv6 wait on boot networks that have no IPv6 router.
     #[serde(default)]
@@ -98,6 +100,24 @@ struct WireDhcp {
     lease_time_secs: u32,
     #[serde(default = "default_dhcp_port")]
     port: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireIscsi {
+    /// Where nodes reach the target, e.g. `192.0.2.1:3260`.
+    portal: SocketAddr,
+    /// Target and initiator IQNs are `<prefix>:target-<node id>`, `<prefix>:node-<node id>`.
+    #[serde(default = "default_iqn_prefix")]
+    iqn_prefix: String,
+    /// A private tgtd control port (tests, the lab); production uses tgt.service's.
+    tgt_control_port: Option<u16>,
+    /// Backing files; default `<data>/volumes`.
+    volumes_dir: Option<PathBuf>,
+}
+
+fn default_iqn_prefix() -> String {
+    "iqn.2026-11.io.ramboot".into()
 }
 
 fn default_discovery_stage1() -> String {
@@ -161,7 +181,28 @@ pub struct Config {
     pub discovery_stage1: String,
     pub secrets: Option<PathBuf>,
     pub lifecycle: Lifecycle,
+    pub iscsi: Option<IscsiConfig>,
     pub ipv6_ra: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct IscsiConfig {
+    pub portal: SocketAddr,
+    pub iqn_prefix: String,
+    pub tgt_control_port: Option<u16>,
+    pub volumes_dir: PathBuf,
+}
+
+impl IscsiConfig {
+    pub fn initiator_iqn(&self, node: i64) -> String {
+        format!("{}:node-{node}", self.iqn_prefix)
+    }
+    pub fn target_iqn(&self, node: i64) -> String {
+        format!("{}:target-{node}", self.iqn_prefix)
+    }
+    pub fn chap_user(node: i64) -> String {
+        format!("node-{node}")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +299,11 @@ impl Config {
                 return Err(format!("lifecycle.{name}_timeout_secs must be at least 10"));
             }
         }
+        if let Some(i) = &wire.iscsi {
+            if !crate::iscsi::valid_iqn(&format!("{}:x", i.iqn_prefix)) {
+                return Err(format!("iscsi.iqn_prefix {:?} must look like iqn.yyyy-mm.reversed.domain", i.iqn_prefix));
+            }
+        }
         if wire.interface.is_empty() || wire.interface.len() > 15 {
             return Err(format!("interface {:?} is not a valid interface name", wire.interface));
         }
@@ -274,6 +320,7 @@ impl Config {
             ipxe: resolve(wire.paths.ipxe, "ipxe"),
             data: resolve(wire.paths.data, "data"),
         };
+        let (iscsi, volumes_default) = (wire.iscsi, paths.data.join("volumes"));
         let database_url =
             wire.database.unwrap_or_else(|| format!("sqlite://{}", paths.data.join("ramboot.db").display()));
         Ok(Config {
@@ -304,6 +351,14 @@ impl Config {
                 retry_backoff: Duration::from_secs(u64::from(l.retry_backoff_secs)),
                 retry_backoff_max: Duration::from_secs(u64::from(l.retry_backoff_max_secs)),
             },
+            iscsi: iscsi.map(|i| IscsiConfig {
+                portal: i.portal,
+                iqn_prefix: i.iqn_prefix,
+                tgt_control_port: i.tgt_control_port,
+                volumes_dir: i
+                    .volumes_dir
+                    .map_or_else(|| volumes_default.clone(), |p| if p.is_absolute() { p } else { base.join(p) }),
+            }),
             ipv6_ra: wire.ipv6_ra,
         })
     }

@@ -74,6 +74,13 @@ enum Cmd {
         #[command(subcommand)]
         command: ProfilesCmd,
     },
+    /// Manage iSCSI volumes (VM disks) and their attachment to nodes.
+    Volumes {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: VolumesCmd,
+    },
     /// Manage admin API tokens (needs an admin token).
     Tokens {
         #[command(flatten)]
@@ -192,8 +199,28 @@ enum NodesCmd {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Forget a node.
-    Rm { id: String },
+    /// Forget a node. Its volumes are detached and kept unless --delete-volumes.
+    Rm {
+        id: String,
+        #[arg(long)]
+        delete_volumes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum VolumesCmd {
+    /// List volumes and where they are attached.
+    Ls,
+    /// Show one volume.
+    Show { name: String },
+    /// Create a volume (sparse): SIZE like 20G, 512M or bytes.
+    Create { name: String, size: String },
+    /// Export a volume to a node (id or MAC) as its next LUN.
+    Attach { name: String, node: String },
+    /// Stop exporting a volume (its data stays).
+    Detach { name: String },
+    /// Delete a detached volume and its data.
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -302,6 +329,7 @@ fn main() -> Result<()> {
         }
         Cmd::Nodes { api, command } => nodes(&api, command),
         Cmd::Tokens { api, command } => tokens(&api, command),
+        Cmd::Volumes { api, command } => volumes(&api, command),
         Cmd::Profiles { command: ProfilesCmd::Ls { api } } => {
             let list = api.client().profiles()?;
             if api.json {
@@ -442,8 +470,9 @@ fn nodes(api: &ApiArgs, command: NodesCmd) -> Result<()> {
             let body = json!({ "enabled": on, "reason": reason });
             show(client.post(&format!("/nodes/{}/maintenance", cli::encode(&id)), body)?)?
         }
-        NodesCmd::Rm { id } => {
-            client.delete(&format!("/nodes/{}", cli::encode(&id)))?;
+        NodesCmd::Rm { id, delete_volumes } => {
+            let query = if delete_volumes { "?delete_volumes=true" } else { "" };
+            client.delete(&format!("/nodes/{}{query}", cli::encode(&id)))?;
             if !api.json {
                 println!("removed node {id}");
             }
@@ -497,4 +526,70 @@ fn tokens(api: &ApiArgs, command: TokensCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn volumes(api: &ApiArgs, command: VolumesCmd) -> Result<()> {
+    let client = api.client();
+    let show = |value: serde_json::Value| -> Result<()> {
+        if api.json {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            let list = match value {
+                serde_json::Value::Array(items) => items,
+                one => vec![one],
+            };
+            println!("{:<24} {:>10} {:<6} LUN", "NAME", "SIZE", "NODE");
+            for v in &list {
+                let node = v["node_id"].as_i64().map_or("-".to_string(), |n| n.to_string());
+                let lun = v["lun"].as_u64().map_or("-".to_string(), |n| n.to_string());
+                let size = human_bytes(v["size_bytes"].as_u64().unwrap_or(0));
+                println!("{:<24} {:>10} {:<6} {lun}", v["name"].as_str().unwrap_or("?"), size, node);
+            }
+        }
+        Ok(())
+    };
+    let path = |name: &str, action: &str| format!("/volumes/{}{action}", cli::encode(name));
+    match command {
+        VolumesCmd::Ls => show(client.get_json("/volumes")?)?,
+        VolumesCmd::Show { name } => show(client.get_json(&path(&name, ""))?)?,
+        VolumesCmd::Create { name, size } => {
+            let size_bytes = parse_size(&size)?;
+            show(client.post("/volumes", json!({ "name": name, "size_bytes": size_bytes }))?)?
+        }
+        VolumesCmd::Attach { name, node } => show(client.post(&path(&name, "/attach"), json!({ "node": node }))?)?,
+        VolumesCmd::Detach { name } => show(client.post(&path(&name, "/detach"), json!({}))?)?,
+        VolumesCmd::Rm { name } => {
+            client.delete(&path(&name, ""))?;
+            eprintln!("volume {name} deleted with its data");
+        }
+    }
+    Ok(())
+}
+
+/// `20G`, `512M`, `1T` (binary units) or plain bytes.
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().with_context(|| format!("size {s:?}: expected a number with an optional K/M/G/T"))?;
+    let shift = match unit.trim_end_matches(['i', 'B']).to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        other => anyhow::bail!("size {s:?}: unknown unit {other:?} (use K, M, G or T)"),
+    };
+    n.checked_shl(shift).filter(|v| v >> shift == n).with_context(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(super::parse_size("20G").unwrap(), 20 << 30);
+        assert_eq!(super::parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(super::parse_size("4096").unwrap(), 4096);
+        assert!(super::parse_size("12X").is_err() && super::parse_size("G").is_err());
+        assert!(super::parse_size("99999999999T").is_err());
+    }
 }

@@ -53,8 +53,26 @@ pub async fn run(config: Config) -> Result<()> {
 
     let config = Arc::new(config);
     let profiles = Arc::new(profiles);
-    let state =
-        AppState { config: config.clone(), store: store.clone(), images: images.clone(), profiles: profiles.clone() };
+    let volumes = match &config.iscsi {
+        Some(cfg) => {
+            let backend = crate::iscsi::tgt::Tgt { control_port: cfg.tgt_control_port };
+            let service = crate::iscsi::service::Volumes { backend, config: cfg.clone(), store: store.clone() };
+            // Drift is repaired, never fatal: nodes still boot if the target is down.
+            match service.reconcile().await {
+                Ok(repaired) => info!(repaired = repaired.len(), "iSCSI exports reconciled"),
+                Err(e) => error!(error = %e, "iSCSI reconcile failed; volumes may be unreachable until it succeeds"),
+            }
+            Some(Arc::new(service))
+        }
+        None => None,
+    };
+    let state = AppState {
+        config: config.clone(),
+        store: store.clone(),
+        images: images.clone(),
+        profiles: profiles.clone(),
+        volumes,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     {
         let cancel = cancel.clone();

@@ -90,6 +90,9 @@ pub struct Plan {
     pub image: PlanImage,
     /// Files rendered for this node, as a tar archive to extract over the root.
     pub overlay_url: Option<String>,
+    /// iSCSI volumes attached to this node, if any.
+    #[serde(default)]
+    pub iscsi: Option<PlanIscsi>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,3 +189,23 @@ pub struct PlanWait {
 
 /// Path of the per-node overlay archive (tar), relative to the server URL.
 pub const OVERLAY_PATH: &str = "/boot/v1/overlay";
+
+/// The node's iSCSI volumes: how to log in to them. Stage two writes the
+/// open-iscsi configuration from this and logs in on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanIscsi {
+    pub initiator_iqn: String,
+    /// `host:port` of the target portal.
+    pub portal: String,
+    pub target_iqn: String,
+    pub chap_user: String,
+    pub chap_secret: String,
+    pub luns: Vec<PlanLun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanLun {
+    pub lun: u32,
+    pub volume: String,
+    pub size_bytes: u64,
+}

@@ -10,7 +10,7 @@ use super::{now_ms, AppState};
 use crate::images::Manifest;
 use crate::node::{valid_hostname, valid_label, MacAddr, NodeState, LABEL_RULE};
 use crate::profiles::Profile;
-use crate::store::{Boot, Event, Lease, Node, NodeFilter, Role, TokenInfo};
+use crate::store::{Boot, Event, Lease, Node, NodeFilter, Role, TokenInfo, Volume};
 use crate::yaml::SourceError;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -40,6 +40,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_leases))
         .routes(routes!(list_events))
         .routes(routes!(event_stream))
+        .routes(routes!(list_volumes, create_volume))
+        .routes(routes!(show_volume, delete_volume))
+        .routes(routes!(attach_volume))
+        .routes(routes!(detach_volume))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(delete_token))
 }
@@ -102,6 +106,9 @@ pub struct NodeDetail {
     pub node: Node,
     pub boot: Option<Boot>,
     pub events: Vec<Event>,
+    /// iSCSI volumes attached to the node.
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
 }
 
 #[utoipa::path(get, path = "/nodes", tag = "nodes", params(NodeQuery),
@@ -221,7 +228,8 @@ async fn show_node(
         None => None,
     };
     let events = state.store.events(node.id, 0, MAX_EVENTS).await?;
-    Ok(Json(NodeDetail { node, boot, events }))
+    let volumes = state.store.node_volumes(node.id).await?;
+    Ok(Json(NodeDetail { node, boot, events, volumes }))
 }
 
 /// Fields to change; absent fields stay as they are. `"profile": null` clears the
@@ -277,17 +285,38 @@ async fn update_node(
     Ok(Json(node))
 }
 
-#[utoipa::path(delete, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "node id or MAC"), DeleteNodeQuery),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_node(
     State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
+    q: Result<Query<DeleteNodeQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     op.require_admin()?;
+    let q = query(q)?;
     let node = find_node(&state, &id).await?;
+    let attached = state.store.node_volumes(node.id).await?;
+    // Volumes outlive their node unless the operator asks otherwise.
+    for v in &attached {
+        let service = volume_service(&state)?;
+        service.detach(&v.name, now_ms()).await.map_err(volume_error)?;
+        if q.delete_volumes {
+            service.delete(&v.name).await.map_err(volume_error)?;
+        }
+    }
     state.store.delete_node(node.id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteNodeQuery {
+    /// Also delete the node's iSCSI volumes and their data (default: detach and keep).
+    #[serde(default)]
+    delete_volumes: bool,
 }
 
 #[utoipa::path(post, path = "/nodes/{id}/reprovision", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
@@ -604,4 +633,114 @@ async fn delete_token(
     op.require_admin()?;
     state.store.delete_token(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn volume_service(state: &AppState) -> Result<&crate::iscsi::service::Volumes<crate::iscsi::tgt::Tgt>, ApiError> {
+    state.volumes.as_deref().ok_or_else(|| {
+        // A conflict with the server's configuration, not an outage: 409, not 5xx.
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "iscsi_disabled",
+            "this server manages no iSCSI volumes (no `iscsi:` in its config)",
+        )
+    })
+}
+
+fn volume_error(e: crate::iscsi::service::VolumeError) -> ApiError {
+    use crate::iscsi::service::VolumeError;
+    match e {
+        VolumeError::Store(e) => e.into(),
+        VolumeError::Invalid(m) => unprocessable(m),
+        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "iscsi", other.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewVolume {
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
+    name: String,
+    /// A whole number of MiB, from 1 MiB to 64 TiB. Allocated sparsely.
+    #[schema(minimum = 1048576)]
+    size_bytes: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attach {
+    /// Node id or MAC.
+    node: String,
+}
+
+#[utoipa::path(get, path = "/volumes", tag = "volumes",
+    responses((status = 200, body = Vec<Volume>), (status = 401, body = ErrorBody)))]
+async fn list_volumes(State(state): State<AppState>, _op: Operator) -> Result<Json<Vec<Volume>>, ApiError> {
+    Ok(Json(state.store.volumes().await?))
+}
+
+#[utoipa::path(post, path = "/volumes", tag = "volumes", request_body = NewVolume,
+    responses((status = 201, body = Volume), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn create_volume(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiJson(new): ApiJson<NewVolume>,
+) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    op.require_admin()?;
+    let service = volume_service(&state)?;
+    let volume = service.create(&new.name, new.size_bytes, now_ms()).await.map_err(volume_error)?;
+    Ok((StatusCode::CREATED, Json(volume)))
+}
+
+#[utoipa::path(get, path = "/volumes/{name}", tag = "volumes", params(("name" = String, Path)),
+    responses((status = 200, body = Volume), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn show_volume(
+    State(state): State<AppState>,
+    _op: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<Volume>, ApiError> {
+    Ok(Json(state.store.volume(&name).await?))
+}
+
+#[utoipa::path(delete, path = "/volumes/{name}", tag = "volumes", params(("name" = String, Path)),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn delete_volume(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    op.require_admin()?;
+    volume_service(&state)?.delete(&name).await.map_err(volume_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/volumes/{name}/attach", tag = "volumes", params(("name" = String, Path)), request_body = Attach,
+    responses((status = 200, body = Volume), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+async fn attach_volume(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(name): Path<String>,
+    ApiJson(a): ApiJson<Attach>,
+) -> Result<Json<Volume>, ApiError> {
+    op.require_admin()?;
+    let service = volume_service(&state)?;
+    let node = find_node(&state, &a.node).await?;
+    Ok(Json(service.attach(&name, node.id, now_ms()).await.map_err(volume_error)?))
+}
+
+#[utoipa::path(post, path = "/volumes/{name}/detach", tag = "volumes", params(("name" = String, Path)),
+    responses((status = 200, body = Volume), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn detach_volume(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<Volume>, ApiError> {
+    op.require_admin()?;
+    Ok(Json(volume_service(&state)?.detach(&name, now_ms()).await.map_err(volume_error)?))
 }

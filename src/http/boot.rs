@@ -324,12 +324,14 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
     };
     let base = state.config.boot_url();
     let has_files = state.profiles.current().get(&profile).is_some_and(|p| !p.files.is_empty());
+    let iscsi = iscsi_plan(&state, auth.node.id).await?;
     Ok(Json(Plan {
         node_id: auth.node.id,
         boot_id: auth.boot.id,
         hostname: auth.node.hostname,
         profile,
         overlay_url: has_files.then(|| format!("{base}{OVERLAY_PATH}")),
+        iscsi,
         image: PlanImage {
             url: format!("{base}/artifacts/sha256/{}/{}.{}", image.digest, image.name, image.format),
             name: image.name,
@@ -339,6 +341,36 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
         },
     })
     .into_response())
+}
+
+/// How the node reaches its volumes; the export is brought in line first, so what
+/// the plan says is what the target has.
+async fn iscsi_plan(state: &AppState, node: i64) -> Result<Option<ramboot_proto::PlanIscsi>, ApiError> {
+    let Some(volumes) = &state.volumes else { return Ok(None) };
+    let attached = state.store.node_volumes(node).await?;
+    if attached.is_empty() {
+        return Ok(None);
+    }
+    volumes
+        .sync_node(node)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "iscsi", e.to_string()))?;
+    let cfg = &volumes.config;
+    let secret =
+        state.store.chap_secret(node, || crate::iscsi::service::generate_chap_secret().unwrap_or_default()).await?;
+    Ok(Some(ramboot_proto::PlanIscsi {
+        initiator_iqn: cfg.initiator_iqn(node),
+        portal: cfg.portal.to_string(),
+        target_iqn: cfg.target_iqn(node),
+        chap_user: crate::config::IscsiConfig::chap_user(node),
+        chap_secret: secret,
+        luns: attached
+            .iter()
+            .filter_map(|v| {
+                v.lun.map(|lun| ramboot_proto::PlanLun { lun, volume: v.name.clone(), size_bytes: v.size_bytes })
+            })
+            .collect(),
+    }))
 }
 
 /// The node's overlay: its profile's files rendered from its facts, as a tar archive.

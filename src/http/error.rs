@@ -61,12 +61,16 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NoSuchNode(_) | StoreError::NoSuchToken(_) => ApiError::not_found(e.to_string()),
+            StoreError::NoSuchNode(_) | StoreError::NoSuchToken(_) | StoreError::NoSuchVolume(_) => {
+                ApiError::not_found(e.to_string())
+            }
             StoreError::BadTransition { .. }
             | StoreError::StaleBoot(_)
             | StoreError::DuplicateMac(_)
             | StoreError::DuplicateToken(_)
-            | StoreError::LastAdmin => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            | StoreError::LastAdmin
+            | StoreError::DuplicateVolume(_)
+            | StoreError::VolumeAttached { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }
     }

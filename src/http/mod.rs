@@ -31,6 +31,8 @@ pub struct AppState {
     pub store: Store,
     pub images: ImageStore,
     pub profiles: Arc<LiveProfiles>,
+    /// iSCSI volumes, when the server manages them.
+    pub volumes: Option<Arc<crate::iscsi::service::Volumes<crate::iscsi::tgt::Tgt>>>,
 }
 
 /// Request bodies are small JSON documents; nothing legitimate comes near this.

@@ -7,6 +7,7 @@
 //! repair it. Every operation is idempotent. Backing files are sparse and are never
 //! deleted by an export change: data outlives exports.
 
+pub mod service;
 pub mod tgt;
 
 use std::path::{Path, PathBuf};

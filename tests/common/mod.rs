@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tgtd;
+
 use ramboot::config::Config;
 use ramboot::http::{router, AppState};
 use ramboot::images::{ImageKind, ImageStore, Manifest};
@@ -107,7 +109,11 @@ impl TestServer {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let mut config = config;
                 config.http_listen = listener.local_addr().unwrap();
-                let state = AppState { config: Arc::new(config), store, images, profiles: Arc::new(profiles) };
+                let volumes = config.iscsi.clone().map(|cfg| {
+                    let backend = ramboot::iscsi::tgt::Tgt { control_port: cfg.tgt_control_port };
+                    Arc::new(ramboot::iscsi::service::Volumes { backend, config: cfg, store: store.clone() })
+                });
+                let state = AppState { config: Arc::new(config), store, images, profiles: Arc::new(profiles), volumes };
                 tx.send(listener.local_addr().unwrap()).unwrap();
                 axum::serve(listener, router(state)).await.unwrap();
             });

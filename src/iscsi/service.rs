@@ -1,0 +1,194 @@
+//! ramboot's side of iSCSI: from the store's volumes and attachments to exports on
+//! the target, and back (reconcile). Backing files live in `volumes_dir`, one
+//! sparse file per volume, deleted only when the volume itself is deleted.
+
+use super::{ensure_backing, Backend, Chap, Export, IscsiError, Lun, Repair};
+use crate::config::IscsiConfig;
+use crate::store::{NodeId, Store, StoreError, Volume};
+use std::path::PathBuf;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Iscsi(#[from] IscsiError),
+    #[error("invalid volume {0}")]
+    Invalid(String),
+    #[error("generating a CHAP secret: {0}")]
+    Random(String),
+}
+
+/// The export ramboot wants for a node with these volumes (none: no export).
+pub fn desired_export(cfg: &IscsiConfig, node: NodeId, secret: &str, volumes: &[Volume]) -> Option<Export> {
+    let luns: Vec<Lun> = volumes
+        .iter()
+        .filter(|v| v.node_id == Some(node))
+        .filter_map(|v| v.lun.map(|number| Lun { number, backing: backing_path(cfg, &v.name) }))
+        .collect();
+    (!luns.is_empty()).then(|| Export {
+        target_iqn: cfg.target_iqn(node),
+        initiator_iqn: cfg.initiator_iqn(node),
+        chap: Chap { user: IscsiConfig::chap_user(node), secret: secret.to_string() },
+        mutual_chap: None,
+        luns,
+    })
+}
+
+pub fn backing_path(cfg: &IscsiConfig, volume: &str) -> PathBuf {
+    cfg.volumes_dir.join(format!("{volume}.img"))
+}
+
+/// 16 letters and digits: what tgt and open-iscsi accept as a CHAP secret.
+pub fn generate_chap_secret() -> Result<String, VolumeError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| VolumeError::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect())
+}
+
+/// Volume sizes: 1 MiB to 64 TiB, whole MiB (a block device wants aligned sizes).
+pub fn check_volume(name: &str, size_bytes: u64) -> Result<(), VolumeError> {
+    if !crate::images::valid_name(name) {
+        return Err(VolumeError::Invalid(format!("name {name:?}: 1-64 letters, digits, '-' or '_'")));
+    }
+    if !((1 << 20)..=(64 << 40)).contains(&size_bytes) || size_bytes % (1 << 20) != 0 {
+        return Err(VolumeError::Invalid(format!("size {size_bytes}: a whole number of MiB, 1 MiB to 64 TiB")));
+    }
+    Ok(())
+}
+
+pub struct Volumes<B: Backend> {
+    pub backend: B,
+    pub config: IscsiConfig,
+    pub store: Store,
+}
+
+impl<B: Backend> Volumes<B> {
+    pub async fn create(&self, name: &str, size_bytes: u64, now_ms: i64) -> Result<Volume, VolumeError> {
+        check_volume(name, size_bytes)?;
+        let volume = self.store.create_volume(name, size_bytes, now_ms).await?;
+        let path = backing_path(&self.config, name);
+        if let Err(e) = ensure_backing(&path, size_bytes) {
+            // No row without its file: undo, so the name can be used again.
+            let _ = self.store.delete_volume(name).await;
+            return Err(e.into());
+        }
+        info!(volume = name, bytes = size_bytes, path = %path.display(), "volume created");
+        Ok(volume)
+    }
+
+    /// Delete a detached volume and its data.
+    pub async fn delete(&self, name: &str) -> Result<(), VolumeError> {
+        self.store.delete_volume(name).await?;
+        let path = backing_path(&self.config, name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(IscsiError::Io { path, source: e }.into()),
+            _ => {
+                info!(volume = name, "volume deleted with its data");
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn attach(&self, name: &str, node: NodeId, now_ms: i64) -> Result<Volume, VolumeError> {
+        let volume = self.store.attach_volume(name, node, now_ms).await?;
+        self.sync_node(node).await?;
+        Ok(volume)
+    }
+
+    pub async fn detach(&self, name: &str, now_ms: i64) -> Result<Volume, VolumeError> {
+        if let Some(node) = self.store.detach_volume(name, now_ms).await? {
+            self.sync_node(node).await?;
+        }
+        Ok(self.store.volume(name).await?)
+    }
+
+    /// Make the node's export match its attached volumes.
+    pub async fn sync_node(&self, node: NodeId) -> Result<Repair, VolumeError> {
+        let volumes = self.store.node_volumes(node).await?;
+        if volumes.is_empty() {
+            self.backend.remove_export(&self.config.target_iqn(node)).await?;
+            return Ok(Repair::default());
+        }
+        let secret = self.store.chap_secret(node, || generate_chap_secret().unwrap_or_default()).await?;
+        for v in &volumes {
+            ensure_backing(&backing_path(&self.config, &v.name), v.size_bytes)?;
+        }
+        let Some(export) = desired_export(&self.config, node, &secret, &volumes) else { return Ok(Repair::default()) };
+        Ok(self.backend.ensure_export(&export).await?)
+    }
+
+    /// At start: compare every node's export with the target, repair drift, and
+    /// report targets under our prefix that no node wants (left alone: they may hold
+    /// sessions an operator cares about).
+    pub async fn reconcile(&self) -> Result<Vec<(NodeId, Repair)>, VolumeError> {
+        let mut repaired = vec![];
+        let nodes = self.store.nodes_with_volumes().await?;
+        for node in &nodes {
+            let repair = self.sync_node(*node).await?;
+            if !repair.is_noop() {
+                warn!(node, drift = %repair.describe(), "iSCSI export drifted from the store; repaired");
+                repaired.push((*node, repair));
+            }
+        }
+        let wanted: Vec<String> = nodes.iter().map(|n| self.config.target_iqn(*n)).collect();
+        for target in self.backend.list().await? {
+            if target.iqn.starts_with(&self.config.iqn_prefix) && !wanted.contains(&target.iqn) {
+                warn!(target = %target.iqn, "iSCSI target not in the store (not removed)");
+            }
+        }
+        Ok(repaired)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> IscsiConfig {
+        IscsiConfig {
+            portal: "192.0.2.1:3260".parse().unwrap(),
+            iqn_prefix: "iqn.2026-11.io.ramboot".into(),
+            tgt_control_port: None,
+            volumes_dir: "/var/lib/ramboot/volumes".into(),
+        }
+    }
+
+    fn vol(name: &str, node: Option<NodeId>, lun: Option<u32>) -> Volume {
+        Volume { id: 1, name: name.into(), size_bytes: 1 << 30, node_id: node, lun, created_at_ms: 0 }
+    }
+
+    #[test]
+    fn a_nodes_export_holds_exactly_its_volumes() {
+        let vols = [
+            vol("vm-a", Some(3), Some(1)),
+            vol("vm-b", Some(3), Some(2)),
+            vol("other", Some(4), Some(1)),
+            vol("free", None, None),
+        ];
+        let e = desired_export(&cfg(), 3, "abcdefghijklmnop", &vols).unwrap();
+        assert_eq!(e.target_iqn, "iqn.2026-11.io.ramboot:target-3");
+        assert_eq!(e.initiator_iqn, "iqn.2026-11.io.ramboot:node-3");
+        assert_eq!(e.chap.user, "node-3");
+        assert_eq!(
+            e.luns.iter().map(|l| (l.number, l.backing.clone())).collect::<Vec<_>>(),
+            [
+                (1, PathBuf::from("/var/lib/ramboot/volumes/vm-a.img")),
+                (2, PathBuf::from("/var/lib/ramboot/volumes/vm-b.img")),
+            ]
+        );
+        assert!(desired_export(&cfg(), 5, "abcdefghijklmnop", &vols).is_none());
+    }
+
+    #[test]
+    fn secrets_and_sizes() {
+        let s = generate_chap_secret().unwrap();
+        assert!(crate::iscsi::valid_chap_secret(&s), "{s}");
+        assert_ne!(s, generate_chap_secret().unwrap());
+        assert!(check_volume("vm", 1 << 30).is_ok());
+        assert!(check_volume("vm", 1000).is_err() && check_volume("../x", 1 << 30).is_err());
+        assert!(check_volume("vm", (1 << 30) + 1).is_err());
+    }
+}

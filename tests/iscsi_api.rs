@@ -1,0 +1,161 @@
+//! iSCSI volumes through the admin API and the node's plan, against a real tgtd:
+//! create, attach (the node's plan then carries working credentials), detach
+//! (the export goes), and node deletion that keeps volumes unless asked.
+
+mod common;
+
+use common::tgtd::{skip_reason, Tgtd};
+use common::{agent, call, send_json, token_of, TestServer};
+use serde_json::{json, Value};
+use std::process::Command;
+
+const MAC: &str = "52:54:00:15:c5:01";
+
+fn inq(tgtd: &Tgtd, initiator: &str, target: &str, user: &str, secret: &str) -> (bool, String) {
+    let out =
+        Command::new("iscsi-inq").args(["-i", initiator, &tgtd.url(target, Some((user, secret)), 1)]).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// What tgtd exports now, as `tgtadm --op show` prints it.
+fn targets(tgtd: &Tgtd) -> String {
+    let out = Command::new("tgtadm")
+        .args(["-C", &tgtd.control.to_string(), "--lld", "iscsi", "--op", "show", "--mode", "target"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn volumes_are_exported_to_their_node_and_outlive_it() {
+    if let Some(reason) = skip_reason() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the iSCSI tests, but: {reason}");
+        eprintln!("SKIPPED iSCSI API: {reason}");
+        return;
+    }
+    let tgtd = Tgtd::start();
+    let config = format!("iscsi:\n  portal: 127.0.0.1:{}\n  tgt_control_port: {}\n", tgtd.portal, tgtd.control);
+    let srv = TestServer::start_with(Some("tiny"), &[], &config);
+    let http = agent();
+    let api = |method: &str, path: &str, body: Value| {
+        send_json(
+            http.request(method, &srv.url(&format!("/api/v1{path}"))).set("Authorization", &srv.admin_auth()),
+            body,
+        )
+    };
+    let get = |path: &str| call(http.get(&srv.url(&format!("/api/v1{path}"))).set("Authorization", &srv.admin_auth()));
+
+    assert_eq!(api("POST", "/nodes", json!({"mac": MAC})).0, 201);
+    let (status, body) = api("POST", "/volumes", json!({"name": "vm-disks", "size_bytes": 32 << 20}));
+    assert_eq!(status, 201, "{body}");
+    let backing = srv.dir.path().join("data/volumes/vm-disks.img");
+    assert_eq!(std::fs::metadata(&backing).unwrap().len(), 32 << 20);
+    assert_eq!(api("POST", "/volumes", json!({"name": "vm-disks", "size_bytes": 32 << 20})).0, 409);
+    assert_eq!(api("POST", "/volumes", json!({"name": "odd", "size_bytes": 1000})).0, 422);
+    let (status, body) = api("POST", "/volumes/vm-disks/attach", json!({"node": MAC}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["lun"], 1);
+
+    // The node boots and its plan says how to log in; those credentials work.
+    let token = token_of(&call(http.get(&srv.url(&format!("/boot.ipxe?mac={MAC}")))).1);
+    let (status, plan) = call(http.get(&srv.url("/boot/v1/plan")).set("Authorization", &format!("Bearer {token}")));
+    assert_eq!(status, 200, "{plan}");
+    let plan: Value = serde_json::from_str(&plan).unwrap();
+    let iscsi = &plan["iscsi"];
+    assert_eq!(iscsi["portal"], format!("127.0.0.1:{}", tgtd.portal));
+    assert_eq!(iscsi["luns"], json!([{"lun": 1, "volume": "vm-disks", "size_bytes": 32 << 20}]));
+    let (initiator, target) = (iscsi["initiator_iqn"].as_str().unwrap(), iscsi["target_iqn"].as_str().unwrap());
+    let (user, secret) = (iscsi["chap_user"].as_str().unwrap(), iscsi["chap_secret"].as_str().unwrap());
+    let (ok, out) = inq(&tgtd, initiator, target, user, secret);
+    assert!(ok && out.contains("DIRECT_ACCESS"), "{out}");
+    let (ok, out) = inq(&tgtd, "iqn.2026-11.io.ramboot:node-99", target, user, secret);
+    assert!(!ok && out.contains("Target not found"), "{out}");
+
+    let detail: Value = serde_json::from_str(&get(&format!("/nodes/{MAC}")).1).unwrap();
+    assert_eq!(detail["volumes"][0]["name"], "vm-disks");
+    let (status, _) = api("POST", "/volumes", json!({"name": "other", "size_bytes": 1 << 20}));
+    assert_eq!(status, 201);
+    assert_eq!(api("POST", "/nodes", json!({"mac": "52:54:00:15:c5:02"})).0, 201);
+    let (status, body) = api("POST", "/volumes/vm-disks/attach", json!({"node": "52:54:00:15:c5:02"}));
+    assert_eq!(status, 409, "attached elsewhere: {body}");
+    assert_eq!(api("DELETE", "/volumes/vm-disks", json!(null)).0, 409, "attached volumes are not deleted");
+
+    // Detach: the export goes with the node's last volume.
+    assert_eq!(api("POST", "/volumes/vm-disks/detach", json!({})).0, 200);
+    assert!(!targets(&tgtd).contains(target), "{}", targets(&tgtd));
+    assert!(!inq(&tgtd, initiator, target, user, secret).0);
+
+    // Deleting the node keeps its volumes (detached, data intact) unless asked.
+    assert_eq!(api("POST", "/volumes/vm-disks/attach", json!({"node": MAC})).0, 200);
+    std::fs::write(&backing, b"VM data").unwrap();
+    let (status, body) =
+        call(http.delete(&srv.url(&format!("/api/v1/nodes/{MAC}"))).set("Authorization", &srv.admin_auth()));
+    assert_eq!(status, 204, "{body}");
+    let vol: Value = serde_json::from_str(&get("/volumes/vm-disks").1).unwrap();
+    assert_eq!(vol["node_id"], Value::Null);
+    assert_eq!(&std::fs::read(&backing).unwrap()[..7], b"VM data");
+    assert!(!targets(&tgtd).contains(target), "no export without a node");
+
+    assert_eq!(api("POST", "/volumes/other/attach", json!({"node": "52:54:00:15:c5:02"})).0, 200);
+    let other = srv.dir.path().join("data/volumes/other.img");
+    let (status, _) = call(
+        http.delete(&srv.url("/api/v1/nodes/52:54:00:15:c5:02?delete_volumes=true"))
+            .set("Authorization", &srv.admin_auth()),
+    );
+    assert_eq!(status, 204);
+    assert!(!other.exists() && get("/volumes/other").0 == 404, "deleted on explicit request");
+    assert_eq!(call(http.delete(&srv.url("/api/v1/volumes/vm-disks")).set("Authorization", &srv.admin_auth())).0, 204);
+    assert!(!backing.exists());
+}
+
+#[test]
+fn without_iscsi_config_volume_changes_say_so() {
+    let srv = TestServer::start();
+    let (status, body) = send_json(
+        agent().post(&srv.url("/api/v1/volumes")).set("Authorization", &srv.admin_auth()),
+        json!({"name": "v", "size_bytes": 1 << 20}),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("iscsi_disabled"), "{body}");
+}
+
+#[test]
+fn volumes_from_the_cli() {
+    if let Some(reason) = skip_reason() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the iSCSI tests, but: {reason}");
+        eprintln!("SKIPPED iSCSI CLI: {reason}");
+        return;
+    }
+    let tgtd = Tgtd::start();
+    let config = format!("iscsi:\n  portal: 127.0.0.1:{}\n  tgt_control_port: {}\n", tgtd.portal, tgtd.control);
+    let srv = TestServer::start_with(Some("tiny"), &[], &config);
+    let ramboot = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ramboot"))
+            .args(args)
+            .env("RAMBOOT_SERVER", &srv.base)
+            .env("RAMBOOT_TOKEN", &srv.admin)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    assert!(ramboot(&["nodes", "add", "52:54:00:15:c5:09"]).0);
+    let (ok, out) = ramboot(&["volumes", "create", "vm-9", "64M"]);
+    assert!(ok && out.contains("64.0 MiB"), "{out}");
+    let (ok, out) = ramboot(&["volumes", "attach", "vm-9", "52:54:00:15:c5:09"]);
+    assert!(ok && out.lines().nth(1).is_some_and(|l| l.ends_with(" 1")), "attached as LUN 1: {out}");
+    let (ok, out) = ramboot(&["volumes", "rm", "vm-9"]);
+    assert!(!ok && out.contains("HTTP 409") && out.contains("detach it first"), "{out}");
+    let (ok, out) = ramboot(&["nodes", "rm", "52:54:00:15:c5:09"]);
+    assert!(ok, "{out}");
+    let (ok, out) = ramboot(&["volumes", "ls"]);
+    assert!(
+        ok && out.contains("vm-9") && out.lines().nth(1).is_some_and(|l| l.contains(" - ")),
+        "kept, detached: {out}"
+    );
+    let (ok, out) = ramboot(&["volumes", "create", "bad", "12X"]);
+    assert!(!ok && out.contains("unknown unit"), "{out}");
+    assert!(ramboot(&["volumes", "rm", "vm-9"]).0);
+}
