@@ -159,3 +159,54 @@ fn volumes_from_the_cli() {
     assert!(!ok && out.contains("unknown unit"), "{out}");
     assert!(ramboot(&["volumes", "rm", "vm-9"]).0);
 }
+
+/// At start the server reconciles: an export deleted behind its back comes back over
+/// the same data, and an in-sync one is left alone.
+#[tokio::test]
+async fn reconcile_repairs_drift_from_the_store() {
+    if let Some(reason) = skip_reason() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the iSCSI tests, but: {reason}");
+        eprintln!("SKIPPED iSCSI reconcile: {reason}");
+        return;
+    }
+    use ramboot::iscsi::service::Volumes;
+    let tgtd = Tgtd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ramboot::store::Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+    let config = ramboot::config::IscsiConfig {
+        portal: format!("127.0.0.1:{}", tgtd.portal).parse().unwrap(),
+        iqn_prefix: "iqn.2026-11.io.ramboot".into(),
+        tgt_control_port: Some(tgtd.control),
+        volumes_dir: dir.path().join("volumes"),
+    };
+    let volumes = Volumes { backend: tgtd.backend(), config, store: store.clone() };
+    let node = store.ensure_node("52:54:00:15:c5:0a".parse().unwrap(), 0).await.unwrap();
+    volumes.create("vm-a", 8 << 20, 0).await.unwrap();
+    volumes.attach("vm-a", node.id, 0).await.unwrap();
+    assert!(volumes.reconcile().await.unwrap().is_empty(), "in sync after attach");
+
+    let backing = dir.path().join("volumes/vm-a.img");
+    std::fs::write(&backing, b"precious").unwrap();
+    let gone = Command::new("tgtadm")
+        .args([
+            "-C",
+            &tgtd.control.to_string(),
+            "--lld",
+            "iscsi",
+            "--op",
+            "delete",
+            "--mode",
+            "target",
+            "--tid",
+            "1",
+            "--force",
+        ])
+        .output()
+        .unwrap();
+    assert!(gone.status.success());
+    let repaired = volumes.reconcile().await.unwrap();
+    assert_eq!(repaired.len(), 1);
+    assert!(repaired[0].1.created_target, "{}", repaired[0].1.describe());
+    assert!(targets(&tgtd).contains("iqn.2026-11.io.ramboot:target-"), "{}", targets(&tgtd));
+    assert_eq!(&std::fs::read(&backing).unwrap()[..8], b"precious");
+}

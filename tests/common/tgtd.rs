@@ -29,21 +29,27 @@ impl Tgtd {
         let portal = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         // Unique per tgtd: the control socket lives in /var/run/tgtd, shared by all.
         static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-        let control =
-            1000 + (std::process::id() % 20000) as u16 * 2 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // tgtd refuses control ports of 32768 and up; room for three per test process.
+        let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 3;
+        let control = 1000 + (std::process::id() % 10000) as u16 * 3 + next;
         let child = Command::new("tgtd")
             .args(["-f", "-C", &control.to_string(), "--iscsi", &format!("portal=127.0.0.1:{portal}")])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            // A file, not a pipe: tgtd logs as it works and would block on a full pipe.
+            .stderr(std::fs::File::create(Self::log_path(control)).expect("tgtd log file"))
             .spawn()
             .expect("starting tgtd");
-        let tgtd = Tgtd { child, control, portal };
+        let mut tgtd = Tgtd { child, control, portal };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Command::new("tgtadm")
             .args(["-C", &control.to_string(), "--op", "show", "--mode", "system"])
             .output()
             .map_or(true, |o| !o.status.success())
         {
+            if let Ok(Some(status)) = tgtd.child.try_wait() {
+                let log = std::fs::read_to_string(Self::log_path(control)).unwrap_or_default();
+                panic!("tgtd exited ({status}): {log}");
+            }
             assert!(Instant::now() < deadline, "tgtd did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -82,8 +88,13 @@ impl Drop for Tgtd {
 }
 
 impl Tgtd {
-    /// tgtd leaves its control socket behind; ours go with it.
+    fn log_path(control: u16) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("ramboot-test-tgtd-{control}.log"))
+    }
+
+    /// tgtd leaves its control socket behind; ours go with it (and its log).
     fn remove_sockets(&self) {
+        let _ = std::fs::remove_file(Self::log_path(self.control));
         for suffix in ["", ".lock"] {
             let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}{suffix}", self.control));
         }
