@@ -287,7 +287,7 @@ async fn update_node(
 
 #[utoipa::path(delete, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "node id or MAC"), DeleteNodeQuery),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_node(
     State(state): State<AppState>,
     op: Operator,
@@ -735,7 +735,7 @@ async fn attach_volume(
 
 #[utoipa::path(post, path = "/volumes/{name}/detach", tag = "volumes", params(("name" = String, Path)),
     responses((status = 200, body = Volume), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn detach_volume(
     State(state): State<AppState>,
     op: Operator,
