@@ -164,3 +164,28 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// UEFI: OVMF with QEMU's efi-e1000 iPXE ROM (option 93 = 7) boots the same way.
+#[test]
+fn qemu_uefi_node_pxe_boots_into_ram() {
+    if let Some(reason) = skip_reason() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the QEMU end-to-end test, but: {reason}");
+        eprintln!("SKIPPED qemu_uefi_node_pxe_boots_into_ram: {reason}");
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = lab_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report-uefi.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["lab", "--once", "--uefi", "--timeout", "300", "--profile", "tiny", "--dir"])
+        .arg(&dir)
+        .arg("--report")
+        .arg(&report)
+        .status()
+        .expect("running ramboot lab");
+    assert!(status.success(), "ramboot lab --uefi failed ({status}); see {}/console.log", dir.display());
+    let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(detail["node"]["state"], "ready", "{detail:#}");
+    assert_eq!(detail["node"]["arch"], "efi-x64", "DHCP saw UEFI x64 (option 93)");
+}
