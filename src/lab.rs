@@ -46,6 +46,12 @@ pub struct LabOptions {
     /// No default profile: the node boots into discovery and waits for an operator
     /// to assign it one (`ramboot nodes assign`).
     pub discover: bool,
+    /// Run a tgtd in the namespace and give the VM an iSCSI volume.
+    pub iscsi: bool,
+    /// Between boots, kill QEMU hard (a crashed hypervisor) instead of resetting it.
+    pub crash: bool,
+    /// Profiles directory (default: the checkout's `profiles/`).
+    pub profiles: Option<PathBuf>,
 }
 
 /// Debian packages the lab needs, by the file that proves each is installed.
@@ -61,6 +67,7 @@ const NEEDS: &[(&str, &str)] = &[
     ("/usr/sbin/depmod", "kmod"),
     ("/usr/sbin/debootstrap", "debootstrap"),
     ("/usr/bin/curl", "curl"),
+    ("/usr/sbin/tgtd", "tgt"),
 ];
 
 /// Install whatever the lab needs that is missing, saying so on screen.
@@ -149,6 +156,31 @@ pub fn ensure_images(
     Ok(())
 }
 
+/// tgtd takes control ports below 32768; one per lab process.
+fn tgt_control_port() -> u16 {
+    20000 + (std::process::id() % 10000) as u16
+}
+
+/// The lab's tgtd, inside the namespace. It ignores SIGTERM: stopping means deleting
+/// its targets and then the "system" (see LAB.md), and killing it if it lingers.
+async fn stop_tgtd(mut tgtd: Guarded) {
+    let port = tgt_control_port().to_string();
+    let tgtadm = |args: &[&str]| std::process::Command::new("tgtadm").arg("-C").arg(&port).args(args).output();
+    if let Ok(out) = tgtadm(&["--lld", "iscsi", "--op", "show", "--mode", "target"]) {
+        for target in crate::iscsi::tgt::parse_show(&String::from_utf8_lossy(&out.stdout)) {
+            let tid = target.tid.to_string();
+            let _ = tgtadm(&["--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", &tid, "--force"]);
+        }
+    }
+    let _ = tgtadm(&["--op", "delete", "--mode", "system"]);
+    if tokio::time::timeout(Duration::from_secs(5), tgtd.child.wait()).await.is_err() {
+        let _ = tgtd.child.kill().await;
+    }
+    for suffix in ["", ".lock"] {
+        let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{port}{suffix}"));
+    }
+}
+
 /// A network namespace that is deleted when dropped.
 struct Netns {
     name: String,
@@ -212,8 +244,10 @@ impl Guarded {
 
 /// HTTP GETs performed from inside the namespace: a dedicated thread joins it (a
 /// thread's network namespace is its own), so the rest of the process stays outside.
-/// A GET to run in the namespace: URL, bearer token, where to send the body.
-type NetnsRequest = (String, Option<String>, tokio::sync::oneshot::Sender<Result<String, String>>);
+/// A request to run in the namespace: method, URL, bearer token, JSON body, where to
+/// send the answer's body.
+type NetnsRequest =
+    (&'static str, String, Option<String>, Option<String>, tokio::sync::oneshot::Sender<Result<String, String>>);
 
 struct NetnsHttp {
     requests: mpsc::Sender<NetnsRequest>,
@@ -234,12 +268,16 @@ impl NetnsHttp {
                 return;
             }
             let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
-            for (url, token, reply) in rx {
-                let mut request = agent.get(&url);
+            for (method, url, token, body, reply) in rx {
+                let mut request = agent.request(method, &url);
                 if let Some(token) = token {
                     request = request.set("Authorization", &format!("Bearer {token}"));
                 }
-                let result = match request.call() {
+                let sent = match body {
+                    Some(body) => request.set("Content-Type", "application/json").send_string(&body),
+                    None => request.call(),
+                };
+                let result = match sent {
                     Ok(r) => r.into_string().map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
@@ -251,9 +289,17 @@ impl NetnsHttp {
     }
 
     async fn get(&self, url: String) -> Result<String> {
+        self.send("GET", url, None).await
+    }
+
+    async fn post(&self, url: String, body: serde_json::Value) -> Result<String> {
+        self.send("POST", url, Some(body.to_string())).await
+    }
+
+    async fn send(&self, method: &'static str, url: String, body: Option<String>) -> Result<String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let token = self.token.lock().map(|t| t.clone()).unwrap_or(None);
-        self.requests.send((url, token, tx)).map_err(|_| anyhow::anyhow!("namespace thread gone"))?;
+        self.requests.send((method, url, token, body, tx)).map_err(|_| anyhow::anyhow!("namespace thread gone"))?;
         rx.await.context("namespace thread gone")?.map_err(|e| anyhow::anyhow!(e))
     }
 }
@@ -297,7 +343,8 @@ pub async fn run(opts: LabOptions) -> Result<()> {
     let repo = std::path::absolute(&opts.repo)?;
     let (data, cache) = (dir.join("data"), dir.join("cache"));
     std::fs::create_dir_all(&data)?;
-    let repo_profiles = repo.join("profiles");
+    let repo_profiles =
+        opts.profiles.clone().map(std::path::absolute).transpose()?.unwrap_or_else(|| repo.join("profiles"));
     let profiles = crate::profiles::load_dir(&repo_profiles, &crate::profiles::Context::for_dir(&repo_profiles, None))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let profile = profiles
@@ -353,6 +400,18 @@ pub async fn run(opts: LabOptions) -> Result<()> {
             if opts.discover { String::new() } else { format!("default_profile: {}\n", profile.name) }
         ),
     )?;
+    if opts.iscsi {
+        // Fresh volumes per lab run, like the database: a run's data is its own.
+        let volumes = data.join("volumes");
+        if volumes.exists() {
+            std::fs::remove_dir_all(&volumes)?;
+        }
+        let mut config = std::fs::OpenOptions::new().append(true).open(&config_path)?;
+        std::io::Write::write_all(
+            &mut config,
+            format!("iscsi:\n  portal: {server_ip}:3260\n  tgt_control_port: {}\n", tgt_control_port()).as_bytes(),
+        )?;
+    }
     if opts.discover {
         println!(
             "lab: discovery mode: the node will wait for an assignment, e.g.\n  \
@@ -419,52 +478,17 @@ async fn run_in_namespace(
         }
     }
 
-    let mac = "52:54:00:72:62:01";
-    let mut qemu_cmd = Command::new("ip");
-    qemu_cmd.args(["netns", "exec", netns, "qemu-system-x86_64", "-accel", "tcg"]);
-    // A monitor socket lets the lab power-cycle the VM between boots.
-    let monitor = dir.join("qemu.monitor");
-    let monitor_arg = format!("unix:{},server,nowait", monitor.display());
-    let memory = opts.memory_mb.to_string();
-    qemu_cmd.args(["-m", &memory, "-nographic", "-serial", "stdio", "-monitor", &monitor_arg]);
-    // One boot: a guest reboot (stage one gives up) ends QEMU, a quick failure signal.
-    // Several: QEMU must survive the resets (it also treats `system_reset` as exit).
-    if opts.boots <= 1 {
-        qemu_cmd.arg("-no-reboot");
+    let mac = LAB_MAC;
+    let tgtd = if opts.iscsi { Some(start_tgtd(netns, server_ip, dir)?) } else { None };
+    if opts.iscsi {
+        attach_lab_volume(&http, &base).await?;
     }
-    qemu_cmd.args(["-netdev", &format!("tap,id=n0,ifname={TAP},script=no,downscript=no")]);
-    let rom = if opts.uefi { "efi-e1000.rom" } else { "pxe-e1000.rom" };
-    qemu_cmd.args([
-        "-device",
-        &format!("e1000,netdev=n0,mac={mac},romfile=/usr/lib/ipxe/qemu/{rom},bootindex=1"),
-        "-boot",
-        "n",
-    ]);
+    let monitor = dir.join("qemu.monitor");
     if opts.uefi {
-        let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)?;
-        qemu_cmd.args(["-machine", "q35"]);
-        qemu_cmd.args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"]);
-        qemu_cmd.args(["-drive", &format!("if=pflash,format=raw,file={}", vars.display())]);
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", dir.join("OVMF_VARS.fd"))?;
     }
     let started = Instant::now();
-    let qemu = Guarded {
-        what: "qemu",
-        child: qemu_cmd
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&console_log)?)
-            .stderr(std::fs::File::create(dir.join("qemu.err"))?)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting QEMU")?,
-    };
-    println!(
-        "lab: VM {mac} powered on ({}, {} MiB, TCG); serial console: {}",
-        if opts.uefi { "UEFI" } else { "BIOS" },
-        opts.memory_mb,
-        console_log.display()
-    );
-
+    let qemu = power_on(opts, dir, netns, &console_log, false)?;
     let mut qemu = qemu;
     let mut progress = Follow::default();
     let deadline = started + opts.timeout * opts.boots.max(1);
@@ -479,8 +503,17 @@ async fn run_in_namespace(
         if !matches!(outcome, Outcome::Ready) || n == opts.boots {
             break;
         }
-        println!("lab: boot {n} of {} is ready; resetting the VM for the next boot", opts.boots);
-        reset_vm(&monitor).await?;
+        if opts.crash {
+            println!(
+                "lab: boot {n} of {} is ready; killing QEMU (SIGKILL, a hypervisor crash) and powering on again",
+                opts.boots
+            );
+            let _ = qemu.child.kill().await;
+            qemu = power_on(opts, dir, netns, &console_log, true)?;
+        } else {
+            println!("lab: boot {n} of {} is ready; resetting the VM for the next boot", opts.boots);
+            reset_vm(&monitor).await?;
+        }
     }
     if let (Some(path), Some(body)) = (&opts.report, http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok()) {
         std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?;
@@ -494,6 +527,9 @@ async fn run_in_namespace(
         other => other,
     };
     qemu.stop().await;
+    if let Some(tgtd) = tgtd {
+        stop_tgtd(tgtd).await;
+    }
     server.stop().await;
     let _ = std::fs::remove_file(&monitor);
     match outcome {
@@ -512,6 +548,87 @@ async fn run_in_namespace(
         }
         Outcome::Interrupted => bail!("interrupted"),
     }
+}
+
+const LAB_MAC: &str = "52:54:00:72:62:01";
+
+/// Power the VM on: SeaBIOS or OVMF, e1000 with QEMU's iPXE ROM, network boot.
+fn power_on(opts: &LabOptions, dir: &Path, netns: &str, console_log: &Path, again: bool) -> Result<Guarded> {
+    let mut qemu_cmd = Command::new("ip");
+    qemu_cmd.args(["netns", "exec", netns, "qemu-system-x86_64", "-accel", "tcg"]);
+    // A monitor socket lets the lab power-cycle the VM between boots.
+    let monitor_arg = format!("unix:{},server,nowait", dir.join("qemu.monitor").display());
+    let memory = opts.memory_mb.to_string();
+    qemu_cmd.args(["-m", &memory, "-nographic", "-serial", "stdio", "-monitor", &monitor_arg]);
+    // One boot: a guest reboot (stage one gives up) ends QEMU, a quick failure signal.
+    // Several: QEMU must survive the resets (it also treats `system_reset` as exit).
+    if opts.boots <= 1 {
+        qemu_cmd.arg("-no-reboot");
+    }
+    qemu_cmd.args(["-netdev", &format!("tap,id=n0,ifname={TAP},script=no,downscript=no")]);
+    let rom = if opts.uefi { "efi-e1000.rom" } else { "pxe-e1000.rom" };
+    let nic = format!("e1000,netdev=n0,mac={LAB_MAC},romfile=/usr/lib/ipxe/qemu/{rom},bootindex=1");
+    qemu_cmd.args(["-device", &nic, "-boot", "n"]);
+    if opts.uefi {
+        qemu_cmd.args(["-machine", "q35"]);
+        qemu_cmd.args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"]);
+        qemu_cmd.args(["-drive", &format!("if=pflash,format=raw,file={}", dir.join("OVMF_VARS.fd").display())]);
+    }
+    let console =
+        std::fs::OpenOptions::new().create(true).append(again).write(true).truncate(!again).open(console_log)?;
+    let child = qemu_cmd
+        .stdin(Stdio::null())
+        .stdout(console)
+        .stderr(std::fs::File::create(dir.join("qemu.err"))?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting QEMU")?;
+    println!(
+        "lab: VM {LAB_MAC} powered on ({}, {} MiB, TCG); serial console: {}",
+        if opts.uefi { "UEFI" } else { "BIOS" },
+        opts.memory_mb,
+        console_log.display()
+    );
+    Ok(Guarded { what: "qemu", child })
+}
+
+/// A tgtd on the lab's bridge address, with a private control port.
+fn start_tgtd(netns: &str, server_ip: &str, dir: &Path) -> Result<Guarded> {
+    let port = tgt_control_port().to_string();
+    let child = Command::new("ip")
+        .args(["netns", "exec", netns, "tgtd", "-f", "-C", &port, "--iscsi", &format!("portal={server_ip}:3260")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("tgtd.log"))?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting tgtd (apt-get install tgt)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::process::Command::new("tgtadm")
+        .args(["-C", &port, "--op", "show", "--mode", "system"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        if Instant::now() > deadline {
+            bail!("tgtd did not come up (see {})", dir.join("tgtd.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("lab: tgtd serving iSCSI on {server_ip}:3260 (control port {port})");
+    Ok(Guarded { what: "tgtd", child })
+}
+
+/// Register the VM and give it a 64 MiB volume before it boots.
+async fn attach_lab_volume(http: &NetnsHttp, base: &str) -> Result<()> {
+    http.post(format!("{base}/api/v1/nodes"), serde_json::json!({ "mac": LAB_MAC })).await?;
+    http.post(
+        format!("{base}/api/v1/volumes"),
+        serde_json::json!({ "name": "lab-vm-disk", "size_bytes": 64u64 << 20 }),
+    )
+    .await?;
+    http.post(format!("{base}/api/v1/volumes/lab-vm-disk/attach"), serde_json::json!({ "node": LAB_MAC })).await?;
+    println!("lab: volume lab-vm-disk (64 MiB) attached to {LAB_MAC}");
+    Ok(())
 }
 
 /// Wait until the server answers its admin API with the token it wrote at start.

@@ -61,6 +61,15 @@ enum Cmd {
         /// No default profile: the node boots into discovery and waits to be assigned.
         #[arg(long)]
         discover: bool,
+        /// Run a tgtd in the namespace and give the VM a 64 MiB iSCSI volume.
+        #[arg(long)]
+        iscsi: bool,
+        /// With --boots: kill QEMU (SIGKILL) between boots instead of resetting it.
+        #[arg(long)]
+        crash: bool,
+        /// Profiles directory (default: the checkout's profiles/).
+        #[arg(long)]
+        profiles: Option<PathBuf>,
     },
     /// Manage nodes through a running server's admin API.
     Nodes {
@@ -311,7 +320,22 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Lab { once, profile, dir, repo, timeout, uefi, memory_mb, rebuild, report, boots, discover } => {
+        Cmd::Lab {
+            once,
+            profile,
+            dir,
+            repo,
+            timeout,
+            uefi,
+            memory_mb,
+            rebuild,
+            report,
+            boots,
+            discover,
+            iscsi,
+            crash,
+            profiles,
+        } => {
             let opts = lab::LabOptions {
                 once,
                 profile,
@@ -324,6 +348,9 @@ fn main() -> Result<()> {
                 report,
                 boots,
                 discover,
+                iscsi,
+                crash,
+                profiles,
             };
             tokio::runtime::Runtime::new()?.block_on(lab::run(opts))
         }

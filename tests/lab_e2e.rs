@@ -189,3 +189,69 @@ fn qemu_uefi_node_pxe_boots_into_ram() {
     assert_eq!(detail["node"]["state"], "ready", "{detail:#}");
     assert_eq!(detail["node"]["arch"], "efi-x64", "DHCP saw UEFI x64 (option 93)");
 }
+
+/// The other half of the diskless design: a compute node logs in to its iSCSI
+/// volume, writes a file and syncs; QEMU is killed (SIGKILL, a hypervisor crash); the
+/// node PXE-boots again, logs in again on its own, and reads the file back intact.
+#[test]
+fn vm_data_on_iscsi_survives_a_hypervisor_crash() {
+    if let Some(reason) = skip_reason() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the QEMU end-to-end test, but: {reason}");
+        eprintln!("SKIPPED vm_data_on_iscsi_survives_a_hypervisor_crash: {reason}");
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = lab_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let profiles = dir.join("crash-profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    std::fs::write(profiles.join("crash.yaml"), CRASH_PROFILE).unwrap();
+    let report = dir.join("report-crash.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["lab", "--once", "--iscsi", "--crash", "--boots", "2", "--memory-mb", "1024", "--timeout", "400"])
+        .args(["--profile", "crash", "--profiles"])
+        .arg(&profiles)
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--report")
+        .arg(&report)
+        .status()
+        .expect("running ramboot lab");
+    assert!(status.success(), "ramboot lab failed ({status}); see {}/console.log", dir.display());
+    let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let messages: Vec<&str> =
+        detail["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
+    let logins =
+        messages.iter().filter(|m| m.starts_with("iSCSI: logged in to iqn.2026-11.io.ramboot:target-")).count();
+    assert_eq!(logins, 2, "each boot logged in on its own: {messages:#?}");
+    let wrote = messages.iter().find_map(|m| m.strip_prefix("crashtest: wrote ")).expect("boot 1 wrote");
+    let read = messages.iter().find_map(|m| m.strip_prefix("crashtest: read ")).expect("boot 2 read");
+    assert_eq!(read, wrote, "the file written before the crash reads back intact");
+    assert_eq!(detail["node"]["state"], "ready");
+}
+
+const CRASH_PROFILE: &str = r#"name: crash
+description: compute-node plus a hook that writes (first boot) or reads (later boots) a marker on its VM disk.
+stage1: stage1
+image: compute-node
+kernel_args:
+  - console=tty0
+  - console=ttyS0,115200n8
+files:
+  - path: /etc/ramboot/hooks/volumes-ready
+    mode: "0755"
+    template: |
+      #!/bin/sh
+      set -e
+      dev=$(ls /dev/disk/by-path/*-lun-1 | head -n 1)
+      blkid "$dev" >/dev/null 2>&1 || mkfs.ext4 -q -F "$dev"
+      mkdir -p /mnt/vmdisk
+      mount "$dev" /mnt/vmdisk
+      if [ -f /mnt/vmdisk/marker ]; then
+        /usr/sbin/ramboot-agent report "crashtest: read $(cat /mnt/vmdisk/marker)"
+      else
+        echo "written by boot $(cat /proc/sys/kernel/random/boot_id)" >/mnt/vmdisk/marker
+        sync
+        /usr/sbin/ramboot-agent report "crashtest: wrote $(cat /mnt/vmdisk/marker)"
+      fi
+"#;

@@ -15,7 +15,7 @@
 #![allow(clippy::result_large_err)]
 
 use ramboot_proto::{
-    human_bytes, paths, AgentEvent, BootArgs, Dmi, Inventory, Nic, Plan, PlanWait, Progress, ReportedState,
+    human_bytes, paths, AgentEvent, BootArgs, Dmi, Inventory, Nic, Plan, PlanIscsi, PlanWait, Progress, ReportedState,
 };
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -37,7 +37,9 @@ fn main() {
     let outcome = match mode.as_str() {
         "stage1" => stage1(),
         "ready" => ready(),
-        _ => Err("usage: ramboot-agent stage1|ready".to_string()),
+        "iscsi-login" => iscsi_login(),
+        "report" => report(&std::env::args().skip(2).collect::<Vec<_>>().join(" ")),
+        _ => Err("usage: ramboot-agent stage1 | ready | iscsi-login | report MESSAGE".to_string()),
     };
     if let Err(e) = outcome {
         say(&format!("FAILED: {e}"));
@@ -131,8 +133,11 @@ fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
     server.post(paths::HELLO, &inventory)?;
     let plan = wait_for_plan(server)?;
     say(&format!(
-        "plan: profile {}, image {} ({} bytes, {})",
-        plan.profile, plan.image.name, plan.image.size, plan.image.format
+        "plan: profile {}, image {} ({}, {})",
+        plan.profile,
+        plan.image.name,
+        human_bytes(plan.image.size),
+        plan.image.format
     ));
     if plan.image.format != "squashfs" {
         return Err(format!("image format {:?} is not supported by this stage one", plan.image.format));
@@ -294,6 +299,21 @@ fn install_for_stage_two(args: &BootArgs, plan: &Plan) -> Result<()> {
     );
     fs::write(&env_dest, env).map_err(|e| format!("{}: {e}", env_dest.display()))?;
     set_mode(&env_dest, 0o600)?;
+    if let Some(iscsi) = &plan.iscsi {
+        // open-iscsi reads the initiator name at start; the plan holds the rest.
+        let name = root.join("etc/iscsi/initiatorname.iscsi");
+        let plan_file = root.join(ISCSI_PLAN.trim_start_matches('/'));
+        for p in [&name, &plan_file] {
+            if let Some(dir) = p.parent() {
+                fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+        }
+        fs::write(&name, format!("InitiatorName={}\n", iscsi.initiator_iqn))
+            .map_err(|e| format!("{}: {e}", name.display()))?;
+        let json = serde_json::to_string(iscsi).map_err(|e| e.to_string())?;
+        fs::write(&plan_file, json).map_err(|e| format!("{}: {e}", plan_file.display()))?;
+        set_mode(&plan_file, 0o600)?;
+    }
     let hostname = root.join("etc/hostname");
     fs::write(&hostname, format!("{}\n", plan.hostname)).map_err(|e| format!("{}: {e}", hostname.display()))?;
     Ok(())
@@ -304,7 +324,8 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn ready() -> Result<()> {
+/// In stage two: the server, node and token stage one left in the new root.
+fn stage_two_server() -> Result<Server> {
     let path = format!("/{ENV_FILE}");
     let text = fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     let get = |key: &str| {
@@ -319,13 +340,82 @@ fn ready() -> Result<()> {
         token: get("RAMBOOT_TOKEN")?,
         mac: None,
     };
-    let server = Server::new(&args);
+    Ok(Server::new(&args))
+}
+
+fn ready() -> Result<()> {
+    let server = stage_two_server()?;
     let host = read_trim("/etc/hostname").unwrap_or_default();
     let uptime =
         read_trim("/proc/uptime").and_then(|u| u.split_whitespace().next().map(str::to_string)).unwrap_or_default();
     server.report(Some(ReportedState::Ready), &format!("stage two up: {host}, kernel uptime {uptime}s"), None)?;
     say("reported ready");
     Ok(())
+}
+
+/// A line for the node's event log, from a stage-two script.
+fn report(message: &str) -> Result<()> {
+    if message.trim().is_empty() {
+        return Err("usage: ramboot-agent report MESSAGE".into());
+    }
+    stage_two_server()?.report(None, message, None)
+}
+
+/// Log in to the node's iSCSI volumes with open-iscsi, as the plan said, and report
+/// each attached device (or why it failed). Then run the operator's hook, if any.
+fn iscsi_login() -> Result<()> {
+    let server = stage_two_server()?;
+    match iscsi_login_inner() {
+        Ok(summary) => {
+            server.report(None, &summary, None)?;
+            say(&summary);
+            let hook = Path::new(VOLUMES_HOOK);
+            if hook.exists() {
+                let status = Command::new(hook).status().map_err(|e| format!("{VOLUMES_HOOK}: {e}"))?;
+                if !status.success() {
+                    let _ = server.report(None, &format!("{VOLUMES_HOOK} failed ({status})"), None);
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = server.report(None, &format!("iSCSI login failed: {e}"), None);
+            Err(e)
+        }
+    }
+}
+
+const ISCSI_PLAN: &str = "/etc/ramboot/iscsi.json";
+const VOLUMES_HOOK: &str = "/etc/ramboot/hooks/volumes-ready";
+
+fn iscsi_login_inner() -> Result<String> {
+    let text = fs::read_to_string(ISCSI_PLAN).map_err(|e| format!("{ISCSI_PLAN}: {e}"))?;
+    let plan: PlanIscsi = serde_json::from_str(&text).map_err(|e| format!("{ISCSI_PLAN}: {e}"))?;
+    let (target, portal) = (plan.target_iqn.as_str(), plan.portal.as_str());
+    run("iscsiadm", &["-m", "discovery", "-t", "sendtargets", "-p", portal])?;
+    for (name, value) in [
+        ("node.session.auth.authmethod", "CHAP"),
+        ("node.session.auth.username", plan.chap_user.as_str()),
+        ("node.session.auth.password", plan.chap_secret.as_str()),
+    ] {
+        run("iscsiadm", &["-m", "node", "-T", target, "-p", portal, "-o", "update", "-n", name, "-v", value])?;
+    }
+    // A node that was killed may still hold a session in the target's eyes; a fresh
+    // login replaces it.
+    run("iscsiadm", &["-m", "node", "-T", target, "-p", portal, "--login"])?;
+    let mut found = vec![];
+    for lun in &plan.luns {
+        let device = format!("/dev/disk/by-path/ip-{portal}-iscsi-{target}-lun-{}", lun.lun);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !Path::new(&device).exists() {
+            if Instant::now() > deadline {
+                return Err(format!("logged in, but {device} did not appear"));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        found.push(format!("LUN {} ({}, {}) at {device}", lun.lun, lun.volume, human_bytes(lun.size_bytes)));
+    }
+    Ok(format!("iSCSI: logged in to {target}: {}", found.join("; ")))
 }
 
 fn read_trim(path: &str) -> Option<String> {

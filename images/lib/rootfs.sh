@@ -171,6 +171,29 @@ TimeoutStartSec=120
 WantedBy=multi-user.target
 UNIT
     ln -sfn ../ramboot-ready.service "$sd/multi-user.target.wants/ramboot-ready.service"
+    if [ -x "$root/usr/sbin/iscsiadm" ] || [ -x "$root/sbin/iscsiadm" ]; then
+        # VM disks: log in to the volumes ramboot's plan names (stage one left the
+        # plan in /etc/ramboot/iscsi.json), before the node reports ready.
+        cat >"$sd/ramboot-iscsi.service" <<'UNIT'
+[Unit]
+Description=Log in to this node's iSCSI volumes (from ramboot's plan)
+ConditionPathExists=/etc/ramboot/iscsi.json
+Wants=network-online.target iscsid.service
+After=network-online.target iscsid.service
+Before=ramboot-ready.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/ramboot-agent iscsi-login
+StandardOutput=journal+console
+TimeoutStartSec=180
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+        ln -sfn ../ramboot-iscsi.service "$sd/multi-user.target.wants/ramboot-iscsi.service"
+    fi
     mkdir -p "$root/etc/ramboot"
     # Placeholders: the agent writes the node's real name; the network was
     # configured by stage one and survives switch_root (the kernel keeps it).
