@@ -26,32 +26,56 @@ const BRIDGE: &str = "rbbr0";
 const TAP: &str = "rbtap0";
 const HTTP_PORT: u16 = 8080;
 
-#[derive(Debug, Clone)]
+/// `ramboot lab`'s options (the CLI parses them straight into this).
+#[derive(Debug, Clone, clap::Args)]
 pub struct LabOptions {
-    /// Exit once the node is ready (or failed) instead of keeping it running.
+    /// Exit 0 once the node is ready (non-zero on failure or timeout).
+    #[arg(long)]
     pub once: bool,
+    #[arg(long, default_value = "tiny")]
     pub profile: String,
     /// Working directory: data, caches, logs.
+    #[arg(long, default_value = ".lab")]
     pub dir: PathBuf,
     /// The source checkout: `images/` recipes, `profiles/`, `ipxe/`, the agent crate.
+    #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
     pub repo: PathBuf,
-    pub timeout: Duration,
+    /// Seconds to wait for each boot to become ready.
+    #[arg(long = "timeout", default_value_t = 300)]
+    pub timeout_secs: u64,
+    /// Boot with OVMF (UEFI) instead of SeaBIOS.
+    #[arg(long)]
     pub uefi: bool,
+    #[arg(long, default_value_t = 512)]
     pub memory_mb: u32,
+    /// Rebuild the images even if they are up to date.
+    #[arg(long)]
     pub rebuild: bool,
     /// Write the node's final state and events (as the admin API returned them) here.
+    #[arg(long)]
     pub report: Option<PathBuf>,
     /// Boot the VM this many times (it is reset after each ready boot).
+    #[arg(long, default_value_t = 1)]
     pub boots: u32,
     /// No default profile: the node boots into discovery and waits for an operator
     /// to assign it one (`ramboot nodes assign`).
+    #[arg(long)]
     pub discover: bool,
-    /// Run a tgtd in the namespace and give the VM an iSCSI volume.
+    /// Run a tgtd in the namespace and give the VM a 64 MiB iSCSI volume.
+    #[arg(long)]
     pub iscsi: bool,
-    /// Between boots, kill QEMU hard (a crashed hypervisor) instead of resetting it.
+    /// With --boots: kill QEMU (SIGKILL, a crashed hypervisor) between boots instead of resetting it.
+    #[arg(long)]
     pub crash: bool,
     /// Profiles directory (default: the checkout's `profiles/`).
+    #[arg(long)]
     pub profiles: Option<PathBuf>,
+}
+
+impl LabOptions {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
 }
 
 /// Debian packages the lab needs, by the file that proves each is installed.
@@ -491,7 +515,7 @@ async fn run_in_namespace(
     let qemu = power_on(opts, dir, netns, &console_log, false)?;
     let mut qemu = qemu;
     let mut progress = Follow::default();
-    let deadline = started + opts.timeout * opts.boots.max(1);
+    let deadline = started + opts.timeout() * opts.boots.max(1);
     let mut outcome = Outcome::TimedOut;
     for n in 1..=opts.boots.max(1) {
         let (result, boot) = follow(&http, &base, mac, started, deadline, &mut qemu, &mut progress, interrupted).await;
@@ -540,7 +564,7 @@ async fn run_in_namespace(
         }
         Outcome::TimedOut => {
             print_tail(&console_log);
-            bail!("node not ready after {:?}", opts.timeout)
+            bail!("node not ready after {:?}", opts.timeout())
         }
         Outcome::VmExited(status) => {
             print_tail(&console_log);

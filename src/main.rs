@@ -7,7 +7,6 @@ use ramboot::{cli, config::Config, images, lab, profiles};
 use ramboot_proto::human_bytes;
 use serde_json::json;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "ramboot", version, about = "Diskless netboot provisioner: PXE-boot servers into RAM")]
@@ -30,47 +29,7 @@ enum Cmd {
         command: ImageCmd,
     },
     /// Boot a QEMU VM through ramboot inside a private network namespace.
-    Lab {
-        /// Exit 0 once the node is ready (non-zero on failure or timeout).
-        #[arg(long)]
-        once: bool,
-        #[arg(long, default_value = "tiny")]
-        profile: String,
-        #[arg(long, default_value = ".lab")]
-        dir: PathBuf,
-        /// The ramboot source checkout (recipes, profiles, agent crate).
-        #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
-        repo: PathBuf,
-        /// Seconds to wait for the node to become ready.
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
-        /// Boot with OVMF (UEFI) instead of SeaBIOS.
-        #[arg(long)]
-        uefi: bool,
-        #[arg(long, default_value_t = 512)]
-        memory_mb: u32,
-        /// Rebuild the images even if they exist.
-        #[arg(long)]
-        rebuild: bool,
-        /// Write the node's final state and events (from the admin API) to this file.
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// Boot the VM this many times, resetting it after each ready boot.
-        #[arg(long, default_value_t = 1)]
-        boots: u32,
-        /// No default profile: the node boots into discovery and waits to be assigned.
-        #[arg(long)]
-        discover: bool,
-        /// Run a tgtd in the namespace and give the VM a 64 MiB iSCSI volume.
-        #[arg(long)]
-        iscsi: bool,
-        /// With --boots: kill QEMU (SIGKILL) between boots instead of resetting it.
-        #[arg(long)]
-        crash: bool,
-        /// Profiles directory (default: the checkout's profiles/).
-        #[arg(long)]
-        profiles: Option<PathBuf>,
-    },
+    Lab(lab::LabOptions),
     /// Manage nodes through a running server's admin API.
     Nodes {
         #[command(flatten)]
@@ -320,40 +279,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Lab {
-            once,
-            profile,
-            dir,
-            repo,
-            timeout,
-            uefi,
-            memory_mb,
-            rebuild,
-            report,
-            boots,
-            discover,
-            iscsi,
-            crash,
-            profiles,
-        } => {
-            let opts = lab::LabOptions {
-                once,
-                profile,
-                dir,
-                repo,
-                timeout: Duration::from_secs(timeout),
-                uefi,
-                memory_mb,
-                rebuild,
-                report,
-                boots,
-                discover,
-                iscsi,
-                crash,
-                profiles,
-            };
-            tokio::runtime::Runtime::new()?.block_on(lab::run(opts))
-        }
+        Cmd::Lab(opts) => tokio::runtime::Runtime::new()?.block_on(lab::run(opts)),
         Cmd::Nodes { api, command } => nodes(&api, command),
         Cmd::Tokens { api, command } => tokens(&api, command),
         Cmd::Volumes { api, command } => volumes(&api, command),
@@ -580,7 +506,7 @@ fn volumes(api: &ApiArgs, command: VolumesCmd) -> Result<()> {
         VolumesCmd::Ls => show(client.get_json("/volumes")?)?,
         VolumesCmd::Show { name } => show(client.get_json(&path(&name, ""))?)?,
         VolumesCmd::Create { name, size } => {
-            let size_bytes = parse_size(&size)?;
+            let size_bytes = ramboot_proto::parse_size(&size).map_err(anyhow::Error::msg)?;
             show(client.post("/volumes", json!({ "name": name, "size_bytes": size_bytes }))?)?
         }
         VolumesCmd::Attach { name, node } => show(client.post(&path(&name, "/attach"), json!({ "node": node }))?)?,
@@ -591,32 +517,4 @@ fn volumes(api: &ApiArgs, command: VolumesCmd) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `20G`, `512M`, `1T` (binary units) or plain bytes.
-fn parse_size(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits.parse().with_context(|| format!("size {s:?}: expected a number with an optional K/M/G/T"))?;
-    let shift = match unit.trim_end_matches(['i', 'B']).to_ascii_uppercase().as_str() {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        other => anyhow::bail!("size {s:?}: unknown unit {other:?} (use K, M, G or T)"),
-    };
-    n.checked_shl(shift).filter(|v| v >> shift == n).with_context(|| format!("size {s:?} is too large"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes_parse_in_binary_units() {
-        assert_eq!(super::parse_size("20G").unwrap(), 20 << 30);
-        assert_eq!(super::parse_size("512MiB").unwrap(), 512 << 20);
-        assert_eq!(super::parse_size("4096").unwrap(), 4096);
-        assert!(super::parse_size("12X").is_err() && super::parse_size("G").is_err());
-        assert!(super::parse_size("99999999999T").is_err());
-    }
 }

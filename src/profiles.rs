@@ -48,6 +48,29 @@ pub struct Profile {
     /// Files rendered per node and laid over the image.
     #[serde(default)]
     pub files: Vec<OverlayFile>,
+    /// iSCSI volumes every node of this profile gets (`<hostname>-<name>`), created
+    /// and attached on its first boot, kept across boots.
+    #[serde(default)]
+    pub volumes: Vec<ProfileVolume>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileVolume {
+    pub name: String,
+    /// Like `20G` or `512M` (binary units).
+    pub size: String,
+}
+
+impl ProfileVolume {
+    pub fn size_bytes(&self) -> u64 {
+        ramboot_proto::parse_size(&self.size).unwrap_or(0)
+    }
+
+    /// The volume a node gets: named after it, so it is its own across boots.
+    pub fn volume_name(&self, hostname: &str) -> String {
+        format!("{hostname}-{}", self.name)
+    }
 }
 
 /// All present fields must match (AND). A profile matches if any selector does.
@@ -332,6 +355,17 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, SourceError> {
             }
         }
     }
+    for v in &profile.volumes {
+        // Room for the hostname in front: the volume name is `<hostname>-<name>`.
+        if v.name.is_empty() || v.name.len() > 24 || !valid_name(&v.name) {
+            return Err(invalid("volumes", format!("volume name {:?}: 1-24 letters, digits, '-' or '_'", v.name)));
+        }
+        let size = ramboot_proto::parse_size(&v.size).map_err(|e| invalid("volumes", e))?;
+        crate::iscsi::service::check_volume("v", size).map_err(|e| invalid("volumes", e.to_string()))?;
+    }
+    if profile.volumes.iter().enumerate().any(|(i, a)| profile.volumes[..i].iter().any(|b| b.name == a.name)) {
+        return Err(invalid("volumes", "two volumes with the same name".into()));
+    }
     for f in &profile.files {
         let path_ok = f.path.starts_with('/') && !f.path.split('/').any(|c| c == "..") && !f.path.contains('\0');
         if !path_ok {
@@ -565,6 +599,24 @@ mod tests {
         assert_eq!(parse_profile(Path::new("c.yaml"), &text).unwrap_err().line, 4);
         let text = format!("{GOOD}files:\n  - path: etc/motd\n    template: hi\n");
         assert_eq!(parse_profile(Path::new("c.yaml"), &text).unwrap_err().line, 5);
+    }
+
+    #[test]
+    fn declared_volumes_are_checked() {
+        let ok = format!("{GOOD}volumes:\n  - {{name: vm-disks, size: 20G}}\n");
+        assert_eq!(parse_profile(Path::new("c.yaml"), &ok).unwrap().volumes[0].size_bytes(), 20 << 30);
+        for bad in [
+            "{name: vm-disks, size: 20X}",
+            "{name: vm-disks, size: 1000}",
+            "{name: ../x, size: 1G}",
+            "{name: a, size: 1G, fast: yes}",
+        ] {
+            let text = format!("{GOOD}volumes:\n  - {bad}\n");
+            let err = parse_profile(Path::new("c.yaml"), &text).unwrap_err();
+            assert!(err.line >= 5, "{bad}: {err}");
+        }
+        let twice = format!("{GOOD}volumes:\n  - {{name: a, size: 1G}}\n  - {{name: a, size: 2G}}\n");
+        assert!(parse_profile(Path::new("c.yaml"), &twice).unwrap_err().message.contains("same name"));
     }
 
     #[test]

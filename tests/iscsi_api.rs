@@ -210,3 +210,44 @@ async fn reconcile_repairs_drift_from_the_store() {
     assert!(targets(&tgtd).contains("iqn.2026-11.io.ramboot:target-"), "{}", targets(&tgtd));
     assert_eq!(&std::fs::read(&backing).unwrap()[..8], b"precious");
 }
+
+/// A profile that declares volumes: each node gets its own (`<hostname>-<name>`),
+/// created and attached on its first boot and found again on the next.
+#[test]
+fn profiles_declare_per_node_volumes() {
+    if let Some(reason) = skip_reason() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the iSCSI tests, but: {reason}");
+        eprintln!("SKIPPED profile volumes: {reason}");
+        return;
+    }
+    let tgtd = Tgtd::start();
+    let config = format!("iscsi:\n  portal: 127.0.0.1:{}\n  tgt_control_port: {}\n", tgtd.portal, tgtd.control);
+    let profile = "name: hv\nstage1: stage1\nimage: tiny\nvolumes:\n  - {name: vm-disks, size: 16M}\n  - {name: scratch, size: 8M}\n";
+    let srv = TestServer::start_with(Some("hv"), &[("hv", profile)], &config);
+    let http = agent();
+    let boot = || {
+        let token = token_of(&call(http.get(&srv.url("/boot.ipxe?mac=52:54:00:15:c5:0b"))).1);
+        let (status, plan) = call(http.get(&srv.url("/boot/v1/plan")).set("Authorization", &format!("Bearer {token}")));
+        assert_eq!(status, 200, "{plan}");
+        serde_json::from_str::<Value>(&plan).unwrap()
+    };
+    let first = boot();
+    let luns = first["iscsi"]["luns"].clone();
+    assert_eq!(luns[0]["volume"], "node-52540015c50b-vm-disks", "{luns}");
+    assert_eq!(luns[1]["volume"], "node-52540015c50b-scratch");
+    assert_eq!(luns[1]["size_bytes"], 8 << 20);
+    let iscsi = &first["iscsi"];
+    let (ok, out) = inq(
+        &tgtd,
+        iscsi["initiator_iqn"].as_str().unwrap(),
+        iscsi["target_iqn"].as_str().unwrap(),
+        iscsi["chap_user"].as_str().unwrap(),
+        iscsi["chap_secret"].as_str().unwrap(),
+    );
+    assert!(ok, "{out}");
+    // The next boot finds the same volumes: nothing new is created.
+    let second = boot();
+    assert_eq!(second["iscsi"]["luns"], luns);
+    let (_, list) = call(http.get(&srv.url("/api/v1/volumes")).set("Authorization", &srv.admin_auth()));
+    assert_eq!(serde_json::from_str::<Value>(&list).unwrap().as_array().unwrap().len(), 2, "{list}");
+}

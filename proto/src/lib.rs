@@ -209,3 +209,31 @@ pub struct PlanLun {
     pub volume: String,
     pub size_bytes: u64,
 }
+
+/// `20G`, `512M`, `1T` (binary units, an optional `iB`/`B`) or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("size {s:?}: expected a number with an optional K/M/G/T"))?;
+    let shift = match unit.trim_end_matches(['i', 'B']).to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        other => return Err(format!("size {s:?}: unknown unit {other:?} (use K, M, G or T)")),
+    };
+    n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(super::parse_size("20G").unwrap(), 20 << 30);
+        assert_eq!(super::parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(super::parse_size("4096").unwrap(), 4096);
+        assert!(super::parse_size("12X").is_err() && super::parse_size("G").is_err());
+        assert!(super::parse_size("99999999999T").is_err());
+    }
+}

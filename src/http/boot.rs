@@ -324,6 +324,7 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
     };
     let base = state.config.boot_url();
     let has_files = state.profiles.current().get(&profile).is_some_and(|p| !p.files.is_empty());
+    ensure_profile_volumes(&state, &auth.node, &profile).await?;
     let iscsi = iscsi_plan(&state, auth.node.id).await?;
     Ok(Json(Plan {
         node_id: auth.node.id,
@@ -341,6 +342,47 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
         },
     })
     .into_response())
+}
+
+/// The volumes the node's profile declares: created and attached on first need,
+/// then simply found again on later boots. A name already attached to another node
+/// is reported, never taken over.
+async fn ensure_profile_volumes(state: &AppState, node: &Node, profile: &str) -> Result<(), ApiError> {
+    let Some(declared) = state.profiles.current().get(profile).map(|p| p.volumes.clone()) else { return Ok(()) };
+    if declared.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let Some(volumes) = &state.volumes else {
+        let note = format!("profile {profile} declares volumes, but this server manages no iSCSI volumes");
+        state.store.add_event(node.id, None, EventKind::Info, &note, now).await?;
+        return Ok(());
+    };
+    let unavailable =
+        |e: crate::iscsi::service::VolumeError| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "iscsi", e.to_string());
+    for v in &declared {
+        let name = v.volume_name(&node.hostname);
+        let existing = match state.store.volume(&name).await {
+            Ok(existing) => Some(existing),
+            Err(crate::store::StoreError::NoSuchVolume(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        match existing.map(|vol| vol.node_id) {
+            Some(Some(owner)) if owner == node.id => {}
+            Some(Some(owner)) => {
+                let note = format!("volume {name} is attached to node {owner}; not attaching it here");
+                state.store.add_event(node.id, None, EventKind::Info, &note, now).await?;
+            }
+            Some(None) => {
+                volumes.attach(&name, node.id, now).await.map_err(unavailable)?;
+            }
+            None => {
+                volumes.create(&name, v.size_bytes(), now).await.map_err(unavailable)?;
+                volumes.attach(&name, node.id, now).await.map_err(unavailable)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How the node reaches its volumes; the export is brought in line first, so what
