@@ -187,6 +187,8 @@ enum VolumesCmd {
     Attach { name: String, node: String },
     /// Stop exporting a volume (its data stays).
     Detach { name: String },
+    /// Grow a volume to SIZE (like 40G); attached nodes see it after a rescan.
+    Grow { name: String, size: String },
     /// Delete a detached volume and its data.
     Rm { name: String },
 }
@@ -511,6 +513,10 @@ fn volumes(api: &ApiArgs, command: VolumesCmd) -> Result<()> {
         }
         VolumesCmd::Attach { name, node } => show(client.post(&path(&name, "/attach"), json!({ "node": node }))?)?,
         VolumesCmd::Detach { name } => show(client.post(&path(&name, "/detach"), json!({}))?)?,
+        VolumesCmd::Grow { name, size } => {
+            let size_bytes = ramboot_proto::parse_size(&size).map_err(anyhow::Error::msg)?;
+            show(client.post(&path(&name, "/grow"), json!({ "size_bytes": size_bytes }))?)?
+        }
         VolumesCmd::Rm { name } => {
             client.delete(&path(&name, ""))?;
             eprintln!("volume {name} deleted with its data");

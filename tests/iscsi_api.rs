@@ -251,3 +251,49 @@ fn profiles_declare_per_node_volumes() {
     let (_, list) = call(http.get(&srv.url("/api/v1/volumes")).set("Authorization", &srv.admin_auth()));
     assert_eq!(serde_json::from_str::<Value>(&list).unwrap().as_array().unwrap().len(), 2, "{list}");
 }
+
+/// Growing an attached volume: the file grows and the target reports the new size.
+#[test]
+fn volumes_grow_and_never_shrink() {
+    if let Some(reason) = skip_reason() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the iSCSI tests, but: {reason}");
+        eprintln!("SKIPPED volume grow: {reason}");
+        return;
+    }
+    let tgtd = Tgtd::start();
+    let config = format!("iscsi:\n  portal: 127.0.0.1:{}\n  tgt_control_port: {}\n", tgtd.portal, tgtd.control);
+    let srv = TestServer::start_with(Some("tiny"), &[], &config);
+    let http = agent();
+    let api = |path: &str, body: Value| {
+        send_json(http.post(&srv.url(&format!("/api/v1{path}"))).set("Authorization", &srv.admin_auth()), body)
+    };
+    let mac = "52:54:00:15:c5:0c";
+    assert_eq!(api("/nodes", json!({"mac": mac})).0, 201);
+    assert_eq!(api("/volumes", json!({"name": "grow-me", "size_bytes": 16 << 20})).0, 201);
+    assert_eq!(api("/volumes/grow-me/attach", json!({"node": mac})).0, 200);
+    let token = token_of(&call(http.get(&srv.url(&format!("/boot.ipxe?mac={mac}")))).1);
+    let plan: Value = serde_json::from_str(
+        &call(http.get(&srv.url("/boot/v1/plan")).set("Authorization", &format!("Bearer {token}"))).1,
+    )
+    .unwrap();
+    let i = &plan["iscsi"];
+    let capacity = || {
+        let url = tgtd.url(
+            i["target_iqn"].as_str().unwrap(),
+            Some((i["chap_user"].as_str().unwrap(), i["chap_secret"].as_str().unwrap())),
+            1,
+        );
+        let out = Command::new("iscsi-readcapacity16")
+            .args(["-i", i["initiator_iqn"].as_str().unwrap(), &url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(capacity().contains(&(16u64 << 20).to_string()), "{}", capacity());
+    let (status, body) = api("/volumes/grow-me/grow", json!({"size_bytes": 32 << 20}));
+    assert_eq!(status, 200, "{body}");
+    assert!(capacity().contains(&(32u64 << 20).to_string()), "the target sees the new size: {}", capacity());
+    assert_eq!(std::fs::metadata(srv.dir.path().join("data/volumes/grow-me.img")).unwrap().len(), 32 << 20);
+    let (status, body) = api("/volumes/grow-me/grow", json!({"size_bytes": 8 << 20}));
+    assert_eq!(status, 422, "volumes never shrink: {body}");
+}

@@ -44,6 +44,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(show_volume, delete_volume))
         .routes(routes!(attach_volume))
         .routes(routes!(detach_volume))
+        .routes(routes!(grow_volume))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(delete_token))
 }
@@ -743,4 +744,27 @@ async fn detach_volume(
 ) -> Result<Json<Volume>, ApiError> {
     op.require_admin()?;
     Ok(Json(volume_service(&state)?.detach(&name, now_ms()).await.map_err(volume_error)?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Grow {
+    /// The new size: larger than the current one, a whole number of MiB.
+    #[schema(minimum = 1048576)]
+    size_bytes: u64,
+}
+
+#[utoipa::path(post, path = "/volumes/{name}/grow", tag = "volumes", params(("name" = String, Path)), request_body = Grow,
+    responses((status = 200, body = Volume), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+async fn grow_volume(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(name): Path<String>,
+    ApiJson(g): ApiJson<Grow>,
+) -> Result<Json<Volume>, ApiError> {
+    op.require_admin()?;
+    Ok(Json(volume_service(&state)?.grow(&name, g.size_bytes, now_ms()).await.map_err(volume_error)?))
 }

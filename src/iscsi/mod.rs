@@ -109,6 +109,9 @@ pub trait Backend {
     /// Remove the target (ending its sessions). The backing files stay.
     async fn remove_export(&self, target_iqn: &str) -> Result<bool, IscsiError>;
     async fn list(&self) -> Result<Vec<TargetState>, IscsiError>;
+    /// Make the target re-read a LUN's backing file (after it grew). Initiators see
+    /// the new size after a rescan (`iscsiadm -m session -R`).
+    async fn refresh_lun(&self, target_iqn: &str, lun: &Lun) -> Result<(), IscsiError>;
 }
 
 /// IQNs (RFC 3720 §3.2.6.3.1): `iqn.yyyy-mm.reversed.domain[:unique]`, lowercase.

@@ -92,6 +92,25 @@ impl<B: Backend> Volumes<B> {
         }
     }
 
+    /// Grow a volume (never shrink): the file first, then the target's view of it.
+    pub async fn grow(&self, name: &str, size_bytes: u64, now_ms: i64) -> Result<Volume, VolumeError> {
+        check_volume(name, size_bytes)?;
+        let volume = self.store.volume(name).await?;
+        if size_bytes < volume.size_bytes {
+            return Err(VolumeError::Invalid(format!(
+                "size {size_bytes}: volumes only grow (it is {})",
+                volume.size_bytes
+            )));
+        }
+        let path = backing_path(&self.config, name);
+        ensure_backing(&path, size_bytes)?;
+        let volume = self.store.set_volume_size(name, size_bytes, now_ms).await?;
+        if let (Some(node), Some(number)) = (volume.node_id, volume.lun) {
+            self.backend.refresh_lun(&self.config.target_iqn(node), &Lun { number, backing: path }).await?;
+        }
+        Ok(volume)
+    }
+
     pub async fn attach(&self, name: &str, node: NodeId, now_ms: i64) -> Result<Volume, VolumeError> {
         let volume = self.store.attach_volume(name, node, now_ms).await?;
         self.sync_node(node).await?;

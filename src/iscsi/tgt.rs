@@ -228,6 +228,23 @@ impl Backend for Tgt {
     async fn list(&self) -> Result<Vec<TargetState>, IscsiError> {
         Ok(parse_show(&self.tgtadm(&Self::show_args()).await?))
     }
+
+    /// tgt sizes a LUN when it is created and has no update for it: re-create the LUN
+    /// over the same file. I/O in flight on that LUN is retried by the initiator.
+    async fn refresh_lun(&self, target_iqn: &str, lun: &Lun) -> Result<(), IscsiError> {
+        let targets = self.list().await?;
+        let Some(target) = targets.iter().find(|t| t.iqn == target_iqn) else { return Ok(()) };
+        let (tid, number) = (target.tid.to_string(), lun.number.to_string());
+        let backing = lun.backing.display().to_string();
+        self.tgtadm(&["--op", "delete", "--mode", "logicalunit", "--tid", &tid, "--lun", &number].map(String::from))
+            .await?;
+        self.tgtadm(
+            &["--op", "new", "--mode", "logicalunit", "--tid", &tid, "--lun", &number, "-b", &backing]
+                .map(String::from),
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -902,6 +902,20 @@ impl Store {
         Ok(vol.node_id)
     }
 
+    pub async fn set_volume_size(&self, name: &str, size_bytes: u64, now_ms: i64) -> Result<Volume, StoreError> {
+        let vol = self.volume(name).await?;
+        sqlx::query("UPDATE volumes SET size_bytes = ? WHERE id = ?")
+            .bind(i64::try_from(size_bytes).map_err(corrupt)?)
+            .bind(vol.id)
+            .execute(&self.pool)
+            .await?;
+        if let Some(node) = vol.node_id {
+            let note = format!("volume {name} grown to {}", ramboot_proto::human_bytes(size_bytes));
+            self.add_event(node, None, EventKind::Info, &note, now_ms).await?;
+        }
+        self.volume(name).await
+    }
+
     pub async fn delete_volume(&self, name: &str) -> Result<(), StoreError> {
         let vol = self.volume(name).await?;
         if let Some(node) = vol.node_id {
