@@ -28,9 +28,7 @@ fn targets(tgtd: &Tgtd) -> String {
 
 #[test]
 fn volumes_are_exported_to_their_node_and_outlive_it() {
-    if let Some(reason) = skip_reason() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the iSCSI tests, but: {reason}");
-        eprintln!("SKIPPED iSCSI API: {reason}");
+    if common::skipped("iSCSI API", skip_reason()) {
         return;
     }
     let tgtd = Tgtd::start();
@@ -121,9 +119,7 @@ fn without_iscsi_config_volume_changes_say_so() {
 
 #[test]
 fn volumes_from_the_cli() {
-    if let Some(reason) = skip_reason() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the iSCSI tests, but: {reason}");
-        eprintln!("SKIPPED iSCSI CLI: {reason}");
+    if common::skipped("iSCSI CLI", skip_reason()) {
         return;
     }
     let tgtd = Tgtd::start();
@@ -164,9 +160,7 @@ fn volumes_from_the_cli() {
 /// the same data, and an in-sync one is left alone.
 #[tokio::test]
 async fn reconcile_repairs_drift_from_the_store() {
-    if let Some(reason) = skip_reason() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the iSCSI tests, but: {reason}");
-        eprintln!("SKIPPED iSCSI reconcile: {reason}");
+    if common::skipped("iSCSI reconcile", skip_reason()) {
         return;
     }
     use ramboot::iscsi::service::Volumes;
@@ -215,9 +209,7 @@ async fn reconcile_repairs_drift_from_the_store() {
 /// created and attached on its first boot and found again on the next.
 #[test]
 fn profiles_declare_per_node_volumes() {
-    if let Some(reason) = skip_reason() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the iSCSI tests, but: {reason}");
-        eprintln!("SKIPPED profile volumes: {reason}");
+    if common::skipped("profile volumes", skip_reason()) {
         return;
     }
     let tgtd = Tgtd::start();
@@ -255,9 +247,7 @@ fn profiles_declare_per_node_volumes() {
 /// Growing an attached volume: the file grows and the target reports the new size.
 #[test]
 fn volumes_grow_and_never_shrink() {
-    if let Some(reason) = skip_reason() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the iSCSI tests, but: {reason}");
-        eprintln!("SKIPPED volume grow: {reason}");
+    if common::skipped("volume grow", skip_reason()) {
         return;
     }
     let tgtd = Tgtd::start();

@@ -6,6 +6,8 @@
 //! Needs root (namespaces, tap, port 67) and QEMU. CI runs as root and installs QEMU
 //! (`.ci/run`); elsewhere the test skips with a message when either is missing.
 
+mod common;
+
 use serde_json::Value;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -35,9 +37,7 @@ fn lab_dir() -> PathBuf {
 
 #[test]
 fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
-    if let Some(reason) = skip_reason() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the QEMU end-to-end test, but: {reason}");
-        eprintln!("SKIPPED qemu_node_pxe_boots_into_ram_and_reports_ready: {reason}");
+    if common::skipped("qemu_node_pxe_boots_into_ram_and_reports_ready", skip_reason()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
@@ -95,9 +95,7 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
 /// fixed, changed one; the lab then resets the VM for boot 2.
 #[test]
 fn live_profile_edits_never_break_a_boot_and_apply_to_the_next() {
-    if let Some(reason) = skip_reason() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the QEMU end-to-end test, but: {reason}");
-        eprintln!("SKIPPED live_profile_edits_never_break_a_boot_and_apply_to_the_next: {reason}");
+    if common::skipped("live_profile_edits_never_break_a_boot_and_apply_to_the_next", skip_reason()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
@@ -168,9 +166,7 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// UEFI: OVMF with QEMU's efi-e1000 iPXE ROM (option 93 = 7) boots the same way.
 #[test]
 fn qemu_uefi_node_pxe_boots_into_ram() {
-    if let Some(reason) = skip_reason() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the QEMU end-to-end test, but: {reason}");
-        eprintln!("SKIPPED qemu_uefi_node_pxe_boots_into_ram: {reason}");
+    if common::skipped("qemu_uefi_node_pxe_boots_into_ram", skip_reason()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
@@ -195,9 +191,7 @@ fn qemu_uefi_node_pxe_boots_into_ram() {
 /// node PXE-boots again, logs in again on its own, and reads the file back intact.
 #[test]
 fn vm_data_on_iscsi_survives_a_hypervisor_crash() {
-    if let Some(reason) = skip_reason() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the QEMU end-to-end test, but: {reason}");
-        eprintln!("SKIPPED vm_data_on_iscsi_survives_a_hypervisor_crash: {reason}");
+    if common::skipped("vm_data_on_iscsi_survives_a_hypervisor_crash", skip_reason()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());

@@ -5,6 +5,15 @@
 
 pub mod tgtd;
 
+/// Skip a test whose tools are missing here, saying why; CI never skips (it
+/// installs the tools in `.ci/run`), so there a missing tool fails the test.
+pub fn skipped(test: &str, missing: Option<&str>) -> bool {
+    let Some(reason) = missing else { return false };
+    assert!(std::env::var_os("CI").is_none(), "CI must run {test}, but: {reason}");
+    eprintln!("SKIPPED {test}: {reason}");
+    true
+}
+
 use ramboot::config::Config;
 use ramboot::http::{router, AppState};
 use ramboot::images::{ImageKind, ImageStore, Manifest};
