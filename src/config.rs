@@ -4,6 +4,7 @@
 //! wrote (unknown keys refused), `Config` is the validated form the server runs on.
 //! Relative paths are resolved against the config file's directory.
 
+use crate::dhcp::classify::Arch;
 use crate::yaml::{self, SourceError, YamlError};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
@@ -87,19 +88,98 @@ fn default_tftp_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 69))
 }
 
+/// `dhcp:`. Keys that describe a subnet (router, dns, domain, lease time, unknown
+/// clients) set the default for every entry of `subnets`; `subnet` + `range` at
+/// this level declare one subnet inline (the common single-segment case).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireDhcp {
-    subnet: Ipv4Net,
-    /// First and last address of the dynamic pool, inclusive.
-    range: [Ipv4Addr; 2],
-    router: Option<Ipv4Addr>,
     #[serde(default)]
-    dns: Vec<Ipv4Addr>,
-    #[serde(default = "default_lease_secs")]
-    lease_time_secs: u32,
+    mode: DhcpMode,
     #[serde(default = "default_dhcp_port")]
     port: u16,
+    /// PXE's BINL port, answered in proxy mode (PXE 2.1 §2.2.1).
+    #[serde(default = "default_proxy_port")]
+    proxy_port: u16,
+    /// Interfaces DHCP listens on; default: the top-level `interface`.
+    #[serde(default)]
+    interfaces: Vec<String>,
+    #[serde(default = "default_offer_hold_secs")]
+    offer_hold_secs: u32,
+    /// How long an address a client DECLINEd (someone else answers ARP for it) is
+    /// kept out of the pool.
+    #[serde(default = "default_quarantine_secs")]
+    decline_quarantine_secs: u32,
+    /// Architecture (name such as `efi-x64`, or option-93 code) → boot file; merged
+    /// over the built-in map.
+    #[serde(default)]
+    boot_files: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    subnets: Vec<WireSubnet>,
+    // The inline subnet, and defaults for `subnets` (see `WireSubnet`). Spelled out,
+    // not `#[serde(flatten)]`, which would lose unknown-key refusal and positions.
+    subnet: Option<Ipv4Net>,
+    range: Option<[Ipv4Addr; 2]>,
+    ranges: Option<Vec<[Ipv4Addr; 2]>>,
+    router: Option<Ipv4Addr>,
+    dns: Option<Vec<Ipv4Addr>>,
+    domain: Option<String>,
+    lease_time_secs: Option<u32>,
+    unknown_clients: Option<UnknownClients>,
+}
+
+impl WireDhcp {
+    fn defaults(&self) -> WireSubnet {
+        WireSubnet {
+            subnet: self.subnet,
+            range: self.range,
+            ranges: self.ranges.clone(),
+            router: self.router,
+            dns: self.dns.clone(),
+            domain: self.domain.clone(),
+            lease_time_secs: self.lease_time_secs,
+            unknown_clients: self.unknown_clients,
+        }
+    }
+}
+
+/// One subnet; in `dhcp:` itself every field is optional and acts as a default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireSubnet {
+    subnet: Option<Ipv4Net>,
+    /// First and last address of one dynamic range, inclusive.
+    range: Option<[Ipv4Addr; 2]>,
+    /// Several dynamic ranges.
+    ranges: Option<Vec<[Ipv4Addr; 2]>>,
+    router: Option<Ipv4Addr>,
+    dns: Option<Vec<Ipv4Addr>>,
+    domain: Option<String>,
+    lease_time_secs: Option<u32>,
+    unknown_clients: Option<UnknownClients>,
+}
+
+/// Whether ramboot hands out addresses (authoritative) or only boot options next to
+/// the site's own DHCP server (proxy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DhcpMode {
+    #[default]
+    Authoritative,
+    Proxy,
+}
+
+/// What a client whose MAC is not in the node inventory gets on a subnet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownClients {
+    /// An address and the discovery boot (it becomes a `discovered` node).
+    #[default]
+    Discovery,
+    /// Nothing at all: only registered nodes are served.
+    Ignore,
+    /// An address, but no boot file.
+    AddressOnly,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +237,18 @@ fn default_lease_secs() -> u32 {
 
 fn default_dhcp_port() -> u16 {
     67
+}
+
+fn default_proxy_port() -> u16 {
+    4011
+}
+
+fn default_offer_hold_secs() -> u32 {
+    60
+}
+
+fn default_quarantine_secs() -> u32 {
+    600
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,13 +326,146 @@ impl Lifecycle {
 
 #[derive(Debug, Clone)]
 pub struct DhcpConfig {
-    pub subnet: Ipv4Net,
-    pub range_start: Ipv4Addr,
-    pub range_end: Ipv4Addr,
+    pub mode: DhcpMode,
+    pub port: u16,
+    pub proxy_port: u16,
+    pub interfaces: Vec<String>,
+    pub offer_hold: Duration,
+    pub decline_quarantine: Duration,
+    /// The effective architecture → boot file map (built-in, then the operator's).
+    pub boot_files: std::collections::BTreeMap<Arch, String>,
+    pub subnets: Vec<SubnetConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetConfig {
+    pub net: Ipv4Net,
+    /// Dynamic ranges, inclusive, sorted and disjoint.
+    pub ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
     pub lease_time: Duration,
-    pub port: u16,
+    pub unknown_clients: UnknownClients,
+}
+
+/// iPXE binaries per architecture unless the operator says otherwise. HTTP-boot
+/// variants load the same binary by URL.
+pub fn default_boot_files() -> std::collections::BTreeMap<Arch, String> {
+    let table: &[(&[u16], &str)] = &[
+        (&[0], "undionly.kpxe"),
+        (&[6, 15], "ipxe-ia32.efi"),
+        (&[7, 9, 16], "ipxe.efi"),
+        (&[10, 18], "ipxe-arm32.efi"),
+        (&[11, 19], "ipxe-arm64.efi"),
+        (&[27, 28], "ipxe-riscv64.efi"),
+        (&[39, 40], "ipxe-loong64.efi"),
+    ];
+    table.iter().flat_map(|(codes, file)| codes.iter().map(|c| (Arch(*c), file.to_string()))).collect()
+}
+
+impl DhcpConfig {
+    /// The subnet an address belongs to (relay link, giaddr, ciaddr or interface).
+    pub fn subnet_of(&self, addr: Ipv4Addr) -> Option<&SubnetConfig> {
+        self.subnets.iter().find(|s| s.net.contains(&addr))
+    }
+}
+
+fn dhcp_from_wire(d: WireDhcp, interface: &str) -> Result<DhcpConfig, String> {
+    let mut boot_files = default_boot_files();
+    for (name, file) in &d.boot_files {
+        let codes = Arch::codes_named(name);
+        if codes.is_empty() {
+            let known: Vec<_> = Arch::known_names().collect();
+            return Err(format!(
+                "dhcp.boot_files: unknown architecture {name:?} (use a code such as 11, or one of: {})",
+                known.join(", ")
+            ));
+        }
+        if file.is_empty() || file.contains("..") || file.starts_with('/') {
+            return Err(format!("dhcp.boot_files.{name}: {file:?} must be a relative path under ipxe/"));
+        }
+        for code in codes {
+            boot_files.insert(code, file.clone());
+        }
+    }
+    let defaults = d.defaults();
+    let mut wires = d.subnets.clone();
+    if defaults.subnet.is_some() {
+        wires.insert(0, defaults.clone());
+    } else if defaults.range.is_some() || defaults.ranges.is_some() {
+        return Err("dhcp.range needs dhcp.subnet".into());
+    }
+    if wires.is_empty() && d.mode == DhcpMode::Authoritative {
+        return Err("dhcp: an authoritative server needs at least one subnet (dhcp.subnet or dhcp.subnets)".into());
+    }
+    let mut subnets: Vec<SubnetConfig> = Vec::new();
+    for (i, w) in wires.iter().enumerate() {
+        let net = w.subnet.ok_or_else(|| format!("dhcp.subnets[{i}] has no subnet"))?;
+        let at = format!("dhcp subnet {net}");
+        let mut ranges: Vec<(Ipv4Addr, Ipv4Addr)> =
+            w.range.iter().chain(w.ranges.iter().flatten()).map(|[a, b]| (*a, *b)).collect();
+        ranges.sort();
+        for (start, end) in &ranges {
+            if !net.contains(start) || !net.contains(end) {
+                return Err(format!("{at}: range {start}-{end} is not inside the subnet"));
+            }
+            if start > end {
+                return Err(format!("{at}: range starts after it ends ({start} > {end})"));
+            }
+        }
+        if let Some(pair) = ranges.windows(2).find(|p| p[0].1 >= p[1].0) {
+            return Err(format!("{at}: ranges {}-{} and {}-{} overlap", pair[0].0, pair[0].1, pair[1].0, pair[1].1));
+        }
+        if ranges.is_empty() && d.mode == DhcpMode::Authoritative {
+            return Err(format!("{at}: no dynamic range (range: [first, last])"));
+        }
+        if let Some(other) = subnets.iter().find(|s| s.net.contains(&net.network()) || net.contains(&s.net.network())) {
+            return Err(format!("{at} overlaps subnet {}", other.net));
+        }
+        let router = w.router.or(defaults.router);
+        if let Some(router) = router {
+            if !net.contains(&router) {
+                return Err(format!("{at}: router {router} is not inside the subnet"));
+            }
+        }
+        let lease_secs = w.lease_time_secs.or(defaults.lease_time_secs).unwrap_or_else(default_lease_secs);
+        if lease_secs < 4 {
+            return Err(format!("{at}: lease_time_secs must be at least 4"));
+        }
+        let domain = w.domain.clone().or_else(|| defaults.domain.clone());
+        if let Some(domain) = &domain {
+            if domain.is_empty() || domain.len() > 253 || !domain.split('.').all(crate::node::valid_hostname) {
+                return Err(format!("{at}: domain {domain:?} is not a valid DNS name"));
+            }
+        }
+        subnets.push(SubnetConfig {
+            net,
+            ranges,
+            router,
+            dns: w.dns.clone().or_else(|| defaults.dns.clone()).unwrap_or_default(),
+            domain,
+            lease_time: Duration::from_secs(u64::from(lease_secs)),
+            unknown_clients: w.unknown_clients.or(defaults.unknown_clients).unwrap_or_default(),
+        });
+    }
+    let interfaces = if d.interfaces.is_empty() { vec![interface.to_string()] } else { d.interfaces };
+    if let Some(bad) = interfaces.iter().find(|i| i.is_empty() || i.len() > 15) {
+        return Err(format!("dhcp.interfaces: {bad:?} is not a valid interface name"));
+    }
+    if d.decline_quarantine_secs == 0 || d.offer_hold_secs == 0 {
+        return Err("dhcp.offer_hold_secs and dhcp.decline_quarantine_secs must be positive".into());
+    }
+    Ok(DhcpConfig {
+        mode: d.mode,
+        port: d.port,
+        proxy_port: d.proxy_port,
+        interfaces,
+        offer_hold: Duration::from_secs(u64::from(d.offer_hold_secs)),
+        decline_quarantine: Duration::from_secs(u64::from(d.decline_quarantine_secs)),
+        boot_files,
+        subnets,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -272,22 +497,6 @@ impl Config {
     }
 
     fn from_wire(wire: WireConfig, base: &Path) -> Result<Config, String> {
-        let d = &wire.dhcp;
-        let [start, end] = d.range;
-        if !d.subnet.contains(&start) || !d.subnet.contains(&end) {
-            return Err(format!("dhcp.range {start}-{end} is not inside dhcp.subnet {}", d.subnet));
-        }
-        if u32::from(start) > u32::from(end) {
-            return Err(format!("dhcp.range starts after it ends ({start} > {end})"));
-        }
-        if let Some(router) = d.router {
-            if !d.subnet.contains(&router) {
-                return Err(format!("dhcp.router {router} is not inside dhcp.subnet {}", d.subnet));
-            }
-        }
-        if d.lease_time_secs < 60 {
-            return Err("dhcp.lease_time_secs must be at least 60".into());
-        }
         let l = &wire.lifecycle;
         for (name, secs) in [
             ("booting", l.booting_timeout_secs),
@@ -307,6 +516,7 @@ impl Config {
         if wire.interface.is_empty() || wire.interface.len() > 15 {
             return Err(format!("interface {:?} is not a valid interface name", wire.interface));
         }
+        let dhcp = dhcp_from_wire(wire.dhcp, &wire.interface)?;
         let resolve = |p: Option<PathBuf>, default: &str| {
             let p = p.unwrap_or_else(|| PathBuf::from(default));
             if p.is_absolute() {
@@ -328,15 +538,7 @@ impl Config {
             server_address: wire.server_address,
             http_listen: wire.http.listen,
             tftp_listen: wire.tftp.listen,
-            dhcp: DhcpConfig {
-                subnet: d.subnet,
-                range_start: start,
-                range_end: end,
-                router: d.router,
-                dns: d.dns.clone(),
-                lease_time: Duration::from_secs(u64::from(d.lease_time_secs)),
-                port: d.port,
-            },
+            dhcp,
             paths,
             database_url,
             default_profile: wire.default_profile,
@@ -383,6 +585,11 @@ dhcp:
 default_profile: tiny
 ";
 
+    /// GOOD with extra lines inside its `dhcp:` block.
+    fn with_dhcp(extra: &str) -> String {
+        GOOD.replace("  router: 10.213.0.1\n", &format!("  router: 10.213.0.1\n{extra}"))
+    }
+
     #[test]
     fn good_config_resolves_paths_against_its_directory() {
         let cfg = Config::parse(Path::new("/etc/ramboot/ramboot.yaml"), GOOD).unwrap();
@@ -409,6 +616,50 @@ default_profile: tiny
     fn range_outside_subnet_is_refused() {
         let text = GOOD.replace("10.213.0.200]", "10.214.0.200]");
         let err = Config::parse(Path::new("r.yaml"), &text).unwrap_err().to_string();
-        assert!(err.contains("not inside dhcp.subnet"), "{err}");
+        assert!(err.contains("not inside the subnet"), "{err}");
+    }
+
+    #[test]
+    fn dhcp_level_keys_are_defaults_for_listed_subnets() {
+        let text = with_dhcp(
+            "  dns: [10.213.0.53]\n  domain: lab.example\n  boot_files:\n    efi-x64: snponly.efi\n    '11': arm.efi\n  subnets:\n    \
+             - subnet: 10.9.0.0/24\n      ranges: [[10.9.0.10, 10.9.0.20], [10.9.0.100, 10.9.0.110]]\n      \
+             router: 10.9.0.1\n      unknown_clients: ignore\n",
+        );
+        let cfg = Config::parse(Path::new("r.yaml"), &text).unwrap();
+        let d = &cfg.dhcp;
+        assert_eq!(d.subnets.len(), 2);
+        let relayed = d.subnet_of(Ipv4Addr::new(10, 9, 0, 15)).unwrap();
+        assert_eq!(relayed.ranges.len(), 2);
+        assert_eq!(relayed.dns, vec![Ipv4Addr::new(10, 213, 0, 53)], "inherited");
+        assert_eq!(relayed.domain.as_deref(), Some("lab.example"));
+        assert_eq!(relayed.unknown_clients, UnknownClients::Ignore);
+        assert_eq!(d.subnets[0].unknown_clients, UnknownClients::Discovery);
+        assert_eq!(d.boot_files[&Arch(7)], "snponly.efi");
+        assert_eq!(d.boot_files[&Arch(9)], "snponly.efi");
+        assert_eq!(d.boot_files[&Arch(11)], "arm.efi");
+        assert_eq!(d.boot_files[&Arch(0)], "undionly.kpxe");
+        assert_eq!(d.interfaces, vec!["br0".to_string()]);
+    }
+
+    #[test]
+    fn bad_dhcp_settings_are_named() {
+        for (edit, expect) in [
+            ("  boot_files: {efi-vax: x.efi}\n", "unknown architecture \"efi-vax\""),
+            ("  boot_files: {bios: ../../etc/passwd}\n", "relative path under ipxe/"),
+            ("  subnets:\n    - subnet: 10.213.0.128/25\n      range: [10.213.0.130, 10.213.0.140]\n", "overlaps"),
+            ("  ranges: [[10.213.0.150, 10.213.0.250]]\n", "overlap"),
+        ] {
+            let err = Config::parse(Path::new("r.yaml"), &with_dhcp(edit)).unwrap_err().to_string();
+            assert!(err.contains(expect), "{edit}: {err}");
+        }
+    }
+
+    #[test]
+    fn proxy_mode_needs_no_subnet() {
+        let text = "interface: br0\nserver_address: 10.0.0.2\ndhcp:\n  mode: proxy\n";
+        let cfg = Config::parse(Path::new("r.yaml"), text).unwrap();
+        assert_eq!(cfg.dhcp.mode, DhcpMode::Proxy);
+        assert!(cfg.dhcp.subnets.is_empty());
     }
 }

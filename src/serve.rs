@@ -43,13 +43,13 @@ pub async fn run(config: Config) -> Result<()> {
     info!(profiles = profiles.current().len(), database = %config.database_url, "ramboot starting");
 
     let cancel = CancellationToken::new();
-    let dhcp_socket = dhcp::io::bind(&config.interface, config.dhcp.port)?;
+    let dhcp_listeners = dhcp::io::bind_all(&config)?;
     let tftp_socket = std::net::UdpSocket::bind(config.tftp_listen)
         .with_context(|| format!("binding TFTP on {}", config.tftp_listen))?;
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding HTTP on {}", config.http_listen))?;
-    info!(http = %config.http_listen, tftp = %config.tftp_listen, dhcp = %config.interface, "listening");
+    info!(http = %config.http_listen, tftp = %config.tftp_listen, dhcp = ?config.dhcp.interfaces, "listening");
 
     let config = Arc::new(config);
     let profiles = Arc::new(profiles);
@@ -89,8 +89,9 @@ pub async fn run(config: Config) -> Result<()> {
     }
     {
         let (cfg, store, cancel) = (config.clone(), store.clone(), cancel.clone());
-        tasks
-            .spawn(async move { dhcp::io::serve(&cfg, dhcp_socket, store, cancel).await.map_err(anyhow::Error::from) });
+        tasks.spawn(
+            async move { dhcp::io::serve(&cfg, dhcp_listeners, store, cancel).await.map_err(anyhow::Error::from) },
+        );
     }
     {
         let (root, cancel) = (config.paths.ipxe.clone(), cancel.clone());

@@ -41,7 +41,7 @@ async fn garbage_is_dropped_and_a_lease_is_durable_before_its_ack() {
     let config = Config::parse(&dir.path().join("ramboot.yaml"), &text).unwrap();
     std::fs::create_dir_all(&config.paths.data).unwrap();
     let store = Store::open(&config.database_url).await.unwrap();
-    let socket = ramboot::dhcp::io::bind("lo", port).unwrap();
+    let socket = ramboot::dhcp::io::bind_all(&config).unwrap();
     let cancel = CancellationToken::new();
     let service = {
         let (config, store, cancel) = (config.clone(), store.clone(), cancel.clone());

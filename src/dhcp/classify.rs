@@ -9,70 +9,112 @@ use dhcproto::v4::{DhcpOption, HType, Message, OptionCode};
 use serde::Serialize;
 use std::fmt;
 
-/// Processor architecture and firmware, from option 93 (IANA "Processor Architecture Types").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Arch {
-    /// 0: x86 BIOS.
-    Bios,
-    /// 6: x86 UEFI.
-    EfiIa32,
-    /// 7 (EFI BC) and 9 (EFI x86-64): firmware disagrees on which to send.
-    EfiX64,
-    /// 10: ARM 32-bit UEFI.
-    EfiArm32,
-    /// 11: ARM 64-bit UEFI.
-    EfiArm64,
-    /// 15: x86 UEFI HTTP boot.
-    EfiIa32Http,
-    /// 16: x64 UEFI HTTP boot.
-    EfiX64Http,
-    /// 18: ARM 32-bit UEFI HTTP boot.
-    EfiArm32Http,
-    /// 19: ARM 64-bit UEFI HTTP boot.
-    EfiArm64Http,
-    /// Anything else in the registry (or outside it).
-    Other(u16),
+/// Processor architecture and firmware: option 93's code (RFC 4578, IANA "Processor
+/// Architecture Types"), named after the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Arch(pub u16);
+
+/// The IANA registry as of 2026: code, ramboot's name, and whether the client boots
+/// over HTTP (UEFI HTTP boot) rather than TFTP.
+const ARCH_TABLE: &[(u16, &str, bool)] = &[
+    (0, "bios", false),
+    (1, "nec-pc98", false),
+    (2, "efi-itanium", false),
+    (3, "dec-alpha", false),
+    (4, "arc-x86", false),
+    (5, "intel-lean-client", false),
+    (6, "efi-ia32", false),
+    (7, "efi-x64", false),
+    (8, "efi-xscale", false),
+    // The registry says 9 is EFI byte code, but x64 firmware sends it (RFC 4578
+    // errata 4624 swapped 7 and 9): treat both as x64, as iPXE's own ROMs do.
+    (9, "efi-x64", false),
+    (10, "efi-arm32", false),
+    (11, "efi-arm64", false),
+    (12, "ppc-open-firmware", false),
+    (13, "ppc-epapr", false),
+    (14, "power-opal-v3", false),
+    (15, "efi-ia32-http", true),
+    (16, "efi-x64-http", true),
+    (17, "efi-ebc-http", true),
+    (18, "efi-arm32-http", true),
+    (19, "efi-arm64-http", true),
+    (20, "pc-bios-http", true),
+    (21, "uboot-arm32", false),
+    (22, "uboot-arm64", false),
+    (23, "uboot-arm32-http", true),
+    (24, "uboot-arm64-http", true),
+    (25, "efi-riscv32", false),
+    (26, "efi-riscv32-http", true),
+    (27, "efi-riscv64", false),
+    (28, "efi-riscv64-http", true),
+    (29, "efi-riscv128", false),
+    (30, "efi-riscv128-http", true),
+    (31, "s390-basic", false),
+    (32, "s390-extended", false),
+    (33, "efi-mips32", false),
+    (34, "efi-mips64", false),
+    (35, "efi-sunway32", false),
+    (36, "efi-sunway64", false),
+    (37, "efi-loongarch32", false),
+    (38, "efi-loongarch32-http", true),
+    (39, "efi-loongarch64", false),
+    (40, "efi-loongarch64-http", true),
+    (41, "arm-rpiboot", false),
+];
+
+impl Arch {
+    pub const BIOS: Arch = Arch(0);
+
+    fn entry(self) -> Option<&'static (u16, &'static str, bool)> {
+        ARCH_TABLE.iter().find(|(code, _, _)| *code == self.0)
+    }
+
+    /// UEFI HTTP boot clients fetch their boot file by URL, not TFTP.
+    pub fn is_http_boot(self) -> bool {
+        self.entry().is_some_and(|(_, _, http)| *http)
+    }
+
+    /// The registry name (`bios`, `efi-x64`, ...), or `arch-<code>` outside it.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
+        match self.entry() {
+            Some((_, name, _)) => (*name).into(),
+            None => format!("arch-{}", self.0).into(),
+        }
+    }
+
+    /// Every code a name stands for (`efi-x64` is both 7 and 9); `arch-<n>` or a bare
+    /// number names one code. For the operator's boot-file map.
+    pub fn codes_named(name: &str) -> Vec<Arch> {
+        let by_number = name.strip_prefix("arch-").unwrap_or(name).parse::<u16>().ok();
+        if let Some(code) = by_number {
+            return vec![Arch(code)];
+        }
+        ARCH_TABLE.iter().filter(|(_, n, _)| *n == name).map(|(code, _, _)| Arch(*code)).collect()
+    }
+
+    /// All named architectures, for documentation and validation messages.
+    pub fn known_names() -> impl Iterator<Item = &'static str> {
+        let mut seen = std::collections::BTreeSet::new();
+        ARCH_TABLE.iter().map(|(_, n, _)| *n).filter(move |n| seen.insert(*n))
+    }
 }
 
 impl From<u16> for Arch {
     fn from(code: u16) -> Self {
-        match code {
-            0 => Arch::Bios,
-            6 => Arch::EfiIa32,
-            7 | 9 => Arch::EfiX64,
-            10 => Arch::EfiArm32,
-            11 => Arch::EfiArm64,
-            15 => Arch::EfiIa32Http,
-            16 => Arch::EfiX64Http,
-            18 => Arch::EfiArm32Http,
-            19 => Arch::EfiArm64Http,
-            other => Arch::Other(other),
-        }
-    }
-}
-
-impl Arch {
-    /// UEFI HTTP boot clients fetch their boot file by URL, not TFTP.
-    pub fn is_http_boot(self) -> bool {
-        matches!(self, Arch::EfiIa32Http | Arch::EfiX64Http | Arch::EfiArm32Http | Arch::EfiArm64Http)
+        Arch(code)
     }
 }
 
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Arch::Bios => f.write_str("bios"),
-            Arch::EfiIa32 => f.write_str("efi-ia32"),
-            Arch::EfiX64 => f.write_str("efi-x64"),
-            Arch::EfiArm32 => f.write_str("efi-arm32"),
-            Arch::EfiArm64 => f.write_str("efi-arm64"),
-            Arch::EfiIa32Http => f.write_str("efi-ia32-http"),
-            Arch::EfiX64Http => f.write_str("efi-x64-http"),
-            Arch::EfiArm32Http => f.write_str("efi-arm32-http"),
-            Arch::EfiArm64Http => f.write_str("efi-arm64-http"),
-            Arch::Other(code) => write!(f, "arch-{code}"),
-        }
+        f.write_str(&self.name())
+    }
+}
+
+impl Serialize for Arch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
     }
 }
 
@@ -214,7 +256,7 @@ pub(crate) mod tests {
     fn qemu_ipxe_rom_is_ipxe_on_bios() {
         let client = classify(&ipxe_bios([2, 0, 0, 0, 0, 1], MessageType::Discover)).unwrap();
         assert_eq!(client.firmware, Firmware::Ipxe);
-        assert_eq!(client.arch, Some(Arch::Bios));
+        assert_eq!(client.arch, Some(Arch::BIOS));
         assert_eq!(client.mac.to_string(), "02:00:00:00:00:01");
     }
 
@@ -224,7 +266,8 @@ pub(crate) mod tests {
         msg.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::from(7)));
         msg.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007:UNDI:003016".to_vec()));
         let client = classify(&msg).unwrap();
-        assert_eq!((client.firmware, client.arch), (Firmware::Pxe, Some(Arch::EfiX64)));
+        assert_eq!((client.firmware, client.arch), (Firmware::Pxe, Some(Arch(7))));
+        assert_eq!(client.arch.unwrap().to_string(), "efi-x64");
     }
 
     #[test]
@@ -249,5 +292,19 @@ pub(crate) mod tests {
         let mut msg = request([2, 0, 0, 0, 0, 5], MessageType::Discover);
         msg.set_chaddr(&[0u8; 16]);
         assert!(matches!(classify(&msg), Err(ClassifyError::NotEthernet { hlen: 16, .. })));
+    }
+
+    #[test]
+    fn arch_names_follow_the_registry_and_map_back() {
+        assert_eq!(Arch(9).to_string(), "efi-x64");
+        assert_eq!(Arch(19).to_string(), "efi-arm64-http");
+        assert!(Arch(19).is_http_boot() && !Arch(11).is_http_boot());
+        assert_eq!(Arch(4242).to_string(), "arch-4242");
+        assert_eq!(Arch::codes_named("efi-x64"), vec![Arch(7), Arch(9)]);
+        assert_eq!(Arch::codes_named("arch-11"), vec![Arch(11)]);
+        assert_eq!(Arch::codes_named("27"), vec![Arch(27)]);
+        assert_eq!(Arch(27).to_string(), "efi-riscv64");
+        assert_eq!(Arch(41).to_string(), "arm-rpiboot");
+        assert!(Arch::codes_named("efi-vax").is_empty());
     }
 }

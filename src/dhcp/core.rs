@@ -1,20 +1,20 @@
-//! The DHCP decision pipeline: `(message, now, pool) → Decision`.
+//! The DHCP decision pipeline: `(packet, arrival, now, leases, hosts) → Decision`.
 //!
 //! Pure: no sockets, no clock, no store. Stages, each a small function with its own
-//! tests: classify the client → choose the boot file → act on the message type
-//! (offer, grant, release, decline) → build the reply's options.
-//! The socket layer (`dhcp::io`) persists any [`LeaseGrant`] *before* it sends the
-//! reply that carries it.
+//! tests: classify the client → pick its subnet (relay link, giaddr, ciaddr or the
+//! arrival interface) → look it up in the node inventory (reservation, hostname,
+//! unknown-client policy) → act on the message type (offer, grant, NAK, release,
+//! decline, inform; or the proxyDHCP answer) → choose the boot file → build the
+//! reply's options. The socket layer (`dhcp::io`) persists any [`LeaseGrant`]
+//! *before* it sends the reply that carries it.
 
 use super::classify::{classify, Arch, ClassifyError, Client, Firmware};
-use super::pool::LeasePool;
+use super::pool::{BindingKind, LeasePool};
+use crate::config::{Config, DhcpMode, SubnetConfig, UnknownClients};
 use crate::node::MacAddr;
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
-use ipnet::Ipv4Net;
+use dhcproto::v4::{relay, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption};
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
-
-/// How long an OFFER holds its address for the client's REQUEST.
-pub const OFFER_HOLD_SECS: u64 = 60;
 
 /// Largest `file` header field (RFC 2131 §2); longer names go only in option 67.
 const FILE_FIELD_LEN: usize = 128;
@@ -22,33 +22,150 @@ const FILE_FIELD_LEN: usize = 128;
 /// Static inputs of the decision: what the operator configured.
 #[derive(Debug, Clone)]
 pub struct DhcpPolicy {
-    pub server_id: Ipv4Addr,
-    pub subnet: Ipv4Net,
-    pub router: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-    pub lease_secs: u32,
+    pub mode: DhcpMode,
+    /// `siaddr` (next server): where PXE ROMs fetch iPXE over TFTP.
+    pub tftp_server: Ipv4Addr,
     /// `http://server:port`: iPXE and UEFI HTTP clients get URLs under it.
     pub boot_url: String,
-    pub boot_files: BootFiles,
+    pub boot_files: BTreeMap<Arch, String>,
+    pub subnets: Vec<SubnetConfig>,
+    pub offer_hold_secs: u64,
+    pub quarantine_secs: u64,
 }
 
-/// iPXE binaries per architecture, served over TFTP (or HTTP for HTTP-boot clients).
-#[derive(Debug, Clone)]
-pub struct BootFiles {
-    pub bios: String,
-    pub efi_x64: String,
-    pub efi_ia32: String,
-    pub efi_arm64: String,
-}
-
-impl Default for BootFiles {
-    fn default() -> Self {
-        BootFiles {
-            bios: "undionly.kpxe".into(),
-            efi_x64: "ipxe.efi".into(),
-            efi_ia32: "ipxe-ia32.efi".into(),
-            efi_arm64: "ipxe-arm64.efi".into(),
+impl DhcpPolicy {
+    pub fn from_config(cfg: &Config) -> DhcpPolicy {
+        DhcpPolicy {
+            mode: cfg.dhcp.mode,
+            tftp_server: cfg.server_address,
+            boot_url: cfg.boot_url(),
+            boot_files: cfg.dhcp.boot_files.clone(),
+            subnets: cfg.dhcp.subnets.clone(),
+            offer_hold_secs: cfg.dhcp.offer_hold.as_secs(),
+            quarantine_secs: cfg.dhcp.decline_quarantine.as_secs(),
         }
+    }
+}
+
+/// Which port a packet came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// 67: DHCP (and proxyDHCP offers).
+    Dhcp,
+    /// 4011: the PXE boot-server (BINL) request a client sends after a proxy offer.
+    Binl,
+}
+
+/// Where and how a packet arrived: filled in by the socket layer (`IP_PKTINFO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// Our address on the arrival interface, or the unicast address the packet was
+    /// sent to: the server identifier of the reply.
+    pub local_addr: Ipv4Addr,
+    pub port: Port,
+}
+
+/// One received packet, decoded, with the raw bytes (option 82 is echoed byte for byte).
+pub struct Inbound<'a> {
+    pub msg: &'a Message,
+    pub raw: &'a [u8],
+    pub arrival: Arrival,
+}
+
+/// A node the inventory knows: its reservation and hostname, if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Host {
+    pub reserved_ip: Option<Ipv4Addr>,
+    pub hostname: Option<String>,
+}
+
+/// The node inventory as DHCP sees it, rebuilt from the store when nodes change.
+#[derive(Debug, Clone, Default)]
+pub struct Hosts {
+    by_mac: HashMap<MacAddr, Host>,
+}
+
+impl Hosts {
+    pub fn new(hosts: impl IntoIterator<Item = (MacAddr, Host)>) -> Hosts {
+        Hosts { by_mac: hosts.into_iter().collect() }
+    }
+    pub fn get(&self, mac: MacAddr) -> Option<&Host> {
+        self.by_mac.get(&mac)
+    }
+    pub fn insert(&mut self, mac: MacAddr, host: Host) {
+        self.by_mac.insert(mac, host);
+    }
+    pub fn len(&self) -> usize {
+        self.by_mac.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_mac.is_empty()
+    }
+    /// Reserved address → its MAC, for the pools.
+    pub fn reservations(&self) -> impl Iterator<Item = (Ipv4Addr, MacAddr)> + '_ {
+        self.by_mac.iter().filter_map(|(mac, h)| h.reserved_ip.map(|ip| (ip, *mac)))
+    }
+}
+
+/// Dynamic state: one pool per configured subnet, in config order.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    pools: Vec<LeasePool>,
+}
+
+impl Leases {
+    pub fn new(policy: &DhcpPolicy) -> Leases {
+        Leases { pools: policy.subnets.iter().map(|s| LeasePool::new(&s.ranges)).collect() }
+    }
+
+    fn index_of(policy: &DhcpPolicy, ip: Ipv4Addr) -> Option<usize> {
+        policy.subnets.iter().position(|s| s.net.contains(&ip))
+    }
+
+    /// Restore a persisted binding (at start-up). Addresses outside every subnet are
+    /// skipped and reported.
+    pub fn restore(
+        &mut self,
+        policy: &DhcpPolicy,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        expires_at: u64,
+        kind: BindingKind,
+    ) -> bool {
+        match Self::index_of(policy, ip) {
+            Some(i) => {
+                self.pools[i].restore(ip, mac, expires_at, kind);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Install the inventory's reservations; returns those outside every subnet.
+    pub fn set_reservations(&mut self, policy: &DhcpPolicy, hosts: &Hosts) -> Vec<(Ipv4Addr, MacAddr)> {
+        let mut per_pool: Vec<Vec<(Ipv4Addr, MacAddr)>> = vec![Vec::new(); self.pools.len()];
+        let mut stray = Vec::new();
+        for (ip, mac) in hosts.reservations() {
+            match Self::index_of(policy, ip) {
+                Some(i) => per_pool[i].push((ip, mac)),
+                None => stray.push((ip, mac)),
+            }
+        }
+        for (pool, reserved) in self.pools.iter_mut().zip(per_pool) {
+            pool.set_reserved(reserved);
+        }
+        stray
+    }
+
+    /// Undo a grant whose commit failed.
+    pub fn forget(&mut self, policy: &DhcpPolicy, mac: MacAddr, ip: Ipv4Addr) {
+        if let Some(i) = Self::index_of(policy, ip) {
+            self.pools[i].forget(mac, ip);
+        }
+    }
+
+    pub fn pool(&self, index: usize) -> Option<&LeasePool> {
+        self.pools.get(index)
     }
 }
 
@@ -61,15 +178,25 @@ pub enum BootChoice {
     Tftp(String),
     /// UEFI HTTP boot: load iPXE by URL.
     Http(String),
-    /// Not a network-boot client (an OS's DHCP client), or an arch we have no binary for.
-    None,
+    /// No boot file, for the stated reason.
+    None(&'static str),
 }
 
 impl BootChoice {
     pub fn file(&self) -> Option<&str> {
         match self {
             BootChoice::IpxeScript(f) | BootChoice::Tftp(f) | BootChoice::Http(f) => Some(f),
-            BootChoice::None => None,
+            BootChoice::None(_) => None,
+        }
+    }
+
+    /// Why this choice, for the one log line per decision.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BootChoice::IpxeScript(_) => "iPXE: per-node script (loop broken by user class)",
+            BootChoice::Tftp(_) => "PXE ROM: iPXE binary for its arch over TFTP",
+            BootChoice::Http(_) => "UEFI HTTP boot: iPXE binary by URL",
+            BootChoice::None(why) => why,
         }
     }
 }
@@ -78,26 +205,14 @@ pub fn choose_boot(client: &Client, policy: &DhcpPolicy) -> BootChoice {
     if client.firmware == Firmware::Ipxe {
         return BootChoice::IpxeScript(format!("{}/boot.ipxe?mac={}", policy.boot_url, client.mac));
     }
-    let binary = |arch: Arch| -> Option<&str> {
-        match arch {
-            Arch::Bios => Some(&policy.boot_files.bios),
-            Arch::EfiX64 | Arch::EfiX64Http => Some(&policy.boot_files.efi_x64),
-            Arch::EfiIa32 | Arch::EfiIa32Http => Some(&policy.boot_files.efi_ia32),
-            Arch::EfiArm64 | Arch::EfiArm64Http => Some(&policy.boot_files.efi_arm64),
-            Arch::EfiArm32 | Arch::EfiArm32Http | Arch::Other(_) => None,
-        }
-    };
-    match (client.firmware, client.arch) {
-        (Firmware::HttpClient, Some(arch)) => match binary(arch) {
-            Some(file) => BootChoice::Http(format!("{}/ipxe/{file}", policy.boot_url)),
-            None => BootChoice::None,
-        },
-        // A PXE ROM that sends no option 93 is a legacy BIOS one (RFC 4578 §2.1).
-        (Firmware::Pxe, arch) => match binary(arch.unwrap_or(Arch::Bios)) {
-            Some(file) => BootChoice::Tftp(file.to_string()),
-            None => BootChoice::None,
-        },
-        _ => BootChoice::None,
+    // A PXE ROM that sends no option 93 is a legacy BIOS one (RFC 4578 §2.1).
+    let arch = client.arch.unwrap_or(Arch::BIOS);
+    let binary = policy.boot_files.get(&arch);
+    match (client.firmware, binary) {
+        (Firmware::HttpClient, Some(file)) => BootChoice::Http(format!("{}/ipxe/{file}", policy.boot_url)),
+        (Firmware::Pxe, Some(file)) => BootChoice::Tftp(file.clone()),
+        (Firmware::HttpClient | Firmware::Pxe, None) => BootChoice::None("no boot file for this architecture"),
+        (_, _) => BootChoice::None("not a network-boot client"),
     }
 }
 
@@ -115,8 +230,8 @@ pub enum Decision {
     Reply { reply: Box<Message>, grant: Option<LeaseGrant>, client: Client, boot: BootChoice },
     /// The client gave its address back: mark the stored lease released.
     Released { mac: MacAddr, ip: Ipv4Addr },
-    /// The client found the address in use: quarantined in the pool, record it.
-    Declined { mac: MacAddr, ip: Ipv4Addr },
+    /// The client found the address in use: quarantined until `until`, record it.
+    Declined { mac: MacAddr, ip: Ipv4Addr, until: u64 },
     /// No reply, for the stated reason.
     Ignore(IgnoreReason),
 }
@@ -131,30 +246,65 @@ pub enum IgnoreReason {
     UnsupportedType(MessageType),
     #[error(transparent)]
     Unclassifiable(#[from] ClassifyError),
+    #[error("no subnet is configured for link {0}")]
+    NoSubnet(Ipv4Addr),
+    #[error("unknown client on a subnet that ignores unknown clients")]
+    UnknownClient,
     #[error("address pool exhausted")]
     PoolExhausted,
     #[error("client chose another server ({0})")]
     OtherServer(Ipv4Addr),
     #[error("REQUEST names no address")]
     NoRequestedAddress,
+    #[error("INIT-REBOOT for {0}, of which we have no record (another server's client)")]
+    NoRecord(Ipv4Addr),
     #[error("{0} is not ours to release or decline")]
     NotOurs(Ipv4Addr),
+    #[error("proxyDHCP answers only network-boot clients")]
+    NotNetbootClient,
+    #[error("port 4011 is served only in proxy mode")]
+    BinlNotProxy,
 }
 
-/// Decide what to do with one decoded message at time `now` (Unix seconds).
-pub fn decide(msg: &Message, policy: &DhcpPolicy, pool: &mut LeasePool, now: u64) -> Decision {
-    match decide_inner(msg, policy, pool, now) {
+/// Decide what to do with one packet at time `now` (Unix seconds).
+pub fn decide(inbound: &Inbound, policy: &DhcpPolicy, leases: &mut Leases, hosts: &Hosts, now: u64) -> Decision {
+    match decide_inner(inbound, policy, leases, hosts, now) {
         Ok(decision) => decision,
         Err(reason) => Decision::Ignore(reason),
     }
 }
 
-fn decide_inner(msg: &Message, policy: &DhcpPolicy, pool: &mut LeasePool, now: u64) -> Result<Decision, IgnoreReason> {
+fn decide_inner(
+    inbound: &Inbound,
+    policy: &DhcpPolicy,
+    leases: &mut Leases,
+    hosts: &Hosts,
+    now: u64,
+) -> Result<Decision, IgnoreReason> {
+    let msg = inbound.msg;
     if msg.opcode() != Opcode::BootRequest {
         return Err(IgnoreReason::NotRequest);
     }
     let kind = msg.opts().msg_type().ok_or(IgnoreReason::NoMessageType)?;
     let client = classify(msg)?;
+    let link = link_address(msg, inbound.arrival);
+    let subnet_index = Leases::index_of(policy, link);
+    let host = hosts.get(client.mac);
+    let unknown_policy = subnet_index.map_or(UnknownClients::Discovery, |i| policy.subnets[i].unknown_clients);
+    if host.is_none() && unknown_policy == UnknownClients::Ignore {
+        return Err(IgnoreReason::UnknownClient);
+    }
+    let boot = if host.is_none() && unknown_policy == UnknownClients::AddressOnly {
+        BootChoice::None("unknown client: address only")
+    } else {
+        choose_boot(&client, policy)
+    };
+    if policy.mode == DhcpMode::Proxy || inbound.arrival.port == Port::Binl {
+        return proxy(inbound, kind, client, boot, policy);
+    }
+    let index = subnet_index.ok_or(IgnoreReason::NoSubnet(link))?;
+    let subnet = &policy.subnets[index];
+    let pool = &mut leases.pools[index];
     let requested = match msg.opts().get(OptionCode::RequestedIpAddress) {
         Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
         _ => None,
@@ -163,41 +313,60 @@ fn decide_inner(msg: &Message, policy: &DhcpPolicy, pool: &mut LeasePool, now: u
         Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
         _ => None,
     };
+    let ours = inbound.arrival.local_addr;
+    let reply = |kind, ip, boot: &BootChoice| build_reply(inbound, kind, ip, boot, subnet, host, policy);
     match kind {
         MessageType::Discover => {
-            let ip = pool.offer(client.mac, requested, now, OFFER_HOLD_SECS).ok_or(IgnoreReason::PoolExhausted)?;
-            let boot = choose_boot(&client, policy);
-            let reply = build_reply(msg, MessageType::Offer, ip, &boot, policy);
-            Ok(Decision::Reply { reply: Box::new(reply), grant: None, client, boot })
+            let ip =
+                pool.offer(client.mac, requested, now, policy.offer_hold_secs).ok_or(IgnoreReason::PoolExhausted)?;
+            let offer = reply(MessageType::Offer, ip, &boot);
+            Ok(Decision::Reply { reply: Box::new(offer), grant: None, client, boot })
         }
         MessageType::Request => {
-            if let Some(id) = server_id.filter(|id| *id != policy.server_id) {
-                // SELECTING another server's offer: free ours at once.
-                if let Some(ip) = pool.held_by(client.mac, now) {
-                    if pool.binding(ip).is_some_and(|b| b.kind == super::pool::BindingKind::Offered) {
-                        pool.forget(client.mac, ip);
+            let state = RequestState::of(msg, requested, server_id);
+            if let RequestState::Selecting(id) = state {
+                if id != ours {
+                    // The client took another server's offer: free ours at once.
+                    if let Some(ip) = pool.held_by(client.mac, now) {
+                        if pool.binding(ip).is_some_and(|b| b.kind == BindingKind::Offered) {
+                            pool.forget(client.mac, ip);
+                        }
                     }
+                    return Err(IgnoreReason::OtherServer(id));
                 }
-                return Err(IgnoreReason::OtherServer(id));
             }
-            // SELECTING/INIT-REBOOT name the address in option 50; RENEWING/REBINDING in ciaddr.
-            let ip = requested
-                .or_else(|| (!msg.ciaddr().is_unspecified()).then_some(msg.ciaddr()))
-                .ok_or(IgnoreReason::NoRequestedAddress)?;
-            let boot = choose_boot(&client, policy);
+            let ip = match state {
+                RequestState::Selecting(_) | RequestState::InitReboot => requested,
+                RequestState::Renewing => Some(msg.ciaddr()),
+            }
+            .ok_or(IgnoreReason::NoRequestedAddress)?;
+            let nak = || {
+                let nak = build_nak(inbound, ours);
+                Ok(Decision::Reply { reply: Box::new(nak), grant: None, client: client.clone(), boot: boot.clone() })
+            };
+            // RFC 2131 §4.3.2: a wrong-network address is NAKed in every state.
+            if !subnet.net.contains(&ip) {
+                return nak();
+            }
+            if state == RequestState::InitReboot && pool.is_unknown(client.mac, ip, now) {
+                // No record of this client or address: another server's business.
+                return Err(IgnoreReason::NoRecord(ip));
+            }
             if !pool.can_grant(client.mac, ip, now) {
-                let reply = build_nak(msg, policy);
-                return Ok(Decision::Reply { reply: Box::new(reply), grant: None, client, boot });
+                return nak();
             }
-            let expires_at = now + u64::from(policy.lease_secs);
+            let expires_at = now + subnet.lease_time.as_secs();
             pool.grant(client.mac, ip, expires_at);
-            let reply = build_reply(msg, MessageType::Ack, ip, &boot, policy);
+            let ack = reply(MessageType::Ack, ip, &boot);
             let grant = LeaseGrant { mac: client.mac, ip, expires_at };
-            Ok(Decision::Reply { reply: Box::new(reply), grant: Some(grant), client, boot })
+            Ok(Decision::Reply { reply: Box::new(ack), grant: Some(grant), client, boot })
         }
         MessageType::Release => {
             let ip = msg.ciaddr();
-            if pool.binding(ip).is_some_and(|b| b.mac == client.mac) {
+            if server_id.is_some_and(|id| id != ours) {
+                return Err(IgnoreReason::OtherServer(server_id.unwrap_or(ours)));
+            }
+            if pool.binding(ip).is_some_and(|b| b.mac == client.mac && b.kind == BindingKind::Leased) {
                 pool.forget(client.mac, ip);
                 Ok(Decision::Released { mac: client.mac, ip })
             } else {
@@ -207,14 +376,109 @@ fn decide_inner(msg: &Message, policy: &DhcpPolicy, pool: &mut LeasePool, now: u
         MessageType::Decline => {
             let ip = requested.ok_or(IgnoreReason::NoRequestedAddress)?;
             if pool.binding(ip).is_some_and(|b| b.mac == client.mac) {
-                pool.quarantine(client.mac, ip, now + u64::from(policy.lease_secs));
-                Ok(Decision::Declined { mac: client.mac, ip })
+                let until = now + policy.quarantine_secs;
+                pool.quarantine(client.mac, ip, until);
+                Ok(Decision::Declined { mac: client.mac, ip, until })
             } else {
                 Err(IgnoreReason::NotOurs(ip))
             }
         }
+        MessageType::Inform => {
+            // RFC 2131 §3.4: configuration only, no address and no lease time.
+            let mut ack = reply(MessageType::Ack, Ipv4Addr::UNSPECIFIED, &boot);
+            ack.set_ciaddr(msg.ciaddr());
+            let opts = ack.opts_mut();
+            for code in [OptionCode::AddressLeaseTime, OptionCode::Renewal, OptionCode::Rebinding] {
+                opts.remove(code);
+            }
+            Ok(Decision::Reply { reply: Box::new(ack), grant: None, client, boot })
+        }
         other => Err(IgnoreReason::UnsupportedType(other)),
     }
+}
+
+/// The client's state when it sent a REQUEST (RFC 2131 §4.3.2, table 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestState {
+    /// Answering an OFFER: server id and requested address set.
+    Selecting(Ipv4Addr),
+    /// Rebooted, asking to keep its address: requested set, no server id, no ciaddr.
+    InitReboot,
+    /// Renewing (unicast) or rebinding (broadcast) a lease it holds: ciaddr set.
+    Renewing,
+}
+
+impl RequestState {
+    fn of(msg: &Message, requested: Option<Ipv4Addr>, server_id: Option<Ipv4Addr>) -> RequestState {
+        match (server_id, requested) {
+            (Some(id), _) => RequestState::Selecting(id),
+            (None, Some(_)) if msg.ciaddr().is_unspecified() => RequestState::InitReboot,
+            _ => RequestState::Renewing,
+        }
+    }
+}
+
+/// The address that names the client's link, in order of authority: the relay's
+/// link-selection sub-option (RFC 3527), the subnet-selection option (RFC 3011), the
+/// relay's giaddr, the client's own ciaddr, then the interface it arrived on.
+pub fn link_address(msg: &Message, arrival: Arrival) -> Ipv4Addr {
+    if let Some(DhcpOption::RelayAgentInformation(info)) = msg.opts().get(OptionCode::RelayAgentInformation) {
+        if let Some(relay::RelayInfo::LinkSelection(addr)) = info.get(relay::RelayCode::LinkSelection) {
+            return *addr;
+        }
+    }
+    if let Some(DhcpOption::SubnetSelection(addr)) = msg.opts().get(OptionCode::SubnetSelection) {
+        return *addr;
+    }
+    if !msg.giaddr().is_unspecified() {
+        return msg.giaddr();
+    }
+    if !msg.ciaddr().is_unspecified() {
+        return msg.ciaddr();
+    }
+    arrival.local_addr
+}
+
+/// ProxyDHCP: boot options only, no address (PXE 2.1 §2.2.1). Offers on 67 to
+/// network-boot clients' DISCOVERs; ACKs on 4011 to their boot-server REQUESTs.
+fn proxy(
+    inbound: &Inbound,
+    kind: MessageType,
+    client: Client,
+    boot: BootChoice,
+    policy: &DhcpPolicy,
+) -> Result<Decision, IgnoreReason> {
+    if policy.mode != DhcpMode::Proxy {
+        return Err(IgnoreReason::BinlNotProxy);
+    }
+    if client.firmware == Firmware::Plain || boot.file().is_none() {
+        return Err(IgnoreReason::NotNetbootClient);
+    }
+    let reply_kind = match (inbound.arrival.port, kind) {
+        (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
+        (Port::Binl, MessageType::Request | MessageType::Inform) => MessageType::Ack,
+        (_, other) => return Err(IgnoreReason::UnsupportedType(other)),
+    };
+    let msg = inbound.msg;
+    let mut reply = reply_header(msg);
+    reply.set_siaddr(policy.tftp_server).set_ciaddr(msg.ciaddr());
+    set_boot_file(&mut reply, &boot, policy);
+    let opts = reply.opts_mut();
+    opts.insert(DhcpOption::MessageType(reply_kind));
+    opts.insert(DhcpOption::ServerIdentifier(inbound.arrival.local_addr));
+    let class: &[u8] = if client.firmware == Firmware::HttpClient { b"HTTPClient" } else { b"PXEClient" };
+    opts.insert(DhcpOption::ClassIdentifier(class.to_vec()));
+    if client.firmware == Firmware::Pxe {
+        // PXE vendor options: discovery control 8 = boot the file named here, no
+        // boot-server discovery or menu.
+        opts.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::VendorExtensions, vec![6, 1, 8, 255])));
+    }
+    if let Some(uuid) = &client.uuid {
+        // The PXE spec has servers echo the client's UUID.
+        opts.insert(DhcpOption::ClientMachineIdentifier(uuid.clone()));
+    }
+    echo_relay_info(inbound, opts);
+    Ok(Decision::Reply { reply: Box::new(reply), grant: None, client, boot })
 }
 
 /// A BOOTREPLY skeleton: same xid, flags, giaddr and chaddr as the request.
@@ -230,48 +494,94 @@ fn reply_header(req: &Message) -> Message {
     reply
 }
 
-fn build_reply(req: &Message, kind: MessageType, ip: Ipv4Addr, boot: &BootChoice, policy: &DhcpPolicy) -> Message {
-    let mut reply = reply_header(req);
-    reply.set_yiaddr(ip).set_siaddr(policy.server_id);
-    if kind == MessageType::Ack {
-        reply.set_ciaddr(req.ciaddr());
+fn set_boot_file(reply: &mut Message, boot: &BootChoice, policy: &DhcpPolicy) {
+    let Some(file) = boot.file() else { return };
+    if file.len() <= FILE_FIELD_LEN {
+        reply.set_fname_str(file);
     }
-    if let Some(file) = boot.file() {
-        if file.len() <= FILE_FIELD_LEN {
-            reply.set_fname_str(file);
-        }
-    }
-    let lease = policy.lease_secs;
     let opts = reply.opts_mut();
-    opts.insert(DhcpOption::MessageType(kind));
-    opts.insert(DhcpOption::ServerIdentifier(policy.server_id));
-    opts.insert(DhcpOption::AddressLeaseTime(lease));
-    opts.insert(DhcpOption::Renewal(lease / 2));
-    opts.insert(DhcpOption::Rebinding(lease / 8 * 7));
-    opts.insert(DhcpOption::SubnetMask(policy.subnet.netmask()));
-    opts.insert(DhcpOption::BroadcastAddr(policy.subnet.broadcast()));
-    if let Some(router) = policy.router {
-        opts.insert(DhcpOption::Router(vec![router]));
-    }
-    if !policy.dns.is_empty() {
-        opts.insert(DhcpOption::DomainNameServer(policy.dns.clone()));
-    }
-    if let Some(file) = boot.file() {
-        opts.insert(DhcpOption::TFTPServerName(policy.server_id.to_string().into_bytes()));
-        opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
-    }
+    opts.insert(DhcpOption::TFTPServerName(policy.tftp_server.to_string().into_bytes()));
+    opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
     if let BootChoice::Http(_) = boot {
         // UEFI HTTP boot only accepts an offer that echoes its vendor class (UEFI 2.x §24.7).
         opts.insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+    }
+}
+
+/// RFC 3046 §2.2: option 82 goes back exactly as the relay sent it.
+fn echo_relay_info(inbound: &Inbound, opts: &mut dhcproto::v4::DhcpOptions) {
+    if let Some(raw) = raw_option(inbound.raw, 82) {
+        opts.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::RelayAgentInformation, raw.to_vec())));
+    }
+}
+
+/// The first instance of option `code` in a raw packet's options field.
+fn raw_option(packet: &[u8], code: u8) -> Option<&[u8]> {
+    let mut rest = packet.get(240..)?;
+    while let Some((&c, tail)) = rest.split_first() {
+        match c {
+            0 => rest = tail,
+            255 => return None,
+            _ => {
+                let (&len, tail) = tail.split_first()?;
+                let value = tail.get(..usize::from(len))?;
+                if c == code {
+                    return Some(value);
+                }
+                rest = &tail[usize::from(len)..];
+            }
+        }
+    }
+    None
+}
+
+fn build_reply(
+    inbound: &Inbound,
+    kind: MessageType,
+    ip: Ipv4Addr,
+    boot: &BootChoice,
+    subnet: &SubnetConfig,
+    host: Option<&Host>,
+    policy: &DhcpPolicy,
+) -> Message {
+    let req = inbound.msg;
+    let mut reply = reply_header(req);
+    reply.set_yiaddr(ip).set_siaddr(policy.tftp_server);
+    if kind == MessageType::Ack {
+        reply.set_ciaddr(req.ciaddr());
+    }
+    set_boot_file(&mut reply, boot, policy);
+    let lease = u32::try_from(subnet.lease_time.as_secs()).unwrap_or(u32::MAX);
+    let opts = reply.opts_mut();
+    opts.insert(DhcpOption::MessageType(kind));
+    opts.insert(DhcpOption::ServerIdentifier(inbound.arrival.local_addr));
+    opts.insert(DhcpOption::AddressLeaseTime(lease));
+    opts.insert(DhcpOption::Renewal(lease / 2));
+    opts.insert(DhcpOption::Rebinding(lease / 8 * 7));
+    opts.insert(DhcpOption::SubnetMask(subnet.net.netmask()));
+    opts.insert(DhcpOption::BroadcastAddr(subnet.net.broadcast()));
+    if let Some(router) = subnet.router {
+        opts.insert(DhcpOption::Router(vec![router]));
+    }
+    if !subnet.dns.is_empty() {
+        opts.insert(DhcpOption::DomainNameServer(subnet.dns.clone()));
+    }
+    if let Some(domain) = &subnet.domain {
+        opts.insert(DhcpOption::DomainName(domain.clone()));
+    }
+    if let Some(hostname) = host.and_then(|h| h.hostname.as_ref()) {
+        opts.insert(DhcpOption::Hostname(hostname.clone()));
     }
     if let Some(DhcpOption::ClientIdentifier(id)) = req.opts().get(OptionCode::ClientIdentifier) {
         // RFC 6842: echo the client identifier.
         opts.insert(DhcpOption::ClientIdentifier(id.clone()));
     }
+    echo_relay_info(inbound, opts);
     reply
 }
 
-fn build_nak(req: &Message, policy: &DhcpPolicy) -> Message {
+fn build_nak(inbound: &Inbound, server_id: Ipv4Addr) -> Message {
+    let req = inbound.msg;
     let mut reply = reply_header(req);
     // RFC 2131 §4.3.2: a NAK relayed from another subnet must reach the client by broadcast.
     if !req.giaddr().is_unspecified() {
@@ -279,173 +589,13 @@ fn build_nak(req: &Message, policy: &DhcpPolicy) -> Message {
     }
     let opts = reply.opts_mut();
     opts.insert(DhcpOption::MessageType(MessageType::Nak));
-    opts.insert(DhcpOption::ServerIdentifier(policy.server_id));
+    opts.insert(DhcpOption::ServerIdentifier(server_id));
+    if let Some(DhcpOption::ClientIdentifier(id)) = req.opts().get(OptionCode::ClientIdentifier) {
+        opts.insert(DhcpOption::ClientIdentifier(id.clone()));
+    }
+    echo_relay_info(inbound, opts);
     reply
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::classify::tests::{ipxe_bios, request};
-    use super::*;
-    use dhcproto::v4::Architecture;
-    use dhcproto::{Decodable, Encodable};
-
-    fn policy() -> DhcpPolicy {
-        DhcpPolicy {
-            server_id: Ipv4Addr::new(10, 213, 0, 1),
-            subnet: "10.213.0.0/24".parse().unwrap(),
-            router: Some(Ipv4Addr::new(10, 213, 0, 1)),
-            dns: vec![],
-            lease_secs: 3600,
-            boot_url: "http://10.213.0.1:8080".into(),
-            boot_files: BootFiles::default(),
-        }
-    }
-
-    fn pool() -> LeasePool {
-        LeasePool::new(Ipv4Addr::new(10, 213, 0, 100), Ipv4Addr::new(10, 213, 0, 199))
-    }
-
-    fn reply_of(d: Decision) -> (Message, Option<LeaseGrant>, BootChoice) {
-        match d {
-            Decision::Reply { reply, grant, boot, .. } => (*reply, grant, boot),
-            other => panic!("expected a reply, got {other:?}"),
-        }
-    }
-
-    const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-
-    #[test]
-    fn ipxe_discover_request_ack_carries_script_url_and_grant() {
-        let (p, mut pool) = (policy(), pool());
-        let (offer, grant, boot) = reply_of(decide(&ipxe_bios(MAC, MessageType::Discover), &p, &mut pool, 1000));
-        assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
-        assert!(grant.is_none(), "an OFFER is not a lease");
-        assert_eq!(boot, BootChoice::IpxeScript("http://10.213.0.1:8080/boot.ipxe?mac=52:54:00:12:34:56".into()));
-        let ip = offer.yiaddr();
-        assert!(pool.contains(ip));
-
-        let mut req = ipxe_bios(MAC, MessageType::Request);
-        req.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
-        req.opts_mut().insert(DhcpOption::ServerIdentifier(p.server_id));
-        let (ack, grant, _) = reply_of(decide(&req, &p, &mut pool, 1001));
-        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
-        assert_eq!(ack.yiaddr(), ip);
-        assert_eq!(grant, Some(LeaseGrant { mac: MacAddr(MAC), ip, expires_at: 1001 + 3600 }));
-        assert_eq!(
-            ack.opts().get(OptionCode::BootfileName),
-            Some(&DhcpOption::BootfileName(b"http://10.213.0.1:8080/boot.ipxe?mac=52:54:00:12:34:56".to_vec()))
-        );
-        assert_eq!(ack.siaddr(), p.server_id);
-    }
-
-    #[test]
-    fn plain_pxe_bios_rom_gets_undionly_over_tftp() {
-        let mut msg = request(MAC, MessageType::Discover);
-        msg.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::from(0)));
-        msg.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()));
-        let (offer, _, boot) = reply_of(decide(&msg, &policy(), &mut pool(), 0));
-        assert_eq!(boot, BootChoice::Tftp("undionly.kpxe".into()));
-        assert_eq!(offer.fname_str().unwrap().unwrap(), "undionly.kpxe");
-    }
-
-    #[test]
-    fn plain_pxe_uefi_x64_rom_gets_ipxe_efi() {
-        for code in [7u16, 9] {
-            let mut msg = request(MAC, MessageType::Discover);
-            msg.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::from(code)));
-            msg.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007".to_vec()));
-            let (_, _, boot) = reply_of(decide(&msg, &policy(), &mut pool(), 0));
-            assert_eq!(boot, BootChoice::Tftp("ipxe.efi".into()), "arch {code}");
-        }
-    }
-
-    #[test]
-    fn an_os_dhcp_client_gets_an_address_and_no_boot_file() {
-        let (offer, _, boot) = reply_of(decide(&request(MAC, MessageType::Discover), &policy(), &mut pool(), 0));
-        assert_eq!(boot, BootChoice::None);
-        assert!(offer.opts().get(OptionCode::BootfileName).is_none());
-    }
-
-    #[test]
-    fn request_for_another_servers_offer_is_ignored_and_frees_ours() {
-        let (p, mut pool) = (policy(), pool());
-        let (offer, _, _) = reply_of(decide(&request(MAC, MessageType::Discover), &p, &mut pool, 0));
-        let mut req = request(MAC, MessageType::Request);
-        req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
-        req.opts_mut().insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 213, 0, 2)));
-        assert!(matches!(decide(&req, &p, &mut pool, 1), Decision::Ignore(IgnoreReason::OtherServer(_))));
-        assert_eq!(pool.held_by(MacAddr(MAC), 1), None);
-    }
-
-    #[test]
-    fn request_for_a_foreign_or_taken_address_is_naked() {
-        let (p, mut pool) = (policy(), pool());
-        let mut req = request(MAC, MessageType::Request);
-        req.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(192, 168, 1, 5)));
-        let (nak, grant, _) = reply_of(decide(&req, &p, &mut pool, 0));
-        assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
-        assert!(grant.is_none());
-        assert!(nak.yiaddr().is_unspecified());
-
-        // Another MAC holds .100; a REQUEST for it must not be granted.
-        pool.grant(MacAddr([2, 0, 0, 0, 0, 9]), Ipv4Addr::new(10, 213, 0, 100), 5000);
-        let mut req = request(MAC, MessageType::Request);
-        req.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 213, 0, 100)));
-        let (nak, _, _) = reply_of(decide(&req, &p, &mut pool, 0));
-        assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
-    }
-
-    #[test]
-    fn renewing_uses_ciaddr() {
-        let (p, mut pool) = (policy(), pool());
-        let ip = Ipv4Addr::new(10, 213, 0, 150);
-        pool.grant(MacAddr(MAC), ip, 100);
-        let mut req = request(MAC, MessageType::Request);
-        req.set_ciaddr(ip);
-        let (ack, grant, _) = reply_of(decide(&req, &p, &mut pool, 50));
-        assert_eq!(ack.yiaddr(), ip);
-        assert_eq!(ack.ciaddr(), ip);
-        assert_eq!(grant.unwrap().expires_at, 50 + 3600);
-    }
-
-    #[test]
-    fn release_frees_the_address() {
-        let (p, mut pool) = (policy(), pool());
-        let ip = Ipv4Addr::new(10, 213, 0, 150);
-        pool.grant(MacAddr(MAC), ip, 100);
-        let mut rel = request(MAC, MessageType::Release);
-        rel.set_ciaddr(ip);
-        assert_eq!(decide(&rel, &p, &mut pool, 1), Decision::Released { mac: MacAddr(MAC), ip });
-        assert!(pool.can_grant(MacAddr([2, 0, 0, 0, 0, 9]), ip, 1));
-    }
-
-    #[test]
-    fn long_script_url_goes_only_in_option_67() {
-        let mut p = policy();
-        p.boot_url = format!("http://{}.example:8080", "x".repeat(120));
-        let (offer, _, _) = reply_of(decide(&ipxe_bios(MAC, MessageType::Discover), &p, &mut pool(), 0));
-        assert!(offer.fname().is_none());
-        assert!(offer.opts().get(OptionCode::BootfileName).is_some());
-    }
-
-    #[test]
-    fn replies_encode_and_decode_again() {
-        let (offer, _, _) = reply_of(decide(&ipxe_bios(MAC, MessageType::Discover), &policy(), &mut pool(), 0));
-        // Byte-level: dhcproto keeps the NUL terminator of `file` when decoding.
-        let bytes = offer.to_vec().unwrap();
-        let again = Message::decode(&mut dhcproto::Decoder::new(&bytes)).unwrap();
-        assert_eq!(again.to_vec().unwrap(), bytes);
-        assert_eq!(again.opts(), offer.opts());
-    }
-
-    proptest::proptest! {
-        /// Any bytes at all: decoding may fail, deciding must never panic.
-        #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
-            if let Ok(msg) = Message::decode(&mut dhcproto::Decoder::new(&bytes)) {
-                let _ = decide(&msg, &policy(), &mut pool(), 0);
-            }
-        }
-    }
-}
+mod tests;

@@ -1,22 +1,48 @@
-//! The DHCP socket layer: receive datagrams on one interface, run the pure core,
-//! persist grants, send replies.
+//! The DHCP socket layer: receive datagrams, run the pure core, persist grants in
+//! batches, send replies.
 //!
-//! Packets are handled one at a time in arrival order, so the in-memory pool needs
-//! no lock; the one await inside a decision is the lease commit, which must finish
-//! before the ACK leaves.
+//! Three kinds of task, connected by bounded channels:
+//! - one **reader** per socket (interface × port 67/4011) reads datagrams with
+//!   `IP_PKTINFO`, so each packet carries the local address it arrived on;
+//! - one **decider** owns the in-memory pools and the inventory view and runs
+//!   [`decide`] on each packet in arrival order (no locks; an address is only ever
+//!   chosen here, so it can never be handed out twice);
+//! - one **committer** writes lease changes to the store in batches (group commit:
+//!   one transaction and one fsync for every grant that queued up during the last
+//!   one) and sends each ACK only after its batch is durable.
+//!
+//! Under overload the readers' queue fills and packets are dropped at the door
+//! (counted), instead of the decider falling ever further behind.
 
-use super::core::{decide, BootFiles, Decision, DhcpPolicy};
-use super::pool::LeasePool;
-use crate::config::Config;
-use crate::store::{EventKind, Store, StoreError};
+use super::core::{decide, Arrival, Decision, DhcpPolicy, Host, Hosts, Inbound, Leases, Port};
+use super::pool::BindingKind;
+use crate::config::{Config, DhcpMode};
+use crate::node::MacAddr;
+use crate::store::{LeaseOp, Store, StoreError};
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder, Encodable};
+use nix::sys::socket::{self as sock, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
 use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+
+/// Packets waiting for the decider; beyond this they are dropped (and counted).
+const INBOX: usize = 4096;
+/// Lease changes waiting for the committer; a full queue slows the decider down.
+const COMMIT_QUEUE: usize = 8192;
+/// Most lease changes written in one transaction.
+const MAX_BATCH: usize = 1024;
+/// How often the inventory view is reloaded even without a change notice (another
+/// ramboot server sharing the database may have changed it).
+const HOSTS_RELOAD: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpIoError {
@@ -31,24 +57,110 @@ pub enum DhcpIoError {
     Store(#[from] StoreError),
 }
 
+/// One bound DHCP socket.
+pub struct Listener {
+    pub interface: String,
+    pub port: Port,
+    pub socket: Arc<UdpSocket>,
+}
+
 /// A UDP socket bound to `port` on every address but tied to `interface`, so
-/// broadcast replies leave through the boot network and nowhere else.
+/// broadcast replies leave through the boot network and nowhere else, with
+/// `IP_PKTINFO` on so each datagram tells which local address it reached.
 pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpIoError> {
     let err = |source| DhcpIoError::Bind { interface: interface.to_string(), port, source };
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
     socket.set_broadcast(true).map_err(err)?;
     socket.bind_device(Some(interface.as_bytes())).map_err(err)?;
+    sock::setsockopt(&socket, sock::sockopt::Ipv4PacketInfo, &true).map_err(|e| err(e.into()))?;
     socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into()).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     UdpSocket::from_std(socket.into()).map_err(err)
 }
 
+/// Every socket the configuration asks for: port 67 on each DHCP interface, and
+/// the PXE boot-server port in proxy mode.
+pub fn bind_all(cfg: &Config) -> Result<Vec<Listener>, DhcpIoError> {
+    let mut listeners = Vec::new();
+    for interface in &cfg.dhcp.interfaces {
+        let mut ports = vec![(Port::Dhcp, cfg.dhcp.port)];
+        if cfg.dhcp.mode == DhcpMode::Proxy {
+            ports.push((Port::Binl, cfg.dhcp.proxy_port));
+        }
+        for (port, number) in ports {
+            let socket = Arc::new(bind(interface, number)?);
+            listeners.push(Listener { interface: interface.clone(), port, socket });
+        }
+    }
+    Ok(listeners)
+}
+
+/// A received datagram and where it came from and arrived.
+struct Datagram {
+    bytes: Vec<u8>,
+    peer: SocketAddrV4,
+    local: Ipv4Addr,
+    listener: usize,
+}
+
+/// Receive one datagram with its `IP_PKTINFO`: (length, sender, local address).
+async fn recv_with_pktinfo(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV4, Ipv4Addr)> {
+    socket
+        .async_io(Interest::READABLE, || {
+            let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
+            let mut iov = [IoSliceMut::new(buf)];
+            let msg = sock::recvmsg::<SockaddrIn>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+            let peer = msg.address.map_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), SocketAddrV4::from);
+            let mut local = Ipv4Addr::UNSPECIFIED;
+            for c in msg.cmsgs()? {
+                if let ControlMessageOwned::Ipv4PacketInfo(info) = c {
+                    // spec_dst: the local address this packet reached (for a
+                    // broadcast, the interface's own address).
+                    local = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+                }
+            }
+            Ok((msg.bytes, peer, local))
+        })
+        .await
+}
+
+/// Send `bytes` to `dest` from local address `source`, so a multi-homed host
+/// answers from the address the client (or relay) spoke to.
+async fn send_from(socket: &UdpSocket, bytes: &[u8], dest: SocketAddrV4, source: Ipv4Addr) -> std::io::Result<usize> {
+    let info = nix::libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: nix::libc::in_addr { s_addr: u32::from(source).to_be() },
+        ipi_addr: nix::libc::in_addr { s_addr: 0 },
+    };
+    let dest = SockaddrIn::from(dest);
+    socket
+        .async_io(Interest::WRITABLE, || {
+            let cmsgs: &[ControlMessage] =
+                if source.is_unspecified() { &[] } else { &[ControlMessage::Ipv4PacketInfo(&info)] };
+            let sent =
+                sock::sendmsg(socket.as_raw_fd(), &[IoSlice::new(bytes)], cmsgs, MsgFlags::empty(), Some(&dest))?;
+            Ok(sent)
+        })
+        .await
+}
+
 /// Where a reply goes, per RFC 2131 §4.1: to the relay if there is one; a NAK by
 /// broadcast; to ciaddr if the client has an address; otherwise by broadcast,
-/// because an address-less client cannot answer ARP (we add no ARP entries).
-pub fn reply_destination(request: &Message, reply_type: MessageType, server_port: u16) -> SocketAddrV4 {
+/// because an address-less client cannot answer ARP (unicasting to yiaddr would
+/// need an ARP entry forged from chaddr; §4.1 allows the broadcast instead). A
+/// PXE boot-server (4011) reply goes back to where the request came from.
+pub fn reply_destination(
+    request: &Message,
+    reply_type: MessageType,
+    arrival: Port,
+    peer: SocketAddrV4,
+    server_port: u16,
+) -> SocketAddrV4 {
     let client_port = server_port.wrapping_add(1);
+    if arrival == Port::Binl && !peer.ip().is_unspecified() {
+        return peer;
+    }
     if !request.giaddr().is_unspecified() {
         return SocketAddrV4::new(request.giaddr(), server_port);
     }
@@ -58,67 +170,9 @@ pub fn reply_destination(request: &Message, reply_type: MessageType, server_port
     SocketAddrV4::new(Ipv4Addr::BROADCAST, client_port)
 }
 
-pub fn policy_from_config(cfg: &Config) -> DhcpPolicy {
-    DhcpPolicy {
-        server_id: cfg.server_address,
-        subnet: cfg.dhcp.subnet,
-        router: cfg.dhcp.router,
-        dns: cfg.dhcp.dns.clone(),
-        lease_secs: u32::try_from(cfg.dhcp.lease_time.as_secs()).unwrap_or(u32::MAX),
-        boot_url: cfg.boot_url(),
-        boot_files: BootFiles::default(),
-    }
-}
-
 fn unix_now() -> (u64, i64) {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     (d.as_secs(), d.as_millis() as i64)
-}
-
-/// Serve DHCP on `socket` until `cancel` fires.
-pub async fn serve(
-    cfg: &Config,
-    socket: UdpSocket,
-    store: Store,
-    cancel: CancellationToken,
-) -> Result<(), DhcpIoError> {
-    let policy = policy_from_config(cfg);
-    let mut pool = LeasePool::new(cfg.dhcp.range_start, cfg.dhcp.range_end);
-    let (now, _) = unix_now();
-    let leases = store.active_leases(now).await?;
-    for lease in &leases {
-        pool.restore(lease.ip, lease.mac, lease.expires_at);
-    }
-    info!(interface = %cfg.interface, restored = leases.len(), "DHCP serving");
-    let mut buf = vec![0u8; 1500];
-    loop {
-        let (len, peer) = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "DHCP receive failed");
-                    continue;
-                }
-            },
-        };
-        // Decoding is third-party code fed by the network: a panic there must cost one
-        // packet, not the DHCP service.
-        let decoded = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(&buf[..len])));
-        let request = match decoded {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => {
-                count(None, "undecodable");
-                warn!(%peer, bytes = len, error = %e, "dropping undecodable DHCP packet");
-                continue;
-            }
-            Err(_) => {
-                error!(%peer, bytes = len, packet = %hex::encode(&buf[..len]), "DHCP decoder panicked; packet dropped");
-                continue;
-            }
-        };
-        handle(&request, &policy, &mut pool, &store, &socket, cfg.dhcp.port).await;
-    }
 }
 
 /// Count one handled message, by its type and what became of it.
@@ -135,85 +189,342 @@ fn count(request_type: Option<MessageType>, outcome: &'static str) {
     metrics::counter!("ramboot_dhcp_messages_total", "type" => kind, "outcome" => outcome).increment(1);
 }
 
-async fn handle(
-    request: &Message,
-    policy: &DhcpPolicy,
-    pool: &mut LeasePool,
-    store: &Store,
-    socket: &UdpSocket,
-    port: u16,
-) {
-    let (now, now_ms) = unix_now();
-    let request_type = request.opts().msg_type();
-    match decide(request, policy, pool, now) {
-        Decision::Reply { reply, grant, client, boot } => {
-            let reply_type = reply.opts().msg_type().unwrap_or(MessageType::Unknown(0));
-            if let Some(grant) = &grant {
-                let arch = client.arch.map(|a| a.to_string());
-                // Durable before it is announced: no ACK for a lease we could lose.
-                match store.commit_lease(grant.mac, grant.ip, grant.expires_at, arch.as_deref(), now_ms).await {
-                    Ok(node) => {
-                        let msg = format!("DHCP lease {} (until unix {})", grant.ip, grant.expires_at);
-                        if let Err(e) = store.add_event(node, None, EventKind::Dhcp, &msg, now_ms).await {
-                            warn!(error = %e, "recording DHCP event failed");
+/// A reply ready to go out.
+struct Outgoing {
+    bytes: Vec<u8>,
+    dest: SocketAddrV4,
+    source: Ipv4Addr,
+    socket: Arc<UdpSocket>,
+    request_type: Option<MessageType>,
+    outcome: &'static str,
+}
+
+impl Outgoing {
+    async fn send(self) {
+        match send_from(&self.socket, &self.bytes, self.dest, self.source).await {
+            Ok(_) => count(self.request_type, self.outcome),
+            Err(e) => {
+                count(self.request_type, "send_error");
+                warn!(dest = %self.dest, error = %e, "sending DHCP reply failed");
+            }
+        }
+    }
+}
+
+/// One lease change for the committer, and the reply that must wait for it.
+struct Pending {
+    op: LeaseOp,
+    reply: Option<Outgoing>,
+}
+
+/// Serve DHCP on `listeners` until `cancel` fires.
+pub async fn serve(
+    cfg: &Config,
+    listeners: Vec<Listener>,
+    store: Store,
+    cancel: CancellationToken,
+) -> Result<(), DhcpIoError> {
+    let policy = DhcpPolicy::from_config(cfg);
+    let mut leases = Leases::new(&policy);
+    let (now, _) = unix_now();
+    let bindings = store.live_bindings(now).await?;
+    let mut restored = 0usize;
+    for b in &bindings {
+        let kind = if b.state == "declined" { BindingKind::Quarantined } else { BindingKind::Leased };
+        if leases.restore(&policy, b.ip, b.mac, b.expires_at, kind) {
+            restored += 1;
+        } else {
+            warn!(ip = %b.ip, mac = %b.mac, "stored lease is outside every configured subnet; ignored");
+        }
+    }
+    let mut hosts_watch = store.watch_hosts();
+    let mut hosts = load_hosts(&store).await?;
+    install_reservations(&policy, &mut leases, &hosts);
+    info!(
+        interfaces = ?cfg.dhcp.interfaces,
+        mode = ?cfg.dhcp.mode,
+        subnets = policy.subnets.len(),
+        restored,
+        nodes = hosts.len(),
+        "DHCP serving"
+    );
+
+    let (inbox_tx, mut inbox) = mpsc::channel::<Datagram>(INBOX);
+    let (commit_tx, commit_rx) = mpsc::channel::<Pending>(COMMIT_QUEUE);
+    let (failed_tx, mut failed) = mpsc::unbounded_channel::<(MacAddr, Ipv4Addr)>();
+    let (hosts_tx, mut new_hosts) = mpsc::channel::<Hosts>(1);
+    let sockets: Vec<(Arc<UdpSocket>, Port)> = listeners.iter().map(|l| (l.socket.clone(), l.port)).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        tasks.spawn(read_loop(listener, index, inbox_tx.clone(), cancel.clone()));
+    }
+    drop(inbox_tx);
+    tasks.spawn(commit_loop(store.clone(), commit_rx, failed_tx));
+    {
+        let (store, cancel) = (store.clone(), cancel.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    changed = hosts_watch.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(HOSTS_RELOAD) => {}
+                }
+                match load_hosts(&store).await {
+                    Ok(hosts) => {
+                        if hosts_tx.send(hosts).await.is_err() {
+                            return;
                         }
                     }
-                    Err(e) => {
-                        count(request_type, "store_error");
-                        pool.forget(grant.mac, grant.ip);
-                        error!(mac = %grant.mac, ip = %grant.ip, error = %e, "lease not persisted: no ACK sent");
-                        return;
-                    }
+                    Err(e) => warn!(error = %e, "reloading DHCP's node view failed; keeping the old one"),
                 }
             }
+        });
+    }
+
+    let port_number = cfg.dhcp.port;
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            Some((mac, ip)) = failed.recv() => leases.forget(&policy, mac, ip),
+            Some(fresh) = new_hosts.recv() => {
+                hosts = fresh;
+                install_reservations(&policy, &mut leases, &hosts);
+                debug!(nodes = hosts.len(), "DHCP node view reloaded");
+            }
+            datagram = inbox.recv() => match datagram {
+                Some(d) => {
+                    let (socket, port) = &sockets[d.listener];
+                    let outcome = handle(&d, *port, socket, &policy, &mut leases, &hosts, port_number);
+                    if let Some(pending) = outcome {
+                        match pending {
+                            Next::Send(out) => out.send().await,
+                            Next::Commit(p) => {
+                                if commit_tx.send(p).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    // Let the committer finish what is queued (its ACKs still go out), then stop.
+    drop(commit_tx);
+    cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn load_hosts(store: &Store) -> Result<Hosts, StoreError> {
+    let rows = store.dhcp_hosts().await?;
+    Ok(Hosts::new(
+        rows.into_iter().map(|(mac, reserved_ip, hostname)| (mac, Host { reserved_ip, hostname: Some(hostname) })),
+    ))
+}
+
+fn install_reservations(policy: &DhcpPolicy, leases: &mut Leases, hosts: &Hosts) {
+    for (ip, mac) in leases.set_reservations(policy, hosts) {
+        warn!(%ip, %mac, "reserved address is outside every configured subnet; not served");
+    }
+}
+
+async fn read_loop(listener: Listener, index: usize, inbox: mpsc::Sender<Datagram>, cancel: CancellationToken) {
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let received = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = recv_with_pktinfo(&listener.socket, &mut buf) => r,
+        };
+        let (len, peer, local) = match received {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(interface = %listener.interface, error = %e, "DHCP receive failed");
+                continue;
+            }
+        };
+        let datagram = Datagram { bytes: buf[..len].to_vec(), peer, local, listener: index };
+        match inbox.try_send(datagram) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => count(None, "dropped_overload"),
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// What the decider does next with a packet.
+enum Next {
+    Send(Outgoing),
+    Commit(Pending),
+}
+
+fn handle(
+    d: &Datagram,
+    port: Port,
+    socket: &Arc<UdpSocket>,
+    policy: &DhcpPolicy,
+    leases: &mut Leases,
+    hosts: &Hosts,
+    server_port: u16,
+) -> Option<Next> {
+    // Decoding is third-party code fed by the network: a panic there must cost one
+    // packet, not the DHCP service.
+    let request = match std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(&d.bytes))) {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            count(None, "undecodable");
+            warn!(peer = %d.peer, bytes = d.bytes.len(), error = %e, "dropping undecodable DHCP packet");
+            return None;
+        }
+        Err(_) => {
+            count(None, "undecodable");
+            error!(peer = %d.peer, packet = %hex::encode(&d.bytes), "DHCP decoder panicked; packet dropped");
+            return None;
+        }
+    };
+    let (now, _) = unix_now();
+    let request_type = request.opts().msg_type();
+    let inbound = Inbound { msg: &request, raw: &d.bytes, arrival: Arrival { local_addr: d.local, port } };
+    match decide(&inbound, policy, leases, hosts, now) {
+        Decision::Reply { reply, grant, client, boot } => {
+            let reply_type = reply.opts().msg_type().unwrap_or(MessageType::Unknown(0));
+            info!(
+                target: "ramboot::dhcp::decision",
+                mac = %client.mac,
+                request = ?request_type,
+                reply = ?reply_type,
+                ip = %reply.yiaddr(),
+                relay = %request.giaddr(),
+                arch = %client.arch.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                firmware = ?client.firmware,
+                boot_file = boot.file().unwrap_or("-"),
+                reason = boot.reason(),
+                "DHCP decision"
+            );
             let bytes = match reply.to_vec() {
                 Ok(b) => b,
                 Err(e) => {
                     error!(mac = %client.mac, error = %e, "encoding DHCP reply failed");
-                    return;
+                    if let Some(g) = grant {
+                        leases.forget(policy, g.mac, g.ip);
+                    }
+                    return None;
                 }
             };
-            let dest = reply_destination(request, reply_type, port);
-            if let Err(e) = socket.send_to(&bytes, dest).await {
-                count(request_type, "send_error");
-                warn!(mac = %client.mac, %dest, error = %e, "sending DHCP reply failed");
-                return;
-            }
             let outcome = match reply_type {
                 MessageType::Offer => "offer",
                 MessageType::Ack => "ack",
                 MessageType::Nak => "nak",
                 _ => "other",
             };
-            count(request_type, outcome);
-            info!(
-                mac = %client.mac,
-                request = ?request_type,
-                reply = ?reply_type,
-                ip = %reply.yiaddr(),
-                arch = %client.arch.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-                firmware = ?client.firmware,
-                boot_file = boot.file().unwrap_or("-"),
-                "DHCP decision"
-            );
+            let out = Outgoing {
+                bytes,
+                dest: reply_destination(&request, reply_type, port, d.peer, server_port),
+                source: d.local,
+                socket: socket.clone(),
+                request_type,
+                outcome,
+            };
+            match grant {
+                // Durable before it is announced: the committer sends the ACK.
+                Some(g) => Some(Next::Commit(Pending {
+                    op: LeaseOp::Grant {
+                        mac: g.mac,
+                        ip: g.ip,
+                        expires_at: g.expires_at,
+                        netboot: client.firmware != super::classify::Firmware::Plain,
+                        arch: client.arch.map(|a| a.to_string()),
+                        uuid: client.uuid.as_deref().and_then(format_uuid),
+                    },
+                    reply: Some(out),
+                })),
+                None => Some(Next::Send(out)),
+            }
         }
         Decision::Released { mac, ip } => {
             count(request_type, "released");
-            info!(%mac, %ip, "DHCP release");
-            if let Err(e) = store.end_lease(mac, ip, false, now_ms).await {
-                warn!(%mac, %ip, error = %e, "recording release failed");
-            }
+            info!(target: "ramboot::dhcp::decision", %mac, %ip, "DHCP release");
+            Some(Next::Commit(Pending { op: LeaseOp::Release { mac, ip }, reply: None }))
         }
-        Decision::Declined { mac, ip } => {
+        Decision::Declined { mac, ip, until } => {
             count(request_type, "declined");
-            warn!(%mac, %ip, "DHCP decline: address in use by someone else, quarantined");
-            if let Err(e) = store.end_lease(mac, ip, true, now_ms).await {
-                warn!(%mac, %ip, error = %e, "recording decline failed");
-            }
+            warn!(target: "ramboot::dhcp::decision", %mac, %ip, until, "DHCP decline: address in use by someone else, quarantined");
+            Some(Next::Commit(Pending { op: LeaseOp::Decline { mac, ip, until }, reply: None }))
         }
         Decision::Ignore(reason) => {
             count(request_type, "ignored");
-            debug!(request = ?request_type, %reason, "DHCP ignored")
+            debug!(target: "ramboot::dhcp::decision", peer = %d.peer, request = ?request_type, %reason, "DHCP ignored");
+            None
+        }
+    }
+}
+
+/// Option 97 as a UUID string: type 0 then 16 bytes, the first three fields
+/// little-endian as SMBIOS stores them (so it matches `dmidecode -s system-uuid`).
+pub fn format_uuid(raw: &[u8]) -> Option<String> {
+    let b: &[u8; 16] = match raw {
+        [0, rest @ ..] if rest.len() == 16 => rest.try_into().ok()?,
+        _ => return None,
+    };
+    Some(format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{}",
+        b[3],
+        b[2],
+        b[1],
+        b[0],
+        b[5],
+        b[4],
+        b[7],
+        b[6],
+        b[8],
+        b[9],
+        hex::encode(&b[10..])
+    ))
+}
+
+/// Group commit: take everything queued, write it in one transaction, then send the
+/// replies that waited for it. A failed batch sends nothing and frees its addresses.
+async fn commit_loop(
+    store: Store,
+    mut queue: mpsc::Receiver<Pending>,
+    failed: mpsc::UnboundedSender<(MacAddr, Ipv4Addr)>,
+) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<LeaseOp> = batch.iter().map(|p| p.op.clone()).collect();
+        let started = Instant::now();
+        let (_, now_ms) = unix_now();
+        let result = store.commit_dhcp(&ops, now_ms).await;
+        metrics::histogram!("ramboot_dhcp_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("ramboot_dhcp_commit_batch_size").record(batch.len() as f64);
+        match result {
+            Ok(()) => {
+                for p in batch.drain(..) {
+                    if let Some(reply) = p.reply {
+                        reply.send().await;
+                    }
+                }
+            }
+            Err(e) => {
+                error!(leases = batch.len(), error = %e, "lease batch not persisted: no ACKs sent");
+                for p in batch.drain(..) {
+                    if let LeaseOp::Grant { mac, ip, .. } = p.op {
+                        let _ = failed.send((mac, ip));
+                    }
+                    if let Some(reply) = p.reply {
+                        count(reply.request_type, "store_error");
+                    }
+                }
+            }
         }
     }
 }
@@ -226,12 +537,27 @@ mod tests {
 
     #[test]
     fn replies_go_to_relay_then_ciaddr_then_broadcast() {
+        let peer = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+        let dest = |req: &Message, kind| reply_destination(req, kind, Port::Dhcp, peer, 67);
         let mut req = request([2, 0, 0, 0, 0, 1], MessageType::Request);
-        assert_eq!(reply_destination(&req, MessageType::Ack, 67), SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        assert_eq!(dest(&req, MessageType::Ack), SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
         req.set_ciaddr(Ipv4Addr::new(10, 0, 0, 5));
-        assert_eq!(reply_destination(&req, MessageType::Ack, 67), "10.0.0.5:68".parse().unwrap());
-        assert_eq!(reply_destination(&req, MessageType::Nak, 67), SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        assert_eq!(dest(&req, MessageType::Ack), "10.0.0.5:68".parse().unwrap());
+        assert_eq!(dest(&req, MessageType::Nak), SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
         req.set_giaddr(Ipv4Addr::new(10, 1, 0, 1)).set_flags(Flags::default().set_broadcast());
-        assert_eq!(reply_destination(&req, MessageType::Ack, 67), "10.1.0.1:67".parse().unwrap());
+        assert_eq!(dest(&req, MessageType::Ack), "10.1.0.1:67".parse().unwrap());
+        assert_eq!(dest(&req, MessageType::Nak), "10.1.0.1:67".parse().unwrap());
+        // A boot-server request on 4011 is answered where it came from.
+        let client = "10.0.0.77:4011".parse().unwrap();
+        assert_eq!(reply_destination(&req, MessageType::Ack, Port::Binl, client, 67), client);
+    }
+
+    #[test]
+    fn option_97_formats_like_dmidecode() {
+        let mut raw = vec![0u8];
+        raw.extend(1..=16u8);
+        assert_eq!(format_uuid(&raw).unwrap(), "04030201-0605-0807-090a-0b0c0d0e0f10");
+        assert_eq!(format_uuid(&raw[1..]), None, "no type byte");
+        assert_eq!(format_uuid(&[0; 5]), None);
     }
 }

@@ -45,6 +45,10 @@ pub enum StoreError {
     VolumeAttached { volume: String, node: NodeId },
     #[error("this is the last admin token; create another admin token first")]
     LastAdmin,
+    #[error("{ip} is already reserved for node {node}")]
+    ReservedElsewhere { ip: Ipv4Addr, node: NodeId },
+    #[error("{ip} is leased to {mac}; reserve it with take_over to end that lease")]
+    LeasedElsewhere { ip: Ipv4Addr, mac: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -67,6 +71,10 @@ pub struct Node {
     /// Consecutive failed boots (reset by a boot that reaches ready).
     pub failures: i64,
     pub maintenance_reason: Option<String>,
+    /// The address DHCP always gives this node (and nobody else).
+    pub reserved_ip: Option<String>,
+    /// The firmware's UUID from DHCP option 97 (SMBIOS byte order, as dmidecode prints it).
+    pub client_uuid: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -113,6 +121,29 @@ pub struct Lease {
     pub state: String,
 }
 
+/// One lease change, applied with others in one transaction by [`Store::commit_dhcp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOp {
+    Grant {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        expires_at: u64,
+        /// A PXE ROM, iPXE or HTTP-boot client: it becomes a node if it is new.
+        netboot: bool,
+        arch: Option<String>,
+        uuid: Option<String>,
+    },
+    Release {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+    },
+    Decline {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        until: u64,
+    },
+}
+
 /// What an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -136,6 +167,9 @@ impl EventKind {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Bumped whenever what DHCP knows about nodes changes (a node appears or goes,
+    /// its hostname or reservation changes): the DHCP service reloads its view.
+    hosts_rev: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -161,6 +195,8 @@ fn node_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Node, StoreError> {
         arch: row.try_get("arch")?,
         failures: row.try_get("failures")?,
         maintenance_reason: row.try_get("maintenance_reason")?,
+        reserved_ip: row.try_get("reserved_ip")?,
+        client_uuid: row.try_get("client_uuid")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })
@@ -199,7 +235,7 @@ impl Store {
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { pool, hosts_rev: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)) })
     }
 
     pub async fn close(&self) {
@@ -224,59 +260,188 @@ impl Store {
         rows.iter().map(lease_from_row).collect()
     }
 
-    /// Persist a granted lease and record the node's address, in one transaction.
-    pub async fn commit_lease(
-        &self,
-        mac: MacAddr,
-        ip: Ipv4Addr,
-        expires_at: u64,
-        arch: Option<&str>,
-        now_ms: i64,
-    ) -> Result<NodeId, StoreError> {
+    /// A receiver that changes whenever DHCP's view of the nodes may have changed.
+    pub fn watch_hosts(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.hosts_rev.subscribe()
+    }
+
+    fn hosts_changed(&self) {
+        self.hosts_rev.send_modify(|rev| *rev += 1);
+    }
+
+    /// Every node as DHCP sees it: MAC, reservation, hostname.
+    pub async fn dhcp_hosts(&self) -> Result<Vec<(MacAddr, Option<Ipv4Addr>, String)>, StoreError> {
+        let rows = sqlx::query("SELECT mac, reserved_ip, hostname FROM nodes").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let mac: String = row.try_get("mac")?;
+                let ip: Option<String> = row.try_get("reserved_ip")?;
+                Ok((
+                    mac.parse().map_err(corrupt)?,
+                    ip.map(|ip| ip.parse()).transpose().map_err(corrupt)?,
+                    row.try_get("hostname")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// What the DHCP pools are rebuilt from at start: live leases, and declined
+    /// addresses still in quarantine.
+    pub async fn live_bindings(&self, now: u64) -> Result<Vec<Lease>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ip, mac, expires_at, state FROM leases WHERE state IN ('active', 'declined') AND expires_at > ?",
+        )
+        .bind(now as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    /// Apply a batch of DHCP lease changes in one transaction: one fsync for all of
+    /// them (group commit). Nothing of the batch is durable if this fails.
+    pub async fn commit_dhcp(&self, ops: &[LeaseOp], now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let (mac_s, ip_s) = (mac.to_string(), ip.to_string());
-        // Any other active lease of this MAC ends: a MAC holds one address.
-        sqlx::query(
-            "UPDATE leases SET state = 'released', updated_at_ms = ? WHERE mac = ? AND state = 'active' AND ip <> ?",
-        )
-        .bind(now_ms)
-        .bind(&mac_s)
-        .bind(&ip_s)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO leases (ip, mac, expires_at, state, updated_at_ms) VALUES (?, ?, ?, 'active', ?)
-             ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, expires_at = excluded.expires_at,
-                 state = 'active', updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(&ip_s)
-        .bind(&mac_s)
-        .bind(expires_at as i64)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        let node_id = upsert_node(&mut tx, mac, now_ms).await?;
-        sqlx::query("UPDATE nodes SET ip = ?, arch = COALESCE(?, arch), updated_at_ms = ? WHERE id = ?")
-            .bind(&ip_s)
-            .bind(arch)
+        let mut new_nodes = false;
+        for op in ops {
+            match op {
+                LeaseOp::Grant { mac, ip, expires_at, netboot, arch, uuid } => {
+                    let (mac_s, ip_s) = (mac.to_string(), ip.to_string());
+                    // A MAC holds one address: any other active lease of it ends.
+                    sqlx::query(
+                        "UPDATE leases SET state = 'released', updated_at_ms = ?
+                         WHERE mac = ? AND state = 'active' AND ip <> ?",
+                    )
+                    .bind(now_ms)
+                    .bind(&mac_s)
+                    .bind(&ip_s)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO leases (ip, mac, expires_at, state, updated_at_ms) VALUES (?, ?, ?, 'active', ?)
+                         ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, expires_at = excluded.expires_at,
+                             state = 'active', updated_at_ms = excluded.updated_at_ms",
+                    )
+                    .bind(&ip_s)
+                    .bind(&mac_s)
+                    .bind(*expires_at as i64)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                    // Network-boot clients become nodes; an OS's DHCP client only
+                    // updates a node that already exists.
+                    let node = if *netboot {
+                        let (id, created) = upsert_node_created(&mut tx, *mac, now_ms).await?;
+                        new_nodes |= created;
+                        Some(id)
+                    } else {
+                        None
+                    };
+                    sqlx::query(
+                        "UPDATE nodes SET ip = ?, arch = COALESCE(?, arch), client_uuid = COALESCE(?, client_uuid),
+                             updated_at_ms = ?
+                         WHERE mac = ? AND (ip IS NOT ? OR ? IS NOT NULL OR ? IS NOT NULL)",
+                    )
+                    .bind(&ip_s)
+                    .bind(arch.as_deref())
+                    .bind(uuid.as_deref())
+                    .bind(now_ms)
+                    .bind(&mac_s)
+                    .bind(&ip_s)
+                    .bind(arch.as_deref())
+                    .bind(uuid.as_deref())
+                    .execute(&mut *tx)
+                    .await?;
+                    if let Some(node) = node {
+                        sqlx::query("INSERT INTO events (node_id, at_ms, kind, message) VALUES (?, ?, 'dhcp', ?)")
+                            .bind(node)
+                            .bind(now_ms)
+                            .bind(format!("DHCP lease {ip} (until unix {expires_at})"))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                LeaseOp::Release { mac, ip } | LeaseOp::Decline { mac, ip, .. } => {
+                    let (state, until) = match op {
+                        LeaseOp::Decline { until, .. } => ("declined", Some(*until as i64)),
+                        _ => ("released", None),
+                    };
+                    sqlx::query(
+                        "UPDATE leases SET state = ?, expires_at = COALESCE(?, expires_at), updated_at_ms = ?
+                         WHERE ip = ? AND mac = ?",
+                    )
+                    .bind(state)
+                    .bind(until)
+                    .bind(now_ms)
+                    .bind(ip.to_string())
+                    .bind(mac.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        if new_nodes {
+            self.hosts_changed();
+        }
+        Ok(())
+    }
+
+    /// Reserve `ip` for node `id` (`None` clears). Refused while another MAC holds
+    /// an active lease on it, unless `take_over`: moving an address between MACs is
+    /// an explicit operator action, and ends that lease.
+    pub async fn set_reservation(
+        &self,
+        id: NodeId,
+        ip: Option<Ipv4Addr>,
+        take_over: bool,
+        now: u64,
+        now_ms: i64,
+    ) -> Result<Node, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let node = sqlx::query("SELECT mac FROM nodes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
+        let mac: String = node.try_get("mac")?;
+        if let Some(ip) = ip {
+            let ip_s = ip.to_string();
+            if let Some(row) = sqlx::query("SELECT id FROM nodes WHERE reserved_ip = ? AND id <> ?")
+                .bind(&ip_s)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                return Err(StoreError::ReservedElsewhere { ip, node: row.try_get("id")? });
+            }
+            let holder =
+                sqlx::query("SELECT mac FROM leases WHERE ip = ? AND state = 'active' AND expires_at > ? AND mac <> ?")
+                    .bind(&ip_s)
+                    .bind(now as i64)
+                    .bind(&mac)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(row) = holder {
+                let holder: String = row.try_get("mac")?;
+                if !take_over {
+                    return Err(StoreError::LeasedElsewhere { ip, mac: holder });
+                }
+                sqlx::query("UPDATE leases SET state = 'released', updated_at_ms = ? WHERE ip = ?")
+                    .bind(now_ms)
+                    .bind(&ip_s)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        sqlx::query("UPDATE nodes SET reserved_ip = ?, updated_at_ms = ? WHERE id = ?")
+            .bind(ip.map(|ip| ip.to_string()))
             .bind(now_ms)
-            .bind(node_id)
+            .bind(id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(node_id)
-    }
-
-    /// Mark a lease released (RELEASE) or declined (DECLINE).
-    pub async fn end_lease(&self, mac: MacAddr, ip: Ipv4Addr, declined: bool, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE leases SET state = ?, updated_at_ms = ? WHERE ip = ? AND mac = ?")
-            .bind(if declined { "declined" } else { "released" })
-            .bind(now_ms)
-            .bind(ip.to_string())
-            .bind(mac.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.hosts_changed();
+        self.node(id).await
     }
 
     // ---- nodes ----
@@ -284,8 +449,11 @@ impl Store {
     /// The node with this MAC, created as `discovered` if it is new.
     pub async fn ensure_node(&self, mac: MacAddr, now_ms: i64) -> Result<Node, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let id = upsert_node(&mut tx, mac, now_ms).await?;
+        let (id, created) = upsert_node_created(&mut tx, mac, now_ms).await?;
         tx.commit().await?;
+        if created {
+            self.hosts_changed();
+        }
         self.node(id).await
     }
 
@@ -566,6 +734,7 @@ impl Store {
             assign_in(&mut tx, id, Some(profile), now_ms).await?;
         }
         tx.commit().await?;
+        self.hosts_changed();
         self.node(id).await
     }
 
@@ -615,6 +784,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NoSuchNode(id.to_string()));
         }
+        self.hosts_changed();
         self.node(id).await
     }
 
@@ -625,6 +795,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NoSuchNode(id.to_string()));
         }
+        self.hosts_changed();
         Ok(())
     }
 
@@ -1095,9 +1266,14 @@ fn boot_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Boot, StoreError> {
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 
 async fn upsert_node(tx: &mut Tx<'_>, mac: MacAddr, now_ms: i64) -> Result<NodeId, StoreError> {
+    Ok(upsert_node_created(tx, mac, now_ms).await?.0)
+}
+
+/// The node with `mac`, created as `discovered` if new; and whether it was created.
+async fn upsert_node_created(tx: &mut Tx<'_>, mac: MacAddr, now_ms: i64) -> Result<(NodeId, bool), StoreError> {
     let mac_s = mac.to_string();
     if let Some(row) = sqlx::query("SELECT id FROM nodes WHERE mac = ?").bind(&mac_s).fetch_optional(&mut **tx).await? {
-        return Ok(row.try_get("id")?);
+        return Ok((row.try_get("id")?, false));
     }
     let id: NodeId = sqlx::query(
         "INSERT INTO nodes (mac, hostname, state, state_since_ms, created_at_ms, updated_at_ms)
@@ -1117,7 +1293,7 @@ async fn upsert_node(tx: &mut Tx<'_>, mac: MacAddr, now_ms: i64) -> Result<NodeI
         .bind(format!("first seen ({mac})"))
         .execute(&mut **tx)
         .await?;
-    Ok(id)
+    Ok((id, true))
 }
 
 /// End any unfinished boot of `node`: its token stops working.
@@ -1206,22 +1382,59 @@ mod tests {
 
     const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
 
+    fn grant(mac: MacAddr, ip: [u8; 4], expires_at: u64, netboot: bool) -> LeaseOp {
+        LeaseOp::Grant { mac, ip: Ipv4Addr::from(ip), expires_at, netboot, arch: Some("bios".into()), uuid: None }
+    }
+
     #[tokio::test]
-    async fn lease_commit_creates_node_and_moves_address() {
+    async fn lease_batches_create_nodes_and_move_addresses() {
         let (s, _d) = store().await;
-        let ip1 = Ipv4Addr::new(10, 0, 0, 5);
-        let id = s.commit_lease(MAC, ip1, 500, None, 1).await.unwrap();
-        assert_eq!(s.node(id).await.unwrap().ip.as_deref(), Some("10.0.0.5"));
+        let mut hosts = s.watch_hosts();
+        hosts.mark_unchanged();
+        let other = MacAddr([2, 0, 0, 0, 0, 2]);
+        // An OS's DHCP client gets a lease but is no node; a PXE client becomes one.
+        s.commit_dhcp(&[grant(other, [10, 0, 0, 4], 400, false), grant(MAC, [10, 0, 0, 5], 500, true)], 1)
+            .await
+            .unwrap();
+        assert!(hosts.has_changed().unwrap(), "a new node reaches DHCP's view");
+        let node = s.node_by_mac(MAC).await.unwrap().unwrap();
+        assert_eq!((node.ip.as_deref(), node.arch.as_deref()), (Some("10.0.0.5"), Some("bios")));
+        assert!(s.node_by_mac(other).await.unwrap().is_none());
         // The same MAC moving to a new address ends its old lease.
-        s.commit_lease(MAC, Ipv4Addr::new(10, 0, 0, 6), 600, Some("bios"), 2).await.unwrap();
-        let active = s.active_leases(0).await.unwrap();
+        s.commit_dhcp(&[grant(MAC, [10, 0, 0, 6], 600, true)], 2).await.unwrap();
+        let active: Vec<_> = s.live_bindings(0).await.unwrap().into_iter().filter(|l| l.mac == MAC).collect();
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].ip, Ipv4Addr::new(10, 0, 0, 6));
-        // Another MAC taking over an address replaces the row: never two leases per IP.
-        s.commit_lease(MacAddr([2, 0, 0, 0, 0, 2]), Ipv4Addr::new(10, 0, 0, 6), 700, None, 3).await.unwrap();
-        let active = s.active_leases(0).await.unwrap();
-        assert_eq!(active.len(), 1);
-        assert_eq!(active[0].mac, MacAddr([2, 0, 0, 0, 0, 2]));
+        // Another MAC taking over an expired address replaces the row: never two leases per IP.
+        s.commit_dhcp(&[grant(other, [10, 0, 0, 6], 700, false)], 3).await.unwrap();
+        let on_6: Vec<_> = s.live_bindings(0).await.unwrap().into_iter().filter(|l| l.ip.octets()[3] == 6).collect();
+        assert_eq!(on_6.len(), 1);
+        assert_eq!(on_6[0].mac, other);
+        // A decline keeps the row, as a quarantine until `until`.
+        s.commit_dhcp(&[LeaseOp::Decline { mac: other, ip: Ipv4Addr::new(10, 0, 0, 6), until: 900 }], 4).await.unwrap();
+        let q = s.live_bindings(800).await.unwrap();
+        assert!(q.iter().any(|l| l.state == "declined" && l.expires_at == 900));
+        assert!(s.live_bindings(900).await.unwrap().iter().all(|l| l.state != "declined"));
+    }
+
+    #[tokio::test]
+    async fn reservations_are_unique_and_take_over_is_explicit() {
+        let (s, _d) = store().await;
+        let a = s.ensure_node(MAC, 1).await.unwrap();
+        let b = s.ensure_node(MacAddr([2, 0, 0, 0, 0, 2]), 1).await.unwrap();
+        let ip = Ipv4Addr::new(10, 0, 0, 9);
+        s.commit_dhcp(&[grant(b.mac, [10, 0, 0, 9], 5000, true)], 2).await.unwrap();
+        let err = s.set_reservation(a.id, Some(ip), false, 100, 3).await.unwrap_err();
+        assert!(matches!(err, StoreError::LeasedElsewhere { .. }), "{err}");
+        let node = s.set_reservation(a.id, Some(ip), true, 100, 3).await.unwrap();
+        assert_eq!(node.reserved_ip.as_deref(), Some("10.0.0.9"));
+        assert!(s.live_bindings(100).await.unwrap().iter().all(|l| l.ip != ip), "b's lease ended");
+        let err = s.set_reservation(b.id, Some(ip), true, 100, 4).await.unwrap_err();
+        assert!(matches!(err, StoreError::ReservedElsewhere { .. }), "{err}");
+        let hosts = s.dhcp_hosts().await.unwrap();
+        assert!(hosts.contains(&(MAC, Some(ip), a.hostname.clone())));
+        s.set_reservation(a.id, None, false, 100, 5).await.unwrap();
+        assert_eq!(s.node(a.id).await.unwrap().reserved_ip, None);
     }
 
     #[tokio::test]
