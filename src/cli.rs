@@ -161,6 +161,9 @@ pub fn print_nodes(nodes: &[Node]) {
 pub fn print_node(detail: &NodeDetail) {
     let n = &detail.node;
     println!("node {} ({}), hostname {}, ip {}", n.id, n.mac, n.hostname, n.ip.as_deref().unwrap_or("-"));
+    if let Some(ip) = &n.reserved_ip {
+        println!("reserved address {ip}");
+    }
     println!("state {} since {}", n.state, format_ms(n.state_since_ms));
     if let Some(reason) = &n.maintenance_reason {
         println!("maintenance: {reason}");

@@ -155,6 +155,17 @@ enum NodesCmd {
         #[arg(required = true)]
         changes: Vec<String>,
     },
+    /// Reserve a DHCP address for a node (or clear it with --clear).
+    Reserve {
+        id: String,
+        #[arg(required_unless_present = "clear")]
+        ip: Option<String>,
+        #[arg(long, conflicts_with = "ip")]
+        clear: bool,
+        /// Take the address over from the MAC that holds a lease on it (ends that lease).
+        #[arg(long)]
+        take_over: bool,
+    },
     /// Make the next boot load afresh (clears failures and the current boot).
     Reprovision { id: String },
     /// Take a node out of service (--on) or return it (--off).
@@ -417,6 +428,11 @@ fn nodes(api: &ApiArgs, command: NodesCmd) -> Result<()> {
                 }
             }
             show(client.patch(&format!("/nodes/{}", cli::encode(&id)), json!({ "labels": labels }))?)?;
+        }
+        NodesCmd::Reserve { id, ip, clear, take_over } => {
+            let ip = if clear { None } else { ip };
+            let body = json!({ "reserved_ip": ip, "take_over": take_over });
+            show(client.patch(&format!("/nodes/{}", cli::encode(&id)), body)?)?
         }
         NodesCmd::Reprovision { id } => {
             show(client.post(&format!("/nodes/{}/reprovision", cli::encode(&id)), json!({}))?)?

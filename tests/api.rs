@@ -168,6 +168,35 @@ fn nodes_crud_with_validation() {
 }
 
 #[test]
+fn dhcp_reservations_are_validated_unique_and_cleared() {
+    let srv = TestServer::start();
+    let api = Api::admin(&srv);
+    let mut ids = Vec::new();
+    for mac in ["52:54:00:ab:00:01", "52:54:00:ab:00:02"] {
+        let (status, body) = api.send("POST", "/nodes", json!({ "mac": mac }));
+        assert_eq!(status, 201, "{body}");
+        ids.push(serde_json::from_str::<Value>(&body).unwrap()["id"].as_i64().unwrap());
+    }
+    let (a, b) = (format!("/nodes/{}", ids[0]), format!("/nodes/{}", ids[1]));
+    let (status, body) = api.send("PATCH", &a, json!({"reserved_ip": "127.0.0.20"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["reserved_ip"], "127.0.0.20");
+    // The same address for a second node is a conflict; outside every subnet, or not
+    // an address at all, is invalid.
+    let (status, body) = api.send("PATCH", &b, json!({"reserved_ip": "127.0.0.20"}));
+    assert_eq!((status, error_code(&body).as_str()), (409, "conflict"), "{body}");
+    for bad in ["10.9.9.9", "127.255.255.255", "banana"] {
+        let (status, body) = api.send("PATCH", &b, json!({ "reserved_ip": bad }));
+        assert_eq!((status, error_code(&body).as_str()), (422, "invalid"), "{bad}: {body}");
+    }
+    let (status, body) = api.send("PATCH", &a, json!({"reserved_ip": null}));
+    assert_eq!(status, 200, "{body}");
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["reserved_ip"].is_null());
+    let (status, body) = api.send("PATCH", &b, json!({"reserved_ip": "127.0.0.20"}));
+    assert_eq!(status, 200, "freed for the other node: {body}");
+}
+
+#[test]
 fn node_lists_page_and_filter() {
     let srv = TestServer::start();
     let api = Api::admin(&srv);

@@ -159,6 +159,15 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn check_reservation(state: &AppState, text: &str) -> Result<std::net::Ipv4Addr, ApiError> {
+    let ip: std::net::Ipv4Addr =
+        text.parse().map_err(|_| unprocessable(format!("reserved_ip {text:?} is not an IPv4 address")))?;
+    match state.config.dhcp.subnet_of(ip) {
+        Some(subnet) if ip != subnet.net.network() && ip != subnet.net.broadcast() => Ok(ip),
+        _ => Err(unprocessable(format!("reserved_ip {ip} is not a host address in any configured DHCP subnet"))),
+    }
+}
+
 fn check_hostname(h: &str) -> Result<(), ApiError> {
     if valid_hostname(h) {
         Ok(())
@@ -244,6 +253,15 @@ pub struct NodeUpdate {
     #[schema(value_type = Option<String>, nullable)]
     profile: Option<Option<String>>,
     labels: Option<BTreeMap<String, String>>,
+    /// The address DHCP always gives this node; `null` clears the reservation. It
+    /// must lie in a configured DHCP subnet.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, nullable, example = "10.213.0.20")]
+    reserved_ip: Option<Option<String>>,
+    /// Reserve an address another MAC holds a lease on, ending that lease (the
+    /// only way an address moves between MACs).
+    #[serde(default)]
+    take_over: bool,
 }
 
 /// Tell a field given as `null` from a missing one.
@@ -254,7 +272,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 #[utoipa::path(patch, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
     request_body = NodeUpdate,
     responses((status = 200, body = Node), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn update_node(
     State(state): State<AppState>,
@@ -273,7 +291,16 @@ async fn update_node(
     if let Some(labels) = &update.labels {
         check_labels(labels)?;
     }
+    let reservation = match &update.reserved_ip {
+        Some(Some(text)) => Some(Some(check_reservation(&state, text)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
     let now = now_ms();
+    if let Some(ip) = reservation {
+        let now_secs = u64::try_from(now / 1000).unwrap_or(0);
+        node = state.store.set_reservation(node.id, ip, update.take_over, now_secs, now).await?;
+    }
     if let Some(h) = &update.hostname {
         node = state.store.set_hostname(node.id, h, now).await?;
     }

@@ -102,7 +102,8 @@ fn facts_of(node: &Node) -> NodeFacts {
         mac: Some(node.mac),
         labels: node.labels.clone(),
         serial: dmi("serial"),
-        uuid: dmi("uuid"),
+        // The agent's DMI report, or before it runs, the firmware's DHCP option 97.
+        uuid: dmi("uuid").or_else(|| node.client_uuid.clone()),
         arch: node.arch.clone(),
     }
 }

@@ -70,7 +70,9 @@ impl From<StoreError> for ApiError {
             | StoreError::DuplicateToken(_)
             | StoreError::LastAdmin
             | StoreError::DuplicateVolume(_)
-            | StoreError::VolumeAttached { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            | StoreError::VolumeAttached { .. }
+            | StoreError::ReservedElsewhere { .. }
+            | StoreError::LeasedElsewhere { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }
     }
