@@ -656,6 +656,16 @@ default_profile: tiny
     }
 
     #[test]
+    fn the_readme_example_is_a_valid_config() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```yaml\ninterface:").expect("README has a config example") + "```yaml\n".len();
+        let text = &readme[start..start + readme[start..].find("```").unwrap()];
+        let cfg = Config::parse(Path::new("/etc/ramboot/ramboot.yaml"), text).unwrap();
+        assert_eq!(cfg.dhcp.subnets.len(), 2);
+        assert_eq!(cfg.dhcp.boot_files[&Arch(7)], "snponly.efi");
+    }
+
+    #[test]
     fn proxy_mode_needs_no_subnet() {
         let text = "interface: br0\nserver_address: 10.0.0.2\ndhcp:\n  mode: proxy\n";
         let cfg = Config::parse(Path::new("r.yaml"), text).unwrap();

@@ -367,7 +367,7 @@ fn decide_inner(
                 return Err(IgnoreReason::OtherServer(server_id.unwrap_or(ours)));
             }
             if pool.binding(ip).is_some_and(|b| b.mac == client.mac && b.kind == BindingKind::Leased) {
-                pool.forget(client.mac, ip);
+                pool.release(client.mac, ip);
                 Ok(Decision::Released { mac: client.mac, ip })
             } else {
                 Err(IgnoreReason::NotOurs(ip))
@@ -557,7 +557,7 @@ fn build_reply(
     opts.insert(DhcpOption::ServerIdentifier(inbound.arrival.local_addr));
     opts.insert(DhcpOption::AddressLeaseTime(lease));
     opts.insert(DhcpOption::Renewal(lease / 2));
-    opts.insert(DhcpOption::Rebinding(lease / 8 * 7));
+    opts.insert(DhcpOption::Rebinding((u64::from(lease) * 7 / 8) as u32));
     opts.insert(DhcpOption::SubnetMask(subnet.net.netmask()));
     opts.insert(DhcpOption::BroadcastAddr(subnet.net.broadcast()));
     if let Some(router) = subnet.router {

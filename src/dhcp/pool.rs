@@ -146,6 +146,8 @@ impl LeasePool {
             .copied()
             .filter(|&ip| usable(self, ip))
             .or_else(|| self.held_by(mac, now).map(u32::from).filter(|&ip| usable(self, ip)))
+            // RFC 2131 §4.3.1: a returning client gets its previous address if free.
+            .or_else(|| self.by_mac.get(&mac).copied().filter(|&ip| usable(self, ip)))
             .or_else(|| requested.map(u32::from).filter(|&ip| usable(self, ip)))
             .or_else(|| self.next_free(mac, now))?;
         let live_lease = self
@@ -214,7 +216,16 @@ impl LeasePool {
         self.bind(u32::from(ip), Binding { mac, kind: BindingKind::Leased, expires_at });
     }
 
-    /// Drop whatever `mac` holds at `ip` (RELEASE, or a grant that failed to persist).
+    /// The client gave `ip` back: free for anyone, but remembered as this MAC's
+    /// previous address, which it gets again if still free.
+    pub fn release(&mut self, mac: MacAddr, ip: Ipv4Addr) {
+        if self.by_ip.get(&u32::from(ip)).is_some_and(|b| b.mac == mac) {
+            self.by_ip.remove(&u32::from(ip));
+        }
+    }
+
+    /// Drop whatever `mac` holds at `ip` (a grant that failed to persist, an offer
+    /// the client turned down).
     pub fn forget(&mut self, mac: MacAddr, ip: Ipv4Addr) {
         let ip = u32::from(ip);
         if self.by_ip.get(&ip).is_some_and(|b| b.mac == mac) {
@@ -305,6 +316,17 @@ mod tests {
         assert_eq!(got, [10, 11, 50]);
         assert_eq!(p.offer(mac(4), None, 0, 30), None);
         assert_eq!(p.offer(mac(4), None, 31, 30).map(|ip| ip.octets()[3]), Some(10), "wraps to the first range");
+    }
+
+    #[test]
+    fn a_released_address_goes_back_to_its_previous_owner() {
+        let mut p = pool();
+        let ip = p.offer(mac(1), None, 0, 30).unwrap();
+        p.grant(mac(1), ip, 1000);
+        p.release(mac(1), ip);
+        assert!(p.can_grant(mac(2), ip, 1), "free for others");
+        p.offer(mac(3), None, 1, 30);
+        assert_eq!(p.offer(mac(1), None, 2, 30), Some(ip), "but the old owner gets it back first");
     }
 
     #[test]
