@@ -435,6 +435,7 @@ fn handle(
                         ip: g.ip,
                         expires_at: g.expires_at,
                         netboot: client.firmware != super::classify::Firmware::Plain,
+                        known: hosts.get(g.mac).is_some(),
                         arch: client.arch.map(|a| a.to_string()),
                         uuid: client.uuid.as_deref().and_then(format_uuid),
                     },

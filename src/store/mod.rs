@@ -9,7 +9,7 @@ use crate::node::{MacAddr, NodeState};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -130,6 +130,8 @@ pub enum LeaseOp {
         expires_at: u64,
         /// A PXE ROM, iPXE or HTTP-boot client: it becomes a node if it is new.
         netboot: bool,
+        /// Already a node (its address and facts are recorded on it).
+        known: bool,
         arch: Option<String>,
         uuid: Option<String>,
     },
@@ -142,6 +144,66 @@ pub enum LeaseOp {
         ip: Ipv4Addr,
         until: u64,
     },
+}
+
+/// The final state of every address a batch of [`LeaseOp`]s touches, in order.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct LeaseBatch {
+    /// MACs granted an address: their other active leases end.
+    granted_macs: Vec<MacAddr>,
+    rows: Vec<LeaseRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LeaseRow {
+    ip: Ipv4Addr,
+    mac: MacAddr,
+    expires_at: u64,
+    state: &'static str,
+}
+
+impl LeaseBatch {
+    /// Replay `ops` in order and keep each address's last state. A MAC granted
+    /// two addresses in one batch keeps the later one (the earlier row is released),
+    /// so the batch never holds two active rows for one MAC or one address.
+    fn coalesce(ops: &[LeaseOp]) -> LeaseBatch {
+        let mut batch = LeaseBatch::default();
+        let mut row_of_ip: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut active_of_mac: HashMap<MacAddr, Ipv4Addr> = HashMap::new();
+        let mut put = |batch: &mut LeaseBatch, row: LeaseRow| match row_of_ip.get(&row.ip) {
+            Some(&i) => batch.rows[i] = row,
+            None => {
+                row_of_ip.insert(row.ip, batch.rows.len());
+                batch.rows.push(row);
+            }
+        };
+        for op in ops {
+            match *op {
+                LeaseOp::Grant { mac, ip, expires_at, .. } => {
+                    if let Some(old) = active_of_mac.insert(mac, ip).filter(|old| *old != ip) {
+                        put(&mut batch, LeaseRow { ip: old, mac, expires_at: 0, state: "released" });
+                    }
+                    if !batch.granted_macs.contains(&mac) {
+                        batch.granted_macs.push(mac);
+                    }
+                    put(&mut batch, LeaseRow { ip, mac, expires_at, state: "active" });
+                }
+                LeaseOp::Release { mac, ip } => {
+                    if active_of_mac.get(&mac) == Some(&ip) {
+                        active_of_mac.remove(&mac);
+                    }
+                    put(&mut batch, LeaseRow { ip, mac, expires_at: 0, state: "released" });
+                }
+                LeaseOp::Decline { mac, ip, until } => {
+                    if active_of_mac.get(&mac) == Some(&ip) {
+                        active_of_mac.remove(&mac);
+                    }
+                    put(&mut batch, LeaseRow { ip, mac, expires_at: until, state: "declined" });
+                }
+            }
+        }
+        batch
+    }
 }
 
 /// What an event is about.
@@ -299,84 +361,84 @@ impl Store {
 
     /// Apply a batch of DHCP lease changes in one transaction: one fsync for all of
     /// them (group commit). Nothing of the batch is durable if this fails.
+    ///
+    /// The batch is first coalesced to the final state of each address, then written
+    /// with two multi-row statements per 1,000 leases (release the granted MACs'
+    /// other leases; upsert every touched address), so a batch costs a few database
+    /// round trips, not a few per lease. Only network-boot clients and known nodes
+    /// touch the nodes table.
     pub async fn commit_dhcp(&self, ops: &[LeaseOp], now_ms: i64) -> Result<(), StoreError> {
+        let batch = LeaseBatch::coalesce(ops);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // SQLite allows 32,766 bound parameters per statement.
+        for macs in batch.granted_macs.chunks(1000) {
+            let marks = vec!["?"; macs.len()].join(",");
+            let sql = format!(
+                "UPDATE leases SET state = 'released', updated_at_ms = ? WHERE state = 'active' AND mac IN ({marks})"
+            );
+            let mut q = sqlx::query(&sql).bind(now_ms);
+            for mac in macs {
+                q = q.bind(mac.to_string());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for rows in batch.rows.chunks(1000) {
+            let marks = vec!["(?, ?, ?, ?, ?)"; rows.len()].join(",");
+            // A grant takes the address whatever the row said (the DHCP core chose a
+            // free one); a release or decline only touches the client's own row.
+            let sql = format!(
+                "INSERT INTO leases (ip, mac, expires_at, state, updated_at_ms) VALUES {marks}
+                 ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac,
+                     expires_at = CASE WHEN excluded.state = 'released' THEN leases.expires_at
+                                       ELSE excluded.expires_at END,
+                     state = excluded.state, updated_at_ms = excluded.updated_at_ms
+                 WHERE excluded.state = 'active' OR leases.mac = excluded.mac"
+            );
+            let mut q = sqlx::query(&sql);
+            for row in rows {
+                q = q
+                    .bind(row.ip.to_string())
+                    .bind(row.mac.to_string())
+                    .bind(row.expires_at as i64)
+                    .bind(row.state)
+                    .bind(now_ms);
+            }
+            q.execute(&mut *tx).await?;
+        }
         let mut new_nodes = false;
         for op in ops {
-            match op {
-                LeaseOp::Grant { mac, ip, expires_at, netboot, arch, uuid } => {
-                    let (mac_s, ip_s) = (mac.to_string(), ip.to_string());
-                    // A MAC holds one address: any other active lease of it ends.
-                    sqlx::query(
-                        "UPDATE leases SET state = 'released', updated_at_ms = ?
-                         WHERE mac = ? AND state = 'active' AND ip <> ?",
-                    )
+            let LeaseOp::Grant { mac, ip, expires_at, netboot, known, arch, uuid } = op else { continue };
+            if !netboot && !known {
+                continue;
+            }
+            // Network-boot clients become nodes; an OS's DHCP client only updates a
+            // node that already exists.
+            let node = if *netboot {
+                let (id, created) = upsert_node_created(&mut tx, *mac, now_ms).await?;
+                new_nodes |= created;
+                Some(id)
+            } else {
+                None
+            };
+            sqlx::query(
+                "UPDATE nodes SET ip = ?, arch = COALESCE(?, arch), client_uuid = COALESCE(?, client_uuid),
+                     updated_at_ms = ?
+                 WHERE mac = ?",
+            )
+            .bind(ip.to_string())
+            .bind(arch.as_deref())
+            .bind(uuid.as_deref())
+            .bind(now_ms)
+            .bind(mac.to_string())
+            .execute(&mut *tx)
+            .await?;
+            if let Some(node) = node {
+                sqlx::query("INSERT INTO events (node_id, at_ms, kind, message) VALUES (?, ?, 'dhcp', ?)")
+                    .bind(node)
                     .bind(now_ms)
-                    .bind(&mac_s)
-                    .bind(&ip_s)
+                    .bind(format!("DHCP lease {ip} (until unix {expires_at})"))
                     .execute(&mut *tx)
                     .await?;
-                    sqlx::query(
-                        "INSERT INTO leases (ip, mac, expires_at, state, updated_at_ms) VALUES (?, ?, ?, 'active', ?)
-                         ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, expires_at = excluded.expires_at,
-                             state = 'active', updated_at_ms = excluded.updated_at_ms",
-                    )
-                    .bind(&ip_s)
-                    .bind(&mac_s)
-                    .bind(*expires_at as i64)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                    // Network-boot clients become nodes; an OS's DHCP client only
-                    // updates a node that already exists.
-                    let node = if *netboot {
-                        let (id, created) = upsert_node_created(&mut tx, *mac, now_ms).await?;
-                        new_nodes |= created;
-                        Some(id)
-                    } else {
-                        None
-                    };
-                    sqlx::query(
-                        "UPDATE nodes SET ip = ?, arch = COALESCE(?, arch), client_uuid = COALESCE(?, client_uuid),
-                             updated_at_ms = ?
-                         WHERE mac = ? AND (ip IS NOT ? OR ? IS NOT NULL OR ? IS NOT NULL)",
-                    )
-                    .bind(&ip_s)
-                    .bind(arch.as_deref())
-                    .bind(uuid.as_deref())
-                    .bind(now_ms)
-                    .bind(&mac_s)
-                    .bind(&ip_s)
-                    .bind(arch.as_deref())
-                    .bind(uuid.as_deref())
-                    .execute(&mut *tx)
-                    .await?;
-                    if let Some(node) = node {
-                        sqlx::query("INSERT INTO events (node_id, at_ms, kind, message) VALUES (?, ?, 'dhcp', ?)")
-                            .bind(node)
-                            .bind(now_ms)
-                            .bind(format!("DHCP lease {ip} (until unix {expires_at})"))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
-                LeaseOp::Release { mac, ip } | LeaseOp::Decline { mac, ip, .. } => {
-                    let (state, until) = match op {
-                        LeaseOp::Decline { until, .. } => ("declined", Some(*until as i64)),
-                        _ => ("released", None),
-                    };
-                    sqlx::query(
-                        "UPDATE leases SET state = ?, expires_at = COALESCE(?, expires_at), updated_at_ms = ?
-                         WHERE ip = ? AND mac = ?",
-                    )
-                    .bind(state)
-                    .bind(until)
-                    .bind(now_ms)
-                    .bind(ip.to_string())
-                    .bind(mac.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                }
             }
         }
         tx.commit().await?;
@@ -1383,7 +1445,15 @@ mod tests {
     const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
 
     fn grant(mac: MacAddr, ip: [u8; 4], expires_at: u64, netboot: bool) -> LeaseOp {
-        LeaseOp::Grant { mac, ip: Ipv4Addr::from(ip), expires_at, netboot, arch: Some("bios".into()), uuid: None }
+        LeaseOp::Grant {
+            mac,
+            ip: Ipv4Addr::from(ip),
+            expires_at,
+            netboot,
+            known: false,
+            arch: Some("bios".into()),
+            uuid: None,
+        }
     }
 
     #[tokio::test]
@@ -1415,6 +1485,40 @@ mod tests {
         let q = s.live_bindings(800).await.unwrap();
         assert!(q.iter().any(|l| l.state == "declined" && l.expires_at == 900));
         assert!(s.live_bindings(900).await.unwrap().iter().all(|l| l.state != "declined"));
+    }
+
+    #[test]
+    fn a_batch_coalesces_to_one_final_state_per_address_and_mac() {
+        let (a, b) = (MAC, MacAddr([2, 0, 0, 0, 0, 2]));
+        let ops = [
+            grant(a, [10, 0, 0, 1], 100, false),
+            grant(a, [10, 0, 0, 2], 200, false),
+            LeaseOp::Release { mac: a, ip: Ipv4Addr::new(10, 0, 0, 2) },
+            grant(b, [10, 0, 0, 2], 300, false),
+            LeaseOp::Decline { mac: b, ip: Ipv4Addr::new(10, 0, 0, 2), until: 900 },
+            grant(b, [10, 0, 0, 3], 400, false),
+        ];
+        let batch = LeaseBatch::coalesce(&ops);
+        assert_eq!(batch.granted_macs, vec![a, b]);
+        let states: Vec<_> = batch.rows.iter().map(|r| (r.ip.octets()[3], r.mac, r.state, r.expires_at)).collect();
+        assert_eq!(states, [(1, a, "released", 0), (2, b, "declined", 900), (3, b, "active", 400)]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_a_mac_moving_twice_commits_cleanly() {
+        let (s, _d) = store().await;
+        let other = MacAddr([2, 0, 0, 0, 0, 2]);
+        s.commit_dhcp(&[grant(MAC, [10, 0, 0, 1], 500, false)], 1).await.unwrap();
+        let ops = [
+            grant(MAC, [10, 0, 0, 2], 600, false),
+            grant(MAC, [10, 0, 0, 3], 700, false),
+            grant(other, [10, 0, 0, 1], 800, false),
+        ];
+        s.commit_dhcp(&ops, 2).await.unwrap();
+        let mut live: Vec<_> =
+            s.live_bindings(0).await.unwrap().into_iter().map(|l| (l.ip.octets()[3], l.mac)).collect();
+        live.sort();
+        assert_eq!(live, [(1, other), (3, MAC)]);
     }
 
     #[tokio::test]
