@@ -59,6 +59,7 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
     assert_eq!(node["state"], "ready", "{detail:#}");
     assert_eq!(node["mac"], "52:54:00:72:62:01");
     assert!(node["ip"].as_str().is_some_and(|ip| ip.starts_with("10.213.0.")), "{node}");
+    assert_eq!(node["arch"], "bios", "DHCP saw SeaBIOS's iPXE ROM as BIOS (option 93 = 0)");
     let nics = node["inventory"]["nics"].as_array().expect("inventory from the agent's hello");
     assert!(nics.iter().any(|n| n["mac"] == "52:54:00:72:62:01"), "{nics:?}");
     assert_eq!(detail["boot"]["outcome"], "ready");

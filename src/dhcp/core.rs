@@ -477,7 +477,6 @@ fn proxy(
         // The PXE spec has servers echo the client's UUID.
         opts.insert(DhcpOption::ClientMachineIdentifier(uuid.clone()));
     }
-    echo_relay_info(inbound, opts);
     Ok(Decision::Reply { reply: Box::new(reply), grant: None, client, boot })
 }
 
@@ -508,11 +507,34 @@ fn set_boot_file(reply: &mut Message, boot: &BootChoice, policy: &DhcpPolicy) {
     }
 }
 
-/// RFC 3046 §2.2: option 82 goes back exactly as the relay sent it.
-fn echo_relay_info(inbound: &Inbound, opts: &mut dhcproto::v4::DhcpOptions) {
-    if let Some(raw) = raw_option(inbound.raw, 82) {
-        opts.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::RelayAgentInformation, raw.to_vec())));
+/// Encode a reply to the request `request_raw`. RFC 3046 §2.2: option 82 goes back
+/// exactly as the relay sent it, as the last option. It is spliced into the bytes
+/// rather than put in dhcproto's option map, which re-orders its sub-options and
+/// (for a raw option 82) would write it twice.
+pub fn encode_reply(reply: &Message, request_raw: &[u8]) -> Result<Vec<u8>, dhcproto::error::EncodeError> {
+    let mut bytes = dhcproto::Encodable::to_vec(reply)?;
+    if let Some(info) = raw_option(request_raw, 82) {
+        if let Some(end) = end_option_at(&bytes) {
+            let mut option = Vec::with_capacity(info.len() + 2);
+            option.extend_from_slice(&[82, info.len() as u8]);
+            option.extend_from_slice(info);
+            bytes.splice(end..end, option);
+        }
     }
+    Ok(bytes)
+}
+
+/// Offset of the END option (255) in an encoded packet's options field.
+fn end_option_at(packet: &[u8]) -> Option<usize> {
+    let mut at = 240;
+    while let Some(&code) = packet.get(at) {
+        match code {
+            0 => at += 1,
+            255 => return Some(at),
+            _ => at += 2 + usize::from(*packet.get(at + 1)?),
+        }
+    }
+    None
 }
 
 /// The first instance of option `code` in a raw packet's options field.
@@ -576,7 +598,6 @@ fn build_reply(
         // RFC 6842: echo the client identifier.
         opts.insert(DhcpOption::ClientIdentifier(id.clone()));
     }
-    echo_relay_info(inbound, opts);
     reply
 }
 
@@ -593,7 +614,6 @@ fn build_nak(inbound: &Inbound, server_id: Ipv4Addr) -> Message {
     if let Some(DhcpOption::ClientIdentifier(id)) = req.opts().get(OptionCode::ClientIdentifier) {
         opts.insert(DhcpOption::ClientIdentifier(id.clone()));
     }
-    echo_relay_info(inbound, opts);
     reply
 }
 

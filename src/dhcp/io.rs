@@ -14,13 +14,13 @@
 //! Under overload the readers' queue fills and packets are dropped at the door
 //! (counted), instead of the decider falling ever further behind.
 
-use super::core::{decide, Arrival, Decision, DhcpPolicy, Host, Hosts, Inbound, Leases, Port};
+use super::core::{decide, encode_reply, Arrival, Decision, DhcpPolicy, Host, Hosts, Inbound, Leases, Port};
 use super::pool::BindingKind;
 use crate::config::{Config, DhcpMode};
 use crate::node::MacAddr;
 use crate::store::{LeaseOp, Store, StoreError};
 use dhcproto::v4::{Message, MessageType};
-use dhcproto::{Decodable, Decoder, Encodable};
+use dhcproto::{Decodable, Decoder};
 use nix::sys::socket::{self as sock, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{IoSlice, IoSliceMut};
@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 /// Packets waiting for the decider; beyond this they are dropped (and counted).
-const INBOX: usize = 4096;
+const INBOX: usize = 1024;
 /// Lease changes waiting for the committer; a full queue slows the decider down.
 const COMMIT_QUEUE: usize = 8192;
 /// Most lease changes written in one transaction.
@@ -62,6 +62,11 @@ pub struct Listener {
     pub interface: String,
     pub port: Port,
     pub socket: Arc<UdpSocket>,
+    /// The address a broadcast that arrived here is answered from: the configured
+    /// `server_address` when this interface holds it (the kernel would report the
+    /// interface's primary address, which may belong to a neighbour such as the
+    /// site's DHCP server), else whatever the kernel reports.
+    pub broadcast_source: Option<Ipv4Addr>,
 }
 
 /// A UDP socket bound to `port` on every address but tied to `interface`, so
@@ -90,10 +95,20 @@ pub fn bind_all(cfg: &Config) -> Result<Vec<Listener>, DhcpIoError> {
         }
         for (port, number) in ports {
             let socket = Arc::new(bind(interface, number)?);
-            listeners.push(Listener { interface: interface.clone(), port, socket });
+            let broadcast_source =
+                interface_addresses(interface).contains(&cfg.server_address).then_some(cfg.server_address);
+            listeners.push(Listener { interface: interface.clone(), port, socket, broadcast_source });
         }
     }
     Ok(listeners)
+}
+
+/// The IPv4 addresses configured on `interface` (none if it cannot be read).
+fn interface_addresses(interface: &str) -> Vec<Ipv4Addr> {
+    let Ok(all) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    all.filter(|a| a.interface_name == interface)
+        .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip())))
+        .collect()
 }
 
 /// A received datagram and where it came from and arrived.
@@ -104,23 +119,31 @@ struct Datagram {
     listener: usize,
 }
 
-/// Receive one datagram with its `IP_PKTINFO`: (length, sender, local address).
-async fn recv_with_pktinfo(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV4, Ipv4Addr)> {
+/// One datagram's `IP_PKTINFO`.
+struct PacketInfo {
+    /// The local address the packet reached (for a broadcast, the interface's
+    /// primary address).
+    local: Ipv4Addr,
+    /// The IP header's destination.
+    header_dst: Ipv4Addr,
+}
+
+/// Receive one datagram with its `IP_PKTINFO`: (length, sender, where it arrived).
+async fn recv_with_pktinfo(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV4, PacketInfo)> {
     socket
         .async_io(Interest::READABLE, || {
             let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
             let mut iov = [IoSliceMut::new(buf)];
             let msg = sock::recvmsg::<SockaddrIn>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
             let peer = msg.address.map_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), SocketAddrV4::from);
-            let mut local = Ipv4Addr::UNSPECIFIED;
+            let mut info = PacketInfo { local: Ipv4Addr::UNSPECIFIED, header_dst: Ipv4Addr::UNSPECIFIED };
             for c in msg.cmsgs()? {
-                if let ControlMessageOwned::Ipv4PacketInfo(info) = c {
-                    // spec_dst: the local address this packet reached (for a
-                    // broadcast, the interface's own address).
-                    local = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+                if let ControlMessageOwned::Ipv4PacketInfo(pi) = c {
+                    info.local = Ipv4Addr::from(u32::from_be(pi.ipi_spec_dst.s_addr));
+                    info.header_dst = Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr));
                 }
             }
-            Ok((msg.bytes, peer, local))
+            Ok((msg.bytes, peer, info))
         })
         .await
 }
@@ -338,12 +361,17 @@ async fn read_loop(listener: Listener, index: usize, inbox: mpsc::Sender<Datagra
             _ = cancel.cancelled() => return,
             r = recv_with_pktinfo(&listener.socket, &mut buf) => r,
         };
-        let (len, peer, local) = match received {
+        let (len, peer, info) = match received {
             Ok(x) => x,
             Err(e) => {
                 warn!(interface = %listener.interface, error = %e, "DHCP receive failed");
                 continue;
             }
+        };
+        let broadcast = info.header_dst != info.local;
+        let local = match listener.broadcast_source {
+            Some(ours) if broadcast => ours,
+            _ => info.local,
         };
         let datagram = Datagram { bytes: buf[..len].to_vec(), peer, local, listener: index };
         match inbox.try_send(datagram) {
@@ -403,7 +431,7 @@ fn handle(
                 reason = boot.reason(),
                 "DHCP decision"
             );
-            let bytes = match reply.to_vec() {
+            let bytes = match encode_reply(&reply, &d.bytes) {
                 Ok(b) => b,
                 Err(e) => {
                     error!(mac = %client.mac, error = %e, "encoding DHCP reply failed");

@@ -12,7 +12,7 @@ pub mod pool;
 pub fn fuzz_decide(bytes: &[u8]) {
     use self::core::{decide, Arrival, DhcpPolicy, Hosts, Inbound, Leases, Port};
     use crate::config::{default_boot_files, DhcpMode, SubnetConfig, UnknownClients};
-    use dhcproto::{Decodable, Decoder, Encodable};
+    use dhcproto::{Decodable, Decoder};
     use std::net::Ipv4Addr;
 
     let Ok(msg) = dhcproto::v4::Message::decode(&mut Decoder::new(bytes)) else { return };
@@ -40,7 +40,7 @@ pub fn fuzz_decide(bytes: &[u8]) {
         let arrival = Arrival { local_addr: Ipv4Addr::new(10, 213, 0, 1), port };
         let inbound = Inbound { msg: &msg, raw: bytes, arrival };
         if let self::core::Decision::Reply { reply, .. } = decide(&inbound, policy, &mut leases, &hosts, now) {
-            let _ = reply.to_vec();
+            let _ = self::core::encode_reply(&reply, bytes);
         }
     };
     run(&policy, Port::Dhcp, 1_000);

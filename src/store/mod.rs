@@ -146,6 +146,19 @@ pub enum LeaseOp {
     },
 }
 
+/// `items` in consecutive chunks whose lengths are powers of two, at most 512.
+fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let take = 1usize << items.len().min(512).ilog2();
+        let (chunk, rest) = items.split_at(take);
+        items = rest;
+        Some(chunk)
+    })
+}
+
 /// The final state of every address a batch of [`LeaseOp`]s touches, in order.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct LeaseBatch {
@@ -370,8 +383,10 @@ impl Store {
     pub async fn commit_dhcp(&self, ops: &[LeaseOp], now_ms: i64) -> Result<(), StoreError> {
         let batch = LeaseBatch::coalesce(ops);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // SQLite allows 32,766 bound parameters per statement.
-        for macs in batch.granted_macs.chunks(1000) {
+        // Statements come in power-of-two sizes up to 512 rows, so each shape is
+        // parsed and prepared once per connection and then reused from sqlx's cache
+        // (SQLite allows 32,766 bound parameters per statement).
+        for macs in pow2_chunks(&batch.granted_macs) {
             let marks = vec!["?"; macs.len()].join(",");
             let sql = format!(
                 "UPDATE leases SET state = 'released', updated_at_ms = ? WHERE state = 'active' AND mac IN ({marks})"
@@ -382,7 +397,7 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        for rows in batch.rows.chunks(1000) {
+        for rows in pow2_chunks(&batch.rows) {
             let marks = vec!["(?, ?, ?, ?, ?)"; rows.len()].join(",");
             // A grant takes the address whatever the row said (the DHCP core chose a
             // free one); a release or decline only touches the client's own row.
@@ -1502,6 +1517,14 @@ mod tests {
         assert_eq!(batch.granted_macs, vec![a, b]);
         let states: Vec<_> = batch.rows.iter().map(|r| (r.ip.octets()[3], r.mac, r.state, r.expires_at)).collect();
         assert_eq!(states, [(1, a, "released", 0), (2, b, "declined", 900), (3, b, "active", 400)]);
+    }
+
+    #[test]
+    fn chunks_are_powers_of_two_and_cover_everything() {
+        let items: Vec<u32> = (0..1100).collect();
+        let sizes: Vec<usize> = pow2_chunks(&items).map(<[u32]>::len).collect();
+        assert_eq!(sizes, [512, 512, 64, 8, 4]);
+        assert_eq!(pow2_chunks(&items[..0]).count(), 0);
     }
 
     #[tokio::test]

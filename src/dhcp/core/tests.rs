@@ -335,12 +335,20 @@ fn relayed_request_picks_the_relays_subnet_and_echoes_option_82_verbatim() {
     let decoded = Message::decode(&mut dhcproto::Decoder::new(&raw)).unwrap();
     let inbound = Inbound { msg: &decoded, raw: &raw, arrival: Arrival { local_addr: SERVER, port: Port::Dhcp } };
     let (offer, _, boot) = reply_of(decide(&inbound, &h.policy, &mut h.leases, &h.hosts, 0));
+    let bytes = encode_reply(&offer, &raw).unwrap();
     assert!(h.policy.subnets[1].net.contains(&offer.yiaddr()), "{} from the relay's subnet", offer.yiaddr());
     assert_eq!(offer.giaddr(), Ipv4Addr::new(10, 9, 0, 1));
     assert_eq!(offer.opts().get(OptionCode::Router), Some(&DhcpOption::Router(vec![Ipv4Addr::new(10, 9, 0, 1)])));
     assert_eq!(boot, BootChoice::Tftp("ipxe.efi".into()));
-    let bytes = offer.to_vec().unwrap();
-    assert!(bytes.windows(opt82.len()).any(|w| w == opt82), "option 82 echoed unchanged");
+    // Exactly once, unchanged, as the last option.
+    let end = end_option_at(&bytes).unwrap();
+    assert_eq!(&bytes[end - opt82.len()..end], opt82, "option 82 echoed unchanged, last");
+    assert_eq!(bytes.windows(opt82.len()).filter(|w| *w == opt82).count(), 1, "once");
+    let again = Message::decode(&mut dhcproto::Decoder::new(&bytes)).unwrap();
+    assert!(again.opts().get(OptionCode::RelayAgentInformation).is_some());
+    // A request without option 82 gets a reply without one.
+    let plain = encode_reply(&offer, &offer.to_vec().unwrap()).unwrap();
+    assert_eq!(plain, offer.to_vec().unwrap());
 }
 
 #[test]

@@ -1,0 +1,1071 @@
+//! The real `ramboot serve` binary in two network topologies other than "one flat
+//! segment":
+//!
+//! - **Through a relay**: ISC `dhcrelay -a` between the server's network (10.70.0.0/24)
+//!   and the client's (10.71.0.0/24), ISC `dhclient` as the client. The subnet must be
+//!   chosen by giaddr, replies must go back to the relay, and option 82 must come back
+//!   exactly as the relay sent it (dhcrelay drops replies whose circuit id matches no
+//!   interface). A RELEASE from the relayed client must free the stored lease.
+//! - **proxyDHCP beside dnsmasq**: ramboot in `mode: proxy` and dnsmasq (the "site"
+//!   DHCP server, no boot options) on the same bridge; a QEMU VM with the e1000 iPXE
+//!   ROM must take dnsmasq's address and ramboot's boot file, i.e. fetch
+//!   `/boot.ipxe?mac=<its mac>` from the address dnsmasq leased it.
+//!
+//! Evidence comes from the daemons' logs and from a `tcpdump` capture on the server
+//! side, parsed here (a tiny pcap/IPv4/UDP/TCP/DHCP reader), so the wire bytes are
+//! checked, not only what the client accepted.
+//!
+//! Each test makes its own namespaces (named after the test process's PID) and a guard
+//! that, also when an assertion fails, stops every process it started (by PID) and
+//! deletes the namespaces. Needs root and the tools (CI installs them); elsewhere a
+//! missing tool or a non-root user skips with a message, CI fails instead.
+
+mod common;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use ramboot::store::{Lease, Store};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------
+// Tools and skipping
+
+const IP: &[&str] = &["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"];
+const DHCLIENT: &[&str] = &["/usr/sbin/dhclient", "/sbin/dhclient"];
+const DHCRELAY: &[&str] = &["/usr/sbin/dhcrelay", "/sbin/dhcrelay"];
+const TCPDUMP: &[&str] = &["/usr/bin/tcpdump", "/usr/sbin/tcpdump"];
+const DNSMASQ: &[&str] = &["/usr/sbin/dnsmasq", "/sbin/dnsmasq"];
+const QEMU: &[&str] = &["/usr/bin/qemu-system-x86_64"];
+const PXE_ROM: &[&str] = &["/usr/lib/ipxe/qemu/pxe-e1000.rom"];
+
+fn first_existing(paths: &[&str]) -> Option<PathBuf> {
+    paths.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+fn tool(paths: &[&str]) -> String {
+    first_existing(paths).expect("checked by skip_reason").display().to_string()
+}
+
+/// Why this test cannot run here (not root, or a tool missing), if it cannot.
+fn skip_reason(tools: &[(&str, &[&str])]) -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root (network namespaces, DHCP ports)".into());
+    }
+    let mut all: Vec<(&str, &[&str])> = vec![("ip (iproute2)", IP)];
+    all.extend_from_slice(tools);
+    let missing: Vec<&str> = all.iter().filter(|(_, paths)| first_existing(paths).is_none()).map(|(n, _)| *n).collect();
+    (!missing.is_empty()).then(|| format!("missing {}", missing.join(", ")))
+}
+
+// ---------------------------------------------------------------------------------
+// Small helpers
+
+/// Poll `f` every 100 ms until it returns `Some`, or panic after `timeout` with `what`
+/// and whatever `context` says then.
+fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>, context: impl Fn() -> String) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}\n{}", context());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+/// Strip ANSI escape sequences (tracing's colours, iPXE's and SeaBIOS's console).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// SIGTERM, then SIGKILL if the process has not exited after `grace`; reaps it.
+fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+    child.wait().ok()
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Run `sh -c script` in namespace `ns` and require success.
+fn ns_sh(ns: &str, script: &str) {
+    let out = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", script]).output().unwrap();
+    assert!(out.status.success(), "in {ns}: {script}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Every lease row in the store.
+fn store_leases(url: &str) -> Vec<Lease> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = Store::open(url).await.unwrap_or_else(|e| panic!("opening {url}: {e}"));
+        let leases = store.leases().await.unwrap();
+        store.close().await;
+        leases
+    })
+}
+
+fn leases_of(url: &str, mac: &str) -> Vec<Lease> {
+    store_leases(url).into_iter().filter(|l| l.mac.to_string() == mac).collect()
+}
+
+/// `key=value` words per line, as the dhclient script below writes them.
+fn events(path: &Path) -> Vec<BTreeMap<String, String>> {
+    read_lossy(path)
+        .lines()
+        .map(|line| {
+            line.split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+fn mac_str(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------------
+// A tiny pcap reader: IPv4 over Ethernet (or Linux cooked capture), UDP and TCP.
+
+#[derive(Debug, Clone)]
+struct Packet {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    /// 6 = TCP, 17 = UDP.
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    payload: Vec<u8>,
+}
+
+/// The IPv4 UDP/TCP packets of a pcap file; a record cut short (the writer still
+/// running) ends the list.
+fn read_pcap(path: &Path) -> Vec<Packet> {
+    let data = std::fs::read(path).unwrap_or_default();
+    if data.len() < 24 {
+        return vec![];
+    }
+    let little = match data[..4] {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => panic!("{} is not a pcap file", path.display()),
+    };
+    let u32_at = |b: &[u8], at: usize| {
+        let a = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        if little {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let linktype = u32_at(&data, 20);
+    let mut packets = vec![];
+    let mut at = 24;
+    while at + 16 <= data.len() {
+        let incl = u32_at(&data, at + 8) as usize;
+        let Some(frame) = data.get(at + 16..at + 16 + incl) else { break };
+        at += 16 + incl;
+        let ipv4 = match linktype {
+            // Ethernet, with at most one VLAN tag.
+            1 if frame.len() >= 14 => {
+                let (mut ethertype, mut off) = (u16::from_be_bytes([frame[12], frame[13]]), 14);
+                if ethertype == 0x8100 && frame.len() >= 18 {
+                    ethertype = u16::from_be_bytes([frame[16], frame[17]]);
+                    off = 18;
+                }
+                (ethertype == 0x0800).then(|| &frame[off..])
+            }
+            // Linux cooked capture (`-i any`).
+            113 if frame.len() >= 16 => (u16::from_be_bytes([frame[14], frame[15]]) == 0x0800).then(|| &frame[16..]),
+            _ => None,
+        };
+        if let Some(p) = ipv4.and_then(parse_ipv4) {
+            packets.push(p);
+        }
+    }
+    packets
+}
+
+fn parse_ipv4(b: &[u8]) -> Option<Packet> {
+    if b.len() < 20 || b[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(b[0] & 0xf) * 4;
+    let total = usize::from(u16::from_be_bytes([b[2], b[3]])).min(b.len());
+    let proto = b[9];
+    let src = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
+    let dst = Ipv4Addr::new(b[16], b[17], b[18], b[19]);
+    let l4 = b.get(ihl..total)?;
+    if l4.len() < 8 {
+        return None;
+    }
+    let (sport, dport) = (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]));
+    let payload = match proto {
+        17 => {
+            let len = usize::from(u16::from_be_bytes([l4[4], l4[5]])).clamp(8, l4.len());
+            l4[8..len].to_vec()
+        }
+        6 if l4.len() >= 20 => l4.get(usize::from(l4[12] >> 4) * 4..)?.to_vec(),
+        _ => return None,
+    };
+    Some(Packet { src, dst, proto, sport, dport, payload })
+}
+
+/// A DHCP message as it was on the wire: header fields and every option instance in
+/// order (duplicates kept, so a doubled option is visible).
+#[derive(Debug, Clone)]
+struct Dhcp {
+    op: u8,
+    hops: u8,
+    xid: u32,
+    ciaddr: Ipv4Addr,
+    yiaddr: Ipv4Addr,
+    siaddr: Ipv4Addr,
+    giaddr: Ipv4Addr,
+    chaddr: String,
+    file: String,
+    options: Vec<(u8, Vec<u8>)>,
+}
+
+impl Dhcp {
+    fn parse(b: &[u8]) -> Option<Dhcp> {
+        if b.len() < 240 || b[236..240] != [99, 130, 83, 99] {
+            return None;
+        }
+        let addr = |at: usize| Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]);
+        let file_field = &b[108..236];
+        let file_end = file_field.iter().position(|&c| c == 0).unwrap_or(file_field.len());
+        let mut options = vec![];
+        let mut rest = &b[240..];
+        while let Some((&code, tail)) = rest.split_first() {
+            match code {
+                0 => rest = tail,
+                255 => break,
+                _ => {
+                    let (&len, tail) = tail.split_first()?;
+                    let value = tail.get(..usize::from(len))?;
+                    options.push((code, value.to_vec()));
+                    rest = &tail[usize::from(len)..];
+                }
+            }
+        }
+        Some(Dhcp {
+            op: b[0],
+            hops: b[3],
+            xid: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+            ciaddr: addr(12),
+            yiaddr: addr(16),
+            siaddr: addr(20),
+            giaddr: addr(24),
+            chaddr: mac_str(&b[28..34]),
+            file: String::from_utf8_lossy(&file_field[..file_end]).into_owned(),
+            options,
+        })
+    }
+
+    fn all(&self, code: u8) -> Vec<&[u8]> {
+        self.options.iter().filter(|(c, _)| *c == code).map(|(_, v)| v.as_slice()).collect()
+    }
+
+    fn opt(&self, code: u8) -> Option<&[u8]> {
+        self.all(code).first().copied()
+    }
+
+    fn opt_addr(&self, code: u8) -> Option<Ipv4Addr> {
+        self.opt(code).filter(|v| v.len() >= 4).map(|v| Ipv4Addr::new(v[0], v[1], v[2], v[3]))
+    }
+
+    fn opt_str(&self, code: u8) -> Option<String> {
+        self.opt(code).map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// Option 53's name.
+    fn kind(&self) -> &'static str {
+        match self.opt(53).and_then(|v| v.first()) {
+            Some(1) => "DISCOVER",
+            Some(2) => "OFFER",
+            Some(3) => "REQUEST",
+            Some(4) => "DECLINE",
+            Some(5) => "ACK",
+            Some(6) => "NAK",
+            Some(7) => "RELEASE",
+            Some(8) => "INFORM",
+            Some(_) => "other",
+            None => "BOOTP",
+        }
+    }
+}
+
+/// Option 82's sub-options (RFC 3046): (code, value) in order.
+fn suboptions(raw: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = vec![];
+    let mut rest = raw;
+    while let [code, len, tail @ ..] = rest {
+        let Some(value) = tail.get(..usize::from(*len)) else { break };
+        out.push((*code, value.to_vec()));
+        rest = &tail[usize::from(*len)..];
+    }
+    out
+}
+
+/// The DHCP messages of a capture, with their packets.
+fn dhcp_of(packets: &[Packet]) -> Vec<(Packet, Dhcp)> {
+    packets
+        .iter()
+        .filter(|p| p.proto == 17 && [67, 68, 4011].contains(&p.dport))
+        .filter_map(|p| Dhcp::parse(&p.payload).map(|d| (p.clone(), d)))
+        .collect()
+}
+
+fn describe(p: &Packet, d: &Dhcp) -> String {
+    let opts: Vec<String> = d.options.iter().map(|(c, v)| format!("{c}={}", hex::encode(v))).collect();
+    format!(
+        "{}:{} > {}:{} {} xid={:08x} hops={} ciaddr={} yiaddr={} siaddr={} giaddr={} chaddr={} file={:?} opts[{}]",
+        p.src,
+        p.sport,
+        p.dst,
+        p.dport,
+        d.kind(),
+        d.xid,
+        d.hops,
+        d.ciaddr,
+        d.yiaddr,
+        d.siaddr,
+        d.giaddr,
+        d.chaddr,
+        d.file,
+        opts.join(" ")
+    )
+}
+
+/// Wait (up to `timeout`) until the capture so far satisfies `done`; whether it did.
+fn wait_capture(pcap: &Path, timeout: Duration, done: impl Fn(&[Packet]) -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done(&read_pcap(pcap)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn describe_all(msgs: &[(Packet, Dhcp)]) -> String {
+    msgs.iter().map(|(p, d)| describe(p, d)).collect::<Vec<_>>().join("\n")
+}
+
+// ---------------------------------------------------------------------------------
+// Namespaces, processes and ramboot
+
+/// Namespaces and processes one test made, and its temp dir. Dropping it stops those
+/// processes (by PID) and deletes those namespaces, also when an assertion failed.
+struct Topo {
+    namespaces: Vec<String>,
+    children: Vec<(String, Option<Child>)>,
+    dir: tempfile::TempDir,
+}
+
+impl Topo {
+    fn new() -> Topo {
+        Topo { namespaces: vec![], children: vec![], dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Create namespace `name` (with loopback up), owned by this guard.
+    fn netns(&mut self, name: &str) -> String {
+        // A leftover of an earlier run with the same PID would make `ip netns add` fail.
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        ip(&["netns", "add", name]);
+        self.namespaces.push(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        name.to_string()
+    }
+
+    /// Start `program` in namespace `ns`, stdin from /dev/null, output to `log`.
+    /// `ip netns exec` execs the program, so the child's PID is the program's.
+    fn spawn(&mut self, name: &str, ns: &str, program: &[String], log: &Path, env: &[(&str, &str)]) -> usize {
+        let out = File::create(log).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).args(program).stdin(Stdio::null());
+        cmd.stdout(out.try_clone().unwrap()).stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        self.children.push((name.to_string(), Some(child)));
+        self.children.len() - 1
+    }
+
+    fn try_wait(&mut self, idx: usize) -> Option<ExitStatus> {
+        self.children[idx].1.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// Stop a process (SIGTERM, SIGKILL after `grace`) and return how it ended.
+    fn stop(&mut self, idx: usize, grace: Duration) -> Option<ExitStatus> {
+        let mut child = self.children[idx].1.take()?;
+        terminate(&mut child, grace)
+    }
+
+    /// Start a process and wait until its log contains every one of `ready`.
+    #[allow(clippy::too_many_arguments)]
+    fn start_until(
+        &mut self,
+        name: &str,
+        ns: &str,
+        program: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+        ready: &[&str],
+        timeout: Duration,
+    ) -> usize {
+        let idx = self.spawn(name, ns, program, log, env);
+        wait_for(
+            timeout,
+            &format!("{name} to log {ready:?}"),
+            || {
+                if let Some(status) = self.try_wait(idx) {
+                    panic!("{name} exited early ({status}):\n{}", strip_ansi(&read_lossy(log)));
+                }
+                let text = read_lossy(log);
+                ready.iter().all(|r| text.contains(r)).then_some(())
+            },
+            || strip_ansi(&read_lossy(log)),
+        );
+        idx
+    }
+
+    /// `tcpdump` on `interface` in `ns` into `<name>.pcap` (the name AppArmor's tcpdump
+    /// profile lets it write); returns (index, capture path). Immediate mode and
+    /// packet-buffered output: each packet is in the file as soon as it is seen (the
+    /// default ring buffer hands packets over in blocks, and loses the last ones when
+    /// tcpdump is stopped).
+    fn capture(&mut self, ns: &str, interface: &str, filter: &str) -> (usize, PathBuf) {
+        let pcap = self.path(&format!("{interface}.pcap"));
+        let log = self.path(&format!("tcpdump-{interface}.log"));
+        let mut program: Vec<String> =
+            [tool(TCPDUMP).as_str(), "-i", interface, "--immediate-mode", "-U", "-n", "-Z", "root", "-w"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        program.push(pcap.display().to_string());
+        program.extend(filter.split_whitespace().map(String::from));
+        let idx = self.start_until("tcpdump", ns, &program, &log, &[], &["listening on"], Duration::from_secs(15));
+        (idx, pcap)
+    }
+
+    /// Start `ramboot serve` with `config` (YAML, paths filled in by the caller) in
+    /// `ns`, and wait until DHCP serves. Returns (index, log path).
+    fn start_ramboot(&mut self, ns: &str, config: &str, rust_log: &str) -> (usize, PathBuf) {
+        let config_path = self.path("ramboot.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = self.path("ramboot.log");
+        let program = vec![
+            env!("CARGO_BIN_EXE_ramboot").to_string(),
+            "serve".into(),
+            "--config".into(),
+            config_path.display().to_string(),
+        ];
+        let env = [("RUST_LOG", rust_log), ("NO_COLOR", "1")];
+        let idx = self.start_until("ramboot", ns, &program, &log, &env, &["DHCP serving"], Duration::from_secs(30));
+        (idx, log)
+    }
+
+    /// The paths section of a ramboot config under this guard's temp dir.
+    fn ramboot_paths(&self) -> String {
+        let root = self.dir.path();
+        for d in ["data", "profiles", "ipxe"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        format!("paths:\n  data: {r}/data\n  profiles: {r}/profiles\n  ipxe: {r}/ipxe\n", r = root.display())
+    }
+
+    fn database_url(&self) -> String {
+        format!("sqlite://{}", self.path("data/ramboot.db").display())
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        // Clients first, servers last: the reverse of the order they started in.
+        for (_, child) in self.children.iter_mut().rev() {
+            if let Some(mut c) = child.take() {
+                terminate(&mut c, Duration::from_secs(3));
+            }
+        }
+        for ns in &self.namespaces {
+            // Only our own processes are ended (above); anything else still inside is
+            // reported, not killed.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                let pids = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+                if !pids.is_empty() {
+                    eprintln!("WARNING: processes still in namespace {ns} (not started by this test): {pids}");
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        if std::env::var_os("RAMBOOT_KEEP_TEST_DIR").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("kept {} (RAMBOOT_KEEP_TEST_DIR)", dir.keep().display());
+        }
+    }
+}
+
+/// Stop ramboot with SIGTERM; it must exit cleanly. Returns its log.
+fn stop_ramboot(topo: &mut Topo, idx: usize, log: &Path) -> String {
+    let status = topo.stop(idx, Duration::from_secs(15));
+    let text = strip_ansi(&read_lossy(log));
+    assert!(status.is_some_and(|s| s.success()), "ramboot did not exit cleanly: {status:?}\n{}", tail(&text, 30));
+    text
+}
+
+// ---------------------------------------------------------------------------------
+// 1. Through a relay
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 70, 0, 1);
+const RELAY_UP_IP: Ipv4Addr = Ipv4Addr::new(10, 70, 0, 2);
+const RELAY_DOWN_IP: Ipv4Addr = Ipv4Addr::new(10, 71, 0, 1);
+const RELAYED_CLIENT_MAC: &str = "02:70:00:00:00:01";
+
+#[test]
+fn dhcp_through_a_relay() {
+    const TEST: &str = "dhcp_through_a_relay";
+    let tools: &[(&str, &[&str])] =
+        &[("dhclient (isc-dhcp-client)", DHCLIENT), ("dhcrelay (isc-dhcp-relay)", DHCRELAY), ("tcpdump", TCPDUMP)];
+    if common::skipped(TEST, skip_reason(tools).as_deref()) {
+        return;
+    }
+    let started = Instant::now();
+    let mut topo = Topo::new();
+    let pid = std::process::id();
+    // server [s] --- [u] relay [d] --- [c] client
+    let (server_ns, relay_ns, client_ns) =
+        (topo.netns(&format!("rbr{pid}s")), topo.netns(&format!("rbr{pid}r")), topo.netns(&format!("rbr{pid}c")));
+    let (server_if, up_if, down_if, client_if) =
+        (format!("r{pid}s"), format!("r{pid}u"), format!("r{pid}d"), format!("r{pid}c"));
+    assert!(client_if.len() <= 15 && down_if.len() <= 15);
+    ip(&["link", "add", &server_if, "netns", &server_ns, "type", "veth", "peer", "name", &up_if, "netns", &relay_ns]);
+    ip(&["link", "add", &down_if, "netns", &relay_ns, "type", "veth", "peer", "name", &client_if, "netns", &client_ns]);
+    ip(&["-n", &client_ns, "link", "set", &client_if, "address", RELAYED_CLIENT_MAC]);
+    ip(&["-n", &server_ns, "addr", "add", &format!("{SERVER_IP}/24"), "dev", &server_if]);
+    ip(&["-n", &relay_ns, "addr", "add", &format!("{RELAY_UP_IP}/24"), "dev", &up_if]);
+    ip(&["-n", &relay_ns, "addr", "add", &format!("{RELAY_DOWN_IP}/24"), "dev", &down_if]);
+    for (ns, ifname) in [(&server_ns, &server_if), (&relay_ns, &up_if), (&relay_ns, &down_if), (&client_ns, &client_if)]
+    {
+        ip(&["-n", ns, "link", "set", ifname, "up"]);
+    }
+    // The relay routes (the client's unicast RELEASE goes through it as plain IP);
+    // the server reaches the relayed subnet, and the relay's giaddr, through it.
+    ns_sh(&relay_ns, "echo 1 > /proc/sys/net/ipv4/ip_forward");
+    ip(&["-n", &server_ns, "route", "add", "10.71.0.0/24", "via", &RELAY_UP_IP.to_string()]);
+
+    // Everything DHCP on the server's link, as the server sees it.
+    let (tcpdump, pcap) = topo.capture(&server_ns, &server_if, "udp port 67 or udp port 68");
+
+    let config = format!(
+        "interface: {server_if}\nserver_address: {SERVER_IP}\nhttp: {{listen: \"{SERVER_IP}:8080\"}}\n\
+         tftp: {{listen: \"{SERVER_IP}:69\"}}\ndhcp:\n  subnet: 10.70.0.0/24\n  range: [10.70.0.100, 10.70.0.199]\n  \
+         router: {SERVER_IP}\n  lease_time_secs: 600\n  subnets:\n    - subnet: 10.71.0.0/24\n      \
+         range: [10.71.0.100, 10.71.0.199]\n      router: {RELAY_DOWN_IP}\n{}",
+        topo.ramboot_paths()
+    );
+    let (ramboot, ramboot_log) = topo.start_ramboot(&server_ns, &config, "info");
+
+    // ISC dhcrelay: foreground, add option 82 (circuit id = downstream interface name),
+    // upstream/downstream interfaces, the server.
+    let relay_log = topo.path("dhcrelay.log");
+    let relay_cmd: Vec<String> =
+        [tool(DHCRELAY).as_str(), "-d", "-4", "-a", "--no-pid", "-iu", &up_if, "-id", &down_if, &SERVER_IP.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let listening = [format!("Listening on LPF/{up_if}/"), format!("Listening on LPF/{down_if}/")];
+    let relay = topo.start_until(
+        "dhcrelay",
+        &relay_ns,
+        &relay_cmd,
+        &relay_log,
+        &[],
+        &[&listening[0], &listening[1]],
+        Duration::from_secs(15),
+    );
+
+    // dhclient, from a private copy of the binary: AppArmor's profile for
+    // /usr/sbin/dhclient (enforced on stock Debian) forbids a script and lease file in
+    // a temp dir. Private config, lease, pid file and script.
+    let dhclient = topo.path("dhclient");
+    std::fs::copy(tool(DHCLIENT), &dhclient).unwrap();
+    let events_path = topo.path("dhclient.events");
+    let script = topo.path("dhclient-script");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             echo \"reason=$reason ip=$new_ip_address mask=$new_subnet_mask routers=$new_routers \
+             lease=$new_dhcp_lease_time sid=$new_dhcp_server_identifier old=$old_ip_address\" >> {events}\n\
+             case \"$reason\" in\n\
+             BOUND|RENEW|REBIND|REBOOT)\n  ip addr replace \"$new_ip_address/$new_subnet_mask\" dev \"$interface\"\n  \
+             [ -z \"$new_routers\" ] || ip route replace default via \"${{new_routers%% *}}\" dev \"$interface\" ;;\n\
+             RELEASE|EXPIRE|STOP|FAIL) [ -z \"$old_ip_address\" ] || ip addr del \"$old_ip_address/$old_subnet_mask\" dev \"$interface\" ;;\n\
+             esac\nexit 0\n",
+            events = events_path.display()
+        ),
+    )
+    .unwrap();
+    let conf = topo.path("dhclient.conf");
+    std::fs::write(
+        &conf,
+        "timeout 30;\nrequest subnet-mask, broadcast-address, routers, domain-name-servers,\n  \
+         dhcp-lease-time, dhcp-renewal-time, dhcp-rebinding-time;\n",
+    )
+    .unwrap();
+    for f in [&dhclient, &script] {
+        std::process::Command::new("chmod").arg("+x").arg(f).status().unwrap();
+    }
+    let files: Vec<String> = vec![
+        "-cf".into(),
+        conf.display().to_string(),
+        "-sf".into(),
+        script.display().to_string(),
+        "-lf".into(),
+        topo.path("dhclient.leases").display().to_string(),
+        "-pf".into(),
+        topo.path("dhclient.pid").display().to_string(),
+    ];
+    let dh_log = topo.path("dhclient.log");
+    // Foreground, one try (exits if no lease within `timeout`).
+    let mut args = vec![dhclient.display().to_string(), "-4".into(), "-d".into(), "-1".into(), "-v".into()];
+    args.extend(files.iter().cloned());
+    args.push(client_if.clone());
+    let dh = topo.spawn("dhclient", &client_ns, &args, &dh_log, &[]);
+    let context = || {
+        format!(
+            "dhclient:\n{}\nscript events:\n{}\ndhcrelay:\n{}\nramboot:\n{}",
+            tail(&read_lossy(&dh_log), 20),
+            read_lossy(&events_path),
+            tail(&read_lossy(&relay_log), 20),
+            tail(&strip_ansi(&read_lossy(&ramboot_log)), 20)
+        )
+    };
+
+    // 1. A lease on the relayed subnet, chosen by giaddr.
+    let bound = wait_for(
+        Duration::from_secs(40),
+        "dhclient BOUND through the relay",
+        || events(&events_path).into_iter().find(|e| e.get("reason").map(String::as_str) == Some("BOUND")),
+        context,
+    );
+    let leased: Ipv4Addr = bound["ip"].parse().unwrap_or_else(|_| panic!("BOUND without an address: {bound:?}"));
+    let pool = u32::from(Ipv4Addr::new(10, 71, 0, 100))..=u32::from(Ipv4Addr::new(10, 71, 0, 199));
+    assert!(pool.contains(&u32::from(leased)), "{leased} is not from the relayed subnet's range\n{}", context());
+    for (key, value) in [("mask", "255.255.255.0"), ("routers", "10.71.0.1"), ("sid", "10.70.0.1"), ("lease", "600")] {
+        assert_eq!(bound[key], value, "{key} in the ACK dhclient bound with: {bound:?}\n{}", context());
+    }
+    let dh_out = read_lossy(&dh_log);
+    // dhclient names the sender of what it received: the relay, not the server.
+    for line in
+        [format!("DHCPOFFER of {leased} from {RELAY_DOWN_IP}"), format!("DHCPACK of {leased} from {RELAY_DOWN_IP}")]
+    {
+        assert!(dh_out.contains(&line), "dhclient did not log {line:?}:\n{dh_out}");
+    }
+    let relay_out = read_lossy(&relay_log);
+    assert!(relay_out.contains(&format!("Forwarded BOOTREPLY for {RELAYED_CLIENT_MAC}")), "{relay_out}");
+    let url = topo.database_url();
+    let stored = leases_of(&url, RELAYED_CLIENT_MAC);
+    assert_eq!(stored.len(), 1, "one lease row for the client: {stored:?}");
+    assert_eq!((stored[0].ip, stored[0].state.as_str()), (leased, "active"), "{stored:?}");
+    let log = strip_ansi(&read_lossy(&ramboot_log));
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reply=Ack") && l.contains(&format!("ip={leased}")) && l.contains("relay=10.71.0.1")),
+        "no relayed ACK decision in ramboot's log:\n{}",
+        tail(&log, 20)
+    );
+
+    // 2. RELEASE: `dhclient -r` stops the running dhclient (pid file) and unicasts a
+    // RELEASE to the server identifier; it crosses the relay namespace as routed IP.
+    let mut release_args = vec![dhclient.display().to_string(), "-4".into(), "-r".into(), "-v".into()];
+    release_args.extend(files.iter().cloned());
+    release_args.push(client_if.clone());
+    let release_log = topo.path("dhclient-release.log");
+    let rel = topo.spawn("dhclient -r", &client_ns, &release_args, &release_log, &[]);
+    let status = wait_for(Duration::from_secs(20), "dhclient -r to finish", || topo.try_wait(rel), context);
+    let release_out = read_lossy(&release_log);
+    assert!(status.success(), "dhclient -r: {status}\n{release_out}");
+    assert!(release_out.contains(&format!("DHCPRELEASE of {leased}")), "{release_out}");
+    wait_for(Duration::from_secs(5), "the running dhclient to exit after -r", || topo.try_wait(dh), context);
+    wait_for(
+        Duration::from_secs(10),
+        "ramboot to log the release",
+        || {
+            strip_ansi(&read_lossy(&ramboot_log))
+                .contains(&format!("DHCP release mac={RELAYED_CLIENT_MAC} ip={leased}"))
+                .then_some(())
+        },
+        context,
+    );
+
+    topo.stop(relay, Duration::from_secs(5));
+    let log = stop_ramboot(&mut topo, ramboot, &ramboot_log);
+    // The capture has seen the RELEASE (or the checks below say what it did see).
+    wait_capture(&pcap, Duration::from_secs(5), |packets| {
+        dhcp_of(packets).iter().any(|(_, d)| d.kind() == "RELEASE" && d.ciaddr == leased)
+    });
+    topo.stop(tcpdump, Duration::from_secs(5));
+    let stored = leases_of(&url, RELAYED_CLIENT_MAC);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!((stored[0].ip, stored[0].state.as_str()), (leased, "released"), "after RELEASE: {stored:?}");
+    assert!(!log.contains(" ERROR "), "ramboot logged errors:\n{log}");
+    assert!(!log.contains("reply=Nak"), "ramboot NAKed:\n{log}");
+
+    // 3. The wire, on the server's link.
+    let msgs = dhcp_of(&read_pcap(&pcap));
+    let wire = describe_all(&msgs);
+    let from_relay: Vec<&(Packet, Dhcp)> =
+        msgs.iter().filter(|(p, d)| p.src == RELAY_UP_IP && d.op == 1 && d.chaddr == RELAYED_CLIENT_MAC).collect();
+    let to_relay: Vec<&(Packet, Dhcp)> =
+        msgs.iter().filter(|(p, d)| p.dst == RELAY_DOWN_IP && d.op == 2 && d.chaddr == RELAYED_CLIENT_MAC).collect();
+    for kind in ["DISCOVER", "REQUEST"] {
+        assert!(from_relay.iter().any(|(_, d)| d.kind() == kind), "no relayed {kind} on the server's link:\n{wire}");
+    }
+    for kind in ["OFFER", "ACK"] {
+        assert!(to_relay.iter().any(|(_, d)| d.kind() == kind), "no {kind} to the relay on the server's link:\n{wire}");
+    }
+    // Requests as dhcrelay sent them: giaddr = its downstream address, one option 82
+    // whose circuit id is the downstream interface's name.
+    for (p, d) in &from_relay {
+        let line = describe(p, d);
+        assert_eq!((p.sport, p.dport), (67, 67), "{line}");
+        assert_eq!(d.giaddr, RELAY_DOWN_IP, "{line}");
+        assert!(d.hops >= 1, "{line}");
+        let agent = d.all(82);
+        assert_eq!(agent.len(), 1, "relayed request without exactly one option 82: {line}");
+        let circuit = suboptions(agent[0]).into_iter().find(|(c, _)| *c == 1).map(|(_, v)| v);
+        assert_eq!(circuit.as_deref(), Some(down_if.as_bytes()), "circuit id: {line}");
+    }
+    // Replies: from the address the relay spoke to, to giaddr:67, the relayed subnet's
+    // options, and option 82 exactly once and byte for byte as in the request
+    // (RFC 3046 §2.2). The relay strips it; a doubled option is visible only here.
+    for (p, d) in &to_relay {
+        let line = describe(p, d);
+        assert_eq!((p.src, p.sport, p.dport), (SERVER_IP, 67, 67), "reply source/port: {line}");
+        assert_eq!(d.giaddr, RELAY_DOWN_IP, "{line}");
+        assert_eq!(d.yiaddr, leased, "{line}");
+        assert_eq!(d.opt_addr(54), Some(SERVER_IP), "server identifier: {line}");
+        assert_eq!(d.opt_addr(3), Some(RELAY_DOWN_IP), "router: {line}");
+        assert_eq!(d.opt_addr(1), Some(Ipv4Addr::new(255, 255, 255, 0)), "mask: {line}");
+        let request = from_relay
+            .iter()
+            .rev()
+            .find(|(_, r)| r.xid == d.xid && r.kind() == if d.kind() == "OFFER" { "DISCOVER" } else { "REQUEST" })
+            .unwrap_or_else(|| panic!("no relayed request for reply {line}\n{wire}"));
+        let sent = request.1.all(82);
+        let echoed = d.all(82);
+        assert!(
+            echoed.len() == 1 && echoed[0] == sent[0],
+            "option 82 not echoed exactly once, byte for byte (RFC 3046 §2.2): the relay sent {} and the {} \
+             carries {} cop{}: {:?}\nreply: {line}\nrequest: {}",
+            hex::encode(sent[0]),
+            d.kind(),
+            echoed.len(),
+            if echoed.len() == 1 { "y" } else { "ies" },
+            echoed.iter().map(hex::encode).collect::<Vec<_>>(),
+            describe(&request.0, &request.1)
+        );
+    }
+    // The RELEASE reached the server (routed from the client; dhcrelay, which sees
+    // it pass on its downstream interface, may relay a second copy).
+    let releases: Vec<&(Packet, Dhcp)> = msgs.iter().filter(|(_, d)| d.kind() == "RELEASE").collect();
+    assert!(
+        releases.iter().any(|(p, d)| p.dst == SERVER_IP && d.ciaddr == leased && d.opt_addr(54) == Some(SERVER_IP)),
+        "no RELEASE of {leased} to {SERVER_IP} on the server's link:\n{wire}"
+    );
+    eprintln!(
+        "{TEST}: {leased} via relay {RELAY_DOWN_IP} (circuit id {down_if}), released; {} RELEASE cop{} on the wire \
+         ({}); {:.1?}",
+        releases.len(),
+        if releases.len() == 1 { "y" } else { "ies" },
+        releases.iter().map(|(p, d)| format!("from {} giaddr {}", p.src, d.giaddr)).collect::<Vec<_>>().join(", "),
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 2. proxyDHCP beside dnsmasq
+
+const PROXY_IP: Ipv4Addr = Ipv4Addr::new(10, 72, 0, 1);
+const SITE_DHCP_IP: Ipv4Addr = Ipv4Addr::new(10, 72, 0, 2);
+const VM_MAC: &str = "52:54:00:72:72:01";
+
+#[test]
+fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
+    const TEST: &str = "proxy_dhcp_beside_dnsmasq_boots_ipxe";
+    let tools: &[(&str, &[&str])] = &[
+        ("dnsmasq (dnsmasq-base)", DNSMASQ),
+        ("qemu-system-x86_64 (qemu-system-x86)", QEMU),
+        ("pxe-e1000.rom (ipxe-qemu)", PXE_ROM),
+        ("tcpdump", TCPDUMP),
+    ];
+    if common::skipped(TEST, skip_reason(tools).as_deref()) {
+        return;
+    }
+    let started = Instant::now();
+    let mut topo = Topo::new();
+    let pid = std::process::id();
+    let ns = topo.netns(&format!("rbp{pid}"));
+    let (bridge, tap) = (format!("p{pid}br"), format!("p{pid}tp"));
+    assert!(bridge.len() <= 15 && tap.len() <= 15);
+    ip(&["-n", &ns, "link", "add", &bridge, "type", "bridge", "forward_delay", "0"]);
+    ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"]);
+    ip(&["-n", &ns, "link", "set", &tap, "master", &bridge]);
+    // ramboot's address first (the primary one), then the site DHCP server's.
+    ip(&["-n", &ns, "addr", "add", &format!("{PROXY_IP}/24"), "dev", &bridge]);
+    ip(&["-n", &ns, "addr", "add", &format!("{SITE_DHCP_IP}/24"), "dev", &bridge]);
+    ip(&["-n", &ns, "link", "set", &tap, "up"]);
+    ip(&["-n", &ns, "link", "set", &bridge, "up"]);
+
+    let (tcpdump, pcap) = topo.capture(&ns, &bridge, "udp port 67 or udp port 68 or udp port 4011 or tcp port 8080");
+
+    // ramboot: proxy mode, and router advertisements so iPXE does not wait for IPv6.
+    let config = format!(
+        "interface: {bridge}\nserver_address: {PROXY_IP}\nipv6_ra: true\nhttp: {{listen: \"{PROXY_IP}:8080\"}}\n\
+         tftp: {{listen: \"{PROXY_IP}:69\"}}\ndhcp:\n  mode: proxy\n{}",
+        topo.ramboot_paths()
+    );
+    // tower_http at debug logs each request's URI.
+    let (ramboot, ramboot_log) = topo.start_ramboot(&ns, &config, "info,tower_http=debug");
+
+    // dnsmasq: DHCP only (no DNS), addresses only (no boot options), on the same
+    // bridge. Both daemons bind 0.0.0.0:67 on the bridge (SO_BINDTODEVICE +
+    // SO_REUSEADDR, dnsmasq also SO_REUSEPORT), so both get every broadcast.
+    let dnsmasq_log = topo.path("dnsmasq.log");
+    let leasefile = topo.path("dnsmasq.leases");
+    let dnsmasq_cmd: Vec<String> = vec![
+        tool(DNSMASQ),
+        "--no-daemon".into(),
+        "--port=0".into(),
+        "--conf-file=/dev/null".into(),
+        format!("--interface={bridge}"),
+        "--bind-interfaces".into(),
+        format!("--listen-address={SITE_DHCP_IP}"),
+        "--dhcp-range=10.72.0.50,10.72.0.90,12h".into(),
+        format!("--dhcp-leasefile={}", leasefile.display()),
+        format!("--pid-file={}", topo.path("dnsmasq.pid").display()),
+        "--user=root".into(),
+        "--log-dhcp".into(),
+    ];
+    let dnsmasq = topo.start_until(
+        "dnsmasq",
+        &ns,
+        &dnsmasq_cmd,
+        &dnsmasq_log,
+        &[],
+        &["DHCP, IP range 10.72.0.50 -- 10.72.0.90"],
+        Duration::from_secs(15),
+    );
+
+    // QEMU: SeaBIOS + the e1000 iPXE ROM, booting from the network.
+    let console = topo.path("console.log");
+    let qemu_cmd: Vec<String> = [
+        tool(QEMU).as_str(),
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-boot",
+        "n",
+        "-device",
+        &format!("e1000,netdev=n0,mac={VM_MAC},romfile={},bootindex=1", tool(PXE_ROM)),
+        "-netdev",
+        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let vm_started = Instant::now();
+    let qemu = topo.spawn("qemu", &ns, &qemu_cmd, &console, &[]);
+    let context = || {
+        format!(
+            "console:\n{}\ndnsmasq:\n{}\nramboot:\n{}",
+            tail(&strip_ansi(&read_lossy(&console)), 25),
+            tail(&read_lossy(&dnsmasq_log), 25),
+            tail(&strip_ansi(&read_lossy(&ramboot_log)), 25)
+        )
+    };
+    // Until ramboot serves the script for this MAC (the handler's span names it).
+    let served = format!("boot{{mac={VM_MAC}}}");
+    wait_for(
+        Duration::from_secs(75),
+        "ramboot to serve /boot.ipxe for the VM",
+        || {
+            if let Some(status) = topo.try_wait(qemu) {
+                panic!("QEMU exited early ({status})\n{}", context());
+            }
+            strip_ansi(&read_lossy(&ramboot_log)).contains(&served).then_some(())
+        },
+        context,
+    );
+    let boot_time = vm_started.elapsed();
+    topo.stop(qemu, Duration::from_secs(3));
+    topo.stop(dnsmasq, Duration::from_secs(5));
+    let log = stop_ramboot(&mut topo, ramboot, &ramboot_log);
+    wait_capture(&pcap, Duration::from_secs(5), |packets| {
+        packets.iter().any(|p| p.proto == 6 && p.dport == 8080 && p.payload.starts_with(b"GET /boot.ipxe"))
+    });
+    topo.stop(tcpdump, Duration::from_secs(5));
+
+    let packets = read_pcap(&pcap);
+    let msgs = dhcp_of(&packets);
+    let wire = describe_all(&msgs);
+    let vm_msgs: Vec<&(Packet, Dhcp)> = msgs.iter().filter(|(_, d)| d.chaddr == VM_MAC).collect();
+
+    // (a) dnsmasq leased the VM an address from its range, with no boot options.
+    let dnsmasq_out = read_lossy(&dnsmasq_log);
+    let acks: Vec<&(Packet, Dhcp)> = vm_msgs.iter().copied().filter(|(_, d)| d.op == 2 && d.kind() == "ACK").collect();
+    // (iPXE may repeat a REQUEST whose ACK is slow; every ACK names the same address.)
+    assert!(!acks.is_empty(), "no DHCPACK for the VM (dnsmasq's; ramboot ACKs only on 4011):\n{wire}");
+    let vm_ip = acks[0].1.yiaddr;
+    assert!(acks.iter().all(|(_, d)| d.yiaddr == vm_ip), "ACKs for different addresses:\n{wire}");
+    let range = u32::from(Ipv4Addr::new(10, 72, 0, 50))..=u32::from(Ipv4Addr::new(10, 72, 0, 90));
+    assert!(range.contains(&u32::from(vm_ip)), "the VM's address {vm_ip} is not from dnsmasq's range\n{wire}");
+    assert!(
+        dnsmasq_out.contains(&format!("DHCPACK({bridge}) {vm_ip} {VM_MAC}")),
+        "dnsmasq did not log the lease of {vm_ip} to {VM_MAC}:\n{dnsmasq_out}"
+    );
+    assert!(read_lossy(&leasefile).contains(&format!("{VM_MAC} {vm_ip}")), "{}", read_lossy(&leasefile));
+    let site: Vec<&(Packet, Dhcp)> =
+        vm_msgs.iter().copied().filter(|(_, d)| d.op == 2 && !d.yiaddr.is_unspecified()).collect();
+    for (p, d) in &site {
+        let line = describe(p, d);
+        assert!(d.opt(67).is_none() && d.opt(66).is_none() && d.file.is_empty(), "dnsmasq sent boot options: {line}");
+        assert_eq!(d.opt(60), None, "dnsmasq's reply is not a PXE one: {line}");
+    }
+
+    // ramboot's proxy offers: no address, PXEClient, the script URL for this MAC, its
+    // own address as server identifier and source.
+    let url = format!("http://{PROXY_IP}:8080/boot.ipxe?mac={VM_MAC}");
+    let proxy: Vec<&(Packet, Dhcp)> =
+        vm_msgs.iter().copied().filter(|(_, d)| d.op == 2 && d.opt(60) == Some(b"PXEClient".as_slice())).collect();
+    assert!(!proxy.is_empty(), "no proxyDHCP offer from ramboot on the wire:\n{wire}");
+    for (p, d) in &proxy {
+        let line = describe(p, d);
+        assert!(d.yiaddr.is_unspecified(), "a proxy offer carries no address: {line}");
+        assert_eq!(d.opt_str(67).as_deref(), Some(url.as_str()), "boot file: {line}");
+        assert_eq!(d.file, url, "file field: {line}");
+        assert_eq!(d.siaddr, PROXY_IP, "{line}");
+        assert_eq!(d.opt_addr(54), Some(PROXY_IP), "server identifier: {line}");
+        assert_eq!((p.src, p.sport), (PROXY_IP, 67), "{line}");
+        assert!(d.kind() == "OFFER" && p.dport == 68, "proxy answers on 67 are OFFERs to the client port: {line}");
+    }
+
+    // (b) the GET for the script came from the address dnsmasq gave the VM.
+    let gets: Vec<(Ipv4Addr, String)> = packets
+        .iter()
+        .filter(|p| p.proto == 6 && p.dport == 8080 && p.payload.starts_with(b"GET "))
+        .map(|p| {
+            let text = String::from_utf8_lossy(&p.payload);
+            let target = text.split_whitespace().nth(1).unwrap_or_default().to_string();
+            (p.src, percent_decode(&target))
+        })
+        .collect();
+    let script_get = gets
+        .iter()
+        .find(|(_, target)| target.starts_with("/boot.ipxe?"))
+        .unwrap_or_else(|| panic!("no GET /boot.ipxe on the wire: {gets:?}"));
+    assert_eq!(script_get.1, format!("/boot.ipxe?mac={VM_MAC}"), "{gets:?}");
+    assert_eq!(script_get.0, vm_ip, "the script was fetched from {} instead of dnsmasq's {vm_ip}", script_get.0);
+    let console_text = strip_ansi(&read_lossy(&console));
+    assert!(console_text.contains(&format!("net0: {vm_ip}/255.255.255.0")), "iPXE's address:\n{console_text}");
+    assert!(console_text.contains(&url), "iPXE did not show the script URL:\n{console_text}");
+
+    // Did iPXE follow up with a ProxyDHCP REQUEST to port 4011? (iPXE skips it when the
+    // proxy offer already has next-server + boot file, as ramboot's does.)
+    let binl: Vec<&(Packet, Dhcp)> =
+        vm_msgs.iter().copied().filter(|(p, _)| p.dport == 4011 || p.sport == 4011).collect();
+    let binl_decisions =
+        log.lines().filter(|l| l.contains("DHCP decision") && l.contains("request=Some(Request)")).count();
+    assert!(!log.contains(" ERROR "), "ramboot logged errors:\n{log}");
+    eprintln!(
+        "{TEST}: VM {VM_MAC} got {vm_ip} from dnsmasq and fetched {url} from it, {boot_time:.1?} after QEMU started; \
+         {} proxy offer(s); port 4011: {} packet(s), {} REQUEST decision(s); test took {:.1?}",
+        proxy.len(),
+        binl.len(),
+        binl_decisions,
+        started.elapsed()
+    );
+}
