@@ -1,84 +1,37 @@
 //! TFTP: read-only service of the iPXE binaries under `ipxe/`.
 //!
-//! Transfers (RFC 1350 with the 2347/2348/2349/7440 options) are async-tftp's; what
-//! is ours is the handler: which names resolve to which files. Writes are refused
-//! and no name can leave the root: `..`, backslashes, control characters, overlong
-//! names and symlinks pointing outside are all turned away.
+//! The protocol is ours ([`core`]: a pure session state machine); this is the thin
+//! tokio layer around it. The server port takes requests; each read runs as its own
+//! task on its own port (the TFTP transfer ID), under a cap on concurrent sessions.
+//! Files are read once into memory and shared by every session that reads them
+//! (all nodes fetch the same few iPXE binaries), so a boot storm costs one copy.
+//!
+//! Names are resolved by [`crate::safe_path::resolve`]: `..`, backslashes, control
+//! characters, overlong names and symlinks pointing outside the root are refused.
+//! Write requests get "illegal operation".
+//!
+//! Why not async-tftp (used before): it ignores a client's ERROR (its issue #18), so
+//! a PXE ROM's tsize probe left a session resending into the void, and its window
+//! retransmission had bugs; a sans-I/O core is also what the rest of ramboot does.
 
+pub mod core;
+
+use self::core::{error_packet, negotiate, parse_client, parse_request, Limits, Send, Session, Step};
 use crate::safe_path::{resolve, PathError};
-use async_tftp::packet;
-use async_tftp::server::{Handler, TftpServerBuilder};
-use blocking::{unblock, Unblock};
-use std::fs::File;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
-/// Serves files under one directory, read-only.
-pub struct ReadOnlyDir {
-    root: PathBuf,
-}
-
-impl ReadOnlyDir {
-    pub fn new(root: &Path) -> std::io::Result<Self> {
-        Ok(ReadOnlyDir { root: std::fs::canonicalize(root)? })
-    }
-}
-
-impl Handler for ReadOnlyDir {
-    type Reader = Unblock<File>;
-    type Writer = Unblock<File>;
-
-    async fn read_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-    ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
-        let requested = path.to_string_lossy();
-        let real = match resolve(&self.root, &requested) {
-            Ok(real) => real,
-            Err(e) => {
-                let outcome = if matches!(e, PathError::NotFound | PathError::Empty) { "not_found" } else { "denied" };
-                metrics::counter!("ramboot_tftp_sessions_total", "outcome" => outcome).increment(1);
-                warn!(%client, file = %requested.escape_debug(), reason = %e, "TFTP read refused");
-                return Err(match e {
-                    PathError::NotFound | PathError::Empty => packet::Error::FileNotFound,
-                    _ => packet::Error::PermissionDenied,
-                });
-            }
-        };
-        let opened = unblock(move || {
-            let file = File::open(&real)?;
-            let len = file.metadata()?.len();
-            Ok::<_, std::io::Error>((file, len))
-        })
-        .await;
-        match opened {
-            Ok((file, len)) => {
-                metrics::counter!("ramboot_tftp_sessions_total", "outcome" => "served").increment(1);
-                metrics::counter!("ramboot_tftp_bytes_total").increment(len);
-                info!(%client, file = %requested, bytes = len, "TFTP read");
-                Ok((Unblock::new(file), Some(len)))
-            }
-            Err(e) => {
-                warn!(%client, file = %requested, error = %e, "TFTP open failed");
-                Err(packet::Error::FileNotFound)
-            }
-        }
-    }
-
-    async fn write_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-        _size: Option<u64>,
-    ) -> Result<Self::Writer, packet::Error> {
-        metrics::counter!("ramboot_tftp_sessions_total", "outcome" => "write_refused").increment(1);
-        warn!(%client, file = %path.display(), "TFTP write refused: this server is read-only");
-        Err(packet::Error::IllegalOperation)
-    }
-}
+/// Concurrent transfers; more are refused with an ERROR (the client retries).
+pub const MAX_SESSIONS: usize = 1024;
+/// Files larger than this are not served over TFTP (iPXE loads the rest by HTTP).
+const MAX_FILE: u64 = 128 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TftpError {
@@ -88,20 +41,219 @@ pub enum TftpError {
         #[source]
         source: std::io::Error,
     },
-    #[error("TFTP: {0}")]
-    Server(#[from] async_tftp::Error),
     #[error("TFTP socket: {0}")]
     Socket(#[from] std::io::Error),
 }
 
+/// Files read into memory, shared by sessions; a file is read again when its
+/// size or modification time changes.
+#[derive(Default)]
+struct FileCache {
+    files: Mutex<HashMap<PathBuf, CachedFile>>,
+}
+
+/// A file's bytes and the modification time they were read at.
+type CachedFile = (SystemTime, Arc<[u8]>);
+
+impl FileCache {
+    fn get(&self, path: &Path) -> std::io::Result<Arc<[u8]>> {
+        let meta = std::fs::metadata(path)?;
+        if meta.len() > MAX_FILE {
+            return Err(std::io::Error::other(format!("{} bytes is too large for TFTP", meta.len())));
+        }
+        let mtime = meta.modified()?;
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, bytes)) = files.get(path) {
+            if *seen == mtime && bytes.len() as u64 == meta.len() {
+                return Ok(bytes.clone());
+            }
+        }
+        let bytes: Arc<[u8]> = std::fs::read(path)?.into();
+        files.insert(path.to_path_buf(), (mtime, bytes.clone()));
+        Ok(bytes)
+    }
+}
+
 /// Serve `root` on `socket` until `cancel` fires.
 pub async fn serve(root: &Path, socket: std::net::UdpSocket, cancel: CancellationToken) -> Result<(), TftpError> {
-    let handler = ReadOnlyDir::new(root).map_err(|source| TftpError::Root { path: root.to_path_buf(), source })?;
+    serve_with(root, socket, Limits::default(), MAX_SESSIONS, cancel).await
+}
+
+pub async fn serve_with(
+    root: &Path,
+    socket: std::net::UdpSocket,
+    limits: Limits,
+    max_sessions: usize,
+    cancel: CancellationToken,
+) -> Result<(), TftpError> {
+    let root = std::fs::canonicalize(root).map_err(|source| TftpError::Root { path: root.to_path_buf(), source })?;
     socket.set_nonblocking(true)?;
-    let server = TftpServerBuilder::with_handler(handler).std_socket(socket)?.build().await?;
-    info!(addr = %server.listen_addr()?, root = %root.display(), "TFTP serving");
-    tokio::select! {
-        result = server.serve() => result.map_err(TftpError::from),
-        _ = cancel.cancelled() => Ok(()),
+    let socket = UdpSocket::from_std(socket)?;
+    let local = socket.local_addr()?;
+    info!(addr = %local, root = %root.display(), max_sessions, "TFTP serving");
+    let sessions = Arc::new(Semaphore::new(max_sessions));
+    let cache = Arc::new(FileCache::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut buf = vec![0u8; 1024];
+    loop {
+        let (len, client) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "TFTP receive failed");
+                    continue;
+                }
+            },
+            // Reap finished sessions so the set stays small.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        let request = match parse_request(&buf[..len]) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(%client, error = %e, "TFTP: not a request; ignored");
+                continue;
+            }
+        };
+        let refuse = |code: u16, message: String, outcome: &'static str| {
+            metrics::counter!("ramboot_tftp_sessions_total", "outcome" => outcome).increment(1);
+            let packet = error_packet(code, &message);
+            let socket = &socket;
+            async move {
+                let _ = socket.send_to(&packet, client).await;
+            }
+        };
+        if request.write {
+            warn!(%client, file = %request.filename.escape_debug(), "TFTP write refused: this server is read-only");
+            refuse(self::core::code::ILLEGAL_OPERATION, "read-only server: writes are refused".into(), "write_refused")
+                .await;
+            continue;
+        }
+        let real = match resolve(&root, &request.filename) {
+            Ok(real) => real,
+            Err(e) => {
+                let (code, outcome) = match e {
+                    PathError::NotFound | PathError::Empty => (self::core::code::FILE_NOT_FOUND, "not_found"),
+                    _ => (self::core::code::ACCESS_VIOLATION, "denied"),
+                };
+                warn!(%client, file = %request.filename.escape_debug(), reason = %e, "TFTP read refused");
+                refuse(code, e.to_string(), outcome).await;
+                continue;
+            }
+        };
+        let Ok(permit) = sessions.clone().try_acquire_owned() else {
+            warn!(%client, max_sessions, "TFTP session cap reached; request refused (the client will retry)");
+            refuse(self::core::code::NOT_DEFINED, "server busy, retry".into(), "busy").await;
+            continue;
+        };
+        let bytes = {
+            let (cache, real) = (cache.clone(), real.clone());
+            tokio::task::spawn_blocking(move || cache.get(&real)).await
+        };
+        let bytes = match bytes {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                warn!(%client, file = %real.display(), error = %e, "TFTP open failed");
+                refuse(self::core::code::FILE_NOT_FOUND, e.to_string(), "not_found").await;
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "TFTP file read task failed");
+                continue;
+            }
+        };
+        let span = info_span!("tftp", %client, file = %request.filename);
+        let cancel = cancel.clone();
+        let options = request.options;
+        tasks.spawn(
+            async move {
+                let _permit = permit;
+                if let Err(e) = transfer(local, client, &options, bytes, limits, cancel).await {
+                    warn!(error = %e, "TFTP session socket failed");
+                }
+            }
+            .instrument(span),
+        );
+    }
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Run one read session from a fresh port (the server's transfer ID).
+async fn transfer(
+    local: SocketAddr,
+    client: SocketAddr,
+    options: &[(String, String)],
+    file: Arc<[u8]>,
+    limits: Limits,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let socket = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
+    // Connected: the kernel drops packets from any other transfer ID.
+    socket.connect(client).await?;
+    let negotiated = negotiate(options, file.len() as u64, &limits);
+    let (mut session, mut step) = Session::start(&negotiated, file.len() as u64, &limits);
+    let started = std::time::Instant::now();
+    let mut packet = Vec::with_capacity(usize::from(negotiated.blksize) + 4);
+    let mut buf = vec![0u8; 1024];
+    let mut deadline = tokio::time::Instant::now();
+    loop {
+        match step {
+            Step::Send(sends) => {
+                deadline = tokio::time::Instant::now() + session.timeout();
+                for send in sends {
+                    match send {
+                        Send::Oack => {
+                            socket.send(negotiated.oack.as_deref().unwrap_or_default()).await?;
+                        }
+                        Send::Data { index, offset, len } => {
+                            let offset = offset as usize;
+                            packet.clear();
+                            packet.extend_from_slice(&self::core::data_header(index as u16));
+                            packet.extend_from_slice(&file[offset..offset + len]);
+                            socket.send(&packet).await?;
+                        }
+                    }
+                }
+            }
+            // A duplicate ACK: keep waiting, but not longer than for what we sent.
+            Step::Wait => {}
+            Step::Done => {
+                let secs = started.elapsed().as_secs_f64();
+                metrics::counter!("ramboot_tftp_sessions_total", "outcome" => "served").increment(1);
+                metrics::counter!("ramboot_tftp_bytes_total").increment(file.len() as u64);
+                info!(
+                    bytes = file.len(),
+                    blksize = negotiated.blksize,
+                    windowsize = negotiated.windowsize,
+                    ms = (secs * 1000.0) as u64,
+                    "TFTP read"
+                );
+                return Ok(());
+            }
+            Step::Abort(reason) => {
+                if reason.is_tsize_probe() {
+                    metrics::counter!("ramboot_tftp_sessions_total", "outcome" => "tsize_probe").increment(1);
+                    debug!(%reason, "TFTP: client read the size and ended the session");
+                } else {
+                    metrics::counter!("ramboot_tftp_sessions_total", "outcome" => "aborted").increment(1);
+                    warn!(%reason, "TFTP transfer aborted");
+                }
+                return Ok(());
+            }
+        }
+        step = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = tokio::time::timeout_at(deadline, socket.recv(&mut buf)) => match r {
+                Err(_) => session.on_timeout(),
+                // ICMP port unreachable: the client went away; resends run out fast.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => session.on_timeout(),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(n)) => match parse_client(&buf[..n]) {
+                    Ok(p) => session.on_packet(&p),
+                    Err(_) => Step::Wait,
+                },
+            },
+        };
     }
 }

@@ -1,0 +1,145 @@
+use super::*;
+
+fn rrq(filename: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    let mut p = OP_RRQ.to_be_bytes().to_vec();
+    for field in [filename, "octet"].into_iter().chain(options.iter().flat_map(|(n, v)| [*n, *v])) {
+        p.extend_from_slice(field.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+fn data_indices(step: &Step) -> Vec<u64> {
+    match step {
+        Step::Send(v) => v
+            .iter()
+            .filter_map(|s| match s {
+                Send::Data { index, .. } => Some(*index),
+                Send::Oack => None,
+            })
+            .collect(),
+        other => panic!("expected packets, got {other:?}"),
+    }
+}
+
+fn session(len: u64, options: &[(&str, &str)]) -> (Session, Step, Negotiated) {
+    let opts: Vec<(String, String)> = options.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    let n = negotiate(&opts, len, &Limits::default());
+    let (s, step) = Session::start(&n, len, &Limits::default());
+    (s, step, n)
+}
+
+#[test]
+fn requests_parse_with_options_case_insensitively() {
+    let r = parse_request(&rrq("undionly.kpxe", &[("BLKSIZE", "1468"), ("tsize", "0")])).unwrap();
+    assert_eq!((r.write, r.filename.as_str(), r.mode.as_str()), (false, "undionly.kpxe", "octet"));
+    assert_eq!(r.options, vec![("blksize".into(), "1468".into()), ("tsize".into(), "0".into())]);
+    for bad in
+        [&b"\x00"[..], b"\x00\x01file", b"\x00\x01\x00octet\x00", b"\x00\x01f\x00octet\x00blksize\x00", b"\x00\x03xx"]
+    {
+        assert!(parse_request(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn negotiation_caps_values_and_answers_only_known_options() {
+    let (_, first, n) = session(3000, &[("blksize", "9000"), ("windowsize", "500"), ("tsize", "0"), ("colour", "red")]);
+    assert_eq!((n.blksize, n.windowsize), (1468, 64));
+    assert_eq!(first, Step::Send(vec![Send::Oack]));
+    let oack = n.oack.unwrap();
+    assert_eq!(&oack[..2], &OP_OACK.to_be_bytes());
+    assert_eq!(&oack[2..], b"blksize\x001468\x00windowsize\x0064\x00tsize\x003000\x00");
+    // No options: no OACK, straight to block 1 at 512 bytes.
+    let (_, first, n) = session(3000, &[]);
+    assert!(n.oack.is_none());
+    assert_eq!(first, Step::Send(vec![Send::Data { index: 1, offset: 0, len: 512 }]));
+}
+
+#[test]
+fn lockstep_transfer_ends_with_a_short_block_even_when_empty() {
+    let (mut s, first, _) = session(1024, &[]);
+    assert_eq!(data_indices(&first), [1]);
+    assert_eq!(s.on_packet(&ClientPacket::Ack(1)), Step::Send(vec![Send::Data { index: 2, offset: 512, len: 512 }]));
+    // 1024 is a multiple of 512: an empty third block says "end".
+    assert_eq!(s.on_packet(&ClientPacket::Ack(2)), Step::Send(vec![Send::Data { index: 3, offset: 1024, len: 0 }]));
+    assert_eq!(s.on_packet(&ClientPacket::Ack(3)), Step::Done);
+    assert!(s.is_finished());
+}
+
+#[test]
+fn windows_advance_on_full_and_partial_acks_and_ignore_duplicates() {
+    let (mut s, first, _) = session(10 * 1468, &[("blksize", "1468"), ("windowsize", "4")]);
+    assert_eq!(first, Step::Send(vec![Send::Oack]));
+    assert_eq!(data_indices(&s.on_packet(&ClientPacket::Ack(0))), [1, 2, 3, 4]);
+    assert_eq!(data_indices(&s.on_packet(&ClientPacket::Ack(4))), [5, 6, 7, 8]);
+    // Block 7 was lost: the client acknowledges 6, we go on from 7.
+    assert_eq!(data_indices(&s.on_packet(&ClientPacket::Ack(6))), [7, 8, 9, 10]);
+    assert_eq!(s.on_packet(&ClientPacket::Ack(6)), Step::Wait, "duplicate ACK: no resend");
+    assert_eq!(s.on_packet(&ClientPacket::Ack(2)), Step::Wait, "stale ACK");
+    assert_eq!(data_indices(&s.on_packet(&ClientPacket::Ack(10))), [11]);
+    assert_eq!(s.on_packet(&ClientPacket::Ack(11)), Step::Done);
+}
+
+#[test]
+fn block_numbers_roll_over_past_65535() {
+    let len = 70_000 * 8 + 3;
+    let (mut s, _, _) = session(len, &[("blksize", "8"), ("windowsize", "64")]);
+    let mut acked = 0u64;
+    let mut step = s.on_packet(&ClientPacket::Ack(0));
+    loop {
+        let last = *data_indices(&step).last().unwrap();
+        assert_eq!(last, (acked + 64).min(70_001));
+        acked = last;
+        step = s.on_packet(&ClientPacket::Ack(last as u16));
+        if step == Step::Done {
+            break;
+        }
+    }
+    assert_eq!(acked, 70_001);
+}
+
+#[test]
+fn timeouts_resend_with_backoff_then_give_up() {
+    let (mut s, _, _) = session(5000, &[("blksize", "1000"), ("windowsize", "2"), ("timeout", "2")]);
+    assert_eq!(s.timeout(), Duration::from_secs(2));
+    assert_eq!(s.on_timeout(), Step::Send(vec![Send::Oack]), "OACK resent");
+    assert_eq!(s.timeout(), Duration::from_secs(4));
+    assert_eq!(data_indices(&s.on_packet(&ClientPacket::Ack(0))), [1, 2]);
+    assert_eq!(s.timeout(), Duration::from_secs(2), "an answer resets the back-off");
+    for _ in 0..5 {
+        assert_eq!(data_indices(&s.on_timeout()), [1, 2]);
+    }
+    assert_eq!(s.timeout(), Duration::from_secs(16), "capped at 8x");
+    assert_eq!(s.on_timeout(), Step::Abort(AbortReason::Timeout(5)));
+}
+
+#[test]
+fn a_client_error_ends_the_session_and_tsize_probes_are_recognised() {
+    let (mut s, _, _) = session(5000, &[("tsize", "0")]);
+    let error = parse_client(b"\x00\x05\x00\x08tsize probe\x00").unwrap();
+    let Step::Abort(reason) = s.on_packet(&error) else { panic!() };
+    assert!(reason.is_tsize_probe(), "{reason}");
+    assert!(s.is_finished());
+    assert_eq!(s.on_timeout(), Step::Done, "no resends after an ERROR");
+}
+
+proptest::proptest! {
+    /// Whatever the client sends, the session never panics, never sends a block
+    /// past the end, and ends within a bounded number of steps.
+    #[test]
+    fn arbitrary_client_behaviour(len in 0u64..20_000, blk in 8u16..2000, win in 1u16..20,
+                                  acks in proptest::collection::vec(proptest::prelude::any::<Option<u16>>(), 0..300)) {
+        let (blk, win) = (blk.to_string(), win.to_string());
+        let (mut s, _, _) = session(len, &[("blksize", &blk), ("windowsize", &win)]);
+        for ack in acks {
+            let step = match ack { Some(a) => s.on_packet(&ClientPacket::Ack(a)), None => s.on_timeout() };
+            if let Step::Send(v) = step {
+                for p in v {
+                    if let Send::Data { offset, len: n, .. } = p {
+                        proptest::prop_assert!(offset + n as u64 <= len);
+                    }
+                }
+            }
+        }
+    }
+}
