@@ -34,6 +34,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+/// Kernel receive buffer per DHCP socket: a few thousand requests.
+const RECEIVE_BUFFER: usize = 4 << 20;
 /// Packets waiting for the decider; beyond this they are dropped (and counted).
 const INBOX: usize = 1024;
 /// Lease changes waiting for the committer; a full queue slows the decider down.
@@ -79,6 +81,11 @@ pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpIoError> {
     socket.set_broadcast(true).map_err(err)?;
     socket.bind_device(Some(interface.as_bytes())).map_err(err)?;
     sock::setsockopt(&socket, sock::sockopt::Ipv4PacketInfo, &true).map_err(|e| err(e.into()))?;
+    // A deep receive queue absorbs bursts while the committer holds the CPU (a boot
+    // storm arrives all at once); as root, past net.core.rmem_max.
+    if sock::setsockopt(&socket, sock::sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+        let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
+    }
     socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into()).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     UdpSocket::from_std(socket.into()).map_err(err)

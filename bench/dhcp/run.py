@@ -1,0 +1,846 @@
+#!/usr/bin/env python3
+"""DHCPv4 rate sweep: ramboot vs Kea vs dnsmasq, driven by perfdhcp, in one run.
+
+Topology: two network namespaces (rbb<pid>s = server, rbb<pid>c = client) joined by
+a veth pair, 10.77.0.1/16 <-> 10.77.0.2/16. perfdhcp runs in the client namespace
+with `-l <veth>`; it behaves as a relay (giaddr = 10.77.0.2) and sends to 10.77.0.1.
+
+Per server and run: a rate sweep (4-way DORA, 10,000 client MACs) that stops after
+the first step with >= 1 % drops, one bisection, a fixed-rate CPU measurement and
+one "unlimited offered load" step. Every step starts a fresh server with an empty
+lease store. Results: a table on stdout (medians over --runs), JSON in --out.
+
+Python 3.11, stdlib only. Needs root (namespaces), perfdhcp, kea-dhcp4, dnsmasq.
+See README.md next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+SERVER_IP = "10.77.0.1"
+CLIENT_IP = "10.77.0.2"
+PREFIX = 16
+SUBNET = "10.77.0.0/16"
+POOL = ("10.77.1.0", "10.77.60.255")  # 15,360 addresses for 10,000 clients
+LEASE_SECS = 3600
+DEFAULT_RATES = [100, 250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 64000]
+DROP_LIMIT_PCT = 1.0  # a step passes with fewer drops than this...
+MIN_COMPLETION = 0.9  # ...and at least this share of the target rate completed
+PROBE_MAC = "02:72:62:00:00:01"  # readiness probe; outside perfdhcp's -R range
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# perfdhcp -x t archives every packet: measured ~5.5 KB per packet, two per exchange.
+PERFDHCP_BYTES_PER_EXCHANGE = 12 * 1024
+ALL_SERVERS = ("ramboot", "kea", "dnsmasq")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+def run(cmd: list[str], timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+# --------------------------------------------------------------------------- topology
+
+
+class Topology:
+    """Two namespaces named after our PID, joined by a veth pair."""
+
+    def __init__(self) -> None:
+        pid = os.getpid()
+        self.server_ns = f"rbb{pid}s"
+        self.client_ns = f"rbb{pid}c"
+        self.server_if = f"rbb{pid}s"  # veth end inside the server namespace
+        self.client_if = f"rbb{pid}c"  # veth end inside the client namespace
+        self.created: list[str] = []
+
+    def up(self) -> None:
+        existing = run(["ip", "netns", "list"]).stdout.split()
+        for ns in (self.server_ns, self.client_ns):
+            if ns in existing:
+                raise BenchError(f"network namespace {ns} already exists")
+        for ns in (self.server_ns, self.client_ns):
+            run(["ip", "netns", "add", ns])
+            self.created.append(ns)
+        # Created directly inside the namespaces: nothing appears in the host's.
+        run(["ip", "link", "add", self.server_if, "netns", self.server_ns, "type", "veth",
+             "peer", "name", self.client_if, "netns", self.client_ns])
+        for ns, ifname, ip in ((self.server_ns, self.server_if, SERVER_IP),
+                               (self.client_ns, self.client_if, CLIENT_IP)):
+            run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], check=False)
+            run(["ip", "-n", ns, "addr", "add", f"{ip}/{PREFIX}", "dev", ifname])
+            run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            run(["ip", "-n", ns, "link", "set", ifname, "up"])
+
+    def down(self) -> None:
+        for ns in reversed(self.created):
+            p = run(["ip", "netns", "del", ns], check=False)
+            if p.returncode != 0:
+                log(f"warning: could not delete namespace {ns}: {p.stderr.strip()}")
+        self.created.clear()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Procs:
+    """Every process this script started, so cleanup can end exactly those, by PID."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, subprocess.Popen] = {}
+
+    def start(self, cmd: list[str], **kw: Any) -> subprocess.Popen:
+        # Own session: a Ctrl-C reaches only this script, which then stops them in order.
+        p = subprocess.Popen(cmd, start_new_session=True, **kw)
+        self.live[p.pid] = p
+        return p
+
+    def stop(self, p: subprocess.Popen, grace: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after `grace` seconds; only while it is still our child."""
+        try:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=10)
+        finally:
+            self.live.pop(p.pid, None)
+        return p.returncode
+
+    def stop_all(self) -> None:
+        for p in list(self.live.values()):
+            try:
+                self.stop(p, grace=3.0)
+            except Exception as e:  # keep cleaning up the rest
+                log(f"warning: stopping pid {p.pid}: {e}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (all threads), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Server:
+    name: str
+    workdir: Path
+    topo: Topology
+    args: argparse.Namespace
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def leases_in_store(self) -> int | None:
+        """Leases the server persisted (read after it stopped): a sanity cross-check."""
+        return None
+
+    def version(self) -> str:
+        return ""
+
+
+class Ramboot(Server):
+    def command(self):
+        d = self.workdir
+        for sub in ("data", "profiles", "ipxe"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        cfg = d / "ramboot.yaml"
+        cfg.write_text(
+            f"""interface: {self.topo.server_if}
+server_address: {SERVER_IP}
+http:
+  listen: {SERVER_IP}:18080
+tftp:
+  listen: {SERVER_IP}:10069
+dhcp:
+  subnet: {SUBNET}
+  range: [{POOL[0]}, {POOL[1]}]
+  lease_time_secs: {LEASE_SECS}
+paths:
+  data: {d}/data
+  profiles: {d}/profiles
+  ipxe: {d}/ipxe
+"""
+        )
+        env = {"RUST_LOG": "info" if self.args.verbose_servers else "warn", "NO_COLOR": "1"}
+        return [str(self.args.ramboot_bin), "serve", "--config", str(cfg)], env
+
+    def leases_in_store(self):
+        db = self.workdir / "data" / "ramboot.db"
+        if not db.exists():
+            return None
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                return con.execute("SELECT count(*) FROM leases").fetchone()[0]
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return None  # schema changed: the check is best-effort
+
+    def version(self):
+        p = run([str(self.args.ramboot_bin), "--version"], check=False)
+        return p.stdout.strip()
+
+
+class Kea(Server):
+    def command(self):
+        d = self.workdir
+        cfg = {
+            "Dhcp4": {
+                "interfaces-config": {"interfaces": [self.topo.server_if]},
+                "lease-database": {
+                    "type": "memfile",
+                    "persist": True,
+                    "name": str(d / "kea-leases4.csv"),
+                    "lfc-interval": 0,  # no lease-file cleanup child during a step
+                },
+                "valid-lifetime": LEASE_SECS,
+                "subnet4": [{"id": 1, "subnet": SUBNET, "pools": [{"pool": f"{POOL[0]} - {POOL[1]}"}]}],
+                "loggers": [{
+                    "name": "kea-dhcp4",
+                    "output_options": [{"output": str(d / "kea.log")}],
+                    "severity": "INFO" if self.args.verbose_servers else "WARN",
+                }],
+            }
+        }
+        path = d / "kea-dhcp4.json"
+        path.write_text(json.dumps(cfg, indent=2))
+        # Own PID/lock files: a system kea-dhcp4 (or a parallel bench) must not clash.
+        env = {"KEA_PIDFILE_DIR": str(d), "KEA_LOCKFILE_DIR": str(d), "KEA_LOGGER_DESTINATION": str(d / "kea.log")}
+        return [self.args.kea_bin, "-c", str(path)], env
+
+    def leases_in_store(self):
+        f = self.workdir / "kea-leases4.csv"
+        if not f.exists():
+            return None
+        addrs = set()
+        with open(f) as fh:
+            next(fh, None)  # header
+            for line in fh:
+                addrs.add(line.split(",", 1)[0])
+        return len(addrs)
+
+    def version(self):
+        return run([self.args.kea_bin, "-v"], check=False).stdout.strip()
+
+
+class Dnsmasq(Server):
+    def command(self):
+        d = self.workdir
+        cmd = [
+            self.args.dnsmasq_bin, "--no-daemon", "--conf-file=/dev/null", "--port=0",
+            f"--interface={self.topo.server_if}", "--bind-interfaces",
+            f"--dhcp-range={POOL[0]},{POOL[1]},255.255.0.0,{LEASE_SECS}",
+            f"--dhcp-leasefile={d / 'dnsmasq.leases'}",
+            "--dhcp-lease-max=20000",  # default is 1000 leases
+            "--no-ping",  # default pings each new address before offering it (see README)
+            f"--pid-file={d / 'dnsmasq.pid'}",
+            "--user=root",  # the work dir is 0700; don't drop to nobody
+            f"--log-facility={d / 'dnsmasq.log'}",
+        ]
+        if not self.args.verbose_servers:
+            cmd.append("--quiet-dhcp")
+        return cmd, {}
+
+    def leases_in_store(self):
+        f = self.workdir / "dnsmasq.leases"
+        if not f.exists():
+            return None
+        with open(f) as fh:
+            return sum(1 for line in fh if line.strip())
+
+    def version(self):
+        return run([self.args.dnsmasq_bin, "--version"], check=False).stdout.splitlines()[0].strip()
+
+
+SERVER_CLASSES = {"ramboot": Ramboot, "kea": Kea, "dnsmasq": Dnsmasq}
+
+
+# --------------------------------------------------------------------------- perfdhcp
+
+
+def parse_iso_duration(s: str) -> float:
+    """boost to_iso_string of a duration: HHMMSS.ffffff (hours may have more digits)."""
+    whole, _, frac = s.strip().partition(".")
+    hh = int(whole[:-4] or 0)
+    return hh * 3600 + int(whole[-4:-2]) * 60 + int(whole[-2:]) + (float("0." + frac) if frac else 0.0)
+
+
+_KV = re.compile(r"^(sent packets|received packets|drops|orphans|rejected leases|non unique addresses|collected packets): (\d+)$")
+_DELAY = re.compile(r"^(min|avg|max) delay: ([0-9.]+) ms$")
+_STDDEV = re.compile(r"^std deviation: ([0-9.]+) ms$")
+_RATE = re.compile(r"^Rate: ([0-9.eE+-]+)")
+_TS = re.compile(r"^sent / received: (\S+) / (\S+)$")
+
+
+def parse_perfdhcp(text: str) -> dict:
+    """perfdhcp 2.2 final report (+ `-x t` timestamps) -> numbers."""
+    out: dict[str, Any] = {"rate_line": None, "malformed": None, "exchanges": {}}
+    lat: dict[str, list[float]] = {}
+    section, kind = None, None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if m := re.match(r"^\*\*\*Statistics for: (.+)\*\*\*$", line):
+            section, kind = m.group(1), "stats"
+            out["exchanges"].setdefault(section, {})
+            continue
+        if m := re.match(r"^\*\*\*Timestamps for packets: (.+)\*\*\*$", line):
+            section, kind = m.group(1), "ts"
+            lat.setdefault(section, [])
+            continue
+        if line.startswith("***"):
+            section, kind = None, None
+        if m := _RATE.match(line):
+            out["rate_line"] = float(m.group(1))
+        elif line.startswith("Malformed packets:"):
+            out["malformed"] = int(line.split(":")[1])
+        elif kind == "stats":
+            ex = out["exchanges"][section]
+            if m := _KV.match(line):
+                ex[m.group(1).replace(" ", "_")] = int(m.group(2))
+            elif m := _DELAY.match(line):
+                ex[f"{m.group(1)}_ms"] = float(m.group(2))
+            elif m := _STDDEV.match(line):
+                ex["stddev_ms"] = float(m.group(1))
+        elif kind == "ts" and (m := _TS.match(line)):
+            lat[section].append((parse_iso_duration(m.group(2)) - parse_iso_duration(m.group(1))) * 1000.0)
+    out["latencies_ms"] = lat
+    return out
+
+
+def percentile(sorted_vals: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_vals:
+        return None
+    k = max(0, math.ceil(p / 100.0 * len(sorted_vals)) - 1)
+    return sorted_vals[k]
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    topo: Topology
+    procs: Procs
+    perfdhcp_version: str = ""
+    server_versions: dict = field(default_factory=dict)
+
+    def pin(self, cpus: str | None) -> list[str]:
+        return ["taskset", "-c", cpus] if cpus else []
+
+    def ns_exec(self, ns: str, cpus: str | None, cmd: list[str], env: dict | None = None) -> list[str]:
+        # `ip netns exec` and taskset exec in place: the PID we get is the program's.
+        pre = ["ip", "netns", "exec", ns] + self.pin(cpus)
+        if env:
+            pre += ["env"] + [f"{k}={v}" for k, v in env.items()]
+        return pre + cmd
+
+    # ---- server lifecycle
+
+    def start_server(self, name: str) -> Server:
+        workdir = Path(tempfile.mkdtemp(prefix=f"rbb-{name}-", dir=self.args.workdir))
+        srv = SERVER_CLASSES[name](name=name, workdir=workdir, topo=self.topo, args=self.args)
+        cmd, env = srv.command()
+        srv.log_path = workdir / "server.out"
+        with open(srv.log_path, "w") as logf:
+            srv.proc = self.procs.start(self.ns_exec(self.topo.server_ns, self.args.server_cpus, cmd, env),
+                                        stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            self.wait_ready(srv)
+        except BaseException as e:
+            self.stop_server(srv, keep=isinstance(e, BenchError))  # keep its logs to debug
+            raise
+        return srv
+
+    def wait_ready(self, srv: Server) -> None:
+        """Ready once it completes one full DORA for a probe client (at most 20 s)."""
+        deadline = time.monotonic() + 20
+        while True:
+            if srv.proc.poll() is not None:
+                raise BenchError(f"{srv.name} exited with {srv.proc.returncode} at start:\n{self.log_tail(srv)}")
+            p = self.perfdhcp(["-n", "1", "-b", f"mac={PROBE_MAC}", "-d", "0.5", "-W", "200000"], timeout=10)
+            if p is not None:
+                res = parse_perfdhcp(p)
+                if res["exchanges"].get("REQUEST-ACK", {}).get("received_packets", 0) >= 1:
+                    return
+            if time.monotonic() > deadline:
+                raise BenchError(f"{srv.name} did not complete a probe DORA within 20 s:\n{self.log_tail(srv)}")
+            time.sleep(0.3)
+
+    def stop_server(self, srv: Server, keep: bool = False) -> dict:
+        info: dict[str, Any] = {}
+        if srv.proc is not None:
+            crashed = srv.proc.poll() is not None
+            rc = self.procs.stop(srv.proc)
+            info["exited_during_step"] = crashed
+            if crashed:
+                info["exit_code"] = rc
+                info["log_tail"] = self.log_tail(srv)
+        info["leases_in_store"] = srv.leases_in_store()
+        if self.args.keep_workdirs or keep:
+            log(f"  (kept {srv.workdir})")
+        else:
+            shutil.rmtree(srv.workdir, ignore_errors=True)
+        return info
+
+    @staticmethod
+    def log_tail(srv: Server, n: int = 15) -> str:
+        lines: list[str] = []
+        for path in (srv.log_path, srv.workdir / "kea.log", srv.workdir / "dnsmasq.log"):
+            if path and path.exists():
+                lines += path.read_text(errors="replace").splitlines()[-n:]
+        return "\n".join(lines[-n:])
+
+    # ---- perfdhcp
+
+    def perfdhcp(self, extra: list[str], timeout: float) -> str | None:
+        """Run perfdhcp in the client namespace; stdout, or None if it failed to run."""
+        cmd = self.ns_exec(self.topo.client_ns, self.args.client_cpus,
+                           [self.args.perfdhcp_bin, "-4", "-l", self.topo.client_if] + extra + [SERVER_IP])
+        p = self.procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.procs.stop(p, grace=2)
+            out, err = p.communicate()
+            log(f"  warning: perfdhcp exceeded {timeout:.0f} s and was stopped")
+        finally:
+            if p.poll() is None:  # interrupted: end it now, by its PID
+                self.procs.stop(p, grace=2)
+            self.procs.live.pop(p.pid, None)
+        # Exit 3 = "some exchanges not completed": normal under load.
+        if p.returncode not in (0, 3):
+            if not out or "***Statistics" not in out:
+                log(f"  perfdhcp exit {p.returncode}: {(err or out).strip()[-400:]}")
+                return None
+        return out
+
+    def step(self, name: str, rate: int, run_idx: int, timestamps: bool) -> dict:
+        """One fixed-rate step against a freshly started server with an empty store."""
+        secs = self.args.step_seconds
+        srv = self.start_server(name)
+        pid = srv.proc.pid
+        extra = ["-R", str(self.args.clients), "-r", str(rate), "-p", str(secs),
+                 "-W", str(int(self.args.exit_wait * 1e6)), "-s", str(run_idx + 1)]
+        if timestamps:
+            extra += ["-x", "t"]
+        try:
+            cpu0 = cpu_seconds(pid)
+            t0 = time.monotonic()
+            text = self.perfdhcp(extra, timeout=secs + self.args.exit_wait + 60)
+            wall = time.monotonic() - t0
+            try:
+                cpu1 = cpu_seconds(pid)
+            except FileNotFoundError:
+                cpu1 = None
+        finally:
+            stop_info = self.stop_server(srv)
+        res = parse_perfdhcp(text or "")
+        do = res["exchanges"].get("DISCOVER-OFFER", {})
+        ra = res["exchanges"].get("REQUEST-ACK", {})
+        do_sent, do_rcvd = do.get("sent_packets", 0), do.get("received_packets", 0)
+        ra_sent, ra_rcvd = ra.get("sent_packets", 0), ra.get("received_packets", 0)
+        # Share of started exchanges that completed. REQUESTs perfdhcp never sent
+        # because the OFFER came during the -W exit wait are not drops (hence the product).
+        if do_sent and ra_sent:
+            drop_pct = 100.0 * (1.0 - (do_rcvd / do_sent) * (ra_rcvd / ra_sent))
+        else:
+            drop_pct = 100.0
+        completed_ps = ra_rcvd / secs
+        lat = {}
+        for ex_name, key in (("DISCOVER-OFFER", "do"), ("REQUEST-ACK", "ra")):
+            vals = sorted(res["latencies_ms"].get(ex_name, []))
+            ex = res["exchanges"].get(ex_name, {})
+            lat[key] = {
+                "p50_ms": percentile(vals, 50), "p99_ms": percentile(vals, 99), "samples": len(vals),
+                "min_ms": ex.get("min_ms"), "avg_ms": ex.get("avg_ms"), "max_ms": ex.get("max_ms"),
+            }
+        cpu_s = (cpu1 - cpu0) if cpu1 is not None else None
+        client_limited = do_sent < MIN_COMPLETION * rate * secs
+        ok = (text is not None and ra_rcvd > 0 and not stop_info["exited_during_step"])
+        passed = ok and drop_pct < DROP_LIMIT_PCT and completed_ps >= MIN_COMPLETION * rate
+        return {
+            "server": name, "run": run_idx + 1, "target_rate": rate, "seconds": secs, "wall_s": round(wall, 2),
+            "discover_sent": do_sent, "offer_received": do_rcvd, "request_sent": ra_sent, "ack_received": ra_rcvd,
+            "orphans": do.get("orphans", 0) + ra.get("orphans", 0), "malformed": res["malformed"],
+            "perfdhcp_drops": {"do": do.get("drops"), "ra": ra.get("drops")},
+            "perfdhcp_rate_line": res["rate_line"],
+            "offered_per_s": do_sent / secs, "completed_per_s": completed_ps, "drop_pct": drop_pct,
+            "latency": lat, "server_cpu_s": cpu_s,
+            "cpu_us_per_exchange": (cpu_s * 1e6 / ra_rcvd) if (cpu_s is not None and ra_rcvd) else None,
+            "client_limited": client_limited, "answered": ra_rcvd > 0, "ok": ok, "passed": passed,
+            **stop_info,
+        }
+
+    def describe(self, s: dict) -> str:
+        ra = s["latency"]["ra"]
+        lat = (f"ACK p50 {fmt(ra['p50_ms'], 2)} p99 {fmt(ra['p99_ms'], 2)} ms" if ra["samples"]
+               else f"ACK avg {fmt(ra['avg_ms'], 2)} max {fmt(ra['max_ms'], 2)} ms")
+        verdict = "pass" if s["passed"] else "FAIL"
+        if not s["answered"]:
+            verdict += " (no ACKs!)"
+        if s["client_limited"]:
+            verdict += " (perfdhcp could not offer the target rate)"
+        if s.get("exited_during_step"):
+            verdict += f" (server exited {s.get('exit_code')})"
+        return (f"offered {s['offered_per_s']:.0f}/s, completed {s['completed_per_s']:.0f}/s, "
+                f"drops {s['drop_pct']:.2f} %, {lat}, cpu {fmt(s['cpu_us_per_exchange'], 1)} us/exch, "
+                f"{s['leases_in_store']} leases stored -> {verdict}")
+
+    def run_step(self, name: str, rate: int, run_idx: int, label: str, timestamps: bool | None = None) -> dict:
+        if timestamps is None:
+            timestamps = rate * self.args.step_seconds <= self.args.timestamp_limit
+        log(f"run {run_idx + 1}/{self.args.runs} {name}: {label} {rate}/s for {self.args.step_seconds} s ...")
+        s = self.step(name, rate, run_idx, timestamps)
+        s["label"] = label
+        log(f"run {run_idx + 1}/{self.args.runs} {name}: {label} {rate}/s: {self.describe(s)}")
+        return s
+
+    def sweep(self, name: str, run_idx: int) -> dict:
+        steps: list[dict] = []
+        last_pass: dict | None = None
+        first_fail: dict | None = None
+        for rate in self.args.rates:
+            s = self.run_step(name, rate, run_idx, "sweep")
+            steps.append(s)
+            if not s["answered"] and last_pass is None:
+                raise BenchError(f"{name} sent no ACKs at {rate}/s: misconfigured or broken, not slow")
+            if s["passed"]:
+                last_pass = s
+            else:
+                first_fail = s
+                break
+        if self.args.bisect and first_fail is not None:
+            lo = last_pass["target_rate"] if last_pass else 0
+            mid = (lo + first_fail["target_rate"]) // 2
+            if mid > lo and mid >= 10:
+                s = self.run_step(name, mid, run_idx, "bisect")
+                steps.append(s)
+                if s["passed"]:
+                    last_pass = s
+        cpu_step = next((s for s in steps if s["target_rate"] == self.args.cpu_rate), None)
+        if cpu_step is None:
+            cpu_step = self.run_step(name, self.args.cpu_rate, run_idx, "cpu")
+            steps.append(cpu_step)
+        unl = self.run_step(name, self.args.unlimited_rate, run_idx, "unlimited",
+                            timestamps=self.args.unlimited_timestamps)
+        steps.append(unl)
+        return {
+            "server": name,
+            "run": run_idx + 1,
+            "sustained_rate": last_pass["completed_per_s"] if last_pass else 0.0,
+            "sustained_target": last_pass["target_rate"] if last_pass else None,
+            "lowest_tried": min(s["target_rate"] for s in steps if s["label"] in ("sweep", "bisect")),
+            "first_failing_target": first_fail["target_rate"] if first_fail else None,
+            "sweep_hit_max_rate": first_fail is None,
+            "sustained_latency": last_pass["latency"] if last_pass else None,
+            "fixed_rate": self.args.cpu_rate,
+            "fixed_rate_passed": cpu_step["passed"],
+            "fixed_rate_latency": cpu_step["latency"],
+            "cpu_us_per_exchange": cpu_step["cpu_us_per_exchange"],
+            "unlimited": {k: unl[k] for k in ("target_rate", "offered_per_s", "completed_per_s", "drop_pct",
+                                              "latency", "cpu_us_per_exchange", "answered")},
+            "steps": steps,
+        }
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def fmt(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def med(vals: list) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def dig(d: dict | None, *path: str) -> Any:
+    for p in path:
+        if d is None:
+            return None
+        d = d.get(p)
+    return d
+
+
+def summarize(results: list[dict], servers: list[str]) -> dict:
+    summary: dict[str, Any] = {}
+    for name in servers:
+        rs = [r for r in results if r["server"] == name and "error" not in r]
+        errors = [r["error"] for r in results if r["server"] == name and "error" in r]
+        summary[name] = {
+            "runs_ok": len(rs),
+            "errors": errors,
+            "sustained_rate": med([r["sustained_rate"] for r in rs]),
+            "sustained_target": med([r["sustained_target"] for r in rs]),
+            "sweep_hit_max_rate": any(r["sweep_hit_max_rate"] for r in rs),
+            "lowest_tried": min((r["lowest_tried"] for r in rs), default=None),
+            "sustained_ack_p50_ms": med([dig(r, "sustained_latency", "ra", "p50_ms") for r in rs]),
+            "sustained_ack_p99_ms": med([dig(r, "sustained_latency", "ra", "p99_ms") for r in rs]),
+            "fixed_rate": rs[0]["fixed_rate"] if rs else None,
+            "fixed_rate_passed_all": all(r["fixed_rate_passed"] for r in rs) if rs else None,
+            "fixed_offer_p50_ms": med([dig(r, "fixed_rate_latency", "do", "p50_ms") for r in rs]),
+            "fixed_offer_p99_ms": med([dig(r, "fixed_rate_latency", "do", "p99_ms") for r in rs]),
+            "fixed_ack_p50_ms": med([dig(r, "fixed_rate_latency", "ra", "p50_ms") for r in rs]),
+            "fixed_ack_p99_ms": med([dig(r, "fixed_rate_latency", "ra", "p99_ms") for r in rs]),
+            "cpu_us_per_exchange": med([r["cpu_us_per_exchange"] for r in rs]),
+            "unlimited_offered_per_s": med([r["unlimited"]["offered_per_s"] for r in rs]),
+            "unlimited_completed_per_s": med([r["unlimited"]["completed_per_s"] for r in rs]),
+            "unlimited_drop_pct": med([r["unlimited"]["drop_pct"] for r in rs]),
+        }
+    rb = summary.get("ramboot", {}).get("sustained_rate")
+    peers = {n: s["sustained_rate"] for n, s in summary.items() if n != "ramboot" and s["sustained_rate"]}
+    if rb is not None and peers:
+        best = max(peers, key=peers.get)
+        summary["ratio_ramboot_to_best_peer"] = {"peer": best, "sustained_rate": rb / peers[best]}
+    return summary
+
+
+def table(summary: dict, servers: list[str], args: argparse.Namespace) -> str:
+    fr = args.cpu_rate
+    head = ["server", "sustained/s", "ACK p50/p99 ms", f"@{fr}/s OFFER p50/p99", f"@{fr}/s ACK p50/p99",
+            f"CPU us/exch @{fr}/s", "unlimited done/s", "drop %"]
+    rows = []
+    for name in servers:
+        s = summary[name]
+        if not s["runs_ok"]:
+            rows.append([name, "error"] + ["-"] * (len(head) - 2))
+            continue
+        sus = fmt(s["sustained_rate"])
+        if s["sustained_rate"] == 0:
+            sus = f"<{s['lowest_tried']}"
+        elif s["sweep_hit_max_rate"]:
+            sus += "+"
+        fixed_mark = "" if s["fixed_rate_passed_all"] else " !"
+        rows.append([
+            name, sus,
+            f"{fmt(s['sustained_ack_p50_ms'], 2)} / {fmt(s['sustained_ack_p99_ms'], 2)}",
+            f"{fmt(s['fixed_offer_p50_ms'], 2)} / {fmt(s['fixed_offer_p99_ms'], 2)}{fixed_mark}",
+            f"{fmt(s['fixed_ack_p50_ms'], 2)} / {fmt(s['fixed_ack_p99_ms'], 2)}{fixed_mark}",
+            fmt(s["cpu_us_per_exchange"], 1),
+            f"{fmt(s['unlimited_completed_per_s'])} (of {fmt(s['unlimited_offered_per_s'])})",
+            fmt(s["unlimited_drop_pct"], 1),
+        ])
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    out = [
+        f"DHCPv4 DORA via perfdhcp: {args.clients} clients, {args.step_seconds} s steps, "
+        f"pass = drops < {DROP_LIMIT_PCT:g} %, median of {args.runs} run(s)",
+        line(head), line(["-" * w for w in widths]),
+    ] + [line(r) for r in rows]
+    ratio = summary.get("ratio_ramboot_to_best_peer")
+    if ratio:
+        if ratio["sustained_rate"] == 0:  # ramboot passed no step: bound it by its lowest
+            bound = (summary["ramboot"]["lowest_tried"] or 0) / summary[ratio["peer"]]["sustained_rate"]
+            out.append(f"ramboot / best peer ({ratio['peer']}) sustained rate: < {bound:.2f}x")
+        else:
+            out.append(f"ramboot / best peer ({ratio['peer']}) sustained rate: {ratio['sustained_rate']:.2f}x")
+    out.append("sustained/s: completed exchanges/s at the highest passing step ('+': sweep never failed);"
+               " latencies from perfdhcp -x t per-packet timestamps")
+    if any(not summary[n].get("fixed_rate_passed_all", True) for n in servers if summary[n]["runs_ok"]):
+        out.append(f"'!': that server did not sustain {fr}/s, so its figures there are under overload")
+    for name in servers:
+        for e in summary[name]["errors"]:
+            out.append(f"{name}: ERROR {e}")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="repetitions; the table shows medians")
+    ap.add_argument("--step-seconds", type=int, default=10, help="perfdhcp -p per step")
+    ap.add_argument("--servers", default=",".join(ALL_SERVERS), help="comma-separated subset of " + ",".join(ALL_SERVERS))
+    ap.add_argument("--ramboot-bin", type=Path,
+                    default=Path(os.environ.get("RAMBOOT_BIN", REPO / "target" / "release" / "ramboot")))
+    ap.add_argument("--out", type=Path, default=HERE / "results.json")
+    ap.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)), help="sweep steps (exchanges/s)")
+    ap.add_argument("--no-bisect", dest="bisect", action="store_false", help="skip the one bisection step")
+    ap.add_argument("--cpu-rate", type=int, default=250, help="fixed rate for CPU/exchange and fixed-rate latency")
+    ap.add_argument("--unlimited-rate", type=int, default=100000, help="perfdhcp -r of the unlimited step")
+    ap.add_argument("--unlimited-timestamps", action="store_true",
+                    help="also collect per-packet timestamps in the unlimited step (perfdhcp memory!)")
+    ap.add_argument("--timestamp-limit", type=int, default=0,
+                    help="collect -x t timestamps only when rate*seconds is at most this many exchanges; "
+                         "perfdhcp then keeps every packet (~6 KB each). 0: a quarter of MemAvailable")
+    ap.add_argument("--clients", type=int, default=10000, help="perfdhcp -R")
+    ap.add_argument("--exit-wait", type=float, default=1.0, help="perfdhcp -W (seconds) after the period")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="don't pin the server to CPU 0 and perfdhcp to the other CPUs")
+    ap.add_argument("--verbose-servers", action="store_true", help="per-lease logging in all servers (default: warnings only)")
+    ap.add_argument("--workdir", default="/var/tmp", help="where per-step temp dirs (lease stores) go; use a real disk")
+    ap.add_argument("--keep-workdirs", action="store_true")
+    ap.add_argument("--perfdhcp-bin", default="/usr/sbin/perfdhcp")
+    ap.add_argument("--kea-bin", default="/usr/sbin/kea-dhcp4")
+    ap.add_argument("--dnsmasq-bin", default="/usr/sbin/dnsmasq")
+    a = ap.parse_args()
+    a.servers = [s.strip() for s in a.servers.split(",") if s.strip()]
+    bad = [s for s in a.servers if s not in ALL_SERVERS]
+    if bad or not a.servers:
+        ap.error(f"unknown server(s) {bad}; choose from {ALL_SERVERS}")
+    a.rates = sorted({int(r) for r in a.rates.split(",")})
+    if a.runs < 1 or a.step_seconds < 1 or not a.rates or a.rates[0] < 1:
+        ap.error("--runs, --step-seconds and --rates must be positive")
+    if a.timestamp_limit <= 0:
+        a.timestamp_limit = mem_available() // 4 // PERFDHCP_BYTES_PER_EXCHANGE
+    ncpu = os.cpu_count() or 1
+    if a.pin and ncpu >= 2:
+        a.server_cpus, a.client_cpus = "0", f"1-{ncpu - 1}" if ncpu > 2 else "1"
+    else:
+        a.pin, a.server_cpus, a.client_cpus = False, None, None
+    return a
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 30
+
+
+def preflight(a: argparse.Namespace) -> None:
+    if os.geteuid() != 0:
+        raise BenchError("run as root (it creates network namespaces)")
+    need = {"ip": shutil.which("ip"), "perfdhcp": a.perfdhcp_bin}
+    if a.pin:
+        need["taskset"] = shutil.which("taskset")
+    if "ramboot" in a.servers:
+        need["ramboot"] = str(a.ramboot_bin)
+    if "kea" in a.servers:
+        need["kea-dhcp4"] = a.kea_bin
+    if "dnsmasq" in a.servers:
+        need["dnsmasq"] = a.dnsmasq_bin
+    missing = [f"{k} ({v})" for k, v in need.items() if not v or not os.access(v, os.X_OK)]
+    if missing:
+        raise BenchError("missing: " + ", ".join(missing) +
+                         " (ramboot: cargo build --release, or --ramboot-bin; the others: apt-get install kea-admin kea-dhcp4-server dnsmasq-base)")
+    os.makedirs(a.workdir, exist_ok=True)
+
+
+def main() -> int:
+    args = parse_args()
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # SIGINT explicitly too: a shell may start us with it ignored (background jobs).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        preflight(args)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    topo, procs = Topology(), Procs()
+    bench = Bench(args=args, topo=topo, procs=procs)
+    results: list[dict] = []
+    started = datetime.datetime.now(datetime.timezone.utc)
+    interrupted = False
+    try:
+        topo.up()
+        log(f"namespaces {topo.server_ns} ({SERVER_IP}) / {topo.client_ns} ({CLIENT_IP}); "
+            f"servers: {', '.join(args.servers)}; pinning: "
+            f"{f'server cpu {args.server_cpus}, perfdhcp cpu {args.client_cpus}' if args.pin else 'off'}")
+        bench.perfdhcp_version = run([args.perfdhcp_bin, "-v"], check=False).stdout.strip()
+        for name in args.servers:
+            srv_cls = SERVER_CLASSES[name]
+            bench.server_versions[name] = srv_cls(name=name, workdir=Path("."), topo=topo, args=args).version()
+        for run_idx in range(args.runs):
+            # Alternate the order between runs so drift (thermal, page cache) is spread out.
+            order = args.servers if run_idx % 2 == 0 else list(reversed(args.servers))
+            for name in order:
+                try:
+                    results.append(bench.sweep(name, run_idx))
+                except BenchError as e:
+                    log(f"run {run_idx + 1} {name}: ERROR {e}")
+                    results.append({"server": name, "run": run_idx + 1, "error": str(e)})
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: stopping what was started and removing the namespaces")
+    except BenchError as e:
+        log(f"error: {e}")
+        interrupted = True
+    finally:
+        procs.stop_all()
+        topo.down()
+
+    summary = summarize(results, args.servers)
+    doc = {
+        "benchmark": "dhcp4-dora-perfdhcp",
+        "started_utc": started.isoformat(timespec="seconds"),
+        "complete": not interrupted,
+        "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "versions": {"perfdhcp": bench.perfdhcp_version, **bench.server_versions},
+        "settings": {
+            "runs": args.runs, "step_seconds": args.step_seconds, "clients": args.clients,
+            "rates": args.rates, "bisect": args.bisect, "cpu_rate": args.cpu_rate,
+            "unlimited_rate": args.unlimited_rate, "exit_wait_s": args.exit_wait,
+            "timestamp_limit_exchanges": args.timestamp_limit,
+            "pinning": {"server": args.server_cpus, "perfdhcp": args.client_cpus},
+            "pool": list(POOL), "lease_secs": LEASE_SECS, "drop_limit_pct": DROP_LIMIT_PCT,
+            "verbose_servers": args.verbose_servers, "workdir": args.workdir,
+            "ramboot_bin": str(args.ramboot_bin),
+        },
+        "summary": summary,
+        "runs": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    if results:
+        print(table(summary, args.servers, args))
+    log(f"JSON: {args.out}")
+    return 130 if interrupted else (1 if any("error" in r for r in results) else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
