@@ -22,148 +22,33 @@
 
 mod common;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use ramboot::store::{Lease, Store};
-use std::collections::BTreeMap;
-use std::fs::File;
+use common::netns::{
+    assert_no_errors_or_naks, ip_in, leases_of, log_text, logs_context, ns_sh, read_lossy, tail, tool, veth,
+    wait_event, wait_for, Dhclient, Lab, DHCLIENT,
+};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-// ---------------------------------------------------------------------------------
-// Tools and skipping
-
-const IP: &[&str] = &["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"];
-const DHCLIENT: &[&str] = &["/usr/sbin/dhclient", "/sbin/dhclient"];
 const DHCRELAY: &[&str] = &["/usr/sbin/dhcrelay", "/sbin/dhcrelay"];
 const TCPDUMP: &[&str] = &["/usr/bin/tcpdump", "/usr/sbin/tcpdump"];
 const DNSMASQ: &[&str] = &["/usr/sbin/dnsmasq", "/sbin/dnsmasq"];
 const QEMU: &[&str] = &["/usr/bin/qemu-system-x86_64"];
 const PXE_ROM: &[&str] = &["/usr/lib/ipxe/qemu/pxe-e1000.rom"];
 
-fn first_existing(paths: &[&str]) -> Option<PathBuf> {
-    paths.iter().map(PathBuf::from).find(|p| p.exists())
-}
-
-fn tool(paths: &[&str]) -> String {
-    first_existing(paths).expect("checked by skip_reason").display().to_string()
-}
-
-/// Why this test cannot run here (not root, or a tool missing), if it cannot.
-fn skip_reason(tools: &[(&str, &[&str])]) -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (network namespaces, DHCP ports)".into());
-    }
-    let mut all: Vec<(&str, &[&str])> = vec![("ip (iproute2)", IP)];
-    all.extend_from_slice(tools);
-    let missing: Vec<&str> = all.iter().filter(|(_, paths)| first_existing(paths).is_none()).map(|(n, _)| *n).collect();
-    (!missing.is_empty()).then(|| format!("missing {}", missing.join(", ")))
-}
+// Address plans. 1. Through a relay: the server's network 10.70.0.0/24 (the relay's
+// upstream side .2), the client's 10.71.0.0/24 (the relay's downstream side .1).
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 70, 0, 1);
+const RELAY_UP_IP: Ipv4Addr = Ipv4Addr::new(10, 70, 0, 2);
+const RELAY_DOWN_IP: Ipv4Addr = Ipv4Addr::new(10, 71, 0, 1);
+const RELAYED_CLIENT_MAC: &str = "02:70:00:00:00:01";
+// 2. proxyDHCP beside dnsmasq: one bridge, both daemons' addresses on it.
+const PROXY_IP: Ipv4Addr = Ipv4Addr::new(10, 72, 0, 1);
+const SITE_DHCP_IP: Ipv4Addr = Ipv4Addr::new(10, 72, 0, 2);
+const VM_MAC: &str = "52:54:00:72:72:01";
 
 // ---------------------------------------------------------------------------------
 // Small helpers
-
-/// Poll `f` every 100 ms until it returns `Some`, or panic after `timeout` with `what`
-/// and whatever `context` says then.
-fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>, context: impl Fn() -> String) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", context());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn read_lossy(path: &Path) -> String {
-    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
-}
-
-/// Strip ANSI escape sequences (tracing's colours, iPXE's and SeaBIOS's console).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else if c != '\r' {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// SIGTERM, then SIGKILL if the process has not exited after `grace`; reaps it.
-fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
-    if let Ok(Some(status)) = child.try_wait() {
-        return Some(status);
-    }
-    let pid = Pid::from_raw(child.id() as i32);
-    let _ = kill(pid, Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = kill(pid, Signal::SIGKILL);
-    child.wait().ok()
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-}
-
-/// Run `sh -c script` in namespace `ns` and require success.
-fn ns_sh(ns: &str, script: &str) {
-    let out = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", script]).output().unwrap();
-    assert!(out.status.success(), "in {ns}: {script}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Every lease row in the store.
-fn store_leases(url: &str) -> Vec<Lease> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let store = Store::open(url).await.unwrap_or_else(|e| panic!("opening {url}: {e}"));
-        let leases = store.leases().await.unwrap();
-        store.close().await;
-        leases
-    })
-}
-
-fn leases_of(url: &str, mac: &str) -> Vec<Lease> {
-    store_leases(url).into_iter().filter(|l| l.mac.to_string() == mac).collect()
-}
-
-/// `key=value` words per line, as the dhclient script below writes them.
-fn events(path: &Path) -> Vec<BTreeMap<String, String>> {
-    read_lossy(path)
-        .lines()
-        .map(|line| {
-            line.split_whitespace()
-                .filter_map(|w| w.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect()
-}
 
 fn mac_str(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
@@ -422,223 +307,69 @@ fn describe_all(msgs: &[(Packet, Dhcp)]) -> String {
 }
 
 // ---------------------------------------------------------------------------------
-// Namespaces, processes and ramboot
+// Capturing
 
-/// Namespaces and processes one test made, and its temp dir. Dropping it stops those
-/// processes (by PID) and deletes those namespaces, also when an assertion failed.
-struct Topo {
-    namespaces: Vec<String>,
-    children: Vec<(String, Option<Child>)>,
-    dir: tempfile::TempDir,
-}
-
-impl Topo {
-    fn new() -> Topo {
-        Topo { namespaces: vec![], children: vec![], dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Create namespace `name` (with loopback up), owned by this guard.
-    fn netns(&mut self, name: &str) -> String {
-        // A leftover of an earlier run with the same PID would make `ip netns add` fail.
-        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
-        ip(&["netns", "add", name]);
-        self.namespaces.push(name.to_string());
-        ip(&["-n", name, "link", "set", "lo", "up"]);
-        name.to_string()
-    }
-
-    /// Start `program` in namespace `ns`, stdin from /dev/null, output to `log`.
-    /// `ip netns exec` execs the program, so the child's PID is the program's.
-    fn spawn(&mut self, name: &str, ns: &str, program: &[String], log: &Path, env: &[(&str, &str)]) -> usize {
-        let out = File::create(log).unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).args(program).stdin(Stdio::null());
-        cmd.stdout(out.try_clone().unwrap()).stderr(out);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        self.children.push((name.to_string(), Some(child)));
-        self.children.len() - 1
-    }
-
-    fn try_wait(&mut self, idx: usize) -> Option<ExitStatus> {
-        self.children[idx].1.as_mut().and_then(|c| c.try_wait().unwrap())
-    }
-
-    /// Stop a process (SIGTERM, SIGKILL after `grace`) and return how it ended.
-    fn stop(&mut self, idx: usize, grace: Duration) -> Option<ExitStatus> {
-        let mut child = self.children[idx].1.take()?;
-        terminate(&mut child, grace)
-    }
-
-    /// Start a process and wait until its log contains every one of `ready`.
-    #[allow(clippy::too_many_arguments)]
-    fn start_until(
-        &mut self,
-        name: &str,
-        ns: &str,
-        program: &[String],
-        log: &Path,
-        env: &[(&str, &str)],
-        ready: &[&str],
-        timeout: Duration,
-    ) -> usize {
-        let idx = self.spawn(name, ns, program, log, env);
-        wait_for(
-            timeout,
-            &format!("{name} to log {ready:?}"),
-            || {
-                if let Some(status) = self.try_wait(idx) {
-                    panic!("{name} exited early ({status}):\n{}", strip_ansi(&read_lossy(log)));
-                }
-                let text = read_lossy(log);
-                ready.iter().all(|r| text.contains(r)).then_some(())
-            },
-            || strip_ansi(&read_lossy(log)),
-        );
-        idx
-    }
-
-    /// `tcpdump` on `interface` in `ns` into `<name>.pcap` (the name AppArmor's tcpdump
-    /// profile lets it write); returns (index, capture path). Immediate mode and
-    /// packet-buffered output: each packet is in the file as soon as it is seen (the
-    /// default ring buffer hands packets over in blocks, and loses the last ones when
-    /// tcpdump is stopped).
-    fn capture(&mut self, ns: &str, interface: &str, filter: &str) -> (usize, PathBuf) {
-        let pcap = self.path(&format!("{interface}.pcap"));
-        let log = self.path(&format!("tcpdump-{interface}.log"));
-        let mut program: Vec<String> =
-            [tool(TCPDUMP).as_str(), "-i", interface, "--immediate-mode", "-U", "-n", "-Z", "root", "-w"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        program.push(pcap.display().to_string());
-        program.extend(filter.split_whitespace().map(String::from));
-        let idx = self.start_until("tcpdump", ns, &program, &log, &[], &["listening on"], Duration::from_secs(15));
-        (idx, pcap)
-    }
-
-    /// Start `ramboot serve` with `config` (YAML, paths filled in by the caller) in
-    /// `ns`, and wait until DHCP serves. Returns (index, log path).
-    fn start_ramboot(&mut self, ns: &str, config: &str, rust_log: &str) -> (usize, PathBuf) {
-        let config_path = self.path("ramboot.yaml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = self.path("ramboot.log");
-        let program = vec![
-            env!("CARGO_BIN_EXE_ramboot").to_string(),
-            "serve".into(),
-            "--config".into(),
-            config_path.display().to_string(),
-        ];
-        let env = [("RUST_LOG", rust_log), ("NO_COLOR", "1")];
-        let idx = self.start_until("ramboot", ns, &program, &log, &env, &["DHCP serving"], Duration::from_secs(30));
-        (idx, log)
-    }
-
-    /// The paths section of a ramboot config under this guard's temp dir.
-    fn ramboot_paths(&self) -> String {
-        let root = self.dir.path();
-        for d in ["data", "profiles", "ipxe"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        format!("paths:\n  data: {r}/data\n  profiles: {r}/profiles\n  ipxe: {r}/ipxe\n", r = root.display())
-    }
-
-    fn database_url(&self) -> String {
-        format!("sqlite://{}", self.path("data/ramboot.db").display())
-    }
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        // Clients first, servers last: the reverse of the order they started in.
-        for (_, child) in self.children.iter_mut().rev() {
-            if let Some(mut c) = child.take() {
-                terminate(&mut c, Duration::from_secs(3));
-            }
-        }
-        for ns in &self.namespaces {
-            // Only our own processes are ended (above); anything else still inside is
-            // reported, not killed.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                let pids = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
-                if !pids.is_empty() {
-                    eprintln!("WARNING: processes still in namespace {ns} (not started by this test): {pids}");
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        if std::env::var_os("RAMBOOT_KEEP_TEST_DIR").is_some() {
-            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-            eprintln!("kept {} (RAMBOOT_KEEP_TEST_DIR)", dir.keep().display());
-        }
-    }
-}
-
-/// Stop ramboot with SIGTERM; it must exit cleanly. Returns its log.
-fn stop_ramboot(topo: &mut Topo, idx: usize, log: &Path) -> String {
-    let status = topo.stop(idx, Duration::from_secs(15));
-    let text = strip_ansi(&read_lossy(log));
-    assert!(status.is_some_and(|s| s.success()), "ramboot did not exit cleanly: {status:?}\n{}", tail(&text, 30));
-    text
+/// `tcpdump` on `interface` in `ns` into `<name>.pcap` (the name AppArmor's tcpdump
+/// profile lets it write); returns (index, capture path). Immediate mode and
+/// packet-buffered output: each packet is in the file as soon as it is seen (the
+/// default ring buffer hands packets over in blocks, and loses the last ones when
+/// tcpdump is stopped).
+fn capture(lab: &mut Lab, ns: &str, interface: &str, filter: &str) -> (usize, PathBuf) {
+    let pcap = lab.path(&format!("{interface}.pcap"));
+    let log = lab.path(&format!("tcpdump-{interface}.log"));
+    let mut program: Vec<String> =
+        [tool(TCPDUMP).as_str(), "-i", interface, "--immediate-mode", "-U", "-n", "-Z", "root", "-w"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    program.push(pcap.display().to_string());
+    program.extend(filter.split_whitespace().map(String::from));
+    let idx = lab.start_until("tcpdump", ns, &program, &log, &["listening on"], Duration::from_secs(15));
+    (idx, pcap)
 }
 
 // ---------------------------------------------------------------------------------
 // 1. Through a relay
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 70, 0, 1);
-const RELAY_UP_IP: Ipv4Addr = Ipv4Addr::new(10, 70, 0, 2);
-const RELAY_DOWN_IP: Ipv4Addr = Ipv4Addr::new(10, 71, 0, 1);
-const RELAYED_CLIENT_MAC: &str = "02:70:00:00:00:01";
-
 #[test]
 fn dhcp_through_a_relay() {
     const TEST: &str = "dhcp_through_a_relay";
-    let tools: &[(&str, &[&str])] =
-        &[("dhclient (isc-dhcp-client)", DHCLIENT), ("dhcrelay (isc-dhcp-relay)", DHCRELAY), ("tcpdump", TCPDUMP)];
-    if common::skipped(TEST, skip_reason(tools).as_deref()) {
-        return;
-    }
+    let tools =
+        [("dhclient (isc-dhcp-client)", DHCLIENT), ("dhcrelay (isc-dhcp-relay)", DHCRELAY), ("tcpdump", TCPDUMP)];
+    let Some(mut topo) = Lab::for_test(TEST, &tools) else { return };
     let started = Instant::now();
-    let mut topo = Topo::new();
     let pid = std::process::id();
     // server [s] --- [u] relay [d] --- [c] client
     let (server_ns, relay_ns, client_ns) =
         (topo.netns(&format!("rbr{pid}s")), topo.netns(&format!("rbr{pid}r")), topo.netns(&format!("rbr{pid}c")));
     let (server_if, up_if, down_if, client_if) =
         (format!("r{pid}s"), format!("r{pid}u"), format!("r{pid}d"), format!("r{pid}c"));
-    assert!(client_if.len() <= 15 && down_if.len() <= 15);
-    ip(&["link", "add", &server_if, "netns", &server_ns, "type", "veth", "peer", "name", &up_if, "netns", &relay_ns]);
-    ip(&["link", "add", &down_if, "netns", &relay_ns, "type", "veth", "peer", "name", &client_if, "netns", &client_ns]);
-    ip(&["-n", &client_ns, "link", "set", &client_if, "address", RELAYED_CLIENT_MAC]);
-    ip(&["-n", &server_ns, "addr", "add", &format!("{SERVER_IP}/24"), "dev", &server_if]);
-    ip(&["-n", &relay_ns, "addr", "add", &format!("{RELAY_UP_IP}/24"), "dev", &up_if]);
-    ip(&["-n", &relay_ns, "addr", "add", &format!("{RELAY_DOWN_IP}/24"), "dev", &down_if]);
+    veth((&server_ns, &server_if), (&relay_ns, &up_if));
+    veth((&relay_ns, &down_if), (&client_ns, &client_if));
+    ip_in(&client_ns, &["link", "set", &client_if, "address", RELAYED_CLIENT_MAC]);
+    ip_in(&server_ns, &["addr", "add", &format!("{SERVER_IP}/24"), "dev", &server_if]);
+    ip_in(&relay_ns, &["addr", "add", &format!("{RELAY_UP_IP}/24"), "dev", &up_if]);
+    ip_in(&relay_ns, &["addr", "add", &format!("{RELAY_DOWN_IP}/24"), "dev", &down_if]);
     for (ns, ifname) in [(&server_ns, &server_if), (&relay_ns, &up_if), (&relay_ns, &down_if), (&client_ns, &client_if)]
     {
-        ip(&["-n", ns, "link", "set", ifname, "up"]);
+        ip_in(ns, &["link", "set", ifname, "up"]);
     }
     // The relay routes (the client's unicast RELEASE goes through it as plain IP);
     // the server reaches the relayed subnet, and the relay's giaddr, through it.
     ns_sh(&relay_ns, "echo 1 > /proc/sys/net/ipv4/ip_forward");
-    ip(&["-n", &server_ns, "route", "add", "10.71.0.0/24", "via", &RELAY_UP_IP.to_string()]);
+    ip_in(&server_ns, &["route", "add", "10.71.0.0/24", "via", &RELAY_UP_IP.to_string()]);
 
     // Everything DHCP on the server's link, as the server sees it.
-    let (tcpdump, pcap) = topo.capture(&server_ns, &server_if, "udp port 67 or udp port 68");
+    let (tcpdump, pcap) = capture(&mut topo, &server_ns, &server_if, "udp port 67 or udp port 68");
 
     let config = format!(
         "interface: {server_if}\nserver_address: {SERVER_IP}\nhttp: {{listen: \"{SERVER_IP}:8080\"}}\n\
          tftp: {{listen: \"{SERVER_IP}:69\"}}\ndhcp:\n  subnet: 10.70.0.0/24\n  range: [10.70.0.100, 10.70.0.199]\n  \
          router: {SERVER_IP}\n  lease_time_secs: 600\n  subnets:\n    - subnet: 10.71.0.0/24\n      \
-         range: [10.71.0.100, 10.71.0.199]\n      router: {RELAY_DOWN_IP}\n{}",
-        topo.ramboot_paths()
+         range: [10.71.0.100, 10.71.0.199]\n      router: {RELAY_DOWN_IP}\n"
     );
-    let (ramboot, ramboot_log) = topo.start_ramboot(&server_ns, &config, "info");
+    let ramboot = topo.start_ramboot(&server_ns, &config, "info");
+    let ramboot_log = ramboot.log.clone();
 
     // ISC dhcrelay: foreground, add option 82 (circuit id = downstream interface name),
     // upstream/downstream interfaces, the server.
@@ -649,81 +380,35 @@ fn dhcp_through_a_relay() {
             .map(|s| s.to_string())
             .collect();
     let listening = [format!("Listening on LPF/{up_if}/"), format!("Listening on LPF/{down_if}/")];
-    let relay = topo.start_until(
-        "dhcrelay",
-        &relay_ns,
-        &relay_cmd,
-        &relay_log,
-        &[],
-        &[&listening[0], &listening[1]],
-        Duration::from_secs(15),
-    );
+    let relay_ready = [listening[0].as_str(), listening[1].as_str()];
+    let relay = topo.start_until("dhcrelay", &relay_ns, &relay_cmd, &relay_log, &relay_ready, Duration::from_secs(15));
 
-    // dhclient, from a private copy of the binary: AppArmor's profile for
-    // /usr/sbin/dhclient (enforced on stock Debian) forbids a script and lease file in
-    // a temp dir. Private config, lease, pid file and script.
-    let dhclient = topo.path("dhclient");
-    std::fs::copy(tool(DHCLIENT), &dhclient).unwrap();
+    // dhclient (a private copy; see `Dhclient`): private config, lease, pid file and script.
     let events_path = topo.path("dhclient.events");
-    let script = topo.path("dhclient-script");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             echo \"reason=$reason ip=$new_ip_address mask=$new_subnet_mask routers=$new_routers \
-             lease=$new_dhcp_lease_time sid=$new_dhcp_server_identifier old=$old_ip_address\" >> {events}\n\
-             case \"$reason\" in\n\
-             BOUND|RENEW|REBIND|REBOOT)\n  ip addr replace \"$new_ip_address/$new_subnet_mask\" dev \"$interface\"\n  \
-             [ -z \"$new_routers\" ] || ip route replace default via \"${{new_routers%% *}}\" dev \"$interface\" ;;\n\
-             RELEASE|EXPIRE|STOP|FAIL) [ -z \"$old_ip_address\" ] || ip addr del \"$old_ip_address/$old_subnet_mask\" dev \"$interface\" ;;\n\
-             esac\nexit 0\n",
-            events = events_path.display()
-        ),
-    )
-    .unwrap();
-    let conf = topo.path("dhclient.conf");
-    std::fs::write(
-        &conf,
-        "timeout 30;\nrequest subnet-mask, broadcast-address, routers, domain-name-servers,\n  \
-         dhcp-lease-time, dhcp-renewal-time, dhcp-rebinding-time;\n",
-    )
-    .unwrap();
-    for f in [&dhclient, &script] {
-        std::process::Command::new("chmod").arg("+x").arg(f).status().unwrap();
-    }
-    let files: Vec<String> = vec![
-        "-cf".into(),
-        conf.display().to_string(),
-        "-sf".into(),
-        script.display().to_string(),
-        "-lf".into(),
-        topo.path("dhclient.leases").display().to_string(),
-        "-pf".into(),
-        topo.path("dhclient.pid").display().to_string(),
-    ];
+    let script = format!(
+        "#!/bin/sh\n\
+         echo \"reason=$reason ip=$new_ip_address mask=$new_subnet_mask routers=$new_routers \
+         lease=$new_dhcp_lease_time sid=$new_dhcp_server_identifier old=$old_ip_address\" >> {events}\n\
+         case \"$reason\" in\n\
+         BOUND|RENEW|REBIND|REBOOT)\n  ip addr replace \"$new_ip_address/$new_subnet_mask\" dev \"$interface\"\n  \
+         [ -z \"$new_routers\" ] || ip route replace default via \"${{new_routers%% *}}\" dev \"$interface\" ;;\n\
+         RELEASE|EXPIRE|STOP|FAIL) [ -z \"$old_ip_address\" ] || ip addr del \"$old_ip_address/$old_subnet_mask\" dev \"$interface\" ;;\n\
+         esac\nexit 0\n",
+        events = events_path.display()
+    );
+    let conf = "timeout 30;\nrequest subnet-mask, broadcast-address, routers, domain-name-servers,\n  \
+                dhcp-lease-time, dhcp-renewal-time, dhcp-rebinding-time;\n";
+    let dhclient = Dhclient::new(&topo, conf, &script);
     let dh_log = topo.path("dhclient.log");
     // Foreground, one try (exits if no lease within `timeout`).
-    let mut args = vec![dhclient.display().to_string(), "-4".into(), "-d".into(), "-1".into(), "-v".into()];
-    args.extend(files.iter().cloned());
-    args.push(client_if.clone());
-    let dh = topo.spawn("dhclient", &client_ns, &args, &dh_log, &[]);
-    let context = || {
-        format!(
-            "dhclient:\n{}\nscript events:\n{}\ndhcrelay:\n{}\nramboot:\n{}",
-            tail(&read_lossy(&dh_log), 20),
-            read_lossy(&events_path),
-            tail(&read_lossy(&relay_log), 20),
-            tail(&strip_ansi(&read_lossy(&ramboot_log)), 20)
-        )
-    };
+    let dh = topo.spawn("dhclient", &client_ns, &dhclient.args(&["-d", "-1", "-v"], &client_if), &dh_log, &[]);
+    let logs =
+        [("dhclient", &dh_log), ("script events", &events_path), ("dhcrelay", &relay_log), ("ramboot", &ramboot_log)];
+    let context = || logs_context(20, &logs);
 
     // 1. A lease on the relayed subnet, chosen by giaddr.
-    let bound = wait_for(
-        Duration::from_secs(40),
-        "dhclient BOUND through the relay",
-        || events(&events_path).into_iter().find(|e| e.get("reason").map(String::as_str) == Some("BOUND")),
-        context,
-    );
+    let what = "dhclient BOUND through the relay";
+    let bound = wait_event(&events_path, ("reason", "BOUND"), Duration::from_secs(40), what, context);
     let leased: Ipv4Addr = bound["ip"].parse().unwrap_or_else(|_| panic!("BOUND without an address: {bound:?}"));
     let pool = u32::from(Ipv4Addr::new(10, 71, 0, 100))..=u32::from(Ipv4Addr::new(10, 71, 0, 199));
     assert!(pool.contains(&u32::from(leased)), "{leased} is not from the relayed subnet's range\n{}", context());
@@ -743,7 +428,7 @@ fn dhcp_through_a_relay() {
     let stored = leases_of(&url, RELAYED_CLIENT_MAC);
     assert_eq!(stored.len(), 1, "one lease row for the client: {stored:?}");
     assert_eq!((stored[0].ip, stored[0].state.as_str()), (leased, "active"), "{stored:?}");
-    let log = strip_ansi(&read_lossy(&ramboot_log));
+    let log = log_text(&ramboot_log);
     assert!(
         log.lines()
             .any(|l| l.contains("reply=Ack") && l.contains(&format!("ip={leased}")) && l.contains("relay=10.71.0.1")),
@@ -753,29 +438,13 @@ fn dhcp_through_a_relay() {
 
     // 2. RELEASE: `dhclient -r` stops the running dhclient (pid file) and unicasts a
     // RELEASE to the server identifier; it crosses the relay namespace as routed IP.
-    let mut release_args = vec![dhclient.display().to_string(), "-4".into(), "-r".into(), "-v".into()];
-    release_args.extend(files.iter().cloned());
-    release_args.push(client_if.clone());
-    let release_log = topo.path("dhclient-release.log");
-    let rel = topo.spawn("dhclient -r", &client_ns, &release_args, &release_log, &[]);
-    let status = wait_for(Duration::from_secs(20), "dhclient -r to finish", || topo.try_wait(rel), context);
-    let release_out = read_lossy(&release_log);
-    assert!(status.success(), "dhclient -r: {status}\n{release_out}");
-    assert!(release_out.contains(&format!("DHCPRELEASE of {leased}")), "{release_out}");
-    wait_for(Duration::from_secs(5), "the running dhclient to exit after -r", || topo.try_wait(dh), context);
-    wait_for(
-        Duration::from_secs(10),
-        "ramboot to log the release",
-        || {
-            strip_ansi(&read_lossy(&ramboot_log))
-                .contains(&format!("DHCP release mac={RELAYED_CLIENT_MAC} ip={leased}"))
-                .then_some(())
-        },
-        context,
-    );
+    dhclient.release(&mut topo, (&client_ns, &client_if), leased, dh, context);
+    let released = format!("DHCP release mac={RELAYED_CLIENT_MAC} ip={leased}");
+    let logged = || log_text(&ramboot_log).contains(&released).then_some(());
+    wait_for(Duration::from_secs(10), "ramboot to log the release", logged, context);
 
     topo.stop(relay, Duration::from_secs(5));
-    let log = stop_ramboot(&mut topo, ramboot, &ramboot_log);
+    let log = topo.stop_ramboot(&ramboot);
     // The capture has seen the RELEASE (or the checks below say what it did see).
     wait_capture(&pcap, Duration::from_secs(5), |packets| {
         dhcp_of(packets).iter().any(|(_, d)| d.kind() == "RELEASE" && d.ciaddr == leased)
@@ -784,8 +453,7 @@ fn dhcp_through_a_relay() {
     let stored = leases_of(&url, RELAYED_CLIENT_MAC);
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!((stored[0].ip, stored[0].state.as_str()), (leased, "released"), "after RELEASE: {stored:?}");
-    assert!(!log.contains(" ERROR "), "ramboot logged errors:\n{log}");
-    assert!(!log.contains("reply=Nak"), "ramboot NAKed:\n{log}");
+    assert_no_errors_or_naks(&log);
 
     // 3. The wire, on the server's link.
     let msgs = dhcp_of(&read_pcap(&pcap));
@@ -862,47 +530,41 @@ fn dhcp_through_a_relay() {
 // ---------------------------------------------------------------------------------
 // 2. proxyDHCP beside dnsmasq
 
-const PROXY_IP: Ipv4Addr = Ipv4Addr::new(10, 72, 0, 1);
-const SITE_DHCP_IP: Ipv4Addr = Ipv4Addr::new(10, 72, 0, 2);
-const VM_MAC: &str = "52:54:00:72:72:01";
-
 #[test]
 fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     const TEST: &str = "proxy_dhcp_beside_dnsmasq_boots_ipxe";
-    let tools: &[(&str, &[&str])] = &[
+    let tools = [
         ("dnsmasq (dnsmasq-base)", DNSMASQ),
         ("qemu-system-x86_64 (qemu-system-x86)", QEMU),
         ("pxe-e1000.rom (ipxe-qemu)", PXE_ROM),
         ("tcpdump", TCPDUMP),
     ];
-    if common::skipped(TEST, skip_reason(tools).as_deref()) {
-        return;
-    }
+    let Some(mut topo) = Lab::for_test(TEST, &tools) else { return };
     let started = Instant::now();
-    let mut topo = Topo::new();
     let pid = std::process::id();
     let ns = topo.netns(&format!("rbp{pid}"));
     let (bridge, tap) = (format!("p{pid}br"), format!("p{pid}tp"));
     assert!(bridge.len() <= 15 && tap.len() <= 15);
-    ip(&["-n", &ns, "link", "add", &bridge, "type", "bridge", "forward_delay", "0"]);
-    ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"]);
-    ip(&["-n", &ns, "link", "set", &tap, "master", &bridge]);
+    ip_in(&ns, &["link", "add", &bridge, "type", "bridge", "forward_delay", "0"]);
+    ip_in(&ns, &["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    ip_in(&ns, &["link", "set", &tap, "master", &bridge]);
     // ramboot's address first (the primary one), then the site DHCP server's.
-    ip(&["-n", &ns, "addr", "add", &format!("{PROXY_IP}/24"), "dev", &bridge]);
-    ip(&["-n", &ns, "addr", "add", &format!("{SITE_DHCP_IP}/24"), "dev", &bridge]);
-    ip(&["-n", &ns, "link", "set", &tap, "up"]);
-    ip(&["-n", &ns, "link", "set", &bridge, "up"]);
+    ip_in(&ns, &["addr", "add", &format!("{PROXY_IP}/24"), "dev", &bridge]);
+    ip_in(&ns, &["addr", "add", &format!("{SITE_DHCP_IP}/24"), "dev", &bridge]);
+    ip_in(&ns, &["link", "set", &tap, "up"]);
+    ip_in(&ns, &["link", "set", &bridge, "up"]);
 
-    let (tcpdump, pcap) = topo.capture(&ns, &bridge, "udp port 67 or udp port 68 or udp port 4011 or tcp port 8080");
+    let filter = "udp port 67 or udp port 68 or udp port 4011 or tcp port 8080";
+    let (tcpdump, pcap) = capture(&mut topo, &ns, &bridge, filter);
 
     // ramboot: proxy mode, and router advertisements so iPXE does not wait for IPv6.
     let config = format!(
         "interface: {bridge}\nserver_address: {PROXY_IP}\nipv6_ra: true\nhttp: {{listen: \"{PROXY_IP}:8080\"}}\n\
-         tftp: {{listen: \"{PROXY_IP}:69\"}}\ndhcp:\n  mode: proxy\n{}",
-        topo.ramboot_paths()
+         tftp: {{listen: \"{PROXY_IP}:69\"}}\ndhcp:\n  mode: proxy\n"
     );
     // tower_http at debug logs each request's URI.
-    let (ramboot, ramboot_log) = topo.start_ramboot(&ns, &config, "info,tower_http=debug");
+    let ramboot = topo.start_ramboot(&ns, &config, "info,tower_http=debug");
+    let ramboot_log = ramboot.log.clone();
 
     // dnsmasq: DHCP only (no DNS), addresses only (no boot options), on the same
     // bridge. Both daemons bind 0.0.0.0:67 on the bridge (SO_BINDTODEVICE +
@@ -923,15 +585,8 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
         "--user=root".into(),
         "--log-dhcp".into(),
     ];
-    let dnsmasq = topo.start_until(
-        "dnsmasq",
-        &ns,
-        &dnsmasq_cmd,
-        &dnsmasq_log,
-        &[],
-        &["DHCP, IP range 10.72.0.50 -- 10.72.0.90"],
-        Duration::from_secs(15),
-    );
+    let ready = ["DHCP, IP range 10.72.0.50 -- 10.72.0.90"];
+    let dnsmasq = topo.start_until("dnsmasq", &ns, &dnsmasq_cmd, &dnsmasq_log, &ready, Duration::from_secs(15));
 
     // QEMU: SeaBIOS + the e1000 iPXE ROM, booting from the network.
     let console = topo.path("console.log");
@@ -959,14 +614,8 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     .collect();
     let vm_started = Instant::now();
     let qemu = topo.spawn("qemu", &ns, &qemu_cmd, &console, &[]);
-    let context = || {
-        format!(
-            "console:\n{}\ndnsmasq:\n{}\nramboot:\n{}",
-            tail(&strip_ansi(&read_lossy(&console)), 25),
-            tail(&read_lossy(&dnsmasq_log), 25),
-            tail(&strip_ansi(&read_lossy(&ramboot_log)), 25)
-        )
-    };
+    let logs = [("console", &console), ("dnsmasq", &dnsmasq_log), ("ramboot", &ramboot_log)];
+    let context = || logs_context(25, &logs);
     // Until ramboot serves the script for this MAC (the handler's span names it).
     let served = format!("boot{{mac={VM_MAC}}}");
     wait_for(
@@ -976,14 +625,14 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
             if let Some(status) = topo.try_wait(qemu) {
                 panic!("QEMU exited early ({status})\n{}", context());
             }
-            strip_ansi(&read_lossy(&ramboot_log)).contains(&served).then_some(())
+            log_text(&ramboot_log).contains(&served).then_some(())
         },
         context,
     );
     let boot_time = vm_started.elapsed();
     topo.stop(qemu, Duration::from_secs(3));
     topo.stop(dnsmasq, Duration::from_secs(5));
-    let log = stop_ramboot(&mut topo, ramboot, &ramboot_log);
+    let log = topo.stop_ramboot(&ramboot);
     wait_capture(&pcap, Duration::from_secs(5), |packets| {
         packets.iter().any(|p| p.proto == 6 && p.dport == 8080 && p.payload.starts_with(b"GET /boot.ipxe"))
     });
@@ -1049,7 +698,7 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
         .unwrap_or_else(|| panic!("no GET /boot.ipxe on the wire: {gets:?}"));
     assert_eq!(script_get.1, format!("/boot.ipxe?mac={VM_MAC}"), "{gets:?}");
     assert_eq!(script_get.0, vm_ip, "the script was fetched from {} instead of dnsmasq's {vm_ip}", script_get.0);
-    let console_text = strip_ansi(&read_lossy(&console));
+    let console_text = log_text(&console);
     assert!(console_text.contains(&format!("net0: {vm_ip}/255.255.255.0")), "iPXE's address:\n{console_text}");
     assert!(console_text.contains(&url), "iPXE did not show the script URL:\n{console_text}");
 
