@@ -11,6 +11,7 @@ use crate::images::ImageStore;
 use crate::profiles::LiveProfiles;
 use crate::store::Store;
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 const DRAIN: Duration = Duration::from_secs(10);
+/// How long an HTTP connection may make no progress (unacknowledged data, or a
+/// client that stopped reading) before the kernel drops it (`TCP_USER_TIMEOUT`).
+const HTTP_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn run(config: Config) -> Result<()> {
     let images = ImageStore::new(config.paths.images());
@@ -105,6 +109,14 @@ pub async fn run(config: Config) -> Result<()> {
         let cancel = cancel.clone();
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         tasks.spawn(async move {
+            // A client that stops reading (zero window) or vanishes is cut off by the
+            // kernel after this long without progress; its body chunks go back to
+            // the shared budget.
+            let listener = listener.tap_io(|tcp| {
+                let sock = socket2::SockRef::from(&*tcp);
+                let _ = sock.set_tcp_user_timeout(Some(HTTP_STALL_TIMEOUT));
+                let _ = sock.set_keepalive(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { cancel.cancelled().await })
                 .await

@@ -1,8 +1,17 @@
 //! Artifact downloads: `/artifacts/sha256/<digest>[/<name>]`.
 //!
 //! Artifacts are immutable and named by their SHA-256, which is also their strong
-//! ETag. Bodies stream from disk in fixed-size chunks (memory per download is one
-//! buffer, whatever the file size), with single-range support for resumes.
+//! ETag. Bodies stream from disk in fixed-size chunks, with single-range support for
+//! resumes (several ranges are refused with 416).
+//!
+//! Memory is bounded for the whole server, not per download: a chunk is read only
+//! with a permit from one shared budget ([`BODY_BUDGET`] bytes), and the permit goes
+//! back when the HTTP layer has written the chunk and dropped it. The budget's
+//! semaphore is FIFO, so when a boot storm wants more than the budget, downloads take
+//! turns chunk by chunk (fair queuing): a thousand clients all progress, and memory
+//! stays flat whatever their number. A client that stops reading holds at most a
+//! couple of chunks, and the kernel drops its connection after `TCP_USER_TIMEOUT`
+//! (see `serve`).
 
 use super::error::ApiError;
 use super::range::{parse_range, RangeOutcome};
@@ -14,11 +23,52 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
 use futures_util::StreamExt;
+use std::sync::{Arc, OnceLock};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 64 * 1024;
+/// Bytes of artifact bodies in memory at once, across all downloads.
+pub const BODY_BUDGET: usize = 32 << 20;
+
+fn budget() -> &'static Arc<Semaphore> {
+    static BUDGET: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    BUDGET.get_or_init(|| Arc::new(Semaphore::new(BODY_BUDGET / CHUNK)))
+}
+
+/// One chunk of a body and its share of the budget, returned when hyper drops it.
+struct BudgetedChunk {
+    bytes: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for BudgetedChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// `count` bytes of `file`, chunk by chunk, each read only with a permit from `budget`.
+fn budgeted_body(
+    budget: Arc<Semaphore>,
+    mut file: impl tokio::io::AsyncRead + Unpin,
+    count: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    async_stream::try_stream! {
+        let mut left = count;
+        while left > 0 {
+            let permit = budget.clone().acquire_owned().await.map_err(std::io::Error::other)?;
+            let want = left.min(CHUNK as u64) as usize;
+            let mut bytes = vec![0u8; want];
+            file.read_exact(&mut bytes).await?;
+            left -= want as u64;
+            metrics::counter!("ramboot_http_artifact_bytes_total").increment(want as u64);
+            yield Bytes::from_owner(BudgetedChunk { bytes, _permit: permit });
+        }
+    }
+}
 
 /// Counts a download as in flight until its body stream is dropped (finished,
 /// failed or abandoned by the client).
@@ -108,13 +158,53 @@ async fn artifact(
     common.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     common.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     let in_flight = InFlight::start();
-    let chunks = ReaderStream::with_capacity(file.take(count), CHUNK).map(move |chunk| {
+    let chunks = budgeted_body(budget().clone(), file, count).map(move |chunk| {
         let _held = &in_flight;
-        if let Ok(bytes) = &chunk {
-            metrics::counter!("ramboot_http_artifact_bytes_total").increment(bytes.len() as u64);
-        }
         chunk
     });
     let body = Body::from_stream(chunks);
     Ok((status, common, body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Five downloads and a budget of two chunks: every download gets its first
+    /// chunk before any gets its third (the FIFO semaphore makes them take turns),
+    /// no more than two chunks are ever alive, and every byte arrives.
+    #[tokio::test]
+    async fn downloads_take_turns_under_a_small_budget() {
+        let budget = Arc::new(Semaphore::new(2));
+        let data: Vec<u8> = (0..(CHUNK * 4) as u32).map(|i| i as u8).collect();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for client in 0..5 {
+            let (budget, data, log) = (budget.clone(), data.clone(), log.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut body = std::pin::pin!(budgeted_body(budget.clone(), &data[..], data.len() as u64));
+                let mut got = Vec::new();
+                let mut n = 0;
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.unwrap();
+                    assert!(budget.available_permits() <= 1, "the chunk holds a permit");
+                    got.extend_from_slice(&chunk);
+                    n += 1;
+                    log.lock().unwrap().push((client, n));
+                    drop(chunk); // written: its permit goes back
+                    tokio::task::yield_now().await;
+                }
+                assert!(got == data, "client {client} got other bytes");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let log = log.lock().unwrap();
+        let first_third = log.iter().position(|(_, n)| *n == 3).unwrap();
+        let firsts = log.iter().filter(|(_, n)| *n == 1).count();
+        assert_eq!(firsts, 5);
+        assert!(log[..first_third].iter().filter(|(_, n)| *n == 1).count() == 5, "{log:?}");
+        assert_eq!(budget.available_permits(), 2, "every permit came back");
+    }
 }
