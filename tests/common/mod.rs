@@ -145,8 +145,11 @@ impl TestServer {
     }
 }
 
+/// A fresh connection per request: the server answers some requests (401/403/413)
+/// without reading their bodies and then closes the connection, and a pooled
+/// connection reused in that moment reads EOF (a client-side race, not a server bug).
 pub fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(10)).build()
+    ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(10)).max_idle_connections(0).build()
 }
 
 /// Status and body of a request, whatever the status.
