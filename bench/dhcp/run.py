@@ -19,14 +19,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
-import platform
 import re
 import shutil
-import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,156 +32,39 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent / "lib"))  # bench/lib/netlab.py: the shared plumbing
 
-SERVER_IP = "10.77.0.1"
-CLIENT_IP = "10.77.0.2"
-PREFIX = 16
-SUBNET = "10.77.0.0/16"
+from netlab import BaseServer, BenchError, Procs, Topology, add_ramboot_bin_arg, add_servers_arg  # noqa: E402
+from netlab import common_needs, cpu_seconds, fmt, guarded, host_info, install_signal_handlers  # noqa: E402
+from netlab import lab_network, log, log_tail, med, mem_available, ns_exec, parse_servers  # noqa: E402
+from netlab import percentile, ramboot_command, render_table, run, run_servers, split_by_server  # noqa: E402
+from netlab import stop_server_proc, wait_until, write_results  # noqa: E402
+
+SUBNET, SERVER_IP, CLIENT_IP, PREFIX = lab_network("10.77.0.0/16")  # server .1, client .2
 POOL = ("10.77.1.0", "10.77.60.255")  # 15,360 addresses for 10,000 clients
 LEASE_SECS = 3600
 DEFAULT_RATES = [100, 250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 64000]
 DROP_LIMIT_PCT = 1.0  # a step passes with fewer drops than this...
 MIN_COMPLETION = 0.9  # ...and at least this share of the target rate completed
 PROBE_MAC = "02:72:62:00:00:01"  # readiness probe; outside perfdhcp's -R range
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # perfdhcp -x t archives every packet: measured ~5.5 KB per packet, two per exchange.
 PERFDHCP_BYTES_PER_EXCHANGE = 12 * 1024
 ALL_SERVERS = ("ramboot", "kea", "dnsmasq")
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    pass
-
-
-def run(cmd: list[str], timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}")
-    return p
-
-
-# --------------------------------------------------------------------------- topology
-
-
-class Topology:
-    """Two namespaces named after our PID, joined by a veth pair."""
-
-    def __init__(self) -> None:
-        pid = os.getpid()
-        self.server_ns = f"rbb{pid}s"
-        self.client_ns = f"rbb{pid}c"
-        self.server_if = f"rbb{pid}s"  # veth end inside the server namespace
-        self.client_if = f"rbb{pid}c"  # veth end inside the client namespace
-        self.created: list[str] = []
-
-    def up(self) -> None:
-        existing = run(["ip", "netns", "list"]).stdout.split()
-        for ns in (self.server_ns, self.client_ns):
-            if ns in existing:
-                raise BenchError(f"network namespace {ns} already exists")
-        for ns in (self.server_ns, self.client_ns):
-            run(["ip", "netns", "add", ns])
-            self.created.append(ns)
-        # Created directly inside the namespaces: nothing appears in the host's.
-        run(["ip", "link", "add", self.server_if, "netns", self.server_ns, "type", "veth",
-             "peer", "name", self.client_if, "netns", self.client_ns])
-        for ns, ifname, ip in ((self.server_ns, self.server_if, SERVER_IP),
-                               (self.client_ns, self.client_if, CLIENT_IP)):
-            run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], check=False)
-            run(["ip", "-n", ns, "addr", "add", f"{ip}/{PREFIX}", "dev", ifname])
-            run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            run(["ip", "-n", ns, "link", "set", ifname, "up"])
-
-    def down(self) -> None:
-        for ns in reversed(self.created):
-            p = run(["ip", "netns", "del", ns], check=False)
-            if p.returncode != 0:
-                log(f"warning: could not delete namespace {ns}: {p.stderr.strip()}")
-        self.created.clear()
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Procs:
-    """Every process this script started, so cleanup can end exactly those, by PID."""
-
-    def __init__(self) -> None:
-        self.live: dict[int, subprocess.Popen] = {}
-
-    def start(self, cmd: list[str], **kw: Any) -> subprocess.Popen:
-        # Own session: a Ctrl-C reaches only this script, which then stops them in order.
-        p = subprocess.Popen(cmd, start_new_session=True, **kw)
-        self.live[p.pid] = p
-        return p
-
-    def stop(self, p: subprocess.Popen, grace: float = 5.0) -> int | None:
-        """SIGTERM, then SIGKILL after `grace` seconds; only while it is still our child."""
-        try:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(timeout=10)
-        finally:
-            self.live.pop(p.pid, None)
-        return p.returncode
-
-    def stop_all(self) -> None:
-        for p in list(self.live.values()):
-            try:
-                self.stop(p, grace=3.0)
-            except Exception as e:  # keep cleaning up the rest
-                log(f"warning: stopping pid {p.pid}: {e}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2:].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 # --------------------------------------------------------------------------- servers
 
 
-@dataclass
-class Server:
-    name: str
-    workdir: Path
-    topo: Topology
-    args: argparse.Namespace
-    proc: subprocess.Popen | None = None
-    log_path: Path | None = None
-
-    def command(self) -> tuple[list[str], dict[str, str]]:
-        raise NotImplementedError
-
+class Server(BaseServer):
     def leases_in_store(self) -> int | None:
         """Leases the server persisted (read after it stopped): a sanity cross-check."""
         return None
-
-    def version(self) -> str:
-        return ""
 
 
 class Ramboot(Server):
     def command(self):
         d = self.workdir
-        for sub in ("data", "profiles", "ipxe"):
-            (d / sub).mkdir(parents=True, exist_ok=True)
-        cfg = d / "ramboot.yaml"
-        cfg.write_text(
-            f"""interface: {self.topo.server_if}
+        return ramboot_command(self.args, d, ("data", "profiles", "ipxe"), f"""interface: {self.topo.server_if}
 server_address: {SERVER_IP}
 http:
   listen: {SERVER_IP}:18080
@@ -199,10 +78,7 @@ paths:
   data: {d}/data
   profiles: {d}/profiles
   ipxe: {d}/ipxe
-"""
-        )
-        env = {"RUST_LOG": "info" if self.args.verbose_servers else "warn", "NO_COLOR": "1"}
-        return [str(self.args.ramboot_bin), "serve", "--config", str(cfg)], env
+""")
 
     def leases_in_store(self):
         db = self.workdir / "data" / "ramboot.db"
@@ -218,8 +94,7 @@ paths:
             return None  # schema changed: the check is best-effort
 
     def version(self):
-        p = run([str(self.args.ramboot_bin), "--version"], check=False)
-        return p.stdout.strip()
+        return run([str(self.args.ramboot_bin), "--version"], check=False).stdout.strip()
 
 
 class Kea(Server):
@@ -348,14 +223,6 @@ def parse_perfdhcp(text: str) -> dict:
     return out
 
 
-def percentile(sorted_vals: list[float], p: float) -> float | None:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_vals:
-        return None
-    k = max(0, math.ceil(p / 100.0 * len(sorted_vals)) - 1)
-    return sorted_vals[k]
-
-
 # --------------------------------------------------------------------------- the bench
 
 
@@ -367,16 +234,6 @@ class Bench:
     perfdhcp_version: str = ""
     server_versions: dict = field(default_factory=dict)
 
-    def pin(self, cpus: str | None) -> list[str]:
-        return ["taskset", "-c", cpus] if cpus else []
-
-    def ns_exec(self, ns: str, cpus: str | None, cmd: list[str], env: dict | None = None) -> list[str]:
-        # `ip netns exec` and taskset exec in place: the PID we get is the program's.
-        pre = ["ip", "netns", "exec", ns] + self.pin(cpus)
-        if env:
-            pre += ["env"] + [f"{k}={v}" for k, v in env.items()]
-        return pre + cmd
-
     # ---- server lifecycle
 
     def start_server(self, name: str) -> Server:
@@ -385,7 +242,7 @@ class Bench:
         cmd, env = srv.command()
         srv.log_path = workdir / "server.out"
         with open(srv.log_path, "w") as logf:
-            srv.proc = self.procs.start(self.ns_exec(self.topo.server_ns, self.args.server_cpus, cmd, env),
+            srv.proc = self.procs.start(ns_exec(self.topo.server_ns, self.args.server_cpus, cmd, env),
                                         stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self.wait_ready(srv)
@@ -396,28 +253,15 @@ class Bench:
 
     def wait_ready(self, srv: Server) -> None:
         """Ready once it completes one full DORA for a probe client (at most 20 s)."""
-        deadline = time.monotonic() + 20
-        while True:
-            if srv.proc.poll() is not None:
-                raise BenchError(f"{srv.name} exited with {srv.proc.returncode} at start:\n{self.log_tail(srv)}")
+        def probe() -> bool:
             p = self.perfdhcp(["-n", "1", "-b", f"mac={PROBE_MAC}", "-d", "0.5", "-W", "200000"], timeout=10)
-            if p is not None:
-                res = parse_perfdhcp(p)
-                if res["exchanges"].get("REQUEST-ACK", {}).get("received_packets", 0) >= 1:
-                    return
-            if time.monotonic() > deadline:
-                raise BenchError(f"{srv.name} did not complete a probe DORA within 20 s:\n{self.log_tail(srv)}")
-            time.sleep(0.3)
+            return p is not None and \
+                parse_perfdhcp(p)["exchanges"].get("REQUEST-ACK", {}).get("received_packets", 0) >= 1
+
+        wait_until(srv.proc, srv.name, probe, "complete a probe DORA", lambda: self.log_tail(srv), 0.3)
 
     def stop_server(self, srv: Server, keep: bool = False) -> dict:
-        info: dict[str, Any] = {}
-        if srv.proc is not None:
-            crashed = srv.proc.poll() is not None
-            rc = self.procs.stop(srv.proc)
-            info["exited_during_step"] = crashed
-            if crashed:
-                info["exit_code"] = rc
-                info["log_tail"] = self.log_tail(srv)
+        info = stop_server_proc(self.procs, srv.proc, "exited_during_step", lambda: self.log_tail(srv))
         info["leases_in_store"] = srv.leases_in_store()
         if self.args.keep_workdirs or keep:
             log(f"  (kept {srv.workdir})")
@@ -427,17 +271,13 @@ class Bench:
 
     @staticmethod
     def log_tail(srv: Server, n: int = 15) -> str:
-        lines: list[str] = []
-        for path in (srv.log_path, srv.workdir / "kea.log", srv.workdir / "dnsmasq.log"):
-            if path and path.exists():
-                lines += path.read_text(errors="replace").splitlines()[-n:]
-        return "\n".join(lines[-n:])
+        return log_tail([srv.log_path, srv.workdir / "kea.log", srv.workdir / "dnsmasq.log"], n)
 
     # ---- perfdhcp
 
     def perfdhcp(self, extra: list[str], timeout: float) -> str | None:
         """Run perfdhcp in the client namespace; stdout, or None if it failed to run."""
-        cmd = self.ns_exec(self.topo.client_ns, self.args.client_cpus,
+        cmd = ns_exec(self.topo.client_ns, self.args.client_cpus,
                            [self.args.perfdhcp_bin, "-4", "-l", self.topo.client_if] + extra + [SERVER_IP])
         p = self.procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
         try:
@@ -589,17 +429,6 @@ class Bench:
 # --------------------------------------------------------------------------- summary
 
 
-def fmt(v: float | None, digits: int = 0) -> str:
-    if v is None:
-        return "-"
-    return f"{v:,.{digits}f}"
-
-
-def med(vals: list) -> float | None:
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else None
-
-
 def dig(d: dict | None, *path: str) -> Any:
     for p in path:
         if d is None:
@@ -611,8 +440,7 @@ def dig(d: dict | None, *path: str) -> Any:
 def summarize(results: list[dict], servers: list[str]) -> dict:
     summary: dict[str, Any] = {}
     for name in servers:
-        rs = [r for r in results if r["server"] == name and "error" not in r]
-        errors = [r["error"] for r in results if r["server"] == name and "error" in r]
+        rs, errors = split_by_server(results, name)
         summary[name] = {
             "runs_ok": len(rs),
             "errors": errors,
@@ -666,13 +494,10 @@ def table(summary: dict, servers: list[str], args: argparse.Namespace) -> str:
             f"{fmt(s['unlimited_completed_per_s'])} (of {fmt(s['unlimited_offered_per_s'])})",
             fmt(s["unlimited_drop_pct"], 1),
         ])
-    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     out = [
         f"DHCPv4 DORA via perfdhcp: {args.clients} clients, {args.step_seconds} s steps, "
         f"pass = drops < {DROP_LIMIT_PCT:g} %, median of {args.runs} run(s)",
-        line(head), line(["-" * w for w in widths]),
-    ] + [line(r) for r in rows]
+    ] + render_table(head, rows, left=1)
     ratio = summary.get("ratio_ramboot_to_best_peer")
     if ratio:
         if ratio["sustained_rate"] == 0:  # ramboot passed no step: bound it by its lowest
@@ -698,9 +523,8 @@ def parse_args() -> argparse.Namespace:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="repetitions; the table shows medians")
     ap.add_argument("--step-seconds", type=int, default=10, help="perfdhcp -p per step")
-    ap.add_argument("--servers", default=",".join(ALL_SERVERS), help="comma-separated subset of " + ",".join(ALL_SERVERS))
-    ap.add_argument("--ramboot-bin", type=Path,
-                    default=Path(os.environ.get("RAMBOOT_BIN", REPO / "target" / "release" / "ramboot")))
+    add_servers_arg(ap, ALL_SERVERS)
+    add_ramboot_bin_arg(ap)
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
     ap.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)), help="sweep steps (exchanges/s)")
     ap.add_argument("--no-bisect", dest="bisect", action="store_false", help="skip the one bisection step")
@@ -722,10 +546,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--kea-bin", default="/usr/sbin/kea-dhcp4")
     ap.add_argument("--dnsmasq-bin", default="/usr/sbin/dnsmasq")
     a = ap.parse_args()
-    a.servers = [s.strip() for s in a.servers.split(",") if s.strip()]
-    bad = [s for s in a.servers if s not in ALL_SERVERS]
-    if bad or not a.servers:
-        ap.error(f"unknown server(s) {bad}; choose from {ALL_SERVERS}")
+    parse_servers(ap, a, ALL_SERVERS)
     a.rates = sorted({int(r) for r in a.rates.split(",")})
     if a.runs < 1 or a.step_seconds < 1 or not a.rates or a.rates[0] < 1:
         ap.error("--runs, --step-seconds and --rates must be positive")
@@ -739,22 +560,9 @@ def parse_args() -> argparse.Namespace:
     return a
 
 
-def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 1 << 30
-
-
 def preflight(a: argparse.Namespace) -> None:
-    if os.geteuid() != 0:
-        raise BenchError("run as root (it creates network namespaces)")
-    need = {"ip": shutil.which("ip"), "perfdhcp": a.perfdhcp_bin}
-    if a.pin:
-        need["taskset"] = shutil.which("taskset")
-    if "ramboot" in a.servers:
-        need["ramboot"] = str(a.ramboot_bin)
+    need = common_needs(a, shutil.which("ip"), shutil.which("taskset"))
+    need["perfdhcp"] = a.perfdhcp_bin
     if "kea" in a.servers:
         need["kea-dhcp4"] = a.kea_bin
     if "dnsmasq" in a.servers:
@@ -768,58 +576,40 @@ def preflight(a: argparse.Namespace) -> None:
 
 def main() -> int:
     args = parse_args()
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    # SIGINT explicitly too: a shell may start us with it ignored (background jobs).
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    install_signal_handlers()
     try:
         preflight(args)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    topo, procs = Topology(), Procs()
+    topo, procs = Topology("rbb", SERVER_IP, CLIENT_IP, PREFIX), Procs()
     bench = Bench(args=args, topo=topo, procs=procs)
     results: list[dict] = []
     started = datetime.datetime.now(datetime.timezone.utc)
-    interrupted = False
-    try:
+
+    def body() -> None:
         topo.up()
-        log(f"namespaces {topo.server_ns} ({SERVER_IP}) / {topo.client_ns} ({CLIENT_IP}); "
-            f"servers: {', '.join(args.servers)}; pinning: "
+        log(f"{topo.describe()}; servers: {', '.join(args.servers)}; pinning: "
             f"{f'server cpu {args.server_cpus}, perfdhcp cpu {args.client_cpus}' if args.pin else 'off'}")
         bench.perfdhcp_version = run([args.perfdhcp_bin, "-v"], check=False).stdout.strip()
         for name in args.servers:
             srv_cls = SERVER_CLASSES[name]
             bench.server_versions[name] = srv_cls(name=name, workdir=Path("."), topo=topo, args=args).version()
-        for run_idx in range(args.runs):
-            # Alternate the order between runs so drift (thermal, page cache) is spread out.
-            order = args.servers if run_idx % 2 == 0 else list(reversed(args.servers))
-            for name in order:
-                try:
-                    results.append(bench.sweep(name, run_idx))
-                except BenchError as e:
-                    log(f"run {run_idx + 1} {name}: ERROR {e}")
-                    results.append({"server": name, "run": run_idx + 1, "error": str(e)})
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted: stopping what was started and removing the namespaces")
-    except BenchError as e:
-        log(f"error: {e}")
-        interrupted = True
-    finally:
+        run_servers(args, results, bench.sweep)
+
+    def cleanup() -> None:
         procs.stop_all()
         topo.down()
+
+    interrupted = guarded(body, cleanup)
 
     summary = summarize(results, args.servers)
     doc = {
         "benchmark": "dhcp4-dora-perfdhcp",
         "started_utc": started.isoformat(timespec="seconds"),
         "complete": not interrupted,
-        "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "host": host_info(),
         "versions": {"perfdhcp": bench.perfdhcp_version, **bench.server_versions},
         "settings": {
             "runs": args.runs, "step_seconds": args.step_seconds, "clients": args.clients,
@@ -834,8 +624,7 @@ def main() -> int:
         "summary": summary,
         "runs": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_results(args.out, doc)
     if results:
         print(table(summary, args.servers, args))
     log(f"JSON: {args.out}")

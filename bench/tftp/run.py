@@ -16,18 +16,14 @@ See README.md next to this file.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import hashlib
 import json
-import math
 import os
-import platform
 import pwd
 import re
 import selectors
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -40,187 +36,27 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent / "lib"))  # bench/lib/netlab.py: the shared plumbing
 
-SERVER_IP = "10.79.0.1"
-CLIENT_IP = "10.79.0.2"
-PREFIX = 24
-SUBNET = "10.79.0.0/24"
+from netlab import BaseServer, BenchError, Procs, Topology, add_ramboot_bin_arg, add_servers_arg  # noqa: E402
+from netlab import common_needs, cpu_seconds, fmt, guarded, host_info, install_signal_handlers  # noqa: E402
+from netlab import lab_network, log, log_tail, med, ns_exec, parse_servers, percentile  # noqa: E402
+from netlab import ramboot_command, render_table, run, run_servers, split_by_server  # noqa: E402
+from netlab import stop_server_proc, wait_until, write_results  # noqa: E402
+
+SUBNET, SERVER_IP, CLIENT_IP, PREFIX = lab_network("10.79.0.0/24")  # server .1, client .2
 TFTP_PORT = 69
 FILE_NAME = "bench.bin"
 ALL_SERVERS = ("ramboot", "tftpd-hpa", "dnsmasq")
-CLONE_NEWNET = 0x40000000
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1 << 20
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    pass
-
-
-def run(cmd: list[str], timeout: float = 30, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and p.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}")
-    return p
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def setns(fd: int) -> None:
-    """Move this (single-threaded) process into the network namespace behind `fd`."""
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-# --------------------------------------------------------------------------- topology
-
-
-class Topology:
-    """Two namespaces named after our PID, joined by a veth pair.
-
-    The script itself moves into the client namespace (setns) once it is up, so the
-    clients it spawns start there directly: no `ip netns exec` per download, whose
-    cost would be a visible share of a 1 MiB transfer. Servers are started with
-    `ip netns exec` into the server namespace.
-    """
-
-    def __init__(self) -> None:
-        pid = os.getpid()
-        self.server_ns = f"rbt{pid}s"
-        self.client_ns = f"rbt{pid}c"
-        self.server_if = f"rbt{pid}s"
-        self.client_if = f"rbt{pid}c"
-        self.created: list[str] = []
-        self.home_fd: int | None = None  # our original network namespace
-
-    def up(self) -> None:
-        existing = run(["ip", "netns", "list"]).stdout.split()
-        for ns in (self.server_ns, self.client_ns):
-            if ns in existing:
-                raise BenchError(f"network namespace {ns} already exists")
-        for ns in (self.server_ns, self.client_ns):
-            run(["ip", "netns", "add", ns])
-            self.created.append(ns)
-        run(["ip", "link", "add", self.server_if, "netns", self.server_ns, "type", "veth",
-             "peer", "name", self.client_if, "netns", self.client_ns])
-        for ns, ifname, ip in ((self.server_ns, self.server_if, SERVER_IP),
-                               (self.client_ns, self.client_if, CLIENT_IP)):
-            run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], check=False)
-            run(["ip", "-n", ns, "addr", "add", f"{ip}/{PREFIX}", "dev", ifname])
-            run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            run(["ip", "-n", ns, "link", "set", ifname, "up"])
-
-    def enter_client(self) -> None:
-        self.home_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        fd = os.open(f"/run/netns/{self.client_ns}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            setns(fd)
-        finally:
-            os.close(fd)
-
-    def down(self) -> None:
-        if self.home_fd is not None:
-            try:
-                setns(self.home_fd)
-            except OSError as e:
-                log(f"warning: could not return to the original network namespace: {e}")
-            os.close(self.home_fd)
-            self.home_fd = None
-        for ns in reversed(self.created):
-            p = run(["ip", "netns", "del", ns], check=False)
-            if p.returncode != 0:
-                log(f"warning: could not delete namespace {ns}: {p.stderr.strip()}")
-        self.created.clear()
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Procs:
-    """Every process this script started, so cleanup ends exactly those, by PID.
-
-    Servers are Popen objects. Clients are posix_spawn'ed and watched through pidfds
-    (exact end times, rusage from wait4, and no PID-reuse race when killing).
-    """
-
-    def __init__(self) -> None:
-        self.live: dict[int, subprocess.Popen] = {}
-        self.clients: dict[int, int] = {}  # pid -> pidfd, until reaped
-
-    def start(self, cmd: list[str], **kw: Any) -> subprocess.Popen:
-        p = subprocess.Popen(cmd, start_new_session=True, **kw)
-        self.live[p.pid] = p
-        return p
-
-    def stop(self, p: subprocess.Popen, grace: float = 5.0) -> int | None:
-        try:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(timeout=10)
-        finally:
-            self.live.pop(p.pid, None)
-        return p.returncode
-
-    def spawn_client(self, argv: list[str], log_path: Path) -> tuple[int, int]:
-        actions = [
-            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
-            (os.POSIX_SPAWN_DUP2, 1, 2),
-        ]
-        pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions, setsid=True)
-        pidfd = os.pidfd_open(pid)
-        self.clients[pid] = pidfd
-        return pid, pidfd
-
-    def reap_client(self, pid: int) -> tuple[int, Any]:
-        _, status, rusage = os.wait4(pid, 0)
-        pidfd = self.clients.pop(pid, None)
-        if pidfd is not None:
-            os.close(pidfd)
-        return os.waitstatus_to_exitcode(status), rusage
-
-    def kill_client(self, pid: int) -> None:
-        pidfd = self.clients.get(pid)
-        if pidfd is not None:
-            try:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def stop_all(self) -> None:
-        for pid in list(self.clients):
-            try:
-                self.kill_client(pid)
-                self.reap_client(pid)
-            except Exception as e:
-                log(f"warning: stopping client pid {pid}: {e}")
-        for p in list(self.live.values()):
-            try:
-                self.stop(p, grace=3.0)
-            except Exception as e:
-                log(f"warning: stopping pid {p.pid}: {e}")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime + reaped children's (tftpd-hpa forks one per transfer)."""
+def server_cpu_seconds(pid: int) -> float | None:
+    """utime + stime + reaped children's (tftpd-hpa forks one per transfer); None if gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
+        return cpu_seconds(pid, children=True)
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
 
 
 def udp_counters(pid: int | str) -> dict[str, int]:
@@ -278,41 +114,22 @@ def tftp_probe(options: dict[str, str], timeout: float) -> dict:
 # --------------------------------------------------------------------------- servers
 
 
-@dataclass
-class Server:
-    name: str
-    workdir: Path
-    root: Path
-    topo: Topology
-    args: argparse.Namespace
-    proc: subprocess.Popen | None = None
-    log_path: Path | None = None
+@dataclass(kw_only=True)
+class Server(BaseServer):
+    root: Path  # the TFTP root, holding FILE_NAME
     cpu_measurable = True  # class attribute: /proc/<pid>/stat covers the work
-
-    def command(self) -> tuple[list[str], dict[str, str]]:
-        raise NotImplementedError
-
-    def version(self) -> str:
-        return ""
 
 
 class Ramboot(Server):
     def command(self):
         d = self.workdir
-        for sub in ("data", "profiles"):
-            (d / sub).mkdir(parents=True, exist_ok=True)
-        cfg = d / "ramboot.yaml"
-        cfg.write_text(
-            f"""interface: {self.topo.server_if}
+        return ramboot_command(self.args, d, ("data", "profiles"), f"""interface: {self.topo.server_if}
 server_address: {SERVER_IP}
 http: {{listen: "{SERVER_IP}:18080"}}
 tftp: {{listen: "{SERVER_IP}:{TFTP_PORT}"}}
 dhcp: {{subnet: {SUBNET}, range: [10.79.0.100, 10.79.0.200], port: 10067}}
 paths: {{data: {d}/data, profiles: {d}/profiles, ipxe: {self.root}}}
-"""
-        )
-        env = {"RUST_LOG": "info" if self.args.verbose_servers else "warn", "NO_COLOR": "1"}
-        return [str(self.args.ramboot_bin), "serve", "--config", str(cfg)], env
+""")
 
     def version(self):
         return run([str(self.args.ramboot_bin), "--version"], check=False).stdout.strip()
@@ -420,14 +237,6 @@ def oack_from_client_log(text: str) -> dict[str, str] | None:
     return None
 
 
-def percentile(sorted_vals: list[float], p: float) -> float | None:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_vals:
-        return None
-    k = max(0, math.ceil(p / 100.0 * len(sorted_vals)) - 1)
-    return sorted_vals[k]
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -459,11 +268,8 @@ class Bench:
         srv = SERVER_CLASSES[name](name=name, workdir=workdir, root=self.root, topo=self.topo, args=self.args)
         cmd, env = srv.command()
         srv.log_path = workdir / "server.out"
-        pre = ["ip", "netns", "exec", self.topo.server_ns]
-        if self.args.server_cpus:
-            pre += ["taskset", "-c", self.args.server_cpus]
         with open(srv.log_path, "w") as logf:
-            srv.proc = self.procs.start(pre + cmd, env={**os.environ, **env}, stdout=logf,
+            srv.proc = self.procs.start(ns_exec(self.topo.server_ns, self.args.server_cpus, cmd), env={**os.environ, **env}, stdout=logf,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self.wait_ready(srv)
@@ -474,28 +280,16 @@ class Bench:
 
     def wait_ready(self, srv: Server) -> None:
         """Ready once it answers an RRQ for the file (at most 20 s)."""
-        deadline = time.monotonic() + 20
-        while True:
-            if srv.proc.poll() is not None:
-                raise BenchError(f"{srv.name} exited with {srv.proc.returncode} at start:\n{self.log_tail(srv)}")
+        def probe() -> bool:
             r = tftp_probe({}, timeout=0.5)
-            if r["reply"] in ("oack", "data"):
-                return
             if r["reply"] == "error":
                 raise BenchError(f"{srv.name} refused the RRQ: ERROR {r.get('code')} {r.get('message')!r}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{srv.name} did not answer an RRQ within 20 s:\n{self.log_tail(srv)}")
-            time.sleep(0.2)
+            return r["reply"] in ("oack", "data")
+
+        wait_until(srv.proc, srv.name, probe, "answer an RRQ", lambda: self.log_tail(srv), 0.2)
 
     def stop_server(self, srv: Server) -> dict:
-        info: dict[str, Any] = {}
-        if srv.proc is not None:
-            crashed = srv.proc.poll() is not None
-            rc = self.procs.stop(srv.proc)
-            info["exited_early"] = crashed
-            if crashed:
-                info["exit_code"] = rc
-                info["log_tail"] = self.log_tail(srv)
+        info = stop_server_proc(self.procs, srv.proc, "exited_early", lambda: self.log_tail(srv))
         tail = self.log_tail(srv, 10)
         if tail.strip():
             info["log_tail"] = tail
@@ -503,11 +297,7 @@ class Bench:
 
     @staticmethod
     def log_tail(srv: Server, n: int = 15) -> str:
-        lines: list[str] = []
-        for path in (srv.log_path, srv.workdir / "dnsmasq.log"):
-            if path and path.exists():
-                lines += path.read_text(errors="replace").splitlines()[-n:]
-        return "\n".join(lines[-n:])
+        return log_tail([srv.log_path, srv.workdir / "dnsmasq.log"], n)
 
     def probe_options(self) -> dict:
         b, w = str(self.args.blksize), str(self.args.windowsize)
@@ -547,7 +337,7 @@ class Bench:
             local = ddir / f"{i}.bin"
             jobs.append({"i": i, "local": local, "log": ddir / f"{i}.log", "argv": client_argv(a, case, local, trace)})
         spid = srv.proc.pid
-        s_udp0, c_udp0, cpu0 = udp_counters(spid), udp_counters("self"), cpu_seconds(spid)
+        s_udp0, c_udp0, cpu0 = udp_counters(spid), udp_counters("self"), server_cpu_seconds(spid)
         sel = selectors.DefaultSelector()
         running: dict[int, dict] = {}
         try:
@@ -583,7 +373,7 @@ class Bench:
                 self.procs.kill_client(pid)
                 self.procs.reap_client(pid)
         time.sleep(0.05)  # let the last ACKs/ERRORs land before reading counters
-        s_udp1, c_udp1, cpu1 = udp_counters(spid), udp_counters("self"), cpu_seconds(spid)
+        s_udp1, c_udp1, cpu1 = udp_counters(spid), udp_counters("self"), server_cpu_seconds(spid)
 
         results, failures = [], []
         oacks: dict[str, int] = {}
@@ -722,17 +512,6 @@ class Bench:
 # --------------------------------------------------------------------------- summary
 
 
-def fmt(v: float | None, digits: int = 0) -> str:
-    if v is None:
-        return "-"
-    return f"{v:,.{digits}f}"
-
-
-def med(vals: list) -> float | None:
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else None
-
-
 def describe_grant(probe: dict) -> str:
     r = probe.get("blksize+windowsize+tsize", {})
     if r.get("reply") == "oack":
@@ -746,9 +525,8 @@ def describe_grant(probe: dict) -> str:
 def summarize(results: list[dict], servers: list[str], cases: list[Case]) -> dict:
     summary: dict[str, Any] = {"servers": {}, "ratios": {}}
     for name in servers:
-        rs = [r for r in results if r["server"] == name and "error" not in r]
-        s: dict[str, Any] = {"runs_ok": len(rs), "errors": [r["error"] for r in results
-                                                         if r["server"] == name and "error" in r]}
+        rs, errors = split_by_server(results, name)
+        s: dict[str, Any] = {"runs_ok": len(rs), "errors": errors}
         for c in cases:
             cs = [r["cases"][c.key] for r in rs if c.key in r["cases"]]
             s[c.key] = {
@@ -823,13 +601,10 @@ def table(summary: dict, servers: list[str], cases: list[Case], args: argparse.N
         else:
             grant_row.append("-")
     rows.append(grant_row + [""] * (len(head) - len(grant_row)))
-    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     out = [
         f"TFTP read of a {args.size_bytes:,}-byte file, median of {args.runs} run(s)"
         f" (single-client cases: median of {args.repeat} downloads per run)",
-        line(head), line(["-" * w for w in widths]),
-    ] + [line(r) for r in rows]
+    ] + render_table(head, rows, left=2)
     if getattr(args, "spawn_s", None):
         out.append(f"times include client start-up (atftp -V spawn to exit: {args.spawn_s * 1000:.2f} ms)")
     out.append("ratios: ramboot's advantage (>1 = ramboot faster: MiB/s mine/peer, times peer/mine);"
@@ -881,7 +656,7 @@ def parse_args() -> argparse.Namespace:
                     help="downloads per single-client case and run (the run's figure is their median)")
     ap.add_argument("--blksize", type=int, default=1468)
     ap.add_argument("--windowsize", type=int, default=16)
-    ap.add_argument("--servers", default=",".join(ALL_SERVERS), help="comma-separated subset of " + ",".join(ALL_SERVERS))
+    add_servers_arg(ap, ALL_SERVERS)
     ap.add_argument("--cases", default="", help="comma-separated case keys (default: all; see the JSON)")
     ap.add_argument("--default-client", choices=("atftp", "tftp-hpa", "curl"), default="atftp",
                     help="client for the default-options cases (atftp and tftp-hpa send no options; "
@@ -889,8 +664,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--blksize-client", choices=("atftp", "curl"), default="atftp",
                     help="client for the blksize-only case (windowsize cases always use atftp)")
     ap.add_argument("--client-timeout", type=float, default=60.0, help="seconds before a download is killed")
-    ap.add_argument("--ramboot-bin", type=Path,
-                    default=Path(os.environ.get("RAMBOOT_BIN", REPO / "target" / "release" / "ramboot")))
+    add_ramboot_bin_arg(ap)
     ap.add_argument("--tftpd-bin", default="/usr/sbin/in.tftpd")
     ap.add_argument("--dnsmasq-bin", default="/usr/sbin/dnsmasq")
     ap.add_argument("--atftp-bin", default="/usr/bin/atftp")
@@ -905,10 +679,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--keep-workdir", action="store_true")
     ap.add_argument("--verbose-servers", action="store_true")
     a = ap.parse_args()
-    a.servers = [s.strip() for s in a.servers.split(",") if s.strip()]
-    bad = [s for s in a.servers if s not in ALL_SERVERS]
-    if bad or not a.servers:
-        ap.error(f"unknown server(s) {bad}; choose from {ALL_SERVERS}")
+    parse_servers(ap, a, ALL_SERVERS)
     a.cases = [c.strip() for c in a.cases.split(",") if c.strip()]
     try:
         a.size_bytes = parse_size(a.size)
@@ -940,14 +711,8 @@ def stop_debian_service(name: str) -> None:
 
 
 def preflight(a: argparse.Namespace, cases: list[Case]) -> None:
-    if os.geteuid() != 0:
-        raise BenchError("run as root (it creates network namespaces)")
+    need = common_needs(a, shutil.which("ip") or "ip", shutil.which("taskset") or "taskset")
     clients = {c.client for c in cases}
-    need = {"ip": shutil.which("ip") or "ip"}
-    if a.pin:
-        need["taskset"] = shutil.which("taskset") or "taskset"
-    if "ramboot" in a.servers:
-        need["ramboot"] = str(a.ramboot_bin)
     if "tftpd-hpa" in a.servers:
         need["tftpd-hpa"] = a.tftpd_bin
     if "dnsmasq" in a.servers:
@@ -976,25 +741,21 @@ def preflight(a: argparse.Namespace, cases: list[Case]) -> None:
 def main() -> int:
     args = parse_args()
     cases = make_cases(args)
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    install_signal_handlers()
     try:
         preflight(args, cases)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    topo, procs = Topology(), Procs()
+    topo, procs = Topology("rbt", SERVER_IP, CLIENT_IP, PREFIX), Procs()
     work = Path(tempfile.mkdtemp(prefix="rbt-", dir=args.workdir))
     results: list[dict] = []
     started = datetime.datetime.now(datetime.timezone.utc)
-    interrupted = False
     bench = None
-    try:
+
+    def body() -> None:
+        nonlocal bench
         # The file: random bytes, world-readable (tftpd-hpa drops to user tftp in its chroot).
         root = work / "root"
         root.mkdir()
@@ -1024,25 +785,13 @@ def main() -> int:
         topo.up()
         topo.enter_client()
         bench.spawn_s = bench.spawn_overhead() if any(c.client == "atftp" for c in cases) else None
-        log(f"namespaces {topo.server_ns} ({SERVER_IP}) / {topo.client_ns} ({CLIENT_IP}); "
-            f"{args.size_bytes:,}-byte file sha256 {bench.digest[:16]}...; servers: {', '.join(args.servers)}; "
+        log(f"{topo.describe()}; {args.size_bytes:,}-byte file sha256 {bench.digest[:16]}...; "
+            f"servers: {', '.join(args.servers)}; "
             f"pinning: {f'server cpu {args.server_cpus}, clients cpu {sorted(args.client_cpus)}' if args.pin else 'off'}"
             f"; client start-up (atftp -V) {fmt(bench.spawn_s and bench.spawn_s * 1000, 2)} ms")
-        for run_idx in range(args.runs):
-            order = args.servers if run_idx % 2 == 0 else list(reversed(args.servers))
-            for name in order:
-                try:
-                    results.append(bench.run_server(name, run_idx, cases))
-                except BenchError as e:
-                    log(f"run {run_idx + 1} {name}: ERROR {e}")
-                    results.append({"server": name, "run": run_idx + 1, "error": str(e)})
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted: stopping what was started and removing the namespaces")
-    except BenchError as e:
-        log(f"error: {e}")
-        interrupted = True
-    finally:
+        run_servers(args, results, lambda name, run_idx: bench.run_server(name, run_idx, cases))
+
+    def cleanup() -> None:
         procs.stop_all()
         topo.down()
         if args.keep_workdir:
@@ -1050,12 +799,14 @@ def main() -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
+    interrupted = guarded(body, cleanup)
+
     summary = summarize(results, args.servers, cases)
     doc = {
         "benchmark": "tftp-read",
         "started_utc": started.isoformat(timespec="seconds"),
         "complete": not interrupted,
-        "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "host": host_info(),
         "versions": bench.versions if bench else {},
         "settings": {
             "runs": args.runs, "size_bytes": args.size_bytes, "clients": args.clients, "repeat": args.repeat,
@@ -1071,8 +822,7 @@ def main() -> int:
         "summary": summary,
         "runs": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_results(args.out, doc)
     args.spawn_s = bench.spawn_s if bench else None
     if results:
         print(table(summary, args.servers, cases, args))
