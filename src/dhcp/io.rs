@@ -527,38 +527,39 @@ async fn commit_loop(
     mut queue: mpsc::Receiver<Pending>,
     failed: mpsc::UnboundedSender<(MacAddr, Ipv4Addr)>,
 ) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    // The batch's lease changes and, alongside, the replies waiting for them.
+    let mut ops: Vec<LeaseOp> = Vec::with_capacity(MAX_BATCH);
+    let mut replies: Vec<Option<Outgoing>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            ops.push(p.op);
+            replies.push(p.reply);
+            if ops.len() < MAX_BATCH {
+                next = queue.try_recv().ok();
             }
         }
-        let ops: Vec<LeaseOp> = batch.iter().map(|p| p.op.clone()).collect();
         let started = Instant::now();
         let (_, now_ms) = unix_now();
         let result = store.commit_dhcp(&ops, now_ms).await;
         metrics::histogram!("ramboot_dhcp_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("ramboot_dhcp_commit_batch_size").record(batch.len() as f64);
+        metrics::histogram!("ramboot_dhcp_commit_batch_size").record(ops.len() as f64);
         match result {
             Ok(()) => {
-                for p in batch.drain(..) {
-                    if let Some(reply) = p.reply {
-                        reply.send().await;
-                    }
+                ops.clear();
+                for reply in replies.drain(..).flatten() {
+                    reply.send().await;
                 }
             }
             Err(e) => {
-                error!(leases = batch.len(), error = %e, "lease batch not persisted: no ACKs sent");
-                for p in batch.drain(..) {
-                    if let LeaseOp::Grant { mac, ip, .. } = p.op {
+                error!(leases = ops.len(), error = %e, "lease batch not persisted: no ACKs sent");
+                for op in ops.drain(..) {
+                    if let LeaseOp::Grant { mac, ip, .. } = op {
                         let _ = failed.send((mac, ip));
                     }
-                    if let Some(reply) = p.reply {
-                        count(reply.request_type, "store_error");
-                    }
+                }
+                for reply in replies.drain(..).flatten() {
+                    count(reply.request_type, "store_error");
                 }
             }
         }

@@ -244,11 +244,6 @@ impl LeasePool {
         }
         self.by_ip.insert(ip, Binding { mac, kind: BindingKind::Quarantined, expires_at: until });
     }
-
-    /// Live bindings, for the admin API and tests.
-    pub fn live(&self, now: u64) -> impl Iterator<Item = (Ipv4Addr, &Binding)> {
-        self.by_ip.iter().filter(move |(_, b)| b.expires_at > now).map(|(ip, b)| (Ipv4Addr::from(*ip), b))
-    }
 }
 
 #[cfg(test)]
