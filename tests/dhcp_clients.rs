@@ -15,7 +15,8 @@ mod common;
 
 use common::netns::{
     assert_no_errors_or_naks, events, first_existing, ip_in, leases_of, logs_context, read_lossy, skip_reason,
-    store_leases, tail, tool, veth, wait_event, wait_for, write_executable, Dhclient, Lab, Ramboot, DHCLIENT,
+    store_leases, tail, tool, udp_counters, veth, wait_event, wait_for, write_executable, Dhclient, Lab, Ramboot,
+    DHCLIENT,
 };
 use nix::sys::signal::{kill, Signal};
 use ramboot::store::{Lease, Store};
@@ -477,7 +478,8 @@ fn perfdhcp_10k_clients_get_one_unique_durable_lease_each() {
     );
 
     // perfdhcp's own verdict: exit 0 is every exchange completed; 3 is some were not
-    // (drops), tolerated below within a bound; anything else is an error.
+    // (drops), accepted below only where the kernel saw perfdhcp drop the reply; anything
+    // else is an error.
     assert!(matches!(status.code(), Some(0) | Some(3)), "perfdhcp failed: {status}\n{summary}");
     assert_eq!(report.malformed, Some(0), "malformed replies\n{summary}");
     // perfdhcp's rate timer may slip one or two DISCOVERs past -n on a busy machine.
@@ -487,11 +489,24 @@ fn perfdhcp_10k_clients_get_one_unique_durable_lease_each() {
             assert_eq!(report.num(exchange, key), 0, "{exchange} {key}\n{summary}");
         }
     }
-    // At this rate ramboot normally answers every exchange; allow up to 1% lost to a
-    // busy machine, but say so. Loss does not weaken the store checks below.
-    assert!(acked * 100 >= CLIENTS * 99, "only {acked} of {CLIENTS} clients got an ACK\n{summary}");
-    if acked < CLIENTS {
-        eprintln!("NOTE: {} clients got no ACK (exit {status})", CLIENTS - acked);
+    // ramboot must answer every datagram it received, exactly once (its own queues drop
+    // nothing at this rate), and every answer perfdhcp missed must have been dropped by
+    // perfdhcp's own socket. Group commit sends a batch's ACKs together, one burst per
+    // fsync; on a slow disk a burst can overflow perfdhcp's one receive queue (the
+    // default size; it cannot be raised from inside a namespace), which the kernel
+    // counts as RcvbufErrors. Real clients each have their own socket, and retransmit.
+    let (server_udp, client_udp) = (udp_counters(&lab.server_ns), udp_counters(&lab.client_ns));
+    let (received, answered) = (server_udp["InDatagrams"], server_udp["OutDatagrams"]);
+    assert_eq!(server_udp["InErrors"], 0, "ramboot's sockets dropped requests: {server_udp:?}");
+    assert_eq!(received, answered, "ramboot answered {answered} of the {received} requests it received");
+    let unanswered = (discovers - report.num(offers, "received packets")) + (report.num(acks, "sent packets") - acked);
+    let lost_at_client = client_udp["RcvbufErrors"];
+    assert!(
+        unanswered <= lost_at_client,
+        "{unanswered} exchanges unanswered but perfdhcp's socket dropped only {lost_at_client} replies\n{summary}"
+    );
+    if unanswered > 0 {
+        eprintln!("NOTE: {unanswered} replies overflowed perfdhcp's receive queue (RcvbufErrors {lost_at_client})");
     }
 
     // What perfdhcp was ACKed: one lease per client, no address twice, all in the pool.

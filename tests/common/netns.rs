@@ -10,7 +10,7 @@
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use ramboot::store::{Lease, Store};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -246,6 +246,22 @@ pub fn udp_port_bound(ns: &str, port: u16) -> bool {
         .lines()
         .skip(1)
         .any(|l| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(&needle)))
+}
+
+/// The kernel's UDP counters in namespace `ns` (`/proc/net/snmp`, e.g. `RcvbufErrors`:
+/// datagrams dropped because a socket's receive queue was full).
+pub fn udp_counters(ns: &str) -> HashMap<String, u64> {
+    let out = Command::new("ip").args(["netns", "exec", ns, "cat", "/proc/net/snmp"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows = text.lines().filter_map(|l| l.strip_prefix("Udp:"));
+    let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+        panic!("no Udp rows in {ns}'s /proc/net/snmp:\n{text}")
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace().map(|v| v.parse().unwrap_or(0)))
+        .map(|(n, v)| (n.to_string(), v))
+        .collect()
 }
 
 /// `ip netns exec ns program…`: `ip` execs the program, so a child's PID is the
