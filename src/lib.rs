@@ -17,6 +17,7 @@ pub mod profiles;
 pub mod ra;
 pub mod safe_path;
 pub mod serve;
+pub mod sim;
 pub mod store;
 pub mod tftp;
 pub mod token;

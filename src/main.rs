@@ -30,6 +30,9 @@ enum Cmd {
     },
     /// Boot a QEMU VM through ramboot inside a private network namespace.
     Lab(lab::LabOptions),
+    /// Simulate a fleet of nodes netbooting at once against a running server (a boot
+    /// storm), over real DHCP (as a relay), TFTP and HTTP; report per-phase latency.
+    Sim(ramboot::sim::SimOptions),
     /// Manage nodes through a running server's admin API.
     Nodes {
         #[command(flatten)]
@@ -293,6 +296,17 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Lab(opts) => tokio::runtime::Runtime::new()?.block_on(lab::run(opts)),
+        Cmd::Sim(opts) => {
+            init_tracing();
+            let report = tokio::runtime::Runtime::new()?.block_on(ramboot::sim::run(&opts))?;
+            print!("{}", report.table());
+            if let Some(path) = &opts.json {
+                std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            anyhow::ensure!(report.failed == 0, "{} of {} simulated nodes failed to boot", report.failed, report.nodes);
+            Ok(())
+        }
         Cmd::Nodes { api, command } => nodes(&api, command),
         Cmd::Tokens { api, command } => tokens(&api, command),
         Cmd::Volumes { api, command } => volumes(&api, command),

@@ -14,6 +14,7 @@
 //! a PXE ROM's tsize probe left a session resending into the void, and its window
 //! retransmission had bugs; a sans-I/O core is also what the rest of ramboot does.
 
+pub mod client;
 pub mod core;
 
 use self::core::{error_packet, negotiate, parse_client, parse_request, Limits, Send, Session, Step};

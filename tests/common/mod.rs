@@ -46,7 +46,7 @@ pub fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn write_image(store: &ImageStore, dir: &Path, name: &str, kind: ImageKind, files: &[(&str, &str, &[u8])]) {
+pub fn write_image(store: &ImageStore, dir: &Path, name: &str, kind: ImageKind, files: &[(&str, &str, &[u8])]) {
     let mut artifacts = BTreeMap::new();
     for (role, format, bytes) in files {
         let path = dir.join(format!("{name}-{role}"));
