@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""Boot storm: N simulated nodes netboot at once from one `ramboot serve`, against the
+physical limit of the link they share.
+
+Topology: two network namespaces (rbs<pid>s = server, rbs<pid>c = simulator) joined
+by a veth pair, 10.81.0.1/16 <-> 10.81.0.2/16. ramboot serves a stage one (kernel +
+initrd) and a root image (64 MiB by default) to `ramboot sim`, whose nodes each do
+DHCP (as a relay) → TFTP of an iPXE binary → DHCP as iPXE → boot.ipxe → kernel and
+initrd → agent hello/plan → the image, SHA-256 checked → ready.
+
+The limit: iperf3 over the same veth, server → simulator, same CPU pinning (server
+side on CPU 0, client side on CPU 1), 4 streams. limit time = bytes the storm moved /
+iperf3's rate; efficiency = limit time / time to all ready. Server memory (VmRSS
+sampled every 100 ms, and VmHWM) shows whether it stays flat as N grows.
+
+Python 3.11, stdlib only. Needs root, iperf3, and a release `ramboot`.
+See README.md next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "lib"))  # bench/lib/netlab.py: the shared plumbing
+
+from netlab import BenchError, Procs, Topology, add_ramboot_bin_arg, cpu_seconds, fmt, guarded  # noqa: E402
+from netlab import host_info, install_signal_handlers, lab_network, log, log_tail, med, ns_exec  # noqa: E402
+from netlab import render_table, run, wait_until, write_results  # noqa: E402
+
+SUBNET, SERVER_IP, CLIENT_IP, PREFIX = lab_network("10.81.0.0/16")
+HTTP_PORT = 18081
+MIB = 1 << 20
+
+
+# --------------------------------------------------------------------------- content
+
+
+def write_blob(images: Path, data: bytes) -> dict[str, Any]:
+    """Store `data` as ramboot's image store does (`sha256/<hex>`); its artifact entry."""
+    digest = hashlib.sha256(data).hexdigest()
+    blobs = images / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    (blobs / digest).write_bytes(data)
+    return {"digest": digest, "size": len(data)}
+
+
+def write_manifest(images: Path, name: str, kind: str, artifacts: dict[str, dict]) -> None:
+    (images / "manifests").mkdir(parents=True, exist_ok=True)
+    doc = {"name": name, "kind": kind, "built_at_ms": int(time.time() * 1000), "artifacts": artifacts,
+           "inputs": {"recipe": "bench/storm (random bytes)"}}
+    (images / "manifests" / f"{name}.json").write_text(json.dumps(doc, indent=2))
+
+
+def prepare_content(workdir: Path, a: argparse.Namespace) -> int:
+    """Images, profile and iPXE binary under `workdir`; the bytes one node fetches."""
+    images = workdir / "data" / "images"
+    kernel, initrd, image = (os.urandom(a.kernel_mib * MIB), os.urandom(a.initrd_mib * MIB),
+                             os.urandom(a.image_mib * MIB))
+    write_manifest(images, "stage1", "stage1", {
+        "kernel": {**write_blob(images, kernel), "format": "bzImage"},
+        "initrd": {**write_blob(images, initrd), "format": "cpio.zst"},
+    })
+    write_manifest(images, "storm", "rootfs", {"rootfs": {**write_blob(images, image), "format": "squashfs"}})
+    (workdir / "profiles").mkdir(parents=True, exist_ok=True)
+    (workdir / "profiles" / "storm.yaml").write_text(
+        "name: storm\nstage1: stage1\nimage: storm\nkernel_args: [console=ttyS0]\n")
+    (workdir / "ipxe").mkdir(parents=True, exist_ok=True)
+    undionly = Path("/usr/lib/ipxe/undionly.kpxe")
+    ipxe = undionly.read_bytes() if undionly.exists() else os.urandom(70_000)
+    (workdir / "ipxe" / "undionly.kpxe").write_bytes(ipxe)
+    return len(kernel) + len(initrd) + len(image) + len(ipxe)
+
+
+def ramboot_config(workdir: Path, topo: Topology) -> Path:
+    cfg = workdir / "ramboot.yaml"
+    cfg.write_text(f"""interface: {topo.server_if}
+server_address: {SERVER_IP}
+http: {{listen: "{SERVER_IP}:{HTTP_PORT}"}}
+tftp: {{listen: "{SERVER_IP}:69"}}
+dhcp: {{subnet: {SUBNET}, range: [10.81.1.0, 10.81.40.255], router: {SERVER_IP}}}
+default_profile: storm
+paths: {{data: {workdir}/data, profiles: {workdir}/profiles, ipxe: {workdir}/ipxe}}
+""")
+    return cfg
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+class RssSampler(threading.Thread):
+    """Peak VmRSS of `pid`, sampled every 100 ms until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.done = pid, 0, threading.Event()
+
+    def status(self, key: str) -> int:
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self.peak = max(self.peak, self.status("VmRSS"))
+
+
+def iperf_limit(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path) -> float:
+    """Bytes/s iperf3 moves server → simulator over the veth, pinned like the storm."""
+    pin_s, pin_c = ("0", "1") if a.pin else (None, None)
+    server = procs.start(ns_exec(topo.server_ns, pin_s, [a.iperf3, "-s", "-1", "-B", SERVER_IP]),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = run(ns_exec(topo.client_ns, pin_c, [a.iperf3, "-c", SERVER_IP, "-R", "-P", "4",
+                                                  "-t", str(a.iperf_seconds), "-J"]),
+                  timeout=a.iperf_seconds + 30)
+        doc = json.loads(out.stdout)
+        return doc["end"]["sum_received"]["bits_per_second"] / 8
+    finally:
+        procs.stop(server)
+
+
+def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path, nodes: int,
+              run_idx: int) -> dict[str, Any]:
+    for f in (workdir / "data").glob("ramboot.db*"):
+        f.unlink()  # a fresh fleet every time: new nodes, new leases
+    cfg = ramboot_config(workdir, topo)
+    log_path = workdir / f"ramboot-{nodes}-{run_idx}.log"
+    env = {"RUST_LOG": "info" if a.verbose_servers else "warn", "NO_COLOR": "1"}
+    pin_s, pin_c = ("0", "1") if a.pin else (None, None)
+    with open(log_path, "w") as logf:
+        server = procs.start(ns_exec(topo.server_ns, pin_s, [str(a.ramboot_bin), "serve", "--config", str(cfg)], env),
+                             stdout=logf, stderr=subprocess.STDOUT)
+    tail = lambda: log_tail([log_path])  # noqa: E731
+    bound = lambda: ":0043 " in run(["ip", "netns", "exec", topo.server_ns, "cat", "/proc/net/udp"]).stdout  # noqa: E731
+    wait_until(server, "ramboot", bound, "bind DHCP port 67", tail, 0.2)
+    sampler = RssSampler(server.pid)
+    sampler.start()
+    cpu_before = cpu_seconds(server.pid)
+    report_path = workdir / f"sim-{nodes}-{run_idx}.json"
+    sim_cmd = [str(a.ramboot_bin), "sim", "--server", SERVER_IP, "--relay", CLIENT_IP, "--nodes", str(nodes),
+               "--timeout-secs", str(a.timeout), "--json", str(report_path)]
+    log(f"storm of {nodes} nodes (run {run_idx + 1}/{a.runs})")
+    started = time.monotonic()
+    sim = subprocess.run(ns_exec(topo.client_ns, pin_c, sim_cmd, {"NO_COLOR": "1"}), stdout=subprocess.PIPE,
+                         text=True, timeout=a.timeout + 120)
+    wall = time.monotonic() - started
+    cpu = cpu_seconds(server.pid) - cpu_before
+    sampler.done.set()
+    sampler.join()
+    hwm = sampler.status("VmHWM")
+    crashed = server.poll() is not None
+    procs.stop(server)
+    if crashed:
+        raise BenchError(f"ramboot exited during the storm:\n{tail()}")
+    if not report_path.exists():
+        raise BenchError(f"ramboot sim wrote no report (exit {sim.returncode}):\n{sim.stdout[-2000:]}")
+    rep = json.loads(report_path.read_text())
+    if rep["failed"]:
+        raise BenchError(f"{rep['failed']} of {nodes} nodes failed: {rep['errors'][:5]}")
+    moved = rep["tftp_bytes"] + rep["http_bytes"]
+    return {
+        "nodes": nodes, "run": run_idx + 1, "all_ready_secs": rep["all_ready_secs"], "sim_wall_secs": wall,
+        "bytes": moved, "boot_p50": rep["boot_p50"], "boot_p99": rep["boot_p99"],
+        "phases": {p["phase"]: {"p50": p["p50"], "p99": p["p99"]} for p in rep["phases"]},
+        "rss_peak": sampler.peak, "rss_hwm": hwm, "server_cpu_secs": cpu,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def summarize(results: list[dict], limits: list[float], node_counts: list[int]) -> tuple[list[str], list[dict]]:
+    rate = med(limits) or 0.0
+    rows, summary = [], []
+    for n in node_counts:
+        rs = [r for r in results if r["nodes"] == n and "error" not in r]
+        if not rs:
+            rows.append([n] + ["-"] * 9)
+            continue
+        ready = med([r["all_ready_secs"] for r in rs])
+        moved = med([r["bytes"] for r in rs])
+        limit = moved / rate if rate else None
+        eff = limit / ready if limit and ready else None
+        rss = max(r["rss_peak"] for r in rs)
+        s = {"nodes": n, "all_ready_secs": ready, "limit_secs": limit, "efficiency": eff, "bytes": moved,
+             "boot_p50": med([r["boot_p50"] for r in rs]), "boot_p99": med([r["boot_p99"] for r in rs]),
+             "image_p50": med([r["phases"]["image"]["p50"] for r in rs]),
+             "rss_peak_mib": rss / MIB, "server_cpu_secs": med([r["server_cpu_secs"] for r in rs]),
+             "target_met": bool(eff and eff >= 0.8), "runs": len(rs)}
+        summary.append(s)
+        rows.append([n, f"{moved / (1 << 30):.1f} GiB", fmt(ready, 2), fmt(limit, 2), f"{eff * 100:.0f} %" if eff else "-",
+                     fmt(s["boot_p50"], 2), fmt(s["boot_p99"], 2), fmt(s["image_p50"], 2), f"{rss / MIB:.1f}",
+                     fmt(s["server_cpu_secs"], 1)])
+    head = ["nodes", "moved", "all ready s", "limit s", "of limit", "boot p50", "boot p99", "image p50",
+            "RSS peak MiB", "server CPU s"]
+    return render_table(head, rows, 1), summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", default="100,500", help="comma-separated fleet sizes")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--image-mib", type=int, default=64)
+    ap.add_argument("--kernel-mib", type=int, default=8)
+    ap.add_argument("--initrd-mib", type=int, default=8)
+    ap.add_argument("--iperf-seconds", type=int, default=5)
+    ap.add_argument("--timeout", type=int, default=900, help="seconds one storm may take")
+    ap.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server/client to CPUs 0/1")
+    ap.add_argument("--verbose-servers", action="store_true")
+    ap.add_argument("--out", type=Path, default=HERE / "results.json")
+    add_ramboot_bin_arg(ap)
+    a = ap.parse_args()
+    node_counts = [int(n) for n in a.nodes.split(",") if n.strip()]
+    if os.geteuid() != 0:
+        ap.error("run as root (it creates network namespaces)")
+    a.iperf3 = shutil.which("iperf3")
+    for what, path in (("iperf3", a.iperf3), ("ramboot", str(a.ramboot_bin)), ("taskset", shutil.which("taskset"))):
+        if not path or not Path(path).exists():
+            ap.error(f"{what} not found (apt-get install iperf3; cargo build --release)")
+    install_signal_handlers()
+    procs = Procs()
+    topo = Topology("rbs", SERVER_IP, CLIENT_IP, PREFIX)
+    workdir = Path(tempfile.mkdtemp(prefix="ramboot-storm-", dir="/var/tmp"))
+    results: list[dict] = []
+    limits: list[float] = []
+
+    def body() -> None:
+        topo.up()
+        per_node = prepare_content(workdir, a)
+        log(f"{topo.describe()}; each node fetches {per_node / MIB:.1f} MiB; workdir {workdir}")
+        for run_idx in range(a.runs):
+            limits.append(iperf_limit(a, procs, topo, workdir))
+            log(f"iperf3 limit: {limits[-1] * 8 / 1e9:.1f} Gbit/s")
+            order = node_counts if run_idx % 2 == 0 else list(reversed(node_counts))
+            for n in order:
+                try:
+                    results.append(one_storm(a, procs, topo, workdir, n, run_idx))
+                    r = results[-1]
+                    log(f"  {n} nodes ready in {r['all_ready_secs']:.2f} s, RSS peak {r['rss_peak'] / MIB:.1f} MiB")
+                except (BenchError, subprocess.TimeoutExpired) as e:
+                    log(f"run {run_idx + 1}, {n} nodes: ERROR {e}")
+                    results.append({"nodes": n, "run": run_idx + 1, "error": str(e)})
+
+    def cleanup() -> None:
+        procs.stop_all()
+        topo.down()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    interrupted = guarded(body, cleanup)
+    table, summary = summarize(results, limits, node_counts)
+    rate = med(limits)
+    print(f"boot storm: ramboot {run([str(a.ramboot_bin), '--version'], check=False).stdout.strip()}, "
+          f"image {a.image_mib} MiB + kernel {a.kernel_mib} MiB + initrd {a.initrd_mib} MiB, medians of {a.runs}")
+    print(f"limit: iperf3 (4 streams, server -> simulator) {fmt(rate * 8 / 1e9 if rate else None, 1)} Gbit/s "
+          f"= {fmt(rate / MIB if rate else None)} MiB/s")
+    print("\n".join(table))
+    write_results(a.out, {
+        "bench": "storm", "when": datetime.datetime.now(datetime.timezone.utc).isoformat(), "host": host_info(),
+        "args": {k: str(v) for k, v in vars(a).items()}, "iperf3_bytes_per_sec": limits, "summary": summary,
+        "results": results,
+    })
+    return 1 if interrupted or any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
