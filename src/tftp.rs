@@ -223,8 +223,11 @@ async fn transfer(
                 let secs = started.elapsed().as_secs_f64();
                 metrics::counter!("ramboot_tftp_sessions_total", "outcome" => "served").increment(1);
                 metrics::counter!("ramboot_tftp_bytes_total").increment(file.len() as u64);
+                // What the client asked for next to what it got: PXE ROMs differ.
+                let asked: Vec<String> = options.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 info!(
                     bytes = file.len(),
+                    asked = %asked.join(" "),
                     blksize = negotiated.blksize,
                     windowsize = negotiated.windowsize,
                     ms = (secs * 1000.0) as u64,

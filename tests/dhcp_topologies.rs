@@ -26,12 +26,11 @@ use common::netns::{
     assert_no_errors_or_naks, ip_in, leases_of, log_text, logs_context, ns_sh, read_lossy, tail, tool, veth,
     wait_event, wait_for, Dhclient, Lab, DHCLIENT,
 };
+use common::pcap::{capture, percent_decode, read_pcap, wait_capture, Packet, TCPDUMP};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const DHCRELAY: &[&str] = &["/usr/sbin/dhcrelay", "/sbin/dhcrelay"];
-const TCPDUMP: &[&str] = &["/usr/bin/tcpdump", "/usr/sbin/tcpdump"];
 const DNSMASQ: &[&str] = &["/usr/sbin/dnsmasq", "/sbin/dnsmasq"];
 const QEMU: &[&str] = &["/usr/bin/qemu-system-x86_64"];
 const PXE_ROM: &[&str] = &["/usr/lib/ipxe/qemu/pxe-e1000.rom"];
@@ -52,113 +51,6 @@ const VM_MAC: &str = "52:54:00:72:72:01";
 
 fn mac_str(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-// ---------------------------------------------------------------------------------
-// A tiny pcap reader: IPv4 over Ethernet (or Linux cooked capture), UDP and TCP.
-
-#[derive(Debug, Clone)]
-struct Packet {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    /// 6 = TCP, 17 = UDP.
-    proto: u8,
-    sport: u16,
-    dport: u16,
-    payload: Vec<u8>,
-}
-
-/// The IPv4 UDP/TCP packets of a pcap file; a record cut short (the writer still
-/// running) ends the list.
-fn read_pcap(path: &Path) -> Vec<Packet> {
-    let data = std::fs::read(path).unwrap_or_default();
-    if data.len() < 24 {
-        return vec![];
-    }
-    let little = match data[..4] {
-        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
-        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
-        _ => panic!("{} is not a pcap file", path.display()),
-    };
-    let u32_at = |b: &[u8], at: usize| {
-        let a = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        if little {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        }
-    };
-    let linktype = u32_at(&data, 20);
-    let mut packets = vec![];
-    let mut at = 24;
-    while at + 16 <= data.len() {
-        let incl = u32_at(&data, at + 8) as usize;
-        let Some(frame) = data.get(at + 16..at + 16 + incl) else { break };
-        at += 16 + incl;
-        let ipv4 = match linktype {
-            // Ethernet, with at most one VLAN tag.
-            1 if frame.len() >= 14 => {
-                let (mut ethertype, mut off) = (u16::from_be_bytes([frame[12], frame[13]]), 14);
-                if ethertype == 0x8100 && frame.len() >= 18 {
-                    ethertype = u16::from_be_bytes([frame[16], frame[17]]);
-                    off = 18;
-                }
-                (ethertype == 0x0800).then(|| &frame[off..])
-            }
-            // Linux cooked capture (`-i any`).
-            113 if frame.len() >= 16 => (u16::from_be_bytes([frame[14], frame[15]]) == 0x0800).then(|| &frame[16..]),
-            _ => None,
-        };
-        if let Some(p) = ipv4.and_then(parse_ipv4) {
-            packets.push(p);
-        }
-    }
-    packets
-}
-
-fn parse_ipv4(b: &[u8]) -> Option<Packet> {
-    if b.len() < 20 || b[0] >> 4 != 4 {
-        return None;
-    }
-    let ihl = usize::from(b[0] & 0xf) * 4;
-    let total = usize::from(u16::from_be_bytes([b[2], b[3]])).min(b.len());
-    let proto = b[9];
-    let src = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
-    let dst = Ipv4Addr::new(b[16], b[17], b[18], b[19]);
-    let l4 = b.get(ihl..total)?;
-    if l4.len() < 8 {
-        return None;
-    }
-    let (sport, dport) = (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]));
-    let payload = match proto {
-        17 => {
-            let len = usize::from(u16::from_be_bytes([l4[4], l4[5]])).clamp(8, l4.len());
-            l4[8..len].to_vec()
-        }
-        6 if l4.len() >= 20 => l4.get(usize::from(l4[12] >> 4) * 4..)?.to_vec(),
-        _ => return None,
-    };
-    Some(Packet { src, dst, proto, sport, dport, payload })
 }
 
 /// A DHCP message as it was on the wire: header fields and every option instance in
@@ -288,44 +180,8 @@ fn describe(p: &Packet, d: &Dhcp) -> String {
     )
 }
 
-/// Wait (up to `timeout`) until the capture so far satisfies `done`; whether it did.
-fn wait_capture(pcap: &Path, timeout: Duration, done: impl Fn(&[Packet]) -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done(&read_pcap(pcap)) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn describe_all(msgs: &[(Packet, Dhcp)]) -> String {
     msgs.iter().map(|(p, d)| describe(p, d)).collect::<Vec<_>>().join("\n")
-}
-
-// ---------------------------------------------------------------------------------
-// Capturing
-
-/// `tcpdump` on `interface` in `ns` into `<name>.pcap` (the name AppArmor's tcpdump
-/// profile lets it write); returns (index, capture path). Immediate mode and
-/// packet-buffered output: each packet is in the file as soon as it is seen (the
-/// default ring buffer hands packets over in blocks, and loses the last ones when
-/// tcpdump is stopped).
-fn capture(lab: &mut Lab, ns: &str, interface: &str, filter: &str) -> (usize, PathBuf) {
-    let pcap = lab.path(&format!("{interface}.pcap"));
-    let log = lab.path(&format!("tcpdump-{interface}.log"));
-    let mut program: Vec<String> =
-        [tool(TCPDUMP).as_str(), "-i", interface, "--immediate-mode", "-U", "-n", "-Z", "root", "-w"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    program.push(pcap.display().to_string());
-    program.extend(filter.split_whitespace().map(String::from));
-    let idx = lab.start_until("tcpdump", ns, &program, &log, &["listening on"], Duration::from_secs(15));
-    (idx, pcap)
 }
 
 // ---------------------------------------------------------------------------------

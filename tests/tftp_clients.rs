@@ -3,10 +3,19 @@
 //! Downloads (default and negotiated block size), not-found, traversal, and the
 //! refusal of writes. CI installs both clients (`.ci/run`); elsewhere a missing
 //! client skips its part with a message.
+//!
+//! Last, the real thing: a QEMU VM's iPXE ROM fetches `undionly.kpxe` from the real
+//! `ramboot serve` with its own TFTP client and options, and the chained iPXE runs
+//! (`ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options`).
 
 mod common;
 
+use common::netns::{ip_in, log_text, logs_context, tail, tool, wait_for, Lab};
+use common::pcap::{capture, percent_decode, read_pcap, Packet, TCPDUMP};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
@@ -222,4 +231,455 @@ async fn a_lost_block_in_a_window_is_resent_and_the_file_arrives_whole() {
     assert!(dropped_one);
     assert!(file == t.payload, "reassembled file differs ({} bytes)", file.len());
     t.cancel.cancel();
+}
+
+// ---------------------------------------------------------------------------------
+// A real iPXE ROM in QEMU fetches undionly.kpxe with its own TFTP client
+//
+// dnsmasq is the site's DHCP server and points next-server at ramboot, which serves
+// only TFTP and HTTP here (its DHCP is moved to ports no client uses). The VM's e1000
+// ROM is already iPXE; it is told to load `undionly.kpxe` over TFTP, as a plain PXE
+// ROM would be, so ramboot's TFTP server meets iPXE's own client and options.
+//
+// The chained undionly.kpxe then asks DHCP again. It cannot be told apart from the
+// ROM on the wire: both are the same Debian iPXE build (1.0.0+git-20190125), and their
+// requests are byte for byte the same (user class "iPXE", option 60, option 175 with
+// its bus id and feature list) but for the xid and the BOOTP broadcast flag, which
+// dnsmasq cannot match. So the test stands in for the distinguisher: once ramboot has
+// logged the complete transfer, it tags the VM's MAC `chained` in dnsmasq's
+// `--dhcp-hostsdir` (re-read by inotify), and the chained iPXE gets ramboot's script
+// URL. Should that tag come too late, the chained iPXE loads undionly.kpxe once more
+// and its successor gets the URL: the assertions hold either way.
+
+const DNSMASQ: &[&str] = &["/usr/sbin/dnsmasq", "/sbin/dnsmasq"];
+const QEMU: &[&str] = &["/usr/bin/qemu-system-x86_64"];
+const PXE_ROM: &[&str] = &["/usr/lib/ipxe/qemu/pxe-e1000.rom"];
+const UNDIONLY: &[&str] = &["/usr/lib/ipxe/undionly.kpxe"];
+
+const RAMBOOT_IP: Ipv4Addr = Ipv4Addr::new(10, 74, 0, 1);
+const SITE_DHCP_IP: Ipv4Addr = Ipv4Addr::new(10, 74, 0, 2);
+const VM_MAC: &str = "52:54:00:74:74:01";
+/// ramboot's largest block (`tftp::core::Limits::default().max_blksize`).
+const MAX_BLKSIZE: u64 = 1468;
+
+/// A TFTP packet (RFC 1350, OACK of RFC 2347).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TftpPacket {
+    Rrq { file: String, mode: String, options: Vec<(String, String)> },
+    Data { block: u16, data: Vec<u8> },
+    Ack { block: u16 },
+    Error { code: u16, message: String },
+    Oack { options: Vec<(String, String)> },
+}
+
+/// NUL-terminated strings, then name/value pairs.
+fn tftp_strings(b: &[u8]) -> Vec<String> {
+    let mut fields: Vec<String> = b.split(|&c| c == 0).map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+    if b.last() == Some(&0) {
+        fields.pop();
+    }
+    fields
+}
+
+fn tftp_pairs(fields: &[String]) -> Vec<(String, String)> {
+    fields.chunks(2).map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default())).collect()
+}
+
+fn parse_tftp(b: &[u8]) -> Option<TftpPacket> {
+    let (op, rest) = (u16::from_be_bytes([*b.first()?, *b.get(1)?]), &b[2..]);
+    let number = || rest.get(..2).map(|n| u16::from_be_bytes([n[0], n[1]]));
+    Some(match op {
+        1 => {
+            let fields = tftp_strings(rest);
+            let (file, mode) = (fields.first()?.clone(), fields.get(1)?.clone());
+            TftpPacket::Rrq { file, mode, options: tftp_pairs(&fields[2..]) }
+        }
+        3 => TftpPacket::Data { block: number()?, data: rest[2..].to_vec() },
+        4 => TftpPacket::Ack { block: number()? },
+        5 => TftpPacket::Error {
+            code: number()?,
+            message: tftp_strings(&rest[2..]).first().cloned().unwrap_or_default(),
+        },
+        6 => TftpPacket::Oack { options: tftp_pairs(&tftp_strings(rest)) },
+        _ => return None,
+    })
+}
+
+fn show_options(options: &[(String, String)]) -> String {
+    options.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(" ")
+}
+
+/// The DHCP fields this test looks at: who, which transaction, the broadcast flag,
+/// and the boot file (the `file` field, or option 67 if the server sent it).
+#[derive(Debug, Clone)]
+struct DhcpSeen {
+    op: u8,
+    xid: u32,
+    flags: u16,
+    siaddr: Ipv4Addr,
+    chaddr: String,
+    kind: u8,
+    boot_file: String,
+}
+
+fn parse_dhcp(b: &[u8]) -> Option<DhcpSeen> {
+    if b.len() < 240 || b[236..240] != [99, 130, 83, 99] {
+        return None;
+    }
+    let mut options = BTreeMap::new();
+    let mut rest = &b[240..];
+    while let Some((&code, after)) = rest.split_first() {
+        match code {
+            0 => rest = after,
+            255 => break,
+            _ => {
+                let (&len, after) = after.split_first()?;
+                options.entry(code).or_insert_with(|| after.get(..usize::from(len)).map(<[u8]>::to_vec));
+                rest = after.get(usize::from(len)..)?;
+            }
+        }
+    }
+    let text = |v: &[u8]| String::from_utf8_lossy(v.split(|&c| c == 0).next().unwrap_or_default()).into_owned();
+    Some(DhcpSeen {
+        op: b[0],
+        xid: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+        flags: u16::from_be_bytes([b[10], b[11]]),
+        siaddr: Ipv4Addr::new(b[20], b[21], b[22], b[23]),
+        chaddr: b[28..34].iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":"),
+        kind: options.get(&53).cloned().flatten().and_then(|v| v.first().copied()).unwrap_or(0),
+        boot_file: match options.get(&67).cloned().flatten() {
+            Some(v) => text(&v),
+            None => text(&b[108..236]),
+        },
+    })
+}
+
+/// A command line as owned strings.
+fn args(program: &[&str]) -> Vec<String> {
+    program.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
+    const TEST: &str = "ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options";
+    let tools = [
+        ("dnsmasq (dnsmasq-base)", DNSMASQ),
+        ("qemu-system-x86_64 (qemu-system-x86)", QEMU),
+        ("pxe-e1000.rom (ipxe-qemu)", PXE_ROM),
+        ("undionly.kpxe (ipxe)", UNDIONLY),
+        ("tcpdump", TCPDUMP),
+    ];
+    let Some(mut lab) = Lab::for_test(TEST, &tools) else { return };
+    let started = Instant::now();
+    let pid = std::process::id();
+    let ns = lab.netns(&format!("rbt{pid}"));
+    let (bridge, tap) = (format!("t{pid}br"), format!("t{pid}tp"));
+    assert!(bridge.len() <= 15 && tap.len() <= 15);
+    let ip = |args: &[&str]| ip_in(&ns, args);
+    ip(&["link", "add", &bridge, "type", "bridge", "forward_delay", "0"]);
+    ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    ip(&["link", "set", &tap, "master", &bridge]);
+    // ramboot's address first (the primary one), then the site DHCP server's.
+    ip(&["addr", "add", &format!("{RAMBOOT_IP}/24"), "dev", &bridge]);
+    ip(&["addr", "add", &format!("{SITE_DHCP_IP}/24"), "dev", &bridge]);
+    ip(&["link", "set", &tap, "up"]);
+    ip(&["link", "set", &bridge, "up"]);
+
+    // Every UDP packet (DHCP, TFTP) and the HTTP fetch on the bridge, each in the file
+    // as soon as it is seen (`<interface>.pcap`: the name AppArmor's tcpdump profile
+    // lets it write).
+    let (tcpdump, pcap) = capture(&mut lab, &ns, &bridge, "udp or tcp port 8080");
+
+    // ramboot's TFTP root (`paths.ipxe`) holds Debian's undionly.kpxe.
+    let undionly = std::fs::read(tool(UNDIONLY)).unwrap();
+    std::fs::create_dir_all(lab.path("ipxe")).unwrap();
+    std::fs::write(lab.path("ipxe/undionly.kpxe"), &undionly).unwrap();
+    // TFTP and HTTP on the bridge; DHCP (which cannot be switched off) in proxy mode on
+    // ports no client sends to; router advertisements so iPXE does not wait for IPv6.
+    let config = format!(
+        "interface: {bridge}\nserver_address: {RAMBOOT_IP}\nipv6_ra: true\nhttp: {{listen: \"{RAMBOOT_IP}:8080\"}}\n\
+         tftp: {{listen: \"{RAMBOOT_IP}:69\"}}\ndhcp:\n  mode: proxy\n  port: 1067\n  proxy_port: 14011\n"
+    );
+    // tower_http at debug logs each request's URI.
+    let ramboot = lab.start_ramboot(&ns, &config, "info,tower_http=debug");
+    let ramboot_log = ramboot.log.clone();
+
+    // dnsmasq: DHCP only, next-server = ramboot. Untagged clients get undionly.kpxe
+    // over TFTP; `chained` ones (see above) get ramboot's script URL, which iPXE
+    // expands (`${net0/mac}`) itself.
+    let hosts_dir = lab.path("dnsmasq-hosts");
+    std::fs::create_dir_all(&hosts_dir).unwrap();
+    let script_url = format!("http://{RAMBOOT_IP}:8080/boot.ipxe?mac=${{net0/mac}}");
+    let dnsmasq_log = lab.path("dnsmasq.log");
+    let dnsmasq_cmd: Vec<String> = vec![
+        tool(DNSMASQ),
+        "--no-daemon".into(),
+        "--port=0".into(),
+        "--conf-file=/dev/null".into(),
+        format!("--interface={bridge}"),
+        "--bind-interfaces".into(),
+        format!("--listen-address={SITE_DHCP_IP}"),
+        "--dhcp-range=10.74.0.50,10.74.0.90,12h".into(),
+        format!("--dhcp-leasefile={}", lab.path("dnsmasq.leases").display()),
+        format!("--pid-file={}", lab.path("dnsmasq.pid").display()),
+        format!("--dhcp-hostsdir={}", hosts_dir.display()),
+        format!("--dhcp-boot=tag:!chained,undionly.kpxe,,{RAMBOOT_IP}"),
+        format!("--dhcp-boot=tag:chained,{script_url}"),
+        "--user=root".into(),
+        "--log-dhcp".into(),
+    ];
+    let ready = ["DHCP, IP range 10.74.0.50 -- 10.74.0.90"];
+    let dnsmasq = lab.start_until("dnsmasq", &ns, &dnsmasq_cmd, &dnsmasq_log, &ready, Duration::from_secs(15));
+
+    // QEMU: SeaBIOS + the e1000 iPXE ROM, booting from the network, console to a file.
+    let console = lab.path("console.log");
+    let qemu_cmd = args(&[
+        &tool(QEMU),
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-nographic",
+        "-serial",
+        &format!("file:{}", console.display()),
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-boot",
+        "n",
+        "-device",
+        &format!("e1000,netdev=n0,mac={VM_MAC},romfile={},bootindex=1", tool(PXE_ROM)),
+        "-netdev",
+        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+    ]);
+    let qemu_log = lab.path("qemu.log");
+    let vm_started = Instant::now();
+    let qemu = lab.spawn("qemu", &ns, &qemu_cmd, &qemu_log, &[]);
+    let logs = [("console", &console), ("qemu", &qemu_log), ("dnsmasq", &dnsmasq_log), ("ramboot", &ramboot_log)];
+    let context = || logs_context(25, &logs);
+
+    // 1. The ROM's transfer, complete: ramboot logs it on the last block's ACK.
+    let transfer_logged = |text: &str| {
+        text.lines().any(|l| l.contains("TFTP read") && l.contains("file=undionly.kpxe") && l.contains("bytes="))
+    };
+    wait_for(
+        Duration::from_secs(45),
+        "ramboot to log a complete TFTP read of undionly.kpxe",
+        || {
+            if let Some(status) = lab.try_wait(qemu) {
+                panic!("QEMU exited early ({status})\n{}", context());
+            }
+            transfer_logged(&log_text(&ramboot_log)).then_some(())
+        },
+        context,
+    );
+    let transferred_at = vm_started.elapsed();
+    // The chained iPXE is next: from now on, this MAC is `chained` for dnsmasq. Written
+    // beside the directory and renamed in, so inotify never shows a partial file.
+    let staged = lab.path("vm.hosts");
+    std::fs::write(&staged, format!("{VM_MAC},set:chained\n")).unwrap();
+    std::fs::rename(&staged, hosts_dir.join("vm")).unwrap();
+
+    // 2. The chained iPXE's script fetch (the handler's span names the MAC).
+    let served = format!("boot{{mac={VM_MAC}}}");
+    wait_for(
+        Duration::from_secs(45),
+        "the chained iPXE to fetch /boot.ipxe from ramboot",
+        || {
+            if let Some(status) = lab.try_wait(qemu) {
+                panic!("QEMU exited early ({status})\n{}", context());
+            }
+            log_text(&ramboot_log).contains(&served).then_some(())
+        },
+        context,
+    );
+    let script_at = vm_started.elapsed();
+    // ... and its receipt of the script, on the console.
+    let chained_got_script = || {
+        let text = log_text(&console);
+        let chained = text.find("using undionly on")?;
+        text[chained..].contains("boot.ipxe... ok").then_some(())
+    };
+    wait_for(Duration::from_secs(15), "the chained iPXE to load the script", chained_got_script, context);
+    lab.stop(qemu, Duration::from_secs(3));
+    lab.stop(dnsmasq, Duration::from_secs(5));
+    let log = lab.stop_ramboot(&ramboot);
+    let got_get = |packets: &[Packet]| packets.iter().any(|p| p.proto == 6 && p.payload.starts_with(b"GET /boot.ipxe"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !got_get(&read_pcap(&pcap)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.stop(tcpdump, Duration::from_secs(5));
+
+    // 3. The wire: the first RRQ is the ROM's (undionly.kpxe does not exist before it).
+    let packets = read_pcap(&pcap);
+    let rrqs: Vec<(usize, &Packet, TftpPacket)> = packets
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.proto == 17 && p.dst == RAMBOOT_IP && p.dport == 69)
+        .filter_map(|(i, p)| parse_tftp(&p.payload).map(|t| (i, p, t)))
+        .collect();
+    let Some((rrq_at, rrq_packet, TftpPacket::Rrq { file, mode, options: asked })) = rrqs.first().cloned() else {
+        panic!("no RRQ to {RAMBOOT_IP}:69 on the bridge: {rrqs:?}\n{}", context())
+    };
+    let (vm_ip, client_port) = (rrq_packet.src, rrq_packet.sport);
+    assert_eq!((file.as_str(), mode.as_str()), ("undionly.kpxe", "octet"), "the ROM's RRQ");
+    // iPXE asks for its block size and the transfer size (RFC 2348, RFC 2349).
+    let asked_map: BTreeMap<&str, &str> = asked.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let asked_blksize: u64 = asked_map
+        .get("blksize")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the ROM's RRQ asked no blksize: {}", show_options(&asked)));
+    assert_eq!(asked_map.get("tsize"), Some(&"0"), "the ROM's RRQ asked no tsize 0: {}", show_options(&asked));
+
+    // The session: everything between the client's port and ramboot's transfer ID.
+    let session: Vec<(bool, TftpPacket, u16)> = packets[rrq_at + 1..]
+        .iter()
+        .filter(|p| p.proto == 17)
+        .filter_map(|p| {
+            let from_server = p.src == RAMBOOT_IP && p.dst == vm_ip && p.dport == client_port;
+            let from_client = p.src == vm_ip && p.sport == client_port && p.dst == RAMBOOT_IP && p.dport != 69;
+            let server_port = if from_server { p.sport } else { p.dport };
+            (from_server || from_client).then(|| parse_tftp(&p.payload).map(|t| (from_server, t, server_port)))?
+        })
+        .collect();
+    let describe = || {
+        session
+            .iter()
+            .map(|(s, t, port)| match t {
+                TftpPacket::Data { block, data } => format!("{} {port} DATA {block} ({} bytes)", s, data.len()),
+                other => format!("{} {port} {other:?}", s),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let Some((_, TftpPacket::Oack { options: granted }, tid)) = session.first().cloned() else {
+        panic!("the server's first answer to the ROM is not an OACK:\n{}", describe())
+    };
+    assert_ne!(tid, 69, "the transfer runs from its own port (TID)");
+    assert!(session.iter().all(|(_, _, port)| *port == tid), "one transfer ID for the session:\n{}", describe());
+    // Granted: the block size asked for (up to ramboot's limit), the real file size,
+    // and nothing iPXE did not ask for.
+    let blksize = asked_blksize.min(MAX_BLKSIZE);
+    let expected = vec![("blksize".to_string(), blksize.to_string()), ("tsize".into(), undionly.len().to_string())];
+    assert_eq!(granted, expected, "ramboot's OACK to the ROM's RRQ ({})", show_options(&asked));
+    let errors: Vec<&TftpPacket> =
+        session.iter().map(|(_, t, _)| t).filter(|t| matches!(t, TftpPacket::Error { .. })).collect();
+    assert!(errors.is_empty(), "ERROR packets in the ROM's transfer: {errors:?}");
+    // The ROM acknowledged the OACK (block 0), then every block; the file arrived whole.
+    let acks: Vec<u16> = session
+        .iter()
+        .filter_map(|(s, t, _)| match t {
+            TftpPacket::Ack { block } if !s => Some(*block),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks.first(), Some(&0), "the ROM's first ACK is for the OACK:\n{}", describe());
+    let mut blocks: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
+    for (_, t, _) in session.iter().filter(|(s, _, _)| *s) {
+        if let TftpPacket::Data { block, data } = t {
+            let first = blocks.entry(*block).or_insert_with(|| data.clone());
+            assert_eq!(first, data, "block {block} resent with other bytes");
+        }
+    }
+    let last = *blocks.keys().last().expect("DATA from ramboot");
+    assert_eq!(blocks.keys().copied().collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>(), "blocks 1..={last}");
+    for (block, data) in &blocks {
+        let full = *block < last;
+        assert!(
+            if full { data.len() as u64 == blksize } else { (data.len() as u64) < blksize },
+            "block {block} of {last} has {} bytes at blksize {blksize}",
+            data.len()
+        );
+    }
+    let received: Vec<u8> = blocks.values().flatten().copied().collect();
+    assert!(received == undionly, "the blocks on the wire ({} bytes) are not undionly.kpxe", received.len());
+    assert_eq!(acks.last(), Some(&last), "the ROM acknowledged the last block:\n{}", describe());
+    let unacked: Vec<u16> = (0..=last).filter(|b| !acks.contains(b)).collect();
+    assert!(unacked.is_empty(), "blocks the ROM never acknowledged: {unacked:?}\n{}", describe());
+    let resent_blocks =
+        session.iter().filter(|(s, t, _)| *s && matches!(t, TftpPacket::Data { .. })).count() - blocks.len();
+
+    // ramboot's log: the same transfer, by the ROM's address and port, all of it.
+    let read_line = format!("tftp{{client={vm_ip}:{client_port} file=undionly.kpxe}}");
+    let logged = log
+        .lines()
+        .find(|l| l.contains(&read_line) && l.contains("TFTP read"))
+        .unwrap_or_else(|| panic!("no TFTP read logged for {read_line}:\n{}", tail(&log, 30)));
+    assert!(
+        logged.contains(&format!("bytes={} blksize={blksize} windowsize=1", undionly.len())),
+        "ramboot's log of the ROM's transfer: {logged}"
+    );
+    assert!(!log.contains(" ERROR "), "ramboot logged errors:\n{log}");
+    assert!(!log.contains("TFTP transfer aborted"), "a TFTP transfer was aborted:\n{log}");
+    let transfers = log.lines().filter(|l| l.contains("TFTP read") && l.contains("file=undionly.kpxe")).count();
+
+    // 4. Then the chained iPXE ran: the console shows the ROM's driver, its TFTP fetch,
+    // the NBP handing over, and a second iPXE on the ROM's UNDI API that expanded the
+    // URL dnsmasq gave it and loaded the script.
+    let console_text = log_text(&console);
+    let steps = [
+        "using 82540em on".to_string(),
+        format!("tftp://{RAMBOOT_IP}/undionly.kpxe... ok"),
+        format!("undionly.kpxe : {} bytes [PXE-NBP]", undionly.len()),
+        "PXE->EB: !PXE".to_string(),
+        "using undionly on".to_string(),
+        format!("Filename: http://{RAMBOOT_IP}:8080/boot.ipxe?mac={VM_MAC}"),
+        format!("http://{RAMBOOT_IP}:8080/boot.ipxe... ok"),
+    ];
+    let mut from = 0;
+    for step in &steps {
+        let at = console_text[from..]
+            .find(step.as_str())
+            .unwrap_or_else(|| panic!("the console lacks {step:?} (after offset {from}):\n{console_text}"));
+        from += at + step.len();
+    }
+    // dnsmasq told the ROM to load undionly.kpxe from ramboot, and the chained iPXE to
+    // run the script; the script GET came from the address dnsmasq leased.
+    let dhcp: Vec<(usize, DhcpSeen)> = packets
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.proto == 17 && [67, 68].contains(&p.dport))
+        .filter_map(|(i, p)| parse_dhcp(&p.payload).map(|d| (i, d)))
+        .filter(|(_, d)| d.chaddr == VM_MAC)
+        .collect();
+    let acks_to_vm: Vec<&(usize, DhcpSeen)> = dhcp.iter().filter(|(_, d)| d.op == 2 && d.kind == 5).collect();
+    let rom_ack = acks_to_vm.iter().rfind(|(i, _)| *i < rrq_at).expect("a DHCPACK before the ROM's RRQ");
+    assert_eq!((rom_ack.1.boot_file.as_str(), rom_ack.1.siaddr), ("undionly.kpxe", RAMBOOT_IP), "{rom_ack:?}");
+    let chained_ack = acks_to_vm.last().expect("DHCPACKs");
+    assert_eq!(chained_ack.1.boot_file, script_url, "the last DHCPACK, the chained iPXE's: {chained_ack:?}");
+    let get = packets
+        .iter()
+        .filter(|p| p.proto == 6 && p.dport == 8080 && p.payload.starts_with(b"GET /boot.ipxe"))
+        .map(|p| (p.src, percent_decode(String::from_utf8_lossy(&p.payload).split_whitespace().nth(1).unwrap_or(""))))
+        .next()
+        .unwrap_or_else(|| panic!("no GET /boot.ipxe on the wire"));
+    assert_eq!(get, (vm_ip, format!("/boot.ipxe?mac={VM_MAC}")), "the chained iPXE's script request");
+    // The two iPXEs' DHCP requests, for the record: transactions and BOOTP flags.
+    let requests = |before: bool| {
+        let mut seen: Vec<String> = dhcp
+            .iter()
+            .filter(|(i, d)| d.op == 1 && (*i < rrq_at) == before)
+            .map(|(_, d)| format!("{:08x}/flags={:04x}", d.xid, d.flags))
+            .collect();
+        seen.dedup();
+        seen.join(",")
+    };
+
+    eprintln!(
+        "{TEST}: the ROM asked RRQ {file} {mode} {} from {vm_ip}:{client_port}; ramboot's OACK from port {tid} \
+         granted {}; {} blocks of {blksize} ({} resent), {} bytes, all ACKed; transfer complete {transferred_at:.1?} \
+         after QEMU started (ramboot: {}), chained iPXE fetched the script {script_at:.1?} after; \
+         {transfers} undionly.kpxe transfer(s) logged; DHCP requests before the RRQ [{}], after [{}]; \
+         test took {:.1?}",
+        show_options(&asked),
+        show_options(&granted),
+        blocks.len(),
+        resent_blocks,
+        received.len(),
+        logged.split("ramboot::tftp: ").nth(1).unwrap_or(logged),
+        requests(true),
+        requests(false),
+        started.elapsed()
+    );
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod pcap;
 pub mod tgtd;
 
 /// Skip a test whose tools are missing here, saying why; CI never skips (it
