@@ -227,9 +227,9 @@ async fn transfer(
                 let asked: Vec<String> = options.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 info!(
                     bytes = file.len(),
-                    asked = %asked.join(" "),
                     blksize = negotiated.blksize,
                     windowsize = negotiated.windowsize,
+                    asked = ?asked.join(" "),
                     ms = (secs * 1000.0) as u64,
                     "TFTP read"
                 );

@@ -27,13 +27,11 @@ use common::netns::{
     wait_event, wait_for, Dhclient, Lab, DHCLIENT,
 };
 use common::pcap::{capture, percent_decode, read_pcap, wait_capture, Packet, TCPDUMP};
+use common::vm::{bridge_with_tap, spawn_pxe_vm, DNSMASQ, PXE_ROM, QEMU};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 const DHCRELAY: &[&str] = &["/usr/sbin/dhcrelay", "/sbin/dhcrelay"];
-const DNSMASQ: &[&str] = &["/usr/sbin/dnsmasq", "/sbin/dnsmasq"];
-const QEMU: &[&str] = &["/usr/bin/qemu-system-x86_64"];
-const PXE_ROM: &[&str] = &["/usr/lib/ipxe/qemu/pxe-e1000.rom"];
 
 // Address plans. 1. Through a relay: the server's network 10.70.0.0/24 (the relay's
 // upstream side .2), the client's 10.71.0.0/24 (the relay's downstream side .1).
@@ -399,16 +397,9 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     let started = Instant::now();
     let pid = std::process::id();
     let ns = topo.netns(&format!("rbp{pid}"));
-    let (bridge, tap) = (format!("p{pid}br"), format!("p{pid}tp"));
-    assert!(bridge.len() <= 15 && tap.len() <= 15);
-    ip_in(&ns, &["link", "add", &bridge, "type", "bridge", "forward_delay", "0"]);
-    ip_in(&ns, &["tuntap", "add", "dev", &tap, "mode", "tap"]);
-    ip_in(&ns, &["link", "set", &tap, "master", &bridge]);
     // ramboot's address first (the primary one), then the site DHCP server's.
-    ip_in(&ns, &["addr", "add", &format!("{PROXY_IP}/24"), "dev", &bridge]);
-    ip_in(&ns, &["addr", "add", &format!("{SITE_DHCP_IP}/24"), "dev", &bridge]);
-    ip_in(&ns, &["link", "set", &tap, "up"]);
-    ip_in(&ns, &["link", "set", &bridge, "up"]);
+    let addresses = [format!("{PROXY_IP}/24"), format!("{SITE_DHCP_IP}/24")];
+    let (bridge, tap) = bridge_with_tap(&ns, 'p', &addresses);
 
     let filter = "udp port 67 or udp port 68 or udp port 4011 or tcp port 8080";
     let (tcpdump, pcap) = capture(&mut topo, &ns, &bridge, filter);
@@ -446,30 +437,9 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
 
     // QEMU: SeaBIOS + the e1000 iPXE ROM, booting from the network.
     let console = topo.path("console.log");
-    let qemu_cmd: Vec<String> = [
-        tool(QEMU).as_str(),
-        "-accel",
-        "tcg",
-        "-m",
-        "256",
-        "-nographic",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-boot",
-        "n",
-        "-device",
-        &format!("e1000,netdev=n0,mac={VM_MAC},romfile={},bootindex=1", tool(PXE_ROM)),
-        "-netdev",
-        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
     let vm_started = Instant::now();
-    let qemu = topo.spawn("qemu", &ns, &qemu_cmd, &console, &[]);
+    let qemu_log = topo.path("qemu.log");
+    let qemu = spawn_pxe_vm(&mut topo, &ns, &tap, VM_MAC, &console, &qemu_log);
     let logs = [("console", &console), ("dnsmasq", &dnsmasq_log), ("ramboot", &ramboot_log)];
     let context = || logs_context(25, &logs);
     // Until ramboot serves the script for this MAC (the handler's span names it).

@@ -10,8 +10,9 @@
 
 mod common;
 
-use common::netns::{ip_in, log_text, logs_context, tail, tool, wait_for, Lab};
+use common::netns::{log_text, logs_context, tail, tool, wait_for, Lab};
 use common::pcap::{capture, percent_decode, read_pcap, Packet, TCPDUMP};
+use common::vm::{bridge_with_tap, spawn_pxe_vm, DNSMASQ, PXE_ROM, QEMU};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -251,9 +252,6 @@ async fn a_lost_block_in_a_window_is_resent_and_the_file_arrives_whole() {
 // URL. Should that tag come too late, the chained iPXE loads undionly.kpxe once more
 // and its successor gets the URL: the assertions hold either way.
 
-const DNSMASQ: &[&str] = &["/usr/sbin/dnsmasq", "/sbin/dnsmasq"];
-const QEMU: &[&str] = &["/usr/bin/qemu-system-x86_64"];
-const PXE_ROM: &[&str] = &["/usr/lib/ipxe/qemu/pxe-e1000.rom"];
 const UNDIONLY: &[&str] = &["/usr/lib/ipxe/undionly.kpxe"];
 
 const RAMBOOT_IP: Ipv4Addr = Ipv4Addr::new(10, 74, 0, 1);
@@ -354,11 +352,6 @@ fn parse_dhcp(b: &[u8]) -> Option<DhcpSeen> {
     })
 }
 
-/// A command line as owned strings.
-fn args(program: &[&str]) -> Vec<String> {
-    program.iter().map(|s| s.to_string()).collect()
-}
-
 #[test]
 fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     const TEST: &str = "ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options";
@@ -373,17 +366,9 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     let started = Instant::now();
     let pid = std::process::id();
     let ns = lab.netns(&format!("rbt{pid}"));
-    let (bridge, tap) = (format!("t{pid}br"), format!("t{pid}tp"));
-    assert!(bridge.len() <= 15 && tap.len() <= 15);
-    let ip = |args: &[&str]| ip_in(&ns, args);
-    ip(&["link", "add", &bridge, "type", "bridge", "forward_delay", "0"]);
-    ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
-    ip(&["link", "set", &tap, "master", &bridge]);
     // ramboot's address first (the primary one), then the site DHCP server's.
-    ip(&["addr", "add", &format!("{RAMBOOT_IP}/24"), "dev", &bridge]);
-    ip(&["addr", "add", &format!("{SITE_DHCP_IP}/24"), "dev", &bridge]);
-    ip(&["link", "set", &tap, "up"]);
-    ip(&["link", "set", &bridge, "up"]);
+    let addresses = [format!("{RAMBOOT_IP}/24"), format!("{SITE_DHCP_IP}/24")];
+    let (bridge, tap) = bridge_with_tap(&ns, 't', &addresses);
 
     // Every UDP packet (DHCP, TFTP) and the HTTP fetch on the bridge, each in the file
     // as soon as it is seen (`<interface>.pcap`: the name AppArmor's tcpdump profile
@@ -433,28 +418,9 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
 
     // QEMU: SeaBIOS + the e1000 iPXE ROM, booting from the network, console to a file.
     let console = lab.path("console.log");
-    let qemu_cmd = args(&[
-        &tool(QEMU),
-        "-accel",
-        "tcg",
-        "-m",
-        "256",
-        "-nographic",
-        "-serial",
-        &format!("file:{}", console.display()),
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-boot",
-        "n",
-        "-device",
-        &format!("e1000,netdev=n0,mac={VM_MAC},romfile={},bootindex=1", tool(PXE_ROM)),
-        "-netdev",
-        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-    ]);
     let qemu_log = lab.path("qemu.log");
     let vm_started = Instant::now();
-    let qemu = lab.spawn("qemu", &ns, &qemu_cmd, &qemu_log, &[]);
+    let qemu = spawn_pxe_vm(&mut lab, &ns, &tap, VM_MAC, &console, &qemu_log);
     let logs = [("console", &console), ("qemu", &qemu_log), ("dnsmasq", &dnsmasq_log), ("ramboot", &ramboot_log)];
     let context = || logs_context(25, &logs);
 
@@ -609,6 +575,10 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     assert!(
         logged.contains(&format!("bytes={} blksize={blksize} windowsize=1", undionly.len())),
         "ramboot's log of the ROM's transfer: {logged}"
+    );
+    assert!(
+        logged.contains(&format!("asked=\"{}\"", show_options(&asked))),
+        "ramboot logs the options the ROM asked for: {logged}"
     );
     assert!(!log.contains(" ERROR "), "ramboot logged errors:\n{log}");
     assert!(!log.contains("TFTP transfer aborted"), "a TFTP transfer was aborted:\n{log}");

@@ -6,6 +6,7 @@
 pub mod netns;
 pub mod pcap;
 pub mod tgtd;
+pub mod vm;
 
 /// Skip a test whose tools are missing here, saying why; CI never skips (it
 /// installs the tools in `.ci/run`), so there a missing tool fails the test.
