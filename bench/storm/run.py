@@ -24,6 +24,7 @@ import datetime
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -160,9 +161,12 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
                "--timeout-secs", str(a.timeout), "--json", str(report_path)]
     log(f"storm of {nodes} nodes (run {run_idx + 1}/{a.runs})")
     started = time.monotonic()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     sim = subprocess.run(ns_exec(topo.client_ns, pin_c, sim_cmd, {"NO_COLOR": "1"}), stdout=subprocess.PIPE,
                          text=True, timeout=a.timeout + 120)
     wall = time.monotonic() - started
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sim_cpu = (children.ru_utime + children.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
     cpu = cpu_seconds(server.pid) - cpu_before
     sampler.done.set()
     sampler.join()
@@ -181,7 +185,7 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
         "nodes": nodes, "run": run_idx + 1, "all_ready_secs": rep["all_ready_secs"], "sim_wall_secs": wall,
         "bytes": moved, "boot_p50": rep["boot_p50"], "boot_p99": rep["boot_p99"],
         "phases": {p["phase"]: {"p50": p["p50"], "p99": p["p99"]} for p in rep["phases"]},
-        "rss_peak": sampler.peak, "rss_hwm": hwm, "server_cpu_secs": cpu,
+        "rss_peak": sampler.peak, "rss_hwm": hwm, "server_cpu_secs": cpu, "sim_cpu_secs": sim_cpu,
     }
 
 
@@ -194,7 +198,7 @@ def summarize(results: list[dict], limits: list[float], node_counts: list[int]) 
     for n in node_counts:
         rs = [r for r in results if r["nodes"] == n and "error" not in r]
         if not rs:
-            rows.append([n] + ["-"] * 9)
+            rows.append([n] + ["-"] * 10)
             continue
         ready = med([r["all_ready_secs"] for r in rs])
         moved = med([r["bytes"] for r in rs])
@@ -205,13 +209,14 @@ def summarize(results: list[dict], limits: list[float], node_counts: list[int]) 
              "boot_p50": med([r["boot_p50"] for r in rs]), "boot_p99": med([r["boot_p99"] for r in rs]),
              "image_p50": med([r["phases"]["image"]["p50"] for r in rs]),
              "rss_peak_mib": rss / MIB, "server_cpu_secs": med([r["server_cpu_secs"] for r in rs]),
+             "sim_cpu_secs": med([r["sim_cpu_secs"] for r in rs]),
              "target_met": bool(eff and eff >= 0.8), "runs": len(rs)}
         summary.append(s)
         rows.append([n, f"{moved / (1 << 30):.1f} GiB", fmt(ready, 2), fmt(limit, 2), f"{eff * 100:.0f} %" if eff else "-",
                      fmt(s["boot_p50"], 2), fmt(s["boot_p99"], 2), fmt(s["image_p50"], 2), f"{rss / MIB:.1f}",
-                     fmt(s["server_cpu_secs"], 1)])
+                     fmt(s["server_cpu_secs"], 1), fmt(s["sim_cpu_secs"], 1)])
     head = ["nodes", "moved", "all ready s", "limit s", "of limit", "boot p50", "boot p99", "image p50",
-            "RSS peak MiB", "server CPU s"]
+            "RSS peak MiB", "server CPU s", "sim CPU s"]
     return render_table(head, rows, 1), summary
 
 

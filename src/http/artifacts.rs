@@ -4,6 +4,11 @@
 //! ETag. Bodies stream from disk in fixed-size chunks, with single-range support for
 //! resumes (several ranges are refused with 416).
 //!
+//! Each chunk is read with one positioned read (`pread`) on a blocking thread straight
+//! into the buffer that is sent: one copy from the page cache, and no buffer hidden
+//! in a per-file reader (tokio's `fs::File` keeps one per open file, outside any
+//! budget).
+//!
 //! Memory is bounded for the whole server, not per download: a chunk is read only
 //! with a permit from one shared budget ([`BODY_BUDGET`] bytes), and the permit goes
 //! back when the HTTP layer has written the chunk and dropped it. The budget's
@@ -25,11 +30,15 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use std::future::Future;
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, OnceLock};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-const CHUNK: usize = 64 * 1024;
+/// One read, one body frame: large enough that the per-chunk costs (a blocking-pool
+/// hand-off, a permit) vanish next to the copy, small enough that the budget holds
+/// hundreds of them, so a storm of clients takes turns finely.
+const CHUNK: usize = 128 * 1024;
 /// Bytes of artifact bodies in memory at once, across all downloads.
 pub const BODY_BUDGET: usize = 32 << 20;
 
@@ -50,24 +59,44 @@ impl AsRef<[u8]> for BudgetedChunk {
     }
 }
 
-/// `count` bytes of `file`, chunk by chunk, each read only with a permit from `budget`.
-fn budgeted_body(
+/// `count` bytes from `start`, chunk by chunk, each read (by `read_at(offset, len)`)
+/// only with a permit from `budget`.
+fn budgeted_body<F>(
     budget: Arc<Semaphore>,
-    mut file: impl tokio::io::AsyncRead + Unpin,
+    read_at: impl Fn(u64, usize) -> F,
+    start: u64,
     count: u64,
-) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>>
+where
+    F: Future<Output = std::io::Result<Vec<u8>>>,
+{
     async_stream::try_stream! {
-        let mut left = count;
-        while left > 0 {
+        let (mut offset, end) = (start, start + count);
+        while offset < end {
             let permit = budget.clone().acquire_owned().await.map_err(std::io::Error::other)?;
-            let want = left.min(CHUNK as u64) as usize;
-            let mut bytes = vec![0u8; want];
-            file.read_exact(&mut bytes).await?;
-            left -= want as u64;
+            let want = (end - offset).min(CHUNK as u64) as usize;
+            let bytes = read_at(offset, want).await?;
+            offset += want as u64;
             metrics::counter!("ramboot_http_artifact_bytes_total").increment(want as u64);
             yield Bytes::from_owner(BudgetedChunk { bytes, _permit: permit });
         }
     }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+/// `len` bytes of `file` at `offset`, read on the blocking pool.
+async fn pread(file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        let mut bytes = vec![0u8; len];
+        // A short read means the blob shrank under us: an error, not silent truncation.
+        file.read_exact_at(&mut bytes, offset)?;
+        Ok(bytes)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Counts a download as in flight until its body stream is dropped (finished,
@@ -110,16 +139,13 @@ async fn artifact(
 ) -> Result<Response, ApiError> {
     let digest: Digest = digest.parse().map_err(|_| ApiError::not_found("no such artifact"))?;
     let path = state.images.blob_path(&digest);
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
+    let file = match tokio::task::spawn_blocking(move || std::fs::File::open(path)).await.map_err(internal)? {
+        Ok(f) => Arc::new(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ApiError::not_found("no such artifact")),
-        Err(e) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())),
+        Err(e) => return Err(internal(e)),
     };
-    let len = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .len();
+    // An open file's size: a local inode lookup, no I/O worth a blocking thread.
+    let len = file.metadata().map_err(internal)?.len();
     let etag = format!("\"{digest}\"");
     let mut common = HeaderMap::new();
     common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -150,15 +176,11 @@ async fn artifact(
             return Ok((StatusCode::RANGE_NOT_SATISFIABLE, common).into_response());
         }
     };
-    if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    }
     common.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     common.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     let in_flight = InFlight::start();
-    let chunks = budgeted_body(budget().clone(), file, count).map(move |chunk| {
+    let read_at = move |offset, len| pread(file.clone(), offset, len);
+    let chunks = budgeted_body(budget().clone(), read_at, start, count).map(move |chunk| {
         let _held = &in_flight;
         chunk
     });
@@ -182,7 +204,11 @@ mod tests {
         for client in 0..5 {
             let (budget, data, log) = (budget.clone(), data.clone(), log.clone());
             tasks.push(tokio::spawn(async move {
-                let mut body = std::pin::pin!(budgeted_body(budget.clone(), &data[..], data.len() as u64));
+                let read_at = |offset: u64, len: usize| {
+                    let chunk = data[offset as usize..offset as usize + len].to_vec();
+                    async move { Ok(chunk) }
+                };
+                let mut body = std::pin::pin!(budgeted_body(budget.clone(), read_at, 0, data.len() as u64));
                 let mut got = Vec::new();
                 let mut n = 0;
                 while let Some(chunk) = body.next().await {
