@@ -2,7 +2,8 @@
 //!
 //! Start-up refuses a bad config or profile set (with `file:line:col`) before any
 //! socket opens. On SIGINT/SIGTERM a cancellation token stops every service; HTTP
-//! drains in-flight requests for up to `DRAIN` before the process exits.
+//! drains in-flight requests for up to `HTTP_DRAIN` (within the process-wide `DRAIN`)
+//! before the process exits.
 
 use crate::config::Config;
 use crate::dhcp;
@@ -11,17 +12,15 @@ use crate::images::ImageStore;
 use crate::profiles::LiveProfiles;
 use crate::store::Store;
 use anyhow::{Context, Result};
-use axum::serve::ListenerExt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 const DRAIN: Duration = Duration::from_secs(10);
-/// How long an HTTP connection may make no progress (unacknowledged data, or a
-/// client that stopped reading) before the kernel drops it (`TCP_USER_TIMEOUT`).
-const HTTP_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP's share of `DRAIN`: it closes its stragglers itself (and says so) before
+/// `run` stops waiting for it.
+const HTTP_DRAIN: Duration = Duration::from_secs(8);
 
 pub async fn run(config: Config) -> Result<()> {
     let images = ImageStore::new(config.paths.images());
@@ -107,20 +106,12 @@ pub async fn run(config: Config) -> Result<()> {
     }
     {
         let cancel = cancel.clone();
-        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = http::router(state);
+        // Header/idle timeout, connection cap, TCP_USER_TIMEOUT: see `http::server`.
+        let limits = http::server::ServerLimits { drain: HTTP_DRAIN, ..Default::default() };
         tasks.spawn(async move {
-            // A client that stops reading (zero window) or vanishes is cut off by the
-            // kernel after this long without progress; its body chunks go back to
-            // the shared budget.
-            let listener = listener.tap_io(|tcp| {
-                let sock = socket2::SockRef::from(&*tcp);
-                let _ = sock.set_tcp_user_timeout(Some(HTTP_STALL_TIMEOUT));
-                let _ = sock.set_keepalive(true);
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { cancel.cancelled().await })
-                .await
-                .context("HTTP server")
+            http::server::serve(listener, app, limits, cancel).await;
+            Ok(())
         });
     }
 

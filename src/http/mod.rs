@@ -10,6 +10,7 @@ pub mod boot;
 pub mod error;
 pub mod metrics;
 pub mod range;
+pub mod server;
 
 use crate::config::Config;
 use crate::images::ImageStore;

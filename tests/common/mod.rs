@@ -127,7 +127,8 @@ impl TestServer {
                 });
                 let state = AppState { config: Arc::new(config), store, images, profiles: Arc::new(profiles), volumes };
                 tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, router(state)).await.unwrap();
+                let (limits, cancel) = (Default::default(), tokio_util::sync::CancellationToken::new());
+                ramboot::http::server::serve(listener, router(state), limits, cancel).await;
             });
         });
         let addr = rx.recv().unwrap();

@@ -1,0 +1,207 @@
+//! The HTTP accept loop: hyper's HTTP/1 connection driver under our own limits.
+//!
+//! `axum::serve` hides hyper's connection settings, so it cannot bound how long a
+//! connection may sit without a request. This loop serves each connection with
+//! `hyper::server::conn::http1` and:
+//! - `header_read_timeout`: a request head must arrive in full within this long. In
+//!   hyper 1.x the timer starts when the connection opens and again as soon as a
+//!   response is done, so it is also the keep-alive idle timeout, and a client that
+//!   dribbles its head (slowloris) is cut off. It never runs while a body streams.
+//! - `max_buf_size`: bounds hyper's per-connection buffers and the size of a request
+//!   head (a larger one gets 431).
+//! - `TCP_USER_TIMEOUT` + keep-alive on every socket: a client that stops reading a
+//!   response (or vanishes) is dropped by the kernel after `stall_timeout`.
+//! - at most `max_connections` open at once; beyond that the loop stops accepting and
+//!   new connections wait in the kernel's listen backlog.
+//!
+//! On cancel it stops accepting (closing the listener, so new connections are
+//! refused), lets every open connection finish its current response, and closes
+//! whatever is still open after `drain`.
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::Service as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+/// A request head (request line and headers) must arrive within this long, and an
+/// idle keep-alive connection is closed after it. iPXE, the agent and curl send a
+/// head in one segment; 10 s is generous for them and short for an attacker.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may make no progress (unacknowledged data, or a client that
+/// stopped reading) before the kernel drops it (`TCP_USER_TIMEOUT`).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// hyper's per-connection buffer cap (its default is ~400 KiB) and the largest
+/// request head: heads are a few hundred bytes; a larger one is refused with 431.
+pub const MAX_BUF_SIZE: usize = 64 * 1024;
+/// Open connections at most: a boot storm of a few thousand nodes fits, and file
+/// descriptors and per-connection memory stay bounded.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// How long shutdown waits for in-flight responses before closing their connections.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The "connection cap reached" warning is logged at most this often.
+const CAP_WARN_INTERVAL: Duration = Duration::from_secs(60);
+/// Pause after an accept error that is not the peer's doing (e.g. `EMFILE`), so the
+/// loop does not spin while the process is out of descriptors.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// The limits one HTTP server applies; [`Default`] is what `ramboot serve` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Time to receive a whole request head, and the keep-alive idle timeout.
+    pub header_read_timeout: Duration,
+    /// `TCP_USER_TIMEOUT` on accepted sockets.
+    pub stall_timeout: Duration,
+    /// hyper's per-connection buffer cap (at least 8192), and the largest request head.
+    pub max_buf_size: usize,
+    /// Open connections at most (at least 1).
+    pub max_connections: usize,
+    /// How long shutdown waits for open connections.
+    pub drain: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            stall_timeout: STALL_TIMEOUT,
+            max_buf_size: MAX_BUF_SIZE,
+            max_connections: MAX_CONNECTIONS,
+            drain: DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// Serve `app` on `listener` until `cancel`, then drain (see the module docs) and
+/// return. Requests carry [`ConnectInfo<SocketAddr>`] as with
+/// `into_make_service_with_connect_info`. Accept errors are logged and retried,
+/// never fatal.
+pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, cancel: CancellationToken) {
+    // hyper panics below its 8 KiB minimum.
+    let max_buf_size = limits.max_buf_size.max(8192);
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(max_buf_size)
+        // max_buf_size alone lets a head through that arrived in one big read.
+        .max_header_size(max_buf_size);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    // Cancelled when the drain deadline passes: the connections still open end.
+    let cut = CancellationToken::new();
+    let mut cap_warned: Option<Instant> = None;
+    debug!(?limits, "HTTP serving");
+
+    loop {
+        // Take a connection slot before accepting: when none is free, connections
+        // queue in the kernel's backlog instead of in this process.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if cap_warned.is_none_or(|at| at.elapsed() >= CAP_WARN_INTERVAL) {
+                    warn!(
+                        max_connections = limits.max_connections,
+                        "HTTP connection cap reached; new connections wait in the listen backlog"
+                    );
+                    cap_warned = Some(Instant::now());
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        // Never closed; if it were, there is nothing left to serve.
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let (stream, remote) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    error!(error = %e, "HTTP accept failed; retrying in {ACCEPT_ERROR_PAUSE:?}");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                    }
+                }
+            },
+        };
+        set_socket_options(&stream, limits.stall_timeout);
+
+        let service = TowerToHyperService::new(app.clone());
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo::<SocketAddr>(remote));
+            service.call(request)
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let cut = cut.clone();
+        connections.spawn(async move {
+            // Held until the connection ends: frees its slot.
+            let _slot = slot;
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        // Header timeouts, resets and parse errors: the client's doing.
+                        debug!(%remote, error = %e, "HTTP connection ended with an error");
+                    }
+                }
+                _ = cut.cancelled() => debug!(%remote, "HTTP connection closed at the drain deadline"),
+            }
+        });
+    }
+
+    // Closing the listener makes new connections fail at once (RST), not hang.
+    drop(listener);
+    connections.close();
+    info!(open = connections.len(), drain = ?limits.drain, "HTTP: stopped accepting; draining connections");
+    // Idle connections close now; busy ones after their current response.
+    if tokio::time::timeout(limits.drain, graceful.shutdown()).await.is_err() {
+        warn!(open = connections.len(), "HTTP: connections still open at the drain deadline; closing them");
+        cut.cancel();
+    }
+    connections.wait().await;
+}
+
+/// Errors that concern one incoming connection, not the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// A client that stops reading (zero window) or vanishes is cut off by the kernel
+/// after `stall_timeout` without progress; its body chunks go back to the shared
+/// budget (`http::artifacts`). Best effort: a socket that refuses is still served.
+fn set_socket_options(stream: &TcpStream, stall_timeout: Duration) {
+    // A response's head and a body's last small chunk go out at once, not after the
+    // client's delayed ACK (Nagle), as nginx's `tcp_nodelay on` does.
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(error = %e, "HTTP: cannot set TCP_NODELAY");
+    }
+    let socket = socket2::SockRef::from(stream);
+    if let Err(e) = socket.set_tcp_user_timeout(Some(stall_timeout)) {
+        debug!(error = %e, "HTTP: cannot set TCP_USER_TIMEOUT");
+    }
+    if let Err(e) = socket.set_keepalive(true) {
+        debug!(error = %e, "HTTP: cannot set SO_KEEPALIVE");
+    }
+}
