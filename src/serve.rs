@@ -98,7 +98,16 @@ pub async fn run(config: Config) -> Result<()> {
     }
     {
         let (root, cancel) = (config.paths.ipxe.clone(), cancel.clone());
-        tasks.spawn(async move { crate::tftp::serve(&root, tftp_socket, cancel).await.map_err(anyhow::Error::from) });
+        // TFTP gets a thread and a single-threaded runtime of its own: a session is a
+        // ping-pong of small packets, answered sooner without cross-thread wake-ups,
+        // and an HTTP storm on the main runtime cannot delay a PXE ROM's next block.
+        tasks.spawn(async move {
+            tokio::task::spawn_blocking(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(crate::tftp::serve(&root, tftp_socket, cancel)).map_err(anyhow::Error::from)
+            })
+            .await?
+        });
     }
     if config.ipv6_ra {
         let (interface, cancel) = (config.interface.clone(), cancel.clone());

@@ -218,6 +218,42 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
     return sum(int(fields[i]) for i in ((11, 12, 13, 14) if children else (11, 12))) / CLK_TCK
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (from /proc/<pid>/task/*/children), parents first;
+    [] if `pid` is gone."""
+    out: list[int] = []
+    todo = [pid]
+    while todo and len(out) < 4096:
+        p = todo.pop(0)
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        out.append(p)
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+            except OSError:
+                pass
+    return out
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """The kB fields of /proc/<pid>/status (VmRSS, VmHWM, ...) in bytes; {} if gone."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                v = v.split()
+                if len(v) == 2 and v[1] == "kB" and v[0].isdigit():
+                    out[k] = int(v[0]) * 1024
+    except OSError:
+        return {}
+    return out
+
+
 def mem_available() -> int:
     with open("/proc/meminfo") as f:
         for line in f:

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::future::Future;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// One read, one body frame: large enough that the per-chunk costs (a blocking-pool
@@ -47,23 +47,48 @@ fn budget() -> &'static Arc<Semaphore> {
     BUDGET.get_or_init(|| Arc::new(Semaphore::new(BODY_BUDGET / CHUNK)))
 }
 
-/// One chunk of a body and its share of the budget, returned when hyper drops it.
+/// Chunk buffers whose bytes have gone out, kept for the next read: a recycled
+/// buffer is overwritten by the read and needs no zeroing (a fresh one does). The
+/// pool holds no more buffers than the budget has permits.
+fn spare_buffers() -> &'static Mutex<Vec<Vec<u8>>> {
+    static SPARE: OnceLock<Mutex<Vec<Vec<u8>>>> = OnceLock::new();
+    SPARE.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+fn take_buffer() -> Vec<u8> {
+    let spare = spare_buffers().lock().ok().and_then(|mut pool| pool.pop());
+    spare.unwrap_or_else(|| vec![0u8; CHUNK])
+}
+
+/// One chunk of a body (the first `len` bytes of a `CHUNK`-sized buffer) and its share
+/// of the budget; when hyper drops it, the permit returns and the buffer is recycled.
 struct BudgetedChunk {
-    bytes: Vec<u8>,
+    buffer: Vec<u8>,
+    len: usize,
     _permit: OwnedSemaphorePermit,
 }
 
 impl AsRef<[u8]> for BudgetedChunk {
     fn as_ref(&self) -> &[u8] {
-        &self.bytes
+        &self.buffer[..self.len]
     }
 }
 
-/// `count` bytes from `start`, chunk by chunk, each read (by `read_at(offset, len)`)
-/// only with a permit from `budget`.
+impl Drop for BudgetedChunk {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = spare_buffers().lock() {
+            if pool.len() < BODY_BUDGET / CHUNK {
+                pool.push(std::mem::take(&mut self.buffer));
+            }
+        }
+    }
+}
+
+/// `count` bytes from `start`, chunk by chunk, each read only with a permit from
+/// `budget`. `read_at(buffer, offset, len)` fills `buffer[..len]` from `offset`.
 fn budgeted_body<F>(
     budget: Arc<Semaphore>,
-    read_at: impl Fn(u64, usize) -> F,
+    read_at: impl Fn(Vec<u8>, u64, usize) -> F,
     start: u64,
     count: u64,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>>
@@ -75,10 +100,10 @@ where
         while offset < end {
             let permit = budget.clone().acquire_owned().await.map_err(std::io::Error::other)?;
             let want = (end - offset).min(CHUNK as u64) as usize;
-            let bytes = read_at(offset, want).await?;
+            let buffer = read_at(take_buffer(), offset, want).await?;
             offset += want as u64;
             metrics::counter!("ramboot_http_artifact_bytes_total").increment(want as u64);
-            yield Bytes::from_owner(BudgetedChunk { bytes, _permit: permit });
+            yield Bytes::from_owner(BudgetedChunk { buffer, len: want, _permit: permit });
         }
     }
 }
@@ -87,13 +112,12 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
-/// `len` bytes of `file` at `offset`, read on the blocking pool.
-async fn pread(file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+/// `buffer[..len]` filled from `file` at `offset`, on the blocking pool.
+async fn pread(file: Arc<std::fs::File>, mut buffer: Vec<u8>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     tokio::task::spawn_blocking(move || {
-        let mut bytes = vec![0u8; len];
         // A short read means the blob shrank under us: an error, not silent truncation.
-        file.read_exact_at(&mut bytes, offset)?;
-        Ok(bytes)
+        file.read_exact_at(&mut buffer[..len], offset)?;
+        Ok(buffer)
     })
     .await
     .map_err(std::io::Error::other)?
@@ -179,7 +203,7 @@ async fn artifact(
     common.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     common.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     let in_flight = InFlight::start();
-    let read_at = move |offset, len| pread(file.clone(), offset, len);
+    let read_at = move |buffer, offset, len| pread(file.clone(), buffer, offset, len);
     let chunks = budgeted_body(budget().clone(), read_at, start, count).map(move |chunk| {
         let _held = &in_flight;
         chunk
@@ -204,9 +228,9 @@ mod tests {
         for client in 0..5 {
             let (budget, data, log) = (budget.clone(), data.clone(), log.clone());
             tasks.push(tokio::spawn(async move {
-                let read_at = |offset: u64, len: usize| {
-                    let chunk = data[offset as usize..offset as usize + len].to_vec();
-                    async move { Ok(chunk) }
+                let read_at = |mut buffer: Vec<u8>, offset: u64, len: usize| {
+                    buffer[..len].copy_from_slice(&data[offset as usize..offset as usize + len]);
+                    async move { Ok(buffer) }
                 };
                 let mut body = std::pin::pin!(budgeted_body(budget.clone(), read_at, 0, data.len() as u64));
                 let mut got = Vec::new();
