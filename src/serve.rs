@@ -115,11 +115,13 @@ pub async fn run(config: Config) -> Result<()> {
     }
     {
         let cancel = cancel.clone();
+        // Artifact bodies go out with sendfile(2); see `http::sendfile`.
+        let artifacts = Some(http::sendfile::Artifacts { images: state.images.clone() });
         let app = http::router(state);
         // Header/idle timeout, connection cap, TCP_USER_TIMEOUT: see `http::server`.
         let limits = http::server::ServerLimits { drain: HTTP_DRAIN, ..Default::default() };
         tasks.spawn(async move {
-            http::server::serve(listener, app, limits, cancel).await;
+            http::server::serve(listener, app, artifacts, limits, cancel).await;
             Ok(())
         });
     }

@@ -208,3 +208,98 @@ fn unknown_paths_and_bad_queries_get_the_error_shape() {
     assert_eq!(status, 200);
     assert!(body.contains("\"stage1\"") && body.contains("\"tiny\""), "{body}");
 }
+
+/// One response read off a raw connection: status line, headers (lower-cased names)
+/// and exactly `content-length` body bytes (none for HEAD).
+fn read_response(
+    reader: &mut std::io::BufReader<std::net::TcpStream>,
+    head: bool,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).unwrap();
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (name, value) = h.split_once(':').unwrap();
+        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let len: usize = headers.iter().find(|(n, _)| n == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0u8; if head { 0 } else { len }];
+    reader.read_exact(&mut body).unwrap();
+    (status, headers, body)
+}
+
+fn sendfile_responses(srv: &TestServer) -> f64 {
+    let text = agent().get(&srv.url("/metrics")).call().unwrap().into_string().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ramboot_http_artifact_sendfile_responses_total "))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Artifact bodies go out with sendfile(2); on the same keep-alive connection, the
+/// answers without a body (304, 416) and other paths are hyper's, and the bytes are
+/// the same either way.
+#[test]
+fn artifact_bodies_use_sendfile_and_share_keep_alive_connections_with_hyper() {
+    use std::io::Write;
+    let srv = TestServer::start();
+    let path = format!("/artifacts/sha256/{}/rootfs.squashfs", srv.rootfs_digest);
+    let (len, etag) = (srv.rootfs.len(), format!("\"{}\"", srv.rootfs_digest));
+    let before = sendfile_responses(&srv);
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    let stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut ask = |request: String, head: bool| {
+        writer.write_all(request.as_bytes()).unwrap();
+        read_response(&mut reader, head)
+    };
+    let header =
+        |headers: &[(String, String)], name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+
+    let (status, headers, body) = ask(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"), false);
+    assert_eq!((status, body.len()), (200, len));
+    assert!(body == srv.rootfs, "whole body");
+    assert_eq!(header(&headers, "etag"), Some(etag.clone()));
+    assert_eq!(header(&headers, "accept-ranges").as_deref(), Some("bytes"));
+    assert!(header(&headers, "date").is_some());
+
+    let (status, headers, body) = ask(format!("GET {path} HTTP/1.1\r\nHost: t\r\nRange: bytes=100-199\r\n\r\n"), false);
+    assert_eq!(status, 206);
+    assert_eq!(header(&headers, "content-range"), Some(format!("bytes 100-199/{len}")));
+    assert_eq!(body, &srv.rootfs[100..200]);
+
+    let (status, headers, _) = ask(format!("HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n"), true);
+    assert_eq!((status, header(&headers, "content-length")), (200, Some(len.to_string())));
+    // At least: tests running at the same time in this process download artifacts too.
+    assert!(sendfile_responses(&srv) - before >= 3.0, "the three body answers went out with sendfile");
+
+    // hyper's, on the same connection: a 304, a 416, another path, then an artifact again.
+    let (status, _, _) = ask(format!("GET {path} HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n"), false);
+    assert_eq!(status, 304);
+    let (status, headers, _) = ask(format!("GET {path} HTTP/1.1\r\nHost: t\r\nRange: bytes={len}-\r\n\r\n"), false);
+    assert_eq!((status, header(&headers, "content-range")), (416, Some(format!("bytes */{len}"))));
+    let (status, _, _) = ask("GET /artifacts/sha256/00/x HTTP/1.1\r\nHost: t\r\n\r\n".into(), false);
+    assert_eq!(status, 404);
+    let (status, _, body) = ask(format!("GET {path} HTTP/1.1\r\nHost: t\r\nRange: bytes=-10\r\n\r\n"), false);
+    assert_eq!((status, body.as_slice()), (206, &srv.rootfs[len - 10..]));
+
+    // A client that asks to close gets its body and then the end of the connection.
+    let fresh = std::net::TcpStream::connect(&addr).unwrap();
+    let mut fresh_writer = fresh.try_clone().unwrap();
+    let mut fresh_reader = std::io::BufReader::new(fresh);
+    fresh_writer.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).unwrap();
+    let (status, headers, body) = read_response(&mut fresh_reader, false);
+    assert_eq!((status, body.len(), header(&headers, "connection").as_deref()), (200, len, Some("close")));
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut fresh_reader, &mut rest).unwrap();
+    assert!(rest.is_empty(), "closed after the body");
+}

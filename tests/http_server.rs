@@ -90,7 +90,7 @@ async fn start(limits: ServerLimits) -> Server {
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();
     let (tx, started) = mpsc::unbounded_channel();
-    let handle = tokio::spawn(serve(listener, app(tx), limits, cancel.clone()));
+    let handle = tokio::spawn(serve(listener, app(tx), None, limits, cancel.clone()));
     Server { addr, cancel, handle, started }
 }
 

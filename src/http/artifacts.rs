@@ -123,12 +123,73 @@ async fn pread(file: Arc<std::fs::File>, mut buffer: Vec<u8>, offset: u64, len: 
     .map_err(std::io::Error::other)?
 }
 
+/// A request's validators and Range, as sent.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Conditions<'a> {
+    pub if_none_match: Option<&'a str>,
+    pub if_range: Option<&'a str>,
+    pub range: Option<&'a str>,
+}
+
+/// What to answer a GET of an artifact of `len` bytes whose ETag is `etag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    NotModified,
+    Unsatisfiable,
+    /// 200, or 206 with this `Content-Range` value.
+    Body {
+        start: u64,
+        count: u64,
+        content_range: Option<String>,
+    },
+}
+
+/// Pure: shared by the hyper handler and the sendfile path (`http::sendfile`).
+pub fn answer(etag: &str, request: &Conditions, len: u64) -> Answer {
+    if request.if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+        return Answer::NotModified;
+    }
+    // If-Range with another validator means "send it all": the client's copy is stale.
+    let if_range_ok = request.if_range.is_none_or(|v| v.trim() == etag);
+    match parse_range(request.range.filter(|_| if_range_ok), len) {
+        RangeOutcome::Full => Answer::Body { start: 0, count: len, content_range: None },
+        RangeOutcome::Partial { start, end } => {
+            Answer::Body { start, count: end - start + 1, content_range: Some(format!("bytes {start}-{end}/{len}")) }
+        }
+        RangeOutcome::Unsatisfiable => Answer::Unsatisfiable,
+    }
+}
+
+/// The strong ETag of an artifact: its digest, quoted.
+pub fn etag_of(digest: &Digest) -> String {
+    format!("\"{digest}\"")
+}
+
+/// Headers every artifact answer carries.
+pub fn fixed_headers(etag: &str) -> [(header::HeaderName, String); 3] {
+    [
+        (header::ACCEPT_RANGES, "bytes".into()),
+        (header::CACHE_CONTROL, "public, max-age=31536000, immutable".into()),
+        (header::ETAG, etag.into()),
+    ]
+}
+
+/// The digest an artifact URL path names (`/artifacts/sha256/<hex>[/<name>]`).
+pub fn digest_in_path(path: &str) -> Option<Digest> {
+    let rest = path.strip_prefix("/artifacts/sha256/")?;
+    let (hex, name) = rest.split_once('/').unwrap_or((rest, "x"));
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    hex.parse().ok()
+}
+
 /// Counts a download as in flight until its body stream is dropped (finished,
 /// failed or abandoned by the client).
-struct InFlight;
+pub(crate) struct InFlight;
 
 impl InFlight {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         metrics::gauge!("ramboot_http_artifact_downloads_in_flight").increment(1.0);
         InFlight
     }
@@ -170,34 +231,38 @@ async fn artifact(
     };
     // An open file's size: a local inode lookup, no I/O worth a blocking thread.
     let len = file.metadata().map_err(internal)?.len();
-    let etag = format!("\"{digest}\"");
+    let etag = etag_of(&digest);
+    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let request = Conditions {
+        if_none_match: header(header::IF_NONE_MATCH),
+        if_range: header(header::IF_RANGE),
+        range: header(header::RANGE),
+    };
     let mut common = HeaderMap::new();
-    common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    common.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        common.insert(header::ETAG, v);
-    }
-    let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
-    if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
-        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
-    }
-    // If-Range with another validator means "send it all": the client's copy is stale.
-    let if_range_ok = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()).is_none_or(|v| v.trim() == etag);
-    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).filter(|_| if_range_ok);
-    let (status, start, count) = match parse_range(range_header, len) {
-        RangeOutcome::Full => (StatusCode::OK, 0, len),
-        RangeOutcome::Partial { start, end } => {
-            let value = format!("bytes {start}-{end}/{len}");
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                common.insert(header::CONTENT_RANGE, v);
-            }
-            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+    for (name, value) in fixed_headers(&etag) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            common.insert(name, v);
         }
-        RangeOutcome::Unsatisfiable => {
+    }
+    let (status, start, count) = match answer(&etag, &request, len) {
+        Answer::NotModified => return Ok((StatusCode::NOT_MODIFIED, common).into_response()),
+        Answer::Unsatisfiable => {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 common.insert(header::CONTENT_RANGE, v);
             }
             return Ok((StatusCode::RANGE_NOT_SATISFIABLE, common).into_response());
+        }
+        Answer::Body { start, count, content_range } => {
+            let status = match content_range {
+                Some(value) => {
+                    if let Ok(v) = HeaderValue::from_str(&value) {
+                        common.insert(header::CONTENT_RANGE, v);
+                    }
+                    StatusCode::PARTIAL_CONTENT
+                }
+                None => StatusCode::OK,
+            };
+            (status, start, count)
         }
     };
     common.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));

@@ -10,6 +10,7 @@ pub mod boot;
 pub mod error;
 pub mod metrics;
 pub mod range;
+pub mod sendfile;
 pub mod server;
 
 use crate::config::Config;

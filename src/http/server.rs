@@ -18,6 +18,7 @@
 //! refused), lets every open connection finish its current response, and closes
 //! whatever is still open after `drain`.
 
+use super::sendfile::Artifacts;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
@@ -87,7 +88,16 @@ impl Default for ServerLimits {
 /// return. Requests carry [`ConnectInfo<SocketAddr>`] as with
 /// `into_make_service_with_connect_info`. Accept errors are logged and retried,
 /// never fatal.
-pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, cancel: CancellationToken) {
+///
+/// With `artifacts`, each connection's artifact downloads go out with `sendfile(2)`
+/// first ([`super::sendfile`]); everything else on it is hyper's.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    artifacts: Option<Artifacts>,
+    limits: ServerLimits,
+    cancel: CancellationToken,
+) {
     // hyper panics below its 8 KiB minimum.
     let max_buf_size = limits.max_buf_size.max(8192);
     let mut http = http1::Builder::new();
@@ -149,11 +159,19 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, can
             request.extensions_mut().insert(ConnectInfo::<SocketAddr>(remote));
             service.call(request)
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        let cut = cut.clone();
+        let (http, watcher, artifacts) = (http.clone(), graceful.watcher(), artifacts.clone());
+        let (cut, shutdown, idle) = (cut.clone(), cancel.clone(), limits.header_read_timeout);
         connections.spawn(async move {
             // Held until the connection ends: frees its slot.
             let _slot = slot;
+            let stream = match &artifacts {
+                Some(fast) => match fast.serve(stream, idle, &shutdown, &cut).await {
+                    Some(stream) => stream,
+                    None => return,
+                },
+                None => stream,
+            };
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             tokio::select! {
                 result = connection => {
                     if let Err(e) = result {

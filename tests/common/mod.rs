@@ -128,7 +128,8 @@ impl TestServer {
                 let state = AppState { config: Arc::new(config), store, images, profiles: Arc::new(profiles), volumes };
                 tx.send(listener.local_addr().unwrap()).unwrap();
                 let (limits, cancel) = (Default::default(), tokio_util::sync::CancellationToken::new());
-                ramboot::http::server::serve(listener, router(state), limits, cancel).await;
+                let artifacts = Some(ramboot::http::sendfile::Artifacts { images: state.images.clone() });
+                ramboot::http::server::serve(listener, router(state), artifacts, limits, cancel).await;
             });
         });
         let addr = rx.recv().unwrap();
