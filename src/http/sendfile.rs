@@ -136,7 +136,9 @@ impl Artifacts {
                 return None;
             }
             let response = response_head(&etag, count, content_range.as_deref(), keep_alive);
-            if stream.write_all(response.as_bytes()).await.is_err() {
+            // With a body to follow, the head waits for it (MSG_MORE) and leaves in
+            // the same segment, as nginx's tcp_nopush does.
+            if send_head(&stream, response.as_bytes(), !head && count > 0).await.is_err() {
                 return None;
             }
             metrics::counter!("ramboot_http_artifact_sendfile_responses_total").increment(1);
@@ -163,22 +165,37 @@ impl Artifacts {
 }
 
 fn response_head(etag: &str, count: u64, content_range: Option<&str>, keep_alive: bool) -> String {
+    use std::fmt::Write as _;
     let status = if content_range.is_some() { "206 Partial Content" } else { "200 OK" };
-    let mut head = format!("HTTP/1.1 {status}\r\n");
+    let mut head = String::with_capacity(320);
+    let _ = write!(head, "HTTP/1.1 {status}\r\n");
     for (name, value) in fixed_headers(etag) {
-        head += &format!("{name}: {value}\r\n");
+        let _ = write!(head, "{name}: {value}\r\n");
     }
     if let Some(range) = content_range {
-        head += &format!("content-range: {range}\r\n");
+        let _ = write!(head, "content-range: {range}\r\n");
     }
-    head += &format!(
-        "content-type: application/octet-stream\r\ncontent-length: {count}\r\ndate: {}\r\n",
-        httpdate::fmt_http_date(std::time::SystemTime::now())
-    );
+    let date = httpdate::HttpDate::from(std::time::SystemTime::now());
+    let _ = write!(head, "content-type: application/octet-stream\r\ncontent-length: {count}\r\ndate: {date}\r\n");
     if !keep_alive {
         head += "connection: close\r\n";
     }
     head + "\r\n"
+}
+
+/// Write all of `bytes`; with `more`, tell TCP that data follows (`MSG_MORE`).
+async fn send_head(stream: &TcpStream, mut bytes: &[u8], more: bool) -> std::io::Result<()> {
+    let flags = nix::libc::MSG_NOSIGNAL | if more { nix::libc::MSG_MORE } else { 0 };
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || socket2::SockRef::from(stream).send_with_flags(bytes, flags));
+        match sent {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `count` bytes of `file` from `start` to the socket, page cache to socket.
