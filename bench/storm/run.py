@@ -140,7 +140,7 @@ def iperf_limit(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Pa
 
 
 def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path, nodes: int,
-              run_idx: int) -> dict[str, Any]:
+              run_idx: int, mode: str) -> dict[str, Any]:
     for f in (workdir / "data").glob("ramboot.db*"):
         f.unlink()  # a fresh fleet every time: new nodes, new leases
     cfg = ramboot_config(workdir, topo)
@@ -159,7 +159,9 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
     report_path = workdir / f"sim-{nodes}-{run_idx}.json"
     sim_cmd = [str(a.ramboot_bin), "sim", "--server", SERVER_IP, "--relay", CLIENT_IP, "--nodes", str(nodes),
                "--timeout-secs", str(a.timeout), "--json", str(report_path)]
-    log(f"storm of {nodes} nodes (run {run_idx + 1}/{a.runs})")
+    if mode == "size-only":
+        sim_cmd.append("--skip-image-hash")
+    log(f"storm of {nodes} nodes, image {mode} (run {run_idx + 1}/{a.runs})")
     started = time.monotonic()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     sim = subprocess.run(ns_exec(topo.client_ns, pin_c, sim_cmd, {"NO_COLOR": "1"}), stdout=subprocess.PIPE,
@@ -182,7 +184,7 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
         raise BenchError(f"{rep['failed']} of {nodes} nodes failed: {rep['errors'][:5]}")
     moved = rep["tftp_bytes"] + rep["http_bytes"]
     return {
-        "nodes": nodes, "run": run_idx + 1, "all_ready_secs": rep["all_ready_secs"], "sim_wall_secs": wall,
+        "nodes": nodes, "mode": mode, "run": run_idx + 1, "all_ready_secs": rep["all_ready_secs"], "sim_wall_secs": wall,
         "bytes": moved, "boot_p50": rep["boot_p50"], "boot_p99": rep["boot_p99"],
         "phases": {p["phase"]: {"p50": p["p50"], "p99": p["p99"]} for p in rep["phases"]},
         "rss_peak": sampler.peak, "rss_hwm": hwm, "server_cpu_secs": cpu, "sim_cpu_secs": sim_cpu,
@@ -192,32 +194,33 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
 # --------------------------------------------------------------------------- report
 
 
-def summarize(results: list[dict], limits: list[float], node_counts: list[int]) -> tuple[list[str], list[dict]]:
+def summarize(results: list[dict], limits: list[float], node_counts: list[int],
+              modes: list[str]) -> tuple[list[str], list[dict]]:
     rate = med(limits) or 0.0
     rows, summary = [], []
-    for n in node_counts:
-        rs = [r for r in results if r["nodes"] == n and "error" not in r]
+    for mode, n in [(mode, n) for mode in modes for n in node_counts]:
+        rs = [r for r in results if r["nodes"] == n and r.get("mode") == mode and "error" not in r]
         if not rs:
-            rows.append([n] + ["-"] * 10)
+            rows.append([n, mode] + ["-"] * 10)
             continue
         ready = med([r["all_ready_secs"] for r in rs])
         moved = med([r["bytes"] for r in rs])
         limit = moved / rate if rate else None
         eff = limit / ready if limit and ready else None
         rss = max(r["rss_peak"] for r in rs)
-        s = {"nodes": n, "all_ready_secs": ready, "limit_secs": limit, "efficiency": eff, "bytes": moved,
+        s = {"nodes": n, "mode": mode, "all_ready_secs": ready, "limit_secs": limit, "efficiency": eff, "bytes": moved,
              "boot_p50": med([r["boot_p50"] for r in rs]), "boot_p99": med([r["boot_p99"] for r in rs]),
              "image_p50": med([r["phases"]["image"]["p50"] for r in rs]),
              "rss_peak_mib": rss / MIB, "server_cpu_secs": med([r["server_cpu_secs"] for r in rs]),
              "sim_cpu_secs": med([r["sim_cpu_secs"] for r in rs]),
              "target_met": bool(eff and eff >= 0.8), "runs": len(rs)}
         summary.append(s)
-        rows.append([n, f"{moved / (1 << 30):.1f} GiB", fmt(ready, 2), fmt(limit, 2), f"{eff * 100:.0f} %" if eff else "-",
+        rows.append([n, mode, f"{moved / (1 << 30):.1f} GiB", fmt(ready, 2), fmt(limit, 2), f"{eff * 100:.0f} %" if eff else "-",
                      fmt(s["boot_p50"], 2), fmt(s["boot_p99"], 2), fmt(s["image_p50"], 2), f"{rss / MIB:.1f}",
                      fmt(s["server_cpu_secs"], 1), fmt(s["sim_cpu_secs"], 1)])
-    head = ["nodes", "moved", "all ready s", "limit s", "of limit", "boot p50", "boot p99", "image p50",
+    head = ["nodes", "image check", "moved", "all ready s", "limit s", "of limit", "boot p50", "boot p99", "image p50",
             "RSS peak MiB", "server CPU s", "sim CPU s"]
-    return render_table(head, rows, 1), summary
+    return render_table(head, rows, 2), summary
 
 
 def main() -> int:
@@ -228,6 +231,9 @@ def main() -> int:
     ap.add_argument("--kernel-mib", type=int, default=8)
     ap.add_argument("--initrd-mib", type=int, default=8)
     ap.add_argument("--iperf-seconds", type=int, default=5)
+    ap.add_argument("--modes", default="verified,size-only",
+                    help="image checks to run: verified (SHA-256, the default of ramboot sim) and/or size-only "
+                         "(--skip-image-hash: the simulator's one core no longer hashes for every node)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds one storm may take")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server/client to CPUs 0/1")
     ap.add_argument("--verbose-servers", action="store_true")
@@ -235,6 +241,9 @@ def main() -> int:
     add_ramboot_bin_arg(ap)
     a = ap.parse_args()
     node_counts = [int(n) for n in a.nodes.split(",") if n.strip()]
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    if not modes or any(m not in ("verified", "size-only") for m in modes):
+        ap.error("--modes: verified and/or size-only")
     if os.geteuid() != 0:
         ap.error("run as root (it creates network namespaces)")
     a.iperf3 = shutil.which("iperf3")
@@ -257,13 +266,14 @@ def main() -> int:
             log(f"iperf3 limit: {limits[-1] * 8 / 1e9:.1f} Gbit/s")
             order = node_counts if run_idx % 2 == 0 else list(reversed(node_counts))
             for n in order:
-                try:
-                    results.append(one_storm(a, procs, topo, workdir, n, run_idx))
-                    r = results[-1]
-                    log(f"  {n} nodes ready in {r['all_ready_secs']:.2f} s, RSS peak {r['rss_peak'] / MIB:.1f} MiB")
-                except (BenchError, subprocess.TimeoutExpired) as e:
-                    log(f"run {run_idx + 1}, {n} nodes: ERROR {e}")
-                    results.append({"nodes": n, "run": run_idx + 1, "error": str(e)})
+                for mode in modes:
+                    try:
+                        results.append(one_storm(a, procs, topo, workdir, n, run_idx, mode))
+                        r = results[-1]
+                        log(f"  {n} nodes ready in {r['all_ready_secs']:.2f} s, RSS peak {r['rss_peak'] / MIB:.1f} MiB")
+                    except (BenchError, subprocess.TimeoutExpired) as e:
+                        log(f"run {run_idx + 1}, {n} nodes, {mode}: ERROR {e}")
+                        results.append({"nodes": n, "mode": mode, "run": run_idx + 1, "error": str(e)})
 
     def cleanup() -> None:
         procs.stop_all()
@@ -271,7 +281,7 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     interrupted = guarded(body, cleanup)
-    table, summary = summarize(results, limits, node_counts)
+    table, summary = summarize(results, limits, node_counts, modes)
     rate = med(limits)
     print(f"boot storm: ramboot {run([str(a.ramboot_bin), '--version'], check=False).stdout.strip()}, "
           f"image {a.image_mib} MiB + kernel {a.kernel_mib} MiB + initrd {a.initrd_mib} MiB, medians of {a.runs}")
