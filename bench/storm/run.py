@@ -187,6 +187,8 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
         "nodes": nodes, "mode": mode, "run": run_idx + 1, "all_ready_secs": rep["all_ready_secs"], "sim_wall_secs": wall,
         "bytes": moved, "boot_p50": rep["boot_p50"], "boot_p99": rep["boot_p99"],
         "phases": {p["phase"]: {"p50": p["p50"], "p99": p["p99"]} for p in rep["phases"]},
+        # The node that finished last, phase by phase: what a long tail is made of.
+        "slowest": max(rep["results"], key=lambda r: r["ready_at_secs"]),
         "rss_peak": sampler.peak, "rss_hwm": hwm, "server_cpu_secs": cpu, "sim_cpu_secs": sim_cpu,
     }
 
