@@ -363,6 +363,7 @@ fn main() -> Result<()> {
                     }
                     Ok(())
                 })?;
+                eprintln!("the server closed the event stream (it stopped or is restarting)");
             }
             Ok(())
         }

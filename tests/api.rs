@@ -400,3 +400,22 @@ fn openapi_document_and_metrics() {
         assert!(phases.contains(&phase), "histogram for {phase}: {text}");
     }
 }
+
+/// Stopping the server ends an open event stream at once, so the shutdown drain (10 s
+/// here) does not wait for it, and the server stops.
+#[test]
+fn an_open_event_stream_ends_when_the_server_stops() {
+    let srv = TestServer::start();
+    let resp = agent().get(&srv.url("/api/v1/events/stream")).set("Authorization", &srv.read_auth()).call().unwrap();
+    assert_eq!(resp.header("content-type"), Some("text/event-stream"));
+    let mut body = resp.into_reader();
+    let stopped = std::time::Instant::now();
+    srv.shutdown.cancel();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut body, &mut rest).expect("the stream ends cleanly");
+    let ended = stopped.elapsed();
+    let TestServer { runtime, .. } = srv;
+    runtime.join().unwrap();
+    assert!(ended < std::time::Duration::from_secs(5), "the stream ended {ended:?} after the stop, not at once");
+    eprintln!("event stream ended {ended:?} after the stop; server stopped {:?} after it", stopped.elapsed());
+}

@@ -601,7 +601,10 @@ async fn event_stream(
                 }
                 Err(e) => tracing::warn!(error = %e, "event stream: reading events failed"),
             }
-            tokio::time::sleep(STREAM_POLL).await;
+            tokio::select! {
+                _ = state.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(STREAM_POLL) => {}
+            }
         }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))

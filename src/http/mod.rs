@@ -35,6 +35,9 @@ pub struct AppState {
     pub profiles: Arc<LiveProfiles>,
     /// iSCSI volumes, when the server manages them.
     pub volumes: Option<Arc<crate::iscsi::service::Volumes<crate::iscsi::tgt::Tgt>>>,
+    /// Cancelled when the server stops: endless responses (the event stream) end
+    /// then, so the shutdown drain does not wait for them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Request bodies are small JSON documents; nothing legitimate comes near this.

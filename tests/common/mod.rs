@@ -32,7 +32,9 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub rootfs: Vec<u8>,
     pub rootfs_digest: String,
-    _runtime: std::thread::JoinHandle<()>,
+    /// Stops the server (as SIGTERM does `ramboot serve`); `runtime` then ends.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub runtime: std::thread::JoinHandle<()>,
 }
 
 /// Deterministic, incompressible-looking bytes.
@@ -109,7 +111,10 @@ impl TestServer {
         ];
 
         let (tx, rx) = std::sync::mpsc::channel();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server_shutdown = shutdown.clone();
         let runtime = std::thread::spawn(move || {
+            let shutdown = server_shutdown;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 std::fs::create_dir_all(&config.paths.data).unwrap();
@@ -125,15 +130,18 @@ impl TestServer {
                     let backend = ramboot::iscsi::tgt::Tgt { control_port: cfg.tgt_control_port };
                     Arc::new(ramboot::iscsi::service::Volumes { backend, config: cfg, store: store.clone() })
                 });
-                let state = AppState { config: Arc::new(config), store, images, profiles: Arc::new(profiles), volumes };
+                let profiles = Arc::new(profiles);
+                let state =
+                    AppState { config: Arc::new(config), store, images, profiles, volumes, shutdown: shutdown.clone() };
                 tx.send(listener.local_addr().unwrap()).unwrap();
-                let (limits, cancel) = (Default::default(), tokio_util::sync::CancellationToken::new());
+                let limits = Default::default();
                 let artifacts = Some(ramboot::http::sendfile::Artifacts { images: state.images.clone() });
-                ramboot::http::server::serve(listener, router(state), artifacts, limits, cancel).await;
+                ramboot::http::server::serve(listener, router(state), artifacts, limits, shutdown).await;
             });
         });
         let addr = rx.recv().unwrap();
-        TestServer { base: format!("http://{addr}"), admin, reader, dir, rootfs, rootfs_digest, _runtime: runtime }
+        let base = format!("http://{addr}");
+        TestServer { base, admin, reader, dir, rootfs, rootfs_digest, shutdown, runtime }
     }
 
     pub fn url(&self, path: &str) -> String {
