@@ -390,3 +390,37 @@ async fn an_oversized_request_head_is_refused() {
     server.cancel.cancel();
     within(10, "serve() returning", server.handle).await.unwrap();
 }
+
+/// (4c) The same bound holds for an artifact download on the sendfile path (which
+/// hyper's graceful watcher does not see): a client that stopped reading does not
+/// hold shutdown past the drain deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_a_stalled_sendfile_download_at_the_drain_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = ramboot::images::ImageStore::new(dir.path().join("images"));
+    let blob = dir.path().join("image");
+    std::fs::write(&blob, vec![7u8; 32 << 20]).unwrap();
+    let artifact = images.ingest(&blob, "raw").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let (tx, _started) = mpsc::unbounded_channel();
+    let artifacts = Some(ramboot::http::sendfile::Artifacts { images });
+    let limits = ServerLimits { drain: SHORT, ..limits(Duration::from_secs(30)) };
+    let handle = tokio::spawn(serve(listener, app(tx), artifacts, limits, cancel.clone()));
+
+    // A client with a small receive buffer reads the head and then stops reading.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    get_request(&mut stream, &format!("/artifacts/sha256/{}/image", artifact.digest)).await;
+    let (head, _) = within(5, "artifact head", read_head(&mut stream)).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    let cancelled = Instant::now();
+    cancel.cancel();
+    within(10, "serve() returning", handle).await.unwrap();
+    let returned = cancelled.elapsed();
+    eprintln!("drain deadline {SHORT:?}: serve() returned after {returned:?} with a stalled sendfile download");
+    assert!(returned >= SHORT / 2, "returned after only {returned:?}: the download was not waited for");
+}

@@ -188,12 +188,18 @@ pub async fn serve(
     drop(listener);
     connections.close();
     info!(open = connections.len(), drain = ?limits.drain, "HTTP: stopped accepting; draining connections");
-    // Idle connections close now; busy ones after their current response.
-    if tokio::time::timeout(limits.drain, graceful.shutdown()).await.is_err() {
+    // Idle connections close now; busy ones after their current response. The
+    // deadline covers hyper's connections and the sendfile path's (which hyper's
+    // graceful watcher does not see) alike.
+    let drained = async {
+        graceful.shutdown().await;
+        connections.wait().await;
+    };
+    if tokio::time::timeout(limits.drain, drained).await.is_err() {
         warn!(open = connections.len(), "HTTP: connections still open at the drain deadline; closing them");
         cut.cancel();
+        connections.wait().await;
     }
-    connections.wait().await;
 }
 
 /// Errors that concern one incoming connection, not the listener.
