@@ -13,7 +13,7 @@
 //! stops reading is dropped by the kernel (`TCP_USER_TIMEOUT`, see `http::server`).
 
 use super::artifacts::{answer, digest_in_path, etag_of, fixed_headers, Answer, Conditions, InFlight};
-use crate::images::ImageStore;
+use crate::images::{Digest, ImageStore};
 use std::os::fd::AsFd;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -38,7 +38,7 @@ pub struct Artifacts {
 enum Next {
     /// An artifact request we serve: its head's length, what to send, and whether
     /// the connection stays open afterwards.
-    Ours { head_len: usize, head: bool, path: String, conditions: OwnedConditions, keep_alive: bool },
+    Ours { head_len: usize, head: bool, digest: Digest, conditions: OwnedConditions, keep_alive: bool },
     /// Anything else: hyper's.
     Theirs,
 }
@@ -59,9 +59,10 @@ fn classify(bytes: &[u8]) -> Next {
         return Next::Theirs;
     };
     // A query or an escape is for the router to interpret.
-    if !matches!(method, "GET" | "HEAD") || path.contains(['?', '%', '#']) || digest_in_path(path).is_none() {
+    if !matches!(method, "GET" | "HEAD") || path.contains(['?', '%', '#']) {
         return Next::Theirs;
     }
+    let Some(digest) = digest_in_path(path) else { return Next::Theirs };
     let mut conditions = OwnedConditions::default();
     let mut connection = None;
     for h in request.headers.iter() {
@@ -80,7 +81,7 @@ fn classify(bytes: &[u8]) -> Next {
     }
     let has = |token: &str| connection.as_deref().is_some_and(|c| c.split(',').any(|t| t.trim() == token));
     let keep_alive = if version == 1 { !has("close") } else { has("keep-alive") };
-    Next::Ours { head_len, head: method == "HEAD", path: path.to_string(), conditions, keep_alive }
+    Next::Ours { head_len, head: method == "HEAD", digest, conditions, keep_alive }
 }
 
 impl Artifacts {
@@ -114,12 +115,11 @@ impl Artifacts {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
                 Ok(Ok(n)) => n,
             };
-            let Next::Ours { head_len, head, path, conditions, keep_alive } = classify(&peeked[..n]) else {
+            let Next::Ours { head_len, head, digest, conditions, keep_alive } = classify(&peeked[..n]) else {
                 return Some(stream);
             };
             // Only a body answer is ours; the rest (missing blob, 304, 416) goes to
             // hyper with the request still unread.
-            let Some(digest) = digest_in_path(&path) else { return Some(stream) };
             let Ok(file) = std::fs::File::open(self.images.blob_path(&digest)) else { return Some(stream) };
             let Ok(len) = file.metadata().map(|m| m.len()) else { return Some(stream) };
             let etag = etag_of(&digest);
@@ -147,12 +147,12 @@ impl Artifacts {
                 tokio::select! {
                     _ = cut.cancelled() => return None,
                     sent = send_file(&stream, &file, start, count) => if let Err(e) = sent {
-                        debug!(%path, error = %e, "artifact download ended early");
+                        debug!(%digest, error = %e, "artifact download ended early");
                         return None;
                     },
                 }
             }
-            debug!(%path, start, count, head, "artifact sent with sendfile");
+            debug!(%digest, start, count, head, "artifact sent with sendfile");
             if !keep_alive {
                 let _ = stream.shutdown().await;
                 return None;
