@@ -41,6 +41,7 @@ from netlab import BaseServer, BenchError, Procs, Topology, add_ramboot_bin_arg,
 from netlab import common_needs, cpu_seconds, fmt, guarded, host_info, install_signal_handlers  # noqa: E402
 from netlab import lab_network, log, log_tail, med, ns_exec, parse_servers, proc_status  # noqa: E402
 from netlab import process_tree, ramboot_command, render_table, run, run_servers, split_by_server  # noqa: E402
+from netlab import cleanup_run, pin_server_and_clients, pinning_text, write_image_manifest  # noqa: E402
 from netlab import stop_server_proc, wait_until, write_results  # noqa: E402
 
 SUBNET, SERVER_IP, CLIENT_IP, PREFIX = lab_network("10.81.0.0/24")  # server .1, client .2
@@ -101,14 +102,6 @@ def tree_memory(pid: int) -> dict[str, int]:
             out["VmHWM"] += st.get("VmHWM", 0)
             out["processes"] += 1
     return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- HTTP probes (from the client namespace)
@@ -185,13 +178,10 @@ paths: {{data: {d}/data, profiles: {d}/profiles, ipxe: {d}/ipxe}}
         # manifest per image (src/images.rs `Manifest`).
         store = d / "data" / "images"
         (store / "sha256").mkdir(parents=True, exist_ok=True)
-        (store / "manifests").mkdir(parents=True, exist_ok=True)
         for art in self.files.values():
             os.link(art.file, store / "sha256" / art.digest)
-            manifest = {"name": f"bench-{art.key}", "kind": "rootfs", "built_at_ms": int(time.time() * 1000),
-                        "artifacts": {"rootfs": {"digest": art.digest, "size": art.size, "format": "squashfs"}},
-                        "inputs": {}}
-            (store / "manifests" / f"bench-{art.key}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            rootfs = {"digest": art.digest, "size": art.size, "format": "squashfs"}
+            write_image_manifest(store, f"bench-{art.key}", "rootfs", {"rootfs": rootfs}, {})
         return cmd, env
 
     def version(self):
@@ -739,11 +729,7 @@ def parse_args() -> argparse.Namespace:
                  "must be positive; --rss-interval 0.01..5")
     if a.connections < a.wrk_threads:
         ap.error("--connections must be >= --wrk-threads")
-    ncpu = os.cpu_count() or 1
-    if a.pin and ncpu >= 2:
-        a.server_cpus, a.client_cpus = "0", set(range(1, ncpu))
-    else:
-        a.pin, a.server_cpus, a.client_cpus = False, None, None
+    pin_server_and_clients(a)
     return a
 
 
@@ -835,19 +821,10 @@ def main() -> int:
         topo.enter_client()
         log(f"{topo.describe()}; image {args.size_bytes:,} bytes sha256 {files['big'].digest[:16]}..., "
             f"small file {args.small_size_bytes:,} bytes; servers: {', '.join(args.servers)} on "
-            f"{SERVER_IP}:{HTTP_PORT}; pinning: "
-            f"{f'server cpu {args.server_cpus}, clients cpu {sorted(args.client_cpus)}' if args.pin else 'off'}")
+            f"{SERVER_IP}:{HTTP_PORT}; pinning: {pinning_text(args)}")
         run_servers(args, results, lambda name, run_idx: bench.run_server(name, run_idx, cases))
 
-    def cleanup() -> None:
-        procs.stop_all()
-        topo.down()
-        if args.keep_workdir:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-    interrupted = guarded(body, cleanup)
+    interrupted = guarded(body, lambda: cleanup_run(procs, topo, work, args.keep_workdir))
 
     summary = summarize(results, args.servers, cases)
     doc = {

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import ipaddress
 import json
 import math
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -454,3 +456,49 @@ def host_info() -> dict:
 def write_results(out: Path, doc: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- shared by the TFTP/HTTP/storm benches
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pin_server_and_clients(a: argparse.Namespace) -> None:
+    """With `a.pin` and two CPUs or more: the server on CPU 0 (`a.server_cpus`, for
+    taskset), clients and this script on the rest (`a.client_cpus`, a set for
+    sched_setaffinity). Otherwise pinning is off and both are None."""
+    ncpu = os.cpu_count() or 1
+    if a.pin and ncpu >= 2:
+        a.server_cpus, a.client_cpus = "0", set(range(1, ncpu))
+    else:
+        a.pin, a.server_cpus, a.client_cpus = False, None, None
+
+
+def pinning_text(a: argparse.Namespace) -> str:
+    return f"server cpu {a.server_cpus}, clients cpu {sorted(a.client_cpus)}" if a.pin else "off"
+
+
+def cleanup_run(procs: Procs, topo: Topology, work: Path, keep: bool) -> None:
+    """End what the run started, remove its namespaces, and its work directory unless kept."""
+    procs.stop_all()
+    topo.down()
+    if keep:
+        log(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_image_manifest(store: Path, name: str, kind: str, artifacts: dict[str, dict], inputs: dict) -> None:
+    """A manifest as ramboot's image store keeps it (`src/images.rs` `Manifest`):
+    `<store>/manifests/<name>.json`; each artifact is {digest, size, format} and its
+    blob must be at `<store>/sha256/<digest>`."""
+    (store / "manifests").mkdir(parents=True, exist_ok=True)
+    doc = {"name": name, "kind": kind, "built_at_ms": int(time.time() * 1000), "artifacts": artifacts,
+           "inputs": inputs}
+    (store / "manifests" / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -39,7 +39,8 @@ sys.path.insert(0, str(HERE.parent / "lib"))  # bench/lib/netlab.py: the shared 
 
 from netlab import BenchError, Procs, Topology, add_ramboot_bin_arg, cpu_seconds, fmt, guarded  # noqa: E402
 from netlab import host_info, install_signal_handlers, lab_network, log, log_tail, med, ns_exec  # noqa: E402
-from netlab import render_table, run, wait_until, write_results  # noqa: E402
+from netlab import cleanup_run, proc_status, render_table, run, wait_until, write_image_manifest  # noqa: E402
+from netlab import write_results  # noqa: E402
 
 SUBNET, SERVER_IP, CLIENT_IP, PREFIX = lab_network("10.81.0.0/16")
 HTTP_PORT = 18081
@@ -59,10 +60,7 @@ def write_blob(images: Path, data: bytes) -> dict[str, Any]:
 
 
 def write_manifest(images: Path, name: str, kind: str, artifacts: dict[str, dict]) -> None:
-    (images / "manifests").mkdir(parents=True, exist_ok=True)
-    doc = {"name": name, "kind": kind, "built_at_ms": int(time.time() * 1000), "artifacts": artifacts,
-           "inputs": {"recipe": "bench/storm (random bytes)"}}
-    (images / "manifests" / f"{name}.json").write_text(json.dumps(doc, indent=2))
+    write_image_manifest(images, name, kind, artifacts, {"recipe": "bench/storm (random bytes)"})
 
 
 def prepare_content(workdir: Path, a: argparse.Namespace) -> int:
@@ -109,14 +107,7 @@ class RssSampler(threading.Thread):
         self.pid, self.peak, self.done = pid, 0, threading.Event()
 
     def status(self, key: str) -> int:
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith(key + ":"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        return proc_status(self.pid).get(key, 0)
 
     def run(self) -> None:
         while not self.done.wait(0.1):
@@ -277,12 +268,7 @@ def main() -> int:
                         log(f"run {run_idx + 1}, {n} nodes, {mode}: ERROR {e}")
                         results.append({"nodes": n, "mode": mode, "run": run_idx + 1, "error": str(e)})
 
-    def cleanup() -> None:
-        procs.stop_all()
-        topo.down()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-    interrupted = guarded(body, cleanup)
+    interrupted = guarded(body, lambda: cleanup_run(procs, topo, workdir, keep=False))
     table, summary = summarize(results, limits, node_counts, modes)
     rate = med(limits)
     print(f"boot storm: ramboot {run([str(a.ramboot_bin), '--version'], check=False).stdout.strip()}, "

@@ -42,6 +42,7 @@ from netlab import BaseServer, BenchError, Procs, Topology, add_ramboot_bin_arg,
 from netlab import common_needs, cpu_seconds, fmt, guarded, host_info, install_signal_handlers  # noqa: E402
 from netlab import lab_network, log, log_tail, med, ns_exec, parse_servers, percentile  # noqa: E402
 from netlab import ramboot_command, render_table, run, run_servers, split_by_server  # noqa: E402
+from netlab import cleanup_run, pin_server_and_clients, pinning_text, sha256_file  # noqa: E402
 from netlab import stop_server_proc, wait_until, write_results  # noqa: E402
 
 SUBNET, SERVER_IP, CLIENT_IP, PREFIX = lab_network("10.79.0.0/24")  # server .1, client .2
@@ -235,14 +236,6 @@ def oack_from_client_log(text: str) -> dict[str, str] | None:
         if "received OACK" in line:
             return {k.lower(): v for k, v in _OACK_KV.findall(line)}
     return None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- the bench
@@ -689,11 +682,7 @@ def parse_args() -> argparse.Namespace:
         ap.error("--runs, --clients, --repeat and --client-timeout must be positive")
     if not 8 <= a.blksize <= 65464 or not 1 <= a.windowsize <= 65535:
         ap.error("--blksize must be 8..65464 and --windowsize 1..65535")
-    ncpu = os.cpu_count() or 1
-    if a.pin and ncpu >= 2:
-        a.server_cpus, a.client_cpus = "0", set(range(1, ncpu))
-    else:
-        a.pin, a.server_cpus, a.client_cpus = False, None, None
+    pin_server_and_clients(a)
     return a
 
 
@@ -787,19 +776,11 @@ def main() -> int:
         bench.spawn_s = bench.spawn_overhead() if any(c.client == "atftp" for c in cases) else None
         log(f"{topo.describe()}; {args.size_bytes:,}-byte file sha256 {bench.digest[:16]}...; "
             f"servers: {', '.join(args.servers)}; "
-            f"pinning: {f'server cpu {args.server_cpus}, clients cpu {sorted(args.client_cpus)}' if args.pin else 'off'}"
+            f"pinning: {pinning_text(args)}"
             f"; client start-up (atftp -V) {fmt(bench.spawn_s and bench.spawn_s * 1000, 2)} ms")
         run_servers(args, results, lambda name, run_idx: bench.run_server(name, run_idx, cases))
 
-    def cleanup() -> None:
-        procs.stop_all()
-        topo.down()
-        if args.keep_workdir:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-    interrupted = guarded(body, cleanup)
+    interrupted = guarded(body, lambda: cleanup_run(procs, topo, work, args.keep_workdir))
 
     summary = summarize(results, args.servers, cases)
     doc = {
