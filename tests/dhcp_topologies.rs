@@ -27,7 +27,7 @@ use common::netns::{
     wait_event, wait_for, Dhclient, Lab, DHCLIENT,
 };
 use common::pcap::{capture, percent_decode, read_pcap, wait_capture, Packet, TCPDUMP};
-use common::vm::{bridge_with_tap, spawn_pxe_vm, DNSMASQ, PXE_ROM, QEMU};
+use common::vm::{lab_with_bridge, spawn_pxe_vm, DNSMASQ};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -387,19 +387,10 @@ fn dhcp_through_a_relay() {
 #[test]
 fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     const TEST: &str = "proxy_dhcp_beside_dnsmasq_boots_ipxe";
-    let tools = [
-        ("dnsmasq (dnsmasq-base)", DNSMASQ),
-        ("qemu-system-x86_64 (qemu-system-x86)", QEMU),
-        ("pxe-e1000.rom (ipxe-qemu)", PXE_ROM),
-        ("tcpdump", TCPDUMP),
-    ];
-    let Some(mut topo) = Lab::for_test(TEST, &tools) else { return };
-    let started = Instant::now();
-    let pid = std::process::id();
-    let ns = topo.netns(&format!("rbp{pid}"));
     // ramboot's address first (the primary one), then the site DHCP server's.
     let addresses = [format!("{PROXY_IP}/24"), format!("{SITE_DHCP_IP}/24")];
-    let (bridge, tap) = bridge_with_tap(&ns, 'p', &addresses);
+    let Some((mut topo, ns, bridge, tap)) = lab_with_bridge(TEST, &[], 'p', &addresses) else { return };
+    let started = Instant::now();
 
     let filter = "udp port 67 or udp port 68 or udp port 4011 or tcp port 8080";
     let (tcpdump, pcap) = capture(&mut topo, &ns, &bridge, filter);

@@ -10,9 +10,9 @@
 
 mod common;
 
-use common::netns::{log_text, logs_context, tail, tool, wait_for, Lab};
-use common::pcap::{capture, percent_decode, read_pcap, Packet, TCPDUMP};
-use common::vm::{bridge_with_tap, spawn_pxe_vm, DNSMASQ, PXE_ROM, QEMU};
+use common::netns::{log_text, logs_context, tail, tool, wait_for};
+use common::pcap::{capture, percent_decode, read_pcap, Packet};
+use common::vm::{lab_with_bridge, spawn_pxe_vm, DNSMASQ};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -355,20 +355,11 @@ fn parse_dhcp(b: &[u8]) -> Option<DhcpSeen> {
 #[test]
 fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     const TEST: &str = "ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options";
-    let tools = [
-        ("dnsmasq (dnsmasq-base)", DNSMASQ),
-        ("qemu-system-x86_64 (qemu-system-x86)", QEMU),
-        ("pxe-e1000.rom (ipxe-qemu)", PXE_ROM),
-        ("undionly.kpxe (ipxe)", UNDIONLY),
-        ("tcpdump", TCPDUMP),
-    ];
-    let Some(mut lab) = Lab::for_test(TEST, &tools) else { return };
-    let started = Instant::now();
-    let pid = std::process::id();
-    let ns = lab.netns(&format!("rbt{pid}"));
     // ramboot's address first (the primary one), then the site DHCP server's.
     let addresses = [format!("{RAMBOOT_IP}/24"), format!("{SITE_DHCP_IP}/24")];
-    let (bridge, tap) = bridge_with_tap(&ns, 't', &addresses);
+    let more = [("undionly.kpxe (ipxe)", UNDIONLY)];
+    let Some((mut lab, ns, bridge, tap)) = lab_with_bridge(TEST, &more, 't', &addresses) else { return };
+    let started = Instant::now();
 
     // Every UDP packet (DHCP, TFTP) and the HTTP fetch on the bridge, each in the file
     // as soon as it is seen (`<interface>.pcap`: the name AppArmor's tcpdump profile

@@ -2,11 +2,36 @@
 //! namespace (see LAB.md for why these flags).
 
 use super::netns::{ip_in, tool, Lab};
+use super::pcap::TCPDUMP;
 use std::path::Path;
 
 pub const QEMU: &[&str] = &["/usr/bin/qemu-system-x86_64"];
 pub const PXE_ROM: &[&str] = &["/usr/lib/ipxe/qemu/pxe-e1000.rom"];
 pub const DNSMASQ: &[&str] = &["/usr/sbin/dnsmasq", "/sbin/dnsmasq"];
+
+/// What a test with a network-booting VM beside dnsmasq needs (CI installs it all).
+pub const VM_BESIDE_DNSMASQ: [(&str, &[&str]); 4] = [
+    ("dnsmasq (dnsmasq-base)", DNSMASQ),
+    ("qemu-system-x86_64 (qemu-system-x86)", QEMU),
+    ("pxe-e1000.rom (ipxe-qemu)", PXE_ROM),
+    ("tcpdump", TCPDUMP),
+];
+
+/// The lab of `test` (`None`: skipped, see [`Lab::for_test`]) needing
+/// [`VM_BESIDE_DNSMASQ`] and `more` tools, with a namespace `rb<tag><pid>` holding
+/// [`bridge_with_tap`]. Returns (lab, namespace, bridge, tap).
+pub fn lab_with_bridge(
+    test: &str,
+    more: &[(&str, &[&str])],
+    tag: char,
+    addresses: &[String],
+) -> Option<(Lab, String, String, String)> {
+    let tools: Vec<(&str, &[&str])> = VM_BESIDE_DNSMASQ.iter().chain(more).copied().collect();
+    let mut lab = Lab::for_test(test, &tools)?;
+    let ns = lab.netns(&format!("rb{tag}{}", std::process::id()));
+    let (bridge, tap) = bridge_with_tap(&ns, tag, addresses);
+    Some((lab, ns, bridge, tap))
+}
 
 /// A bridge `<tag><pid>br` in `ns` with a tap `<tag><pid>tp` enslaved, both up, the
 /// bridge carrying `addresses` (CIDR; the first is the primary). Returns (bridge, tap).
