@@ -4,10 +4,11 @@
 //! ETag. Bodies stream from disk in fixed-size chunks, with single-range support for
 //! resumes (several ranges are refused with 416).
 //!
-//! Each chunk is read with one positioned read (`pread`) on a blocking thread straight
-//! into the buffer that is sent: one copy from the page cache, and no buffer hidden
-//! in a per-file reader (tokio's `fs::File` keeps one per open file, outside any
-//! budget).
+//! Most bodies leave through `http::sendfile`, which shares [`answer`]; this handler
+//! serves what that path leaves to hyper. Each chunk is read with one positioned
+//! read (`pread`) on a blocking thread straight into the buffer that is sent, and no
+//! buffer hides in a per-file reader (tokio's `fs::File` keeps one per open file,
+//! outside any budget).
 //!
 //! Memory is bounded for the whole server, not per download: a chunk is read only
 //! with a permit from one shared budget ([`BODY_BUDGET`] bytes), and the permit goes
@@ -32,7 +33,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::future::Future;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// One read, one body frame: large enough that the per-chunk costs (a blocking-pool
@@ -47,48 +48,23 @@ fn budget() -> &'static Arc<Semaphore> {
     BUDGET.get_or_init(|| Arc::new(Semaphore::new(BODY_BUDGET / CHUNK)))
 }
 
-/// Chunk buffers whose bytes have gone out, kept for the next read: a recycled
-/// buffer is overwritten by the read and needs no zeroing (a fresh one does). The
-/// pool holds no more buffers than the budget has permits.
-fn spare_buffers() -> &'static Mutex<Vec<Vec<u8>>> {
-    static SPARE: OnceLock<Mutex<Vec<Vec<u8>>>> = OnceLock::new();
-    SPARE.get_or_init(|| Mutex::new(Vec::new()))
-}
-
-fn take_buffer() -> Vec<u8> {
-    let spare = spare_buffers().lock().ok().and_then(|mut pool| pool.pop());
-    spare.unwrap_or_else(|| vec![0u8; CHUNK])
-}
-
-/// One chunk of a body (the first `len` bytes of a `CHUNK`-sized buffer) and its share
-/// of the budget; when hyper drops it, the permit returns and the buffer is recycled.
+/// One chunk of a body and its share of the budget, returned when hyper drops it.
 struct BudgetedChunk {
-    buffer: Vec<u8>,
-    len: usize,
+    bytes: Vec<u8>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl AsRef<[u8]> for BudgetedChunk {
     fn as_ref(&self) -> &[u8] {
-        &self.buffer[..self.len]
-    }
-}
-
-impl Drop for BudgetedChunk {
-    fn drop(&mut self) {
-        if let Ok(mut pool) = spare_buffers().lock() {
-            if pool.len() < BODY_BUDGET / CHUNK {
-                pool.push(std::mem::take(&mut self.buffer));
-            }
-        }
+        &self.bytes
     }
 }
 
 /// `count` bytes from `start`, chunk by chunk, each read only with a permit from
-/// `budget`. `read_at(buffer, offset, len)` fills `buffer[..len]` from `offset`.
+/// `budget`, by `read_at(offset, len)`.
 fn budgeted_body<F>(
     budget: Arc<Semaphore>,
-    read_at: impl Fn(Vec<u8>, u64, usize) -> F,
+    read_at: impl Fn(u64, usize) -> F,
     start: u64,
     count: u64,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>>
@@ -100,10 +76,10 @@ where
         while offset < end {
             let permit = budget.clone().acquire_owned().await.map_err(std::io::Error::other)?;
             let want = (end - offset).min(CHUNK as u64) as usize;
-            let buffer = read_at(take_buffer(), offset, want).await?;
+            let bytes = read_at(offset, want).await?;
             offset += want as u64;
             metrics::counter!("ramboot_http_artifact_bytes_total").increment(want as u64);
-            yield Bytes::from_owner(BudgetedChunk { buffer, len: want, _permit: permit });
+            yield Bytes::from_owner(BudgetedChunk { bytes, _permit: permit });
         }
     }
 }
@@ -112,12 +88,13 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
-/// `buffer[..len]` filled from `file` at `offset`, on the blocking pool.
-async fn pread(file: Arc<std::fs::File>, mut buffer: Vec<u8>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+/// `len` bytes of `file` at `offset`, read on the blocking pool.
+async fn pread(file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     tokio::task::spawn_blocking(move || {
+        let mut bytes = vec![0u8; len];
         // A short read means the blob shrank under us: an error, not silent truncation.
-        file.read_exact_at(&mut buffer[..len], offset)?;
-        Ok(buffer)
+        file.read_exact_at(&mut bytes, offset)?;
+        Ok(bytes)
     })
     .await
     .map_err(std::io::Error::other)?
@@ -268,7 +245,7 @@ async fn artifact(
     common.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     common.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     let in_flight = InFlight::start();
-    let read_at = move |buffer, offset, len| pread(file.clone(), buffer, offset, len);
+    let read_at = move |offset, len| pread(file.clone(), offset, len);
     let chunks = budgeted_body(budget().clone(), read_at, start, count).map(move |chunk| {
         let _held = &in_flight;
         chunk
@@ -293,9 +270,9 @@ mod tests {
         for client in 0..5 {
             let (budget, data, log) = (budget.clone(), data.clone(), log.clone());
             tasks.push(tokio::spawn(async move {
-                let read_at = |mut buffer: Vec<u8>, offset: u64, len: usize| {
-                    buffer[..len].copy_from_slice(&data[offset as usize..offset as usize + len]);
-                    async move { Ok(buffer) }
+                let read_at = |offset: u64, len: usize| {
+                    let chunk = data[offset as usize..offset as usize + len].to_vec();
+                    async move { Ok(chunk) }
                 };
                 let mut body = std::pin::pin!(budgeted_body(budget.clone(), read_at, 0, data.len() as u64));
                 let mut got = Vec::new();
