@@ -165,11 +165,8 @@ impl Segment {
         for (key, value) in expect.split_whitespace().filter_map(|w| w.split_once('=')) {
             assert_eq!(bound[key], value, "option {key} as the client bound with it: {bound:?}");
         }
-        assert!(
-            self.client_addrs().contains(&format!("{leased}/16")),
-            "address not configured: {:?}",
-            self.client_addrs()
-        );
+        let configured = self.client_addrs();
+        assert!(configured.contains(&format!("{leased}/16")), "{leased} not configured: {configured:?}");
         let first = leases_of(&self.database_url(), CLIENT_MAC);
         assert_eq!(first.len(), 1, "one lease row for the client: {first:?}");
         assert_eq!((first[0].ip, first[0].state.as_str()), (leased, "active"));
@@ -228,15 +225,17 @@ fn dhclient_gets_renews_and_releases_a_lease() {
     let events_path = lab.path("dhclient.events");
     let script = format!(
         "#!/bin/sh\n\
-         # Record what dhclient hands its script; (un)configure the address like dhclient-script.\n\
+         # (Un)configure the address like dhclient-script, then record what dhclient handed\n\
+         # the script: an event in the file means its address change is done.\n\
+         case \"$reason\" in\n\
+         BOUND|RENEW|REBIND|REBOOT) ip addr replace \"$new_ip_address/$new_subnet_mask\" dev \"$interface\" ;;\n\
+         RELEASE|EXPIRE|STOP|FAIL) [ -z \"$old_ip_address\" ] || ip addr del \"$old_ip_address/$old_subnet_mask\" dev \"$interface\" ;;\n\
+         esac\n\
          echo \"reason=$reason ip=$new_ip_address mask=$new_subnet_mask routers=$new_routers \
          dns=$new_domain_name_servers lease=$new_dhcp_lease_time renew=$new_dhcp_renewal_time \
          rebind=$new_dhcp_rebinding_time sid=$new_dhcp_server_identifier bcast=$new_broadcast_address \
          old=$old_ip_address\" >> {events}\n\
-         case \"$reason\" in\n\
-         BOUND|RENEW|REBIND|REBOOT) ip addr replace \"$new_ip_address/$new_subnet_mask\" dev \"$interface\" ;;\n\
-         RELEASE|EXPIRE|STOP|FAIL) [ -z \"$old_ip_address\" ] || ip addr del \"$old_ip_address/$old_subnet_mask\" dev \"$interface\" ;;\n\
-         esac\nexit 0\n",
+         exit 0\n",
         events = events_path.display()
     );
     let conf = "request subnet-mask, broadcast-address, routers, domain-name-servers,\n  \
@@ -302,13 +301,15 @@ fn udhcpc_gets_renews_and_releases_a_lease() {
         &script,
         format!(
             "#!/bin/sh\n\
-             # Record what udhcpc hands its script; (un)configure the address like simple.script.\n\
-             echo \"event=$1 ip=$ip subnet=$subnet mask=$mask router=$router dns=$dns lease=$lease \
-             serverid=$serverid broadcast=$broadcast\" >> {events}\n\
+             # (Un)configure the address like simple.script, then record what udhcpc handed\n\
+             # the script: an event in the file means its address change is done.\n\
              case \"$1\" in\n\
              bound|renew) ip addr replace \"$ip/$mask\" dev \"$interface\" ;;\n\
              deconfig) ip -4 addr flush dev \"$interface\" ;;\n\
-             esac\nexit 0\n",
+             esac\n\
+             echo \"event=$1 ip=$ip subnet=$subnet mask=$mask router=$router dns=$dns lease=$lease \
+             serverid=$serverid broadcast=$broadcast\" >> {events}\n\
+             exit 0\n",
             events = events_path.display()
         ),
     );

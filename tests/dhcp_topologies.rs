@@ -241,13 +241,15 @@ fn dhcp_through_a_relay() {
     let events_path = topo.path("dhclient.events");
     let script = format!(
         "#!/bin/sh\n\
-         echo \"reason=$reason ip=$new_ip_address mask=$new_subnet_mask routers=$new_routers \
-         lease=$new_dhcp_lease_time sid=$new_dhcp_server_identifier old=$old_ip_address\" >> {events}\n\
+         # Configure first, then record: an event in the file means it is done.\n\
          case \"$reason\" in\n\
          BOUND|RENEW|REBIND|REBOOT)\n  ip addr replace \"$new_ip_address/$new_subnet_mask\" dev \"$interface\"\n  \
          [ -z \"$new_routers\" ] || ip route replace default via \"${{new_routers%% *}}\" dev \"$interface\" ;;\n\
          RELEASE|EXPIRE|STOP|FAIL) [ -z \"$old_ip_address\" ] || ip addr del \"$old_ip_address/$old_subnet_mask\" dev \"$interface\" ;;\n\
-         esac\nexit 0\n",
+         esac\n\
+         echo \"reason=$reason ip=$new_ip_address mask=$new_subnet_mask routers=$new_routers \
+         lease=$new_dhcp_lease_time sid=$new_dhcp_server_identifier old=$old_ip_address\" >> {events}\n\
+         exit 0\n",
         events = events_path.display()
     );
     let conf = "timeout 30;\nrequest subnet-mask, broadcast-address, routers, domain-name-servers,\n  \
