@@ -12,7 +12,7 @@ pub mod http;
 pub mod images;
 pub mod iscsi;
 pub mod lab;
-pub mod node;
+pub use ramboot_core::node;
 pub mod profiles;
 pub mod ra;
 pub mod safe_path;

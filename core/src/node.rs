@@ -84,7 +84,8 @@ pub fn valid_hostname(s: &str) -> bool {
 }
 
 /// Where a node is in its life. Stored as its lowercase name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     /// Seen (DHCP, or a discovery boot's inventory) and has no profile yet.

@@ -1,0 +1,8 @@
+//! ramboot's pure cores.
+//!
+//! Everything here decides from its inputs alone: no sockets, no files, no clock, no
+//! async runtime. Time comes in as an argument (`now`), state comes in as values, and
+//! decisions come out as values; the server's tokio layers do the I/O around them.
+//! Cargo enforces the wall: `cargo tree -p ramboot-core -e normal` lists no I/O crate.
+
+pub mod node;
