@@ -4,9 +4,11 @@
 //! wrote (unknown keys refused), `Config` is the validated form the server runs on.
 //! Relative paths are resolved against the config file's directory.
 
-use crate::dhcp::classify::Arch;
 use crate::yaml::{self, SourceError, YamlError};
 use ipnet::Ipv4Net;
+use ramboot_core::dhcp::classify::Arch;
+pub use ramboot_core::dhcp::policy::{default_boot_files, DhcpMode, DhcpPolicy, SubnetConfig, UnknownClients};
+pub use ramboot_core::lifecycle::Lifecycle;
 use serde::Deserialize;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -159,29 +161,6 @@ struct WireSubnet {
     unknown_clients: Option<UnknownClients>,
 }
 
-/// Whether ramboot hands out addresses (authoritative) or only boot options next to
-/// the site's own DHCP server (proxy).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DhcpMode {
-    #[default]
-    Authoritative,
-    Proxy,
-}
-
-/// What a client whose MAC is not in the node inventory gets on a subnet.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UnknownClients {
-    /// An address and the discovery boot (it becomes a `discovered` node).
-    #[default]
-    Discovery,
-    /// Nothing at all: only registered nodes are served.
-    Ignore,
-    /// An address, but no boot file.
-    AddressOnly,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireIscsi {
@@ -298,33 +277,6 @@ impl IscsiConfig {
 }
 
 #[derive(Debug, Clone)]
-pub struct Lifecycle {
-    pub booting_timeout: Duration,
-    pub stage1_timeout: Duration,
-    pub loading_timeout: Duration,
-    pub handoff_timeout: Duration,
-    /// Consecutive failed boots after which the node is no longer retried.
-    pub max_retries: u32,
-    pub retry_backoff: Duration,
-    pub retry_backoff_max: Duration,
-}
-
-impl Lifecycle {
-    /// How long a node that failed `failures` times in a row waits before retrying
-    /// (exponential), or `None` once it has used up its retries.
-    pub fn retry_delay(&self, failures: u32) -> Option<Duration> {
-        if failures == 0 {
-            return Some(Duration::ZERO);
-        }
-        if failures > self.max_retries {
-            return None;
-        }
-        let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
-        Some(self.retry_backoff.saturating_mul(factor).min(self.retry_backoff_max))
-    }
-}
-
-#[derive(Debug, Clone)]
 pub struct DhcpConfig {
     pub mode: DhcpMode,
     pub port: u16,
@@ -335,33 +287,6 @@ pub struct DhcpConfig {
     /// The effective architecture → boot file map (built-in, then the operator's).
     pub boot_files: std::collections::BTreeMap<Arch, String>,
     pub subnets: Vec<SubnetConfig>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubnetConfig {
-    pub net: Ipv4Net,
-    /// Dynamic ranges, inclusive, sorted and disjoint.
-    pub ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
-    pub router: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-    pub domain: Option<String>,
-    pub lease_time: Duration,
-    pub unknown_clients: UnknownClients,
-}
-
-/// iPXE binaries per architecture unless the operator says otherwise. HTTP-boot
-/// variants load the same binary by URL.
-pub fn default_boot_files() -> std::collections::BTreeMap<Arch, String> {
-    let table: &[(&[u16], &str)] = &[
-        (&[0], "undionly.kpxe"),
-        (&[6, 15], "ipxe-ia32.efi"),
-        (&[7, 9, 16], "ipxe.efi"),
-        (&[10, 18], "ipxe-arm32.efi"),
-        (&[11, 19], "ipxe-arm64.efi"),
-        (&[27, 28], "ipxe-riscv64.efi"),
-        (&[39, 40], "ipxe-loong64.efi"),
-    ];
-    table.iter().flat_map(|(codes, file)| codes.iter().map(|c| (Arch(*c), file.to_string()))).collect()
 }
 
 impl DhcpConfig {
@@ -566,6 +491,19 @@ impl Config {
     }
 
     /// Base URL nodes use to reach the HTTP boot service.
+    /// What the DHCP decision core needs of this configuration.
+    pub fn dhcp_policy(&self) -> DhcpPolicy {
+        DhcpPolicy {
+            mode: self.dhcp.mode,
+            tftp_server: self.server_address,
+            boot_url: self.boot_url(),
+            boot_files: self.dhcp.boot_files.clone(),
+            subnets: self.dhcp.subnets.clone(),
+            offer_hold_secs: self.dhcp.offer_hold.as_secs(),
+            quarantine_secs: self.dhcp.decline_quarantine.as_secs(),
+        }
+    }
+
     pub fn boot_url(&self) -> String {
         format!("http://{}:{}", self.server_address, self.http_listen.port())
     }

@@ -2,7 +2,7 @@
 //!
 //! One process serves DHCP, TFTP and HTTP so that bare-metal nodes PXE-boot into a
 //! stage-one OS, which loads the node's profile image into RAM and hands off to it.
-//! Protocol decisions live in pure cores (`dhcp::core`, `http::range`); sockets and
+//! Protocol decisions live in the pure `ramboot-core` crate; sockets and
 //! files live in thin tokio layers around them.
 
 pub mod cli;

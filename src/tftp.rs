@@ -1,6 +1,6 @@
 //! TFTP: read-only service of the iPXE binaries under `ipxe/`.
 //!
-//! The protocol is ours ([`core`]: a pure session state machine); this is the thin
+//! The protocol is ours (`ramboot_core::tftp::session`: a pure state machine); this is the thin
 //! tokio layer around it. The server port takes requests; each read runs as its own
 //! task on its own port (the TFTP transfer ID), under a cap on concurrent sessions.
 //! Files are read once into memory and shared by every session that reads them
@@ -14,11 +14,10 @@
 //! a PXE ROM's tsize probe left a session resending into the void, and its window
 //! retransmission had bugs; a sans-I/O core is also what the rest of ramboot does.
 
-pub mod client;
-pub mod core;
-
-use self::core::{error_packet, negotiate, parse_client, parse_request, Limits, Send, Session, Step};
 use crate::safe_path::{resolve, PathError};
+use ramboot_core::tftp::session::{
+    error_packet, negotiate, parse_client, parse_request, Datagram, Limits, Session, Step,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -126,16 +125,22 @@ pub async fn serve_with(
         };
         if request.write {
             warn!(%client, file = %request.filename.escape_debug(), "TFTP write refused: this server is read-only");
-            refuse(self::core::code::ILLEGAL_OPERATION, "read-only server: writes are refused".into(), "write_refused")
-                .await;
+            refuse(
+                ramboot_core::tftp::session::code::ILLEGAL_OPERATION,
+                "read-only server: writes are refused".into(),
+                "write_refused",
+            )
+            .await;
             continue;
         }
         let real = match resolve(&root, &request.filename) {
             Ok(real) => real,
             Err(e) => {
                 let (code, outcome) = match e {
-                    PathError::NotFound | PathError::Empty => (self::core::code::FILE_NOT_FOUND, "not_found"),
-                    _ => (self::core::code::ACCESS_VIOLATION, "denied"),
+                    PathError::NotFound | PathError::Empty => {
+                        (ramboot_core::tftp::session::code::FILE_NOT_FOUND, "not_found")
+                    }
+                    _ => (ramboot_core::tftp::session::code::ACCESS_VIOLATION, "denied"),
                 };
                 warn!(%client, file = %request.filename.escape_debug(), reason = %e, "TFTP read refused");
                 refuse(code, e.to_string(), outcome).await;
@@ -144,7 +149,7 @@ pub async fn serve_with(
         };
         let Ok(permit) = sessions.clone().try_acquire_owned() else {
             warn!(%client, max_sessions, "TFTP session cap reached; request refused (the client will retry)");
-            refuse(self::core::code::NOT_DEFINED, "server busy, retry".into(), "busy").await;
+            refuse(ramboot_core::tftp::session::code::NOT_DEFINED, "server busy, retry".into(), "busy").await;
             continue;
         };
         let bytes = {
@@ -155,7 +160,7 @@ pub async fn serve_with(
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 warn!(%client, file = %real.display(), error = %e, "TFTP open failed");
-                refuse(self::core::code::FILE_NOT_FOUND, e.to_string(), "not_found").await;
+                refuse(ramboot_core::tftp::session::code::FILE_NOT_FOUND, e.to_string(), "not_found").await;
                 continue;
             }
             Err(e) => {
@@ -204,13 +209,13 @@ async fn transfer(
                 deadline = tokio::time::Instant::now() + session.timeout();
                 for send in sends {
                     match send {
-                        Send::Oack => {
+                        Datagram::Oack => {
                             socket.send(negotiated.oack.as_deref().unwrap_or_default()).await?;
                         }
-                        Send::Data { index, offset, len } => {
+                        Datagram::Data { index, offset, len } => {
                             let offset = offset as usize;
                             packet.clear();
-                            packet.extend_from_slice(&self::core::data_header(index as u16));
+                            packet.extend_from_slice(&ramboot_core::tftp::session::data_header(index as u16));
                             packet.extend_from_slice(&file[offset..offset + len]);
                             socket.send(&packet).await?;
                         }

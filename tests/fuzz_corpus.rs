@@ -1,6 +1,6 @@
 //! Regression check for the DHCP fuzzer: replays every seed in fuzz/corpus/dhcp_decide/
 //! and every saved crash in fuzz/artifacts/dhcp_decide/ through
-//! `ramboot::dhcp::fuzz_decide`, on stable, in a plain `cargo test`.
+//! `ramboot_core::dhcp::fuzz::decide_bytes`, on stable, in a plain `cargo test`.
 //! The fuzzer itself (nightly-style flags, libFuzzer) lives in fuzz/: see fuzz/README.md.
 
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ fn replay(files: &[PathBuf]) -> Vec<String> {
     let mut failures = Vec::new();
     for path in files {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let outcome = std::panic::catch_unwind(|| ramboot::dhcp::fuzz_decide(&bytes));
+        let outcome = std::panic::catch_unwind(|| ramboot_core::dhcp::fuzz::decide_bytes(&bytes));
         if let Err(payload) = outcome {
             let msg = payload
                 .downcast_ref::<&str>()
@@ -45,7 +45,7 @@ fn dhcp_decide_corpus_never_panics() {
     failures.extend(replay(&artifacts));
     assert!(
         failures.is_empty(),
-        "fuzz_decide panicked on {} of {} inputs:\n{}",
+        "decide_bytes panicked on {} of {} inputs:\n{}",
         failures.len(),
         corpus.len() + artifacts.len(),
         failures.join("\n")

@@ -257,7 +257,7 @@ const UNDIONLY: &[&str] = &["/usr/lib/ipxe/undionly.kpxe"];
 const RAMBOOT_IP: Ipv4Addr = Ipv4Addr::new(10, 74, 0, 1);
 const SITE_DHCP_IP: Ipv4Addr = Ipv4Addr::new(10, 74, 0, 2);
 const VM_MAC: &str = "52:54:00:74:74:01";
-/// ramboot's largest block (`tftp::core::Limits::default().max_blksize`).
+/// ramboot's largest block (`ramboot_core::tftp::session::Limits::default().max_blksize`).
 const MAX_BLKSIZE: u64 = 1468;
 
 /// A TFTP packet (RFC 1350, OACK of RFC 2347).

@@ -5,4 +5,8 @@
 //! decisions come out as values; the server's tokio layers do the I/O around them.
 //! Cargo enforces the wall: `cargo tree -p ramboot-core -e normal` lists no I/O crate.
 
+pub mod dhcp;
+pub mod lifecycle;
 pub mod node;
+pub mod range;
+pub mod tftp;

@@ -14,14 +14,16 @@
 //! Under overload the readers' queue fills and packets are dropped at the door
 //! (counted), instead of the decider falling ever further behind.
 
-use super::core::{decide, encode_reply, Arrival, Decision, DhcpPolicy, Host, Hosts, Inbound, Leases, Port};
-use super::pool::BindingKind;
-use crate::config::{Config, DhcpMode};
+use crate::config::Config;
 use crate::node::MacAddr;
 use crate::store::{LeaseOp, Store, StoreError};
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder};
 use nix::sys::socket::{self as sock, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
+use ramboot_core::dhcp::classify::Firmware;
+use ramboot_core::dhcp::decide::{decide, encode_reply, Arrival, Decision, Host, Hosts, Inbound, Leases, Port};
+use ramboot_core::dhcp::policy::{DhcpMode, DhcpPolicy};
+use ramboot_core::dhcp::pool::BindingKind;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -254,7 +256,7 @@ pub async fn serve(
     store: Store,
     cancel: CancellationToken,
 ) -> Result<(), DhcpIoError> {
-    let policy = DhcpPolicy::from_config(cfg);
+    let policy = cfg.dhcp_policy();
     let mut leases = Leases::new(&policy);
     let (now, _) = unix_now();
     let bindings = store.live_bindings(now).await?;
@@ -469,7 +471,7 @@ fn handle(
                         mac: g.mac,
                         ip: g.ip,
                         expires_at: g.expires_at,
-                        netboot: client.firmware != super::classify::Firmware::Plain,
+                        netboot: client.firmware != Firmware::Plain,
                         known: hosts.get(g.mac).is_some(),
                         arch: client.arch.map(|a| a.to_string()),
                         uuid: client.uuid.as_deref().and_then(format_uuid),
@@ -569,8 +571,14 @@ async fn commit_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dhcp::classify::tests::request;
-    use dhcproto::v4::Flags;
+    use dhcproto::v4::{DhcpOption, Flags};
+
+    fn request(mac: [u8; 6], kind: MessageType) -> Message {
+        let any = Ipv4Addr::UNSPECIFIED;
+        let mut msg = Message::new_with_id(0x1234_5678, any, any, any, any, &mac);
+        msg.opts_mut().insert(DhcpOption::MessageType(kind));
+        msg
+    }
 
     #[test]
     fn replies_go_to_relay_then_ciaddr_then_broadcast() {

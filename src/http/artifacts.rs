@@ -20,7 +20,6 @@
 //! (see `serve`).
 
 use super::error::ApiError;
-use super::range::{parse_range, RangeOutcome};
 use super::AppState;
 use crate::images::Digest;
 use axum::body::Body;
@@ -31,6 +30,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use ramboot_core::range::{parse_range, RangeOutcome};
 use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, OnceLock};

@@ -9,7 +9,6 @@ pub mod auth;
 pub mod boot;
 pub mod error;
 pub mod metrics;
-pub mod range;
 pub mod sendfile;
 pub mod server;
 

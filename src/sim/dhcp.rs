@@ -230,7 +230,7 @@ impl Drop for Unregister<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dhcp::classify::{classify, Firmware};
+    use ramboot_core::dhcp::classify::{classify, Firmware};
 
     fn client() -> Client {
         Client { mac: MacAddr([2, 0x5a, 0, 0, 0, 7]), arch: 7, uuid: [9; 16] }

@@ -12,8 +12,8 @@ pub mod dhcp;
 pub mod http;
 
 use crate::node::MacAddr;
-use crate::tftp::client::{Download, ReadRequest, Step};
 use dhcp::{Client, Relay, Stage};
+use ramboot_core::tftp::client::{Download, ReadRequest, Step};
 use ramboot_proto::{human_bytes, paths, AgentEvent, BootArgs, Dmi, Inventory, Nic, Plan, ReportedState};
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -14,8 +14,8 @@ fn data_indices(step: &Step) -> Vec<u64> {
         Step::Send(v) => v
             .iter()
             .filter_map(|s| match s {
-                Send::Data { index, .. } => Some(*index),
-                Send::Oack => None,
+                Datagram::Data { index, .. } => Some(*index),
+                Datagram::Oack => None,
             })
             .collect(),
         other => panic!("expected packets, got {other:?}"),
@@ -45,23 +45,26 @@ fn requests_parse_with_options_case_insensitively() {
 fn negotiation_caps_values_and_answers_only_known_options() {
     let (_, first, n) = session(3000, &[("blksize", "9000"), ("windowsize", "500"), ("tsize", "0"), ("colour", "red")]);
     assert_eq!((n.blksize, n.windowsize), (1468, 64));
-    assert_eq!(first, Step::Send(vec![Send::Oack]));
+    assert_eq!(first, Step::Send(vec![Datagram::Oack]));
     let oack = n.oack.unwrap();
     assert_eq!(&oack[..2], &OP_OACK.to_be_bytes());
     assert_eq!(&oack[2..], b"blksize\x001468\x00windowsize\x0064\x00tsize\x003000\x00");
     // No options: no OACK, straight to block 1 at 512 bytes.
     let (_, first, n) = session(3000, &[]);
     assert!(n.oack.is_none());
-    assert_eq!(first, Step::Send(vec![Send::Data { index: 1, offset: 0, len: 512 }]));
+    assert_eq!(first, Step::Send(vec![Datagram::Data { index: 1, offset: 0, len: 512 }]));
 }
 
 #[test]
 fn lockstep_transfer_ends_with_a_short_block_even_when_empty() {
     let (mut s, first, _) = session(1024, &[]);
     assert_eq!(data_indices(&first), [1]);
-    assert_eq!(s.on_packet(&ClientPacket::Ack(1)), Step::Send(vec![Send::Data { index: 2, offset: 512, len: 512 }]));
+    assert_eq!(
+        s.on_packet(&ClientPacket::Ack(1)),
+        Step::Send(vec![Datagram::Data { index: 2, offset: 512, len: 512 }])
+    );
     // 1024 is a multiple of 512: an empty third block says "end".
-    assert_eq!(s.on_packet(&ClientPacket::Ack(2)), Step::Send(vec![Send::Data { index: 3, offset: 1024, len: 0 }]));
+    assert_eq!(s.on_packet(&ClientPacket::Ack(2)), Step::Send(vec![Datagram::Data { index: 3, offset: 1024, len: 0 }]));
     assert_eq!(s.on_packet(&ClientPacket::Ack(3)), Step::Done);
     assert!(s.is_finished());
 }
@@ -69,7 +72,7 @@ fn lockstep_transfer_ends_with_a_short_block_even_when_empty() {
 #[test]
 fn windows_advance_on_full_and_partial_acks_and_ignore_duplicates() {
     let (mut s, first, _) = session(10 * 1468, &[("blksize", "1468"), ("windowsize", "4")]);
-    assert_eq!(first, Step::Send(vec![Send::Oack]));
+    assert_eq!(first, Step::Send(vec![Datagram::Oack]));
     assert_eq!(data_indices(&s.on_packet(&ClientPacket::Ack(0))), [1, 2, 3, 4]);
     assert_eq!(data_indices(&s.on_packet(&ClientPacket::Ack(4))), [5, 6, 7, 8]);
     // Block 7 was lost: the client acknowledges 6, we go on from 7.
@@ -102,7 +105,7 @@ fn block_numbers_roll_over_past_65535() {
 fn timeouts_resend_with_backoff_then_give_up() {
     let (mut s, _, _) = session(5000, &[("blksize", "1000"), ("windowsize", "2"), ("timeout", "2")]);
     assert_eq!(s.timeout(), Duration::from_secs(2));
-    assert_eq!(s.on_timeout(), Step::Send(vec![Send::Oack]), "OACK resent");
+    assert_eq!(s.on_timeout(), Step::Send(vec![Datagram::Oack]), "OACK resent");
     assert_eq!(s.timeout(), Duration::from_secs(4));
     assert_eq!(data_indices(&s.on_packet(&ClientPacket::Ack(0))), [1, 2]);
     assert_eq!(s.timeout(), Duration::from_secs(2), "an answer resets the back-off");
@@ -135,7 +138,7 @@ proptest::proptest! {
             let step = match ack { Some(a) => s.on_packet(&ClientPacket::Ack(a)), None => s.on_timeout() };
             if let Step::Send(v) = step {
                 for p in v {
-                    if let Send::Data { offset, len: n, .. } = p {
+                    if let Datagram::Data { offset, len: n, .. } = p {
                         proptest::prop_assert!(offset + n as u64 <= len);
                     }
                 }

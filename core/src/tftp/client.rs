@@ -3,7 +3,7 @@
 //! simulator drives it over a socket the way a PXE ROM does (RRQ with blksize,
 //! tsize and optionally windowsize, ACK per window, resend the last ACK on silence).
 
-use super::core::{code, error_packet, OP_ACK, OP_DATA, OP_ERROR, OP_OACK, OP_RRQ};
+use super::session::{code, error_packet, OP_ACK, OP_DATA, OP_ERROR, OP_OACK, OP_RRQ};
 
 /// What a client asks for in its RRQ.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,7 +278,7 @@ impl Download {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tftp::core::{negotiate, parse_request, Limits};
+    use crate::tftp::session::{negotiate, parse_request, Limits};
 
     fn data(block: u16, payload: &[u8]) -> Vec<u8> {
         let mut p = OP_DATA.to_be_bytes().to_vec();
@@ -365,7 +365,7 @@ mod tests {
         assert!(matches!(d.on_timeout(), Step::Failed { error: DownloadError::Timeout(3), .. }));
 
         let (mut d, _) = Download::start(request(), 3);
-        let err = crate::tftp::core::error_packet(1, "File not found");
+        let err = crate::tftp::session::error_packet(1, "File not found");
         assert!(matches!(d.on_packet(&err), Step::Failed { error: DownloadError::Server { code: 1, .. }, .. }));
     }
 

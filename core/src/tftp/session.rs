@@ -1,6 +1,6 @@
 //! The TFTP read session as a pure state machine: bytes and timeouts in, packets
 //! to send out. No sockets, no clock, no file access: the socket layer reads the
-//! byte ranges a [`Send::Data`] names and owns the timer.
+//! byte ranges a [`Datagram::Data`] names and owns the timer.
 //!
 //! RFC 1350 (the protocol), 2347 (option negotiation), 2348 (blksize), 2349
 //! (timeout, tsize) and 7440 (windowsize). A client's ERROR ends the session at
@@ -188,7 +188,7 @@ pub fn negotiate(options: &[(String, String)], file_len: u64, limits: &Limits) -
 
 /// One packet to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Send {
+pub enum Datagram {
     /// The option acknowledgement (bytes as built by [`negotiate`]).
     Oack,
     /// DATA for block `index` (1-based, not wrapped): the file's bytes
@@ -200,7 +200,7 @@ pub enum Send {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Send these, then wait for the client (up to [`Session::timeout`]).
-    Send(Vec<Send>),
+    Send(Vec<Datagram>),
     /// Nothing to send; keep waiting.
     Wait,
     /// The last block is acknowledged.
@@ -265,7 +265,7 @@ impl Session {
             retries: 0,
             max_retries: limits.max_retries,
         };
-        let step = if s.phase == Phase::Negotiating { Step::Send(vec![Send::Oack]) } else { s.window() };
+        let step = if s.phase == Phase::Negotiating { Step::Send(vec![Datagram::Oack]) } else { s.window() };
         (s, step)
     }
 
@@ -287,7 +287,7 @@ impl Session {
                 .map(|index| {
                     let offset = (index - 1) * self.blksize;
                     let len = self.blksize.min(self.file_len - offset) as usize;
-                    Send::Data { index, offset, len }
+                    Datagram::Data { index, offset, len }
                 })
                 .collect(),
         )
@@ -351,7 +351,7 @@ impl Session {
         }
         self.retries += 1;
         match self.phase {
-            Phase::Negotiating => Step::Send(vec![Send::Oack]),
+            Phase::Negotiating => Step::Send(vec![Datagram::Oack]),
             _ => self.window(),
         }
     }

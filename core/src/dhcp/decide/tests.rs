@@ -1,6 +1,6 @@
 use super::super::classify::tests::{ipxe_bios, request};
+use super::super::policy::default_boot_files;
 use super::*;
-use crate::config::default_boot_files;
 use dhcproto::v4::Architecture;
 use dhcproto::{Decodable, Encodable};
 use std::time::Duration;
@@ -443,6 +443,6 @@ proptest::proptest! {
     /// Any bytes at all: decoding may fail, deciding must never panic.
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
-        crate::dhcp::fuzz_decide(&bytes);
+        crate::dhcp::fuzz::decide_bytes(&bytes);
     }
 }

@@ -5,47 +5,19 @@
 //! arrival interface) → look it up in the node inventory (reservation, hostname,
 //! unknown-client policy) → act on the message type (offer, grant, NAK, release,
 //! decline, inform; or the proxyDHCP answer) → choose the boot file → build the
-//! reply's options. The socket layer (`dhcp::io`) persists any [`LeaseGrant`]
+//! reply's options. The server's socket layer (`ramboot::dhcp::io`) persists any [`LeaseGrant`]
 //! *before* it sends the reply that carries it.
 
 use super::classify::{classify, Arch, ClassifyError, Client, Firmware};
+use super::policy::{DhcpMode, DhcpPolicy, SubnetConfig, UnknownClients};
 use super::pool::{BindingKind, LeasePool};
-use crate::config::{Config, DhcpMode, SubnetConfig, UnknownClients};
 use crate::node::MacAddr;
 use dhcproto::v4::{relay, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 /// Largest `file` header field (RFC 2131 §2); longer names go only in option 67.
 const FILE_FIELD_LEN: usize = 128;
-
-/// Static inputs of the decision: what the operator configured.
-#[derive(Debug, Clone)]
-pub struct DhcpPolicy {
-    pub mode: DhcpMode,
-    /// `siaddr` (next server): where PXE ROMs fetch iPXE over TFTP.
-    pub tftp_server: Ipv4Addr,
-    /// `http://server:port`: iPXE and UEFI HTTP clients get URLs under it.
-    pub boot_url: String,
-    pub boot_files: BTreeMap<Arch, String>,
-    pub subnets: Vec<SubnetConfig>,
-    pub offer_hold_secs: u64,
-    pub quarantine_secs: u64,
-}
-
-impl DhcpPolicy {
-    pub fn from_config(cfg: &Config) -> DhcpPolicy {
-        DhcpPolicy {
-            mode: cfg.dhcp.mode,
-            tftp_server: cfg.server_address,
-            boot_url: cfg.boot_url(),
-            boot_files: cfg.dhcp.boot_files.clone(),
-            subnets: cfg.dhcp.subnets.clone(),
-            offer_hold_secs: cfg.dhcp.offer_hold.as_secs(),
-            quarantine_secs: cfg.dhcp.decline_quarantine.as_secs(),
-        }
-    }
-}
 
 /// Which port a packet came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

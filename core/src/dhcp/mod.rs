@@ -1,0 +1,10 @@
+//! DHCPv4 decisions (RFC 2131/2132, PXE options of RFC 4578, relay agent
+//! information of RFC 3046): [`classify`] the client, keep the address [`pool`]s,
+//! and [`decide`] the reply from the operator's [`policy`].
+
+pub mod classify;
+pub mod decide;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
+pub mod policy;
+pub mod pool;
