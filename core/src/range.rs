@@ -1,4 +1,5 @@
-//! HTTP Range requests (RFC 9110 §14) for artifact downloads: pure parsing.
+//! HTTP Range and conditional requests (RFC 9110 §13, §14) for artifact downloads:
+//! which status and which bytes, decided from the request's headers alone.
 
 /// What to send for a request's `Range` header against a body of `len` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +57,63 @@ pub fn parse_range(header: Option<&str>, len: u64) -> RangeOutcome {
     RangeOutcome::Partial { start, end: end.map_or(len - 1, |e| e.min(len - 1)) }
 }
 
+/// A request's validators and Range, as sent.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Conditions<'a> {
+    pub if_none_match: Option<&'a str>,
+    pub if_range: Option<&'a str>,
+    pub range: Option<&'a str>,
+}
+
+/// What to answer a GET of an artifact of `len` bytes whose ETag is `etag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    NotModified,
+    Unsatisfiable,
+    /// 200, or 206 with this `Content-Range` value.
+    Body {
+        start: u64,
+        count: u64,
+        content_range: Option<String>,
+    },
+}
+
+/// The answer to a GET of an artifact: shared by the server's hyper handler and its
+/// sendfile path, so both answer alike.
+pub fn answer(etag: &str, request: &Conditions, len: u64) -> Answer {
+    if request.if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+        return Answer::NotModified;
+    }
+    // If-Range with another validator means "send it all": the client's copy is stale.
+    let if_range_ok = request.if_range.is_none_or(|v| v.trim() == etag);
+    match parse_range(request.range.filter(|_| if_range_ok), len) {
+        RangeOutcome::Full => Answer::Body { start: 0, count: len, content_range: None },
+        RangeOutcome::Partial { start, end } => {
+            Answer::Body { start, count: end - start + 1, content_range: Some(format!("bytes {start}-{end}/{len}")) }
+        }
+        RangeOutcome::Unsatisfiable => Answer::Unsatisfiable,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::RangeOutcome::*;
     use super::*;
+
+    #[test]
+    fn conditional_answers() {
+        let etag = "\"abc\"";
+        let ask = |if_none_match, if_range, range| answer(etag, &Conditions { if_none_match, if_range, range }, 100);
+        let whole = Answer::Body { start: 0, count: 100, content_range: None };
+        assert_eq!(ask(Some("\"x\", \"abc\""), None, None), Answer::NotModified);
+        assert_eq!(ask(Some("*"), None, Some("bytes=0-1")), Answer::NotModified);
+        assert_eq!(ask(Some("\"x\""), None, None), whole);
+        let tail = Answer::Body { start: 90, count: 10, content_range: Some("bytes 90-99/100".into()) };
+        assert_eq!(ask(None, None, Some("bytes=-10")), tail);
+        assert_eq!(ask(None, Some("\"abc\""), Some("bytes=-10")), tail, "If-Range matches: the range stands");
+        assert_eq!(ask(None, Some("\"old\""), Some("bytes=-10")), whole, "a stale copy gets it all");
+        assert_eq!(ask(None, None, Some("bytes=200-")), Answer::Unsatisfiable);
+    }
     use proptest::prelude::*;
 
     #[test]

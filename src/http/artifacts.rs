@@ -4,7 +4,7 @@
 //! ETag. Bodies stream from disk in fixed-size chunks, with single-range support for
 //! resumes (several ranges are refused with 416).
 //!
-//! Most bodies leave through `http::sendfile`, which shares [`answer`]; this handler
+//! Most bodies leave through `http::sendfile`, which shares `ramboot_core::range::answer`; this handler
 //! serves what that path leaves to hyper. Each chunk is read with one positioned
 //! read (`pread`) on a blocking thread straight into the buffer that is sent, and no
 //! buffer hides in a per-file reader (tokio's `fs::File` keeps one per open file,
@@ -30,7 +30,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use ramboot_core::range::{parse_range, RangeOutcome};
+use ramboot_core::range::{answer, Answer, Conditions};
 use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, OnceLock};
@@ -98,43 +98,6 @@ async fn pread(file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Re
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-/// A request's validators and Range, as sent.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Conditions<'a> {
-    pub if_none_match: Option<&'a str>,
-    pub if_range: Option<&'a str>,
-    pub range: Option<&'a str>,
-}
-
-/// What to answer a GET of an artifact of `len` bytes whose ETag is `etag`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    NotModified,
-    Unsatisfiable,
-    /// 200, or 206 with this `Content-Range` value.
-    Body {
-        start: u64,
-        count: u64,
-        content_range: Option<String>,
-    },
-}
-
-/// Pure: shared by the hyper handler and the sendfile path (`http::sendfile`).
-pub fn answer(etag: &str, request: &Conditions, len: u64) -> Answer {
-    if request.if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
-        return Answer::NotModified;
-    }
-    // If-Range with another validator means "send it all": the client's copy is stale.
-    let if_range_ok = request.if_range.is_none_or(|v| v.trim() == etag);
-    match parse_range(request.range.filter(|_| if_range_ok), len) {
-        RangeOutcome::Full => Answer::Body { start: 0, count: len, content_range: None },
-        RangeOutcome::Partial { start, end } => {
-            Answer::Body { start, count: end - start + 1, content_range: Some(format!("bytes {start}-{end}/{len}")) }
-        }
-        RangeOutcome::Unsatisfiable => Answer::Unsatisfiable,
-    }
 }
 
 /// The strong ETag of an artifact: its digest, quoted.

@@ -6,13 +6,14 @@
 //! only if it is a plain `GET`/`HEAD` of an existing artifact that gets a body (200 or
 //! 206). Anything else (another path, a 304, a 416, a missing blob, a head that did
 //! not arrive in one piece) is left unread and the connection goes to hyper, which
-//! answers it with the same rules ([`super::artifacts::answer`]). So keep-alive
+//! answers it with the same rules (`ramboot_core::range::answer`). So keep-alive
 //! connections may mix both, and what hyper sees is always a whole request stream.
 //!
 //! No body buffers: memory does not grow with the number of downloads. A client that
 //! stops reading is dropped by the kernel (`TCP_USER_TIMEOUT`, see `http::server`).
 
-use super::artifacts::{answer, digest_in_path, etag_of, fixed_headers, Answer, Conditions, InFlight};
+use super::artifacts::{digest_in_path, etag_of, fixed_headers, InFlight};
+use ramboot_core::range::{answer, Answer, Conditions};
 use crate::images::{Digest, ImageStore};
 use std::os::fd::AsFd;
 use std::time::Duration;
