@@ -210,6 +210,31 @@ impl ImageStore {
     }
 }
 
+/// What the boot planner reads of the store: the stage-one set's kernel and
+/// initramfs, and a profile image's root filesystem, each as built.
+impl ramboot_core::plan::Images for ImageStore {
+    fn stage1(&self, name: &str) -> Result<ramboot_core::plan::StageOne, String> {
+        let manifest = self.manifest(name).map_err(|e| e.to_string())?;
+        let digest = |role| manifest.artifact(role).map(|a| a.digest.to_string()).map_err(|e| e.to_string());
+        Ok(ramboot_core::plan::StageOne {
+            kernel_digest: digest("kernel")?,
+            initrd_digest: digest("initrd")?,
+            name: manifest.name.clone(),
+        })
+    }
+
+    fn rootfs(&self, name: &str) -> Result<ramboot_core::plan::BootImage, String> {
+        let manifest = self.manifest(name).map_err(|e| e.to_string())?;
+        let rootfs = manifest.artifact("rootfs").map_err(|e| e.to_string())?;
+        Ok(ramboot_core::plan::BootImage {
+            name: manifest.name.clone(),
+            digest: rootfs.digest.to_string(),
+            size: rootfs.size,
+            format: rootfs.format.clone(),
+        })
+    }
+}
+
 impl ImageStore {
     /// Remove an image's manifest, then every blob no remaining manifest uses.
     pub fn delete(&self, name: &str) -> Result<(), ImageError> {

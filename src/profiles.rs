@@ -10,11 +10,10 @@
 //! applies, and the errors are kept for the API and the log.
 
 use crate::images::{valid_name, ImageStore};
-use crate::node::MacAddr;
 use crate::safe_path;
 use crate::yaml::{self, SourceError};
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
+pub use ramboot_core::profile::{NodeFacts, OverlayFile, Profile, ProfileVolume, Selector};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,154 +24,6 @@ pub const MAX_RENDERED_FILE_BYTES: usize = 1024 * 1024;
 pub const MAX_OVERLAY_BYTES: usize = 8 * 1024 * 1024;
 /// minijinja fuel: bounds loops in a template (roughly instructions executed).
 const TEMPLATE_FUEL: u64 = 1_000_000;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Profile {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-    /// The stage-one set (kernel + initramfs + agent) that loads this profile.
-    pub stage1: String,
-    /// The root filesystem image the agent loads into RAM.
-    pub image: String,
-    /// Extra kernel command-line arguments for stage one (and, through it, stage two).
-    #[serde(default)]
-    pub kernel_args: Vec<String>,
-    /// Nodes this profile is chosen for automatically; the most specific match wins.
-    #[serde(default)]
-    pub selectors: Vec<Selector>,
-    /// Values for the overlay templates (`{{ vars.name }}`).
-    #[serde(default)]
-    pub vars: BTreeMap<String, String>,
-    /// Files rendered per node and laid over the image.
-    #[serde(default)]
-    pub files: Vec<OverlayFile>,
-    /// iSCSI volumes every node of this profile gets (`<hostname>-<name>`), created
-    /// and attached on its first boot, kept across boots.
-    #[serde(default)]
-    pub volumes: Vec<ProfileVolume>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ProfileVolume {
-    pub name: String,
-    /// Like `20G` or `512M` (binary units).
-    pub size: String,
-}
-
-impl ProfileVolume {
-    pub fn size_bytes(&self) -> u64 {
-        ramboot_proto::parse_size(&self.size).unwrap_or(0)
-    }
-
-    /// The volume a node gets: named after it, so it is its own across boots.
-    pub fn volume_name(&self, hostname: &str) -> String {
-        format!("{hostname}-{}", self.name)
-    }
-}
-
-/// All present fields must match (AND). A profile matches if any selector does.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Selector {
-    #[schema(value_type = Option<String>)]
-    pub mac: Option<MacAddr>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// DMI system serial number, as the agent reports it.
-    pub serial: Option<String>,
-    /// DMI system UUID.
-    pub uuid: Option<String>,
-    /// Firmware architecture as DHCP saw it (`bios`, `efi-x64`, ...).
-    pub arch: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OverlayFile {
-    /// Absolute path in the node's root filesystem.
-    pub path: String,
-    /// Inline minijinja template.
-    pub template: Option<String>,
-    /// Or a template file under `profiles/templates/`.
-    pub template_file: Option<String>,
-    /// Octal mode, e.g. `"0644"` (default) or `"0600"`.
-    pub mode: Option<String>,
-}
-
-/// What selectors match against.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeFacts {
-    pub mac: Option<MacAddr>,
-    pub labels: BTreeMap<String, String>,
-    pub serial: Option<String>,
-    pub uuid: Option<String>,
-    pub arch: Option<String>,
-}
-
-impl Selector {
-    /// How precisely it names nodes; the most specific matching selector wins.
-    ///
-    /// Facts weigh by how many machines they can name: a MAC names one NIC, a DMI
-    /// serial or UUID one machine, a label a group, an architecture half the fleet.
-    /// So a serial selector beats any label selector, and only comparable selectors
-    /// can tie.
-    pub fn specificity(&self) -> usize {
-        1000 * usize::from(self.mac.is_some())
-            + 300 * usize::from(self.serial.is_some())
-            + 300 * usize::from(self.uuid.is_some())
-            + 10 * self.labels.len()
-            + usize::from(self.arch.is_some())
-    }
-
-    pub fn matches(&self, facts: &NodeFacts) -> bool {
-        let same = |want: &Option<String>, have: &Option<String>| {
-            want.as_ref().is_none_or(|w| have.as_ref().is_some_and(|h| h.eq_ignore_ascii_case(w)))
-        };
-        self.mac.is_none_or(|m| facts.mac == Some(m))
-            && self.labels.iter().all(|(k, v)| facts.labels.get(k) == Some(v))
-            && same(&self.serial, &facts.serial)
-            && same(&self.uuid, &facts.uuid)
-            && same(&self.arch, &facts.arch)
-    }
-
-    /// Could one node match both? (No field where both pin different values.)
-    fn overlaps(&self, other: &Selector) -> bool {
-        let agree = |a: &Option<String>, b: &Option<String>| match (a, b) {
-            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-            _ => true,
-        };
-        let macs_agree = match (self.mac, other.mac) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
-        };
-        macs_agree
-            && self.labels.iter().all(|(k, v)| other.labels.get(k).is_none_or(|w| w == v))
-            && agree(&self.serial, &other.serial)
-            && agree(&self.uuid, &other.uuid)
-            && agree(&self.arch, &other.arch)
-    }
-
-    fn describe(&self) -> String {
-        let mut parts = vec![];
-        if let Some(m) = self.mac {
-            parts.push(format!("mac={m}"));
-        }
-        parts.extend(self.labels.iter().map(|(k, v)| format!("label {k}={v}")));
-        for (name, value) in [("serial", &self.serial), ("uuid", &self.uuid), ("arch", &self.arch)] {
-            if let Some(v) = value {
-                parts.push(format!("{name}={v}"));
-            }
-        }
-        if parts.is_empty() {
-            "any node".into()
-        } else {
-            parts.join(", ")
-        }
-    }
-}
 
 /// A validated profile with its compiled templates.
 #[derive(Debug)]
@@ -220,14 +71,20 @@ impl ProfileSet {
     }
 
     /// The profile whose most specific selector matches `facts`, and why.
-    /// Validation rules out ties, so the answer is unique.
     pub fn select(&self, facts: &NodeFacts) -> Option<(&Profile, String)> {
-        self.profiles
-            .values()
-            .flat_map(|p| p.profile.selectors.iter().map(move |s| (p, s)))
-            .filter(|(_, s)| s.matches(facts))
-            .max_by_key(|(_, s)| s.specificity())
-            .map(|(p, s)| (&p.profile, format!("selector {}", s.describe())))
+        ramboot_core::profile::select(self.profiles.values().map(|p| &p.profile), facts)
+    }
+}
+
+impl ramboot_core::plan::Profiles for ProfileSet {
+    fn get(&self, name: &str) -> Option<ramboot_core::plan::ProfileRef<'_>> {
+        self.profiles.get(name).map(|p| ramboot_core::plan::ProfileRef { profile: &p.profile, revision: &p.revision })
+    }
+
+    fn select(&self, facts: &NodeFacts) -> Option<(ramboot_core::plan::ProfileRef<'_>, String)> {
+        let (profile, why) = ProfileSet::select(self, facts)?;
+        let revision = &self.profiles.get(&profile.name)?.revision;
+        Some((ramboot_core::plan::ProfileRef { profile, revision }, why))
     }
 }
 
@@ -654,7 +511,7 @@ mod tests {
 
     fn facts(mac: u8, labels: &[(&str, &str)], serial: Option<&str>) -> NodeFacts {
         NodeFacts {
-            mac: Some(MacAddr([2, 0, 0, 0, 0, mac])),
+            mac: Some(crate::node::MacAddr([2, 0, 0, 0, 0, mac])),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             serial: serial.map(str::to_string),
             uuid: None,

@@ -8,5 +8,7 @@
 pub mod dhcp;
 pub mod lifecycle;
 pub mod node;
+pub mod plan;
+pub mod profile;
 pub mod range;
 pub mod tftp;

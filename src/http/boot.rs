@@ -1,6 +1,6 @@
 //! The boot tier: the per-node iPXE script and the stage-one agent's endpoints.
 //!
-//! `GET /boot.ipxe?mac=` decides what a node boots: its explicit profile, else the
+//! `GET /boot.ipxe?mac=` asks the boot planner (`ramboot_core::plan`) what a node boots: its explicit profile, else the
 //! most specific matching selector, else the default profile, else a discovery boot
 //! (stage one only, waiting for an assignment). A node in maintenance, or one that
 //! used up its retries, gets a script that says so and asks again later; a node
@@ -10,9 +10,8 @@
 
 use super::error::{ApiError, ApiJson};
 use super::{now_ms, AppState};
-use crate::images::Manifest;
 use crate::node::{MacAddr, NodeState};
-use crate::profiles::{NodeFacts, Profile};
+use crate::profiles::NodeFacts;
 use crate::store::{Boot, BootImage, EventKind, Node};
 use askama::Template;
 use axum::extract::{FromRequestParts, Query, State};
@@ -21,6 +20,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use ramboot_core::plan::{
+    plan_boot, profile_boot, resolve_profile, volumes_wanted, Decision, NodeView, Refusal, Settings, VolumeWanted,
+};
 use ramboot_proto::{
     human_bytes, paths, AgentEvent, Inventory, Plan, PlanImage, PlanWait, ReportedState, OVERLAY_PATH,
 };
@@ -108,42 +110,24 @@ fn facts_of(node: &Node) -> NodeFacts {
     }
 }
 
-/// Which profile a node boots, and why; `None` means discovery.
-fn resolve_profile(state: &AppState, node: &Node) -> Result<Option<(Profile, String)>, String> {
-    let profiles = state.profiles.current();
-    if let Some(name) = &node.profile {
-        return match profiles.get(name) {
-            Some(p) => Ok(Some((p.clone(), "assigned".into()))),
-            None => Err(format!("assigned profile {name:?} does not exist (or failed validation)")),
-        };
-    }
-    if let Some((p, why)) = profiles.select(&facts_of(node)) {
-        return Ok(Some((p.clone(), why)));
-    }
-    match &state.config.default_profile {
-        Some(name) => match profiles.get(name) {
-            Some(p) => Ok(Some((p.clone(), "default profile".into()))),
-            None => Err(format!("default profile {name:?} does not exist (or failed validation)")),
-        },
-        None => Ok(None),
+/// What the planner sees of a node.
+fn view_of(node: &Node) -> NodeView<'_> {
+    NodeView {
+        state: node.state,
+        failures: node.failures,
+        maintenance_reason: node.maintenance_reason.as_deref(),
+        assigned_profile: node.profile.as_deref(),
+        hostname: &node.hostname,
+        facts: facts_of(node),
     }
 }
 
-/// The stage-one set and root filesystem a profile needs, as built.
-fn images_for(state: &AppState, profile: &Profile) -> Result<(Manifest, BootImage), String> {
-    let stage1 = state.images.manifest(&profile.stage1).map_err(|e| e.to_string())?;
-    let rootfs = state.images.manifest(&profile.image).map_err(|e| e.to_string())?;
-    for role in ["kernel", "initrd"] {
-        stage1.artifact(role).map_err(|e| e.to_string())?;
+fn settings(state: &AppState) -> Settings<'_> {
+    Settings {
+        lifecycle: &state.config.lifecycle,
+        default_profile: state.config.default_profile.as_deref(),
+        discovery_stage1: &state.config.discovery_stage1,
     }
-    let art = rootfs.artifact("rootfs").map_err(|e| e.to_string())?;
-    let image = BootImage {
-        name: rootfs.name.clone(),
-        digest: art.digest.to_string(),
-        size: art.size,
-        format: art.format.clone(),
-    };
-    Ok((stage1, image))
 }
 
 async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) -> Result<Response, ApiError> {
@@ -155,52 +139,28 @@ async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) 
     async move {
         let now = now_ms();
         let node = state.store.ensure_node(mac, now).await?;
-        let mac_s = mac.to_string();
-        if node.state == NodeState::Maintenance {
-            let reason = node.maintenance_reason.as_deref().unwrap_or("no reason given");
-            info!(node = node.id, reason, "node in maintenance: told not to boot");
-            return refusal(&mac_s, &format!("in maintenance ({reason})"));
-        }
-        let failures = u32::try_from(node.failures).unwrap_or(u32::MAX);
-        let Some(delay) = state.config.lifecycle.retry_delay(failures) else {
-            let reason = format!("{failures} boots failed in a row; reprovision the node to try again");
-            warn!(node = node.id, "{reason}");
-            return refusal(&mac_s, &reason);
-        };
-        let resolved = match resolve_profile(&state, &node) {
-            Ok(r) => r,
-            Err(reason) => return refuse_with_event(&state, &node, &reason, now).await,
+        // One snapshot of the profiles for the whole decision.
+        let profiles = state.profiles.current();
+        let plan = match plan_boot(&view_of(&node), &*profiles, &state.images, settings(&state)) {
+            Decision::Boot(plan) => *plan,
+            Decision::Refuse(refusal) => return refuse(&state, &node, &refusal, now).await,
         };
         let token = crate::token::generate().map_err(internal)?;
         let token_hash = crate::token::hash(&token);
-        let (boot_id, profile_name, stage1, why) = match resolved {
-            Some((profile, why)) => {
-                let (stage1, image) = match images_for(&state, &profile) {
-                    Ok(x) => x,
-                    Err(reason) => return refuse_with_event(&state, &node, &reason, now).await,
-                };
-                let revision =
-                    state.profiles.current().loaded(&profile.name).map(|p| p.revision.clone()).unwrap_or_default();
-                let why = format!("revision {revision}, {why}");
-                let boot = state.store.start_boot(node.id, &profile.name, Some(&image), &token_hash, now, &why).await?;
-                (boot, profile.name.clone(), stage1, why)
+        let (boot_id, profile_name, why) = match &plan.profile {
+            Some(boot) => {
+                let why = boot.describe();
+                let id =
+                    state.store.start_boot(node.id, &boot.profile, Some(&boot.image), &token_hash, now, &why).await?;
+                (id, boot.profile.as_str(), why)
             }
             None => {
-                let stage1 = match state.images.manifest(&state.config.discovery_stage1) {
-                    Ok(m) => m,
-                    Err(e) => return refuse_with_event(&state, &node, &e.to_string(), now).await,
-                };
-                let boot = state.store.start_discovery_boot(node.id, &token_hash, now).await?;
-                (boot, "(discovery)".to_string(), stage1, "no profile: discovery".to_string())
+                let id = state.store.start_discovery_boot(node.id, &token_hash, now).await?;
+                (id, "(discovery)", "no profile: discovery".to_string())
             }
         };
-        let profile = state.profiles.current().get(&profile_name).cloned();
         let base = state.config.boot_url();
-        let kernel = stage1.artifact("kernel")?;
-        let initrd = stage1.artifact("initrd")?;
-        let mut args = profile
-            .map(|p| p.kernel_args)
-            .unwrap_or_else(|| vec!["console=tty0".into(), "console=ttyS0,115200n8".into()]);
+        let mut args = plan.kernel_args;
         args.extend([
             format!("{}={base}", ramboot_proto::cmdline::SERVER),
             format!("{}={}", ramboot_proto::cmdline::NODE, node.id),
@@ -212,13 +172,13 @@ async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) 
             boot_id,
             mac,
             hostname: &node.hostname,
-            profile: &profile_name,
-            stage1: &stage1.name,
-            kernel_url: format!("{base}/artifacts/sha256/{}/vmlinuz", kernel.digest),
-            initrd_url: format!("{base}/artifacts/sha256/{}/initrd.img", initrd.digest),
+            profile: profile_name,
+            stage1: &plan.stage1.name,
+            kernel_url: format!("{base}/artifacts/sha256/{}/vmlinuz", plan.stage1.kernel_digest),
+            initrd_url: format!("{base}/artifacts/sha256/{}/initrd.img", plan.stage1.initrd_digest),
             args,
             failures: node.failures,
-            retry_delay_secs: delay.as_secs(),
+            retry_delay_secs: plan.retry_delay.as_secs(),
         };
         info!(node = node.id, boot = boot_id, profile = %profile_name, %why, "boot started: iPXE script served");
         Ok(ipxe(render(&script)?))
@@ -227,10 +187,19 @@ async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) 
     .await
 }
 
-async fn refuse_with_event(state: &AppState, node: &Node, reason: &str, now: i64) -> Result<Response, ApiError> {
-    warn!(node = node.id, %reason, "refusing to boot");
-    state.store.add_event(node.id, None, EventKind::Info, &format!("boot refused: {reason}"), now).await?;
-    refusal(&node.mac.to_string(), reason)
+/// Tell the node why it does not boot; a profile or image an operator must fix is
+/// also recorded in its event log.
+async fn refuse(state: &AppState, node: &Node, why: &Refusal, now: i64) -> Result<Response, ApiError> {
+    let reason = why.reason();
+    match why {
+        Refusal::Maintenance { .. } => info!(node = node.id, %reason, "node in maintenance: told not to boot"),
+        Refusal::RetriesExhausted { .. } => warn!(node = node.id, "{reason}"),
+        Refusal::Unbootable { .. } => {
+            warn!(node = node.id, %reason, "refusing to boot");
+            state.store.add_event(node.id, None, EventKind::Info, &format!("boot refused: {reason}"), now).await?;
+        }
+    }
+    refusal(&node.mac.to_string(), &reason)
 }
 
 /// The node and boot behind a valid per-boot bearer token.
@@ -283,23 +252,19 @@ async fn pin_if_resolvable(
     boot: &Boot,
     now: i64,
 ) -> Result<Option<BootImage>, ApiError> {
-    let Ok(Some((profile, why))) = resolve_profile(state, node) else { return Ok(None) };
-    match images_for(state, &profile) {
-        Ok((_, image)) => {
-            state.store.pin_boot(node.id, boot.id, &profile.name, &image, &why, now).await?;
-            Ok(Some(image))
+    let profiles = state.profiles.current();
+    let Ok(Some((profile, why))) = resolve_profile(&view_of(node), &*profiles, state.config.default_profile.as_deref())
+    else {
+        return Ok(None);
+    };
+    match profile_boot(profile, why, &state.images) {
+        Ok((_, pinned)) => {
+            state.store.pin_boot(node.id, boot.id, &pinned.profile, &pinned.image, &pinned.why, now).await?;
+            Ok(Some(pinned.image))
         }
         Err(reason) => {
-            state
-                .store
-                .add_event(
-                    node.id,
-                    Some(boot.id),
-                    EventKind::Info,
-                    &format!("cannot load {}: {reason}", profile.name),
-                    now,
-                )
-                .await?;
+            let note = format!("cannot load {}: {reason}", profile.profile.name);
+            state.store.add_event(node.id, Some(boot.id), EventKind::Info, &note, now).await?;
             Ok(None)
         }
     }
@@ -324,9 +289,15 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
         },
     };
     let base = state.config.boot_url();
-    let has_files = state.profiles.current().get(&profile).is_some_and(|p| !p.files.is_empty());
-    ensure_profile_volumes(&state, &auth.node, &profile).await?;
-    let iscsi = iscsi_plan(&state, auth.node.id).await?;
+    let (has_files, volumes) = match state.profiles.current().get(&profile) {
+        Some(p) => (!p.files.is_empty(), volumes_wanted(p, &auth.node.hostname)),
+        None => (false, vec![]),
+    };
+    ensure_profile_volumes(&state, &auth.node, &profile, &volumes).await?;
+    let iscsi = match &state.volumes {
+        Some(service) => service.node_plan(auth.node.id).await.map_err(iscsi_unavailable)?,
+        None => None,
+    };
     Ok(Json(Plan {
         node_id: auth.node.id,
         boot_id: auth.boot.id,
@@ -345,12 +316,20 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
     .into_response())
 }
 
+fn iscsi_unavailable(e: crate::iscsi::service::VolumeError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "iscsi", e.to_string())
+}
+
 /// The volumes the node's profile declares: created and attached on first need,
 /// then simply found again on later boots. A name already attached to another node
 /// is reported, never taken over.
-async fn ensure_profile_volumes(state: &AppState, node: &Node, profile: &str) -> Result<(), ApiError> {
-    let Some(declared) = state.profiles.current().get(profile).map(|p| p.volumes.clone()) else { return Ok(()) };
-    if declared.is_empty() {
+async fn ensure_profile_volumes(
+    state: &AppState,
+    node: &Node,
+    profile: &str,
+    wanted: &[VolumeWanted],
+) -> Result<(), ApiError> {
+    if wanted.is_empty() {
         return Ok(());
     }
     let now = now_ms();
@@ -359,11 +338,8 @@ async fn ensure_profile_volumes(state: &AppState, node: &Node, profile: &str) ->
         state.store.add_event(node.id, None, EventKind::Info, &note, now).await?;
         return Ok(());
     };
-    let unavailable =
-        |e: crate::iscsi::service::VolumeError| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "iscsi", e.to_string());
-    for v in &declared {
-        let name = v.volume_name(&node.hostname);
-        let existing = match state.store.volume(&name).await {
+    for v in wanted {
+        let existing = match state.store.volume(&v.name).await {
             Ok(existing) => Some(existing),
             Err(crate::store::StoreError::NoSuchVolume(_)) => None,
             Err(e) => return Err(e.into()),
@@ -371,49 +347,19 @@ async fn ensure_profile_volumes(state: &AppState, node: &Node, profile: &str) ->
         match existing.map(|vol| vol.node_id) {
             Some(Some(owner)) if owner == node.id => {}
             Some(Some(owner)) => {
-                let note = format!("volume {name} is attached to node {owner}; not attaching it here");
+                let note = format!("volume {} is attached to node {owner}; not attaching it here", v.name);
                 state.store.add_event(node.id, None, EventKind::Info, &note, now).await?;
             }
             Some(None) => {
-                volumes.attach(&name, node.id, now).await.map_err(unavailable)?;
+                volumes.attach(&v.name, node.id, now).await.map_err(iscsi_unavailable)?;
             }
             None => {
-                volumes.create(&name, v.size_bytes(), now).await.map_err(unavailable)?;
-                volumes.attach(&name, node.id, now).await.map_err(unavailable)?;
+                volumes.create(&v.name, v.size_bytes, now).await.map_err(iscsi_unavailable)?;
+                volumes.attach(&v.name, node.id, now).await.map_err(iscsi_unavailable)?;
             }
         }
     }
     Ok(())
-}
-
-/// How the node reaches its volumes; the export is brought in line first, so what
-/// the plan says is what the target has.
-async fn iscsi_plan(state: &AppState, node: i64) -> Result<Option<ramboot_proto::PlanIscsi>, ApiError> {
-    let Some(volumes) = &state.volumes else { return Ok(None) };
-    let attached = state.store.node_volumes(node).await?;
-    if attached.is_empty() {
-        return Ok(None);
-    }
-    volumes
-        .sync_node(node)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "iscsi", e.to_string()))?;
-    let cfg = &volumes.config;
-    let secret =
-        state.store.chap_secret(node, || crate::iscsi::service::generate_chap_secret().unwrap_or_default()).await?;
-    Ok(Some(ramboot_proto::PlanIscsi {
-        initiator_iqn: cfg.initiator_iqn(node),
-        portal: cfg.portal.to_string(),
-        target_iqn: cfg.target_iqn(node),
-        chap_user: crate::config::IscsiConfig::chap_user(node),
-        chap_secret: secret,
-        luns: attached
-            .iter()
-            .filter_map(|v| {
-                v.lun.map(|lun| ramboot_proto::PlanLun { lun, volume: v.name.clone(), size_bytes: v.size_bytes })
-            })
-            .collect(),
-    }))
 }
 
 /// The node's overlay: its profile's files rendered from its facts, as a tar archive.

@@ -13,8 +13,8 @@
 //! stops reading is dropped by the kernel (`TCP_USER_TIMEOUT`, see `http::server`).
 
 use super::artifacts::{digest_in_path, etag_of, fixed_headers, InFlight};
-use ramboot_core::range::{answer, Answer, Conditions};
 use crate::images::{Digest, ImageStore};
+use ramboot_core::range::{answer, Answer, Conditions};
 use std::os::fd::AsFd;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};

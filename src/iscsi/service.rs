@@ -126,17 +126,46 @@ impl<B: Backend> Volumes<B> {
 
     /// Make the node's export match its attached volumes.
     pub async fn sync_node(&self, node: NodeId) -> Result<Repair, VolumeError> {
+        Ok(self.sync(node).await?.0)
+    }
+
+    /// How the node reaches its volumes (none attached: `None`). The export is
+    /// brought in line first, so what the plan says is what the target has.
+    pub async fn node_plan(&self, node: NodeId) -> Result<Option<ramboot_proto::PlanIscsi>, VolumeError> {
+        let (_, export) = self.sync(node).await?;
+        Ok(export.map(|(export, volumes)| ramboot_proto::PlanIscsi {
+            portal: self.config.portal.to_string(),
+            luns: volumes
+                .iter()
+                .filter_map(|v| {
+                    v.lun.map(|lun| ramboot_proto::PlanLun { lun, volume: v.name.clone(), size_bytes: v.size_bytes })
+                })
+                .collect(),
+            initiator_iqn: export.initiator_iqn,
+            target_iqn: export.target_iqn,
+            chap_user: export.chap.user,
+            chap_secret: export.chap.secret,
+        }))
+    }
+
+    async fn sync(&self, node: NodeId) -> Result<(Repair, Option<(Export, Vec<Volume>)>), VolumeError> {
         let volumes = self.store.node_volumes(node).await?;
         if volumes.is_empty() {
             self.backend.remove_export(&self.config.target_iqn(node)).await?;
-            return Ok(Repair::default());
+            return Ok((Repair::default(), None));
         }
-        let secret = self.store.chap_secret(node, || generate_chap_secret().unwrap_or_default()).await?;
+        // Generated up front so that a failing random source is an error, never an
+        // empty secret stored for good; the store keeps the first one it was given.
+        let fresh = generate_chap_secret()?;
+        let secret = self.store.chap_secret(node, || fresh).await?;
         for v in &volumes {
             ensure_backing(&backing_path(&self.config, &v.name), v.size_bytes)?;
         }
-        let Some(export) = desired_export(&self.config, node, &secret, &volumes) else { return Ok(Repair::default()) };
-        Ok(self.backend.ensure_export(&export).await?)
+        let Some(export) = desired_export(&self.config, node, &secret, &volumes) else {
+            return Ok((Repair::default(), None));
+        };
+        let repair = self.backend.ensure_export(&export).await?;
+        Ok((repair, Some((export, volumes))))
     }
 
     /// At start: compare every node's export with the target, repair drift, and

@@ -90,14 +90,8 @@ pub struct Boot {
     pub outcome: Option<String>,
 }
 
-/// The root filesystem a boot was planned with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BootImage {
-    pub name: String,
-    pub digest: String,
-    pub size: u64,
-    pub format: String,
-}
+/// The root filesystem a boot was planned with (the planner's type).
+pub use ramboot_core::plan::BootImage;
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
