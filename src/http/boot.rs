@@ -320,9 +320,8 @@ fn iscsi_unavailable(e: crate::iscsi::service::VolumeError) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "iscsi", e.to_string())
 }
 
-/// The volumes the node's profile declares: created and attached on first need,
-/// then simply found again on later boots. A name already attached to another node
-/// is reported, never taken over.
+/// The volumes the node's profile declares, created and attached on first need
+/// (see `Volumes::ensure_declared`); what could not be done is noted in its events.
 async fn ensure_profile_volumes(
     state: &AppState,
     node: &Node,
@@ -333,31 +332,12 @@ async fn ensure_profile_volumes(
         return Ok(());
     }
     let now = now_ms();
-    let Some(volumes) = &state.volumes else {
-        let note = format!("profile {profile} declares volumes, but this server manages no iSCSI volumes");
-        state.store.add_event(node.id, None, EventKind::Info, &note, now).await?;
-        return Ok(());
+    let notes = match &state.volumes {
+        Some(volumes) => volumes.ensure_declared(node.id, wanted, now).await.map_err(iscsi_unavailable)?,
+        None => vec![format!("profile {profile} declares volumes, but this server manages no iSCSI volumes")],
     };
-    for v in wanted {
-        let existing = match state.store.volume(&v.name).await {
-            Ok(existing) => Some(existing),
-            Err(crate::store::StoreError::NoSuchVolume(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
-        match existing.map(|vol| vol.node_id) {
-            Some(Some(owner)) if owner == node.id => {}
-            Some(Some(owner)) => {
-                let note = format!("volume {} is attached to node {owner}; not attaching it here", v.name);
-                state.store.add_event(node.id, None, EventKind::Info, &note, now).await?;
-            }
-            Some(None) => {
-                volumes.attach(&v.name, node.id, now).await.map_err(iscsi_unavailable)?;
-            }
-            None => {
-                volumes.create(&v.name, v.size_bytes, now).await.map_err(iscsi_unavailable)?;
-                volumes.attach(&v.name, node.id, now).await.map_err(iscsi_unavailable)?;
-            }
-        }
+    for note in notes {
+        state.store.add_event(node.id, None, EventKind::Info, &note, now).await?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 use super::{ensure_backing, Backend, Chap, Export, IscsiError, Lun, Repair};
 use crate::config::IscsiConfig;
 use crate::store::{NodeId, Store, StoreError, Volume};
+use ramboot_core::plan::VolumeWanted;
 use std::path::PathBuf;
 use tracing::{info, warn};
 
@@ -122,6 +123,39 @@ impl<B: Backend> Volumes<B> {
             self.sync_node(node).await?;
         }
         Ok(self.store.volume(name).await?)
+    }
+
+    /// A profile's declared volumes for `node`: created and attached on first need,
+    /// then simply found again on later boots. A name already attached to another
+    /// node is never taken over; the returned notes say so, for the node's events.
+    pub async fn ensure_declared(
+        &self,
+        node: NodeId,
+        wanted: &[VolumeWanted],
+        now_ms: i64,
+    ) -> Result<Vec<String>, VolumeError> {
+        let mut notes = vec![];
+        for v in wanted {
+            let owner = match self.store.volume(&v.name).await {
+                Ok(existing) => Some(existing.node_id),
+                Err(StoreError::NoSuchVolume(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            match owner {
+                Some(Some(owner)) if owner == node => {}
+                Some(Some(owner)) => {
+                    notes.push(format!("volume {} is attached to node {owner}; not attaching it here", v.name))
+                }
+                Some(None) => {
+                    self.attach(&v.name, node, now_ms).await?;
+                }
+                None => {
+                    self.create(&v.name, v.size_bytes, now_ms).await?;
+                    self.attach(&v.name, node, now_ms).await?;
+                }
+            }
+        }
+        Ok(notes)
     }
 
     /// Make the node's export match its attached volumes.
