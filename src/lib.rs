@@ -6,6 +6,7 @@
 //! files live in thin tokio layers around them.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dhcp;
 pub mod http;

@@ -268,7 +268,7 @@ fn main() -> Result<()> {
                 recipes_dir: recipes,
                 cache_dir: cache,
                 agent: agent.map(std::path::absolute).transpose()?,
-                now_ms: ramboot::http::now_ms(),
+                now_ms: ramboot::clock::now_ms(),
             };
             let manifest = images::build(&store, &request)?;
             println!("built {} ({:?}) in {:.0}s", manifest.name, manifest.kind, started.elapsed().as_secs_f64());

@@ -38,7 +38,7 @@ pub async fn run(config: Config) -> Result<()> {
         .with_context(|| format!("creating data dir {}", config.paths.data.display()))?;
     let store = Store::open(&config.database_url).await.context("opening the database")?;
     if let Some(path) =
-        crate::http::auth::bootstrap_admin_token(&store, &config.paths.data, crate::http::now_ms()).await?
+        crate::http::auth::bootstrap_admin_token(&store, &config.paths.data, crate::clock::now_ms()).await?
     {
         warn!(path = %path.display(), "first start: created an admin API token; it is in this file (mode 0600)");
     }

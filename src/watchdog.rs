@@ -54,7 +54,7 @@ pub async fn run(store: Store, lifecycle: Lifecycle, cancel: CancellationToken) 
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(SCAN_EVERY) => {}
         }
-        sweep(&store, &lifecycle, crate::http::now_ms()).await;
+        sweep(&store, &lifecycle, crate::clock::now_ms()).await;
     }
 }
 

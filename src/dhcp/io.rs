@@ -29,7 +29,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -203,8 +203,7 @@ pub fn reply_destination(
 }
 
 fn unix_now() -> (u64, i64) {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    (d.as_secs(), d.as_millis() as i64)
+    (crate::clock::now_secs(), crate::clock::now_ms())
 }
 
 /// Count one handled message, by its type and what became of it.

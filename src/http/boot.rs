@@ -9,7 +9,8 @@
 //! token (`Authorization: Bearer`), and only while its boot is the node's current one.
 
 use super::error::{ApiError, ApiJson};
-use super::{now_ms, AppState};
+use super::AppState;
+use crate::clock::now_ms;
 use crate::node::{MacAddr, NodeState};
 use crate::profiles::NodeFacts;
 use crate::store::{Boot, BootImage, EventKind, Node};
