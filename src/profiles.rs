@@ -26,7 +26,7 @@ pub const MAX_OVERLAY_BYTES: usize = 8 * 1024 * 1024;
 /// minijinja fuel: bounds loops in a template (roughly instructions executed).
 const TEMPLATE_FUEL: u64 = 1_000_000;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub name: String,
@@ -54,7 +54,7 @@ pub struct Profile {
     pub volumes: Vec<ProfileVolume>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileVolume {
     pub name: String,
@@ -74,10 +74,9 @@ impl ProfileVolume {
 }
 
 /// All present fields must match (AND). A profile matches if any selector does.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
-    #[schema(value_type = Option<String>)]
     pub mac: Option<MacAddr>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -89,7 +88,7 @@ pub struct Selector {
     pub arch: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OverlayFile {
     /// Absolute path in the node's root filesystem.

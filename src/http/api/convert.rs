@@ -1,0 +1,126 @@
+//! Rows, manifests and profiles into the API's own types (`ramboot_api`).
+//!
+//! The server's types describe storage and files; `ramboot_api` describes the
+//! contract. Each conversion destructures its source completely, so a new column or
+//! field fails to compile here until someone decides whether the API shows it.
+
+use crate::images::{Artifact, ImageKind, Manifest};
+use crate::profiles::{LoadedProfile, OverlayFile, Profile, ProfileVolume, Selector};
+use crate::store::{Boot, BootImage, Event, Lease, Node, Role, TokenInfo, Volume};
+use crate::yaml::SourceError;
+use ramboot_api as api;
+
+/// `From` for a view with the same fields, each moved (or `into`ed) across. The
+/// destructuring names every field, so a new one in the source fails to compile here.
+macro_rules! same_fields {
+    ($from:path => $to:path { $($field:ident),* $(,)? }) => {
+        impl From<$from> for $to {
+            fn from(value: $from) -> Self {
+                let $from { $($field),* } = value;
+                Self { $($field: $field.into()),* }
+            }
+        }
+    };
+}
+
+same_fields!(Node => api::Node {
+    id, mac, hostname, ip, profile, state, state_since_ms, current_boot_id, inventory, labels, arch, failures,
+    maintenance_reason, reserved_ip, client_uuid, created_at_ms, updated_at_ms,
+});
+same_fields!(BootImage => api::BootImage { name, digest, size, format });
+same_fields!(Event => api::Event { id, node_id, boot_id, at_ms, kind, state, phase_ms, message });
+same_fields!(Lease => api::Lease { ip, mac, expires_at, state });
+same_fields!(Volume => api::Volume { id, name, size_bytes, node_id, lun, created_at_ms });
+same_fields!(TokenInfo => api::TokenInfo { name, role, created_at_ms });
+same_fields!(Selector => api::Selector { mac, labels, serial, uuid, arch });
+same_fields!(OverlayFile => api::OverlayFile { path, template, template_file, mode });
+same_fields!(ProfileVolume => api::ProfileVolume { name, size });
+
+impl From<Boot> for api::Boot {
+    fn from(b: Boot) -> Self {
+        let Boot { id, node_id, profile, image, started_at_ms, finished_at_ms, outcome } = b;
+        api::Boot { id, node_id, profile, image: image.map(Into::into), started_at_ms, finished_at_ms, outcome }
+    }
+}
+
+impl From<Role> for api::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Read => api::Role::Read,
+            Role::Admin => api::Role::Admin,
+        }
+    }
+}
+
+impl From<api::Role> for Role {
+    fn from(r: api::Role) -> Self {
+        match r {
+            api::Role::Read => Role::Read,
+            api::Role::Admin => Role::Admin,
+        }
+    }
+}
+
+impl From<Manifest> for api::Manifest {
+    fn from(m: Manifest) -> Self {
+        let Manifest { name, kind, built_at_ms, artifacts, inputs } = m;
+        let artifacts = artifacts.into_iter().map(|(role, a)| (role, a.into())).collect();
+        api::Manifest { name, kind: kind.into(), built_at_ms, artifacts, inputs }
+    }
+}
+
+impl From<ImageKind> for api::ImageKind {
+    fn from(k: ImageKind) -> Self {
+        match k {
+            ImageKind::Stage1 => api::ImageKind::Stage1,
+            ImageKind::Rootfs => api::ImageKind::Rootfs,
+        }
+    }
+}
+
+impl From<Artifact> for api::Artifact {
+    fn from(a: Artifact) -> Self {
+        let Artifact { digest, size, format } = a;
+        // `Digest` displays as it serializes: 64 lowercase hex digits.
+        api::Artifact { digest: digest.to_string(), size, format }
+    }
+}
+
+impl From<Profile> for api::Profile {
+    fn from(p: Profile) -> Self {
+        let Profile { name, description, stage1, image, kernel_args, selectors, vars, files, volumes } = p;
+        api::Profile {
+            name,
+            description,
+            stage1,
+            image,
+            kernel_args,
+            selectors: selectors.into_iter().map(Into::into).collect(),
+            vars,
+            files: files.into_iter().map(Into::into).collect(),
+            volumes: volumes.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<SourceError> for api::SourceError {
+    fn from(e: SourceError) -> Self {
+        let SourceError { file, line, column, message } = e;
+        // Lossy rather than failing the whole list over one oddly named file.
+        api::SourceError { file: file.display().to_string(), line, column, message }
+    }
+}
+
+/// A loaded profile as the API shows it: the profile, its file and its revision.
+pub fn profile_view(p: &LoadedProfile) -> api::ProfileView {
+    api::ProfileView {
+        file: p.file.display().to_string(),
+        revision: p.revision.clone(),
+        profile: p.profile.clone().into(),
+    }
+}
+
+/// Rows into their API views, for the list answers.
+pub fn all<T, U: From<T>>(rows: Vec<T>) -> Vec<U> {
+    rows.into_iter().map(U::from).collect()
+}
