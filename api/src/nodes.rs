@@ -192,3 +192,23 @@ pub struct StreamQuery {
 
 // The `maximum = 500` literals above are MAX_PAGE: attributes cannot name a const.
 const _: () = assert!(MAX_PAGE == 500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_tells_null_from_absent() {
+        let clear: NodeUpdate = serde_json::from_str(r#"{"profile": null, "reserved_ip": null}"#).unwrap();
+        assert_eq!((clear.profile, clear.reserved_ip), (Some(None), Some(None)));
+        let keep: NodeUpdate = serde_json::from_str(r#"{"hostname": "web-1"}"#).unwrap();
+        assert_eq!((keep.profile, keep.reserved_ip, keep.take_over), (None, None, false));
+        assert!(serde_json::from_str::<NodeUpdate>(r#"{"nickname": "x"}"#).is_err(), "unknown fields refused");
+    }
+
+    #[test]
+    fn list_queries_default_their_limit() {
+        let q: EventQuery = serde_json::from_str("{}").unwrap();
+        assert_eq!((q.after, q.last, q.limit), (0, None, default_limit()));
+    }
+}

@@ -154,3 +154,37 @@ where
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(e: ApiError) -> (StatusCode, ErrorBody) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_server_fault_shows_an_incident_id_and_no_detail() {
+        let e = ApiError::from(StoreError::Corrupt("row 12 of nodes: SELECT * FROM nodes".into()));
+        let (status, body) = answer(e).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body.error.code, "internal");
+        assert!(body.error.message.starts_with("internal error (incident "), "{}", body.error.message);
+        assert!(!body.error.message.contains("nodes"), "no database text: {}", body.error.message);
+    }
+
+    #[tokio::test]
+    async fn operator_mistakes_keep_their_status_and_message() {
+        let (status, body) = answer(StoreError::NoSuchToken("ci".into()).into()).await;
+        assert_eq!((status, body.error.code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+        assert_eq!(body.error.message, "no token named \"ci\"");
+        let (status, body) = answer(StoreError::LastAdmin.into()).await;
+        assert_eq!((status, body.error.code.as_str()), (StatusCode::CONFLICT, "conflict"));
+        let (status, body) = answer(VolumeError::Invalid("size must be a whole number of MiB".into()).into()).await;
+        assert_eq!((status, body.error.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid"));
+        assert_eq!(body.error.message, "size must be a whole number of MiB");
+    }
+}

@@ -124,3 +124,110 @@ pub fn profile_view(p: &LoadedProfile) -> api::ProfileView {
 pub fn all<T, U: From<T>>(rows: Vec<T>) -> Vec<U> {
     rows.into_iter().map(U::from).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{MacAddr, NodeState};
+    use serde::Serialize;
+    use serde_json::{json, Value};
+
+    /// The view serializes exactly as the row did when the API returned rows.
+    fn same_json<T: Serialize + Clone, U: Serialize + From<T>>(row: T) {
+        let before = serde_json::to_value(row.clone()).unwrap();
+        assert_eq!(serde_json::to_value(U::from(row)).unwrap(), before);
+    }
+
+    fn node() -> Node {
+        Node {
+            id: 7,
+            mac: "52:54:00:72:62:01".parse::<MacAddr>().unwrap(),
+            hostname: "web-1".into(),
+            ip: Some("10.213.0.20".into()),
+            profile: None,
+            state: NodeState::Ready,
+            state_since_ms: 5,
+            current_boot_id: Some(3),
+            inventory: Some(json!({"cpus": 4})),
+            labels: [("rack".to_string(), "r1".to_string())].into(),
+            arch: Some("efi-x64".into()),
+            failures: 1,
+            maintenance_reason: None,
+            reserved_ip: Some("10.213.0.20".into()),
+            client_uuid: None,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+        }
+    }
+
+    #[test]
+    fn rows_keep_their_json() {
+        same_json::<_, api::Node>(node());
+        let image = BootImage { name: "tiny".into(), digest: "ab".repeat(32), size: 9, format: "squashfs".into() };
+        same_json::<_, api::Boot>(Boot {
+            id: 3,
+            node_id: 7,
+            profile: "tiny".into(),
+            image: Some(image),
+            started_at_ms: 4,
+            finished_at_ms: None,
+            outcome: Some("ready".into()),
+        });
+        same_json::<_, api::Event>(Event {
+            id: 1,
+            node_id: 7,
+            boot_id: None,
+            at_ms: 4,
+            kind: "state".into(),
+            state: Some(NodeState::Booting),
+            phase_ms: Some(12),
+            message: "booting".into(),
+        });
+        same_json::<_, api::Lease>(Lease {
+            ip: "10.213.0.100".parse().unwrap(),
+            mac: "52:54:00:72:62:01".parse().unwrap(),
+            expires_at: 99,
+            state: "active".into(),
+        });
+        same_json::<_, api::Volume>(Volume {
+            id: 2,
+            name: "web-1-data".into(),
+            size_bytes: 1 << 20,
+            node_id: Some(7),
+            lun: Some(1),
+            created_at_ms: 3,
+        });
+        same_json::<_, api::TokenInfo>(TokenInfo { name: "admin".into(), role: Role::Admin, created_at_ms: 0 });
+    }
+
+    #[test]
+    fn manifests_profiles_and_errors_keep_their_json() {
+        let manifest: Manifest = serde_json::from_value(json!({
+            "name": "tiny", "kind": "rootfs", "built_at_ms": 1,
+            "artifacts": {"rootfs": {"digest": "ab".repeat(32), "size": 3, "format": "squashfs"}},
+            "inputs": {"busybox": "1.36"},
+        }))
+        .unwrap();
+        same_json::<_, api::Manifest>(manifest);
+        let profile: Profile = serde_json::from_value(json!({
+            "name": "tiny", "stage1": "stage1", "image": "tiny", "kernel_args": ["quiet"],
+            "selectors": [{"mac": "52:54:00:72:62:01", "labels": {"rack": "r1"}, "arch": "bios"}],
+            "vars": {"motd": "hi"}, "files": [{"path": "/etc/motd", "template": "{{ vars.motd }}"}],
+            "volumes": [{"name": "data", "size": "1G"}],
+        }))
+        .unwrap();
+        same_json::<_, api::Profile>(profile);
+        let error = SourceError { file: "profiles/x.yaml".into(), line: 3, column: 1, message: "unknown field".into() };
+        assert_eq!(api::SourceError::from(error.clone()).to_string(), error.to_string(), "the CLI prints it the same");
+        same_json::<_, api::SourceError>(error);
+    }
+
+    #[test]
+    fn roles_map_both_ways() {
+        for role in [Role::Read, Role::Admin] {
+            let json: Value = serde_json::to_value(role).unwrap();
+            assert_eq!(serde_json::to_value(api::Role::from(role)).unwrap(), json);
+            assert_eq!(Role::from(api::Role::from(role)), role);
+        }
+    }
+}
