@@ -3,10 +3,8 @@
 //! Blocking (ureq): the CLI is a one-shot program and needs no runtime. Tables for
 //! people, `--json` (the API's own JSON) for scripts.
 
-use crate::http::api::{NodeDetail, NodeList, ProfileList};
-use crate::images::Manifest;
-use crate::store::{Event, Node};
 use anyhow::{Context, Result};
+use ramboot_api::{Event, Manifest, Node, NodeDetail, NodeList, ProfileList};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::io::BufRead;

@@ -7,11 +7,10 @@
 //! Ctrl-C and on failure.
 
 use crate::cli::format_ms;
-use crate::http::api::NodeDetail;
 use crate::images::{self, BuildRequest, ImageStore};
 use crate::node::NodeState;
-use crate::store::Event;
 use anyhow::{bail, Context, Result};
+use ramboot_api::{Event, NodeDetail};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use ramboot::store::Event;
 use ramboot::{cli, config::Config, images, lab, profiles};
+use ramboot_api::Event;
 use ramboot_proto::human_bytes;
 use serde_json::json;
 use std::path::PathBuf;
@@ -279,7 +279,9 @@ fn main() -> Result<()> {
         }
         Cmd::Images { command: ImageCmd::Ls { api, data } } => {
             let list = match data {
-                Some(data) => images::ImageStore::new(data.join("images")).list()?,
+                Some(data) => {
+                    images::ImageStore::new(data.join("images")).list()?.into_iter().map(Into::into).collect()
+                }
                 None => api.client().images()?,
             };
             if api.json {
@@ -386,7 +388,7 @@ fn nodes(api: &ApiArgs, command: NodesCmd) -> Result<()> {
     let show = |value: serde_json::Value| -> Result<()> {
         if api.json {
             println!("{}", serde_json::to_string_pretty(&value)?);
-        } else if let Ok(node) = serde_json::from_value::<ramboot::store::Node>(value) {
+        } else if let Ok(node) = serde_json::from_value::<ramboot_api::Node>(value) {
             cli::print_nodes(std::slice::from_ref(&node));
         }
         Ok(())

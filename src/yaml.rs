@@ -21,9 +21,8 @@ pub enum YamlError {
 }
 
 /// An error anchored at a position in a file.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceError {
-    #[schema(value_type = String)]
     pub file: PathBuf,
     /// 1-based; 0 when the parser could not tell.
     pub line: u64,

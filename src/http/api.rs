@@ -1,30 +1,36 @@
 //! The admin API (`/api/v1`): what operators and the `ramboot` CLI call.
 //!
-//! Every route needs an API token (`auth::Operator`); reads need the `read` role,
-//! changes `admin`. Lists page by id (`after`, `limit`), newest state last. All
-//! errors have one shape (`error::ErrorBody`). `/events/stream` is Server-Sent Events.
+//! Every route needs an API token: reads take `auth::Operator` (any role), changes
+//! `auth::Admin`. Lists page by id (`after`, `limit`), newest state last. All errors
+//! have one shape (`ramboot_api::ErrorBody`). `/events/stream` is Server-Sent Events.
+//!
+//! The bodies, queries and views are `ramboot_api`'s; `convert` maps the store's rows
+//! and the loaded profiles and images into them. Handlers validate, call the store
+//! and map: errors convert into `ApiError` with `?`.
 
-use super::auth::Operator;
-use super::error::{ApiError, ApiJson, ErrorBody};
+mod convert;
+
+use super::auth::{Admin, Operator};
+use super::error::{ApiError, ApiJson};
 use super::{now_ms, AppState};
-use crate::images::Manifest;
-use crate::node::{valid_hostname, valid_label, MacAddr, NodeState, LABEL_RULE};
-use crate::profiles::Profile;
-use crate::store::{Boot, Event, Lease, Node, NodeFilter, Role, TokenInfo, Volume};
-use crate::yaml::SourceError;
+use crate::node::{valid_hostname, valid_label, MacAddr, LABEL_RULE};
+use crate::store::{self, NodeFilter};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
-use serde::{Deserialize, Deserializer, Serialize};
+use convert::{all, profile_view};
+use ramboot_api::{
+    Attach, CreatedToken, DeleteNodeQuery, ErrorBody, Event, EventQuery, Grow, Lease, Maintenance, Manifest, NewNode,
+    NewToken, NewVolume, Node, NodeDetail, NodeList, NodeQuery, NodeUpdate, ProfileList, ProfileView, SourceError,
+    StreamQuery, TokenInfo, Volume, MAX_PAGE,
+};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
-use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_nodes, create_node))
@@ -49,7 +55,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(delete_token))
 }
 
-const MAX_PAGE: i64 = 500;
 const MAX_LABELS: usize = 32;
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -69,47 +74,6 @@ fn check_after(after: i64) -> Result<(), ApiError> {
         return Err(ApiError::bad_request("after must not be negative"));
     }
     Ok(())
-}
-
-fn default_limit() -> i64 {
-    100
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct NodeQuery {
-    /// Only nodes in this state.
-    state: Option<NodeState>,
-    /// Only nodes explicitly assigned this profile.
-    profile: Option<String>,
-    /// Only nodes with this label, as `key=value`.
-    label: Option<String>,
-    /// Only nodes with an id greater than this (the previous page's `next_after`).
-    #[serde(default)]
-    #[param(minimum = 0)]
-    after: i64,
-    #[serde(default = "default_limit")]
-    #[param(minimum = 1, maximum = 500)]
-    limit: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct NodeList {
-    pub nodes: Vec<Node>,
-    /// Pass as `after` to get the next page; absent on the last page.
-    pub next_after: Option<i64>,
-}
-
-/// One node with its current boot and its event timeline.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct NodeDetail {
-    pub node: Node,
-    pub boot: Option<Boot>,
-    pub events: Vec<Event>,
-    /// iSCSI volumes attached to the node.
-    #[serde(default)]
-    pub volumes: Vec<Volume>,
 }
 
 #[utoipa::path(get, path = "/nodes", tag = "nodes", params(NodeQuery),
@@ -132,28 +96,16 @@ async fn list_nodes(
     let filter = NodeFilter { state: q.state, profile: q.profile, label, after: q.after, limit };
     let nodes = state.store.list_nodes(&filter).await?;
     let next_after = (nodes.len() as i64 == limit).then(|| nodes.last().map(|n| n.id)).flatten();
-    Ok(Json(NodeList { nodes, next_after }))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewNode {
-    #[schema(value_type = String, example = "52:54:00:72:62:01", pattern = r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")]
-    mac: MacAddr,
-    #[schema(pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]
-    hostname: Option<String>,
-    profile: Option<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
+    Ok(Json(NodeList { nodes: all(nodes), next_after }))
 }
 
 fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if labels.len() > MAX_LABELS {
-        return Err(unprocessable(format!("at most {MAX_LABELS} labels")));
+        return Err(ApiError::unprocessable(format!("at most {MAX_LABELS} labels")));
     }
     for (k, v) in labels {
         if !valid_label(k) || !valid_label(v) {
-            return Err(unprocessable(format!("label {k}={v}: {LABEL_RULE}")));
+            return Err(ApiError::unprocessable(format!("label {k}={v}: {LABEL_RULE}")));
         }
     }
     Ok(())
@@ -161,10 +113,12 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
 
 fn check_reservation(state: &AppState, text: &str) -> Result<std::net::Ipv4Addr, ApiError> {
     let ip: std::net::Ipv4Addr =
-        text.parse().map_err(|_| unprocessable(format!("reserved_ip {text:?} is not an IPv4 address")))?;
+        text.parse().map_err(|_| ApiError::unprocessable(format!("reserved_ip {text:?} is not an IPv4 address")))?;
     match state.config.dhcp.subnet_of(ip) {
         Some(subnet) if ip != subnet.net.network() && ip != subnet.net.broadcast() => Ok(ip),
-        _ => Err(unprocessable(format!("reserved_ip {ip} is not a host address in any configured DHCP subnet"))),
+        _ => Err(ApiError::unprocessable(format!(
+            "reserved_ip {ip} is not a host address in any configured DHCP subnet"
+        ))),
     }
 }
 
@@ -172,7 +126,7 @@ fn check_hostname(h: &str) -> Result<(), ApiError> {
     if valid_hostname(h) {
         Ok(())
     } else {
-        Err(unprocessable(format!(
+        Err(ApiError::unprocessable(format!(
             "hostname {h:?} must be 1-63 letters, digits and '-', not starting or ending with '-'"
         )))
     }
@@ -182,12 +136,8 @@ fn check_profile(state: &AppState, name: &str) -> Result<(), ApiError> {
     if state.profiles.current().get(name).is_some() {
         Ok(())
     } else {
-        Err(unprocessable(format!("no valid profile named {name:?}")))
+        Err(ApiError::unprocessable(format!("no valid profile named {name:?}")))
     }
-}
-
-fn unprocessable(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
 }
 
 #[utoipa::path(post, path = "/nodes", tag = "nodes", request_body = NewNode,
@@ -196,10 +146,9 @@ fn unprocessable(message: impl Into<String>) -> ApiError {
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_node(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     ApiJson(new): ApiJson<NewNode>,
 ) -> Result<(StatusCode, Json<Node>), ApiError> {
-    op.require_admin()?;
     if let Some(h) = &new.hostname {
         check_hostname(h)?;
     }
@@ -211,11 +160,11 @@ async fn create_node(
         .store
         .create_node(new.mac, new.hostname.as_deref(), new.profile.as_deref(), &new.labels, now_ms())
         .await?;
-    Ok((StatusCode::CREATED, Json(node)))
+    Ok((StatusCode::CREATED, Json(node.into())))
 }
 
 /// A node is addressed by its numeric id or by its MAC address.
-async fn find_node(state: &AppState, id: &str) -> Result<Node, ApiError> {
+async fn find_node(state: &AppState, id: &str) -> Result<store::Node, ApiError> {
     if let Ok(n) = id.parse::<i64>() {
         return Ok(state.store.node(n).await?);
     }
@@ -239,34 +188,7 @@ async fn show_node(
     };
     let events = state.store.events(node.id, 0, MAX_EVENTS).await?;
     let volumes = state.store.node_volumes(node.id).await?;
-    Ok(Json(NodeDetail { node, boot, events, volumes }))
-}
-
-/// Fields to change; absent fields stay as they are. `"profile": null` clears the
-/// assignment.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NodeUpdate {
-    #[schema(pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]
-    hostname: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, nullable)]
-    profile: Option<Option<String>>,
-    labels: Option<BTreeMap<String, String>>,
-    /// The address DHCP always gives this node; `null` clears the reservation. It
-    /// must lie in a configured DHCP subnet.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, nullable, example = "10.213.0.20")]
-    reserved_ip: Option<Option<String>>,
-    /// Reserve an address another MAC holds a lease on, ending that lease (the
-    /// only way an address moves between MACs).
-    #[serde(default)]
-    take_over: bool,
-}
-
-/// Tell a field given as `null` from a missing one.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
+    Ok(Json(NodeDetail { node: node.into(), boot: boot.map(Into::into), events: all(events), volumes: all(volumes) }))
 }
 
 #[utoipa::path(patch, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
@@ -276,11 +198,10 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn update_node(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     Path(id): Path<String>,
     ApiJson(update): ApiJson<NodeUpdate>,
 ) -> Result<Json<Node>, ApiError> {
-    op.require_admin()?;
     let mut node = find_node(&state, &id).await?;
     if let Some(h) = &update.hostname {
         check_hostname(h)?;
@@ -310,7 +231,7 @@ async fn update_node(
     if let Some(profile) = &update.profile {
         node = state.store.assign(node.id, profile.as_deref(), now).await?;
     }
-    Ok(Json(node))
+    Ok(Json(node.into()))
 }
 
 #[utoipa::path(delete, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "node id or MAC"), DeleteNodeQuery),
@@ -318,54 +239,34 @@ async fn update_node(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_node(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     Path(id): Path<String>,
     q: Result<Query<DeleteNodeQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    op.require_admin()?;
     let q = query(q)?;
     let node = find_node(&state, &id).await?;
     let attached = state.store.node_volumes(node.id).await?;
     // Volumes outlive their node unless the operator asks otherwise.
     for v in &attached {
         let service = volume_service(&state)?;
-        service.detach(&v.name, now_ms()).await.map_err(volume_error)?;
+        service.detach(&v.name, now_ms()).await?;
         if q.delete_volumes {
-            service.delete(&v.name).await.map_err(volume_error)?;
+            service.delete(&v.name).await?;
         }
     }
     state.store.delete_node(node.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct DeleteNodeQuery {
-    /// Also delete the node's iSCSI volumes and their data (default: detach and keep).
-    #[serde(default)]
-    delete_volumes: bool,
-}
-
 #[utoipa::path(post, path = "/nodes/{id}/reprovision", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
     responses((status = 200, body = Node), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn reprovision_node(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
-    op.require_admin()?;
     let node = find_node(&state, &id).await?;
-    Ok(Json(state.store.reprovision(node.id, now_ms()).await?))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Maintenance {
-    /// `true` to take the node out of service, `false` to return it.
-    enabled: bool,
-    /// Shown on the node's console and in its events.
-    reason: Option<String>,
+    Ok(Json(state.store.reprovision(node.id, now_ms()).await?.into()))
 }
 
 #[utoipa::path(post, path = "/nodes/{id}/maintenance", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
@@ -375,34 +276,17 @@ pub struct Maintenance {
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn maintenance_node(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     Path(id): Path<String>,
     ApiJson(m): ApiJson<Maintenance>,
 ) -> Result<Json<Node>, ApiError> {
-    op.require_admin()?;
     let node = find_node(&state, &id).await?;
     let reason = m.reason.unwrap_or_else(|| "operator request".into());
     if reason.len() > 200 || reason.chars().any(char::is_control) {
-        return Err(unprocessable("reason must be at most 200 printable characters"));
+        return Err(ApiError::unprocessable("reason must be at most 200 printable characters"));
     }
     let reason = m.enabled.then_some(reason);
-    Ok(Json(state.store.set_maintenance(node.id, reason.as_deref(), now_ms()).await?))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct EventQuery {
-    /// Only events with an id greater than this.
-    #[serde(default)]
-    #[param(minimum = 0)]
-    after: i64,
-    /// Instead of paging from `after`: the newest `last` events (oldest first).
-    #[param(minimum = 1, maximum = 500)]
-    last: Option<i64>,
-    #[serde(default = "default_limit")]
-    #[param(minimum = 1, maximum = 500)]
-    limit: i64,
+    Ok(Json(state.store.set_maintenance(node.id, reason.as_deref(), now_ms()).await?.into()))
 }
 
 #[utoipa::path(get, path = "/nodes/{id}/events", tag = "events", params(("id" = String, Path, description = "node id or MAC"), EventQuery),
@@ -417,45 +301,25 @@ async fn node_events(
     let limit = check_limit(q.limit)?;
     check_after(q.after)?;
     let node = find_node(&state, &id).await?;
-    match q.last {
-        Some(n) => Ok(Json(state.store.recent_events(Some(node.id), check_limit(n)?).await?)),
-        None => Ok(Json(state.store.events(node.id, q.after, limit).await?)),
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ProfileList {
-    pub profiles: Vec<ProfileView>,
-    /// Files that failed their last (re)load; their last good version (if any) serves.
-    pub errors: Vec<SourceError>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ProfileView {
-    pub file: String,
-    /// Short hash of the file's text; boot events name the revision they used.
-    pub revision: String,
-    pub profile: Profile,
-}
-
-impl ProfileView {
-    fn of(p: &crate::profiles::LoadedProfile) -> Self {
-        ProfileView { file: p.file.display().to_string(), revision: p.revision.clone(), profile: p.profile.clone() }
-    }
+    let events = match q.last {
+        Some(n) => state.store.recent_events(Some(node.id), check_limit(n)?).await?,
+        None => state.store.events(node.id, q.after, limit).await?,
+    };
+    Ok(Json(all(events)))
 }
 
 #[utoipa::path(get, path = "/profiles", tag = "profiles",
     responses((status = 200, body = ProfileList), (status = 401, body = ErrorBody)))]
 async fn list_profiles(State(state): State<AppState>, _op: Operator) -> Json<ProfileList> {
     let set = state.profiles.current();
-    let profiles = set.loaded_iter().map(|p| ProfileView::of(p)).collect();
-    Json(ProfileList { profiles, errors: state.profiles.errors().as_ref().clone() })
+    let profiles = set.loaded_iter().map(|p| profile_view(p)).collect();
+    Json(ProfileList { profiles, errors: all(state.profiles.errors().as_ref().clone()) })
 }
 
 #[utoipa::path(get, path = "/profiles/errors", tag = "profiles",
     responses((status = 200, body = Vec<SourceError>), (status = 401, body = ErrorBody)))]
 async fn profile_errors(State(state): State<AppState>, _op: Operator) -> Json<Vec<SourceError>> {
-    Json(state.profiles.errors().as_ref().clone())
+    Json(all(state.profiles.errors().as_ref().clone()))
 }
 
 #[utoipa::path(get, path = "/profiles/{name}", tag = "profiles", params(("name" = String, Path)),
@@ -466,24 +330,27 @@ async fn show_profile(
     Path(name): Path<String>,
 ) -> Result<Json<ProfileView>, ApiError> {
     let set = state.profiles.current();
-    let found = set.loaded(&name).map(|p| ProfileView::of(p));
+    let found = set.loaded(&name).map(|p| profile_view(p));
     found.map(Json).ok_or_else(|| ApiError::not_found(format!("no profile named {name:?}")))
 }
 
+/// Image store calls read and write files: off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::images::ImageError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(ApiError::from)
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+/// Something still uses the image: deleting it would break a boot.
+fn in_use(message: String) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "in_use", message)
 }
 
 #[utoipa::path(get, path = "/images", tag = "images",
     responses((status = 200, body = Vec<Manifest>), (status = 401, body = ErrorBody)))]
 async fn list_images(State(state): State<AppState>, _op: Operator) -> Result<Json<Vec<Manifest>>, ApiError> {
     let images = state.images.clone();
-    Ok(Json(blocking(move || images.list()).await?))
+    Ok(Json(all(blocking(move || images.list()).await?)))
 }
 
 #[utoipa::path(get, path = "/images/{name}", tag = "images", params(("name" = String, Path)),
@@ -494,7 +361,7 @@ async fn show_image(
     Path(name): Path<String>,
 ) -> Result<Json<Manifest>, ApiError> {
     let images = state.images.clone();
-    Ok(Json(blocking(move || images.manifest(&name)).await?))
+    Ok(Json(blocking(move || images.manifest(&name)).await?.into()))
 }
 
 #[utoipa::path(delete, path = "/images/{name}", tag = "images", params(("name" = String, Path)),
@@ -502,10 +369,9 @@ async fn show_image(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_image(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    op.require_admin()?;
     let users: Vec<String> = state
         .profiles
         .current()
@@ -514,25 +380,13 @@ async fn delete_image(
         .map(|(p, _)| p.name.clone())
         .collect();
     if !users.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "in_use",
-            format!("image {name:?} is used by profile(s) {}", users.join(", ")),
-        ));
+        return Err(in_use(format!("image {name:?} is used by profile(s) {}", users.join(", "))));
     }
     if name == state.config.discovery_stage1 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "in_use",
-            format!("image {name:?} is the discovery stage one"),
-        ));
+        return Err(in_use(format!("image {name:?} is the discovery stage one")));
     }
     if state.store.image_in_current_boot(&name).await? {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "in_use",
-            format!("image {name:?} is being loaded by a booting node"),
-        ));
+        return Err(in_use(format!("image {name:?} is being loaded by a booting node")));
     }
     let images = state.images.clone();
     blocking(move || images.delete(&name)).await?;
@@ -542,7 +396,7 @@ async fn delete_image(
 #[utoipa::path(get, path = "/leases", tag = "leases",
     responses((status = 200, body = Vec<Lease>), (status = 401, body = ErrorBody)))]
 async fn list_leases(State(state): State<AppState>, _op: Operator) -> Result<Json<Vec<Lease>>, ApiError> {
-    Ok(Json(state.store.leases().await?))
+    Ok(Json(all(state.store.leases().await?)))
 }
 
 #[utoipa::path(get, path = "/events", tag = "events", params(EventQuery),
@@ -555,19 +409,11 @@ async fn list_events(
     let q = query(q)?;
     let limit = check_limit(q.limit)?;
     check_after(q.after)?;
-    match q.last {
-        Some(n) => Ok(Json(state.store.recent_events(None, check_limit(n)?).await?)),
-        None => Ok(Json(state.store.all_events(q.after, limit).await?)),
-    }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct StreamQuery {
-    /// Start after this event id (0: from the beginning; omit: only new events).
-    #[param(minimum = 0)]
-    after: Option<i64>,
+    let events = match q.last {
+        Some(n) => state.store.recent_events(None, check_limit(n)?).await?,
+        None => state.store.all_events(q.after, limit).await?,
+    };
+    Ok(Json(all(events)))
 }
 
 /// How often the stream looks for new events. Polling the store (not an in-process
@@ -594,8 +440,9 @@ async fn event_stream(
                 Ok(events) => {
                     for e in events {
                         after = e.id;
-                        if let Ok(data) = serde_json::to_string(&e) {
-                            yield Ok(SseEvent::default().event("event").id(e.id.to_string()).data(data));
+                        let id = e.id.to_string();
+                        if let Ok(data) = serde_json::to_string(&Event::from(e)) {
+                            yield Ok(SseEvent::default().event("event").id(id).data(data));
                         }
                     }
                 }
@@ -610,28 +457,10 @@ async fn event_stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    /// Unique, for people: who or what holds it (`prometheus`, `alice`).
-    #[schema(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")]
-    name: String,
-    role: Role,
-}
-
-/// The new token, shown this once: only its hash is stored.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CreatedToken {
-    pub name: String,
-    pub role: Role,
-    pub token: String,
-}
-
 #[utoipa::path(get, path = "/tokens", tag = "tokens",
     responses((status = 200, body = Vec<TokenInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-async fn list_tokens(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<TokenInfo>>, ApiError> {
-    op.require_admin()?;
-    Ok(Json(state.store.list_tokens().await?))
+async fn list_tokens(State(state): State<AppState>, _: Admin) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    Ok(Json(all(state.store.list_tokens().await?)))
 }
 
 #[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = NewToken,
@@ -640,16 +469,14 @@ async fn list_tokens(State(state): State<AppState>, op: Operator) -> Result<Json
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_token(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     ApiJson(new): ApiJson<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    op.require_admin()?;
     if !valid_label(&new.name) {
-        return Err(unprocessable(format!("token name {:?}: {LABEL_RULE}", new.name)));
+        return Err(ApiError::unprocessable(format!("token name {:?}: {LABEL_RULE}", new.name)));
     }
-    let token = crate::token::generate()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    state.store.create_token(&new.name, new.role, &crate::token::hash(&token), now_ms()).await?;
+    let token = crate::token::generate()?;
+    state.store.create_token(&new.name, new.role.into(), &crate::token::hash(&token), now_ms()).await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { name: new.name, role: new.role, token })))
 }
 
@@ -658,10 +485,9 @@ async fn create_token(
         (status = 409, body = ErrorBody)))]
 async fn delete_token(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    op.require_admin()?;
     state.store.delete_token(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -677,36 +503,10 @@ fn volume_service(state: &AppState) -> Result<&crate::iscsi::service::Volumes<cr
     })
 }
 
-fn volume_error(e: crate::iscsi::service::VolumeError) -> ApiError {
-    use crate::iscsi::service::VolumeError;
-    match e {
-        VolumeError::Store(e) => e.into(),
-        VolumeError::Invalid(m) => unprocessable(m),
-        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "iscsi", other.to_string()),
-    }
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewVolume {
-    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
-    name: String,
-    /// A whole number of MiB, from 1 MiB to 64 TiB. Allocated sparsely.
-    #[schema(minimum = 1048576)]
-    size_bytes: u64,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Attach {
-    /// Node id or MAC.
-    node: String,
-}
-
 #[utoipa::path(get, path = "/volumes", tag = "volumes",
     responses((status = 200, body = Vec<Volume>), (status = 401, body = ErrorBody)))]
 async fn list_volumes(State(state): State<AppState>, _op: Operator) -> Result<Json<Vec<Volume>>, ApiError> {
-    Ok(Json(state.store.volumes().await?))
+    Ok(Json(all(state.store.volumes().await?)))
 }
 
 #[utoipa::path(post, path = "/volumes", tag = "volumes", request_body = NewVolume,
@@ -715,13 +515,12 @@ async fn list_volumes(State(state): State<AppState>, _op: Operator) -> Result<Js
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_volume(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     ApiJson(new): ApiJson<NewVolume>,
 ) -> Result<(StatusCode, Json<Volume>), ApiError> {
-    op.require_admin()?;
     let service = volume_service(&state)?;
-    let volume = service.create(&new.name, new.size_bytes, now_ms()).await.map_err(volume_error)?;
-    Ok((StatusCode::CREATED, Json(volume)))
+    let volume = service.create(&new.name, new.size_bytes, now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(volume.into())))
 }
 
 #[utoipa::path(get, path = "/volumes/{name}", tag = "volumes", params(("name" = String, Path)),
@@ -731,7 +530,7 @@ async fn show_volume(
     _op: Operator,
     Path(name): Path<String>,
 ) -> Result<Json<Volume>, ApiError> {
-    Ok(Json(state.store.volume(&name).await?))
+    Ok(Json(state.store.volume(&name).await?.into()))
 }
 
 #[utoipa::path(delete, path = "/volumes/{name}", tag = "volumes", params(("name" = String, Path)),
@@ -739,11 +538,10 @@ async fn show_volume(
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_volume(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    op.require_admin()?;
-    volume_service(&state)?.delete(&name).await.map_err(volume_error)?;
+    volume_service(&state)?.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -754,14 +552,13 @@ async fn delete_volume(
         (status = 503, body = ErrorBody)))]
 async fn attach_volume(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     Path(name): Path<String>,
     ApiJson(a): ApiJson<Attach>,
 ) -> Result<Json<Volume>, ApiError> {
-    op.require_admin()?;
     let service = volume_service(&state)?;
     let node = find_node(&state, &a.node).await?;
-    Ok(Json(service.attach(&name, node.id, now_ms()).await.map_err(volume_error)?))
+    Ok(Json(service.attach(&name, node.id, now_ms()).await?.into()))
 }
 
 #[utoipa::path(post, path = "/volumes/{name}/detach", tag = "volumes", params(("name" = String, Path)),
@@ -769,19 +566,10 @@ async fn attach_volume(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn detach_volume(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     Path(name): Path<String>,
 ) -> Result<Json<Volume>, ApiError> {
-    op.require_admin()?;
-    Ok(Json(volume_service(&state)?.detach(&name, now_ms()).await.map_err(volume_error)?))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Grow {
-    /// The new size: larger than the current one, a whole number of MiB.
-    #[schema(minimum = 1048576)]
-    size_bytes: u64,
+    Ok(Json(volume_service(&state)?.detach(&name, now_ms()).await?.into()))
 }
 
 #[utoipa::path(post, path = "/volumes/{name}/grow", tag = "volumes", params(("name" = String, Path)), request_body = Grow,
@@ -791,10 +579,9 @@ pub struct Grow {
         (status = 503, body = ErrorBody)))]
 async fn grow_volume(
     State(state): State<AppState>,
-    op: Operator,
+    _: Admin,
     Path(name): Path<String>,
     ApiJson(g): ApiJson<Grow>,
 ) -> Result<Json<Volume>, ApiError> {
-    op.require_admin()?;
-    Ok(Json(volume_service(&state)?.grow(&name, g.size_bytes, now_ms()).await.map_err(volume_error)?))
+    Ok(Json(volume_service(&state)?.grow(&name, g.size_bytes, now_ms()).await?.into()))
 }

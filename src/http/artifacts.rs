@@ -85,7 +85,7 @@ where
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    ApiError::internal(e)
 }
 
 /// `len` bytes of `file` at `offset`, read on the blocking pool.

@@ -6,8 +6,8 @@ use super::error::ApiError;
 use super::AppState;
 use crate::store::{Role, Store, StoreError};
 use axum::extract::FromRequestParts;
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -23,20 +23,9 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// A caller holding a valid admin-API token.
+/// A caller holding a valid admin-API token of any role: reads take this.
 pub struct Operator {
     pub role: Role,
-}
-
-impl Operator {
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        match self.role {
-            Role::Admin => Ok(()),
-            Role::Read => {
-                Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs a token with the admin role"))
-            }
-        }
-    }
 }
 
 impl FromRequestParts<AppState> for Operator {
@@ -47,6 +36,22 @@ impl FromRequestParts<AppState> for Operator {
         match state.store.token_role(&crate::token::hash(token)).await? {
             Some(role) => Ok(Operator { role }),
             None => Err(ApiError::unauthorized("unknown API token")),
+        }
+    }
+}
+
+/// A caller holding an admin-role token: every change takes this, so a handler
+/// cannot forget the check. It runs before the body is read, so a read token gets
+/// 403 whatever it sent.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match Operator::from_request_parts(parts, state).await?.role {
+            Role::Admin => Ok(Admin),
+            Role::Read => Err(ApiError::forbidden("this needs a token with the admin role")),
         }
     }
 }

@@ -78,7 +78,7 @@ fn ipxe(text: String) -> Response {
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    ApiError::internal(e)
 }
 
 fn render(t: &impl Template) -> Result<String, ApiError> {
