@@ -81,5 +81,3 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
-
-pub use crate::clock::now_ms;

@@ -12,7 +12,8 @@ mod convert;
 
 use super::auth::{Admin, Operator};
 use super::error::{ApiError, ApiJson};
-use super::{now_ms, AppState};
+use super::AppState;
+use crate::clock::now_ms;
 use crate::node::{valid_hostname, valid_label, MacAddr, LABEL_RULE};
 use crate::store::{self, NodeFilter};
 use axum::extract::rejection::QueryRejection;
