@@ -168,7 +168,7 @@ pub fn ensure_images(
                 recipes_dir: recipes.clone(),
                 cache_dir: cache.to_path_buf(),
                 agent,
-                now_ms: crate::http::now_ms(),
+                now_ms: crate::clock::now_ms(),
             },
         )?;
         for (role, a) in &manifest.artifacts {
