@@ -671,7 +671,8 @@ fn volume_service(state: &AppState) -> Result<&crate::iscsi::service::Volumes<cr
     })
 }
 
-fn volume_error(e: crate::iscsi::service::VolumeError) -> ApiError {
+/// A volume service error as the API answers it; the boot plan's iSCSI part answers the same.
+pub(super) fn volume_error(e: crate::iscsi::service::VolumeError) -> ApiError {
     use crate::iscsi::service::VolumeError;
     match e {
         VolumeError::Store(e) => e.into(),

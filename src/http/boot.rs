@@ -399,8 +399,7 @@ async fn iscsi_plan(state: &AppState, node: i64) -> Result<Option<ramboot_proto:
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "iscsi", e.to_string()))?;
     let cfg = &volumes.config;
-    let secret =
-        state.store.chap_secret(node, || crate::iscsi::service::generate_chap_secret().unwrap_or_default()).await?;
+    let secret = volumes.chap_secret(node).await.map_err(super::api::volume_error)?;
     Ok(Some(ramboot_proto::PlanIscsi {
         initiator_iqn: cfg.initiator_iqn(node),
         portal: cfg.portal.to_string(),

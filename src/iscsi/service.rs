@@ -124,6 +124,12 @@ impl<B: Backend> Volumes<B> {
         Ok(self.store.volume(name).await?)
     }
 
+    /// The node's CHAP secret, generated on first use. A failed random source is an
+    /// error and stores nothing (an empty secret would be kept for good).
+    pub async fn chap_secret(&self, node: NodeId) -> Result<String, VolumeError> {
+        self.store.chap_secret(node, generate_chap_secret).await
+    }
+
     /// Make the node's export match its attached volumes.
     pub async fn sync_node(&self, node: NodeId) -> Result<Repair, VolumeError> {
         let volumes = self.store.node_volumes(node).await?;
@@ -131,7 +137,7 @@ impl<B: Backend> Volumes<B> {
             self.backend.remove_export(&self.config.target_iqn(node)).await?;
             return Ok(Repair::default());
         }
-        let secret = self.store.chap_secret(node, || generate_chap_secret().unwrap_or_default()).await?;
+        let secret = self.chap_secret(node).await?;
         for v in &volumes {
             ensure_backing(&backing_path(&self.config, &v.name), v.size_bytes)?;
         }

@@ -152,21 +152,51 @@ impl Store {
         Ok(())
     }
 
-    /// The node's CHAP secret, generated (and stored) on first use.
-    pub async fn chap_secret(&self, node: NodeId, generate: impl FnOnce() -> String) -> Result<String, StoreError> {
+    /// The node's CHAP secret, generated (and stored) on first use. If `generate`
+    /// fails, its error is returned and nothing is stored: a secret is stored once
+    /// and kept for good, so it must never be a fallback value.
+    pub async fn chap_secret<E: From<StoreError>>(
+        &self,
+        node: NodeId,
+        generate: impl FnOnce() -> Result<String, E>,
+    ) -> Result<String, E> {
         let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
         let row = sqlx::query("SELECT chap_secret FROM nodes WHERE id = ?")
             .bind(node)
             .fetch_optional(&mut *tx)
-            .await?
+            .await
+            .map_err(StoreError::from)?
             .ok_or_else(|| StoreError::NoSuchNode(node.to_string()))?;
-        if let Some(secret) = row.try_get::<Option<String>, _>("chap_secret")? {
+        if let Some(secret) = row.try_get::<Option<String>, _>("chap_secret").map_err(StoreError::from)? {
             return Ok(secret);
         }
-        let secret = generate();
-        sqlx::query("UPDATE nodes SET chap_secret = ? WHERE id = ?").bind(&secret).bind(node).execute(&mut *tx).await?;
-        tx.commit().await?;
+        let secret = generate()?;
+        sqlx::query("UPDATE nodes SET chap_secret = ? WHERE id = ?")
+            .bind(&secret)
+            .bind(node)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
         Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::testing::{store, MAC};
+    use crate::store::StoreError;
+
+    #[tokio::test]
+    async fn a_failed_secret_source_stores_nothing() {
+        let (s, _d) = store().await;
+        let node = s.ensure_node(MAC, 0).await.unwrap();
+        let err = s.chap_secret(node.id, || Err(StoreError::Corrupt("no randomness".into()))).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        let first = s.chap_secret(node.id, || Ok::<_, StoreError>("abcdefghijkl".into())).await.unwrap();
+        assert_eq!(first, "abcdefghijkl", "the failed attempt left no secret behind");
+        let again = s.chap_secret(node.id, || Ok::<_, StoreError>("other".into())).await.unwrap();
+        assert_eq!(again, first, "kept for good once stored");
     }
 }
