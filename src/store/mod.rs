@@ -15,7 +15,7 @@ mod volumes;
 
 pub use boots::{Boot, BootImage};
 pub use events::{Event, EventKind};
-pub use leases::{Lease, LeaseOp, LeaseState, LeaseStateParseError};
+pub use leases::{Lease, LeaseOp, LeaseState};
 pub use nodes::{default_hostname, Node, NodeChange, NodeFilter};
 pub use tokens::{Role, TokenInfo};
 pub use volumes::Volume;
@@ -163,6 +163,36 @@ macro_rules! text_column {
 
 text_column!(NodeState, LeaseState, EventKind);
 
+/// A name that is none of an enum's names.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {what} {name:?}")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub name: String,
+}
+
+/// `Display` (padded, so `{:<8}` lines up as a `String` did) and `FromStr` for the
+/// store's own enums, from their `ALL` and `as_str`. (`NodeState` has its own in
+/// `crate::node`.)
+macro_rules! text_enum {
+    ($($ty:ty: $what:literal),+) => {$(
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, UnknownName> {
+                Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownName { what: $what, name: s.into() })
+            }
+        }
+    )+};
+}
+
+text_enum!(LeaseState: "lease state", EventKind: "event kind");
+
 #[cfg(test)]
 pub(crate) mod testing {
     use super::{LeaseOp, Store};
@@ -188,5 +218,39 @@ pub(crate) mod testing {
             arch: Some("bios".into()),
             uuid: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Sqlite;
+    use std::fmt::{Debug, Display};
+
+    /// Every value goes into SQLite and back as itself, and its JSON is its text form.
+    async fn round_trip<T>(pool: &SqlitePool, all: &[T])
+    where
+        T: Copy + PartialEq + Debug + Display + FromStr + serde::Serialize + Send + Unpin + 'static,
+        T: sqlx::Type<Sqlite> + for<'q> sqlx::Encode<'q, Sqlite> + for<'r> sqlx::Decode<'r, Sqlite>,
+        <T as FromStr>::Err: Debug,
+    {
+        for &value in all {
+            let back: T = sqlx::query_scalar("SELECT ?").bind(value).fetch_one(pool).await.unwrap();
+            assert_eq!(back, value);
+            assert_eq!(value.to_string().parse::<T>().unwrap(), value);
+            assert_eq!(serde_json::to_value(value).unwrap(), value.to_string());
+        }
+        let bogus = sqlx::query_scalar::<_, T>("SELECT 'bogus'").fetch_one(pool).await;
+        assert!(bogus.is_err(), "an unknown name is a decode error");
+    }
+
+    #[tokio::test]
+    async fn enum_columns_round_trip_through_their_text() {
+        let (s, _d) = testing::store().await;
+        let Backend::Sqlite(pool) = &s.backend;
+        round_trip(pool, &NodeState::ALL).await;
+        round_trip(pool, &LeaseState::ALL).await;
+        round_trip(pool, &EventKind::ALL).await;
+        assert_eq!(format!("{:<8}|", EventKind::Dhcp), "dhcp    |", "padded as the CLI's table wants");
     }
 }
