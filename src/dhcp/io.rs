@@ -16,6 +16,7 @@
 
 use crate::config::Config;
 use crate::node::MacAddr;
+use crate::store::LeaseState;
 use crate::store::{LeaseOp, Store, StoreError};
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder};
@@ -261,7 +262,7 @@ pub async fn serve(
     let bindings = store.live_bindings(now).await?;
     let mut restored = 0usize;
     for b in &bindings {
-        let kind = if b.state == "declined" { BindingKind::Quarantined } else { BindingKind::Leased };
+        let kind = if b.state == LeaseState::Declined { BindingKind::Quarantined } else { BindingKind::Leased };
         if leases.restore(&policy, b.ip, b.mac, b.expires_at, kind) {
             restored += 1;
         } else {

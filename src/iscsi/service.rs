@@ -188,10 +188,8 @@ impl<B: Backend> Volumes<B> {
             self.backend.remove_export(&self.config.target_iqn(node)).await?;
             return Ok((Repair::default(), None));
         }
-        // Generated up front so that a failing random source is an error, never an
-        // empty secret stored for good; the store keeps the first one it was given.
-        let fresh = generate_chap_secret()?;
-        let secret = self.store.chap_secret(node, || fresh).await?;
+        // A failed random source is an error and stores nothing.
+        let secret = self.store.chap_secret(node, generate_chap_secret).await?;
         for v in &volumes {
             ensure_backing(&backing_path(&self.config, &v.name), v.size_bytes)?;
         }

@@ -32,6 +32,19 @@ same_fields!(Lease => api::Lease { ip, mac, expires_at, state });
 same_fields!(Volume => api::Volume { id, name, size_bytes, node_id, lun, created_at_ms });
 same_fields!(TokenInfo => api::TokenInfo { name, role, created_at_ms });
 
+// The API shows the store's closed sets of names as plain strings.
+impl From<crate::store::EventKind> for String {
+    fn from(kind: crate::store::EventKind) -> String {
+        kind.as_str().to_string()
+    }
+}
+
+impl From<crate::store::LeaseState> for String {
+    fn from(state: crate::store::LeaseState) -> String {
+        state.as_str().to_string()
+    }
+}
+
 impl From<Boot> for api::Boot {
     fn from(b: Boot) -> Self {
         let Boot { id, node_id, profile, image, started_at_ms, finished_at_ms, outcome } = b;
@@ -153,7 +166,7 @@ mod tests {
             node_id: 7,
             boot_id: None,
             at_ms: 4,
-            kind: "state".into(),
+            kind: crate::store::EventKind::State,
             state: Some(NodeState::Booting),
             phase_ms: Some(12),
             message: "booting".into(),
@@ -162,7 +175,7 @@ mod tests {
             ip: "10.213.0.100".parse().unwrap(),
             mac: "52:54:00:72:62:01".parse().unwrap(),
             expires_at: 99,
-            state: "active".into(),
+            state: crate::store::LeaseState::Active,
         });
         same_json::<_, api::Volume>(Volume {
             id: 2,

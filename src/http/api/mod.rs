@@ -15,7 +15,7 @@ use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::clock::now_ms;
 use crate::node::{valid_hostname, valid_label, MacAddr, LABEL_RULE};
-use crate::store::{self, NodeFilter};
+use crate::store::{self, NodeChange, NodeFilter};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -203,7 +203,7 @@ async fn update_node(
     Path(id): Path<String>,
     ApiJson(update): ApiJson<NodeUpdate>,
 ) -> Result<Json<Node>, ApiError> {
-    let mut node = find_node(&state, &id).await?;
+    let node = find_node(&state, &id).await?;
     if let Some(h) = &update.hostname {
         check_hostname(h)?;
     }
@@ -218,21 +218,15 @@ async fn update_node(
         Some(None) => Some(None),
         None => None,
     };
-    let now = now_ms();
-    if let Some(ip) = reservation {
-        let now_secs = u64::try_from(now / 1000).unwrap_or(0);
-        node = state.store.set_reservation(node.id, ip, update.take_over, now_secs, now).await?;
-    }
-    if let Some(h) = &update.hostname {
-        node = state.store.set_hostname(node.id, h, now).await?;
-    }
-    if let Some(labels) = &update.labels {
-        node = state.store.set_labels(node.id, labels, now).await?;
-    }
-    if let Some(profile) = &update.profile {
-        node = state.store.assign(node.id, profile.as_deref(), now).await?;
-    }
-    Ok(Json(node.into()))
+    // Everything validated: the store applies the whole change in one transaction.
+    let change = NodeChange {
+        reservation,
+        take_over: update.take_over,
+        hostname: update.hostname,
+        labels: update.labels,
+        profile: update.profile,
+    };
+    Ok(Json(state.store.update_node(node.id, &change, now_ms()).await?.into()))
 }
 
 #[utoipa::path(delete, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "node id or MAC"), DeleteNodeQuery),

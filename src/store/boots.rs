@@ -1,0 +1,301 @@
+//! The `boots` table: one row per boot with its token hash and pinned image, and the
+//! agent-driven moves of a node within its current boot.
+
+use super::events::{self, EventKind, NewEvent};
+use super::nodes::{move_state, node_in};
+use super::{corrupt, Backend, BootId, Node, NodeId, Store, StoreError, Text, Tx};
+use crate::node::NodeState;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Boot {
+    pub id: BootId,
+    pub node_id: NodeId,
+    pub profile: String,
+    pub image: Option<BootImage>,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub outcome: Option<String>,
+}
+
+/// The root filesystem a boot was planned with (the planner's type).
+pub use ramboot_core::plan::BootImage;
+
+fn boot_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Boot, StoreError> {
+    let name: Option<String> = row.try_get("image_name")?;
+    let digest: Option<String> = row.try_get("image_digest")?;
+    let size: Option<i64> = row.try_get("image_size")?;
+    let format: Option<String> = row.try_get("image_format")?;
+    let image = match (name, digest, size, format) {
+        (Some(name), Some(digest), Some(size), Some(format)) => {
+            Some(BootImage { name, digest, size: u64::try_from(size).map_err(corrupt)?, format })
+        }
+        _ => None,
+    };
+    Ok(Boot {
+        id: row.try_get("id")?,
+        node_id: row.try_get("node_id")?,
+        profile: row.try_get("profile")?,
+        image,
+        started_at_ms: row.try_get("started_at_ms")?,
+        finished_at_ms: row.try_get("finished_at_ms")?,
+        outcome: row.try_get("outcome")?,
+    })
+}
+
+/// End any unfinished boot of `node`: its token stops working.
+pub(super) async fn supersede_boots(tx: &mut Tx<'_>, node: NodeId, now_ms: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE boots SET outcome = 'superseded', finished_at_ms = ? WHERE node_id = ? AND finished_at_ms IS NULL",
+    )
+    .bind(now_ms)
+    .bind(node)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Supersede the node's previous boot and make a new one current.
+async fn begin_boot(
+    tx: &mut Tx<'_>,
+    node: NodeId,
+    profile: &str,
+    image: Option<&BootImage>,
+    token_hash: &str,
+    now_ms: i64,
+) -> Result<BootId, StoreError> {
+    supersede_boots(tx, node, now_ms).await?;
+    let boot: BootId = sqlx::query(
+        "INSERT INTO boots (node_id, token_hash, profile, image_name, image_digest, image_size, image_format, started_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(node)
+    .bind(token_hash)
+    .bind(profile)
+    .bind(image.map(|i| &i.name))
+    .bind(image.map(|i| &i.digest))
+    .bind(image.map(|i| i.size as i64))
+    .bind(image.map(|i| &i.format))
+    .bind(now_ms)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("id")?;
+    sqlx::query("UPDATE nodes SET current_boot_id = ? WHERE id = ?").bind(boot).bind(node).execute(&mut **tx).await?;
+    Ok(boot)
+}
+
+impl Store {
+    /// Start a new boot of `node`: the previous boot (if unfinished) is superseded,
+    /// the node moves to `booting`, and the boot's token hash is recorded.
+    pub async fn start_boot(
+        &self,
+        node: NodeId,
+        profile: &str,
+        image: Option<&BootImage>,
+        token_hash: &str,
+        now_ms: i64,
+        why: &str,
+    ) -> Result<BootId, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let boot = begin_boot(&mut tx, node, profile, image, token_hash, now_ms).await?;
+        move_state(
+            &mut tx,
+            node,
+            Some(boot),
+            NodeState::Booting,
+            &format!("iPXE script served (profile {profile}: {why})"),
+            now_ms,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(boot)
+    }
+
+    /// Start a discovery boot: no profile yet, the node stays `discovered` and its
+    /// agent waits for an assignment.
+    pub async fn start_discovery_boot(
+        &self,
+        node: NodeId,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<BootId, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let boot = begin_boot(&mut tx, node, "", None, token_hash, now_ms).await?;
+        let message = "discovery boot: no profile yet; stage one reports its inventory and waits for an assignment";
+        events::insert(&mut *tx, &NewEvent::note(node, Some(boot), EventKind::Info, message), now_ms).await?;
+        tx.commit().await?;
+        Ok(boot)
+    }
+
+    /// The node and boot a per-boot token belongs to, if that boot is still current.
+    pub async fn boot_by_token_hash(&self, token_hash: &str) -> Result<Option<(Node, Boot)>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let row = sqlx::query("SELECT * FROM boots WHERE token_hash = ?").bind(token_hash).fetch_optional(pool).await?;
+        let Some(row) = row else { return Ok(None) };
+        let boot = boot_from_row(&row)?;
+        let node = self.node(boot.node_id).await?;
+        if node.current_boot_id != Some(boot.id) {
+            return Ok(None);
+        }
+        Ok(Some((node, boot)))
+    }
+
+    pub async fn boot(&self, id: BootId) -> Result<Option<Boot>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let row = sqlx::query("SELECT * FROM boots WHERE id = ?").bind(id).fetch_optional(pool).await?;
+        row.as_ref().map(boot_from_row).transpose()
+    }
+
+    /// Move a node within its current boot, as an agent reported. Refuses moves
+    /// backwards and moves for a boot that is no longer current.
+    pub async fn agent_transition(
+        &self,
+        node: NodeId,
+        boot: BootId,
+        next: NodeState,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query("SELECT state, current_boot_id FROM nodes WHERE id = ?")
+            .bind(node)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchNode(node.to_string()))?;
+        let current_boot: Option<BootId> = row.try_get("current_boot_id")?;
+        if current_boot != Some(boot) {
+            return Err(StoreError::StaleBoot(boot));
+        }
+        let Text(state): Text<NodeState> = row.try_get("state")?;
+        if !state.agent_may_move_to(next) {
+            return Err(StoreError::BadTransition { node, from: state, to: next });
+        }
+        move_state(&mut tx, node, Some(boot), next, message, now_ms).await?;
+        let failures_delta = match next {
+            NodeState::Failed => "failures + 1",
+            NodeState::Ready => "0",
+            _ => "failures",
+        };
+        sqlx::query(&format!("UPDATE nodes SET failures = {failures_delta} WHERE id = ?"))
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        if matches!(next, NodeState::Ready | NodeState::Failed) {
+            sqlx::query("UPDATE boots SET finished_at_ms = ?, outcome = ? WHERE id = ?")
+                .bind(now_ms)
+                .bind(Text(next))
+                .bind(boot)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A boot that overran its phase timeout: fail it (the watchdog's move).
+    pub async fn fail_boot(&self, id: NodeId, boot: BootId, reason: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.agent_transition(id, boot, NodeState::Failed, reason, now_ms).await
+    }
+
+    /// Give a discovery boot the profile and image it now has: the boot continues
+    /// with them, and the node moves to `assigned`.
+    pub async fn pin_boot(
+        &self,
+        node: NodeId,
+        boot: BootId,
+        profile: &str,
+        image: &BootImage,
+        why: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let current = node_in(&mut tx, node).await?;
+        if current.current_boot_id != Some(boot) {
+            return Err(StoreError::StaleBoot(boot));
+        }
+        sqlx::query(
+            "UPDATE boots SET profile = ?, image_name = ?, image_digest = ?, image_size = ?, image_format = ? WHERE id = ?",
+        )
+        .bind(profile)
+        .bind(&image.name)
+        .bind(&image.digest)
+        .bind(image.size as i64)
+        .bind(&image.format)
+        .bind(boot)
+        .execute(&mut *tx)
+        .await?;
+        if current.state == NodeState::Discovered {
+            let message = format!("profile {profile} chosen ({why})");
+            move_state(&mut tx, node, Some(boot), NodeState::Assigned, &message, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Is `image` pinned by a boot still in progress?
+    pub async fn image_in_current_boot(&self, image: &str) -> Result<bool, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let row = sqlx::query(
+            "SELECT 1 FROM boots JOIN nodes ON nodes.current_boot_id = boots.id
+             WHERE boots.image_name = ? AND boots.finished_at_ms IS NULL LIMIT 1",
+        )
+        .bind(image)
+        .fetch_optional(pool)
+        .await?;
+        Ok(row.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::node::NodeState;
+    use crate::store::testing::{store, MAC};
+    use crate::store::StoreError;
+
+    #[tokio::test]
+    async fn boot_timeline_moves_forward_only_and_records_phases() {
+        let (s, _d) = store().await;
+        let node = s.ensure_node(MAC, 1000).await.unwrap();
+        assert_eq!(node.state, NodeState::Discovered);
+        let boot = s.start_boot(node.id, "tiny", None, "hash1", 2000, "test").await.unwrap();
+        s.agent_transition(node.id, boot, NodeState::Stage1, "hello", 5000).await.unwrap();
+        s.agent_transition(node.id, boot, NodeState::Loading, "fetch", 6000).await.unwrap();
+        let err = s.agent_transition(node.id, boot, NodeState::Stage1, "again", 6500).await.unwrap_err();
+        assert!(matches!(err, StoreError::BadTransition { .. }), "{err}");
+        s.agent_transition(node.id, boot, NodeState::Handoff, "mounted", 9000).await.unwrap();
+        s.agent_transition(node.id, boot, NodeState::Ready, "up", 12000).await.unwrap();
+
+        let events = s.events(node.id, 0, 100).await.unwrap();
+        let moves: Vec<_> = events.iter().filter_map(|e| e.state.map(|st| (st, e.phase_ms))).collect();
+        assert_eq!(
+            moves,
+            vec![
+                (NodeState::Discovered, None),
+                (NodeState::Booting, Some(1000)),
+                (NodeState::Stage1, Some(3000)),
+                (NodeState::Loading, Some(1000)),
+                (NodeState::Handoff, Some(3000)),
+                (NodeState::Ready, Some(3000)),
+            ]
+        );
+        assert_eq!(s.boot(boot).await.unwrap().unwrap().outcome.as_deref(), Some("ready"));
+    }
+
+    #[tokio::test]
+    async fn a_new_boot_supersedes_the_old_token() {
+        let (s, _d) = store().await;
+        let node = s.ensure_node(MAC, 0).await.unwrap();
+        let first = s.start_boot(node.id, "tiny", None, "h1", 1, "test").await.unwrap();
+        assert!(s.boot_by_token_hash("h1").await.unwrap().is_some());
+        s.start_boot(node.id, "tiny", None, "h2", 2, "test").await.unwrap();
+        assert!(s.boot_by_token_hash("h1").await.unwrap().is_none(), "old token is dead");
+        let err = s.agent_transition(node.id, first, NodeState::Stage1, "late", 3).await.unwrap_err();
+        assert!(matches!(err, StoreError::StaleBoot(_)));
+        assert_eq!(s.boot(first).await.unwrap().unwrap().outcome.as_deref(), Some("superseded"));
+    }
+}

@@ -1,0 +1,168 @@
+//! The `events` table: every node's timeline. All rows go in through [`insert`], the
+//! one place that knows the columns, with a typed [`EventKind`].
+
+use super::{Backend, BootId, NodeId, Store, StoreError, Text};
+use crate::node::NodeState;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub node_id: NodeId,
+    pub boot_id: Option<BootId>,
+    pub at_ms: i64,
+    pub kind: EventKind,
+    pub state: Option<NodeState>,
+    pub phase_ms: Option<i64>,
+    pub message: String,
+}
+
+/// Read straight from its row: every column decodes to its field's type.
+impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for Event {
+    fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(Event {
+            id: row.try_get("id")?,
+            node_id: row.try_get("node_id")?,
+            boot_id: row.try_get("boot_id")?,
+            at_ms: row.try_get("at_ms")?,
+            kind: row.try_get::<Text<_>, _>("kind")?.0,
+            state: row.try_get::<Option<Text<_>>, _>("state")?.map(|Text(s)| s),
+            phase_ms: row.try_get("phase_ms")?,
+            message: row.try_get("message")?,
+        })
+    }
+}
+
+/// What an event is about. Stored and serialised as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A lifecycle move (the event's `state` is where the node went).
+    State,
+    Progress,
+    Dhcp,
+    Info,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [EventKind::State, EventKind::Progress, EventKind::Dhcp, EventKind::Info];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::State => "state",
+            EventKind::Progress => "progress",
+            EventKind::Dhcp => "dhcp",
+            EventKind::Info => "info",
+        }
+    }
+}
+
+/// One row to insert: a note (`kind` other than `State`) or a state move.
+pub(super) struct NewEvent<'a> {
+    pub node: NodeId,
+    pub boot: Option<BootId>,
+    pub kind: EventKind,
+    pub state: Option<NodeState>,
+    /// For a state move: how long the node spent in the state it left.
+    pub phase_ms: Option<i64>,
+    pub message: &'a str,
+}
+
+impl<'a> NewEvent<'a> {
+    /// An event that does not move the node.
+    pub fn note(node: NodeId, boot: Option<BootId>, kind: EventKind, message: &'a str) -> Self {
+        NewEvent { node, boot, kind, state: None, phase_ms: None, message }
+    }
+
+    /// A move of the node to `state`.
+    pub fn moved(
+        node: NodeId,
+        boot: Option<BootId>,
+        state: NodeState,
+        phase_ms: Option<i64>,
+        message: &'a str,
+    ) -> Self {
+        NewEvent { node, boot, kind: EventKind::State, state: Some(state), phase_ms, message }
+    }
+}
+
+/// Insert `event` at `at_ms`, in a transaction or straight on the pool.
+pub(super) async fn insert<'c>(
+    db: impl sqlx::SqliteExecutor<'c>,
+    event: &NewEvent<'_>,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO events (node_id, boot_id, at_ms, kind, state, phase_ms, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(event.node)
+    .bind(event.boot)
+    .bind(at_ms)
+    .bind(Text(event.kind))
+    .bind(event.state.map(Text))
+    .bind(event.phase_ms)
+    .bind(event.message)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Record an event that does not move the node (progress, DHCP, info).
+    pub async fn add_event(
+        &self,
+        node: NodeId,
+        boot: Option<BootId>,
+        kind: EventKind,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        insert(pool, &NewEvent::note(node, boot, kind, message), now_ms).await
+    }
+
+    /// A node's events, oldest first, newer than `after_id`, at most `limit`.
+    pub async fn events(&self, node: NodeId, after_id: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query_as("SELECT * FROM events WHERE node_id = ? AND id > ? ORDER BY id LIMIT ?")
+            .bind(node)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+        Ok(rows)
+    }
+
+    /// Events of every node, oldest first, newer than `after_id`.
+    pub async fn all_events(&self, after_id: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query_as("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?")
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+        Ok(rows)
+    }
+
+    /// The newest `last` events (of one node, or of all), oldest first.
+    pub async fn recent_events(&self, node: Option<NodeId>, last: i64) -> Result<Vec<Event>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query_as(
+            "SELECT * FROM (SELECT * FROM events WHERE (? IS NULL OR node_id = ?) ORDER BY id DESC LIMIT ?) ORDER BY id",
+        )
+        .bind(node)
+        .bind(node)
+        .bind(last)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows)
+    }
+
+    pub async fn last_event_id(&self) -> Result<i64, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM events").fetch_one(pool).await?;
+        Ok(row.try_get("id")?)
+    }
+}

@@ -1,0 +1,375 @@
+//! The `leases` table: one row per address DHCP has handed out, released or
+//! quarantined, written in batches by [`Store::commit_dhcp`].
+
+use super::events::{self, EventKind, NewEvent};
+use super::nodes;
+use super::{corrupt, Backend, Store, StoreError, Text, Tx};
+use crate::node::MacAddr;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub expires_at: u64,
+    // A plain string in the OpenAPI document, as before the enum.
+    pub state: LeaseState,
+}
+
+/// Where a lease row stands. Stored and serialised as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseState {
+    Active,
+    Released,
+    /// The client declined the address: quarantined until `expires_at`.
+    Declined,
+}
+
+impl LeaseState {
+    pub const ALL: [LeaseState; 3] = [LeaseState::Active, LeaseState::Released, LeaseState::Declined];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Active => "active",
+            LeaseState::Released => "released",
+            LeaseState::Declined => "declined",
+        }
+    }
+}
+
+/// Callers that compared the state with its name (`b.state == "declined"`) keep working.
+impl PartialEq<&str> for LeaseState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// One lease change, applied with others in one transaction by [`Store::commit_dhcp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOp {
+    Grant {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        expires_at: u64,
+        /// A PXE ROM, iPXE or HTTP-boot client: it becomes a node if it is new.
+        netboot: bool,
+        /// Already a node (its address and facts are recorded on it).
+        known: bool,
+        arch: Option<String>,
+        uuid: Option<String>,
+    },
+    Release {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+    },
+    Decline {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        until: u64,
+    },
+}
+
+/// `items` in consecutive chunks whose lengths are powers of two, at most 512.
+fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let take = 1usize << items.len().min(512).ilog2();
+        let (chunk, rest) = items.split_at(take);
+        items = rest;
+        Some(chunk)
+    })
+}
+
+/// The final state of every address a batch of [`LeaseOp`]s touches, in order.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct LeaseBatch {
+    /// MACs granted an address: their other active leases end.
+    granted_macs: Vec<MacAddr>,
+    rows: Vec<LeaseRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LeaseRow {
+    ip: Ipv4Addr,
+    mac: MacAddr,
+    expires_at: u64,
+    state: LeaseState,
+}
+
+impl LeaseBatch {
+    /// Replay `ops` in order and keep each address's last state. A MAC granted
+    /// two addresses in one batch keeps the later one (the earlier row is released),
+    /// so the batch never holds two active rows for one MAC or one address.
+    fn coalesce(ops: &[LeaseOp]) -> LeaseBatch {
+        let mut batch = LeaseBatch::default();
+        let mut row_of_ip: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut active_of_mac: HashMap<MacAddr, Ipv4Addr> = HashMap::new();
+        let mut put = |batch: &mut LeaseBatch, row: LeaseRow| match row_of_ip.get(&row.ip) {
+            Some(&i) => batch.rows[i] = row,
+            None => {
+                row_of_ip.insert(row.ip, batch.rows.len());
+                batch.rows.push(row);
+            }
+        };
+        for op in ops {
+            match *op {
+                LeaseOp::Grant { mac, ip, expires_at, .. } => {
+                    if let Some(old) = active_of_mac.insert(mac, ip).filter(|old| *old != ip) {
+                        put(&mut batch, LeaseRow { ip: old, mac, expires_at: 0, state: LeaseState::Released });
+                    }
+                    if !batch.granted_macs.contains(&mac) {
+                        batch.granted_macs.push(mac);
+                    }
+                    put(&mut batch, LeaseRow { ip, mac, expires_at, state: LeaseState::Active });
+                }
+                LeaseOp::Release { mac, ip } => {
+                    if active_of_mac.get(&mac) == Some(&ip) {
+                        active_of_mac.remove(&mac);
+                    }
+                    put(&mut batch, LeaseRow { ip, mac, expires_at: 0, state: LeaseState::Released });
+                }
+                LeaseOp::Decline { mac, ip, until } => {
+                    if active_of_mac.get(&mac) == Some(&ip) {
+                        active_of_mac.remove(&mac);
+                    }
+                    put(&mut batch, LeaseRow { ip, mac, expires_at: until, state: LeaseState::Declined });
+                }
+            }
+        }
+        batch
+    }
+}
+
+fn lease_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Lease, StoreError> {
+    let ip: String = row.try_get("ip")?;
+    let mac: String = row.try_get("mac")?;
+    let expires_at: i64 = row.try_get("expires_at")?;
+    Ok(Lease {
+        ip: ip.parse().map_err(corrupt)?,
+        mac: mac.parse().map_err(corrupt)?,
+        expires_at: u64::try_from(expires_at).map_err(corrupt)?,
+        state: row.try_get::<Text<_>, _>("state")?.0,
+    })
+}
+
+/// The MAC holding an unexpired active lease on `ip` at `now`, other than `mac`.
+pub(super) async fn holder_other_than(
+    tx: &mut Tx<'_>,
+    ip: Ipv4Addr,
+    mac: &str,
+    now: u64,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query("SELECT mac FROM leases WHERE ip = ? AND state = 'active' AND expires_at > ? AND mac <> ?")
+        .bind(ip.to_string())
+        .bind(now as i64)
+        .bind(mac)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|row| row.try_get("mac")).transpose()?)
+}
+
+/// End whatever lease is on `ip` (an operator moved the address to another node).
+pub(super) async fn release_ip(tx: &mut Tx<'_>, ip: Ipv4Addr, now_ms: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE leases SET state = ?, updated_at_ms = ? WHERE ip = ?")
+        .bind(Text(LeaseState::Released))
+        .bind(now_ms)
+        .bind(ip.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Active leases that have not expired at `now` (Unix seconds), for rebuilding the pool.
+    pub async fn active_leases(&self, now: u64) -> Result<Vec<Lease>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows =
+            sqlx::query("SELECT ip, mac, expires_at, state FROM leases WHERE state = 'active' AND expires_at > ?")
+                .bind(now as i64)
+                .fetch_all(pool)
+                .await?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    pub async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query("SELECT ip, mac, expires_at, state FROM leases ORDER BY ip").fetch_all(pool).await?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    /// What the DHCP pools are rebuilt from at start: live leases, and declined
+    /// addresses still in quarantine.
+    pub async fn live_bindings(&self, now: u64) -> Result<Vec<Lease>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query(
+            "SELECT ip, mac, expires_at, state FROM leases WHERE state IN ('active', 'declined') AND expires_at > ?",
+        )
+        .bind(now as i64)
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    /// Apply a batch of DHCP lease changes in one transaction: one fsync for all of
+    /// them (group commit). Nothing of the batch is durable if this fails.
+    ///
+    /// The batch is first coalesced to the final state of each address, then written
+    /// with two multi-row statements per 1,000 leases (release the granted MACs'
+    /// other leases; upsert every touched address), so a batch costs a few database
+    /// round trips, not a few per lease. Only network-boot clients and known nodes
+    /// touch the nodes table.
+    pub async fn commit_dhcp(&self, ops: &[LeaseOp], now_ms: i64) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let batch = LeaseBatch::coalesce(ops);
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Statements come in power-of-two sizes up to 512 rows, so each shape is
+        // parsed and prepared once per connection and then reused from sqlx's cache
+        // (SQLite allows 32,766 bound parameters per statement).
+        for macs in pow2_chunks(&batch.granted_macs) {
+            let marks = vec!["?"; macs.len()].join(",");
+            let sql = format!(
+                "UPDATE leases SET state = 'released', updated_at_ms = ? WHERE state = 'active' AND mac IN ({marks})"
+            );
+            let mut q = sqlx::query(&sql).bind(now_ms);
+            for mac in macs {
+                q = q.bind(mac.to_string());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for rows in pow2_chunks(&batch.rows) {
+            let marks = vec!["(?, ?, ?, ?, ?)"; rows.len()].join(",");
+            // A grant takes the address whatever the row said (the DHCP core chose a
+            // free one); a release or decline only touches the client's own row.
+            let sql = format!(
+                "INSERT INTO leases (ip, mac, expires_at, state, updated_at_ms) VALUES {marks}
+                 ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac,
+                     expires_at = CASE WHEN excluded.state = 'released' THEN leases.expires_at
+                                       ELSE excluded.expires_at END,
+                     state = excluded.state, updated_at_ms = excluded.updated_at_ms
+                 WHERE excluded.state = 'active' OR leases.mac = excluded.mac"
+            );
+            let mut q = sqlx::query(&sql);
+            for row in rows {
+                q = q
+                    .bind(row.ip.to_string())
+                    .bind(row.mac.to_string())
+                    .bind(row.expires_at as i64)
+                    .bind(Text(row.state))
+                    .bind(now_ms);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let mut new_nodes = false;
+        for op in ops {
+            let LeaseOp::Grant { mac, ip, expires_at, netboot, known, arch, uuid } = op else { continue };
+            if !netboot && !known {
+                continue;
+            }
+            // Network-boot clients become nodes; an OS's DHCP client only updates a
+            // node that already exists.
+            let node = if *netboot {
+                let (id, created) = nodes::upsert_node_created(&mut tx, *mac, now_ms).await?;
+                new_nodes |= created;
+                Some(id)
+            } else {
+                None
+            };
+            nodes::record_dhcp_facts(&mut tx, *mac, *ip, arch.as_deref(), uuid.as_deref(), now_ms).await?;
+            if let Some(node) = node {
+                let message = format!("DHCP lease {ip} (until unix {expires_at})");
+                events::insert(&mut *tx, &NewEvent::note(node, None, EventKind::Dhcp, &message), now_ms).await?;
+            }
+        }
+        tx.commit().await?;
+        if new_nodes {
+            self.hosts_changed();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{grant, store, MAC};
+
+    #[tokio::test]
+    async fn lease_batches_create_nodes_and_move_addresses() {
+        let (s, _d) = store().await;
+        let mut hosts = s.watch_hosts();
+        hosts.mark_unchanged();
+        let other = MacAddr([2, 0, 0, 0, 0, 2]);
+        // An OS's DHCP client gets a lease but is no node; a PXE client becomes one.
+        s.commit_dhcp(&[grant(other, [10, 0, 0, 4], 400, false), grant(MAC, [10, 0, 0, 5], 500, true)], 1)
+            .await
+            .unwrap();
+        assert!(hosts.has_changed().unwrap(), "a new node reaches DHCP's view");
+        let node = s.node_by_mac(MAC).await.unwrap().unwrap();
+        assert_eq!((node.ip.as_deref(), node.arch.as_deref()), (Some("10.0.0.5"), Some("bios")));
+        assert!(s.node_by_mac(other).await.unwrap().is_none());
+        // The same MAC moving to a new address ends its old lease.
+        s.commit_dhcp(&[grant(MAC, [10, 0, 0, 6], 600, true)], 2).await.unwrap();
+        let active: Vec<_> = s.live_bindings(0).await.unwrap().into_iter().filter(|l| l.mac == MAC).collect();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].ip, Ipv4Addr::new(10, 0, 0, 6));
+        // Another MAC taking over an expired address replaces the row: never two leases per IP.
+        s.commit_dhcp(&[grant(other, [10, 0, 0, 6], 700, false)], 3).await.unwrap();
+        let on_6: Vec<_> = s.live_bindings(0).await.unwrap().into_iter().filter(|l| l.ip.octets()[3] == 6).collect();
+        assert_eq!(on_6.len(), 1);
+        assert_eq!(on_6[0].mac, other);
+        // A decline keeps the row, as a quarantine until `until`.
+        s.commit_dhcp(&[LeaseOp::Decline { mac: other, ip: Ipv4Addr::new(10, 0, 0, 6), until: 900 }], 4).await.unwrap();
+        let q = s.live_bindings(800).await.unwrap();
+        assert!(q.iter().any(|l| l.state == "declined" && l.expires_at == 900));
+        assert!(s.live_bindings(900).await.unwrap().iter().all(|l| l.state != "declined"));
+    }
+
+    #[test]
+    fn a_batch_coalesces_to_one_final_state_per_address_and_mac() {
+        let (a, b) = (MAC, MacAddr([2, 0, 0, 0, 0, 2]));
+        let ops = [
+            grant(a, [10, 0, 0, 1], 100, false),
+            grant(a, [10, 0, 0, 2], 200, false),
+            LeaseOp::Release { mac: a, ip: Ipv4Addr::new(10, 0, 0, 2) },
+            grant(b, [10, 0, 0, 2], 300, false),
+            LeaseOp::Decline { mac: b, ip: Ipv4Addr::new(10, 0, 0, 2), until: 900 },
+            grant(b, [10, 0, 0, 3], 400, false),
+        ];
+        let batch = LeaseBatch::coalesce(&ops);
+        assert_eq!(batch.granted_macs, vec![a, b]);
+        let states: Vec<_> =
+            batch.rows.iter().map(|r| (r.ip.octets()[3], r.mac, r.state.as_str(), r.expires_at)).collect();
+        assert_eq!(states, [(1, a, "released", 0), (2, b, "declined", 900), (3, b, "active", 400)]);
+    }
+
+    #[test]
+    fn chunks_are_powers_of_two_and_cover_everything() {
+        let items: Vec<u32> = (0..1100).collect();
+        let sizes: Vec<usize> = pow2_chunks(&items).map(<[u32]>::len).collect();
+        assert_eq!(sizes, [512, 512, 64, 8, 4]);
+        assert_eq!(pow2_chunks(&items[..0]).count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_a_mac_moving_twice_commits_cleanly() {
+        let (s, _d) = store().await;
+        let other = MacAddr([2, 0, 0, 0, 0, 2]);
+        s.commit_dhcp(&[grant(MAC, [10, 0, 0, 1], 500, false)], 1).await.unwrap();
+        let ops = [
+            grant(MAC, [10, 0, 0, 2], 600, false),
+            grant(MAC, [10, 0, 0, 3], 700, false),
+            grant(other, [10, 0, 0, 1], 800, false),
+        ];
+        s.commit_dhcp(&ops, 2).await.unwrap();
+        let mut live: Vec<_> =
+            s.live_bindings(0).await.unwrap().into_iter().map(|l| (l.ip.octets()[3], l.mac)).collect();
+        live.sort();
+        assert_eq!(live, [(1, other), (3, MAC)]);
+    }
+}

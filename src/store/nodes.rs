@@ -1,0 +1,604 @@
+//! The `nodes` table: identity, operator settings (profile, labels, hostname,
+//! reservation, maintenance) and the lifecycle state, moved only by [`move_state`].
+
+use super::boots;
+use super::events::{self, EventKind, NewEvent};
+use super::leases;
+use super::{corrupt, Backend, BootId, NodeId, Store, StoreError, Text, Tx};
+use crate::node::{MacAddr, NodeState};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub mac: MacAddr,
+    pub hostname: String,
+    pub ip: Option<String>,
+    pub profile: Option<String>,
+    pub state: NodeState,
+    pub state_since_ms: i64,
+    pub current_boot_id: Option<BootId>,
+    /// The stage-one agent's hardware report.
+    pub inventory: Option<serde_json::Value>,
+    pub labels: BTreeMap<String, String>,
+    /// Firmware architecture from the last DHCP request (`bios`, `efi-x64`, ...).
+    pub arch: Option<String>,
+    /// Consecutive failed boots (reset by a boot that reaches ready).
+    pub failures: i64,
+    pub maintenance_reason: Option<String>,
+    /// The address DHCP always gives this node (and nobody else).
+    pub reserved_ip: Option<String>,
+    /// The firmware's UUID from DHCP option 97 (SMBIOS byte order, as dmidecode prints it).
+    pub client_uuid: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Which nodes to list, and from where (keyset pagination by id).
+#[derive(Debug, Clone, Default)]
+pub struct NodeFilter {
+    pub state: Option<NodeState>,
+    pub profile: Option<String>,
+    pub label: Option<(String, String)>,
+    /// Only nodes with an id greater than this.
+    pub after: i64,
+    pub limit: i64,
+}
+
+/// An operator's change to one node, applied in one transaction by
+/// [`Store::update_node`]. Absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeChange {
+    /// The address DHCP always gives the node; `Some(None)` clears it.
+    pub reservation: Option<Option<Ipv4Addr>>,
+    /// With `reservation`: end another MAC's active lease on the address instead
+    /// of refusing.
+    pub take_over: bool,
+    pub hostname: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    /// The explicit profile; `Some(None)` clears the assignment.
+    pub profile: Option<Option<String>>,
+}
+
+/// The hostname a node gets until an operator names it.
+pub fn default_hostname(mac: MacAddr) -> String {
+    let b = mac.0;
+    format!("node-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+}
+
+fn node_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Node, StoreError> {
+    let mac: String = row.try_get("mac")?;
+    let inventory: Option<String> = row.try_get("inventory")?;
+    let labels: String = row.try_get("labels")?;
+    Ok(Node {
+        id: row.try_get("id")?,
+        mac: mac.parse().map_err(corrupt)?,
+        hostname: row.try_get("hostname")?,
+        ip: row.try_get("ip")?,
+        profile: row.try_get("profile")?,
+        state: row.try_get::<Text<_>, _>("state")?.0,
+        state_since_ms: row.try_get("state_since_ms")?,
+        current_boot_id: row.try_get("current_boot_id")?,
+        inventory: inventory.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
+        labels: serde_json::from_str(&labels).map_err(corrupt)?,
+        arch: row.try_get("arch")?,
+        failures: row.try_get("failures")?,
+        maintenance_reason: row.try_get("maintenance_reason")?,
+        reserved_ip: row.try_get("reserved_ip")?,
+        client_uuid: row.try_get("client_uuid")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+pub(super) async fn node_in(tx: &mut Tx<'_>, id: NodeId) -> Result<Node, StoreError> {
+    let row = sqlx::query("SELECT * FROM nodes WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
+    node_from_row(&row)
+}
+
+/// The node with `mac`, created as `discovered` if new; and whether it was created.
+pub(super) async fn upsert_node_created(
+    tx: &mut Tx<'_>,
+    mac: MacAddr,
+    now_ms: i64,
+) -> Result<(NodeId, bool), StoreError> {
+    let mac_s = mac.to_string();
+    if let Some(row) = sqlx::query("SELECT id FROM nodes WHERE mac = ?").bind(&mac_s).fetch_optional(&mut **tx).await? {
+        return Ok((row.try_get("id")?, false));
+    }
+    let id: NodeId = sqlx::query(
+        "INSERT INTO nodes (mac, hostname, state, state_since_ms, created_at_ms, updated_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&mac_s)
+    .bind(default_hostname(mac))
+    .bind(Text(NodeState::Discovered))
+    .bind(now_ms)
+    .bind(now_ms)
+    .bind(now_ms)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("id")?;
+    let message = format!("first seen ({mac})");
+    events::insert(&mut **tx, &NewEvent::moved(id, None, NodeState::Discovered, None, &message), now_ms).await?;
+    Ok((id, true))
+}
+
+/// Record what a DHCP grant says about the node with `mac`, if there is one.
+pub(super) async fn record_dhcp_facts(
+    tx: &mut Tx<'_>,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    arch: Option<&str>,
+    uuid: Option<&str>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE nodes SET ip = ?, arch = COALESCE(?, arch), client_uuid = COALESCE(?, client_uuid),
+             updated_at_ms = ?
+         WHERE mac = ?",
+    )
+    .bind(ip.to_string())
+    .bind(arch)
+    .bind(uuid)
+    .bind(now_ms)
+    .bind(mac.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Move `node` to `next` and record the move with the time spent in the old state.
+pub(super) async fn move_state(
+    tx: &mut Tx<'_>,
+    node: NodeId,
+    boot: Option<BootId>,
+    next: NodeState,
+    message: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let since: i64 = sqlx::query("SELECT state_since_ms FROM nodes WHERE id = ?")
+        .bind(node)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("state_since_ms")?;
+    sqlx::query("UPDATE nodes SET state = ?, state_since_ms = ?, updated_at_ms = ? WHERE id = ?")
+        .bind(Text(next))
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    let phase_ms = (now_ms - since).max(0);
+    events::insert(&mut **tx, &NewEvent::moved(node, boot, next, Some(phase_ms), message), now_ms).await
+}
+
+async fn assign_in(tx: &mut Tx<'_>, id: NodeId, profile: Option<&str>, now_ms: i64) -> Result<(), StoreError> {
+    let node = node_in(tx, id).await?;
+    sqlx::query("UPDATE nodes SET profile = ?, updated_at_ms = ? WHERE id = ?")
+        .bind(profile)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    let message = match profile {
+        Some(p) => format!("profile {p} assigned"),
+        None => "profile assignment cleared".to_string(),
+    };
+    match node.state {
+        NodeState::Discovered | NodeState::Assigned | NodeState::Failed | NodeState::Ready => {
+            let next = if profile.is_some() { NodeState::Assigned } else { NodeState::Discovered };
+            move_state(tx, id, None, next, &message, now_ms).await?;
+        }
+        // Mid-boot or in maintenance: the change applies to the next boot.
+        _ => {
+            let message = format!("{message}; applies to the next boot");
+            events::insert(&mut **tx, &NewEvent::note(id, None, EventKind::Info, &message), now_ms).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reserve `ip` for the node (`None` clears); the rules are [`Store::set_reservation`]'s.
+async fn reserve_in(
+    tx: &mut Tx<'_>,
+    node: &Node,
+    ip: Option<Ipv4Addr>,
+    take_over: bool,
+    now: u64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    if let Some(ip) = ip {
+        if let Some(row) = sqlx::query("SELECT id FROM nodes WHERE reserved_ip = ? AND id <> ?")
+            .bind(ip.to_string())
+            .bind(node.id)
+            .fetch_optional(&mut **tx)
+            .await?
+        {
+            return Err(StoreError::ReservedElsewhere { ip, node: row.try_get("id")? });
+        }
+        if let Some(holder) = leases::holder_other_than(tx, ip, &node.mac.to_string(), now).await? {
+            if !take_over {
+                return Err(StoreError::LeasedElsewhere { ip, mac: holder });
+            }
+            leases::release_ip(tx, ip, now_ms).await?;
+        }
+    }
+    sqlx::query("UPDATE nodes SET reserved_ip = ?, updated_at_ms = ? WHERE id = ?")
+        .bind(ip.map(|ip| ip.to_string()))
+        .bind(now_ms)
+        .bind(node.id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Every node as DHCP sees it: MAC, reservation, hostname.
+    pub async fn dhcp_hosts(&self) -> Result<Vec<(MacAddr, Option<Ipv4Addr>, String)>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query("SELECT mac, reserved_ip, hostname FROM nodes").fetch_all(pool).await?;
+        rows.iter()
+            .map(|row| {
+                let mac: String = row.try_get("mac")?;
+                let ip: Option<String> = row.try_get("reserved_ip")?;
+                Ok((
+                    mac.parse().map_err(corrupt)?,
+                    ip.map(|ip| ip.parse()).transpose().map_err(corrupt)?,
+                    row.try_get("hostname")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Reserve `ip` for node `id` (`None` clears). Refused while another MAC holds
+    /// an active lease on it, unless `take_over`: moving an address between MACs is
+    /// an explicit operator action, and ends that lease.
+    pub async fn set_reservation(
+        &self,
+        id: NodeId,
+        ip: Option<Ipv4Addr>,
+        take_over: bool,
+        now: u64,
+        now_ms: i64,
+    ) -> Result<Node, StoreError> {
+        let change = NodeChange { reservation: Some(ip), take_over, ..NodeChange::default() };
+        self.apply_change(id, &change, now, now_ms).await
+    }
+
+    /// Apply an operator's change (reservation, hostname, labels, profile, in that
+    /// order) in one transaction: either all of it is stored or none.
+    pub async fn update_node(&self, id: NodeId, change: &NodeChange, now_ms: i64) -> Result<Node, StoreError> {
+        // Leases expire on the DHCP core's clock, Unix seconds.
+        let now = u64::try_from(now_ms / 1000).unwrap_or(0);
+        self.apply_change(id, change, now, now_ms).await
+    }
+
+    /// [`Store::update_node`] with the lease clock given apart (`now`, Unix seconds).
+    async fn apply_change(&self, id: NodeId, change: &NodeChange, now: u64, now_ms: i64) -> Result<Node, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let node = node_in(&mut tx, id).await?;
+        if let Some(ip) = change.reservation {
+            reserve_in(&mut tx, &node, ip, change.take_over, now, now_ms).await?;
+        }
+        if let Some(hostname) = &change.hostname {
+            sqlx::query("UPDATE nodes SET hostname = ?, updated_at_ms = ? WHERE id = ?")
+                .bind(hostname)
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(labels) = &change.labels {
+            let labels = serde_json::to_string(labels).map_err(corrupt)?;
+            sqlx::query("UPDATE nodes SET labels = ?, updated_at_ms = ? WHERE id = ?")
+                .bind(&labels)
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let message = format!("labels set to {labels}");
+            events::insert(&mut *tx, &NewEvent::note(id, None, EventKind::Info, &message), now_ms).await?;
+        }
+        if let Some(profile) = &change.profile {
+            assign_in(&mut tx, id, profile.as_deref(), now_ms).await?;
+        }
+        tx.commit().await?;
+        if change.reservation.is_some() || change.hostname.is_some() {
+            self.hosts_changed();
+        }
+        self.node(id).await
+    }
+
+    /// The node with this MAC, created as `discovered` if it is new.
+    pub async fn ensure_node(&self, mac: MacAddr, now_ms: i64) -> Result<Node, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (id, created) = upsert_node_created(&mut tx, mac, now_ms).await?;
+        tx.commit().await?;
+        if created {
+            self.hosts_changed();
+        }
+        self.node(id).await
+    }
+
+    pub async fn node(&self, id: NodeId) -> Result<Node, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let row = sqlx::query("SELECT * FROM nodes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
+        node_from_row(&row)
+    }
+
+    pub async fn node_by_mac(&self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let row = sqlx::query("SELECT * FROM nodes WHERE mac = ?").bind(mac.to_string()).fetch_optional(pool).await?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query("SELECT * FROM nodes ORDER BY id").fetch_all(pool).await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    pub async fn set_inventory(
+        &self,
+        id: NodeId,
+        inventory: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        sqlx::query("UPDATE nodes SET inventory = ?, updated_at_ms = ? WHERE id = ?")
+            .bind(inventory.to_string())
+            .bind(now_ms)
+            .bind(id)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn list_nodes(&self, f: &NodeFilter) -> Result<Vec<Node>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut sql = String::from("SELECT * FROM nodes WHERE id > ?");
+        if f.state.is_some() {
+            sql.push_str(" AND state = ?");
+        }
+        if f.profile.is_some() {
+            sql.push_str(" AND profile = ?");
+        }
+        if f.label.is_some() {
+            sql.push_str(" AND json_extract(labels, '$.' || json_quote(?)) = ?");
+        }
+        sql.push_str(" ORDER BY id LIMIT ?");
+        let mut q = sqlx::query(&sql).bind(f.after);
+        if let Some(state) = f.state {
+            q = q.bind(Text(state));
+        }
+        if let Some(profile) = &f.profile {
+            q = q.bind(profile);
+        }
+        if let Some((k, v)) = &f.label {
+            q = q.bind(k).bind(v);
+        }
+        let rows = q.bind(f.limit).fetch_all(pool).await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    /// Register a node an operator knows about before it ever boots.
+    pub async fn create_node(
+        &self,
+        mac: MacAddr,
+        hostname: Option<&str>,
+        profile: Option<&str>,
+        labels: &BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> Result<Node, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (id, created) = upsert_node_created(&mut tx, mac, now_ms).await?;
+        if !created {
+            return Err(StoreError::DuplicateMac(mac));
+        }
+        sqlx::query("UPDATE nodes SET hostname = COALESCE(?, hostname), labels = ? WHERE id = ?")
+            .bind(hostname)
+            .bind(serde_json::to_string(labels).map_err(corrupt)?)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(profile) = profile {
+            assign_in(&mut tx, id, Some(profile), now_ms).await?;
+        }
+        tx.commit().await?;
+        self.hosts_changed();
+        self.node(id).await
+    }
+
+    /// Set (or clear) a node's explicit profile. A node between boots becomes
+    /// `assigned` (or `discovered` when cleared); a node mid-boot keeps its pinned
+    /// image and gets the new profile on its next boot.
+    pub async fn assign(&self, id: NodeId, profile: Option<&str>, now_ms: i64) -> Result<Node, StoreError> {
+        let change = NodeChange { profile: Some(profile.map(str::to_string)), ..NodeChange::default() };
+        self.update_node(id, &change, now_ms).await
+    }
+
+    pub async fn set_labels(
+        &self,
+        id: NodeId,
+        labels: &BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> Result<Node, StoreError> {
+        let change = NodeChange { labels: Some(labels.clone()), ..NodeChange::default() };
+        self.update_node(id, &change, now_ms).await
+    }
+
+    pub async fn set_hostname(&self, id: NodeId, hostname: &str, now_ms: i64) -> Result<Node, StoreError> {
+        let change = NodeChange { hostname: Some(hostname.to_string()), ..NodeChange::default() };
+        self.update_node(id, &change, now_ms).await
+    }
+
+    /// Forget a node, its boots and events. Its lease stays until it expires: the
+    /// address may still be in use.
+    pub async fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let done = sqlx::query("DELETE FROM nodes WHERE id = ?").bind(id).execute(pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchNode(id.to_string()));
+        }
+        self.hosts_changed();
+        Ok(())
+    }
+
+    /// The next boot loads afresh: any boot in progress is superseded, the failure
+    /// count is cleared, and the node waits for its next PXE boot.
+    pub async fn reprovision(&self, id: NodeId, now_ms: i64) -> Result<Node, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let node = node_in(&mut tx, id).await?;
+        boots::supersede_boots(&mut tx, id, now_ms).await?;
+        sqlx::query("UPDATE nodes SET failures = 0, current_boot_id = NULL, maintenance_reason = NULL WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let next = if node.profile.is_some() { NodeState::Assigned } else { NodeState::Discovered };
+        move_state(&mut tx, id, None, next, "reprovision requested: the next boot loads afresh", now_ms).await?;
+        tx.commit().await?;
+        self.node(id).await
+    }
+
+    /// Put a node in maintenance (it is told not to boot), or take it out.
+    pub async fn set_maintenance(&self, id: NodeId, reason: Option<&str>, now_ms: i64) -> Result<Node, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let node = node_in(&mut tx, id).await?;
+        match reason {
+            Some(reason) => {
+                sqlx::query("UPDATE nodes SET maintenance_reason = ? WHERE id = ?")
+                    .bind(reason)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                if node.state != NodeState::Maintenance {
+                    move_state(
+                        &mut tx,
+                        id,
+                        node.current_boot_id,
+                        NodeState::Maintenance,
+                        &format!("maintenance: {reason}"),
+                        now_ms,
+                    )
+                    .await?;
+                }
+            }
+            None => {
+                sqlx::query("UPDATE nodes SET maintenance_reason = NULL, failures = 0 WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                if node.state == NodeState::Maintenance {
+                    let next = if node.profile.is_some() { NodeState::Assigned } else { NodeState::Discovered };
+                    move_state(&mut tx, id, None, next, "maintenance ended", now_ms).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        self.node(id).await
+    }
+
+    /// Nodes in `state` since before `before_ms`, with a current boot.
+    pub async fn nodes_in_state_since(&self, state: NodeState, before_ms: i64) -> Result<Vec<Node>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows =
+            sqlx::query("SELECT * FROM nodes WHERE state = ? AND state_since_ms < ? AND current_boot_id IS NOT NULL")
+                .bind(Text(state))
+                .bind(before_ms)
+                .fetch_all(pool)
+                .await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    pub async fn count_by_state(&self) -> Result<BTreeMap<NodeState, i64>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM nodes GROUP BY state").fetch_all(pool).await?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            out.insert(row.try_get::<Text<_>, _>("state")?.0, row.try_get("n")?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{grant, store, MAC};
+
+    #[tokio::test]
+    async fn reservations_are_unique_and_take_over_is_explicit() {
+        let (s, _d) = store().await;
+        let a = s.ensure_node(MAC, 1).await.unwrap();
+        let b = s.ensure_node(MacAddr([2, 0, 0, 0, 0, 2]), 1).await.unwrap();
+        let ip = Ipv4Addr::new(10, 0, 0, 9);
+        s.commit_dhcp(&[grant(b.mac, [10, 0, 0, 9], 5000, true)], 2).await.unwrap();
+        let err = s.set_reservation(a.id, Some(ip), false, 100, 3).await.unwrap_err();
+        assert!(matches!(err, StoreError::LeasedElsewhere { .. }), "{err}");
+        let node = s.set_reservation(a.id, Some(ip), true, 100, 3).await.unwrap();
+        assert_eq!(node.reserved_ip.as_deref(), Some("10.0.0.9"));
+        assert!(s.live_bindings(100).await.unwrap().iter().all(|l| l.ip != ip), "b's lease ended");
+        let err = s.set_reservation(b.id, Some(ip), true, 100, 4).await.unwrap_err();
+        assert!(matches!(err, StoreError::ReservedElsewhere { .. }), "{err}");
+        let hosts = s.dhcp_hosts().await.unwrap();
+        assert!(hosts.contains(&(MAC, Some(ip), a.hostname.clone())));
+        s.set_reservation(a.id, None, false, 100, 5).await.unwrap();
+        assert_eq!(s.node(a.id).await.unwrap().reserved_ip, None);
+    }
+
+    #[tokio::test]
+    async fn a_node_change_is_all_or_nothing_and_keeps_the_event_order() {
+        let (s, _d) = store().await;
+        let a = s.ensure_node(MAC, 1).await.unwrap();
+        let b = s.ensure_node(MacAddr([2, 0, 0, 0, 0, 2]), 1).await.unwrap();
+        let ip = Ipv4Addr::new(10, 0, 0, 9);
+        s.set_reservation(b.id, Some(ip), false, 100, 2).await.unwrap();
+        let mut hosts = s.watch_hosts();
+        hosts.mark_unchanged();
+        let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
+        let mut change = NodeChange {
+            reservation: Some(Some(ip)),
+            hostname: Some("web-1".into()),
+            labels: Some(labels.clone()),
+            profile: Some(Some("tiny".into())),
+            ..NodeChange::default()
+        };
+        // The reservation is refused: nothing else of the change is stored either.
+        let err = s.update_node(a.id, &change, 3).await.unwrap_err();
+        assert!(matches!(err, StoreError::ReservedElsewhere { .. }), "{err}");
+        let unchanged = s.node(a.id).await.unwrap();
+        assert_eq!((unchanged.hostname.as_str(), unchanged.profile.as_deref()), (a.hostname.as_str(), None));
+        assert!(!hosts.has_changed().unwrap());
+
+        change.reservation = Some(Some(Ipv4Addr::new(10, 0, 0, 10)));
+        let node = s.update_node(a.id, &change, 4).await.unwrap();
+        assert_eq!(node.hostname, "web-1");
+        assert_eq!(node.labels, labels);
+        assert_eq!((node.profile.as_deref(), node.state), (Some("tiny"), NodeState::Assigned));
+        assert_eq!(node.reserved_ip.as_deref(), Some("10.0.0.10"));
+        assert!(hosts.has_changed().unwrap(), "hostname and reservation reach DHCP's view");
+        let events = s.events(a.id, 0, 100).await.unwrap();
+        let tail: Vec<_> = events.iter().rev().take(2).rev().map(|e| (e.kind, e.message.as_str())).collect();
+        assert_eq!(
+            tail,
+            [(EventKind::Info, r#"labels set to {"rack":"r1"}"#), (EventKind::State, "profile tiny assigned")]
+        );
+    }
+}

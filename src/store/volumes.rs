@@ -1,0 +1,202 @@
+//! The `volumes` table (iSCSI VM disks and their attachment to nodes as LUNs), and
+//! each node's CHAP secret (a `nodes` column only iSCSI reads).
+
+use super::events::{self, EventKind, NewEvent};
+use super::nodes::node_in;
+use super::{corrupt, Backend, NodeId, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+/// A VM disk on the iSCSI target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: i64,
+    pub name: String,
+    pub size_bytes: u64,
+    /// The node it is exported to, as `lun`.
+    pub node_id: Option<NodeId>,
+    pub lun: Option<u32>,
+    pub created_at_ms: i64,
+}
+
+fn volume_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Volume, StoreError> {
+    let size: i64 = row.try_get("size_bytes")?;
+    let lun: Option<i64> = row.try_get("lun")?;
+    Ok(Volume {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        size_bytes: u64::try_from(size).map_err(corrupt)?,
+        node_id: row.try_get("node_id")?,
+        lun: lun.map(u32::try_from).transpose().map_err(corrupt)?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+impl Store {
+    pub async fn volumes(&self) -> Result<Vec<Volume>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query("SELECT * FROM volumes ORDER BY name").fetch_all(pool).await?;
+        rows.iter().map(volume_from_row).collect()
+    }
+
+    pub async fn volume(&self, name: &str) -> Result<Volume, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let row = sqlx::query("SELECT * FROM volumes WHERE name = ?")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchVolume(name.to_string()))?;
+        volume_from_row(&row)
+    }
+
+    pub async fn node_volumes(&self, node: NodeId) -> Result<Vec<Volume>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows =
+            sqlx::query("SELECT * FROM volumes WHERE node_id = ? ORDER BY lun").bind(node).fetch_all(pool).await?;
+        rows.iter().map(volume_from_row).collect()
+    }
+
+    /// Nodes that have at least one volume attached.
+    pub async fn nodes_with_volumes(&self) -> Result<Vec<NodeId>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query("SELECT DISTINCT node_id FROM volumes WHERE node_id IS NOT NULL ORDER BY node_id")
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(|r| r.try_get("node_id").map_err(StoreError::from)).collect()
+    }
+
+    pub async fn create_volume(&self, name: &str, size_bytes: u64, now_ms: i64) -> Result<Volume, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let result = sqlx::query("INSERT INTO volumes (name, size_bytes, created_at_ms) VALUES (?, ?, ?)")
+            .bind(name)
+            .bind(i64::try_from(size_bytes).map_err(corrupt)?)
+            .bind(now_ms)
+            .execute(pool)
+            .await;
+        match result {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::DuplicateVolume(name.to_string()))
+            }
+            other => other.map_err(StoreError::from)?,
+        };
+        self.volume(name).await
+    }
+
+    /// Attach a volume to a node as its next free LUN (from 1). Idempotent for the
+    /// same node; a volume attached elsewhere must be detached first.
+    pub async fn attach_volume(&self, name: &str, node: NodeId, now_ms: i64) -> Result<Volume, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let vol = sqlx::query("SELECT * FROM volumes WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchVolume(name.to_string()))?;
+        let vol = volume_from_row(&vol)?;
+        match vol.node_id {
+            Some(n) if n == node => return Ok(vol),
+            Some(other) => return Err(StoreError::VolumeAttached { volume: name.to_string(), node: other }),
+            None => {}
+        }
+        node_in(&mut tx, node).await?;
+        let lun: i64 = sqlx::query("SELECT COALESCE(MAX(lun), 0) + 1 AS lun FROM volumes WHERE node_id = ?")
+            .bind(node)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("lun")?;
+        sqlx::query("UPDATE volumes SET node_id = ?, lun = ? WHERE id = ?")
+            .bind(node)
+            .bind(lun)
+            .bind(vol.id)
+            .execute(&mut *tx)
+            .await?;
+        let message = format!("volume {name} attached as LUN {lun}");
+        events::insert(&mut *tx, &NewEvent::note(node, None, EventKind::Info, &message), now_ms).await?;
+        tx.commit().await?;
+        self.volume(name).await
+    }
+
+    /// Detach a volume; returns the node it was attached to.
+    pub async fn detach_volume(&self, name: &str, now_ms: i64) -> Result<Option<NodeId>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let vol = self.volume(name).await?;
+        sqlx::query("UPDATE volumes SET node_id = NULL, lun = NULL WHERE id = ?").bind(vol.id).execute(pool).await?;
+        if let Some(node) = vol.node_id {
+            self.add_event(node, None, EventKind::Info, &format!("volume {name} detached"), now_ms).await?;
+        }
+        Ok(vol.node_id)
+    }
+
+    pub async fn set_volume_size(&self, name: &str, size_bytes: u64, now_ms: i64) -> Result<Volume, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let vol = self.volume(name).await?;
+        sqlx::query("UPDATE volumes SET size_bytes = ? WHERE id = ?")
+            .bind(i64::try_from(size_bytes).map_err(corrupt)?)
+            .bind(vol.id)
+            .execute(pool)
+            .await?;
+        if let Some(node) = vol.node_id {
+            let note = format!("volume {name} grown to {}", ramboot_proto::human_bytes(size_bytes));
+            self.add_event(node, None, EventKind::Info, &note, now_ms).await?;
+        }
+        self.volume(name).await
+    }
+
+    pub async fn delete_volume(&self, name: &str) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let vol = self.volume(name).await?;
+        if let Some(node) = vol.node_id {
+            return Err(StoreError::VolumeAttached { volume: name.to_string(), node });
+        }
+        sqlx::query("DELETE FROM volumes WHERE id = ?").bind(vol.id).execute(pool).await?;
+        Ok(())
+    }
+
+    /// The node's CHAP secret, generated (and stored) on first use. If `generate`
+    /// fails, its error is returned and nothing is stored: a secret is stored once
+    /// and kept for good, so it must never be a fallback value.
+    pub async fn chap_secret<E: From<StoreError>>(
+        &self,
+        node: NodeId,
+        generate: impl FnOnce() -> Result<String, E>,
+    ) -> Result<String, E> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
+        let row = sqlx::query("SELECT chap_secret FROM nodes WHERE id = ?")
+            .bind(node)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| StoreError::NoSuchNode(node.to_string()))?;
+        if let Some(secret) = row.try_get::<Option<String>, _>("chap_secret").map_err(StoreError::from)? {
+            return Ok(secret);
+        }
+        let secret = generate()?;
+        sqlx::query("UPDATE nodes SET chap_secret = ? WHERE id = ?")
+            .bind(&secret)
+            .bind(node)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::testing::{store, MAC};
+    use crate::store::StoreError;
+
+    #[tokio::test]
+    async fn a_failed_secret_source_stores_nothing() {
+        let (s, _d) = store().await;
+        let node = s.ensure_node(MAC, 0).await.unwrap();
+        let err = s.chap_secret(node.id, || Err(StoreError::Corrupt("no randomness".into()))).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        let first = s.chap_secret(node.id, || Ok::<_, StoreError>("abcdefghijkl".into())).await.unwrap();
+        assert_eq!(first, "abcdefghijkl", "the failed attempt left no secret behind");
+        let again = s.chap_secret(node.id, || Ok::<_, StoreError>("other".into())).await.unwrap();
+        assert_eq!(again, first, "kept for good once stored");
+    }
+}
