@@ -13,13 +13,13 @@
 
 mod common;
 
-use common::netns::{
-    assert_no_errors_or_naks, events, first_existing, ip_in, leases_of, logs_context, read_lossy, skip_reason,
-    store_leases, tail, tool, udp_counters, veth, wait_event, wait_for, write_executable, Dhclient, Lab, Ramboot,
-    DHCLIENT,
-};
+use common::netns::{assert_no_errors_or_naks, leases_of, store_leases, Dhclient, Ramboot, ServeInLab, DHCLIENT};
 use nix::sys::signal::{kill, Signal};
 use ramboot::store::{Lease, Store};
+use ramboot_lab::harness::{
+    events, first_existing, ip_in, logs_context, read_lossy, skip_reason, tail, tool, udp_counters, veth, wait_event,
+    wait_for, write_executable, Lab,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::ops::{Deref, DerefMut};

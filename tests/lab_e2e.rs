@@ -1,7 +1,8 @@
 //! End to end: a QEMU VM (SeaBIOS + the e1000 iPXE ROM) PXE-boots through ramboot's
 //! own DHCP and HTTP into stage one, loads the tiny image into RAM and reports ready.
-//! The node's final state and events are read back over the admin API by `ramboot
-//! lab --report`, and asserted here.
+//! The node's final state and events are read back over the admin API by
+//! `ramboot-lab --report`, and asserted here. `ramboot-lab` is the lab crate's
+//! binary, built (with cargo, once) by `ramboot_lab::bins`.
 //!
 //! Needs root (namespaces, tap, port 67) and QEMU. CI runs as root and installs QEMU
 //! (`.ci/run`); elsewhere the test skips with a message when either is missing.
@@ -30,6 +31,11 @@ fn skip_reason() -> Option<&'static str> {
     None
 }
 
+/// `ramboot-lab`, built from this checkout.
+fn ramboot_lab() -> Command {
+    Command::new(&ramboot_lab::bins::workspace().unwrap_or_else(|e| panic!("building ramboot-lab: {e}")).lab)
+}
+
 fn lab_dir() -> PathBuf {
     // Kept between runs so the kernel download and image builds are cached.
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-e2e")
@@ -45,14 +51,14 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report.json");
     let _ = std::fs::remove_file(&report);
-    let status = Command::new(env!("CARGO_BIN_EXE_ramboot"))
-        .args(["lab", "--once", "--timeout", "300", "--profile", "tiny", "--dir"])
+    let status = ramboot_lab()
+        .args(["--once", "--timeout", "300", "--profile", "tiny", "--dir"])
         .arg(&dir)
         .arg("--report")
         .arg(&report)
         .status()
-        .expect("running ramboot lab");
-    assert!(status.success(), "ramboot lab failed ({status}); see {}/console.log and server.log", dir.display());
+        .expect("running ramboot-lab");
+    assert!(status.success(), "ramboot-lab failed ({status}); see {}/console.log and server.log", dir.display());
 
     let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let node = &detail["node"];
@@ -103,14 +109,14 @@ fn live_profile_edits_never_break_a_boot_and_apply_to_the_next() {
     let dir = lab_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report-live-edit.json");
-    let mut lab = Command::new(env!("CARGO_BIN_EXE_ramboot"))
-        .args(["lab", "--once", "--boots", "2", "--timeout", "300", "--profile", "tiny", "--dir"])
+    let mut lab = ramboot_lab()
+        .args(["--once", "--boots", "2", "--timeout", "300", "--profile", "tiny", "--dir"])
         .arg(&dir)
         .arg("--report")
         .arg(&report)
         .stdout(Stdio::piped())
         .spawn()
-        .expect("running ramboot lab");
+        .expect("running ramboot-lab");
     let profile = dir.join("profiles/tiny.yaml");
     let server_log = dir.join("server.err");
     let mut edited = false;
@@ -137,7 +143,7 @@ fn live_profile_edits_never_break_a_boot_and_apply_to_the_next() {
     }
     let status = lab.wait().unwrap();
     assert!(edited, "the lab served a boot script");
-    assert!(status.success(), "ramboot lab failed ({status}); see {}/console.log and server.err", dir.display());
+    assert!(status.success(), "ramboot-lab failed ({status}); see {}/console.log and server.err", dir.display());
 
     let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let events = detail["events"].as_array().unwrap();
@@ -174,14 +180,14 @@ fn qemu_uefi_node_pxe_boots_into_ram() {
     let dir = lab_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report-uefi.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_ramboot"))
-        .args(["lab", "--once", "--uefi", "--timeout", "300", "--profile", "tiny", "--dir"])
+    let status = ramboot_lab()
+        .args(["--once", "--uefi", "--timeout", "300", "--profile", "tiny", "--dir"])
         .arg(&dir)
         .arg("--report")
         .arg(&report)
         .status()
-        .expect("running ramboot lab");
-    assert!(status.success(), "ramboot lab --uefi failed ({status}); see {}/console.log", dir.display());
+        .expect("running ramboot-lab");
+    assert!(status.success(), "ramboot-lab --uefi failed ({status}); see {}/console.log", dir.display());
     let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(detail["node"]["state"], "ready", "{detail:#}");
     assert_eq!(detail["node"]["arch"], "efi-x64", "DHCP saw UEFI x64 (option 93)");
@@ -202,8 +208,8 @@ fn vm_data_on_iscsi_survives_a_hypervisor_crash() {
     std::fs::create_dir_all(&profiles).unwrap();
     std::fs::write(profiles.join("crash.yaml"), CRASH_PROFILE).unwrap();
     let report = dir.join("report-crash.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_ramboot"))
-        .args(["lab", "--once", "--iscsi", "--crash", "--boots", "2", "--memory-mb", "1024", "--timeout", "400"])
+    let status = ramboot_lab()
+        .args(["--once", "--iscsi", "--crash", "--boots", "2", "--memory-mb", "1024", "--timeout", "400"])
         .args(["--profile", "crash", "--profiles"])
         .arg(&profiles)
         .arg("--dir")
@@ -211,8 +217,8 @@ fn vm_data_on_iscsi_survives_a_hypervisor_crash() {
         .arg("--report")
         .arg(&report)
         .status()
-        .expect("running ramboot lab");
-    assert!(status.success(), "ramboot lab failed ({status}); see {}/console.log", dir.display());
+        .expect("running ramboot-lab");
+    assert!(status.success(), "ramboot-lab failed ({status}); see {}/console.log", dir.display());
     let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let messages: Vec<&str> =
         detail["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();

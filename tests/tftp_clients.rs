@@ -10,9 +10,9 @@
 
 mod common;
 
-use common::netns::{log_text, logs_context, tail, tool, wait_for};
-use common::pcap::{capture, percent_decode, read_pcap, Packet};
-use common::vm::{lab_with_bridge, spawn_pxe_vm, DNSMASQ};
+use common::netns::ServeInLab;
+use ramboot_lab::harness::{lab_with_bridge, log_text, logs_context, spawn_pxe_vm, tail, tool, wait_for, DNSMASQ};
+use ramboot_lab::pcap::{capture, percent_decode, read_pcap, Packet};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;

@@ -4,9 +4,9 @@
 //! The simulator acts as a DHCP relay (giaddr = its own address), so one socket on
 //! port 67 serves thousands of MACs and the server's replies come back unicast.
 
-use crate::node::MacAddr;
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, Opcode, OptionCode, UnknownOption};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use ramboot::node::MacAddr;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
@@ -230,7 +230,7 @@ impl Drop for Unregister<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dhcp::classify::{classify, Firmware};
+    use ramboot::dhcp::classify::{classify, Firmware};
 
     fn client() -> Client {
         Client { mac: MacAddr([2, 0x5a, 0, 0, 0, 7]), arch: 7, uuid: [9; 16] }
