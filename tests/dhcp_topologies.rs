@@ -437,15 +437,11 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     let context = || logs_context(25, &logs);
     // Until ramboot serves the script for this MAC (the handler's span names it).
     let served = format!("boot{{mac={VM_MAC}}}");
-    wait_for(
+    topo.wait_alive(
+        qemu,
         Duration::from_secs(75),
         "ramboot to serve /boot.ipxe for the VM",
-        || {
-            if let Some(status) = topo.try_wait(qemu) {
-                panic!("QEMU exited early ({status})\n{}", context());
-            }
-            log_text(&ramboot_log).contains(&served).then_some(())
-        },
+        || log_text(&ramboot_log).contains(&served).then_some(()),
         context,
     );
     let boot_time = vm_started.elapsed();

@@ -9,9 +9,10 @@
 
 mod common;
 
+use ramboot_lab::harness;
 use serde_json::Value;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,15 +21,9 @@ use std::time::{Duration, Instant};
 /// tests share one lab directory (its image cache).
 static ONE_LAB: Mutex<()> = Mutex::new(());
 
-fn skip_reason() -> Option<&'static str> {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    if !root {
-        return Some("not root (network namespaces and DHCP port 67 need it)");
-    }
-    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
-        return Some("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
-    }
-    None
+/// Why the lab cannot run here (not root, no `ip` or no QEMU), if it cannot.
+fn skip_reason() -> Option<String> {
+    harness::skip_reason(&[("qemu-system-x86_64 (apt-get install qemu-system-x86)", harness::QEMU)])
 }
 
 /// `ramboot-lab`, built from this checkout.
@@ -43,7 +38,7 @@ fn lab_dir() -> PathBuf {
 
 #[test]
 fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
-    if common::skipped("qemu_node_pxe_boots_into_ram_and_reports_ready", skip_reason()) {
+    if common::skipped("qemu_node_pxe_boots_into_ram_and_reports_ready", skip_reason().as_deref()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
@@ -102,7 +97,7 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
 /// fixed, changed one; the lab then resets the VM for boot 2.
 #[test]
 fn live_profile_edits_never_break_a_boot_and_apply_to_the_next() {
-    if common::skipped("live_profile_edits_never_break_a_boot_and_apply_to_the_next", skip_reason()) {
+    if common::skipped("live_profile_edits_never_break_a_boot_and_apply_to_the_next", skip_reason().as_deref()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
@@ -173,7 +168,7 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// UEFI: OVMF with QEMU's efi-e1000 iPXE ROM (option 93 = 7) boots the same way.
 #[test]
 fn qemu_uefi_node_pxe_boots_into_ram() {
-    if common::skipped("qemu_uefi_node_pxe_boots_into_ram", skip_reason()) {
+    if common::skipped("qemu_uefi_node_pxe_boots_into_ram", skip_reason().as_deref()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,7 +193,7 @@ fn qemu_uefi_node_pxe_boots_into_ram() {
 /// node PXE-boots again, logs in again on its own, and reads the file back intact.
 #[test]
 fn vm_data_on_iscsi_survives_a_hypervisor_crash() {
-    if common::skipped("vm_data_on_iscsi_survives_a_hypervisor_crash", skip_reason()) {
+    if common::skipped("vm_data_on_iscsi_survives_a_hypervisor_crash", skip_reason().as_deref()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());

@@ -250,17 +250,28 @@ impl Lab {
     /// with the log if the process exits first.
     pub fn wait_ready(&mut self, idx: usize, log: &Path, timeout: Duration, what: &str, ready: impl Fn(&str) -> bool) {
         let name = self.child(idx).name().to_string();
-        wait_for(
-            timeout,
-            &format!("{name} to log {what}"),
-            || {
-                if let Some(status) = self.try_wait(idx) {
-                    panic!("{name} exited early ({status}):\n{}", log_text(log));
-                }
-                ready(&read_lossy(log)).then_some(())
-            },
-            || log_text(log),
-        );
+        let what = format!("{name} to log {what}");
+        self.wait_alive(idx, timeout, &what, || ready(&read_lossy(log)).then_some(()), || log_text(log));
+    }
+
+    /// [`wait_for`] `f` while process `idx` runs: panics with `context` if it exits
+    /// first (a VM that gave up, a server that died).
+    pub fn wait_alive<T>(
+        &mut self,
+        idx: usize,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut() -> Option<T>,
+        context: impl Fn() -> String,
+    ) -> T {
+        let name = self.child(idx).name().to_string();
+        let alive = || {
+            if let Some(status) = self.try_wait(idx) {
+                panic!("{name} exited early ({status}):\n{}", context());
+            }
+            f()
+        };
+        wait_for(timeout, what, alive, &context)
     }
 
     /// Start a process (no extra environment) and wait until its log contains every
