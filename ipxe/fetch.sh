@@ -5,7 +5,7 @@
 #   undionly.kpxe  BIOS PXE ROMs chainload it (DHCP arch 0)
 #   ipxe.efi       UEFI x64 (arch 7/9), with its own NIC drivers
 #   snponly.efi    UEFI x64 using the firmware's SNP driver
-# The binaries are not committed: run this on the server (ramboot lab does).
+# The binaries are not committed: run this on the server (ramboot-lab does).
 set -euo pipefail
 dest=${1:-$(dirname "$0")}
 src=/usr/lib/ipxe

@@ -360,7 +360,7 @@ fn dhcp_from_wire(d: WireDhcp, interface: &str) -> Result<DhcpConfig, String> {
         }
         let domain = w.domain.clone().or_else(|| defaults.domain.clone());
         if let Some(domain) = &domain {
-            if domain.is_empty() || domain.len() > 253 || !domain.split('.').all(crate::node::valid_hostname) {
+            if domain.is_empty() || domain.len() > 253 || !domain.split('.').all(ramboot_core::node::valid_hostname) {
                 return Err(format!("{at}: domain {domain:?} is not a valid DNS name"));
             }
         }

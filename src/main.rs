@@ -1,8 +1,9 @@
-//! The `ramboot` command: server, image builder, lab and operator CLI in one binary.
+//! The `ramboot` command: server, image builder and operator CLI in one binary. The
+//! lab and the fleet simulator are tools of their own (`ramboot-lab`, `ramboot-sim`).
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use ramboot::{cli, config::Config, images, lab, profiles};
+use ramboot::{cli, config::Config, images, profiles};
 use ramboot_api::Event;
 use ramboot_proto::human_bytes;
 use serde_json::json;
@@ -28,11 +29,6 @@ enum Cmd {
         #[command(subcommand)]
         command: ImageCmd,
     },
-    /// Boot a QEMU VM through ramboot inside a private network namespace.
-    Lab(lab::LabOptions),
-    /// Simulate a fleet of nodes netbooting at once against a running server (a boot
-    /// storm), over real DHCP (as a relay), TFTP and HTTP; report per-phase latency.
-    Sim(ramboot::sim::SimOptions),
     /// Manage nodes through a running server's admin API.
     Nodes {
         #[command(flatten)]
@@ -106,7 +102,8 @@ enum ImageCmd {
         recipes: PathBuf,
         #[arg(long, default_value = ".cache/images")]
         cache: PathBuf,
-        /// Static agent binary for stage-one recipes (built with cargo if omitted).
+        /// Static agent binary for stage-one recipes (default: a `ramboot-agent` next
+        /// to this executable).
         #[arg(long)]
         agent: Option<PathBuf>,
     },
@@ -257,7 +254,7 @@ fn main() -> Result<()> {
                 None if std::fs::read_to_string(recipes.join(&recipe).join("build.sh"))
                     .is_ok_and(|s| s.contains("AGENT")) =>
                 {
-                    Some(lab::build_agent(&std::path::absolute(recipes.join(".."))?)?)
+                    Some(agent_beside_exe(&recipe)?)
                 }
                 None => None,
             };
@@ -295,18 +292,6 @@ fn main() -> Result<()> {
                     println!("{:<14} {:<7} {:<7} {:>10}  {}", m.name, kind, role, human_bytes(a.size), a.digest);
                 }
             }
-            Ok(())
-        }
-        Cmd::Lab(opts) => tokio::runtime::Runtime::new()?.block_on(lab::run(opts)),
-        Cmd::Sim(opts) => {
-            init_tracing();
-            let report = tokio::runtime::Runtime::new()?.block_on(ramboot::sim::run(&opts))?;
-            print!("{}", report.table());
-            if let Some(path) = &opts.json {
-                std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            anyhow::ensure!(report.failed == 0, "{} of {} simulated nodes failed to boot", report.failed, report.nodes);
             Ok(())
         }
         Cmd::Nodes { api, command } => nodes(&api, command),
@@ -370,6 +355,24 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The static agent a stage-one recipe packs, when `--agent` names none: a
+/// `ramboot-agent` next to this executable, as a release install lays them out. The
+/// server never builds it; the message says how.
+fn agent_beside_exe(recipe: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let beside = exe.with_file_name("ramboot-agent");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    anyhow::bail!(
+        "recipe {recipe} packs the static ramboot-agent, and there is none at {}: build it with\n  \
+         RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p ramboot-agent \
+         --target x86_64-unknown-linux-gnu --target-dir target/agent\n\
+         and pass --agent target/agent/x86_64-unknown-linux-gnu/release/ramboot-agent",
+        beside.display()
+    )
 }
 
 fn print_one(api: &ApiArgs, e: &Event) -> Result<()> {

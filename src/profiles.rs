@@ -207,8 +207,8 @@ pub fn parse_profile(file: &Path, text: &str) -> Result<Profile, SourceError> {
             return Err(invalid("selectors", "an empty selector would match every node; use default_profile".into()));
         }
         for (k, v) in &s.labels {
-            if !crate::node::valid_label(k) || !crate::node::valid_label(v) {
-                return Err(invalid("selectors", format!("label {k}={v}: {}", crate::node::LABEL_RULE)));
+            if !ramboot_core::node::valid_label(k) || !ramboot_core::node::valid_label(v) {
+                return Err(invalid("selectors", format!("label {k}={v}: {}", ramboot_core::node::LABEL_RULE)));
             }
         }
     }
@@ -511,7 +511,7 @@ mod tests {
 
     fn facts(mac: u8, labels: &[(&str, &str)], serial: Option<&str>) -> NodeFacts {
         NodeFacts {
-            mac: Some(crate::node::MacAddr([2, 0, 0, 0, 0, mac])),
+            mac: Some(ramboot_core::node::MacAddr([2, 0, 0, 0, 0, mac])),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             serial: serial.map(str::to_string),
             uuid: None,

@@ -2,8 +2,8 @@
 //! is failed with the reason, which counts toward the node's retry backoff.
 
 use crate::config::Lifecycle;
-use crate::node::NodeState;
 use crate::store::Store;
+use ramboot_core::node::NodeState;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -61,7 +61,7 @@ pub async fn run(store: Store, lifecycle: Lifecycle, cancel: CancellationToken) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::MacAddr;
+    use ramboot_core::node::MacAddr;
 
     #[tokio::test]
     async fn boots_that_overrun_their_phase_fail_once_with_the_reason() {

@@ -118,3 +118,26 @@ fn tokens_are_created_once_used_and_revoked() {
     let err = fails(ramboot(&srv, &admin, &["tokens", "rm", "admin"]));
     assert!(err.contains("HTTP 409") && err.contains("last admin token"), "{err}");
 }
+
+/// The server binary never builds the agent: a stage-one build with no `--agent` and
+/// no `ramboot-agent` beside the executable fails, saying how to build one.
+#[test]
+fn a_stage_one_build_without_an_agent_says_how_to_build_one() {
+    // A hard link of the binary in a directory of its own: nothing beside it.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let exe = dir.path().join("ramboot");
+    std::fs::hard_link(env!("CARGO_BIN_EXE_ramboot"), &exe).unwrap();
+    let recipes = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
+    let out = Command::new(&exe)
+        .args(["images", "build", "stage1", "--recipes"])
+        .arg(&recipes)
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .arg("--cache")
+        .arg(dir.path().join("cache"))
+        .output()
+        .expect("running ramboot");
+    let err = fails(out);
+    assert!(err.contains("cargo build --release -p ramboot-agent --target x86_64-unknown-linux-gnu"), "{err}");
+    assert!(err.contains("--agent"), "{err}");
+}

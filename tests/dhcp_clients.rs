@@ -13,13 +13,13 @@
 
 mod common;
 
-use common::netns::{
-    assert_no_errors_or_naks, events, first_existing, ip_in, leases_of, logs_context, read_lossy, skip_reason,
-    store_leases, tail, tool, udp_counters, veth, wait_event, wait_for, write_executable, Dhclient, Lab, Ramboot,
-    DHCLIENT,
-};
+use common::netns::{assert_no_errors_or_naks, leases_of, store_leases, Dhclient, Ramboot, ServeInLab, DHCLIENT};
 use nix::sys::signal::{kill, Signal};
 use ramboot::store::{Lease, Store};
+use ramboot_lab::harness::{
+    events, first_existing, ip_in, logs_context, read_lossy, skip_reason, tail, tool, udp_counters, veth, wait_event,
+    wait_for, write_executable, Lab,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::ops::{Deref, DerefMut};
@@ -196,7 +196,7 @@ impl Segment {
             "the lease to be marked released in the store",
             || {
                 let l = leases_of(&url, CLIENT_MAC);
-                (l.len() == 1 && l[0].ip == leased && l[0].state == "released").then_some(())
+                (l.len() == 1 && l[0].ip == leased && l[0].state.as_str() == "released").then_some(())
             },
             || format!("{:?}\n{}", leases_of(&url, CLIENT_MAC), context()),
         );
@@ -531,7 +531,7 @@ fn perfdhcp_10k_clients_get_one_unique_durable_lease_each() {
     let log = lab.stop_ramboot();
     let now = unix_now();
     let all = store_leases(&lab.database_url());
-    let active: Vec<&Lease> = all.iter().filter(|l| l.state == "active" && l.expires_at > now).collect();
+    let active: Vec<&Lease> = all.iter().filter(|l| l.state.as_str() == "active" && l.expires_at > now).collect();
     assert_eq!(store_active_leases(&lab.database_url(), now).len(), active.len());
     let mut stored_by_mac: HashMap<String, Ipv4Addr> = HashMap::new();
     let mut stored_ips = BTreeSet::new();

@@ -22,12 +22,12 @@
 
 mod common;
 
-use common::netns::{
-    assert_no_errors_or_naks, ip_in, leases_of, log_text, logs_context, ns_sh, read_lossy, tail, tool, veth,
-    wait_event, wait_for, Dhclient, Lab, DHCLIENT,
+use common::netns::{assert_no_errors_or_naks, leases_of, Dhclient, ServeInLab, DHCLIENT};
+use ramboot_lab::harness::{
+    ip_in, lab_with_bridge, log_text, logs_context, ns_sh, read_lossy, spawn_pxe_vm, tail, tool, veth, wait_event,
+    wait_for, Lab, DNSMASQ,
 };
-use common::pcap::{capture, percent_decode, read_pcap, wait_capture, Packet, TCPDUMP};
-use common::vm::{lab_with_bridge, spawn_pxe_vm, DNSMASQ};
+use ramboot_lab::pcap::{capture, percent_decode, read_pcap, wait_capture, Packet, TCPDUMP};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -437,15 +437,11 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     let context = || logs_context(25, &logs);
     // Until ramboot serves the script for this MAC (the handler's span names it).
     let served = format!("boot{{mac={VM_MAC}}}");
-    wait_for(
+    topo.wait_alive(
+        qemu,
         Duration::from_secs(75),
         "ramboot to serve /boot.ipxe for the VM",
-        || {
-            if let Some(status) = topo.try_wait(qemu) {
-                panic!("QEMU exited early ({status})\n{}", context());
-            }
-            log_text(&ramboot_log).contains(&served).then_some(())
-        },
+        || log_text(&ramboot_log).contains(&served).then_some(()),
         context,
     );
     let boot_time = vm_started.elapsed();

@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::tgtd::{skip_reason, Tgtd};
 use common::{agent, call, send_json, token_of, TestServer};
+use ramboot_lab::harness::{loopback_tgtd, tgtd_skip_reason as skip_reason};
+use ramboot_lab::tgtd::Tgtd;
 use serde_json::{json, Value};
 use std::process::Command;
 
@@ -31,7 +32,7 @@ fn volumes_are_exported_to_their_node_and_outlive_it() {
     if common::skipped("iSCSI API", skip_reason()) {
         return;
     }
-    let tgtd = Tgtd::start();
+    let tgtd = loopback_tgtd();
     let config = format!("iscsi:\n  portal: 127.0.0.1:{}\n  tgt_control_port: {}\n", tgtd.portal, tgtd.control);
     let srv = TestServer::start_with(Some("tiny"), &[], &config);
     let http = agent();
@@ -122,7 +123,7 @@ fn volumes_from_the_cli() {
     if common::skipped("iSCSI CLI", skip_reason()) {
         return;
     }
-    let tgtd = Tgtd::start();
+    let tgtd = loopback_tgtd();
     let config = format!("iscsi:\n  portal: 127.0.0.1:{}\n  tgt_control_port: {}\n", tgtd.portal, tgtd.control);
     let srv = TestServer::start_with(Some("tiny"), &[], &config);
     let ramboot = |args: &[&str]| {
@@ -164,7 +165,7 @@ async fn reconcile_repairs_drift_from_the_store() {
         return;
     }
     use ramboot::iscsi::service::Volumes;
-    let tgtd = Tgtd::start();
+    let tgtd = loopback_tgtd();
     let dir = tempfile::tempdir().unwrap();
     let store = ramboot::store::Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
     let config = ramboot::config::IscsiConfig {
@@ -212,7 +213,7 @@ fn profiles_declare_per_node_volumes() {
     if common::skipped("profile volumes", skip_reason()) {
         return;
     }
-    let tgtd = Tgtd::start();
+    let tgtd = loopback_tgtd();
     let config = format!("iscsi:\n  portal: 127.0.0.1:{}\n  tgt_control_port: {}\n", tgtd.portal, tgtd.control);
     let profile = "name: hv\nstage1: stage1\nimage: tiny\nvolumes:\n  - {name: vm-disks, size: 16M}\n  - {name: scratch, size: 8M}\n";
     let srv = TestServer::start_with(Some("hv"), &[("hv", profile)], &config);
@@ -250,7 +251,7 @@ fn volumes_grow_and_never_shrink() {
     if common::skipped("volume grow", skip_reason()) {
         return;
     }
-    let tgtd = Tgtd::start();
+    let tgtd = loopback_tgtd();
     let config = format!("iscsi:\n  portal: 127.0.0.1:{}\n  tgt_control_port: {}\n", tgtd.portal, tgtd.control);
     let srv = TestServer::start_with(Some("tiny"), &[], &config);
     let http = agent();

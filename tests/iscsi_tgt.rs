@@ -9,8 +9,8 @@
 
 mod common;
 
-use common::tgtd::{skip_reason, Tgtd};
 use ramboot::iscsi::{ensure_backing, Backend, Chap, Export, Lun};
+use ramboot_lab::harness::{loopback_tgtd, tgtd_skip_reason as skip_reason};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -45,7 +45,7 @@ async fn only_the_nodes_iqn_with_its_chap_secret_sees_its_volume() {
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("node-7-vm.img");
     ensure_backing(&backing, 64 << 20).unwrap();
-    let tgtd = Tgtd::start();
+    let tgtd = loopback_tgtd();
     let tgt = tgtd.backend();
 
     let first = tgt.ensure_export(&export(&backing)).await.unwrap();
@@ -105,7 +105,7 @@ async fn a_target_deleted_behind_our_back_is_recreated_over_the_same_data() {
     ensure_backing(&backing, 16 << 20).unwrap();
     std::fs::write(&backing, b"VM data that must survive").unwrap();
     ensure_backing(&backing, 16 << 20).unwrap();
-    let tgtd = Tgtd::start();
+    let tgtd = loopback_tgtd();
     let tgt = tgtd.backend();
     tgt.ensure_export(&export(&backing)).await.unwrap();
 

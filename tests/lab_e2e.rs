@@ -1,16 +1,18 @@
 //! End to end: a QEMU VM (SeaBIOS + the e1000 iPXE ROM) PXE-boots through ramboot's
 //! own DHCP and HTTP into stage one, loads the tiny image into RAM and reports ready.
-//! The node's final state and events are read back over the admin API by `ramboot
-//! lab --report`, and asserted here.
+//! The node's final state and events are read back over the admin API by
+//! `ramboot-lab --report`, and asserted here. `ramboot-lab` is the lab crate's
+//! binary, built (with cargo, once) by `ramboot_lab::bins`.
 //!
 //! Needs root (namespaces, tap, port 67) and QEMU. CI runs as root and installs QEMU
 //! (`.ci/run`); elsewhere the test skips with a message when either is missing.
 
 mod common;
 
+use ramboot_lab::harness;
 use serde_json::Value;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,15 +21,14 @@ use std::time::{Duration, Instant};
 /// tests share one lab directory (its image cache).
 static ONE_LAB: Mutex<()> = Mutex::new(());
 
-fn skip_reason() -> Option<&'static str> {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    if !root {
-        return Some("not root (network namespaces and DHCP port 67 need it)");
-    }
-    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
-        return Some("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
-    }
-    None
+/// Why the lab cannot run here (not root, no `ip` or no QEMU), if it cannot.
+fn skip_reason() -> Option<String> {
+    harness::skip_reason(&[("qemu-system-x86_64 (apt-get install qemu-system-x86)", harness::QEMU)])
+}
+
+/// `ramboot-lab`, built from this checkout.
+fn ramboot_lab() -> Command {
+    Command::new(&ramboot_lab::bins::workspace().unwrap_or_else(|e| panic!("building ramboot-lab: {e}")).lab)
 }
 
 fn lab_dir() -> PathBuf {
@@ -37,7 +38,7 @@ fn lab_dir() -> PathBuf {
 
 #[test]
 fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
-    if common::skipped("qemu_node_pxe_boots_into_ram_and_reports_ready", skip_reason()) {
+    if common::skipped("qemu_node_pxe_boots_into_ram_and_reports_ready", skip_reason().as_deref()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
@@ -45,14 +46,14 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report.json");
     let _ = std::fs::remove_file(&report);
-    let status = Command::new(env!("CARGO_BIN_EXE_ramboot"))
-        .args(["lab", "--once", "--timeout", "300", "--profile", "tiny", "--dir"])
+    let status = ramboot_lab()
+        .args(["--once", "--timeout", "300", "--profile", "tiny", "--dir"])
         .arg(&dir)
         .arg("--report")
         .arg(&report)
         .status()
-        .expect("running ramboot lab");
-    assert!(status.success(), "ramboot lab failed ({status}); see {}/console.log and server.log", dir.display());
+        .expect("running ramboot-lab");
+    assert!(status.success(), "ramboot-lab failed ({status}); see {}/console.log and server.log", dir.display());
 
     let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let node = &detail["node"];
@@ -96,21 +97,21 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
 /// fixed, changed one; the lab then resets the VM for boot 2.
 #[test]
 fn live_profile_edits_never_break_a_boot_and_apply_to_the_next() {
-    if common::skipped("live_profile_edits_never_break_a_boot_and_apply_to_the_next", skip_reason()) {
+    if common::skipped("live_profile_edits_never_break_a_boot_and_apply_to_the_next", skip_reason().as_deref()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let dir = lab_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report-live-edit.json");
-    let mut lab = Command::new(env!("CARGO_BIN_EXE_ramboot"))
-        .args(["lab", "--once", "--boots", "2", "--timeout", "300", "--profile", "tiny", "--dir"])
+    let mut lab = ramboot_lab()
+        .args(["--once", "--boots", "2", "--timeout", "300", "--profile", "tiny", "--dir"])
         .arg(&dir)
         .arg("--report")
         .arg(&report)
         .stdout(Stdio::piped())
         .spawn()
-        .expect("running ramboot lab");
+        .expect("running ramboot-lab");
     let profile = dir.join("profiles/tiny.yaml");
     let server_log = dir.join("server.err");
     let mut edited = false;
@@ -137,7 +138,7 @@ fn live_profile_edits_never_break_a_boot_and_apply_to_the_next() {
     }
     let status = lab.wait().unwrap();
     assert!(edited, "the lab served a boot script");
-    assert!(status.success(), "ramboot lab failed ({status}); see {}/console.log and server.err", dir.display());
+    assert!(status.success(), "ramboot-lab failed ({status}); see {}/console.log and server.err", dir.display());
 
     let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let events = detail["events"].as_array().unwrap();
@@ -167,21 +168,21 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// UEFI: OVMF with QEMU's efi-e1000 iPXE ROM (option 93 = 7) boots the same way.
 #[test]
 fn qemu_uefi_node_pxe_boots_into_ram() {
-    if common::skipped("qemu_uefi_node_pxe_boots_into_ram", skip_reason()) {
+    if common::skipped("qemu_uefi_node_pxe_boots_into_ram", skip_reason().as_deref()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let dir = lab_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report-uefi.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_ramboot"))
-        .args(["lab", "--once", "--uefi", "--timeout", "300", "--profile", "tiny", "--dir"])
+    let status = ramboot_lab()
+        .args(["--once", "--uefi", "--timeout", "300", "--profile", "tiny", "--dir"])
         .arg(&dir)
         .arg("--report")
         .arg(&report)
         .status()
-        .expect("running ramboot lab");
-    assert!(status.success(), "ramboot lab --uefi failed ({status}); see {}/console.log", dir.display());
+        .expect("running ramboot-lab");
+    assert!(status.success(), "ramboot-lab --uefi failed ({status}); see {}/console.log", dir.display());
     let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(detail["node"]["state"], "ready", "{detail:#}");
     assert_eq!(detail["node"]["arch"], "efi-x64", "DHCP saw UEFI x64 (option 93)");
@@ -192,7 +193,7 @@ fn qemu_uefi_node_pxe_boots_into_ram() {
 /// node PXE-boots again, logs in again on its own, and reads the file back intact.
 #[test]
 fn vm_data_on_iscsi_survives_a_hypervisor_crash() {
-    if common::skipped("vm_data_on_iscsi_survives_a_hypervisor_crash", skip_reason()) {
+    if common::skipped("vm_data_on_iscsi_survives_a_hypervisor_crash", skip_reason().as_deref()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
@@ -202,8 +203,8 @@ fn vm_data_on_iscsi_survives_a_hypervisor_crash() {
     std::fs::create_dir_all(&profiles).unwrap();
     std::fs::write(profiles.join("crash.yaml"), CRASH_PROFILE).unwrap();
     let report = dir.join("report-crash.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_ramboot"))
-        .args(["lab", "--once", "--iscsi", "--crash", "--boots", "2", "--memory-mb", "1024", "--timeout", "400"])
+    let status = ramboot_lab()
+        .args(["--once", "--iscsi", "--crash", "--boots", "2", "--memory-mb", "1024", "--timeout", "400"])
         .args(["--profile", "crash", "--profiles"])
         .arg(&profiles)
         .arg("--dir")
@@ -211,8 +212,8 @@ fn vm_data_on_iscsi_survives_a_hypervisor_crash() {
         .arg("--report")
         .arg(&report)
         .status()
-        .expect("running ramboot lab");
-    assert!(status.success(), "ramboot lab failed ({status}); see {}/console.log", dir.display());
+        .expect("running ramboot-lab");
+    assert!(status.success(), "ramboot-lab failed ({status}); see {}/console.log", dir.display());
     let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let messages: Vec<&str> =
         detail["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();

@@ -1,14 +1,16 @@
-//! `ramboot sim` against a real `ramboot serve` in network namespaces: 20 simulated
+//! `ramboot-sim` against a real `ramboot serve` in network namespaces: 20 simulated
 //! nodes boot at once over real DHCP (relayed), TFTP and HTTP, and the server's
-//! store shows each of them ready with its own lease.
+//! store shows each of them ready with its own lease. `ramboot-sim` is the lab
+//! crate's binary, built (with cargo, once) by `ramboot_lab::bins`.
 
 mod common;
 
-use common::netns::{ip_in, log_text, read_lossy, store_leases, tail, veth, Lab};
+use common::netns::{store_leases, ServeInLab};
 use common::{pattern, write_image};
 use ramboot::images::{ImageKind, ImageStore};
-use ramboot::node::NodeState;
 use ramboot::store::Store;
+use ramboot_core::node::NodeState;
+use ramboot_lab::harness::{ip_in, log_text, read_lossy, tail, veth, Lab};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,8 @@ fn twenty_simulated_nodes_boot_to_ready_through_dhcp_tftp_and_http() {
     const TEST: &str = "twenty_simulated_nodes_boot_to_ready_through_dhcp_tftp_and_http";
     let Some(mut lab) = Lab::for_test(TEST, &[]) else { return };
     let started = Instant::now();
+    let sim = ramboot_lab::bins::workspace().unwrap_or_else(|e| panic!("building ramboot-sim: {e}")).sim.display();
+    let sim = sim.to_string();
     let base = format!("rbm{}", std::process::id());
     let (server_ns, client_ns) = (lab.netns(&format!("{base}s")), lab.netns(&format!("{base}c")));
     let (server_if, client_if) = (format!("{base}s0"), format!("{base}c0"));
@@ -33,7 +37,7 @@ fn twenty_simulated_nodes_boot_to_ready_through_dhcp_tftp_and_http() {
     }
 
     // What the server serves: an iPXE binary over TFTP, a stage one and a root image.
-    let root = lab.path("");
+    let root = lab.dir().to_path_buf();
     let ipxe_binary = pattern(70_001);
     std::fs::create_dir_all(root.join("ipxe")).unwrap();
     std::fs::write(root.join("ipxe/undionly.kpxe"), &ipxe_binary).unwrap();
@@ -64,8 +68,7 @@ fn twenty_simulated_nodes_boot_to_ready_through_dhcp_tftp_and_http() {
     let report_path = lab.path("sim.json");
     let sim_log = lab.path("sim.log");
     let program = [
-        env!("CARGO_BIN_EXE_ramboot"),
-        "sim",
+        sim.as_str(),
         "--server",
         SERVER_IP,
         "--relay",
@@ -81,7 +84,7 @@ fn twenty_simulated_nodes_boot_to_ready_through_dhcp_tftp_and_http() {
     let status = lab.run(&client_ns, &program, &sim_log, Duration::from_secs(180));
     let sim_output = read_lossy(&sim_log);
     let context = || format!("sim:\n{}\nramboot:\n{}", tail(&sim_output, 40), tail(&log_text(&ramboot.log), 40));
-    assert!(status.success(), "ramboot sim failed: {status}\n{}", context());
+    assert!(status.success(), "ramboot-sim failed: {status}\n{}", context());
     eprintln!("{sim_output}");
 
     // The simulator's own account.
@@ -124,7 +127,7 @@ fn twenty_simulated_nodes_boot_to_ready_through_dhcp_tftp_and_http() {
         let serial = node.inventory.as_ref().and_then(|i| i["dmi"]["serial"].as_str()).unwrap_or_default();
         assert!(serial.starts_with("SIM"), "the agent's hello was stored: {:?}", node.inventory);
     }
-    let leases: Vec<_> = store_leases(&url).into_iter().filter(|l| l.state == "active").collect();
+    let leases: Vec<_> = store_leases(&url).into_iter().filter(|l| l.state.as_str() == "active").collect();
     let macs: BTreeSet<String> = leases.iter().map(|l| l.mac.to_string()).collect();
     let ips: BTreeSet<_> = leases.iter().map(|l| l.ip).collect();
     assert_eq!((macs.len(), ips.len(), leases.len()), (NODES, NODES, NODES), "one lease per node, no IP twice");

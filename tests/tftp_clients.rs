@@ -10,9 +10,9 @@
 
 mod common;
 
-use common::netns::{log_text, logs_context, tail, tool, wait_for};
-use common::pcap::{capture, percent_decode, read_pcap, Packet};
-use common::vm::{lab_with_bridge, spawn_pxe_vm, DNSMASQ};
+use common::netns::ServeInLab;
+use ramboot_lab::harness::{lab_with_bridge, log_text, logs_context, spawn_pxe_vm, tail, tool, wait_for, DNSMASQ};
+use ramboot_lab::pcap::{capture, percent_decode, read_pcap, wait_capture, Packet};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -419,15 +419,11 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     let transfer_logged = |text: &str| {
         text.lines().any(|l| l.contains("TFTP read") && l.contains("file=undionly.kpxe") && l.contains("bytes="))
     };
-    wait_for(
+    lab.wait_alive(
+        qemu,
         Duration::from_secs(45),
         "ramboot to log a complete TFTP read of undionly.kpxe",
-        || {
-            if let Some(status) = lab.try_wait(qemu) {
-                panic!("QEMU exited early ({status})\n{}", context());
-            }
-            transfer_logged(&log_text(&ramboot_log)).then_some(())
-        },
+        || transfer_logged(&log_text(&ramboot_log)).then_some(()),
         context,
     );
     let transferred_at = vm_started.elapsed();
@@ -439,15 +435,11 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
 
     // 2. The chained iPXE's script fetch (the handler's span names the MAC).
     let served = format!("boot{{mac={VM_MAC}}}");
-    wait_for(
+    lab.wait_alive(
+        qemu,
         Duration::from_secs(45),
         "the chained iPXE to fetch /boot.ipxe from ramboot",
-        || {
-            if let Some(status) = lab.try_wait(qemu) {
-                panic!("QEMU exited early ({status})\n{}", context());
-            }
-            log_text(&ramboot_log).contains(&served).then_some(())
-        },
+        || log_text(&ramboot_log).contains(&served).then_some(()),
         context,
     );
     let script_at = vm_started.elapsed();
@@ -462,10 +454,7 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     lab.stop(dnsmasq, Duration::from_secs(5));
     let log = lab.stop_ramboot(&ramboot);
     let got_get = |packets: &[Packet]| packets.iter().any(|p| p.proto == 6 && p.payload.starts_with(b"GET /boot.ipxe"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !got_get(&read_pcap(&pcap)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_capture(&pcap, Duration::from_secs(5), got_get);
     lab.stop(tcpdump, Duration::from_secs(5));
 
     // 3. The wire: the first RRQ is the ROM's (undionly.kpxe does not exist before it).

@@ -12,7 +12,11 @@ fi
 . "$HOME/.cargo/env"
 cd /srv/ramboot
 cargo build --release
+# The static stage-one agent, beside ramboot: `ramboot image build stage1` takes it from there.
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p ramboot-agent \
+    --target x86_64-unknown-linux-gnu --target-dir target/agent
 install -m 0755 target/release/ramboot /usr/local/bin/ramboot
+install -m 0755 target/agent/x86_64-unknown-linux-gnu/release/ramboot-agent /usr/local/bin/ramboot-agent
 mkdir -p /etc/ramboot /var/lib/ramboot
 cp -r profiles /etc/ramboot/
 ipxe/fetch.sh /var/lib/ramboot/ipxe

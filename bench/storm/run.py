@@ -4,7 +4,7 @@ physical limit of the link they share.
 
 Topology: two network namespaces (rbs<pid>s = server, rbs<pid>c = simulator) joined
 by a veth pair, 10.81.0.1/16 <-> 10.81.0.2/16. ramboot serves a stage one (kernel +
-initrd) and a root image (64 MiB by default) to `ramboot sim`, whose nodes each do
+initrd) and a root image (64 MiB by default) to `ramboot-sim`, whose nodes each do
 DHCP (as a relay) → TFTP of an iPXE binary → DHCP as iPXE → boot.ipxe → kernel and
 initrd → agent hello/plan → the image, SHA-256 checked → ready.
 
@@ -13,7 +13,8 @@ side on CPU 0, client side on CPU 1), 4 streams. limit time = bytes the storm mo
 iperf3's rate; efficiency = limit time / time to all ready. Server memory (VmRSS
 sampled every 100 ms, and VmHWM) shows whether it stays flat as N grows.
 
-Python 3.11, stdlib only. Needs root, iperf3, and a release `ramboot`.
+Python 3.11, stdlib only. Needs root, iperf3, and a release `ramboot` and `ramboot-sim`
+(`cargo build --release -p ramboot -p ramboot-lab`).
 See README.md next to this file.
 """
 
@@ -148,7 +149,7 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
     sampler.start()
     cpu_before = cpu_seconds(server.pid)
     report_path = workdir / f"sim-{nodes}-{run_idx}.json"
-    sim_cmd = [str(a.ramboot_bin), "sim", "--server", SERVER_IP, "--relay", CLIENT_IP, "--nodes", str(nodes),
+    sim_cmd = [str(a.sim_bin), "--server", SERVER_IP, "--relay", CLIENT_IP, "--nodes", str(nodes),
                "--timeout-secs", str(a.timeout), "--json", str(report_path)]
     if mode == "size-only":
         sim_cmd.append("--skip-image-hash")
@@ -169,7 +170,7 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
     if crashed:
         raise BenchError(f"ramboot exited during the storm:\n{tail()}")
     if not report_path.exists():
-        raise BenchError(f"ramboot sim wrote no report (exit {sim.returncode}):\n{sim.stdout[-2000:]}")
+        raise BenchError(f"ramboot-sim wrote no report (exit {sim.returncode}):\n{sim.stdout[-2000:]}")
     rep = json.loads(report_path.read_text())
     if rep["failed"]:
         raise BenchError(f"{rep['failed']} of {nodes} nodes failed: {rep['errors'][:5]}")
@@ -225,14 +226,17 @@ def main() -> int:
     ap.add_argument("--initrd-mib", type=int, default=8)
     ap.add_argument("--iperf-seconds", type=int, default=5)
     ap.add_argument("--modes", default="verified,size-only",
-                    help="image checks to run: verified (SHA-256, the default of ramboot sim) and/or size-only "
+                    help="image checks to run: verified (SHA-256, the default of ramboot-sim) and/or size-only "
                          "(--skip-image-hash: the simulator's one core no longer hashes for every node)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds one storm may take")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server/client to CPUs 0/1")
     ap.add_argument("--verbose-servers", action="store_true")
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
     add_ramboot_bin_arg(ap)
+    ap.add_argument("--sim-bin", type=Path, default=None,
+                    help="the ramboot-sim binary (default: RAMBOOT_SIM_BIN, else beside --ramboot-bin)")
     a = ap.parse_args()
+    a.sim_bin = a.sim_bin or Path(os.environ.get("RAMBOOT_SIM_BIN", a.ramboot_bin.with_name("ramboot-sim")))
     node_counts = [int(n) for n in a.nodes.split(",") if n.strip()]
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     if not modes or any(m not in ("verified", "size-only") for m in modes):
@@ -240,9 +244,10 @@ def main() -> int:
     if os.geteuid() != 0:
         ap.error("run as root (it creates network namespaces)")
     a.iperf3 = shutil.which("iperf3")
-    for what, path in (("iperf3", a.iperf3), ("ramboot", str(a.ramboot_bin)), ("taskset", shutil.which("taskset"))):
+    for what, path in (("iperf3", a.iperf3), ("ramboot", str(a.ramboot_bin)), ("ramboot-sim", str(a.sim_bin)),
+                       ("taskset", shutil.which("taskset"))):
         if not path or not Path(path).exists():
-            ap.error(f"{what} not found (apt-get install iperf3; cargo build --release)")
+            ap.error(f"{what} not found (apt-get install iperf3; cargo build --release -p ramboot -p ramboot-lab)")
     install_signal_handlers()
     procs = Procs()
     topo = Topology("rbs", SERVER_IP, CLIENT_IP, PREFIX)

@@ -15,16 +15,16 @@
 //! (counted), instead of the decider falling ever further behind.
 
 use crate::config::Config;
-use crate::node::MacAddr;
 use crate::store::LeaseState;
 use crate::store::{LeaseOp, Store, StoreError};
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder};
 use nix::sys::socket::{self as sock, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
-use ramboot_core::dhcp::classify::Firmware;
+use ramboot_core::dhcp::classify::{self, Firmware};
 use ramboot_core::dhcp::decide::{decide, encode_reply, Arrival, Decision, Host, Hosts, Inbound, Leases, Port};
 use ramboot_core::dhcp::policy::{DhcpMode, DhcpPolicy};
 use ramboot_core::dhcp::pool::BindingKind;
+use ramboot_core::node::MacAddr;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -474,7 +474,7 @@ fn handle(
                         netboot: client.firmware != Firmware::Plain,
                         known: hosts.get(g.mac).is_some(),
                         arch: client.arch.map(|a| a.to_string()),
-                        uuid: client.uuid.as_deref().and_then(format_uuid),
+                        uuid: client.uuid.as_deref().and_then(classify::format_uuid),
                     },
                     reply: Some(out),
                 })),
@@ -497,29 +497,6 @@ fn handle(
             None
         }
     }
-}
-
-/// Option 97 as a UUID string: type 0 then 16 bytes, the first three fields
-/// little-endian as SMBIOS stores them (so it matches `dmidecode -s system-uuid`).
-pub fn format_uuid(raw: &[u8]) -> Option<String> {
-    let b: &[u8; 16] = match raw {
-        [0, rest @ ..] if rest.len() == 16 => rest.try_into().ok()?,
-        _ => return None,
-    };
-    Some(format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{}",
-        b[3],
-        b[2],
-        b[1],
-        b[0],
-        b[5],
-        b[4],
-        b[7],
-        b[6],
-        b[8],
-        b[9],
-        hex::encode(&b[10..])
-    ))
 }
 
 /// Group commit: take everything queued, write it in one transaction, then send the
@@ -595,14 +572,5 @@ mod tests {
         // A boot-server request on 4011 is answered where it came from.
         let client = "10.0.0.77:4011".parse().unwrap();
         assert_eq!(reply_destination(&req, MessageType::Ack, Port::Binl, client, 67), client);
-    }
-
-    #[test]
-    fn option_97_formats_like_dmidecode() {
-        let mut raw = vec![0u8];
-        raw.extend(1..=16u8);
-        assert_eq!(format_uuid(&raw).unwrap(), "04030201-0605-0807-090a-0b0c0d0e0f10");
-        assert_eq!(format_uuid(&raw[1..]), None, "no type byte");
-        assert_eq!(format_uuid(&[0; 5]), None);
     }
 }

@@ -11,7 +11,6 @@
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::clock::now_ms;
-use crate::node::{MacAddr, NodeState};
 use crate::profiles::NodeFacts;
 use crate::store::{Boot, BootImage, EventKind, Node};
 use askama::Template;
@@ -21,6 +20,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use ramboot_core::node::{MacAddr, NodeState};
 use ramboot_core::plan::{
     plan_boot, profile_boot, resolve_profile, volumes_wanted, Decision, NodeView, Refusal, Settings, VolumeWanted,
 };

@@ -6,11 +6,11 @@
 //! bytes), `_total` for counters.
 
 use super::AppState;
-use crate::node::NodeState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use ramboot_core::node::NodeState;
 use std::sync::OnceLock;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -4,7 +4,7 @@
 use super::events::{self, EventKind, NewEvent};
 use super::nodes::{move_state, node_in};
 use super::{corrupt, Backend, BootId, Node, NodeId, Store, StoreError, Text, Tx};
-use crate::node::NodeState;
+use ramboot_core::node::NodeState;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -253,9 +253,9 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::node::NodeState;
     use crate::store::testing::{store, MAC};
     use crate::store::StoreError;
+    use ramboot_core::node::NodeState;
 
     #[tokio::test]
     async fn boot_timeline_moves_forward_only_and_records_phases() {

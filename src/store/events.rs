@@ -2,7 +2,7 @@
 //! one place that knows the columns, with a typed [`EventKind`].
 
 use super::{Backend, BootId, NodeId, Store, StoreError, Text};
-use crate::node::NodeState;
+use ramboot_core::node::NodeState;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 

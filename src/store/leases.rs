@@ -4,7 +4,7 @@
 use super::events::{self, EventKind, NewEvent};
 use super::nodes;
 use super::{corrupt, Backend, Store, StoreError, Text, Tx};
-use crate::node::MacAddr;
+use ramboot_core::node::MacAddr;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use std::collections::HashMap;
@@ -38,13 +38,6 @@ impl LeaseState {
             LeaseState::Released => "released",
             LeaseState::Declined => "declined",
         }
-    }
-}
-
-/// Callers that compared the state with its name (`b.state == "declined"`) keep working.
-impl PartialEq<&str> for LeaseState {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
     }
 }
 
@@ -326,8 +319,8 @@ mod tests {
         // A decline keeps the row, as a quarantine until `until`.
         s.commit_dhcp(&[LeaseOp::Decline { mac: other, ip: Ipv4Addr::new(10, 0, 0, 6), until: 900 }], 4).await.unwrap();
         let q = s.live_bindings(800).await.unwrap();
-        assert!(q.iter().any(|l| l.state == "declined" && l.expires_at == 900));
-        assert!(s.live_bindings(900).await.unwrap().iter().all(|l| l.state != "declined"));
+        assert!(q.iter().any(|l| l.state == LeaseState::Declined && l.expires_at == 900));
+        assert!(s.live_bindings(900).await.unwrap().iter().all(|l| l.state != LeaseState::Declined));
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use nodes::{default_hostname, Node, NodeChange, NodeFilter};
 pub use tokens::{Role, TokenInfo};
 pub use volumes::Volume;
 
-use crate::node::{MacAddr, NodeState};
+use ramboot_core::node::{MacAddr, NodeState};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -194,7 +194,7 @@ pub struct UnknownName {
 
 /// `Display` (padded, so `{:<8}` lines up as a `String` did) and `FromStr` for the
 /// store's own enums, from their `ALL` and `as_str`. (`NodeState` has its own in
-/// `crate::node`.)
+/// `ramboot_core::node`.)
 macro_rules! text_enum {
     ($($ty:ty: $what:literal),+) => {$(
         impl std::fmt::Display for $ty {
@@ -217,7 +217,7 @@ text_enum!(LeaseState: "lease state", EventKind: "event kind");
 #[cfg(test)]
 pub(crate) mod testing {
     use super::{LeaseOp, Store};
-    use crate::node::MacAddr;
+    use ramboot_core::node::MacAddr;
     use std::net::Ipv4Addr;
 
     pub const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);

@@ -5,7 +5,7 @@ use super::boots;
 use super::events::{self, EventKind, NewEvent};
 use super::leases;
 use super::{corrupt, Backend, BootId, NodeId, Store, StoreError, Text, Tx};
-use crate::node::{MacAddr, NodeState};
+use ramboot_core::node::{MacAddr, NodeState};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use std::collections::BTreeMap;

@@ -1,21 +1,14 @@
-//! A real `ramboot` HTTP tier on 127.0.0.1:0 with a temporary store, profiles and
-//! images, for tests that talk to it with real HTTP clients.
+//! Test-only glue: a real `ramboot` HTTP tier on 127.0.0.1:0 with a temporary store,
+//! profiles and images, for tests that talk to it with real HTTP clients; and (in
+//! `netns`) the real `ramboot serve` in a namespace lab. The labs themselves
+//! (namespaces, bridges, taps, QEMU, tgtd, captures) are `ramboot_lab`'s.
 
 #![allow(dead_code)]
 
 pub mod netns;
-pub mod pcap;
-pub mod tgtd;
-pub mod vm;
 
-/// Skip a test whose tools are missing here, saying why; CI never skips (it
-/// installs the tools in `.ci/run`), so there a missing tool fails the test.
-pub fn skipped(test: &str, missing: Option<&str>) -> bool {
-    let Some(reason) = missing else { return false };
-    assert!(std::env::var_os("CI").is_none(), "CI must run {test}, but: {reason}");
-    eprintln!("SKIPPED {test}: {reason}");
-    true
-}
+#[allow(unused_imports)] // not every test skips
+pub use ramboot_lab::harness::skipped;
 
 use ramboot::config::Config;
 use ramboot::http::{router, AppState};

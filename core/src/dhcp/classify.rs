@@ -222,6 +222,29 @@ fn is_rfc3004_framed(raw: &[u8]) -> bool {
     !raw.is_empty()
 }
 
+/// Option 97 as a UUID string: type 0 then 16 bytes, the first three fields
+/// little-endian as SMBIOS stores them (so it matches `dmidecode -s system-uuid`).
+pub fn format_uuid(raw: &[u8]) -> Option<String> {
+    let b: &[u8; 16] = match raw {
+        [0, rest @ ..] if rest.len() == 16 => rest.try_into().ok()?,
+        _ => return None,
+    };
+    Some(format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{}",
+        b[3],
+        b[2],
+        b[1],
+        b[0],
+        b[5],
+        b[4],
+        b[7],
+        b[6],
+        b[8],
+        b[9],
+        hex::encode(&b[10..])
+    ))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -250,6 +273,15 @@ pub(crate) mod tests {
         o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
         o.insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(175.into(), vec![0xb1, 1, 1])));
         msg
+    }
+
+    #[test]
+    fn option_97_formats_like_dmidecode() {
+        let mut raw = vec![0u8];
+        raw.extend(1..=16u8);
+        assert_eq!(format_uuid(&raw).unwrap(), "04030201-0605-0807-090a-0b0c0d0e0f10");
+        assert_eq!(format_uuid(&raw[1..]), None, "no type byte");
+        assert_eq!(format_uuid(&[0; 5]), None);
     }
 
     #[test]

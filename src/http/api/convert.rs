@@ -116,7 +116,7 @@ pub fn all<T, U: From<T>>(rows: Vec<T>) -> Vec<U> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::{MacAddr, NodeState};
+    use ramboot_core::node::{MacAddr, NodeState};
     use serde::Serialize;
     use serde_json::{json, Value};
 

@@ -14,7 +14,6 @@ use super::auth::{Admin, Operator};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::clock::now_ms;
-use crate::node::{valid_hostname, valid_label, MacAddr, LABEL_RULE};
 use crate::store::{self, NodeChange, NodeFilter};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -27,6 +26,7 @@ use ramboot_api::{
     NewToken, NewVolume, Node, NodeDetail, NodeList, NodeQuery, NodeUpdate, ProfileList, ProfileView, SourceError,
     StreamQuery, TokenInfo, Volume, MAX_PAGE,
 };
+use ramboot_core::node::{valid_hostname, valid_label, MacAddr, LABEL_RULE};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;

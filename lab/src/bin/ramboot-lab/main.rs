@@ -1,22 +1,28 @@
-//! `ramboot lab`: a whole netboot on one machine, for users and for CI.
+//! `ramboot-lab`: a whole netboot on one machine, for users and for CI.
 //!
 //! It makes a network namespace with a bridge and a tap, runs `ramboot serve` on the
 //! bridge, PXE-boots a QEMU VM (TCG, e1000 + iPXE ROM) from it, follows the node
 //! through the admin API while printing each phase, then prints the timeline.
 //! Everything it starts, it stops: children by PID, the namespace by name, also on
-//! Ctrl-C and on failure.
+//! Ctrl-C and on failure. The namespace, bridge, tap, QEMU and tgtd set-up is the
+//! lab library's ([`ramboot_lab`]), shared with the integration tests.
 
-use crate::cli::format_ms;
-use crate::images::{self, BuildRequest, ImageStore};
-use crate::node::NodeState;
 use anyhow::{bail, Context, Result};
+use clap::Parser;
+use ramboot::cli::format_ms;
+use ramboot::images::{self, BuildRequest, ImageStore};
 use ramboot_api::{Event, NodeDetail};
-use std::collections::BTreeSet;
+use ramboot_core::node::NodeState;
+use ramboot_lab::net::{self, Netns};
+use ramboot_lab::process::Proc;
+use ramboot_lab::qemu::{self, Console, PxeVm};
+use ramboot_lab::setup::{build_agent, ensure_packages};
+use ramboot_lab::tgtd::{self, Tgtd, TgtdOptions};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 /// Inside the lab namespace only: nothing outside it ever sees these addresses.
@@ -25,8 +31,9 @@ const BRIDGE: &str = "rbbr0";
 const TAP: &str = "rbtap0";
 const HTTP_PORT: u16 = 8080;
 
-/// `ramboot lab`'s options (the CLI parses them straight into this).
-#[derive(Debug, Clone, clap::Args)]
+/// `ramboot-lab`'s options.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ramboot-lab", version, about = "Boot a QEMU VM through ramboot inside a private network namespace")]
 pub struct LabOptions {
     /// Exit 0 once the node is ready (non-zero on failure or timeout).
     #[arg(long)]
@@ -37,8 +44,12 @@ pub struct LabOptions {
     #[arg(long, default_value = ".lab")]
     pub dir: PathBuf,
     /// The source checkout: `images/` recipes, `profiles/`, `ipxe/`, the agent crate.
-    #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
+    #[arg(long, default_value_os_t = ramboot_lab::bins::repo())]
     pub repo: PathBuf,
+    /// The `ramboot` server binary to run (default: built from the checkout with
+    /// cargo, in this tool's profile).
+    #[arg(long)]
+    pub ramboot: Option<PathBuf>,
     /// Seconds to wait for each boot to become ready.
     #[arg(long = "timeout", default_value_t = 300)]
     pub timeout_secs: u64,
@@ -77,64 +88,6 @@ impl LabOptions {
     }
 }
 
-/// Debian packages the lab needs, by the file that proves each is installed.
-const NEEDS: &[(&str, &str)] = &[
-    ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
-    ("/usr/lib/ipxe/qemu/pxe-e1000.rom", "ipxe-qemu"),
-    ("/usr/lib/ipxe/undionly.kpxe", "ipxe"),
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
-    ("/bin/busybox", "busybox-static"),
-    ("/usr/bin/cpio", "cpio"),
-    ("/usr/bin/zstd", "zstd"),
-    ("/usr/bin/mksquashfs", "squashfs-tools"),
-    ("/usr/sbin/depmod", "kmod"),
-    ("/usr/sbin/debootstrap", "debootstrap"),
-    ("/usr/bin/curl", "curl"),
-    ("/usr/sbin/tgtd", "tgt"),
-];
-
-/// Install whatever the lab needs that is missing, saying so on screen.
-pub fn ensure_packages() -> Result<()> {
-    let missing: BTreeSet<&str> = NEEDS.iter().filter(|(f, _)| !Path::new(f).exists()).map(|(_, p)| *p).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<&str> = missing.into_iter().collect();
-    println!("lab: installing missing Debian packages: {}", list.join(" "));
-    let run = |args: &[&str]| -> Result<()> {
-        let status = std::process::Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("running apt-get")?;
-        if !status.success() {
-            bail!("apt-get {} failed ({status})", args.join(" "));
-        }
-        Ok(())
-    };
-    run(&["update", "-q"])?;
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-    args.extend(list);
-    run(&args)
-}
-
-/// Build the static agent for stage one (glibc, `+crt-static`: no musl target here).
-pub fn build_agent(repo: &Path) -> Result<PathBuf> {
-    println!("lab: building ramboot-agent (static)");
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(repo)
-        .args(["build", "--release", "-p", "ramboot-agent", "--target", "x86_64-unknown-linux-gnu"])
-        // An explicit target dir: the path below must not depend on CARGO_TARGET_DIR.
-        .args(["--target-dir", "target/agent"])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .status()
-        .context("running cargo to build the agent")?;
-    if !status.success() {
-        bail!("building ramboot-agent failed ({status})");
-    }
-    Ok(repo.join("target/agent/x86_64-unknown-linux-gnu/release/ramboot-agent"))
-}
-
 /// Make sure the images a profile needs exist and are current, building them if
 /// not: a recipe (or, for stage one, the agent) that changed since the last build
 /// makes that build stale.
@@ -142,7 +95,7 @@ pub fn ensure_images(
     repo: &Path,
     data: &Path,
     cache: &Path,
-    profile: &crate::profiles::Profile,
+    profile: &ramboot::profiles::Profile,
     rebuild: bool,
 ) -> Result<()> {
     let store = ImageStore::new(data.join("images"));
@@ -168,7 +121,7 @@ pub fn ensure_images(
                 recipes_dir: recipes.clone(),
                 cache_dir: cache.to_path_buf(),
                 agent,
-                now_ms: crate::clock::now_ms(),
+                now_ms: ramboot::clock::now_ms(),
             },
         )?;
         for (role, a) in &manifest.artifacts {
@@ -177,92 +130,6 @@ pub fn ensure_images(
         println!("lab: image {name} built in {:.0}s", started.elapsed().as_secs_f64());
     }
     Ok(())
-}
-
-/// tgtd takes control ports below 32768; one per lab process.
-fn tgt_control_port() -> u16 {
-    20000 + (std::process::id() % 10000) as u16
-}
-
-/// The lab's tgtd, inside the namespace. It ignores SIGTERM: stopping means deleting
-/// its targets and then the "system" (see LAB.md), and killing it if it lingers.
-async fn stop_tgtd(mut tgtd: Guarded) {
-    let port = tgt_control_port().to_string();
-    let tgtadm = |args: &[&str]| std::process::Command::new("tgtadm").arg("-C").arg(&port).args(args).output();
-    if let Ok(out) = tgtadm(&["--lld", "iscsi", "--op", "show", "--mode", "target"]) {
-        for target in crate::iscsi::tgt::parse_show(&String::from_utf8_lossy(&out.stdout)) {
-            let tid = target.tid.to_string();
-            let _ = tgtadm(&["--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", &tid, "--force"]);
-        }
-    }
-    let _ = tgtadm(&["--op", "delete", "--mode", "system"]);
-    if tokio::time::timeout(Duration::from_secs(5), tgtd.child.wait()).await.is_err() {
-        let _ = tgtd.child.kill().await;
-    }
-    for suffix in ["", ".lock"] {
-        let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{port}{suffix}"));
-    }
-}
-
-/// A network namespace that is deleted when dropped.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(name: &str) -> Result<Netns> {
-        ip(&["netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
-        let addr = format!("{SUBNET_PREFIX}.1/24");
-        for args in [
-            vec!["link", "set", "lo", "up"],
-            vec!["link", "add", "name", BRIDGE, "type", "bridge", "forward_delay", "0"],
-            vec!["addr", "add", &addr, "dev", BRIDGE],
-            vec!["link", "set", BRIDGE, "up"],
-            vec!["tuntap", "add", "dev", TAP, "mode", "tap"],
-            vec!["link", "set", TAP, "master", BRIDGE],
-            vec!["link", "set", TAP, "up"],
-        ] {
-            let mut full = vec!["-n", name];
-            full.extend(args);
-            ip(&full)?;
-        }
-        Ok(ns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("lab: could not delete namespace {}: {e}", self.name);
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = std::process::Command::new("ip").args(args).output().context("running ip")?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
-/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
-struct Guarded {
-    what: &'static str,
-    child: Child,
-}
-
-impl Guarded {
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-            if tokio::time::timeout(Duration::from_secs(8), self.child.wait()).await.is_err() {
-                eprintln!("lab: {} did not stop on SIGTERM; killing it", self.what);
-                let _ = self.child.kill().await;
-            }
-        }
-    }
 }
 
 /// HTTP GETs performed from inside the namespace: a dedicated thread joins it (a
@@ -354,12 +221,17 @@ enum Outcome {
     Interrupted,
 }
 
-pub async fn run(opts: LabOptions) -> Result<()> {
+fn main() -> Result<()> {
+    let opts = LabOptions::parse();
+    tokio::runtime::Runtime::new()?.block_on(run(opts))
+}
+
+async fn run(opts: LabOptions) -> Result<()> {
     // Handlers first: from here on SIGINT/SIGTERM only cancel, so every guard below
     // (children, namespace) gets to clean up.
     let interrupted = interrupt_token()?;
     if !nix::unistd::geteuid().is_root() {
-        bail!("ramboot lab needs root (network namespaces, tap devices, DHCP port 67)");
+        bail!("ramboot-lab needs root (network namespaces, tap devices, DHCP port 67)");
     }
     ensure_packages()?;
     let dir = std::path::absolute(&opts.dir)?;
@@ -368,8 +240,9 @@ pub async fn run(opts: LabOptions) -> Result<()> {
     std::fs::create_dir_all(&data)?;
     let repo_profiles =
         opts.profiles.clone().map(std::path::absolute).transpose()?.unwrap_or_else(|| repo.join("profiles"));
-    let profiles = crate::profiles::load_dir(&repo_profiles, &crate::profiles::Context::for_dir(&repo_profiles, None))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let profiles =
+        ramboot::profiles::load_dir(&repo_profiles, &ramboot::profiles::Context::for_dir(&repo_profiles, None))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     let profile = profiles
         .get(&opts.profile)
         .with_context(|| format!("no profile {:?} in {}/profiles", opts.profile, repo.display()))?
@@ -379,6 +252,10 @@ pub async fn run(opts: LabOptions) -> Result<()> {
             (repo.clone(), data.clone(), cache.clone(), profile.clone(), opts.rebuild);
         tokio::task::spawn_blocking(move || ensure_images(&repo, &data, &cache, &profile, rebuild)).await??;
     }
+    let ramboot = match &opts.ramboot {
+        Some(path) => std::path::absolute(path)?,
+        None => tokio::task::spawn_blocking(|| ramboot_lab::bins::workspace().map(|b| b.ramboot.clone())).await??,
+    };
     // Node state is per lab run (images stay cached): each run's timeline is its own.
     for f in ["ramboot.db", "ramboot.db-wal", "ramboot.db-shm"] {
         match std::fs::remove_file(data.join(f)) {
@@ -413,7 +290,7 @@ pub async fn run(opts: LabOptions) -> Result<()> {
     std::fs::write(
         &config_path,
         format!(
-            "# Written by `ramboot lab`: the lab's own network namespace and paths.\n\
+            "# Written by `ramboot-lab`: the lab's own network namespace and paths.\n\
              interface: {BRIDGE}\nserver_address: {server_ip}\nhttp:\n  listen: 0.0.0.0:{HTTP_PORT}\n\
              dhcp:\n  subnet: {SUBNET_PREFIX}.0/24\n  range: [{SUBNET_PREFIX}.100, {SUBNET_PREFIX}.199]\n  router: {server_ip}\n\
              paths:\n  profiles: {}\n  ipxe: {}\n  data: {}\n{}ipv6_ra: true\n",
@@ -423,6 +300,7 @@ pub async fn run(opts: LabOptions) -> Result<()> {
             if opts.discover { String::new() } else { format!("default_profile: {}\n", profile.name) }
         ),
     )?;
+    let tgt_control = tgtd::control_port();
     if opts.iscsi {
         // Fresh volumes per lab run, like the database: a run's data is its own.
         let volumes = data.join("volumes");
@@ -432,7 +310,7 @@ pub async fn run(opts: LabOptions) -> Result<()> {
         let mut config = std::fs::OpenOptions::new().append(true).open(&config_path)?;
         std::io::Write::write_all(
             &mut config,
-            format!("iscsi:\n  portal: {server_ip}:3260\n  tgt_control_port: {}\n", tgt_control_port()).as_bytes(),
+            format!("iscsi:\n  portal: {server_ip}:3260\n  tgt_control_port: {tgt_control}\n").as_bytes(),
         )?;
     }
     if opts.discover {
@@ -442,14 +320,16 @@ pub async fn run(opts: LabOptions) -> Result<()> {
              --token $(cat {})",
             std::process::id(),
             profile.name,
-            crate::http::auth::admin_token_path(&data).display()
+            ramboot::http::auth::admin_token_path(&data).display()
         );
     }
 
     let netns_name = format!("rblab{}", std::process::id());
     println!("lab: network namespace {netns_name}: bridge {BRIDGE} {server_ip}/24, tap {TAP}");
     let netns = Netns::create(&netns_name)?;
-    let result = run_in_namespace(&opts, &dir, &netns_name, &config_path, &server_ip, &interrupted).await;
+    net::bridge_with_tap(&netns_name, BRIDGE, TAP, &[format!("{server_ip}/24")])?;
+    let lab = Lab { opts: &opts, dir: &dir, netns: &netns_name, ramboot: &ramboot, tgt_control };
+    let result = lab.run(&config_path, &server_ip, &interrupted).await;
     drop(netns);
     println!("lab: cleaned up namespace {netns_name}");
     result
@@ -463,183 +343,165 @@ fn run_checked(cmd: &mut std::process::Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-async fn run_in_namespace(
-    opts: &LabOptions,
-    dir: &Path,
-    netns: &str,
-    config: &Path,
-    server_ip: &str,
-    interrupted: &CancellationToken,
-) -> Result<()> {
-    let exe = std::env::current_exe()?;
-    let server_log = dir.join("server.log");
-    let console_log = dir.join("console.log");
-    let server = Guarded {
-        what: "ramboot serve",
-        child: Command::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(&exe)
-            .args(["serve", "--config"])
-            .arg(config)
+/// One lab run inside its namespace: what every step needs.
+struct Lab<'a> {
+    opts: &'a LabOptions,
+    dir: &'a Path,
+    netns: &'a str,
+    /// The `ramboot` server binary.
+    ramboot: &'a Path,
+    tgt_control: u16,
+}
+
+/// How long a stopped server or VM gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(8);
+
+impl Lab<'_> {
+    async fn run(&self, config: &Path, server_ip: &str, interrupted: &CancellationToken) -> Result<()> {
+        let (opts, dir, netns) = (self.opts, self.dir, self.netns);
+        let server_log = dir.join("server.log");
+        let console_log = dir.join("console.log");
+        let program: Vec<OsString> = vec![self.ramboot.into(), "serve".into(), "--config".into(), config.into()];
+        let server = net::in_ns(netns, &program)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&server_log)?)
             .stderr(std::fs::File::create(dir.join("server.err"))?)
-            .kill_on_drop(true)
             .spawn()
-            .context("starting ramboot serve")?,
-    };
-    println!("lab: ramboot serve started (log: {})", server_log.display());
-    let http = NetnsHttp::start(netns)?;
-    let base = format!("http://{server_ip}:{HTTP_PORT}");
-    let (server_err, data) = (dir.join("server.err"), dir.join("data"));
-    tokio::select! {
-        r = wait_for_server(&http, &base, &server_err, &data) => r?,
-        _ = interrupted.cancelled() => {
-            server.stop().await;
-            bail!("interrupted");
+            .context("starting ramboot serve")?;
+        let server = Proc::new("ramboot serve", server);
+        println!("lab: ramboot serve started (log: {})", server_log.display());
+        let http = NetnsHttp::start(netns)?;
+        let base = format!("http://{server_ip}:{HTTP_PORT}");
+        let (server_err, data) = (dir.join("server.err"), dir.join("data"));
+        tokio::select! {
+            r = wait_for_server(&http, &base, &server_err, &data) => r?,
+            _ = interrupted.cancelled() => {
+                server.stop(STOP_GRACE);
+                bail!("interrupted");
+            }
+        }
+
+        let mac = LAB_MAC;
+        let tgtd = if opts.iscsi { Some(self.start_tgtd(server_ip)?) } else { None };
+        if opts.iscsi {
+            attach_lab_volume(&http, &base).await?;
+        }
+        let monitor = dir.join("qemu.monitor");
+        if opts.uefi {
+            std::fs::copy(qemu::OVMF_VARS, dir.join("OVMF_VARS.fd"))?;
+        }
+        let started = Instant::now();
+        let mut qemu = self.power_on(&console_log, false)?;
+        let mut progress = Follow::default();
+        let deadline = started + opts.timeout() * opts.boots.max(1);
+        let mut outcome = Outcome::TimedOut;
+        for n in 1..=opts.boots.max(1) {
+            let (result, boot) =
+                follow(&http, &base, mac, started, deadline, &mut qemu, &mut progress, interrupted).await;
+            let detail = http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok();
+            if let Some(detail) = detail.and_then(|body| serde_json::from_str::<NodeDetail>(&body).ok()) {
+                print_timeline(&detail.events, boot);
+            }
+            outcome = result;
+            if !matches!(outcome, Outcome::Ready) || n == opts.boots {
+                break;
+            }
+            if opts.crash {
+                println!(
+                    "lab: boot {n} of {} is ready; killing QEMU (SIGKILL, a hypervisor crash) and powering on again",
+                    opts.boots
+                );
+                qemu.kill();
+                qemu = self.power_on(&console_log, true)?;
+            } else {
+                println!("lab: boot {n} of {} is ready; resetting the VM for the next boot", opts.boots);
+                qemu::reset(&monitor).await?;
+            }
+        }
+        if let (Some(path), Some(body)) = (&opts.report, http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok()) {
+            std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?;
+        }
+        let outcome = match outcome {
+            Outcome::Ready if !opts.once => {
+                println!("lab: node is ready. The VM keeps running; press Ctrl-C to stop it and clean up.");
+                interrupted.cancelled().await;
+                Outcome::Ready
+            }
+            other => other,
+        };
+        qemu.stop(STOP_GRACE);
+        drop(tgtd);
+        server.stop(STOP_GRACE);
+        let _ = std::fs::remove_file(&monitor);
+        match outcome {
+            Outcome::Ready => Ok(()),
+            Outcome::Failed(reason) => {
+                print_tail(&console_log);
+                bail!("node failed: {reason}")
+            }
+            Outcome::TimedOut => {
+                print_tail(&console_log);
+                bail!("node not ready after {:?}", opts.timeout())
+            }
+            Outcome::VmExited(status) => {
+                print_tail(&console_log);
+                bail!("the VM exited before the node was ready ({status})")
+            }
+            Outcome::Interrupted => bail!("interrupted"),
         }
     }
 
-    let mac = LAB_MAC;
-    let tgtd = if opts.iscsi { Some(start_tgtd(netns, server_ip, dir)?) } else { None };
-    if opts.iscsi {
-        attach_lab_volume(&http, &base).await?;
+    /// Power the VM on: SeaBIOS or OVMF, e1000 with QEMU's iPXE ROM, network boot.
+    fn power_on(&self, console_log: &Path, again: bool) -> Result<Proc> {
+        let (opts, dir) = (self.opts, self.dir);
+        let vm = PxeVm {
+            tap: TAP.into(),
+            mac: LAB_MAC.into(),
+            memory_mb: opts.memory_mb,
+            uefi_vars: opts.uefi.then(|| dir.join("OVMF_VARS.fd")),
+            // Appended across power-ons: one console log for the whole run.
+            console: Console::Stdout,
+            // A monitor socket lets the lab power-cycle the VM between boots.
+            monitor: Some(dir.join("qemu.monitor")),
+            // One boot: a guest reboot (stage one gives up) ends QEMU, a quick failure
+            // signal. Several: QEMU must survive the resets (it also treats
+            // `system_reset` as exit).
+            no_reboot: opts.boots <= 1,
+        };
+        let console =
+            std::fs::OpenOptions::new().create(true).append(again).write(true).truncate(!again).open(console_log)?;
+        let child = net::in_ns(self.netns, &vm.command_line())
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(std::fs::File::create(dir.join("qemu.err"))?)
+            .spawn()
+            .context("starting QEMU")?;
+        println!(
+            "lab: VM {LAB_MAC} powered on ({}, {} MiB, TCG); serial console: {}",
+            if opts.uefi { "UEFI" } else { "BIOS" },
+            opts.memory_mb,
+            console_log.display()
+        );
+        Ok(Proc::new("qemu", child))
     }
-    let monitor = dir.join("qemu.monitor");
-    if opts.uefi {
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", dir.join("OVMF_VARS.fd"))?;
-    }
-    let started = Instant::now();
-    let qemu = power_on(opts, dir, netns, &console_log, false)?;
-    let mut qemu = qemu;
-    let mut progress = Follow::default();
-    let deadline = started + opts.timeout() * opts.boots.max(1);
-    let mut outcome = Outcome::TimedOut;
-    for n in 1..=opts.boots.max(1) {
-        let (result, boot) = follow(&http, &base, mac, started, deadline, &mut qemu, &mut progress, interrupted).await;
-        let detail = http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok();
-        if let Some(detail) = detail.and_then(|body| serde_json::from_str::<NodeDetail>(&body).ok()) {
-            print_timeline(&detail.events, boot);
-        }
-        outcome = result;
-        if !matches!(outcome, Outcome::Ready) || n == opts.boots {
-            break;
-        }
-        if opts.crash {
-            println!(
-                "lab: boot {n} of {} is ready; killing QEMU (SIGKILL, a hypervisor crash) and powering on again",
-                opts.boots
-            );
-            let _ = qemu.child.kill().await;
-            qemu = power_on(opts, dir, netns, &console_log, true)?;
-        } else {
-            println!("lab: boot {n} of {} is ready; resetting the VM for the next boot", opts.boots);
-            reset_vm(&monitor).await?;
-        }
-    }
-    if let (Some(path), Some(body)) = (&opts.report, http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok()) {
-        std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?;
-    }
-    let outcome = match outcome {
-        Outcome::Ready if !opts.once => {
-            println!("lab: node is ready. The VM keeps running; press Ctrl-C to stop it and clean up.");
-            interrupted.cancelled().await;
-            Outcome::Ready
-        }
-        other => other,
-    };
-    qemu.stop().await;
-    if let Some(tgtd) = tgtd {
-        stop_tgtd(tgtd).await;
-    }
-    server.stop().await;
-    let _ = std::fs::remove_file(&monitor);
-    match outcome {
-        Outcome::Ready => Ok(()),
-        Outcome::Failed(reason) => {
-            print_tail(&console_log);
-            bail!("node failed: {reason}")
-        }
-        Outcome::TimedOut => {
-            print_tail(&console_log);
-            bail!("node not ready after {:?}", opts.timeout())
-        }
-        Outcome::VmExited(status) => {
-            print_tail(&console_log);
-            bail!("the VM exited before the node was ready ({status})")
-        }
-        Outcome::Interrupted => bail!("interrupted"),
+
+    /// A tgtd on the lab's bridge address, with a private control port.
+    fn start_tgtd(&self, server_ip: &str) -> Result<Tgtd> {
+        let tgtd = Tgtd::start(TgtdOptions {
+            netns: Some(self.netns.to_string()),
+            control: self.tgt_control,
+            host: server_ip.parse().context("the lab's server address")?,
+            port: 3260,
+            log: self.dir.join("tgtd.log"),
+            remove_log: false,
+        })?;
+        println!("lab: tgtd serving iSCSI on {server_ip}:3260 (control port {})", self.tgt_control);
+        Ok(tgtd)
     }
 }
 
 const LAB_MAC: &str = "52:54:00:72:62:01";
-
-/// Power the VM on: SeaBIOS or OVMF, e1000 with QEMU's iPXE ROM, network boot.
-fn power_on(opts: &LabOptions, dir: &Path, netns: &str, console_log: &Path, again: bool) -> Result<Guarded> {
-    let mut qemu_cmd = Command::new("ip");
-    qemu_cmd.args(["netns", "exec", netns, "qemu-system-x86_64", "-accel", "tcg"]);
-    // A monitor socket lets the lab power-cycle the VM between boots.
-    let monitor_arg = format!("unix:{},server,nowait", dir.join("qemu.monitor").display());
-    let memory = opts.memory_mb.to_string();
-    qemu_cmd.args(["-m", &memory, "-nographic", "-serial", "stdio", "-monitor", &monitor_arg]);
-    // One boot: a guest reboot (stage one gives up) ends QEMU, a quick failure signal.
-    // Several: QEMU must survive the resets (it also treats `system_reset` as exit).
-    if opts.boots <= 1 {
-        qemu_cmd.arg("-no-reboot");
-    }
-    qemu_cmd.args(["-netdev", &format!("tap,id=n0,ifname={TAP},script=no,downscript=no")]);
-    let rom = if opts.uefi { "efi-e1000.rom" } else { "pxe-e1000.rom" };
-    let nic = format!("e1000,netdev=n0,mac={LAB_MAC},romfile=/usr/lib/ipxe/qemu/{rom},bootindex=1");
-    qemu_cmd.args(["-device", &nic, "-boot", "n"]);
-    if opts.uefi {
-        qemu_cmd.args(["-machine", "q35"]);
-        qemu_cmd.args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"]);
-        qemu_cmd.args(["-drive", &format!("if=pflash,format=raw,file={}", dir.join("OVMF_VARS.fd").display())]);
-    }
-    let console =
-        std::fs::OpenOptions::new().create(true).append(again).write(true).truncate(!again).open(console_log)?;
-    let child = qemu_cmd
-        .stdin(Stdio::null())
-        .stdout(console)
-        .stderr(std::fs::File::create(dir.join("qemu.err"))?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting QEMU")?;
-    println!(
-        "lab: VM {LAB_MAC} powered on ({}, {} MiB, TCG); serial console: {}",
-        if opts.uefi { "UEFI" } else { "BIOS" },
-        opts.memory_mb,
-        console_log.display()
-    );
-    Ok(Guarded { what: "qemu", child })
-}
-
-/// A tgtd on the lab's bridge address, with a private control port.
-fn start_tgtd(netns: &str, server_ip: &str, dir: &Path) -> Result<Guarded> {
-    let port = tgt_control_port().to_string();
-    let child = Command::new("ip")
-        .args(["netns", "exec", netns, "tgtd", "-f", "-C", &port, "--iscsi", &format!("portal={server_ip}:3260")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("tgtd.log"))?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting tgtd (apt-get install tgt)")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::process::Command::new("tgtadm")
-        .args(["-C", &port, "--op", "show", "--mode", "system"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        if Instant::now() > deadline {
-            bail!("tgtd did not come up (see {})", dir.join("tgtd.log").display());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    println!("lab: tgtd serving iSCSI on {server_ip}:3260 (control port {port})");
-    Ok(Guarded { what: "tgtd", child })
-}
 
 /// Register the VM and give it a 64 MiB volume before it boots.
 async fn attach_lab_volume(http: &NetnsHttp, base: &str) -> Result<()> {
@@ -657,7 +519,7 @@ async fn attach_lab_volume(http: &NetnsHttp, base: &str) -> Result<()> {
 /// Wait until the server answers its admin API with the token it wrote at start.
 async fn wait_for_server(http: &NetnsHttp, base: &str, err_log: &Path, data: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let token_file = crate::http::auth::admin_token_path(data);
+    let token_file = ramboot::http::auth::admin_token_path(data);
     while Instant::now() < deadline {
         if let Ok(token) = std::fs::read_to_string(&token_file) {
             if let Ok(mut slot) = http.token.lock() {
@@ -690,13 +552,13 @@ async fn follow(
     mac: &str,
     started: Instant,
     deadline: Instant,
-    qemu: &mut Guarded,
+    qemu: &mut Proc,
     state: &mut Follow,
     interrupted: &CancellationToken,
 ) -> (Outcome, Option<i64>) {
     let mut boot_seen = None;
     loop {
-        if let Ok(Some(status)) = qemu.child.try_wait() {
+        if let Some(status) = qemu.try_wait() {
             return (Outcome::VmExited(status.to_string()), boot_seen);
         }
         if Instant::now() > deadline {
@@ -733,36 +595,6 @@ async fn follow(
             _ = interrupted.cancelled() => return (Outcome::Interrupted, boot_seen),
         }
     }
-}
-
-/// Reset the VM (a power cycle): it PXE-boots again.
-///
-/// QEMU's human monitor drops a command whose connection closes before it has been
-/// read, so this waits for the banner's prompt, sends the command, and waits for
-/// the prompt that follows it.
-async fn reset_vm(monitor: &Path) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let talk = async {
-        let mut sock = tokio::net::UnixStream::connect(monitor).await.context("connecting to the QEMU monitor")?;
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 1024];
-        let mut prompts_wanted = 1;
-        loop {
-            let n = sock.read(&mut buf).await?;
-            if n == 0 {
-                bail!("the QEMU monitor closed the connection");
-            }
-            seen.extend_from_slice(&buf[..n]);
-            if seen.windows(7).filter(|w| w == b"(qemu) ").count() >= prompts_wanted {
-                if prompts_wanted == 2 {
-                    return Ok(());
-                }
-                sock.write_all(b"system_reset\n").await?;
-                prompts_wanted = 2;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), talk).await.context("the QEMU monitor did not answer")?
 }
 
 /// The per-phase timeline of the node's current boot.

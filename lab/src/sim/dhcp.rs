@@ -4,9 +4,9 @@
 //! The simulator acts as a DHCP relay (giaddr = its own address), so one socket on
 //! port 67 serves thousands of MACs and the server's replies come back unicast.
 
-use crate::node::MacAddr;
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, Opcode, OptionCode, UnknownOption};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use ramboot_core::node::MacAddr;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};

@@ -1,8 +1,9 @@
 //! Packet captures for tests that check what went over the wire: `tcpdump` in a
 //! namespace, and a tiny pcap reader (IPv4 over Ethernet or Linux cooked capture,
-//! UDP and TCP payloads).
+//! UDP and TCP payloads). Part of the test harness: it panics on a file that is not
+//! a capture.
 
-use super::netns::{tool, Lab};
+use crate::harness::{tool, Lab};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! `ramboot sim`: a fleet of simulated diskless nodes booting at once against a
+//! `ramboot-sim`: a fleet of simulated diskless nodes booting at once against a
 //! real `ramboot serve`, over the real protocols, to measure a boot storm.
 //!
 //! Each node does what a machine does: DHCP as its PXE ROM (→ an iPXE binary),
@@ -11,8 +11,8 @@
 pub mod dhcp;
 pub mod http;
 
-use crate::node::MacAddr;
 use dhcp::{Client, Relay, Stage};
+use ramboot_core::node::MacAddr;
 use ramboot_core::tftp::client::{Download, ReadRequest, Step};
 use ramboot_proto::{human_bytes, paths, AgentEvent, BootArgs, Dmi, Inventory, Nic, Plan, ReportedState};
 use serde::Serialize;
@@ -419,7 +419,7 @@ fn event(state: Option<ReportedState>, message: String) -> AgentEvent {
 }
 
 fn inventory(client: &Client, index: u32) -> Inventory {
-    let uuid = crate::dhcp::io::format_uuid(&[&[0u8][..], &client.uuid].concat());
+    let uuid = ramboot_core::dhcp::classify::format_uuid(&[&[0u8][..], &client.uuid].concat());
     Inventory {
         cpus: 64,
         cpu_model: Some("ramboot-sim virtual CPU".into()),
@@ -523,7 +523,7 @@ fn summarize(nodes: u32, results: Vec<NodeResult>, elapsed: Duration) -> Report 
 }
 
 impl Report {
-    /// The human summary `ramboot sim` prints.
+    /// The human summary `ramboot-sim` prints.
     pub fn table(&self) -> String {
         let mut out = format!(
             "{} of {} nodes ready, {} failed; all ready in {:.2} s; boot p50 {:.2} s, p99 {:.2} s\n\

@@ -1,0 +1,25 @@
+//! ramboot's lab: the machinery that puts ramboot on a network of its own, once, for
+//! the `ramboot-lab` tool (a QEMU VM netbooting through `ramboot serve`), the
+//! `ramboot-sim` fleet simulator and the integration tests.
+//!
+//! The fallible building blocks (network namespaces, bridges and taps, processes
+//! stopped by PID, QEMU's command line, a private tgtd, the workspace's binaries and
+//! the lab's Debian packages and agent build) return [`LabError`]. [`harness`] and
+//! [`pcap`] wrap them for tests, which panic with a clear message instead.
+//! Nothing here is linked into the `ramboot` server binary: the server crate never
+//! depends on this one.
+
+pub mod bins;
+pub mod harness;
+pub mod logs;
+pub mod net;
+pub mod pcap;
+pub mod process;
+pub mod qemu;
+pub mod setup;
+pub mod sim;
+pub mod tgtd;
+
+mod error;
+
+pub use error::LabError;

@@ -1,0 +1,139 @@
+//! A QEMU VM that network-boots with its NIC's iPXE ROM from a tap on a lab bridge
+//! (see LAB.md for why these flags): TCG, e1000, SeaBIOS or OVMF. [`PxeVm`] is its
+//! command line, for the lab's VM and the tests' alike; [`reset`] power-cycles it
+//! through the monitor.
+
+use crate::LabError;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+/// QEMU's e1000 iPXE ROMs (Debian's ipxe-qemu).
+pub const PXE_ROM: &str = "/usr/lib/ipxe/qemu/pxe-e1000.rom";
+pub const EFI_ROM: &str = "/usr/lib/ipxe/qemu/efi-e1000.rom";
+/// OVMF's code (read-only) and the variables a VM gets a writable copy of.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone)]
+pub enum Console {
+    /// QEMU's stdout (the caller redirects it, e.g. appending across power-ons).
+    Stdout,
+    /// A file QEMU writes itself.
+    File(PathBuf),
+}
+
+/// A network-booting VM's command line.
+#[derive(Debug, Clone)]
+pub struct PxeVm {
+    pub tap: String,
+    pub mac: String,
+    pub memory_mb: u32,
+    /// UEFI (OVMF with this writable copy of its variables) instead of SeaBIOS.
+    pub uefi_vars: Option<PathBuf>,
+    pub console: Console,
+    /// A monitor socket (for [`reset`]); none without.
+    pub monitor: Option<PathBuf>,
+    /// Exit on a guest reboot instead of booting again.
+    pub no_reboot: bool,
+}
+
+impl PxeVm {
+    /// A BIOS VM with 256 MiB on `tap`, console to `console`, no monitor, exiting on
+    /// reboot: what the tests boot.
+    pub fn bios(tap: &str, mac: &str, console: &Path) -> PxeVm {
+        PxeVm {
+            tap: tap.into(),
+            mac: mac.into(),
+            memory_mb: 256,
+            uefi_vars: None,
+            console: Console::File(console.to_path_buf()),
+            monitor: None,
+            no_reboot: true,
+        }
+    }
+
+    /// The program and its arguments.
+    pub fn command_line(&self) -> Vec<String> {
+        let serial = match &self.console {
+            Console::Stdout => "stdio".to_string(),
+            Console::File(path) => format!("file:{}", path.display()),
+        };
+        let monitor = match &self.monitor {
+            Some(path) => format!("unix:{},server,nowait", path.display()),
+            None => "none".to_string(),
+        };
+        let rom = if self.uefi_vars.is_some() { EFI_ROM } else { PXE_ROM };
+        let mut args: Vec<String> = vec![QEMU.into(), "-accel".into(), "tcg".into(), "-m".into()];
+        args.push(self.memory_mb.to_string());
+        args.extend(["-nographic", "-serial", &serial, "-monitor", &monitor].map(String::from));
+        if self.no_reboot {
+            args.push("-no-reboot".into());
+        }
+        args.extend(["-boot".into(), "n".into(), "-device".into()]);
+        args.push(format!("e1000,netdev=n0,mac={},romfile={rom},bootindex=1", self.mac));
+        args.push("-netdev".into());
+        args.push(format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap));
+        if let Some(vars) = &self.uefi_vars {
+            args.extend(["-machine", "q35", "-drive"].map(String::from));
+            args.push(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+            args.push("-drive".into());
+            args.push(format!("if=pflash,format=raw,file={}", vars.display()));
+        }
+        args
+    }
+}
+
+/// Reset the VM (a power cycle): it PXE-boots again.
+///
+/// QEMU's human monitor drops a command whose connection closes before it has been
+/// read, so this waits for the banner's prompt, sends the command, and waits for
+/// the prompt that follows it.
+pub async fn reset(monitor: &Path) -> Result<(), LabError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |e: std::io::Error| LabError::file(monitor, e);
+    let talk = async {
+        let mut sock = tokio::net::UnixStream::connect(monitor).await.map_err(io)?;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        let mut prompts_wanted = 1;
+        loop {
+            let n = sock.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                return Err(LabError::Other("the QEMU monitor closed the connection".into()));
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if seen.windows(7).filter(|w| w == b"(qemu) ").count() >= prompts_wanted {
+                if prompts_wanted == 2 {
+                    return Ok(());
+                }
+                sock.write_all(b"system_reset\n").await.map_err(io)?;
+                prompts_wanted = 2;
+            }
+        }
+    };
+    let limit = Duration::from_secs(10);
+    tokio::time::timeout(limit, talk).await.map_err(|_| LabError::Timeout {
+        what: "the QEMU monitor's answer".into(),
+        secs: limit.as_secs(),
+        detail: String::new(),
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uefi_vm_gets_the_efi_rom_and_both_flash_drives() {
+        let mut vm = PxeVm::bios("tap0", "52:54:00:00:00:01", Path::new("/tmp/console"));
+        assert!(vm.command_line().iter().any(|a| a.contains("romfile=/usr/lib/ipxe/qemu/pxe-e1000.rom")));
+        vm.uefi_vars = Some("/tmp/vars.fd".into());
+        vm.monitor = Some("/tmp/mon".into());
+        let args = vm.command_line();
+        assert!(args.iter().any(|a| a.contains("efi-e1000.rom")), "{args:?}");
+        assert_eq!(args.iter().filter(|a| a.starts_with("if=pflash")).count(), 2, "{args:?}");
+        assert!(args.contains(&"unix:/tmp/mon,server,nowait".to_string()), "{args:?}");
+    }
+}
