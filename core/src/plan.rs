@@ -371,6 +371,59 @@ mod tests {
         assert_eq!(plan.retry_delay, Duration::from_secs(20));
     }
 
+    proptest::proptest! {
+        /// Whatever the node: maintenance and spent retries always refuse, a boot
+        /// always loads a built stage one, a profile boot is pinned to the profile
+        /// it names (with that profile's revision and image), and the back-off grows
+        /// with the failures.
+        #[test]
+        fn decisions_respect_precedence(
+            state in proptest::sample::select(NodeState::ALL.to_vec()),
+            failures in 0i64..8,
+            assigned in proptest::option::of(proptest::sample::select(vec!["a", "unbuilt", "missing"])),
+            labelled in proptest::bool::ANY,
+            default_profile in proptest::option::of(proptest::sample::select(vec!["a", "missing"])),
+        ) {
+            let by_label = Selector { labels: [("role".into(), "hv".into())].into(), ..Selector::default() };
+            let set = Set(vec![profile("a", "compute-node", vec![]), profile("b", "compute-node", vec![by_label]),
+                profile("unbuilt", "nope", vec![])]);
+            let mut n = node();
+            n.state = state;
+            n.failures = failures;
+            n.assigned_profile = assigned;
+            if labelled {
+                n.facts.labels.insert("role".into(), "hv".into());
+            }
+            let lifecycle = lifecycle();
+            let decision = plan(&n, &set, default_profile);
+            match decision {
+                Decision::Refuse(Refusal::Maintenance { .. }) => proptest::prop_assert_eq!(state, NodeState::Maintenance),
+                Decision::Refuse(Refusal::RetriesExhausted { failures: f }) => {
+                    proptest::prop_assert!(state != NodeState::Maintenance);
+                    proptest::prop_assert!(i64::from(f) > i64::from(lifecycle.max_retries));
+                }
+                Decision::Refuse(Refusal::Unbootable { .. }) => {
+                    proptest::prop_assert!(state != NodeState::Maintenance && failures <= 3);
+                }
+                Decision::Boot(plan) => {
+                    proptest::prop_assert!(state != NodeState::Maintenance && failures <= 3);
+                    proptest::prop_assert_eq!(&plan.stage1.name, "stage1");
+                    proptest::prop_assert_eq!(Some(plan.retry_delay), lifecycle.retry_delay(failures as u32));
+                    match (&plan.profile, assigned) {
+                        (Some(boot), Some(name)) => proptest::prop_assert_eq!(boot.profile.as_str(), name),
+                        (Some(boot), None) if labelled => proptest::prop_assert_eq!(boot.profile.as_str(), "b"),
+                        (Some(boot), None) => proptest::prop_assert_eq!(Some(boot.profile.as_str()), default_profile),
+                        (None, _) => proptest::prop_assert!(assigned.is_none() && !labelled && default_profile.is_none()),
+                    }
+                    if let Some(boot) = &plan.profile {
+                        proptest::prop_assert_eq!(&boot.revision, &format!("rev-{}", boot.profile));
+                        proptest::prop_assert_eq!(&boot.image.name, "compute-node");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn volumes_are_named_for_the_node() {
         let (p, _) = profile("a", "compute-node", vec![]);
