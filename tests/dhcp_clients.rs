@@ -274,7 +274,7 @@ fn dhclient_gets_renews_and_releases_a_lease() {
 
     // 3. Release: `dhclient -r` stops the running dhclient (pid file) and sends RELEASE.
     let (client_ns, client_if) = (lab.client_ns.clone(), lab.client_if.clone());
-    let ended = dhclient.release(&mut lab, (&client_ns, &client_if), leased, dh, &context);
+    let ended = dhclient.release(&mut lab, (&client_ns, &client_if), leased, dh, &events_path, &context);
     eprintln!("running dhclient ended with {ended} after -r");
     lab.check_released(leased, &context);
     assert!(events(&events_path).iter().any(|e| e["reason"] == "RELEASE"), "{}", context());
