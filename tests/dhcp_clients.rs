@@ -274,7 +274,7 @@ fn dhclient_gets_renews_and_releases_a_lease() {
 
     // 3. Release: `dhclient -r` stops the running dhclient (pid file) and sends RELEASE.
     let (client_ns, client_if) = (lab.client_ns.clone(), lab.client_if.clone());
-    let ended = dhclient.release(&mut lab, (&client_ns, &client_if), leased, dh, &context);
+    let ended = dhclient.release(&mut lab, (&client_ns, &client_if), leased, dh, &events_path, &context);
     eprintln!("running dhclient ended with {ended} after -r");
     lab.check_released(leased, &context);
     assert!(events(&events_path).iter().any(|e| e["reason"] == "RELEASE"), "{}", context());
@@ -430,6 +430,8 @@ impl PerfReport {
 /// and leaves headroom for a busy CI machine. Speed is measured in bench/dhcp, not here.
 const CLIENTS: u64 = 10_000;
 const RATE: u64 = 500;
+/// DISCOVERs perfdhcp may send past its -n on a busy machine (seen: one).
+const SLIP: u64 = 5;
 
 #[test]
 fn perfdhcp_10k_clients_get_one_unique_durable_lease_each() {
@@ -447,12 +449,16 @@ fn perfdhcp_10k_clients_get_one_unique_durable_lease_each() {
 
     // perfdhcp (DHCPv4) acts as a relay: giaddr = its address, replies come to port 67.
     // Without -s it walks the client MACs sequentially from the base, so -n CLIENTS
-    // exchanges are CLIENTS distinct clients. -d: an answer later than 5 s is a drop
-    // (given for both exchanges); -W: after the last DISCOVER, wait 5 s for stragglers.
+    // exchanges are CLIENTS distinct clients. Its rate timer may slip a few DISCOVERs
+    // past -n on a busy machine (SLIP): -R leaves MACs for them, so they are new clients
+    // too; were the walk to wrap, the first client would rightly be offered its address
+    // again, and -u would count that as handed out twice. -d: an answer later than 5 s
+    // is a drop (given for both exchanges); -W: after the last DISCOVER, wait 5 s for
+    // stragglers.
     // -u: perfdhcp checks that no address is handed to two clients. -x l: list leases.
     let out_path = lab.path("perfdhcp.out");
-    let (clients, rate) = (CLIENTS.to_string(), RATE.to_string());
-    let args = [&perfdhcp, "-4", "-l", client_ip, "-b", "mac=02:77:00:00:00:00", "-R", &clients, "-n", &clients]
+    let (macs, clients, rate) = ((CLIENTS + SLIP).to_string(), CLIENTS.to_string(), RATE.to_string());
+    let args = [&perfdhcp, "-4", "-l", client_ip, "-b", "mac=02:77:00:00:00:00", "-R", &macs, "-n", &clients]
         .into_iter()
         .chain(["-r", &rate, "-d", "5", "-d", "5", "-W", "5000000", "-u", "-x", "el", SERVER_IP])
         .map(String::from)
@@ -483,8 +489,8 @@ fn perfdhcp_10k_clients_get_one_unique_durable_lease_each() {
     // else is an error.
     assert!(matches!(status.code(), Some(0) | Some(3)), "perfdhcp failed: {status}\n{summary}");
     assert_eq!(report.malformed, Some(0), "malformed replies\n{summary}");
-    // perfdhcp's rate timer may slip one or two DISCOVERs past -n on a busy machine.
-    assert!((CLIENTS..=CLIENTS + 5).contains(&discovers), "{summary}");
+    // perfdhcp's rate timer may slip a DISCOVER or two past -n on a busy machine.
+    assert!((CLIENTS..=CLIENTS + SLIP).contains(&discovers), "{summary}");
     for exchange in [offers, acks] {
         for key in ["orphans", "rejected leases", "non unique addresses"] {
             assert_eq!(report.num(exchange, key), 0, "{exchange} {key}\n{summary}");

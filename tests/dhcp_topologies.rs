@@ -294,7 +294,7 @@ fn dhcp_through_a_relay() {
 
     // 2. RELEASE: `dhclient -r` stops the running dhclient (pid file) and unicasts a
     // RELEASE to the server identifier; it crosses the relay namespace as routed IP.
-    dhclient.release(&mut topo, (&client_ns, &client_if), leased, dh, context);
+    dhclient.release(&mut topo, (&client_ns, &client_if), leased, dh, &events_path, context);
     let released = format!("DHCP release mac={RELAYED_CLIENT_MAC} ip={leased}");
     let logged = || log_text(&ramboot_log).contains(&released).then_some(());
     wait_for(Duration::from_secs(10), "ramboot to log the release", logged, context);

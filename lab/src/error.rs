@@ -14,6 +14,10 @@ pub enum LabError {
     Failed { command: String, detail: String },
     #[error("{path}: {source}")]
     File { path: PathBuf, source: std::io::Error },
+    /// A port a daemon needed was another process's by the time it bound it (a
+    /// free port picked, then taken in between): try again with fresh ports.
+    #[error("{what} was taken by another process: {detail}")]
+    PortTaken { what: String, detail: String },
     #[error("{what} did not happen within {secs} s{detail}")]
     Timeout { what: String, secs: u64, detail: String },
     #[error("{0}")]

@@ -366,13 +366,27 @@ pub fn tgtd_skip_reason() -> Option<&'static str> {
 }
 
 /// A private tgtd on a free loopback port with its own control port (see
-/// [`crate::tgtd`]); stopped when dropped.
+/// [`crate::tgtd`]); stopped when dropped. A port taken between our pick and
+/// tgtd's bind is retried on fresh ports.
 pub fn loopback_tgtd() -> Tgtd {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
-    let port = listener.local_addr().expect("its address").port();
-    drop(listener);
-    let control = crate::tgtd::control_port();
-    let log = std::env::temp_dir().join(format!("ramboot-test-tgtd-{control}.log"));
-    let host = Ipv4Addr::LOCALHOST.into();
-    must(Tgtd::start(TgtdOptions { netns: None, control, host, port, log, remove_log: true }))
+    let mut taken = vec![];
+    for _ in 0..5 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        let port = listener.local_addr().expect("its address").port();
+        drop(listener);
+        let control = crate::tgtd::control_port();
+        // Per control port and portal: a tgtd that finds its control port taken must
+        // not write over the log of the one that has it.
+        let log = std::env::temp_dir().join(format!("ramboot-test-tgtd-{control}-{port}.log"));
+        let host = Ipv4Addr::LOCALHOST.into();
+        match Tgtd::start(TgtdOptions { netns: None, control, host, port, log: log.clone(), remove_log: true }) {
+            Err(e @ crate::LabError::PortTaken { .. }) => {
+                let _ = std::fs::remove_file(&log);
+                eprintln!("{e}; trying fresh ports");
+                taken.push(e.to_string());
+            }
+            started => return must(started),
+        }
+    }
+    panic!("no tgtd of our own could start:\n{}", taken.join("\n"));
 }

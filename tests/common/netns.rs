@@ -6,7 +6,7 @@
 use ramboot::store::{Lease, Store};
 use ramboot_lab::harness::{log_text, read_lossy, tail, tool, udp_port_bound, wait_for, write_executable, Lab};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -98,6 +98,7 @@ pub fn assert_no_errors_or_naks(log: &str) {
 pub struct Dhclient {
     binary: PathBuf,
     files: Vec<String>,
+    pid_file: PathBuf,
 }
 
 impl Dhclient {
@@ -115,8 +116,9 @@ impl Dhclient {
             ("-lf", lab.path("dhclient.leases")),
             ("-pf", lab.path("dhclient.pid")),
         ];
+        let pid_file = lab.path("dhclient.pid");
         let files = files.iter().flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()]).collect();
-        Dhclient { binary, files }
+        Dhclient { binary, files, pid_file }
     }
 
     /// The command line `dhclient -4 <flags> <the private files> <interface>`.
@@ -130,14 +132,28 @@ impl Dhclient {
 
     /// `dhclient -r` in `ns`: it must release `leased` and succeed, and the running
     /// dhclient `running` (found through the pid file) must exit; returns how it ended.
+    /// `events` is the file the `-sf` script records its events in.
     pub fn release(
         &self,
         lab: &mut Lab,
         (ns, interface): (&str, &str),
         leased: Ipv4Addr,
         running: usize,
+        events: &Path,
         context: impl Fn() -> String,
     ) -> ExitStatus {
+        // With -d, dhclient rewrites its pid file (truncated, then the number written)
+        // after the script of each bind (BOUND, RENEW) has run: just after the script
+        // recorded its event the file can be empty for a moment, and a `-r` reading it
+        // then stops nothing, so the running dhclient goes on. Wait for that rewrite:
+        // the pid file written no earlier than the last event, holding the running PID.
+        let pid_line = format!("{}\n", lab.pid(running));
+        let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let rewritten = || {
+            let (written, event) = (modified(&self.pid_file)?, modified(events)?);
+            (written >= event && read_lossy(&self.pid_file) == pid_line).then_some(())
+        };
+        wait_for(Duration::from_secs(5), "dhclient to rewrite its pid file after the last event", rewritten, &context);
         let log = lab.path("dhclient-release.log");
         let status = lab.run(ns, &self.args(&["-r", "-v"], interface), &log, Duration::from_secs(20));
         let out = read_lossy(&log);
