@@ -84,10 +84,6 @@ where
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(e)
-}
-
 /// `len` bytes of `file` at `offset`, read on the blocking pool.
 async fn pread(file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     tokio::task::spawn_blocking(move || {
@@ -164,13 +160,13 @@ async fn artifact(
 ) -> Result<Response, ApiError> {
     let digest: Digest = digest.parse().map_err(|_| ApiError::not_found("no such artifact"))?;
     let path = state.images.blob_path(&digest);
-    let file = match tokio::task::spawn_blocking(move || std::fs::File::open(path)).await.map_err(internal)? {
+    let file = match tokio::task::spawn_blocking(move || std::fs::File::open(path)).await.map_err(ApiError::internal)? {
         Ok(f) => Arc::new(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ApiError::not_found("no such artifact")),
-        Err(e) => return Err(internal(e)),
+        Err(e) => return Err(ApiError::internal(e)),
     };
     // An open file's size: a local inode lookup, no I/O worth a blocking thread.
-    let len = file.metadata().map_err(internal)?.len();
+    let len = file.metadata().map_err(ApiError::internal)?.len();
     let etag = etag_of(&digest);
     let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     let request = Conditions {

@@ -77,12 +77,8 @@ fn ipxe(text: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(e)
-}
-
 fn render(t: &impl Template) -> Result<String, ApiError> {
-    t.render().map_err(internal)
+    t.render().map_err(ApiError::internal)
 }
 
 /// An iPXE script that explains why and asks again later: iPXE shows it on the console.
@@ -146,7 +142,7 @@ async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) 
             Decision::Boot(plan) => *plan,
             Decision::Refuse(refusal) => return refuse(&state, &node, &refusal, now).await,
         };
-        let token = crate::token::generate().map_err(internal)?;
+        let token = crate::token::generate().map_err(ApiError::internal)?;
         let token_hash = crate::token::hash(&token);
         let (boot_id, profile_name, why) = match &plan.profile {
             Some(boot) => {
@@ -317,6 +313,8 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
     .into_response())
 }
 
+/// On the boot path every volume failure is the target being unavailable (503): the
+/// agent retries its plan, where an operator's API call would get 422/404 instead.
 fn iscsi_unavailable(e: crate::iscsi::service::VolumeError) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "iscsi", e.to_string())
 }
@@ -365,7 +363,7 @@ async fn overlay(State(state): State<AppState>, auth: BootAuth) -> Result<Respon
     let files = loaded
         .render_overlay(&facts, &secrets)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "render_failed", e.to_string()))?;
-    let archive = tar_of(&files).map_err(internal)?;
+    let archive = tar_of(&files).map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/x-tar")], archive).into_response())
 }
 
@@ -375,8 +373,8 @@ async fn read_secrets(path: Option<&std::path::Path>) -> Result<BTreeMap<String,
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || crate::yaml::load::<BTreeMap<String, String>>(&path))
         .await
-        .map_err(internal)?
-        .map_err(|e| internal(format!("secrets file: {e}")))
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::internal(format!("secrets file: {e}")))
 }
 
 fn tar_of(files: &[crate::profiles::RenderedFile]) -> std::io::Result<Vec<u8>> {
