@@ -176,10 +176,16 @@ pub fn wait_event(
     wait_for(timeout, what, || events(path).into_iter().find(matches), context)
 }
 
-/// Write a script (or copy of a binary's bytes) and make it executable.
+/// Write a script (or copy of a binary's bytes) and make it executable. The file that
+/// runs is written by `install`, not by this process: a child that another test's
+/// thread forks meanwhile inherits every open file until it execs, and exec of a file
+/// still open for writing fails with ETXTBSY ("Text file busy").
 pub fn write_executable(path: &Path, contents: impl AsRef<[u8]>) {
-    std::fs::write(path, contents).unwrap();
-    Command::new("chmod").arg("+x").arg(path).status().unwrap();
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, contents).unwrap();
+    let status = Command::new("install").arg("-m").arg("0755").arg(&staged).arg(path).status().unwrap();
+    assert!(status.success(), "install {} {}: {status}", staged.display(), path.display());
+    std::fs::remove_file(&staged).unwrap();
 }
 
 // ---------------------------------------------------------------------------------
