@@ -115,8 +115,14 @@ pub fn wait_event(
 
 /// Write a script (or copy of a binary's bytes) and make it executable.
 pub fn write_executable(path: &Path, contents: impl AsRef<[u8]>) {
-    std::fs::write(path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    Command::new("chmod").arg("+x").arg(path).status().expect("chmod");
+    // The file that runs is written by `install`, not by this process: a child that
+    // another test's thread forks meanwhile inherits every open file until it execs,
+    // and exec of a file still open for writing fails with ETXTBSY ("Text file busy").
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, contents).unwrap_or_else(|e| panic!("writing {}: {e}", staged.display()));
+    let status = Command::new("install").arg("-m").arg("0755").arg(&staged).arg(path).status().expect("install");
+    assert!(status.success(), "install {} {}: {status}", staged.display(), path.display());
+    std::fs::remove_file(&staged).unwrap_or_else(|e| panic!("removing {}: {e}", staged.display()));
 }
 
 // ---------------------------------------------------------------------------------
