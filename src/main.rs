@@ -168,6 +168,14 @@ enum NodesCmd {
     },
     /// Make the next boot load afresh (clears failures and the current boot).
     Reprovision { id: String },
+    /// Vouch for a node: it may boot profiles that render secrets or attach volumes
+    /// even when only facts it reports itself (serial, UUID) matched it.
+    Approve {
+        id: String,
+        /// Take the approval back instead.
+        #[arg(long)]
+        revoke: bool,
+    },
     /// Take a node out of service (--on) or return it (--off).
     Maintenance {
         id: String,
@@ -453,6 +461,12 @@ fn nodes(api: &ApiArgs, command: NodesCmd) -> Result<()> {
             let ip = if clear { None } else { ip };
             let body = json!({ "reserved_ip": ip, "take_over": take_over });
             show(client.patch(&format!("/nodes/{}", cli::encode(&id)), body)?)?
+        }
+        NodesCmd::Approve { id, revoke: false } => {
+            show(client.post(&format!("/nodes/{}/approve", cli::encode(&id)), json!({}))?)?
+        }
+        NodesCmd::Approve { id, revoke: true } => {
+            show(client.patch(&format!("/nodes/{}", cli::encode(&id)), json!({ "approved": false }))?)?
         }
         NodesCmd::Reprovision { id } => {
             show(client.post(&format!("/nodes/{}/reprovision", cli::encode(&id)), json!({}))?)?

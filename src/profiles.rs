@@ -25,6 +25,9 @@ pub const MAX_OVERLAY_BYTES: usize = 8 * 1024 * 1024;
 /// minijinja fuel: bounds loops in a template (roughly instructions executed).
 const TEMPLATE_FUEL: u64 = 1_000_000;
 
+/// The template function that renders a secret.
+const SECRET_FUNCTION: &str = "secret";
+
 /// A validated profile with its compiled templates.
 #[derive(Debug)]
 pub struct LoadedProfile {
@@ -32,6 +35,8 @@ pub struct LoadedProfile {
     pub file: PathBuf,
     /// Short SHA-256 of the file's text: which version of the profile a boot used.
     pub revision: String,
+    /// Some template calls `secret()`: the overlay goes only to vouched-for nodes.
+    pub renders_secrets: bool,
     templates: minijinja::Environment<'static>,
 }
 
@@ -71,20 +76,22 @@ impl ProfileSet {
     }
 
     /// The profile whose most specific selector matches `facts`, and why.
-    pub fn select(&self, facts: &NodeFacts) -> Option<(&Profile, String)> {
+    pub fn select(&self, facts: &NodeFacts) -> Option<(&Profile, &ramboot_core::profile::Selector)> {
         ramboot_core::profile::select(self.profiles.values().map(|p| &p.profile), facts)
     }
 }
 
 impl ramboot_core::plan::Profiles for ProfileSet {
     fn get(&self, name: &str) -> Option<ramboot_core::plan::ProfileRef<'_>> {
-        self.profiles.get(name).map(|p| ramboot_core::plan::ProfileRef { profile: &p.profile, revision: &p.revision })
+        self.profiles.get(name).map(|p| p.planner_ref())
     }
 
-    fn select(&self, facts: &NodeFacts) -> Option<(ramboot_core::plan::ProfileRef<'_>, String)> {
-        let (profile, why) = ProfileSet::select(self, facts)?;
-        let revision = &self.profiles.get(&profile.name)?.revision;
-        Some((ramboot_core::plan::ProfileRef { profile, revision }, why))
+    fn select(
+        &self,
+        facts: &NodeFacts,
+    ) -> Option<(ramboot_core::plan::ProfileRef<'_>, &ramboot_core::profile::Selector)> {
+        let (profile, selector) = ProfileSet::select(self, facts)?;
+        Some((self.profiles.get(&profile.name)?.planner_ref(), selector))
     }
 }
 
@@ -269,9 +276,13 @@ fn load_one(file: &Path, text: &str, ctx: &Context) -> Result<LoadedProfile, Sou
         env.add_template_owned(f.path.clone(), source)
             .map_err(|e| invalid("files", format!("{}: template does not compile: {e}", f.path)))?;
     }
+    // `secret` is a function added at render time, so at load time every template
+    // that calls it names it as an undeclared variable.
+    let renders_secrets =
+        env.templates().any(|(_, template)| template.undeclared_variables(false).contains(SECRET_FUNCTION));
     use sha2::Digest as _;
     let revision = hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6]);
-    Ok(LoadedProfile { profile, file: file.to_path_buf(), revision, templates: env })
+    Ok(LoadedProfile { profile, file: file.to_path_buf(), revision, renders_secrets, templates: env })
 }
 
 /// `parse_profile` guarantees one of the two sources; an empty template is harmless.
@@ -306,6 +317,15 @@ pub enum RenderError {
 }
 
 impl LoadedProfile {
+    /// What the boot planner sees of it.
+    pub fn planner_ref(&self) -> ramboot_core::plan::ProfileRef<'_> {
+        ramboot_core::plan::ProfileRef {
+            profile: &self.profile,
+            revision: &self.revision,
+            renders_secrets: self.renders_secrets,
+        }
+    }
+
     /// Render the profile's files for one node. `facts` is the template context
     /// (node, vars, ...); `secret(name)` looks names up in `secrets`.
     pub fn render_overlay(
@@ -315,7 +335,7 @@ impl LoadedProfile {
     ) -> Result<Vec<RenderedFile>, RenderError> {
         let mut env = self.templates.clone();
         let secrets = secrets.clone();
-        env.add_function("secret", move |name: String| -> Result<String, minijinja::Error> {
+        env.add_function(SECRET_FUNCTION, move |name: String| -> Result<String, minijinja::Error> {
             secrets.get(&name).cloned().ok_or_else(|| {
                 minijinja::Error::new(
                     minijinja::ErrorKind::UndefinedError,

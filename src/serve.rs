@@ -75,6 +75,7 @@ pub async fn run(config: Config) -> Result<()> {
         images: images.clone(),
         profiles: profiles.clone(),
         volumes,
+        limits: Default::default(),
         shutdown: cancel.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();

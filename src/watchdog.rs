@@ -76,8 +76,8 @@ mod tests {
         .lifecycle;
         let slow = store.ensure_node(MacAddr([2, 0, 0, 0, 0, 1]), 0).await.unwrap();
         let quick = store.ensure_node(MacAddr([2, 0, 0, 0, 0, 2]), 0).await.unwrap();
-        store.start_boot(slow.id, "tiny", None, "h1", 1_000, "test").await.unwrap();
-        store.start_boot(quick.id, "tiny", None, "h2", 50_000, "test").await.unwrap();
+        store.start_boot(slow.id, "tiny", None, &crate::store::testing::token("h1"), 1_000, "test").await.unwrap();
+        store.start_boot(quick.id, "tiny", None, &crate::store::testing::token("h2"), 50_000, "test").await.unwrap();
         // At 61.5 s the first boot has sat in `booting` for 60.5 s, the second for 11.5 s.
         assert_eq!(sweep(&store, &lifecycle, 61_500).await, 1);
         let slow = store.node(slow.id).await.unwrap();

@@ -45,8 +45,9 @@ impl<'a> Api<'a> {
     }
 }
 
-/// Run a node's boot as its agent would, up to `until` (a reported state).
+/// The iPXE script of `mac`, asked for from the address DHCP leased it.
 fn boot(srv: &TestServer, mac: &str) -> String {
+    srv.lease(mac);
     let (status, script) = call(agent().get(&srv.url(&format!("/boot.ipxe?mac={mac}"))));
     assert_eq!(status, 200);
     script
@@ -234,21 +235,25 @@ fn node_lists_page_and_filter() {
 
 #[test]
 fn maintenance_retries_and_reprovision_shape_the_boot_script() {
-    let srv = TestServer::start();
+    let backoff = "lifecycle:\n  retry_backoff_secs: 1\n  retry_backoff_max_secs: 1\n";
+    let srv = TestServer::start_with(Some("tiny"), &[], backoff);
     let api = Api::admin(&srv);
     let mac = "52:54:00:cc:00:01";
     let token = token_of(&boot(&srv, mac));
     assert_eq!(report(&srv, &token, "failed"), 204);
     let node = api.json(&format!("/nodes/{mac}"))["node"].clone();
     assert_eq!((node["state"].as_str(), node["failures"].as_i64()), (Some("failed"), Some(1)));
-    // The next boot backs off first.
+    // The server enforces the back-off: no token until it is over.
     let script = boot(&srv, mac);
     assert!(
-        script.contains("failed 1 boot(s) in a row; retrying in 15 seconds") && script.contains("sleep 15"),
+        script.contains("1 failed boot(s): backing off, next boot in 1 s")
+            && script.contains("sleep 1")
+            && !script.contains("kernel"),
         "{script}"
     );
     // Fail it to the limit (5 by default): then it is not retried any more.
     for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         let token = token_of(&boot(&srv, mac));
         assert_eq!(report(&srv, &token, "failed"), 204);
     }
@@ -280,6 +285,7 @@ fn discovery_waits_for_a_selector_or_an_assignment_and_overlays_render() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets.yaml");
     std::fs::write(&secrets, "cluster: s3cr3t\n").unwrap();
+    std::fs::set_permissions(&secrets, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let srv = TestServer::start_with(None, &[("by-serial", SELECTED)], &format!("secrets: {}\n", secrets.display()));
     let api = Api::admin(&srv);
 
@@ -289,8 +295,16 @@ fn discovery_waits_for_a_selector_or_an_assignment_and_overlays_render() {
     let token = token_of(&script);
     let plan =
         |token: &str| call(agent().get(&srv.url("/boot/v1/plan")).set("Authorization", &format!("Bearer {token}")));
-    // Its inventory names serial SN-42: the selector picks it up within the same boot.
+    // Its inventory names serial SN-42: the selector matches within the same boot.
+    // But the profile renders a secret, and a serial is the node's own word: it
+    // waits for an operator to vouch for it.
     assert_eq!(hello(&srv, &token, "SN-42"), 204);
+    let (status, body) = plan(&token);
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("profile by-serial renders secrets") && body.contains("approve"), "{body}");
+    let (status, body) = api.send("POST", "/nodes/52:54:00:dd:00:01/approve", json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["approved"], true);
     let (status, body) = plan(&token);
     assert_eq!(status, 200, "{body}");
     let p: Value = serde_json::from_str(&body).unwrap();

@@ -84,11 +84,12 @@ fn events_follow_streams_new_events() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
+    srv.lease("52:54:00:c1:00:02");
     let (status, _) = common::call(common::agent().get(&srv.url("/boot.ipxe?mac=52:54:00:c1:00:02")));
     assert_eq!(status, 200);
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
     let mut seen = vec![];
-    while seen.len() < 2 {
+    while seen.len() < 3 {
         let line = lines.next().expect("the stream stays open").unwrap();
         let event: Value = serde_json::from_str(&line).unwrap();
         seen.push(event["message"].as_str().unwrap().to_string());
@@ -96,7 +97,8 @@ fn events_follow_streams_new_events() {
     let _ = follow.kill();
     let _ = follow.wait();
     assert!(seen[0].starts_with("first seen"), "{seen:?}");
-    assert!(seen[1].starts_with("iPXE script served"), "{seen:?}");
+    assert!(seen[1].starts_with("DHCP lease 127.0.0.1"), "{seen:?}");
+    assert!(seen[2].starts_with("iPXE script served"), "{seen:?}");
 }
 
 #[test]

@@ -436,7 +436,7 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     let logs = [("console", &console), ("dnsmasq", &dnsmasq_log), ("ramboot", &ramboot_log)];
     let context = || logs_context(25, &logs);
     // Until ramboot serves the script for this MAC (the handler's span names it).
-    let served = format!("boot{{mac={VM_MAC}}}");
+    let served = format!("boot{{mac={VM_MAC} source=");
     topo.wait_alive(
         qemu,
         Duration::from_secs(75),

@@ -23,6 +23,7 @@ fn error_code(body: &str) -> String {
 #[test]
 fn a_boot_runs_from_script_to_ready_with_its_token() {
     let srv = TestServer::start();
+    srv.lease(MAC);
     let http = agent();
     let (status, script) = call(http.get(&srv.url(&format!("/boot.ipxe?mac={MAC}"))));
     assert_eq!(status, 200);

@@ -56,6 +56,7 @@ fn volumes_are_exported_to_their_node_and_outlive_it() {
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["lun"], 1);
 
     // The node boots and its plan says how to log in; those credentials work.
+    srv.lease(MAC);
     let token = token_of(&call(http.get(&srv.url(&format!("/boot.ipxe?mac={MAC}")))).1);
     let (status, plan) = call(http.get(&srv.url("/boot/v1/plan")).set("Authorization", &format!("Bearer {token}")));
     assert_eq!(status, 200, "{plan}");
@@ -218,6 +219,11 @@ fn profiles_declare_per_node_volumes() {
     let profile = "name: hv\nstage1: stage1\nimage: tiny\nvolumes:\n  - {name: vm-disks, size: 16M}\n  - {name: scratch, size: 8M}\n";
     let srv = TestServer::start_with(Some("hv"), &[("hv", profile)], &config);
     let http = agent();
+    // The default profile attaches volumes: the node gets them once an operator vouches for it.
+    srv.lease("52:54:00:15:c5:0b");
+    let approve =
+        http.post(&srv.url("/api/v1/nodes/52:54:00:15:c5:0b/approve")).set("Authorization", &srv.admin_auth());
+    assert_eq!(send_json(approve, json!({})).0, 200);
     let boot = || {
         let token = token_of(&call(http.get(&srv.url("/boot.ipxe?mac=52:54:00:15:c5:0b"))).1);
         let (status, plan) = call(http.get(&srv.url("/boot/v1/plan")).set("Authorization", &format!("Bearer {token}")));
@@ -262,6 +268,7 @@ fn volumes_grow_and_never_shrink() {
     assert_eq!(api("/nodes", json!({"mac": mac})).0, 201);
     assert_eq!(api("/volumes", json!({"name": "grow-me", "size_bytes": 16 << 20})).0, 201);
     assert_eq!(api("/volumes/grow-me/attach", json!({"node": mac})).0, 200);
+    srv.lease(mac);
     let token = token_of(&call(http.get(&srv.url(&format!("/boot.ipxe?mac={mac}")))).1);
     let plan: Value = serde_json::from_str(
         &call(http.get(&srv.url("/boot/v1/plan")).set("Authorization", &format!("Bearer {token}"))).1,

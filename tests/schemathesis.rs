@@ -28,6 +28,7 @@ fn admin_api_conforms_to_its_openapi_document() {
     let Some(mut st) = st() else { return };
     let srv = TestServer::start();
     // Something to find: a node with events, so GETs by id hit real rows too.
+    srv.lease("52:54:00:00:00:01");
     let (status, _) = common::call(common::agent().get(&srv.url("/boot.ipxe?mac=52:54:00:00:00:01")));
     assert_eq!(status, 200);
     let out = st

@@ -35,6 +35,9 @@ fn twenty_simulated_nodes_boot_to_ready_through_dhcp_tftp_and_http() {
         ip_in(ns, &["link", "set", ifname, "up"]);
         ip_in(ns, &["link", "set", "lo", "up"]);
     }
+    // The simulated nodes speak HTTP from their leased addresses (the server binds
+    // each boot to its lease): the simulator's host owns the whole range.
+    ip_in(&client_ns, &["route", "add", "local", "10.67.1.0/24", "dev", "lo"]);
 
     // What the server serves: an iPXE binary over TFTP, a stage one and a root image.
     let root = lab.dir().to_path_buf();

@@ -434,7 +434,7 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     std::fs::rename(&staged, hosts_dir.join("vm")).unwrap();
 
     // 2. The chained iPXE's script fetch (the handler's span names the MAC).
-    let served = format!("boot{{mac={VM_MAC}}}");
+    let served = format!("boot{{mac={VM_MAC} source=");
     lab.wait_alive(
         qemu,
         Duration::from_secs(45),

@@ -35,6 +35,11 @@ pub struct Node {
     pub reserved_ip: Option<String>,
     /// The firmware's UUID from DHCP option 97 (SMBIOS byte order, as dmidecode prints it).
     pub client_uuid: Option<String>,
+    /// An operator registered or approved the node: it may boot profiles that render
+    /// secrets or attach volumes even when only facts it reports itself matched it.
+    pub approved: bool,
+    /// When DHCP last bound `ip` to the node (a lease, or a proxyDHCP sighting).
+    pub ip_seen_at_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -48,6 +53,15 @@ pub struct Boot {
     pub started_at_ms: i64,
     pub finished_at_ms: Option<i64>,
     pub outcome: Option<String>,
+    /// The address the boot's token was issued to: the agent's requests must come from it.
+    #[schema(value_type = Option<String>, example = "10.213.0.120")]
+    pub bound_ip: Option<std::net::IpAddr>,
+    /// When the agent fetched its plan (with any CHAP credentials): released once.
+    pub plan_released_at_ms: Option<i64>,
+    /// When the agent fetched the rendered overlay: released once.
+    pub overlay_released_at_ms: Option<i64>,
+    /// Reports (state changes, progress) the boot made; capped per boot.
+    pub reports: u32,
 }
 
 /// The root filesystem a boot was planned with (the planner's own type).
@@ -134,6 +148,8 @@ pub struct NodeUpdate {
     /// only way an address moves between MACs).
     #[serde(default)]
     pub take_over: bool,
+    /// Vouch for the node (`true`), or take that back.
+    pub approved: Option<bool>,
 }
 
 /// Tell a field given as `null` from a missing one.

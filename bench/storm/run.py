@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import ipaddress
 import json
 import os
 import resource
@@ -44,6 +45,10 @@ from netlab import cleanup_run, proc_status, render_table, run, wait_until, writ
 from netlab import write_results  # noqa: E402
 
 SUBNET, SERVER_IP, CLIENT_IP, PREFIX = lab_network("10.81.0.0/16")
+# The DHCP range, owned by the simulator's namespace as CIDR blocks.
+LEASE_FIRST, LEASE_LAST = "10.81.1.0", "10.81.40.255"
+LEASED_BLOCKS = [str(n) for n in ipaddress.summarize_address_range(
+    ipaddress.IPv4Address(LEASE_FIRST), ipaddress.IPv4Address(LEASE_LAST))]
 HTTP_PORT = 18081
 MIB = 1 << 20
 
@@ -90,7 +95,7 @@ def ramboot_config(workdir: Path, topo: Topology) -> Path:
 server_address: {SERVER_IP}
 http: {{listen: "{SERVER_IP}:{HTTP_PORT}"}}
 tftp: {{listen: "{SERVER_IP}:69"}}
-dhcp: {{subnet: {SUBNET}, range: [10.81.1.0, 10.81.40.255], router: {SERVER_IP}}}
+dhcp: {{subnet: {SUBNET}, range: [{LEASE_FIRST}, {LEASE_LAST}], router: {SERVER_IP}}}
 default_profile: storm
 paths: {{data: {workdir}/data, profiles: {workdir}/profiles, ipxe: {workdir}/ipxe}}
 """)
@@ -257,6 +262,10 @@ def main() -> int:
 
     def body() -> None:
         topo.up()
+        # Simulated nodes speak HTTP from their leased addresses (ramboot binds each
+        # boot to its lease): the simulator's namespace owns the whole range.
+        for block in LEASED_BLOCKS:
+            run(["ip", "-n", topo.client_ns, "route", "add", "local", block, "dev", "lo"])
         per_node = prepare_content(workdir, a)
         log(f"{topo.describe()}; each node fetches {per_node / MIB:.1f} MiB; workdir {workdir}")
         for run_idx in range(a.runs):

@@ -12,3 +12,4 @@ pub mod plan;
 pub mod profile;
 pub mod range;
 pub mod tftp;
+pub mod trust;

@@ -11,7 +11,7 @@
 
 use crate::lifecycle::Lifecycle;
 use crate::node::NodeState;
-use crate::profile::{NodeFacts, Profile};
+use crate::profile::{NodeFacts, Profile, Selector};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -24,13 +24,84 @@ pub const DISCOVERY_KERNEL_ARGS: [&str; 2] = ["console=tty0", "console=ttyS0,115
 pub struct ProfileRef<'a> {
     pub profile: &'a Profile,
     pub revision: &'a str,
+    /// Some overlay template calls `secret()` (the loader knows; the core does not
+    /// parse templates).
+    pub renders_secrets: bool,
+}
+
+impl ProfileRef<'_> {
+    /// Booting it hands the node something another host must not get: rendered
+    /// secrets, or iSCSI volumes (and their CHAP credentials).
+    pub fn holds_secrets(&self) -> bool {
+        self.renders_secrets || !self.profile.volumes.is_empty()
+    }
 }
 
 /// One snapshot of the valid profiles.
 pub trait Profiles {
     fn get(&self, name: &str) -> Option<ProfileRef<'_>>;
-    /// The profile whose most specific selector matches, and why.
-    fn select(&self, facts: &NodeFacts) -> Option<(ProfileRef<'_>, String)>;
+    /// The profile whose most specific selector matches, and that selector.
+    fn select(&self, facts: &NodeFacts) -> Option<(ProfileRef<'_>, &Selector)>;
+}
+
+/// How a node's profile was chosen, and whether that choice is an operator's word
+/// about this very node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// An operator assigned the profile to the node.
+    Assigned,
+    /// A selector matched. It vouches for the node only if it names the node's MAC
+    /// (the address DHCP leased is bound to it) or labels (which only operators
+    /// set); serial, UUID and architecture are what the node says of itself.
+    Selector { description: String, vouches: bool },
+    /// Nothing named the node: the server's default profile.
+    Default,
+}
+
+impl Selection {
+    pub fn of(selector: &Selector) -> Selection {
+        Selection::Selector {
+            description: selector.describe(),
+            vouches: selector.mac.is_some() || !selector.labels.is_empty(),
+        }
+    }
+
+    /// The reason as the event log records it.
+    pub fn describe(&self) -> String {
+        match self {
+            Selection::Assigned => "assigned".into(),
+            Selection::Selector { description, .. } => format!("selector {description}"),
+            Selection::Default => "default profile".into(),
+        }
+    }
+
+    pub fn vouches(&self) -> bool {
+        match self {
+            Selection::Assigned => true,
+            Selection::Selector { vouches, .. } => *vouches,
+            Selection::Default => false,
+        }
+    }
+}
+
+/// Why `node` must wait for an operator's approval before it may boot `profile`
+/// (`None`: it may). A profile that holds secrets goes only to nodes an operator
+/// vouched for: approved, assigned, or named by MAC or labels.
+pub fn approval_needed(node: &NodeView, profile: ProfileRef, selection: &Selection) -> Option<String> {
+    if !profile.holds_secrets() || node.approved || selection.vouches() {
+        return None;
+    }
+    let what = match (profile.renders_secrets, profile.profile.volumes.is_empty()) {
+        (true, false) => "renders secrets and attaches volumes",
+        (true, true) => "renders secrets",
+        _ => "attaches volumes",
+    };
+    Some(format!(
+        "profile {} {what}, and this node was matched only by {} (facts it reports itself): \
+         waiting for an operator to approve it (`ramboot nodes approve <node>`) or assign it",
+        profile.profile.name,
+        selection.describe()
+    ))
 }
 
 /// The image store's manifests, as far as a boot needs them. An `Err` is the reason
@@ -70,6 +141,10 @@ pub struct NodeView<'a> {
     pub hostname: &'a str,
     /// What selectors match against.
     pub facts: NodeFacts,
+    /// An operator approved (or registered) it: it may get profiles that hold secrets.
+    pub approved: bool,
+    /// How long it has been in `state`.
+    pub in_state_for: Duration,
 }
 
 /// The server-wide settings a boot decision reads.
@@ -91,6 +166,9 @@ pub enum Refusal {
     /// Its profile or images cannot be used: an operator must fix something. Such a
     /// refusal goes into the node's event log.
     Unbootable { reason: String },
+    /// Its last boot failed: the next one starts after `remaining`. The server
+    /// enforces this (no token before then), not the script.
+    BackingOff { failures: u32, remaining: Duration },
 }
 
 impl Refusal {
@@ -104,6 +182,17 @@ impl Refusal {
                 format!("{failures} boots failed in a row; reprovision the node to try again")
             }
             Refusal::Unbootable { reason } => reason.clone(),
+            Refusal::BackingOff { failures, remaining } => {
+                format!("{failures} failed boot(s): backing off, next boot in {} s", remaining.as_secs().max(1))
+            }
+        }
+    }
+
+    /// When the node should ask again, if the refusal says (else the caller's default).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Refusal::BackingOff { remaining, .. } => Some((*remaining).max(Duration::from_secs(1))),
+            _ => None,
         }
     }
 }
@@ -138,10 +227,11 @@ pub struct BootPlan {
     pub stage1: StageOne,
     /// The profile's kernel arguments (the server adds its own after them).
     pub kernel_args: Vec<String>,
-    /// How long the script waits first (back-off after failed boots).
-    pub retry_delay: Duration,
     /// `None`: a discovery boot (stage one reports and waits for an assignment).
     pub profile: Option<ProfileBoot>,
+    /// A discovery boot of a node whose profile waits for an operator's approval:
+    /// why (see [`approval_needed`]).
+    pub awaiting_approval: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,27 +249,36 @@ pub fn plan_boot(node: &NodeView, profiles: &dyn Profiles, images: &dyn Images, 
     let Some(retry_delay) = settings.lifecycle.retry_delay(failures) else {
         return Decision::Refuse(Refusal::RetriesExhausted { failures });
     };
+    if node.state == NodeState::Failed && node.in_state_for < retry_delay {
+        return Decision::Refuse(Refusal::BackingOff { failures, remaining: retry_delay - node.in_state_for });
+    }
     let unbootable = |reason: String| Decision::Refuse(Refusal::Unbootable { reason });
+    let discovery = |awaiting_approval: Option<String>| match images.stage1(settings.discovery_stage1) {
+        Err(reason) => unbootable(reason),
+        Ok(stage1) => Decision::Boot(Box::new(BootPlan {
+            stage1,
+            kernel_args: DISCOVERY_KERNEL_ARGS.iter().map(|a| a.to_string()).collect(),
+            profile: None,
+            awaiting_approval,
+        })),
+    };
     match resolve_profile(node, profiles, settings.default_profile) {
         Err(reason) => unbootable(reason),
-        Ok(Some((profile, why))) => match profile_boot(profile, why, images) {
-            Err(reason) => unbootable(reason),
-            Ok((stage1, boot)) => Decision::Boot(Box::new(BootPlan {
-                stage1,
-                kernel_args: profile.profile.kernel_args.clone(),
-                retry_delay,
-                profile: Some(boot),
-            })),
-        },
-        Ok(None) => match images.stage1(settings.discovery_stage1) {
-            Err(reason) => unbootable(reason),
-            Ok(stage1) => Decision::Boot(Box::new(BootPlan {
-                stage1,
-                kernel_args: DISCOVERY_KERNEL_ARGS.iter().map(|a| a.to_string()).collect(),
-                retry_delay,
-                profile: None,
-            })),
-        },
+        Ok(Some((profile, selection))) => {
+            if let Some(wait) = approval_needed(node, profile, &selection) {
+                return discovery(Some(wait));
+            }
+            match profile_boot(profile, selection.describe(), images) {
+                Err(reason) => unbootable(reason),
+                Ok((stage1, boot)) => Decision::Boot(Box::new(BootPlan {
+                    stage1,
+                    kernel_args: profile.profile.kernel_args.clone(),
+                    profile: Some(boot),
+                    awaiting_approval: None,
+                })),
+            }
+        }
+        Ok(None) => discovery(None),
     }
 }
 
@@ -189,19 +288,19 @@ pub fn resolve_profile<'p>(
     node: &NodeView,
     profiles: &'p dyn Profiles,
     default_profile: Option<&str>,
-) -> Result<Option<(ProfileRef<'p>, String)>, String> {
+) -> Result<Option<(ProfileRef<'p>, Selection)>, String> {
     if let Some(name) = node.assigned_profile {
         return match profiles.get(name) {
-            Some(p) => Ok(Some((p, "assigned".into()))),
+            Some(p) => Ok(Some((p, Selection::Assigned))),
             None => Err(format!("assigned profile {name:?} does not exist (or failed validation)")),
         };
     }
-    if let Some(found) = profiles.select(&node.facts) {
-        return Ok(Some(found));
+    if let Some((profile, selector)) = profiles.select(&node.facts) {
+        return Ok(Some((profile, Selection::of(selector))));
     }
     match default_profile {
         Some(name) => match profiles.get(name) {
-            Some(p) => Ok(Some((p, "default profile".into()))),
+            Some(p) => Ok(Some((p, Selection::Default))),
             None => Err(format!("default profile {name:?} does not exist (or failed validation)")),
         },
         None => Ok(None),
@@ -233,11 +332,15 @@ mod tests {
 
     impl Profiles for Set {
         fn get(&self, name: &str) -> Option<ProfileRef<'_>> {
-            self.0.iter().find(|(p, _)| p.name == name).map(|(profile, revision)| ProfileRef { profile, revision })
+            self.0.iter().find(|(p, _)| p.name == name).map(|(profile, revision)| ProfileRef {
+                profile,
+                revision,
+                renders_secrets: false,
+            })
         }
-        fn select(&self, facts: &NodeFacts) -> Option<(ProfileRef<'_>, String)> {
-            let (profile, why) = crate::profile::select(self.0.iter().map(|(p, _)| p), facts)?;
-            Some((self.get(&profile.name)?, why))
+        fn select(&self, facts: &NodeFacts) -> Option<(ProfileRef<'_>, &Selector)> {
+            let (profile, selector) = crate::profile::select(self.0.iter().map(|(p, _)| p), facts)?;
+            Some((self.get(&profile.name)?, selector))
         }
     }
 
@@ -292,6 +395,9 @@ mod tests {
             assigned_profile: None,
             hostname: "n1",
             facts: NodeFacts::default(),
+            // Approved: the tests of trust below clear it.
+            approved: true,
+            in_state_for: Duration::from_secs(3600),
         }
     }
 
@@ -329,7 +435,6 @@ mod tests {
         assert_eq!(boot.describe(), "revision rev-a, default profile");
         assert_eq!(plan.kernel_args, ["a.arg"]);
         assert_eq!(plan.stage1.kernel_digest, "k");
-        assert_eq!(plan.retry_delay, Duration::ZERO);
     }
 
     #[test]
@@ -363,12 +468,59 @@ mod tests {
     }
 
     #[test]
-    fn failures_back_off_before_the_next_boot() {
+    fn failures_back_off_on_the_server_before_the_next_boot() {
         let set = Set(vec![profile("a", "compute-node", vec![])]);
         let mut n = node();
         n.failures = 2;
-        let Decision::Boot(plan) = plan(&n, &set, Some("a")) else { panic!("refused") };
-        assert_eq!(plan.retry_delay, Duration::from_secs(20));
+        n.state = NodeState::Failed;
+        n.in_state_for = Duration::from_secs(5);
+        assert_eq!(
+            plan(&n, &set, Some("a")),
+            Decision::Refuse(Refusal::BackingOff { failures: 2, remaining: Duration::from_secs(15) })
+        );
+        n.in_state_for = Duration::from_secs(20);
+        assert!(matches!(plan(&n, &set, Some("a")), Decision::Boot(_)));
+        // Another state (an operator moved it, or a boot started since) does not wait.
+        n.state = NodeState::Assigned;
+        n.in_state_for = Duration::ZERO;
+        assert!(matches!(plan(&n, &set, Some("a")), Decision::Boot(_)));
+    }
+
+    #[test]
+    fn secrets_go_only_to_nodes_an_operator_vouched_for() {
+        let by_serial = Selector { serial: Some("SN1".into()), ..Selector::default() };
+        let by_mac = Selector { mac: Some("52:54:00:00:00:01".parse().unwrap()), ..Selector::default() };
+        // `a` declares a volume, so it holds secrets.
+        let set = Set(vec![profile("a", "compute-node", vec![by_serial]), profile("m", "compute-node", vec![by_mac])]);
+        let mut n = node();
+        n.approved = false;
+        n.facts.serial = Some("SN1".into());
+        let Decision::Boot(waiting) = plan(&n, &set, None) else { panic!("refused") };
+        assert_eq!(waiting.profile, None, "matched only by its serial: discovery");
+        let why = waiting.awaiting_approval.expect("says why it waits");
+        assert!(why.contains("profile a attaches volumes") && why.contains("serial=SN1"), "{why}");
+        // The default profile vouches for nobody either.
+        n.facts.serial = None;
+        assert!(matches!(plan(&n, &set, Some("a")), Decision::Boot(p) if p.awaiting_approval.is_some()));
+        // An operator's word: approval, an assignment, or a selector naming the MAC.
+        n.approved = true;
+        assert_eq!(profile_of(&plan(&n, &set, Some("a"))).map(|p| p.0), Some("a"));
+        n.approved = false;
+        n.assigned_profile = Some("a");
+        assert_eq!(profile_of(&plan(&n, &set, None)).map(|p| p.0), Some("a"));
+        n.assigned_profile = None;
+        n.facts.mac = Some("52:54:00:00:00:01".parse().unwrap());
+        assert_eq!(profile_of(&plan(&n, &set, None)).map(|p| p.0), Some("m"));
+    }
+
+    #[test]
+    fn a_profile_without_secrets_needs_no_approval() {
+        let (mut plain, rev) = profile("p", "compute-node", vec![]);
+        plain.volumes.clear();
+        let set = Set(vec![(plain, rev)]);
+        let mut n = node();
+        n.approved = false;
+        assert_eq!(profile_of(&plan(&n, &set, Some("p"))).map(|p| p.0), Some("p"));
     }
 
     proptest::proptest! {
@@ -383,6 +535,8 @@ mod tests {
             assigned in proptest::option::of(proptest::sample::select(vec!["a", "unbuilt", "missing"])),
             labelled in proptest::bool::ANY,
             default_profile in proptest::option::of(proptest::sample::select(vec!["a", "missing"])),
+            approved in proptest::bool::ANY,
+            in_state_secs in 0u64..400,
         ) {
             let by_label = Selector { labels: [("role".into(), "hv".into())].into(), ..Selector::default() };
             let set = Set(vec![profile("a", "compute-node", vec![]), profile("b", "compute-node", vec![by_label]),
@@ -391,6 +545,8 @@ mod tests {
             n.state = state;
             n.failures = failures;
             n.assigned_profile = assigned;
+            n.approved = approved;
+            n.in_state_for = Duration::from_secs(in_state_secs);
             if labelled {
                 n.facts.labels.insert("role".into(), "hv".into());
             }
@@ -405,15 +561,28 @@ mod tests {
                 Decision::Refuse(Refusal::Unbootable { .. }) => {
                     proptest::prop_assert!(state != NodeState::Maintenance && failures <= 3);
                 }
+                Decision::Refuse(Refusal::BackingOff { remaining, .. }) => {
+                    proptest::prop_assert_eq!(state, NodeState::Failed);
+                    let delay = lifecycle.retry_delay(failures as u32).unwrap_or_default();
+                    proptest::prop_assert_eq!(remaining + Duration::from_secs(in_state_secs), delay);
+                }
                 Decision::Boot(plan) => {
                     proptest::prop_assert!(state != NodeState::Maintenance && failures <= 3);
                     proptest::prop_assert_eq!(&plan.stage1.name, "stage1");
-                    proptest::prop_assert_eq!(Some(plan.retry_delay), lifecycle.retry_delay(failures as u32));
+                    if state == NodeState::Failed {
+                        let delay = lifecycle.retry_delay(failures as u32).unwrap_or_default();
+                        proptest::prop_assert!(Duration::from_secs(in_state_secs) >= delay);
+                    }
+                    // Every profile here declares a volume: only vouched-for nodes get one.
+                    let vouched = approved || assigned.is_some() || labelled;
                     match (&plan.profile, assigned) {
+                        (Some(_), _) if !vouched => proptest::prop_assert!(false, "secrets for an unvouched node"),
                         (Some(boot), Some(name)) => proptest::prop_assert_eq!(boot.profile.as_str(), name),
                         (Some(boot), None) if labelled => proptest::prop_assert_eq!(boot.profile.as_str(), "b"),
                         (Some(boot), None) => proptest::prop_assert_eq!(Some(boot.profile.as_str()), default_profile),
-                        (None, _) => proptest::prop_assert!(assigned.is_none() && !labelled && default_profile.is_none()),
+                        (None, _) => proptest::prop_assert!(
+                            plan.awaiting_approval.is_some() || (assigned.is_none() && !labelled && default_profile.is_none())
+                        ),
                     }
                     if let Some(boot) = &plan.profile {
                         proptest::prop_assert_eq!(&boot.revision, &format!("rev-{}", boot.profile));

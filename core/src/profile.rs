@@ -158,12 +158,15 @@ impl Selector {
     }
 }
 
-/// The profile whose most specific selector matches `facts`, and why. The server's
-/// validation rules out ties between overlapping selectors, so the answer is unique.
-pub fn select<'a>(profiles: impl Iterator<Item = &'a Profile>, facts: &NodeFacts) -> Option<(&'a Profile, String)> {
+/// The profile whose most specific selector matches `facts`, and that selector. The
+/// server's validation rules out ties between overlapping selectors, so the answer
+/// is unique.
+pub fn select<'a>(
+    profiles: impl Iterator<Item = &'a Profile>,
+    facts: &NodeFacts,
+) -> Option<(&'a Profile, &'a Selector)> {
     profiles
         .flat_map(|p| p.selectors.iter().map(move |s| (p, s)))
         .filter(|(_, s)| s.matches(facts))
         .max_by_key(|(_, s)| s.specificity())
-        .map(|(p, s)| (p, format!("selector {}", s.describe())))
 }

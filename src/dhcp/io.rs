@@ -20,7 +20,7 @@ use crate::store::{LeaseOp, Store, StoreError};
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder};
 use nix::sys::socket::{self as sock, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
-use ramboot_core::dhcp::classify::{self, Firmware};
+use ramboot_core::dhcp::classify::{self, Client, Firmware};
 use ramboot_core::dhcp::decide::{decide, encode_reply, Arrival, Decision, Host, Hosts, Inbound, Leases, Port};
 use ramboot_core::dhcp::policy::{DhcpMode, DhcpPolicy};
 use ramboot_core::dhcp::pool::BindingKind;
@@ -464,6 +464,14 @@ fn handle(
                 request_type,
                 outcome,
             };
+            // ProxyDHCP: a boot-server request from the address the client states
+            // (ciaddr, and the packet's source) is where its boot token may go.
+            let seen = (grant.is_none() && port == Port::Binl && reply_type == MessageType::Ack)
+                .then(|| request.ciaddr())
+                .filter(|ip| !ip.is_unspecified() && *d.peer.ip() == *ip);
+            if let Some(ip) = seen {
+                return Some(Next::Commit(Pending { op: seen_op(&client, ip), reply: Some(out) }));
+            }
             match grant {
                 // Durable before it is announced: the committer sends the ACK.
                 Some(g) => Some(Next::Commit(Pending {
@@ -491,11 +499,26 @@ fn handle(
             warn!(target: "ramboot::dhcp::decision", %mac, %ip, until, "DHCP decline: address in use by someone else, quarantined");
             Some(Next::Commit(Pending { op: LeaseOp::Decline { mac, ip, until }, reply: None }))
         }
+        Decision::Seen { ip, client } => {
+            count(request_type, "seen");
+            debug!(target: "ramboot::dhcp::decision", mac = %client.mac, %ip, "proxyDHCP: client takes an address");
+            Some(Next::Commit(Pending { op: seen_op(&client, ip), reply: None }))
+        }
         Decision::Ignore(reason) => {
             count(request_type, "ignored");
             debug!(target: "ramboot::dhcp::decision", peer = %d.peer, request = ?request_type, %reason, "DHCP ignored");
             None
         }
+    }
+}
+
+/// A proxyDHCP sighting of `client` at `ip`, to record.
+fn seen_op(client: &Client, ip: Ipv4Addr) -> LeaseOp {
+    LeaseOp::Seen {
+        mac: client.mac,
+        ip,
+        arch: client.arch.map(|a| a.to_string()),
+        uuid: client.uuid.as_deref().and_then(classify::format_uuid),
     }
 }
 

@@ -45,6 +45,10 @@ fn describe() {
     metrics::describe_gauge!("ramboot_nodes", "Nodes by lifecycle state");
     metrics::describe_histogram!("ramboot_boot_phase_duration_seconds", "Time spent in each boot phase, by profile");
     metrics::describe_counter!("ramboot_profile_reloads_total", "Profile directory reloads, by outcome");
+    metrics::describe_counter!(
+        "ramboot_boot_refusals_total",
+        "Boot-path requests refused by the trust rules (wrong address, unknown node, secrets twice, ...), by reason"
+    );
     metrics::describe_gauge!("ramboot_build_info", "Build information (value is always 1)");
 }
 

@@ -33,6 +33,8 @@ pub struct AppState {
     pub profiles: Arc<LiveProfiles>,
     /// iSCSI volumes, when the server manages them.
     pub volumes: Option<Arc<crate::iscsi::service::Volumes<crate::iscsi::tgt::Tgt>>>,
+    /// The boot path's in-memory rate limits.
+    pub limits: Arc<boot::trust::BootLimits>,
     /// Cancelled when the server stops: endless responses (the event stream) end
     /// then, so the shutdown drain does not wait for them.
     pub shutdown: tokio_util::sync::CancellationToken,

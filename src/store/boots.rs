@@ -7,6 +7,7 @@ use super::{corrupt, Backend, BootId, Node, NodeId, Store, StoreError, Text, Tx}
 use ramboot_core::node::NodeState;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use std::net::IpAddr;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Boot {
@@ -17,6 +18,18 @@ pub struct Boot {
     pub started_at_ms: i64,
     pub finished_at_ms: Option<i64>,
     pub outcome: Option<String>,
+    /// The address the token was issued to.
+    pub bound_ip: Option<IpAddr>,
+    pub plan_released_at_ms: Option<i64>,
+    pub overlay_released_at_ms: Option<i64>,
+    pub reports: u32,
+}
+
+/// A secret of a boot that is released once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    Plan,
+    Overlay,
 }
 
 /// The root filesystem a boot was planned with (the planner's type).
@@ -41,6 +54,10 @@ fn boot_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Boot, StoreError> {
         started_at_ms: row.try_get("started_at_ms")?,
         finished_at_ms: row.try_get("finished_at_ms")?,
         outcome: row.try_get("outcome")?,
+        bound_ip: row.try_get::<Option<String>, _>("bound_ip")?.map(|s| s.parse()).transpose().map_err(corrupt)?,
+        plan_released_at_ms: row.try_get("plan_released_at_ms")?,
+        overlay_released_at_ms: row.try_get("overlay_released_at_ms")?,
+        reports: u32::try_from(row.try_get::<i64, _>("reports")?).map_err(corrupt)?,
     })
 }
 
@@ -56,22 +73,31 @@ pub(super) async fn supersede_boots(tx: &mut Tx<'_>, node: NodeId, now_ms: i64) 
     Ok(())
 }
 
+/// A boot's token as stored: its hash and the one address it works from.
+#[derive(Debug, Clone, Copy)]
+pub struct BootToken<'a> {
+    pub hash: &'a str,
+    pub bound_ip: IpAddr,
+}
+
 /// Supersede the node's previous boot and make a new one current.
 async fn begin_boot(
     tx: &mut Tx<'_>,
     node: NodeId,
     profile: &str,
     image: Option<&BootImage>,
-    token_hash: &str,
+    token: &BootToken<'_>,
     now_ms: i64,
 ) -> Result<BootId, StoreError> {
     supersede_boots(tx, node, now_ms).await?;
     let boot: BootId = sqlx::query(
-        "INSERT INTO boots (node_id, token_hash, profile, image_name, image_digest, image_size, image_format, started_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        "INSERT INTO boots (node_id, token_hash, bound_ip, profile, image_name, image_digest, image_size, image_format,
+             started_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(node)
-    .bind(token_hash)
+    .bind(token.hash)
+    .bind(token.bound_ip.to_canonical().to_string())
     .bind(profile)
     .bind(image.map(|i| &i.name))
     .bind(image.map(|i| &i.digest))
@@ -93,13 +119,13 @@ impl Store {
         node: NodeId,
         profile: &str,
         image: Option<&BootImage>,
-        token_hash: &str,
+        token: &BootToken<'_>,
         now_ms: i64,
         why: &str,
     ) -> Result<BootId, StoreError> {
         let Backend::Sqlite(pool) = &self.backend;
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let boot = begin_boot(&mut tx, node, profile, image, token_hash, now_ms).await?;
+        let boot = begin_boot(&mut tx, node, profile, image, token, now_ms).await?;
         move_state(
             &mut tx,
             node,
@@ -118,14 +144,19 @@ impl Store {
     pub async fn start_discovery_boot(
         &self,
         node: NodeId,
-        token_hash: &str,
+        token: &BootToken<'_>,
+        awaiting_approval: Option<&str>,
         now_ms: i64,
     ) -> Result<BootId, StoreError> {
         let Backend::Sqlite(pool) = &self.backend;
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let boot = begin_boot(&mut tx, node, "", None, token_hash, now_ms).await?;
-        let message = "discovery boot: no profile yet; stage one reports its inventory and waits for an assignment";
-        events::insert(&mut *tx, &NewEvent::note(node, Some(boot), EventKind::Info, message), now_ms).await?;
+        let boot = begin_boot(&mut tx, node, "", None, token, now_ms).await?;
+        let message = match awaiting_approval {
+            Some(why) => format!("discovery boot: {why}"),
+            None => "discovery boot: no profile yet; stage one reports its inventory and waits for an assignment"
+                .to_string(),
+        };
+        events::insert(&mut *tx, &NewEvent::note(node, Some(boot), EventKind::Info, &message), now_ms).await?;
         tx.commit().await?;
         Ok(boot)
     }
@@ -141,6 +172,31 @@ impl Store {
             return Ok(None);
         }
         Ok(Some((node, boot)))
+    }
+
+    /// Release a secret of `boot`: true the first time, false ever after (also when
+    /// two requests race: the update is atomic).
+    pub async fn release_once(&self, boot: BootId, what: Release, now_ms: i64) -> Result<bool, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let column = match what {
+            Release::Plan => "plan_released_at_ms",
+            Release::Overlay => "overlay_released_at_ms",
+        };
+        let sql = format!("UPDATE boots SET {column} = ? WHERE id = ? AND {column} IS NULL");
+        let done = sqlx::query(&sql).bind(now_ms).bind(boot).execute(pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Count one report of `boot`; false once it made `cap` (atomic, like
+    /// [`Store::release_once`]).
+    pub async fn count_report(&self, boot: BootId, cap: u32) -> Result<bool, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let done = sqlx::query("UPDATE boots SET reports = reports + 1 WHERE id = ? AND reports < ?")
+            .bind(boot)
+            .bind(i64::from(cap))
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn boot(&self, id: BootId) -> Result<Option<Boot>, StoreError> {
@@ -262,7 +318,8 @@ mod tests {
         let (s, _d) = store().await;
         let node = s.ensure_node(MAC, 1000).await.unwrap();
         assert_eq!(node.state, NodeState::Discovered);
-        let boot = s.start_boot(node.id, "tiny", None, "hash1", 2000, "test").await.unwrap();
+        let boot =
+            s.start_boot(node.id, "tiny", None, &crate::store::testing::token("hash1"), 2000, "test").await.unwrap();
         s.agent_transition(node.id, boot, NodeState::Stage1, "hello", 5000).await.unwrap();
         s.agent_transition(node.id, boot, NodeState::Loading, "fetch", 6000).await.unwrap();
         let err = s.agent_transition(node.id, boot, NodeState::Stage1, "again", 6500).await.unwrap_err();
@@ -290,9 +347,9 @@ mod tests {
     async fn a_new_boot_supersedes_the_old_token() {
         let (s, _d) = store().await;
         let node = s.ensure_node(MAC, 0).await.unwrap();
-        let first = s.start_boot(node.id, "tiny", None, "h1", 1, "test").await.unwrap();
+        let first = s.start_boot(node.id, "tiny", None, &crate::store::testing::token("h1"), 1, "test").await.unwrap();
         assert!(s.boot_by_token_hash("h1").await.unwrap().is_some());
-        s.start_boot(node.id, "tiny", None, "h2", 2, "test").await.unwrap();
+        s.start_boot(node.id, "tiny", None, &crate::store::testing::token("h2"), 2, "test").await.unwrap();
         assert!(s.boot_by_token_hash("h1").await.unwrap().is_none(), "old token is dead");
         let err = s.agent_transition(node.id, first, NodeState::Stage1, "late", 3).await.unwrap_err();
         assert!(matches!(err, StoreError::StaleBoot(_)));

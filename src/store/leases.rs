@@ -64,6 +64,14 @@ pub enum LeaseOp {
         ip: Ipv4Addr,
         until: u64,
     },
+    /// ProxyDHCP saw a network-boot client use `ip` (another server leased it): the
+    /// client becomes a node if it is new, and `ip` is where its boot token may go.
+    Seen {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        arch: Option<String>,
+        uuid: Option<String>,
+    },
 }
 
 /// `items` in consecutive chunks whose lengths are powers of two, at most 512.
@@ -133,6 +141,8 @@ impl LeaseBatch {
                     }
                     put(&mut batch, LeaseRow { ip, mac, expires_at: until, state: LeaseState::Declined });
                 }
+                // No lease row: another server owns the address.
+                LeaseOp::Seen { .. } => {}
             }
         }
         batch
@@ -179,6 +189,17 @@ pub(super) async fn release_ip(tx: &mut Tx<'_>, ip: Ipv4Addr, now_ms: i64) -> Re
 }
 
 impl Store {
+    /// The MAC holding an unexpired active lease on `ip` at `now` (Unix seconds).
+    pub async fn lease_holder(&self, ip: Ipv4Addr, now: u64) -> Result<Option<MacAddr>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let row = sqlx::query("SELECT mac FROM leases WHERE ip = ? AND state = 'active' AND expires_at > ?")
+            .bind(ip.to_string())
+            .bind(now as i64)
+            .fetch_optional(pool)
+            .await?;
+        row.map(|row| row.try_get::<String, _>("mac")?.parse().map_err(corrupt)).transpose()
+    }
+
     /// Active leases that have not expired at `now` (Unix seconds), for rebuilding the pool.
     pub async fn active_leases(&self, now: u64) -> Result<Vec<Lease>, StoreError> {
         let Backend::Sqlite(pool) = &self.backend;
@@ -260,6 +281,16 @@ impl Store {
         }
         let mut new_nodes = false;
         for op in ops {
+            if let LeaseOp::Seen { mac, ip, arch, uuid } = op {
+                let (node, created) = nodes::upsert_node_created(&mut tx, *mac, now_ms).await?;
+                new_nodes |= created;
+                nodes::record_dhcp_facts(&mut tx, *mac, *ip, arch.as_deref(), uuid.as_deref(), now_ms).await?;
+                if created {
+                    let message = format!("seen at {ip} in a proxyDHCP exchange");
+                    events::insert(&mut *tx, &NewEvent::note(node, None, EventKind::Dhcp, &message), now_ms).await?;
+                }
+                continue;
+            }
             let LeaseOp::Grant { mac, ip, expires_at, netboot, known, arch, uuid } = op else { continue };
             if !netboot && !known {
                 continue;

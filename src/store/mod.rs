@@ -13,7 +13,7 @@ mod nodes;
 mod tokens;
 mod volumes;
 
-pub use boots::{Boot, BootImage};
+pub use boots::{Boot, BootImage, BootToken, Release};
 pub use events::{Event, EventKind};
 pub use leases::{Lease, LeaseOp, LeaseState};
 pub use nodes::{default_hostname, Node, NodeChange, NodeFilter};
@@ -227,6 +227,11 @@ pub(crate) mod testing {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         (Store::open(&url).await.unwrap(), dir)
+    }
+
+    /// A boot token bound to loopback.
+    pub fn token(hash: &str) -> super::BootToken<'_> {
+        super::BootToken { hash, bound_ip: std::net::IpAddr::from([127, 0, 0, 1]) }
     }
 
     pub fn grant(mac: MacAddr, ip: [u8; 4], expires_at: u64, netboot: bool) -> LeaseOp {

@@ -33,6 +33,10 @@ pub struct Node {
     pub reserved_ip: Option<String>,
     /// The firmware's UUID from DHCP option 97 (SMBIOS byte order, as dmidecode prints it).
     pub client_uuid: Option<String>,
+    /// An operator registered or approved it: it may boot profiles that hold secrets.
+    pub approved: bool,
+    /// When DHCP last bound `ip` to it (a lease, or a proxyDHCP sighting).
+    pub ip_seen_at_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -61,6 +65,8 @@ pub struct NodeChange {
     pub labels: Option<BTreeMap<String, String>>,
     /// The explicit profile; `Some(None)` clears the assignment.
     pub profile: Option<Option<String>>,
+    /// Vouch for the node (or take that back): see [`Node::approved`].
+    pub approved: Option<bool>,
 }
 
 /// The hostname a node gets until an operator names it.
@@ -89,6 +95,8 @@ fn node_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Node, StoreError> {
         maintenance_reason: row.try_get("maintenance_reason")?,
         reserved_ip: row.try_get("reserved_ip")?,
         client_uuid: row.try_get("client_uuid")?,
+        approved: row.try_get("approved")?,
+        ip_seen_at_ms: row.try_get("ip_seen_at_ms")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })
@@ -141,11 +149,12 @@ pub(super) async fn record_dhcp_facts(
     now_ms: i64,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE nodes SET ip = ?, arch = COALESCE(?, arch), client_uuid = COALESCE(?, client_uuid),
-             updated_at_ms = ?
+        "UPDATE nodes SET ip = ?, ip_seen_at_ms = ?, arch = COALESCE(?, arch),
+             client_uuid = COALESCE(?, client_uuid), updated_at_ms = ?
          WHERE mac = ?",
     )
     .bind(ip.to_string())
+    .bind(now_ms)
     .bind(arch)
     .bind(uuid)
     .bind(now_ms)
@@ -311,6 +320,20 @@ impl Store {
         if let Some(profile) = &change.profile {
             assign_in(&mut tx, id, profile.as_deref(), now_ms).await?;
         }
+        if let Some(approved) = change.approved.filter(|a| *a != node.approved) {
+            sqlx::query("UPDATE nodes SET approved = ?, updated_at_ms = ? WHERE id = ?")
+                .bind(approved)
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let message = if approved {
+                "approved by an operator: may boot profiles that render secrets or attach volumes"
+            } else {
+                "approval withdrawn: profiles that hold secrets wait until an operator vouches for it again"
+            };
+            events::insert(&mut *tx, &NewEvent::note(id, None, EventKind::Info, message), now_ms).await?;
+        }
         tx.commit().await?;
         if change.reservation.is_some() || change.hostname.is_some() {
             self.hosts_changed();
@@ -410,7 +433,8 @@ impl Store {
         if !created {
             return Err(StoreError::DuplicateMac(mac));
         }
-        sqlx::query("UPDATE nodes SET hostname = COALESCE(?, hostname), labels = ? WHERE id = ?")
+        // Registering a node is an operator's word for it.
+        sqlx::query("UPDATE nodes SET hostname = COALESCE(?, hostname), labels = ?, approved = 1 WHERE id = ?")
             .bind(hostname)
             .bind(serde_json::to_string(labels).map_err(corrupt)?)
             .bind(id)

@@ -28,7 +28,13 @@ pub struct TestServer {
     /// Stops the server (as SIGTERM does `ramboot serve`); `runtime` then ends.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub runtime: std::thread::JoinHandle<()>,
+    /// The server's store and runtime, for what only DHCP does (leases).
+    pub store: Store,
+    pub handle: tokio::runtime::Handle,
 }
+
+/// Where loopback tests' requests come from.
+pub const LOOPBACK: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
 
 /// Deterministic, incompressible-looking bytes.
 pub fn pattern(len: usize) -> Vec<u8> {
@@ -124,17 +130,43 @@ impl TestServer {
                     Arc::new(ramboot::iscsi::service::Volumes { backend, config: cfg, store: store.clone() })
                 });
                 let profiles = Arc::new(profiles);
-                let state =
-                    AppState { config: Arc::new(config), store, images, profiles, volumes, shutdown: shutdown.clone() };
-                tx.send(listener.local_addr().unwrap()).unwrap();
+                let state = AppState {
+                    config: Arc::new(config),
+                    store: store.clone(),
+                    images,
+                    profiles,
+                    volumes,
+                    limits: Default::default(),
+                    shutdown: shutdown.clone(),
+                };
+                tx.send((listener.local_addr().unwrap(), store.clone(), tokio::runtime::Handle::current())).unwrap();
                 let limits = Default::default();
                 let artifacts = Some(ramboot::http::sendfile::Artifacts { images: state.images.clone() });
                 ramboot::http::server::serve(listener, router(state), artifacts, limits, shutdown).await;
             });
         });
-        let addr = rx.recv().unwrap();
+        let (addr, store, handle) = rx.recv().unwrap();
         let base = format!("http://{addr}");
-        TestServer { base, admin, reader, dir, rootfs, rootfs_digest, shutdown, runtime }
+        TestServer { base, admin, reader, dir, rootfs, rootfs_digest, shutdown, runtime, store, handle }
+    }
+
+    /// What a DHCP grant does: `mac` holds a lease on `ip` (and is a node).
+    pub fn lease_at(&self, mac: &str, ip: std::net::Ipv4Addr) {
+        let op = ramboot::store::LeaseOp::Grant {
+            mac: mac.parse().unwrap(),
+            ip,
+            expires_at: u64::from(u32::MAX),
+            netboot: true,
+            known: false,
+            arch: Some("bios".into()),
+            uuid: None,
+        };
+        self.handle.block_on(self.store.commit_dhcp(&[op], 1)).unwrap();
+    }
+
+    /// `mac` holds the lease on 127.0.0.1, where this test's requests come from.
+    pub fn lease(&self, mac: &str) {
+        self.lease_at(mac, LOOPBACK);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -197,4 +229,56 @@ pub fn send_oversize(req: ureq::Request, body: serde_json::Value) -> String {
             "cut".to_string()
         }
     }
+}
+
+/// One HTTP/1.1 request from `local` (another host on the boot network, as far as
+/// the server can tell: any 127/8 address is ours on loopback). ureq cannot choose
+/// its source address. Returns the status and body.
+pub fn call_from(
+    local: std::net::Ipv4Addr,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let server: std::net::SocketAddr = authority.parse().expect("an ip:port authority");
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&std::net::SocketAddr::from((local, 0)).into()).unwrap();
+    socket.connect(&server.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let chunked = headers.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    (status, if chunked { unchunk(body) } else { body.to_string() })
+}
+
+fn unchunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }

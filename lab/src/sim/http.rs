@@ -7,8 +7,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,16 +48,28 @@ pub struct Call<'a> {
     pub hash: bool,
     /// Called with the running byte count as the body arrives.
     pub progress: Option<&'a mut (dyn FnMut(u64) + Send)>,
+    /// Connect from this address (a simulated node's leased one): the server gives
+    /// a node's script and token only to the address DHCP bound to its MAC.
+    pub local: Option<IpAddr>,
 }
 
 impl<'a> Call<'a> {
     pub fn get(url: &'a str, token: Option<&'a str>) -> Call<'a> {
-        Call { method: Method::GET, url, token, json: None, keep: 1 << 20, hash: true, progress: None }
+        Call { method: Method::GET, url, token, json: None, keep: 1 << 20, hash: true, progress: None, local: None }
     }
 
     pub fn post_json(url: &'a str, token: Option<&'a str>, body: &impl serde::Serialize) -> Call<'a> {
         let json = serde_json::to_vec(body).unwrap_or_default();
-        Call { method: Method::POST, url, token, json: Some(json), keep: 64 << 10, hash: true, progress: None }
+        Call {
+            method: Method::POST,
+            url,
+            token,
+            json: Some(json),
+            keep: 64 << 10,
+            hash: true,
+            progress: None,
+            local: None,
+        }
     }
 }
 
@@ -66,7 +79,7 @@ pub async fn call(mut c: Call<'_>) -> Result<Fetched, HttpSimError> {
     let uri: Uri = c.url.parse().map_err(|_| HttpSimError::BadUrl { url: url.clone() })?;
     let host = uri.host().ok_or_else(|| HttpSimError::BadUrl { url: url.clone() })?.to_string();
     let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect(&host, port, c.local))
         .await
         .map_err(|_| transport("connect timed out".into()))?
         .map_err(|e| transport(format!("connect: {e}")))?;
@@ -113,6 +126,26 @@ pub async fn call(mut c: Call<'_>) -> Result<Fetched, HttpSimError> {
     }
     let sha256 = if c.hash { hex::encode(hasher.finalize()) } else { String::new() };
     Ok(Fetched { status, bytes, sha256, kept })
+}
+
+/// Connect to `host:port`, from `local` if given.
+async fn connect(host: &str, port: u16, local: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(local) = local else { return TcpStream::connect((host, port)).await };
+    let server = tokio::net::lookup_host((host, port))
+        .await?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| std::io::Error::other(format!("{host} has no address of the family of {local}")))?;
+    let socket = if local.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(local, 0)).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "binding the node's leased address {local}: {e} (the simulator's host must own the leased \
+                 range, e.g. `ip route add local <range> dev lo`)"
+            ),
+        )
+    })?;
+    socket.connect(server).await
 }
 
 /// Check a download against the size and digest it was announced with.

@@ -16,7 +16,7 @@ use ramboot_core::node::MacAddr;
 use ramboot_core::tftp::client::{Download, ReadRequest, Step};
 use ramboot_proto::{human_bytes, paths, AgentEvent, BootArgs, Dmi, Inventory, Nic, Plan, ReportedState};
 use serde::Serialize;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -337,15 +337,18 @@ async fn boot_steps(
         return Err(SimError::Boot(format!("iPXE was given {script_url:?}, not its script URL: chainload loop")));
     }
 
+    // From here on the node speaks HTTP from the address iPXE was leased.
+    let from = IpAddr::V4(ipxe.yiaddr);
+
     timeline.enter(Phase::Script);
     let script_url = script_url.replace("${net0/mac}", &client.mac.to_string());
-    let script = fetch(http::Call::get(&script_url, None), bytes, progress).await?;
+    let script = fetch(from, http::Call::get(&script_url, None), bytes, progress).await?;
     let script = String::from_utf8_lossy(&script.kept).into_owned();
     let boot = BootScript::parse(&script)?;
 
     timeline.enter(Phase::KernelInitrd);
     for url in [&boot.kernel_url, &boot.initrd_url] {
-        let got = fetch(http::Call::get(url, None), bytes, progress).await?;
+        let got = fetch(from, http::Call::get(url, None), bytes, progress).await?;
         if let Some(digest) = digest_in(url) {
             http::verify(url, &got, digest, None)?;
         }
@@ -356,9 +359,9 @@ async fn boot_steps(
     let token = Some(args.token.as_str());
     let api = |path: &str| format!("{}{path}", args.server.trim_end_matches('/'));
     let hello = inventory(client, index);
-    fetch(http::Call::post_json(&api(paths::HELLO), token, &hello), bytes, progress).await?;
+    fetch(from, http::Call::post_json(&api(paths::HELLO), token, &hello), bytes, progress).await?;
     let plan_url = api(paths::PLAN);
-    let answer = fetch(http::Call::get(&plan_url, token), bytes, progress).await?;
+    let answer = fetch(from, http::Call::get(&plan_url, token), bytes, progress).await?;
     if answer.status == hyper::StatusCode::ACCEPTED {
         return Err(SimError::Boot(
             "no profile for this node (discovery): give the server a default_profile or a selector".into(),
@@ -370,14 +373,20 @@ async fn boot_steps(
     timeline.enter(Phase::Image);
     let events = api(paths::EVENTS);
     let loading = event(Some(ReportedState::Loading), format!("fetching {}", plan.image.name));
-    fetch(http::Call::post_json(&events, token, &loading), bytes, progress).await?;
+    fetch(from, http::Call::post_json(&events, token, &loading), bytes, progress).await?;
     let mut last = 0u64;
     let mut count = |n: u64| {
         progress.bytes.fetch_add(n - last, Ordering::Relaxed);
         last = n;
     };
     let hash = !opts.skip_image_hash;
-    let call = http::Call { progress: Some(&mut count), keep: 0, hash, ..http::Call::get(&plan.image.url, token) };
+    let call = http::Call {
+        progress: Some(&mut count),
+        keep: 0,
+        hash,
+        local: Some(from),
+        ..http::Call::get(&plan.image.url, token)
+    };
     let image = http::call(call).await?;
     bytes.1 += image.bytes;
     if hash {
@@ -393,22 +402,28 @@ async fn boot_steps(
         false => format!("image fetched: {} bytes (hash not checked: --skip-image-hash)", image.bytes),
     };
     let verified = event(None, checked);
-    fetch(http::Call::post_json(&events, token, &verified), bytes, progress).await?;
+    fetch(from, http::Call::post_json(&events, token, &verified), bytes, progress).await?;
     if let Some(url) = &plan.overlay_url {
-        fetch(http::Call::get(url, token), bytes, progress).await?;
+        fetch(from, http::Call::get(url, token), bytes, progress).await?;
     }
     for (state, message) in
         [(ReportedState::Handoff, "simulated switch_root"), (ReportedState::Ready, "simulated stage two up")]
     {
-        fetch(http::Call::post_json(&events, token, &event(Some(state), message.into())), bytes, progress).await?;
+        fetch(from, http::Call::post_json(&events, token, &event(Some(state), message.into())), bytes, progress)
+            .await?;
     }
     timeline.leave();
     Ok(())
 }
 
-/// A GET or POST whose bytes count toward the node's HTTP total.
-async fn fetch(call: http::Call<'_>, bytes: &mut (u64, u64), progress: &Progress) -> Result<http::Fetched, SimError> {
-    let got = http::call(call).await?;
+/// A GET or POST from the node's address whose bytes count toward its HTTP total.
+async fn fetch(
+    from: IpAddr,
+    call: http::Call<'_>,
+    bytes: &mut (u64, u64),
+    progress: &Progress,
+) -> Result<http::Fetched, SimError> {
+    let got = http::call(http::Call { local: Some(from), ..call }).await?;
     bytes.1 += got.bytes;
     progress.bytes.fetch_add(got.bytes, Ordering::Relaxed);
     Ok(got)

@@ -25,7 +25,7 @@ macro_rules! same_fields {
 
 same_fields!(Node => api::Node {
     id, mac, hostname, ip, profile, state, state_since_ms, current_boot_id, inventory, labels, arch, failures,
-    maintenance_reason, reserved_ip, client_uuid, created_at_ms, updated_at_ms,
+    maintenance_reason, reserved_ip, client_uuid, approved, ip_seen_at_ms, created_at_ms, updated_at_ms,
 });
 same_fields!(Event => api::Event { id, node_id, boot_id, at_ms, kind, state, phase_ms, message });
 same_fields!(Lease => api::Lease { ip, mac, expires_at, state });
@@ -47,8 +47,32 @@ impl From<crate::store::LeaseState> for String {
 
 impl From<Boot> for api::Boot {
     fn from(b: Boot) -> Self {
-        let Boot { id, node_id, profile, image, started_at_ms, finished_at_ms, outcome } = b;
-        api::Boot { id, node_id, profile, image, started_at_ms, finished_at_ms, outcome }
+        let Boot {
+            id,
+            node_id,
+            profile,
+            image,
+            started_at_ms,
+            finished_at_ms,
+            outcome,
+            bound_ip,
+            plan_released_at_ms,
+            overlay_released_at_ms,
+            reports,
+        } = b;
+        api::Boot {
+            id,
+            node_id,
+            profile,
+            image,
+            started_at_ms,
+            finished_at_ms,
+            outcome,
+            bound_ip,
+            plan_released_at_ms,
+            overlay_released_at_ms,
+            reports,
+        }
     }
 }
 
@@ -143,6 +167,8 @@ mod tests {
             maintenance_reason: None,
             reserved_ip: Some("10.213.0.20".into()),
             client_uuid: None,
+            approved: true,
+            ip_seen_at_ms: Some(4),
             created_at_ms: 1,
             updated_at_ms: 2,
         }
@@ -160,6 +186,10 @@ mod tests {
             started_at_ms: 4,
             finished_at_ms: None,
             outcome: Some("ready".into()),
+            bound_ip: Some("10.213.0.120".parse().unwrap()),
+            plan_released_at_ms: Some(5),
+            overlay_released_at_ms: None,
+            reports: 2,
         });
         same_json::<_, api::Event>(Event {
             id: 1,

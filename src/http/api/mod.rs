@@ -37,6 +37,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_nodes, create_node))
         .routes(routes!(show_node, update_node, delete_node))
         .routes(routes!(reprovision_node))
+        .routes(routes!(approve_node))
         .routes(routes!(maintenance_node))
         .routes(routes!(node_events))
         .routes(routes!(list_profiles))
@@ -225,6 +226,7 @@ async fn update_node(
         hostname: update.hostname,
         labels: update.labels,
         profile: update.profile,
+        approved: update.approved,
     };
     Ok(Json(state.store.update_node(node.id, &change, now_ms()).await?.into()))
 }
@@ -262,6 +264,16 @@ async fn reprovision_node(
 ) -> Result<Json<Node>, ApiError> {
     let node = find_node(&state, &id).await?;
     Ok(Json(state.store.reprovision(node.id, now_ms()).await?.into()))
+}
+
+/// Vouch for a node: it may boot a profile that renders secrets or attaches volumes
+/// even if only facts it reports itself (serial, UUID, inventory) matched it.
+#[utoipa::path(post, path = "/nodes/{id}/approve", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
+    responses((status = 200, body = Node), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn approve_node(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<Node>, ApiError> {
+    let node = find_node(&state, &id).await?;
+    let change = NodeChange { approved: Some(true), ..NodeChange::default() };
+    Ok(Json(state.store.update_node(node.id, &change, now_ms()).await?.into()))
 }
 
 #[utoipa::path(post, path = "/nodes/{id}/maintenance", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),

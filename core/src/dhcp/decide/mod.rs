@@ -204,6 +204,10 @@ pub enum Decision {
     Released { mac: MacAddr, ip: Ipv4Addr },
     /// The client found the address in use: quarantined until `until`, record it.
     Declined { mac: MacAddr, ip: Ipv4Addr, until: u64 },
+    /// ProxyDHCP, no reply: a network-boot client asked the site server for `ip`
+    /// (option 50, or ciaddr when renewing). Where its boot token may go, on the
+    /// client's word: see `docs/threat-model.md`.
+    Seen { ip: Ipv4Addr, client: Client },
     /// No reply, for the stated reason.
     Ignore(IgnoreReason),
 }
@@ -426,12 +430,22 @@ fn proxy(
     if client.firmware == Firmware::Plain || boot.file().is_none() {
         return Err(IgnoreReason::NotNetbootClient);
     }
+    let msg = inbound.msg;
     let reply_kind = match (inbound.arrival.port, kind) {
         (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
         (Port::Binl, MessageType::Request | MessageType::Inform) => MessageType::Ack,
+        (Port::Dhcp, MessageType::Request) => {
+            let requested = match msg.opts().get(OptionCode::RequestedIpAddress) {
+                Some(DhcpOption::RequestedIpAddress(ip)) => *ip,
+                _ => msg.ciaddr(),
+            };
+            if requested.is_unspecified() {
+                return Err(IgnoreReason::NoRequestedAddress);
+            }
+            return Ok(Decision::Seen { ip: requested, client });
+        }
         (_, other) => return Err(IgnoreReason::UnsupportedType(other)),
     };
-    let msg = inbound.msg;
     let mut reply = reply_header(msg);
     reply.set_siaddr(policy.tftp_server).set_ciaddr(msg.ciaddr());
     set_boot_file(&mut reply, &boot, policy);

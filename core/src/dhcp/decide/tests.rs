@@ -395,9 +395,13 @@ fn proxy_offers_boot_options_only_and_answers_binl_requests() {
     let (ack, _, _) = reply_of(h.run_on(&req, Port::Binl, 1));
     assert_eq!(kind_of(&ack), Some(MessageType::Ack));
     assert_eq!(ack.fname_str().unwrap().unwrap(), "undionly.kpxe");
-    // An OS's DHCP client and a REQUEST on 67 are the site server's business.
+    // An OS's DHCP client is the site server's business; a network-boot client's
+    // REQUEST on 67 gets no answer, but says which address it takes.
     assert_eq!(h.run(&request(MAC, MessageType::Discover), 2), Decision::Ignore(IgnoreReason::NotNetbootClient));
-    assert!(matches!(h.run(&pxe(MAC, MessageType::Request, 0), 2), Decision::Ignore(IgnoreReason::UnsupportedType(_))));
+    assert_eq!(h.run(&pxe(MAC, MessageType::Request, 0), 2), Decision::Ignore(IgnoreReason::NoRequestedAddress));
+    let asked = Ipv4Addr::new(10, 213, 0, 78);
+    let req = with_opts(pxe(MAC, MessageType::Request, 0), [DhcpOption::RequestedIpAddress(asked)]);
+    assert!(matches!(h.run(&req, 2), Decision::Seen { ip, client } if ip == asked && client.mac == MacAddr(MAC)));
     // iPXE behind a proxy still gets its script.
     let (_, _, boot) = reply_of(h.run(&ipxe_bios(MAC, MessageType::Discover), 3));
     assert!(matches!(boot, BootChoice::IpxeScript(_)));

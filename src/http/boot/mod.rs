@@ -4,17 +4,24 @@
 //! most specific matching selector, else the default profile, else a discovery boot
 //! (stage one only, waiting for an assignment). A node in maintenance, or one that
 //! used up its retries, gets a script that says so and asks again later; a node
-//! that failed recently waits out its backoff first. Every boot gets a fresh
-//! per-boot token on its kernel command line. The agent endpoints accept only that
-//! token (`Authorization: Bearer`), and only while its boot is the node's current one.
+//! that failed recently is told to wait out its backoff. Every boot gets a fresh
+//! per-boot token on its kernel command line.
+//!
+//! Trust (`ramboot_core::trust`, `docs/threat-model.md`): only a node DHCP knows
+//! gets a script, and only at the address DHCP bound to its MAC; the token works
+//! only from that address, only while its boot is the node's current one; the
+//! plan (CHAP credentials) and the overlay (secrets) are released once, before
+//! handoff; reports are rate-limited and capped per boot.
+
+pub mod trust;
 
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::clock::now_ms;
 use crate::profiles::NodeFacts;
-use crate::store::{Boot, BootImage, EventKind, Node};
+use crate::store::{Boot, BootImage, BootToken, EventKind, Node, Release};
 use askama::Template;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,13 +29,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ramboot_core::node::{MacAddr, NodeState};
 use ramboot_core::plan::{
-    plan_boot, profile_boot, resolve_profile, volumes_wanted, Decision, NodeView, Refusal, Settings, VolumeWanted,
+    approval_needed, plan_boot, profile_boot, resolve_profile, volumes_wanted, Decision, NodeView, Refusal, Settings,
+    VolumeWanted,
 };
+use ramboot_core::trust::{self as rules, AgentCall, BootUse, Refused, MAX_REPORTS_PER_BOOT};
 use ramboot_proto::{
     human_bytes, paths, AgentEvent, Inventory, Plan, PlanImage, PlanWait, ReportedState, OVERLAY_PATH,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 use tracing::{info, warn, Instrument};
 
 /// How often a script that refused to boot asks again, and a waiting agent polls.
@@ -56,8 +67,6 @@ pub struct BootScript<'a> {
     pub kernel_url: String,
     pub initrd_url: String,
     pub args: Vec<String>,
-    pub failures: i64,
-    pub retry_delay_secs: u64,
 }
 
 #[derive(Template)]
@@ -82,16 +91,31 @@ fn render(t: &impl Template) -> Result<String, ApiError> {
 }
 
 /// An iPXE script that explains why and asks again later: iPXE shows it on the console.
-fn refusal(mac: &str, reason: &str) -> Result<Response, ApiError> {
-    Ok(ipxe(render(&refusal_script(mac, reason))?))
+fn refusal(mac: &str, reason: &str, retry_after: Option<Duration>) -> Result<Response, ApiError> {
+    Ok(ipxe(render(&refusal_script(mac, reason, retry_after))?))
 }
 
 /// Only printable ASCII reaches the script (iPXE echoes it), so neither a client's
 /// query string nor an error message can inject script lines.
-fn refusal_script(mac: &str, reason: &str) -> RefuseScript {
+fn refusal_script(mac: &str, reason: &str, retry_after: Option<Duration>) -> RefuseScript {
     let reason: String = reason.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
     let mac: String = mac.chars().take(32).filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-').collect();
-    RefuseScript { mac, reason, retry_secs: ASK_AGAIN_SECS }
+    let retry_secs = retry_after.map_or(ASK_AGAIN_SECS, |d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX));
+    RefuseScript { mac, reason, retry_secs }
+}
+
+/// A boot-path refusal for whoever asked for a script: the status says it, and the
+/// body is a script iPXE can show (it retries after a while).
+async fn untrusted(
+    state: &AppState,
+    mac: &str,
+    node: Option<&Node>,
+    refused: &Refused,
+    now: i64,
+) -> Result<Response, ApiError> {
+    let error = trust::refuse(state, node.map(|n| (n, None)), refused, now).await;
+    let script = render(&refusal_script(mac, &refused.to_string(), None))?;
+    Ok((error.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], script).into_response())
 }
 
 /// What selectors see of a node.
@@ -116,6 +140,8 @@ fn view_of(node: &Node) -> NodeView<'_> {
         assigned_profile: node.profile.as_deref(),
         hostname: &node.hostname,
         facts: facts_of(node),
+        approved: node.approved,
+        in_state_for: Duration::from_millis(u64::try_from(now_ms() - node.state_since_ms).unwrap_or(0)),
     }
 }
 
@@ -127,15 +153,27 @@ fn settings(state: &AppState) -> Settings<'_> {
     }
 }
 
-async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) -> Result<Response, ApiError> {
+async fn boot_script(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<BootQuery>,
+) -> Result<Response, ApiError> {
     let raw_mac = q.mac.unwrap_or_default();
     let Ok(mac) = raw_mac.parse::<MacAddr>() else {
-        return refusal(&raw_mac, "the script URL carries no valid MAC address");
+        return refusal(&raw_mac, "the script URL carries no valid MAC address", None);
     };
-    let span = tracing::info_span!("boot", %mac);
+    let source = peer.ip().to_canonical();
+    let span = tracing::info_span!("boot", %mac, %source);
     async move {
         let now = now_ms();
-        let node = state.store.ensure_node(mac, now).await?;
+        // Only DHCP (or an operator) creates nodes: a script request never does.
+        let Some(node) = state.store.node_by_mac(mac).await? else {
+            return untrusted(&state, &raw_mac, None, &Refused::UnknownNode(mac), now).await;
+        };
+        let claim = trust::address_claim(&state, &node, source, now).await?;
+        if let Err(refused) = rules::script_allowed(mac, source, &claim) {
+            return untrusted(&state, &raw_mac, Some(&node), &refused, now).await;
+        }
         // One snapshot of the profiles for the whole decision.
         let profiles = state.profiles.current();
         let plan = match plan_boot(&view_of(&node), &*profiles, &state.images, settings(&state)) {
@@ -144,16 +182,18 @@ async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) 
         };
         let token = crate::token::generate().map_err(ApiError::internal)?;
         let token_hash = crate::token::hash(&token);
+        let bound = BootToken { hash: &token_hash, bound_ip: source };
         let (boot_id, profile_name, why) = match &plan.profile {
             Some(boot) => {
                 let why = boot.describe();
-                let id =
-                    state.store.start_boot(node.id, &boot.profile, Some(&boot.image), &token_hash, now, &why).await?;
+                let id = state.store.start_boot(node.id, &boot.profile, Some(&boot.image), &bound, now, &why).await?;
                 (id, boot.profile.as_str(), why)
             }
             None => {
-                let id = state.store.start_discovery_boot(node.id, &token_hash, now).await?;
-                (id, "(discovery)", "no profile: discovery".to_string())
+                let waiting = plan.awaiting_approval.as_deref();
+                let id = state.store.start_discovery_boot(node.id, &bound, waiting, now).await?;
+                let why = waiting.map_or_else(|| "no profile: discovery".to_string(), str::to_string);
+                (id, "(discovery)", why)
             }
         };
         let base = state.config.boot_url();
@@ -174,8 +214,6 @@ async fn boot_script(State(state): State<AppState>, Query(q): Query<BootQuery>) 
             kernel_url: format!("{base}/artifacts/sha256/{}/vmlinuz", plan.stage1.kernel_digest),
             initrd_url: format!("{base}/artifacts/sha256/{}/initrd.img", plan.stage1.initrd_digest),
             args,
-            failures: node.failures,
-            retry_delay_secs: plan.retry_delay.as_secs(),
         };
         info!(node = node.id, boot = boot_id, profile = %profile_name, %why, "boot started: iPXE script served");
         Ok(ipxe(render(&script)?))
@@ -191,32 +229,77 @@ async fn refuse(state: &AppState, node: &Node, why: &Refusal, now: i64) -> Resul
     match why {
         Refusal::Maintenance { .. } => info!(node = node.id, %reason, "node in maintenance: told not to boot"),
         Refusal::RetriesExhausted { .. } => warn!(node = node.id, "{reason}"),
+        Refusal::BackingOff { .. } => info!(node = node.id, %reason, "told to wait out its backoff"),
         Refusal::Unbootable { .. } => {
             warn!(node = node.id, %reason, "refusing to boot");
             state.store.add_event(node.id, None, EventKind::Info, &format!("boot refused: {reason}"), now).await?;
         }
     }
-    refusal(&node.mac.to_string(), &reason)
+    refusal(&node.mac.to_string(), &reason, why.retry_after())
 }
 
-/// The node and boot behind a valid per-boot bearer token.
+/// The node and boot behind a valid per-boot bearer token, checked against the
+/// request's source address and what the route releases (`ramboot_core::trust`).
 pub struct BootAuth {
     pub node: Node,
     pub boot: Boot,
+}
+
+/// What each agent route is, for the trust rules: every route is checked, none can
+/// forget to.
+fn call_of(path: &str) -> AgentCall {
+    match path {
+        paths::HELLO => AgentCall::Hello,
+        paths::PLAN => AgentCall::Plan,
+        OVERLAY_PATH => AgentCall::Overlay,
+        _ => AgentCall::Report,
+    }
 }
 
 impl FromRequestParts<AppState> for BootAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token =
-            super::auth::bearer(parts).ok_or_else(|| ApiError::unauthorized("a per-boot bearer token is required"))?;
-        let (node, boot) = state
-            .store
-            .boot_by_token_hash(&crate::token::hash(token))
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown or expired boot token"))?;
+        let Some(token) = super::auth::bearer(parts) else {
+            metrics::counter!("ramboot_boot_refusals_total", "reason" => "no_token").increment(1);
+            return Err(ApiError::unauthorized("a per-boot bearer token is required"));
+        };
+        let Some((node, boot)) = state.store.boot_by_token_hash(&crate::token::hash(token)).await? else {
+            metrics::counter!("ramboot_boot_refusals_total", "reason" => "unknown_token").increment(1);
+            return Err(ApiError::unauthorized("unknown or expired boot token"));
+        };
+        let source: IpAddr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip())
+            .ok_or_else(|| ApiError::internal("the connection's peer address is unknown"))?;
+        let used = BootUse {
+            bound_ip: boot.bound_ip,
+            state: node.state,
+            plan_released: boot.plan_released_at_ms.is_some(),
+            overlay_released: boot.overlay_released_at_ms.is_some(),
+            reports: boot.reports,
+        };
+        if let Err(refused) = rules::agent_call_allowed(call_of(parts.uri.path()), source, &used) {
+            return Err(trust::refuse(state, Some((&node, Some(boot.id))), &refused, now_ms()).await);
+        }
         Ok(BootAuth { node, boot })
+    }
+}
+
+impl BootAuth {
+    /// Release a secret of this boot: the first fetch gets it, any later one is
+    /// refused and recorded (even one racing the first).
+    async fn release(&self, state: &AppState, what: Release) -> Result<(), ApiError> {
+        let now = now_ms();
+        if state.store.release_once(self.boot.id, what, now).await? {
+            return Ok(());
+        }
+        let call = match what {
+            Release::Plan => AgentCall::Plan,
+            Release::Overlay => AgentCall::Overlay,
+        };
+        Err(trust::refuse(state, Some((&self.node, Some(self.boot.id))), &Refused::AlreadyReleased(call), now).await)
     }
 }
 
@@ -236,33 +319,42 @@ async fn hello(
         // Discovery: the inventory may be what a selector was waiting for.
         state.store.add_event(auth.node.id, Some(auth.boot.id), EventKind::Info, &summary, now).await?;
         let node = state.store.node(auth.node.id).await?;
-        pin_if_resolvable(&state, &node, &auth.boot, now).await?;
+        // Still waiting is no error here: the plan call says why.
+        let _pinned = pin_if_resolvable(&state, &node, &auth.boot, now).await?;
     }
     info!(node = auth.node.id, boot = auth.boot.id, "{summary}");
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// For a discovery boot: if the node now has a profile, pin it into the boot.
+/// Why a discovery boot's agent keeps waiting.
+const NO_PROFILE_YET: &str = "no profile assigned yet: assign one (API, CLI) or add a selector";
+
+/// For a discovery boot: if the node now has a profile it may boot, pin it into
+/// the boot. `Err` says why the agent keeps waiting.
 async fn pin_if_resolvable(
     state: &AppState,
     node: &Node,
     boot: &Boot,
     now: i64,
-) -> Result<Option<BootImage>, ApiError> {
+) -> Result<Result<BootImage, String>, ApiError> {
     let profiles = state.profiles.current();
-    let Ok(Some((profile, why))) = resolve_profile(&view_of(node), &*profiles, state.config.default_profile.as_deref())
+    let view = view_of(node);
+    let Ok(Some((profile, selection))) = resolve_profile(&view, &*profiles, state.config.default_profile.as_deref())
     else {
-        return Ok(None);
+        return Ok(Err(NO_PROFILE_YET.into()));
     };
-    match profile_boot(profile, why, &state.images) {
+    if let Some(wait) = approval_needed(&view, profile, &selection) {
+        return Ok(Err(wait));
+    }
+    match profile_boot(profile, selection.describe(), &state.images) {
         Ok((_, pinned)) => {
             state.store.pin_boot(node.id, boot.id, &pinned.profile, &pinned.image, &pinned.why, now).await?;
-            Ok(Some(pinned.image))
+            Ok(Ok(pinned.image))
         }
         Err(reason) => {
             let note = format!("cannot load {}: {reason}", profile.profile.name);
             state.store.add_event(node.id, Some(boot.id), EventKind::Info, &note, now).await?;
-            Ok(None)
+            Ok(Err(note))
         }
     }
 }
@@ -271,16 +363,13 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
     let (image, profile) = match auth.boot.image.clone() {
         Some(image) => (image, auth.boot.profile.clone()),
         None => match pin_if_resolvable(&state, &auth.node, &auth.boot, now_ms()).await? {
-            Some(image) => {
+            Ok(image) => {
                 let boot =
                     state.store.boot(auth.boot.id).await?.ok_or_else(|| ApiError::unauthorized("boot is gone"))?;
                 (image, boot.profile)
             }
-            None => {
-                let wait = PlanWait {
-                    reason: "no profile assigned yet: assign one (API, CLI) or add a selector".into(),
-                    retry_after_secs: DISCOVERY_POLL_SECS,
-                };
+            Err(reason) => {
+                let wait = PlanWait { reason, retry_after_secs: DISCOVERY_POLL_SECS };
                 return Ok((StatusCode::ACCEPTED, Json(wait)).into_response());
             }
         },
@@ -295,6 +384,8 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
         Some(service) => service.node_plan(auth.node.id).await.map_err(iscsi_unavailable)?,
         None => None,
     };
+    // Everything is ready: this answer carries the boot's credentials, once.
+    auth.release(&state, Release::Plan).await?;
     Ok(Json(Plan {
         node_id: auth.node.id,
         boot_id: auth.boot.id,
@@ -364,6 +455,7 @@ async fn overlay(State(state): State<AppState>, auth: BootAuth) -> Result<Respon
         .render_overlay(&facts, &secrets)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "render_failed", e.to_string()))?;
     let archive = tar_of(&files).map_err(ApiError::internal)?;
+    auth.release(&state, Release::Overlay).await?;
     Ok(([(header::CONTENT_TYPE, "application/x-tar")], archive).into_response())
 }
 
@@ -398,6 +490,14 @@ async fn event(
     ApiJson(ev): ApiJson<AgentEvent>,
 ) -> Result<StatusCode, ApiError> {
     let now = now_ms();
+    if !state.limits.report_allowed(auth.boot.id, now) {
+        metrics::counter!("ramboot_boot_refusals_total", "reason" => "report_rate").increment(1);
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "report_rate", "reports come too fast: slow down"));
+    }
+    if !state.store.count_report(auth.boot.id, MAX_REPORTS_PER_BOOT).await? {
+        let refused = Refused::TooManyReports;
+        return Err(trust::refuse(&state, Some((&auth.node, Some(auth.boot.id))), &refused, now).await);
+    }
     let message: String = ev.message.chars().take(1024).collect();
     let (node, boot) = (auth.node.id, auth.boot.id);
     match ev.state {
@@ -423,7 +523,7 @@ async fn event(
 mod tests {
     use super::*;
 
-    fn script(retry_delay_secs: u64) -> String {
+    fn script() -> String {
         BootScript {
             node_id: 3,
             boot_id: 12,
@@ -440,8 +540,6 @@ mod tests {
                 "ramboot.token=0123abcd".into(),
                 "ramboot.mac=52:54:00:12:34:56".into(),
             ],
-            failures: if retry_delay_secs > 0 { 2 } else { 0 },
-            retry_delay_secs,
         }
         .render()
         .unwrap()
@@ -449,23 +547,18 @@ mod tests {
 
     #[test]
     fn boot_script_snapshot() {
-        insta::assert_snapshot!(script(0));
-    }
-
-    #[test]
-    fn retry_script_snapshot() {
-        insta::assert_snapshot!(script(30));
+        insta::assert_snapshot!(script());
     }
 
     #[test]
     fn refusal_snapshot() {
-        let script = refusal_script("52:54:00:12:34:56", "profile \"x\" does not exist").render().unwrap();
+        let script = refusal_script("52:54:00:12:34:56", "profile \"x\" does not exist", None).render().unwrap();
         insta::assert_snapshot!(script);
     }
 
     #[test]
     fn refusal_cannot_inject_script_lines() {
-        let script = refusal_script("52:54:00:12:34:56\nshell", "bad\nchain http://evil/").render().unwrap();
+        let script = refusal_script("52:54:00:12:34:56\nshell", "bad\nchain http://evil/", None).render().unwrap();
         assert_eq!(script.lines().count(), 6, "{script}");
         assert!(script.contains("bad?chain"), "{script}");
         assert!(!script.contains("shell"), "{script}");
