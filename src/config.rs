@@ -54,6 +54,23 @@ struct WireConfig {
     /// ~13 s IPv6 wait on boot networks that have no IPv6 router.
     #[serde(default)]
     ipv6_ra: bool,
+    #[serde(default)]
+    retention: WireRetention,
+}
+
+/// `retention:` how long history is kept before the pruning task deletes it; 0 keeps
+/// it for ever. Nodes, and each node's current boot with its events, are never pruned.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WireRetention {
+    events_days: u32,
+    finished_boots_days: u32,
+}
+
+impl Default for WireRetention {
+    fn default() -> Self {
+        WireRetention { events_days: 30, finished_boots_days: 90 }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +135,12 @@ struct WireDhcp {
     boot_files: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     subnets: Vec<WireSubnet>,
+    /// Relays (an address, or a network in CIDR) whose link selection (option 82
+    /// sub-option 5, option 118) and agent information are believed: both the
+    /// packet's giaddr and its UDP source must be listed. Relays not listed still
+    /// route by giaddr.
+    #[serde(default)]
+    trusted_relays: Vec<String>,
     // The inline subnet, and defaults for `subnets` (see `WireSubnet`). Spelled out,
     // not `#[serde(flatten)]`, which would lose unknown-key refusal and positions.
     subnet: Option<Ipv4Net>,
@@ -254,6 +277,7 @@ pub struct Config {
     pub lifecycle: Lifecycle,
     pub iscsi: Option<IscsiConfig>,
     pub ipv6_ra: bool,
+    pub retention: crate::retention::Retention,
 }
 
 #[derive(Debug, Clone)]
@@ -287,6 +311,8 @@ pub struct DhcpConfig {
     /// The effective architecture → boot file map (built-in, then the operator's).
     pub boot_files: std::collections::BTreeMap<Arch, String>,
     pub subnets: Vec<SubnetConfig>,
+    /// See `WireDhcp::trusted_relays`.
+    pub trusted_relays: Vec<Ipv4Net>,
 }
 
 impl DhcpConfig {
@@ -378,6 +404,23 @@ fn dhcp_from_wire(d: WireDhcp, interface: &str) -> Result<DhcpConfig, String> {
     if let Some(bad) = interfaces.iter().find(|i| i.is_empty() || i.len() > 15) {
         return Err(format!("dhcp.interfaces: {bad:?} is not a valid interface name"));
     }
+    let trusted_relays = d
+        .trusted_relays
+        .iter()
+        .map(|text| {
+            let parsed = match text.parse::<Ipv4Net>() {
+                Ok(net) => Ok(net),
+                Err(_) => text.parse::<Ipv4Addr>().map(Ipv4Net::from),
+            };
+            match parsed {
+                Ok(net) if net.trunc() == net => Ok(net),
+                Ok(net) => {
+                    Err(format!("dhcp.trusted_relays: {text:?} has host bits set (did you mean {}?)", net.trunc()))
+                }
+                Err(_) => Err(format!("dhcp.trusted_relays: {text:?} is not an IPv4 address or network (CIDR)")),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if d.decline_quarantine_secs == 0 || d.offer_hold_secs == 0 {
         return Err("dhcp.offer_hold_secs and dhcp.decline_quarantine_secs must be positive".into());
     }
@@ -390,6 +433,7 @@ fn dhcp_from_wire(d: WireDhcp, interface: &str) -> Result<DhcpConfig, String> {
         decline_quarantine: Duration::from_secs(u64::from(d.decline_quarantine_secs)),
         boot_files,
         subnets,
+        trusted_relays,
     })
 }
 
@@ -487,6 +531,10 @@ impl Config {
                     .map_or_else(|| volumes_default.clone(), |p| if p.is_absolute() { p } else { base.join(p) }),
             }),
             ipv6_ra: wire.ipv6_ra,
+            retention: crate::retention::Retention::from_days(
+                wire.retention.events_days,
+                wire.retention.finished_boots_days,
+            ),
         })
     }
 
@@ -499,6 +547,7 @@ impl Config {
             boot_url: self.boot_url(),
             boot_files: self.dhcp.boot_files.clone(),
             subnets: self.dhcp.subnets.clone(),
+            trusted_relays: self.dhcp.trusted_relays.clone(),
             offer_hold_secs: self.dhcp.offer_hold.as_secs(),
             quarantine_secs: self.dhcp.decline_quarantine.as_secs(),
         }
@@ -601,6 +650,32 @@ default_profile: tiny
         let cfg = Config::parse(Path::new("/etc/ramboot/ramboot.yaml"), text).unwrap();
         assert_eq!(cfg.dhcp.subnets.len(), 2);
         assert_eq!(cfg.dhcp.boot_files[&Arch(7)], "snponly.efi");
+    }
+
+    #[test]
+    fn trusted_relays_are_addresses_or_networks() {
+        let cfg =
+            Config::parse(Path::new("r.yaml"), &with_dhcp("  trusted_relays: [10.9.0.1, 10.213.0.0/30]\n")).unwrap();
+        let nets: Vec<String> = cfg.dhcp_policy().trusted_relays.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.9.0.1/32", "10.213.0.0/30"]);
+        assert!(Config::parse(Path::new("r.yaml"), GOOD).unwrap().dhcp.trusted_relays.is_empty(), "none by default");
+        for (bad, expect) in
+            [("[10.9.0.1/24]", "host bits set (did you mean 10.9.0.0/24?)"), ("[relay1]", "not an IPv4")]
+        {
+            let text = with_dhcp(&format!("  trusted_relays: {bad}\n"));
+            let err = Config::parse(Path::new("r.yaml"), &text).unwrap_err().to_string();
+            assert!(err.contains(expect), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn retention_defaults_and_zero_keeps_for_ever() {
+        let cfg = Config::parse(Path::new("r.yaml"), GOOD).unwrap();
+        assert_eq!(cfg.retention, crate::retention::Retention::from_days(30, 90));
+        let text = format!("{GOOD}retention:\n  events_days: 0\n  finished_boots_days: 7\n");
+        let cfg = Config::parse(Path::new("r.yaml"), &text).unwrap();
+        assert_eq!(cfg.retention.events, None);
+        assert_eq!(cfg.retention.finished_boots, Some(Duration::from_secs(7 * 86_400)));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod images;
 pub mod iscsi;
 pub mod profiles;
 pub mod ra;
+pub mod retention;
 pub mod safe_path;
 pub mod serve;
 pub mod store;

@@ -93,6 +93,15 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
     {
+        let (store, retention, cancel) = (store.clone(), config.retention, cancel.clone());
+        tasks.spawn(async move {
+            crate::retention::run(store, retention, cancel.clone()).await;
+            // With nothing to prune it returns at once; it must not read as a failed service.
+            cancel.cancelled().await;
+            Ok(())
+        });
+    }
+    {
         let (cfg, store, cancel) = (config.clone(), store.clone(), cancel.clone());
         tasks.spawn(
             async move { dhcp::io::serve(&cfg, dhcp_listeners, store, cancel).await.map_err(anyhow::Error::from) },

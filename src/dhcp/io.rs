@@ -9,7 +9,12 @@
 //!   chosen here, so it can never be handed out twice);
 //! - one **committer** writes lease changes to the store in batches (group commit:
 //!   one transaction and one fsync for every grant that queued up during the last
-//!   one) and sends each ACK only after its batch is durable.
+//!   one, on a database connection of its own) and sends each ACK only after its
+//!   batch is durable. A batch that fails (disk full, read-only, busy) sends no ACK
+//!   and hands its changes back to the decider, which rolls the pools back to the
+//!   bindings they replaced ([`Leases::undo`]), so an address the store still gives
+//!   to a client is never offered to another; clients retry, and the first batch
+//!   after the cause is gone succeeds.
 //!
 //! Under overload the readers' queue fills and packets are dropped at the door
 //! (counted), instead of the decider falling ever further behind.
@@ -21,10 +26,12 @@ use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder};
 use nix::sys::socket::{self as sock, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
 use ramboot_core::dhcp::classify::{self, Client, Firmware};
-use ramboot_core::dhcp::decide::{decide, encode_reply, Arrival, Decision, Host, Hosts, Inbound, Leases, Port};
+use ramboot_core::dhcp::decide::{
+    decide, encode_reply, Arrival, Decision, Host, Hosts, IgnoreReason, Inbound, Leases, Port,
+};
 use ramboot_core::dhcp::policy::{DhcpMode, DhcpPolicy};
-use ramboot_core::dhcp::pool::BindingKind;
-use ramboot_core::node::MacAddr;
+use ramboot_core::dhcp::pool::{BindingKind, Undo};
+use ramboot_core::dhcp::relay::{self, Screen};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -243,10 +250,12 @@ impl Outgoing {
     }
 }
 
-/// One lease change for the committer, and the reply that must wait for it.
+/// One lease change for the committer, the reply that must wait for it, and how
+/// to roll the pool back if it cannot be saved.
 struct Pending {
     op: LeaseOp,
     reply: Option<Outgoing>,
+    undo: Option<Undo>,
 }
 
 /// Serve DHCP on `listeners` until `cancel` fires.
@@ -283,7 +292,7 @@ pub async fn serve(
 
     let (inbox_tx, mut inbox) = mpsc::channel::<Datagram>(INBOX);
     let (commit_tx, commit_rx) = mpsc::channel::<Pending>(COMMIT_QUEUE);
-    let (failed_tx, mut failed) = mpsc::unbounded_channel::<(MacAddr, Ipv4Addr)>();
+    let (failed_tx, mut failed) = mpsc::unbounded_channel::<Undo>();
     let (hosts_tx, mut new_hosts) = mpsc::channel::<Hosts>(1);
     let sockets: Vec<(Arc<UdpSocket>, Port)> = listeners.iter().map(|l| (l.socket.clone(), l.port)).collect();
     let mut tasks = tokio::task::JoinSet::new();
@@ -318,7 +327,7 @@ pub async fn serve(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            Some((mac, ip)) = failed.recv() => leases.forget(&policy, mac, ip),
+            Some(undo) = failed.recv() => leases.undo(&policy, &undo),
             Some(fresh) = new_hosts.recv() => {
                 hosts = fresh;
                 install_reservations(&policy, &mut leases, &hosts);
@@ -423,7 +432,13 @@ fn handle(
     };
     let (now, _) = unix_now();
     let request_type = request.opts().msg_type();
-    let inbound = Inbound { msg: &request, raw: &d.bytes, arrival: Arrival { local_addr: d.local, port } };
+    let arrival = Arrival { local_addr: d.local, peer: *d.peer.ip(), port };
+    if let Screen::Untrusted(disregarded) = relay::screen(&request, arrival, policy) {
+        if disregarded.any() {
+            note_disregarded(&request, d.peer, disregarded);
+        }
+    }
+    let inbound = Inbound { msg: &request, raw: &d.bytes, arrival };
     match decide(&inbound, policy, leases, hosts, now) {
         Decision::Reply { reply, grant, client, boot } => {
             let reply_type = reply.opts().msg_type().unwrap_or(MessageType::Unknown(0));
@@ -445,7 +460,7 @@ fn handle(
                 Err(e) => {
                     error!(mac = %client.mac, error = %e, "encoding DHCP reply failed");
                     if let Some(g) = grant {
-                        leases.forget(policy, g.mac, g.ip);
+                        leases.undo(policy, &g.undo);
                     }
                     return None;
                 }
@@ -470,11 +485,12 @@ fn handle(
                 .then(|| request.ciaddr())
                 .filter(|ip| !ip.is_unspecified() && *d.peer.ip() == *ip);
             if let Some(ip) = seen {
-                return Some(Next::Commit(Pending { op: seen_op(&client, ip), reply: Some(out) }));
+                return Some(Next::Commit(Pending { op: seen_op(&client, ip), reply: Some(out), undo: None }));
             }
             match grant {
                 // Durable before it is announced: the committer sends the ACK.
                 Some(g) => Some(Next::Commit(Pending {
+                    undo: Some(g.undo),
                     op: LeaseOp::Grant {
                         mac: g.mac,
                         ip: g.ip,
@@ -489,20 +505,33 @@ fn handle(
                 None => Some(Next::Send(out)),
             }
         }
-        Decision::Released { mac, ip } => {
+        Decision::Released { mac, ip, undo } => {
             count(request_type, "released");
             info!(target: "ramboot::dhcp::decision", %mac, %ip, "DHCP release");
-            Some(Next::Commit(Pending { op: LeaseOp::Release { mac, ip }, reply: None }))
+            Some(Next::Commit(Pending { op: LeaseOp::Release { mac, ip }, reply: None, undo: Some(undo) }))
         }
         Decision::Declined { mac, ip, until } => {
             count(request_type, "declined");
             warn!(target: "ramboot::dhcp::decision", %mac, %ip, until, "DHCP decline: address in use by someone else, quarantined");
-            Some(Next::Commit(Pending { op: LeaseOp::Decline { mac, ip, until }, reply: None }))
+            // A decline that fails to persist stays quarantined in memory: the safe side.
+            Some(Next::Commit(Pending { op: LeaseOp::Decline { mac, ip, until }, reply: None, undo: None }))
+        }
+        Decision::Ignore(reason @ IgnoreReason::AgentInfoWithoutRelay) => {
+            count(request_type, "dropped_relay_info");
+            warn!(
+                target: "ramboot::dhcp::decision",
+                peer = %d.peer,
+                mac = %mac_of(&request),
+                request = ?request_type,
+                %reason,
+                "DHCP packet dropped: option 82 from a client, not a relay"
+            );
+            None
         }
         Decision::Seen { ip, client } => {
             count(request_type, "seen");
             debug!(target: "ramboot::dhcp::decision", mac = %client.mac, %ip, "proxyDHCP: client takes an address");
-            Some(Next::Commit(Pending { op: seen_op(&client, ip), reply: None }))
+            Some(Next::Commit(Pending { op: seen_op(&client, ip), reply: None, undo: None }))
         }
         Decision::Ignore(reason) => {
             count(request_type, "ignored");
@@ -522,21 +551,44 @@ fn seen_op(client: &Client, ip: Ipv4Addr) -> LeaseOp {
     }
 }
 
+/// The client's MAC for a log line (`classify` checks hlen: `chaddr()` would panic on a bad one).
+fn mac_of(request: &Message) -> String {
+    classify::classify(request).map_or_else(|_| "-".into(), |c| c.mac.to_string())
+}
+
+/// Count and log relay-supplied options disregarded because the packet came from no
+/// trusted relay (see `ramboot_core::dhcp::relay`).
+fn note_disregarded(request: &Message, peer: SocketAddrV4, disregarded: relay::Disregarded) {
+    for name in disregarded.names() {
+        metrics::counter!("ramboot_dhcp_relay_info_disregarded_total", "option" => name).increment(1);
+    }
+    let options: Vec<&str> = disregarded.names().collect();
+    let (relay, mac) = (request.giaddr(), mac_of(request));
+    if disregarded.selector() {
+        // It would have chosen the subnet: the operator must know it did not.
+        warn!(target: "ramboot::dhcp::decision", %peer, %relay, %mac, ?options,
+            "link selection from a relay not in dhcp.trusted_relays: ignored, subnet chosen by giaddr");
+    } else {
+        debug!(target: "ramboot::dhcp::decision", %peer, %relay, %mac, ?options,
+            "relay agent information from a relay not in dhcp.trusted_relays: echoed, not used");
+    }
+}
+
 /// Group commit: take everything queued, write it in one transaction, then send the
-/// replies that waited for it. A failed batch sends nothing and frees its addresses.
-async fn commit_loop(
-    store: Store,
-    mut queue: mpsc::Receiver<Pending>,
-    failed: mpsc::UnboundedSender<(MacAddr, Ipv4Addr)>,
-) {
-    // The batch's lease changes and, alongside, the replies waiting for them.
+/// replies that waited for it. A failed batch sends nothing and hands its undos back
+/// to the decider, newest first, which restores the bindings they replaced.
+async fn commit_loop(store: Store, mut queue: mpsc::Receiver<Pending>, failed: mpsc::UnboundedSender<Undo>) {
+    // The batch's lease changes and, alongside, the replies waiting for them and
+    // the pool changes to roll back if the batch fails.
     let mut ops: Vec<LeaseOp> = Vec::with_capacity(MAX_BATCH);
     let mut replies: Vec<Option<Outgoing>> = Vec::with_capacity(MAX_BATCH);
+    let mut undos: Vec<Undo> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
         let mut next = Some(first);
         while let Some(p) = next.take() {
             ops.push(p.op);
             replies.push(p.reply);
+            undos.extend(p.undo);
             if ops.len() < MAX_BATCH {
                 next = queue.try_recv().ok();
             }
@@ -546,19 +598,28 @@ async fn commit_loop(
         let result = store.commit_dhcp(&ops, now_ms).await;
         metrics::histogram!("ramboot_dhcp_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("ramboot_dhcp_commit_batch_size").record(ops.len() as f64);
+        ops.clear();
         match result {
             Ok(()) => {
-                ops.clear();
+                undos.clear();
                 for reply in replies.drain(..).flatten() {
                     reply.send().await;
                 }
             }
             Err(e) => {
-                error!(leases = ops.len(), error = %e, "lease batch not persisted: no ACKs sent");
-                for op in ops.drain(..) {
-                    if let LeaseOp::Grant { mac, ip, .. } = op {
-                        let _ = failed.send((mac, ip));
-                    }
+                let reason = match &e {
+                    StoreError::Unwritable { reason, .. } => reason.to_string(),
+                    _ => "database error".to_string(),
+                };
+                metrics::counter!("ramboot_dhcp_commit_failures_total").increment(1);
+                error!(
+                    leases = undos.len(),
+                    %reason,
+                    error = %e,
+                    "lease commit failed: no ACKs sent; the pool keeps the previous bindings (clients will retry)"
+                );
+                for undo in undos.drain(..).rev() {
+                    let _ = failed.send(undo);
                 }
                 for reply in replies.drain(..).flatten() {
                     count(reply.request_type, "store_error");

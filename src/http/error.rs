@@ -90,6 +90,12 @@ impl From<StoreError> for ApiError {
             | StoreError::VolumeAttached { .. }
             | StoreError::ReservedElsewhere { .. }
             | StoreError::LeasedElsewhere { .. } => ApiError::conflict(e.to_string()),
+            // Disk full, read-only, busy: the operator's to fix, and retrying later works.
+            StoreError::Unwritable { reason, .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the database cannot take writes right now ({reason}); try again later"),
+            ),
             _ => ApiError::internal(e),
         }
     }

@@ -38,6 +38,14 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     metrics::describe_counter!("ramboot_dhcp_messages_total", "DHCP messages handled, by request type and outcome");
+    metrics::describe_counter!(
+        "ramboot_dhcp_relay_info_disregarded_total",
+        "Relay-supplied options ignored because the packet came from no trusted relay, by option"
+    );
+    metrics::describe_counter!(
+        "ramboot_dhcp_commit_failures_total",
+        "Lease batches the database refused (no ACKs sent, pool rolled back)"
+    );
     metrics::describe_counter!("ramboot_tftp_sessions_total", "TFTP read requests, by outcome");
     metrics::describe_counter!("ramboot_tftp_bytes_total", "Bytes of files opened for TFTP transfer");
     metrics::describe_counter!("ramboot_http_artifact_bytes_total", "Artifact bytes sent over HTTP");

@@ -305,6 +305,26 @@ impl Store {
         .await?;
         Ok(row.is_some())
     }
+
+    /// Delete at most `limit` boots that finished before `before_ms`, oldest first,
+    /// never a node's current boot (finished too once it is `ready`); their events
+    /// go with them (`ON DELETE CASCADE`). Nodes are never deleted here. Returns how
+    /// many went; the caller repeats while `limit` went, so each transaction is short.
+    pub async fn prune_boots(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let done = sqlx::query(
+            "DELETE FROM boots WHERE id IN (
+                 SELECT id FROM boots
+                 WHERE finished_at_ms < ?
+                   AND id NOT IN (SELECT current_boot_id FROM nodes WHERE current_boot_id IS NOT NULL)
+                 ORDER BY id LIMIT ?)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
 }
 
 #[cfg(test)]
@@ -354,5 +374,64 @@ mod tests {
         let err = s.agent_transition(node.id, first, NodeState::Stage1, "late", 3).await.unwrap_err();
         assert!(matches!(err, StoreError::StaleBoot(_)));
         assert_eq!(s.boot(first).await.unwrap().unwrap().outcome.as_deref(), Some("superseded"));
+    }
+
+    #[tokio::test]
+    async fn retention_prunes_old_events_and_finished_boots_but_never_the_current_boot() {
+        const DAY: i64 = 86_400_000;
+        let (s, _d) = store().await;
+        let node = s.ensure_node(MAC, 0).await.unwrap();
+        // Three boots 1, 2 and 3 days in; the third reaches ready on day 3 and stays current.
+        let mut boots = vec![];
+        for day in 1..=3 {
+            boots.push(
+                s.start_boot(
+                    node.id,
+                    "tiny",
+                    None,
+                    &crate::store::testing::token(&format!("h{day}")),
+                    day * DAY,
+                    "test",
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        let current = boots[2];
+        s.agent_transition(node.id, current, NodeState::Stage1, "hello", 3 * DAY + 1).await.unwrap();
+        s.agent_transition(node.id, current, NodeState::Ready, "up", 3 * DAY + 2).await.unwrap();
+        for i in 0..5 {
+            s.add_event(node.id, None, crate::store::EventKind::Info, &format!("note {i}"), 2 * DAY + i).await.unwrap();
+        }
+        let all = s.events(node.id, 0, 1000).await.unwrap();
+
+        // Events before day 100: everything but the current boot's, two per round.
+        let (mut rounds, mut gone) = (0, 0);
+        loop {
+            let n = s.prune_events(100 * DAY, 2).await.unwrap();
+            assert!(n <= 2, "a round deletes at most its limit");
+            gone += n;
+            rounds += 1;
+            if n < 2 {
+                break;
+            }
+            assert!(rounds < 100, "bounded");
+        }
+        let left = s.events(node.id, 0, 1000).await.unwrap();
+        assert!(left.iter().all(|e| e.boot_id == Some(current)), "only the current boot's timeline is left: {left:?}");
+        let timeline = all.iter().filter(|e| e.boot_id == Some(current)).count();
+        assert_eq!((left.len(), timeline), (3, 3), "booting, stage1, ready: {left:?}");
+        assert_eq!(gone as usize, all.len() - left.len());
+
+        // Finished boots before day 2.5: the first only. Before day 100: all but the current.
+        assert_eq!(s.prune_boots(2 * DAY + DAY / 2, 10).await.unwrap(), 1);
+        assert!(s.boot(boots[0]).await.unwrap().is_none());
+        assert!(s.boot(boots[1]).await.unwrap().is_some());
+        assert_eq!(s.prune_boots(100 * DAY, 10).await.unwrap(), 1);
+        assert_eq!(s.prune_boots(100 * DAY, 10).await.unwrap(), 0);
+        let kept = s.boot(current).await.unwrap().unwrap();
+        assert_eq!(kept.outcome.as_deref(), Some("ready"), "the current boot stays, finished or not");
+        assert_eq!(s.node_by_mac(MAC).await.unwrap().unwrap().current_boot_id, Some(current), "the node stays");
+        assert!(s.boot_by_token_hash("h3").await.unwrap().is_some());
     }
 }

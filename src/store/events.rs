@@ -160,6 +160,29 @@ impl Store {
         Ok(rows)
     }
 
+    /// Delete at most `limit` events older than `before_ms`, oldest first, except
+    /// those of a node's current boot (its running timeline stays whole). Returns
+    /// how many went; the caller repeats until fewer than `limit` go, so no single
+    /// transaction holds the write lock for long.
+    pub async fn prune_events(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        // Ids rise with time, so walking `events_id` from the oldest stops after the
+        // first `limit` matches instead of scanning the table.
+        let done = sqlx::query(
+            "DELETE FROM events WHERE id IN (
+                 SELECT id FROM events
+                 WHERE at_ms < ?
+                   AND (boot_id IS NULL
+                        OR boot_id NOT IN (SELECT current_boot_id FROM nodes WHERE current_boot_id IS NOT NULL))
+                 ORDER BY id LIMIT ?)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn last_event_id(&self) -> Result<i64, StoreError> {
         let Backend::Sqlite(pool) = &self.backend;
         let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM events").fetch_one(pool).await?;

@@ -239,7 +239,7 @@ impl Store {
     /// round trips, not a few per lease. Only network-boot clients and known nodes
     /// touch the nodes table.
     pub async fn commit_dhcp(&self, ops: &[LeaseOp], now_ms: i64) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
+        let Backend::Sqlite(pool) = &self.dhcp_writer;
         let batch = LeaseBatch::coalesce(ops);
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         // Statements come in power-of-two sizes up to 512 rows, so each shape is

@@ -5,6 +5,11 @@
 //! the same tests later. Every state move and its event are written in one
 //! transaction; a lease is written before the DHCP ACK that announces it.
 //! Callers pass `now` in, so the store has no clock of its own.
+//!
+//! A write the database refuses for want of room or permission (disk full,
+//! read-only, I/O error, busy past the timeout) is [`StoreError::Unwritable`], with
+//! the reason in words: nothing of it was saved, reads go on working, and the next
+//! write succeeds once the cause is gone (nothing to restart).
 
 mod boots;
 mod events;
@@ -31,8 +36,16 @@ pub type BootId = i64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Any other database error (see the `From<sqlx::Error>` impl).
     #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
+    /// The database would not take a write: nothing of it was saved.
+    #[error("database write refused: {reason} ({source})")]
+    Unwritable {
+        reason: WriteRefused,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("no node {0}")]
@@ -63,6 +76,53 @@ pub enum StoreError {
     LeasedElsewhere { ip: Ipv4Addr, mac: String },
 }
 
+/// Why the database refused a write, in the operator's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteRefused {
+    /// SQLITE_FULL: the file system (or the database's size limit) is full.
+    DiskFull,
+    /// SQLITE_READONLY: the file, its directory or the file system is read-only.
+    ReadOnly,
+    /// SQLITE_IOERR: the OS failed the write (some file systems report ENOSPC this way).
+    Io,
+    /// SQLITE_BUSY: another writer held the database past the busy timeout.
+    Busy,
+}
+
+impl std::fmt::Display for WriteRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WriteRefused::DiskFull => "disk full",
+            WriteRefused::ReadOnly => "database is read-only",
+            WriteRefused::Io => "I/O error writing the database",
+            WriteRefused::Busy => "database busy (another writer held it past the timeout)",
+        })
+    }
+}
+
+// SQLite's primary result codes (the low byte of an extended code).
+const SQLITE_BUSY: i64 = 5;
+const SQLITE_READONLY: i64 = 8;
+const SQLITE_IOERR: i64 = 10;
+const SQLITE_FULL: i64 = 13;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        let code = e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i64>().ok());
+        let reason = match code.map(|c| c & 0xff) {
+            Some(SQLITE_FULL) => Some(WriteRefused::DiskFull),
+            Some(SQLITE_READONLY) => Some(WriteRefused::ReadOnly),
+            Some(SQLITE_IOERR) => Some(WriteRefused::Io),
+            Some(SQLITE_BUSY) => Some(WriteRefused::Busy),
+            _ => None,
+        };
+        match reason {
+            Some(reason) => StoreError::Unwritable { reason, source: e },
+            None => StoreError::Db(e),
+        }
+    }
+}
+
 /// The database behind the facade: one variant per back-end (see "Store" in
 /// docs/architecture.md). Each method destructures it, so adding a variant makes
 /// every method that lacks that back-end's arm fail to compile.
@@ -76,6 +136,10 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// DHCP's lease committer writes through a connection of its own, so a batch
+    /// of ACKs never waits for a connection behind HTTP's queries (SQLite has one
+    /// writer anyway; this takes the pool out of the wait).
+    dhcp_writer: Backend,
     /// Bumped whenever what DHCP knows about nodes changes (a node appears or goes,
     /// its hostname or reservation changes): the DHCP service reloads its view.
     hosts_rev: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
@@ -86,6 +150,23 @@ type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
+}
+
+/// A pool of at most `max` connections that never hands out a connection stuck in
+/// a transaction. When a COMMIT fails (disk full), SQLite has already rolled the
+/// transaction back, but sqlx still counts it open: its rollback then fails, and the
+/// connection would refuse every later `BEGIN` ("invalid savepoint"), so DHCP
+/// would never recover. Such a connection is closed on release instead (a new one
+/// is opened on demand).
+fn pool_options(max: u32) -> SqlitePoolOptions {
+    use sqlx::{Connection, TransactionManager};
+    SqlitePoolOptions::new().max_connections(max).after_release(|conn, _| {
+        Box::pin(async move {
+            // Flush the rollback a dropped transaction queued, then look.
+            conn.ping().await?;
+            Ok(<sqlx::Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(conn) == 0)
+        })
+    })
 }
 
 impl Store {
@@ -99,12 +180,20 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let pool = pool_options(4).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store { backend: Backend::Sqlite(pool), hosts_rev: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)) })
+        // Opened on first use: a CLI or test that never commits leases never opens it.
+        let dhcp_writer = pool_options(1).connect_lazy_with(options);
+        Ok(Store {
+            backend: Backend::Sqlite(pool),
+            dhcp_writer: Backend::Sqlite(dhcp_writer),
+            hosts_rev: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        })
     }
 
     pub async fn close(&self) {
+        let Backend::Sqlite(writer) = &self.dhcp_writer;
+        writer.close().await;
         let Backend::Sqlite(pool) = &self.backend;
         pool.close().await;
     }

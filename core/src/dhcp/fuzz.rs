@@ -28,13 +28,16 @@ pub fn decide_bytes(bytes: &[u8]) {
         boot_url: "http://10.213.0.1:8080".into(),
         boot_files: default_boot_files(),
         subnets: vec![subnet(213, UnknownClients::Discovery), subnet(9, UnknownClients::AddressOnly)],
+        // 10.9.0.0/24 is a trusted relay network; other relays are not.
+        trusted_relays: vec![ipnet::Ipv4Net::new(Ipv4Addr::new(10, 9, 0, 0), 24).unwrap_or_default()],
         offer_hold_secs: 60,
         quarantine_secs: 600,
     };
     let mut leases = Leases::new(&policy);
     let hosts = Hosts::default();
     let mut run = |policy: &DhcpPolicy, port, now| {
-        let arrival = Arrival { local_addr: Ipv4Addr::new(10, 213, 0, 1), port };
+        // The source is the packet's giaddr, as when a relay sends it: trusted if listed.
+        let arrival = Arrival { local_addr: Ipv4Addr::new(10, 213, 0, 1), peer: msg.giaddr(), port };
         let inbound = Inbound { msg: &msg, raw: bytes, arrival };
         if let Decision::Reply { reply, .. } = decide(&inbound, policy, &mut leases, &hosts, now) {
             let _ = encode_reply(&reply, bytes);

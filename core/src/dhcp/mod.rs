@@ -1,6 +1,7 @@
 //! DHCPv4 decisions (RFC 2131/2132, PXE options of RFC 4578, relay agent
 //! information of RFC 3046): [`classify`] the client, keep the address [`pool`]s,
-//! and [`decide`] the reply from the operator's [`policy`].
+//! [`relay`]-screen what relays assert, and [`decide`] the reply from the operator's
+//! [`policy`].
 
 pub mod classify;
 pub mod decide;
@@ -8,3 +9,4 @@ pub mod decide;
 pub mod fuzz;
 pub mod policy;
 pub mod pool;
+pub mod relay;

@@ -70,6 +70,10 @@ pub struct DhcpPolicy {
     pub boot_url: String,
     pub boot_files: BTreeMap<Arch, String>,
     pub subnets: Vec<SubnetConfig>,
+    /// Relays whose link selection (option 82 sub-option 5, option 118) and agent
+    /// information are believed: a packet's giaddr and UDP source must both be in
+    /// one of these networks (see [`super::relay`]).
+    pub trusted_relays: Vec<Ipv4Net>,
     pub offer_hold_secs: u64,
     pub quarantine_secs: u64,
 }

@@ -3,7 +3,10 @@
 //! Pure state with no clock (`now` is passed in, as Unix seconds) and no I/O. The
 //! socket layer rebuilds it from the store at start and persists every grant before
 //! acknowledging it, so this index is a cache of the durable lease table, never ahead
-//! of it on disk for an acknowledged lease.
+//! of it on disk for an acknowledged lease. A change that fails to persist is
+//! rolled back with the [`Undo`] it returned: the binding it replaced comes back
+//! (never simply forgotten, which would free an address the table still gives to
+//! its holder).
 
 use crate::node::MacAddr;
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +27,27 @@ pub struct Binding {
     pub mac: MacAddr,
     pub kind: BindingKind,
     pub expires_at: u64,
+}
+
+/// What a grant or release replaced, so the change can be rolled back if it fails
+/// to persist ([`LeasePool::undo`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Undo {
+    ip: u32,
+    mac: MacAddr,
+    /// What the change left at `ip`; a later decision that changed it wins over the
+    /// rollback.
+    after: Option<Binding>,
+    /// What was at `ip` before.
+    before: Option<Binding>,
+    /// The MAC's binding elsewhere that the change dropped (it moved addresses).
+    moved_from: Option<(u32, Binding)>,
+}
+
+impl Undo {
+    pub fn ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.ip)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +113,9 @@ impl LeasePool {
     pub fn held_by(&self, mac: MacAddr, now: u64) -> Option<Ipv4Addr> {
         let ip = *self.by_mac.get(&mac)?;
         let b = self.by_ip.get(&ip)?;
-        (b.expires_at > now && b.kind != BindingKind::Quarantined).then_some(Ipv4Addr::from(ip))
+        // A released address stays the MAC's remembered one (`by_mac`) after someone
+        // else took it: that is not holding it.
+        (b.mac == mac && b.expires_at > now && b.kind != BindingKind::Quarantined).then_some(Ipv4Addr::from(ip))
     }
 
     /// Restore a persisted binding (at start-up).
@@ -210,17 +236,72 @@ impl LeasePool {
             && !self.reserved_for.contains_key(&mac)
     }
 
-    /// Record a grant. The caller persists it before acknowledging, and calls
-    /// [`LeasePool::forget`] if persisting fails.
-    pub fn grant(&mut self, mac: MacAddr, ip: Ipv4Addr, expires_at: u64) {
-        self.bind(u32::from(ip), Binding { mac, kind: BindingKind::Leased, expires_at });
+    /// Record a grant. The caller persists it before acknowledging, and hands the
+    /// returned [`Undo`] to [`LeasePool::undo`] if persisting fails.
+    pub fn grant(&mut self, mac: MacAddr, ip: Ipv4Addr, expires_at: u64) -> Undo {
+        let ip = u32::from(ip);
+        let before = self.by_ip.get(&ip).copied();
+        let moved_from = self
+            .by_mac
+            .get(&mac)
+            .filter(|&&old| old != ip)
+            .and_then(|&old| Some((old, *self.by_ip.get(&old)?)))
+            .filter(|(_, b)| b.mac == mac && b.kind != BindingKind::Quarantined);
+        let after = Binding { mac, kind: BindingKind::Leased, expires_at };
+        self.bind(ip, after);
+        Undo { ip, mac, after: Some(after), before, moved_from }
     }
 
     /// The client gave `ip` back: free for anyone, but remembered as this MAC's
     /// previous address, which it gets again if still free.
-    pub fn release(&mut self, mac: MacAddr, ip: Ipv4Addr) {
-        if self.by_ip.get(&u32::from(ip)).is_some_and(|b| b.mac == mac) {
-            self.by_ip.remove(&u32::from(ip));
+    pub fn release(&mut self, mac: MacAddr, ip: Ipv4Addr) -> Undo {
+        let ip = u32::from(ip);
+        let before = self.by_ip.get(&ip).copied();
+        if before.is_some_and(|b| b.mac == mac) {
+            self.by_ip.remove(&ip);
+        }
+        Undo { ip, mac, after: self.by_ip.get(&ip).copied(), before, moved_from: None }
+    }
+
+    /// Roll back a grant or release that failed to persist: the MAC's binding it
+    /// replaced comes back (its lease, or the offer it was answering), so an
+    /// address the durable table still gives to its holder is never offered to
+    /// anyone else. Nothing a later decision did is undone: if the address changed
+    /// since, or the moved-from address was taken, that stays. Undo a batch's
+    /// changes newest first.
+    pub fn undo(&mut self, undo: &Undo) {
+        let ip = undo.ip;
+        if undo.after == undo.before || self.by_ip.get(&ip) != undo.after.as_ref() {
+            return;
+        }
+        if let Some(after) = undo.after {
+            self.by_ip.remove(&ip);
+            if self.by_mac.get(&after.mac) == Some(&ip) {
+                self.by_mac.remove(&after.mac);
+            }
+        }
+        // Another MAC's binding a grant replaced had expired (or it could not have
+        // been granted): free either way, nothing to bring back.
+        let before = undo.before.filter(|b| b.mac == undo.mac && b.kind != BindingKind::Quarantined);
+        match undo.moved_from {
+            Some((old, b)) if !self.by_ip.contains_key(&old) => self.put_back(old, b),
+            _ => {
+                if let Some(b) = before {
+                    self.put_back(ip, b);
+                }
+            }
+        }
+    }
+
+    /// Reinstate `b` at `ip` (free now) without evicting anything: if its MAC has
+    /// since bound another address, that stays its current one and `b` only keeps
+    /// `ip` from everyone else until it expires.
+    fn put_back(&mut self, ip: u32, b: Binding) {
+        let elsewhere =
+            self.by_mac.get(&b.mac).is_some_and(|&c| c != ip && self.by_ip.get(&c).is_some_and(|x| x.mac == b.mac));
+        self.by_ip.insert(ip, b);
+        if !elsewhere {
+            self.by_mac.insert(b.mac, ip);
         }
     }
 
@@ -357,23 +438,126 @@ mod tests {
         assert_eq!(p.offer(mac(1), None, 1000, 30), Some(ip));
     }
 
+    #[test]
+    fn a_renewal_that_fails_to_persist_keeps_the_lease_it_renewed() {
+        let mut p = pool();
+        let ip = p.offer(mac(1), None, 0, 30).unwrap();
+        p.grant(mac(1), ip, 1000);
+        // The renewal's commit fails (disk full): the durable lease still runs to 1000.
+        let undo = p.grant(mac(1), ip, 2000);
+        p.undo(&undo);
+        assert_eq!(p.binding(ip), Some(&Binding { mac: mac(1), kind: BindingKind::Leased, expires_at: 1000 }));
+        assert_eq!(p.held_by(mac(1), 500), Some(ip));
+        assert!(!p.can_grant(mac(2), ip, 500), "never offered to a second client");
+        assert_ne!(p.offer(mac(2), Some(ip), 500, 30), Some(ip));
+    }
+
+    #[test]
+    fn a_move_that_fails_to_persist_gives_the_old_address_back() {
+        let mut p = pool();
+        let (old, new) = (Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 12));
+        p.grant(mac(1), old, 1000);
+        let undo = p.grant(mac(1), new, 1500);
+        assert!(p.binding(old).is_none(), "moving drops the old binding");
+        p.undo(&undo);
+        assert_eq!(p.held_by(mac(1), 10), Some(old));
+        assert!(p.binding(new).is_none());
+        // If the old address went to someone else meanwhile, that stays theirs.
+        let undo = p.grant(mac(1), new, 1500);
+        p.grant(mac(2), old, 900);
+        p.undo(&undo);
+        assert_eq!(p.held_by(mac(2), 10), Some(old));
+        assert!(p.held_by(mac(1), 10).is_none());
+    }
+
+    #[test]
+    fn a_later_decision_wins_over_an_undo() {
+        let mut p = pool();
+        let ip = Ipv4Addr::new(10, 0, 0, 11);
+        p.grant(mac(1), ip, 1000);
+        let first = p.grant(mac(1), ip, 2000);
+        let second = p.grant(mac(1), ip, 3000);
+        // Newest first, as the committer does: both roll back to the durable lease.
+        p.undo(&second);
+        p.undo(&first);
+        assert_eq!(p.binding(ip).map(|b| b.expires_at), Some(1000));
+        // A release decided after a failed grant is not undone by the grant's undo.
+        let undo = p.grant(mac(1), ip, 2000);
+        p.release(mac(1), ip);
+        p.undo(&undo);
+        assert!(p.binding(ip).is_none());
+    }
+
+    /// What a decision can observe of the pool at `now`: who holds what, and who may be granted what.
+    fn observable(p: &LeasePool, now: u64) -> Vec<(Option<Ipv4Addr>, Vec<bool>)> {
+        (0..6)
+            .map(|m| {
+                let grantable = (8..=14).map(|o| p.can_grant(mac(m), Ipv4Addr::new(10, 0, 0, o), now)).collect();
+                (p.held_by(mac(m), now), grantable)
+            })
+            .collect()
+    }
+
     proptest! {
-        /// Whatever sequence of operations runs, no address is live for two MACs and
-        /// no MAC holds two live addresses.
+        /// A batch of grants and releases that fails to persist, undone newest first,
+        /// leaves the pool as it was: every holder keeps its address, nobody gains one.
         #[test]
-        fn never_two_owners(ops in proptest::collection::vec((0u8..6, 0u8..5, 0u64..50), 1..200)) {
+        fn an_undone_batch_restores_the_pool(
+            setup in proptest::collection::vec((0u8..6, 0u8..4, 0u64..20), 0..60),
+            batch in proptest::collection::vec((0u8..6, 0u8..7, any::<bool>()), 1..20),
+        ) {
             let mut p = pool();
             let mut now = 0u64;
-            for (m, op, dt) in ops {
+            for (m, op, dt) in setup {
                 now += dt;
                 match op {
                     0 => { p.offer(mac(m), None, now, 30); }
                     1 => if let Some(ip) = p.held_by(mac(m), now) {
                         if p.can_grant(mac(m), ip, now) { p.grant(mac(m), ip, now + 100); }
                     },
+                    2 => if let Some(ip) = p.held_by(mac(m), now) { p.quarantine(mac(m), ip, now + 40); },
+                    _ => p.set_reserved([(Ipv4Addr::new(10, 0, 0, 10 + m % 4), mac(m))]),
+                }
+            }
+            let before = observable(&p, now);
+            let mut undos = Vec::new();
+            for (m, o, release) in batch {
+                let ip = Ipv4Addr::new(10, 0, 0, 8 + o);
+                if release {
+                    if p.binding(ip).is_some_and(|b| b.mac == mac(m) && b.kind == BindingKind::Leased) {
+                        undos.push(p.release(mac(m), ip));
+                    }
+                } else if p.can_grant(mac(m), ip, now) {
+                    undos.push(p.grant(mac(m), ip, now + 200));
+                }
+            }
+            for undo in undos.iter().rev() {
+                p.undo(undo);
+            }
+            prop_assert_eq!(observable(&p, now), before);
+        }
+
+        /// Whatever sequence of operations runs, no address is live for two MACs and
+        /// no MAC holds two live addresses.
+        #[test]
+        fn never_two_owners(ops in proptest::collection::vec((0u8..6, 0u8..7, 0u64..50), 1..200)) {
+            let mut p = pool();
+            let mut now = 0u64;
+            // Grants and releases waiting for their commit.
+            let mut pending = Vec::new();
+            for (m, op, dt) in ops {
+                now += dt;
+                match op {
+                    0 => { p.offer(mac(m), None, now, 30); }
+                    1 => if let Some(ip) = p.held_by(mac(m), now) {
+                        if p.can_grant(mac(m), ip, now) { pending.push(p.grant(mac(m), ip, now + 100)); }
+                    },
                     2 => if let Some(ip) = p.held_by(mac(m), now) { p.forget(mac(m), ip); },
                     3 => if let Some(ip) = p.held_by(mac(m), now) { p.quarantine(mac(m), ip, now + 40); },
-                    _ => p.set_reserved([(Ipv4Addr::new(10, 0, 0, 10 + m % 4), mac(m))]),
+                    4 => if let Some(ip) = p.held_by(mac(m), now) { pending.push(p.release(mac(m), ip)); },
+                    // The commit fails: newest first.
+                    5 => for undo in pending.drain(..).rev() { p.undo(&undo); },
+                    _ => { pending.clear(); p.set_reserved([(Ipv4Addr::new(10, 0, 0, 10 + m % 4), mac(m))]) }
                 }
                 let mut owners = HashMap::new();
                 for m in 0..6 {

@@ -1,8 +1,9 @@
 //! The DHCP decision pipeline: `(packet, arrival, now, leases, hosts) → Decision`.
 //!
 //! Pure: no sockets, no clock, no store. Stages, each a small function with its own
-//! tests: classify the client → pick its subnet (relay link, giaddr, ciaddr or the
-//! arrival interface) → look it up in the node inventory (reservation, hostname,
+//! tests: classify the client → screen what a relay asserts ([`relay::screen`]:
+//! option 82 without a relay is dropped, link selection believed only from trusted
+//! relays) → pick its subnet (relay link, giaddr, ciaddr or the arrival interface) → look it up in the node inventory (reservation, hostname,
 //! unknown-client policy) → act on the message type (offer, grant, NAK, release,
 //! decline, inform; or the proxyDHCP answer) → choose the boot file → build the
 //! reply's options. The server's socket layer (`ramboot::dhcp::io`) persists any [`LeaseGrant`]
@@ -10,7 +11,8 @@
 
 use super::classify::{classify, Arch, ClassifyError, Client, Firmware};
 use super::policy::{DhcpMode, DhcpPolicy, SubnetConfig, UnknownClients};
-use super::pool::{BindingKind, LeasePool};
+use super::pool::{BindingKind, LeasePool, Undo};
+use super::relay::{self as trust, Screen};
 use crate::node::MacAddr;
 use dhcproto::v4::{relay, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption};
 use std::collections::HashMap;
@@ -34,6 +36,9 @@ pub struct Arrival {
     /// Our address on the arrival interface, or the unicast address the packet was
     /// sent to: the server identifier of the reply.
     pub local_addr: Ipv4Addr,
+    /// The packet's UDP source address (a relay's, or 0.0.0.0 from a client with
+    /// no address yet): a relay is trusted only if this is listed too.
+    pub peer: Ipv4Addr,
     pub port: Port,
 }
 
@@ -129,10 +134,11 @@ impl Leases {
         stray
     }
 
-    /// Undo a grant whose commit failed.
-    pub fn forget(&mut self, policy: &DhcpPolicy, mac: MacAddr, ip: Ipv4Addr) {
-        if let Some(i) = Self::index_of(policy, ip) {
-            self.pools[i].forget(mac, ip);
+    /// Roll back a grant or release whose commit failed (see [`LeasePool::undo`]):
+    /// the binding it replaced comes back. Undo a batch newest first.
+    pub fn undo(&mut self, policy: &DhcpPolicy, undo: &Undo) {
+        if let Some(i) = Self::index_of(policy, undo.ip()) {
+            self.pools[i].undo(undo);
         }
     }
 
@@ -194,14 +200,17 @@ pub struct LeaseGrant {
     pub mac: MacAddr,
     pub ip: Ipv4Addr,
     pub expires_at: u64,
+    /// Rolls the pool back if persisting fails ([`Leases::undo`]).
+    pub undo: Undo,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Send `reply`; if `grant` is set, persist it first and send nothing if that fails.
     Reply { reply: Box<Message>, grant: Option<LeaseGrant>, client: Client, boot: BootChoice },
-    /// The client gave its address back: mark the stored lease released.
-    Released { mac: MacAddr, ip: Ipv4Addr },
+    /// The client gave its address back: mark the stored lease released (and roll
+    /// the pool back with `undo` if that fails).
+    Released { mac: MacAddr, ip: Ipv4Addr, undo: Undo },
     /// The client found the address in use: quarantined until `until`, record it.
     Declined { mac: MacAddr, ip: Ipv4Addr, until: u64 },
     /// ProxyDHCP, no reply: a network-boot client asked the site server for `ip`
@@ -240,6 +249,8 @@ pub enum IgnoreReason {
     NotNetbootClient,
     #[error("port 4011 is served only in proxy mode")]
     BinlNotProxy,
+    #[error("relay agent information (option 82) with giaddr 0: no relay added it (RFC 3046 §2.1)")]
+    AgentInfoWithoutRelay,
 }
 
 /// Decide what to do with one packet at time `now` (Unix seconds).
@@ -262,8 +273,12 @@ fn decide_inner(
         return Err(IgnoreReason::NotRequest);
     }
     let kind = msg.opts().msg_type().ok_or(IgnoreReason::NoMessageType)?;
+    let screen = trust::screen(msg, inbound.arrival, policy);
+    if screen == Screen::Drop {
+        return Err(IgnoreReason::AgentInfoWithoutRelay);
+    }
     let client = classify(msg)?;
-    let link = link_address(msg, inbound.arrival);
+    let link = link_address(msg, inbound.arrival, screen.trusted());
     let subnet_index = Leases::index_of(policy, link);
     let host = hosts.get(client.mac);
     let unknown_policy = subnet_index.map_or(UnknownClients::Discovery, |i| policy.subnets[i].unknown_clients);
@@ -332,9 +347,9 @@ fn decide_inner(
                 return nak();
             }
             let expires_at = now + subnet.lease_time.as_secs();
-            pool.grant(client.mac, ip, expires_at);
+            let undo = pool.grant(client.mac, ip, expires_at);
             let ack = reply(MessageType::Ack, ip, &boot);
-            let grant = LeaseGrant { mac: client.mac, ip, expires_at };
+            let grant = LeaseGrant { mac: client.mac, ip, expires_at, undo };
             Ok(Decision::Reply { reply: Box::new(ack), grant: Some(grant), client, boot })
         }
         MessageType::Release => {
@@ -343,8 +358,8 @@ fn decide_inner(
                 return Err(IgnoreReason::OtherServer(server_id.unwrap_or(ours)));
             }
             if pool.binding(ip).is_some_and(|b| b.mac == client.mac && b.kind == BindingKind::Leased) {
-                pool.release(client.mac, ip);
-                Ok(Decision::Released { mac: client.mac, ip })
+                let undo = pool.release(client.mac, ip);
+                Ok(Decision::Released { mac: client.mac, ip, undo })
             } else {
                 Err(IgnoreReason::NotOurs(ip))
             }
@@ -395,16 +410,19 @@ impl RequestState {
 }
 
 /// The address that names the client's link, in order of authority: the relay's
-/// link-selection sub-option (RFC 3527), the subnet-selection option (RFC 3011), the
-/// relay's giaddr, the client's own ciaddr, then the interface it arrived on.
-pub fn link_address(msg: &Message, arrival: Arrival) -> Ipv4Addr {
-    if let Some(DhcpOption::RelayAgentInformation(info)) = msg.opts().get(OptionCode::RelayAgentInformation) {
-        if let Some(relay::RelayInfo::LinkSelection(addr)) = info.get(relay::RelayCode::LinkSelection) {
+/// link-selection sub-option (RFC 3527) and the subnet-selection option (RFC 3011),
+/// both only from a `trusted` relay; then the relay's giaddr, the client's own
+/// ciaddr, then the interface it arrived on.
+pub fn link_address(msg: &Message, arrival: Arrival, trusted: bool) -> Ipv4Addr {
+    if trusted {
+        if let Some(DhcpOption::RelayAgentInformation(info)) = msg.opts().get(OptionCode::RelayAgentInformation) {
+            if let Some(relay::RelayInfo::LinkSelection(addr)) = info.get(relay::RelayCode::LinkSelection) {
+                return *addr;
+            }
+        }
+        if let Some(DhcpOption::SubnetSelection(addr)) = msg.opts().get(OptionCode::SubnetSelection) {
             return *addr;
         }
-    }
-    if let Some(DhcpOption::SubnetSelection(addr)) = msg.opts().get(OptionCode::SubnetSelection) {
-        return *addr;
     }
     if !msg.giaddr().is_unspecified() {
         return msg.giaddr();

@@ -31,6 +31,7 @@ fn policy() -> DhcpPolicy {
             subnet("10.213.0.0/24", [10, 213, 0, 100], [10, 213, 0, 199]),
             subnet("10.9.0.0/24", [10, 9, 0, 10], [10, 9, 0, 20]),
         ],
+        trusted_relays: vec![],
         offer_hold_secs: 60,
         quarantine_secs: 900,
     }
@@ -41,6 +42,8 @@ struct Harness {
     policy: DhcpPolicy,
     leases: Leases,
     hosts: Hosts,
+    /// The UDP source of every packet.
+    peer: Ipv4Addr,
 }
 
 impl Harness {
@@ -49,12 +52,12 @@ impl Harness {
     }
     fn with(policy: DhcpPolicy) -> Harness {
         let leases = Leases::new(&policy);
-        Harness { policy, leases, hosts: Hosts::default() }
+        Harness { policy, leases, hosts: Hosts::default(), peer: Ipv4Addr::UNSPECIFIED }
     }
     fn run_on(&mut self, msg: &Message, port: Port, now: u64) -> Decision {
         let raw = msg.to_vec().unwrap();
         let msg = Message::decode(&mut dhcproto::Decoder::new(&raw)).unwrap();
-        let inbound = Inbound { msg: &msg, raw: &raw, arrival: Arrival { local_addr: SERVER, port } };
+        let inbound = Inbound { msg: &msg, raw: &raw, arrival: Arrival { local_addr: SERVER, peer: self.peer, port } };
         decide(&inbound, &self.policy, &mut self.leases, &self.hosts, now)
     }
     fn run(&mut self, msg: &Message, now: u64) -> Decision {
@@ -118,7 +121,13 @@ fn ipxe_discover_request_ack_carries_script_url_and_grant() {
     let (ack, grant, _) = reply_of(h.run(&req, 1001));
     assert_eq!(kind_of(&ack), Some(MessageType::Ack));
     assert_eq!(ack.yiaddr(), ip);
-    assert_eq!(grant, Some(LeaseGrant { mac: MacAddr(MAC), ip, expires_at: 1001 + 3600 }));
+    let grant = grant.expect("an ACK carries its lease");
+    assert_eq!((grant.mac, grant.ip, grant.expires_at), (MacAddr(MAC), ip, 1001 + 3600));
+    // A commit failure rolls back to the offer the client was answering, not to nothing.
+    h.leases.undo(&h.policy, &grant.undo);
+    let pool = h.leases.pool(0).unwrap();
+    assert_eq!(pool.binding(ip).map(|b| (b.mac, b.kind)), Some((MacAddr(MAC), BindingKind::Offered)));
+    h.leases.pools[0].grant(MacAddr(MAC), ip, 1001 + 3600);
     assert_eq!(
         ack.opts().get(OptionCode::BootfileName),
         Some(&DhcpOption::BootfileName(b"http://10.213.0.1:8080/boot.ipxe?mac=52:54:00:12:34:56".to_vec()))
@@ -291,8 +300,12 @@ fn release_frees_the_address() {
     h.leases.pools[0].grant(MacAddr(MAC), ip, 100);
     let mut rel = request(MAC, MessageType::Release);
     rel.set_ciaddr(ip);
-    assert_eq!(h.run(&rel, 1), Decision::Released { mac: MacAddr(MAC), ip });
+    let Decision::Released { mac, ip: released, undo } = h.run(&rel, 1) else { panic!("not released") };
+    assert_eq!((mac, released), (MacAddr(MAC), ip));
     assert!(h.leases.pools[0].can_grant(MacAddr([2, 0, 0, 0, 0, 9]), ip, 1));
+    // A release that fails to persist leaves the stored lease active: so is the pool's.
+    h.leases.undo(&h.policy, &undo);
+    assert!(!h.leases.pools[0].can_grant(MacAddr([2, 0, 0, 0, 0, 9]), ip, 1));
 }
 
 #[test]
@@ -333,7 +346,8 @@ fn relayed_request_picks_the_relays_subnet_and_echoes_option_82_verbatim() {
     let end = raw.iter().rposition(|&b| b == 255).unwrap();
     raw.splice(end..end, opt82);
     let decoded = Message::decode(&mut dhcproto::Decoder::new(&raw)).unwrap();
-    let inbound = Inbound { msg: &decoded, raw: &raw, arrival: Arrival { local_addr: SERVER, port: Port::Dhcp } };
+    let arrival = Arrival { local_addr: SERVER, peer: Ipv4Addr::new(10, 213, 0, 2), port: Port::Dhcp };
+    let inbound = Inbound { msg: &decoded, raw: &raw, arrival };
     let (offer, _, boot) = reply_of(decide(&inbound, &h.policy, &mut h.leases, &h.hosts, 0));
     let bytes = encode_reply(&offer, &raw).unwrap();
     assert!(h.policy.subnets[1].net.contains(&offer.yiaddr()), "{} from the relay's subnet", offer.yiaddr());
@@ -352,14 +366,40 @@ fn relayed_request_picks_the_relays_subnet_and_echoes_option_82_verbatim() {
 }
 
 #[test]
-fn link_selection_beats_giaddr() {
+fn link_selection_beats_giaddr_from_a_trusted_relay_only() {
+    let relay_addr = Ipv4Addr::new(10, 213, 0, 254);
     let mut msg = request(MAC, MessageType::Discover);
-    msg.set_giaddr(Ipv4Addr::new(10, 213, 0, 254));
+    msg.set_giaddr(relay_addr);
     let mut info = relay::RelayAgentInformation::default();
     info.insert(relay::RelayInfo::LinkSelection(Ipv4Addr::new(10, 9, 0, 0)));
     msg.opts_mut().insert(DhcpOption::RelayAgentInformation(info));
-    let (offer, _, _) = reply_of(Harness::new().run(&msg, 0));
+    let mut trusted = policy();
+    trusted.trusted_relays = vec!["10.213.0.254/32".parse().unwrap()];
+    let mut h = Harness::with(trusted);
+    h.peer = relay_addr;
+    let (offer, _, _) = reply_of(h.run(&msg, 0));
     assert_eq!(offer.yiaddr().octets()[..3], [10, 9, 0]);
+    // From a relay not in the list, giaddr routes as ordinary DHCP; the link it names is ignored.
+    let mut h = Harness::new();
+    h.peer = relay_addr;
+    let (offer, _, _) = reply_of(h.run(&msg, 0));
+    assert_eq!(offer.yiaddr().octets()[..3], [10, 213, 0]);
+    // The same for option 118 from a client on the server's own segment.
+    let mut direct = request([2, 0, 0, 0, 0, 8], MessageType::Discover);
+    direct.opts_mut().insert(DhcpOption::SubnetSelection(Ipv4Addr::new(10, 9, 0, 0)));
+    let (offer, _, _) = reply_of(Harness::new().run(&direct, 0));
+    assert_eq!(offer.yiaddr().octets()[..3], [10, 213, 0]);
+}
+
+#[test]
+fn option_82_from_a_directly_attached_client_is_dropped() {
+    let mut msg = ipxe_bios(MAC, MessageType::Discover);
+    let mut info = relay::RelayAgentInformation::default();
+    info.insert(relay::RelayInfo::AgentCircuitId(b"forged".to_vec()));
+    msg.opts_mut().insert(DhcpOption::RelayAgentInformation(info));
+    let mut h = Harness::new();
+    assert_eq!(h.run(&msg, 0), Decision::Ignore(IgnoreReason::AgentInfoWithoutRelay));
+    assert!(h.leases.pool(0).unwrap().held_by(MacAddr(MAC), 0).is_none(), "nothing offered, nothing held");
 }
 
 #[test]
