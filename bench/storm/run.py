@@ -88,8 +88,8 @@ def ramboot_config(workdir: Path, topo: Topology) -> Path:
     cfg = workdir / "ramboot.yaml"
     cfg.write_text(f"""interface: {topo.server_if}
 server_address: {SERVER_IP}
-http: {{listen: "{SERVER_IP}:{HTTP_PORT}"}}
-tftp: {{listen: "{SERVER_IP}:69"}}
+http: {{listen: "{SERVER_IP}:{HTTP_PORT}", max_connections_per_source: 4096}}
+tftp: {{listen: "{SERVER_IP}:69", max_sessions_per_source: 1024}}
 dhcp: {{subnet: {SUBNET}, range: [10.81.1.0, 10.81.40.255], router: {SERVER_IP}}}
 default_profile: storm
 paths: {{data: {workdir}/data, profiles: {workdir}/profiles, ipxe: {workdir}/ipxe}}
