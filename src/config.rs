@@ -78,12 +78,39 @@ impl Default for WireRetention {
 struct WireHttp {
     #[serde(default = "default_http_listen")]
     listen: SocketAddr,
+    /// Open connections one address may hold; more are answered 503 and closed.
+    /// Nodes use one or two at a time; the fleet simulator drives many nodes from
+    /// one address and needs this raised.
+    #[serde(default = "default_http_per_source")]
+    max_connections_per_source: usize,
+    /// Open admin event streams (`/api/v1/events/stream`), in all and per address.
+    #[serde(default = "default_event_streams")]
+    max_event_streams: usize,
+    #[serde(default = "default_event_streams_per_source")]
+    max_event_streams_per_source: usize,
 }
 
 impl Default for WireHttp {
     fn default() -> Self {
-        Self { listen: default_http_listen() }
+        Self {
+            listen: default_http_listen(),
+            max_connections_per_source: default_http_per_source(),
+            max_event_streams: default_event_streams(),
+            max_event_streams_per_source: default_event_streams_per_source(),
+        }
     }
+}
+
+fn default_http_per_source() -> usize {
+    HttpLimits::default().max_connections_per_source
+}
+
+fn default_event_streams() -> usize {
+    HttpLimits::default().max_event_streams
+}
+
+fn default_event_streams_per_source() -> usize {
+    HttpLimits::default().max_event_streams_per_source
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -95,11 +122,82 @@ fn default_http_listen() -> SocketAddr {
 struct WireTftp {
     #[serde(default = "default_tftp_listen")]
     listen: SocketAddr,
+    /// Concurrent sessions in all, and per client address (a PXE ROM reads one
+    /// file at a time; the fleet simulator reads for many nodes from one address).
+    #[serde(default = "default_tftp_sessions")]
+    max_sessions: usize,
+    #[serde(default = "default_tftp_per_source")]
+    max_sessions_per_source: usize,
+    /// A session still running after this long is ended with an ERROR. 120 s moves
+    /// a 1 MB iPXE binary even at 512-byte lock-step blocks over a slow link.
+    #[serde(default = "default_tftp_session_secs")]
+    max_session_secs: u64,
+    /// A client's `timeout` option (RFC 2349) outside these bounds is declined and
+    /// the server's 1 s is used.
+    #[serde(default = "default_tftp_min_timeout")]
+    min_timeout_secs: u8,
+    #[serde(default = "default_tftp_max_timeout")]
+    max_timeout_secs: u8,
 }
 
 impl Default for WireTftp {
     fn default() -> Self {
-        Self { listen: default_tftp_listen() }
+        Self {
+            listen: default_tftp_listen(),
+            max_sessions: default_tftp_sessions(),
+            max_sessions_per_source: default_tftp_per_source(),
+            max_session_secs: default_tftp_session_secs(),
+            min_timeout_secs: default_tftp_min_timeout(),
+            max_timeout_secs: default_tftp_max_timeout(),
+        }
+    }
+}
+
+fn default_tftp_sessions() -> usize {
+    TftpLimits::default().max_sessions
+}
+
+fn default_tftp_per_source() -> usize {
+    TftpLimits::default().max_sessions_per_source
+}
+
+fn default_tftp_session_secs() -> u64 {
+    TftpLimits::default().max_session.as_secs()
+}
+
+fn default_tftp_min_timeout() -> u8 {
+    TftpLimits::default().session.min_timeout_secs
+}
+
+fn default_tftp_max_timeout() -> u8 {
+    TftpLimits::default().session.max_timeout_secs
+}
+
+impl WireTftp {
+    fn limits(&self) -> Result<TftpLimits, String> {
+        if self.max_sessions == 0 || self.max_sessions_per_source == 0 {
+            return Err("tftp.max_sessions and tftp.max_sessions_per_source must be at least 1".into());
+        }
+        if self.max_session_secs < 10 {
+            return Err("tftp.max_session_secs must be at least 10".into());
+        }
+        if self.min_timeout_secs == 0 || self.min_timeout_secs > self.max_timeout_secs {
+            return Err(format!(
+                "tftp: min_timeout_secs ({}) must be at least 1 and at most max_timeout_secs ({})",
+                self.min_timeout_secs, self.max_timeout_secs
+            ));
+        }
+        let defaults = TftpLimits::default();
+        Ok(TftpLimits {
+            session: ramboot_core::tftp::session::Limits {
+                min_timeout_secs: self.min_timeout_secs,
+                max_timeout_secs: self.max_timeout_secs,
+                ..defaults.session
+            },
+            max_sessions: self.max_sessions,
+            max_sessions_per_source: self.max_sessions_per_source,
+            max_session: Duration::from_secs(self.max_session_secs),
+        })
     }
 }
 
@@ -267,7 +365,9 @@ pub struct Config {
     pub interface: String,
     pub server_address: Ipv4Addr,
     pub http_listen: SocketAddr,
+    pub http_limits: HttpLimits,
     pub tftp_listen: SocketAddr,
+    pub tftp_limits: TftpLimits,
     pub dhcp: DhcpConfig,
     pub paths: Paths,
     pub database_url: String,
@@ -278,6 +378,23 @@ pub struct Config {
     pub iscsi: Option<IscsiConfig>,
     pub ipv6_ra: bool,
     pub retention: crate::retention::Retention,
+}
+
+pub use crate::tftp::TftpLimits;
+
+/// Per-source and overall caps of the HTTP service (`http:`); the accept loop's
+/// own timeouts are `http::server::ServerLimits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub max_connections_per_source: usize,
+    pub max_event_streams: usize,
+    pub max_event_streams_per_source: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits { max_connections_per_source: 64, max_event_streams: 32, max_event_streams_per_source: 4 }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -482,6 +599,18 @@ impl Config {
                 return Err(format!("iscsi.iqn_prefix {:?} must look like iqn.yyyy-mm.reversed.domain", i.iqn_prefix));
             }
         }
+        let h = &wire.http;
+        if h.max_connections_per_source == 0 || h.max_event_streams == 0 || h.max_event_streams_per_source == 0 {
+            return Err("http: max_connections_per_source, max_event_streams and max_event_streams_per_source \
+                        must be at least 1"
+                .into());
+        }
+        let http_limits = HttpLimits {
+            max_connections_per_source: h.max_connections_per_source,
+            max_event_streams: h.max_event_streams,
+            max_event_streams_per_source: h.max_event_streams_per_source,
+        };
+        let tftp_limits = wire.tftp.limits()?;
         if wire.interface.is_empty() || wire.interface.len() > 15 {
             return Err(format!("interface {:?} is not a valid interface name", wire.interface));
         }
@@ -506,7 +635,9 @@ impl Config {
             interface: wire.interface,
             server_address: wire.server_address,
             http_listen: wire.http.listen,
+            http_limits,
             tftp_listen: wire.tftp.listen,
+            tftp_limits,
             dhcp,
             paths,
             database_url,
@@ -665,6 +796,32 @@ default_profile: tiny
             let text = with_dhcp(&format!("  trusted_relays: {bad}\n"));
             let err = Config::parse(Path::new("r.yaml"), &text).unwrap_err().to_string();
             assert!(err.contains(expect), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn flood_bounds_have_defaults_and_are_checked() {
+        let cfg = Config::parse(Path::new("r.yaml"), GOOD).unwrap();
+        assert_eq!(cfg.http_limits, HttpLimits::default());
+        assert_eq!(cfg.tftp_limits.max_sessions_per_source, 8);
+        assert_eq!(cfg.tftp_limits.max_session, Duration::from_secs(120));
+        let text = format!(
+            "{GOOD}http:\n  max_connections_per_source: 600\ntftp:\n  max_sessions_per_source: 500\n  \
+             max_session_secs: 30\n  max_timeout_secs: 5\n"
+        );
+        let cfg = Config::parse(Path::new("r.yaml"), &text).unwrap();
+        assert_eq!(cfg.http_limits.max_connections_per_source, 600);
+        assert_eq!(cfg.tftp_limits.max_sessions_per_source, 500);
+        assert_eq!(cfg.tftp_limits.max_session, Duration::from_secs(30));
+        assert_eq!(cfg.tftp_limits.session.max_timeout_secs, 5);
+        for (extra, expect) in [
+            ("http:\n  max_event_streams: 0\n", "at least 1"),
+            ("tftp:\n  max_sessions_per_source: 0\n", "at least 1"),
+            ("tftp:\n  max_session_secs: 1\n", "at least 10"),
+            ("tftp:\n  min_timeout_secs: 20\n", "min_timeout_secs"),
+        ] {
+            let err = Config::parse(Path::new("r.yaml"), &format!("{GOOD}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(expect), "{extra}: {err}");
         }
     }
 

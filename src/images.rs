@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -235,16 +235,19 @@ impl ramboot_core::plan::Images for ImageStore {
 }
 
 impl ImageStore {
-    /// Remove an image's manifest, then every blob no remaining manifest uses.
-    pub fn delete(&self, name: &str) -> Result<(), ImageError> {
+    /// Remove an image's manifest, then every blob no remaining manifest uses and
+    /// no boot in progress has pinned (`pinned`: digests, from
+    /// `Store::pinned_digests`).
+    pub fn delete(&self, name: &str, pinned: &BTreeSet<String>) -> Result<(), ImageError> {
         self.manifest(name)?;
         let path = self.manifest_path(name);
         std::fs::remove_file(&path).map_err(io_err(&path))?;
-        self.collect_garbage()
+        self.collect_garbage(pinned)
     }
 
-    fn collect_garbage(&self) -> Result<(), ImageError> {
-        let live: std::collections::BTreeSet<String> =
+    /// Remove the blobs that are garbage (see [`is_garbage`]).
+    fn collect_garbage(&self, pinned: &BTreeSet<String>) -> Result<(), ImageError> {
+        let live: BTreeSet<String> =
             self.list()?.iter().flat_map(|m| m.artifacts.values().map(|a| a.digest.to_string())).collect();
         let dir = self.root.join("sha256");
         let entries = match std::fs::read_dir(&dir) {
@@ -255,13 +258,21 @@ impl ImageStore {
         for entry in entries {
             let entry = entry.map_err(io_err(&dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.parse::<Digest>().is_ok() && !live.contains(&name) {
+            if is_garbage(&name, &live, pinned) {
                 let path = entry.path();
                 std::fs::remove_file(&path).map_err(io_err(&path))?;
             }
         }
         Ok(())
     }
+}
+
+/// A blob file is garbage when it is named as a blob (a digest: temporary and
+/// foreign files are left alone), no manifest references it, and no boot in
+/// progress pinned it: a node may be loading an image whose manifest has since
+/// been rebuilt to a new digest, and its blob must outlive that boot.
+pub fn is_garbage(file_name: &str, live: &BTreeSet<String>, pinned: &BTreeSet<String>) -> bool {
+    file_name.parse::<Digest>().is_ok() && !live.contains(file_name) && !pinned.contains(file_name)
 }
 
 pub fn hash_file(path: &Path) -> Result<(Digest, u64), ImageError> {
@@ -426,8 +437,52 @@ mod tests {
         assert!(matches!(store.manifest("nope"), Err(ImageError::NoSuchImage(_))));
         assert!(matches!(store.manifest("../x"), Err(ImageError::BadName(_))));
         let blob = store.blob_path(&manifest.artifacts["rootfs"].digest);
-        store.delete("tiny").unwrap();
+        store.delete("tiny", &BTreeSet::new()).unwrap();
         assert!(store.list().unwrap().is_empty());
         assert!(!blob.exists(), "unreferenced blobs are collected");
+    }
+
+    #[test]
+    fn gc_keeps_blobs_pinned_by_boots_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path().join("images"));
+        let ingest = |bytes: &[u8]| {
+            let src = dir.path().join("src");
+            std::fs::write(&src, bytes).unwrap();
+            store.ingest(&src, "squashfs").unwrap()
+        };
+        let manifest = |name: &str, art: &Artifact| Manifest {
+            name: name.into(),
+            kind: ImageKind::Rootfs,
+            built_at_ms: 1,
+            artifacts: [("rootfs".to_string(), art.clone())].into(),
+            inputs: BTreeMap::new(),
+        };
+        // `web` was rebuilt while a node was loading its first build; `old` is unused.
+        let (loading, rebuilt, other) = (ingest(b"web v1"), ingest(b"web v2"), ingest(b"old"));
+        store.write_manifest(&manifest("web", &rebuilt)).unwrap();
+        store.write_manifest(&manifest("old", &other)).unwrap();
+        let pinned: BTreeSet<String> = [loading.digest.to_string()].into();
+        store.delete("old", &pinned).unwrap();
+        assert!(store.blob_path(&loading.digest).exists(), "pinned by a boot in progress");
+        assert!(store.blob_path(&rebuilt.digest).exists(), "referenced by a manifest");
+        assert!(!store.blob_path(&other.digest).exists(), "garbage");
+        // Once the boot is over, the next collection takes it.
+        store.write_manifest(&manifest("old", &other)).unwrap();
+        store.delete("old", &BTreeSet::new()).unwrap();
+        assert!(!store.blob_path(&loading.digest).exists());
+        assert!(store.blob_path(&rebuilt.digest).exists());
+    }
+
+    #[test]
+    fn only_digest_named_files_are_ever_garbage() {
+        let digest = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".to_string();
+        let none = BTreeSet::new();
+        let set = BTreeSet::from([digest.clone()]);
+        assert!(is_garbage(&digest, &none, &none));
+        assert!(!is_garbage(&digest, &set, &none));
+        assert!(!is_garbage(&digest, &none, &set));
+        assert!(!is_garbage(&format!(".{digest}.partial"), &none, &none));
+        assert!(!is_garbage("README", &none, &none));
     }
 }

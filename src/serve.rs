@@ -34,8 +34,16 @@ pub async fn run(config: Config) -> Result<()> {
             );
         }
     }
-    std::fs::create_dir_all(&config.paths.data)
+    // What this process creates from here on is its own (database, -wal/-shm, blobs,
+    // volumes); existing paths are tightened explicitly (`files`).
+    crate::files::private_umask();
+    crate::files::ensure_private_dir(&config.paths.data)
         .with_context(|| format!("creating data dir {}", config.paths.data.display()))?;
+    if let Some(path) = &config.secrets {
+        // The same check every render makes; here it stops a bad file before boot.
+        let secrets = crate::secrets::load(path).context("refusing to start")?;
+        info!(path = %path.display(), count = secrets.len(), "secrets file checked");
+    }
     let store = Store::open(&config.database_url).await.context("opening the database")?;
     if let Some(path) =
         crate::http::auth::bootstrap_admin_token(&store, &config.paths.data, crate::clock::now_ms()).await?
@@ -108,14 +116,16 @@ pub async fn run(config: Config) -> Result<()> {
         );
     }
     {
-        let (root, cancel) = (config.paths.ipxe.clone(), cancel.clone());
+        let (root, limits, cancel) = (config.paths.ipxe.clone(), config.tftp_limits, cancel.clone());
         // TFTP gets a thread and a single-threaded runtime of its own: a session is a
         // ping-pong of small packets, answered sooner without cross-thread wake-ups,
         // and an HTTP storm on the main runtime cannot delay a PXE ROM's next block.
         tasks.spawn(async move {
             tokio::task::spawn_blocking(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                runtime.block_on(crate::tftp::serve(&root, tftp_socket, cancel)).map_err(anyhow::Error::from)
+                runtime
+                    .block_on(crate::tftp::serve_with(&root, tftp_socket, limits, cancel))
+                    .map_err(anyhow::Error::from)
             })
             .await?
         });
@@ -130,7 +140,11 @@ pub async fn run(config: Config) -> Result<()> {
         let artifacts = Some(http::sendfile::Artifacts { images: state.images.clone() });
         let app = http::router(state);
         // Header/idle timeout, connection cap, TCP_USER_TIMEOUT: see `http::server`.
-        let limits = http::server::ServerLimits { drain: HTTP_DRAIN, ..Default::default() };
+        let limits = http::server::ServerLimits {
+            drain: HTTP_DRAIN,
+            max_connections_per_source: config.http_limits.max_connections_per_source,
+            ..Default::default()
+        };
         tasks.spawn(async move {
             http::server::serve(listener, app, artifacts, limits, cancel).await;
             Ok(())

@@ -6,6 +6,12 @@
 //! Files are read once into memory and shared by every session that reads them
 //! (all nodes fetch the same few iPXE binaries), so a boot storm costs one copy.
 //!
+//! Bounds (`TftpLimits`, from `tftp:` in the config): sessions in all and per
+//! client address (beyond either: an ERROR, a counter, a throttled warning), the
+//! client's `timeout` option only within bounds (the core declines the rest), and a
+//! session's whole lifetime: a client that ACKs just often enough to dodge the
+//! resend limit still cannot hold a session and its copy of the file for ever.
+//!
 //! Names are resolved by [`crate::safe_path::resolve`]: `..`, backslashes, control
 //! characters, overlong names and symlinks pointing outside the root are refused.
 //! Write requests get "illegal operation".
@@ -14,6 +20,7 @@
 //! a PXE ROM's tsize probe left a session resending into the void, and its window
 //! retransmission had bugs; a sans-I/O core is also what the rest of ramboot does.
 
+use crate::limits::{Refused, SourceSlots, Throttle};
 use crate::safe_path::{resolve, PathError};
 use ramboot_core::tftp::session::{
     error_packet, negotiate, parse_client, parse_request, Datagram, Limits, Session, Step,
@@ -22,14 +29,43 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 /// Concurrent transfers; more are refused with an ERROR (the client retries).
 pub const MAX_SESSIONS: usize = 1024;
+/// Concurrent transfers from one address: a PXE ROM reads one file at a time.
+pub const MAX_SESSIONS_PER_SOURCE: usize = 8;
+/// A whole session's lifetime: 1 MB in 512-byte lock-step blocks is 2,048 round
+/// trips, 120 s even at 50 ms each.
+pub const MAX_SESSION: Duration = Duration::from_secs(120);
+/// Refusal warnings are logged at most this often (with a count of the rest).
+const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the TFTP service allows; [`Default`] is what `ramboot serve` uses unless
+/// `tftp:` in the config says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct TftpLimits {
+    /// Negotiation and resend limits of each session (the pure core's).
+    pub session: Limits,
+    pub max_sessions: usize,
+    pub max_sessions_per_source: usize,
+    /// A session still running after this long is ended with an ERROR.
+    pub max_session: Duration,
+}
+
+impl Default for TftpLimits {
+    fn default() -> Self {
+        TftpLimits {
+            session: Limits::default(),
+            max_sessions: MAX_SESSIONS,
+            max_sessions_per_source: MAX_SESSIONS_PER_SOURCE,
+            max_session: MAX_SESSION,
+        }
+    }
+}
 /// Files larger than this are not served over TFTP (iPXE loads the rest by HTTP).
 const MAX_FILE: u64 = 128 << 20;
 
@@ -74,24 +110,31 @@ impl FileCache {
     }
 }
 
-/// Serve `root` on `socket` until `cancel` fires.
+/// Serve `root` on `socket` with the default limits until `cancel` fires.
 pub async fn serve(root: &Path, socket: std::net::UdpSocket, cancel: CancellationToken) -> Result<(), TftpError> {
-    serve_with(root, socket, Limits::default(), MAX_SESSIONS, cancel).await
+    serve_with(root, socket, TftpLimits::default(), cancel).await
 }
 
+/// Serve `root` on `socket` under `limits` until `cancel` fires.
 pub async fn serve_with(
     root: &Path,
     socket: std::net::UdpSocket,
-    limits: Limits,
-    max_sessions: usize,
+    limits: TftpLimits,
     cancel: CancellationToken,
 ) -> Result<(), TftpError> {
     let root = std::fs::canonicalize(root).map_err(|source| TftpError::Root { path: root.to_path_buf(), source })?;
     socket.set_nonblocking(true)?;
     let socket = UdpSocket::from_std(socket)?;
     let local = socket.local_addr()?;
-    info!(addr = %local, root = %root.display(), max_sessions, "TFTP serving");
-    let sessions = Arc::new(Semaphore::new(max_sessions));
+    info!(
+        addr = %local,
+        root = %root.display(),
+        max_sessions = limits.max_sessions,
+        max_sessions_per_source = limits.max_sessions_per_source,
+        "TFTP serving"
+    );
+    let sessions = SourceSlots::default();
+    let mut refusals = Throttle::new(REFUSAL_WARN_INTERVAL);
     let cache = Arc::new(FileCache::default());
     let mut tasks = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 1024];
@@ -147,10 +190,25 @@ pub async fn serve_with(
                 continue;
             }
         };
-        let Ok(permit) = sessions.clone().try_acquire_owned() else {
-            warn!(%client, max_sessions, "TFTP session cap reached; request refused (the client will retry)");
-            refuse(ramboot_core::tftp::session::code::NOT_DEFINED, "server busy, retry".into(), "busy").await;
-            continue;
+        let permit = match sessions.try_acquire(client.ip(), limits.max_sessions_per_source, Some(limits.max_sessions))
+        {
+            Ok(permit) => permit,
+            Err(refused) => {
+                if let Some(suppressed) = refusals.allow(std::time::Instant::now()) {
+                    warn!(
+                        %client,
+                        reason = %refused,
+                        suppressed,
+                        "TFTP session refused (the client may retry); `suppressed` more since the last warning"
+                    );
+                }
+                let (message, outcome) = match refused {
+                    Refused::Source(_) => ("too many sessions from your address, retry later", "source_busy"),
+                    Refused::Total(_) => ("server busy, retry", "busy"),
+                };
+                refuse(ramboot_core::tftp::session::code::NOT_DEFINED, message.into(), outcome).await;
+                continue;
+            }
         };
         let bytes = {
             let (cache, real) = (cache.clone(), real.clone());
@@ -174,7 +232,7 @@ pub async fn serve_with(
         tasks.spawn(
             async move {
                 let _permit = permit;
-                if let Err(e) = transfer(local, client, &options, bytes, limits, cancel).await {
+                if let Err(e) = transfer(local, client, &options, bytes, &limits, cancel).await {
                     warn!(error = %e, "TFTP session socket failed");
                 }
             }
@@ -191,15 +249,16 @@ async fn transfer(
     client: SocketAddr,
     options: &[(String, String)],
     file: Arc<[u8]>,
-    limits: Limits,
+    limits: &TftpLimits,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let socket = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
     // Connected: the kernel drops packets from any other transfer ID.
     socket.connect(client).await?;
-    let negotiated = negotiate(options, file.len() as u64, &limits);
-    let (mut session, mut step) = Session::start(&negotiated, file.len() as u64, &limits);
+    let negotiated = negotiate(options, file.len() as u64, &limits.session);
+    let (mut session, mut step) = Session::start(&negotiated, file.len() as u64, &limits.session);
     let started = std::time::Instant::now();
+    let expires = tokio::time::Instant::now() + limits.max_session;
     let mut packet = Vec::with_capacity(usize::from(negotiated.blksize) + 4);
     let mut buf = vec![0u8; 1024];
     let mut deadline = tokio::time::Instant::now();
@@ -253,6 +312,14 @@ async fn transfer(
         }
         step = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep_until(expires) => {
+                metrics::counter!("ramboot_tftp_sessions_total", "outcome" => "expired").increment(1);
+                warn!(max_session = ?limits.max_session, "TFTP session ran out of time; ended");
+                let packet = error_packet(ramboot_core::tftp::session::code::NOT_DEFINED, "session time limit reached");
+                // Best effort: the client may be gone.
+                let _ = socket.send(&packet).await;
+                return Ok(());
+            }
             r = tokio::time::timeout_at(deadline, socket.recv(&mut buf)) => match r {
                 Err(_) => session.on_timeout(),
                 // ICMP port unreachable: the client went away; resends run out fast.

@@ -285,6 +285,7 @@ fn discovery_waits_for_a_selector_or_an_assignment_and_overlays_render() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets.yaml");
     std::fs::write(&secrets, "cluster: s3cr3t\n").unwrap();
+    // Secrets files others can read are refused (`ramboot::secrets`).
     std::fs::set_permissions(&secrets, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let srv = TestServer::start_with(None, &[("by-serial", SELECTED)], &format!("secrets: {}\n", secrets.display()));
     let api = Api::admin(&srv);
@@ -432,4 +433,36 @@ fn an_open_event_stream_ends_when_the_server_stops() {
     runtime.join().unwrap();
     assert!(ended < std::time::Duration::from_secs(5), "the stream ended {ended:?} after the stop, not at once");
     eprintln!("event stream ended {ended:?} after the stop; server stopped {:?} after it", stopped.elapsed());
+}
+
+/// Deleting an image collects unreferenced blobs, but never one a boot in progress
+/// pinned: here `tiny` is rebuilt while a node is loading its first build, and that
+/// build's blob outlives a collection until the boot is over.
+#[test]
+fn image_gc_keeps_the_blob_of_a_boot_in_progress() {
+    let srv = TestServer::start();
+    let api = Api::admin(&srv);
+    let mac = "52:54:00:9c:00:01";
+    let (status, body) = api.send("POST", "/nodes", json!({"mac": mac}));
+    assert_eq!(status, 201, "{body}");
+    let token = token_of(&boot(&srv, mac));
+    assert_eq!(hello(&srv, &token, "gc"), 204);
+    assert_eq!(report(&srv, &token, "loading"), 204);
+
+    let images = ramboot::images::ImageStore::new(srv.dir.path().join("data/images"));
+    let pinned: ramboot::images::Digest = srv.rootfs_digest.parse().unwrap();
+    let rootfs = ramboot::images::ImageKind::Rootfs;
+    common::write_image(&images, srv.dir.path(), "tiny", rootfs, &[("rootfs", "squashfs", b"tiny, rebuilt")]);
+    common::write_image(&images, srv.dir.path(), "old", rootfs, &[("rootfs", "squashfs", b"unused")]);
+    let unused = images.manifest("old").unwrap().artifacts["rootfs"].digest;
+    assert_eq!(api.delete("/images/old").0, 204);
+    assert!(!images.blob_path(&unused).exists(), "an unreferenced blob is collected");
+    assert!(images.blob_path(&pinned).exists(), "the loading node's image survives the collection");
+
+    for state in ["handoff", "ready"] {
+        assert_eq!(report(&srv, &token, state), 204);
+    }
+    common::write_image(&images, srv.dir.path(), "old", rootfs, &[("rootfs", "squashfs", b"unused")]);
+    assert_eq!(api.delete("/images/old").0, 204);
+    assert!(!images.blob_path(&pinned).exists(), "once the boot is over, the old build is garbage");
 }

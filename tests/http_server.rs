@@ -3,6 +3,11 @@
 //!
 //! Timeouts here are short (1 s) and every assertion has wide margins: a bound is
 //! checked as "not before half of it" and "within several seconds of it".
+//!
+//! Per-address caps (connections, and the admin API's event streams) use 127.0.0.1
+//! and 127.0.0.2 as two clients: all of 127/8 is loopback.
+
+mod common;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
@@ -423,4 +428,126 @@ async fn shutdown_cuts_a_stalled_sendfile_download_at_the_drain_deadline() {
     let returned = cancelled.elapsed();
     eprintln!("drain deadline {SHORT:?}: serve() returned after {returned:?} with a stalled sendfile download");
     assert!(returned >= SHORT / 2, "returned after only {returned:?}: the download was not waited for");
+}
+
+/// A connection from `source` (any 127/8 address) to `server`.
+async fn connect_from(source: [u8; 4], server: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+/// The sum of a counter's samples with `label=value`, as `/metrics` renders it.
+fn counter(name: &str, label: &str, value: &str) -> f64 {
+    let text = ramboot::http::metrics::handle().render();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && s.labels.get(label) == Some(value))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// (7) One address may hold `max_connections_per_source` connections: the next
+/// is answered 503 with Retry-After and closed, without a request being read and
+/// counted; another address is served meanwhile; once a holder goes, the address
+/// is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_per_address_cap_get_503_and_others_are_served() {
+    ramboot::http::metrics::handle();
+    let refused_before = counter("ramboot_http_connections_refused_total", "reason", "per_source");
+    let server = start(ServerLimits { max_connections_per_source: 2, ..limits(Duration::from_secs(30)) }).await;
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut holder = connect_from([127, 0, 0, 1], server.addr).await;
+        // Served, so the loop has surely accepted it before the next connects.
+        get_request(&mut holder, "/hello").await;
+        let (head, _) = within(5, "holder served", read_response(&mut holder)).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        holders.push(holder);
+    }
+    let mut over = connect_from([127, 0, 0, 1], server.addr).await;
+    let (head, body) = within(5, "refusal", read_response(&mut over)).await;
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(head.contains("retry-after: 2") && head.contains("connection: close"), "{head}");
+    assert_eq!(body, b"too many connections from your address\n");
+    within(5, "refused connection closed", closed_by_server(&mut over)).await;
+    assert!(counter("ramboot_http_connections_refused_total", "reason", "per_source") - refused_before >= 1.0);
+
+    let mut other = connect_from([127, 0, 0, 2], server.addr).await;
+    get_request(&mut other, "/peer").await;
+    let (head, body) = within(5, "another address served", read_response(&mut other)).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.starts_with(b"127.0.0.2:"), "{}", String::from_utf8_lossy(&body));
+
+    // A holder leaves: its slot comes back (the server sees the close at once; a
+    // retry covers the moment in between).
+    drop(holders.pop());
+    let mut served = false;
+    for _ in 0..50 {
+        let mut again = connect_from([127, 0, 0, 1], server.addr).await;
+        get_request(&mut again, "/hello").await;
+        let (head, _) = within(5, "a response", read_response(&mut again)).await;
+        if head.starts_with("http/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "the address was not served again after a holder left");
+    server.cancel.cancel();
+    within(15, "serve() returning", server.handle).await.unwrap();
+}
+
+/// Opens `/api/v1/events/stream` from `source`; the response head, lower-cased, and
+/// the connection (kept open: the stream is the body).
+async fn open_event_stream(srv: &common::TestServer, source: [u8; 4]) -> (String, Vec<u8>, TcpStream) {
+    let addr: SocketAddr = srv.base.trim_start_matches("http://").parse().unwrap();
+    let mut stream = connect_from(source, addr).await;
+    let request =
+        format!("GET /api/v1/events/stream HTTP/1.1\r\nHost: test\r\nAuthorization: {}\r\n\r\n", srv.read_auth());
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (head, body) = within(10, "event stream head", read_head(&mut stream)).await;
+    (head, body, stream)
+}
+
+/// (8) Event streams are capped per address (default 4): the next gets a 503 with a
+/// JSON error naming the limit and is counted; another address still gets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_beyond_the_per_address_cap_get_503() {
+    ramboot::http::metrics::handle();
+    let refused_before = counter("ramboot_http_event_streams_refused_total", "reason", "per_source");
+    let srv = tokio::task::spawn_blocking(common::TestServer::start).await.unwrap();
+    let per_source = ramboot::config::HttpLimits::default().max_event_streams_per_source;
+    let mut open = Vec::new();
+    for _ in 0..per_source {
+        let (head, _, stream) = open_event_stream(&srv, [127, 0, 0, 1]).await;
+        assert!(head.starts_with("http/1.1 200") && head.contains("text/event-stream"), "{head}");
+        open.push(stream);
+    }
+    let (head, mut body, mut stream) = open_event_stream(&srv, [127, 0, 0, 1]).await;
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    let len = content_length(&head);
+    while body.len() < len {
+        let mut chunk = [0u8; 4096];
+        let n = within(5, "error body", stream.read(&mut chunk)).await.unwrap();
+        assert!(n > 0);
+        body.extend_from_slice(&chunk[..n]);
+    }
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "too_many_streams", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("already holds {per_source}")), "{message}");
+    assert!(counter("ramboot_http_event_streams_refused_total", "reason", "per_source") - refused_before >= 1.0);
+
+    let (head, _, _other) = open_event_stream(&srv, [127, 0, 0, 2]).await;
+    assert!(head.starts_with("http/1.1 200"), "another address gets a stream: {head}");
+    drop(open);
+    srv.shutdown.cancel();
+    let common::TestServer { runtime, .. } = srv;
+    tokio::task::spawn_blocking(move || runtime.join().unwrap()).await.unwrap();
 }

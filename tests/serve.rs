@@ -127,3 +127,37 @@ fn serve_refuses_a_config_with_an_unknown_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ramboot.yaml:2:1: unknown field `server_adress`"), "{stderr}");
 }
+
+/// A secrets file the group or others can read stops `ramboot serve` before any
+/// socket opens, with the path and the fix; the data directory it had already
+/// made private (0700, tightened from 0755) stays so.
+#[test]
+fn serve_refuses_a_world_readable_secrets_file_and_keeps_its_data_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secrets = dir.path().join("secrets.yaml");
+    std::fs::write(&secrets, "db_password: hunter2\n").unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(
+        dir.path().join("ramboot.yaml"),
+        "interface: lo\nserver_address: 127.0.0.1\ndhcp:\n  subnet: 127.0.0.0/8\n  range: [127.0.0.100, 127.0.0.200]\n\
+         secrets: secrets.yaml\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("ramboot.yaml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("chmod 600 {}", secrets.display())), "{stderr}");
+    assert!(stderr.contains("mode 644"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(!data.join("ramboot.db").exists(), "refused before the database was opened");
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+}

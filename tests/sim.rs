@@ -61,9 +61,11 @@ fn twenty_simulated_nodes_boot_to_ready_through_dhcp_tftp_and_http() {
          files:\n  - path: /etc/motd\n    template: \"{{ node.hostname }}\\n\"\n",
     )
     .unwrap();
+    // The simulator's nodes all fetch from its one address: more TFTP sessions per
+    // address than a real node needs (HTTP's default of 64 covers 20 nodes).
     let config = format!(
         "interface: {server_if}\nserver_address: {SERVER_IP}\nhttp:\n  listen: {SERVER_IP}:8080\n\
-         tftp:\n  listen: {SERVER_IP}:69\ndhcp:\n  subnet: 10.67.0.0/16\n  range: [10.67.1.0, 10.67.1.250]\n  \
+         tftp:\n  listen: {SERVER_IP}:69\n  max_sessions_per_source: 64\ndhcp:\n  subnet: 10.67.0.0/16\n  range: [10.67.1.0, 10.67.1.250]\n  \
          router: {SERVER_IP}\ndefault_profile: tiny\n"
     );
     let ramboot = lab.start_ramboot(&server_ns, &config, "info");

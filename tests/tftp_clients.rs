@@ -235,6 +235,164 @@ async fn a_lost_block_in_a_window_is_resent_and_the_file_arrives_whole() {
 }
 
 // ---------------------------------------------------------------------------------
+// Bounds against floods
+
+/// Download `undionly.kpxe` from `port` with the core's client, from a socket bound
+/// to `local`; the file's bytes, or the error (a refusal is `Server { .. }`).
+async fn download_from(local: Ipv4Addr, port: u16) -> Result<Vec<u8>, String> {
+    use ramboot_core::tftp::client::{Download, ReadRequest, Step};
+    let socket = tokio::net::UdpSocket::bind((local, 0)).await.unwrap();
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let request =
+        ReadRequest { filename: "undionly.kpxe".into(), blksize: Some(1468), windowsize: Some(8), tsize: true };
+    let (mut download, rrq) = Download::start(request, 5);
+    socket.send_to(&rrq, server).await.unwrap();
+    let (mut file, mut peer, mut buf) = (Vec::new(), None, vec![0u8; 70_000]);
+    // Bounded: every packet or timeout moves the state machine, which gives up
+    // after its tries; the loop's own cap is a backstop.
+    for _ in 0..100_000 {
+        let step = match tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buf)).await {
+            Err(_) => download.on_timeout(),
+            Ok(r) => {
+                let (n, from) = r.unwrap();
+                peer.get_or_insert(from);
+                download.on_packet(&buf[..n])
+            }
+        };
+        let to = peer.unwrap_or(server);
+        match step {
+            Step::Data { keep, reply } => {
+                file.extend_from_slice(keep);
+                if let Some(p) = reply {
+                    socket.send_to(&p, to).await.unwrap();
+                }
+                if download.is_complete() {
+                    return Ok(file);
+                }
+            }
+            Step::Send(p) => {
+                socket.send_to(&p, to).await.unwrap();
+            }
+            Step::Wait => {}
+            Step::Failed { error, .. } => return Err(error.to_string()),
+        }
+    }
+    Err("no end".into())
+}
+
+/// The counter `ramboot_tftp_sessions_total{outcome}` as the metrics endpoint renders it.
+fn sessions_counter(outcome: &str) -> f64 {
+    let text = ramboot::http::metrics::handle().render();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "ramboot_tftp_sessions_total" && s.labels.get("outcome") == Some(outcome))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// A flood of read requests from one address: beyond its cap each is answered with
+/// an ERROR and counted, another address is still served meanwhile, the flood's
+/// sessions (which never ACK) end at the session lifetime, and afterwards the
+/// flooding address is served again: nothing is held for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_flood_from_one_address_is_refused_recorded_and_leaks_nothing() {
+    const FLOOD: usize = 24;
+    const PER_SOURCE: usize = 4;
+    ramboot::http::metrics::handle();
+    let t = {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ipxe");
+        std::fs::create_dir_all(&root).unwrap();
+        let payload = common::pattern(100 * 1024 + 7);
+        std::fs::write(root.join("undionly.kpxe"), &payload).unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let cancel = CancellationToken::new();
+        let limits = ramboot::tftp::TftpLimits {
+            max_sessions_per_source: PER_SOURCE,
+            // Long enough that the flood's sessions outlive the flood on a busy
+            // machine; short enough to wait for.
+            max_session: Duration::from_secs(6),
+            ..Default::default()
+        };
+        let stop = cancel.clone();
+        tokio::spawn(async move { ramboot::tftp::serve_with(&root, socket, limits, stop).await.unwrap() });
+        Tftp { port, dir, payload, cancel }
+    };
+    let (busy_before, expired_before) = (sessions_counter("source_busy"), sessions_counter("expired"));
+
+    // The flood: each request from its own port of 127.0.0.1, none ever ACKs.
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        let c = RawClient::new(t.port).await;
+        c.rrq(&[("blksize", "1468"), ("tsize", "0")]).await;
+        flood.push(c);
+    }
+    let (mut sessions, mut refused) = (0, 0);
+    for c in &flood {
+        let (packet, from) = c.recv(Duration::from_secs(5)).await.expect("an answer to every request");
+        match &packet[..2] {
+            [0, 6] => sessions += 1,
+            [0, 5] => {
+                assert_eq!(from.port(), t.port, "refusals come from the server port");
+                assert_eq!(&packet[2..4], &[0, 0], "ERROR 0");
+                let text = String::from_utf8_lossy(&packet[4..]);
+                assert!(text.contains("too many sessions from your address"), "{text}");
+                refused += 1;
+            }
+            other => panic!("unexpected opcode {other:?}"),
+        }
+    }
+    assert_eq!((sessions, refused), (PER_SOURCE, FLOOD - PER_SOURCE));
+    assert!(sessions_counter("source_busy") - busy_before >= refused as f64, "refusals counted");
+
+    // Meanwhile another address is served in full.
+    let got = download_from(Ipv4Addr::new(127, 0, 0, 2), t.port).await.expect("another address is served");
+    assert!(got == t.payload, "downloaded bytes differ");
+
+    // The flood's sessions end at their lifetime (each tells its client why); then
+    // the flooding address gets sessions again.
+    for c in flood.iter().take(PER_SOURCE) {
+        let mut ended = false;
+        for _ in 0..20 {
+            match c.recv(Duration::from_secs(2)).await {
+                Some((p, _)) if p.starts_with(&[0, 5]) => {
+                    assert!(String::from_utf8_lossy(&p[4..]).contains("time limit"));
+                    ended = true;
+                    break;
+                }
+                // OACK resends while the session waits for ACK 0.
+                Some(_) => continue,
+                None => continue,
+            }
+        }
+        assert!(ended, "a flood session never ended");
+    }
+    assert!(sessions_counter("expired") - expired_before >= PER_SOURCE as f64, "expiries counted");
+    let mut served = None;
+    for _ in 0..10 {
+        match download_from(Ipv4Addr::LOCALHOST, t.port).await {
+            Ok(bytes) => {
+                served = Some(bytes);
+                break;
+            }
+            // The last expiry and this request may cross; a refusal is answered at once.
+            Err(e) => {
+                eprintln!("flooding address refused again: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    assert!(served.is_some_and(|b| b == t.payload), "the flooding address is served once its sessions ended");
+    t.cancel.cancel();
+}
+
+// ---------------------------------------------------------------------------------
 // A real iPXE ROM in QEMU fetches undionly.kpxe with its own TFTP client
 //
 // dnsmasq is the site's DHCP server and points next-server at ramboot, which serves

@@ -10,6 +10,11 @@
 //! `ramboot-agent ready` runs in stage two and reports the node ready.
 //!
 //! Built static (`-C target-feature=+crt-static`) so it runs on busybox alone.
+//!
+//! Secrets (the boot token, CHAP secrets) are registered as soon as they are known
+//! ([`keep_secret`]) and cut out of everything the agent prints or reports
+//! ([`say`], [`Server::report`]): a failed command's error quotes its arguments,
+//! and `iscsiadm ... -v <secret>` must not reach the node's event log.
 
 // ureq 2 returns its large `Error` by value; it is only built on failure paths.
 #![allow(clippy::result_large_err)]
@@ -22,6 +27,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const WORK: &str = "/run/ramboot";
@@ -48,7 +54,45 @@ fn main() {
 }
 
 fn say(msg: &str) {
-    println!("ramboot-agent: {msg}");
+    println!("ramboot-agent: {}", redacted(msg));
+}
+
+/// What stands in for a secret in messages.
+const REDACTED: &str = "[redacted]";
+/// Shorter values are not treated as secrets: cutting every "ab" out of messages
+/// would garble them and protect nothing (tokens are 64 characters, CHAP secrets
+/// 12 to 16).
+const MIN_SECRET_LEN: usize = 6;
+
+/// Values never to appear in what the agent prints or reports.
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn keep_secret(value: &str) {
+    if value.len() < MIN_SECRET_LEN {
+        return;
+    }
+    let mut secrets = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    if !secrets.iter().any(|s| s == value) {
+        secrets.push(value.to_string());
+        // Longest first: a secret that contains another is cut out whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+}
+
+/// `text` with every registered secret replaced.
+fn redacted(text: &str) -> String {
+    redact(text, &SECRETS.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// `text` with each of `secrets` (longest first) replaced by [`REDACTED`].
+fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| s.len() >= MIN_SECRET_LEN) {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), REDACTED);
+        }
+    }
+    out
 }
 
 struct Server {
@@ -63,6 +107,7 @@ impl Server {
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(60))
             .build();
+        keep_secret(&args.token);
         Server { base: args.server.trim_end_matches('/').to_string(), token: args.token.clone(), http }
     }
 
@@ -82,8 +127,9 @@ impl Server {
         retry(url, || self.http.get(url).set("Authorization", &self.auth()).call())
     }
 
+    /// Every event leaves through here, without secrets.
     fn report(&self, state: Option<ReportedState>, message: &str, progress: Option<Progress>) -> Result<()> {
-        self.post(paths::EVENTS, &AgentEvent { state, message: message.to_string(), progress })
+        self.post(paths::EVENTS, &AgentEvent { state, message: redacted(message), progress })
     }
 }
 
@@ -132,6 +178,9 @@ fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
     ));
     server.post(paths::HELLO, &inventory)?;
     let plan = wait_for_plan(server)?;
+    if let Some(iscsi) = &plan.iscsi {
+        keep_secret(&iscsi.chap_secret);
+    }
     say(&format!(
         "plan: profile {}, image {} ({}, {})",
         plan.profile,
@@ -391,6 +440,7 @@ const VOLUMES_HOOK: &str = "/etc/ramboot/hooks/volumes-ready";
 fn iscsi_login_inner() -> Result<String> {
     let text = fs::read_to_string(ISCSI_PLAN).map_err(|e| format!("{ISCSI_PLAN}: {e}"))?;
     let plan: PlanIscsi = serde_json::from_str(&text).map_err(|e| format!("{ISCSI_PLAN}: {e}"))?;
+    keep_secret(&plan.chap_secret);
     let (target, portal) = (plan.target_iqn.as_str(), plan.portal.as_str());
     run("iscsiadm", &["-m", "discovery", "-t", "sendtargets", "-p", portal])?;
     for (name, value) in [
@@ -468,5 +518,35 @@ fn inventory() -> Inventory {
             uuid: dmi("product_uuid"),
         },
         kernel: read_trim("/proc/sys/kernel/osrelease"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_cut_out_of_messages() {
+        let secrets = vec!["0123456789abcdef0123".to_string(), "chapsecret12".to_string()];
+        let failed = "iscsiadm -m node -T iqn.x:target-1 -p 10.0.0.1:3260 -o update \
+                      -n node.session.auth.password -v chapsecret12: iscsiadm: no records found";
+        let out = redact(failed, &secrets);
+        assert!(!out.contains("chapsecret12"), "{out}");
+        assert!(out.contains("-v [redacted]: iscsiadm: no records found"), "{out}");
+        assert_eq!(
+            redact("token 0123456789abcdef0123 and again 0123456789abcdef0123", &secrets),
+            "token [redacted] and again [redacted]"
+        );
+        assert_eq!(redact("nothing secret here", &secrets), "nothing secret here");
+        // Too short to be a secret: never garbles messages.
+        assert_eq!(redact("a b c", &["a".to_string()]), "a b c");
+    }
+
+    #[test]
+    fn a_secret_containing_another_is_cut_out_whole() {
+        keep_secret("short1");
+        keep_secret("short1-and-longer");
+        keep_secret("tiny");
+        assert_eq!(redacted("x short1-and-longer y short1 z tiny"), "x [redacted] y [redacted] z tiny");
     }
 }

@@ -168,7 +168,7 @@ class Ramboot(Server):
         d = self.workdir
         cmd, env = ramboot_command(self.args, d, ("data", "profiles", "ipxe"), f"""interface: {self.topo.server_if}
 server_address: {SERVER_IP}
-http: {{listen: "{SERVER_IP}:{HTTP_PORT}"}}
+http: {{listen: "{SERVER_IP}:{HTTP_PORT}", max_connections_per_source: 4096}}
 tftp: {{listen: "{SERVER_IP}:10069"}}
 dhcp: {{subnet: {SUBNET}, range: [10.81.0.100, 10.81.0.200], port: 10067}}
 paths: {{data: {d}/data, profiles: {d}/profiles, ipxe: {d}/ipxe}}

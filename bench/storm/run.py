@@ -93,8 +93,8 @@ def ramboot_config(workdir: Path, topo: Topology) -> Path:
     cfg = workdir / "ramboot.yaml"
     cfg.write_text(f"""interface: {topo.server_if}
 server_address: {SERVER_IP}
-http: {{listen: "{SERVER_IP}:{HTTP_PORT}"}}
-tftp: {{listen: "{SERVER_IP}:69"}}
+http: {{listen: "{SERVER_IP}:{HTTP_PORT}", max_connections_per_source: 4096}}
+tftp: {{listen: "{SERVER_IP}:69", max_sessions_per_source: 1024}}
 dhcp: {{subnet: {SUBNET}, range: [{LEASE_FIRST}, {LEASE_LAST}], router: {SERVER_IP}}}
 default_profile: storm
 paths: {{data: {workdir}/data, profiles: {workdir}/profiles, ipxe: {workdir}/ipxe}}

@@ -127,7 +127,7 @@ class Ramboot(Server):
         return ramboot_command(self.args, d, ("data", "profiles"), f"""interface: {self.topo.server_if}
 server_address: {SERVER_IP}
 http: {{listen: "{SERVER_IP}:18080"}}
-tftp: {{listen: "{SERVER_IP}:{TFTP_PORT}"}}
+tftp: {{listen: "{SERVER_IP}:{TFTP_PORT}", max_sessions_per_source: 1024}}
 dhcp: {{subnet: {SUBNET}, range: [10.79.0.100, 10.79.0.200], port: 10067}}
 paths: {{data: {d}/data, profiles: {d}/profiles, ipxe: {self.root}}}
 """)

@@ -46,10 +46,21 @@ fn describe() {
         "ramboot_dhcp_commit_failures_total",
         "Lease batches the database refused (no ACKs sent, pool rolled back)"
     );
-    metrics::describe_counter!("ramboot_tftp_sessions_total", "TFTP read requests, by outcome");
+    metrics::describe_counter!(
+        "ramboot_tftp_sessions_total",
+        "TFTP read requests, by outcome (served, busy and source_busy refusals, expired sessions, ...)"
+    );
     metrics::describe_counter!("ramboot_tftp_bytes_total", "Bytes of files opened for TFTP transfer");
     metrics::describe_counter!("ramboot_http_artifact_bytes_total", "Artifact bytes sent over HTTP");
     metrics::describe_gauge!("ramboot_http_artifact_downloads_in_flight", "Artifact downloads in progress");
+    metrics::describe_counter!(
+        "ramboot_http_connections_refused_total",
+        "HTTP connections refused (503) because their address held too many, by reason"
+    );
+    metrics::describe_counter!(
+        "ramboot_http_event_streams_refused_total",
+        "Event streams refused (503), by reason (per_source, total)"
+    );
     metrics::describe_gauge!("ramboot_nodes", "Nodes by lifecycle state");
     metrics::describe_histogram!("ramboot_boot_phase_duration_seconds", "Time spent in each boot phase, by profile");
     metrics::describe_counter!("ramboot_profile_reloads_total", "Profile directory reloads, by outcome");

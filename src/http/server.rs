@@ -13,12 +13,17 @@
 //!   response (or vanishes) is dropped by the kernel after `stall_timeout`.
 //! - at most `max_connections` open at once; beyond that the loop stops accepting and
 //!   new connections wait in the kernel's listen backlog.
+//! - at most `max_connections_per_source` open from one address: one client cannot
+//!   take every slot. Beyond it a connection is answered `503` with `Retry-After`
+//!   before anything is read, and closed (counted in
+//!   `ramboot_http_connections_refused_total`, warned at most once a minute).
 //!
 //! On cancel it stops accepting (closing the listener, so new connections are
 //! refused), lets every open connection finish its current response, and closes
 //! whatever is still open after `drain`.
 
 use super::sendfile::Artifacts;
+use crate::limits::{SourceSlots, Throttle};
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
@@ -49,6 +54,13 @@ pub const MAX_BUF_SIZE: usize = 64 * 1024;
 /// Open connections at most: a boot storm of a few thousand nodes fits, and file
 /// descriptors and per-connection memory stay bounded.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Open connections from one address at most. A node uses one or two (iPXE opens
+/// one per file); the fleet simulator, many nodes behind one address, raises it.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+/// What a connection over its address's cap gets before it is closed. Written
+/// before reading (the request is never parsed), so nothing is spent on it.
+const SOURCE_BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nConnection: close\r\n\
+    Content-Type: text/plain\r\nContent-Length: 39\r\n\r\ntoo many connections from your address\n";
 /// How long shutdown waits for in-flight responses before closing their connections.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The "connection cap reached" warning is logged at most this often.
@@ -68,6 +80,8 @@ pub struct ServerLimits {
     pub max_buf_size: usize,
     /// Open connections at most (at least 1).
     pub max_connections: usize,
+    /// Open connections from one address at most (at least 1).
+    pub max_connections_per_source: usize,
     /// How long shutdown waits for open connections.
     pub drain: Duration,
 }
@@ -79,6 +93,7 @@ impl Default for ServerLimits {
             stall_timeout: STALL_TIMEOUT,
             max_buf_size: MAX_BUF_SIZE,
             max_connections: MAX_CONNECTIONS,
+            max_connections_per_source: MAX_CONNECTIONS_PER_SOURCE,
             drain: DRAIN_TIMEOUT,
         }
     }
@@ -113,6 +128,8 @@ pub async fn serve(
     // Cancelled when the drain deadline passes: the connections still open end.
     let cut = CancellationToken::new();
     let mut cap_warned: Option<Instant> = None;
+    let per_source = SourceSlots::default();
+    let mut source_refusals = Throttle::new(CAP_WARN_INTERVAL);
     debug!(?limits, "HTTP serving");
 
     loop {
@@ -152,6 +169,19 @@ pub async fn serve(
                 }
             },
         };
+        let source_slot = match per_source.try_acquire(remote.ip(), limits.max_connections_per_source.max(1), None) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                metrics::counter!("ramboot_http_connections_refused_total", "reason" => refused.label()).increment(1);
+                if let Some(suppressed) = source_refusals.allow(Instant::now()) {
+                    warn!(%remote, reason = %refused, suppressed, "HTTP connection refused (503); `suppressed` more since the last warning");
+                }
+                // A fresh socket's send buffer takes this at once; if not, the client
+                // just sees the close. Never waits, so a flood cannot stall the loop.
+                let _ = stream.try_write(SOURCE_BUSY);
+                continue;
+            }
+        };
         set_socket_options(&stream, limits.stall_timeout);
 
         let service = TowerToHyperService::new(app.clone());
@@ -162,8 +192,8 @@ pub async fn serve(
         let (http, watcher, artifacts) = (http.clone(), graceful.watcher(), artifacts.clone());
         let (cut, shutdown, idle) = (cut.clone(), cancel.clone(), limits.header_read_timeout);
         connections.spawn(async move {
-            // Held until the connection ends: frees its slot.
-            let _slot = slot;
+            // Held until the connection ends: frees its slots.
+            let _slots = (slot, source_slot);
             let stream = match &artifacts {
                 Some(fast) => match fast.serve(stream, idle, &shutdown, &cut).await {
                     Some(stream) => stream,

@@ -139,7 +139,14 @@ pub fn ensure_backing(path: &Path, size: u64) -> Result<(), IscsiError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io)?;
+    // A node's disk: readable by the server (and tgtd, as root) only.
+    let file = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true),
+        crate::files::FILE_MODE,
+    )
+    .open(path)
+    .map_err(io)?;
+    crate::files::restrict_file(path).map_err(io)?;
     let have = file.metadata().map_err(io)?.len();
     if have > size {
         return Err(IscsiError::Shrink { path: path.to_path_buf(), have, want: size });
@@ -175,6 +182,7 @@ mod tests {
         ensure_backing(&path, 1 << 30).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), 1 << 30);
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600, "private");
         assert!(std::os::unix::fs::MetadataExt::blocks(&meta) < 64, "sparse: no blocks allocated up front");
         std::fs::write(&path, b"data").unwrap();
         ensure_backing(&path, 4).unwrap();

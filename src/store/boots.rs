@@ -325,6 +325,19 @@ impl Store {
         .await?;
         Ok(done.rows_affected())
     }
+
+    /// Digests of the root filesystems pinned by boots in progress (not yet ready,
+    /// failed or superseded): image garbage collection must keep these blobs even
+    /// when no manifest names them any more.
+    pub async fn pinned_digests(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query(
+            "SELECT DISTINCT image_digest FROM boots WHERE finished_at_ms IS NULL AND image_digest IS NOT NULL",
+        )
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(|r| r.try_get::<String, _>("image_digest").map_err(StoreError::from)).collect()
+    }
 }
 
 #[cfg(test)]
@@ -332,6 +345,37 @@ mod tests {
     use crate::store::testing::{store, MAC};
     use crate::store::StoreError;
     use ramboot_core::node::NodeState;
+
+    #[tokio::test]
+    async fn only_boots_in_progress_pin_their_image() {
+        let (s, _d) = store().await;
+        let node = s.ensure_node(MAC, 1000).await.unwrap();
+        let image = |digest: &str| super::BootImage {
+            name: "web".into(),
+            digest: digest.into(),
+            size: 1,
+            format: "squashfs".into(),
+        };
+        assert!(s.pinned_digests().await.unwrap().is_empty());
+        let first = s
+            .start_boot(node.id, "web", Some(&image("aa")), &crate::store::testing::token("h1"), 2000, "test")
+            .await
+            .unwrap();
+        assert_eq!(s.pinned_digests().await.unwrap(), ["aa".to_string()].into());
+        // A new boot supersedes the first: only the new one pins.
+        let second = s
+            .start_boot(node.id, "web", Some(&image("bb")), &crate::store::testing::token("h2"), 3000, "test")
+            .await
+            .unwrap();
+        assert_ne!(first, second);
+        assert_eq!(s.pinned_digests().await.unwrap(), ["bb".to_string()].into());
+        s.agent_transition(node.id, second, NodeState::Stage1, "hello", 4000).await.unwrap();
+        s.agent_transition(node.id, second, NodeState::Loading, "fetch", 5000).await.unwrap();
+        assert_eq!(s.pinned_digests().await.unwrap().len(), 1, "loading: still pinned");
+        s.agent_transition(node.id, second, NodeState::Handoff, "mounted", 6000).await.unwrap();
+        s.agent_transition(node.id, second, NodeState::Ready, "up", 7000).await.unwrap();
+        assert!(s.pinned_digests().await.unwrap().is_empty(), "a finished boot pins nothing");
+    }
 
     #[tokio::test]
     async fn boot_timeline_moves_forward_only_and_records_phases() {

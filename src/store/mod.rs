@@ -180,7 +180,11 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        restrict_database_files(&options)?;
         let pool = pool_options(4).connect_with(options.clone()).await?;
+        // SQLite creates -wal and -shm with the database's mode; an older one may
+        // have left them looser.
+        restrict_database_files(&options)?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         // Opened on first use: a CLI or test that never commits leases never opens it.
         let dhcp_writer = pool_options(1).connect_lazy_with(options);
@@ -206,6 +210,29 @@ impl Store {
     fn hosts_changed(&self) {
         self.hosts_rev.send_modify(|rev| *rev += 1);
     }
+}
+
+/// The database file is node state (and boot token hashes, CHAP secrets): 0600,
+/// created so before SQLite opens it, and its -wal/-shm with it.
+fn restrict_database_files(options: &SqliteConnectOptions) -> Result<(), StoreError> {
+    let db = options.get_filename();
+    let name = db.to_string_lossy();
+    // In-memory databases (sqlx names them `file:sqlx-in-memory-N`) have no file.
+    if name.is_empty() || name == ":memory:" || name.starts_with("file:") {
+        return Ok(());
+    }
+    let io = |e: std::io::Error| StoreError::Db(sqlx::Error::Io(e));
+    if !db.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        // An empty file is a valid new database to SQLite.
+        std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(db).map_err(io)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        crate::files::restrict_file(std::path::Path::new(&path)).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// An enum stored as its name: node state, lease state, event kind.
@@ -365,5 +392,34 @@ mod tests {
         round_trip(pool, &LeaseState::ALL).await;
         round_trip(pool, &EventKind::ALL).await;
         assert_eq!(format!("{:<8}|", EventKind::Dhcp), "dhcp    |", "padded as the CLI's table wants");
+    }
+}
+
+#[cfg(test)]
+mod file_mode_tests {
+    use super::testing::{store, MAC};
+    use super::Store;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_database_and_its_wal_files_are_private() {
+        let (s, dir) = store().await;
+        s.ensure_node(MAC, 1000).await.unwrap();
+        for name in ["t.db", "t.db-wal", "t.db-shm"] {
+            let path = dir.path().join(name);
+            assert!(path.exists(), "{name}");
+            assert_eq!(mode(&path), 0o600, "{name}");
+        }
+        s.close().await;
+        // A database an older version left world-readable is tightened on open.
+        let db = dir.path().join("t.db");
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = Store::open(&format!("sqlite://{}", db.display())).await.unwrap();
+        assert_eq!(mode(&db), 0o600);
+        s.close().await;
     }
 }

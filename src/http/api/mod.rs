@@ -2,7 +2,9 @@
 //!
 //! Every route needs an API token: reads take `auth::Operator` (any role), changes
 //! `auth::Admin`. Lists page by id (`after`, `limit`), newest state last. All errors
-//! have one shape (`ramboot_api::ErrorBody`). `/events/stream` is Server-Sent Events.
+//! have one shape (`ramboot_api::ErrorBody`). `/events/stream` is Server-Sent Events,
+//! capped in all and per client address (`http.max_event_streams*`): each open
+//! stream polls the store, so they are not free.
 //!
 //! The bodies, queries and views are `ramboot_api`'s; `convert` maps the store's rows
 //! and the loaded profiles and images into them. Handlers validate, call the store
@@ -16,7 +18,7 @@ use super::AppState;
 use crate::clock::now_ms;
 use crate::store::{self, NodeChange, NodeFilter};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
@@ -55,7 +57,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(grow_volume))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(delete_token))
+        // One count of open event streams per router (per server).
+        .layer(axum::Extension(EventStreams::default()))
 }
+
+/// Open event streams by client address, shared by the server's handlers.
+#[derive(Clone, Default)]
+struct EventStreams(crate::limits::SourceSlots);
 
 const MAX_LABELS: usize = 32;
 
@@ -395,8 +403,11 @@ async fn delete_image(
     if state.store.image_in_current_boot(&name).await? {
         return Err(in_use(format!("image {name:?} is being loaded by a booting node")));
     }
+    // Blobs of boots in progress survive the collection even if no manifest names
+    // them any more (the image was rebuilt while a node was loading it).
+    let pinned = state.store.pinned_digests().await?;
     let images = state.images.clone();
-    blocking(move || images.delete(&name)).await?;
+    blocking(move || images.delete(&name, &pinned)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -429,19 +440,36 @@ const STREAM_POLL: Duration = Duration::from_millis(500);
 
 #[utoipa::path(get, path = "/events/stream", tag = "events", params(StreamQuery),
     responses((status = 200, description = "Server-Sent Events: one `event` message (JSON `Event`) per event", content_type = "text/event-stream", body = String),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 503, description = "Too many event streams open (in all, or from this address)", body = ErrorBody)))]
 async fn event_stream(
     State(state): State<AppState>,
     _op: Operator,
+    axum::Extension(EventStreams(streams)): axum::Extension<EventStreams>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     q: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let q = query(q)?;
+    let limits = state.config.http_limits;
+    // Held by the stream: given back when the client goes or the server stops.
+    let slot = streams
+        .try_acquire(peer.ip(), limits.max_event_streams_per_source, Some(limits.max_event_streams))
+        .map_err(|refused| {
+            metrics::counter!("ramboot_http_event_streams_refused_total", "reason" => refused.label()).increment(1);
+            tracing::warn!(%peer, reason = %refused, "event stream refused");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_streams",
+                format!("too many event streams: {refused}; close one or poll /api/v1/events"),
+            )
+        })?;
     let mut after = match q.after {
         Some(a) if a >= 0 => a,
         Some(_) => return Err(ApiError::bad_request("after must not be negative")),
         None => state.store.last_event_id().await?,
     };
     let stream = async_stream::stream! {
+        let _slot = slot;
         loop {
             match state.store.all_events(after, MAX_PAGE).await {
                 Ok(events) => {

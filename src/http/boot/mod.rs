@@ -459,14 +459,15 @@ async fn overlay(State(state): State<AppState>, auth: BootAuth) -> Result<Respon
     Ok(([(header::CONTENT_TYPE, "application/x-tar")], archive).into_response())
 }
 
-/// Secrets are read at render time, so rotating one needs no restart.
+/// Secrets are read at render time, so rotating one needs no restart; a file
+/// others can read is refused every time (`crate::secrets`).
 async fn read_secrets(path: Option<&std::path::Path>) -> Result<BTreeMap<String, String>, ApiError> {
     let Some(path) = path else { return Ok(BTreeMap::new()) };
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || crate::yaml::load::<BTreeMap<String, String>>(&path))
+    tokio::task::spawn_blocking(move || crate::secrets::load(&path))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::internal(format!("secrets file: {e}")))
+        .map_err(ApiError::internal)
 }
 
 fn tar_of(files: &[crate::profiles::RenderedFile]) -> std::io::Result<Vec<u8>> {

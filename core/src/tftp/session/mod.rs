@@ -126,15 +126,27 @@ pub struct Limits {
     /// Largest block: 1468 fits one Ethernet frame (1500 − IP − UDP − TFTP headers).
     pub max_blksize: u16,
     pub max_windowsize: u16,
-    /// Resend timeout when the client asks for none.
+    /// Resend timeout when the client asks for none, or for one out of bounds.
     pub default_timeout: Duration,
+    /// The client's `timeout` option (RFC 2349) is accepted only within these
+    /// bounds (whole seconds). A long one would let a silent client hold a session
+    /// for minutes of back-off (255 s ×8 per resend).
+    pub min_timeout_secs: u8,
+    pub max_timeout_secs: u8,
     /// Resends of one window before the session is given up.
     pub max_retries: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_blksize: 1468, max_windowsize: 64, default_timeout: Duration::from_secs(1), max_retries: 5 }
+        Limits {
+            max_blksize: 1468,
+            max_windowsize: 64,
+            default_timeout: Duration::from_secs(1),
+            min_timeout_secs: 1,
+            max_timeout_secs: 10,
+            max_retries: 5,
+        }
     }
 }
 
@@ -164,7 +176,10 @@ pub fn negotiate(options: &[(String, String)], file_len: u64, limits: &Limits) -
                 n.windowsize = (v as u16).min(limits.max_windowsize);
                 acked.push(("windowsize", n.windowsize.to_string()));
             }
-            "timeout" if (1..=255).contains(&v) => {
+            // RFC 2349 §"Timeout Interval": the OACK must carry the client's value
+            // unchanged, so a value out of our bounds cannot be clamped in the answer:
+            // it is declined (left out of the OACK) and the server keeps its default.
+            "timeout" if timeout_accepted(v, limits) => {
                 n.timeout = Duration::from_secs(v);
                 acked.push(("timeout", v.to_string()));
             }
@@ -184,6 +199,12 @@ pub fn negotiate(options: &[(String, String)], file_len: u64, limits: &Limits) -
         n.oack = Some(p);
     }
     n
+}
+
+/// RFC 2349 allows 1..=255 s; we accept only what `limits` allow.
+fn timeout_accepted(secs: u64, limits: &Limits) -> bool {
+    (1..=255).contains(&secs)
+        && (u64::from(limits.min_timeout_secs)..=u64::from(limits.max_timeout_secs)).contains(&secs)
 }
 
 /// One packet to send.

@@ -146,3 +146,47 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_timeout_out_of_bounds_is_declined_not_altered() {
+    let limits = Limits { min_timeout_secs: 2, max_timeout_secs: 10, ..Limits::default() };
+    let negotiate_timeout = |secs: &str| {
+        let opts = vec![("timeout".to_string(), secs.to_string()), ("tsize".to_string(), "0".to_string())];
+        negotiate(&opts, 100, &limits)
+    };
+    // In bounds: accepted and echoed exactly (RFC 2349).
+    let n = negotiate_timeout("5");
+    assert_eq!(n.timeout, Duration::from_secs(5));
+    assert_eq!(&n.oack.unwrap()[2..], b"timeout\x005\x00tsize\x00100\x00");
+    for bounds in ["2", "10"] {
+        assert_eq!(negotiate_timeout(bounds).timeout, Duration::from_secs(bounds.parse().unwrap()));
+    }
+    // Out of our bounds (or of the RFC's 1..=255): left out of the OACK, our default used.
+    for declined in ["1", "11", "255", "256", "0", "-1", "x"] {
+        let n = negotiate_timeout(declined);
+        assert_eq!(n.timeout, limits.default_timeout, "{declined}");
+        assert_eq!(&n.oack.unwrap()[2..], b"tsize\x00100\x00", "{declined}");
+    }
+    // Only a declined timeout asked for: no OACK at all, straight to DATA.
+    let n = negotiate(&[("timeout".into(), "200".into())], 100, &limits);
+    assert!(n.oack.is_none());
+}
+
+#[test]
+fn the_default_limits_bound_a_silent_clients_hold() {
+    // With the largest timeout a client can get, a session that hears nothing gives
+    // up within 1 + 2 + 4 + 8 + 8 + 8 = 31 timeouts (the socket layer's session
+    // lifetime bounds it further).
+    let limits = Limits::default();
+    let opts = vec![("timeout".to_string(), limits.max_timeout_secs.to_string())];
+    let n = negotiate(&opts, 5000, &limits);
+    let (mut s, _) = Session::start(&n, 5000, &limits);
+    let mut waited = Duration::ZERO;
+    loop {
+        waited += s.timeout();
+        if let Step::Abort(_) = s.on_timeout() {
+            break;
+        }
+    }
+    assert_eq!(waited, Duration::from_secs(u64::from(limits.max_timeout_secs) * 31));
+}
