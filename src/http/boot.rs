@@ -292,7 +292,11 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
     };
     ensure_profile_volumes(&state, &auth.node, &profile, &volumes).await?;
     let iscsi = match &state.volumes {
-        Some(service) => service.node_plan(auth.node.id).await.map_err(iscsi_unavailable)?,
+        Some(service) => {
+            // The target admits the node from this address only (its last lease).
+            let address = auth.node.ip.as_deref().and_then(|ip| ip.parse().ok());
+            service.node_plan(auth.node.id, address).await.map_err(iscsi_unavailable)?
+        }
         None => None,
     };
     Ok(Json(Plan {
