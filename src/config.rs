@@ -415,6 +415,11 @@ impl IscsiConfig {
     pub fn chap_user(node: i64) -> String {
         format!("node-{node}")
     }
+    /// The account the target answers mutual CHAP with (tgt's accounts are global,
+    /// so one per node).
+    pub fn mutual_chap_user(node: i64) -> String {
+        format!("target-{node}")
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! iSCSI volumes through the admin API and the node's plan, against a real tgtd:
 //! create, attach (the node's plan then carries working credentials), detach
-//! (the export goes), and node deletion that keeps volumes unless asked.
+//! (the export goes), node deletion that keeps volumes unless asked, and mutual
+//! CHAP switched on and off per node.
 
 mod common;
 
@@ -68,8 +69,10 @@ fn volumes_are_exported_to_their_node_and_outlive_it() {
     let (user, secret) = (iscsi["chap_user"].as_str().unwrap(), iscsi["chap_secret"].as_str().unwrap());
     let (ok, out) = inq(&tgtd, initiator, target, user, secret);
     assert!(ok && out.contains("DIRECT_ACCESS"), "{out}");
-    let (ok, out) = inq(&tgtd, "iqn.2026-11.io.ramboot:node-99", target, user, secret);
-    assert!(!ok && out.contains("Target not found"), "{out}");
+    // The target admits the node's leased address with its CHAP secret (tgt cannot
+    // also require the IQN: see `iscsi::Export::acl`); another secret is refused.
+    let (ok, out) = inq(&tgtd, initiator, target, user, "not-the-secret-1");
+    assert!(!ok, "a wrong CHAP secret logged in: {out}");
 
     let detail: Value = serde_json::from_str(&get(&format!("/nodes/{MAC}")).1).unwrap();
     assert_eq!(detail["volumes"][0]["name"], "vm-disks");
@@ -117,6 +120,104 @@ fn without_iscsi_config_volume_changes_say_so() {
     );
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("iscsi_disabled"), "{body}");
+    let mac = "52:54:00:15:c5:0f";
+    let (status, _) =
+        send_json(agent().post(&srv.url("/api/v1/nodes")).set("Authorization", &srv.admin_auth()), json!({"mac": mac}));
+    assert_eq!(status, 201);
+    let (status, body) = send_json(
+        agent().put(&srv.url(&format!("/api/v1/nodes/{mac}/iscsi"))).set("Authorization", &srv.admin_auth()),
+        json!({"mutual_chap": true}),
+    );
+    assert!(status == 409 && body.contains("iscsi_disabled"), "{status} {body}");
+}
+
+/// Mutual CHAP through the API: on, the node's plan carries the target's account and
+/// an initiator that checks it logs in (and refuses a target with another secret);
+/// the API never shows a secret; off, the plan and the target drop it.
+#[test]
+fn mutual_chap_is_switched_per_node_through_the_api() {
+    if common::skipped("iSCSI mutual CHAP API", skip_reason()) {
+        return;
+    }
+    let tgtd = loopback_tgtd();
+    let config = format!("iscsi:\n  portal: 127.0.0.1:{}\n  tgt_control_port: {}\n", tgtd.portal, tgtd.control);
+    let srv = TestServer::start_with(Some("tiny"), &[], &config);
+    let http = agent();
+    let mac = "52:54:00:15:c5:0d";
+    let path = format!("/api/v1/nodes/{mac}/iscsi");
+    let api = |method: &str, path: &str, auth: &str, body: Value| {
+        send_json(http.request(method, &srv.url(path)).set("Authorization", auth), body)
+    };
+    assert_eq!(api("POST", "/api/v1/nodes", &srv.admin_auth(), json!({"mac": mac})).0, 201);
+    assert_eq!(api("POST", "/api/v1/volumes", &srv.admin_auth(), json!({"name": "mc", "size_bytes": 8 << 20})).0, 201);
+    assert_eq!(api("POST", "/api/v1/volumes/mc/attach", &srv.admin_auth(), json!({"node": mac})).0, 200);
+
+    let (status, body) = call(http.get(&srv.url(&path)).set("Authorization", &srv.read_auth()));
+    assert_eq!(status, 200, "{body}");
+    let view: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((view["mutual_chap"].clone(), view["mutual_chap_user"].clone()), (json!(false), Value::Null));
+    assert_eq!(api("PUT", &path, &srv.read_auth(), json!({"mutual_chap": true})).0, 403, "changes need admin");
+    let (status, body) = api("PUT", &path, &srv.admin_auth(), json!({"mutual_chap": true, "secret": "x"}));
+    assert!((400..500).contains(&status), "unknown fields are refused: {status} {body}");
+    let (status, body) = api("PUT", &path, &srv.admin_auth(), json!({"mutual_chap": true}));
+    assert_eq!(status, 200, "{body}");
+    let view: Value = serde_json::from_str(&body).unwrap();
+    let node_id = view["target_iqn"].as_str().unwrap().rsplit('-').next().unwrap().to_string();
+    assert_eq!(view["mutual_chap"], true);
+    assert_eq!(view["mutual_chap_user"], format!("target-{node_id}"));
+    assert!(!body.to_lowercase().contains("secret"), "no secret in the API: {body}");
+
+    srv.lease(mac);
+    let plan = || {
+        let token = token_of(&call(http.get(&srv.url(&format!("/boot.ipxe?mac={mac}")))).1);
+        let (status, plan) = call(http.get(&srv.url("/boot/v1/plan")).set("Authorization", &format!("Bearer {token}")));
+        assert_eq!(status, 200, "{plan}");
+        serde_json::from_str::<Value>(&plan).unwrap()["iscsi"].clone()
+    };
+    let iscsi = plan();
+    assert_eq!(iscsi["mutual_chap_user"], format!("target-{node_id}"));
+    let target_secret = iscsi["mutual_chap_secret"].as_str().unwrap().to_string();
+    assert_ne!(target_secret, iscsi["chap_secret"].as_str().unwrap(), "each direction has its own secret");
+    let inq = |target_user: &str, target_secret: &str| {
+        let url = tgtd.url(
+            iscsi["target_iqn"].as_str().unwrap(),
+            Some((iscsi["chap_user"].as_str().unwrap(), iscsi["chap_secret"].as_str().unwrap())),
+            1,
+        );
+        let out = Command::new("iscsi-inq")
+            .args(["-i", iscsi["initiator_iqn"].as_str().unwrap(), &url])
+            .env("LIBISCSI_CHAP_TARGET_USERNAME", target_user)
+            .env("LIBISCSI_CHAP_TARGET_PASSWORD", target_secret)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, out) = inq(&format!("target-{node_id}"), &target_secret);
+    assert!(ok && out.contains("DIRECT_ACCESS"), "{out}");
+    let (ok, out) = inq(&format!("target-{node_id}"), "NotTheTarget99");
+    assert!(!ok, "a target without the secret is refused: {out}");
+    assert_eq!(plan()["mutual_chap_secret"], target_secret.as_str(), "kept while on");
+
+    let (status, body) = api("PUT", &path, &srv.admin_auth(), json!({"mutual_chap": false}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["mutual_chap"], false);
+    let iscsi = plan();
+    assert!(iscsi.get("mutual_chap_user").is_none() && iscsi.get("mutual_chap_secret").is_none(), "{iscsi}");
+    let accounts = Command::new("tgtadm")
+        .args(["-C", &tgtd.control.to_string(), "--lld", "iscsi", "--op", "show", "--mode", "account"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&accounts.stdout).contains(&format!("target-{node_id}")));
+    let events = get_events(&srv, mac);
+    assert!(events.contains("mutual CHAP on") && events.contains("mutual CHAP off"), "{events}");
+    assert!(!events.contains(&target_secret), "secrets never reach the timeline");
+}
+
+fn get_events(srv: &TestServer, mac: &str) -> String {
+    call(agent().get(&srv.url(&format!("/api/v1/nodes/{mac}"))).set("Authorization", &srv.admin_auth())).1
 }
 
 #[test]
@@ -205,6 +306,30 @@ async fn reconcile_repairs_drift_from_the_store() {
     assert!(repaired[0].1.created_target, "{}", repaired[0].1.describe());
     assert!(targets(&tgtd).contains("iqn.2026-11.io.ramboot:target-"), "{}", targets(&tgtd));
     assert_eq!(&std::fs::read(&backing).unwrap()[..8], b"precious");
+
+    // With a lease, the target admits the node's address alone; a new lease moves it.
+    let lease = |ip: [u8; 4]| ramboot::store::LeaseOp::Grant {
+        mac: node.mac,
+        ip: ip.into(),
+        expires_at: u64::MAX >> 8,
+        netboot: true,
+        known: true,
+        arch: None,
+        uuid: None,
+    };
+    let stored = || Err(ramboot::store::StoreError::Corrupt("the secret should exist".into()));
+    let chap = store.chap_secret(node.id, stored).await.unwrap();
+    let (initiator, target) = (volumes.config.initiator_iqn(node.id), volumes.config.target_iqn(node.id));
+    let login = || inq(&tgtd, &initiator, &target, &format!("node-{}", node.id), &chap);
+    store.commit_dhcp(&[lease([127, 0, 0, 1])], 1).await.unwrap();
+    let repaired = volumes.reconcile().await.unwrap();
+    assert_eq!(repaired[0].1.unbound_initiators, [volumes.config.initiator_iqn(node.id)], "the IQN gives way");
+    assert!(login().0, "from the leased address");
+    store.commit_dhcp(&[lease([127, 0, 0, 9])], 2).await.unwrap();
+    let repaired = volumes.reconcile().await.unwrap();
+    assert_eq!(repaired[0].1.unbound_initiators, ["127.0.0.1"], "{}", repaired[0].1.describe());
+    let (ok, out) = login();
+    assert!(!ok && out.contains("Target not found"), "not from the old address: {out}");
 }
 
 /// A profile that declares volumes: each node gets its own (`<hostname>-<name>`),

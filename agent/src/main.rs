@@ -67,6 +67,14 @@ const MIN_SECRET_LEN: usize = 6;
 /// Values never to appear in what the agent prints or reports.
 static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// The plan's CHAP secrets, both ways.
+fn keep_iscsi_secrets(plan: &PlanIscsi) {
+    keep_secret(&plan.chap_secret);
+    if let Some(secret) = &plan.mutual_chap_secret {
+        keep_secret(secret);
+    }
+}
+
 fn keep_secret(value: &str) {
     if value.len() < MIN_SECRET_LEN {
         return;
@@ -179,7 +187,7 @@ fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
     server.post(paths::HELLO, &inventory)?;
     let plan = wait_for_plan(server)?;
     if let Some(iscsi) = &plan.iscsi {
-        keep_secret(&iscsi.chap_secret);
+        keep_iscsi_secrets(iscsi);
     }
     say(&format!(
         "plan: profile {}, image {} ({}, {})",
@@ -437,18 +445,32 @@ fn iscsi_login() -> Result<()> {
 const ISCSI_PLAN: &str = "/etc/ramboot/iscsi.json";
 const VOLUMES_HOOK: &str = "/etc/ramboot/hooks/volumes-ready";
 
-fn iscsi_login_inner() -> Result<String> {
-    let text = fs::read_to_string(ISCSI_PLAN).map_err(|e| format!("{ISCSI_PLAN}: {e}"))?;
-    let plan: PlanIscsi = serde_json::from_str(&text).map_err(|e| format!("{ISCSI_PLAN}: {e}"))?;
-    keep_secret(&plan.chap_secret);
-    let (target, portal) = (plan.target_iqn.as_str(), plan.portal.as_str());
-    run("iscsiadm", &["-m", "discovery", "-t", "sendtargets", "-p", portal])?;
-    for (name, value) in [
+/// open-iscsi's node settings for the plan: CHAP, and mutual CHAP (the target must
+/// prove itself with the account the plan names) when the plan has it.
+fn iscsi_settings(plan: &PlanIscsi) -> Vec<(&'static str, &str)> {
+    let mut settings = vec![
         ("node.session.auth.authmethod", "CHAP"),
         ("node.session.auth.username", plan.chap_user.as_str()),
         ("node.session.auth.password", plan.chap_secret.as_str()),
-    ] {
-        run("iscsiadm", &["-m", "node", "-T", target, "-p", portal, "-o", "update", "-n", name, "-v", value])?;
+    ];
+    if let (Some(user), Some(secret)) = (&plan.mutual_chap_user, &plan.mutual_chap_secret) {
+        settings.push(("node.session.auth.username_in", user.as_str()));
+        settings.push(("node.session.auth.password_in", secret.as_str()));
+    }
+    settings
+}
+
+fn iscsi_login_inner() -> Result<String> {
+    let text = fs::read_to_string(ISCSI_PLAN).map_err(|e| format!("{ISCSI_PLAN}: {e}"))?;
+    let plan: PlanIscsi = serde_json::from_str(&text).map_err(|e| format!("{ISCSI_PLAN}: {e}"))?;
+    keep_iscsi_secrets(&plan);
+    let (target, portal) = (plan.target_iqn.as_str(), plan.portal.as_str());
+    run("iscsiadm", &["-m", "discovery", "-t", "sendtargets", "-p", portal])?;
+    for (name, value) in iscsi_settings(&plan) {
+        let args = ["-m", "node", "-T", target, "-p", portal, "-o", "update", "-n", name, "-v", value];
+        // The error names the setting, never its value: it may be a secret, and
+        // errors reach the server's event log.
+        run("iscsiadm", &args).map_err(|_| format!("iscsiadm: could not set {name} for {target}"))?;
     }
     // A node that was killed may still hold a session in the target's eyes; a fresh
     // login replaces it.
@@ -548,5 +570,26 @@ mod tests {
         keep_secret("short1-and-longer");
         keep_secret("tiny");
         assert_eq!(redacted("x short1-and-longer y short1 z tiny"), "x [redacted] y [redacted] z tiny");
+    }
+
+    #[test]
+    fn mutual_chap_reaches_open_iscsi_only_when_planned() {
+        let mut plan = PlanIscsi {
+            initiator_iqn: "iqn.2026-11.io.ramboot:node-1".into(),
+            portal: "192.0.2.1:3260".into(),
+            target_iqn: "iqn.2026-11.io.ramboot:target-1".into(),
+            chap_user: "node-1".into(),
+            chap_secret: "abcdefghijkl".into(),
+            mutual_chap_user: None,
+            mutual_chap_secret: None,
+            luns: vec![],
+        };
+        let names = |p: &PlanIscsi| iscsi_settings(p).iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
+        assert!(!names(&plan).iter().any(|n| n.ends_with("_in")));
+        plan.mutual_chap_user = Some("target-1".into());
+        plan.mutual_chap_secret = Some("mnopqrstuvwx".into());
+        let settings = iscsi_settings(&plan);
+        assert!(settings.contains(&("node.session.auth.username_in", "target-1")));
+        assert!(settings.contains(&("node.session.auth.password_in", "mnopqrstuvwx")));
     }
 }

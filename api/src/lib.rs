@@ -25,7 +25,7 @@ pub use nodes::{
 pub use profiles::{OverlayFile, Profile, ProfileList, ProfileView, ProfileVolume, Selector, SourceError};
 pub use ramboot_core::node::{MacAddr, NodeState};
 pub use tokens::{CreatedToken, NewToken, Role, TokenInfo};
-pub use volumes::{Attach, Grow, NewVolume, Volume};
+pub use volumes::{Attach, Grow, IscsiSettings, NewVolume, NodeIscsi, Volume};
 
 /// A page holds at most this many items (`limit`, `last`).
 pub const MAX_PAGE: i64 = 500;

@@ -40,3 +40,27 @@ pub struct Grow {
     #[schema(minimum = 1048576)]
     pub size_bytes: u64,
 }
+
+/// How a node logs in to its volumes. Secrets are never shown here: they reach only
+/// the target and the node's own plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeIscsi {
+    pub initiator_iqn: String,
+    pub target_iqn: String,
+    /// The node's CHAP account (its secret is generated on first export).
+    pub chap_user: String,
+    /// Whether the target proves itself to the node too (mutual CHAP).
+    pub mutual_chap: bool,
+    /// The account the target answers with, when mutual CHAP is on.
+    pub mutual_chap_user: Option<String>,
+}
+
+/// `PUT /nodes/{id}/iscsi`: a node's iSCSI login settings.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiSettings {
+    /// On: the target gets a secret of its own (generated once, kept while on) and
+    /// the node's plan carries it, so the node logs in only to a target that knows
+    /// it. Off forgets that secret; on again makes a new one.
+    pub mutual_chap: bool,
+}

@@ -200,6 +200,12 @@ pub struct PlanIscsi {
     pub target_iqn: String,
     pub chap_user: String,
     pub chap_secret: String,
+    /// Mutual CHAP, if on: the target answers with this account, and the node
+    /// logs in only to a target that does (open-iscsi's `username_in`/`password_in`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_chap_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_chap_secret: Option<String>,
     pub luns: Vec<PlanLun>,
 }
 

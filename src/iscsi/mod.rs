@@ -6,10 +6,18 @@
 //! the target back ([`TargetState`]) so ramboot can reconcile: report drift and
 //! repair it. Every operation is idempotent. Backing files are sparse and are never
 //! deleted by an export change: data outlives exports.
+//!
+//! Access: a target admits one node, by its address when ramboot knows it (the
+//! address its boot was bound to, else its last lease), and only with its CHAP
+//! secret. tgt cannot require an initiator name *and* an address: its ACL is one
+//! allow-list of names and addresses, and either match admits a login (tested
+//! against tgt 1.0.85 in `tests/iscsi_tgt.rs`). So the ACL holds the address alone;
+//! the name is bound only while no address is known (see [`Export::acl`]).
 
 pub mod service;
 pub mod tgt;
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// A volume as the target sees it.
@@ -26,15 +34,57 @@ pub struct Chap {
     pub secret: String,
 }
 
-/// Everything one node may reach: one target, its LUNs, visible only to the node's
-/// initiator IQN, and only with its CHAP secret (plus, optionally, mutual CHAP).
+/// Everything one node may reach: one target, its LUNs, visible only to the node
+/// (its address, else its initiator IQN) and only with its CHAP secret (plus,
+/// optionally, mutual CHAP: the target proves itself to the node too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Export {
     pub target_iqn: String,
     pub initiator_iqn: String,
+    /// The node's current address, if known.
+    pub initiator_address: Option<IpAddr>,
     pub chap: Chap,
     pub mutual_chap: Option<Chap>,
     pub luns: Vec<Lun>,
+}
+
+/// One entry of a target's access list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclEntry {
+    /// An initiator IQN (`--initiator-name`).
+    Name(String),
+    /// An address, a network or `ALL` (`--initiator-address`), as tgt prints it.
+    Address(String),
+}
+
+impl AclEntry {
+    /// Classify an entry of `tgtadm --op show`, which lists both kinds in one list.
+    pub fn parse(entry: &str) -> AclEntry {
+        let host = entry.split('/').next().unwrap_or(entry).trim_start_matches('[').trim_end_matches(']');
+        if entry == "ALL" || host.parse::<IpAddr>().is_ok() {
+            AclEntry::Address(entry.to_string())
+        } else {
+            AclEntry::Name(entry.to_string())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            AclEntry::Name(s) | AclEntry::Address(s) => s,
+        }
+    }
+}
+
+impl Export {
+    /// Who may log in: the node's address alone when it is known (tgt admits a login
+    /// that matches *any* entry, so binding the IQN too would admit that IQN from
+    /// anywhere), else its IQN. CHAP is required either way.
+    pub fn acl(&self) -> Vec<AclEntry> {
+        match self.initiator_address {
+            Some(addr) => vec![AclEntry::Address(addr.to_string())],
+            None => vec![AclEntry::Name(self.initiator_iqn.clone())],
+        }
+    }
 }
 
 /// A target as the backend reports it.
@@ -44,7 +94,11 @@ pub struct TargetState {
     pub iqn: String,
     /// Data LUNs only (not tgt's controller LUN 0).
     pub luns: Vec<Lun>,
+    /// Incoming CHAP accounts (the initiator proves itself with one).
     pub accounts: Vec<String>,
+    /// The outgoing account (mutual CHAP: the target proves itself with it).
+    pub outgoing_account: Option<String>,
+    /// The access list: initiator names and addresses, in tgt's order.
     pub initiators: Vec<String>,
 }
 
@@ -52,9 +106,17 @@ pub struct TargetState {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Repair {
     pub created_target: bool,
+    /// LUNs removed because no volume wants them there (a detached volume, or a
+    /// number now backed by another file).
+    pub removed_luns: Vec<u32>,
     pub added_luns: Vec<u32>,
+    /// Access-list entries removed (an old address, a name no longer wanted).
+    pub unbound_initiators: Vec<String>,
     pub bound_initiator: bool,
+    pub unbound_accounts: Vec<String>,
     pub bound_account: bool,
+    /// The mutual CHAP account was bound (`Some(true)`) or removed (`Some(false)`).
+    pub mutual_chap: Option<bool>,
 }
 
 impl Repair {
@@ -68,14 +130,28 @@ impl Repair {
         if self.created_target {
             parts.push("target created".to_string());
         }
+        if !self.removed_luns.is_empty() {
+            parts.push(format!("stale LUNs removed: {:?}", self.removed_luns));
+        }
         if !self.added_luns.is_empty() {
             parts.push(format!("LUNs added: {:?}", self.added_luns));
+        }
+        if !self.unbound_initiators.is_empty() {
+            parts.push(format!("ACL entries removed: {:?}", self.unbound_initiators));
         }
         if self.bound_initiator {
             parts.push("initiator ACL bound".to_string());
         }
         if self.bound_account {
             parts.push("CHAP account bound".to_string());
+        }
+        if !self.unbound_accounts.is_empty() {
+            parts.push(format!("CHAP accounts unbound: {:?}", self.unbound_accounts));
+        }
+        match self.mutual_chap {
+            Some(true) => parts.push("mutual CHAP account bound".to_string()),
+            Some(false) => parts.push("mutual CHAP account removed".to_string()),
+            None => {}
         }
         if parts.is_empty() {
             "in sync".into()

@@ -6,6 +6,7 @@ use super::{ensure_backing, Backend, Chap, Export, IscsiError, Lun, Repair};
 use crate::config::IscsiConfig;
 use crate::store::{NodeId, Store, StoreError, Volume};
 use ramboot_core::plan::VolumeWanted;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use tracing::{info, warn};
 
@@ -21,8 +22,30 @@ pub enum VolumeError {
     Random(String),
 }
 
+/// A node's credentials: its CHAP secret and, if mutual CHAP is on, the target's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSecrets {
+    pub chap: String,
+    pub mutual: Option<String>,
+}
+
+/// Where a node is now, as far as ramboot knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAddress {
+    /// From the caller: the address the node's boot is bound to.
+    Is(Option<IpAddr>),
+    /// The node's last DHCP lease, from the store.
+    Stored,
+}
+
 /// The export ramboot wants for a node with these volumes (none: no export).
-pub fn desired_export(cfg: &IscsiConfig, node: NodeId, secret: &str, volumes: &[Volume]) -> Option<Export> {
+pub fn desired_export(
+    cfg: &IscsiConfig,
+    node: NodeId,
+    secrets: &NodeSecrets,
+    address: Option<IpAddr>,
+    volumes: &[Volume],
+) -> Option<Export> {
     let luns: Vec<Lun> = volumes
         .iter()
         .filter(|v| v.node_id == Some(node))
@@ -31,8 +54,12 @@ pub fn desired_export(cfg: &IscsiConfig, node: NodeId, secret: &str, volumes: &[
     (!luns.is_empty()).then(|| Export {
         target_iqn: cfg.target_iqn(node),
         initiator_iqn: cfg.initiator_iqn(node),
-        chap: Chap { user: IscsiConfig::chap_user(node), secret: secret.to_string() },
-        mutual_chap: None,
+        initiator_address: address,
+        chap: Chap { user: IscsiConfig::chap_user(node), secret: secrets.chap.clone() },
+        mutual_chap: secrets
+            .mutual
+            .as_ref()
+            .map(|secret| Chap { user: IscsiConfig::mutual_chap_user(node), secret: secret.clone() }),
         luns,
     })
 }
@@ -47,6 +74,17 @@ pub fn generate_chap_secret() -> Result<String, VolumeError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| VolumeError::Random(e.to_string()))?;
     Ok(bytes.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect())
+}
+
+/// A generated secret unlike `other` (a second draw is as good as the first).
+fn distinct_secret(other: &str) -> Result<String, VolumeError> {
+    for _ in 0..4 {
+        let s = generate_chap_secret()?;
+        if s != other {
+            return Ok(s);
+        }
+    }
+    Err(VolumeError::Random("the random source keeps repeating itself".into()))
 }
 
 /// Volume sizes: 1 MiB to 64 TiB, whole MiB (a block device wants aligned sizes).
@@ -108,6 +146,8 @@ impl<B: Backend> Volumes<B> {
         let volume = self.store.set_volume_size(name, size_bytes, now_ms).await?;
         if let (Some(node), Some(number)) = (volume.node_id, volume.lun) {
             self.backend.refresh_lun(&self.config.target_iqn(node), &Lun { number, backing: path }).await?;
+            // The rest of the export (other LUNs, ACL) as the store has it.
+            self.sync_node(node).await?;
         }
         Ok(volume)
     }
@@ -158,49 +198,110 @@ impl<B: Backend> Volumes<B> {
         Ok(notes)
     }
 
-    /// Make the node's export match its attached volumes.
+    /// Make the node's export match its attached volumes, admitting the node from
+    /// its last leased address (see [`NodeAddress`]).
     pub async fn sync_node(&self, node: NodeId) -> Result<Repair, VolumeError> {
-        Ok(self.sync(node).await?.0)
+        Ok(self.sync(node, NodeAddress::Stored).await?.0)
     }
 
     /// How the node reaches its volumes (none attached: `None`). The export is
-    /// brought in line first, so what the plan says is what the target has.
-    pub async fn node_plan(&self, node: NodeId) -> Result<Option<ramboot_proto::PlanIscsi>, VolumeError> {
-        let (_, export) = self.sync(node).await?;
-        Ok(export.map(|(export, volumes)| ramboot_proto::PlanIscsi {
-            portal: self.config.portal.to_string(),
-            luns: volumes
-                .iter()
-                .filter_map(|v| {
-                    v.lun.map(|lun| ramboot_proto::PlanLun { lun, volume: v.name.clone(), size_bytes: v.size_bytes })
-                })
-                .collect(),
-            initiator_iqn: export.initiator_iqn,
-            target_iqn: export.target_iqn,
-            chap_user: export.chap.user,
-            chap_secret: export.chap.secret,
+    /// brought in line first, so what the plan says is what the target has: LUNs,
+    /// and the ACL admitting `address` (the one the node's boot is bound to; `None`:
+    /// unknown, then the node's IQN is bound instead, see [`Export::acl`]).
+    pub async fn node_plan(
+        &self,
+        node: NodeId,
+        address: Option<IpAddr>,
+    ) -> Result<Option<ramboot_proto::PlanIscsi>, VolumeError> {
+        let (_, export) = self.sync(node, NodeAddress::Is(address)).await?;
+        Ok(export.map(|(export, volumes)| {
+            let (mutual_chap_user, mutual_chap_secret) = match export.mutual_chap {
+                Some(m) => (Some(m.user), Some(m.secret)),
+                None => (None, None),
+            };
+            ramboot_proto::PlanIscsi {
+                portal: self.config.portal.to_string(),
+                luns: volumes
+                    .iter()
+                    .filter_map(|v| {
+                        v.lun.map(|lun| ramboot_proto::PlanLun {
+                            lun,
+                            volume: v.name.clone(),
+                            size_bytes: v.size_bytes,
+                        })
+                    })
+                    .collect(),
+                initiator_iqn: export.initiator_iqn,
+                target_iqn: export.target_iqn,
+                chap_user: export.chap.user,
+                chap_secret: export.chap.secret,
+                mutual_chap_user,
+                mutual_chap_secret,
+            }
         }))
     }
 
-    async fn sync(&self, node: NodeId) -> Result<(Repair, Option<(Export, Vec<Volume>)>), VolumeError> {
+    /// Turn mutual CHAP on (a target secret generated once and kept) or off (the
+    /// secret forgotten: turning it on again makes a new one), then sync the export.
+    /// Returns whether it is on.
+    pub async fn set_mutual_chap(&self, node: NodeId, on: bool, now_ms: i64) -> Result<bool, VolumeError> {
+        if on {
+            let chap = self.store.chap_secret(node, generate_chap_secret).await?;
+            // Each direction has its own secret (RFC 7143 §12.1.3).
+            self.store.enable_mutual_chap(node, || distinct_secret(&chap), now_ms).await?;
+        } else {
+            self.store.disable_mutual_chap(node, now_ms).await?;
+        }
+        self.sync_node(node).await?;
+        Ok(on)
+    }
+
+    async fn address(&self, node: NodeId, address: NodeAddress) -> Result<Option<IpAddr>, VolumeError> {
+        match address {
+            NodeAddress::Is(a) => Ok(a),
+            NodeAddress::Stored => match self.store.node(node).await?.ip {
+                Some(ip) => {
+                    ip.parse().map(Some).map_err(|_| StoreError::Corrupt(format!("node {node}: address {ip:?}")).into())
+                }
+                None => Ok(None),
+            },
+        }
+    }
+
+    async fn sync(
+        &self,
+        node: NodeId,
+        address: NodeAddress,
+    ) -> Result<(Repair, Option<(Export, Vec<Volume>)>), VolumeError> {
         let volumes = self.store.node_volumes(node).await?;
         if volumes.is_empty() {
             self.backend.remove_export(&self.config.target_iqn(node)).await?;
             return Ok((Repair::default(), None));
         }
         // A failed random source is an error and stores nothing.
-        let secret = self.store.chap_secret(node, generate_chap_secret).await?;
+        let secrets = NodeSecrets {
+            chap: self.store.chap_secret(node, generate_chap_secret).await?,
+            mutual: self.store.mutual_chap_secret(node).await?,
+        };
         for v in &volumes {
             ensure_backing(&backing_path(&self.config, &v.name), v.size_bytes)?;
         }
-        let Some(export) = desired_export(&self.config, node, &secret, &volumes) else {
+        let address = self.address(node, address).await?;
+        if address.is_none() {
+            warn!(node, "no address known for the node: its iSCSI target admits its IQN (with CHAP) from anywhere");
+        }
+        let Some(export) = desired_export(&self.config, node, &secrets, address, &volumes) else {
             return Ok((Repair::default(), None));
         };
         let repair = self.backend.ensure_export(&export).await?;
+        if !repair.is_noop() {
+            info!(node, target = %export.target_iqn, change = %repair.describe(), "iSCSI export updated");
+        }
         Ok((repair, Some((export, volumes))))
     }
 
-    /// At start: compare every node's export with the target, repair drift, and
+    /// At start: compare every node's export with the target (the node admitted from
+    /// its last leased address), repair drift, and
     /// report targets under our prefix that no node wants (left alone: they may hold
     /// sessions an operator cares about).
     pub async fn reconcile(&self) -> Result<Vec<(NodeId, Repair)>, VolumeError> {
@@ -248,7 +349,8 @@ mod tests {
             vol("other", Some(4), Some(1)),
             vol("free", None, None),
         ];
-        let e = desired_export(&cfg(), 3, "abcdefghijklmnop", &vols).unwrap();
+        let secrets = NodeSecrets { chap: "abcdefghijklmnop".into(), mutual: None };
+        let e = desired_export(&cfg(), 3, &secrets, None, &vols).unwrap();
         assert_eq!(e.target_iqn, "iqn.2026-11.io.ramboot:target-3");
         assert_eq!(e.initiator_iqn, "iqn.2026-11.io.ramboot:node-3");
         assert_eq!(e.chap.user, "node-3");
@@ -259,7 +361,13 @@ mod tests {
                 (2, PathBuf::from("/var/lib/ramboot/volumes/vm-b.img")),
             ]
         );
-        assert!(desired_export(&cfg(), 5, "abcdefghijklmnop", &vols).is_none());
+        assert!(e.mutual_chap.is_none() && e.initiator_address.is_none());
+        assert!(desired_export(&cfg(), 5, &secrets, None, &vols).is_none());
+        let secrets = NodeSecrets { chap: "abcdefghijklmnop".into(), mutual: Some("qrstuvwxyzABCDEF".into()) };
+        let e = desired_export(&cfg(), 3, &secrets, Some("10.0.0.3".parse().unwrap()), &vols).unwrap();
+        let m = e.mutual_chap.as_ref().unwrap();
+        assert_eq!((m.user.as_str(), m.secret.as_str()), ("target-3", "qrstuvwxyzABCDEF"));
+        assert_eq!(e.acl(), [crate::iscsi::AclEntry::Address("10.0.0.3".into())]);
     }
 
     #[test]

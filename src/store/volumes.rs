@@ -1,5 +1,5 @@
 //! The `volumes` table (iSCSI VM disks and their attachment to nodes as LUNs), and
-//! each node's CHAP secret (a `nodes` column only iSCSI reads).
+//! each node's CHAP secrets (`nodes` columns only iSCSI reads).
 
 use super::events::{self, EventKind, NewEvent};
 use super::nodes::node_in;
@@ -181,12 +181,93 @@ impl Store {
         tx.commit().await.map_err(StoreError::from)?;
         Ok(secret)
     }
+
+    /// The target's mutual CHAP secret for the node, if mutual CHAP is on.
+    pub async fn mutual_chap_secret(&self, node: NodeId) -> Result<Option<String>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let row = sqlx::query("SELECT mutual_chap_secret FROM nodes WHERE id = ?")
+            .bind(node)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchNode(node.to_string()))?;
+        Ok(row.try_get("mutual_chap_secret")?)
+    }
+
+    /// Turn mutual CHAP on: a secret from `generate`, stored once (on again keeps
+    /// it). As with [`Store::chap_secret`], a failed `generate` stores nothing.
+    pub async fn enable_mutual_chap<E: From<StoreError>>(
+        &self,
+        node: NodeId,
+        generate: impl FnOnce() -> Result<String, E>,
+        now_ms: i64,
+    ) -> Result<(), E> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
+        let row = sqlx::query("SELECT mutual_chap_secret FROM nodes WHERE id = ?")
+            .bind(node)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| StoreError::NoSuchNode(node.to_string()))?;
+        if row.try_get::<Option<String>, _>("mutual_chap_secret").map_err(StoreError::from)?.is_some() {
+            return Ok(());
+        }
+        let secret = generate()?;
+        sqlx::query("UPDATE nodes SET mutual_chap_secret = ? WHERE id = ?")
+            .bind(&secret)
+            .bind(node)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        let note = NewEvent::note(node, None, EventKind::Info, "iSCSI mutual CHAP on");
+        events::insert(&mut *tx, &note, now_ms).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Turn mutual CHAP off, forgetting the target's secret.
+    pub async fn disable_mutual_chap(&self, node: NodeId, now_ms: i64) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        node_in(&mut tx, node).await?;
+        let result =
+            sqlx::query("UPDATE nodes SET mutual_chap_secret = NULL WHERE id = ? AND mutual_chap_secret IS NOT NULL")
+                .bind(node)
+                .execute(&mut *tx)
+                .await?;
+        if result.rows_affected() == 1 {
+            let note = NewEvent::note(node, None, EventKind::Info, "iSCSI mutual CHAP off");
+            events::insert(&mut *tx, &note, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use crate::store::testing::{store, MAC};
     use crate::store::StoreError;
+
+    #[tokio::test]
+    async fn mutual_chap_is_generated_once_and_forgotten_when_off() {
+        let (s, _d) = store().await;
+        let node = s.ensure_node(MAC, 0).await.unwrap();
+        assert_eq!(s.mutual_chap_secret(node.id).await.unwrap(), None);
+        let err = s.enable_mutual_chap(node.id, || Err(StoreError::Corrupt("no randomness".into())), 1).await;
+        assert!(matches!(err, Err(StoreError::Corrupt(_))));
+        assert_eq!(s.mutual_chap_secret(node.id).await.unwrap(), None, "a failed source stores nothing");
+        s.enable_mutual_chap(node.id, || Ok::<_, StoreError>("mnopqrstuvwx".into()), 2).await.unwrap();
+        s.enable_mutual_chap(node.id, || Ok::<_, StoreError>("other".into()), 3).await.unwrap();
+        assert_eq!(s.mutual_chap_secret(node.id).await.unwrap().as_deref(), Some("mnopqrstuvwx"), "kept");
+        s.disable_mutual_chap(node.id, 4).await.unwrap();
+        s.disable_mutual_chap(node.id, 5).await.unwrap();
+        assert_eq!(s.mutual_chap_secret(node.id).await.unwrap(), None);
+        let notes: Vec<String> = s.events(node.id, 0, 100).await.unwrap().into_iter().map(|e| e.message).collect();
+        assert_eq!(notes.iter().filter(|m| m.contains("mutual CHAP")).count(), 2, "{notes:?}");
+        assert!(matches!(s.disable_mutual_chap(999, 6).await, Err(StoreError::NoSuchNode(_))));
+        assert!(matches!(s.mutual_chap_secret(999).await, Err(StoreError::NoSuchNode(_))));
+    }
 
     #[tokio::test]
     async fn a_failed_secret_source_stores_nothing() {

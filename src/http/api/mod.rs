@@ -24,9 +24,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
 use convert::{all, profile_view};
 use ramboot_api::{
-    Attach, CreatedToken, DeleteNodeQuery, ErrorBody, Event, EventQuery, Grow, Lease, Maintenance, Manifest, NewNode,
-    NewToken, NewVolume, Node, NodeDetail, NodeList, NodeQuery, NodeUpdate, ProfileList, ProfileView, SourceError,
-    StreamQuery, TokenInfo, Volume, MAX_PAGE,
+    Attach, CreatedToken, DeleteNodeQuery, ErrorBody, Event, EventQuery, Grow, IscsiSettings, Lease, Maintenance,
+    Manifest, NewNode, NewToken, NewVolume, Node, NodeDetail, NodeIscsi, NodeList, NodeQuery, NodeUpdate, ProfileList,
+    ProfileView, SourceError, StreamQuery, TokenInfo, Volume, MAX_PAGE,
 };
 use ramboot_core::node::{valid_hostname, valid_label, MacAddr, LABEL_RULE};
 use std::collections::BTreeMap;
@@ -42,6 +42,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(approve_node))
         .routes(routes!(maintenance_node))
         .routes(routes!(node_events))
+        .routes(routes!(show_node_iscsi, set_node_iscsi))
         .routes(routes!(list_profiles))
         .routes(routes!(profile_errors))
         .routes(routes!(show_profile))
@@ -619,4 +620,53 @@ async fn grow_volume(
     ApiJson(g): ApiJson<Grow>,
 ) -> Result<Json<Volume>, ApiError> {
     Ok(Json(volume_service(&state)?.grow(&name, g.size_bytes, now_ms()).await?.into()))
+}
+
+/// The node's iSCSI names and whether mutual CHAP is on (never its secrets).
+async fn node_iscsi(
+    service: &crate::iscsi::service::Volumes<crate::iscsi::tgt::Tgt>,
+    node: store::NodeId,
+) -> Result<NodeIscsi, ApiError> {
+    use crate::config::IscsiConfig;
+    let mutual_chap = service.store.mutual_chap_secret(node).await?.is_some();
+    Ok(NodeIscsi {
+        initiator_iqn: service.config.initiator_iqn(node),
+        target_iqn: service.config.target_iqn(node),
+        chap_user: IscsiConfig::chap_user(node),
+        mutual_chap,
+        mutual_chap_user: mutual_chap.then(|| IscsiConfig::mutual_chap_user(node)),
+    })
+}
+
+#[utoipa::path(get, path = "/nodes/{id}/iscsi", tag = "volumes", params(("id" = String, Path, description = "node id or MAC")),
+    responses((status = 200, body = NodeIscsi), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn show_node_iscsi(
+    State(state): State<AppState>,
+    _op: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<NodeIscsi>, ApiError> {
+    let service = volume_service(&state)?;
+    let node = find_node(&state, &id).await?;
+    Ok(Json(node_iscsi(service, node.id).await?))
+}
+
+/// Mutual CHAP on or off; the node's target follows at once, the node at its next
+/// plan (its next boot).
+#[utoipa::path(put, path = "/nodes/{id}/iscsi", tag = "volumes", params(("id" = String, Path, description = "node id or MAC")),
+    request_body = IscsiSettings,
+    responses((status = 200, body = NodeIscsi), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+async fn set_node_iscsi(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    ApiJson(settings): ApiJson<IscsiSettings>,
+) -> Result<Json<NodeIscsi>, ApiError> {
+    let service = volume_service(&state)?;
+    let node = find_node(&state, &id).await?;
+    service.set_mutual_chap(node.id, settings.mutual_chap, now_ms()).await?;
+    Ok(Json(node_iscsi(service, node.id).await?))
 }

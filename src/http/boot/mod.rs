@@ -381,7 +381,10 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
     };
     ensure_profile_volumes(&state, &auth.node, &profile, &volumes).await?;
     let iscsi = match &state.volumes {
-        Some(service) => service.node_plan(auth.node.id).await.map_err(iscsi_unavailable)?,
+        Some(service) => {
+            // The target admits the node from the address its boot is bound to only.
+            service.node_plan(auth.node.id, auth.boot.bound_ip).await.map_err(iscsi_unavailable)?
+        }
         None => None,
     };
     // Everything is ready: this answer carries the boot's credentials, once.
