@@ -251,3 +251,300 @@ files:
         /usr/sbin/ramboot-agent report "crashtest: wrote $(cat /mnt/vmdisk/marker)"
       fi
 "#;
+
+/// Another host on the boot network (its own namespace on the lab's bridge, with its
+/// own DHCP lease) tries every attack of `docs/threat-model.md` while the real node
+/// PXE-boots to ready in QEMU: each is refused, recorded and leaks nothing.
+#[test]
+fn another_host_on_the_boot_network_gets_nothing_while_the_node_boots() {
+    const TEST: &str = "another_host_on_the_boot_network_gets_nothing_while_the_node_boots";
+    let tools = [
+        ("udhcpc (apt-get install udhcpc)", &["/usr/sbin/udhcpc", "/sbin/udhcpc", "/usr/bin/udhcpc"][..]),
+        ("curl (apt-get install curl)", &["/usr/bin/curl"][..]),
+        ("python3", &["/usr/bin/python3"][..]),
+        ("iscsi-inq (apt-get install libiscsi-bin)", &["/usr/bin/iscsi-inq"][..]),
+    ];
+    let missing = skip_reason().or_else(|| harness::skip_reason(&tools));
+    if common::skipped(TEST, missing.as_deref()) {
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = lab_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report-adversary.json");
+    let _ = std::fs::remove_file(&report);
+    let mut lab = ramboot_lab()
+        .args(["--timeout", "300", "--profile", "tiny", "--iscsi", "--dir"])
+        .arg(&dir)
+        .arg("--report")
+        .arg(&report)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running ramboot-lab");
+    let lines = adversary::follow_stdout(lab.stdout.take().unwrap());
+    let lab_ns = adversary::wait_line(&lines, "lab: network namespace ", Duration::from_secs(900))
+        .split_whitespace()
+        .nth(3)
+        .map(|n| n.trim_end_matches(':').to_string())
+        .expect("the lab names its namespace");
+    adversary::wait_line(&lines, "lab: registered ", Duration::from_secs(60));
+    let attacker = adversary::Host::join(&lab_ns, &dir);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| adversary::attack(&attacker, &dir, &lines)));
+    // Ctrl-C: the lab stops the VM and ramboot and deletes its namespace.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(lab.id() as i32), nix::sys::signal::Signal::SIGINT);
+    let status = lab.wait().expect("waiting for ramboot-lab");
+    drop(attacker);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(status.success(), "ramboot-lab failed ({status}); see {}/console.log and server.log", dir.display());
+
+    let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(detail["node"]["state"], "ready", "the node booted to ready meanwhile: {detail:#}");
+    assert_eq!(detail["node"]["failures"], 0, "no fake failure counted");
+    let messages: Vec<&str> =
+        detail["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
+    for expected in ["does not hold the DHCP lease of 52:54:00:72:62:01", "this boot's token is bound to 10.213.0."] {
+        assert!(messages.iter().any(|m| m.starts_with("refused: ") && m.contains(expected)), "{messages:#?}");
+    }
+}
+
+mod adversary {
+    use super::*;
+    use std::sync::mpsc;
+
+    pub const SERVER: &str = "10.213.0.1";
+    pub const NODE_MAC: &str = "52:54:00:72:62:01";
+
+    /// The lab's stdout, line by line, echoed for the test log.
+    pub fn follow_stdout(out: std::process::ChildStdout) -> mpsc::Receiver<String> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                println!("{line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    pub fn wait_line(lines: &mpsc::Receiver<String>, prefix: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!("the lab never printed {prefix:?} ({e})"),
+            }
+        }
+    }
+
+    /// The other host: a namespace whose veth joins the lab's bridge, with a lease
+    /// from ramboot's DHCP like any machine on the segment.
+    pub struct Host {
+        pub ns: String,
+        pub ip: String,
+    }
+
+    impl Host {
+        pub fn join(lab_ns: &str, dir: &std::path::Path) -> Host {
+            let pid = std::process::id();
+            let (ns, inside, outside) = (format!("rbadv{pid}"), format!("adv{pid}h"), format!("adv{pid}b"));
+            harness::ip(&["netns", "add", &ns]);
+            let mut host = Host { ns: ns.clone(), ip: String::new() };
+            harness::veth((&ns, &inside), (lab_ns, &outside));
+            harness::ip_in(lab_ns, &["link", "set", &outside, "master", "rbbr0", "up"]);
+            harness::ip_in(&ns, &["link", "set", &inside, "address", "02:00:00:ad:00:01", "up"]);
+            harness::ip_in(&ns, &["link", "set", "lo", "up"]);
+            let script = dir.join("adversary-udhcpc.sh");
+            harness::write_executable(
+                &script,
+                "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/$mask\" dev \"$interface\"\nexit 0\n",
+            );
+            let udhcpc = harness::tool(&["/usr/sbin/udhcpc", "/sbin/udhcpc", "/usr/bin/udhcpc"]);
+            let script = script.display().to_string();
+            let out = run(&ns, &[&udhcpc, "-i", &inside, "-n", "-q", "-f", "-t", "10", "-T", "1", "-s", &script]);
+            assert!(out.status.success(), "the other host got no lease: {}", text(&out));
+            let addr = String::from_utf8_lossy(&run(&ns, &["ip", "-4", "-o", "addr", "show", "dev", &inside]).stdout)
+                .split_whitespace()
+                .nth(3)
+                .and_then(|a| a.split('/').next())
+                .expect("the other host's address")
+                .to_string();
+            println!("adversary: host {ns} leased {addr} from ramboot");
+            host.ip = addr;
+            host
+        }
+    }
+
+    impl Drop for Host {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        }
+    }
+
+    pub fn run(ns: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip").args(["netns", "exec", ns]).args(args).output().expect("ip netns exec")
+    }
+
+    pub fn text(out: &std::process::Output) -> String {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
+    /// `curl` from the other host: status and body.
+    pub fn http(host: &Host, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+        let url = format!("http://{SERVER}:8080{path}");
+        let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec!["curl", "-s", "-m", "10", "-X", method, "-w", "\n%{http_code}"];
+        if let Some(a) = &auth {
+            args.extend(["-H", a.as_str()]);
+        }
+        if let Some(b) = body {
+            args.extend(["-H", "Content-Type: application/json", "--data", b]);
+        }
+        args.push(&url);
+        let out = run(&host.ns, &args);
+        let all = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = all.rsplit_once('\n').unwrap_or(("", &all));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    fn metric(host: &Host, needle: &str) -> f64 {
+        let (_, text) = http(host, "GET", "/metrics", None, None);
+        text.lines().filter(|l| l.contains(needle)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    }
+
+    const PY_DHCP_82: &str = r#"
+import socket, struct, sys
+pkt = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, 0x0a0b0c0d, 0, 0x8000, bytes(4), bytes(4), bytes(4), bytes(4),
+                  bytes.fromhex("020000ad0099") + bytes(10), bytes(64), bytes(128))
+pkt += bytes([99, 130, 83, 99, 53, 1, 1, 82, 6, 1, 4, 0x65, 0x76, 0x69, 0x6c, 255])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[1].encode())
+s.bind(("0.0.0.0", 68))
+for _ in range(3):
+    s.sendto(pkt, ("255.255.255.255", 67))
+"#;
+
+    const PY_TFTP_FLOOD: &str = r#"
+import socket, sys
+server, count = sys.argv[1], int(sys.argv[2])
+refused = 0
+socks = []
+for i in range(count):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.sendto(b"\x00\x01undionly.kpxe\x00octet\x00", (server, 69))
+    socks.append(s)
+for s in socks:
+    try:
+        data, _ = s.recvfrom(2048)
+        if data[:2] == b"\x00\x05":
+            refused += 1
+    except socket.timeout:
+        pass
+print(refused)
+"#;
+
+    /// Every attack, in boot order.
+    pub fn attack(host: &Host, dir: &std::path::Path, lines: &mpsc::Receiver<String>) {
+        let refusals = |reason: &str| metric(host, &format!("ramboot_boot_refusals_total{{reason=\"{reason}\"}}"));
+
+        // A MAC DHCP never saw, then the real node's MAC: no script, no token.
+        let (status, body) = http(host, "GET", "/boot.ipxe?mac=52:54:00:ad:ad:ad", None, None);
+        assert!(status == 403 && !body.contains("ramboot.token"), "{status} {body}");
+        let (status, body) = http(host, "GET", &format!("/boot.ipxe?mac={NODE_MAC}"), None, None);
+        assert!(status == 403 && !body.contains("ramboot.token"), "{status} {body}");
+        assert!(body.contains(&format!("{} does not hold the DHCP lease of {NODE_MAC}", host.ip)), "{body}");
+        assert!(refusals("unknown_node") >= 1.0 && refusals("not_lease_holder") >= 1.0);
+
+        // Option 82 from a directly attached client (giaddr 0): dropped.
+        let inside = format!("adv{}h", std::process::id());
+        let out = run(&host.ns, &["python3", "-c", PY_DHCP_82, &inside]);
+        assert!(out.status.success(), "{}", text(&out));
+        let dropped = wait_metric(host, "outcome=\"dropped_relay_info\"");
+        println!("adversary: option 82 without giaddr dropped ({dropped} counted)");
+
+        // A TFTP session flood from one address: refused past the per-source cap.
+        let out = run(&host.ns, &["python3", "-c", PY_TFTP_FLOOD, SERVER, "24"]);
+        let refused: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        assert!(refused >= 8, "the flood was not refused: {}", text(&out));
+        assert!(metric(host, "outcome=\"source_busy\"") >= f64::from(refused));
+
+        // The node's token, as anyone who saw its kernel command line has it.
+        let console = dir.join("console.log");
+        let token = harness::wait_for(
+            Duration::from_secs(300),
+            "the node's kernel command line on its console",
+            || {
+                let text = String::from_utf8_lossy(&std::fs::read(&console).ok()?).into_owned();
+                let at = text.find("ramboot.token=")? + "ramboot.token=".len();
+                let token: String = text[at..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+                (token.len() >= 32).then_some(token)
+            },
+            || String::new(),
+        );
+        let before = refusals("wrong_source");
+        for (method, path, body) in [
+            ("GET", "/boot/v1/plan", None),
+            ("GET", "/boot/v1/overlay", None),
+            ("POST", "/boot/v1/hello", Some(r#"{"cpus":1,"memory_bytes":1,"nics":[]}"#)),
+            ("POST", "/boot/v1/events", Some(r#"{"state":"failed","message":"fake","progress":null}"#)),
+            ("POST", "/boot/v1/events", Some(r#"{"state":"failed","message":"fake","progress":null}"#)),
+        ] {
+            let (status, reply) = http(host, method, path, Some(&token), body);
+            assert_eq!(status, 403, "{method} {path} with a stolen token: {reply}");
+            assert!(reply.contains("\"wrong_source\"") && !reply.contains("chap_secret"), "{reply}");
+        }
+        assert!(refusals("wrong_source") - before >= 5.0);
+
+        // The node boots to ready meanwhile.
+        wait_line(lines, "lab: node is ready", Duration::from_secs(300));
+
+        // The node's iSCSI target, with its IQN and its CHAP secret (as if stolen),
+        // from this host's address: refused by the target's ACL.
+        let (iqn, target, user, secret) = node_iscsi_credentials(dir);
+        let url = format!("iscsi://{user}%{secret}@{SERVER}:3260/{target}/1");
+        let out = run(&host.ns, &["iscsi-inq", "-i", &iqn, &url]);
+        assert!(!out.status.success(), "the node's disk answered another host: {}", text(&out));
+        println!("adversary: iSCSI login as {iqn} from {} refused: {}", host.ip, text(&out).trim());
+        // And the stolen token still gets nothing after ready.
+        let (status, _) = http(host, "GET", "/boot/v1/overlay", Some(&token), None);
+        assert_eq!(status, 403);
+    }
+
+    fn wait_metric(host: &Host, needle: &str) -> f64 {
+        harness::wait_for(
+            Duration::from_secs(10),
+            needle,
+            || Some(metric(host, needle)).filter(|v| *v >= 1.0),
+            || String::new(),
+        )
+    }
+
+    /// What the node's plan carried, read from the lab's database.
+    fn node_iscsi_credentials(dir: &std::path::Path) -> (String, String, String, String) {
+        let url = format!("sqlite://{}", dir.join("data/ramboot.db").display());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let store = ramboot::store::Store::open(&url).await.expect("the lab's database");
+            let node = store.node_by_mac(NODE_MAC.parse().unwrap()).await.unwrap().expect("the node");
+            let secret = store
+                .chap_secret(node.id, || Err::<String, _>(ramboot::store::StoreError::NoSuchNode("no secret".into())))
+                .await
+                .expect("the node's CHAP secret");
+            store.close().await;
+            let prefix = "iqn.2026-11.io.ramboot";
+            (
+                format!("{prefix}:node-{}", node.id),
+                format!("{prefix}:target-{}", node.id),
+                ramboot::config::IscsiConfig::chap_user(node.id),
+                secret,
+            )
+        })
+    }
+}

@@ -73,11 +73,15 @@ pub(super) async fn supersede_boots(tx: &mut Tx<'_>, node: NodeId, now_ms: i64) 
     Ok(())
 }
 
-/// A boot's token as stored: its hash and the one address it works from.
+/// What a new boot is started with: its token's hash, the one address the token
+/// works from, and the stage-one blobs iPXE is about to fetch (kept from garbage
+/// collection while the boot is in progress).
 #[derive(Debug, Clone, Copy)]
-pub struct BootToken<'a> {
+pub struct BootStart<'a> {
     pub hash: &'a str,
     pub bound_ip: IpAddr,
+    /// Digests of the stage-one kernel and initramfs.
+    pub stage1: Option<(&'a str, &'a str)>,
 }
 
 /// Supersede the node's previous boot and make a new one current.
@@ -86,18 +90,20 @@ async fn begin_boot(
     node: NodeId,
     profile: &str,
     image: Option<&BootImage>,
-    token: &BootToken<'_>,
+    token: &BootStart<'_>,
     now_ms: i64,
 ) -> Result<BootId, StoreError> {
     supersede_boots(tx, node, now_ms).await?;
     let boot: BootId = sqlx::query(
-        "INSERT INTO boots (node_id, token_hash, bound_ip, profile, image_name, image_digest, image_size, image_format,
-             started_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        "INSERT INTO boots (node_id, token_hash, bound_ip, stage1_kernel_digest, stage1_initrd_digest, profile,
+             image_name, image_digest, image_size, image_format, started_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(node)
     .bind(token.hash)
     .bind(token.bound_ip.to_canonical().to_string())
+    .bind(token.stage1.map(|(kernel, _)| kernel))
+    .bind(token.stage1.map(|(_, initrd)| initrd))
     .bind(profile)
     .bind(image.map(|i| &i.name))
     .bind(image.map(|i| &i.digest))
@@ -119,7 +125,7 @@ impl Store {
         node: NodeId,
         profile: &str,
         image: Option<&BootImage>,
-        token: &BootToken<'_>,
+        token: &BootStart<'_>,
         now_ms: i64,
         why: &str,
     ) -> Result<BootId, StoreError> {
@@ -144,7 +150,7 @@ impl Store {
     pub async fn start_discovery_boot(
         &self,
         node: NodeId,
-        token: &BootToken<'_>,
+        token: &BootStart<'_>,
         awaiting_approval: Option<&str>,
         now_ms: i64,
     ) -> Result<BootId, StoreError> {
@@ -326,17 +332,21 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Digests of the root filesystems pinned by boots in progress (not yet ready,
-    /// failed or superseded): image garbage collection must keep these blobs even
-    /// when no manifest names them any more.
+    /// Digests of the blobs pinned by boots in progress (not yet ready, failed or
+    /// superseded): their stage-one kernel and initramfs and their root filesystem.
+    /// Image garbage collection must keep these even when no manifest names them.
     pub async fn pinned_digests(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
         let Backend::Sqlite(pool) = &self.backend;
         let rows = sqlx::query(
-            "SELECT DISTINCT image_digest FROM boots WHERE finished_at_ms IS NULL AND image_digest IS NOT NULL",
+            "SELECT image_digest AS digest FROM boots WHERE finished_at_ms IS NULL AND image_digest IS NOT NULL
+             UNION SELECT stage1_kernel_digest FROM boots
+                 WHERE finished_at_ms IS NULL AND stage1_kernel_digest IS NOT NULL
+             UNION SELECT stage1_initrd_digest FROM boots
+                 WHERE finished_at_ms IS NULL AND stage1_initrd_digest IS NOT NULL",
         )
         .fetch_all(pool)
         .await?;
-        rows.iter().map(|r| r.try_get::<String, _>("image_digest").map_err(StoreError::from)).collect()
+        rows.iter().map(|r| r.try_get::<String, _>("digest").map_err(StoreError::from)).collect()
     }
 }
 
@@ -362,16 +372,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.pinned_digests().await.unwrap(), ["aa".to_string()].into());
-        // A new boot supersedes the first: only the new one pins.
-        let second = s
-            .start_boot(node.id, "web", Some(&image("bb")), &crate::store::testing::token("h2"), 3000, "test")
-            .await
-            .unwrap();
+        // A new boot supersedes the first: only the new one pins, with its stage one.
+        let start = super::BootStart { stage1: Some(("k1", "i1")), ..crate::store::testing::token("h2") };
+        let second = s.start_boot(node.id, "web", Some(&image("bb")), &start, 3000, "test").await.unwrap();
         assert_ne!(first, second);
-        assert_eq!(s.pinned_digests().await.unwrap(), ["bb".to_string()].into());
+        let pinned = ["bb", "i1", "k1"].map(String::from).into();
+        assert_eq!(s.pinned_digests().await.unwrap(), pinned);
         s.agent_transition(node.id, second, NodeState::Stage1, "hello", 4000).await.unwrap();
         s.agent_transition(node.id, second, NodeState::Loading, "fetch", 5000).await.unwrap();
-        assert_eq!(s.pinned_digests().await.unwrap().len(), 1, "loading: still pinned");
+        assert_eq!(s.pinned_digests().await.unwrap().len(), 3, "loading: still pinned");
         s.agent_transition(node.id, second, NodeState::Handoff, "mounted", 6000).await.unwrap();
         s.agent_transition(node.id, second, NodeState::Ready, "up", 7000).await.unwrap();
         assert!(s.pinned_digests().await.unwrap().is_empty(), "a finished boot pins nothing");

@@ -18,7 +18,7 @@ mod nodes;
 mod tokens;
 mod volumes;
 
-pub use boots::{Boot, BootImage, BootToken, Release};
+pub use boots::{Boot, BootImage, BootStart, Release};
 pub use events::{Event, EventKind};
 pub use leases::{Lease, LeaseOp, LeaseState};
 pub use nodes::{default_hostname, Node, NodeChange, NodeFilter};
@@ -346,8 +346,8 @@ pub(crate) mod testing {
     }
 
     /// A boot token bound to loopback.
-    pub fn token(hash: &str) -> super::BootToken<'_> {
-        super::BootToken { hash, bound_ip: std::net::IpAddr::from([127, 0, 0, 1]) }
+    pub fn token(hash: &str) -> super::BootStart<'_> {
+        super::BootStart { hash, bound_ip: std::net::IpAddr::from([127, 0, 0, 1]), stage1: None }
     }
 
     pub fn grant(mac: MacAddr, ip: [u8; 4], expires_at: u64, netboot: bool) -> LeaseOp {

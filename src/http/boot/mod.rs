@@ -19,7 +19,7 @@ use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::clock::now_ms;
 use crate::profiles::NodeFacts;
-use crate::store::{Boot, BootImage, BootToken, EventKind, Node, Release};
+use crate::store::{Boot, BootImage, BootStart, EventKind, Node, Release};
 use askama::Template;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
@@ -182,7 +182,8 @@ async fn boot_script(
         };
         let token = crate::token::generate().map_err(ApiError::internal)?;
         let token_hash = crate::token::hash(&token);
-        let bound = BootToken { hash: &token_hash, bound_ip: source };
+        let stage1 = Some((plan.stage1.kernel_digest.as_str(), plan.stage1.initrd_digest.as_str()));
+        let bound = BootStart { hash: &token_hash, bound_ip: source, stage1 };
         let (boot_id, profile_name, why) = match &plan.profile {
             Some(boot) => {
                 let why = boot.describe();

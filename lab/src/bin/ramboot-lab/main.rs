@@ -384,6 +384,7 @@ impl Lab<'_> {
 
         let mac = LAB_MAC;
         let tgtd = if opts.iscsi { Some(self.start_tgtd(server_ip)?) } else { None };
+        register_lab_node(&http, &base).await?;
         if opts.iscsi {
             attach_lab_volume(&http, &base).await?;
         }
@@ -504,8 +505,15 @@ impl Lab<'_> {
 const LAB_MAC: &str = "52:54:00:72:62:01";
 
 /// Register the VM and give it a 64 MiB volume before it boots.
-async fn attach_lab_volume(http: &NetnsHttp, base: &str) -> Result<()> {
+/// The lab is the VM's operator: registering its MAC vouches for it, so profiles
+/// that render secrets or attach volumes (`compute-node`) boot without an approval.
+async fn register_lab_node(http: &NetnsHttp, base: &str) -> Result<()> {
     http.post(format!("{base}/api/v1/nodes"), serde_json::json!({ "mac": LAB_MAC })).await?;
+    println!("lab: registered {LAB_MAC} (an operator's word for it: see docs/threat-model.md)");
+    Ok(())
+}
+
+async fn attach_lab_volume(http: &NetnsHttp, base: &str) -> Result<()> {
     http.post(
         format!("{base}/api/v1/volumes"),
         serde_json::json!({ "name": "lab-vm-disk", "size_bytes": 64u64 << 20 }),
