@@ -486,7 +486,7 @@ print(refused)
                 let token: String = text[at..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
                 (token.len() >= 32).then_some(token)
             },
-            || String::new(),
+            String::new,
         );
         let before = refusals("wrong_source");
         for (method, path, body) in [
@@ -522,7 +522,7 @@ print(refused)
             Duration::from_secs(10),
             needle,
             || Some(metric(host, needle)).filter(|v| *v >= 1.0),
-            || String::new(),
+            String::new,
         )
     }
 
