@@ -70,6 +70,10 @@ impl ApiClient {
         self.send("PATCH", path, Some(body))
     }
 
+    pub fn put(&self, path: &str, body: Value) -> Result<Value> {
+        self.send("PUT", path, Some(body))
+    }
+
     pub fn delete(&self, path: &str) -> Result<()> {
         self.send("DELETE", path, None).map(|_| ())
     }
@@ -180,6 +184,15 @@ pub fn print_node(detail: &NodeDetail) {
     }
     println!();
     print_events(&detail.events);
+}
+
+/// A node's iSCSI login settings, one line (never a secret: the API has none).
+pub fn print_node_iscsi(i: &ramboot_api::NodeIscsi) {
+    let mutual = match &i.mutual_chap_user {
+        Some(user) if i.mutual_chap => format!("on (the target answers as {user})"),
+        _ => "off".to_string(),
+    };
+    println!("target {}\ninitiator {}\nCHAP user {}\nmutual CHAP {mutual}", i.target_iqn, i.initiator_iqn, i.chap_user);
 }
 
 pub fn print_event(e: &Event) {

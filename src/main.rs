@@ -168,6 +168,13 @@ enum NodesCmd {
     },
     /// Make the next boot load afresh (clears failures and the current boot).
     Reprovision { id: String },
+    /// A node's iSCSI login settings; `--mutual-chap on|off` switches mutual CHAP
+    /// (the node then logs in only to a target that proves itself too).
+    Iscsi {
+        id: String,
+        #[arg(long, value_parser = ["on", "off"])]
+        mutual_chap: Option<String>,
+    },
     /// Vouch for a node: it may boot profiles that render secrets or attach volumes
     /// even when only facts it reports itself (serial, UUID) matched it.
     Approve {
@@ -461,6 +468,18 @@ fn nodes(api: &ApiArgs, command: NodesCmd) -> Result<()> {
             let ip = if clear { None } else { ip };
             let body = json!({ "reserved_ip": ip, "take_over": take_over });
             show(client.patch(&format!("/nodes/{}", cli::encode(&id)), body)?)?
+        }
+        NodesCmd::Iscsi { id, mutual_chap } => {
+            let path = format!("/nodes/{}/iscsi", cli::encode(&id));
+            let value = match mutual_chap {
+                Some(on) => client.put(&path, json!({ "mutual_chap": on == "on" }))?,
+                None => client.get_json(&path)?,
+            };
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                cli::print_node_iscsi(&serde_json::from_value(value).context("unexpected answer from the API")?);
+            }
         }
         NodesCmd::Approve { id, revoke: false } => {
             show(client.post(&format!("/nodes/{}/approve", cli::encode(&id)), json!({}))?)?

@@ -201,7 +201,15 @@ fn mutual_chap_is_switched_per_node_through_the_api() {
     assert!(!ok, "a target without the secret is refused: {out}");
     assert_eq!(plan()["mutual_chap_secret"], target_secret.as_str(), "kept while on");
 
-    let (status, body) = api("PUT", &path, &srv.admin_auth(), json!({"mutual_chap": false}));
+    // Off, through the CLI.
+    let out = Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["nodes", "iscsi", mac, "--mutual-chap", "off", "--server", &srv.base, "--token", &srv.admin])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(shown.contains("mutual CHAP off") && shown.contains(&format!("CHAP user node-{node_id}")), "{shown}");
+    let (status, body) = api("GET", &path, &srv.admin_auth(), Value::Null);
     assert_eq!(status, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["mutual_chap"], false);
     let iscsi = plan();
