@@ -117,6 +117,49 @@ async fn begin_boot(
     Ok(boot)
 }
 
+/// Move `node` to `next` within its current `boot` (see [`Store::agent_transition`]).
+async fn transition_in(
+    tx: &mut Tx<'_>,
+    node: NodeId,
+    boot: BootId,
+    next: NodeState,
+    message: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let row = sqlx::query("SELECT state, current_boot_id FROM nodes WHERE id = ?")
+        .bind(node)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchNode(node.to_string()))?;
+    let current_boot: Option<BootId> = row.try_get("current_boot_id")?;
+    if current_boot != Some(boot) {
+        return Err(StoreError::StaleBoot(boot));
+    }
+    let Text(state): Text<NodeState> = row.try_get("state")?;
+    if !state.agent_may_move_to(next) {
+        return Err(StoreError::BadTransition { node, from: state, to: next });
+    }
+    move_state(tx, node, Some(boot), next, message, now_ms).await?;
+    let failures_delta = match next {
+        NodeState::Failed => "failures + 1",
+        NodeState::Ready => "0",
+        _ => "failures",
+    };
+    sqlx::query(&format!("UPDATE nodes SET failures = {failures_delta} WHERE id = ?"))
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    if matches!(next, NodeState::Ready | NodeState::Failed) {
+        sqlx::query("UPDATE boots SET finished_at_ms = ?, outcome = ? WHERE id = ?")
+            .bind(now_ms)
+            .bind(Text(next))
+            .bind(boot)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Start a new boot of `node`: the previous boot (if unfinished) is superseded,
     /// the node moves to `booting`, and the boot's token hash is recorded.
@@ -193,18 +236,6 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Count one report of `boot`; false once it made `cap` (atomic, like
-    /// [`Store::release_once`]).
-    pub async fn count_report(&self, boot: BootId, cap: u32) -> Result<bool, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let done = sqlx::query("UPDATE boots SET reports = reports + 1 WHERE id = ? AND reports < ?")
-            .bind(boot)
-            .bind(i64::from(cap))
-            .execute(pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     pub async fn boot(&self, id: BootId) -> Result<Option<Boot>, StoreError> {
         let Backend::Sqlite(pool) = &self.backend;
         let row = sqlx::query("SELECT * FROM boots WHERE id = ?").bind(id).fetch_optional(pool).await?;
@@ -223,39 +254,42 @@ impl Store {
     ) -> Result<(), StoreError> {
         let Backend::Sqlite(pool) = &self.backend;
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query("SELECT state, current_boot_id FROM nodes WHERE id = ?")
-            .bind(node)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NoSuchNode(node.to_string()))?;
-        let current_boot: Option<BootId> = row.try_get("current_boot_id")?;
-        if current_boot != Some(boot) {
-            return Err(StoreError::StaleBoot(boot));
-        }
-        let Text(state): Text<NodeState> = row.try_get("state")?;
-        if !state.agent_may_move_to(next) {
-            return Err(StoreError::BadTransition { node, from: state, to: next });
-        }
-        move_state(&mut tx, node, Some(boot), next, message, now_ms).await?;
-        let failures_delta = match next {
-            NodeState::Failed => "failures + 1",
-            NodeState::Ready => "0",
-            _ => "failures",
-        };
-        sqlx::query(&format!("UPDATE nodes SET failures = {failures_delta} WHERE id = ?"))
-            .bind(node)
-            .execute(&mut *tx)
-            .await?;
-        if matches!(next, NodeState::Ready | NodeState::Failed) {
-            sqlx::query("UPDATE boots SET finished_at_ms = ?, outcome = ? WHERE id = ?")
-                .bind(now_ms)
-                .bind(Text(next))
-                .bind(boot)
-                .execute(&mut *tx)
-                .await?;
-        }
+        transition_in(&mut tx, node, boot, next, message, now_ms).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// An agent's report within its boot: a move to `next`, or (`None`) a progress
+    /// note. Counted against the boot's `cap` in the same transaction (one commit
+    /// per report); `false`, and nothing written, once the boot made `cap` reports.
+    pub async fn agent_report(
+        &self,
+        node: NodeId,
+        boot: BootId,
+        next: Option<NodeState>,
+        message: &str,
+        cap: u32,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let counted = sqlx::query("UPDATE boots SET reports = reports + 1 WHERE id = ? AND reports < ?")
+            .bind(boot)
+            .bind(i64::from(cap))
+            .execute(&mut *tx)
+            .await?;
+        if counted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        match next {
+            Some(next) => transition_in(&mut tx, node, boot, next, message, now_ms).await?,
+            None => {
+                let note = NewEvent::note(node, Some(boot), EventKind::Progress, message);
+                events::insert(&mut *tx, &note, now_ms).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// A boot that overran its phase timeout: fail it (the watchdog's move).
@@ -384,6 +418,27 @@ mod tests {
         s.agent_transition(node.id, second, NodeState::Handoff, "mounted", 6000).await.unwrap();
         s.agent_transition(node.id, second, NodeState::Ready, "up", 7000).await.unwrap();
         assert!(s.pinned_digests().await.unwrap().is_empty(), "a finished boot pins nothing");
+    }
+
+    #[tokio::test]
+    async fn reports_are_capped_per_boot_and_secrets_released_once() {
+        let (s, _d) = store().await;
+        let node = s.ensure_node(MAC, 0).await.unwrap();
+        let boot = s.start_boot(node.id, "tiny", None, &crate::store::testing::token("h"), 1, "test").await.unwrap();
+        assert!(s.agent_report(node.id, boot, None, "p1", 2, 2).await.unwrap());
+        assert!(s.agent_report(node.id, boot, Some(NodeState::Stage1), "hello", 2, 3).await.unwrap());
+        assert!(!s.agent_report(node.id, boot, None, "p3", 2, 4).await.unwrap(), "capped");
+        let events = s.events(node.id, 0, 100).await.unwrap();
+        assert!(events.iter().any(|e| e.message == "p1") && !events.iter().any(|e| e.message == "p3"));
+        // A refused move (its boot was superseded) is not counted.
+        let boot2 = s.start_boot(node.id, "tiny", None, &crate::store::testing::token("h2"), 5, "test").await.unwrap();
+        assert!(s.agent_report(node.id, boot, Some(NodeState::Loading), "x", 5, 6).await.is_err());
+        assert!(s.agent_report(node.id, boot2, Some(NodeState::Stage1), "y", 5, 6).await.unwrap());
+        assert!(s.agent_report(node.id, boot2, Some(NodeState::Booting), "back", 5, 6).await.is_err());
+        assert_eq!(s.boot(boot2).await.unwrap().unwrap().reports, 1);
+        assert!(s.release_once(boot2, super::Release::Plan, 7).await.unwrap());
+        assert!(!s.release_once(boot2, super::Release::Plan, 8).await.unwrap());
+        assert!(s.release_once(boot2, super::Release::Overlay, 9).await.unwrap());
     }
 
     #[tokio::test]

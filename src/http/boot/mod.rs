@@ -499,27 +499,21 @@ async fn event(
         metrics::counter!("ramboot_boot_refusals_total", "reason" => "report_rate").increment(1);
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "report_rate", "reports come too fast: slow down"));
     }
-    if !state.store.count_report(auth.boot.id, MAX_REPORTS_PER_BOOT).await? {
-        let refused = Refused::TooManyReports;
-        return Err(trust::refuse(&state, Some((&auth.node, Some(auth.boot.id))), &refused, now).await);
-    }
     let message: String = ev.message.chars().take(1024).collect();
     let (node, boot) = (auth.node.id, auth.boot.id);
-    match ev.state {
-        Some(reported) => {
-            let next = match reported {
-                ReportedState::Loading => NodeState::Loading,
-                ReportedState::Handoff => NodeState::Handoff,
-                ReportedState::Ready => NodeState::Ready,
-                ReportedState::Failed => NodeState::Failed,
-            };
-            let from = auth.node.state;
-            state.store.agent_transition(node, boot, next, &message, now).await?;
-            super::metrics::record_phase(&auth.boot.profile, from, now - auth.node.state_since_ms);
-            info!(node, boot, state = %next, %message, "node moved");
-        }
-        // The agent's message already says how far it got, in human units.
-        None => state.store.add_event(node, Some(boot), EventKind::Progress, &message, now).await?,
+    let next = ev.state.map(|reported| match reported {
+        ReportedState::Loading => NodeState::Loading,
+        ReportedState::Handoff => NodeState::Handoff,
+        ReportedState::Ready => NodeState::Ready,
+        ReportedState::Failed => NodeState::Failed,
+    });
+    if !state.store.agent_report(node, boot, next, &message, MAX_REPORTS_PER_BOOT, now).await? {
+        let refused = Refused::TooManyReports;
+        return Err(trust::refuse(&state, Some((&auth.node, Some(boot))), &refused, now).await);
+    }
+    if let Some(next) = next {
+        super::metrics::record_phase(&auth.boot.profile, auth.node.state, now - auth.node.state_since_ms);
+        info!(node, boot, state = %next, %message, "node moved");
     }
     Ok(StatusCode::NO_CONTENT)
 }
