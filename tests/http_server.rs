@@ -476,6 +476,14 @@ async fn connections_beyond_the_per_address_cap_get_503_and_others_are_served() 
     assert!(head.contains("retry-after: 2") && head.contains("connection: close"), "{head}");
     assert_eq!(body, b"too many connections from your address\n");
     within(5, "refused connection closed", closed_by_server(&mut over)).await;
+    // A client that sent its request at once still reads the 503: the server reads
+    // the request away before it closes, so the close is no reset.
+    for _ in 0..20 {
+        let mut eager = connect_from([127, 0, 0, 1], server.addr).await;
+        get_request(&mut eager, "/hello").await;
+        let (head, _) = within(5, "refusal after a request", read_response(&mut eager)).await;
+        assert!(head.starts_with("http/1.1 503"), "{head}");
+    }
     assert!(counter("ramboot_http_connections_refused_total", "reason", "per_source") - refused_before >= 1.0);
 
     let mut other = connect_from([127, 0, 0, 2], server.addr).await;

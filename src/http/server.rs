@@ -61,6 +61,11 @@ pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
 /// before reading (the request is never parsed), so nothing is spent on it.
 const SOURCE_BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nConnection: close\r\n\
     Content-Type: text/plain\r\nContent-Length: 39\r\n\r\ntoo many connections from your address\n";
+/// Refused connections read away at once, each for at most `LINGER_TIME` and
+/// `LINGER_BYTES` (a lingering close, as nginx does).
+const MAX_LINGERING: usize = 64;
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 << 10;
 /// How long shutdown waits for in-flight responses before closing their connections.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The "connection cap reached" warning is logged at most this often.
@@ -129,6 +134,7 @@ pub async fn serve(
     let cut = CancellationToken::new();
     let mut cap_warned: Option<Instant> = None;
     let per_source = SourceSlots::default();
+    let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
     let mut source_refusals = Throttle::new(CAP_WARN_INTERVAL);
     debug!(?limits, "HTTP serving");
 
@@ -179,6 +185,15 @@ pub async fn serve(
                 // A fresh socket's send buffer takes this at once; if not, the client
                 // just sees the close. Never waits, so a flood cannot stall the loop.
                 let _ = stream.try_write(SOURCE_BUSY);
+                // Closing with the request unread would reset the connection and
+                // could lose the 503: read it away first, briefly, a bounded number
+                // of connections at a time (past that, they just close).
+                if let Ok(permit) = lingering.clone().try_acquire_owned() {
+                    tokio::spawn(async move {
+                        linger_close(stream).await;
+                        drop(permit);
+                    });
+                }
                 continue;
             }
         };
@@ -258,4 +273,22 @@ fn set_socket_options(stream: &TcpStream, stall_timeout: Duration) {
     if let Err(e) = socket.set_keepalive(true) {
         debug!(error = %e, "HTTP: cannot set SO_KEEPALIVE");
     }
+}
+
+/// Half-close, then read what the client already sent (bounded) so the close does
+/// not reset the connection and discard the answer written before it.
+async fn linger_close(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let mut read = 0;
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        while read < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
 }
