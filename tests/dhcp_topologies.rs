@@ -489,8 +489,11 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     for (p, d) in &proxy {
         let line = describe(p, d);
         assert!(d.yiaddr.is_unspecified(), "a proxy offer carries no address: {line}");
-        assert_eq!(d.opt_str(67).as_deref(), Some(url.as_str()), "boot file: {line}");
+        // NUL-terminated in option 67 and `file`, and at least BOOTP's 300 bytes:
+        // what real PXE ROMs need (docs/firmware-quirks.md).
+        assert_eq!(d.opt_str(67), Some(format!("{url}\0")), "boot file: {line}");
         assert_eq!(d.file, url, "file field: {line}");
+        assert!(p.payload.len() >= 300, "{} bytes: {line}", p.payload.len());
         assert_eq!(d.siaddr, PROXY_IP, "{line}");
         assert_eq!(d.opt_addr(54), Some(PROXY_IP), "server identifier: {line}");
         assert_eq!((p.src, p.sport), (PROXY_IP, 67), "{line}");

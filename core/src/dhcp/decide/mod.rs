@@ -472,16 +472,30 @@ fn proxy(
     opts.insert(DhcpOption::ServerIdentifier(inbound.arrival.local_addr));
     let class: &[u8] = if client.firmware == Firmware::HttpClient { b"HTTPClient" } else { b"PXEClient" };
     opts.insert(DhcpOption::ClassIdentifier(class.to_vec()));
-    if client.firmware == Firmware::Pxe {
-        // PXE vendor options: discovery control 8 = boot the file named here, no
-        // boot-server discovery or menu.
-        opts.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::VendorExtensions, vec![6, 1, 8, 255])));
+    if wants_pxe_vendor_options(&client, inbound.arrival.port) {
+        opts.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::VendorExtensions, PXE_VENDOR_OPTIONS.to_vec())));
     }
     if let Some(uuid) = &client.uuid {
         // The PXE spec has servers echo the client's UUID.
         opts.insert(DhcpOption::ClientMachineIdentifier(uuid.clone()));
     }
     Ok(Decision::Reply { reply: Box::new(reply), grant: None, client, boot })
+}
+
+/// Option 43 for PXE ROMs: discovery control (6) = 8, boot the file named in this
+/// offer (no boot-server discovery, no menu); and a menu prompt (10) with timeout 0,
+/// which some EDK2 builds need to take the offer at all (edk2 issue 8149; dnsmasq
+/// always sends one).
+pub const PXE_VENDOR_OPTIONS: [u8; 10] = [6, 1, 8, 10, 4, 0, b'P', b'X', b'E', 255];
+
+/// Does this reply carry [`PXE_VENDOR_OPTIONS`]? BIOS PXE ROMs need them; a UEFI
+/// client takes a port-67 proxy offer with option 43 as a "PXE10" offer that older
+/// EDK2 never caches or even aborts on (edk2 `PxeBcDhcp4.c`; dnsmasq and pixiecore
+/// leave it out for EFI). Without it, EDK2 asks the boot server on 4011, whose
+/// answer carries them.
+fn wants_pxe_vendor_options(client: &Client, port: Port) -> bool {
+    let efi = client.arch.is_some_and(|a| a.0 >= 6);
+    client.firmware == Firmware::Pxe && (port == Port::Binl || !efi)
 }
 
 /// A BOOTREPLY skeleton: same xid, flags, giaddr and chaddr as the request.
@@ -499,16 +513,23 @@ fn reply_header(req: &Message) -> Message {
 
 fn set_boot_file(reply: &mut Message, boot: &BootChoice, policy: &DhcpPolicy) {
     let Some(file) = boot.file() else { return };
-    if file.len() <= FILE_FIELD_LEN {
+    // NUL-terminated in `file` (so only if one byte is left for the NUL) and in
+    // option 67: PXE ROMs read both as C strings (dnsmasq: "buggy PXE again").
+    if file.len() < FILE_FIELD_LEN {
         reply.set_fname_str(file);
     }
     let opts = reply.opts_mut();
     opts.insert(DhcpOption::TFTPServerName(policy.tftp_server.to_string().into_bytes()));
-    opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
+    let mut name = file.as_bytes().to_vec();
     if let BootChoice::Http(_) = boot {
-        // UEFI HTTP boot only accepts an offer that echoes its vendor class (UEFI 2.x §24.7).
+        // UEFI HTTP boot parses option 67 as a URI of the option's length, where a
+        // NUL would be an invalid character; and it only accepts an offer that
+        // echoes its vendor class (UEFI 2.x §24.7).
         opts.insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+    } else {
+        name.push(0);
     }
+    opts.insert(DhcpOption::BootfileName(name));
 }
 
 /// Encode a reply to the request `request_raw`. RFC 3046 §2.2: option 82 goes back
@@ -525,8 +546,16 @@ pub fn encode_reply(reply: &Message, request_raw: &[u8]) -> Result<Vec<u8>, dhcp
             bytes.splice(end..end, option);
         }
     }
+    // RFC 1542 §3.3 (and dnsmasq's MIN_PACKETSZ): BOOTP messages are at least 300
+    // bytes; some PXE ROMs and relays drop shorter ones. Padded with PAD after END.
+    if bytes.len() < MIN_BOOTP_LEN {
+        bytes.resize(MIN_BOOTP_LEN, 0);
+    }
     Ok(bytes)
 }
+
+/// The smallest BOOTP message: 236 header bytes + the 64-byte vendor area.
+pub const MIN_BOOTP_LEN: usize = 300;
 
 /// Offset of the END option (255) in an encoded packet's options field.
 fn end_option_at(packet: &[u8]) -> Option<usize> {
@@ -579,6 +608,11 @@ fn build_reply(
     set_boot_file(&mut reply, boot, policy);
     let lease = u32::try_from(subnet.lease_time.as_secs()).unwrap_or(u32::MAX);
     let opts = reply.opts_mut();
+    if matches!(boot, BootChoice::Tftp(_)) {
+        // A PXE ROM waits for an offer that echoes `PXEClient` (PXE 2.1 §2.2.1: it
+        // retries DISCOVER at 4 s and 8 s before taking a plain one).
+        opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+    }
     opts.insert(DhcpOption::MessageType(kind));
     opts.insert(DhcpOption::ServerIdentifier(inbound.arrival.local_addr));
     opts.insert(DhcpOption::AddressLeaseTime(lease));
@@ -621,5 +655,7 @@ fn build_nak(inbound: &Inbound, server_id: Ipv4Addr) -> Message {
     reply
 }
 
+#[cfg(test)]
+mod firmware;
 #[cfg(test)]
 mod tests;

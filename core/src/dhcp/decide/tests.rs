@@ -5,8 +5,8 @@ use dhcproto::v4::Architecture;
 use dhcproto::{Decodable, Encodable};
 use std::time::Duration;
 
-const SERVER: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
-const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+pub(super) const SERVER: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
+pub(super) const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 fn subnet(net: &str, first: [u8; 4], last: [u8; 4]) -> SubnetConfig {
     let net: ipnet::Ipv4Net = net.parse().unwrap();
@@ -21,7 +21,7 @@ fn subnet(net: &str, first: [u8; 4], last: [u8; 4]) -> SubnetConfig {
     }
 }
 
-fn policy() -> DhcpPolicy {
+pub(super) fn policy() -> DhcpPolicy {
     DhcpPolicy {
         mode: DhcpMode::Authoritative,
         tftp_server: SERVER,
@@ -38,29 +38,29 @@ fn policy() -> DhcpPolicy {
 }
 
 /// Runs the pipeline on `msg` as if it arrived on port 67 of 10.213.0.1.
-struct Harness {
+pub(super) struct Harness {
     policy: DhcpPolicy,
     leases: Leases,
     hosts: Hosts,
     /// The UDP source of every packet.
-    peer: Ipv4Addr,
+    pub(super) peer: Ipv4Addr,
 }
 
 impl Harness {
-    fn new() -> Harness {
+    pub(super) fn new() -> Harness {
         Self::with(policy())
     }
-    fn with(policy: DhcpPolicy) -> Harness {
+    pub(super) fn with(policy: DhcpPolicy) -> Harness {
         let leases = Leases::new(&policy);
         Harness { policy, leases, hosts: Hosts::default(), peer: Ipv4Addr::UNSPECIFIED }
     }
-    fn run_on(&mut self, msg: &Message, port: Port, now: u64) -> Decision {
+    pub(super) fn run_on(&mut self, msg: &Message, port: Port, now: u64) -> Decision {
         let raw = msg.to_vec().unwrap();
         let msg = Message::decode(&mut dhcproto::Decoder::new(&raw)).unwrap();
         let inbound = Inbound { msg: &msg, raw: &raw, arrival: Arrival { local_addr: SERVER, peer: self.peer, port } };
         decide(&inbound, &self.policy, &mut self.leases, &self.hosts, now)
     }
-    fn run(&mut self, msg: &Message, now: u64) -> Decision {
+    pub(super) fn run(&mut self, msg: &Message, now: u64) -> Decision {
         self.run_on(msg, Port::Dhcp, now)
     }
     fn reserve(&mut self, mac: [u8; 6], ip: Option<Ipv4Addr>, hostname: Option<&str>) {
@@ -69,14 +69,14 @@ impl Harness {
     }
 }
 
-fn reply_of(d: Decision) -> (Message, Option<LeaseGrant>, BootChoice) {
+pub(super) fn reply_of(d: Decision) -> (Message, Option<LeaseGrant>, BootChoice) {
     match d {
         Decision::Reply { reply, grant, boot, .. } => (*reply, grant, boot),
         other => panic!("expected a reply, got {other:?}"),
     }
 }
 
-fn with_opts(mut msg: Message, opts: impl IntoIterator<Item = DhcpOption>) -> Message {
+pub(super) fn with_opts(mut msg: Message, opts: impl IntoIterator<Item = DhcpOption>) -> Message {
     for o in opts {
         msg.opts_mut().insert(o);
     }
@@ -130,7 +130,7 @@ fn ipxe_discover_request_ack_carries_script_url_and_grant() {
     h.leases.pools[0].grant(MacAddr(MAC), ip, 1001 + 3600);
     assert_eq!(
         ack.opts().get(OptionCode::BootfileName),
-        Some(&DhcpOption::BootfileName(b"http://10.213.0.1:8080/boot.ipxe?mac=52:54:00:12:34:56".to_vec()))
+        Some(&DhcpOption::BootfileName(b"http://10.213.0.1:8080/boot.ipxe?mac=52:54:00:12:34:56\0".to_vec()))
     );
     assert_eq!(ack.siaddr(), SERVER);
 }

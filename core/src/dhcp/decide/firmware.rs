@@ -1,0 +1,188 @@
+//! Replies to what real PXE firmware sends, field by field. The fixtures are our
+//! own, built from facts in public captures and bug reports (named at each), not
+//! copies of them; each asserts what that firmware needs of the reply (see
+//! `docs/firmware-quirks.md`).
+
+use super::tests::Harness;
+use super::*;
+use dhcproto::v4::Architecture;
+use dhcproto::{Decodable, Encodable};
+
+/// `reply` on the wire, as the server sends it in answer to `request`.
+fn encode(reply: &Message, request: &Message) -> Vec<u8> {
+    encode_reply(reply, &request.to_vec().unwrap()).unwrap()
+}
+
+const ASROCK_MAC: [u8; 6] = [0xbc, 0x5f, 0xf4, 0x11, 0x22, 0x33];
+
+/// A PXE ROM's DISCOVER or REQUEST, as the ASRock BIOS ROM in google/netboot's
+/// `dhcp4/testdata/dhcp.pcap` sends it: vendor class `PXEClient:Arch:00000:UNDI:002001`,
+/// max message size 1260 (57), arch 0 (93), UNDI 2.1 (94), a type-0 UUID (97).
+fn pxe_rom(mac: [u8; 6], kind: MessageType, arch: u16, vendor_class: &str) -> Message {
+    let any = Ipv4Addr::UNSPECIFIED;
+    let mut msg = Message::new_with_id(0x5e1f_a001, any, any, any, any, &mac);
+    msg.set_flags(Flags::default().set_broadcast());
+    let opts = msg.opts_mut();
+    opts.insert(DhcpOption::MessageType(kind));
+    opts.insert(DhcpOption::MaxMessageSize(1260));
+    opts.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(arch)));
+    opts.insert(DhcpOption::ClientNetworkInterface(1, 2, 1));
+    let mut uuid = vec![0u8];
+    uuid.extend_from_slice(&[
+        0x03, 0x00, 0x02, 0x00, 0x04, 0x00, 0x05, 0x00, 0x00, 0x06, 0x00, 0x07, 0x00, 0x08, 0x00, 0x09,
+    ]);
+    opts.insert(DhcpOption::ClientMachineIdentifier(uuid));
+    opts.insert(DhcpOption::ClassIdentifier(vendor_class.as_bytes().to_vec()));
+    msg
+}
+
+/// What every reply to a PXE ROM must be on the wire.
+fn assert_rom_can_read(reply: &Message, raw: &[u8], file: &str) {
+    assert!(raw.len() >= MIN_BOOTP_LEN, "{} bytes: BOOTP's minimum is 300", raw.len());
+    let mut named = file.as_bytes().to_vec();
+    named.push(0);
+    assert_eq!(reply.opts().get(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(named)), "67 ends in NUL");
+    // `file` is 128 bytes: the name, then at least one NUL.
+    let fname = &raw[108..236];
+    assert_eq!(&fname[..file.len()], file.as_bytes());
+    assert_eq!(fname[file.len()], 0, "`file` is NUL-terminated");
+    assert_eq!(
+        reply.opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec())),
+        "option 60 echoed: a BIOS ROM retries DISCOVER waiting for it"
+    );
+}
+
+fn vendor_options(reply: &Message) -> Option<Vec<u8>> {
+    match reply.opts().get(OptionCode::VendorExtensions) {
+        Some(DhcpOption::Unknown(o)) => Some(o.data().to_vec()),
+        _ => None,
+    }
+}
+
+#[test]
+fn asrock_bios_rom_gets_a_combined_offer_and_ack_it_can_read() {
+    let mut h = Harness::new();
+    let class = "PXEClient:Arch:00000:UNDI:002001";
+    let discover = pxe_rom(ASROCK_MAC, MessageType::Discover, 0, class);
+    let (offer, _, _) = super::tests::reply_of(h.run(&discover, 1));
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_rom_can_read(&offer, &encode(&offer, &discover), "undionly.kpxe");
+    let request = super::tests::with_opts(
+        pxe_rom(ASROCK_MAC, MessageType::Request, 0, class),
+        [DhcpOption::RequestedIpAddress(offer.yiaddr()), DhcpOption::ServerIdentifier(super::tests::SERVER)],
+    );
+    let (ack, grant, _) = super::tests::reply_of(h.run(&request, 2));
+    assert!(grant.is_some());
+    assert_rom_can_read(&ack, &encode(&ack, &request), "undionly.kpxe");
+    // The PXE spec has servers echo the client's UUID in proxy replies; a combined
+    // offer needs no option 43 (the ROM boots the file it names).
+    assert_eq!(vendor_options(&offer), None);
+}
+
+#[test]
+fn intel_rom_relayed_request_is_acked_to_the_relay_in_a_readable_reply() {
+    // google/netboot's capture also holds an Intel NIC's REQUEST through a relay
+    // (giaddr set, hops 1).
+    let mut h = Harness::new();
+    let relay = Ipv4Addr::new(10, 9, 0, 1);
+    h.peer = relay;
+    let mut discover =
+        pxe_rom([0x00, 0x1b, 0x21, 0x0a, 0x0b, 0x0c], MessageType::Discover, 0, "PXEClient:Arch:00000:UNDI:002001");
+    discover.set_giaddr(relay).set_hops(1);
+    let (offer, _, _) = super::tests::reply_of(h.run(&discover, 1));
+    assert!(u32::from(offer.yiaddr()) >> 8 == u32::from(Ipv4Addr::new(10, 9, 0, 0)) >> 8, "{}", offer.yiaddr());
+    let mut request = super::tests::with_opts(
+        pxe_rom([0x00, 0x1b, 0x21, 0x0a, 0x0b, 0x0c], MessageType::Request, 0, "PXEClient:Arch:00000:UNDI:002001"),
+        [DhcpOption::RequestedIpAddress(offer.yiaddr()), DhcpOption::ServerIdentifier(super::tests::SERVER)],
+    );
+    request.set_giaddr(relay).set_hops(1);
+    let (ack, _, _) = super::tests::reply_of(h.run(&request, 2));
+    assert_eq!(ack.giaddr(), relay);
+    assert_rom_can_read(&ack, &encode(&ack, &request), "undionly.kpxe");
+}
+
+#[test]
+fn uefi_proxy_offers_leave_option_43_to_the_boot_server_port() {
+    // EDK2 (`PxeBcDhcp4.c`) takes a port-67 proxy offer with option 43 for a PXE
+    // 1.0 offer it never caches (edk2 issue 6944 on Dell 13G; danderson/netboot
+    // issue 43 on HP DL380 Gen9): none on 67, all of it on 4011.
+    let mut policy = super::tests::policy();
+    policy.mode = DhcpMode::Proxy;
+    let mut h = Harness::with(policy);
+    let class = "PXEClient:Arch:00007:UNDI:003016";
+    let discover = pxe_rom(ASROCK_MAC, MessageType::Discover, 7, class);
+    let (offer, _, _) = super::tests::reply_of(h.run(&discover, 1));
+    assert_eq!(vendor_options(&offer), None, "no option 43 to UEFI on port 67");
+    assert_rom_can_read(&offer, &encode(&offer, &discover), "ipxe.efi");
+    let mut request = pxe_rom(ASROCK_MAC, MessageType::Request, 7, class);
+    request.set_ciaddr(Ipv4Addr::new(10, 213, 0, 140));
+    let (ack, _, _) = super::tests::reply_of(h.run_on(&request, Port::Binl, 2));
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_rom_can_read(&ack, &encode(&ack, &request), "ipxe.efi");
+    assert_eq!(vendor_options(&ack).as_deref(), Some(PXE_VENDOR_OPTIONS.as_slice()), "4011 carries option 43");
+}
+
+#[test]
+fn bios_proxy_offers_carry_discovery_control_and_a_menu_prompt() {
+    // dnsmasq always adds sub-option 10 (a prompt); edk2 issue 8149 was fixed by it.
+    let mut policy = super::tests::policy();
+    policy.mode = DhcpMode::Proxy;
+    let mut h = Harness::with(policy);
+    let discover = pxe_rom(ASROCK_MAC, MessageType::Discover, 0, "PXEClient:Arch:00000:UNDI:002001");
+    let (offer, _, _) = super::tests::reply_of(h.run(&discover, 1));
+    let options = vendor_options(&offer).expect("option 43 for a BIOS ROM");
+    assert_eq!(&options[..3], &[6, 1, 8], "discovery control: boot the file named here");
+    assert_eq!(&options[3..6], &[10, 4, 0], "a menu prompt, timeout 0");
+    assert_eq!(options.last(), Some(&255));
+    assert_rom_can_read(&offer, &encode(&offer, &discover), "undionly.kpxe");
+}
+
+#[test]
+fn ipxe_behind_a_proxy_gets_its_script_url_nul_terminated_in_300_bytes() {
+    // ipxe/ipxe issue 954's capture: iPXE (user class `iPXE`, option 175) next to a
+    // site DHCP server and a proxy.
+    let mut policy = super::tests::policy();
+    policy.mode = DhcpMode::Proxy;
+    let mut h = Harness::with(policy);
+    let discover = super::super::classify::tests::ipxe_bios(super::tests::MAC, MessageType::Discover);
+    let (offer, _, boot) = super::tests::reply_of(h.run(&discover, 1));
+    let url = boot.file().expect("a script URL").to_string();
+    assert!(url.ends_with("/boot.ipxe?mac=52:54:00:12:34:56"), "{url}");
+    let raw = encode(&offer, &discover);
+    assert!(raw.len() >= MIN_BOOTP_LEN);
+    let mut named = url.into_bytes();
+    named.push(0);
+    assert_eq!(offer.opts().get(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(named)));
+    assert_eq!(vendor_options(&offer), None, "option 43 is for PXE ROMs, not iPXE");
+}
+
+#[test]
+fn short_replies_are_padded_and_a_name_too_long_for_file_goes_only_in_67() {
+    let mut h = Harness::new();
+    // A NAK is the shortest reply (250 bytes unpadded).
+    let wrong = super::tests::with_opts(
+        super::super::classify::tests::request(super::tests::MAC, MessageType::Request),
+        [
+            DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 213, 0, 250)),
+            DhcpOption::ServerIdentifier(super::tests::SERVER),
+        ],
+    );
+    let (nak, _, _) = super::tests::reply_of(h.run(&wrong, 1));
+    assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
+    let raw = encode(&nak, &wrong);
+    assert_eq!(raw.len(), MIN_BOOTP_LEN);
+    assert_eq!(Message::decode(&mut dhcproto::Decoder::new(&raw)).unwrap().opts().msg_type(), Some(MessageType::Nak));
+    // A 128-byte name cannot be NUL-terminated in `file`: option 67 only.
+    let mut policy = super::tests::policy();
+    let long = "x".repeat(128);
+    policy.boot_files.insert(Arch::BIOS, long.clone());
+    let mut h = Harness::with(policy);
+    let discover = pxe_rom(ASROCK_MAC, MessageType::Discover, 0, "PXEClient:Arch:00000:UNDI:002001");
+    let (offer, _, _) = super::tests::reply_of(h.run(&discover, 1));
+    let raw = encode(&offer, &discover);
+    assert!(raw[108..236].iter().all(|b| *b == 0), "`file` left empty");
+    let mut named = long.into_bytes();
+    named.push(0);
+    assert_eq!(offer.opts().get(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(named)));
+}
