@@ -51,7 +51,9 @@ pub fn default_boot_files() -> BTreeMap<Arch, String> {
     let table: &[(&[u16], &str)] = &[
         (&[0], "undionly.kpxe"),
         (&[6, 15], "ipxe-ia32.efi"),
-        (&[7, 9, 16], "ipxe.efi"),
+        // The firmware's SNP driver, not iPXE's own: `ipxe.efi`'s native drivers fail
+        // on Intel 82599, Broadcom BCM5720 and ConnectX (ipxe issues 923, 972).
+        (&[7, 9, 16], "snponly.efi"),
         (&[10, 18], "ipxe-arm32.efi"),
         (&[11, 19], "ipxe-arm64.efi"),
         (&[27, 28], "ipxe-riscv64.efi"),

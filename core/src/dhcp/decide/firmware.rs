@@ -114,12 +114,12 @@ fn uefi_proxy_offers_leave_option_43_to_the_boot_server_port() {
     let discover = pxe_rom(ASROCK_MAC, MessageType::Discover, 7, class);
     let (offer, _, _) = super::tests::reply_of(h.run(&discover, 1));
     assert_eq!(vendor_options(&offer), None, "no option 43 to UEFI on port 67");
-    assert_rom_can_read(&offer, &encode(&offer, &discover), "ipxe.efi");
+    assert_rom_can_read(&offer, &encode(&offer, &discover), "snponly.efi");
     let mut request = pxe_rom(ASROCK_MAC, MessageType::Request, 7, class);
     request.set_ciaddr(Ipv4Addr::new(10, 213, 0, 140));
     let (ack, _, _) = super::tests::reply_of(h.run_on(&request, Port::Binl, 2));
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
-    assert_rom_can_read(&ack, &encode(&ack, &request), "ipxe.efi");
+    assert_rom_can_read(&ack, &encode(&ack, &request), "snponly.efi");
     assert_eq!(vendor_options(&ack).as_deref(), Some(PXE_VENDOR_OPTIONS.as_slice()), "4011 carries option 43");
 }
 

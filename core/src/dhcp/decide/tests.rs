@@ -140,8 +140,8 @@ fn every_pxe_arch_gets_its_binary_or_nothing() {
     for (code, want) in [
         (0u16, Some("undionly.kpxe")),
         (6, Some("ipxe-ia32.efi")),
-        (7, Some("ipxe.efi")),
-        (9, Some("ipxe.efi")),
+        (7, Some("snponly.efi")),
+        (9, Some("snponly.efi")),
         (10, Some("ipxe-arm32.efi")),
         (11, Some("ipxe-arm64.efi")),
         (27, Some("ipxe-riscv64.efi")),
@@ -166,7 +166,7 @@ fn operator_map_overrides_the_built_in_one() {
 
 #[test]
 fn uefi_http_boot_gets_a_url_and_its_class_echoed() {
-    for (code, file) in [(16u16, "ipxe.efi"), (19, "ipxe-arm64.efi")] {
+    for (code, file) in [(16u16, "snponly.efi"), (19, "ipxe-arm64.efi")] {
         let msg = with_opts(
             request(MAC, MessageType::Discover),
             [
@@ -353,7 +353,7 @@ fn relayed_request_picks_the_relays_subnet_and_echoes_option_82_verbatim() {
     assert!(h.policy.subnets[1].net.contains(&offer.yiaddr()), "{} from the relay's subnet", offer.yiaddr());
     assert_eq!(offer.giaddr(), Ipv4Addr::new(10, 9, 0, 1));
     assert_eq!(offer.opts().get(OptionCode::Router), Some(&DhcpOption::Router(vec![Ipv4Addr::new(10, 9, 0, 1)])));
-    assert_eq!(boot, BootChoice::Tftp("ipxe.efi".into()));
+    assert_eq!(boot, BootChoice::Tftp("snponly.efi".into()));
     // Exactly once, unchanged, as the last option.
     let end = end_option_at(&bytes).unwrap();
     assert_eq!(&bytes[end - opt82.len()..end], opt82, "option 82 echoed unchanged, last");
