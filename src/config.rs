@@ -138,6 +138,12 @@ struct WireTftp {
     min_timeout_secs: u8,
     #[serde(default = "default_tftp_max_timeout")]
     max_timeout_secs: u8,
+    /// The largest block (RFC 2348) any client gets. Each session is further capped
+    /// to its link's MTU − 32 (IP, UDP, TFTP headers); set this lower when the path
+    /// to the nodes is narrower than the server's interface (an overlay or tunnel
+    /// beyond it): UNDI ROMs drop IP fragments. 1468 fills one 1500-byte frame.
+    #[serde(default = "default_tftp_max_blksize")]
+    max_blksize: u16,
 }
 
 impl Default for WireTftp {
@@ -149,6 +155,7 @@ impl Default for WireTftp {
             max_session_secs: default_tftp_session_secs(),
             min_timeout_secs: default_tftp_min_timeout(),
             max_timeout_secs: default_tftp_max_timeout(),
+            max_blksize: default_tftp_max_blksize(),
         }
     }
 }
@@ -173,6 +180,10 @@ fn default_tftp_max_timeout() -> u8 {
     TftpLimits::default().session.max_timeout_secs
 }
 
+fn default_tftp_max_blksize() -> u16 {
+    TftpLimits::default().session.max_blksize
+}
+
 impl WireTftp {
     fn limits(&self) -> Result<TftpLimits, String> {
         if self.max_sessions == 0 || self.max_sessions_per_source == 0 {
@@ -187,9 +198,19 @@ impl WireTftp {
                 self.min_timeout_secs, self.max_timeout_secs
             ));
         }
+        let blksize = ramboot_core::tftp::session::BLKSIZE_RANGE;
+        if !blksize.contains(&self.max_blksize) {
+            return Err(format!(
+                "tftp.max_blksize ({}) must be within {}..={} (RFC 2348)",
+                self.max_blksize,
+                blksize.start(),
+                blksize.end()
+            ));
+        }
         let defaults = TftpLimits::default();
         Ok(TftpLimits {
             session: ramboot_core::tftp::session::Limits {
+                max_blksize: self.max_blksize,
                 min_timeout_secs: self.min_timeout_secs,
                 max_timeout_secs: self.max_timeout_secs,
                 ..defaults.session
@@ -810,16 +831,20 @@ default_profile: tiny
         assert_eq!(cfg.http_limits, HttpLimits::default());
         assert_eq!(cfg.tftp_limits.max_sessions_per_source, 8);
         assert_eq!(cfg.tftp_limits.max_session, Duration::from_secs(120));
+        assert_eq!(cfg.tftp_limits.session.max_blksize, 1468, "one 1500-byte frame by default");
         let text = format!(
             "{GOOD}http:\n  max_connections_per_source: 600\ntftp:\n  max_sessions_per_source: 500\n  \
-             max_session_secs: 30\n  max_timeout_secs: 5\n"
+             max_session_secs: 30\n  max_timeout_secs: 5\n  max_blksize: 1400\n"
         );
         let cfg = Config::parse(Path::new("r.yaml"), &text).unwrap();
         assert_eq!(cfg.http_limits.max_connections_per_source, 600);
         assert_eq!(cfg.tftp_limits.max_sessions_per_source, 500);
         assert_eq!(cfg.tftp_limits.max_session, Duration::from_secs(30));
         assert_eq!(cfg.tftp_limits.session.max_timeout_secs, 5);
+        assert_eq!(cfg.tftp_limits.session.max_blksize, 1400);
         for (extra, expect) in [
+            ("tftp:\n  max_blksize: 7\n", "tftp.max_blksize (7) must be within 8..=65464"),
+            ("tftp:\n  max_blksize: 65465\n", "tftp.max_blksize (65465)"),
             ("http:\n  max_event_streams: 0\n", "at least 1"),
             ("tftp:\n  max_sessions_per_source: 0\n", "at least 1"),
             ("tftp:\n  max_session_secs: 1\n", "at least 10"),

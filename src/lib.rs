@@ -14,6 +14,7 @@ pub mod http;
 pub mod images;
 pub mod iscsi;
 pub mod limits;
+pub mod pktinfo;
 pub mod profiles;
 pub mod ra;
 pub mod retention;

@@ -12,6 +12,13 @@
 //! session's whole lifetime: a client that ACKs just often enough to dodge the
 //! resend limit still cannot hold a session and its copy of the file for ever.
 //!
+//! Answers come from the address the request was sent to, whatever the listener is
+//! bound to (`0.0.0.0`, a secondary address, a VIP): the request is read with
+//! `IP_PKTINFO` and each session's socket is bound to its destination. NIC
+//! firmware drops DATA from any other source (pin/tftp issue 58, danderson/netboot
+//! issue 122). The block size is capped so one DATA fits one frame of the interface
+//! the request came in on (`Limits::for_link_mtu`): UNDI ROMs drop IP fragments.
+//!
 //! Names are resolved by [`crate::safe_path::resolve`]: `..`, backslashes, control
 //! characters, overlong names and symlinks pointing outside the root are refused.
 //! Write requests get "illegal operation".
@@ -26,7 +33,7 @@ use ramboot_core::tftp::session::{
     error_packet, negotiate, parse_client, parse_request, Datagram, Limits, Session, Step,
 };
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -126,8 +133,18 @@ pub async fn serve_with(
     socket.set_nonblocking(true)?;
     let socket = UdpSocket::from_std(socket)?;
     let local = socket.local_addr()?;
+    // IPv4: each request tells where it arrived (see the module doc). IPv6 sessions
+    // answer from the listening address, as before.
+    let pktinfo = local.is_ipv4() && {
+        let on = crate::pktinfo::enable(&socket);
+        if let Err(e) = &on {
+            warn!(error = %e, "TFTP: no IP_PKTINFO; sessions answer from the listening address");
+        }
+        on.is_ok()
+    };
     info!(
         addr = %local,
+        max_blksize = limits.session.max_blksize,
         root = %root.display(),
         max_sessions = limits.max_sessions,
         max_sessions_per_source = limits.max_sessions_per_source,
@@ -139,9 +156,9 @@ pub async fn serve_with(
     let mut tasks = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 1024];
     loop {
-        let (len, client) = tokio::select! {
+        let (len, client, arrival) = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = socket.recv_from(&mut buf) => match r {
+            r = recv_request(&socket, pktinfo, &mut buf) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     warn!(error = %e, "TFTP receive failed");
@@ -158,12 +175,19 @@ pub async fn serve_with(
                 continue;
             }
         };
+        let source = answer_from(local.ip(), arrival);
         let refuse = |code: u16, message: String, outcome: &'static str| {
             metrics::counter!("ramboot_tftp_sessions_total", "outcome" => outcome).increment(1);
             let packet = error_packet(code, &message);
             let socket = &socket;
             async move {
-                let _ = socket.send_to(&packet, client).await;
+                // From the address asked, like the session would have been.
+                let _ = match (client, source) {
+                    (SocketAddr::V4(to), IpAddr::V4(from)) if pktinfo => {
+                        crate::pktinfo::send_from(socket, &packet, to, from).await
+                    }
+                    _ => socket.send_to(&packet, client).await,
+                };
             }
         };
         if request.write {
@@ -210,13 +234,15 @@ pub async fn serve_with(
                 continue;
             }
         };
-        let bytes = {
+        let fetched = {
             let (cache, real) = (cache.clone(), real.clone());
-            tokio::task::spawn_blocking(move || cache.get(&real)).await
+            let ifindex = arrival.map_or(0, |a| a.ifindex);
+            // The link's MTU too: a sysfs read, off the session thread like the file's.
+            tokio::task::spawn_blocking(move || (cache.get(&real), crate::pktinfo::interface_mtu(ifindex))).await
         };
-        let bytes = match bytes {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
+        let (bytes, link_mtu) = match fetched {
+            Ok((Ok(b), mtu)) => (b, mtu),
+            Ok((Err(e), _)) => {
                 warn!(%client, file = %real.display(), error = %e, "TFTP open failed");
                 refuse(ramboot_core::tftp::session::code::FILE_NOT_FOUND, e.to_string(), "not_found").await;
                 continue;
@@ -229,10 +255,12 @@ pub async fn serve_with(
         let span = info_span!("tftp", %client, file = %request.filename);
         let cancel = cancel.clone();
         let options = request.options;
+        let session_limits = session_limits(&limits, link_mtu);
         tasks.spawn(
             async move {
                 let _permit = permit;
-                if let Err(e) = transfer(local, client, &options, bytes, &limits, cancel).await {
+                let link = Link { source, mtu: link_mtu };
+                if let Err(e) = transfer(link, client, &options, bytes, &limits, session_limits, cancel).await {
                     warn!(error = %e, "TFTP session socket failed");
                 }
             }
@@ -243,20 +271,60 @@ pub async fn serve_with(
     Ok(())
 }
 
-/// Run one read session from a fresh port (the server's transfer ID).
+/// Receive a request: (length, sender, where it arrived if `pktinfo` is on).
+async fn recv_request(
+    socket: &UdpSocket,
+    pktinfo: bool,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<crate::pktinfo::PacketInfo>)> {
+    if pktinfo {
+        let (len, peer, info) = crate::pktinfo::recv_from(socket, buf).await?;
+        Ok((len, SocketAddr::V4(peer), Some(info)))
+    } else {
+        let (len, peer) = socket.recv_from(buf).await?;
+        Ok((len, peer, None))
+    }
+}
+
+/// The address a session answers from: where its request arrived, else (no
+/// `IP_PKTINFO`) the listening address. Binding to `0.0.0.0` would let the route
+/// pick the primary address, which firmware that asked a secondary one or a VIP drops.
+fn answer_from(listening: IpAddr, arrival: Option<crate::pktinfo::PacketInfo>) -> IpAddr {
+    match arrival {
+        Some(info) if !info.local.is_unspecified() && info.local != Ipv4Addr::BROADCAST => IpAddr::V4(info.local),
+        _ => listening,
+    }
+}
+
+/// A session's negotiation limits: the configured ones, lowered to the MTU of the
+/// link the request came in on when it is known.
+fn session_limits(limits: &TftpLimits, link_mtu: Option<u32>) -> Limits {
+    link_mtu.map_or(limits.session, |mtu| limits.session.for_link_mtu(mtu))
+}
+
+/// Where a session's request arrived: the address to answer from and that link's MTU.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    source: IpAddr,
+    mtu: Option<u32>,
+}
+
+/// Run one read session from a fresh port (the server's transfer ID) on the
+/// address the request was sent to.
 async fn transfer(
-    local: SocketAddr,
+    link: Link,
     client: SocketAddr,
     options: &[(String, String)],
     file: Arc<[u8]>,
     limits: &TftpLimits,
+    session_limits: Limits,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let socket = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
+    let socket = UdpSocket::bind(SocketAddr::new(link.source, 0)).await?;
     // Connected: the kernel drops packets from any other transfer ID.
     socket.connect(client).await?;
-    let negotiated = negotiate(options, file.len() as u64, &limits.session);
-    let (mut session, mut step) = Session::start(&negotiated, file.len() as u64, &limits.session);
+    let negotiated = negotiate(options, file.len() as u64, &session_limits);
+    let (mut session, mut step) = Session::start(&negotiated, file.len() as u64, &session_limits);
     let started = std::time::Instant::now();
     let expires = tokio::time::Instant::now() + limits.max_session;
     let mut packet = Vec::with_capacity(usize::from(negotiated.blksize) + 4);
@@ -295,6 +363,8 @@ async fn transfer(
                     windowsize = negotiated.windowsize,
                     asked = ?asked.join(" "),
                     ms = (secs * 1000.0) as u64,
+                    from = %link.source,
+                    link_mtu = ?link.mtu,
                     "TFTP read"
                 );
                 return Ok(());
@@ -331,5 +401,37 @@ async fn transfer(
                 },
             },
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pktinfo::PacketInfo;
+
+    fn arrived(local: [u8; 4]) -> Option<PacketInfo> {
+        Some(PacketInfo { local: local.into(), header_dst: local.into(), ifindex: 2 })
+    }
+
+    #[test]
+    fn sessions_answer_from_the_address_the_request_reached() {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        // Listening on 0.0.0.0, asked on a secondary address or a VIP: answer from it.
+        assert_eq!(answer_from(any, arrived([10, 0, 0, 9])), IpAddr::from([10, 0, 0, 9]));
+        // Bound to one address: that one (the kernel reports it), as before.
+        let bound = IpAddr::from([10, 0, 0, 1]);
+        assert_eq!(answer_from(bound, arrived([10, 0, 0, 1])), bound);
+        // Nothing known (IPv6, or no IP_PKTINFO): the listening address.
+        assert_eq!(answer_from(bound, None), bound);
+        assert_eq!(answer_from(bound, arrived([0, 0, 0, 0])), bound);
+    }
+
+    #[test]
+    fn a_sessions_blksize_cap_follows_its_links_mtu() {
+        let limits = TftpLimits::default();
+        assert_eq!(session_limits(&limits, None).max_blksize, 1468);
+        assert_eq!(session_limits(&limits, Some(1500)).max_blksize, 1468);
+        assert_eq!(session_limits(&limits, Some(1400)).max_blksize, 1368);
+        assert_eq!(session_limits(&limits, Some(65536)).max_blksize, 1468);
     }
 }

@@ -120,10 +120,17 @@ pub fn data_header(block: u16) -> [u8; 4] {
     [a, b, c, d]
 }
 
+/// What a DATA packet adds to its block on the wire: IPv4 (20), UDP (8) and TFTP
+/// (4) headers. A block of `mtu − 32` bytes fills one frame exactly.
+pub const DATA_OVERHEAD: u32 = 32;
+/// RFC 2348's bounds on `blksize`.
+pub const BLKSIZE_RANGE: std::ops::RangeInclusive<u16> = 8..=65464;
+
 /// What the server allows; clients negotiate down from it.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest block: 1468 fits one Ethernet frame (1500 − IP − UDP − TFTP headers).
+    /// Per session it is lowered further to the link's MTU ([`Limits::for_link_mtu`]).
     pub max_blksize: u16,
     pub max_windowsize: u16,
     /// Resend timeout when the client asks for none, or for one out of bounds.
@@ -150,6 +157,18 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// These limits for a client reached over a link of `mtu` bytes: the block size
+    /// is capped so one DATA packet fits one frame. A bigger block would leave as IP
+    /// fragments, which UNDI ROMs drop (pixiecore uses 1450; smee cut to 1400 under
+    /// overlays, its issue 70). The configured `max_blksize` still applies below it.
+    pub fn for_link_mtu(self, mtu: u32) -> Limits {
+        let fits = mtu.saturating_sub(DATA_OVERHEAD);
+        let fits = fits.clamp(u32::from(*BLKSIZE_RANGE.start()), u32::from(*BLKSIZE_RANGE.end())) as u16;
+        Limits { max_blksize: self.max_blksize.min(fits), ..self }
+    }
+}
+
 /// The session's parameters after negotiation, and the OACK to send (if the
 /// client asked for any option we honour).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,8 +186,9 @@ pub fn negotiate(options: &[(String, String)], file_len: u64, limits: &Limits) -
     for (name, value) in options {
         let Ok(v) = value.parse::<u64>() else { continue };
         match name.as_str() {
-            // RFC 2348: 8..=65464; we answer with no more than the path allows.
-            "blksize" if (8..=65464).contains(&v) => {
+            // RFC 2348: 8..=65464; we answer with no more than the path allows (the
+            // smallest of the client's ask, `max_blksize` and the link's MTU).
+            "blksize" if (u64::from(*BLKSIZE_RANGE.start())..=u64::from(*BLKSIZE_RANGE.end())).contains(&v) => {
                 n.blksize = (v as u16).min(limits.max_blksize);
                 acked.push(("blksize", n.blksize.to_string()));
             }

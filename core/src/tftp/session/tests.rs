@@ -190,3 +190,48 @@ fn the_default_limits_bound_a_silent_clients_hold() {
     }
     assert_eq!(waited, Duration::from_secs(u64::from(limits.max_timeout_secs) * 31));
 }
+
+/// The blksize granted for a client asking `ask` under `limits`.
+fn granted_blksize(ask: &str, limits: &Limits) -> u16 {
+    negotiate(&[("blksize".into(), ask.into())], 100_000, limits).blksize
+}
+
+#[test]
+fn blksize_is_the_least_of_the_ask_the_configured_cap_and_the_link_mtu() {
+    let defaults = Limits::default();
+    // A 1500-byte link changes nothing: 1468 is exactly one Ethernet frame.
+    assert_eq!(defaults.for_link_mtu(1500).max_blksize, 1468);
+    assert_eq!(granted_blksize("1468", &defaults.for_link_mtu(1500)), 1468);
+    // MTU 1400 (an overlay, smee issue 70): the block shrinks so one DATA is one frame.
+    let overlay = defaults.for_link_mtu(1400);
+    assert_eq!(granted_blksize("1468", &overlay), 1368);
+    assert_eq!(u32::from(granted_blksize("9000", &overlay)) + DATA_OVERHEAD, 1400);
+    // A smaller ask is kept; loopback's 64 KiB MTU leaves the configured cap.
+    assert_eq!(granted_blksize("1024", &overlay), 1024);
+    assert_eq!(granted_blksize("9000", &defaults.for_link_mtu(65536)), 1468);
+    // The configured cap (pixiecore's 1450) wins over a roomier link.
+    let configured = Limits { max_blksize: 1450, ..defaults };
+    assert_eq!(granted_blksize("1468", &configured.for_link_mtu(9000)), 1450);
+    assert_eq!(granted_blksize("1468", &configured.for_link_mtu(1400)), 1368);
+    // A link smaller than any block still yields a legal blksize (RFC 2348: >= 8).
+    assert_eq!(defaults.for_link_mtu(0).max_blksize, 8);
+    assert_eq!(defaults.for_link_mtu(68).max_blksize, 36);
+    // The OACK carries the capped value; a client that asks nothing gets 512 as ever.
+    let n = negotiate(&[("blksize".into(), "1468".into())], 10, &overlay);
+    assert_eq!(&n.oack.unwrap()[2..], b"blksize\x001368\x00");
+    assert_eq!(negotiate(&[], 10, &overlay).blksize, 512);
+}
+
+proptest::proptest! {
+    /// Whatever the ask and the link, the granted block fits one frame of the link
+    /// (when any legal block can), never exceeds the ask or the configured cap.
+    #[test]
+    fn a_granted_block_fits_the_link(ask in 8u16..=65464, max in 8u16..=65464, mtu in 0u32..100_000) {
+        let limits = Limits { max_blksize: max, ..Limits::default() }.for_link_mtu(mtu);
+        let got = granted_blksize(&ask.to_string(), &limits);
+        proptest::prop_assert!(got <= ask && got <= max);
+        if mtu >= 40 {
+            proptest::prop_assert!(u32::from(got) + DATA_OVERHEAD <= mtu);
+        }
+    }
+}
