@@ -123,9 +123,12 @@ fn tftp_answers_from_the_secondary_address_the_client_asked() {
     let (status, out) = pair.client("curl", &curl);
     assert!(status.success(), "curl: {status}: {out}");
     let payload = pair.payload.clone();
-    let expected_data = payload.len() / 512 + 1 + payload.len() / 1468 + 1;
+    // Both transfers' last blocks (short ones) on the wire. tcpdump may miss packets
+    // of a fast transfer, so the wait is bounded and the checks below need no count.
+    let last_blocks = [payload.len() % 512, payload.len() % 1468].map(|rest| 4 + rest);
     let data_seen = |packets: &[Packet]| {
-        from_server(packets).iter().filter(|(_, _, p)| p.starts_with(&[0, 3])).count() >= expected_data
+        let answers = from_server(packets);
+        last_blocks.iter().all(|len| answers.iter().any(|(_, _, p)| p.starts_with(&[0, 3]) && p.len() == *len))
     };
     let (log, packets, lab) = pair.finish(data_seen);
 
@@ -134,10 +137,13 @@ fn tftp_answers_from_the_secondary_address_the_client_asked() {
         assert!(got == payload, "{client}: {} bytes downloaded, not the file's {}", got.len(), payload.len());
     }
     // The wire: every answer (OACK, DATA, and none from anywhere else) came from the
-    // address asked, on a transfer port of its own.
+    // address asked, on a transfer port of its own, one per transfer.
     let answers = from_server(&packets);
-    let data = answers.iter().filter(|(_, _, p)| p.starts_with(&[0, 3])).count();
-    assert!(data >= expected_data, "{data} DATA packets captured, expected {expected_data}:\n{}", tail(&log, 20));
+    let data: Vec<_> = answers.iter().filter(|(_, _, p)| p.starts_with(&[0, 3])).collect();
+    let mut ports: Vec<u16> = data.iter().map(|(_, port, _)| *port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 2, "DATA of two transfers captured ({} packets):\n{}", data.len(), tail(&log, 20));
     let strays: Vec<_> = answers.iter().filter(|(src, port, _)| *src != SECONDARY || *port == 69).collect();
     assert!(strays.is_empty(), "answers not from {SECONDARY} on a transfer port: {:?}", &strays[..strays.len().min(5)]);
     assert_eq!(log.matches("TFTP read").count(), 2, "two transfers logged:\n{}", tail(&log, 20));
@@ -164,9 +170,10 @@ fn a_1400_mtu_link_that_drops_fragments_still_gets_the_whole_file() {
     let (status, out) = pair.client("atftp", &atftp);
     assert!(status.success(), "atftp: {status}: {out}");
     let payload = pair.payload.clone();
-    let blocks = payload.len() / 1368 + 1;
+    // Both transfers' last (short) blocks; tcpdump may miss some of a fast transfer.
+    let last_block = 4 + payload.len() % 1368;
     let data_seen = |packets: &[Packet]| {
-        from_server(packets).iter().filter(|(_, _, p)| p.starts_with(&[0, 3])).count() >= 2 * blocks
+        from_server(packets).iter().filter(|(_, _, p)| p.starts_with(&[0, 3]) && p.len() == last_block).count() >= 2
     };
     let (log, packets, lab) = pair.finish(data_seen);
 
@@ -174,11 +181,12 @@ fn a_1400_mtu_link_that_drops_fragments_still_gets_the_whole_file() {
         let got = std::fs::read(file).unwrap_or_default();
         assert!(got == payload, "{client}: {} bytes downloaded, not the file's {}", got.len(), payload.len());
     }
-    // Both asked 1468 and were granted what fits one 1400-byte frame.
+    // Both asked 1468 and were granted what fits one 1400-byte frame (the log says so
+    // of both, below; the capture, of every OACK it caught).
     let answers = from_server(&packets);
     let granted: Vec<Option<String>> =
         answers.iter().filter(|(_, _, p)| p.starts_with(&[0, 6])).map(|(_, _, p)| oack_option(p, "blksize")).collect();
-    assert_eq!(granted, vec![Some("1368".to_string()); 2], "the OACKs' blksize");
+    assert!(!granted.is_empty() && granted.iter().all(|g| g.as_deref() == Some("1368")), "OACKs: {granted:?}");
     let largest = answers.iter().filter(|(_, _, p)| p.starts_with(&[0, 3])).map(|(_, _, p)| p.len()).max();
     assert_eq!(largest, Some(4 + 1368), "the largest DATA: one full block of 1368");
     let logged: Vec<&str> = log.lines().filter(|l| l.contains("TFTP read")).collect();
