@@ -20,11 +20,12 @@
 //! (counted), instead of the decider falling ever further behind.
 
 use crate::config::Config;
+use crate::pktinfo;
 use crate::store::LeaseState;
 use crate::store::{LeaseOp, Store, StoreError};
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder};
-use nix::sys::socket::{self as sock, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
+use nix::sys::socket as sock;
 use ramboot_core::dhcp::classify::{self, Client, Firmware};
 use ramboot_core::dhcp::decide::{
     decide, encode_reply, Arrival, Decision, Host, Hosts, IgnoreReason, Inbound, Leases, Port,
@@ -33,12 +34,9 @@ use ramboot_core::dhcp::policy::{DhcpMode, DhcpPolicy};
 use ramboot_core::dhcp::pool::{BindingKind, Undo};
 use ramboot_core::dhcp::relay::{self, Screen};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -90,7 +88,7 @@ pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpIoError> {
     socket.set_reuse_address(true).map_err(err)?;
     socket.set_broadcast(true).map_err(err)?;
     socket.bind_device(Some(interface.as_bytes())).map_err(err)?;
-    sock::setsockopt(&socket, sock::sockopt::Ipv4PacketInfo, &true).map_err(|e| err(e.into()))?;
+    pktinfo::enable(&socket).map_err(err)?;
     // A deep receive queue absorbs bursts while the committer holds the CPU (a boot
     // storm arrives all at once); as root, past net.core.rmem_max.
     if sock::setsockopt(&socket, sock::sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
@@ -134,55 +132,6 @@ struct Datagram {
     peer: SocketAddrV4,
     local: Ipv4Addr,
     listener: usize,
-}
-
-/// One datagram's `IP_PKTINFO`.
-struct PacketInfo {
-    /// The local address the packet reached (for a broadcast, the interface's
-    /// primary address).
-    local: Ipv4Addr,
-    /// The IP header's destination.
-    header_dst: Ipv4Addr,
-}
-
-/// Receive one datagram with its `IP_PKTINFO`: (length, sender, where it arrived).
-async fn recv_with_pktinfo(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV4, PacketInfo)> {
-    socket
-        .async_io(Interest::READABLE, || {
-            let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
-            let mut iov = [IoSliceMut::new(buf)];
-            let msg = sock::recvmsg::<SockaddrIn>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
-            let peer = msg.address.map_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), SocketAddrV4::from);
-            let mut info = PacketInfo { local: Ipv4Addr::UNSPECIFIED, header_dst: Ipv4Addr::UNSPECIFIED };
-            for c in msg.cmsgs()? {
-                if let ControlMessageOwned::Ipv4PacketInfo(pi) = c {
-                    info.local = Ipv4Addr::from(u32::from_be(pi.ipi_spec_dst.s_addr));
-                    info.header_dst = Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr));
-                }
-            }
-            Ok((msg.bytes, peer, info))
-        })
-        .await
-}
-
-/// Send `bytes` to `dest` from local address `source`, so a multi-homed host
-/// answers from the address the client (or relay) spoke to.
-async fn send_from(socket: &UdpSocket, bytes: &[u8], dest: SocketAddrV4, source: Ipv4Addr) -> std::io::Result<usize> {
-    let info = nix::libc::in_pktinfo {
-        ipi_ifindex: 0,
-        ipi_spec_dst: nix::libc::in_addr { s_addr: u32::from(source).to_be() },
-        ipi_addr: nix::libc::in_addr { s_addr: 0 },
-    };
-    let dest = SockaddrIn::from(dest);
-    socket
-        .async_io(Interest::WRITABLE, || {
-            let cmsgs: &[ControlMessage] =
-                if source.is_unspecified() { &[] } else { &[ControlMessage::Ipv4PacketInfo(&info)] };
-            let sent =
-                sock::sendmsg(socket.as_raw_fd(), &[IoSlice::new(bytes)], cmsgs, MsgFlags::empty(), Some(&dest))?;
-            Ok(sent)
-        })
-        .await
 }
 
 /// Where a reply goes, per RFC 2131 §4.1: to the relay if there is one; a NAK by
@@ -240,7 +189,7 @@ struct Outgoing {
 
 impl Outgoing {
     async fn send(self) {
-        match send_from(&self.socket, &self.bytes, self.dest, self.source).await {
+        match pktinfo::send_from(&self.socket, &self.bytes, self.dest, self.source).await {
             Ok(_) => count(self.request_type, self.outcome),
             Err(e) => {
                 count(self.request_type, "send_error");
@@ -377,7 +326,7 @@ async fn read_loop(listener: Listener, index: usize, inbox: mpsc::Sender<Datagra
     loop {
         let received = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = recv_with_pktinfo(&listener.socket, &mut buf) => r,
+            r = pktinfo::recv_from(&listener.socket, &mut buf) => r,
         };
         let (len, peer, info) = match received {
             Ok(x) => x,
