@@ -536,3 +536,97 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
         started.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------------
+// 3. a second DHCP server on the boot network, offering no boot file
+
+const RACE_IP: Ipv4Addr = Ipv4Addr::new(10, 73, 0, 1);
+const ROGUE_IP: Ipv4Addr = Ipv4Addr::new(10, 73, 0, 2);
+const RACE_MAC: &str = "52:54:00:73:73:01";
+
+/// dnsmasq answers on the same bridge as authoritative ramboot with plain address
+/// offers (no boot file). Whichever offer arrives first, iPXE must take ramboot's:
+/// its offers carry iPXE's priority (175.1), so the VM gets ramboot's address and
+/// script. Without it iPXE takes the last offer of equal priority: a coin toss.
+#[test]
+fn a_second_dhcp_server_without_a_boot_file_does_not_win_the_race() {
+    const TEST: &str = "a_second_dhcp_server_without_a_boot_file_does_not_win_the_race";
+    let addresses = [format!("{RACE_IP}/24"), format!("{ROGUE_IP}/24")];
+    let Some((mut topo, ns, bridge, tap)) = lab_with_bridge(TEST, &[], 'r', &addresses) else { return };
+    let filter = "udp port 67 or udp port 68 or tcp port 8080";
+    let (tcpdump, pcap) = capture(&mut topo, &ns, &bridge, filter);
+    let config = format!(
+        "interface: {bridge}\nserver_address: {RACE_IP}\nipv6_ra: true\nhttp: {{listen: \"{RACE_IP}:8080\"}}\n\
+         tftp: {{listen: \"{RACE_IP}:69\"}}\ndhcp:\n  subnet: 10.73.0.0/24\n  range: [10.73.0.100, 10.73.0.150]\n"
+    );
+    let ramboot = topo.start_ramboot(&ns, &config, "info");
+    let ramboot_log = ramboot.log.clone();
+    let dnsmasq_log = topo.path("dnsmasq.log");
+    let dnsmasq_cmd: Vec<String> = vec![
+        tool(DNSMASQ),
+        "--no-daemon".into(),
+        "--port=0".into(),
+        "--conf-file=/dev/null".into(),
+        format!("--interface={bridge}"),
+        "--bind-interfaces".into(),
+        format!("--listen-address={ROGUE_IP}"),
+        // With its ping check first, dnsmasq's offer arrives after ramboot's: iPXE
+        // keeps the *last* offer of equal priority, so without 175.1 it would win.
+        "--dhcp-range=10.73.0.50,10.73.0.90,12h".into(),
+        format!("--dhcp-leasefile={}", topo.path("dnsmasq.leases").display()),
+        format!("--pid-file={}", topo.path("dnsmasq.pid").display()),
+        "--user=root".into(),
+        "--log-dhcp".into(),
+    ];
+    let ready = ["DHCP, IP range 10.73.0.50 -- 10.73.0.90"];
+    let dnsmasq = topo.start_until("dnsmasq", &ns, &dnsmasq_cmd, &dnsmasq_log, &ready, Duration::from_secs(15));
+
+    let console = topo.path("console.log");
+    let qemu_log = topo.path("qemu.log");
+    let qemu = spawn_pxe_vm(&mut topo, &ns, &tap, RACE_MAC, &console, &qemu_log);
+    let logs = [("console", &console), ("dnsmasq", &dnsmasq_log), ("ramboot", &ramboot_log)];
+    let context = || logs_context(25, &logs);
+    let served = format!("boot{{mac={RACE_MAC} source=");
+    topo.wait_alive(
+        qemu,
+        Duration::from_secs(75),
+        "ramboot to serve /boot.ipxe for the VM",
+        || log_text(&ramboot_log).contains(&served).then_some(()),
+        context,
+    );
+    // dnsmasq made its offer too (late, or the race is not one).
+    wait_for(
+        Duration::from_secs(20),
+        "dnsmasq to offer the VM an address",
+        || read_lossy(&dnsmasq_log).contains(&format!("DHCPOFFER({bridge}) 10.73.0.")).then_some(()),
+        context,
+    );
+    topo.stop(qemu, Duration::from_secs(3));
+    topo.stop(dnsmasq, Duration::from_secs(5));
+    topo.stop_ramboot(&ramboot);
+    wait_capture(&pcap, Duration::from_secs(5), |packets| {
+        packets.iter().any(|p| p.proto == 6 && p.dport == 8080 && p.payload.starts_with(b"GET /boot.ipxe"))
+    });
+    topo.stop(tcpdump, Duration::from_secs(5));
+
+    let packets = read_pcap(&pcap);
+    let msgs = dhcp_of(&packets);
+    let wire = describe_all(&msgs);
+    // Both servers speak from the bridge's primary address (dnsmasq answers from
+    // it too), so ramboot's offers are told by their range: .100-.150.
+    let ours = |ip: Ipv4Addr| ip.octets()[..3] == [10, 73, 0] && (100..=150).contains(&ip.octets()[3]);
+    let offered = msgs.iter().any(|(_, d)| d.chaddr == RACE_MAC && d.kind() == "OFFER" && ours(d.yiaddr));
+    assert!(offered, "ramboot offered:\n{wire}");
+    let requests: Vec<&(Packet, Dhcp)> =
+        msgs.iter().filter(|(_, d)| d.chaddr == RACE_MAC && d.kind() == "REQUEST").collect();
+    assert!(!requests.is_empty(), "no REQUEST:\n{wire}");
+    for (p, d) in &requests {
+        let asked = d.opt_addr(50).unwrap_or(d.ciaddr);
+        assert!(ours(asked), "iPXE chose ramboot's offer: {}", describe(p, d));
+    }
+    let get = packets
+        .iter()
+        .find(|p| p.proto == 6 && p.dport == 8080 && p.payload.starts_with(b"GET /boot.ipxe"))
+        .expect("the script request");
+    assert!(ours(get.src), "the script was asked for from ramboot's lease, not {}", get.src);
+}

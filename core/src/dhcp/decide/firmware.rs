@@ -186,3 +186,27 @@ fn short_replies_are_padded_and_a_name_too_long_for_file_goes_only_in_67() {
     named.push(0);
     assert_eq!(offer.opts().get(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(named)));
 }
+
+#[test]
+fn authoritative_offers_to_ipxe_outrank_a_plain_server_and_skip_proxydhcp() {
+    // iPXE keeps the last offer of the highest priority (175.1, 0 when absent), so
+    // a plain DHCP server on the same segment wins half the races unless ours says
+    // more; 175.176 tells it no proxy offer is coming.
+    let mut h = Harness::new();
+    let discover = super::super::classify::tests::ipxe_bios(super::tests::MAC, MessageType::Discover);
+    let (offer, _, _) = super::tests::reply_of(h.run(&discover, 1));
+    let raw = encode(&offer, &discover);
+    let decoded = Message::decode(&mut dhcproto::Decoder::new(&raw)).unwrap();
+    match decoded.opts().get(OptionCode::Unknown(175)) {
+        Some(DhcpOption::Unknown(o)) => assert_eq!(o.data(), IPXE_OPTIONS.as_slice()),
+        other => panic!("no option 175 in the offer: {other:?}"),
+    }
+    // Not to PXE ROMs (they get PXEClient), and not from a proxy (it offers no address).
+    let rom = pxe_rom(ASROCK_MAC, MessageType::Discover, 0, "PXEClient:Arch:00000:UNDI:002001");
+    let (offer, _, _) = super::tests::reply_of(h.run(&rom, 2));
+    assert!(offer.opts().get(OptionCode::Unknown(175)).is_none());
+    let mut policy = super::tests::policy();
+    policy.mode = DhcpMode::Proxy;
+    let (offer, _, _) = super::tests::reply_of(Harness::with(policy).run(&discover, 3));
+    assert!(offer.opts().get(OptionCode::Unknown(175)).is_none());
+}

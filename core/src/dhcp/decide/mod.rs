@@ -482,6 +482,14 @@ fn proxy(
     Ok(Decision::Reply { reply: Box::new(reply), grant: None, client, boot })
 }
 
+/// iPXE's own option space (175).
+const IPXE_ENCAP: u8 = 175;
+/// What an authoritative offer tells iPXE: priority (175.1) 100, so iPXE takes it
+/// over another server's plain offer whichever arrives first (it keeps the *last*
+/// offer of equal priority); and no ProxyDHCP (175.176), so it does not wait for
+/// proxy offers that will not come.
+pub const IPXE_OPTIONS: [u8; 7] = [1, 1, 100, 176, 1, 1, 255];
+
 /// Option 43 for PXE ROMs: discovery control (6) = 8, boot the file named in this
 /// offer (no boot-server discovery, no menu); and a menu prompt (10) with timeout 0,
 /// which some EDK2 builds need to take the offer at all (edk2 issue 8149; dnsmasq
@@ -608,10 +616,19 @@ fn build_reply(
     set_boot_file(&mut reply, boot, policy);
     let lease = u32::try_from(subnet.lease_time.as_secs()).unwrap_or(u32::MAX);
     let opts = reply.opts_mut();
-    if matches!(boot, BootChoice::Tftp(_)) {
+    match boot {
         // A PXE ROM waits for an offer that echoes `PXEClient` (PXE 2.1 §2.2.1: it
         // retries DISCOVER at 4 s and 8 s before taking a plain one).
-        opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        BootChoice::Tftp(_) => {
+            opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        }
+        BootChoice::IpxeScript(_) => {
+            opts.insert(DhcpOption::Unknown(UnknownOption::new(
+                OptionCode::Unknown(IPXE_ENCAP),
+                IPXE_OPTIONS.to_vec(),
+            )));
+        }
+        _ => {}
     }
     opts.insert(DhcpOption::MessageType(kind));
     opts.insert(DhcpOption::ServerIdentifier(inbound.arrival.local_addr));
