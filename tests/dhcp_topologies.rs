@@ -24,8 +24,8 @@ mod common;
 
 use common::netns::{assert_no_errors_or_naks, leases_of, Dhclient, ServeInLab, DHCLIENT};
 use ramboot_lab::harness::{
-    ip_in, lab_with_bridge, log_text, logs_context, ns_sh, read_lossy, spawn_pxe_vm, tail, tool, veth, wait_event,
-    wait_for, Lab, DNSMASQ,
+    ip_in, lab_with_bridge, log_text, logs_context, ns_sh, read_lossy, spawn_pxe_vm, start_site_dnsmasq, tail, tool,
+    veth, wait_event, wait_for, Lab,
 };
 use ramboot_lab::pcap::{capture, percent_decode, read_pcap, wait_capture, Packet, TCPDUMP};
 use std::net::Ipv4Addr;
@@ -409,24 +409,9 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     // dnsmasq: DHCP only (no DNS), addresses only (no boot options), on the same
     // bridge. Both daemons bind 0.0.0.0:67 on the bridge (SO_BINDTODEVICE +
     // SO_REUSEADDR, dnsmasq also SO_REUSEPORT), so both get every broadcast.
-    let dnsmasq_log = topo.path("dnsmasq.log");
-    let leasefile = topo.path("dnsmasq.leases");
-    let dnsmasq_cmd: Vec<String> = vec![
-        tool(DNSMASQ),
-        "--no-daemon".into(),
-        "--port=0".into(),
-        "--conf-file=/dev/null".into(),
-        format!("--interface={bridge}"),
-        "--bind-interfaces".into(),
-        format!("--listen-address={SITE_DHCP_IP}"),
-        "--dhcp-range=10.72.0.50,10.72.0.90,12h".into(),
-        format!("--dhcp-leasefile={}", leasefile.display()),
-        format!("--pid-file={}", topo.path("dnsmasq.pid").display()),
-        "--user=root".into(),
-        "--log-dhcp".into(),
-    ];
-    let ready = ["DHCP, IP range 10.72.0.50 -- 10.72.0.90"];
-    let dnsmasq = topo.start_until("dnsmasq", &ns, &dnsmasq_cmd, &dnsmasq_log, &ready, Duration::from_secs(15));
+    let range = (Ipv4Addr::new(10, 72, 0, 50), Ipv4Addr::new(10, 72, 0, 90));
+    let dnsmasq = start_site_dnsmasq(&mut topo, &ns, &bridge, SITE_DHCP_IP, range, &[]);
+    let (dnsmasq_log, leasefile) = (topo.path("dnsmasq.log"), topo.path("dnsmasq.leases"));
 
     // QEMU: SeaBIOS + the e1000 iPXE ROM, booting from the network.
     let console = topo.path("console.log");
@@ -561,25 +546,11 @@ fn a_second_dhcp_server_without_a_boot_file_does_not_win_the_race() {
     );
     let ramboot = topo.start_ramboot(&ns, &config, "info");
     let ramboot_log = ramboot.log.clone();
+    // With its ping check first, dnsmasq's offer arrives after ramboot's: iPXE
+    // keeps the *last* offer of equal priority, so without 175.1 it would win.
+    let range = (Ipv4Addr::new(10, 73, 0, 50), Ipv4Addr::new(10, 73, 0, 90));
+    let dnsmasq = start_site_dnsmasq(&mut topo, &ns, &bridge, ROGUE_IP, range, &[]);
     let dnsmasq_log = topo.path("dnsmasq.log");
-    let dnsmasq_cmd: Vec<String> = vec![
-        tool(DNSMASQ),
-        "--no-daemon".into(),
-        "--port=0".into(),
-        "--conf-file=/dev/null".into(),
-        format!("--interface={bridge}"),
-        "--bind-interfaces".into(),
-        format!("--listen-address={ROGUE_IP}"),
-        // With its ping check first, dnsmasq's offer arrives after ramboot's: iPXE
-        // keeps the *last* offer of equal priority, so without 175.1 it would win.
-        "--dhcp-range=10.73.0.50,10.73.0.90,12h".into(),
-        format!("--dhcp-leasefile={}", topo.path("dnsmasq.leases").display()),
-        format!("--pid-file={}", topo.path("dnsmasq.pid").display()),
-        "--user=root".into(),
-        "--log-dhcp".into(),
-    ];
-    let ready = ["DHCP, IP range 10.73.0.50 -- 10.73.0.90"];
-    let dnsmasq = topo.start_until("dnsmasq", &ns, &dnsmasq_cmd, &dnsmasq_log, &ready, Duration::from_secs(15));
 
     let console = topo.path("console.log");
     let qemu_log = topo.path("qemu.log");

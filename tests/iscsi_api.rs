@@ -274,17 +274,9 @@ async fn reconcile_repairs_drift_from_the_store() {
     if common::skipped("iSCSI reconcile", skip_reason()) {
         return;
     }
-    use ramboot::iscsi::service::Volumes;
     let tgtd = loopback_tgtd();
     let dir = tempfile::tempdir().unwrap();
-    let store = ramboot::store::Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
-    let config = ramboot::config::IscsiConfig {
-        portal: format!("127.0.0.1:{}", tgtd.portal).parse().unwrap(),
-        iqn_prefix: "iqn.2026-11.io.ramboot".into(),
-        tgt_control_port: Some(tgtd.control),
-        volumes_dir: dir.path().join("volumes"),
-    };
-    let volumes = Volumes { backend: tgtd.backend(), config, store: store.clone() };
+    let (store, volumes) = common::loopback_volumes(&tgtd, dir.path()).await;
     let node = store.ensure_node("52:54:00:15:c5:0a".parse().unwrap(), 0).await.unwrap();
     volumes.create("vm-a", 8 << 20, 0).await.unwrap();
     volumes.attach("vm-a", node.id, 0).await.unwrap();

@@ -315,17 +315,11 @@ async fn detach_and_attach_never_leave_a_lun_over_another_volumes_file() {
     if common::skipped("iSCSI LUN reuse", skip_reason()) {
         return;
     }
-    use ramboot::iscsi::service::{backing_path, Volumes};
+    use ramboot::iscsi::service::backing_path;
     let tgtd = loopback_tgtd();
     let dir = tempfile::tempdir().unwrap();
-    let store = ramboot::store::Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
-    let config = ramboot::config::IscsiConfig {
-        portal: format!("127.0.0.1:{}", tgtd.portal).parse().unwrap(),
-        iqn_prefix: "iqn.2026-11.io.ramboot".into(),
-        tgt_control_port: Some(tgtd.control),
-        volumes_dir: dir.path().join("volumes"),
-    };
-    let volumes = Volumes { backend: tgtd.backend(), config: config.clone(), store: store.clone() };
+    let (store, volumes) = common::loopback_volumes(&tgtd, dir.path()).await;
+    let config = volumes.config.clone();
     let node = store.ensure_node("52:54:00:15:c5:1a".parse().unwrap(), 0).await.unwrap().id;
     let size = |name: &str| -> u64 {
         match name {

@@ -11,7 +11,9 @@
 mod common;
 
 use common::netns::ServeInLab;
-use ramboot_lab::harness::{lab_with_bridge, log_text, logs_context, spawn_pxe_vm, tail, tool, wait_for, DNSMASQ};
+use ramboot_lab::harness::{
+    lab_with_bridge, log_text, logs_context, spawn_pxe_vm, start_site_dnsmasq, tail, tool, wait_for,
+};
 use ramboot_lab::pcap::{capture, percent_decode, read_pcap, wait_capture, Packet};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -544,26 +546,14 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     let hosts_dir = lab.path("dnsmasq-hosts");
     std::fs::create_dir_all(&hosts_dir).unwrap();
     let script_url = format!("http://{RAMBOOT_IP}:8080/boot.ipxe?mac=${{net0/mac}}");
-    let dnsmasq_log = lab.path("dnsmasq.log");
-    let dnsmasq_cmd: Vec<String> = vec![
-        tool(DNSMASQ),
-        "--no-daemon".into(),
-        "--port=0".into(),
-        "--conf-file=/dev/null".into(),
-        format!("--interface={bridge}"),
-        "--bind-interfaces".into(),
-        format!("--listen-address={SITE_DHCP_IP}"),
-        "--dhcp-range=10.74.0.50,10.74.0.90,12h".into(),
-        format!("--dhcp-leasefile={}", lab.path("dnsmasq.leases").display()),
-        format!("--pid-file={}", lab.path("dnsmasq.pid").display()),
+    let extra = [
         format!("--dhcp-hostsdir={}", hosts_dir.display()),
         format!("--dhcp-boot=tag:!chained,undionly.kpxe,,{RAMBOOT_IP}"),
         format!("--dhcp-boot=tag:chained,{script_url}"),
-        "--user=root".into(),
-        "--log-dhcp".into(),
     ];
-    let ready = ["DHCP, IP range 10.74.0.50 -- 10.74.0.90"];
-    let dnsmasq = lab.start_until("dnsmasq", &ns, &dnsmasq_cmd, &dnsmasq_log, &ready, Duration::from_secs(15));
+    let range = (Ipv4Addr::new(10, 74, 0, 50), Ipv4Addr::new(10, 74, 0, 90));
+    let dnsmasq = start_site_dnsmasq(&mut lab, &ns, &bridge, SITE_DHCP_IP, range, &extra);
+    let dnsmasq_log = lab.path("dnsmasq.log");
 
     // QEMU: SeaBIOS + the e1000 iPXE ROM, booting from the network, console to a file.
     let console = lab.path("console.log");

@@ -350,6 +350,38 @@ pub fn bridge_with_tap(ns: &str, tag: char, addresses: &[String]) -> (String, St
     (bridge, tap)
 }
 
+/// Start dnsmasq in `ns` as a site's DHCP server on `bridge`: DHCP only (no DNS),
+/// leasing `first`..=`last` for 12 h from `listen`, logging each decision to
+/// `<lab>/dnsmasq.log` (leases in `<lab>/dnsmasq.leases`); `extra` adds options
+/// (boot files, a hosts dir). Waits until it serves; returns the lab's index.
+pub fn start_site_dnsmasq(
+    lab: &mut Lab,
+    ns: &str,
+    bridge: &str,
+    listen: Ipv4Addr,
+    (first, last): (Ipv4Addr, Ipv4Addr),
+    extra: &[String],
+) -> usize {
+    let mut command: Vec<String> = vec![
+        tool(DNSMASQ),
+        "--no-daemon".into(),
+        "--port=0".into(),
+        "--conf-file=/dev/null".into(),
+        format!("--interface={bridge}"),
+        "--bind-interfaces".into(),
+        format!("--listen-address={listen}"),
+        format!("--dhcp-range={first},{last},12h"),
+        format!("--dhcp-leasefile={}", lab.path("dnsmasq.leases").display()),
+        format!("--pid-file={}", lab.path("dnsmasq.pid").display()),
+        "--user=root".into(),
+        "--log-dhcp".into(),
+    ];
+    command.extend_from_slice(extra);
+    let ready = format!("DHCP, IP range {first} -- {last}");
+    let log = lab.path("dnsmasq.log");
+    lab.start_until("dnsmasq", ns, &command, &log, &[ready.as_str()], Duration::from_secs(15))
+}
+
 /// Start QEMU (TCG, SeaBIOS, 256 MiB) booting from the network through the e1000
 /// iPXE ROM on `tap`, MAC `mac`, serial console to `console`; QEMU's own output goes
 /// to `log`. Returns the lab's index of the process.

@@ -389,7 +389,7 @@ fn handle(
     }
     let inbound = Inbound { msg: &request, raw: &d.bytes, arrival };
     match decide(&inbound, policy, leases, hosts, now) {
-        Decision::Reply { reply, grant, client, boot } => {
+        Decision::Reply { reply, grant, client, boot, seen } => {
             let reply_type = reply.opts().msg_type().unwrap_or(MessageType::Unknown(0));
             info!(
                 target: "ramboot::dhcp::decision",
@@ -428,11 +428,6 @@ fn handle(
                 request_type,
                 outcome,
             };
-            // ProxyDHCP: a boot-server request from the address the client states
-            // (ciaddr, and the packet's source) is where its boot token may go.
-            let seen = (grant.is_none() && port == Port::Binl && reply_type == MessageType::Ack)
-                .then(|| request.ciaddr())
-                .filter(|ip| !ip.is_unspecified() && *d.peer.ip() == *ip);
             if let Some(ip) = seen {
                 return Some(Next::Commit(Pending { op: seen_op(&client, ip), reply: Some(out), undo: None }));
             }

@@ -282,3 +282,20 @@ fn unchunk(mut body: &str) -> String {
     }
     out
 }
+
+/// A fresh store in `dir` and the iSCSI volume service over `tgtd` (a loopback
+/// tgtd), its volumes under `dir/volumes`.
+pub async fn loopback_volumes(
+    tgtd: &ramboot_lab::tgtd::Tgtd,
+    dir: &Path,
+) -> (Store, ramboot::iscsi::service::Volumes<ramboot::iscsi::tgt::Tgt>) {
+    let store = Store::open(&format!("sqlite://{}", dir.join("t.db").display())).await.unwrap();
+    let config = ramboot::config::IscsiConfig {
+        portal: format!("127.0.0.1:{}", tgtd.portal).parse().unwrap(),
+        iqn_prefix: "iqn.2026-11.io.ramboot".into(),
+        tgt_control_port: Some(tgtd.control),
+        volumes_dir: dir.join("volumes"),
+    };
+    let volumes = ramboot::iscsi::service::Volumes { backend: tgtd.backend(), config, store: store.clone() };
+    (store, volumes)
+}

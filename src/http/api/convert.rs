@@ -27,6 +27,10 @@ same_fields!(Node => api::Node {
     id, mac, hostname, ip, profile, state, state_since_ms, current_boot_id, inventory, labels, arch, failures,
     maintenance_reason, reserved_ip, client_uuid, approved, ip_seen_at_ms, created_at_ms, updated_at_ms,
 });
+same_fields!(Boot => api::Boot {
+    id, node_id, profile, image, started_at_ms, finished_at_ms, outcome, bound_ip, plan_released_at_ms,
+    overlay_released_at_ms, reports,
+});
 same_fields!(Event => api::Event { id, node_id, boot_id, at_ms, kind, state, phase_ms, message });
 same_fields!(Lease => api::Lease { ip, mac, expires_at, state });
 same_fields!(Volume => api::Volume { id, name, size_bytes, node_id, lun, created_at_ms });
@@ -42,37 +46,6 @@ impl From<crate::store::EventKind> for String {
 impl From<crate::store::LeaseState> for String {
     fn from(state: crate::store::LeaseState) -> String {
         state.as_str().to_string()
-    }
-}
-
-impl From<Boot> for api::Boot {
-    fn from(b: Boot) -> Self {
-        let Boot {
-            id,
-            node_id,
-            profile,
-            image,
-            started_at_ms,
-            finished_at_ms,
-            outcome,
-            bound_ip,
-            plan_released_at_ms,
-            overlay_released_at_ms,
-            reports,
-        } = b;
-        api::Boot {
-            id,
-            node_id,
-            profile,
-            image,
-            started_at_ms,
-            finished_at_ms,
-            outcome,
-            bound_ip,
-            plan_released_at_ms,
-            overlay_released_at_ms,
-            reports,
-        }
     }
 }
 

@@ -207,7 +207,9 @@ pub struct LeaseGrant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Send `reply`; if `grant` is set, persist it first and send nothing if that fails.
-    Reply { reply: Box<Message>, grant: Option<LeaseGrant>, client: Client, boot: BootChoice },
+    /// `seen`: proxyDHCP, a boot-server request from the address it names as its own
+    /// (ciaddr, also its source): where its boot token may go, recorded first.
+    Reply { reply: Box<Message>, grant: Option<LeaseGrant>, client: Client, boot: BootChoice, seen: Option<Ipv4Addr> },
     /// The client gave its address back: mark the stored lease released (and roll
     /// the pool back with `undo` if that fails).
     Released { mac: MacAddr, ip: Ipv4Addr, undo: Undo },
@@ -311,7 +313,7 @@ fn decide_inner(
             let ip =
                 pool.offer(client.mac, requested, now, policy.offer_hold_secs).ok_or(IgnoreReason::PoolExhausted)?;
             let offer = reply(MessageType::Offer, ip, &boot);
-            Ok(Decision::Reply { reply: Box::new(offer), grant: None, client, boot })
+            Ok(Decision::Reply { reply: Box::new(offer), grant: None, client, boot, seen: None })
         }
         MessageType::Request => {
             let state = RequestState::of(msg, requested, server_id);
@@ -333,7 +335,13 @@ fn decide_inner(
             .ok_or(IgnoreReason::NoRequestedAddress)?;
             let nak = || {
                 let nak = build_nak(inbound, ours);
-                Ok(Decision::Reply { reply: Box::new(nak), grant: None, client: client.clone(), boot: boot.clone() })
+                Ok(Decision::Reply {
+                    reply: Box::new(nak),
+                    grant: None,
+                    client: client.clone(),
+                    boot: boot.clone(),
+                    seen: None,
+                })
             };
             // RFC 2131 §4.3.2: a wrong-network address is NAKed in every state.
             if !subnet.net.contains(&ip) {
@@ -350,7 +358,7 @@ fn decide_inner(
             let undo = pool.grant(client.mac, ip, expires_at);
             let ack = reply(MessageType::Ack, ip, &boot);
             let grant = LeaseGrant { mac: client.mac, ip, expires_at, undo };
-            Ok(Decision::Reply { reply: Box::new(ack), grant: Some(grant), client, boot })
+            Ok(Decision::Reply { reply: Box::new(ack), grant: Some(grant), client, boot, seen: None })
         }
         MessageType::Release => {
             let ip = msg.ciaddr();
@@ -382,7 +390,7 @@ fn decide_inner(
             for code in [OptionCode::AddressLeaseTime, OptionCode::Renewal, OptionCode::Rebinding] {
                 opts.remove(code);
             }
-            Ok(Decision::Reply { reply: Box::new(ack), grant: None, client, boot })
+            Ok(Decision::Reply { reply: Box::new(ack), grant: None, client, boot, seen: None })
         }
         other => Err(IgnoreReason::UnsupportedType(other)),
     }
@@ -479,7 +487,10 @@ fn proxy(
         // The PXE spec has servers echo the client's UUID.
         opts.insert(DhcpOption::ClientMachineIdentifier(uuid.clone()));
     }
-    Ok(Decision::Reply { reply: Box::new(reply), grant: None, client, boot })
+    let seen = (inbound.arrival.port == Port::Binl)
+        .then(|| msg.ciaddr())
+        .filter(|ip| !ip.is_unspecified() && *ip == inbound.arrival.peer);
+    Ok(Decision::Reply { reply: Box::new(reply), grant: None, client, boot, seen })
 }
 
 /// iPXE's own option space (175).

@@ -435,6 +435,16 @@ fn proxy_offers_boot_options_only_and_answers_binl_requests() {
     let (ack, _, _) = reply_of(h.run_on(&req, Port::Binl, 1));
     assert_eq!(kind_of(&ack), Some(MessageType::Ack));
     assert_eq!(ack.fname_str().unwrap().unwrap(), "undionly.kpxe");
+    // Where the boot token may go: the address it names, if it sent from there too.
+    let seen_of = |d: Decision| match d {
+        Decision::Reply { seen, .. } => seen,
+        other => panic!("expected a reply, got {other:?}"),
+    };
+    assert_eq!(seen_of(h.run_on(&req, Port::Binl, 1)), None, "sent from another address");
+    h.peer = Ipv4Addr::new(10, 213, 0, 77);
+    assert_eq!(seen_of(h.run_on(&req, Port::Binl, 1)), Some(h.peer));
+    assert_eq!(seen_of(h.run(&pxe(MAC, MessageType::Discover, 0), 1)), None, "an offer on 67 names no address");
+    h.peer = Ipv4Addr::UNSPECIFIED;
     // An OS's DHCP client is the site server's business; a network-boot client's
     // REQUEST on 67 gets no answer, but says which address it takes.
     assert_eq!(h.run(&request(MAC, MessageType::Discover), 2), Decision::Ignore(IgnoreReason::NotNetbootClient));
