@@ -7,6 +7,7 @@
 use crate::yaml::{self, SourceError, YamlError};
 use ipnet::Ipv4Net;
 use ramboot_core::dhcp::classify::Arch;
+pub use ramboot_core::dhcp::ipxe::{ForeignIpxe, IpxePolicy};
 pub use ramboot_core::dhcp::policy::{default_boot_files, DhcpMode, DhcpPolicy, SubnetConfig, UnknownClients};
 pub use ramboot_core::lifecycle::Lifecycle;
 use serde::Deserialize;
@@ -260,6 +261,9 @@ struct WireDhcp {
     /// route by giaddr.
     #[serde(default)]
     trusted_relays: Vec<String>,
+    /// Which iPXE runs the boot script: see `WireIpxe`.
+    #[serde(default)]
+    ipxe: WireIpxe,
     // The inline subnet, and defaults for `subnets` (see `WireSubnet`). Spelled out,
     // not `#[serde(flatten)]`, which would lose unknown-key refusal and positions.
     subnet: Option<Ipv4Net>,
@@ -284,6 +288,35 @@ impl WireDhcp {
             lease_time_secs: self.lease_time_secs,
             unknown_clients: self.unknown_clients,
         }
+    }
+}
+
+/// `dhcp.ipxe`: an iPXE that is not ramboot's own build loads ramboot's first
+/// (`foreign: chain`, the default) or runs the script as it is (`foreign: script`).
+/// `user_class` is what marks ramboot's own iPXE: ramboot plants it in the replies
+/// that hand its iPXE over, and an iPXE built with `set user-class <it>` sends it.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireIpxe {
+    user_class: Option<String>,
+    foreign: Option<ForeignIpxe>,
+}
+
+impl WireIpxe {
+    fn policy(self) -> Result<IpxePolicy, String> {
+        let defaults = IpxePolicy::default();
+        let user_class = self.user_class.unwrap_or(defaults.user_class);
+        if user_class.is_empty() || user_class.len() > 64 || !user_class.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "dhcp.ipxe.user_class: {user_class:?} must be 1 to 64 printable ASCII characters without spaces"
+            ));
+        }
+        if user_class == "iPXE" {
+            return Err("dhcp.ipxe.user_class: \"iPXE\" is what every iPXE sends; to let any iPXE run the \
+                        script, set dhcp.ipxe.foreign: script"
+                .into());
+        }
+        Ok(IpxePolicy { user_class, foreign: self.foreign.unwrap_or(defaults.foreign), ..defaults })
     }
 }
 
@@ -456,6 +489,8 @@ pub struct DhcpConfig {
     pub subnets: Vec<SubnetConfig>,
     /// See `WireDhcp::trusted_relays`.
     pub trusted_relays: Vec<Ipv4Net>,
+    /// See `WireIpxe`.
+    pub ipxe: IpxePolicy,
 }
 
 impl DhcpConfig {
@@ -564,6 +599,7 @@ fn dhcp_from_wire(d: WireDhcp, interface: &str) -> Result<DhcpConfig, String> {
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let ipxe = d.ipxe.policy()?;
     if d.decline_quarantine_secs == 0 || d.offer_hold_secs == 0 {
         return Err("dhcp.offer_hold_secs and dhcp.decline_quarantine_secs must be positive".into());
     }
@@ -577,6 +613,7 @@ fn dhcp_from_wire(d: WireDhcp, interface: &str) -> Result<DhcpConfig, String> {
         boot_files,
         subnets,
         trusted_relays,
+        ipxe,
     })
 }
 
@@ -707,6 +744,7 @@ impl Config {
             trusted_relays: self.dhcp.trusted_relays.clone(),
             offer_hold_secs: self.dhcp.offer_hold.as_secs(),
             quarantine_secs: self.dhcp.decline_quarantine.as_secs(),
+            ipxe: self.dhcp.ipxe.clone(),
         }
     }
 
@@ -787,12 +825,25 @@ default_profile: tiny
     }
 
     #[test]
+    fn foreign_ipxe_builds_are_chained_unless_the_operator_says_otherwise() {
+        let cfg = Config::parse(Path::new("r.yaml"), GOOD).unwrap();
+        assert_eq!(cfg.dhcp_policy().ipxe, IpxePolicy::default());
+        assert_eq!(cfg.dhcp.ipxe.foreign, ForeignIpxe::Chain);
+        let text = with_dhcp("  ipxe:\n    user_class: acme-ipxe\n    foreign: script\n");
+        let cfg = Config::parse(Path::new("r.yaml"), &text).unwrap();
+        assert_eq!((cfg.dhcp.ipxe.user_class.as_str(), cfg.dhcp.ipxe.foreign), ("acme-ipxe", ForeignIpxe::Script));
+    }
+
+    #[test]
     fn bad_dhcp_settings_are_named() {
         for (edit, expect) in [
             ("  boot_files: {efi-vax: x.efi}\n", "unknown architecture \"efi-vax\""),
             ("  boot_files: {bios: ../../etc/passwd}\n", "relative path under ipxe/"),
             ("  subnets:\n    - subnet: 10.213.0.128/25\n      range: [10.213.0.130, 10.213.0.140]\n", "overlaps"),
             ("  ranges: [[10.213.0.150, 10.213.0.250]]\n", "overlap"),
+            ("  ipxe: {user_class: iPXE}\n", "set dhcp.ipxe.foreign: script"),
+            ("  ipxe: {user_class: 'my ipxe'}\n", "printable ASCII characters without spaces"),
+            ("  ipxe: {foreign: maybe}\n", "unknown variant `maybe`"),
         ] {
             let err = Config::parse(Path::new("r.yaml"), &with_dhcp(edit)).unwrap_err().to_string();
             assert!(err.contains(expect), "{edit}: {err}");

@@ -105,6 +105,7 @@ fn policy() -> DhcpPolicy {
         trusted_relays: vec![],
         offer_hold_secs: 60,
         quarantine_secs: 600,
+        ipxe: Default::default(),
     }
 }
 

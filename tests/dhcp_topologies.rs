@@ -398,6 +398,10 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     let (tcpdump, pcap) = capture(&mut topo, &ns, &bridge, filter);
 
     // ramboot: proxy mode, and router advertisements so iPXE does not wait for IPv6.
+    // Its TFTP root holds Debian's undionly.kpxe: the VM's ROM iPXE is not ramboot's
+    // build, so it loads that first.
+    std::fs::create_dir_all(topo.path("ipxe")).unwrap();
+    std::fs::copy("/usr/lib/ipxe/undionly.kpxe", topo.path("ipxe/undionly.kpxe")).unwrap();
     let config = format!(
         "interface: {bridge}\nserver_address: {PROXY_IP}\nipv6_ra: true\nhttp: {{listen: \"{PROXY_IP}:8080\"}}\n\
          tftp: {{listen: \"{PROXY_IP}:69\"}}\ndhcp:\n  mode: proxy\n"
@@ -465,19 +469,34 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
         assert_eq!(d.opt(60), None, "dnsmasq's reply is not a PXE one: {line}");
     }
 
-    // ramboot's proxy offers: no address, PXEClient, the script URL for this MAC, its
-    // own address as server identifier and source.
+    // ramboot's proxy offers: no address, PXEClient, its own address as server
+    // identifier and source. The ROM iPXE's session is handed undionly.kpxe (with
+    // ramboot's user class planted); the session of the iPXE that follows gets the
+    // script URL for this MAC.
     let url = format!("http://{PROXY_IP}:8080/boot.ipxe?mac={VM_MAC}");
     let proxy: Vec<&(Packet, Dhcp)> =
         vm_msgs.iter().copied().filter(|(_, d)| d.op == 2 && d.opt(60) == Some(b"PXEClient".as_slice())).collect();
     assert!(!proxy.is_empty(), "no proxyDHCP offer from ramboot on the wire:\n{wire}");
-    for (p, d) in &proxy {
+    let handovers = proxy.iter().take_while(|(_, d)| d.file == "undionly.kpxe").count();
+    assert!(handovers > 0, "the ROM iPXE was not handed ramboot's iPXE first:\n{wire}");
+    assert!(proxy.len() > handovers, "no script offer after the handover:\n{wire}");
+    let handover_xid = proxy[0].1.xid;
+    for (i, (p, d)) in proxy.iter().enumerate() {
         let line = describe(p, d);
         assert!(d.yiaddr.is_unspecified(), "a proxy offer carries no address: {line}");
         // NUL-terminated in option 67 and `file`, and at least BOOTP's 300 bytes:
         // what real PXE ROMs need (docs/firmware-quirks.md).
-        assert_eq!(d.opt_str(67), Some(format!("{url}\0")), "boot file: {line}");
-        assert_eq!(d.file, url, "file field: {line}");
+        let file = if i < handovers {
+            assert_eq!(d.xid, handover_xid, "one session is handed over: {line}");
+            assert_eq!(d.opt(77), Some(b"ramboot".as_slice()), "the planted user class: {line}");
+            "undionly.kpxe".to_string()
+        } else {
+            assert_ne!(d.xid, handover_xid, "the handed-over session got the script: {line}");
+            assert_eq!(d.opt(77), None, "{line}");
+            url.clone()
+        };
+        assert_eq!(d.opt_str(67), Some(format!("{file}\0")), "boot file: {line}");
+        assert_eq!(d.file, file, "file field: {line}");
         assert!(p.payload.len() >= 300, "{} bytes: {line}", p.payload.len());
         assert_eq!(d.siaddr, PROXY_IP, "{line}");
         assert_eq!(d.opt_addr(54), Some(PROXY_IP), "server identifier: {line}");
@@ -502,6 +521,14 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     assert_eq!(script_get.1, format!("/boot.ipxe?mac={VM_MAC}"), "{gets:?}");
     assert_eq!(script_get.0, vm_ip, "the script was fetched from {} instead of dnsmasq's {vm_ip}", script_get.0);
     let console_text = log_text(&console);
+    assert!(console_text.contains("undionly.kpxe : "), "ramboot's iPXE was not loaded:\n{console_text}");
+    // How the chained iPXE was recognised: by the user class it carried over from the
+    // cached DHCP packets, or as the session that followed the handover.
+    let recognised_by = vm_msgs
+        .iter()
+        .filter(|(_, d)| d.op == 1 && d.xid != handover_xid)
+        .find_map(|(_, d)| d.opt_str(77))
+        .unwrap_or_default();
     assert!(console_text.contains(&format!("net0: {vm_ip}/255.255.255.0")), "iPXE's address:\n{console_text}");
     assert!(console_text.contains(&url), "iPXE did not show the script URL:\n{console_text}");
 
@@ -514,7 +541,8 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     assert!(!log.contains(" ERROR "), "ramboot logged errors:\n{log}");
     eprintln!(
         "{TEST}: VM {VM_MAC} got {vm_ip} from dnsmasq and fetched {url} from it, {boot_time:.1?} after QEMU started; \
-         {} proxy offer(s); port 4011: {} packet(s), {} REQUEST decision(s); test took {:.1?}",
+         {} proxy offer(s), {handovers} handing over undionly.kpxe, the chained iPXE's user class {recognised_by:?}; \
+         port 4011: {} packet(s), {} REQUEST decision(s); test took {:.1?}",
         proxy.len(),
         binl.len(),
         binl_decisions,

@@ -34,7 +34,9 @@ use ramboot_core::dhcp::policy::{DhcpMode, DhcpPolicy};
 use ramboot_core::dhcp::pool::{BindingKind, Undo};
 use ramboot_core::dhcp::relay::{self, Screen};
 use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
@@ -207,6 +209,22 @@ struct Pending {
     undo: Option<Undo>,
 }
 
+/// The configured iPXE binaries that are not files under `ipxe_dir` (checked once,
+/// at start): a foreign iPXE is not sent to load one.
+fn missing_boot_files(ipxe_dir: &Path, policy: &DhcpPolicy) -> BTreeSet<String> {
+    let files: BTreeSet<&String> = policy.boot_files.values().collect();
+    let missing: BTreeSet<String> = files.into_iter().filter(|file| !ipxe_dir.join(file).is_file()).cloned().collect();
+    if !missing.is_empty() {
+        info!(
+            dir = %ipxe_dir.display(),
+            ?missing,
+            "iPXE binaries not present (ipxe/fetch.sh installs the x86 ones): PXE ROMs cannot load them, \
+             and other iPXE builds of those architectures run the script as they are"
+        );
+    }
+    missing
+}
+
 /// Serve DHCP on `listeners` until `cancel` fires.
 pub async fn serve(
     cfg: &Config,
@@ -214,7 +232,8 @@ pub async fn serve(
     store: Store,
     cancel: CancellationToken,
 ) -> Result<(), DhcpIoError> {
-    let policy = cfg.dhcp_policy();
+    let mut policy = cfg.dhcp_policy();
+    policy.ipxe.missing = missing_boot_files(&cfg.paths.ipxe, &policy);
     let mut leases = Leases::new(&policy);
     let (now, _) = unix_now();
     let bindings = store.live_bindings(now).await?;

@@ -142,6 +142,8 @@ pub struct Client {
     /// Option 97 (client machine identifier, a UUID for PXE clients).
     pub uuid: Option<Vec<u8>>,
     pub vendor_class: Option<String>,
+    /// Option 77's names (iPXE sends `iPXE`, or ramboot's own user class).
+    pub user_classes: Vec<String>,
 }
 
 /// Why a message was not even classified.
@@ -167,12 +169,16 @@ pub fn classify(msg: &Message) -> Result<Client, ClassifyError> {
         Some(DhcpOption::ClassIdentifier(raw)) => Some(String::from_utf8_lossy(raw).into_owned()),
         _ => None,
     };
-    let user_class_is_ipxe = match opts.get(OptionCode::UserClass) {
-        Some(DhcpOption::UserClass(raw)) => user_class_names(raw).any(|name| name == b"iPXE"),
-        _ => false,
+    let user_classes: Vec<String> = match opts.get(OptionCode::UserClass) {
+        Some(DhcpOption::UserClass(raw)) => {
+            user_class_names(raw).map(|name| String::from_utf8_lossy(name).into_owned()).collect()
+        }
+        _ => Vec::new(),
     };
+    // Option 175 is iPXE's own space: FlexBoot and other vendor builds send it
+    // without the `iPXE` user class.
     let has_ipxe_encap = opts.get(OptionCode::Unknown(175)).is_some();
-    let firmware = if user_class_is_ipxe || has_ipxe_encap {
+    let firmware = if user_classes.iter().any(|c| c == "iPXE") || has_ipxe_encap {
         Firmware::Ipxe
     } else if vendor_class.as_deref().is_some_and(|v| v.starts_with("HTTPClient")) {
         Firmware::HttpClient
@@ -185,7 +191,7 @@ pub fn classify(msg: &Message) -> Result<Client, ClassifyError> {
         Some(DhcpOption::ClientMachineIdentifier(raw)) => Some(raw.clone()),
         _ => None,
     };
-    Ok(Client { mac: MacAddr(mac), arch, firmware, uuid, vendor_class })
+    Ok(Client { mac: MacAddr(mac), arch, firmware, uuid, vendor_class, user_classes })
 }
 
 /// Option 77's value. RFC 3004 frames it as length-prefixed names, but iPXE and many
@@ -264,14 +270,29 @@ pub(crate) mod tests {
         msg
     }
 
+    /// Option 175 as QEMU's BIOS iPXE ROM sends it, and Debian's `undionly.kpxe`
+    /// byte for byte (both iPXE 1.0.0+git-20190125; captured in the lab): bus id
+    /// (177) PCI 8086:100e, version (235) 1.0.0, then one byte per feature: DNS,
+    /// ELF, HTTP, iSCSI, menu, multiboot, NFS, PXE extensions (2), PXE, TFTP,
+    /// bzImage, AoE.
+    pub const IPXE_BIOS_175: &[u8] = &[
+        0xb1, 5, 1, 0x80, 0x86, 0x10, 0x0e, 0xeb, 3, 1, 0, 0, 0x17, 1, 1, 0x22, 1, 1, 0x13, 1, 1, 0x11, 1, 1, 0x27, 1,
+        1, 0x19, 1, 1, 0x29, 1, 1, 0x10, 1, 2, 0x21, 1, 1, 0x15, 1, 1, 0x18, 1, 1, 0x12, 1, 1,
+    ];
+
     /// What SeaBIOS + QEMU's iPXE ROM sends (see LAB.md).
     pub fn ipxe_bios(mac: [u8; 6], kind: MessageType) -> Message {
+        ipxe_bios_with_class(mac, kind, b"iPXE")
+    }
+
+    /// The same iPXE, announcing `user_class` (ramboot's own, for one).
+    pub fn ipxe_bios_with_class(mac: [u8; 6], kind: MessageType, user_class: &[u8]) -> Message {
         let mut msg = request(mac, kind);
         let o = msg.opts_mut();
         o.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(0)));
         o.insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()));
-        o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-        o.insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(175.into(), vec![0xb1, 1, 1])));
+        o.insert(DhcpOption::UserClass(user_class.to_vec()));
+        o.insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(175.into(), IPXE_BIOS_175.to_vec())));
         msg
     }
 

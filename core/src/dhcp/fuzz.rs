@@ -32,6 +32,7 @@ pub fn decide_bytes(bytes: &[u8]) {
         trusted_relays: vec![ipnet::Ipv4Net::new(Ipv4Addr::new(10, 9, 0, 0), 24).unwrap_or_default()],
         offer_hold_secs: 60,
         quarantine_secs: 600,
+        ipxe: Default::default(),
     };
     let mut leases = Leases::new(&policy);
     let hosts = Hosts::default();

@@ -4,6 +4,7 @@
 //! these; the core only reads them.
 
 use super::classify::Arch;
+use super::ipxe::IpxePolicy;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -78,4 +79,6 @@ pub struct DhcpPolicy {
     pub trusted_relays: Vec<Ipv4Net>,
     pub offer_hold_secs: u64,
     pub quarantine_secs: u64,
+    /// Which iPXE runs the boot script (see [`super::ipxe`]).
+    pub ipxe: IpxePolicy,
 }

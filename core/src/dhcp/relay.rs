@@ -120,6 +120,7 @@ mod tests {
             trusted_relays: trusted.iter().map(|n| n.parse().unwrap()).collect(),
             offer_hold_secs: 60,
             quarantine_secs: 600,
+            ipxe: Default::default(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! copies of them; each asserts what that firmware needs of the reply (see
 //! `docs/firmware-quirks.md`).
 
+use super::super::classify::tests::{ipxe_bios, IPXE_BIOS_175};
 use super::tests::Harness;
 use super::*;
 use dhcproto::v4::Architecture;
@@ -139,14 +140,26 @@ fn bios_proxy_offers_carry_discovery_control_and_a_menu_prompt() {
 }
 
 #[test]
-fn ipxe_behind_a_proxy_gets_its_script_url_nul_terminated_in_300_bytes() {
+fn ipxe_behind_a_proxy_is_chained_once_then_gets_its_script_url_nul_terminated_in_300_bytes() {
     // ipxe/ipxe issue 954's capture: iPXE (user class `iPXE`, option 175) next to a
-    // site DHCP server and a proxy.
+    // site DHCP server and a proxy. It is not ramboot's build, so it loads ramboot's
+    // iPXE first; that one (a new DHCP session) gets the script.
     let mut policy = super::tests::policy();
     policy.mode = DhcpMode::Proxy;
     let mut h = Harness::with(policy);
-    let discover = super::super::classify::tests::ipxe_bios(super::tests::MAC, MessageType::Discover);
+    let mut discover = ipxe_bios(super::tests::MAC, MessageType::Discover);
     let (offer, _, boot) = super::tests::reply_of(h.run(&discover, 1));
+    assert_eq!(boot, BootChoice::ChainIpxe("undionly.kpxe".into()));
+    assert_eq!(user_class(&offer).as_deref(), Some(&b"ramboot"[..]), "the planted user class");
+    let raw = encode(&offer, &discover);
+    assert!(raw.len() >= MIN_BOOTP_LEN);
+    assert_eq!(
+        offer.opts().get(OptionCode::BootfileName),
+        Some(&DhcpOption::BootfileName(b"undionly.kpxe\0".to_vec()))
+    );
+
+    discover.set_xid(0x0c4a_1bed);
+    let (offer, _, boot) = super::tests::reply_of(h.run(&discover, 9));
     let url = boot.file().expect("a script URL").to_string();
     assert!(url.ends_with("/boot.ipxe?mac=52:54:00:12:34:56"), "{url}");
     let raw = encode(&offer, &discover);
@@ -155,6 +168,105 @@ fn ipxe_behind_a_proxy_gets_its_script_url_nul_terminated_in_300_bytes() {
     named.push(0);
     assert_eq!(offer.opts().get(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(named)));
     assert_eq!(vendor_options(&offer), None, "option 43 is for PXE ROMs, not iPXE");
+    assert_eq!(user_class(&offer), None, "nothing handed over, nothing planted");
+}
+
+fn user_class(reply: &Message) -> Option<Vec<u8>> {
+    match reply.opts().get(OptionCode::UserClass) {
+        Some(DhcpOption::UserClass(raw)) => Some(raw.clone()),
+        _ => None,
+    }
+}
+
+/// Option 175 as QEMU's UEFI iPXE ROM (`efi-e1000.rom`) and Debian's
+/// `snponly.efi` send it (captured in the lab): bus id, version 1.0.0, then DNS,
+/// EFI, HTTP, iSCSI, menu, NFS, TFTP, AoE (no bzImage, no PXE).
+const IPXE_EFI_175: &[u8] = &[
+    0xb1, 5, 1, 0x80, 0x86, 0x10, 0x0e, 0xeb, 3, 1, 0, 0, 0x17, 1, 1, 0x24, 1, 1, 0x13, 1, 1, 0x11, 1, 1, 0x27, 1, 1,
+    0x29, 1, 1, 0x15, 1, 1, 0x12, 1, 1,
+];
+
+fn ipxe_efi(mac: [u8; 6], kind: MessageType, xid: u32) -> Message {
+    let mut msg = pxe_rom(mac, kind, 7, "PXEClient:Arch:00007:UNDI:003010");
+    msg.set_xid(xid);
+    msg.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    msg.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(175.into(), IPXE_EFI_175.to_vec())));
+    msg
+}
+
+#[test]
+fn a_foreign_ipxe_loads_ramboots_ipxe_once_and_the_one_after_it_runs_the_script() {
+    let mut h = Harness::new();
+    let mac = [0x52, 0x54, 0x00, 0x0e, 0xf1, 0x01];
+    // The NIC's iPXE: offer and ACK both hand over snponly.efi, with the user class
+    // planted and iPXE's priority options.
+    let discover = ipxe_efi(mac, MessageType::Discover, 0xa);
+    let (offer, _, boot) = super::tests::reply_of(h.run(&discover, 10));
+    assert_eq!(boot, BootChoice::ChainIpxe("snponly.efi".into()));
+    assert_eq!(user_class(&offer).as_deref(), Some(&b"ramboot"[..]));
+    assert!(offer.opts().get(OptionCode::Unknown(175)).is_some());
+    let take = |msg: Message, offer: &Message| {
+        super::tests::with_opts(
+            msg,
+            [DhcpOption::RequestedIpAddress(offer.yiaddr()), DhcpOption::ServerIdentifier(super::tests::SERVER)],
+        )
+    };
+    let (_, grant, boot) = super::tests::reply_of(h.run(&take(ipxe_efi(mac, MessageType::Request, 0xa), &offer), 11));
+    assert!(grant.is_some());
+    assert_eq!(boot, BootChoice::ChainIpxe("snponly.efi".into()), "the same session, the same answer");
+    // The UEFI snponly.efi of 2019 sends the same bytes as the NIC's iPXE, in a new
+    // session: it is the one handed over, and gets the script, offer and ACK.
+    let (offer, _, boot) = super::tests::reply_of(h.run(&ipxe_efi(mac, MessageType::Discover, 0xb), 30));
+    assert!(matches!(boot, BootChoice::IpxeScript(_, ScriptFor::FollowsHandover)), "{boot:?}");
+    let (_, _, boot) = super::tests::reply_of(h.run(&take(ipxe_efi(mac, MessageType::Request, 0xb), &offer), 31));
+    assert!(matches!(boot, BootChoice::IpxeScript(_, ScriptFor::FollowsHandover)), "{boot:?}");
+    // The next boot's NIC iPXE is handed over again.
+    let (_, _, boot) = super::tests::reply_of(h.run(&ipxe_efi(mac, MessageType::Discover, 0xc), 400));
+    assert_eq!(boot, BootChoice::ChainIpxe("snponly.efi".into()));
+}
+
+#[test]
+fn a_pxe_rom_handover_plants_the_user_class_and_the_bios_ipxe_announces_it() {
+    // BIOS iPXE (`undionly.kpxe`) takes the PXE stack's cached DHCPACK as settings,
+    // so the user class ramboot planted there is what it sends (seen in the lab).
+    let mut h = Harness::new();
+    let class = "PXEClient:Arch:00000:UNDI:002001";
+    let (offer, _, boot) = super::tests::reply_of(h.run(&pxe_rom(ASROCK_MAC, MessageType::Discover, 0, class), 1));
+    assert_eq!(boot, BootChoice::Tftp("undionly.kpxe".into()));
+    assert_eq!(user_class(&offer).as_deref(), Some(&b"ramboot"[..]));
+    let ours = super::super::classify::tests::ipxe_bios_with_class(ASROCK_MAC, MessageType::Discover, b"ramboot");
+    let (_, _, boot) = super::tests::reply_of(h.run(&ours, 5));
+    assert!(matches!(boot, BootChoice::IpxeScript(_, ScriptFor::OwnUserClass)), "{boot:?}");
+    // A stock iPXE that does not carry it over is recognised by sequence instead.
+    let mut h = Harness::new();
+    super::tests::reply_of(h.run(&pxe_rom(ASROCK_MAC, MessageType::Discover, 0, class), 1));
+    let (_, _, boot) = super::tests::reply_of(h.run(&ipxe_bios(ASROCK_MAC, MessageType::Discover), 5));
+    assert!(matches!(boot, BootChoice::IpxeScript(_, ScriptFor::FollowsHandover)), "{boot:?}");
+}
+
+#[test]
+fn flexboot_without_the_ipxe_user_class_is_chained_and_operators_can_allow_foreign_builds() {
+    // Mellanox FlexBoot is iPXE inside but sends option 175 and no `iPXE` user class.
+    let mut flexboot =
+        pxe_rom([0x24, 0x8a, 0x07, 1, 2, 3], MessageType::Discover, 0, "PXEClient:Arch:00000:UNDI:002001");
+    flexboot.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(175.into(), IPXE_BIOS_175.to_vec())));
+    let (_, _, boot) = super::tests::reply_of(Harness::new().run(&flexboot, 1));
+    assert_eq!(boot, BootChoice::ChainIpxe("undionly.kpxe".into()));
+
+    let mut policy = super::tests::policy();
+    policy.ipxe.foreign = ForeignIpxe::Script;
+    let (_, _, boot) = super::tests::reply_of(Harness::with(policy).run(&flexboot, 1));
+    assert!(matches!(boot, BootChoice::IpxeScript(_, ScriptFor::AnyIpxe)), "{boot:?}");
+    // With no binary of ramboot's for its arch (none configured, or not in the
+    // TFTP root), any iPXE runs the script rather than fail.
+    let mut policy = super::tests::policy();
+    policy.boot_files.remove(&Arch::BIOS);
+    let (_, _, boot) = super::tests::reply_of(Harness::with(policy).run(&flexboot, 1));
+    assert!(matches!(boot, BootChoice::IpxeScript(_, ScriptFor::NoOwnBinary)), "{boot:?}");
+    let mut policy = super::tests::policy();
+    policy.ipxe.missing.insert("undionly.kpxe".into());
+    let (_, _, boot) = super::tests::reply_of(Harness::with(policy).run(&flexboot, 1));
+    assert!(matches!(boot, BootChoice::IpxeScript(_, ScriptFor::NoOwnBinary)), "{boot:?}");
 }
 
 #[test]
@@ -193,7 +305,7 @@ fn authoritative_offers_to_ipxe_outrank_a_plain_server_and_skip_proxydhcp() {
     // a plain DHCP server on the same segment wins half the races unless ours says
     // more; 175.176 tells it no proxy offer is coming.
     let mut h = Harness::new();
-    let discover = super::super::classify::tests::ipxe_bios(super::tests::MAC, MessageType::Discover);
+    let discover = ipxe_bios(super::tests::MAC, MessageType::Discover);
     let (offer, _, _) = super::tests::reply_of(h.run(&discover, 1));
     let raw = encode(&offer, &discover);
     let decoded = Message::decode(&mut dhcproto::Decoder::new(&raw)).unwrap();

@@ -3,13 +3,16 @@
 //! Pure: no sockets, no clock, no store. Stages, each a small function with its own
 //! tests: classify the client → screen what a relay asserts ([`relay::screen`]:
 //! option 82 without a relay is dropped, link selection believed only from trusted
-//! relays) → pick its subnet (relay link, giaddr, ciaddr or the arrival interface) → look it up in the node inventory (reservation, hostname,
-//! unknown-client policy) → act on the message type (offer, grant, NAK, release,
-//! decline, inform; or the proxyDHCP answer) → choose the boot file → build the
-//! reply's options. The server's socket layer (`ramboot::dhcp::io`) persists any [`LeaseGrant`]
-//! *before* it sends the reply that carries it.
+//! relays) → pick its subnet (relay link, giaddr, ciaddr or the arrival interface)
+//! → look it up in the node inventory (reservation, hostname, unknown-client
+//! policy) → choose the boot file (an iPXE binary, or the script for ramboot's own
+//! iPXE: [`super::ipxe`]) → act on the message type (offer, grant, NAK, release,
+//! decline, inform; or the proxyDHCP answer) → build the reply's options. The
+//! server's socket layer (`ramboot::dhcp::io`) persists any [`LeaseGrant`] *before*
+//! it sends the reply that carries it.
 
 use super::classify::{classify, Arch, ClassifyError, Client, Firmware};
+use super::ipxe::{self, ForeignIpxe, Handovers, ScriptFor};
 use super::policy::{DhcpMode, DhcpPolicy, SubnetConfig, UnknownClients};
 use super::pool::{BindingKind, LeasePool, Undo};
 use super::relay::{self as trust, Screen};
@@ -84,15 +87,20 @@ impl Hosts {
     }
 }
 
-/// Dynamic state: one pool per configured subnet, in config order.
+/// Dynamic state: one pool per configured subnet, in config order, and the recent
+/// handovers of ramboot's iPXE.
 #[derive(Debug, Clone)]
 pub struct Leases {
     pools: Vec<LeasePool>,
+    handovers: Handovers,
 }
 
 impl Leases {
     pub fn new(policy: &DhcpPolicy) -> Leases {
-        Leases { pools: policy.subnets.iter().map(|s| LeasePool::new(&s.ranges)).collect() }
+        Leases {
+            pools: policy.subnets.iter().map(|s| LeasePool::new(&s.ranges)).collect(),
+            handovers: Handovers::default(),
+        }
     }
 
     fn index_of(policy: &DhcpPolicy, ip: Ipv4Addr) -> Option<usize> {
@@ -150,8 +158,11 @@ impl Leases {
 /// The boot file a client is told to load, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootChoice {
-    /// iPXE already runs: hand it its per-node script (breaks the chainload loop).
-    IpxeScript(String),
+    /// An iPXE that may run the per-node script gets its URL (which also breaks the
+    /// PXE → iPXE → PXE chainload loop).
+    IpxeScript(String, ScriptFor),
+    /// Another iPXE build: load ramboot's iPXE over TFTP first (see [`super::super::ipxe`]).
+    ChainIpxe(String),
     /// A PXE ROM: load iPXE over TFTP.
     Tftp(String),
     /// UEFI HTTP boot: load iPXE by URL.
@@ -163,15 +174,23 @@ pub enum BootChoice {
 impl BootChoice {
     pub fn file(&self) -> Option<&str> {
         match self {
-            BootChoice::IpxeScript(f) | BootChoice::Tftp(f) | BootChoice::Http(f) => Some(f),
+            BootChoice::IpxeScript(f, _) | BootChoice::ChainIpxe(f) | BootChoice::Tftp(f) | BootChoice::Http(f) => {
+                Some(f)
+            }
             BootChoice::None(_) => None,
         }
+    }
+
+    /// Does the client get one of ramboot's iPXE binaries?
+    pub fn hands_over_ipxe(&self) -> bool {
+        matches!(self, BootChoice::ChainIpxe(_) | BootChoice::Tftp(_) | BootChoice::Http(_))
     }
 
     /// Why this choice, for the one log line per decision.
     pub fn reason(&self) -> &'static str {
         match self {
-            BootChoice::IpxeScript(_) => "iPXE: per-node script (loop broken by user class)",
+            BootChoice::IpxeScript(_, why) => why.reason(),
+            BootChoice::ChainIpxe(_) => "another iPXE build: ramboot's iPXE first, over TFTP",
             BootChoice::Tftp(_) => "PXE ROM: iPXE binary for its arch over TFTP",
             BootChoice::Http(_) => "UEFI HTTP boot: iPXE binary by URL",
             BootChoice::None(why) => why,
@@ -179,18 +198,35 @@ impl BootChoice {
     }
 }
 
-pub fn choose_boot(client: &Client, policy: &DhcpPolicy) -> BootChoice {
-    if client.firmware == Firmware::Ipxe {
-        return BootChoice::IpxeScript(format!("{}/boot.ipxe?mac={}", policy.boot_url, client.mac));
-    }
+/// What `client`, in DHCP session `xid`, is told to load. Handovers of ramboot's
+/// iPXE are remembered so that the iPXE that follows one runs the script.
+pub fn choose_boot(client: &Client, xid: u32, policy: &DhcpPolicy, handovers: &mut Handovers, now: u64) -> BootChoice {
     // A PXE ROM that sends no option 93 is a legacy BIOS one (RFC 4578 §2.1).
     let arch = client.arch.unwrap_or(Arch::BIOS);
     let binary = policy.boot_files.get(&arch);
-    match (client.firmware, binary) {
+    let script = |why| BootChoice::IpxeScript(format!("{}/boot.ipxe?mac={}", policy.boot_url, client.mac), why);
+    let choice = match (client.firmware, binary) {
+        (Firmware::Ipxe, _) if ipxe::is_own(&client.user_classes, &policy.ipxe) => script(ScriptFor::OwnUserClass),
+        (Firmware::Ipxe, _) if policy.ipxe.foreign == ForeignIpxe::Script => script(ScriptFor::AnyIpxe),
+        (Firmware::Ipxe, _) if handovers.follows_handover(client.mac, xid, now) => script(ScriptFor::FollowsHandover),
+        (Firmware::Ipxe, Some(file)) if !policy.ipxe.missing.contains(file) => BootChoice::ChainIpxe(file.clone()),
+        (Firmware::Ipxe, _) => script(ScriptFor::NoOwnBinary),
         (Firmware::HttpClient, Some(file)) => BootChoice::Http(format!("{}/ipxe/{file}", policy.boot_url)),
         (Firmware::Pxe, Some(file)) => BootChoice::Tftp(file.clone()),
         (Firmware::HttpClient | Firmware::Pxe, None) => BootChoice::None("no boot file for this architecture"),
-        (_, _) => BootChoice::None("not a network-boot client"),
+        (Firmware::Plain, _) => BootChoice::None("not a network-boot client"),
+    };
+    if choice.hands_over_ipxe() {
+        handovers.handed_over(client.mac, xid, now);
+    }
+    choice
+}
+
+/// Option 77 in a reply that hands over ramboot's iPXE: the BIOS iPXE takes the
+/// cached DHCPACK's options as settings and so announces itself with it.
+fn plant_user_class(opts: &mut dhcproto::v4::DhcpOptions, boot: &BootChoice, policy: &DhcpPolicy) {
+    if boot.hands_over_ipxe() {
+        opts.insert(DhcpOption::UserClass(policy.ipxe.user_class.as_bytes().to_vec()));
     }
 }
 
@@ -290,7 +326,7 @@ fn decide_inner(
     let boot = if host.is_none() && unknown_policy == UnknownClients::AddressOnly {
         BootChoice::None("unknown client: address only")
     } else {
-        choose_boot(&client, policy)
+        choose_boot(&client, msg.xid(), policy, &mut leases.handovers, now)
     };
     if policy.mode == DhcpMode::Proxy || inbound.arrival.port == Port::Binl {
         return proxy(inbound, kind, client, boot, policy);
@@ -480,6 +516,7 @@ fn proxy(
     opts.insert(DhcpOption::ServerIdentifier(inbound.arrival.local_addr));
     let class: &[u8] = if client.firmware == Firmware::HttpClient { b"HTTPClient" } else { b"PXEClient" };
     opts.insert(DhcpOption::ClassIdentifier(class.to_vec()));
+    plant_user_class(opts, &boot, policy);
     if wants_pxe_vendor_options(&client, inbound.arrival.port) {
         opts.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::VendorExtensions, PXE_VENDOR_OPTIONS.to_vec())));
     }
@@ -633,7 +670,7 @@ fn build_reply(
         BootChoice::Tftp(_) => {
             opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
         }
-        BootChoice::IpxeScript(_) => {
+        BootChoice::IpxeScript(..) | BootChoice::ChainIpxe(_) => {
             opts.insert(DhcpOption::Unknown(UnknownOption::new(
                 OptionCode::Unknown(IPXE_ENCAP),
                 IPXE_OPTIONS.to_vec(),
@@ -641,6 +678,7 @@ fn build_reply(
         }
         _ => {}
     }
+    plant_user_class(opts, boot, policy);
     opts.insert(DhcpOption::MessageType(kind));
     opts.insert(DhcpOption::ServerIdentifier(inbound.arrival.local_addr));
     opts.insert(DhcpOption::AddressLeaseTime(lease));

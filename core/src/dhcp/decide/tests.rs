@@ -1,4 +1,4 @@
-use super::super::classify::tests::{ipxe_bios, request};
+use super::super::classify::tests::{ipxe_bios, ipxe_bios_with_class, request};
 use super::super::policy::default_boot_files;
 use super::*;
 use dhcproto::v4::Architecture;
@@ -34,6 +34,7 @@ pub(super) fn policy() -> DhcpPolicy {
         trusted_relays: vec![],
         offer_hold_secs: 60,
         quarantine_secs: 900,
+        ipxe: Default::default(),
     }
 }
 
@@ -107,15 +108,22 @@ fn kind_of(m: &Message) -> Option<MessageType> {
 #[test]
 fn ipxe_discover_request_ack_carries_script_url_and_grant() {
     let mut h = Harness::new();
-    let (offer, grant, boot) = reply_of(h.run(&ipxe_bios(MAC, MessageType::Discover), 1000));
+    let ours = |kind| ipxe_bios_with_class(MAC, kind, b"ramboot");
+    let (offer, grant, boot) = reply_of(h.run(&ours(MessageType::Discover), 1000));
     assert_eq!(kind_of(&offer), Some(MessageType::Offer));
     assert!(grant.is_none(), "an OFFER is not a lease");
-    assert_eq!(boot, BootChoice::IpxeScript("http://10.213.0.1:8080/boot.ipxe?mac=52:54:00:12:34:56".into()));
+    assert_eq!(
+        boot,
+        BootChoice::IpxeScript(
+            "http://10.213.0.1:8080/boot.ipxe?mac=52:54:00:12:34:56".into(),
+            ScriptFor::OwnUserClass
+        )
+    );
     let ip = offer.yiaddr();
     assert!(h.leases.pool(0).unwrap().contains(ip));
 
     let req = with_opts(
-        ipxe_bios(MAC, MessageType::Request),
+        ours(MessageType::Request),
         [DhcpOption::RequestedIpAddress(ip), DhcpOption::ServerIdentifier(SERVER)],
     );
     let (ack, grant, _) = reply_of(h.run(&req, 1001));
@@ -452,9 +460,9 @@ fn proxy_offers_boot_options_only_and_answers_binl_requests() {
     let asked = Ipv4Addr::new(10, 213, 0, 78);
     let req = with_opts(pxe(MAC, MessageType::Request, 0), [DhcpOption::RequestedIpAddress(asked)]);
     assert!(matches!(h.run(&req, 2), Decision::Seen { ip, client } if ip == asked && client.mac == MacAddr(MAC)));
-    // iPXE behind a proxy still gets its script.
-    let (_, _, boot) = reply_of(h.run(&ipxe_bios(MAC, MessageType::Discover), 3));
-    assert!(matches!(boot, BootChoice::IpxeScript(_)));
+    // ramboot's iPXE behind a proxy still gets its script.
+    let (_, _, boot) = reply_of(h.run(&ipxe_bios_with_class(MAC, MessageType::Discover, b"ramboot"), 3));
+    assert!(matches!(boot, BootChoice::IpxeScript(_, ScriptFor::OwnUserClass)));
 }
 
 #[test]
@@ -467,7 +475,8 @@ fn binl_port_is_not_served_when_authoritative() {
 fn long_script_url_goes_only_in_option_67() {
     let mut p = policy();
     p.boot_url = format!("http://{}.example:8080", "x".repeat(120));
-    let (offer, _, _) = reply_of(Harness::with(p).run(&ipxe_bios(MAC, MessageType::Discover), 0));
+    let ours = ipxe_bios_with_class(MAC, MessageType::Discover, b"ramboot");
+    let (offer, _, _) = reply_of(Harness::with(p).run(&ours, 0));
     assert!(offer.fname().is_none());
     assert!(offer.opts().get(OptionCode::BootfileName).is_some());
 }
