@@ -150,7 +150,7 @@ impl Handovers {
 
 /// Does option 77 (its names, see `classify`) say this is ramboot's iPXE?
 pub fn is_own(user_classes: &[String], policy: &IpxePolicy) -> bool {
-    user_classes.iter().any(|c| *c == policy.user_class)
+    user_classes.contains(&policy.user_class)
 }
 
 #[cfg(test)]
