@@ -27,7 +27,8 @@ use ramboot_lab::harness::{
     ip_in, lab_with_bridge, log_text, logs_context, ns_sh, read_lossy, spawn_pxe_vm, start_site_dnsmasq, tail, tool,
     veth, wait_event, wait_for, Lab,
 };
-use ramboot_lab::pcap::{capture, percent_decode, read_pcap, wait_capture, Packet, TCPDUMP};
+use ramboot_lab::pcap::{capture, read_pcap, wait_capture, Packet, TCPDUMP};
+use ramboot_lab::wire::{describe, describe_all, dhcp_of, http_requests, Dhcp};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -47,95 +48,6 @@ const VM_MAC: &str = "52:54:00:72:72:01";
 // ---------------------------------------------------------------------------------
 // Small helpers
 
-fn mac_str(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
-}
-
-/// A DHCP message as it was on the wire: header fields and every option instance in
-/// order (duplicates kept, so a doubled option is visible).
-#[derive(Debug, Clone)]
-struct Dhcp {
-    op: u8,
-    hops: u8,
-    xid: u32,
-    ciaddr: Ipv4Addr,
-    yiaddr: Ipv4Addr,
-    siaddr: Ipv4Addr,
-    giaddr: Ipv4Addr,
-    chaddr: String,
-    file: String,
-    options: Vec<(u8, Vec<u8>)>,
-}
-
-impl Dhcp {
-    fn parse(b: &[u8]) -> Option<Dhcp> {
-        if b.len() < 240 || b[236..240] != [99, 130, 83, 99] {
-            return None;
-        }
-        let addr = |at: usize| Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]);
-        let file_field = &b[108..236];
-        let file_end = file_field.iter().position(|&c| c == 0).unwrap_or(file_field.len());
-        let mut options = vec![];
-        let mut rest = &b[240..];
-        while let Some((&code, tail)) = rest.split_first() {
-            match code {
-                0 => rest = tail,
-                255 => break,
-                _ => {
-                    let (&len, tail) = tail.split_first()?;
-                    let value = tail.get(..usize::from(len))?;
-                    options.push((code, value.to_vec()));
-                    rest = &tail[usize::from(len)..];
-                }
-            }
-        }
-        Some(Dhcp {
-            op: b[0],
-            hops: b[3],
-            xid: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-            ciaddr: addr(12),
-            yiaddr: addr(16),
-            siaddr: addr(20),
-            giaddr: addr(24),
-            chaddr: mac_str(&b[28..34]),
-            file: String::from_utf8_lossy(&file_field[..file_end]).into_owned(),
-            options,
-        })
-    }
-
-    fn all(&self, code: u8) -> Vec<&[u8]> {
-        self.options.iter().filter(|(c, _)| *c == code).map(|(_, v)| v.as_slice()).collect()
-    }
-
-    fn opt(&self, code: u8) -> Option<&[u8]> {
-        self.all(code).first().copied()
-    }
-
-    fn opt_addr(&self, code: u8) -> Option<Ipv4Addr> {
-        self.opt(code).filter(|v| v.len() >= 4).map(|v| Ipv4Addr::new(v[0], v[1], v[2], v[3]))
-    }
-
-    fn opt_str(&self, code: u8) -> Option<String> {
-        self.opt(code).map(|v| String::from_utf8_lossy(v).into_owned())
-    }
-
-    /// Option 53's name.
-    fn kind(&self) -> &'static str {
-        match self.opt(53).and_then(|v| v.first()) {
-            Some(1) => "DISCOVER",
-            Some(2) => "OFFER",
-            Some(3) => "REQUEST",
-            Some(4) => "DECLINE",
-            Some(5) => "ACK",
-            Some(6) => "NAK",
-            Some(7) => "RELEASE",
-            Some(8) => "INFORM",
-            Some(_) => "other",
-            None => "BOOTP",
-        }
-    }
-}
-
 /// Option 82's sub-options (RFC 3046): (code, value) in order.
 fn suboptions(raw: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = vec![];
@@ -146,40 +58,6 @@ fn suboptions(raw: &[u8]) -> Vec<(u8, Vec<u8>)> {
         rest = &tail[usize::from(*len)..];
     }
     out
-}
-
-/// The DHCP messages of a capture, with their packets.
-fn dhcp_of(packets: &[Packet]) -> Vec<(Packet, Dhcp)> {
-    packets
-        .iter()
-        .filter(|p| p.proto == 17 && [67, 68, 4011].contains(&p.dport))
-        .filter_map(|p| Dhcp::parse(&p.payload).map(|d| (p.clone(), d)))
-        .collect()
-}
-
-fn describe(p: &Packet, d: &Dhcp) -> String {
-    let opts: Vec<String> = d.options.iter().map(|(c, v)| format!("{c}={}", hex::encode(v))).collect();
-    format!(
-        "{}:{} > {}:{} {} xid={:08x} hops={} ciaddr={} yiaddr={} siaddr={} giaddr={} chaddr={} file={:?} opts[{}]",
-        p.src,
-        p.sport,
-        p.dst,
-        p.dport,
-        d.kind(),
-        d.xid,
-        d.hops,
-        d.ciaddr,
-        d.yiaddr,
-        d.siaddr,
-        d.giaddr,
-        d.chaddr,
-        d.file,
-        opts.join(" ")
-    )
-}
-
-fn describe_all(msgs: &[(Packet, Dhcp)]) -> String {
-    msgs.iter().map(|(p, d)| describe(p, d)).collect::<Vec<_>>().join("\n")
 }
 
 // ---------------------------------------------------------------------------------
@@ -505,20 +383,12 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     }
 
     // (b) the GET for the script came from the address dnsmasq gave the VM.
-    let gets: Vec<(Ipv4Addr, String)> = packets
-        .iter()
-        .filter(|p| p.proto == 6 && p.dport == 8080 && p.payload.starts_with(b"GET "))
-        .map(|p| {
-            let text = String::from_utf8_lossy(&p.payload);
-            let target = text.split_whitespace().nth(1).unwrap_or_default().to_string();
-            (p.src, percent_decode(&target))
-        })
-        .collect();
+    let gets = http_requests(&packets, 8080);
     let script_get = gets
         .iter()
-        .find(|(_, target)| target.starts_with("/boot.ipxe?"))
+        .find(|(_, request)| request.starts_with("GET /boot.ipxe?"))
         .unwrap_or_else(|| panic!("no GET /boot.ipxe on the wire: {gets:?}"));
-    assert_eq!(script_get.1, format!("/boot.ipxe?mac={VM_MAC}"), "{gets:?}");
+    assert_eq!(script_get.1, format!("GET /boot.ipxe?mac={VM_MAC}"), "{gets:?}");
     assert_eq!(script_get.0, vm_ip, "the script was fetched from {} instead of dnsmasq's {vm_ip}", script_get.0);
     let console_text = log_text(&console);
     assert!(console_text.contains("undionly.kpxe : "), "ramboot's iPXE was not loaded:\n{console_text}");

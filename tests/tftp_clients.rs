@@ -10,11 +10,12 @@
 
 mod common;
 
-use common::netns::ServeInLab;
+use common::netns::{tftp_reads, ServeInLab};
 use ramboot_lab::harness::{
-    lab_with_bridge, log_text, logs_context, spawn_pxe_vm, start_site_dnsmasq, tail, tool, wait_for,
+    lab_with_bridge, log_text, logs_context, spawn_pxe_vm, start_chaining_dnsmasq, tail, tool, wait_for,
 };
 use ramboot_lab::pcap::{capture, percent_decode, read_pcap, wait_capture, Packet};
+use ramboot_lab::wire::{parse_tftp, show_options, Dhcp, TftpPacket};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -420,98 +421,6 @@ const VM_MAC: &str = "52:54:00:74:74:01";
 /// ramboot's largest block (`ramboot_core::tftp::session::Limits::default().max_blksize`).
 const MAX_BLKSIZE: u64 = 1468;
 
-/// A TFTP packet (RFC 1350, OACK of RFC 2347).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum TftpPacket {
-    Rrq { file: String, mode: String, options: Vec<(String, String)> },
-    Data { block: u16, data: Vec<u8> },
-    Ack { block: u16 },
-    Error { code: u16, message: String },
-    Oack { options: Vec<(String, String)> },
-}
-
-/// NUL-terminated strings, then name/value pairs.
-fn tftp_strings(b: &[u8]) -> Vec<String> {
-    let mut fields: Vec<String> = b.split(|&c| c == 0).map(|f| String::from_utf8_lossy(f).into_owned()).collect();
-    if b.last() == Some(&0) {
-        fields.pop();
-    }
-    fields
-}
-
-fn tftp_pairs(fields: &[String]) -> Vec<(String, String)> {
-    fields.chunks(2).map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default())).collect()
-}
-
-fn parse_tftp(b: &[u8]) -> Option<TftpPacket> {
-    let (op, rest) = (u16::from_be_bytes([*b.first()?, *b.get(1)?]), &b[2..]);
-    let number = || rest.get(..2).map(|n| u16::from_be_bytes([n[0], n[1]]));
-    Some(match op {
-        1 => {
-            let fields = tftp_strings(rest);
-            let (file, mode) = (fields.first()?.clone(), fields.get(1)?.clone());
-            TftpPacket::Rrq { file, mode, options: tftp_pairs(&fields[2..]) }
-        }
-        3 => TftpPacket::Data { block: number()?, data: rest[2..].to_vec() },
-        4 => TftpPacket::Ack { block: number()? },
-        5 => TftpPacket::Error {
-            code: number()?,
-            message: tftp_strings(&rest[2..]).first().cloned().unwrap_or_default(),
-        },
-        6 => TftpPacket::Oack { options: tftp_pairs(&tftp_strings(rest)) },
-        _ => return None,
-    })
-}
-
-fn show_options(options: &[(String, String)]) -> String {
-    options.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(" ")
-}
-
-/// The DHCP fields this test looks at: who, which transaction, the broadcast flag,
-/// and the boot file (the `file` field, or option 67 if the server sent it).
-#[derive(Debug, Clone)]
-struct DhcpSeen {
-    op: u8,
-    xid: u32,
-    flags: u16,
-    siaddr: Ipv4Addr,
-    chaddr: String,
-    kind: u8,
-    boot_file: String,
-}
-
-fn parse_dhcp(b: &[u8]) -> Option<DhcpSeen> {
-    if b.len() < 240 || b[236..240] != [99, 130, 83, 99] {
-        return None;
-    }
-    let mut options = BTreeMap::new();
-    let mut rest = &b[240..];
-    while let Some((&code, after)) = rest.split_first() {
-        match code {
-            0 => rest = after,
-            255 => break,
-            _ => {
-                let (&len, after) = after.split_first()?;
-                options.entry(code).or_insert_with(|| after.get(..usize::from(len)).map(<[u8]>::to_vec));
-                rest = after.get(usize::from(len)..)?;
-            }
-        }
-    }
-    let text = |v: &[u8]| String::from_utf8_lossy(v.split(|&c| c == 0).next().unwrap_or_default()).into_owned();
-    Some(DhcpSeen {
-        op: b[0],
-        xid: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-        flags: u16::from_be_bytes([b[10], b[11]]),
-        siaddr: Ipv4Addr::new(b[20], b[21], b[22], b[23]),
-        chaddr: b[28..34].iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":"),
-        kind: options.get(&53).cloned().flatten().and_then(|v| v.first().copied()).unwrap_or(0),
-        boot_file: match options.get(&67).cloned().flatten() {
-            Some(v) => text(&v),
-            None => text(&b[108..236]),
-        },
-    })
-}
-
 #[test]
 fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     const TEST: &str = "ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options";
@@ -541,18 +450,10 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     let ramboot_log = ramboot.log.clone();
 
     // dnsmasq: DHCP only, next-server = ramboot. Untagged clients get undionly.kpxe
-    // over TFTP; `chained` ones (see above) get ramboot's script URL, which iPXE
-    // expands (`${net0/mac}`) itself.
-    let hosts_dir = lab.path("dnsmasq-hosts");
-    std::fs::create_dir_all(&hosts_dir).unwrap();
+    // over TFTP; `chained` ones (see above) get ramboot's script URL.
     let script_url = format!("http://{RAMBOOT_IP}:8080/boot.ipxe?mac=${{net0/mac}}");
-    let extra = [
-        format!("--dhcp-hostsdir={}", hosts_dir.display()),
-        format!("--dhcp-boot=tag:!chained,undionly.kpxe,,{RAMBOOT_IP}"),
-        format!("--dhcp-boot=tag:chained,{script_url}"),
-    ];
     let range = (Ipv4Addr::new(10, 74, 0, 50), Ipv4Addr::new(10, 74, 0, 90));
-    let dnsmasq = start_site_dnsmasq(&mut lab, &ns, &bridge, SITE_DHCP_IP, range, &extra);
+    let dnsmasq = start_chaining_dnsmasq(&mut lab, &ns, &bridge, SITE_DHCP_IP, range, (RAMBOOT_IP, &script_url));
     let dnsmasq_log = lab.path("dnsmasq.log");
 
     // QEMU: SeaBIOS + the e1000 iPXE ROM, booting from the network, console to a file.
@@ -564,22 +465,16 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     let context = || logs_context(25, &logs);
 
     // 1. The ROM's transfer, complete: ramboot logs it on the last block's ACK.
-    let transfer_logged = |text: &str| {
-        text.lines().any(|l| l.contains("TFTP read") && l.contains("file=undionly.kpxe") && l.contains("bytes="))
-    };
     lab.wait_alive(
         qemu,
         Duration::from_secs(45),
         "ramboot to log a complete TFTP read of undionly.kpxe",
-        || transfer_logged(&log_text(&ramboot_log)).then_some(()),
+        || (!tftp_reads(&log_text(&ramboot_log), "undionly.kpxe").is_empty()).then_some(()),
         context,
     );
     let transferred_at = vm_started.elapsed();
-    // The chained iPXE is next: from now on, this MAC is `chained` for dnsmasq. Written
-    // beside the directory and renamed in, so inotify never shows a partial file.
-    let staged = lab.path("vm.hosts");
-    std::fs::write(&staged, format!("{VM_MAC},set:chained\n")).unwrap();
-    std::fs::rename(&staged, hosts_dir.join("vm")).unwrap();
+    // The chained iPXE is next: from now on, this MAC is `chained` for dnsmasq.
+    dnsmasq.mark_chained(VM_MAC);
 
     // 2. The chained iPXE's script fetch (the handler's span names the MAC).
     let served = format!("boot{{mac={VM_MAC} source=");
@@ -601,7 +496,7 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     };
     wait_for(Duration::from_secs(15), "the chained iPXE to be answered", chained_got_answer, context);
     lab.stop(qemu, Duration::from_secs(3));
-    lab.stop(dnsmasq, Duration::from_secs(5));
+    lab.stop(dnsmasq.idx, Duration::from_secs(5));
     let log = lab.stop_ramboot(&ramboot);
     let got_get = |packets: &[Packet]| packets.iter().any(|p| p.proto == 6 && p.payload.starts_with(b"GET /boot.ipxe"));
     wait_capture(&pcap, Duration::from_secs(5), got_get);
@@ -716,7 +611,7 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
         log.contains(&format!("no node has MAC {VM_MAC}: nodes are created only by DHCP")),
         "ramboot refused the script because its DHCP never saw the VM:\n{log}"
     );
-    let transfers = log.lines().filter(|l| l.contains("TFTP read") && l.contains("file=undionly.kpxe")).count();
+    let transfers = tftp_reads(&log, "undionly.kpxe").len();
 
     // 4. Then the chained iPXE ran: the console shows the ROM's driver, its TFTP fetch,
     // the NBP handing over, and a second iPXE on the ROM's UNDI API that expanded the
@@ -740,18 +635,18 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     }
     // dnsmasq told the ROM to load undionly.kpxe from ramboot, and the chained iPXE to
     // run the script; the script GET came from the address dnsmasq leased.
-    let dhcp: Vec<(usize, DhcpSeen)> = packets
+    let dhcp: Vec<(usize, Dhcp)> = packets
         .iter()
         .enumerate()
         .filter(|(_, p)| p.proto == 17 && [67, 68].contains(&p.dport))
-        .filter_map(|(i, p)| parse_dhcp(&p.payload).map(|d| (i, d)))
+        .filter_map(|(i, p)| Dhcp::parse(&p.payload).map(|d| (i, d)))
         .filter(|(_, d)| d.chaddr == VM_MAC)
         .collect();
-    let acks_to_vm: Vec<&(usize, DhcpSeen)> = dhcp.iter().filter(|(_, d)| d.op == 2 && d.kind == 5).collect();
+    let acks_to_vm: Vec<&(usize, Dhcp)> = dhcp.iter().filter(|(_, d)| d.op == 2 && d.kind() == "ACK").collect();
     let rom_ack = acks_to_vm.iter().rfind(|(i, _)| *i < rrq_at).expect("a DHCPACK before the ROM's RRQ");
-    assert_eq!((rom_ack.1.boot_file.as_str(), rom_ack.1.siaddr), ("undionly.kpxe", RAMBOOT_IP), "{rom_ack:?}");
+    assert_eq!((rom_ack.1.boot_file().as_str(), rom_ack.1.siaddr), ("undionly.kpxe", RAMBOOT_IP), "{rom_ack:?}");
     let chained_ack = acks_to_vm.last().expect("DHCPACKs");
-    assert_eq!(chained_ack.1.boot_file, script_url, "the last DHCPACK, the chained iPXE's: {chained_ack:?}");
+    assert_eq!(chained_ack.1.boot_file(), script_url, "the last DHCPACK, the chained iPXE's: {chained_ack:?}");
     let get = packets
         .iter()
         .filter(|p| p.proto == 6 && p.dport == 8080 && p.payload.starts_with(b"GET /boot.ipxe"))

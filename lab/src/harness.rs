@@ -12,7 +12,7 @@
 
 use crate::net::{self, in_ns, Netns};
 use crate::process::Proc;
-use crate::qemu::PxeVm;
+use crate::qemu::{Nic, PxeVm};
 use crate::tgtd::{Tgtd, TgtdOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -382,11 +382,96 @@ pub fn start_site_dnsmasq(
     lab.start_until("dnsmasq", ns, &command, &log, &[ready.as_str()], Duration::from_secs(15))
 }
 
+/// dnsmasq as the site DHCP server of a PXE setup that chains iPXE, with ramboot
+/// serving only TFTP and HTTP: see [`start_chaining_dnsmasq`].
+pub struct ChainingDnsmasq {
+    /// The lab's index of the dnsmasq process.
+    pub idx: usize,
+    hosts_dir: PathBuf,
+    staged: PathBuf,
+}
+
+/// Start dnsmasq (see [`start_site_dnsmasq`]) on `interface` telling a client to
+/// TFTP-load `undionly.kpxe` from `next_server`, as a site points a plain PXE ROM
+/// at iPXE; once [`ChainingDnsmasq::mark_chained`] has named its MAC, it gets
+/// `script_url` instead (iPXE expands `${net0/mac}` in it itself).
+///
+/// The distinguisher is the test's: QEMU's ROM and the chained Debian
+/// `undionly.kpxe` are the same iPXE build, and their requests differ only in the
+/// xid and the broadcast flag, which dnsmasq cannot match. A tag set too late costs
+/// one more load of `undionly.kpxe`, not the boot.
+pub fn start_chaining_dnsmasq(
+    lab: &mut Lab,
+    ns: &str,
+    interface: &str,
+    listen: Ipv4Addr,
+    range: (Ipv4Addr, Ipv4Addr),
+    (next_server, script_url): (Ipv4Addr, &str),
+) -> ChainingDnsmasq {
+    let hosts_dir = lab.path("dnsmasq-hosts");
+    std::fs::create_dir_all(&hosts_dir).unwrap_or_else(|e| panic!("creating {}: {e}", hosts_dir.display()));
+    let extra = [
+        format!("--dhcp-hostsdir={}", hosts_dir.display()),
+        format!("--dhcp-boot=tag:!chained,undionly.kpxe,,{next_server}"),
+        format!("--dhcp-boot=tag:chained,{script_url}"),
+    ];
+    let idx = start_site_dnsmasq(lab, ns, interface, listen, range, &extra);
+    ChainingDnsmasq { idx, hosts_dir, staged: lab.path("dnsmasq-chained.staged") }
+}
+
+impl ChainingDnsmasq {
+    /// From now on `mac` is the chained iPXE: it gets the script URL. Written beside
+    /// the directory and renamed in, so dnsmasq's inotify never reads half a file.
+    pub fn mark_chained(&self, mac: &str) {
+        std::fs::write(&self.staged, format!("{mac},set:chained\n"))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", self.staged.display()));
+        let target = self.hosts_dir.join(mac.replace(':', ""));
+        std::fs::rename(&self.staged, &target).unwrap_or_else(|e| panic!("renaming to {}: {e}", target.display()));
+    }
+}
+
 /// Start QEMU (TCG, SeaBIOS, 256 MiB) booting from the network through the e1000
 /// iPXE ROM on `tap`, MAC `mac`, serial console to `console`; QEMU's own output goes
 /// to `log`. Returns the lab's index of the process.
 pub fn spawn_pxe_vm(lab: &mut Lab, ns: &str, tap: &str, mac: &str, console: &Path, log: &Path) -> usize {
     lab.spawn("qemu", ns, &PxeVm::bios(tap, mac, console).command_line(), log, &[])
+}
+
+/// Start QEMU (TCG, OVMF on q35, 256 MiB) booting from the network through the
+/// firmware's own UEFI PXE stack (EDK2 NetworkPkg over its VirtioNetDxe driver): a
+/// virtio-net NIC with no option ROM, so no iPXE takes over. Its variables are a
+/// fresh copy in the lab's dir. Otherwise as [`spawn_pxe_vm`].
+pub fn spawn_uefi_firmware_pxe_vm(lab: &mut Lab, ns: &str, tap: &str, mac: &str, console: &Path, log: &Path) -> usize {
+    let vars = lab.path("OVMF_VARS.fd");
+    std::fs::copy(crate::qemu::OVMF_VARS, &vars).unwrap_or_else(|e| panic!("copying {}: {e}", crate::qemu::OVMF_VARS));
+    let vm = PxeVm { uefi_vars: Some(vars), nic: Nic::VirtioFirmwarePxe, ..PxeVm::bios(tap, mac, console) };
+    lab.spawn("qemu", ns, &vm.command_line(), log, &[])
+}
+
+/// A namespace `rb<tag><pid>` joined to `bridge` (in `bridge_ns`) by a veth pair:
+/// its end `<tag><pid>v` carries `addresses` (CIDR; the first is the primary), the
+/// other, `<tag><pid>p`, is a port of the bridge; both ends get `mtu` and come up.
+/// For a host on the boot network whose traffic to the VM the bridge *forwards*
+/// (where a bridge-family firewall rule sees it). Returns (namespace, interface).
+pub fn bridge_port_ns(
+    lab: &mut Lab,
+    (bridge_ns, bridge): (&str, &str),
+    tag: char,
+    addresses: &[String],
+    mtu: u32,
+) -> (String, String) {
+    let pid = std::process::id();
+    let ns = lab.netns(&format!("rb{tag}{pid}"));
+    let (inside, port) = (format!("{tag}{pid}v"), format!("{tag}{pid}p"));
+    veth((&ns, &inside), (bridge_ns, &port));
+    let mtu = mtu.to_string();
+    ip_in(bridge_ns, &["link", "set", &port, "master", bridge]);
+    ip_in(bridge_ns, &["link", "set", &port, "mtu", &mtu, "up"]);
+    for address in addresses {
+        ip_in(&ns, &["addr", "add", address, "dev", &inside]);
+    }
+    ip_in(&ns, &["link", "set", &inside, "mtu", &mtu, "up"]);
+    (ns, inside)
 }
 
 // ---------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 //! The fallible building blocks (network namespaces, bridges and taps, processes
 //! stopped by PID, QEMU's command line, a private tgtd, the workspace's binaries and
 //! the lab's Debian packages and agent build) return [`LabError`]. [`harness`] and
-//! [`pcap`] wrap them for tests, which panic with a clear message instead.
+//! [`pcap`] wrap them for tests, which panic with a clear message instead; [`wire`]
+//! reads the DHCP and TFTP messages of a capture.
 //! Nothing here is linked into the `ramboot` server binary: the server crate never
 //! depends on this one.
 
@@ -19,6 +20,7 @@ pub mod qemu;
 pub mod setup;
 pub mod sim;
 pub mod tgtd;
+pub mod wire;
 
 mod error;
 

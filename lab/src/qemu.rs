@@ -1,7 +1,7 @@
-//! A QEMU VM that network-boots with its NIC's iPXE ROM from a tap on a lab bridge
-//! (see LAB.md for why these flags): TCG, e1000, SeaBIOS or OVMF. [`PxeVm`] is its
-//! command line, for the lab's VM and the tests' alike; [`reset`] power-cycles it
-//! through the monitor.
+//! A QEMU VM that network-boots from a tap on a lab bridge (see LAB.md for why these
+//! flags): TCG, e1000 with its iPXE ROM under SeaBIOS or OVMF, or OVMF's own PXE on a
+//! virtio-net NIC without a ROM. [`PxeVm`] is its command line, for the lab's VM and
+//! the tests' alike; [`reset`] power-cycles it through the monitor.
 
 use crate::LabError;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,16 @@ pub enum Console {
     File(PathBuf),
 }
 
+/// The VM's NIC and what boots from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nic {
+    /// e1000 with QEMU's iPXE ROM (`pxe-e1000.rom`, or `efi-e1000.rom` under UEFI).
+    E1000Ipxe,
+    /// virtio-net with no option ROM. Under OVMF the firmware's own PXE stack boots
+    /// (EDK2 NetworkPkg over its VirtioNetDxe driver); SeaBIOS has none.
+    VirtioFirmwarePxe,
+}
+
 /// A network-booting VM's command line.
 #[derive(Debug, Clone)]
 pub struct PxeVm {
@@ -32,6 +42,7 @@ pub struct PxeVm {
     pub memory_mb: u32,
     /// UEFI (OVMF with this writable copy of its variables) instead of SeaBIOS.
     pub uefi_vars: Option<PathBuf>,
+    pub nic: Nic,
     pub console: Console,
     /// A monitor socket (for [`reset`]); none without.
     pub monitor: Option<PathBuf>,
@@ -48,6 +59,7 @@ impl PxeVm {
             mac: mac.into(),
             memory_mb: 256,
             uefi_vars: None,
+            nic: Nic::E1000Ipxe,
             console: Console::File(console.to_path_buf()),
             monitor: None,
             no_reboot: true,
@@ -64,7 +76,6 @@ impl PxeVm {
             Some(path) => format!("unix:{},server,nowait", path.display()),
             None => "none".to_string(),
         };
-        let rom = if self.uefi_vars.is_some() { EFI_ROM } else { PXE_ROM };
         let mut args: Vec<String> = vec![QEMU.into(), "-accel".into(), "tcg".into(), "-m".into()];
         args.push(self.memory_mb.to_string());
         args.extend(["-nographic", "-serial", &serial, "-monitor", &monitor].map(String::from));
@@ -72,7 +83,14 @@ impl PxeVm {
             args.push("-no-reboot".into());
         }
         args.extend(["-boot".into(), "n".into(), "-device".into()]);
-        args.push(format!("e1000,netdev=n0,mac={},romfile={rom},bootindex=1", self.mac));
+        args.push(match self.nic {
+            Nic::E1000Ipxe => {
+                let rom = if self.uefi_vars.is_some() { EFI_ROM } else { PXE_ROM };
+                format!("e1000,netdev=n0,mac={},romfile={rom},bootindex=1", self.mac)
+            }
+            // An empty romfile: no iPXE, the firmware's driver and PXE stack.
+            Nic::VirtioFirmwarePxe => format!("virtio-net-pci,netdev=n0,mac={},romfile=,bootindex=1", self.mac),
+        });
         args.push("-netdev".into());
         args.push(format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap));
         if let Some(vars) = &self.uefi_vars {
@@ -135,5 +153,9 @@ mod tests {
         assert!(args.iter().any(|a| a.contains("efi-e1000.rom")), "{args:?}");
         assert_eq!(args.iter().filter(|a| a.starts_with("if=pflash")).count(), 2, "{args:?}");
         assert!(args.contains(&"unix:/tmp/mon,server,nowait".to_string()), "{args:?}");
+        vm.nic = Nic::VirtioFirmwarePxe;
+        let args = vm.command_line();
+        assert!(args.iter().any(|a| a.starts_with("virtio-net-pci,") && a.contains("romfile=,")), "{args:?}");
+        assert!(!args.iter().any(|a| a.contains(".rom")), "no option ROM: {args:?}");
     }
 }

@@ -82,6 +82,13 @@ pub fn leases_of(url: &str, mac: &str) -> Vec<Lease> {
     store_leases(url).into_iter().filter(|l| l.mac.to_string() == mac).collect()
 }
 
+/// The lines of ramboot's log for complete TFTP reads of `file` (logged on the last
+/// block's ACK, in the span `tftp{client=… file=…}`).
+pub fn tftp_reads<'a>(log: &'a str, file: &str) -> Vec<&'a str> {
+    let span = format!(" file={file}}}");
+    log.lines().filter(|l| l.contains(&span) && l.contains("TFTP read") && l.contains(" bytes=")).collect()
+}
+
 /// A ramboot log must show no error and no NAK.
 pub fn assert_no_errors_or_naks(log: &str) {
     assert!(!log.contains(" ERROR "), "ramboot logged errors:\n{log}");

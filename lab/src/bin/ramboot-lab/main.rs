@@ -15,7 +15,7 @@ use ramboot_api::{Event, NodeDetail};
 use ramboot_core::node::NodeState;
 use ramboot_lab::net::{self, Netns};
 use ramboot_lab::process::Proc;
-use ramboot_lab::qemu::{self, Console, PxeVm};
+use ramboot_lab::qemu::{self, Console, Nic, PxeVm};
 use ramboot_lab::setup::{build_agent, ensure_packages};
 use ramboot_lab::tgtd::{self, Tgtd, TgtdOptions};
 use std::ffi::OsString;
@@ -461,6 +461,7 @@ impl Lab<'_> {
             mac: LAB_MAC.into(),
             memory_mb: opts.memory_mb,
             uefi_vars: opts.uefi.then(|| dir.join("OVMF_VARS.fd")),
+            nic: Nic::E1000Ipxe,
             // Appended across power-ons: one console log for the whole run.
             console: Console::Stdout,
             // A monitor socket lets the lab power-cycle the VM between boots.
