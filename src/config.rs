@@ -857,7 +857,7 @@ default_profile: tiny
         let text = &readme[start..start + readme[start..].find("```").unwrap()];
         let cfg = Config::parse(Path::new("/etc/ramboot/ramboot.yaml"), text).unwrap();
         assert_eq!(cfg.dhcp.subnets.len(), 2);
-        assert_eq!(cfg.dhcp.boot_files[&Arch(7)], "ipxe.efi");
+        assert_eq!(cfg.dhcp.boot_files[&Arch(11)], "arm64/snponly.efi");
     }
 
     #[test]

@@ -14,11 +14,11 @@
 //!    interface's secondary address and TFTP listens on `0.0.0.0`: every TFTP answer
 //!    must come from the address the ROM asked, which firmware filters on.
 //!
-//! In 2 and 3 the site's dnsmasq points the ROM at `undionly.kpxe` and then the
-//! chained iPXE at the script (see `start_chaining_dnsmasq`); ramboot's DHCP listens
-//! where no client sends, so these tests do not depend on how ramboot's DHCP treats
-//! iPXE builds. Whether the script comes after one TFTP round or more, the
-//! assertions are "a complete transfer at least once" and "the script eventually".
+//! In 2 and 3 ramboot is the authoritative DHCP server: QEMU's ROM iPXE is not
+//! ramboot's build, so it is handed `undionly.kpxe` over TFTP first, and the chained
+//! iPXE gets the script (`ramboot_core::dhcp::ipxe`). Whether the script comes after
+//! one TFTP round or more, the assertions are "a complete transfer at least once"
+//! and "the script eventually".
 //!
 //! Each test stops once the VM's iPXE has fetched `/boot.ipxe?mac=…`. Each makes its
 //! own namespaces (named after the test process's PID), and its guard stops every
@@ -29,7 +29,7 @@ mod common;
 use common::netns::{tftp_reads, Ramboot, ServeInLab};
 use ramboot_lab::harness::{
     bridge_port_ns, ip_in, lab_with_bridge, log_text, logs_context, spawn_pxe_vm, spawn_uefi_firmware_pxe_vm,
-    start_chaining_dnsmasq, start_site_dnsmasq, tail, tool, Lab,
+    start_site_dnsmasq, tail, tool, Lab,
 };
 use ramboot_lab::net::in_ns;
 use ramboot_lab::pcap::{capture, read_pcap, wait_capture, Packet};
@@ -87,12 +87,14 @@ fn script_requests(packets: &[Packet]) -> Vec<(Ipv4Addr, String)> {
 /// once the capture holds the script request; ramboot's log and the capture.
 fn finish(
     lab: &mut Lab,
-    (qemu, dnsmasq, tcpdump): (usize, usize, usize),
+    (before_ramboot, tcpdump): (&[usize], usize),
     ramboot: &Ramboot,
     pcap: &Path,
 ) -> (String, Vec<Packet>) {
-    lab.stop(qemu, Duration::from_secs(3));
-    lab.stop(dnsmasq, Duration::from_secs(5));
+    // The VM first, then any site daemon.
+    for &idx in before_ramboot {
+        lab.stop(idx, Duration::from_secs(5));
+    }
     let log = lab.stop_ramboot(ramboot);
     wait_capture(pcap, Duration::from_secs(5), |packets| !script_requests(packets).is_empty());
     lab.stop(tcpdump, Duration::from_secs(5));
@@ -150,7 +152,7 @@ fn uefi_firmware_pxe_boots_through_ramboot_proxy_beside_dnsmasq() {
     let loaded_at = vm_started.elapsed();
     wait_script_served(&mut lab, qemu, &ramboot, UEFI_MAC, context);
     let script_at = vm_started.elapsed();
-    let (log, packets) = finish(&mut lab, (qemu, dnsmasq, tcpdump), &ramboot, &pcap);
+    let (log, packets) = finish(&mut lab, (&[qemu, dnsmasq], tcpdump), &ramboot, &pcap);
 
     let msgs: Vec<(Packet, Dhcp)> = dhcp_of(&packets).into_iter().filter(|(_, d)| d.chaddr == UEFI_MAC).collect();
     let wire = describe_all(&msgs);
@@ -308,31 +310,26 @@ fn a_1400_mtu_boot_network_that_drops_fragments_still_loads_ipxe_over_tftp() {
     let undionly = serve_ipxe_binary(&lab, UNDIONLY, "undionly.kpxe");
     // What ramboot sends and receives, on its own link.
     let (tcpdump, pcap) = capture(&mut lab, &server_ns, &server_if, "udp or tcp port 8080");
-    // TFTP and HTTP; DHCP (which cannot be switched off) in proxy mode on ports no
-    // client sends to: dnsmasq does the DHCP here.
+    // ramboot is the authoritative DHCP server: the VM's ROM iPXE is not ramboot's
+    // build, so it loads undionly.kpxe over TFTP first.
     let config = format!(
         "interface: {server_if}\nserver_address: {MTU_RAMBOOT_IP}\nipv6_ra: true\n\
          http: {{listen: \"{MTU_RAMBOOT_IP}:8080\"}}\ntftp: {{listen: \"{MTU_RAMBOOT_IP}:69\"}}\n\
-         dhcp:\n  mode: proxy\n  port: 1067\n  proxy_port: 14011\n"
+         dhcp:\n  subnet: 10.78.0.0/24\n  range: [10.78.0.50, 10.78.0.90]\n"
     );
     let ramboot = lab.start_ramboot(&server_ns, &config, "info,tower_http=debug");
-    let script_url = format!("http://{MTU_RAMBOOT_IP}:8080/boot.ipxe?mac=${{net0/mac}}");
-    let range = (Ipv4Addr::new(10, 78, 0, 50), Ipv4Addr::new(10, 78, 0, 90));
-    let dnsmasq = start_chaining_dnsmasq(&mut lab, &ns, &bridge, MTU_SITE_IP, range, (MTU_RAMBOOT_IP, &script_url));
 
     let (console, qemu_log) = (lab.path("console.log"), lab.path("qemu.log"));
     let vm_started = Instant::now();
     let qemu = spawn_pxe_vm(&mut lab, &ns, &tap, MTU_MAC, &console, &qemu_log);
-    let dnsmasq_log = lab.path("dnsmasq.log");
-    let logs = [("console", &console), ("qemu", &qemu_log), ("dnsmasq", &dnsmasq_log), ("ramboot", &ramboot.log)];
+    let logs = [("console", &console), ("qemu", &qemu_log), ("ramboot", &ramboot.log)];
     let context = || logs_context(30, &logs);
     wait_tftp_read(&mut lab, qemu, &ramboot, "undionly.kpxe", context);
     let loaded_at = vm_started.elapsed();
-    dnsmasq.mark_chained(MTU_MAC);
     wait_script_served(&mut lab, qemu, &ramboot, MTU_MAC, context);
     let script_at = vm_started.elapsed();
     let after_boot = dropped_fragments(&ns);
-    let (log, packets) = finish(&mut lab, (qemu, dnsmasq.idx, tcpdump), &ramboot, &pcap);
+    let (log, packets) = finish(&mut lab, (&[qemu], tcpdump), &ramboot, &pcap);
 
     // ramboot: whole transfers, each at a block that fits one 1400-byte frame.
     let reads = tftp_reads(&log, "undionly.kpxe");
@@ -387,7 +384,6 @@ fn a_1400_mtu_boot_network_that_drops_fragments_still_loads_ipxe_over_tftp() {
 
 const PRIMARY_IP: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 1);
 const SECONDARY_IP: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 9);
-const SECONDARY_SITE_IP: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 2);
 const SECONDARY_MAC: &str = "52:54:00:79:79:01";
 
 #[test]
@@ -398,36 +394,33 @@ fn a_bios_rom_loads_ipxe_over_tftp_from_a_secondary_server_address() {
     let more = [("undionly.kpxe (ipxe)", UNDIONLY)];
     let Some((mut lab, ns, bridge, tap)) = lab_with_bridge(TEST, &more, 'y', &addresses) else { return };
     let started = Instant::now();
-    // dnsmasq on a host of its own (see test 1).
-    let site = [format!("{SECONDARY_SITE_IP}/24")];
-    let (site_ns, site_if) = bridge_port_ns(&mut lab, (&ns, &bridge), 'z', &site, 1500);
     let undionly = serve_ipxe_binary(&lab, UNDIONLY, "undionly.kpxe");
     let (tcpdump, pcap) = capture(&mut lab, &ns, &bridge, "udp or tcp port 8080");
-    // TFTP on every address: answering from the one asked is ramboot's job, not the
-    // listener's. DHCP on ports no client sends to, as in test 2.
+    // ramboot is the authoritative DHCP server and names the secondary address as
+    // next-server: the VM's ROM iPXE is not ramboot's build, so it is told to load
+    // undionly.kpxe from there first. TFTP listens on every address: answering from
+    // the one asked is ramboot's job, not the listener's.
     let config = format!(
         "interface: {bridge}\nserver_address: {SECONDARY_IP}\nipv6_ra: true\n\
          http: {{listen: \"{SECONDARY_IP}:8080\"}}\ntftp: {{listen: \"0.0.0.0:69\"}}\n\
-         dhcp:\n  mode: proxy\n  port: 1067\n  proxy_port: 14011\n"
+         dhcp:\n  subnet: 10.79.0.0/24\n  range: [10.79.0.50, 10.79.0.90]\n"
     );
     let ramboot = lab.start_ramboot(&ns, &config, "info,tower_http=debug");
-    let script_url = format!("http://{SECONDARY_IP}:8080/boot.ipxe?mac=${{net0/mac}}");
-    let range = (Ipv4Addr::new(10, 79, 0, 50), Ipv4Addr::new(10, 79, 0, 90));
-    let dnsmasq =
-        start_chaining_dnsmasq(&mut lab, &site_ns, &site_if, SECONDARY_SITE_IP, range, (SECONDARY_IP, &script_url));
 
     let (console, qemu_log) = (lab.path("console.log"), lab.path("qemu.log"));
     let vm_started = Instant::now();
     let qemu = spawn_pxe_vm(&mut lab, &ns, &tap, SECONDARY_MAC, &console, &qemu_log);
-    let dnsmasq_log = lab.path("dnsmasq.log");
-    let logs = [("console", &console), ("qemu", &qemu_log), ("dnsmasq", &dnsmasq_log), ("ramboot", &ramboot.log)];
+    let logs = [("console", &console), ("qemu", &qemu_log), ("ramboot", &ramboot.log)];
     let context = || logs_context(30, &logs);
     wait_tftp_read(&mut lab, qemu, &ramboot, "undionly.kpxe", context);
     let loaded_at = vm_started.elapsed();
-    dnsmasq.mark_chained(SECONDARY_MAC);
     wait_script_served(&mut lab, qemu, &ramboot, SECONDARY_MAC, context);
     let script_at = vm_started.elapsed();
-    let (log, packets) = finish(&mut lab, (qemu, dnsmasq.idx, tcpdump), &ramboot, &pcap);
+    let (log, packets) = finish(&mut lab, (&[qemu], tcpdump), &ramboot, &pcap);
+    // ramboot's offers named the secondary address as next-server.
+    let offers: Vec<Dhcp> =
+        dhcp_of(&packets).into_iter().map(|(_, d)| d).filter(|d| d.op == 2 && d.chaddr == SECONDARY_MAC).collect();
+    assert!(!offers.is_empty() && offers.iter().all(|d| d.siaddr == SECONDARY_IP), "next-server: {offers:#?}");
 
     let reads = tftp_reads(&log, "undionly.kpxe");
     let whole = format!("bytes={}", undionly.len());
