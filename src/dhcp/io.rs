@@ -26,7 +26,7 @@ use crate::store::{LeaseOp, Store, StoreError};
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder};
 use nix::sys::socket as sock;
-use ramboot_core::dhcp::classify::{self, Client, Firmware};
+use ramboot_core::dhcp::classify::{self, ClassifyError, Client, Firmware};
 use ramboot_core::dhcp::decide::{
     decide, encode_reply, Arrival, Decision, Host, Hosts, IgnoreReason, Inbound, Leases, Port,
 };
@@ -495,6 +495,13 @@ fn handle(
             count(request_type, "seen");
             debug!(target: "ramboot::dhcp::decision", mac = %client.mac, %ip, "proxyDHCP: client takes an address");
             Some(Next::Commit(Pending { op: seen_op(&client, ip), reply: None, undo: None }))
+        }
+        Decision::Ignore(reason @ IgnoreReason::Unclassifiable(ClassifyError::NotEthernet { .. })) => {
+            // InfiniBand (htype 32) and others: nodes are known by their Ethernet MAC
+            // everywhere (docs/firmware-quirks.md), so these are counted apart.
+            count(request_type, "not_ethernet");
+            debug!(target: "ramboot::dhcp::decision", peer = %d.peer, request = ?request_type, %reason, "DHCP ignored");
+            None
         }
         Decision::Ignore(reason) => {
             count(request_type, "ignored");

@@ -322,3 +322,21 @@ fn authoritative_offers_to_ipxe_outrank_a_plain_server_and_skip_proxydhcp() {
     let (offer, _, _) = super::tests::reply_of(Harness::with(policy).run(&discover, 3));
     assert!(offer.opts().get(OptionCode::Unknown(175)).is_none());
 }
+
+#[test]
+fn an_infiniband_flexboot_client_is_refused_as_not_ethernet() {
+    // RFC 4390: IPoIB sets htype 32 and hlen 0, leaves chaddr zero and names itself
+    // by option 61 (type 255, IAID, DUID); Mellanox FlexBoot in IB mode sends this.
+    // ramboot knows nodes by their Ethernet MAC (store, script URL, agent), so it
+    // declines them clearly (docs/firmware-quirks.md).
+    let mut msg = pxe_rom([0; 6], MessageType::Discover, 0, "PXEClient:Arch:00000:UNDI:002001");
+    msg.set_htype(dhcproto::v4::HType::from(32)).set_chaddr(&[]); // hlen follows chaddr: 0
+    let mut client_id = vec![255, 0, 0, 0, 1, 0, 4];
+    client_id.extend_from_slice(&[0xf4, 0x52, 0x14, 0x03, 0x00, 0x8a, 0xbc, 0x01]);
+    msg.opts_mut().insert(DhcpOption::ClientIdentifier(client_id));
+    let decision = Harness::new().run(&msg, 1);
+    assert!(
+        matches!(decision, Decision::Ignore(IgnoreReason::Unclassifiable(ClassifyError::NotEthernet { hlen: 0, .. }))),
+        "{decision:?}"
+    );
+}
