@@ -313,6 +313,15 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     );
     let boot_time = vm_started.elapsed();
     topo.stop(qemu, Duration::from_secs(3));
+    // The handover and the script are counted by how the iPXE was recognised.
+    let metrics = ramboot_lab::net::in_ns(&ns, &["curl", "-sS", "--max-time", "10"])
+        .arg(format!("http://{PROXY_IP}:8080/metrics"))
+        .output()
+        .expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let choices: Vec<&str> = metrics.lines().filter(|l| l.starts_with("ramboot_dhcp_boot_choices_total")).collect();
+    assert!(choices.iter().any(|l| l.contains("choice=\"chain_ipxe\"")), "{choices:#?}");
+    assert!(choices.iter().any(|l| l.contains("choice=\"script_")), "{choices:#?}");
     topo.stop(dnsmasq, Duration::from_secs(5));
     let log = topo.stop_ramboot(&ramboot);
     wait_capture(&pcap, Duration::from_secs(5), |packets| {

@@ -410,6 +410,7 @@ fn handle(
     match decide(&inbound, policy, leases, hosts, now) {
         Decision::Reply { reply, grant, client, boot, seen } => {
             let reply_type = reply.opts().msg_type().unwrap_or(MessageType::Unknown(0));
+            metrics::counter!("ramboot_dhcp_boot_choices_total", "choice" => boot.label()).increment(1);
             info!(
                 target: "ramboot::dhcp::decision",
                 mac = %client.mac,

@@ -43,6 +43,11 @@ fn describe() {
         "Relay-supplied options ignored because the packet came from no trusted relay, by option"
     );
     metrics::describe_counter!(
+        "ramboot_dhcp_boot_choices_total",
+        "Boot files named in DHCP replies, by choice: the script (and how its iPXE was recognised), ramboot's \
+         iPXE handed to another iPXE build, a PXE ROM or an HTTP-boot client, or none"
+    );
+    metrics::describe_counter!(
         "ramboot_dhcp_commit_failures_total",
         "Lease batches the database refused (no ACKs sent, pool rolled back)"
     );

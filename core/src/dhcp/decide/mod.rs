@@ -186,6 +186,20 @@ impl BootChoice {
         matches!(self, BootChoice::ChainIpxe(_) | BootChoice::Tftp(_) | BootChoice::Http(_))
     }
 
+    /// A metric label for this choice.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BootChoice::IpxeScript(_, ScriptFor::OwnUserClass) => "script_own_ipxe",
+            BootChoice::IpxeScript(_, ScriptFor::FollowsHandover) => "script_after_handover",
+            BootChoice::IpxeScript(_, ScriptFor::AnyIpxe) => "script_any_ipxe",
+            BootChoice::IpxeScript(_, ScriptFor::NoOwnBinary) => "script_no_own_binary",
+            BootChoice::ChainIpxe(_) => "chain_ipxe",
+            BootChoice::Tftp(_) => "pxe_tftp",
+            BootChoice::Http(_) => "http_boot",
+            BootChoice::None(_) => "none",
+        }
+    }
+
     /// Why this choice, for the one log line per decision.
     pub fn reason(&self) -> &'static str {
         match self {
