@@ -39,6 +39,7 @@ from netlab import common_needs, cpu_seconds, fmt, guarded, host_info, install_s
 from netlab import lab_network, log, log_tail, med, mem_available, ns_exec, parse_servers  # noqa: E402
 from netlab import percentile, ramboot_command, render_table, run, run_servers, split_by_server  # noqa: E402
 from netlab import stop_server_proc, wait_until, write_results  # noqa: E402
+from pg import PrivatePostgres  # noqa: E402
 
 SUBNET, SERVER_IP, CLIENT_IP, PREFIX = lab_network("10.77.0.0/16")  # server .1, client .2
 POOL = ("10.77.1.0", "10.77.60.255")  # 15,360 addresses for 10,000 clients
@@ -49,16 +50,23 @@ MIN_COMPLETION = 0.9  # ...and at least this share of the target rate completed
 PROBE_MAC = "02:72:62:00:00:01"  # readiness probe; outside perfdhcp's -R range
 # perfdhcp -x t archives every packet: measured ~5.5 KB per packet, two per exchange.
 PERFDHCP_BYTES_PER_EXCHANGE = 12 * 1024
-ALL_SERVERS = ("ramboot", "kea", "dnsmasq")
+ALL_SERVERS = ("ramboot", "kea", "kea-pg", "dnsmasq")
+KEA_PG_SCHEMA = Path("/usr/share/kea/scripts/pgsql/dhcpdb_create.pgsql")
 
 
 # --------------------------------------------------------------------------- servers
 
 
 class Server(BaseServer):
+    # The run's PostgreSQL cluster, for servers that keep leases in it.
+    pg: PrivatePostgres | None = None
+
     def leases_in_store(self) -> int | None:
         """Leases the server persisted (read after it stopped): a sanity cross-check."""
         return None
+
+    def cleanup(self) -> None:
+        """After the server stopped and its lease count was read."""
 
 
 class Ramboot(Server):
@@ -103,12 +111,7 @@ class Kea(Server):
         cfg = {
             "Dhcp4": {
                 "interfaces-config": {"interfaces": [self.topo.server_if]},
-                "lease-database": {
-                    "type": "memfile",
-                    "persist": True,
-                    "name": str(d / "kea-leases4.csv"),
-                    "lfc-interval": 0,  # no lease-file cleanup child during a step
-                },
+                "lease-database": self.lease_database(),
                 "valid-lifetime": LEASE_SECS,
                 "subnet4": [{"id": 1, "subnet": SUBNET, "pools": [{"pool": f"{POOL[0]} - {POOL[1]}"}]}],
                 "loggers": [{
@@ -124,6 +127,14 @@ class Kea(Server):
         env = {"KEA_PIDFILE_DIR": str(d), "KEA_LOCKFILE_DIR": str(d), "KEA_LOGGER_DESTINATION": str(d / "kea.log")}
         return [self.args.kea_bin, "-c", str(path)], env
 
+    def lease_database(self) -> dict:
+        return {
+            "type": "memfile",
+            "persist": True,
+            "name": str(self.workdir / "kea-leases4.csv"),
+            "lfc-interval": 0,  # no lease-file cleanup child during a step
+        }
+
     def leases_in_store(self):
         f = self.workdir / "kea-leases4.csv"
         if not f.exists():
@@ -137,6 +148,32 @@ class Kea(Server):
 
     def version(self):
         return run([self.args.kea_bin, "-v"], check=False).stdout.strip()
+
+
+class KeaPg(Kea):
+    """Kea with its PostgreSQL lease back-end, on the run's private cluster: a fresh
+    database per step with Kea's own schema (what `kea-admin db-init pgsql` loads)."""
+
+    def database(self) -> str:
+        return f"kea_{self.workdir.name.replace('-', '_').lower()}"
+
+    def lease_database(self) -> dict:
+        assert self.pg is not None, "kea-pg needs the run's PostgreSQL"
+        self.pg.create_db(self.database())
+        self.pg.psql("", db=self.database(), file=KEA_PG_SCHEMA)
+        return {"type": "postgresql", "name": self.database(), "user": "postgres", "host": str(self.pg.sockdir)}
+
+    def leases_in_store(self):
+        try:
+            return int(self.pg.psql("SELECT count(DISTINCT address) FROM lease4", db=self.database()).strip())
+        except (BenchError, ValueError):
+            return None
+
+    def cleanup(self) -> None:
+        try:
+            self.pg.drop_db(self.database())
+        except BenchError as e:
+            log(f"  warning: {e}")
 
 
 class Dnsmasq(Server):
@@ -168,7 +205,8 @@ class Dnsmasq(Server):
         return run([self.args.dnsmasq_bin, "--version"], check=False).stdout.splitlines()[0].strip()
 
 
-SERVER_CLASSES = {"ramboot": Ramboot, "kea": Kea, "dnsmasq": Dnsmasq}
+SERVER_CLASSES = {"ramboot": Ramboot, "kea": Kea, "kea-pg": KeaPg, "dnsmasq": Dnsmasq}
+NEEDS_POSTGRES = {"kea-pg"}
 
 
 # --------------------------------------------------------------------------- perfdhcp
@@ -232,6 +270,7 @@ class Bench:
     topo: Topology
     procs: Procs
     perfdhcp_version: str = ""
+    pg: PrivatePostgres | None = None
     server_versions: dict = field(default_factory=dict)
 
     # ---- server lifecycle
@@ -239,6 +278,7 @@ class Bench:
     def start_server(self, name: str) -> Server:
         workdir = Path(tempfile.mkdtemp(prefix=f"rbb-{name}-", dir=self.args.workdir))
         srv = SERVER_CLASSES[name](name=name, workdir=workdir, topo=self.topo, args=self.args)
+        srv.pg = self.pg
         cmd, env = srv.command()
         srv.log_path = workdir / "server.out"
         with open(srv.log_path, "w") as logf:
@@ -263,6 +303,7 @@ class Bench:
     def stop_server(self, srv: Server, keep: bool = False) -> dict:
         info = stop_server_proc(self.procs, srv.proc, "exited_during_step", lambda: self.log_tail(srv))
         info["leases_in_store"] = srv.leases_in_store()
+        srv.cleanup()
         if self.args.keep_workdirs or keep:
             log(f"  (kept {srv.workdir})")
         else:
@@ -308,6 +349,7 @@ class Bench:
             extra += ["-x", "t"]
         try:
             cpu0 = cpu_seconds(pid)
+            pg0 = self.pg.cpu_seconds() if self.pg and name in NEEDS_POSTGRES else None
             t0 = time.monotonic()
             text = self.perfdhcp(extra, timeout=secs + self.args.exit_wait + 60)
             wall = time.monotonic() - t0
@@ -315,6 +357,7 @@ class Bench:
                 cpu1 = cpu_seconds(pid)
             except FileNotFoundError:
                 cpu1 = None
+            pg1 = self.pg.cpu_seconds() if pg0 is not None else None
         finally:
             stop_info = self.stop_server(srv)
         res = parse_perfdhcp(text or "")
@@ -338,6 +381,7 @@ class Bench:
                 "min_ms": ex.get("min_ms"), "avg_ms": ex.get("avg_ms"), "max_ms": ex.get("max_ms"),
             }
         cpu_s = (cpu1 - cpu0) if cpu1 is not None else None
+        pg_s = (pg1 - pg0) if (pg0 is not None and pg1 is not None) else None
         client_limited = do_sent < MIN_COMPLETION * rate * secs
         ok = (text is not None and ra_rcvd > 0 and not stop_info["exited_during_step"])
         passed = ok and drop_pct < DROP_LIMIT_PCT and completed_ps >= MIN_COMPLETION * rate
@@ -350,6 +394,9 @@ class Bench:
             "offered_per_s": do_sent / secs, "completed_per_s": completed_ps, "drop_pct": drop_pct,
             "latency": lat, "server_cpu_s": cpu_s,
             "cpu_us_per_exchange": (cpu_s * 1e6 / ra_rcvd) if (cpu_s is not None and ra_rcvd) else None,
+            # What PostgreSQL itself spent (its backends and postmaster), for servers on it.
+            "db_cpu_s": pg_s,
+            "db_cpu_us_per_exchange": (pg_s * 1e6 / ra_rcvd) if (pg_s is not None and ra_rcvd) else None,
             "client_limited": client_limited, "answered": ra_rcvd > 0, "ok": ok, "passed": passed,
             **stop_info,
         }
@@ -420,8 +467,10 @@ class Bench:
             "fixed_rate_passed": cpu_step["passed"],
             "fixed_rate_latency": cpu_step["latency"],
             "cpu_us_per_exchange": cpu_step["cpu_us_per_exchange"],
+            "db_cpu_us_per_exchange": cpu_step["db_cpu_us_per_exchange"],
             "unlimited": {k: unl[k] for k in ("target_rate", "offered_per_s", "completed_per_s", "drop_pct",
-                                              "latency", "cpu_us_per_exchange", "answered")},
+                                              "latency", "cpu_us_per_exchange", "db_cpu_us_per_exchange",
+                                              "answered")},
             "steps": steps,
         }
 
@@ -457,6 +506,7 @@ def summarize(results: list[dict], servers: list[str]) -> dict:
             "fixed_ack_p50_ms": med([dig(r, "fixed_rate_latency", "ra", "p50_ms") for r in rs]),
             "fixed_ack_p99_ms": med([dig(r, "fixed_rate_latency", "ra", "p99_ms") for r in rs]),
             "cpu_us_per_exchange": med([r["cpu_us_per_exchange"] for r in rs]),
+            "db_cpu_us_per_exchange": med([r.get("db_cpu_us_per_exchange") for r in rs]),
             "unlimited_offered_per_s": med([r["unlimited"]["offered_per_s"] for r in rs]),
             "unlimited_completed_per_s": med([r["unlimited"]["completed_per_s"] for r in rs]),
             "unlimited_drop_pct": med([r["unlimited"]["drop_pct"] for r in rs]),
@@ -472,7 +522,7 @@ def summarize(results: list[dict], servers: list[str]) -> dict:
 def table(summary: dict, servers: list[str], args: argparse.Namespace) -> str:
     fr = args.cpu_rate
     head = ["server", "sustained/s", "ACK p50/p99 ms", f"@{fr}/s OFFER p50/p99", f"@{fr}/s ACK p50/p99",
-            f"CPU us/exch @{fr}/s", "unlimited done/s", "drop %"]
+            f"CPU us/exch @{fr}/s", "DB us/exch", "unlimited done/s", "drop %"]
     rows = []
     for name in servers:
         s = summary[name]
@@ -491,6 +541,7 @@ def table(summary: dict, servers: list[str], args: argparse.Namespace) -> str:
             f"{fmt(s['fixed_offer_p50_ms'], 2)} / {fmt(s['fixed_offer_p99_ms'], 2)}{fixed_mark}",
             f"{fmt(s['fixed_ack_p50_ms'], 2)} / {fmt(s['fixed_ack_p99_ms'], 2)}{fixed_mark}",
             fmt(s["cpu_us_per_exchange"], 1),
+            fmt(s["db_cpu_us_per_exchange"], 1),
             f"{fmt(s['unlimited_completed_per_s'])} (of {fmt(s['unlimited_offered_per_s'])})",
             fmt(s["unlimited_drop_pct"], 1),
         ])
@@ -506,7 +557,8 @@ def table(summary: dict, servers: list[str], args: argparse.Namespace) -> str:
         else:
             out.append(f"ramboot / best peer ({ratio['peer']}) sustained rate: {ratio['sustained_rate']:.2f}x")
     out.append("sustained/s: completed exchanges/s at the highest passing step ('+': sweep never failed);"
-               " latencies from perfdhcp -x t per-packet timestamps")
+               " latencies from perfdhcp -x t per-packet timestamps; DB us/exch: the private PostgreSQL"
+               " cluster's own CPU (servers on PostgreSQL only; it is not pinned)")
     if any(not summary[n].get("fixed_rate_passed_all", True) for n in servers if summary[n]["runs_ok"]):
         out.append(f"'!': that server did not sustain {fr}/s, so its figures there are under overload")
     for name in servers:
@@ -563,8 +615,14 @@ def parse_args() -> argparse.Namespace:
 def preflight(a: argparse.Namespace) -> None:
     need = common_needs(a, shutil.which("ip"), shutil.which("taskset"))
     need["perfdhcp"] = a.perfdhcp_bin
-    if "kea" in a.servers:
+    if {"kea", "kea-pg"} & set(a.servers):
         need["kea-dhcp4"] = a.kea_bin
+    if NEEDS_POSTGRES & set(a.servers):
+        why = PrivatePostgres.available()
+        if why:
+            raise BenchError(f"kea-pg needs PostgreSQL 15: {why}")
+        if not KEA_PG_SCHEMA.exists():
+            raise BenchError(f"kea-pg needs Kea's schema {KEA_PG_SCHEMA} (apt-get install kea-admin)")
     if "dnsmasq" in a.servers:
         need["dnsmasq"] = a.dnsmasq_bin
     missing = [f"{k} ({v})" for k, v in need.items() if not v or not os.access(v, os.X_OK)]
@@ -593,6 +651,9 @@ def main() -> int:
         log(f"{topo.describe()}; servers: {', '.join(args.servers)}; pinning: "
             f"{f'server cpu {args.server_cpus}, perfdhcp cpu {args.client_cpus}' if args.pin else 'off'}")
         bench.perfdhcp_version = run([args.perfdhcp_bin, "-v"], check=False).stdout.strip()
+        if NEEDS_POSTGRES & set(args.servers):
+            bench.pg = PrivatePostgres(args.workdir)
+            bench.pg.start()
         for name in args.servers:
             srv_cls = SERVER_CLASSES[name]
             bench.server_versions[name] = srv_cls(name=name, workdir=Path("."), topo=topo, args=args).version()
@@ -600,6 +661,8 @@ def main() -> int:
 
     def cleanup() -> None:
         procs.stop_all()
+        if bench.pg:
+            bench.pg.stop()
         topo.down()
 
     interrupted = guarded(body, cleanup)
