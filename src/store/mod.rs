@@ -12,9 +12,12 @@
 //! write succeeds once the cause is gone (nothing to restart).
 
 mod boots;
+mod db;
 mod events;
 mod leases;
 mod nodes;
+#[cfg(test)]
+pub(crate) mod testdb;
 mod tokens;
 mod volumes;
 
@@ -25,9 +28,12 @@ pub use nodes::{default_hostname, Node, NodeChange, NodeFilter};
 pub use tokens::{Role, TokenInfo};
 pub use volumes::Volume;
 
+use db::{Backend, Row, Sql, Tx};
 use ramboot_core::node::{MacAddr, NodeState};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -46,6 +52,15 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// PostgreSQL could not be reached or refused the login.
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database_password_file: {0}")]
+    PasswordFile(crate::secrets::SecretsError),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("no node {0}")]
@@ -100,35 +115,13 @@ impl std::fmt::Display for WriteRefused {
     }
 }
 
-// SQLite's primary result codes (the low byte of an extended code).
-const SQLITE_BUSY: i64 = 5;
-const SQLITE_READONLY: i64 = 8;
-const SQLITE_IOERR: i64 = 10;
-const SQLITE_FULL: i64 = 13;
-
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        let code = e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i64>().ok());
-        let reason = match code.map(|c| c & 0xff) {
-            Some(SQLITE_FULL) => Some(WriteRefused::DiskFull),
-            Some(SQLITE_READONLY) => Some(WriteRefused::ReadOnly),
-            Some(SQLITE_IOERR) => Some(WriteRefused::Io),
-            Some(SQLITE_BUSY) => Some(WriteRefused::Busy),
-            _ => None,
-        };
-        match reason {
+        match db::write_refused(&e) {
             Some(reason) => StoreError::Unwritable { reason, source: e },
             None => StoreError::Db(e),
         }
     }
-}
-
-/// The database behind the facade: one variant per back-end (see "Store" in
-/// docs/architecture.md). Each method destructures it, so adding a variant makes
-/// every method that lacks that back-end's arm fail to compile.
-#[derive(Clone)]
-enum Backend {
-    Sqlite(SqlitePool),
 }
 
 /// The one type callers hold. Its methods live in the table modules, one
@@ -145,9 +138,6 @@ pub struct Store {
     hosts_rev: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-/// A SQLite transaction, as the table modules' helpers take it.
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
-
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
@@ -157,49 +147,45 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 /// transaction back, but sqlx still counts it open: its rollback then fails, and the
 /// connection would refuse every later `BEGIN` ("invalid savepoint"), so DHCP
 /// would never recover. Such a connection is closed on release instead (a new one
-/// is opened on demand).
-fn pool_options(max: u32) -> SqlitePoolOptions {
+/// is opened on demand). PostgreSQL gets the same hook: cheap, and the same rule.
+fn pool_options<DB: sqlx::Database>(max: u32) -> sqlx::pool::PoolOptions<DB> {
     use sqlx::{Connection, TransactionManager};
-    SqlitePoolOptions::new().max_connections(max).after_release(|conn, _| {
+    sqlx::pool::PoolOptions::<DB>::new().max_connections(max).after_release(|conn, _| {
         Box::pin(async move {
             // Flush the rollback a dropped transaction queued, then look.
             conn.ping().await?;
-            Ok(<sqlx::Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(conn) == 0)
+            Ok(DB::TransactionManager::get_transaction_depth(conn) == 0)
         })
     })
 }
 
+/// How long a write waits for another writer before it is refused as busy
+/// (SQLite's busy timeout; PostgreSQL's `lock_timeout`).
+const WRITE_WAIT: Duration = Duration::from_secs(5);
+
+/// Is `url` a PostgreSQL URL (rather than SQLite's)?
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 impl Store {
-    /// Open (creating if needed) and migrate the database at `url`.
+    /// Open (creating if needed) and migrate the database at `url`: `sqlite://…`,
+    /// or `postgres://…` (its password from `PGPASSWORD`, if it needs one).
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // WAL + NORMAL is durable against process crashes; FULL also against power
-            // loss, which is what "committed before the ACK" must mean.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        restrict_database_files(&options)?;
-        let pool = pool_options(4).connect_with(options.clone()).await?;
-        // SQLite creates -wal and -shm with the database's mode; an older one may
-        // have left them looser.
-        restrict_database_files(&options)?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        // Opened on first use: a CLI or test that never commits leases never opens it.
-        let dhcp_writer = pool_options(1).connect_lazy_with(options);
-        Ok(Store {
-            backend: Backend::Sqlite(pool),
-            dhcp_writer: Backend::Sqlite(dhcp_writer),
-            hosts_rev: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
-        })
+        Store::connect(url, None).await
+    }
+
+    /// [`Store::open`], with PostgreSQL's password read from `password_file` (which
+    /// must be private to this user, as the `secrets:` file).
+    pub async fn connect(url: &str, password_file: Option<&Path>) -> Result<Store, StoreError> {
+        let (backend, dhcp_writer) =
+            if is_postgres_url(url) { open_postgres(url, password_file).await? } else { open_sqlite(url).await? };
+        Ok(Store { backend, dhcp_writer, hosts_rev: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)) })
     }
 
     pub async fn close(&self) {
-        let Backend::Sqlite(writer) = &self.dhcp_writer;
-        writer.close().await;
-        let Backend::Sqlite(pool) = &self.backend;
-        pool.close().await;
+        self.dhcp_writer.close().await;
+        self.backend.close().await;
     }
 
     /// A receiver that changes whenever DHCP's view of the nodes may have changed.
@@ -209,6 +195,76 @@ impl Store {
 
     fn hosts_changed(&self) {
         self.hosts_rev.send_modify(|rev| *rev += 1);
+    }
+}
+
+/// The HTTP pool and DHCP's lease writer of a SQLite database.
+async fn open_sqlite(url: &str) -> Result<(Backend, Backend), StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // WAL + NORMAL is durable against process crashes; FULL also against power
+        // loss, which is what "committed before the ACK" must mean.
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(WRITE_WAIT);
+    restrict_database_files(&options)?;
+    let pool = pool_options(4).connect_with(options.clone()).await?;
+    // SQLite creates -wal and -shm with the database's mode; an older one may
+    // have left them looser.
+    restrict_database_files(&options)?;
+    sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+    // Opened on first use: a CLI or test that never commits leases never opens it.
+    let dhcp_writer = pool_options(1).connect_lazy_with(options);
+    Ok((Backend::Sqlite(pool), Backend::Sqlite(dhcp_writer)))
+}
+
+/// The HTTP pool and DHCP's lease writer of a PostgreSQL database. Commits are
+/// synchronous (PostgreSQL's default, kept): a commit has reached the server's
+/// WAL on disk before DHCP ACKs what it holds.
+async fn open_postgres(url: &str, password_file: Option<&Path>) -> Result<(Backend, Backend), StoreError> {
+    let mut options = PgConnectOptions::from_str(url)?
+        .application_name("ramboot")
+        .options([("lock_timeout", format!("{}ms", WRITE_WAIT.as_millis()))]);
+    if let Some(path) = password_file {
+        options = options.password(&read_password_file(path)?);
+    }
+    let unreachable = |source| StoreError::Connect { target: describe(&options), source };
+    let pool = pool_options(8).connect_with(options.clone()).await.map_err(unreachable)?;
+    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    let dhcp_writer = pool_options(1).connect_lazy_with(options);
+    Ok((Backend::Postgres(pool), Backend::Postgres(dhcp_writer)))
+}
+
+/// "database D as user U on host:port" (or "on socket DIR"): which server a
+/// connection error is about, without the password.
+fn describe(options: &PgConnectOptions) -> String {
+    let user = options.get_username();
+    let db = options.get_database().unwrap_or(user);
+    let at = match options.get_socket() {
+        Some(dir) => format!("socket {}", dir.display()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    format!("PostgreSQL database {db:?} as user {user:?} on {at}")
+}
+
+/// The first line of `path`, refused if anyone but this user could read it
+/// ([`crate::secrets::check`]'s rule, checked on the opened file) or if it is empty.
+fn read_password_file(path: &Path) -> Result<String, StoreError> {
+    use crate::secrets::SecretsError;
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let refused = |source| StoreError::PasswordFile(SecretsError::Io { path: path.into(), source });
+    let file = std::fs::File::open(path).map_err(refused)?;
+    let meta = file.metadata().map_err(refused)?;
+    crate::secrets::check(path, meta.mode(), meta.uid(), nix::unistd::geteuid().as_raw())
+        .map_err(StoreError::PasswordFile)?;
+    let mut text = String::new();
+    // A password is one short line; more than this is not one.
+    file.take(4096).read_to_string(&mut text).map_err(refused)?;
+    match text.lines().next() {
+        Some(password) if !password.is_empty() => Ok(password.to_string()),
+        _ => Err(refused(std::io::Error::new(std::io::ErrorKind::InvalidData, "no password on its first line"))),
     }
 }
 
@@ -338,8 +394,26 @@ pub(crate) mod testing {
 
     pub const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
 
-    /// A fresh store in a temporary directory (kept alive by the returned guard).
-    pub async fn store() -> (Store, tempfile::TempDir) {
+    /// What keeps a test's database alive: its directory, or its PostgreSQL database.
+    pub struct Guard {
+        _dir: Option<tempfile::TempDir>,
+        _db: Option<super::testdb::TestDb>,
+    }
+
+    /// A fresh store: a database of its own on the PostgreSQL server
+    /// `RAMBOOT_TEST_POSTGRES` names, else SQLite in a temporary directory.
+    pub async fn store() -> (Store, Guard) {
+        match super::testdb::TestDb::postgres() {
+            Some(db) => (Store::open(db.url()).await.unwrap(), Guard { _dir: None, _db: Some(db) }),
+            None => {
+                let (store, dir) = sqlite_store().await;
+                (store, Guard { _dir: Some(dir), _db: None })
+            }
+        }
+    }
+
+    /// A fresh SQLite store in a temporary directory, whatever the environment says.
+    pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         (Store::open(&url).await.unwrap(), dir)
@@ -368,36 +442,36 @@ mod tests {
     use super::*;
     use std::fmt::{Debug, Display};
 
-    /// Every value goes into SQLite and back as itself, and its JSON is its text form.
-    async fn round_trip<T>(pool: &SqlitePool, all: &[T])
+    /// Every value goes into the database and back as itself, and its JSON is its text form.
+    async fn round_trip<T>(db: &Backend, all: &[T])
     where
         T: Named + PartialEq + Debug + Display + serde::Serialize + Send + Sync + Unpin + 'static,
         <T as FromStr>::Err: Debug,
     {
         for &value in all {
-            let Text(back): Text<T> = sqlx::query_scalar("SELECT ?").bind(Text(value)).fetch_one(pool).await.unwrap();
+            let row = db.sql("SELECT $1 AS v").bind(Text(value)).fetch_one().await.unwrap();
+            let Text(back): Text<T> = row.try_get("v").unwrap();
             assert_eq!(back, value);
             assert_eq!(value.to_string().parse::<T>().unwrap(), value);
             assert_eq!(serde_json::to_value(value).unwrap(), value.to_string());
         }
-        let bogus = sqlx::query_scalar::<_, Text<T>>("SELECT 'bogus'").fetch_one(pool).await;
+        let bogus = db.sql("SELECT 'bogus' AS v").fetch_one().await.unwrap().try_get::<Text<T>>("v");
         assert!(bogus.is_err(), "an unknown name is a decode error");
     }
 
     #[tokio::test]
     async fn enum_columns_round_trip_through_their_text() {
         let (s, _d) = testing::store().await;
-        let Backend::Sqlite(pool) = &s.backend;
-        round_trip(pool, &NodeState::ALL).await;
-        round_trip(pool, &LeaseState::ALL).await;
-        round_trip(pool, &EventKind::ALL).await;
+        round_trip(&s.backend, &NodeState::ALL).await;
+        round_trip(&s.backend, &LeaseState::ALL).await;
+        round_trip(&s.backend, &EventKind::ALL).await;
         assert_eq!(format!("{:<8}|", EventKind::Dhcp), "dhcp    |", "padded as the CLI's table wants");
     }
 }
 
 #[cfg(test)]
 mod file_mode_tests {
-    use super::testing::{store, MAC};
+    use super::testing::{sqlite_store as store, MAC};
     use super::Store;
     use std::os::unix::fs::PermissionsExt;
 
