@@ -497,3 +497,90 @@ mod file_mode_tests {
         s.close().await;
     }
 }
+
+#[cfg(test)]
+mod backend_tests {
+    use super::testdb::TestDb;
+    use super::testing::{grant, store, MAC};
+    use super::{Store, StoreError, WriteRefused};
+
+    #[tokio::test]
+    async fn concurrent_write_transactions_take_turns() {
+        // Each checks that the MAC is new, then inserts it: only one may see it new.
+        let (s, _d) = store().await;
+        let tries = (0..6).map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.create_node(MAC, None, None, &Default::default(), 1).await })
+        });
+        let mut created = 0;
+        for t in tries {
+            match t.await.unwrap() {
+                Ok(_) => created += 1,
+                Err(e) => assert!(matches!(e, StoreError::DuplicateMac(_)), "{e}"),
+            }
+        }
+        assert_eq!(created, 1);
+    }
+
+    /// A PostgreSQL database of this test's own, or `None` (and a note) without a server.
+    fn postgres() -> Option<TestDb> {
+        let db = TestDb::postgres();
+        if db.is_none() {
+            eprintln!("skipped: {} names no PostgreSQL server", super::testdb::ENV);
+        }
+        db
+    }
+
+    #[tokio::test]
+    async fn a_write_postgres_refuses_is_unwritable_and_saves_nothing() {
+        let Some(db) = postgres() else { return };
+        let s = Store::open(db.url()).await.unwrap();
+        s.ensure_node(MAC, 1).await.unwrap();
+        // New sessions (DHCP's writer has not connected yet) become read-only, as on a standby.
+        s.backend
+            .sql(
+                "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', \
+                 current_database()); END $$",
+            )
+            .execute()
+            .await
+            .unwrap();
+        let other = ramboot_core::node::MacAddr([2, 0, 0, 0, 0, 2]);
+        let err =
+            s.commit_dhcp(&[grant(MAC, [10, 0, 0, 5], 500, true), grant(other, [10, 0, 0, 6], 500, true)], 2).await;
+        let err = err.unwrap_err();
+        assert!(matches!(err, StoreError::Unwritable { reason: WriteRefused::ReadOnly, .. }), "{err:?}");
+        assert!(err.to_string().starts_with("database write refused: database is read-only"), "{err}");
+        // Reads go on; nothing of the batch is there.
+        assert!(s.leases().await.unwrap().is_empty());
+        assert!(s.node_by_mac(other).await.unwrap().is_none());
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_password_file_must_be_private_and_errors_name_the_database_not_the_password() {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(db) = postgres() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "not-the-password-xyzzy\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = Store::connect(db.url(), Some(&file)).await.err().unwrap();
+        assert!(matches!(err, StoreError::PasswordFile(_)), "{err}");
+        assert!(err.to_string().contains("mode 640"), "{err}");
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let url = db.url().replace("/rt_", "/no_such_");
+        let err = Store::connect(&url, Some(&file)).await.err().unwrap().to_string();
+        assert!(err.starts_with("cannot connect to PostgreSQL database \"no_such_"), "{err}");
+        assert!(err.contains("ramboot_test") || err.contains("as user"), "{err}");
+        assert!(!err.contains("xyzzy"), "{err}");
+
+        // The right password from the file (this server's, if the test has one).
+        if let Ok(password) = std::env::var("PGPASSWORD") {
+            std::fs::write(&file, format!("{password}\n")).unwrap();
+            let s = Store::connect(db.url(), Some(&file)).await.unwrap();
+            s.close().await;
+        }
+    }
+}
