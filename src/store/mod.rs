@@ -500,7 +500,7 @@ mod file_mode_tests {
 
 #[cfg(test)]
 mod backend_tests {
-    use super::testdb::TestDb;
+    use super::testdb::{with_database, TestDb};
     use super::testing::{grant, store, MAC};
     use super::{Store, StoreError, WriteRefused};
 
@@ -520,6 +520,14 @@ mod backend_tests {
             }
         }
         assert_eq!(created, 1);
+    }
+
+    #[test]
+    fn a_test_database_replaces_the_url_path_and_keeps_the_query() {
+        let w = with_database;
+        assert_eq!(w("postgres:///?host=/run/pg&user=t", "d"), "postgres:///d?host=/run/pg&user=t");
+        assert_eq!(w("postgres://u@h:5433/postgres", "d"), "postgres://u@h:5433/d");
+        assert_eq!(w("postgresql://h", "d"), "postgresql://h/d");
     }
 
     /// A PostgreSQL database of this test's own, or `None` (and a note) without a server.
