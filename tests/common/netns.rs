@@ -6,9 +6,9 @@
 use super::testdb::TestDb;
 use ramboot::store::{Lease, Store};
 use ramboot_lab::harness::{log_text, read_lossy, tail, tool, udp_port_bound, wait_for, write_executable, Lab};
-use std::net::Ipv4Addr;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
