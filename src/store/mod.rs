@@ -147,13 +147,16 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 /// transaction back, but sqlx still counts it open: its rollback then fails, and the
 /// connection would refuse every later `BEGIN` ("invalid savepoint"), so DHCP
 /// would never recover. Such a connection is closed on release instead (a new one
-/// is opened on demand). PostgreSQL gets the same hook: cheap, and the same rule.
+/// is opened on demand). PostgreSQL's pools keep the same rule; there sqlx counts
+/// the rollback as done once it is queued, so no round trip is spent looking.
 fn pool_options<DB: sqlx::Database>(max: u32) -> sqlx::pool::PoolOptions<DB> {
     use sqlx::{Connection, TransactionManager};
     sqlx::pool::PoolOptions::<DB>::new().max_connections(max).after_release(|conn, _| {
         Box::pin(async move {
-            // Flush the rollback a dropped transaction queued, then look.
-            conn.ping().await?;
+            if DB::NAME == <sqlx::Sqlite as sqlx::Database>::NAME {
+                // Flush the rollback a dropped transaction queued, then look.
+                conn.ping().await?;
+            }
             Ok(DB::TransactionManager::get_transaction_depth(conn) == 0)
         })
     })
