@@ -1,9 +1,12 @@
 //! Durable node state: the `Store` facade, its back-end, its errors and the helpers
 //! every table module shares. Each table's SQL and row types live in its own module.
 //!
-//! SQLite (WAL) through sqlx with runtime queries, so a PostgreSQL back-end can share
-//! the same tests later. Every state move and its event are written in one
-//! transaction; a lease is written before the DHCP ACK that announces it.
+//! SQLite (WAL; the default) or PostgreSQL (`database: postgres://…`) through sqlx
+//! with runtime queries, each written once for both (see `db`), over one schema
+//! migrated per back-end (`migrations/sqlite`, `migrations/postgres`), under one
+//! test suite (`RAMBOOT_TEST_POSTGRES`, see `testdb`). Every state move and its
+//! event are written in one transaction; a lease is written before the DHCP ACK
+//! that announces it.
 //! Callers pass `now` in, so the store has no clock of its own.
 //!
 //! A write the database refuses for want of room or permission (disk full,
@@ -95,12 +98,16 @@ pub enum StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteRefused {
     /// SQLITE_FULL: the file system (or the database's size limit) is full.
+    /// PostgreSQL: 53100 disk_full.
     DiskFull,
     /// SQLITE_READONLY: the file, its directory or the file system is read-only.
+    /// PostgreSQL: 25006 read_only_sql_transaction (a standby, or read-only by setting).
     ReadOnly,
     /// SQLITE_IOERR: the OS failed the write (some file systems report ENOSPC this way).
+    /// PostgreSQL: 58030 io_error.
     Io,
     /// SQLITE_BUSY: another writer held the database past the busy timeout.
+    /// PostgreSQL: 55P03 (lock_timeout), 40001 serialization failure, 40P01 deadlock.
     Busy,
 }
 
