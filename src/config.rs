@@ -37,8 +37,12 @@ struct WireConfig {
     dhcp: WireDhcp,
     #[serde(default)]
     paths: WirePaths,
-    /// sqlx URL; default `sqlite://<data>/ramboot.db`.
+    /// `sqlite://…` (default `sqlite://<data>/ramboot.db`) or `postgres://user@host/db`
+    /// (a unix socket: `postgres:///db?host=/var/run/postgresql`), never with a password.
     database: Option<String>,
+    /// PostgreSQL's password, on the first line of a file only this user can read
+    /// (else `PGPASSWORD` from the environment, or none).
+    database_password_file: Option<PathBuf>,
     /// Profile for nodes that have none assigned and match no selector. Without
     /// one, such nodes boot into discovery and wait for an assignment.
     default_profile: Option<String>,
@@ -425,6 +429,7 @@ pub struct Config {
     pub dhcp: DhcpConfig,
     pub paths: Paths,
     pub database_url: String,
+    pub database_password_file: Option<PathBuf>,
     pub default_profile: Option<String>,
     pub discovery_stage1: String,
     pub secrets: Option<PathBuf>,
@@ -694,6 +699,9 @@ impl Config {
         let (iscsi, volumes_default) = (wire.iscsi, paths.data.join("volumes"));
         let database_url =
             wire.database.unwrap_or_else(|| format!("sqlite://{}", paths.data.join("ramboot.db").display()));
+        check_database_url(&database_url, wire.database_password_file.is_some())?;
+        let database_password_file =
+            wire.database_password_file.map(|p| if p.is_absolute() { p } else { base.join(p) });
         Ok(Config {
             interface: wire.interface,
             server_address: wire.server_address,
@@ -704,6 +712,7 @@ impl Config {
             dhcp,
             paths,
             database_url,
+            database_password_file,
             default_profile: wire.default_profile,
             discovery_stage1: wire.discovery_stage1,
             secrets: wire.secrets.map(|p| if p.is_absolute() { p } else { base.join(p) }),
@@ -753,6 +762,29 @@ impl Config {
     }
 }
 
+/// A PostgreSQL URL must parse and carry no password (the YAML is not a secret,
+/// and the URL is logged): that comes from `database_password_file` or `PGPASSWORD`.
+fn check_database_url(url: &str, password_file: bool) -> Result<(), String> {
+    if !crate::store::is_postgres_url(url) {
+        if password_file {
+            return Err("database_password_file is for a postgres:// database".into());
+        }
+        return Ok(());
+    }
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = before_query.split('/').next().unwrap_or("");
+    let in_userinfo = authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let in_query = query.split('&').any(|pair| pair.split('=').next() == Some("password"));
+    if in_userinfo || in_query {
+        return Err("database: the URL holds a password; put it in database_password_file \
+                    (mode 0600) or PGPASSWORD instead"
+            .into());
+    }
+    url.parse::<sqlx::postgres::PgConnectOptions>().map_err(|e| format!("database: {e}"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -778,6 +810,22 @@ default_profile: tiny
         assert_eq!(cfg.paths.profiles, PathBuf::from("/etc/ramboot/profiles"));
         assert_eq!(cfg.database_url, "sqlite:///etc/ramboot/data/ramboot.db");
         assert_eq!(cfg.boot_url(), "http://10.213.0.1:8080");
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgres_and_never_carries_a_password() {
+        let text =
+            format!("{GOOD}database: postgres:///ramboot?host=/var/run/postgresql\ndatabase_password_file: pw\n");
+        let cfg = Config::parse(Path::new("/etc/ramboot/ramboot.yaml"), &text).unwrap();
+        assert_eq!(cfg.database_url, "postgres:///ramboot?host=/var/run/postgresql");
+        assert_eq!(cfg.database_password_file, Some(PathBuf::from("/etc/ramboot/pw")));
+        for url in ["postgres://u:secret@db/ramboot", "postgres://u@db/ramboot?password=secret"] {
+            let err = Config::parse(Path::new("r.yaml"), &format!("{GOOD}database: {url}\n")).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains("holds a password") && !err.contains("secret"), "{err}");
+        }
+        let err = Config::parse(Path::new("r.yaml"), &format!("{GOOD}database_password_file: pw\n")).unwrap_err();
+        assert!(err.to_string().contains("is for a postgres:// database"), "{err}");
     }
 
     #[test]

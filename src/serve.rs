@@ -44,7 +44,9 @@ pub async fn run(config: Config) -> Result<()> {
         let secrets = crate::secrets::load(path).context("refusing to start")?;
         info!(path = %path.display(), count = secrets.len(), "secrets file checked");
     }
-    let store = Store::open(&config.database_url).await.context("opening the database")?;
+    let store = Store::connect(&config.database_url, config.database_password_file.as_deref())
+        .await
+        .context("opening the database")?;
     if let Some(path) =
         crate::http::auth::bootstrap_admin_token(&store, &config.paths.data, crate::clock::now_ms()).await?
     {

@@ -3,10 +3,9 @@
 
 use super::events::{self, EventKind, NewEvent};
 use super::nodes::{move_state, node_in};
-use super::{corrupt, Backend, BootId, Node, NodeId, Store, StoreError, Text, Tx};
+use super::{corrupt, BootId, Node, NodeId, Row, Store, StoreError, Text, Tx};
 use ramboot_core::node::NodeState;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use std::net::IpAddr;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,7 +34,7 @@ pub enum Release {
 /// The root filesystem a boot was planned with (the planner's type).
 pub use ramboot_core::plan::BootImage;
 
-fn boot_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Boot, StoreError> {
+fn boot_from_row(row: &Row) -> Result<Boot, StoreError> {
     let name: Option<String> = row.try_get("image_name")?;
     let digest: Option<String> = row.try_get("image_digest")?;
     let size: Option<i64> = row.try_get("image_size")?;
@@ -54,21 +53,21 @@ fn boot_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Boot, StoreError> {
         started_at_ms: row.try_get("started_at_ms")?,
         finished_at_ms: row.try_get("finished_at_ms")?,
         outcome: row.try_get("outcome")?,
-        bound_ip: row.try_get::<Option<String>, _>("bound_ip")?.map(|s| s.parse()).transpose().map_err(corrupt)?,
+        bound_ip: row.try_get::<Option<String>>("bound_ip")?.map(|s| s.parse()).transpose().map_err(corrupt)?,
         plan_released_at_ms: row.try_get("plan_released_at_ms")?,
         overlay_released_at_ms: row.try_get("overlay_released_at_ms")?,
-        reports: u32::try_from(row.try_get::<i64, _>("reports")?).map_err(corrupt)?,
+        reports: u32::try_from(row.try_get::<i64>("reports")?).map_err(corrupt)?,
     })
 }
 
 /// End any unfinished boot of `node`: its token stops working.
 pub(super) async fn supersede_boots(tx: &mut Tx<'_>, node: NodeId, now_ms: i64) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE boots SET outcome = 'superseded', finished_at_ms = ? WHERE node_id = ? AND finished_at_ms IS NULL",
+    tx.sql(
+        "UPDATE boots SET outcome = 'superseded', finished_at_ms = $1 WHERE node_id = $2 AND finished_at_ms IS NULL",
     )
     .bind(now_ms)
     .bind(node)
-    .execute(&mut **tx)
+    .execute()
     .await?;
     Ok(())
 }
@@ -94,26 +93,27 @@ async fn begin_boot(
     now_ms: i64,
 ) -> Result<BootId, StoreError> {
     supersede_boots(tx, node, now_ms).await?;
-    let boot: BootId = sqlx::query(
-        "INSERT INTO boots (node_id, token_hash, bound_ip, stage1_kernel_digest, stage1_initrd_digest, profile,
+    let boot: BootId = tx
+        .sql(
+            "INSERT INTO boots (node_id, token_hash, bound_ip, stage1_kernel_digest, stage1_initrd_digest, profile,
              image_name, image_digest, image_size, image_format, started_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(node)
-    .bind(token.hash)
-    .bind(token.bound_ip.to_canonical().to_string())
-    .bind(token.stage1.map(|(kernel, _)| kernel))
-    .bind(token.stage1.map(|(_, initrd)| initrd))
-    .bind(profile)
-    .bind(image.map(|i| &i.name))
-    .bind(image.map(|i| &i.digest))
-    .bind(image.map(|i| i.size as i64))
-    .bind(image.map(|i| &i.format))
-    .bind(now_ms)
-    .fetch_one(&mut **tx)
-    .await?
-    .try_get("id")?;
-    sqlx::query("UPDATE nodes SET current_boot_id = ? WHERE id = ?").bind(boot).bind(node).execute(&mut **tx).await?;
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        )
+        .bind(node)
+        .bind(token.hash)
+        .bind(token.bound_ip.to_canonical().to_string())
+        .bind(token.stage1.map(|(kernel, _)| kernel))
+        .bind(token.stage1.map(|(_, initrd)| initrd))
+        .bind(profile)
+        .bind(image.map(|i| &i.name))
+        .bind(image.map(|i| &i.digest))
+        .bind(image.map(|i| i.size as i64))
+        .bind(image.map(|i| &i.format))
+        .bind(now_ms)
+        .fetch_one()
+        .await?
+        .try_get("id")?;
+    tx.sql("UPDATE nodes SET current_boot_id = $1 WHERE id = $2").bind(boot).bind(node).execute().await?;
     Ok(boot)
 }
 
@@ -126,9 +126,10 @@ async fn transition_in(
     message: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let row = sqlx::query("SELECT state, current_boot_id FROM nodes WHERE id = ?")
+    let row = tx
+        .sql("SELECT state, current_boot_id FROM nodes WHERE id = $1")
         .bind(node)
-        .fetch_optional(&mut **tx)
+        .fetch_optional()
         .await?
         .ok_or_else(|| StoreError::NoSuchNode(node.to_string()))?;
     let current_boot: Option<BootId> = row.try_get("current_boot_id")?;
@@ -145,16 +146,13 @@ async fn transition_in(
         NodeState::Ready => "0",
         _ => "failures",
     };
-    sqlx::query(&format!("UPDATE nodes SET failures = {failures_delta} WHERE id = ?"))
-        .bind(node)
-        .execute(&mut **tx)
-        .await?;
+    tx.sql(&format!("UPDATE nodes SET failures = {failures_delta} WHERE id = $1")).bind(node).execute().await?;
     if matches!(next, NodeState::Ready | NodeState::Failed) {
-        sqlx::query("UPDATE boots SET finished_at_ms = ?, outcome = ? WHERE id = ?")
+        tx.sql("UPDATE boots SET finished_at_ms = $1, outcome = $2 WHERE id = $3")
             .bind(now_ms)
             .bind(Text(next))
             .bind(boot)
-            .execute(&mut **tx)
+            .execute()
             .await?;
     }
     Ok(())
@@ -172,8 +170,7 @@ impl Store {
         now_ms: i64,
         why: &str,
     ) -> Result<BootId, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.backend.begin_write().await?;
         let boot = begin_boot(&mut tx, node, profile, image, token, now_ms).await?;
         move_state(
             &mut tx,
@@ -197,23 +194,22 @@ impl Store {
         awaiting_approval: Option<&str>,
         now_ms: i64,
     ) -> Result<BootId, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.backend.begin_write().await?;
         let boot = begin_boot(&mut tx, node, "", None, token, now_ms).await?;
         let message = match awaiting_approval {
             Some(why) => format!("discovery boot: {why}"),
             None => "discovery boot: no profile yet; stage one reports its inventory and waits for an assignment"
                 .to_string(),
         };
-        events::insert(&mut *tx, &NewEvent::note(node, Some(boot), EventKind::Info, &message), now_ms).await?;
+        events::insert(&mut tx, &NewEvent::note(node, Some(boot), EventKind::Info, &message), now_ms).await?;
         tx.commit().await?;
         Ok(boot)
     }
 
     /// The node and boot a per-boot token belongs to, if that boot is still current.
     pub async fn boot_by_token_hash(&self, token_hash: &str) -> Result<Option<(Node, Boot)>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let row = sqlx::query("SELECT * FROM boots WHERE token_hash = ?").bind(token_hash).fetch_optional(pool).await?;
+        let row =
+            self.backend.sql("SELECT * FROM boots WHERE token_hash = $1").bind(token_hash).fetch_optional().await?;
         let Some(row) = row else { return Ok(None) };
         let boot = boot_from_row(&row)?;
         let node = self.node(boot.node_id).await?;
@@ -226,19 +222,17 @@ impl Store {
     /// Release a secret of `boot`: true the first time, false ever after (also when
     /// two requests race: the update is atomic).
     pub async fn release_once(&self, boot: BootId, what: Release, now_ms: i64) -> Result<bool, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
         let column = match what {
             Release::Plan => "plan_released_at_ms",
             Release::Overlay => "overlay_released_at_ms",
         };
-        let sql = format!("UPDATE boots SET {column} = ? WHERE id = ? AND {column} IS NULL");
-        let done = sqlx::query(&sql).bind(now_ms).bind(boot).execute(pool).await?;
-        Ok(done.rows_affected() == 1)
+        let sql = format!("UPDATE boots SET {column} = $1 WHERE id = $2 AND {column} IS NULL");
+        let done = self.backend.sql(&sql).bind(now_ms).bind(boot).execute().await?;
+        Ok(done == 1)
     }
 
     pub async fn boot(&self, id: BootId) -> Result<Option<Boot>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let row = sqlx::query("SELECT * FROM boots WHERE id = ?").bind(id).fetch_optional(pool).await?;
+        let row = self.backend.sql("SELECT * FROM boots WHERE id = $1").bind(id).fetch_optional().await?;
         row.as_ref().map(boot_from_row).transpose()
     }
 
@@ -252,8 +246,7 @@ impl Store {
         message: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.backend.begin_write().await?;
         transition_in(&mut tx, node, boot, next, message, now_ms).await?;
         tx.commit().await?;
         Ok(())
@@ -271,21 +264,21 @@ impl Store {
         cap: u32,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let counted = sqlx::query("UPDATE boots SET reports = reports + 1 WHERE id = ? AND reports < ?")
+        let mut tx = self.backend.begin_write().await?;
+        let counted = tx
+            .sql("UPDATE boots SET reports = reports + 1 WHERE id = $1 AND reports < $2")
             .bind(boot)
             .bind(i64::from(cap))
-            .execute(&mut *tx)
+            .execute()
             .await?;
-        if counted.rows_affected() == 0 {
+        if counted == 0 {
             return Ok(false);
         }
         match next {
             Some(next) => transition_in(&mut tx, node, boot, next, message, now_ms).await?,
             None => {
                 let note = NewEvent::note(node, Some(boot), EventKind::Progress, message);
-                events::insert(&mut *tx, &note, now_ms).await?;
+                events::insert(&mut tx, &note, now_ms).await?;
             }
         }
         tx.commit().await?;
@@ -308,14 +301,13 @@ impl Store {
         why: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.backend.begin_write().await?;
         let current = node_in(&mut tx, node).await?;
         if current.current_boot_id != Some(boot) {
             return Err(StoreError::StaleBoot(boot));
         }
-        sqlx::query(
-            "UPDATE boots SET profile = ?, image_name = ?, image_digest = ?, image_size = ?, image_format = ? WHERE id = ?",
+        tx.sql(
+            "UPDATE boots SET profile = $1, image_name = $2, image_digest = $3, image_size = $4, image_format = $5 WHERE id = $6",
         )
         .bind(profile)
         .bind(&image.name)
@@ -323,7 +315,7 @@ impl Store {
         .bind(image.size as i64)
         .bind(&image.format)
         .bind(boot)
-        .execute(&mut *tx)
+        .execute()
         .await?;
         if current.state == NodeState::Discovered {
             let message = format!("profile {profile} chosen ({why})");
@@ -335,14 +327,15 @@ impl Store {
 
     /// Is `image` pinned by a boot still in progress?
     pub async fn image_in_current_boot(&self, image: &str) -> Result<bool, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let row = sqlx::query(
-            "SELECT 1 FROM boots JOIN nodes ON nodes.current_boot_id = boots.id
-             WHERE boots.image_name = ? AND boots.finished_at_ms IS NULL LIMIT 1",
-        )
-        .bind(image)
-        .fetch_optional(pool)
-        .await?;
+        let row = self
+            .backend
+            .sql(
+                "SELECT 1 FROM boots JOIN nodes ON nodes.current_boot_id = boots.id
+             WHERE boots.image_name = $1 AND boots.finished_at_ms IS NULL LIMIT 1",
+            )
+            .bind(image)
+            .fetch_optional()
+            .await?;
         Ok(row.is_some())
     }
 
@@ -351,36 +344,38 @@ impl Store {
     /// go with them (`ON DELETE CASCADE`). Nodes are never deleted here. Returns how
     /// many went; the caller repeats while `limit` went, so each transaction is short.
     pub async fn prune_boots(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let done = sqlx::query(
-            "DELETE FROM boots WHERE id IN (
+        let done = self
+            .backend
+            .sql(
+                "DELETE FROM boots WHERE id IN (
                  SELECT id FROM boots
-                 WHERE finished_at_ms < ?
+                 WHERE finished_at_ms < $1
                    AND id NOT IN (SELECT current_boot_id FROM nodes WHERE current_boot_id IS NOT NULL)
-                 ORDER BY id LIMIT ?)",
-        )
-        .bind(before_ms)
-        .bind(limit)
-        .execute(pool)
-        .await?;
-        Ok(done.rows_affected())
+                 ORDER BY id LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(limit)
+            .execute()
+            .await?;
+        Ok(done)
     }
 
     /// Digests of the blobs pinned by boots in progress (not yet ready, failed or
     /// superseded): their stage-one kernel and initramfs and their root filesystem.
     /// Image garbage collection must keep these even when no manifest names them.
     pub async fn pinned_digests(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query(
-            "SELECT image_digest AS digest FROM boots WHERE finished_at_ms IS NULL AND image_digest IS NOT NULL
+        let rows = self
+            .backend
+            .sql(
+                "SELECT image_digest AS digest FROM boots WHERE finished_at_ms IS NULL AND image_digest IS NOT NULL
              UNION SELECT stage1_kernel_digest FROM boots
                  WHERE finished_at_ms IS NULL AND stage1_kernel_digest IS NOT NULL
              UNION SELECT stage1_initrd_digest FROM boots
                  WHERE finished_at_ms IS NULL AND stage1_initrd_digest IS NOT NULL",
-        )
-        .fetch_all(pool)
-        .await?;
-        rows.iter().map(|r| r.try_get::<String, _>("digest").map_err(StoreError::from)).collect()
+            )
+            .fetch_all()
+            .await?;
+        rows.iter().map(|r| r.try_get::<String>("digest").map_err(StoreError::from)).collect()
     }
 }
 

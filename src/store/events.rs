@@ -1,10 +1,9 @@
 //! The `events` table: every node's timeline. All rows go in through [`insert`], the
 //! one place that knows the columns, with a typed [`EventKind`].
 
-use super::{Backend, BootId, NodeId, Store, StoreError, Text};
+use super::{BootId, NodeId, Row, Sql, Store, StoreError, Text};
 use ramboot_core::node::NodeState;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
@@ -19,20 +18,17 @@ pub struct Event {
 }
 
 /// Read straight from its row: every column decodes to its field's type.
-impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for Event {
-    fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> Result<Self, sqlx::Error> {
-        use sqlx::Row;
-        Ok(Event {
-            id: row.try_get("id")?,
-            node_id: row.try_get("node_id")?,
-            boot_id: row.try_get("boot_id")?,
-            at_ms: row.try_get("at_ms")?,
-            kind: row.try_get::<Text<_>, _>("kind")?.0,
-            state: row.try_get::<Option<Text<_>>, _>("state")?.map(|Text(s)| s),
-            phase_ms: row.try_get("phase_ms")?,
-            message: row.try_get("message")?,
-        })
-    }
+fn event_from_row(row: &Row) -> Result<Event, StoreError> {
+    Ok(Event {
+        id: row.try_get("id")?,
+        node_id: row.try_get("node_id")?,
+        boot_id: row.try_get("boot_id")?,
+        at_ms: row.try_get("at_ms")?,
+        kind: row.try_get::<Text<_>>("kind")?.0,
+        state: row.try_get::<Option<Text<_>>>("state")?.map(|Text(s)| s),
+        phase_ms: row.try_get("phase_ms")?,
+        message: row.try_get("message")?,
+    })
 }
 
 /// What an event is about. Stored and serialised as its lowercase name.
@@ -89,13 +85,9 @@ impl<'a> NewEvent<'a> {
 }
 
 /// Insert `event` at `at_ms`, in a transaction or straight on the pool.
-pub(super) async fn insert<'c>(
-    db: impl sqlx::SqliteExecutor<'c>,
-    event: &NewEvent<'_>,
-    at_ms: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO events (node_id, boot_id, at_ms, kind, state, phase_ms, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+pub(super) async fn insert(db: &mut impl Sql, event: &NewEvent<'_>, at_ms: i64) -> Result<(), StoreError> {
+    db.sql(
+        "INSERT INTO events (node_id, boot_id, at_ms, kind, state, phase_ms, message) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(event.node)
     .bind(event.boot)
@@ -104,7 +96,7 @@ pub(super) async fn insert<'c>(
     .bind(event.state.map(Text))
     .bind(event.phase_ms)
     .bind(event.message)
-    .execute(db)
+    .execute()
     .await?;
     Ok(())
 }
@@ -119,45 +111,45 @@ impl Store {
         message: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        insert(pool, &NewEvent::note(node, boot, kind, message), now_ms).await
+        insert(&mut &self.backend, &NewEvent::note(node, boot, kind, message), now_ms).await
     }
 
     /// A node's events, oldest first, newer than `after_id`, at most `limit`.
     pub async fn events(&self, node: NodeId, after_id: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query_as("SELECT * FROM events WHERE node_id = ? AND id > ? ORDER BY id LIMIT ?")
+        let rows = self
+            .backend
+            .sql("SELECT * FROM events WHERE node_id = $1 AND id > $2 ORDER BY id LIMIT $3")
             .bind(node)
             .bind(after_id)
             .bind(limit)
-            .fetch_all(pool)
+            .fetch_all()
             .await?;
-        Ok(rows)
+        rows.iter().map(event_from_row).collect()
     }
 
     /// Events of every node, oldest first, newer than `after_id`.
     pub async fn all_events(&self, after_id: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query_as("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?")
+        let rows = self
+            .backend
+            .sql("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2")
             .bind(after_id)
             .bind(limit)
-            .fetch_all(pool)
+            .fetch_all()
             .await?;
-        Ok(rows)
+        rows.iter().map(event_from_row).collect()
     }
 
     /// The newest `last` events (of one node, or of all), oldest first.
     pub async fn recent_events(&self, node: Option<NodeId>, last: i64) -> Result<Vec<Event>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query_as(
-            "SELECT * FROM (SELECT * FROM events WHERE (? IS NULL OR node_id = ?) ORDER BY id DESC LIMIT ?) ORDER BY id",
+        let rows = self.backend.sql(
+            "SELECT * FROM (SELECT * FROM events WHERE ($1 IS NULL OR node_id = $2) ORDER BY id DESC LIMIT $3) AS recent ORDER BY id",
         )
         .bind(node)
         .bind(node)
         .bind(last)
-        .fetch_all(pool)
+        .fetch_all()
         .await?;
-        Ok(rows)
+        rows.iter().map(event_from_row).collect()
     }
 
     /// Delete at most `limit` events older than `before_ms`, oldest first, except
@@ -165,27 +157,27 @@ impl Store {
     /// how many went; the caller repeats until fewer than `limit` go, so no single
     /// transaction holds the write lock for long.
     pub async fn prune_events(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
         // Ids rise with time, so walking `events_id` from the oldest stops after the
         // first `limit` matches instead of scanning the table.
-        let done = sqlx::query(
-            "DELETE FROM events WHERE id IN (
+        let done = self
+            .backend
+            .sql(
+                "DELETE FROM events WHERE id IN (
                  SELECT id FROM events
-                 WHERE at_ms < ?
+                 WHERE at_ms < $1
                    AND (boot_id IS NULL
                         OR boot_id NOT IN (SELECT current_boot_id FROM nodes WHERE current_boot_id IS NOT NULL))
-                 ORDER BY id LIMIT ?)",
-        )
-        .bind(before_ms)
-        .bind(limit)
-        .execute(pool)
-        .await?;
-        Ok(done.rows_affected())
+                 ORDER BY id LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(limit)
+            .execute()
+            .await?;
+        Ok(done)
     }
 
     pub async fn last_event_id(&self) -> Result<i64, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM events").fetch_one(pool).await?;
+        let row = self.backend.sql("SELECT COALESCE(MAX(id), 0) AS id FROM events").fetch_one().await?;
         Ok(row.try_get("id")?)
     }
 }

@@ -1,12 +1,12 @@
 //! The `leases` table: one row per address DHCP has handed out, released or
 //! quarantined, written in batches by [`Store::commit_dhcp`].
 
+use super::db::placeholders;
 use super::events::{self, EventKind, NewEvent};
 use super::nodes;
-use super::{corrupt, Backend, Store, StoreError, Text, Tx};
+use super::{corrupt, Row, Store, StoreError, Text, Tx};
 use ramboot_core::node::MacAddr;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
@@ -87,6 +87,9 @@ fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
+/// Values per row of the lease upsert: ip, mac, expires_at, state, updated_at_ms.
+const LEASE_COLUMNS: usize = 5;
+
 /// The final state of every address a batch of [`LeaseOp`]s touches, in order.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct LeaseBatch {
@@ -149,7 +152,7 @@ impl LeaseBatch {
     }
 }
 
-fn lease_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Lease, StoreError> {
+fn lease_from_row(row: &Row) -> Result<Lease, StoreError> {
     let ip: String = row.try_get("ip")?;
     let mac: String = row.try_get("mac")?;
     let expires_at: i64 = row.try_get("expires_at")?;
@@ -157,7 +160,7 @@ fn lease_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Lease, StoreError> {
         ip: ip.parse().map_err(corrupt)?,
         mac: mac.parse().map_err(corrupt)?,
         expires_at: u64::try_from(expires_at).map_err(corrupt)?,
-        state: row.try_get::<Text<_>, _>("state")?.0,
+        state: row.try_get::<Text<_>>("state")?.0,
     })
 }
 
@@ -168,22 +171,23 @@ pub(super) async fn holder_other_than(
     mac: &str,
     now: u64,
 ) -> Result<Option<String>, StoreError> {
-    let row = sqlx::query("SELECT mac FROM leases WHERE ip = ? AND state = 'active' AND expires_at > ? AND mac <> ?")
+    let row = tx
+        .sql("SELECT mac FROM leases WHERE ip = $1 AND state = 'active' AND expires_at > $2 AND mac <> $3")
         .bind(ip.to_string())
         .bind(now as i64)
         .bind(mac)
-        .fetch_optional(&mut **tx)
+        .fetch_optional()
         .await?;
     Ok(row.map(|row| row.try_get("mac")).transpose()?)
 }
 
 /// End whatever lease is on `ip` (an operator moved the address to another node).
 pub(super) async fn release_ip(tx: &mut Tx<'_>, ip: Ipv4Addr, now_ms: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE leases SET state = ?, updated_at_ms = ? WHERE ip = ?")
+    tx.sql("UPDATE leases SET state = $1, updated_at_ms = $2 WHERE ip = $3")
         .bind(Text(LeaseState::Released))
         .bind(now_ms)
         .bind(ip.to_string())
-        .execute(&mut **tx)
+        .execute()
         .await?;
     Ok(())
 }
@@ -191,41 +195,40 @@ pub(super) async fn release_ip(tx: &mut Tx<'_>, ip: Ipv4Addr, now_ms: i64) -> Re
 impl Store {
     /// The MAC holding an unexpired active lease on `ip` at `now` (Unix seconds).
     pub async fn lease_holder(&self, ip: Ipv4Addr, now: u64) -> Result<Option<MacAddr>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let row = sqlx::query("SELECT mac FROM leases WHERE ip = ? AND state = 'active' AND expires_at > ?")
+        let row = self
+            .backend
+            .sql("SELECT mac FROM leases WHERE ip = $1 AND state = 'active' AND expires_at > $2")
             .bind(ip.to_string())
             .bind(now as i64)
-            .fetch_optional(pool)
+            .fetch_optional()
             .await?;
-        row.map(|row| row.try_get::<String, _>("mac")?.parse().map_err(corrupt)).transpose()
+        row.map(|row| row.try_get::<String>("mac")?.parse().map_err(corrupt)).transpose()
     }
 
     /// Active leases that have not expired at `now` (Unix seconds), for rebuilding the pool.
     pub async fn active_leases(&self, now: u64) -> Result<Vec<Lease>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows =
-            sqlx::query("SELECT ip, mac, expires_at, state FROM leases WHERE state = 'active' AND expires_at > ?")
-                .bind(now as i64)
-                .fetch_all(pool)
-                .await?;
+        let rows = self
+            .backend
+            .sql("SELECT ip, mac, expires_at, state FROM leases WHERE state = 'active' AND expires_at > $1")
+            .bind(now as i64)
+            .fetch_all()
+            .await?;
         rows.iter().map(lease_from_row).collect()
     }
 
     pub async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query("SELECT ip, mac, expires_at, state FROM leases ORDER BY ip").fetch_all(pool).await?;
+        let rows = self.backend.sql("SELECT ip, mac, expires_at, state FROM leases ORDER BY ip").fetch_all().await?;
         rows.iter().map(lease_from_row).collect()
     }
 
     /// What the DHCP pools are rebuilt from at start: live leases, and declined
     /// addresses still in quarantine.
     pub async fn live_bindings(&self, now: u64) -> Result<Vec<Lease>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query(
-            "SELECT ip, mac, expires_at, state FROM leases WHERE state IN ('active', 'declined') AND expires_at > ?",
+        let rows = self.backend.sql(
+            "SELECT ip, mac, expires_at, state FROM leases WHERE state IN ('active', 'declined') AND expires_at > $1",
         )
         .bind(now as i64)
-        .fetch_all(pool)
+        .fetch_all()
         .await?;
         rows.iter().map(lease_from_row).collect()
     }
@@ -239,25 +242,27 @@ impl Store {
     /// round trips, not a few per lease. Only network-boot clients and known nodes
     /// touch the nodes table.
     pub async fn commit_dhcp(&self, ops: &[LeaseOp], now_ms: i64) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.dhcp_writer;
         let batch = LeaseBatch::coalesce(ops);
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.dhcp_writer.begin_write().await?;
         // Statements come in power-of-two sizes up to 512 rows, so each shape is
         // parsed and prepared once per connection and then reused from sqlx's cache
-        // (SQLite allows 32,766 bound parameters per statement).
+        // (SQLite allows 32,766 bound parameters per statement, PostgreSQL 65,535).
         for macs in pow2_chunks(&batch.granted_macs) {
-            let marks = vec!["?"; macs.len()].join(",");
+            let marks = placeholders(&mut 2, macs.len());
             let sql = format!(
-                "UPDATE leases SET state = 'released', updated_at_ms = ? WHERE state = 'active' AND mac IN ({marks})"
+                "UPDATE leases SET state = 'released', updated_at_ms = $1 WHERE state = 'active' AND mac IN ({marks})"
             );
-            let mut q = sqlx::query(&sql).bind(now_ms);
+            let mut q = tx.sql(&sql).bind(now_ms);
             for mac in macs {
                 q = q.bind(mac.to_string());
             }
-            q.execute(&mut *tx).await?;
+            q.execute().await?;
         }
         for rows in pow2_chunks(&batch.rows) {
-            let marks = vec!["(?, ?, ?, ?, ?)"; rows.len()].join(",");
+            let mut next = 1;
+            let marks: Vec<String> =
+                rows.iter().map(|_| format!("({})", placeholders(&mut next, LEASE_COLUMNS))).collect();
+            let marks = marks.join(", ");
             // A grant takes the address whatever the row said (the DHCP core chose a
             // free one); a release or decline only touches the client's own row.
             let sql = format!(
@@ -268,7 +273,7 @@ impl Store {
                      state = excluded.state, updated_at_ms = excluded.updated_at_ms
                  WHERE excluded.state = 'active' OR leases.mac = excluded.mac"
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = tx.sql(&sql);
             for row in rows {
                 q = q
                     .bind(row.ip.to_string())
@@ -277,7 +282,7 @@ impl Store {
                     .bind(Text(row.state))
                     .bind(now_ms);
             }
-            q.execute(&mut *tx).await?;
+            q.execute().await?;
         }
         let mut new_nodes = false;
         for op in ops {
@@ -287,7 +292,7 @@ impl Store {
                 nodes::record_dhcp_facts(&mut tx, *mac, *ip, arch.as_deref(), uuid.as_deref(), now_ms).await?;
                 if created {
                     let message = format!("seen at {ip} in a proxyDHCP exchange");
-                    events::insert(&mut *tx, &NewEvent::note(node, None, EventKind::Dhcp, &message), now_ms).await?;
+                    events::insert(&mut tx, &NewEvent::note(node, None, EventKind::Dhcp, &message), now_ms).await?;
                 }
                 continue;
             }
@@ -307,7 +312,7 @@ impl Store {
             nodes::record_dhcp_facts(&mut tx, *mac, *ip, arch.as_deref(), uuid.as_deref(), now_ms).await?;
             if let Some(node) = node {
                 let message = format!("DHCP lease {ip} (until unix {expires_at})");
-                events::insert(&mut *tx, &NewEvent::note(node, None, EventKind::Dhcp, &message), now_ms).await?;
+                events::insert(&mut tx, &NewEvent::note(node, None, EventKind::Dhcp, &message), now_ms).await?;
             }
         }
         tx.commit().await?;

@@ -1,9 +1,12 @@
 //! Durable node state: the `Store` facade, its back-end, its errors and the helpers
 //! every table module shares. Each table's SQL and row types live in its own module.
 //!
-//! SQLite (WAL) through sqlx with runtime queries, so a PostgreSQL back-end can share
-//! the same tests later. Every state move and its event are written in one
-//! transaction; a lease is written before the DHCP ACK that announces it.
+//! SQLite (WAL; the default) or PostgreSQL (`database: postgres://…`) through sqlx
+//! with runtime queries, each written once for both (see `db`), over one schema
+//! migrated per back-end (`migrations/sqlite`, `migrations/postgres`), under one
+//! test suite (`RAMBOOT_TEST_POSTGRES`, see `testdb`). Every state move and its
+//! event are written in one transaction; a lease is written before the DHCP ACK
+//! that announces it.
 //! Callers pass `now` in, so the store has no clock of its own.
 //!
 //! A write the database refuses for want of room or permission (disk full,
@@ -12,9 +15,12 @@
 //! write succeeds once the cause is gone (nothing to restart).
 
 mod boots;
+mod db;
 mod events;
 mod leases;
 mod nodes;
+#[cfg(test)]
+pub(crate) mod testdb;
 mod tokens;
 mod volumes;
 
@@ -25,9 +31,12 @@ pub use nodes::{default_hostname, Node, NodeChange, NodeFilter};
 pub use tokens::{Role, TokenInfo};
 pub use volumes::Volume;
 
+use db::{Backend, Row, Sql, Tx};
 use ramboot_core::node::{MacAddr, NodeState};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -46,6 +55,15 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// PostgreSQL could not be reached or refused the login.
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database_password_file: {0}")]
+    PasswordFile(crate::secrets::SecretsError),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("no node {0}")]
@@ -80,12 +98,16 @@ pub enum StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteRefused {
     /// SQLITE_FULL: the file system (or the database's size limit) is full.
+    /// PostgreSQL: 53100 disk_full.
     DiskFull,
     /// SQLITE_READONLY: the file, its directory or the file system is read-only.
+    /// PostgreSQL: 25006 read_only_sql_transaction (a standby, or read-only by setting).
     ReadOnly,
     /// SQLITE_IOERR: the OS failed the write (some file systems report ENOSPC this way).
+    /// PostgreSQL: 58030 io_error.
     Io,
     /// SQLITE_BUSY: another writer held the database past the busy timeout.
+    /// PostgreSQL: 55P03 (lock_timeout), 40001 serialization failure, 40P01 deadlock.
     Busy,
 }
 
@@ -100,35 +122,13 @@ impl std::fmt::Display for WriteRefused {
     }
 }
 
-// SQLite's primary result codes (the low byte of an extended code).
-const SQLITE_BUSY: i64 = 5;
-const SQLITE_READONLY: i64 = 8;
-const SQLITE_IOERR: i64 = 10;
-const SQLITE_FULL: i64 = 13;
-
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        let code = e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i64>().ok());
-        let reason = match code.map(|c| c & 0xff) {
-            Some(SQLITE_FULL) => Some(WriteRefused::DiskFull),
-            Some(SQLITE_READONLY) => Some(WriteRefused::ReadOnly),
-            Some(SQLITE_IOERR) => Some(WriteRefused::Io),
-            Some(SQLITE_BUSY) => Some(WriteRefused::Busy),
-            _ => None,
-        };
-        match reason {
+        match db::write_refused(&e) {
             Some(reason) => StoreError::Unwritable { reason, source: e },
             None => StoreError::Db(e),
         }
     }
-}
-
-/// The database behind the facade: one variant per back-end (see "Store" in
-/// docs/architecture.md). Each method destructures it, so adding a variant makes
-/// every method that lacks that back-end's arm fail to compile.
-#[derive(Clone)]
-enum Backend {
-    Sqlite(SqlitePool),
 }
 
 /// The one type callers hold. Its methods live in the table modules, one
@@ -145,9 +145,6 @@ pub struct Store {
     hosts_rev: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-/// A SQLite transaction, as the table modules' helpers take it.
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
-
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
@@ -157,49 +154,48 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 /// transaction back, but sqlx still counts it open: its rollback then fails, and the
 /// connection would refuse every later `BEGIN` ("invalid savepoint"), so DHCP
 /// would never recover. Such a connection is closed on release instead (a new one
-/// is opened on demand).
-fn pool_options(max: u32) -> SqlitePoolOptions {
+/// is opened on demand). PostgreSQL's pools keep the same rule; there sqlx counts
+/// the rollback as done once it is queued, so no round trip is spent looking.
+fn pool_options<DB: sqlx::Database>(max: u32) -> sqlx::pool::PoolOptions<DB> {
     use sqlx::{Connection, TransactionManager};
-    SqlitePoolOptions::new().max_connections(max).after_release(|conn, _| {
+    sqlx::pool::PoolOptions::<DB>::new().max_connections(max).after_release(|conn, _| {
         Box::pin(async move {
-            // Flush the rollback a dropped transaction queued, then look.
-            conn.ping().await?;
-            Ok(<sqlx::Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(conn) == 0)
+            if DB::NAME == <sqlx::Sqlite as sqlx::Database>::NAME {
+                // Flush the rollback a dropped transaction queued, then look.
+                conn.ping().await?;
+            }
+            Ok(DB::TransactionManager::get_transaction_depth(conn) == 0)
         })
     })
 }
 
+/// How long a write waits for another writer before it is refused as busy
+/// (SQLite's busy timeout; PostgreSQL's `lock_timeout`).
+const WRITE_WAIT: Duration = Duration::from_secs(5);
+
+/// Is `url` a PostgreSQL URL (rather than SQLite's)?
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 impl Store {
-    /// Open (creating if needed) and migrate the database at `url`.
+    /// Open (creating if needed) and migrate the database at `url`: `sqlite://…`,
+    /// or `postgres://…` (its password from `PGPASSWORD`, if it needs one).
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // WAL + NORMAL is durable against process crashes; FULL also against power
-            // loss, which is what "committed before the ACK" must mean.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        restrict_database_files(&options)?;
-        let pool = pool_options(4).connect_with(options.clone()).await?;
-        // SQLite creates -wal and -shm with the database's mode; an older one may
-        // have left them looser.
-        restrict_database_files(&options)?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        // Opened on first use: a CLI or test that never commits leases never opens it.
-        let dhcp_writer = pool_options(1).connect_lazy_with(options);
-        Ok(Store {
-            backend: Backend::Sqlite(pool),
-            dhcp_writer: Backend::Sqlite(dhcp_writer),
-            hosts_rev: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
-        })
+        Store::connect(url, None).await
+    }
+
+    /// [`Store::open`], with PostgreSQL's password read from `password_file` (which
+    /// must be private to this user, as the `secrets:` file).
+    pub async fn connect(url: &str, password_file: Option<&Path>) -> Result<Store, StoreError> {
+        let (backend, dhcp_writer) =
+            if is_postgres_url(url) { open_postgres(url, password_file).await? } else { open_sqlite(url).await? };
+        Ok(Store { backend, dhcp_writer, hosts_rev: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)) })
     }
 
     pub async fn close(&self) {
-        let Backend::Sqlite(writer) = &self.dhcp_writer;
-        writer.close().await;
-        let Backend::Sqlite(pool) = &self.backend;
-        pool.close().await;
+        self.dhcp_writer.close().await;
+        self.backend.close().await;
     }
 
     /// A receiver that changes whenever DHCP's view of the nodes may have changed.
@@ -209,6 +205,76 @@ impl Store {
 
     fn hosts_changed(&self) {
         self.hosts_rev.send_modify(|rev| *rev += 1);
+    }
+}
+
+/// The HTTP pool and DHCP's lease writer of a SQLite database.
+async fn open_sqlite(url: &str) -> Result<(Backend, Backend), StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // WAL + NORMAL is durable against process crashes; FULL also against power
+        // loss, which is what "committed before the ACK" must mean.
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(WRITE_WAIT);
+    restrict_database_files(&options)?;
+    let pool = pool_options(4).connect_with(options.clone()).await?;
+    // SQLite creates -wal and -shm with the database's mode; an older one may
+    // have left them looser.
+    restrict_database_files(&options)?;
+    sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+    // Opened on first use: a CLI or test that never commits leases never opens it.
+    let dhcp_writer = pool_options(1).connect_lazy_with(options);
+    Ok((Backend::Sqlite(pool), Backend::Sqlite(dhcp_writer)))
+}
+
+/// The HTTP pool and DHCP's lease writer of a PostgreSQL database. Commits are
+/// synchronous (PostgreSQL's default, kept): a commit has reached the server's
+/// WAL on disk before DHCP ACKs what it holds.
+async fn open_postgres(url: &str, password_file: Option<&Path>) -> Result<(Backend, Backend), StoreError> {
+    let mut options = PgConnectOptions::from_str(url)?
+        .application_name("ramboot")
+        .options([("lock_timeout", format!("{}ms", WRITE_WAIT.as_millis()))]);
+    if let Some(path) = password_file {
+        options = options.password(&read_password_file(path)?);
+    }
+    let unreachable = |source| StoreError::Connect { target: describe(&options), source };
+    let pool = pool_options(8).connect_with(options.clone()).await.map_err(unreachable)?;
+    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    let dhcp_writer = pool_options(1).connect_lazy_with(options);
+    Ok((Backend::Postgres(pool), Backend::Postgres(dhcp_writer)))
+}
+
+/// "database D as user U on host:port" (or "on socket DIR"): which server a
+/// connection error is about, without the password.
+fn describe(options: &PgConnectOptions) -> String {
+    let user = options.get_username();
+    let db = options.get_database().unwrap_or(user);
+    let at = match options.get_socket() {
+        Some(dir) => format!("socket {}", dir.display()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    format!("PostgreSQL database {db:?} as user {user:?} on {at}")
+}
+
+/// The first line of `path`, refused if anyone but this user could read it
+/// ([`crate::secrets::check`]'s rule, checked on the opened file) or if it is empty.
+fn read_password_file(path: &Path) -> Result<String, StoreError> {
+    use crate::secrets::SecretsError;
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let refused = |source| StoreError::PasswordFile(SecretsError::Io { path: path.into(), source });
+    let file = std::fs::File::open(path).map_err(refused)?;
+    let meta = file.metadata().map_err(refused)?;
+    crate::secrets::check(path, meta.mode(), meta.uid(), nix::unistd::geteuid().as_raw())
+        .map_err(StoreError::PasswordFile)?;
+    let mut text = String::new();
+    // A password is one short line; more than this is not one.
+    file.take(4096).read_to_string(&mut text).map_err(refused)?;
+    match text.lines().next() {
+        Some(password) if !password.is_empty() => Ok(password.to_string()),
+        _ => Err(refused(std::io::Error::new(std::io::ErrorKind::InvalidData, "no password on its first line"))),
     }
 }
 
@@ -338,8 +404,26 @@ pub(crate) mod testing {
 
     pub const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
 
-    /// A fresh store in a temporary directory (kept alive by the returned guard).
-    pub async fn store() -> (Store, tempfile::TempDir) {
+    /// What keeps a test's database alive: its directory, or its PostgreSQL database.
+    pub struct Guard {
+        _dir: Option<tempfile::TempDir>,
+        _db: Option<super::testdb::TestDb>,
+    }
+
+    /// A fresh store: a database of its own on the PostgreSQL server
+    /// `RAMBOOT_TEST_POSTGRES` names, else SQLite in a temporary directory.
+    pub async fn store() -> (Store, Guard) {
+        match super::testdb::TestDb::postgres() {
+            Some(db) => (Store::open(db.url()).await.unwrap(), Guard { _dir: None, _db: Some(db) }),
+            None => {
+                let (store, dir) = sqlite_store().await;
+                (store, Guard { _dir: Some(dir), _db: None })
+            }
+        }
+    }
+
+    /// A fresh SQLite store in a temporary directory, whatever the environment says.
+    pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         (Store::open(&url).await.unwrap(), dir)
@@ -368,36 +452,36 @@ mod tests {
     use super::*;
     use std::fmt::{Debug, Display};
 
-    /// Every value goes into SQLite and back as itself, and its JSON is its text form.
-    async fn round_trip<T>(pool: &SqlitePool, all: &[T])
+    /// Every value goes into the database and back as itself, and its JSON is its text form.
+    async fn round_trip<T>(db: &Backend, all: &[T])
     where
         T: Named + PartialEq + Debug + Display + serde::Serialize + Send + Sync + Unpin + 'static,
         <T as FromStr>::Err: Debug,
     {
         for &value in all {
-            let Text(back): Text<T> = sqlx::query_scalar("SELECT ?").bind(Text(value)).fetch_one(pool).await.unwrap();
+            let row = db.sql("SELECT $1 AS v").bind(Text(value)).fetch_one().await.unwrap();
+            let Text(back): Text<T> = row.try_get("v").unwrap();
             assert_eq!(back, value);
             assert_eq!(value.to_string().parse::<T>().unwrap(), value);
             assert_eq!(serde_json::to_value(value).unwrap(), value.to_string());
         }
-        let bogus = sqlx::query_scalar::<_, Text<T>>("SELECT 'bogus'").fetch_one(pool).await;
+        let bogus = db.sql("SELECT 'bogus' AS v").fetch_one().await.unwrap().try_get::<Text<T>>("v");
         assert!(bogus.is_err(), "an unknown name is a decode error");
     }
 
     #[tokio::test]
     async fn enum_columns_round_trip_through_their_text() {
         let (s, _d) = testing::store().await;
-        let Backend::Sqlite(pool) = &s.backend;
-        round_trip(pool, &NodeState::ALL).await;
-        round_trip(pool, &LeaseState::ALL).await;
-        round_trip(pool, &EventKind::ALL).await;
+        round_trip(&s.backend, &NodeState::ALL).await;
+        round_trip(&s.backend, &LeaseState::ALL).await;
+        round_trip(&s.backend, &EventKind::ALL).await;
         assert_eq!(format!("{:<8}|", EventKind::Dhcp), "dhcp    |", "padded as the CLI's table wants");
     }
 }
 
 #[cfg(test)]
 mod file_mode_tests {
-    use super::testing::{store, MAC};
+    use super::testing::{sqlite_store as store, MAC};
     use super::Store;
     use std::os::unix::fs::PermissionsExt;
 
@@ -421,5 +505,100 @@ mod file_mode_tests {
         let s = Store::open(&format!("sqlite://{}", db.display())).await.unwrap();
         assert_eq!(mode(&db), 0o600);
         s.close().await;
+    }
+}
+
+#[cfg(test)]
+mod backend_tests {
+    use super::testdb::{with_database, TestDb};
+    use super::testing::{grant, store, MAC};
+    use super::{Store, StoreError, WriteRefused};
+
+    #[tokio::test]
+    async fn concurrent_write_transactions_take_turns() {
+        // Each checks that the MAC is new, then inserts it: only one may see it new.
+        let (s, _d) = store().await;
+        let tries = (0..6).map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.create_node(MAC, None, None, &Default::default(), 1).await })
+        });
+        let mut created = 0;
+        for t in tries {
+            match t.await.unwrap() {
+                Ok(_) => created += 1,
+                Err(e) => assert!(matches!(e, StoreError::DuplicateMac(_)), "{e}"),
+            }
+        }
+        assert_eq!(created, 1);
+    }
+
+    #[test]
+    fn a_test_database_replaces_the_url_path_and_keeps_the_query() {
+        let w = with_database;
+        assert_eq!(w("postgres:///?host=/run/pg&user=t", "d"), "postgres:///d?host=/run/pg&user=t");
+        assert_eq!(w("postgres://u@h:5433/postgres", "d"), "postgres://u@h:5433/d");
+        assert_eq!(w("postgresql://h", "d"), "postgresql://h/d");
+    }
+
+    /// A PostgreSQL database of this test's own, or `None` (and a note) without a server.
+    fn postgres() -> Option<TestDb> {
+        let db = TestDb::postgres();
+        if db.is_none() {
+            eprintln!("skipped: {} names no PostgreSQL server", super::testdb::ENV);
+        }
+        db
+    }
+
+    #[tokio::test]
+    async fn a_write_postgres_refuses_is_unwritable_and_saves_nothing() {
+        let Some(db) = postgres() else { return };
+        let s = Store::open(db.url()).await.unwrap();
+        s.ensure_node(MAC, 1).await.unwrap();
+        // New sessions (DHCP's writer has not connected yet) become read-only, as on a standby.
+        s.backend
+            .sql(
+                "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', \
+                 current_database()); END $$",
+            )
+            .execute()
+            .await
+            .unwrap();
+        let other = ramboot_core::node::MacAddr([2, 0, 0, 0, 0, 2]);
+        let err =
+            s.commit_dhcp(&[grant(MAC, [10, 0, 0, 5], 500, true), grant(other, [10, 0, 0, 6], 500, true)], 2).await;
+        let err = err.unwrap_err();
+        assert!(matches!(err, StoreError::Unwritable { reason: WriteRefused::ReadOnly, .. }), "{err:?}");
+        assert!(err.to_string().starts_with("database write refused: database is read-only"), "{err}");
+        // Reads go on; nothing of the batch is there.
+        assert!(s.leases().await.unwrap().is_empty());
+        assert!(s.node_by_mac(other).await.unwrap().is_none());
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_password_file_must_be_private_and_errors_name_the_database_not_the_password() {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(db) = postgres() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "not-the-password-xyzzy\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = Store::connect(db.url(), Some(&file)).await.err().unwrap();
+        assert!(matches!(err, StoreError::PasswordFile(_)), "{err}");
+        assert!(err.to_string().contains("mode 640"), "{err}");
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let url = db.url().replace("/rt_", "/no_such_");
+        let err = Store::connect(&url, Some(&file)).await.err().unwrap().to_string();
+        assert!(err.starts_with("cannot connect to PostgreSQL database \"no_such_"), "{err}");
+        assert!(err.contains("ramboot_test") || err.contains("as user"), "{err}");
+        assert!(!err.contains("xyzzy"), "{err}");
+
+        // The right password from the file (this server's, if the test has one).
+        if let Ok(password) = std::env::var("PGPASSWORD") {
+            std::fs::write(&file, format!("{password}\n")).unwrap();
+            let s = Store::connect(db.url(), Some(&file)).await.unwrap();
+            s.close().await;
+        }
     }
 }

@@ -2,12 +2,12 @@
 //! reservation, maintenance) and the lifecycle state, moved only by [`move_state`].
 
 use super::boots;
+use super::db::placeholders;
 use super::events::{self, EventKind, NewEvent};
 use super::leases;
-use super::{corrupt, Backend, BootId, NodeId, Store, StoreError, Text, Tx};
+use super::{corrupt, BootId, NodeId, Row, Store, StoreError, Text, Tx};
 use ramboot_core::node::{MacAddr, NodeState};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -75,7 +75,7 @@ pub fn default_hostname(mac: MacAddr) -> String {
     format!("node-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
 }
 
-fn node_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Node, StoreError> {
+fn node_from_row(row: &Row) -> Result<Node, StoreError> {
     let mac: String = row.try_get("mac")?;
     let inventory: Option<String> = row.try_get("inventory")?;
     let labels: String = row.try_get("labels")?;
@@ -85,7 +85,7 @@ fn node_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Node, StoreError> {
         hostname: row.try_get("hostname")?,
         ip: row.try_get("ip")?,
         profile: row.try_get("profile")?,
-        state: row.try_get::<Text<_>, _>("state")?.0,
+        state: row.try_get::<Text<_>>("state")?.0,
         state_since_ms: row.try_get("state_since_ms")?,
         current_boot_id: row.try_get("current_boot_id")?,
         inventory: inventory.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
@@ -103,9 +103,10 @@ fn node_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Node, StoreError> {
 }
 
 pub(super) async fn node_in(tx: &mut Tx<'_>, id: NodeId) -> Result<Node, StoreError> {
-    let row = sqlx::query("SELECT * FROM nodes WHERE id = ?")
+    let row = tx
+        .sql("SELECT * FROM nodes WHERE id = $1")
         .bind(id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional()
         .await?
         .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
     node_from_row(&row)
@@ -118,24 +119,25 @@ pub(super) async fn upsert_node_created(
     now_ms: i64,
 ) -> Result<(NodeId, bool), StoreError> {
     let mac_s = mac.to_string();
-    if let Some(row) = sqlx::query("SELECT id FROM nodes WHERE mac = ?").bind(&mac_s).fetch_optional(&mut **tx).await? {
+    if let Some(row) = tx.sql("SELECT id FROM nodes WHERE mac = $1").bind(&mac_s).fetch_optional().await? {
         return Ok((row.try_get("id")?, false));
     }
-    let id: NodeId = sqlx::query(
-        "INSERT INTO nodes (mac, hostname, state, state_since_ms, created_at_ms, updated_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(&mac_s)
-    .bind(default_hostname(mac))
-    .bind(Text(NodeState::Discovered))
-    .bind(now_ms)
-    .bind(now_ms)
-    .bind(now_ms)
-    .fetch_one(&mut **tx)
-    .await?
-    .try_get("id")?;
+    let id: NodeId = tx
+        .sql(
+            "INSERT INTO nodes (mac, hostname, state, state_since_ms, created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(&mac_s)
+        .bind(default_hostname(mac))
+        .bind(Text(NodeState::Discovered))
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(now_ms)
+        .fetch_one()
+        .await?
+        .try_get("id")?;
     let message = format!("first seen ({mac})");
-    events::insert(&mut **tx, &NewEvent::moved(id, None, NodeState::Discovered, None, &message), now_ms).await?;
+    events::insert(tx, &NewEvent::moved(id, None, NodeState::Discovered, None, &message), now_ms).await?;
     Ok((id, true))
 }
 
@@ -148,10 +150,10 @@ pub(super) async fn record_dhcp_facts(
     uuid: Option<&str>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE nodes SET ip = ?, ip_seen_at_ms = ?, arch = COALESCE(?, arch),
-             client_uuid = COALESCE(?, client_uuid), updated_at_ms = ?
-         WHERE mac = ?",
+    tx.sql(
+        "UPDATE nodes SET ip = $1, ip_seen_at_ms = $2, arch = COALESCE($3, arch),
+             client_uuid = COALESCE($4, client_uuid), updated_at_ms = $5
+         WHERE mac = $6",
     )
     .bind(ip.to_string())
     .bind(now_ms)
@@ -159,7 +161,7 @@ pub(super) async fn record_dhcp_facts(
     .bind(uuid)
     .bind(now_ms)
     .bind(mac.to_string())
-    .execute(&mut **tx)
+    .execute()
     .await?;
     Ok(())
 }
@@ -173,29 +175,30 @@ pub(super) async fn move_state(
     message: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let since: i64 = sqlx::query("SELECT state_since_ms FROM nodes WHERE id = ?")
+    let since: i64 = tx
+        .sql("SELECT state_since_ms FROM nodes WHERE id = $1")
         .bind(node)
-        .fetch_one(&mut **tx)
+        .fetch_one()
         .await?
         .try_get("state_since_ms")?;
-    sqlx::query("UPDATE nodes SET state = ?, state_since_ms = ?, updated_at_ms = ? WHERE id = ?")
+    tx.sql("UPDATE nodes SET state = $1, state_since_ms = $2, updated_at_ms = $3 WHERE id = $4")
         .bind(Text(next))
         .bind(now_ms)
         .bind(now_ms)
         .bind(node)
-        .execute(&mut **tx)
+        .execute()
         .await?;
     let phase_ms = (now_ms - since).max(0);
-    events::insert(&mut **tx, &NewEvent::moved(node, boot, next, Some(phase_ms), message), now_ms).await
+    events::insert(tx, &NewEvent::moved(node, boot, next, Some(phase_ms), message), now_ms).await
 }
 
 async fn assign_in(tx: &mut Tx<'_>, id: NodeId, profile: Option<&str>, now_ms: i64) -> Result<(), StoreError> {
     let node = node_in(tx, id).await?;
-    sqlx::query("UPDATE nodes SET profile = ?, updated_at_ms = ? WHERE id = ?")
+    tx.sql("UPDATE nodes SET profile = $1, updated_at_ms = $2 WHERE id = $3")
         .bind(profile)
         .bind(now_ms)
         .bind(id)
-        .execute(&mut **tx)
+        .execute()
         .await?;
     let message = match profile {
         Some(p) => format!("profile {p} assigned"),
@@ -209,7 +212,7 @@ async fn assign_in(tx: &mut Tx<'_>, id: NodeId, profile: Option<&str>, now_ms: i
         // Mid-boot or in maintenance: the change applies to the next boot.
         _ => {
             let message = format!("{message}; applies to the next boot");
-            events::insert(&mut **tx, &NewEvent::note(id, None, EventKind::Info, &message), now_ms).await?;
+            events::insert(tx, &NewEvent::note(id, None, EventKind::Info, &message), now_ms).await?;
         }
     }
     Ok(())
@@ -225,10 +228,11 @@ async fn reserve_in(
     now_ms: i64,
 ) -> Result<(), StoreError> {
     if let Some(ip) = ip {
-        if let Some(row) = sqlx::query("SELECT id FROM nodes WHERE reserved_ip = ? AND id <> ?")
+        if let Some(row) = tx
+            .sql("SELECT id FROM nodes WHERE reserved_ip = $1 AND id <> $2")
             .bind(ip.to_string())
             .bind(node.id)
-            .fetch_optional(&mut **tx)
+            .fetch_optional()
             .await?
         {
             return Err(StoreError::ReservedElsewhere { ip, node: row.try_get("id")? });
@@ -240,11 +244,11 @@ async fn reserve_in(
             leases::release_ip(tx, ip, now_ms).await?;
         }
     }
-    sqlx::query("UPDATE nodes SET reserved_ip = ?, updated_at_ms = ? WHERE id = ?")
+    tx.sql("UPDATE nodes SET reserved_ip = $1, updated_at_ms = $2 WHERE id = $3")
         .bind(ip.map(|ip| ip.to_string()))
         .bind(now_ms)
         .bind(node.id)
-        .execute(&mut **tx)
+        .execute()
         .await?;
     Ok(())
 }
@@ -252,8 +256,7 @@ async fn reserve_in(
 impl Store {
     /// Every node as DHCP sees it: MAC, reservation, hostname.
     pub async fn dhcp_hosts(&self) -> Result<Vec<(MacAddr, Option<Ipv4Addr>, String)>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query("SELECT mac, reserved_ip, hostname FROM nodes").fetch_all(pool).await?;
+        let rows = self.backend.sql("SELECT mac, reserved_ip, hostname FROM nodes").fetch_all().await?;
         rows.iter()
             .map(|row| {
                 let mac: String = row.try_get("mac")?;
@@ -292,47 +295,46 @@ impl Store {
 
     /// [`Store::update_node`] with the lease clock given apart (`now`, Unix seconds).
     async fn apply_change(&self, id: NodeId, change: &NodeChange, now: u64, now_ms: i64) -> Result<Node, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.backend.begin_write().await?;
         let node = node_in(&mut tx, id).await?;
         if let Some(ip) = change.reservation {
             reserve_in(&mut tx, &node, ip, change.take_over, now, now_ms).await?;
         }
         if let Some(hostname) = &change.hostname {
-            sqlx::query("UPDATE nodes SET hostname = ?, updated_at_ms = ? WHERE id = ?")
+            tx.sql("UPDATE nodes SET hostname = $1, updated_at_ms = $2 WHERE id = $3")
                 .bind(hostname)
                 .bind(now_ms)
                 .bind(id)
-                .execute(&mut *tx)
+                .execute()
                 .await?;
         }
         if let Some(labels) = &change.labels {
             let labels = serde_json::to_string(labels).map_err(corrupt)?;
-            sqlx::query("UPDATE nodes SET labels = ?, updated_at_ms = ? WHERE id = ?")
+            tx.sql("UPDATE nodes SET labels = $1, updated_at_ms = $2 WHERE id = $3")
                 .bind(&labels)
                 .bind(now_ms)
                 .bind(id)
-                .execute(&mut *tx)
+                .execute()
                 .await?;
             let message = format!("labels set to {labels}");
-            events::insert(&mut *tx, &NewEvent::note(id, None, EventKind::Info, &message), now_ms).await?;
+            events::insert(&mut tx, &NewEvent::note(id, None, EventKind::Info, &message), now_ms).await?;
         }
         if let Some(profile) = &change.profile {
             assign_in(&mut tx, id, profile.as_deref(), now_ms).await?;
         }
         if let Some(approved) = change.approved.filter(|a| *a != node.approved) {
-            sqlx::query("UPDATE nodes SET approved = ?, updated_at_ms = ? WHERE id = ?")
+            tx.sql("UPDATE nodes SET approved = $1, updated_at_ms = $2 WHERE id = $3")
                 .bind(approved)
                 .bind(now_ms)
                 .bind(id)
-                .execute(&mut *tx)
+                .execute()
                 .await?;
             let message = if approved {
                 "approved by an operator: may boot profiles that render secrets or attach volumes"
             } else {
                 "approval withdrawn: profiles that hold secrets wait until an operator vouches for it again"
             };
-            events::insert(&mut *tx, &NewEvent::note(id, None, EventKind::Info, message), now_ms).await?;
+            events::insert(&mut tx, &NewEvent::note(id, None, EventKind::Info, message), now_ms).await?;
         }
         tx.commit().await?;
         if change.reservation.is_some() || change.hostname.is_some() {
@@ -343,8 +345,7 @@ impl Store {
 
     /// The node with this MAC, created as `discovered` if it is new.
     pub async fn ensure_node(&self, mac: MacAddr, now_ms: i64) -> Result<Node, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.backend.begin_write().await?;
         let (id, created) = upsert_node_created(&mut tx, mac, now_ms).await?;
         tx.commit().await?;
         if created {
@@ -354,24 +355,23 @@ impl Store {
     }
 
     pub async fn node(&self, id: NodeId) -> Result<Node, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let row = sqlx::query("SELECT * FROM nodes WHERE id = ?")
+        let row = self
+            .backend
+            .sql("SELECT * FROM nodes WHERE id = $1")
             .bind(id)
-            .fetch_optional(pool)
+            .fetch_optional()
             .await?
             .ok_or_else(|| StoreError::NoSuchNode(id.to_string()))?;
         node_from_row(&row)
     }
 
     pub async fn node_by_mac(&self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let row = sqlx::query("SELECT * FROM nodes WHERE mac = ?").bind(mac.to_string()).fetch_optional(pool).await?;
+        let row = self.backend.sql("SELECT * FROM nodes WHERE mac = $1").bind(mac.to_string()).fetch_optional().await?;
         row.as_ref().map(node_from_row).transpose()
     }
 
     pub async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query("SELECT * FROM nodes ORDER BY id").fetch_all(pool).await?;
+        let rows = self.backend.sql("SELECT * FROM nodes ORDER BY id").fetch_all().await?;
         rows.iter().map(node_from_row).collect()
     }
 
@@ -381,30 +381,31 @@ impl Store {
         inventory: &serde_json::Value,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        sqlx::query("UPDATE nodes SET inventory = ?, updated_at_ms = ? WHERE id = ?")
+        self.backend
+            .sql("UPDATE nodes SET inventory = $1, updated_at_ms = $2 WHERE id = $3")
             .bind(inventory.to_string())
             .bind(now_ms)
             .bind(id)
-            .execute(pool)
+            .execute()
             .await?;
         Ok(())
     }
 
     pub async fn list_nodes(&self, f: &NodeFilter) -> Result<Vec<Node>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut sql = String::from("SELECT * FROM nodes WHERE id > ?");
+        let mut sql = String::from("SELECT * FROM nodes WHERE id > $1");
+        let mut next = 2;
         if f.state.is_some() {
-            sql.push_str(" AND state = ?");
+            sql.push_str(&format!(" AND state = {}", placeholders(&mut next, 1)));
         }
         if f.profile.is_some() {
-            sql.push_str(" AND profile = ?");
+            sql.push_str(&format!(" AND profile = {}", placeholders(&mut next, 1)));
         }
         if f.label.is_some() {
-            sql.push_str(" AND json_extract(labels, '$.' || json_quote(?)) = ?");
+            sql.push_str(&format!(" AND {}", self.backend.label_equals(next, next + 1)));
+            next += 2;
         }
-        sql.push_str(" ORDER BY id LIMIT ?");
-        let mut q = sqlx::query(&sql).bind(f.after);
+        sql.push_str(&format!(" ORDER BY id LIMIT {}", placeholders(&mut next, 1)));
+        let mut q = self.backend.sql(&sql).bind(f.after);
         if let Some(state) = f.state {
             q = q.bind(Text(state));
         }
@@ -414,7 +415,7 @@ impl Store {
         if let Some((k, v)) = &f.label {
             q = q.bind(k).bind(v);
         }
-        let rows = q.bind(f.limit).fetch_all(pool).await?;
+        let rows = q.bind(f.limit).fetch_all().await?;
         rows.iter().map(node_from_row).collect()
     }
 
@@ -427,18 +428,17 @@ impl Store {
         labels: &BTreeMap<String, String>,
         now_ms: i64,
     ) -> Result<Node, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.backend.begin_write().await?;
         let (id, created) = upsert_node_created(&mut tx, mac, now_ms).await?;
         if !created {
             return Err(StoreError::DuplicateMac(mac));
         }
         // Registering a node is an operator's word for it.
-        sqlx::query("UPDATE nodes SET hostname = COALESCE(?, hostname), labels = ?, approved = 1 WHERE id = ?")
+        tx.sql("UPDATE nodes SET hostname = COALESCE($1, hostname), labels = $2, approved = TRUE WHERE id = $3")
             .bind(hostname)
             .bind(serde_json::to_string(labels).map_err(corrupt)?)
             .bind(id)
-            .execute(&mut *tx)
+            .execute()
             .await?;
         if let Some(profile) = profile {
             assign_in(&mut tx, id, Some(profile), now_ms).await?;
@@ -474,9 +474,8 @@ impl Store {
     /// Forget a node, its boots and events. Its lease stays until it expires: the
     /// address may still be in use.
     pub async fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let done = sqlx::query("DELETE FROM nodes WHERE id = ?").bind(id).execute(pool).await?;
-        if done.rows_affected() == 0 {
+        let done = self.backend.sql("DELETE FROM nodes WHERE id = $1").bind(id).execute().await?;
+        if done == 0 {
             return Err(StoreError::NoSuchNode(id.to_string()));
         }
         self.hosts_changed();
@@ -486,13 +485,12 @@ impl Store {
     /// The next boot loads afresh: any boot in progress is superseded, the failure
     /// count is cleared, and the node waits for its next PXE boot.
     pub async fn reprovision(&self, id: NodeId, now_ms: i64) -> Result<Node, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.backend.begin_write().await?;
         let node = node_in(&mut tx, id).await?;
         boots::supersede_boots(&mut tx, id, now_ms).await?;
-        sqlx::query("UPDATE nodes SET failures = 0, current_boot_id = NULL, maintenance_reason = NULL WHERE id = ?")
+        tx.sql("UPDATE nodes SET failures = 0, current_boot_id = NULL, maintenance_reason = NULL WHERE id = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .execute()
             .await?;
         let next = if node.profile.is_some() { NodeState::Assigned } else { NodeState::Discovered };
         move_state(&mut tx, id, None, next, "reprovision requested: the next boot loads afresh", now_ms).await?;
@@ -502,15 +500,14 @@ impl Store {
 
     /// Put a node in maintenance (it is told not to boot), or take it out.
     pub async fn set_maintenance(&self, id: NodeId, reason: Option<&str>, now_ms: i64) -> Result<Node, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.backend.begin_write().await?;
         let node = node_in(&mut tx, id).await?;
         match reason {
             Some(reason) => {
-                sqlx::query("UPDATE nodes SET maintenance_reason = ? WHERE id = ?")
+                tx.sql("UPDATE nodes SET maintenance_reason = $1 WHERE id = $2")
                     .bind(reason)
                     .bind(id)
-                    .execute(&mut *tx)
+                    .execute()
                     .await?;
                 if node.state != NodeState::Maintenance {
                     move_state(
@@ -525,9 +522,9 @@ impl Store {
                 }
             }
             None => {
-                sqlx::query("UPDATE nodes SET maintenance_reason = NULL, failures = 0 WHERE id = ?")
+                tx.sql("UPDATE nodes SET maintenance_reason = NULL, failures = 0 WHERE id = $1")
                     .bind(id)
-                    .execute(&mut *tx)
+                    .execute()
                     .await?;
                 if node.state == NodeState::Maintenance {
                     let next = if node.profile.is_some() { NodeState::Assigned } else { NodeState::Discovered };
@@ -541,22 +538,21 @@ impl Store {
 
     /// Nodes in `state` since before `before_ms`, with a current boot.
     pub async fn nodes_in_state_since(&self, state: NodeState, before_ms: i64) -> Result<Vec<Node>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows =
-            sqlx::query("SELECT * FROM nodes WHERE state = ? AND state_since_ms < ? AND current_boot_id IS NOT NULL")
-                .bind(Text(state))
-                .bind(before_ms)
-                .fetch_all(pool)
-                .await?;
+        let rows = self
+            .backend
+            .sql("SELECT * FROM nodes WHERE state = $1 AND state_since_ms < $2 AND current_boot_id IS NOT NULL")
+            .bind(Text(state))
+            .bind(before_ms)
+            .fetch_all()
+            .await?;
         rows.iter().map(node_from_row).collect()
     }
 
     pub async fn count_by_state(&self) -> Result<BTreeMap<NodeState, i64>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM nodes GROUP BY state").fetch_all(pool).await?;
+        let rows = self.backend.sql("SELECT state, COUNT(*) AS n FROM nodes GROUP BY state").fetch_all().await?;
         let mut out = BTreeMap::new();
         for row in rows {
-            out.insert(row.try_get::<Text<_>, _>("state")?.0, row.try_get("n")?);
+            out.insert(row.try_get::<Text<_>>("state")?.0, row.try_get("n")?);
         }
         Ok(out)
     }

@@ -3,9 +3,8 @@
 
 use super::events::{self, EventKind, NewEvent};
 use super::nodes::node_in;
-use super::{corrupt, Backend, NodeId, Store, StoreError};
+use super::{corrupt, NodeId, Row, Store, StoreError};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
 /// A VM disk on the iSCSI target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,7 +18,7 @@ pub struct Volume {
     pub created_at_ms: i64,
 }
 
-fn volume_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Volume, StoreError> {
+fn volume_from_row(row: &Row) -> Result<Volume, StoreError> {
     let size: i64 = row.try_get("size_bytes")?;
     let lun: Option<i64> = row.try_get("lun")?;
     Ok(Volume {
@@ -34,44 +33,45 @@ fn volume_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Volume, StoreError> 
 
 impl Store {
     pub async fn volumes(&self) -> Result<Vec<Volume>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query("SELECT * FROM volumes ORDER BY name").fetch_all(pool).await?;
+        let rows = self.backend.sql("SELECT * FROM volumes ORDER BY name").fetch_all().await?;
         rows.iter().map(volume_from_row).collect()
     }
 
     pub async fn volume(&self, name: &str) -> Result<Volume, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let row = sqlx::query("SELECT * FROM volumes WHERE name = ?")
+        let row = self
+            .backend
+            .sql("SELECT * FROM volumes WHERE name = $1")
             .bind(name)
-            .fetch_optional(pool)
+            .fetch_optional()
             .await?
             .ok_or_else(|| StoreError::NoSuchVolume(name.to_string()))?;
         volume_from_row(&row)
     }
 
     pub async fn node_volumes(&self, node: NodeId) -> Result<Vec<Volume>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
         let rows =
-            sqlx::query("SELECT * FROM volumes WHERE node_id = ? ORDER BY lun").bind(node).fetch_all(pool).await?;
+            self.backend.sql("SELECT * FROM volumes WHERE node_id = $1 ORDER BY lun").bind(node).fetch_all().await?;
         rows.iter().map(volume_from_row).collect()
     }
 
     /// Nodes that have at least one volume attached.
     pub async fn nodes_with_volumes(&self) -> Result<Vec<NodeId>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query("SELECT DISTINCT node_id FROM volumes WHERE node_id IS NOT NULL ORDER BY node_id")
-            .fetch_all(pool)
+        let rows = self
+            .backend
+            .sql("SELECT DISTINCT node_id FROM volumes WHERE node_id IS NOT NULL ORDER BY node_id")
+            .fetch_all()
             .await?;
         rows.iter().map(|r| r.try_get("node_id").map_err(StoreError::from)).collect()
     }
 
     pub async fn create_volume(&self, name: &str, size_bytes: u64, now_ms: i64) -> Result<Volume, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let result = sqlx::query("INSERT INTO volumes (name, size_bytes, created_at_ms) VALUES (?, ?, ?)")
+        let result = self
+            .backend
+            .sql("INSERT INTO volumes (name, size_bytes, created_at_ms) VALUES ($1, $2, $3)")
             .bind(name)
             .bind(i64::try_from(size_bytes).map_err(corrupt)?)
             .bind(now_ms)
-            .execute(pool)
+            .execute()
             .await;
         match result {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -85,11 +85,11 @@ impl Store {
     /// Attach a volume to a node as its next free LUN (from 1). Idempotent for the
     /// same node; a volume attached elsewhere must be detached first.
     pub async fn attach_volume(&self, name: &str, node: NodeId, now_ms: i64) -> Result<Volume, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let vol = sqlx::query("SELECT * FROM volumes WHERE name = ?")
+        let mut tx = self.backend.begin_write().await?;
+        let vol = tx
+            .sql("SELECT * FROM volumes WHERE name = $1")
             .bind(name)
-            .fetch_optional(&mut *tx)
+            .fetch_optional()
             .await?
             .ok_or_else(|| StoreError::NoSuchVolume(name.to_string()))?;
         let vol = volume_from_row(&vol)?;
@@ -99,28 +99,28 @@ impl Store {
             None => {}
         }
         node_in(&mut tx, node).await?;
-        let lun: i64 = sqlx::query("SELECT COALESCE(MAX(lun), 0) + 1 AS lun FROM volumes WHERE node_id = ?")
+        let lun: i64 = tx
+            .sql("SELECT COALESCE(MAX(lun), 0) + 1 AS lun FROM volumes WHERE node_id = $1")
             .bind(node)
-            .fetch_one(&mut *tx)
+            .fetch_one()
             .await?
             .try_get("lun")?;
-        sqlx::query("UPDATE volumes SET node_id = ?, lun = ? WHERE id = ?")
+        tx.sql("UPDATE volumes SET node_id = $1, lun = $2 WHERE id = $3")
             .bind(node)
             .bind(lun)
             .bind(vol.id)
-            .execute(&mut *tx)
+            .execute()
             .await?;
         let message = format!("volume {name} attached as LUN {lun}");
-        events::insert(&mut *tx, &NewEvent::note(node, None, EventKind::Info, &message), now_ms).await?;
+        events::insert(&mut tx, &NewEvent::note(node, None, EventKind::Info, &message), now_ms).await?;
         tx.commit().await?;
         self.volume(name).await
     }
 
     /// Detach a volume; returns the node it was attached to.
     pub async fn detach_volume(&self, name: &str, now_ms: i64) -> Result<Option<NodeId>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
         let vol = self.volume(name).await?;
-        sqlx::query("UPDATE volumes SET node_id = NULL, lun = NULL WHERE id = ?").bind(vol.id).execute(pool).await?;
+        self.backend.sql("UPDATE volumes SET node_id = NULL, lun = NULL WHERE id = $1").bind(vol.id).execute().await?;
         if let Some(node) = vol.node_id {
             self.add_event(node, None, EventKind::Info, &format!("volume {name} detached"), now_ms).await?;
         }
@@ -128,12 +128,12 @@ impl Store {
     }
 
     pub async fn set_volume_size(&self, name: &str, size_bytes: u64, now_ms: i64) -> Result<Volume, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
         let vol = self.volume(name).await?;
-        sqlx::query("UPDATE volumes SET size_bytes = ? WHERE id = ?")
+        self.backend
+            .sql("UPDATE volumes SET size_bytes = $1 WHERE id = $2")
             .bind(i64::try_from(size_bytes).map_err(corrupt)?)
             .bind(vol.id)
-            .execute(pool)
+            .execute()
             .await?;
         if let Some(node) = vol.node_id {
             let note = format!("volume {name} grown to {}", ramboot_proto::human_bytes(size_bytes));
@@ -143,12 +143,11 @@ impl Store {
     }
 
     pub async fn delete_volume(&self, name: &str) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
         let vol = self.volume(name).await?;
         if let Some(node) = vol.node_id {
             return Err(StoreError::VolumeAttached { volume: name.to_string(), node });
         }
-        sqlx::query("DELETE FROM volumes WHERE id = ?").bind(vol.id).execute(pool).await?;
+        self.backend.sql("DELETE FROM volumes WHERE id = $1").bind(vol.id).execute().await?;
         Ok(())
     }
 
@@ -160,22 +159,22 @@ impl Store {
         node: NodeId,
         generate: impl FnOnce() -> Result<String, E>,
     ) -> Result<String, E> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
-        let row = sqlx::query("SELECT chap_secret FROM nodes WHERE id = ?")
+        let mut tx = self.backend.begin_write().await.map_err(StoreError::from)?;
+        let row = tx
+            .sql("SELECT chap_secret FROM nodes WHERE id = $1")
             .bind(node)
-            .fetch_optional(&mut *tx)
+            .fetch_optional()
             .await
             .map_err(StoreError::from)?
             .ok_or_else(|| StoreError::NoSuchNode(node.to_string()))?;
-        if let Some(secret) = row.try_get::<Option<String>, _>("chap_secret").map_err(StoreError::from)? {
+        if let Some(secret) = row.try_get::<Option<String>>("chap_secret").map_err(StoreError::from)? {
             return Ok(secret);
         }
         let secret = generate()?;
-        sqlx::query("UPDATE nodes SET chap_secret = ? WHERE id = ?")
+        tx.sql("UPDATE nodes SET chap_secret = $1 WHERE id = $2")
             .bind(&secret)
             .bind(node)
-            .execute(&mut *tx)
+            .execute()
             .await
             .map_err(StoreError::from)?;
         tx.commit().await.map_err(StoreError::from)?;
@@ -184,10 +183,11 @@ impl Store {
 
     /// The target's mutual CHAP secret for the node, if mutual CHAP is on.
     pub async fn mutual_chap_secret(&self, node: NodeId) -> Result<Option<String>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let row = sqlx::query("SELECT mutual_chap_secret FROM nodes WHERE id = ?")
+        let row = self
+            .backend
+            .sql("SELECT mutual_chap_secret FROM nodes WHERE id = $1")
             .bind(node)
-            .fetch_optional(pool)
+            .fetch_optional()
             .await?
             .ok_or_else(|| StoreError::NoSuchNode(node.to_string()))?;
         Ok(row.try_get("mutual_chap_secret")?)
@@ -201,43 +201,42 @@ impl Store {
         generate: impl FnOnce() -> Result<String, E>,
         now_ms: i64,
     ) -> Result<(), E> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
-        let row = sqlx::query("SELECT mutual_chap_secret FROM nodes WHERE id = ?")
+        let mut tx = self.backend.begin_write().await.map_err(StoreError::from)?;
+        let row = tx
+            .sql("SELECT mutual_chap_secret FROM nodes WHERE id = $1")
             .bind(node)
-            .fetch_optional(&mut *tx)
+            .fetch_optional()
             .await
             .map_err(StoreError::from)?
             .ok_or_else(|| StoreError::NoSuchNode(node.to_string()))?;
-        if row.try_get::<Option<String>, _>("mutual_chap_secret").map_err(StoreError::from)?.is_some() {
+        if row.try_get::<Option<String>>("mutual_chap_secret").map_err(StoreError::from)?.is_some() {
             return Ok(());
         }
         let secret = generate()?;
-        sqlx::query("UPDATE nodes SET mutual_chap_secret = ? WHERE id = ?")
+        tx.sql("UPDATE nodes SET mutual_chap_secret = $1 WHERE id = $2")
             .bind(&secret)
             .bind(node)
-            .execute(&mut *tx)
+            .execute()
             .await
             .map_err(StoreError::from)?;
         let note = NewEvent::note(node, None, EventKind::Info, "iSCSI mutual CHAP on");
-        events::insert(&mut *tx, &note, now_ms).await?;
+        events::insert(&mut tx, &note, now_ms).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
 
     /// Turn mutual CHAP off, forgetting the target's secret.
     pub async fn disable_mutual_chap(&self, node: NodeId, now_ms: i64) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.backend.begin_write().await?;
         node_in(&mut tx, node).await?;
-        let result =
-            sqlx::query("UPDATE nodes SET mutual_chap_secret = NULL WHERE id = ? AND mutual_chap_secret IS NOT NULL")
-                .bind(node)
-                .execute(&mut *tx)
-                .await?;
-        if result.rows_affected() == 1 {
+        let result = tx
+            .sql("UPDATE nodes SET mutual_chap_secret = NULL WHERE id = $1 AND mutual_chap_secret IS NOT NULL")
+            .bind(node)
+            .execute()
+            .await?;
+        if result == 1 {
             let note = NewEvent::note(node, None, EventKind::Info, "iSCSI mutual CHAP off");
-            events::insert(&mut *tx, &note, now_ms).await?;
+            events::insert(&mut tx, &note, now_ms).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -6,6 +6,9 @@
 #![allow(dead_code)]
 
 pub mod netns;
+// The store's own test-database helper, shared rather than copied.
+#[path = "../../src/store/testdb.rs"]
+pub mod testdb;
 
 #[allow(unused_imports)] // not every test skips
 pub use ramboot_lab::harness::skipped;
@@ -31,6 +34,9 @@ pub struct TestServer {
     /// The server's store and runtime, for what only DHCP does (leases).
     pub store: Store,
     pub handle: tokio::runtime::Handle,
+    /// The server's PostgreSQL database when `RAMBOOT_TEST_POSTGRES` names a server
+    /// (dropped last); otherwise the store is SQLite under `dir`.
+    pub db: Option<testdb::TestDb>,
 }
 
 /// Where loopback tests' requests come from.
@@ -90,7 +96,11 @@ impl TestServer {
             config_text.push_str(&format!("default_profile: {p}\n"));
         }
         config_text.push_str(extra_config);
-        let config = Config::parse(&root.join("ramboot.yaml"), &config_text).unwrap();
+        let mut config = Config::parse(&root.join("ramboot.yaml"), &config_text).unwrap();
+        let db = testdb::TestDb::postgres();
+        if let Some(db) = &db {
+            config.database_url = db.url().to_string();
+        }
         let images = ImageStore::new(config.paths.images());
         let rootfs = pattern(3 * 1024 * 1024 + 17);
         write_image(
@@ -147,7 +157,7 @@ impl TestServer {
         });
         let (addr, store, handle) = rx.recv().unwrap();
         let base = format!("http://{addr}");
-        TestServer { base, admin, reader, dir, rootfs, rootfs_digest, shutdown, runtime, store, handle }
+        TestServer { base, admin, reader, dir, rootfs, rootfs_digest, shutdown, runtime, store, handle, db }
     }
 
     /// What a DHCP grant does: `mac` holds a lease on `ip` (and is a node).

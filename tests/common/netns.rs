@@ -3,8 +3,11 @@
 //! ISC `dhclient` to test it with. Test-only glue; the lab itself (namespaces,
 //! processes, waits, logs) is `ramboot_lab::harness`.
 
+use super::testdb::TestDb;
 use ramboot::store::{Lease, Store};
 use ramboot_lab::harness::{log_text, read_lossy, tail, tool, udp_port_bound, wait_for, write_executable, Lab};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -38,8 +41,9 @@ impl ServeInLab for Lab {
         }
         let paths =
             format!("paths:\n  data: {r}/data\n  profiles: {r}/profiles\n  ipxe: {r}/ipxe\n", r = root.display());
+        let database = lab_postgres_url(self).map(|url| format!("database: \"{url}\"\n")).unwrap_or_default();
         let config_path = self.path("ramboot.yaml");
-        std::fs::write(&config_path, format!("{config}{paths}")).unwrap();
+        std::fs::write(&config_path, format!("{config}{database}{paths}")).unwrap();
         let log = self.path("ramboot.log");
         let program =
             [env!("CARGO_BIN_EXE_ramboot"), "serve", "--config", &config_path.display().to_string()].map(String::from);
@@ -59,8 +63,24 @@ impl ServeInLab for Lab {
 
     /// The URL of the lease store of the ramboot [`ServeInLab::start_ramboot`] configures.
     fn database_url(&self) -> String {
-        format!("sqlite://{}", self.path("data/ramboot.db").display())
+        lab_postgres_url(self).unwrap_or_else(|| format!("sqlite://{}", self.path("data/ramboot.db").display()))
     }
+}
+
+thread_local! {
+    /// Each lab's PostgreSQL database, when `RAMBOOT_TEST_POSTGRES` names a server.
+    /// Kept per test thread, so it is dropped when the test's thread ends: after the
+    /// test's lab (and the ramboot in it) is gone.
+    static LAB_DATABASES: RefCell<HashMap<PathBuf, Option<TestDb>>> = RefCell::new(HashMap::new());
+}
+
+/// The URL of `lab`'s PostgreSQL database (created on first use), or `None`: SQLite.
+fn lab_postgres_url(lab: &Lab) -> Option<String> {
+    LAB_DATABASES.with(|dbs| {
+        let mut dbs = dbs.borrow_mut();
+        let db = dbs.entry(lab.dir().to_path_buf()).or_insert_with(TestDb::postgres);
+        db.as_ref().map(|db| db.url().to_string())
+    })
 }
 
 // ---------------------------------------------------------------------------------

@@ -1,0 +1,269 @@
+//! The seam between the table modules and the two databases: every statement is
+//! written once, with `$1, $2…` placeholders (sqlx's SQLite driver binds `$N` by
+//! number, as PostgreSQL does) and SQL both dialects speak, and runs on either.
+//!
+//! How one text serves both: a statement is built on an executor of one back-end
+//! ([`Backend::sql`] for the pool, [`Tx::sql`] in a transaction), so it carries
+//! that back-end's native `sqlx::query` and can never meet the other one. Binding
+//! and reading are checked against *both* drivers at compile time ([`Param`],
+//! [`Column`]), and rows come back as one [`Row`] type. The table modules are
+//! thus ordinary, monomorphic code with no back-end in sight, and the only
+//! per-back-end `match`es are the few lines in this file.
+//!
+//! Why not the alternatives: functions generic over `sqlx::Database` must restate
+//! higher-ranked executor bounds (`for<'c> &'c mut DB::Connection: Executor<'c>`)
+//! and an `Encode + Type` bound per bound type on every function, since Rust does
+//! not imply them; a macro expanding each method once per back-end would compile
+//! ~80 bodies twice; `sqlx::Any` gives up the SQLite connect options (WAL,
+//! synchronous FULL, the release hook) and the native error types.
+//!
+//! What the dialects do differently lives here too, and only here: how a write
+//! transaction takes the write lock ([`Backend::begin_write`]), the label filter's
+//! JSON syntax ([`Backend::label_equals`]), and which error codes mean "the
+//! database will not take writes" ([`write_refused`]).
+
+use super::WriteRefused;
+use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow, Postgres};
+use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnection, SqlitePool, SqliteRow};
+
+/// The database behind the facade (see "Store" in docs/architecture.md).
+#[derive(Clone)]
+pub(super) enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A value a statement binds: one both drivers can encode.
+pub(super) trait Param<'q>:
+    'q + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>
+{
+}
+
+impl<'q, T> Param<'q> for T where
+    T: 'q + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>
+{
+}
+
+/// A column type both drivers can decode.
+pub(super) trait Column:
+    for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite> + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>
+{
+}
+
+impl<T> Column for T where
+    T: for<'r> sqlx::Decode<'r, Sqlite>
+        + sqlx::Type<Sqlite>
+        + for<'r> sqlx::Decode<'r, Postgres>
+        + sqlx::Type<Postgres>
+{
+}
+
+/// A result row of either back-end.
+pub(super) enum Row {
+    Sqlite(SqliteRow),
+    Postgres(PgRow),
+}
+
+impl Row {
+    pub fn try_get<T: Column>(&self, column: &str) -> Result<T, sqlx::Error> {
+        use sqlx::Row as _;
+        match self {
+            Row::Sqlite(row) => row.try_get(column),
+            Row::Postgres(row) => row.try_get(column),
+        }
+    }
+}
+
+impl From<SqliteRow> for Row {
+    fn from(row: SqliteRow) -> Row {
+        Row::Sqlite(row)
+    }
+}
+
+impl From<PgRow> for Row {
+    fn from(row: PgRow) -> Row {
+        Row::Postgres(row)
+    }
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// A statement and the executor it runs on (a pool, or a transaction's connection),
+/// of the same back-end by construction.
+#[must_use = "a statement does nothing until it is executed or fetched"]
+pub(super) enum Stmt<'c, 'q> {
+    SqlitePool(&'c SqlitePool, SqliteQuery<'q>),
+    Sqlite(&'c mut SqliteConnection, SqliteQuery<'q>),
+    PgPool(&'c PgPool, PgQuery<'q>),
+    Postgres(&'c mut PgConnection, PgQuery<'q>),
+}
+
+/// Run `$body` with `$e` (executor) and `$q` (query) bound, whatever the variant:
+/// the same text for each, so every arm is the same code against its own driver.
+macro_rules! run {
+    ($stmt:expr, |$e:ident, $q:ident| $body:expr) => {
+        match $stmt {
+            Stmt::SqlitePool($e, $q) => $body,
+            Stmt::Sqlite($e, $q) => $body,
+            Stmt::PgPool($e, $q) => $body,
+            Stmt::Postgres($e, $q) => $body,
+        }
+    };
+}
+
+impl<'q> Stmt<'_, 'q> {
+    pub fn bind<T: Param<'q>>(self, value: T) -> Self {
+        match self {
+            Stmt::SqlitePool(e, q) => Stmt::SqlitePool(e, q.bind(value)),
+            Stmt::Sqlite(e, q) => Stmt::Sqlite(e, q.bind(value)),
+            Stmt::PgPool(e, q) => Stmt::PgPool(e, q.bind(value)),
+            Stmt::Postgres(e, q) => Stmt::Postgres(e, q.bind(value)),
+        }
+    }
+
+    /// Run it; how many rows it changed.
+    pub async fn execute(self) -> Result<u64, sqlx::Error> {
+        Ok(run!(self, |e, q| q.execute(e).await?.rows_affected()))
+    }
+
+    pub async fn fetch_optional(self) -> Result<Option<Row>, sqlx::Error> {
+        Ok(run!(self, |e, q| q.fetch_optional(e).await?.map(Row::from)))
+    }
+
+    pub async fn fetch_one(self) -> Result<Row, sqlx::Error> {
+        Ok(run!(self, |e, q| q.fetch_one(e).await?.into()))
+    }
+
+    pub async fn fetch_all(self) -> Result<Vec<Row>, sqlx::Error> {
+        Ok(run!(self, |e, q| q.fetch_all(e).await?.into_iter().map(Row::from).collect()))
+    }
+}
+
+/// Somewhere to run a statement: the pool, or an open transaction.
+pub(super) trait Sql {
+    fn sql<'q>(&mut self, sql: &'q str) -> Stmt<'_, 'q>;
+}
+
+impl Sql for &Backend {
+    fn sql<'q>(&mut self, sql: &'q str) -> Stmt<'_, 'q> {
+        Backend::sql(self, sql)
+    }
+}
+
+impl<'a> Sql for Tx<'a> {
+    fn sql<'q>(&mut self, sql: &'q str) -> Stmt<'_, 'q> {
+        Tx::sql(self, sql)
+    }
+}
+
+/// A write transaction of either back-end.
+pub(super) enum Tx<'a> {
+    Sqlite(sqlx::Transaction<'a, Sqlite>),
+    Postgres(sqlx::Transaction<'a, Postgres>),
+}
+
+impl Tx<'_> {
+    pub fn sql<'q>(&mut self, sql: &'q str) -> Stmt<'_, 'q> {
+        match self {
+            Tx::Sqlite(tx) => Stmt::Sqlite(tx, sqlx::query(sql)),
+            Tx::Postgres(tx) => Stmt::Postgres(tx, sqlx::query(sql)),
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Postgres(tx) => tx.commit().await,
+        }
+    }
+}
+
+/// The advisory lock every PostgreSQL write transaction takes first (an arbitrary
+/// constant: "ramboot" in ASCII), see [`Backend::begin_write`].
+const PG_WRITE_LOCK: i64 = 0x72_61_6d_62_6f_6f_74;
+
+impl Backend {
+    pub fn sql<'q>(&self, sql: &'q str) -> Stmt<'_, 'q> {
+        match self {
+            Backend::Sqlite(pool) => Stmt::SqlitePool(pool, sqlx::query(sql)),
+            Backend::Postgres(pool) => Stmt::PgPool(pool, sqlx::query(sql)),
+        }
+    }
+
+    /// A transaction that holds the database's write lock from its first statement,
+    /// so what it reads stays true until it commits (read-then-write rules such as
+    /// "not the last admin token" or "the next free LUN" rely on it).
+    ///
+    /// SQLite: `BEGIN IMMEDIATE`. PostgreSQL has no database-wide write lock, so a
+    /// transaction-scoped advisory lock stands in for it: writers that go through
+    /// here run one at a time, on this server or another on the same database, as
+    /// they do on SQLite; single-statement writes outside one stay concurrent. The
+    /// wait is bounded by the connection's `lock_timeout` (SQLite's busy timeout),
+    /// past which the write is refused as busy.
+    pub async fn begin_write(&self) -> Result<Tx<'static>, sqlx::Error> {
+        match self {
+            Backend::Sqlite(pool) => Ok(Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)),
+            Backend::Postgres(pool) => {
+                let mut tx = Tx::Postgres(pool.begin().await?);
+                tx.sql("SELECT pg_advisory_xact_lock($1)").bind(PG_WRITE_LOCK).execute().await?;
+                Ok(tx)
+            }
+        }
+    }
+
+    /// A condition: the node's labels (a JSON object in a text column) map the key
+    /// bound as `$key` to the value bound as `$value`.
+    pub fn label_equals(&self, key: usize, value: usize) -> String {
+        match self {
+            Backend::Sqlite(_) => format!("json_extract(labels, '$.' || json_quote(${key})) = ${value}"),
+            Backend::Postgres(_) => format!("(labels::jsonb ->> ${key}) = ${value}"),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Backend::Sqlite(pool) => pool.close().await,
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// `$n, $n+1, …` for `count` values from `*next`, which moves past them: the
+/// numbered placeholders of a statement built from parts.
+pub(super) fn placeholders(next: &mut usize, count: usize) -> String {
+    let marks: Vec<String> = (*next..*next + count).map(|n| format!("${n}")).collect();
+    *next += count;
+    marks.join(", ")
+}
+
+// SQLite's primary result codes (the low byte of an extended code).
+const SQLITE_BUSY: i64 = 5;
+const SQLITE_READONLY: i64 = 8;
+const SQLITE_IOERR: i64 = 10;
+const SQLITE_FULL: i64 = 13;
+
+/// Whether `e` says the database will not take writes now, and why. Each driver's
+/// own codes: SQLite's result codes, PostgreSQL's SQLSTATEs.
+pub(super) fn write_refused(e: &sqlx::Error) -> Option<WriteRefused> {
+    let db = e.as_database_error()?;
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return match pg.code() {
+            "53100" => Some(WriteRefused::DiskFull),
+            // A standby, or default_transaction_read_only.
+            "25006" => Some(WriteRefused::ReadOnly),
+            "58030" => Some(WriteRefused::Io),
+            // Serialization failure, deadlock, lock_timeout: another writer won.
+            "40001" | "40P01" | "55P03" => Some(WriteRefused::Busy),
+            _ => None,
+        };
+    }
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+    match db.code()?.parse::<i64>().ok()? & 0xff {
+        SQLITE_FULL => Some(WriteRefused::DiskFull),
+        SQLITE_READONLY => Some(WriteRefused::ReadOnly),
+        SQLITE_IOERR => Some(WriteRefused::Io),
+        SQLITE_BUSY => Some(WriteRefused::Busy),
+        _ => None,
+    }
+}
