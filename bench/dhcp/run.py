@@ -50,7 +50,7 @@ MIN_COMPLETION = 0.9  # ...and at least this share of the target rate completed
 PROBE_MAC = "02:72:62:00:00:01"  # readiness probe; outside perfdhcp's -R range
 # perfdhcp -x t archives every packet: measured ~5.5 KB per packet, two per exchange.
 PERFDHCP_BYTES_PER_EXCHANGE = 12 * 1024
-ALL_SERVERS = ("ramboot", "kea", "kea-pg", "dnsmasq")
+ALL_SERVERS = ("ramboot", "ramboot-pg", "kea", "kea-pg", "dnsmasq")
 KEA_PG_SCHEMA = Path("/usr/share/kea/scripts/pgsql/dhcpdb_create.pgsql")
 
 
@@ -70,9 +70,12 @@ class Server(BaseServer):
 
 
 class Ramboot(Server):
+    def database_line(self) -> str:
+        return ""  # the default: <data>/ramboot.db
+
     def command(self):
         d = self.workdir
-        return ramboot_command(self.args, d, ("data", "profiles", "ipxe"), f"""interface: {self.topo.server_if}
+        return ramboot_command(self.args, d, ("data", "profiles", "ipxe"), f"""{self.database_line()}interface: {self.topo.server_if}
 server_address: {SERVER_IP}
 http:
   listen: {SERVER_IP}:18080
@@ -103,6 +106,33 @@ paths:
 
     def version(self):
         return run([str(self.args.ramboot_bin), "--version"], check=False).stdout.strip()
+
+
+def step_database(workdir: Path, prefix: str) -> str:
+    """A database name for one step's fresh store, from its temp dir's name."""
+    return f"{prefix}_{workdir.name.replace('-', '_').lower()}"
+
+
+class RambootPg(Ramboot):
+    """ramboot with `database: postgres://…` on the run's private cluster (unix
+    socket, trust authentication: no password), a fresh database per step."""
+
+    def database_line(self) -> str:
+        assert self.pg is not None, "ramboot-pg needs the run's PostgreSQL"
+        self.pg.create_db(step_database(self.workdir, "ramboot"))
+        return f"database: postgres:///{step_database(self.workdir, 'ramboot')}?host={self.pg.sockdir}&user=postgres\n"
+
+    def leases_in_store(self):
+        try:
+            return int(self.pg.psql("SELECT count(*) FROM leases", db=step_database(self.workdir, "ramboot")).strip())
+        except (BenchError, ValueError):
+            return None
+
+    def cleanup(self) -> None:
+        try:
+            self.pg.drop_db(step_database(self.workdir, "ramboot"))
+        except BenchError as e:
+            log(f"  warning: {e}")
 
 
 class Kea(Server):
@@ -155,7 +185,7 @@ class KeaPg(Kea):
     database per step with Kea's own schema (what `kea-admin db-init pgsql` loads)."""
 
     def database(self) -> str:
-        return f"kea_{self.workdir.name.replace('-', '_').lower()}"
+        return step_database(self.workdir, "kea")
 
     def lease_database(self) -> dict:
         assert self.pg is not None, "kea-pg needs the run's PostgreSQL"
@@ -205,8 +235,8 @@ class Dnsmasq(Server):
         return run([self.args.dnsmasq_bin, "--version"], check=False).stdout.splitlines()[0].strip()
 
 
-SERVER_CLASSES = {"ramboot": Ramboot, "kea": Kea, "kea-pg": KeaPg, "dnsmasq": Dnsmasq}
-NEEDS_POSTGRES = {"kea-pg"}
+SERVER_CLASSES = {"ramboot": Ramboot, "ramboot-pg": RambootPg, "kea": Kea, "kea-pg": KeaPg, "dnsmasq": Dnsmasq}
+NEEDS_POSTGRES = {"ramboot-pg", "kea-pg"}
 
 
 # --------------------------------------------------------------------------- perfdhcp
@@ -512,10 +542,14 @@ def summarize(results: list[dict], servers: list[str]) -> dict:
             "unlimited_drop_pct": med([r["unlimited"]["drop_pct"] for r in rs]),
         }
     rb = summary.get("ramboot", {}).get("sustained_rate")
-    peers = {n: s["sustained_rate"] for n, s in summary.items() if n != "ramboot" and s["sustained_rate"]}
+    peers = {n: s["sustained_rate"] for n, s in summary.items() if not n.startswith("ramboot") and s["sustained_rate"]}
     if rb is not None and peers:
         best = max(peers, key=peers.get)
         summary["ratio_ramboot_to_best_peer"] = {"peer": best, "sustained_rate": rb / peers[best]}
+    # Issue 13's target: ramboot on PostgreSQL against Kea on PostgreSQL, same cluster.
+    rb_pg, kea_pg = (summary.get(n, {}).get("sustained_rate") for n in ("ramboot-pg", "kea-pg"))
+    if rb_pg is not None and kea_pg:
+        summary["ratio_ramboot_pg_to_kea_pg"] = {"sustained_rate": rb_pg / kea_pg}
     return summary
 
 
@@ -556,6 +590,9 @@ def table(summary: dict, servers: list[str], args: argparse.Namespace) -> str:
             out.append(f"ramboot / best peer ({ratio['peer']}) sustained rate: < {bound:.2f}x")
         else:
             out.append(f"ramboot / best peer ({ratio['peer']}) sustained rate: {ratio['sustained_rate']:.2f}x")
+    pg_ratio = summary.get("ratio_ramboot_pg_to_kea_pg")
+    if pg_ratio:
+        out.append(f"ramboot-pg / kea-pg sustained rate: {pg_ratio['sustained_rate']:.2f}x")
     out.append("sustained/s: completed exchanges/s at the highest passing step ('+': sweep never failed);"
                " latencies from perfdhcp -x t per-packet timestamps; DB us/exch: the private PostgreSQL"
                " cluster's own CPU (servers on PostgreSQL only; it is not pinned)")
@@ -620,8 +657,8 @@ def preflight(a: argparse.Namespace) -> None:
     if NEEDS_POSTGRES & set(a.servers):
         why = PrivatePostgres.available()
         if why:
-            raise BenchError(f"kea-pg needs PostgreSQL 15: {why}")
-        if not KEA_PG_SCHEMA.exists():
+            raise BenchError(f"{', '.join(sorted(NEEDS_POSTGRES & set(a.servers)))} need(s) PostgreSQL 15: {why}")
+        if "kea-pg" in a.servers and not KEA_PG_SCHEMA.exists():
             raise BenchError(f"kea-pg needs Kea's schema {KEA_PG_SCHEMA} (apt-get install kea-admin)")
     if "dnsmasq" in a.servers:
         need["dnsmasq"] = a.dnsmasq_bin

@@ -403,7 +403,7 @@ def common_needs(a: argparse.Namespace, ip: str | None, taskset: str | None) -> 
     need = {"ip": ip}
     if a.pin:
         need["taskset"] = taskset
-    if "ramboot" in a.servers:
+    if any(name.startswith("ramboot") for name in a.servers):
         need["ramboot"] = str(a.ramboot_bin)
     return need
 
