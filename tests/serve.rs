@@ -25,32 +25,69 @@ fn free_port_pair() -> u16 {
     panic!("no free port pair");
 }
 
+/// ramboot's DHCP service on loopback with a SQLite store, and a client socket.
+struct LoopbackDhcp {
+    _dir: tempfile::TempDir,
+    config: Config,
+    store: Store,
+    client: UdpSocket,
+    port: u16,
+    cancel: CancellationToken,
+    service: tokio::task::JoinHandle<Result<(), ramboot::dhcp::io::DhcpIoError>>,
+}
+
+impl LoopbackDhcp {
+    /// `None` (and a message) where binding to `lo` is not allowed.
+    async fn start() -> Option<LoopbackDhcp> {
+        if !is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            eprintln!("SKIPPED: binding DHCP to an interface (SO_BINDTODEVICE) needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port_pair();
+        let text = format!(
+            "interface: lo\nserver_address: 127.0.0.1\ndhcp:\n  subnet: 127.0.0.0/8\n  \
+             range: [127.0.0.100, 127.0.0.200]\n  port: {port}\ndefault_profile: tiny\n"
+        );
+        let config = Config::parse(&dir.path().join("ramboot.yaml"), &text).unwrap();
+        std::fs::create_dir_all(&config.paths.data).unwrap();
+        let store = Store::open(&config.database_url).await.unwrap();
+        let socket = ramboot::dhcp::io::bind_all(&config).unwrap();
+        let cancel = CancellationToken::new();
+        let service = {
+            let (config, store, cancel) = (config.clone(), store.clone(), cancel.clone());
+            tokio::spawn(async move { ramboot::dhcp::io::serve(&config, socket, store, cancel).await })
+        };
+        let client = UdpSocket::bind(("0.0.0.0", port + 1)).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Some(LoopbackDhcp { _dir: dir, config, store, client, port, cancel, service })
+    }
+
+    fn send(&self, msg: &Message) {
+        self.client.send_to(&msg.to_vec().unwrap(), ("127.0.0.1", self.port)).unwrap();
+    }
+
+    /// The next reply, or `None` within `wait`.
+    fn reply(&self, wait: Duration) -> Option<Message> {
+        self.client.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = self.client.recv_from(&mut buf).ok()?;
+        Some(Message::decode(&mut Decoder::new(&buf[..n])).unwrap())
+    }
+
+    async fn stop(self) {
+        assert!(!self.service.is_finished(), "the DHCP service is still running");
+        self.cancel.cancel();
+        self.service.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_is_dropped_and_a_lease_is_durable_before_its_ack() {
-    if !is_root() {
-        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
-        eprintln!("SKIPPED: binding DHCP to an interface (SO_BINDTODEVICE) needs root");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port_pair();
-    let text = format!(
-        "interface: lo\nserver_address: 127.0.0.1\ndhcp:\n  subnet: 127.0.0.0/8\n  \
-         range: [127.0.0.100, 127.0.0.200]\n  port: {port}\ndefault_profile: tiny\n"
-    );
-    let config = Config::parse(&dir.path().join("ramboot.yaml"), &text).unwrap();
-    std::fs::create_dir_all(&config.paths.data).unwrap();
-    let store = Store::open(&config.database_url).await.unwrap();
-    let socket = ramboot::dhcp::io::bind_all(&config).unwrap();
-    let cancel = CancellationToken::new();
-    let service = {
-        let (config, store, cancel) = (config.clone(), store.clone(), cancel.clone());
-        tokio::spawn(async move { ramboot::dhcp::io::serve(&config, socket, store, cancel).await })
-    };
-
-    let client = UdpSocket::bind(("0.0.0.0", port + 1)).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let server = ("127.0.0.1", port);
+    let Some(dhcp) = LoopbackDhcp::start().await else { return };
+    let (client, store) = (&dhcp.client, &dhcp.store);
+    let server = ("127.0.0.1", dhcp.port);
     // Not DHCP at all; a truncated header; a BOOTREQUEST claiming a 255-byte hardware address.
     client.send_to(b"hello", server).unwrap();
     client.send_to(&[1u8; 100], server).unwrap();
@@ -63,14 +100,8 @@ async fn garbage_is_dropped_and_a_lease_is_durable_before_its_ack() {
     // A client renewing 127.0.0.150 (RENEWING: ciaddr set, unicast reply to it).
     let mac = [0x52, 0x54, 0, 0, 0, 0x42];
     let ip = Ipv4Addr::new(127, 0, 0, 150);
-    let mut request =
-        Message::new_with_id(7, ip, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &mac);
-    request.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
-    client.send_to(&request.to_vec().unwrap(), server).unwrap();
-
-    let mut buf = [0u8; 1500];
-    let (n, _) = client.recv_from(&mut buf).expect("an ACK after the garbage: the service survived it");
-    let ack = Message::decode(&mut Decoder::new(&buf[..n])).unwrap();
+    dhcp.send(&renewing(7, mac, ip));
+    let ack = dhcp.reply(Duration::from_secs(5)).expect("an ACK after the garbage: the service survived it");
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(ack.xid(), 7);
     assert_eq!(ack.yiaddr(), ip);
@@ -79,9 +110,54 @@ async fn garbage_is_dropped_and_a_lease_is_durable_before_its_ack() {
     let leases = store.active_leases(0).await.unwrap();
     assert_eq!(leases.len(), 1, "{leases:?}");
     assert_eq!((leases[0].ip, leases[0].mac.to_string().as_str()), (ip, "52:54:00:00:00:42"));
-    assert!(!service.is_finished(), "the DHCP service is still running");
-    cancel.cancel();
-    service.await.unwrap().unwrap();
+    dhcp.stop().await;
+}
+
+/// A RENEWING REQUEST for `ip` (ciaddr set).
+fn renewing(xid: u32, mac: [u8; 6], ip: Ipv4Addr) -> Message {
+    let any = Ipv4Addr::UNSPECIFIED;
+    let mut request = Message::new_with_id(xid, ip, any, any, any, &mac);
+    request.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+    request
+}
+
+/// Two servers on one database: another one granted 127.0.0.150 (this server's pool
+/// never heard of it). A client asking this server for it gets no ACK, the
+/// holder keeps it, and the client's next DISCOVER is offered another address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_another_server_leased_is_never_acked_twice() {
+    let Some(dhcp) = LoopbackDhcp::start().await else { return };
+    // "The other server": its own pool of connections to the same database.
+    let other_server = Store::open(&dhcp.config.database_url).await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let (holder, ip) = ("52:54:00:00:00:99".parse().unwrap(), Ipv4Addr::new(127, 0, 0, 150));
+    let grant = ramboot::store::LeaseOp::Grant {
+        mac: holder,
+        ip,
+        expires_at: now.as_secs() + 3600,
+        netboot: false,
+        known: false,
+        arch: None,
+        uuid: None,
+    };
+    assert_eq!(other_server.commit_dhcp(&[grant], now.as_millis() as i64).await.unwrap(), []);
+
+    let mac = [0x52, 0x54, 0, 0, 0, 0x43];
+    dhcp.send(&renewing(8, mac, ip));
+    assert!(dhcp.reply(Duration::from_secs(2)).is_none(), "no ACK for another server's lease");
+    let held: Vec<_> = dhcp.store.active_leases(0).await.unwrap().into_iter().map(|l| (l.ip, l.mac)).collect();
+    assert_eq!(held, [(ip, holder)], "the holder keeps it");
+
+    let any = Ipv4Addr::UNSPECIFIED;
+    let mut discover = Message::new_with_id(9, any, any, any, any, &mac);
+    discover.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+    discover.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    dhcp.send(&discover);
+    let offer = dhcp.reply(Duration::from_secs(5)).expect("an offer");
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_ne!(offer.yiaddr(), ip, "the pool learned the holder from the refusal");
+    other_server.close().await;
+    dhcp.stop().await;
 }
 
 #[test]

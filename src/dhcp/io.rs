@@ -22,7 +22,7 @@
 use crate::config::Config;
 use crate::pktinfo;
 use crate::store::LeaseState;
-use crate::store::{LeaseOp, Store, StoreError};
+use crate::store::{LeaseOp, Store, StoreError, Taken};
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder};
 use nix::sys::socket as sock;
@@ -260,7 +260,7 @@ pub async fn serve(
 
     let (inbox_tx, mut inbox) = mpsc::channel::<Datagram>(INBOX);
     let (commit_tx, commit_rx) = mpsc::channel::<Pending>(COMMIT_QUEUE);
-    let (failed_tx, mut failed) = mpsc::unbounded_channel::<Undo>();
+    let (failed_tx, mut failed) = mpsc::unbounded_channel::<Rollback>();
     let (hosts_tx, mut new_hosts) = mpsc::channel::<Hosts>(1);
     let sockets: Vec<(Arc<UdpSocket>, Port)> = listeners.iter().map(|l| (l.socket.clone(), l.port)).collect();
     let mut tasks = tokio::task::JoinSet::new();
@@ -295,7 +295,7 @@ pub async fn serve(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            Some(undo) = failed.recv() => leases.undo(&policy, &undo),
+            Some(rollback) = failed.recv() => rollback.apply(&policy, &mut leases),
             Some(fresh) = new_hosts.recv() => {
                 hosts = fresh;
                 install_reservations(&policy, &mut leases, &hosts);
@@ -545,21 +545,48 @@ fn note_disregarded(request: &Message, peer: SocketAddrV4, disregarded: relay::D
     }
 }
 
+/// What the committer hands back to the decider's pools.
+enum Rollback {
+    /// The batch failed: restore the binding this grant or release replaced.
+    Undo(Undo),
+    /// The database refused this grant: the address is another server's lease (or
+    /// quarantine). Undo it, and bind the address to its holder so it is not offered
+    /// again until that ends.
+    Taken { undo: Option<Undo>, taken: Taken },
+}
+
+impl Rollback {
+    fn apply(self, policy: &DhcpPolicy, leases: &mut Leases) {
+        match self {
+            Rollback::Undo(undo) => leases.undo(policy, &undo),
+            Rollback::Taken { undo, taken } => {
+                if let Some(undo) = undo {
+                    leases.undo(policy, &undo);
+                }
+                let kind = if taken.declined { BindingKind::Quarantined } else { BindingKind::Leased };
+                leases.restore(policy, taken.ip, taken.holder, taken.expires_at, kind);
+            }
+        }
+    }
+}
+
 /// Group commit: take everything queued, write it in one transaction, then send the
 /// replies that waited for it. A failed batch sends nothing and hands its undos back
-/// to the decider, newest first, which restores the bindings they replaced.
-async fn commit_loop(store: Store, mut queue: mpsc::Receiver<Pending>, failed: mpsc::UnboundedSender<Undo>) {
-    // The batch's lease changes and, alongside, the replies waiting for them and
-    // the pool changes to roll back if the batch fails.
+/// to the decider, newest first, which restores the bindings they replaced. A grant
+/// the database refused (another server holds the address) gets no ACK either; the
+/// client's retry is offered another address.
+async fn commit_loop(store: Store, mut queue: mpsc::Receiver<Pending>, failed: mpsc::UnboundedSender<Rollback>) {
+    // The batch's lease changes and, alongside (same index), the replies waiting for
+    // them and the pool changes to roll back if they are not saved.
     let mut ops: Vec<LeaseOp> = Vec::with_capacity(MAX_BATCH);
     let mut replies: Vec<Option<Outgoing>> = Vec::with_capacity(MAX_BATCH);
-    let mut undos: Vec<Undo> = Vec::with_capacity(MAX_BATCH);
+    let mut undos: Vec<Option<Undo>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
         let mut next = Some(first);
         while let Some(p) = next.take() {
             ops.push(p.op);
             replies.push(p.reply);
-            undos.extend(p.undo);
+            undos.push(p.undo);
             if ops.len() < MAX_BATCH {
                 next = queue.try_recv().ok();
             }
@@ -569,12 +596,27 @@ async fn commit_loop(store: Store, mut queue: mpsc::Receiver<Pending>, failed: m
         let result = store.commit_dhcp(&ops, now_ms).await;
         metrics::histogram!("ramboot_dhcp_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("ramboot_dhcp_commit_batch_size").record(ops.len() as f64);
-        ops.clear();
         match result {
-            Ok(()) => {
-                undos.clear();
-                for reply in replies.drain(..).flatten() {
-                    reply.send().await;
+            Ok(taken) => {
+                for ((op, reply), undo) in ops.drain(..).zip(replies.drain(..)).zip(undos.drain(..)) {
+                    let refused = match op {
+                        LeaseOp::Grant { ip, mac, .. } => taken.iter().find(|t| t.ip == ip).map(|t| (mac, t.clone())),
+                        _ => None,
+                    };
+                    match (refused, reply) {
+                        (Some((mac, taken)), reply) => {
+                            metrics::counter!("ramboot_dhcp_grants_taken_total").increment(1);
+                            if let Some(reply) = reply {
+                                count(reply.request_type, "taken_elsewhere");
+                            }
+                            info!(target: "ramboot::dhcp::decision", %mac, ip = %taken.ip, holder = %taken.holder,
+                                declined = taken.declined,
+                                "the database holds this address for another client (another server's lease): no ACK");
+                            let _ = failed.send(Rollback::Taken { undo, taken });
+                        }
+                        (None, Some(reply)) => reply.send().await,
+                        (None, None) => {}
+                    }
                 }
             }
             Err(e) => {
@@ -589,8 +631,9 @@ async fn commit_loop(store: Store, mut queue: mpsc::Receiver<Pending>, failed: m
                     error = %e,
                     "lease commit failed: no ACKs sent; the pool keeps the previous bindings (clients will retry)"
                 );
-                for undo in undos.drain(..).rev() {
-                    let _ = failed.send(undo);
+                ops.clear();
+                for undo in undos.drain(..).flatten().rev() {
+                    let _ = failed.send(Rollback::Undo(undo));
                 }
                 for reply in replies.drain(..).flatten() {
                     count(reply.request_type, "store_error");

@@ -48,6 +48,10 @@ fn describe() {
          iPXE handed to another iPXE build, a PXE ROM or an HTTP-boot client, or none"
     );
     metrics::describe_counter!(
+        "ramboot_dhcp_grants_taken_total",
+        "Grants the database refused because another server holds the address (no ACK sent; the pool learns the holder)"
+    );
+    metrics::describe_counter!(
         "ramboot_dhcp_commit_failures_total",
         "Lease batches the database refused (no ACKs sent, pool rolled back)"
     );

@@ -74,6 +74,16 @@ pub enum LeaseOp {
     },
 }
 
+/// A grant the database refused: the address is another MAC's (an unexpired active
+/// lease another server granted) or quarantined, until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub ip: Ipv4Addr,
+    pub holder: MacAddr,
+    pub expires_at: u64,
+    pub declined: bool,
+}
+
 /// `items` in consecutive chunks whose lengths are powers of two, at most 512.
 fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
@@ -150,6 +160,42 @@ impl LeaseBatch {
         }
         batch
     }
+}
+
+/// The batch's grants whose address the database holds for another MAC (an
+/// unexpired active lease that the batch does not end: its holder neither releases
+/// it nor moves elsewhere in `ops`) or in quarantine (an unexpired decline), at `now`.
+async fn taken_grants(tx: &mut Tx<'_>, ops: &[LeaseOp], now: u64) -> Result<Vec<Taken>, StoreError> {
+    let batch = LeaseBatch::coalesce(ops);
+    let lets_go = |holder: MacAddr, ip: Ipv4Addr| {
+        ops.iter().any(|op| match *op {
+            LeaseOp::Grant { mac, .. } => mac == holder,
+            LeaseOp::Release { mac, ip: at } | LeaseOp::Decline { mac, ip: at, .. } => mac == holder && at == ip,
+            LeaseOp::Seen { .. } => false,
+        })
+    };
+    let grants: Vec<&LeaseRow> = batch.rows.iter().filter(|r| r.state == LeaseState::Active).collect();
+    let mut taken = Vec::new();
+    for chunk in pow2_chunks(&grants) {
+        let marks = placeholders(&mut 2, chunk.len());
+        let sql = format!(
+            "SELECT ip, mac, expires_at, state FROM leases
+             WHERE state IN ('active', 'declined') AND expires_at > $1 AND ip IN ({marks})"
+        );
+        let mut q = tx.sql(&sql).bind(now as i64);
+        for row in chunk {
+            q = q.bind(row.ip.to_string());
+        }
+        for row in q.fetch_all().await? {
+            let held = lease_from_row(&row)?;
+            let declined = held.state == LeaseState::Declined;
+            let granted_to = chunk.iter().find(|g| g.ip == held.ip).map(|g| g.mac);
+            if declined || (granted_to != Some(held.mac) && !lets_go(held.mac, held.ip)) {
+                taken.push(Taken { ip: held.ip, holder: held.mac, expires_at: held.expires_at, declined });
+            }
+        }
+    }
+    Ok(taken)
 }
 
 fn lease_from_row(row: &Row) -> Result<Lease, StoreError> {
@@ -241,9 +287,24 @@ impl Store {
     /// other leases; upsert every touched address), so a batch costs a few database
     /// round trips, not a few per lease. Only network-boot clients and known nodes
     /// touch the nodes table.
-    pub async fn commit_dhcp(&self, ops: &[LeaseOp], now_ms: i64) -> Result<(), StoreError> {
-        let batch = LeaseBatch::coalesce(ops);
+    ///
+    /// A grant of an address the database says is someone else's is left out (the
+    /// rest of the batch is written) and returned: the caller must not send its ACK.
+    /// With one server this never happens; with several on one database it is how a
+    /// lost race shows (write transactions are serialised, so check and write are one
+    /// step).
+    pub async fn commit_dhcp(&self, ops: &[LeaseOp], now_ms: i64) -> Result<Vec<Taken>, StoreError> {
         let mut tx = self.dhcp_writer.begin_write().await?;
+        let now = u64::try_from(now_ms / 1000).unwrap_or(0);
+        let taken = taken_grants(&mut tx, ops, now).await?;
+        let kept: std::borrow::Cow<[LeaseOp]> = if taken.is_empty() {
+            std::borrow::Cow::Borrowed(ops)
+        } else {
+            let refused = |op: &LeaseOp| matches!(op, LeaseOp::Grant { ip, .. } if taken.iter().any(|t| t.ip == *ip));
+            std::borrow::Cow::Owned(ops.iter().filter(|op| !refused(op)).cloned().collect())
+        };
+        let ops = &kept[..];
+        let batch = LeaseBatch::coalesce(ops);
         // Statements come in power-of-two sizes up to 512 rows, so each shape is
         // parsed and prepared once per connection and then reused from sqlx's cache
         // (SQLite allows 32,766 bound parameters per statement, PostgreSQL 65,535).
@@ -319,7 +380,7 @@ impl Store {
         if new_nodes {
             self.hosts_changed();
         }
-        Ok(())
+        Ok(taken)
     }
 }
 
@@ -348,12 +409,15 @@ mod tests {
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].ip, Ipv4Addr::new(10, 0, 0, 6));
         // Another MAC taking over an expired address replaces the row: never two leases per IP.
-        s.commit_dhcp(&[grant(other, [10, 0, 0, 6], 700, false)], 3).await.unwrap();
+        let taken = s.commit_dhcp(&[grant(other, [10, 0, 0, 6], 700, false)], 601_000).await.unwrap();
+        assert_eq!(taken, []);
         let on_6: Vec<_> = s.live_bindings(0).await.unwrap().into_iter().filter(|l| l.ip.octets()[3] == 6).collect();
         assert_eq!(on_6.len(), 1);
         assert_eq!(on_6[0].mac, other);
         // A decline keeps the row, as a quarantine until `until`.
-        s.commit_dhcp(&[LeaseOp::Decline { mac: other, ip: Ipv4Addr::new(10, 0, 0, 6), until: 900 }], 4).await.unwrap();
+        s.commit_dhcp(&[LeaseOp::Decline { mac: other, ip: Ipv4Addr::new(10, 0, 0, 6), until: 900 }], 602_000)
+            .await
+            .unwrap();
         let q = s.live_bindings(800).await.unwrap();
         assert!(q.iter().any(|l| l.state == LeaseState::Declined && l.expires_at == 900));
         assert!(s.live_bindings(900).await.unwrap().iter().all(|l| l.state != LeaseState::Declined));
@@ -395,10 +459,38 @@ mod tests {
             grant(MAC, [10, 0, 0, 3], 700, false),
             grant(other, [10, 0, 0, 1], 800, false),
         ];
-        s.commit_dhcp(&ops, 2).await.unwrap();
+        assert_eq!(s.commit_dhcp(&ops, 2).await.unwrap(), [], "MAC moves off .1 in this batch");
         let mut live: Vec<_> =
             s.live_bindings(0).await.unwrap().into_iter().map(|l| (l.ip.octets()[3], l.mac)).collect();
         live.sort();
         assert_eq!(live, [(1, other), (3, MAC)]);
+    }
+
+    /// What a second server sharing the database sees: an address the other one
+    /// granted (its pool did not know) is refused, the rest of the batch is written,
+    /// and the holder keeps it; a quarantine is respected too.
+    #[tokio::test]
+    async fn a_grant_of_an_address_another_server_holds_is_refused_alone() {
+        let (s, _d) = store().await;
+        let (other, third) = (MacAddr([2, 0, 0, 0, 0, 2]), MacAddr([2, 0, 0, 0, 0, 3]));
+        s.commit_dhcp(&[grant(other, [10, 0, 0, 7], 500, false)], 1_000).await.unwrap();
+        let taken = s
+            .commit_dhcp(&[grant(MAC, [10, 0, 0, 7], 600, true), grant(third, [10, 0, 0, 8], 600, false)], 2_000)
+            .await
+            .unwrap();
+        assert_eq!(taken, [Taken { ip: Ipv4Addr::new(10, 0, 0, 7), holder: other, expires_at: 500, declined: false }]);
+        let mut live: Vec<_> =
+            s.live_bindings(2).await.unwrap().into_iter().map(|l| (l.ip.octets()[3], l.mac)).collect();
+        live.sort();
+        assert_eq!(live, [(7, other), (8, third)], "the refused grant wrote nothing");
+        assert!(s.node_by_mac(MAC).await.unwrap().is_none(), "nor made a node");
+        // Once the lease has expired, the address can be granted.
+        assert_eq!(s.commit_dhcp(&[grant(MAC, [10, 0, 0, 7], 900, true)], 501_000).await.unwrap(), []);
+        // A quarantine (decline) holds against everyone until it ends.
+        s.commit_dhcp(&[LeaseOp::Decline { mac: third, ip: Ipv4Addr::new(10, 0, 0, 8), until: 950 }], 502_000)
+            .await
+            .unwrap();
+        let taken = s.commit_dhcp(&[grant(other, [10, 0, 0, 8], 990, false)], 503_000).await.unwrap();
+        assert_eq!(taken.iter().map(|t| (t.ip.octets()[3], t.declined)).collect::<Vec<_>>(), [(8, true)]);
     }
 }

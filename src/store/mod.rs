@@ -26,7 +26,7 @@ mod volumes;
 
 pub use boots::{Boot, BootImage, BootStart, Release};
 pub use events::{Event, EventKind};
-pub use leases::{Lease, LeaseOp, LeaseState};
+pub use leases::{Lease, LeaseOp, LeaseState, Taken};
 pub use nodes::{default_hostname, Node, NodeChange, NodeFilter};
 pub use tokens::{Role, TokenInfo};
 pub use volumes::Volume;
