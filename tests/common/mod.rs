@@ -161,8 +161,15 @@ impl TestServer {
     }
 
     /// What a DHCP grant does: `mac` holds a lease on `ip` (and is a node).
+    /// `mac` now holds the lease on `ip`: whoever held it releases it first, as a
+    /// client leaving the address would (the store refuses a grant of an address
+    /// another MAC holds).
     pub fn lease_at(&self, mac: &str, ip: std::net::Ipv4Addr) {
-        let op = ramboot::store::LeaseOp::Grant {
+        let mut ops = Vec::new();
+        if let Some(holder) = self.handle.block_on(self.store.lease_holder(ip, 0)).unwrap() {
+            ops.push(ramboot::store::LeaseOp::Release { mac: holder, ip });
+        }
+        ops.push(ramboot::store::LeaseOp::Grant {
             mac: mac.parse().unwrap(),
             ip,
             expires_at: u64::from(u32::MAX),
@@ -170,8 +177,9 @@ impl TestServer {
             known: false,
             arch: Some("bios".into()),
             uuid: None,
-        };
-        self.handle.block_on(self.store.commit_dhcp(&[op], 1)).unwrap();
+        });
+        let taken = self.handle.block_on(self.store.commit_dhcp(&ops, 1)).unwrap();
+        assert_eq!(taken, [], "the lease on {ip} went to {mac}");
     }
 
     /// `mac` holds the lease on 127.0.0.1, where this test's requests come from.
