@@ -302,15 +302,7 @@ fn proxy_dhcp_beside_dnsmasq_boots_ipxe() {
     let qemu = spawn_pxe_vm(&mut topo, &ns, &tap, VM_MAC, &console, &qemu_log);
     let logs = [("console", &console), ("dnsmasq", &dnsmasq_log), ("ramboot", &ramboot_log)];
     let context = || logs_context(25, &logs);
-    // Until ramboot serves the script for this MAC (the handler's span names it).
-    let served = format!("boot{{mac={VM_MAC} source=");
-    topo.wait_alive(
-        qemu,
-        Duration::from_secs(75),
-        "ramboot to serve /boot.ipxe for the VM",
-        || log_text(&ramboot_log).contains(&served).then_some(()),
-        context,
-    );
+    ramboot.wait_script_served(&mut topo, qemu, VM_MAC, Duration::from_secs(75), context);
     let boot_time = vm_started.elapsed();
     topo.stop(qemu, Duration::from_secs(3));
     // The handover and the script are counted by how the iPXE was recognised.
@@ -464,14 +456,7 @@ fn a_second_dhcp_server_without_a_boot_file_does_not_win_the_race() {
     let qemu = spawn_pxe_vm(&mut topo, &ns, &tap, RACE_MAC, &console, &qemu_log);
     let logs = [("console", &console), ("dnsmasq", &dnsmasq_log), ("ramboot", &ramboot_log)];
     let context = || logs_context(25, &logs);
-    let served = format!("boot{{mac={RACE_MAC} source=");
-    topo.wait_alive(
-        qemu,
-        Duration::from_secs(75),
-        "ramboot to serve /boot.ipxe for the VM",
-        || log_text(&ramboot_log).contains(&served).then_some(()),
-        context,
-    );
+    ramboot.wait_script_served(&mut topo, qemu, RACE_MAC, Duration::from_secs(75), context);
     // dnsmasq made its offer too (late, or the race is not one).
     wait_for(
         Duration::from_secs(20),

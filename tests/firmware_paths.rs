@@ -56,22 +56,6 @@ fn serve_ipxe_binary(lab: &Lab, paths: &[&str], file: &str) -> Vec<u8> {
     bytes
 }
 
-/// Wait while `qemu` runs until ramboot has served the boot script to `mac` (the
-/// handler's span names the MAC).
-fn wait_script_served(lab: &mut Lab, qemu: usize, ramboot: &Ramboot, mac: &str, context: impl Fn() -> String) {
-    let served = format!("boot{{mac={mac} source=");
-    let log = &ramboot.log;
-    let fetched = || log_text(log).contains(&served).then_some(());
-    lab.wait_alive(qemu, VM_STEP, "the VM's iPXE to fetch /boot.ipxe from ramboot", fetched, context);
-}
-
-/// Wait while `qemu` runs until ramboot has logged a complete TFTP read of `file`.
-fn wait_tftp_read(lab: &mut Lab, qemu: usize, ramboot: &Ramboot, file: &str, context: impl Fn() -> String) {
-    let log = &ramboot.log;
-    let read = || (!tftp_reads(&log_text(log), file).is_empty()).then_some(());
-    lab.wait_alive(qemu, VM_STEP, &format!("ramboot to serve {file} completely"), read, context);
-}
-
 /// The value of `key=` in a log line (up to the next space).
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let at = line.find(&format!(" {key}="))? + key.len() + 2;
@@ -148,9 +132,9 @@ fn uefi_firmware_pxe_boots_through_ramboot_proxy_beside_dnsmasq() {
     let dnsmasq_log = lab.path("dnsmasq.log");
     let logs = [("console", &console), ("qemu", &qemu_log), ("dnsmasq", &dnsmasq_log), ("ramboot", &ramboot.log)];
     let context = || logs_context(30, &logs);
-    wait_tftp_read(&mut lab, qemu, &ramboot, "snponly.efi", context);
+    ramboot.wait_tftp_read(&mut lab, qemu, "snponly.efi", VM_STEP, context);
     let loaded_at = vm_started.elapsed();
-    wait_script_served(&mut lab, qemu, &ramboot, UEFI_MAC, context);
+    ramboot.wait_script_served(&mut lab, qemu, UEFI_MAC, VM_STEP, context);
     let script_at = vm_started.elapsed();
     let (log, packets) = finish(&mut lab, (&[qemu, dnsmasq], tcpdump), &ramboot, &pcap);
 
@@ -324,9 +308,9 @@ fn a_1400_mtu_boot_network_that_drops_fragments_still_loads_ipxe_over_tftp() {
     let qemu = spawn_pxe_vm(&mut lab, &ns, &tap, MTU_MAC, &console, &qemu_log);
     let logs = [("console", &console), ("qemu", &qemu_log), ("ramboot", &ramboot.log)];
     let context = || logs_context(30, &logs);
-    wait_tftp_read(&mut lab, qemu, &ramboot, "undionly.kpxe", context);
+    ramboot.wait_tftp_read(&mut lab, qemu, "undionly.kpxe", VM_STEP, context);
     let loaded_at = vm_started.elapsed();
-    wait_script_served(&mut lab, qemu, &ramboot, MTU_MAC, context);
+    ramboot.wait_script_served(&mut lab, qemu, MTU_MAC, VM_STEP, context);
     let script_at = vm_started.elapsed();
     let after_boot = dropped_fragments(&ns);
     let (log, packets) = finish(&mut lab, (&[qemu], tcpdump), &ramboot, &pcap);
@@ -412,9 +396,9 @@ fn a_bios_rom_loads_ipxe_over_tftp_from_a_secondary_server_address() {
     let qemu = spawn_pxe_vm(&mut lab, &ns, &tap, SECONDARY_MAC, &console, &qemu_log);
     let logs = [("console", &console), ("qemu", &qemu_log), ("ramboot", &ramboot.log)];
     let context = || logs_context(30, &logs);
-    wait_tftp_read(&mut lab, qemu, &ramboot, "undionly.kpxe", context);
+    ramboot.wait_tftp_read(&mut lab, qemu, "undionly.kpxe", VM_STEP, context);
     let loaded_at = vm_started.elapsed();
-    wait_script_served(&mut lab, qemu, &ramboot, SECONDARY_MAC, context);
+    ramboot.wait_script_served(&mut lab, qemu, SECONDARY_MAC, VM_STEP, context);
     let script_at = vm_started.elapsed();
     let (log, packets) = finish(&mut lab, (&[qemu], tcpdump), &ramboot, &pcap);
     // ramboot's offers named the secondary address as next-server.

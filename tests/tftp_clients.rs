@@ -465,26 +465,13 @@ fn ipxe_rom_in_qemu_fetches_undionly_over_tftp_with_its_own_options() {
     let context = || logs_context(25, &logs);
 
     // 1. The ROM's transfer, complete: ramboot logs it on the last block's ACK.
-    lab.wait_alive(
-        qemu,
-        Duration::from_secs(45),
-        "ramboot to log a complete TFTP read of undionly.kpxe",
-        || (!tftp_reads(&log_text(&ramboot_log), "undionly.kpxe").is_empty()).then_some(()),
-        context,
-    );
+    ramboot.wait_tftp_read(&mut lab, qemu, "undionly.kpxe", Duration::from_secs(45), context);
     let transferred_at = vm_started.elapsed();
     // The chained iPXE is next: from now on, this MAC is `chained` for dnsmasq.
     dnsmasq.mark_chained(VM_MAC);
 
     // 2. The chained iPXE's script fetch (the handler's span names the MAC).
-    let served = format!("boot{{mac={VM_MAC} source=");
-    lab.wait_alive(
-        qemu,
-        Duration::from_secs(45),
-        "the chained iPXE to fetch /boot.ipxe from ramboot",
-        || log_text(&ramboot_log).contains(&served).then_some(()),
-        context,
-    );
+    ramboot.wait_script_served(&mut lab, qemu, VM_MAC, Duration::from_secs(45), context);
     let script_at = vm_started.elapsed();
     // ... and ramboot's answer, on the console. Its DHCP listens where no client
     // sends here, so the VM is no node of its: the script request is refused (only

@@ -165,8 +165,12 @@ impl LeaseBatch {
 /// The batch's grants whose address the database holds for another MAC (an
 /// unexpired active lease that the batch does not end: its holder neither releases
 /// it nor moves elsewhere in `ops`) or in quarantine (an unexpired decline), at `now`.
-async fn taken_grants(tx: &mut Tx<'_>, ops: &[LeaseOp], now: u64) -> Result<Vec<Taken>, StoreError> {
-    let batch = LeaseBatch::coalesce(ops);
+async fn taken_grants(
+    tx: &mut Tx<'_>,
+    ops: &[LeaseOp],
+    batch: &LeaseBatch,
+    now: u64,
+) -> Result<Vec<Taken>, StoreError> {
     let lets_go = |holder: MacAddr, ip: Ipv4Addr| {
         ops.iter().any(|op| match *op {
             LeaseOp::Grant { mac, .. } => mac == holder,
@@ -186,10 +190,12 @@ async fn taken_grants(tx: &mut Tx<'_>, ops: &[LeaseOp], now: u64) -> Result<Vec<
         for row in chunk {
             q = q.bind(row.ip.to_string());
         }
+        // Renewals find their own rows: look each up by address, not by a scan.
+        let grantee: HashMap<Ipv4Addr, MacAddr> = chunk.iter().map(|g| (g.ip, g.mac)).collect();
         for row in q.fetch_all().await? {
             let held = lease_from_row(&row)?;
             let declined = held.state == LeaseState::Declined;
-            let granted_to = chunk.iter().find(|g| g.ip == held.ip).map(|g| g.mac);
+            let granted_to = grantee.get(&held.ip).copied();
             if declined || (granted_to != Some(held.mac) && !lets_go(held.mac, held.ip)) {
                 taken.push(Taken { ip: held.ip, holder: held.mac, expires_at: held.expires_at, declined });
             }
@@ -296,15 +302,18 @@ impl Store {
     pub async fn commit_dhcp(&self, ops: &[LeaseOp], now_ms: i64) -> Result<Vec<Taken>, StoreError> {
         let mut tx = self.dhcp_writer.begin_write().await?;
         let now = u64::try_from(now_ms / 1000).unwrap_or(0);
-        let taken = taken_grants(&mut tx, ops, now).await?;
+        let mut batch = LeaseBatch::coalesce(ops);
+        let taken = taken_grants(&mut tx, ops, &batch, now).await?;
+        // Only a batch that lost a race is coalesced again, without those grants.
         let kept: std::borrow::Cow<[LeaseOp]> = if taken.is_empty() {
             std::borrow::Cow::Borrowed(ops)
         } else {
             let refused = |op: &LeaseOp| matches!(op, LeaseOp::Grant { ip, .. } if taken.iter().any(|t| t.ip == *ip));
-            std::borrow::Cow::Owned(ops.iter().filter(|op| !refused(op)).cloned().collect())
+            let kept: Vec<LeaseOp> = ops.iter().filter(|op| !refused(op)).cloned().collect();
+            batch = LeaseBatch::coalesce(&kept);
+            std::borrow::Cow::Owned(kept)
         };
         let ops = &kept[..];
-        let batch = LeaseBatch::coalesce(ops);
         // Statements come in power-of-two sizes up to 512 rows, so each shape is
         // parsed and prepared once per connection and then reused from sqlx's cache
         // (SQLite allows 32,766 bound parameters per statement, PostgreSQL 65,535).

@@ -102,6 +102,37 @@ pub fn leases_of(url: &str, mac: &str) -> Vec<Lease> {
     store_leases(url).into_iter().filter(|l| l.mac.to_string() == mac).collect()
 }
 
+impl Ramboot {
+    /// Wait while the lab's process `qemu` runs, at most `timeout`, until this ramboot
+    /// has served the boot script to `mac` (the handler's span names the MAC).
+    pub fn wait_script_served(
+        &self,
+        lab: &mut Lab,
+        qemu: usize,
+        mac: &str,
+        timeout: Duration,
+        context: impl Fn() -> String,
+    ) {
+        let served = format!("boot{{mac={mac} source=");
+        let fetched = || log_text(&self.log).contains(&served).then_some(());
+        lab.wait_alive(qemu, timeout, "the VM's iPXE to fetch /boot.ipxe from ramboot", fetched, context);
+    }
+
+    /// Wait while `qemu` runs, at most `timeout`, until this ramboot has logged a
+    /// complete TFTP read of `file`.
+    pub fn wait_tftp_read(
+        &self,
+        lab: &mut Lab,
+        qemu: usize,
+        file: &str,
+        timeout: Duration,
+        context: impl Fn() -> String,
+    ) {
+        let read = || (!tftp_reads(&log_text(&self.log), file).is_empty()).then_some(());
+        lab.wait_alive(qemu, timeout, &format!("ramboot to log a complete TFTP read of {file}"), read, context);
+    }
+}
+
 /// The lines of ramboot's log for complete TFTP reads of `file` (logged on the last
 /// block's ACK, in the span `tftp{client=… file=…}`).
 pub fn tftp_reads<'a>(log: &'a str, file: &str) -> Vec<&'a str> {
