@@ -11,7 +11,7 @@ pub use ramboot_core::dhcp::ipxe::{ForeignIpxe, IpxePolicy};
 pub use ramboot_core::dhcp::policy::{default_boot_files, DhcpMode, DhcpPolicy, SubnetConfig, UnknownClients};
 pub use ramboot_core::lifecycle::Lifecycle;
 use serde::Deserialize;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,6 +61,22 @@ struct WireConfig {
     ipv6_ra: bool,
     #[serde(default)]
     retention: WireRetention,
+    #[serde(default)]
+    cluster: WireCluster,
+}
+
+/// `cluster:` the other ramboot servers that share this one's PostgreSQL database
+/// and answer the same boot network (see docs/design/two-servers.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireCluster {
+    /// This server's name in events and logs (default: its `server_address`).
+    name: Option<String>,
+    /// The other servers' boot URLs as nodes reach them (`http://10.0.0.2:8080`):
+    /// boot scripts and stage one fall back to them, blobs are fetched from them,
+    /// and each server offers addresses from its own share of every range.
+    #[serde(default)]
+    peers: Vec<String>,
 }
 
 /// `retention:` how long history is kept before the pruning task deletes it; 0 keeps
@@ -437,6 +453,65 @@ pub struct Config {
     pub iscsi: Option<IscsiConfig>,
     pub ipv6_ra: bool,
     pub retention: crate::retention::Retention,
+    pub cluster: Cluster,
+}
+
+/// This server among those sharing one database (`cluster:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Named in events and logs: which server served a boot.
+    pub name: String,
+    /// The other servers' HTTP addresses on the boot network, as configured.
+    pub peers: Vec<SocketAddrV4>,
+    /// The part of every range this server offers from first.
+    pub share: ramboot_core::dhcp::pool::Share,
+}
+
+impl Cluster {
+    /// Every server's boot URL, this one's first: where nodes may fetch from.
+    pub fn boot_urls(&self, own: &str) -> Vec<String> {
+        std::iter::once(own.to_string()).chain(self.peers.iter().map(|p| format!("http://{p}"))).collect()
+    }
+
+    /// Read `cluster:`: a peer is `http://<IPv4>:<port>` (nodes reach it by
+    /// address, without DNS), never this server itself, and listed once. The share
+    /// is this server's position among all of them, sorted, so every server
+    /// computes the same split from the same list.
+    fn from_wire(wire: WireCluster, own: SocketAddrV4, sqlite: bool) -> Result<Cluster, String> {
+        let mut peers = Vec::new();
+        for text in &wire.peers {
+            let addr = text
+                .strip_prefix("http://")
+                .map(|rest| rest.trim_end_matches('/'))
+                .and_then(|hostport| hostport.parse::<SocketAddrV4>().ok())
+                .ok_or_else(|| format!("cluster.peers: {text:?} is not http://<IPv4 address>:<port>"))?;
+            if addr == own {
+                return Err(format!("cluster.peers: {text:?} is this server (server_address and http.listen's port)"));
+            }
+            if peers.contains(&addr) {
+                return Err(format!("cluster.peers: {text:?} is listed twice"));
+            }
+            peers.push(addr);
+        }
+        if sqlite && !peers.is_empty() {
+            return Err("cluster.peers: servers share leases through one PostgreSQL database; \
+                        set `database: postgres://…` (a SQLite file belongs to one server)"
+                .into());
+        }
+        let name = wire.name.unwrap_or_else(|| own.ip().to_string());
+        if !valid_server_name(&name) {
+            return Err(format!("cluster.name {name:?}: 1-63 letters, digits, '.', '-' or '_'"));
+        }
+        let mut all: Vec<SocketAddrV4> = peers.iter().copied().chain([own]).collect();
+        all.sort();
+        let index = all.iter().position(|a| *a == own).unwrap_or(0);
+        let share = ramboot_core::dhcp::pool::Share { index: index as u32, of: all.len() as u32 };
+        Ok(Cluster { name, peers, share })
+    }
+}
+
+fn valid_server_name(name: &str) -> bool {
+    (1..=63).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 pub use crate::tftp::TftpLimits;
@@ -702,6 +777,8 @@ impl Config {
         check_database_url(&database_url, wire.database_password_file.is_some())?;
         let database_password_file =
             wire.database_password_file.map(|p| if p.is_absolute() { p } else { base.join(p) });
+        let own = SocketAddrV4::new(wire.server_address, wire.http.listen.port());
+        let cluster = Cluster::from_wire(wire.cluster, own, !crate::store::is_postgres_url(&database_url))?;
         Ok(Config {
             interface: wire.interface,
             server_address: wire.server_address,
@@ -738,6 +815,7 @@ impl Config {
                 wire.retention.events_days,
                 wire.retention.finished_boots_days,
             ),
+            cluster,
         })
     }
 
@@ -754,6 +832,7 @@ impl Config {
             offer_hold_secs: self.dhcp.offer_hold.as_secs(),
             quarantine_secs: self.dhcp.decline_quarantine.as_secs(),
             ipxe: self.dhcp.ipxe.clone(),
+            share: self.cluster.share,
         }
     }
 
@@ -826,6 +905,48 @@ default_profile: tiny
         }
         let err = Config::parse(Path::new("r.yaml"), &format!("{GOOD}database_password_file: pw\n")).unwrap_err();
         assert!(err.to_string().contains("is for a postgres:// database"), "{err}");
+    }
+
+    #[test]
+    fn peers_split_the_ranges_the_same_way_on_every_server() {
+        let pg = "database: postgres:///ramboot?host=/var/run/postgresql\n";
+        let on = |own: &str, peers: &str| {
+            let text = GOOD.replace("10.213.0.1\ndhcp", &format!("{own}\ndhcp"));
+            Config::parse(Path::new("r.yaml"), &format!("{text}{pg}cluster:\n  peers: [{peers}]\n")).unwrap()
+        };
+        let a = on("10.213.0.1", "http://10.213.0.3:8080, http://10.213.0.2:8080/");
+        let b = on("10.213.0.2", "http://10.213.0.1:8080, http://10.213.0.3:8080");
+        let c = on("10.213.0.3", "http://10.213.0.2:8080, http://10.213.0.1:8080");
+        let shares: Vec<_> = [&a, &b, &c].iter().map(|c| (c.cluster.share.index, c.cluster.share.of)).collect();
+        assert_eq!(shares, [(0, 3), (1, 3), (2, 3)]);
+        assert_eq!(a.cluster.name, "10.213.0.1");
+        assert_eq!(
+            a.cluster.boot_urls(&a.boot_url()),
+            ["http://10.213.0.1:8080", "http://10.213.0.3:8080", "http://10.213.0.2:8080"]
+        );
+        // Alone, a server has the whole range.
+        let alone = Config::parse(Path::new("r.yaml"), GOOD).unwrap();
+        assert_eq!(alone.cluster.share, ramboot_core::dhcp::pool::Share::WHOLE);
+    }
+
+    #[test]
+    fn bad_peers_are_refused_with_the_reason() {
+        let pg = "database: postgres:///ramboot?host=/var/run/postgresql\n";
+        for (peers, why) in [
+            ("[10.213.0.2]", "is not http://<IPv4 address>:<port>"),
+            ("[\"http://ramboot-b:8080\"]", "is not http://<IPv4 address>:<port>"),
+            ("[\"http://10.213.0.1:8080\"]", "is this server"),
+            ("[\"http://10.213.0.2:8080\", \"http://10.213.0.2:8080\"]", "listed twice"),
+        ] {
+            let text = format!("{GOOD}{pg}cluster:\n  peers: {peers}\n");
+            let err = Config::parse(Path::new("r.yaml"), &text).unwrap_err().to_string();
+            assert!(err.contains(why), "{peers}: {err}");
+        }
+        let text = format!("{GOOD}cluster:\n  peers: [\"http://10.213.0.2:8080\"]\n");
+        let err = Config::parse(Path::new("r.yaml"), &text).unwrap_err().to_string();
+        assert!(err.contains("one PostgreSQL database"), "{err}");
+        let text = format!("{GOOD}{pg}cluster:\n  name: \"a b\"\n");
+        assert!(Config::parse(Path::new("r.yaml"), &text).is_err());
     }
 
     #[test]

@@ -106,6 +106,7 @@ fn policy() -> DhcpPolicy {
         offer_hold_secs: 60,
         quarantine_secs: 600,
         ipxe: Default::default(),
+        share: Default::default(),
     }
 }
 

@@ -33,6 +33,7 @@ pub fn decide_bytes(bytes: &[u8]) {
         offer_hold_secs: 60,
         quarantine_secs: 600,
         ipxe: Default::default(),
+        share: Default::default(),
     };
     let mut leases = Leases::new(&policy);
     let hosts = Hosts::default();

@@ -5,6 +5,7 @@
 
 use super::classify::Arch;
 use super::ipxe::IpxePolicy;
+use super::pool::Share;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -81,4 +82,6 @@ pub struct DhcpPolicy {
     pub quarantine_secs: u64,
     /// Which iPXE runs the boot script (see [`super::ipxe`]).
     pub ipxe: IpxePolicy,
+    /// The part of each range this server offers from first (see [`Share`]).
+    pub share: Share,
 }

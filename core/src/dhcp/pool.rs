@@ -50,6 +50,31 @@ impl Undo {
     }
 }
 
+/// This server's share of every range when several servers allocate from one
+/// lease database: the addresses whose number modulo `of` is `index`. A server
+/// offers from its own share first and from the rest only when that is full, so
+/// two servers rarely offer one address at the same moment (the database still
+/// settles the rare race). One server alone has the whole range (`of` = 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: u32,
+    pub of: u32,
+}
+
+impl Share {
+    pub const WHOLE: Share = Share { index: 0, of: 1 };
+
+    fn contains(&self, ip: u32) -> bool {
+        self.of <= 1 || ip % self.of == self.index
+    }
+}
+
+impl Default for Share {
+    fn default() -> Share {
+        Share::WHOLE
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LeasePool {
     /// Dynamic ranges, inclusive, sorted and disjoint.
@@ -63,10 +88,16 @@ pub struct LeasePool {
     /// Where the next search for a free address starts: spreads allocations and
     /// keeps the common case (a fresh pool) O(1).
     cursor: u32,
+    share: Share,
 }
 
 impl LeasePool {
     pub fn new(ranges: &[(Ipv4Addr, Ipv4Addr)]) -> Self {
+        LeasePool::with_share(ranges, Share::WHOLE)
+    }
+
+    /// A pool that offers from `share` of its ranges first.
+    pub fn with_share(ranges: &[(Ipv4Addr, Ipv4Addr)], share: Share) -> Self {
         let ranges: Vec<(u32, u32)> = ranges.iter().map(|(a, b)| (u32::from(*a), u32::from(*b))).collect();
         let cursor = ranges.first().map_or(0, |r| r.0);
         LeasePool {
@@ -76,6 +107,7 @@ impl LeasePool {
             reserved: HashMap::new(),
             reserved_for: HashMap::new(),
             cursor,
+            share,
         }
     }
 
@@ -187,12 +219,25 @@ impl LeasePool {
         Some(Ipv4Addr::from(chosen))
     }
 
+    /// The next free address after the cursor: in this server's share if any is
+    /// free, else anywhere in the ranges.
     fn next_free(&mut self, mac: MacAddr, now: u64) -> Option<u32> {
+        let share = self.share;
+        self.next_free_where(mac, now, |ip| share.contains(ip)).or_else(|| {
+            if share.of > 1 {
+                self.next_free_where(mac, now, |_| true)
+            } else {
+                None
+            }
+        })
+    }
+
+    fn next_free_where(&mut self, mac: MacAddr, now: u64, wanted: impl Fn(u32) -> bool) -> Option<u32> {
         let total: u64 = self.ranges.iter().map(|(a, b)| u64::from(b - a) + 1).sum();
         let mut ip = self.cursor;
         for _ in 0..total {
             ip = self.wrap(ip);
-            if self.assignable(ip, mac) && self.is_free(ip, mac, now) {
+            if wanted(ip) && self.assignable(ip, mac) && self.is_free(ip, mac, now) {
                 self.cursor = ip.wrapping_add(1);
                 return Some(ip);
             }
@@ -337,6 +382,25 @@ mod tests {
     }
     fn mac(n: u8) -> MacAddr {
         MacAddr([2, 0, 0, 0, 0, n])
+    }
+
+    #[test]
+    fn a_server_offers_from_its_share_until_it_is_full() {
+        let range = [(Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 15))];
+        let mut pools: Vec<LeasePool> =
+            (0..2).map(|index| LeasePool::with_share(&range, Share { index, of: 2 })).collect();
+        let mac = |n: u8| MacAddr([2, 0, 0, 0, 0, n]);
+        let offered: Vec<Vec<u8>> = pools
+            .iter_mut()
+            .enumerate()
+            .map(|(p, pool)| {
+                (0..3).map(|n| pool.offer(mac(p as u8 * 10 + n), None, 0, 60).unwrap().octets()[3]).collect()
+            })
+            .collect();
+        // Disjoint halves: no address offered by both servers.
+        assert_eq!(offered, [vec![10, 12, 14], vec![11, 13, 15]]);
+        // A full share spills over into the rest of the range.
+        assert_eq!(pools[0].offer(mac(9), None, 0, 60), Some(Ipv4Addr::new(10, 0, 0, 15)));
     }
 
     #[test]

@@ -121,6 +121,7 @@ mod tests {
             offer_hold_secs: 60,
             quarantine_secs: 600,
             ipxe: Default::default(),
+            share: Default::default(),
         }
     }
 

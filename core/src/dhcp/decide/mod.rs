@@ -98,7 +98,7 @@ pub struct Leases {
 impl Leases {
     pub fn new(policy: &DhcpPolicy) -> Leases {
         Leases {
-            pools: policy.subnets.iter().map(|s| LeasePool::new(&s.ranges)).collect(),
+            pools: policy.subnets.iter().map(|s| LeasePool::with_share(&s.ranges, policy.share)).collect(),
             handovers: Handovers::default(),
         }
     }
@@ -123,6 +123,14 @@ impl Leases {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Another server sharing the lease database released `ip` (learned from the
+    /// database's change feed): free for anyone, remembered as `mac`'s.
+    pub fn released_elsewhere(&mut self, policy: &DhcpPolicy, mac: MacAddr, ip: Ipv4Addr) {
+        if let Some(i) = Self::index_of(policy, ip) {
+            self.pools[i].release(mac, ip);
         }
     }
 

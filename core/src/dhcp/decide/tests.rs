@@ -35,6 +35,7 @@ pub(super) fn policy() -> DhcpPolicy {
         offer_hold_secs: 60,
         quarantine_secs: 900,
         ipxe: Default::default(),
+        share: Default::default(),
     }
 }
 
