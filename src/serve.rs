@@ -112,6 +112,15 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
     {
+        let (store, cancel) = (store.clone(), cancel.clone());
+        tasks.spawn(async move {
+            // Other servers' changes (PostgreSQL); on SQLite it returns at once.
+            store.listen(cancel.clone()).await;
+            cancel.cancelled().await;
+            Ok(())
+        });
+    }
+    {
         let (cfg, store, cancel) = (config.clone(), store.clone(), cancel.clone());
         tasks.spawn(
             async move { dhcp::io::serve(&cfg, dhcp_listeners, store, cancel).await.map_err(anyhow::Error::from) },

@@ -22,7 +22,7 @@
 use crate::config::Config;
 use crate::pktinfo;
 use crate::store::LeaseState;
-use crate::store::{LeaseOp, Store, StoreError, Taken};
+use crate::store::{LeaseChange, LeaseNotice, LeaseOp, Store, StoreError, Taken};
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder};
 use nix::sys::socket as sock;
@@ -235,17 +235,10 @@ pub async fn serve(
     let mut policy = cfg.dhcp_policy();
     policy.ipxe.missing = missing_boot_files(&cfg.paths.ipxe, &policy);
     let mut leases = Leases::new(&policy);
-    let (now, _) = unix_now();
-    let bindings = store.live_bindings(now).await?;
-    let mut restored = 0usize;
-    for b in &bindings {
-        let kind = if b.state == LeaseState::Declined { BindingKind::Quarantined } else { BindingKind::Leased };
-        if leases.restore(&policy, b.ip, b.mac, b.expires_at, kind) {
-            restored += 1;
-        } else {
-            warn!(ip = %b.ip, mac = %b.mac, "stored lease is outside every configured subnet; ignored");
-        }
-    }
+    // Subscribed before the table is read, so no lease another server commits
+    // meanwhile is missed.
+    let mut notices = store.lease_notices();
+    let restored = restore_leases(&store, &policy, &mut leases).await?;
     let mut hosts_watch = store.watch_hosts();
     let mut hosts = load_hosts(&store).await?;
     install_reservations(&policy, &mut leases, &hosts);
@@ -296,6 +289,13 @@ pub async fn serve(
             biased;
             _ = cancel.cancelled() => break,
             Some(rollback) = failed.recv() => rollback.apply(&policy, &mut leases),
+            Some(notice) = notices.next() => match &*notice {
+                LeaseNotice::Changed(rows) => learn_leases(&policy, &mut leases, rows),
+                LeaseNotice::Resync => match restore_leases(&store, &policy, &mut leases).await {
+                    Ok(n) => info!(leases = n, "DHCP pools reloaded from the lease table"),
+                    Err(e) => warn!(error = %e, "reloading leases failed; keeping the pools as they are"),
+                },
+            },
             Some(fresh) = new_hosts.recv() => {
                 hosts = fresh;
                 install_reservations(&policy, &mut leases, &hosts);
@@ -325,6 +325,40 @@ pub async fn serve(
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Bind every live lease of the table in the pools (at start, and after change
+/// notices may have been missed); returns how many.
+async fn restore_leases(store: &Store, policy: &DhcpPolicy, leases: &mut Leases) -> Result<usize, StoreError> {
+    let (now, _) = unix_now();
+    let mut restored = 0usize;
+    for b in store.live_bindings(now).await? {
+        let kind = if b.state == LeaseState::Declined { BindingKind::Quarantined } else { BindingKind::Leased };
+        if leases.restore(policy, b.ip, b.mac, b.expires_at, kind) {
+            restored += 1;
+        } else {
+            warn!(ip = %b.ip, mac = %b.mac, "stored lease is outside every configured subnet; ignored");
+        }
+    }
+    Ok(restored)
+}
+
+/// Another server committed these lease rows: the pools follow the table, so this
+/// server neither offers those addresses nor forgets a client the other served
+/// (its RENEW, REBIND or INIT-REBOOT is answered here too).
+fn learn_leases(policy: &DhcpPolicy, leases: &mut Leases, rows: &[LeaseChange]) {
+    for r in rows {
+        match r.state {
+            LeaseState::Active => {
+                leases.restore(policy, r.ip, r.mac, r.expires_at, BindingKind::Leased);
+            }
+            LeaseState::Declined => {
+                leases.restore(policy, r.ip, r.mac, r.expires_at, BindingKind::Quarantined);
+            }
+            LeaseState::Released => leases.released_elsewhere(policy, r.mac, r.ip),
+        }
+    }
+    metrics::counter!("ramboot_dhcp_leases_learned_total").increment(rows.len() as u64);
 }
 
 async fn load_hosts(store: &Store) -> Result<Hosts, StoreError> {

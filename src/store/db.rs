@@ -22,13 +22,21 @@
 //! JSON syntax ([`Backend::label_equals`]), and which error codes mean "the
 //! database will not take writes" ([`write_refused`]).
 
+use super::changes::Changes;
 use super::WriteRefused;
 use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow, Postgres};
 use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnection, SqlitePool, SqliteRow};
 
-/// The database behind the facade (see "Store" in docs/architecture.md).
+/// The database behind the facade (see "Store" in docs/architecture.md), and
+/// who in this process hears what its commits changed.
 #[derive(Clone)]
-pub(super) enum Backend {
+pub(super) struct Backend {
+    pub pool: Pool,
+    pub changes: std::sync::Arc<Changes>,
+}
+
+#[derive(Clone)]
+pub(super) enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -143,11 +151,21 @@ impl<'q> Stmt<'_, 'q> {
 /// Somewhere to run a statement: the pool, or an open transaction.
 pub(super) trait Sql {
     fn sql<'q>(&mut self, sql: &'q str) -> Stmt<'_, 'q>;
+    /// An event row was written: event watchers wake once it is committed.
+    fn wrote_events(&mut self);
 }
 
 impl Sql for &Backend {
     fn sql<'q>(&mut self, sql: &'q str) -> Stmt<'_, 'q> {
         Backend::sql(self, sql)
+    }
+
+    fn wrote_events(&mut self) {
+        // Outside a transaction the statement has committed already. On
+        // PostgreSQL the database's trigger tells every server, this one too.
+        if matches!(self.pool, Pool::Sqlite(_)) {
+            self.changes.events_changed();
+        }
     }
 }
 
@@ -155,26 +173,51 @@ impl<'a> Sql for Tx<'a> {
     fn sql<'q>(&mut self, sql: &'q str) -> Stmt<'_, 'q> {
         Tx::sql(self, sql)
     }
+
+    fn wrote_events(&mut self) {
+        self.wrote_events = true;
+    }
 }
 
 /// A write transaction of either back-end.
-pub(super) enum Tx<'a> {
+pub(super) struct Tx<'a> {
+    conn: TxConn<'a>,
+    changes: std::sync::Arc<Changes>,
+    wrote_events: bool,
+}
+
+enum TxConn<'a> {
     Sqlite(sqlx::Transaction<'a, Sqlite>),
     Postgres(sqlx::Transaction<'a, Postgres>),
 }
 
 impl Tx<'_> {
     pub fn sql<'q>(&mut self, sql: &'q str) -> Stmt<'_, 'q> {
-        match self {
-            Tx::Sqlite(tx) => Stmt::Sqlite(tx, sqlx::query(sql)),
-            Tx::Postgres(tx) => Stmt::Postgres(tx, sqlx::query(sql)),
+        match &mut self.conn {
+            TxConn::Sqlite(tx) => Stmt::Sqlite(tx, sqlx::query(sql)),
+            TxConn::Postgres(tx) => Stmt::Postgres(tx, sqlx::query(sql)),
         }
     }
 
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.conn, TxConn::Postgres(_))
+    }
+
+    /// The change fan-out of the store this transaction writes to.
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            Tx::Sqlite(tx) => tx.commit().await,
-            Tx::Postgres(tx) => tx.commit().await,
+        match self.conn {
+            TxConn::Sqlite(tx) => {
+                tx.commit().await?;
+                if self.wrote_events {
+                    self.changes.events_changed();
+                }
+                Ok(())
+            }
+            TxConn::Postgres(tx) => tx.commit().await,
         }
     }
 }
@@ -185,9 +228,9 @@ const PG_WRITE_LOCK: i64 = 0x72_61_6d_62_6f_6f_74;
 
 impl Backend {
     pub fn sql<'q>(&self, sql: &'q str) -> Stmt<'_, 'q> {
-        match self {
-            Backend::Sqlite(pool) => Stmt::SqlitePool(pool, sqlx::query(sql)),
-            Backend::Postgres(pool) => Stmt::PgPool(pool, sqlx::query(sql)),
+        match &self.pool {
+            Pool::Sqlite(pool) => Stmt::SqlitePool(pool, sqlx::query(sql)),
+            Pool::Postgres(pool) => Stmt::PgPool(pool, sqlx::query(sql)),
         }
     }
 
@@ -202,29 +245,30 @@ impl Backend {
     /// wait is bounded by the connection's `lock_timeout` (SQLite's busy timeout),
     /// past which the write is refused as busy.
     pub async fn begin_write(&self) -> Result<Tx<'static>, sqlx::Error> {
-        match self {
-            Backend::Sqlite(pool) => Ok(Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)),
-            Backend::Postgres(pool) => {
-                let mut tx = Tx::Postgres(pool.begin().await?);
-                tx.sql("SELECT pg_advisory_xact_lock($1)").bind(PG_WRITE_LOCK).execute().await?;
-                Ok(tx)
-            }
+        let conn = match &self.pool {
+            Pool::Sqlite(pool) => TxConn::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(pool) => TxConn::Postgres(pool.begin().await?),
+        };
+        let mut tx = Tx { conn, changes: self.changes.clone(), wrote_events: false };
+        if tx.is_postgres() {
+            tx.sql("SELECT pg_advisory_xact_lock($1)").bind(PG_WRITE_LOCK).execute().await?;
         }
+        Ok(tx)
     }
 
     /// A condition: the node's labels (a JSON object in a text column) map the key
     /// bound as `$key` to the value bound as `$value`.
     pub fn label_equals(&self, key: usize, value: usize) -> String {
-        match self {
-            Backend::Sqlite(_) => format!("json_extract(labels, '$.' || json_quote(${key})) = ${value}"),
-            Backend::Postgres(_) => format!("(labels::jsonb ->> ${key}) = ${value}"),
+        match self.pool {
+            Pool::Sqlite(_) => format!("json_extract(labels, '$.' || json_quote(${key})) = ${value}"),
+            Pool::Postgres(_) => format!("(labels::jsonb ->> ${key}) = ${value}"),
         }
     }
 
     pub async fn close(&self) {
-        match self {
-            Backend::Sqlite(pool) => pool.close().await,
-            Backend::Postgres(pool) => pool.close().await,
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres(pool) => pool.close().await,
         }
     }
 }

@@ -98,6 +98,7 @@ pub(super) async fn insert(db: &mut impl Sql, event: &NewEvent<'_>, at_ms: i64) 
     .bind(event.message)
     .execute()
     .await?;
+    db.wrote_events();
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The `leases` table: one row per address DHCP has handed out, released or
 //! quarantined, written in batches by [`Store::commit_dhcp`].
 
+use super::changes::{self, LeaseChange};
 use super::db::placeholders;
 use super::events::{self, EventKind, NewEvent};
 use super::nodes;
@@ -97,6 +98,22 @@ fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
+/// Tell the other servers on this PostgreSQL database which lease rows this
+/// transaction wrote (delivered only if it commits; see `changes`). The older
+/// active lease a grant ends for its MAC is not listed: a server that learns the
+/// grant moves the MAC off its old address by itself.
+async fn notify_lease_changes(tx: &mut Tx<'_>, rows: &[LeaseChange]) -> Result<(), StoreError> {
+    if !tx.is_postgres() {
+        return Ok(());
+    }
+    let origin = tx.changes().origin;
+    for chunk in rows.chunks(changes::ROWS_PER_NOTICE) {
+        let payload = changes::encode_leases(origin, chunk);
+        tx.sql("SELECT pg_notify($1, $2)").bind(changes::LEASES_CHANNEL).bind(payload).execute().await?;
+    }
+    Ok(())
+}
+
 /// Values per row of the lease upsert: ip, mac, expires_at, state, updated_at_ms.
 const LEASE_COLUMNS: usize = 5;
 
@@ -105,15 +122,7 @@ const LEASE_COLUMNS: usize = 5;
 struct LeaseBatch {
     /// MACs granted an address: their other active leases end.
     granted_macs: Vec<MacAddr>,
-    rows: Vec<LeaseRow>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct LeaseRow {
-    ip: Ipv4Addr,
-    mac: MacAddr,
-    expires_at: u64,
-    state: LeaseState,
+    rows: Vec<LeaseChange>,
 }
 
 impl LeaseBatch {
@@ -124,7 +133,7 @@ impl LeaseBatch {
         let mut batch = LeaseBatch::default();
         let mut row_of_ip: HashMap<Ipv4Addr, usize> = HashMap::new();
         let mut active_of_mac: HashMap<MacAddr, Ipv4Addr> = HashMap::new();
-        let mut put = |batch: &mut LeaseBatch, row: LeaseRow| match row_of_ip.get(&row.ip) {
+        let mut put = |batch: &mut LeaseBatch, row: LeaseChange| match row_of_ip.get(&row.ip) {
             Some(&i) => batch.rows[i] = row,
             None => {
                 row_of_ip.insert(row.ip, batch.rows.len());
@@ -135,24 +144,24 @@ impl LeaseBatch {
             match *op {
                 LeaseOp::Grant { mac, ip, expires_at, .. } => {
                     if let Some(old) = active_of_mac.insert(mac, ip).filter(|old| *old != ip) {
-                        put(&mut batch, LeaseRow { ip: old, mac, expires_at: 0, state: LeaseState::Released });
+                        put(&mut batch, LeaseChange { ip: old, mac, expires_at: 0, state: LeaseState::Released });
                     }
                     if !batch.granted_macs.contains(&mac) {
                         batch.granted_macs.push(mac);
                     }
-                    put(&mut batch, LeaseRow { ip, mac, expires_at, state: LeaseState::Active });
+                    put(&mut batch, LeaseChange { ip, mac, expires_at, state: LeaseState::Active });
                 }
                 LeaseOp::Release { mac, ip } => {
                     if active_of_mac.get(&mac) == Some(&ip) {
                         active_of_mac.remove(&mac);
                     }
-                    put(&mut batch, LeaseRow { ip, mac, expires_at: 0, state: LeaseState::Released });
+                    put(&mut batch, LeaseChange { ip, mac, expires_at: 0, state: LeaseState::Released });
                 }
                 LeaseOp::Decline { mac, ip, until } => {
                     if active_of_mac.get(&mac) == Some(&ip) {
                         active_of_mac.remove(&mac);
                     }
-                    put(&mut batch, LeaseRow { ip, mac, expires_at: until, state: LeaseState::Declined });
+                    put(&mut batch, LeaseChange { ip, mac, expires_at: until, state: LeaseState::Declined });
                 }
                 // No lease row: another server owns the address.
                 LeaseOp::Seen { .. } => {}
@@ -178,7 +187,7 @@ async fn taken_grants(
             LeaseOp::Seen { .. } => false,
         })
     };
-    let grants: Vec<&LeaseRow> = batch.rows.iter().filter(|r| r.state == LeaseState::Active).collect();
+    let grants: Vec<&LeaseChange> = batch.rows.iter().filter(|r| r.state == LeaseState::Active).collect();
     let mut taken = Vec::new();
     for chunk in pow2_chunks(&grants) {
         let marks = placeholders(&mut 2, chunk.len());
@@ -385,6 +394,7 @@ impl Store {
                 events::insert(&mut tx, &NewEvent::note(node, None, EventKind::Dhcp, &message), now_ms).await?;
             }
         }
+        notify_lease_changes(&mut tx, &batch.rows).await?;
         tx.commit().await?;
         if new_nodes {
             self.hosts_changed();

@@ -15,6 +15,7 @@
 //! write succeeds once the cause is gone (nothing to restart).
 
 mod boots;
+mod changes;
 mod db;
 mod events;
 mod leases;
@@ -25,19 +26,22 @@ mod tokens;
 mod volumes;
 
 pub use boots::{Boot, BootImage, BootStart, Release};
+pub use changes::{LeaseChange, LeaseNotice, LeaseNotices};
 pub use events::{Event, EventKind};
 pub use leases::{Lease, LeaseOp, LeaseState, Taken};
 pub use nodes::{default_hostname, Node, NodeChange, NodeFilter};
 pub use tokens::{Role, TokenInfo};
 pub use volumes::Volume;
 
-use db::{Backend, Row, Sql, Tx};
+use changes::Changes;
+use db::{Backend, Pool, Row, Sql, Tx};
 use ramboot_core::node::{MacAddr, NodeState};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub type NodeId = i64;
@@ -140,9 +144,6 @@ pub struct Store {
     /// of ACKs never waits for a connection behind HTTP's queries (SQLite has one
     /// writer anyway; this takes the pool out of the wait).
     dhcp_writer: Backend,
-    /// Bumped whenever what DHCP knows about nodes changes (a node appears or goes,
-    /// its hostname or reservation changes): the DHCP service reloads its view.
-    hosts_rev: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -188,9 +189,36 @@ impl Store {
     /// [`Store::open`], with PostgreSQL's password read from `password_file` (which
     /// must be private to this user, as the `secrets:` file).
     pub async fn connect(url: &str, password_file: Option<&Path>) -> Result<Store, StoreError> {
-        let (backend, dhcp_writer) =
+        let changes = Changes::new();
+        let (pool, dhcp_writer) =
             if is_postgres_url(url) { open_postgres(url, password_file).await? } else { open_sqlite(url).await? };
-        Ok(Store { backend, dhcp_writer, hosts_rev: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)) })
+        Ok(Store {
+            backend: Backend { pool, changes: changes.clone() },
+            dhcp_writer: Backend { pool: dhcp_writer, changes },
+        })
+    }
+
+    /// Hear what other servers sharing this database change, until `cancel`
+    /// (PostgreSQL's LISTEN/NOTIFY; a SQLite file has one server, nothing to hear).
+    pub async fn listen(&self, cancel: tokio_util::sync::CancellationToken) {
+        if let Pool::Postgres(pool) = &self.backend.pool {
+            changes::listen(pool.clone(), self.backend.changes.clone(), cancel).await;
+        }
+    }
+
+    /// A receiver that changes whenever an event may have been added (by any
+    /// server, once [`Store::listen`] runs).
+    pub fn watch_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes().watch_events()
+    }
+
+    /// Leases other servers commit (PostgreSQL, once [`Store::listen`] runs).
+    pub fn lease_notices(&self) -> LeaseNotices {
+        self.changes().subscribe_leases()
+    }
+
+    fn changes(&self) -> &Arc<Changes> {
+        &self.backend.changes
     }
 
     pub async fn close(&self) {
@@ -198,18 +226,19 @@ impl Store {
         self.backend.close().await;
     }
 
-    /// A receiver that changes whenever DHCP's view of the nodes may have changed.
+    /// A receiver that changes whenever DHCP's view of the nodes may have changed
+    /// (a node appears or goes, its hostname or reservation changes).
     pub fn watch_hosts(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.hosts_rev.subscribe()
+        self.changes().watch_hosts()
     }
 
     fn hosts_changed(&self) {
-        self.hosts_rev.send_modify(|rev| *rev += 1);
+        self.changes().hosts_changed();
     }
 }
 
 /// The HTTP pool and DHCP's lease writer of a SQLite database.
-async fn open_sqlite(url: &str) -> Result<(Backend, Backend), StoreError> {
+async fn open_sqlite(url: &str) -> Result<(Pool, Pool), StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -226,13 +255,13 @@ async fn open_sqlite(url: &str) -> Result<(Backend, Backend), StoreError> {
     sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
     // Opened on first use: a CLI or test that never commits leases never opens it.
     let dhcp_writer = pool_options(1).connect_lazy_with(options);
-    Ok((Backend::Sqlite(pool), Backend::Sqlite(dhcp_writer)))
+    Ok((Pool::Sqlite(pool), Pool::Sqlite(dhcp_writer)))
 }
 
 /// The HTTP pool and DHCP's lease writer of a PostgreSQL database. Commits are
 /// synchronous (PostgreSQL's default, kept): a commit has reached the server's
 /// WAL on disk before DHCP ACKs what it holds.
-async fn open_postgres(url: &str, password_file: Option<&Path>) -> Result<(Backend, Backend), StoreError> {
+async fn open_postgres(url: &str, password_file: Option<&Path>) -> Result<(Pool, Pool), StoreError> {
     let mut options = PgConnectOptions::from_str(url)?
         .application_name("ramboot")
         .options([("lock_timeout", format!("{}ms", WRITE_WAIT.as_millis()))]);
@@ -243,7 +272,7 @@ async fn open_postgres(url: &str, password_file: Option<&Path>) -> Result<(Backe
     let pool = pool_options(8).connect_with(options.clone()).await.map_err(unreachable)?;
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;
     let dhcp_writer = pool_options(1).connect_lazy_with(options);
-    Ok((Backend::Postgres(pool), Backend::Postgres(dhcp_writer)))
+    Ok((Pool::Postgres(pool), Pool::Postgres(dhcp_writer)))
 }
 
 /// "database D as user U on host:port" (or "on socket DIR"): which server a

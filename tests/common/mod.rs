@@ -129,6 +129,11 @@ impl TestServer {
                 std::fs::create_dir_all(&config.paths.data).unwrap();
                 ramboot::http::metrics::handle();
                 let store = Store::open(&config.database_url).await.unwrap();
+                // Event streams hear of new events as `ramboot serve`'s do.
+                tokio::spawn({
+                    let (store, shutdown) = (store.clone(), shutdown.clone());
+                    async move { store.listen(shutdown).await }
+                });
                 for (name, role, hash) in tokens {
                     store.create_token(name, role, &hash, 0).await.unwrap();
                 }

@@ -435,9 +435,8 @@ async fn list_events(
     Ok(Json(all(events)))
 }
 
-/// How often the stream looks for new events. Polling the store (not an in-process
-/// channel) means every server sharing a database streams every event.
-const STREAM_POLL: Duration = Duration::from_millis(500);
+/// How soon a stream whose read of the event log failed tries again.
+const STREAM_RETRY: Duration = Duration::from_secs(1);
 
 #[utoipa::path(get, path = "/events/stream", tag = "events", params(StreamQuery),
     responses((status = 200, description = "Server-Sent Events: one `event` message (JSON `Event`) per event", content_type = "text/event-stream", body = String),
@@ -469,11 +468,17 @@ async fn event_stream(
         Some(_) => return Err(ApiError::bad_request("after must not be negative")),
         None => state.store.last_event_id().await?,
     };
+    // Woken by every committed event, this server's or (on PostgreSQL, through
+    // LISTEN/NOTIFY) another's sharing the database; subscribed before the first
+    // read, so nothing committed after it is missed.
+    let mut changed = state.store.watch_events();
     let stream = async_stream::stream! {
         let _slot = slot;
         loop {
-            match state.store.all_events(after, MAX_PAGE).await {
+            changed.mark_unchanged();
+            let (full_page, failed) = match state.store.all_events(after, MAX_PAGE).await {
                 Ok(events) => {
+                    let full_page = events.len() as i64 >= MAX_PAGE;
                     for e in events {
                         after = e.id;
                         let id = e.id.to_string();
@@ -481,12 +486,21 @@ async fn event_stream(
                             yield Ok(SseEvent::default().event("event").id(id).data(data));
                         }
                     }
+                    (full_page, false)
                 }
-                Err(e) => tracing::warn!(error = %e, "event stream: reading events failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream: reading events failed");
+                    (false, true)
+                }
+            };
+            if full_page {
+                continue;
             }
             tokio::select! {
                 _ = state.shutdown.cancelled() => break,
-                _ = tokio::time::sleep(STREAM_POLL) => {}
+                woken = changed.changed() => if woken.is_err() { break },
+                // Only a failed read is retried on a timer.
+                _ = tokio::time::sleep(STREAM_RETRY), if failed => {}
             }
         }
     };
