@@ -14,6 +14,7 @@
 mod common;
 
 use common::netns::{assert_no_errors_or_naks, leases_of, store_leases, Dhclient, Ramboot, ServeInLab, DHCLIENT};
+use common::perfdhcp::{PerfReport, PERFDHCP};
 use nix::sys::signal::{kill, Signal};
 use ramboot::store::{Lease, Store};
 use ramboot_lab::harness::{
@@ -30,7 +31,6 @@ const SERVER_IP: &str = "10.66.0.1";
 const RANGE: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 66, 1, 0), Ipv4Addr::new(10, 66, 60, 255)];
 const CLIENT_MAC: &str = "02:66:00:00:00:01";
 const DHCLIENT_LEASE_SECS: u32 = 12;
-const PERFDHCP: &[&str] = &["/usr/sbin/perfdhcp", "/usr/bin/perfdhcp"];
 
 /// `udhcpc` as a program and leading arguments: the standalone applet link, or busybox.
 fn udhcpc_command() -> Option<Vec<String>> {
@@ -357,72 +357,6 @@ fn udhcpc_gets_renews_and_releases_a_lease() {
 
 // ---------------------------------------------------------------------------------
 // perfdhcp: 10,000 clients
-
-/// perfdhcp's `***Statistics for: X***` blocks as `X → key → value`, plus the
-/// `***Leases for X***` lists (`-x l`) as `X → [(mac, yiaddr)]`.
-#[derive(Debug, Default)]
-struct PerfReport {
-    stats: BTreeMap<String, BTreeMap<String, String>>,
-    leases: BTreeMap<String, Vec<(String, String)>>,
-    malformed: Option<u64>,
-}
-
-impl PerfReport {
-    fn parse(text: &str) -> PerfReport {
-        let mut report = PerfReport::default();
-        enum Section {
-            None,
-            Stats(String),
-            Leases(String),
-        }
-        let mut section = Section::None;
-        for line in text.lines() {
-            let line = line.trim();
-            if let Some(name) = line.strip_prefix("***Statistics for: ").and_then(|l| l.strip_suffix("***")) {
-                section = Section::Stats(name.to_string());
-            } else if let Some(name) = line.strip_prefix("***Leases for ").and_then(|l| l.strip_suffix("***")) {
-                report.leases.entry(name.to_string()).or_default();
-                section = Section::Leases(name.to_string());
-            } else if line.starts_with("***") {
-                section = Section::None;
-            } else if let Some(n) = line.strip_prefix("Malformed packets: ") {
-                report.malformed = n.trim().parse().ok();
-            } else {
-                match &section {
-                    Section::Stats(name) => {
-                        if let Some((k, v)) = line.split_once(": ") {
-                            report.stats.entry(name.clone()).or_default().insert(k.to_string(), v.to_string());
-                        }
-                    }
-                    Section::Leases(name) => {
-                        // `client_id,address,prefix`; the client id is 01 + MAC (hex).
-                        let cols: Vec<&str> = line.split(',').collect();
-                        if cols.len() >= 2 && cols[0] != "client_id" {
-                            let mac = cols[0]
-                                .get(2..14)
-                                .map(|hex| {
-                                    hex.as_bytes()
-                                        .chunks(2)
-                                        .map(|c| std::str::from_utf8(c).unwrap().to_ascii_lowercase())
-                                        .collect::<Vec<_>>()
-                                        .join(":")
-                                })
-                                .unwrap_or_default();
-                            report.leases.get_mut(name).unwrap().push((mac, cols[1].to_string()));
-                        }
-                    }
-                    Section::None => {}
-                }
-            }
-        }
-        report
-    }
-
-    fn num(&self, exchange: &str, key: &str) -> u64 {
-        let v = self.stats.get(exchange).and_then(|s| s.get(key)).unwrap_or_else(|| panic!("no {exchange} {key}"));
-        v.trim().parse().unwrap_or_else(|_| panic!("{exchange} {key}: {v:?}"))
-    }
-}
 
 /// Clients perfdhcp simulates (distinct MACs), and the exchange rate it offers them at.
 /// Leases are group-committed (one fsync per batch), so even the debug build keeps

@@ -42,6 +42,14 @@ impl TestDb {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// Why a test that needs PostgreSQL cannot run: `RAMBOOT_TEST_POSTGRES` is unset.
+    #[allow(dead_code)] // for the integration tests that need PostgreSQL
+    pub fn postgres_missing() -> Option<String> {
+        std::env::var(ENV).ok().filter(|v| !v.is_empty()).is_none().then(|| {
+            format!("{ENV} names no PostgreSQL server (servers share leases only through PostgreSQL; .ci/run sets it)")
+        })
+    }
 }
 
 impl Drop for TestDb {

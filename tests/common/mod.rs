@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod perfdhcp;
 // The store's own test-database helper, shared rather than copied.
 #[path = "../../src/store/testdb.rs"]
 pub mod testdb;

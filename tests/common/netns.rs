@@ -25,6 +25,10 @@ pub struct Ramboot {
 /// Running this package's `ramboot serve` in a [`Lab`].
 pub trait ServeInLab {
     fn start_ramboot(&mut self, ns: &str, config: &str, rust_log: &str) -> Ramboot;
+    /// [`ServeInLab::start_ramboot`] for one of several servers in the lab: its
+    /// config, data, profiles, iPXE directory and log under `<lab>/<name>/`; its
+    /// database the lab's (so servers of one lab share it on PostgreSQL).
+    fn start_named_ramboot(&mut self, name: &str, ns: &str, config: &str, rust_log: &str) -> Ramboot;
     fn stop_ramboot(&mut self, ramboot: &Ramboot) -> String;
     fn database_url(&self) -> String;
 }
@@ -35,19 +39,29 @@ impl ServeInLab for Lab {
     /// `rust_log`, and wait until DHCP serves: the log line, or (should its wording
     /// change) the DHCP socket bound, where requests queue until the service reads.
     fn start_ramboot(&mut self, ns: &str, config: &str, rust_log: &str) -> Ramboot {
-        let root = self.dir().to_path_buf();
+        self.start_named_ramboot("", ns, config, rust_log)
+    }
+
+    fn start_named_ramboot(&mut self, name: &str, ns: &str, config: &str, rust_log: &str) -> Ramboot {
+        let root = self.dir().join(name);
         for d in ["data", "profiles", "ipxe"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         let paths =
             format!("paths:\n  data: {r}/data\n  profiles: {r}/profiles\n  ipxe: {r}/ipxe\n", r = root.display());
         let database = lab_postgres_url(self).map(|url| format!("database: \"{url}\"\n")).unwrap_or_default();
-        let config_path = self.path("ramboot.yaml");
+        let config_path = root.join("ramboot.yaml");
         std::fs::write(&config_path, format!("{config}{database}{paths}")).unwrap();
-        let log = self.path("ramboot.log");
+        let log = root.join("ramboot.log");
         let program =
             [env!("CARGO_BIN_EXE_ramboot"), "serve", "--config", &config_path.display().to_string()].map(String::from);
-        let idx = self.spawn("ramboot", ns, &program, &log, &[("RUST_LOG", rust_log), ("NO_COLOR", "1")]);
+        let idx = self.spawn(
+            if name.is_empty() { "ramboot" } else { name },
+            ns,
+            &program,
+            &log,
+            &[("RUST_LOG", rust_log), ("NO_COLOR", "1")],
+        );
         let ready = |text: &str| text.contains("DHCP serving") || udp_port_bound(ns, 67);
         self.wait_ready(idx, &log, Duration::from_secs(30), "\"DHCP serving\"", ready);
         Ramboot { idx, log }

@@ -302,6 +302,33 @@ fn renewing_uses_ciaddr_and_rebinding_after_loss_is_reinstated() {
     assert_eq!(kind_of(&reply_of(h.run(&req, 50)).0), Some(MessageType::Ack));
 }
 
+/// What a server learns of a peer's lease through the database's change feed
+/// (`Leases::restore`) makes it answer that client as its own: RENEW, REBIND and
+/// INIT-REBOOT are ACKed, a DISCOVER is offered the same address, and nobody else
+/// is offered it until the peer's release is learned too.
+#[test]
+fn a_lease_learned_from_another_server_is_served_here() {
+    let mut h = Harness::new();
+    let ip = Ipv4Addr::new(10, 213, 0, 150);
+    assert!(h.leases.restore(&h.policy, ip, MacAddr(MAC), 1000, BindingKind::Leased));
+    let mut renew = request(MAC, MessageType::Request);
+    renew.set_ciaddr(ip);
+    let (ack, grant, _) = reply_of(h.run(&renew, 50));
+    assert_eq!((kind_of(&ack), ack.yiaddr()), (Some(MessageType::Ack), ip));
+    assert_eq!(grant.unwrap().expires_at, 50 + 3600);
+    let init_reboot = with_opts(request(MAC, MessageType::Request), [DhcpOption::RequestedIpAddress(ip)]);
+    let (ack, _, _) = reply_of(h.run(&init_reboot, 60));
+    assert_eq!((kind_of(&ack), ack.yiaddr()), (Some(MessageType::Ack), ip));
+    let (offer, _, _) = reply_of(h.run(&request(MAC, MessageType::Discover), 70));
+    assert_eq!(offer.yiaddr(), ip);
+    let other = [2, 0, 0, 0, 0, 8];
+    let (offer, _, _) = reply_of(h.run(&request(other, MessageType::Discover), 70));
+    assert_ne!(offer.yiaddr(), ip);
+    // The peer's release, learned: free for others, still remembered as MAC's.
+    h.leases.released_elsewhere(&h.policy, MacAddr(MAC), ip);
+    assert!(h.leases.pools[0].binding(ip).is_none());
+}
+
 #[test]
 fn release_frees_the_address() {
     let mut h = Harness::new();

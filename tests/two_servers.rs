@@ -1,0 +1,281 @@
+//! Two `ramboot serve` on one PostgreSQL database, both answering one boot network
+//! (issue 13): Kea's `perfdhcp` loads both at once, then one server is killed with
+//! SIGKILL under load. After each phase an audit reads the lease table: every
+//! (MAC, address) pair a client was ACKed is active there, and no address is active
+//! for two MACs. Then the survivor answers the clients only the dead server knew.
+//!
+//! The servers, each in its own namespace, and the load generators' namespace are
+//! ports of one bridge. perfdhcp runs as a relay (giaddr = its address), one instance
+//! per server, each with its own clients; both servers allocate from the same range.
+//!
+//! Needs PostgreSQL (`RAMBOOT_TEST_POSTGRES`, as the PostgreSQL pass of `.ci/run`
+//! sets it): a SQLite file belongs to one server, so without it the test skips.
+
+mod common;
+
+use common::netns::{store_leases, Ramboot, ServeInLab};
+use common::perfdhcp::{PerfReport, PERFDHCP};
+use nix::sys::signal::{kill, Signal};
+use ramboot::store::LeaseState;
+use ramboot_lab::harness::{bridge_port_ns, bridge_with_tap, log_text, read_lossy, tail, tool, wait_for, Lab};
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const SERVERS: [&str; 2] = ["10.67.0.1", "10.67.0.3"];
+/// One perfdhcp per server, each relaying from an address of its own.
+const RELAYS: [&str; 2] = ["10.67.0.2", "10.67.0.4"];
+const RANGE: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 67, 1, 0), Ipv4Addr::new(10, 67, 80, 255)];
+/// Clients per perfdhcp in the first phase: 10,000 in all, against both at once.
+const CLIENTS: u64 = 5_000;
+/// Exchanges per second each perfdhcp offers (the load is bounded by count and time;
+/// speed is measured in bench/dhcp).
+const RATE: u64 = 250;
+/// DISCOVERs perfdhcp may send past its -n on a busy machine.
+const SLIP: u64 = 5;
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Two servers on one bridge, and the namespace perfdhcp runs in.
+struct Fleet {
+    lab: Lab,
+    server_ns: Vec<String>,
+    servers: Vec<Option<Ramboot>>,
+    client_ns: String,
+}
+
+impl Fleet {
+    fn new(mut lab: Lab) -> Fleet {
+        let pid = std::process::id();
+        let switch = lab.netns(&format!("rbw{pid}"));
+        // The bridge's own tap carries nothing: the bridge is a switch here.
+        let (bridge, _tap) = bridge_with_tap(&switch, 'w', &[]);
+        let mut server_ns = Vec::new();
+        for (i, ip) in SERVERS.iter().enumerate() {
+            let tag = ['a', 'b'][i];
+            let (ns, _) = bridge_port_ns(&mut lab, (&switch, &bridge), tag, &[format!("{ip}/16")], 1500);
+            server_ns.push(ns);
+        }
+        let relays: Vec<String> = RELAYS.iter().map(|ip| format!("{ip}/16")).collect();
+        let (client_ns, _) = bridge_port_ns(&mut lab, (&switch, &bridge), 'c', &relays, 1500);
+        Fleet { lab, server_ns, servers: vec![None, None], client_ns }
+    }
+
+    /// Start server `i` with the other as its peer, and wait until DHCP serves.
+    fn start(&mut self, i: usize) {
+        let (ip, peer) = (SERVERS[i], SERVERS[1 - i]);
+        let iface = format!("{}{}v", ['a', 'b'][i], std::process::id());
+        let config = format!(
+            "interface: {iface}\nserver_address: {ip}\nhttp:\n  listen: {ip}:8080\ntftp:\n  listen: {ip}:69\n\
+             dhcp:\n  subnet: 10.67.0.0/16\n  range: [{start}, {end}]\n  router: {ip}\n  lease_time_secs: 3600\n\
+             cluster:\n  name: server-{i}\n  peers: [\"http://{peer}:8080\"]\n",
+            start = RANGE[0],
+            end = RANGE[1],
+        );
+        let ns = self.server_ns[i].clone();
+        self.servers[i] = Some(self.lab.start_named_ramboot(&format!("server-{i}"), &ns, &config, "info"));
+    }
+
+    /// SIGKILL server `i`, as a crash would: no shutdown, nothing flushed.
+    fn crash(&mut self, i: usize) {
+        let ramboot = self.servers[i].take().expect("running");
+        kill(self.lab.pid(ramboot.idx), Signal::SIGKILL).unwrap();
+        wait_for(Duration::from_secs(10), "the killed server to exit", || self.lab.try_wait(ramboot.idx), String::new);
+    }
+
+    fn stop(&mut self, i: usize) -> String {
+        let ramboot = self.servers[i].take().expect("running");
+        self.lab.stop_ramboot(&ramboot)
+    }
+
+    fn log(&self, i: usize) -> String {
+        log_text(&self.lab.path(&format!("server-{i}/ramboot.log")))
+    }
+
+    /// Start perfdhcp relaying from `RELAYS[relay]` to server `server`: `clients`
+    /// clients from MAC `02:<mac_byte>:00:00:00:00` at `RATE`/s. Returns its index.
+    fn spawn_perfdhcp(&mut self, name: &str, relay: usize, server: usize, mac_byte: u8, clients: u64) -> usize {
+        let perfdhcp = tool(PERFDHCP);
+        let base = format!("mac=02:{mac_byte:02x}:00:00:00:00");
+        let (macs, n, rate) = ((clients + SLIP).to_string(), clients.to_string(), RATE.to_string());
+        // -R: walk `macs` distinct MACs (never wrapping to a client already served);
+        // -d 5: an answer later than 5 s is a drop; -W: wait 5 s for stragglers;
+        // -u: perfdhcp checks that no address is handed to two of its clients;
+        // -x l: list the leases it was ACKed.
+        let args = [&perfdhcp, "-4", "-l", RELAYS[relay], "-b", &base, "-R", &macs, "-n", &n, "-r", &rate]
+            .into_iter()
+            .chain(["-d", "5", "-d", "5", "-W", "5000000", "-u", "-x", "el", SERVERS[server]])
+            .map(String::from)
+            .collect::<Vec<_>>();
+        let (ns, log) = (self.client_ns.clone(), self.lab.path(&format!("{name}.out")));
+        self.lab.spawn(name, &ns, &args, &log, &[])
+    }
+
+    /// Wait for perfdhcp `idx` to finish; its report and what it was ACKed.
+    fn finish_perfdhcp(&mut self, name: &str, idx: usize, clients: u64) -> (PerfReport, Vec<(String, Ipv4Addr)>) {
+        let limit = Duration::from_secs(clients / RATE + 60);
+        let out_path = self.lab.path(&format!("{name}.out"));
+        let context = move || tail(&read_lossy(&out_path), 20);
+        let status = wait_for(limit, &format!("{name} to finish"), || self.lab.try_wait(idx), context);
+        let out = self.out(name);
+        let report = PerfReport::parse(&out);
+        // 0: every exchange completed; 3: some were not (drops, judged by the caller).
+        assert!(matches!(status.code(), Some(0) | Some(3)), "{name} failed: {status}\n{}", tail(&out, 30));
+        assert_eq!(report.malformed, Some(0), "{name}: malformed replies");
+        for exchange in ["DISCOVER-OFFER", "REQUEST-ACK"] {
+            for key in ["rejected leases", "non unique addresses"] {
+                assert_eq!(report.num(exchange, key), 0, "{name}: {exchange} {key}");
+            }
+        }
+        let acked: Vec<(String, Ipv4Addr)> = report.leases["REQUEST-ACK"]
+            .iter()
+            .map(|(mac, ip)| {
+                assert_eq!(mac.len(), 17, "{name}: an ACK without the client identifier echoed: {mac:?},{ip}");
+                (mac.clone(), ip.parse().unwrap_or_else(|_| panic!("{name}: yiaddr {ip:?}")))
+            })
+            .collect();
+        assert_eq!(acked.len() as u64, report.num("REQUEST-ACK", "received packets"), "{name}: one lease per ACK");
+        (report, acked)
+    }
+
+    fn out(&self, name: &str) -> String {
+        read_lossy(&self.lab.path(&format!("{name}.out")))
+    }
+}
+
+/// The audit: in the lease table, no address is active for two MACs nor a MAC
+/// active at two addresses, and every ACKed pair is active. Returns the table's
+/// active leases, MAC → address.
+fn audit(phase: &str, url: &str, acked: &[(String, Ipv4Addr)]) -> HashMap<String, Ipv4Addr> {
+    let now = unix_now();
+    let mut by_mac: HashMap<String, Ipv4Addr> = HashMap::new();
+    let mut by_ip: HashMap<Ipv4Addr, String> = HashMap::new();
+    for l in store_leases(url).iter().filter(|l| l.state == LeaseState::Active && l.expires_at > now) {
+        let mac = l.mac.to_string();
+        if let Some(other) = by_ip.insert(l.ip, mac.clone()) {
+            panic!("{phase}: {} is active for {other} and {mac}", l.ip);
+        }
+        if let Some(other) = by_mac.insert(mac.clone(), l.ip) {
+            panic!("{phase}: {mac} is active at {other} and {}", l.ip);
+        }
+    }
+    let mut acked_ips: HashMap<Ipv4Addr, &str> = HashMap::new();
+    for (mac, ip) in acked {
+        assert!((u32::from(RANGE[0])..=u32::from(RANGE[1])).contains(&u32::from(*ip)), "{phase}: {mac} got {ip}");
+        if let Some(other) = acked_ips.insert(*ip, mac) {
+            assert_eq!(other, mac, "{phase}: {ip} was ACKed to {other} and to {mac}");
+        }
+        assert_eq!(by_mac.get(mac), Some(ip), "{phase}: ACKed lease {mac} {ip} is not active in the database");
+    }
+    eprintln!(
+        "{phase}: audit passed: {} ACKed pairs all active; {} active leases, none shared",
+        acked.len(),
+        by_mac.len()
+    );
+    by_mac
+}
+
+/// Each server's metric `name` (summed over labels), scraped from inside the lab.
+fn metric(fleet: &Fleet, i: usize, name: &str) -> f64 {
+    let out = ramboot_lab::net::in_ns(&fleet.server_ns[i], &["curl", "-sS", "--max-time", "10"])
+        .arg(format!("http://{}:8080/metrics", SERVERS[i]))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone() {
+    const TEST: &str = "two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone";
+    if common::skipped(TEST, common::testdb::TestDb::postgres_missing().as_deref()) {
+        return;
+    }
+    let Some(lab) = Lab::for_test(TEST, &[("perfdhcp", PERFDHCP), ("curl", &["/usr/bin/curl"])]) else { return };
+    let started = Instant::now();
+    let mut fleet = Fleet::new(lab);
+    fleet.start(0);
+    fleet.start(1);
+    let url = fleet.lab.database_url();
+
+    // Phase 1: 10,000 clients, half through each server, all from one range.
+    let p1 = fleet.spawn_perfdhcp("perf-a", 0, 0, 0x77, CLIENTS);
+    let p2 = fleet.spawn_perfdhcp("perf-b", 1, 1, 0x78, CLIENTS);
+    let (r1, acked_a) = fleet.finish_perfdhcp("perf-a", p1, CLIENTS);
+    let (r2, acked_b) = fleet.finish_perfdhcp("perf-b", p2, CLIENTS);
+    let phase1: Vec<(String, Ipv4Addr)> = acked_a.iter().chain(&acked_b).cloned().collect();
+    for (name, r) in [("perf-a", &r1), ("perf-b", &r2)] {
+        let acked = r.num("REQUEST-ACK", "received packets");
+        eprintln!(
+            "{name}: {} DISCOVERs, {} OFFERs, {acked} ACKs, drops {}/{}",
+            r.num("DISCOVER-OFFER", "sent packets"),
+            r.num("DISCOVER-OFFER", "received packets"),
+            r.num("DISCOVER-OFFER", "drops"),
+            r.num("REQUEST-ACK", "drops"),
+        );
+        // Almost every client gets a lease; a lost race or a dropped reply costs a
+        // client its exchange (perfdhcp does not retry), never a duplicate.
+        assert!(acked * 100 >= CLIENTS * 95, "{name}: only {acked} of {CLIENTS} clients were ACKed");
+    }
+    let table = audit("both servers", &url, &phase1);
+    let races: Vec<f64> = (0..2).map(|i| metric(&fleet, i, "ramboot_dhcp_grants_taken_total") + 0.0).collect();
+    let learned: Vec<f64> = (0..2).map(|i| metric(&fleet, i, "ramboot_dhcp_leases_learned_total")).collect();
+    eprintln!("grants refused by the database (lost races): {races:.0?}; leases learned from the peer: {learned:.0?}");
+    // Each server heard about (nearly) every lease the other committed.
+    for (i, n) in learned.iter().enumerate() {
+        let other = if i == 0 { acked_b.len() } else { acked_a.len() };
+        assert!(*n as usize >= other, "server {i} learned {n} leases of the {other} its peer ACKed");
+    }
+
+    // Phase 2: new clients on both, and server 0 is killed while they arrive.
+    let p3 = fleet.spawn_perfdhcp("perf-c", 0, 0, 0x79, CLIENTS / 2);
+    let p4 = fleet.spawn_perfdhcp("perf-d", 1, 1, 0x7a, CLIENTS / 2);
+    let wanted = (CLIENTS / 2 / 3) as f64;
+    wait_for(
+        Duration::from_secs(60),
+        "server 0 to serve a third of its new clients",
+        || (metric(&fleet, 0, "ramboot_dhcp_messages_total") > 2.0 * (CLIENTS as f64 + wanted)).then_some(()),
+        || tail(&fleet.log(0), 20),
+    );
+    fleet.crash(0);
+    let crashed_at = Instant::now();
+    let (_, acked_c) = fleet.finish_perfdhcp("perf-c", p3, CLIENTS / 2);
+    let (r4, acked_d) = fleet.finish_perfdhcp("perf-d", p4, CLIENTS / 2);
+    eprintln!(
+        "server 0 killed with {} of perf-c's {} clients ACKed; perf-d (survivor): {} ACKed",
+        acked_c.len(),
+        CLIENTS / 2,
+        acked_d.len()
+    );
+    assert!(!acked_c.is_empty() && (acked_c.len() as u64) < CLIENTS / 2, "the kill came mid-run");
+    assert!(r4.num("REQUEST-ACK", "received packets") * 100 >= CLIENTS / 2 * 95, "the survivor kept serving");
+    let everything: Vec<(String, Ipv4Addr)> = phase1.iter().chain(&acked_c).chain(&acked_d).cloned().collect();
+    audit("after server 0 was killed", &url, &everything);
+
+    // Phase 3: the clients server 0 served come back to the survivor, which finds
+    // their leases in the database: each gets its own address again.
+    let returning: u64 = 1_000;
+    let p5 = fleet.spawn_perfdhcp("perf-e", 1, 1, 0x77, returning);
+    let (_, acked_e) = fleet.finish_perfdhcp("perf-e", p5, returning);
+    assert!(acked_e.len() as u64 * 100 >= returning * 95, "the survivor ACKed only {} returning", acked_e.len());
+    let moved: Vec<_> = acked_e.iter().filter(|(mac, ip)| table.get(mac).is_some_and(|was| was != ip)).collect();
+    assert!(moved.is_empty(), "returning clients got another address: {:?}", &moved[..moved.len().min(5)]);
+    assert!(acked_e.iter().all(|(mac, _)| table.contains_key(mac)), "every returning client had a lease");
+    audit("returning clients on the survivor", &url, &everything);
+
+    let log = fleet.stop(1);
+    assert!(!log.contains(" ERROR "), "the survivor logged errors:\n{}", tail(&log, 40));
+    let summary: BTreeMap<&str, usize> = [
+        ("phase 1 ACKs", phase1.len()),
+        ("phase 2 ACKs", acked_c.len() + acked_d.len()),
+        ("returning ACKs", acked_e.len()),
+    ]
+    .into_iter()
+    .collect();
+    eprintln!("{TEST}: {summary:?}; after the kill {:.1?}; test took {:.1?}", crashed_at.elapsed(), started.elapsed());
+}
