@@ -15,6 +15,7 @@
 //! write succeeds once the cause is gone (nothing to restart).
 
 mod boots;
+pub mod copy;
 mod db;
 mod events;
 mod leases;
