@@ -850,12 +850,7 @@ fn check_database_url(url: &str, password_file: bool) -> Result<(), String> {
         }
         return Ok(());
     }
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let authority = before_query.split('/').next().unwrap_or("");
-    let in_userinfo = authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'));
-    let in_query = query.split('&').any(|pair| pair.split('=').next() == Some("password"));
-    if in_userinfo || in_query {
+    if crate::store::copy::url_holds_password(url) {
         return Err("database: the URL holds a password; put it in database_password_file \
                     (mode 0600) or PGPASSWORD instead"
             .into());

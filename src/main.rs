@@ -3,10 +3,11 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use ramboot::{cli, config::Config, images, profiles};
+use ramboot::{cli, config::Config, images, profiles, store::copy};
 use ramboot_api::Event;
 use ramboot_proto::human_bytes;
 use serde_json::json;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -68,6 +69,43 @@ enum Cmd {
         /// How many past events to show first.
         #[arg(long, default_value_t = 50)]
         last: i64,
+    },
+    /// Work on a database directly (no server needed).
+    Db {
+        #[command(subcommand)]
+        command: DbCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCmd {
+    /// Copy every table of one ramboot database into another, ids kept: SQLite to
+    /// PostgreSQL (or back, or like to like).
+    ///
+    /// Stop `ramboot serve` (or at least its DHCP) on the source first: the source is
+    /// read in one snapshot, so leases and events written after it starts are not
+    /// copied. Both databases are migrated to this version's schema first. The
+    /// target is written in one transaction: all of it or nothing. A target that
+    /// holds any row is refused unless --force, which deletes its rows in that same
+    /// transaction. PostgreSQL passwords come from --from-password-file /
+    /// --to-password-file (mode 0600) or PGPASSWORD, never from the URL.
+    Copy {
+        /// The database to copy: sqlite:///var/lib/ramboot/ramboot.db or postgres://user@host/db.
+        #[arg(long)]
+        from: String,
+        /// The database to fill: postgres://user@host/db (unix socket:
+        /// postgres:///db?host=/var/run/postgresql) or sqlite:///path.
+        #[arg(long)]
+        to: String,
+        /// The source's PostgreSQL password, on the first line of a private file.
+        #[arg(long)]
+        from_password_file: Option<PathBuf>,
+        /// The target's PostgreSQL password, on the first line of a private file.
+        #[arg(long)]
+        to_password_file: Option<PathBuf>,
+        /// Replace whatever rows the target holds.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -309,6 +347,17 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Db { command: DbCmd::Copy { from, to, from_password_file, to_password_file, force } } => {
+            let from = copy::Endpoint { url: &from, password_file: from_password_file.as_deref() };
+            let to = copy::Endpoint { url: &to, password_file: to_password_file.as_deref() };
+            let copied = tokio::runtime::Runtime::new()?
+                .block_on(copy::run(from, to, force, &mut copy_progress(std::io::stderr().is_terminal())))
+                .context("db copy: nothing was copied")?;
+            for (table, rows) in copied {
+                println!("{table}: {rows}");
+            }
+            Ok(())
+        }
         Cmd::Nodes { api, command } => nodes(&api, command),
         Cmd::Tokens { api, command } => tokens(&api, command),
         Cmd::Volumes { api, command } => volumes(&api, command),
@@ -368,6 +417,21 @@ fn main() -> Result<()> {
                 eprintln!("the server closed the event stream (it stopped or is restarting)");
             }
             Ok(())
+        }
+    }
+}
+
+/// `db copy`'s progress on stderr: one line per table, rewritten in place on a
+/// terminal as batches go by (a long table takes a while).
+fn copy_progress(terminal: bool) -> impl FnMut(&str, u64, u64) {
+    move |table, done, total| {
+        if terminal {
+            eprint!("\rcopying {table}: {done}/{total} rows");
+            if done == total {
+                eprintln!();
+            }
+        } else if done == total {
+            eprintln!("copied {table}: {done}/{total} rows");
         }
     }
 }

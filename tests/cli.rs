@@ -143,3 +143,61 @@ fn a_stage_one_build_without_an_agent_says_how_to_build_one() {
     assert!(err.contains("cargo build --release -p ramboot-agent --target x86_64-unknown-linux-gnu"), "{err}");
     assert!(err.contains("--agent"), "{err}");
 }
+
+/// `ramboot db copy`: refused into a database that holds rows (naming its tables),
+/// done with --force, progress on stderr and rows per table on stdout. SQLite into
+/// PostgreSQL when `RAMBOOT_TEST_POSTGRES` names a server, else into SQLite.
+#[test]
+fn db_copy_moves_a_database_and_overwrites_one_only_when_forced() {
+    use ramboot::store::{Role, Store};
+    use ramboot_core::node::MacAddr;
+    let (ours, theirs) = (MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2]));
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!("sqlite://{}", dir.path().join("source.db").display());
+    let postgres = common::testdb::TestDb::postgres();
+    let target = match &postgres {
+        Some(db) => db.url().to_string(),
+        None => format!("sqlite://{}", dir.path().join("target.db").display()),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = Store::open(&source).await.unwrap();
+        s.create_node(ours, Some("hv-1"), None, &Default::default(), 1).await.unwrap();
+        s.create_token("admin", Role::Admin, "admin-hash", 1).await.unwrap();
+        s.close().await;
+        let t = Store::open(&target).await.unwrap();
+        t.create_node(theirs, None, None, &Default::default(), 1).await.unwrap();
+        t.close().await;
+    });
+    let db_copy = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ramboot"))
+            .args(["db", "copy", "--from", &source, "--to", &target])
+            .args(extra)
+            .output()
+            .expect("running ramboot")
+    };
+
+    let err = fails(db_copy(&[]));
+    assert!(err.contains("the target database is not empty (nodes: 1 row") && err.contains("--force"), "{err}");
+
+    let out = db_copy(&["--force"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = ok(out);
+    assert!(stdout.contains("nodes: 1\n") && stdout.contains("api_tokens: 1\n") && stdout.contains("leases: 0\n"));
+    assert!(stderr.contains("copied nodes: 1/1 rows"), "{stderr}");
+    rt.block_on(async {
+        let t = Store::open(&target).await.unwrap();
+        assert_eq!(t.node_by_mac(ours).await.unwrap().unwrap().hostname, "hv-1");
+        assert!(t.node_by_mac(theirs).await.unwrap().is_none(), "--force replaced the target's rows");
+        assert_eq!(t.token_role("admin-hash").await.unwrap(), Some(Role::Admin));
+        t.close().await;
+    });
+
+    // A password belongs in a file or PGPASSWORD, never the URL (which is shown).
+    let out = Command::new(env!("CARGO_BIN_EXE_ramboot"))
+        .args(["db", "copy", "--from", &source, "--to", "postgres://u:hunter2@db/ramboot"])
+        .output()
+        .unwrap();
+    let err = fails(out);
+    assert!(err.contains("--to: the URL holds a password") && !err.contains("hunter2"), "{err}");
+}

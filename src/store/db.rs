@@ -256,6 +256,23 @@ impl Backend {
         Ok(tx)
     }
 
+    /// A read transaction that sees one snapshot of the whole database throughout.
+    /// SQLite: a deferred transaction's snapshot is taken at its first read and kept
+    /// (WAL) while writers go on. PostgreSQL: REPEATABLE READ gives one snapshot.
+    pub async fn begin_snapshot(&self) -> Result<Tx<'static>, sqlx::Error> {
+        let conn = match &self.pool {
+            Pool::Sqlite(pool) => TxConn::Sqlite(pool.begin().await?),
+            Pool::Postgres(pool) => {
+                TxConn::Postgres(pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?)
+            }
+        };
+        Ok(Tx { conn, changes: self.changes.clone(), wrote_events: false })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.pool, Pool::Postgres(_))
+    }
+
     /// A condition: the node's labels (a JSON object in a text column) map the key
     /// bound as `$key` to the value bound as `$value`.
     pub fn label_equals(&self, key: usize, value: usize) -> String {

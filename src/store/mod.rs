@@ -16,6 +16,7 @@
 
 mod boots;
 mod changes;
+pub mod copy;
 mod db;
 mod events;
 mod leases;
