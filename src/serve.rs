@@ -121,6 +121,13 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
     {
+        let (store, cancel) = (store.clone(), cancel.clone());
+        tasks.spawn(async move {
+            crate::http::metrics::follow_events(store, cancel).await;
+            Ok(())
+        });
+    }
+    {
         let (cfg, store, cancel) = (config.clone(), store.clone(), cancel.clone());
         tasks.spawn(
             async move { dhcp::io::serve(&cfg, dhcp_listeners, store, cancel).await.map_err(anyhow::Error::from) },

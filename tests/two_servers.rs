@@ -190,6 +190,53 @@ fn metric(fleet: &Fleet, i: usize, name: &str) -> f64 {
         .sum()
 }
 
+/// An event written through server 0 reaches `ramboot events --follow` on
+/// server 1, and server 1's `/metrics`.
+fn events_reach_the_other_server(fleet: &mut Fleet) {
+    // The first server to start wrote the admin token; tokens are rows, so it works
+    // on both.
+    let token = std::fs::read_to_string(fleet.lab.path("server-0/data/admin.token")).expect("admin token");
+    let token = token.trim().to_string();
+    let events_before = metric(fleet, 1, "ramboot_events_total");
+    let follow_out = fleet.lab.path("follow.out");
+    let follow: Vec<String> = [env!("CARGO_BIN_EXE_ramboot"), "events", "--follow", "--json", "--server"]
+        .into_iter()
+        .map(String::from)
+        .chain([format!("http://{}:8080", SERVERS[1]), "--token".into(), token.clone()])
+        .collect();
+    let ns = fleet.client_ns.clone();
+    let follower = fleet.lab.spawn("events-follow", &ns, &follow, &follow_out, &[]);
+    let mac = "02:67:00:00:00:01";
+    let created =
+        ramboot_lab::net::in_ns(&ns, &["curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "-X",
+                "POST",
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-H",
+                "Content-Type: application/json",
+            ])
+            .args(["-d", &format!("{{\"mac\":\"{mac}\"}}"), &format!("http://{}:8080/api/v1/nodes", SERVERS[0])])
+            .output()
+            .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&created.stdout), "201", "creating a node through server 0");
+    let seen = wait_for(
+        Duration::from_secs(20),
+        "server 1's event stream to show the node server 0 created",
+        || read_lossy(&follow_out).lines().find(|l| l.contains(mac)).map(str::to_string),
+        || read_lossy(&follow_out),
+    );
+    fleet.lab.stop(follower, Duration::from_secs(5));
+    wait_for(
+        Duration::from_secs(20),
+        "server 1's /metrics to count server 0's event",
+        || (metric(fleet, 1, "ramboot_events_total") > events_before).then_some(()),
+        String::new,
+    );
+    eprintln!("server 1 streamed server 0's event: {seen}");
+}
+
 #[test]
 fn two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone() {
     const TEST: &str = "two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone";
@@ -202,6 +249,7 @@ fn two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone() {
     fleet.start(0);
     fleet.start(1);
     let url = fleet.lab.database_url();
+    events_reach_the_other_server(&mut fleet);
 
     // Phase 1: 10,000 clients, half through each server, all from one range.
     let p1 = fleet.spawn_perfdhcp("perf-a", 0, 0, 0x77, CLIENTS);

@@ -1,6 +1,8 @@
 //! Prometheus metrics. Counters and histograms are recorded where things happen
 //! (DHCP decisions, TFTP sessions, artifact bytes, phase moves, profile reloads);
-//! node counts by state are read from the store at scrape time.
+//! node counts by state are read from the store at scrape time, and the event log
+//! is followed ([`follow_events`]), so every server sharing a database counts every
+//! node's moves, whichever server took them.
 //!
 //! Names follow Prometheus conventions: `ramboot_` prefix, base units (seconds,
 //! bytes), `_total` for counters.
@@ -37,6 +39,22 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 fn describe() {
+    metrics::describe_counter!(
+        "ramboot_events_total",
+        "Events in the shared event log since this server started, by kind (all servers' nodes)"
+    );
+    metrics::describe_counter!(
+        "ramboot_node_transitions_total",
+        "Node lifecycle moves in the shared event log since this server started, by the state entered"
+    );
+    metrics::describe_counter!(
+        "ramboot_dhcp_leases_learned_total",
+        "Lease rows other servers sharing the database committed, applied to this server's pools"
+    );
+    metrics::describe_counter!(
+        "ramboot_db_listener_failures_total",
+        "Times this server lost the database's change notices (it resyncs when they return)"
+    );
     metrics::describe_counter!("ramboot_dhcp_messages_total", "DHCP messages handled, by request type and outcome");
     metrics::describe_counter!(
         "ramboot_dhcp_relay_info_disregarded_total",
@@ -95,4 +113,29 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render())
+}
+
+/// Count the shared event log's events from now on, until `cancel`: the event
+/// feed hears every server's commits, so these counters are the fleet's.
+pub async fn follow_events(store: crate::store::Store, cancel: tokio_util::sync::CancellationToken) {
+    let after = match store.last_event_id().await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(error = %e, "event metrics: reading the event log failed; counting from its start");
+            0
+        }
+    };
+    let mut feed = crate::store::EventFeed::new(&store, after);
+    loop {
+        let events = tokio::select! {
+            _ = cancel.cancelled() => return,
+            events = feed.next() => events,
+        };
+        for e in events {
+            metrics::counter!("ramboot_events_total", "kind" => e.kind.as_str()).increment(1);
+            if let Some(state) = e.state {
+                metrics::counter!("ramboot_node_transitions_total", "state" => state.as_str()).increment(1);
+            }
+        }
+    }
 }

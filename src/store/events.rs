@@ -182,3 +182,59 @@ impl Store {
         Ok(row.try_get("id")?)
     }
 }
+
+/// Every event after a starting point, in order, as it is committed: by this server
+/// or (on PostgreSQL, heard through LISTEN/NOTIFY) another sharing the database.
+/// What `/events/stream` and the event metrics follow. Cancel-safe: dropping a
+/// pending [`EventFeed::next`] loses nothing.
+pub struct EventFeed {
+    store: Store,
+    after: i64,
+    changed: tokio::sync::watch::Receiver<u64>,
+    /// The last read filled a page: read again without waiting.
+    more: bool,
+    /// The last read failed: try again after a pause, woken or not.
+    failed: bool,
+}
+
+/// Events read at once.
+const FEED_PAGE: i64 = 500;
+/// How soon a failed read of the log is tried again.
+const FEED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl EventFeed {
+    /// The events after id `after`; subscribed before the first read, so nothing
+    /// committed from now on is missed.
+    pub fn new(store: &Store, after: i64) -> EventFeed {
+        EventFeed { store: store.clone(), after, changed: store.watch_events(), more: true, failed: false }
+    }
+
+    /// The next events, waiting until there are some.
+    pub async fn next(&mut self) -> Vec<Event> {
+        loop {
+            if !self.more {
+                if self.failed {
+                    tokio::time::sleep(FEED_RETRY).await;
+                } else if self.changed.changed().await.is_err() {
+                    // The store is gone: nothing more will come.
+                    std::future::pending::<()>().await;
+                }
+            }
+            self.changed.mark_unchanged();
+            match self.store.all_events(self.after, FEED_PAGE).await {
+                Ok(events) => {
+                    self.failed = false;
+                    self.more = events.len() as i64 >= FEED_PAGE;
+                    if let Some(last) = events.last() {
+                        self.after = last.id;
+                        return events;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the event log failed; retrying");
+                    (self.failed, self.more) = (true, false);
+                }
+            }
+        }
+    }
+}

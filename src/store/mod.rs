@@ -28,7 +28,7 @@ mod volumes;
 
 pub use boots::{Boot, BootImage, BootStart, Release};
 pub use changes::{LeaseChange, LeaseNotice, LeaseNotices};
-pub use events::{Event, EventKind};
+pub use events::{Event, EventFeed, EventKind};
 pub use leases::{Lease, LeaseOp, LeaseState, Taken};
 pub use nodes::{default_hostname, Node, NodeChange, NodeFilter};
 pub use tokens::{Role, TokenInfo};

@@ -16,7 +16,7 @@ use super::auth::{Admin, Operator};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::clock::now_ms;
-use crate::store::{self, NodeChange, NodeFilter};
+use crate::store::{self, EventFeed, NodeChange, NodeFilter};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
@@ -31,7 +31,6 @@ use ramboot_api::{
 use ramboot_core::node::{valid_hostname, valid_label, MacAddr, LABEL_RULE};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::time::Duration;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -435,9 +434,6 @@ async fn list_events(
     Ok(Json(all(events)))
 }
 
-/// How soon a stream whose read of the event log failed tries again.
-const STREAM_RETRY: Duration = Duration::from_secs(1);
-
 #[utoipa::path(get, path = "/events/stream", tag = "events", params(StreamQuery),
     responses((status = 200, description = "Server-Sent Events: one `event` message (JSON `Event`) per event", content_type = "text/event-stream", body = String),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -463,44 +459,24 @@ async fn event_stream(
                 format!("too many event streams: {refused}; close one or poll /api/v1/events"),
             )
         })?;
-    let mut after = match q.after {
+    let after = match q.after {
         Some(a) if a >= 0 => a,
         Some(_) => return Err(ApiError::bad_request("after must not be negative")),
         None => state.store.last_event_id().await?,
     };
-    // Woken by every committed event, this server's or (on PostgreSQL, through
-    // LISTEN/NOTIFY) another's sharing the database; subscribed before the first
-    // read, so nothing committed after it is missed.
-    let mut changed = state.store.watch_events();
+    let mut feed = EventFeed::new(&state.store, after);
     let stream = async_stream::stream! {
         let _slot = slot;
         loop {
-            changed.mark_unchanged();
-            let (full_page, failed) = match state.store.all_events(after, MAX_PAGE).await {
-                Ok(events) => {
-                    let full_page = events.len() as i64 >= MAX_PAGE;
-                    for e in events {
-                        after = e.id;
-                        let id = e.id.to_string();
-                        if let Ok(data) = serde_json::to_string(&Event::from(e)) {
-                            yield Ok(SseEvent::default().event("event").id(id).data(data));
-                        }
-                    }
-                    (full_page, false)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream: reading events failed");
-                    (false, true)
-                }
-            };
-            if full_page {
-                continue;
-            }
-            tokio::select! {
+            let events = tokio::select! {
                 _ = state.shutdown.cancelled() => break,
-                woken = changed.changed() => if woken.is_err() { break },
-                // Only a failed read is retried on a timer.
-                _ = tokio::time::sleep(STREAM_RETRY), if failed => {}
+                events = feed.next() => events,
+            };
+            for e in events {
+                let id = e.id.to_string();
+                if let Ok(data) = serde_json::to_string(&Event::from(e)) {
+                    yield Ok(SseEvent::default().event("event").id(id).data(data));
+                }
             }
         }
     };
