@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::netns::{store_leases, Ramboot, ServeInLab};
+use common::netns::{set_lab_database_reachable, store_leases, Ramboot, ServeInLab};
 use common::perfdhcp::{PerfReport, PERFDHCP};
 use nix::sys::signal::{kill, Signal};
 use ramboot::store::LeaseState;
@@ -326,4 +326,50 @@ fn two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone() {
     .into_iter()
     .collect();
     eprintln!("{TEST}: {summary:?}; after the kill {:.1?}; test took {:.1?}", crashed_at.elapsed(), started.elapsed());
+}
+
+/// A server that loses its database sends no ACK at all (not from memory, not a
+/// NAK): clients wait and retry. When the database returns, so do ACKs, and the
+/// table holds exactly the leases that were ACKed.
+#[test]
+fn a_server_that_loses_its_database_acks_nothing_until_it_returns() {
+    const TEST: &str = "a_server_that_loses_its_database_acks_nothing_until_it_returns";
+    if common::skipped(TEST, common::testdb::TestDb::postgres_missing().as_deref()) {
+        return;
+    }
+    let Some(lab) = Lab::for_test(TEST, &[("perfdhcp", PERFDHCP), ("curl", &["/usr/bin/curl"])]) else { return };
+    let mut fleet = Fleet::new(lab);
+    fleet.start(0);
+    let url = fleet.lab.database_url();
+    let clients = 300;
+
+    let before = fleet.spawn_perfdhcp("before", 0, 0, 0x71, clients);
+    let (_, acked_before) = fleet.finish_perfdhcp("before", before, clients);
+    assert_eq!(acked_before.len() as u64, clients, "with its database, every client is ACKed");
+
+    set_lab_database_reachable(&fleet.lab, false);
+    let during = fleet.spawn_perfdhcp("during", 0, 0, 0x72, clients);
+    let (report, acked_during) = fleet.finish_perfdhcp("during", during, clients);
+    let offers = report.num("DISCOVER-OFFER", "received packets");
+    assert!(
+        acked_during.is_empty(),
+        "ACKs sent without the database: {:?}",
+        &acked_during[..acked_during.len().min(5)]
+    );
+    let unreachable = metric(&fleet, 0, "ramboot_dhcp_commit_failures_total");
+    let log = fleet.log(0);
+    assert!(log.contains("database unreachable"), "the log names the cause:\n{}", tail(&log, 20));
+    assert!(log.matches("reply=Nak").count() == 0, "clients were NAKed, not left to retry");
+    eprintln!("without its database: {offers} OFFERs, 0 ACKs, {unreachable} failed lease batches");
+
+    set_lab_database_reachable(&fleet.lab, true);
+    let after = fleet.spawn_perfdhcp("after", 0, 0, 0x73, clients);
+    let (_, acked_after) = fleet.finish_perfdhcp("after", after, clients);
+    // The first batch may still meet the broken connection the pool held.
+    assert!(acked_after.len() as u64 * 100 >= clients * 95, "only {} ACKed after the return", acked_after.len());
+    let acked: Vec<(String, Ipv4Addr)> = acked_before.iter().chain(&acked_after).cloned().collect();
+    let table = audit("after the database returned", &url, &acked);
+    let ghosts: Vec<&String> = table.keys().filter(|mac| mac.starts_with("02:72:")).collect();
+    assert!(ghosts.is_empty(), "leases of clients never ACKed: {ghosts:?}");
+    fleet.stop(0);
 }

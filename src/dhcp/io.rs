@@ -654,11 +654,11 @@ async fn commit_loop(store: Store, mut queue: mpsc::Receiver<Pending>, failed: m
                 }
             }
             Err(e) => {
-                let reason = match &e {
-                    StoreError::Unwritable { reason, .. } => reason.to_string(),
-                    _ => "database error".to_string(),
+                let (reason, label) = match &e {
+                    StoreError::Unwritable { reason, .. } => (reason.to_string(), reason.label()),
+                    _ => ("database error".to_string(), "error"),
                 };
-                metrics::counter!("ramboot_dhcp_commit_failures_total").increment(1);
+                metrics::counter!("ramboot_dhcp_commit_failures_total", "reason" => label).increment(1);
                 error!(
                     leases = undos.len(),
                     %reason,

@@ -71,7 +71,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         "ramboot_dhcp_commit_failures_total",
-        "Lease batches the database refused (no ACKs sent, pool rolled back)"
+        "Lease batches the database refused, by reason (unreachable, disk_full, read_only, io, busy, error): no ACKs sent, pool rolled back"
     );
     metrics::describe_counter!(
         "ramboot_tftp_sessions_total",

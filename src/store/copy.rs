@@ -111,7 +111,7 @@ fn rows(counts: &[(&'static str, u64)]) -> String {
 
 /// What a `db` call failed on: which end, as a store error (so a refused write
 /// reads as one: "database write refused: disk full").
-fn on(side: Side) -> impl Fn(sqlx::Error) -> CopyError {
+fn on<E: Into<StoreError>>(side: Side) -> impl Fn(E) -> CopyError {
     move |e| CopyError::Db { side, error: e.into() }
 }
 

@@ -244,10 +244,16 @@ impl Backend {
     /// they do on SQLite; single-statement writes outside one stay concurrent. The
     /// wait is bounded by the connection's `lock_timeout` (SQLite's busy timeout),
     /// past which the write is refused as busy.
-    pub async fn begin_write(&self) -> Result<Tx<'static>, sqlx::Error> {
+    pub async fn begin_write(&self) -> Result<Tx<'static>, super::StoreError> {
         let conn = match &self.pool {
             Pool::Sqlite(pool) => TxConn::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-            Pool::Postgres(pool) => TxConn::Postgres(pool.begin().await?),
+            // No connection to begin on is an unreachable database, whatever the
+            // server said (refused, not accepting connections, shutting down).
+            Pool::Postgres(pool) => TxConn::Postgres(
+                pool.begin()
+                    .await
+                    .map_err(|source| super::StoreError::Unwritable { reason: WriteRefused::Unreachable, source })?,
+            ),
         };
         let mut tx = Tx { conn, changes: self.changes.clone(), wrote_events: false };
         if tx.is_postgres() {
@@ -307,9 +313,14 @@ const SQLITE_FULL: i64 = 13;
 /// Whether `e` says the database will not take writes now, and why. Each driver's
 /// own codes: SQLite's result codes, PostgreSQL's SQLSTATEs.
 pub(super) fn write_refused(e: &sqlx::Error) -> Option<WriteRefused> {
+    if matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) {
+        return Some(WriteRefused::Unreachable);
+    }
     let db = e.as_database_error()?;
     if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
         return match pg.code() {
+            code if code.starts_with("08") => Some(WriteRefused::Unreachable),
+            "57P01" | "57P02" | "57P03" => Some(WriteRefused::Unreachable),
             "53100" => Some(WriteRefused::DiskFull),
             // A standby, or default_transaction_read_only.
             "25006" => Some(WriteRefused::ReadOnly),

@@ -114,6 +114,22 @@ pub enum WriteRefused {
     /// SQLITE_BUSY: another writer held the database past the busy timeout.
     /// PostgreSQL: 55P03 (lock_timeout), 40001 serialization failure, 40P01 deadlock.
     Busy,
+    /// PostgreSQL could not be reached: no connection could be made or begun, or
+    /// the connection broke (I/O error, SQLSTATE class 08, 57P01–57P03 shutdown).
+    Unreachable,
+}
+
+impl WriteRefused {
+    /// A metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            WriteRefused::DiskFull => "disk_full",
+            WriteRefused::ReadOnly => "read_only",
+            WriteRefused::Io => "io",
+            WriteRefused::Busy => "busy",
+            WriteRefused::Unreachable => "unreachable",
+        }
+    }
 }
 
 impl std::fmt::Display for WriteRefused {
@@ -123,6 +139,7 @@ impl std::fmt::Display for WriteRefused {
             WriteRefused::ReadOnly => "database is read-only",
             WriteRefused::Io => "I/O error writing the database",
             WriteRefused::Busy => "database busy (another writer held it past the timeout)",
+            WriteRefused::Unreachable => "database unreachable (connection refused or lost)",
         })
     }
 }
@@ -160,7 +177,9 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 /// the rollback as done once it is queued, so no round trip is spent looking.
 fn pool_options<DB: sqlx::Database>(max: u32) -> sqlx::pool::PoolOptions<DB> {
     use sqlx::{Connection, TransactionManager};
-    sqlx::pool::PoolOptions::<DB>::new().max_connections(max).after_release(|conn, _| {
+    // A database that cannot be reached fails a write after WRITE_WAIT, as a busy
+    // one does, rather than sqlx's default 30 s: DHCP's batches must not pile up.
+    sqlx::pool::PoolOptions::<DB>::new().max_connections(max).acquire_timeout(WRITE_WAIT).after_release(|conn, _| {
         Box::pin(async move {
             if DB::NAME == <sqlx::Sqlite as sqlx::Database>::NAME {
                 // Flush the rollback a dropped transaction queued, then look.

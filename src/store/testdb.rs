@@ -43,6 +43,24 @@ impl TestDb {
         &self.url
     }
 
+    /// Take the database away from its clients (`false`: no new connections, and
+    /// every open one terminated, as when its server goes down) or give it back.
+    #[allow(dead_code)] // for the integration tests of a lost database
+    pub fn set_reachable(&self, reachable: bool) {
+        let mut statements = vec![format!("ALTER DATABASE {} ALLOW_CONNECTIONS {reachable}", self.name)];
+        if !reachable {
+            statements.push(format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                self.name
+            ));
+        }
+        for statement in statements {
+            if let Err(e) = on_server(&self.server, statement) {
+                panic!("{ENV}: making {} reachable={reachable}: {e}", self.name);
+            }
+        }
+    }
+
     /// Why a test that needs PostgreSQL cannot run: `RAMBOOT_TEST_POSTGRES` is unset.
     #[allow(dead_code)] // for the integration tests that need PostgreSQL
     pub fn postgres_missing() -> Option<String> {

@@ -97,6 +97,16 @@ fn lab_postgres_url(lab: &Lab) -> Option<String> {
     })
 }
 
+/// Take `lab`'s PostgreSQL database away from its servers, or give it back (see
+/// [`TestDb::set_reachable`]). Panics without one.
+pub fn set_lab_database_reachable(lab: &Lab, reachable: bool) {
+    LAB_DATABASES.with(|dbs| {
+        let dbs = dbs.borrow();
+        let db = dbs.get(lab.dir()).and_then(Option::as_ref).expect("the lab's PostgreSQL database");
+        db.set_reachable(reachable);
+    })
+}
+
 // ---------------------------------------------------------------------------------
 // The lease store
 
