@@ -154,6 +154,66 @@ fn live_profile_edits_never_break_a_boot_and_apply_to_the_next() {
     assert_eq!(detail["node"]["state"], "ready");
 }
 
+/// Issue 13: two servers on one PostgreSQL database, on one bridge. The one that
+/// served the VM's iPXE script is killed (SIGKILL) at once; the node finishes the
+/// boot on the other: stage one finds its server gone, moves on to the peer named
+/// on its command line, and the peer accepts the boot token the dead one minted.
+#[test]
+fn a_boot_finishes_on_the_other_server_when_its_server_dies() {
+    const TEST: &str = "a_boot_finishes_on_the_other_server_when_its_server_dies";
+    if common::skipped(TEST, skip_reason().as_deref()) {
+        return;
+    }
+    // Not `skipped`: CI's first pass runs without PostgreSQL; its PostgreSQL pass runs this.
+    let Some(db) = common::testdb::TestDb::postgres() else {
+        eprintln!("SKIPPED {TEST}: two servers share a PostgreSQL database; set {}", common::testdb::ENV);
+        return;
+    };
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = lab_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report-failover.json");
+    let _ = std::fs::remove_file(&report);
+    let status = ramboot_lab()
+        .args(["--once", "--failover", "--timeout", "300", "--profile", "tiny", "--database", db.url(), "--dir"])
+        .arg(&dir)
+        .arg("--report")
+        .arg(&report)
+        .status()
+        .expect("running ramboot-lab");
+    assert!(
+        status.success(),
+        "ramboot-lab --failover failed ({status}); see {0}/console.log, server.err and server-b.err",
+        dir.display()
+    );
+
+    let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(detail["node"]["state"], "ready", "{detail:#}");
+    let boot = detail["boot"]["id"].clone();
+    let events = detail["events"].as_array().unwrap();
+    let moves: Vec<&str> = events
+        .iter()
+        .filter(|e| e["boot_id"] == boot && e["kind"] == "state")
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(moves, ["booting", "stage1", "loading", "handoff", "ready"], "{events:#?}");
+
+    let failover = &detail["failover"];
+    let (killed, survivor) = (failover["killed"].as_str().unwrap(), failover["survivor"].as_str().unwrap());
+    assert_ne!(killed, survivor, "{failover}");
+    assert_eq!(failover["script_server"], killed, "the server killed is the one that served the script");
+    let log = |server: &str| harness::log_text(std::path::Path::new(failover["logs"][server].as_str().unwrap()));
+    assert!(log(killed).contains("boot started: iPXE script served"), "{}", log(killed));
+    // The later reports went to the survivor: the agent says it moved on, and only
+    // the survivor took the `ready` report.
+    let moved_on = format!("server {killed} unreachable, continuing on {survivor}");
+    assert!(
+        events.iter().any(|e| e["boot_id"] == boot && e["message"].as_str().is_some_and(|m| m.contains(&moved_on))),
+        "the agent reports its failover ({moved_on}): {events:#?}"
+    );
+    assert_eq!(failover["ready_logged_by"], serde_json::json!([survivor]), "{failover}");
+}
+
 fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
