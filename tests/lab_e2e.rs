@@ -36,26 +36,51 @@ fn lab_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-e2e")
 }
 
+/// Run `ramboot-lab --once` booting profile `tiny` with `extra` options, in the
+/// shared lab dir, and return its `--report` (the node's detail, as the admin API
+/// answered it).
+fn boot_tiny(report_name: &str, extra: &[&str]) -> Value {
+    let dir = lab_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join(report_name);
+    let _ = std::fs::remove_file(&report);
+    let status = ramboot_lab()
+        .args(["--once", "--timeout", "300", "--profile", "tiny"])
+        .args(extra)
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--report")
+        .arg(&report)
+        .status()
+        .expect("running ramboot-lab");
+    assert!(
+        status.success(),
+        "ramboot-lab {extra:?} failed ({status}); see {}/console.log and server*.err",
+        dir.display()
+    );
+    serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
+}
+
+/// The current boot's id and its state moves, in order.
+fn boot_moves(detail: &Value) -> (Value, Vec<&str>) {
+    let boot = detail["boot"]["id"].clone();
+    let moves = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["boot_id"] == boot && e["kind"] == "state")
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    (boot, moves)
+}
+
 #[test]
 fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
     if common::skipped("qemu_node_pxe_boots_into_ram_and_reports_ready", skip_reason().as_deref()) {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = lab_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let report = dir.join("report.json");
-    let _ = std::fs::remove_file(&report);
-    let status = ramboot_lab()
-        .args(["--once", "--timeout", "300", "--profile", "tiny", "--dir"])
-        .arg(&dir)
-        .arg("--report")
-        .arg(&report)
-        .status()
-        .expect("running ramboot-lab");
-    assert!(status.success(), "ramboot-lab failed ({status}); see {}/console.log and server.log", dir.display());
-
-    let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let detail = boot_tiny("report.json", &[]);
     let node = &detail["node"];
     assert_eq!(node["state"], "ready", "{detail:#}");
     assert_eq!(node["mac"], "52:54:00:72:62:01");
@@ -67,13 +92,8 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
     assert_eq!(detail["boot"]["image"]["name"], "tiny");
 
     // The current boot's state moves, in order, each with a timestamp and phase duration.
-    let boot = detail["boot"]["id"].clone();
+    let (boot, moves) = boot_moves(&detail);
     let events = detail["events"].as_array().unwrap();
-    let moves: Vec<&str> = events
-        .iter()
-        .filter(|e| e["boot_id"] == boot && e["kind"] == "state")
-        .map(|e| e["state"].as_str().unwrap())
-        .collect();
     assert_eq!(moves, ["booting", "stage1", "loading", "handoff", "ready"], "{events:#?}");
     for e in events.iter().filter(|e| e["boot_id"] == boot && e["kind"] == "state" && e["state"] != "booting") {
         assert!(e["phase_ms"].as_i64().is_some_and(|ms| ms >= 0), "{e}");
@@ -84,7 +104,7 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
     );
     assert!(events.iter().any(|e| e["kind"] == "dhcp"), "the lease is an event too");
     // The profile's overlay was rendered for this node and laid over the image.
-    let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
+    let console = std::fs::read_to_string(lab_dir().join("console.log")).unwrap();
     assert!(
         console.contains("ramboot: node-525400726201 (52:54:00:72:62:01) runs profile tiny"),
         "stage two prints its rendered /etc/motd; console:\n{console}"
@@ -154,6 +174,44 @@ fn live_profile_edits_never_break_a_boot_and_apply_to_the_next() {
     assert_eq!(detail["node"]["state"], "ready");
 }
 
+/// Issue 13: two servers on one PostgreSQL database, on one bridge. The one that
+/// served the VM's iPXE script is killed (SIGKILL) at once; the node finishes the
+/// boot on the other: stage one finds its server gone, moves on to the peer named
+/// on its command line, and the peer accepts the boot token the dead one minted.
+#[test]
+fn a_boot_finishes_on_the_other_server_when_its_server_dies() {
+    const TEST: &str = "a_boot_finishes_on_the_other_server_when_its_server_dies";
+    if common::skipped(TEST, skip_reason().as_deref()) {
+        return;
+    }
+    // Not `skipped`: CI's first pass runs without PostgreSQL; its PostgreSQL pass runs this.
+    let Some(db) = common::testdb::TestDb::postgres() else {
+        eprintln!("SKIPPED {TEST}: two servers share a PostgreSQL database; set {}", common::testdb::ENV);
+        return;
+    };
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let detail = boot_tiny("report-failover.json", &["--failover", "--database", db.url()]);
+    assert_eq!(detail["node"]["state"], "ready", "{detail:#}");
+    let (boot, moves) = boot_moves(&detail);
+    let events = detail["events"].as_array().unwrap();
+    assert_eq!(moves, ["booting", "stage1", "loading", "handoff", "ready"], "{events:#?}");
+
+    let failover = &detail["failover"];
+    let (killed, survivor) = (failover["killed"].as_str().unwrap(), failover["survivor"].as_str().unwrap());
+    assert_ne!(killed, survivor, "{failover}");
+    assert_eq!(failover["script_server"], killed, "the server killed is the one that served the script");
+    let log = |server: &str| harness::log_text(std::path::Path::new(failover["logs"][server].as_str().unwrap()));
+    assert!(log(killed).contains("boot started: iPXE script served"), "{}", log(killed));
+    // The later reports went to the survivor: the agent says it moved on, and only
+    // the survivor took the `ready` report.
+    let moved_on = format!("server {killed} unreachable, continuing on {survivor}");
+    assert!(
+        events.iter().any(|e| e["boot_id"] == boot && e["message"].as_str().is_some_and(|m| m.contains(&moved_on))),
+        "the agent reports its failover ({moved_on}): {events:#?}"
+    );
+    assert_eq!(failover["ready_logged_by"], serde_json::json!([survivor]), "{failover}");
+}
+
 fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
@@ -172,18 +230,7 @@ fn qemu_uefi_node_pxe_boots_into_ram() {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = lab_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let report = dir.join("report-uefi.json");
-    let status = ramboot_lab()
-        .args(["--once", "--uefi", "--timeout", "300", "--profile", "tiny", "--dir"])
-        .arg(&dir)
-        .arg("--report")
-        .arg(&report)
-        .status()
-        .expect("running ramboot-lab");
-    assert!(status.success(), "ramboot-lab --uefi failed ({status}); see {}/console.log", dir.display());
-    let detail: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let detail = boot_tiny("report-uefi.json", &["--uefi"]);
     assert_eq!(detail["node"]["state"], "ready", "{detail:#}");
     assert_eq!(detail["node"]["arch"], "efi-x64", "DHCP saw UEFI x64 (option 93)");
 }

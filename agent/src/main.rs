@@ -23,6 +23,7 @@ use ramboot_proto::{
     human_bytes, paths, AgentEvent, BootArgs, Dmi, Inventory, Nic, Plan, PlanIscsi, PlanWait, Progress, ReportedState,
 };
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -103,36 +104,176 @@ fn redact(text: &str, secrets: &[String]) -> String {
     out
 }
 
+/// The servers an agent may talk to: `ramboot.server` first, then its peers. It
+/// sticks with the one that answers, and moves on when one cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Bases {
+    all: Vec<String>,
+    current: usize,
+}
+
+impl Bases {
+    /// `server` then `peers`, without trailing slashes, each once.
+    fn new(server: &str, peers: &[String]) -> Bases {
+        let mut all: Vec<String> = Vec::new();
+        for base in std::iter::once(server).chain(peers.iter().map(String::as_str)) {
+            let base = base.trim_end_matches('/').to_string();
+            if !base.is_empty() && !all.contains(&base) {
+                all.push(base);
+            }
+        }
+        Bases { all, current: 0 }
+    }
+
+    fn current(&self) -> &str {
+        self.all.get(self.current).map_or("", String::as_str)
+    }
+
+    fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    /// Move on to the next server, round the list; `None` when there is no other.
+    fn advance(&mut self) -> Option<&str> {
+        if self.all.len() < 2 {
+            return None;
+        }
+        self.current = (self.current + 1) % self.all.len();
+        Some(self.current())
+    }
+
+    /// A URL a server handed out (the plan's image, the overlay) on the server in
+    /// use: whichever known server it names is swapped for the current one. Other
+    /// URLs are left alone.
+    fn rebase(&self, url: &str) -> String {
+        for base in &self.all {
+            if let Some(rest) = url.strip_prefix(base.as_str()) {
+                if rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') {
+                    return format!("{}{rest}", self.current());
+                }
+            }
+        }
+        url.to_string()
+    }
+
+    /// All servers, the current one first, then the others in the order they
+    /// would be tried: what stage two starts from.
+    fn in_turn(&self) -> Vec<String> {
+        (0..self.all.len()).map(|i| self.all[(self.current + i) % self.all.len()].clone()).collect()
+    }
+}
+
+/// Rounds of tries before a call gives up; a round tries each server once.
+const ROUNDS: u32 = 6;
+
 struct Server {
-    base: String,
+    bases: RefCell<Bases>,
     token: String,
     http: ureq::Agent,
+    /// "stage one" or "stage two", in what the agent says about a switch.
+    who: &'static str,
+    /// The server that stopped answering, until another one answers: then the
+    /// switch is reported (the event needs a server to take it).
+    unreachable: RefCell<Option<String>>,
 }
 
 impl Server {
-    fn new(args: &BootArgs) -> Server {
+    fn new(args: &BootArgs, who: &'static str) -> Server {
         let http = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(60))
             .build();
         keep_secret(&args.token);
-        Server { base: args.server.trim_end_matches('/').to_string(), token: args.token.clone(), http }
+        Server {
+            bases: RefCell::new(Bases::new(&args.server, &args.peers)),
+            token: args.token.clone(),
+            http,
+            who,
+            unreachable: RefCell::new(None),
+        }
+    }
+
+    /// The server in use.
+    fn base(&self) -> String {
+        self.bases.borrow().current().to_string()
     }
 
     fn auth(&self) -> String {
         format!("Bearer {}", self.token)
     }
 
-    /// POST JSON, retrying transport errors and 5xx a few times: the network may
-    /// still be settling, and a boot should not fail on one lost packet.
+    /// POST JSON to `path` on the server in use, like [`Server::send`].
     fn post<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<()> {
-        let url = format!("{}{path}", self.base);
-        retry(&url, || self.http.post(&url).set("Authorization", &self.auth()).send_json(body).map(|_| ()))
+        let url = format!("{}{path}", self.base());
+        self.send(&url, |url| self.http.post(url).set("Authorization", &self.auth()).send_json(body).map(|_| ()))
     }
 
-    /// An authorised GET of `url`, retried like `post`.
+    /// An authorised GET of `url` (re-based onto the server in use), like [`Server::send`].
     fn get(&self, url: &str) -> Result<ureq::Response> {
-        retry(url, || self.http.get(url).set("Authorization", &self.auth()).call())
+        self.send(url, |url| self.http.get(url).set("Authorization", &self.auth()).call())
+    }
+
+    /// Make a call, retrying: a server that cannot be reached (connect refused or
+    /// timed out, connection reset) is left for the next one at once; a 5xx or a
+    /// round in which no server answered waits a little (the network may still
+    /// be settling, and a boot should not fail on one lost packet). Any other HTTP
+    /// status is the server's answer, and final.
+    fn send<T>(&self, url: &str, call: impl Fn(&str) -> std::result::Result<T, ureq::Error>) -> Result<T> {
+        let mut delay = Duration::from_millis(500);
+        let mut last = String::new();
+        // Not in the `for` head: that would hold the borrow across the loop body.
+        let servers = self.bases.borrow().len().max(1);
+        for round in 1..=ROUNDS {
+            for _ in 0..servers {
+                let target = self.bases.borrow().rebase(url);
+                match call(&target) {
+                    Ok(v) => {
+                        self.answered();
+                        return Ok(v);
+                    }
+                    Err(ureq::Error::Status(code, resp)) if code < 500 => {
+                        self.answered();
+                        let body = resp.into_string().unwrap_or_default();
+                        return Err(format!("{target}: HTTP {code}: {}", body.trim()));
+                    }
+                    Err(e @ ureq::Error::Status(..)) => {
+                        last = format!("{target}: {e}");
+                        break;
+                    }
+                    Err(e @ ureq::Error::Transport(_)) => {
+                        // ureq's transport errors name the URL already.
+                        last = e.to_string();
+                        self.connection_lost(&last);
+                    }
+                }
+            }
+            if round < ROUNDS {
+                say(&format!("{last}; retrying in {delay:?}"));
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(8));
+            }
+        }
+        Err(last)
+    }
+
+    /// The server in use could not be reached: move on to the next, if any.
+    fn connection_lost(&self, why: &str) {
+        let from = self.base();
+        let Some(to) = self.bases.borrow_mut().advance().map(str::to_string) else { return };
+        say(&format!("{}: server {from} unreachable ({why}); trying {to}", self.who));
+        self.unreachable.borrow_mut().get_or_insert(from);
+    }
+
+    /// A server answered: if it is not the one that stopped answering, say so in
+    /// the node's events (best effort: the boot goes on either way).
+    fn answered(&self) {
+        let Some(from) = self.unreachable.borrow_mut().take() else { return };
+        let to = self.base();
+        if from != to {
+            let note = format!("{}: server {from} unreachable, continuing on {to}", self.who);
+            say(&note);
+            let _ = self.report(None, &note, None);
+        }
     }
 
     /// Every event leaves through here, without secrets.
@@ -141,31 +282,11 @@ impl Server {
     }
 }
 
-fn retry<T>(url: &str, mut call: impl FnMut() -> std::result::Result<T, ureq::Error>) -> Result<T> {
-    let mut delay = Duration::from_millis(500);
-    for attempt in 1..=6 {
-        match call() {
-            Ok(v) => return Ok(v),
-            Err(ureq::Error::Status(code, resp)) if code < 500 => {
-                let body = resp.into_string().unwrap_or_default();
-                return Err(format!("{url}: HTTP {code}: {}", body.trim()));
-            }
-            Err(e) if attempt == 6 => return Err(format!("{url}: {e}")),
-            Err(e) => {
-                say(&format!("{url}: {e}; retrying in {delay:?}"));
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(8));
-            }
-        }
-    }
-    Err(format!("{url}: gave up"))
-}
-
 fn stage1() -> Result<()> {
     let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
     let args = BootArgs::from_cmdline(&cmdline).map_err(|key| format!("kernel command line has no {key}="))?;
-    let server = Server::new(&args);
-    say(&format!("node {} talking to {}", args.node, server.base));
+    let server = Server::new(&args, "stage one");
+    say(&format!("node {} talking to {}", args.node, server.base()));
     match load_and_mount(&server, &args) {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -227,7 +348,7 @@ fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
     if let Some(url) = &plan.overlay_url {
         apply_overlay(server, url)?;
     }
-    install_for_stage_two(args, &plan)?;
+    install_for_stage_two(server, args, &plan)?;
     server.report(
         Some(ReportedState::Handoff),
         &format!("root filesystem mounted at {NEWROOT}; switching root"),
@@ -241,7 +362,7 @@ fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
 /// answers 202 with how long to wait. The server's phase timeouts bound the wait,
 /// not the agent: an operator may take a while to assign a new node.
 fn wait_for_plan(server: &Server) -> Result<Plan> {
-    let url = format!("{}{}", server.base, paths::PLAN);
+    let url = format!("{}{}", server.base(), paths::PLAN);
     let mut announced = false;
     loop {
         let resp = server.get(&url)?;
@@ -273,11 +394,33 @@ fn short(digest: &str) -> &str {
 }
 
 /// Stream the image to `dest`, hashing as it arrives; reject size or hash mismatch.
+/// A connection lost mid-stream starts the fetch over on the next server.
 fn fetch_verified(server: &Server, plan: &Plan, dest: &str) -> Result<()> {
-    let url = &plan.image.url;
-    let resp = server.get(url)?;
+    let mut tries = server.bases.borrow().len();
+    loop {
+        match fetch_once(server, plan, dest) {
+            Err(Fetch::Lost(why)) if tries > 1 => {
+                tries -= 1;
+                server.connection_lost(&why);
+            }
+            Err(Fetch::Lost(why) | Fetch::Failed(why)) => return Err(why),
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// Why one fetch of the image ended early.
+enum Fetch {
+    /// The connection broke: another server may finish it.
+    Lost(String),
+    Failed(String),
+}
+
+fn fetch_once(server: &Server, plan: &Plan, dest: &str) -> std::result::Result<(), Fetch> {
+    let url = server.bases.borrow().rebase(&plan.image.url);
+    let resp = server.get(&url).map_err(Fetch::Failed)?;
     let mut body = resp.into_reader();
-    let mut file = fs::File::create(dest).map_err(|e| format!("{dest}: {e}"))?;
+    let mut file = fs::File::create(dest).map_err(|e| Fetch::Failed(format!("{dest}: {e}")))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let total = plan.image.size;
@@ -286,16 +429,16 @@ fn fetch_verified(server: &Server, plan: &Plan, dest: &str) -> Result<()> {
     // one shows steady progress.
     let mut last_report = Instant::now();
     loop {
-        let n = body.read(&mut buf).map_err(|e| format!("reading {url}: {e}"))?;
+        let n = body.read(&mut buf).map_err(|e| Fetch::Lost(format!("reading {url}: {e}")))?;
         if n == 0 {
             break;
         }
         done += n as u64;
         if done > total {
-            return Err(format!("image is larger than the planned {total} bytes"));
+            return Err(Fetch::Failed(format!("image is larger than the planned {total} bytes")));
         }
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).map_err(|e| format!("{dest}: {e} (out of RAM?)"))?;
+        file.write_all(&buf[..n]).map_err(|e| Fetch::Failed(format!("{dest}: {e} (out of RAM?)")))?;
         if last_report.elapsed() >= Duration::from_secs(2) {
             let pct = done * 100 / total.max(1);
             let text = format!("fetched {pct}% ({} of {})", human_bytes(done), human_bytes(total));
@@ -306,13 +449,14 @@ fn fetch_verified(server: &Server, plan: &Plan, dest: &str) -> Result<()> {
         }
     }
     if done != total {
-        return Err(format!("image truncated: got {done} of {total} bytes"));
+        // A server that died mid-body may end it early rather than reset it.
+        return Err(Fetch::Lost(format!("image truncated: got {done} of {total} bytes")));
     }
     let got = hex::encode(hasher.finalize());
     if got != plan.image.sha256 {
-        return Err(format!("image hash mismatch: expected sha256 {}, got {got}", plan.image.sha256));
+        return Err(Fetch::Failed(format!("image hash mismatch: expected sha256 {}, got {got}", plan.image.sha256)));
     }
-    file.sync_all().map_err(|e| format!("{dest}: {e}"))?;
+    file.sync_all().map_err(|e| Fetch::Failed(format!("{dest}: {e}")))?;
     say(&format!("image verified: sha256 {got}"));
     Ok(())
 }
@@ -339,7 +483,7 @@ fn mount_root(image: &str) -> Result<()> {
 }
 
 /// Put the agent and its coordinates into the new root so stage two can report.
-fn install_for_stage_two(args: &BootArgs, plan: &Plan) -> Result<()> {
+fn install_for_stage_two(server: &Server, args: &BootArgs, plan: &Plan) -> Result<()> {
     let root = Path::new(NEWROOT);
     let agent_dest = root.join(INSTALLED_AGENT);
     let env_dest = root.join(ENV_FILE);
@@ -350,9 +494,15 @@ fn install_for_stage_two(args: &BootArgs, plan: &Plan) -> Result<()> {
     }
     fs::copy("/proc/self/exe", &agent_dest).map_err(|e| format!("{}: {e}", agent_dest.display()))?;
     set_mode(&agent_dest, 0o755)?;
+    // Stage two starts with the server that answered last, the others after it.
+    let bases = server.bases.borrow().in_turn();
+    let (first, peers) = bases.split_first().map_or(("", &[][..]), |(f, p)| (f.as_str(), p));
     let env = format!(
-        "RAMBOOT_SERVER={}\nRAMBOOT_NODE={}\nRAMBOOT_TOKEN={}\nRAMBOOT_PROFILE={}\n",
-        args.server, args.node, args.token, plan.profile
+        "RAMBOOT_SERVER={first}\nRAMBOOT_PEERS={}\nRAMBOOT_NODE={}\nRAMBOOT_TOKEN={}\nRAMBOOT_PROFILE={}\n",
+        peers.join(","),
+        args.node,
+        args.token,
+        plan.profile
     );
     fs::write(&env_dest, env).map_err(|e| format!("{}: {e}", env_dest.display()))?;
     set_mode(&env_dest, 0o600)?;
@@ -396,8 +546,10 @@ fn stage_two_server() -> Result<Server> {
         node: get("RAMBOOT_NODE")?,
         token: get("RAMBOOT_TOKEN")?,
         mac: None,
+        // Absent in a file an older stage one wrote: no peers.
+        peers: get("RAMBOOT_PEERS").map(|v| ramboot_proto::parse_peers(&v)).unwrap_or_default(),
     };
-    Ok(Server::new(&args))
+    Ok(Server::new(&args, "stage two"))
 }
 
 fn ready() -> Result<()> {
@@ -570,6 +722,42 @@ mod tests {
         keep_secret("short1-and-longer");
         keep_secret("tiny");
         assert_eq!(redacted("x short1-and-longer y short1 z tiny"), "x [redacted] y [redacted] z tiny");
+    }
+
+    fn bases() -> Bases {
+        Bases::new("http://10.0.0.1:8080/", &["http://10.0.0.2:8080".into(), "http://10.0.0.1:8080".into()])
+    }
+
+    #[test]
+    fn bases_start_with_the_server_and_list_each_once() {
+        let b = bases();
+        assert_eq!(b.all, ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]);
+        assert_eq!(b.current(), "http://10.0.0.1:8080");
+        let mut alone = Bases::new("http://10.0.0.1:8080", &[]);
+        assert_eq!(alone.advance(), None, "no other server: stay");
+        assert_eq!(alone.current(), "http://10.0.0.1:8080");
+    }
+
+    #[test]
+    fn a_switch_sticks_and_goes_round() {
+        let mut b = bases();
+        assert_eq!(b.advance(), Some("http://10.0.0.2:8080"));
+        assert_eq!(b.current(), "http://10.0.0.2:8080", "sticks with the new one");
+        assert_eq!(b.in_turn(), ["http://10.0.0.2:8080", "http://10.0.0.1:8080"]);
+        assert_eq!(b.advance(), Some("http://10.0.0.1:8080"), "round the list");
+    }
+
+    #[test]
+    fn urls_the_server_handed_out_follow_the_switch() {
+        let mut b = bases();
+        let image = "http://10.0.0.1:8080/artifacts/sha256/ab/tiny.squashfs";
+        assert_eq!(b.rebase(image), image);
+        b.advance();
+        assert_eq!(b.rebase(image), "http://10.0.0.2:8080/artifacts/sha256/ab/tiny.squashfs");
+        assert_eq!(b.rebase("http://10.0.0.2:8080/boot/v1/overlay"), "http://10.0.0.2:8080/boot/v1/overlay");
+        // Not a known server (a port that merely starts the same, another host): untouched.
+        assert_eq!(b.rebase("http://10.0.0.1:80801/x"), "http://10.0.0.1:80801/x");
+        assert_eq!(b.rebase("http://mirror.example/x"), "http://mirror.example/x");
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub mod cmdline {
     pub const NODE: &str = "ramboot.node";
     pub const TOKEN: &str = "ramboot.token";
     pub const MAC: &str = "ramboot.mac";
+    /// The other servers sharing this one's database, comma-separated boot URLs:
+    /// where stage one turns when `ramboot.server` stops answering.
+    pub const PEERS: &str = "ramboot.peers";
 }
 
 /// The agent's coordinates, as found on the kernel command line.
@@ -27,6 +30,14 @@ pub struct BootArgs {
     pub node: String,
     pub token: String,
     pub mac: Option<String>,
+    /// Other servers' boot URLs, in the order to try them; empty without peers.
+    #[serde(default)]
+    pub peers: Vec<String>,
+}
+
+/// `http://a:8080,http://b:8080` → its URLs, empty parts skipped (absent or empty: none).
+pub fn parse_peers(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect()
 }
 
 impl BootArgs {
@@ -44,6 +55,7 @@ impl BootArgs {
             node: get(cmdline::NODE).ok_or(cmdline::NODE)?,
             token: get(cmdline::TOKEN).ok_or(cmdline::TOKEN)?,
             mac: get(cmdline::MAC),
+            peers: get(cmdline::PEERS).map(|v| parse_peers(&v)).unwrap_or_default(),
         })
     }
 }
@@ -147,6 +159,18 @@ mod tests {
         assert_eq!(args.token, "abc");
         assert_eq!(args.mac.as_deref(), Some("52:54:00:00:00:01"));
         assert_eq!(BootArgs::from_cmdline("quiet ramboot.node=1"), Err(cmdline::SERVER));
+        assert!(args.peers.is_empty(), "no ramboot.peers: no peers");
+    }
+
+    #[test]
+    fn peers_are_optional_and_parsed_tolerantly() {
+        let line = "ramboot.server=http://10.0.0.1:8080 ramboot.node=7 ramboot.token=abc \
+                    ramboot.peers=http://10.0.0.2:8080,,http://10.0.0.3:8080,";
+        let args = BootArgs::from_cmdline(line).unwrap();
+        assert_eq!(args.peers, ["http://10.0.0.2:8080", "http://10.0.0.3:8080"]);
+        let empty = BootArgs::from_cmdline("ramboot.server=s ramboot.node=1 ramboot.token=t ramboot.peers=").unwrap();
+        assert!(empty.peers.is_empty());
+        assert!(parse_peers(" , ").is_empty());
     }
 }
 

@@ -159,7 +159,7 @@ impl Store {
         node: NodeId,
         generate: impl FnOnce() -> Result<String, E>,
     ) -> Result<String, E> {
-        let mut tx = self.backend.begin_write().await.map_err(StoreError::from)?;
+        let mut tx = self.backend.begin_write().await?;
         let row = tx
             .sql("SELECT chap_secret FROM nodes WHERE id = $1")
             .bind(node)
@@ -201,7 +201,7 @@ impl Store {
         generate: impl FnOnce() -> Result<String, E>,
         now_ms: i64,
     ) -> Result<(), E> {
-        let mut tx = self.backend.begin_write().await.map_err(StoreError::from)?;
+        let mut tx = self.backend.begin_write().await?;
         let row = tx
             .sql("SELECT mutual_chap_secret FROM nodes WHERE id = $1")
             .bind(node)

@@ -64,9 +64,41 @@ pub struct BootScript<'a> {
     pub hostname: &'a str,
     pub profile: &'a str,
     pub stage1: &'a str,
+    /// Where stage one loads from: this server, then each peer (the script falls
+    /// through to the next when a download or the boot fails).
+    pub sources: Vec<StageOneSource>,
+    pub args: Vec<String>,
+    /// After the last source failed: seconds before iPXE reboots to ask again.
+    pub retry_secs: u32,
+}
+
+/// One server's URLs for a stage one's kernel and initrd.
+pub struct StageOneSource {
+    pub base: String,
     pub kernel_url: String,
     pub initrd_url: String,
-    pub args: Vec<String>,
+}
+
+/// Each server's stage-one URLs, in `bases` order (this server first), and the
+/// kernel arguments that tell the agent where to report: `ramboot.server` is this
+/// server, `ramboot.peers` the others (absent without peers).
+fn stage_one_sources(bases: &[String], kernel_digest: &str, initrd_digest: &str) -> (Vec<StageOneSource>, Vec<String>) {
+    let sources = bases
+        .iter()
+        .map(|base| StageOneSource {
+            base: base.clone(),
+            kernel_url: format!("{base}/artifacts/sha256/{kernel_digest}/vmlinuz"),
+            initrd_url: format!("{base}/artifacts/sha256/{initrd_digest}/initrd.img"),
+        })
+        .collect();
+    let mut args = Vec::new();
+    if let Some((own, peers)) = bases.split_first() {
+        args.push(format!("{}={own}", ramboot_proto::cmdline::SERVER));
+        if !peers.is_empty() {
+            args.push(format!("{}={}", ramboot_proto::cmdline::PEERS, peers.join(",")));
+        }
+    }
+    (sources, args)
 }
 
 #[derive(Template)]
@@ -197,10 +229,11 @@ async fn boot_script(
                 (id, "(discovery)", why)
             }
         };
-        let base = state.config.boot_url();
+        let bases = state.config.cluster.boot_urls(&state.config.boot_url());
+        let (sources, server_args) = stage_one_sources(&bases, &plan.stage1.kernel_digest, &plan.stage1.initrd_digest);
         let mut args = plan.kernel_args;
+        args.extend(server_args);
         args.extend([
-            format!("{}={base}", ramboot_proto::cmdline::SERVER),
             format!("{}={}", ramboot_proto::cmdline::NODE, node.id),
             format!("{}={token}", ramboot_proto::cmdline::TOKEN),
             format!("{}={mac}", ramboot_proto::cmdline::MAC),
@@ -212,9 +245,9 @@ async fn boot_script(
             hostname: &node.hostname,
             profile: profile_name,
             stage1: &plan.stage1.name,
-            kernel_url: format!("{base}/artifacts/sha256/{}/vmlinuz", plan.stage1.kernel_digest),
-            initrd_url: format!("{base}/artifacts/sha256/{}/initrd.img", plan.stage1.initrd_digest),
+            sources,
             args,
+            retry_secs: ASK_AGAIN_SECS,
         };
         info!(node = node.id, boot = boot_id, profile = %profile_name, %why, "boot started: iPXE script served");
         Ok(ipxe(render(&script)?))
@@ -522,7 +555,12 @@ async fn event(
 mod tests {
     use super::*;
 
-    fn script() -> String {
+    fn script(bases: &[&str]) -> String {
+        let bases: Vec<String> = bases.iter().map(|b| b.to_string()).collect();
+        let (sources, server_args) = stage_one_sources(&bases, &"a".repeat(64), &"b".repeat(64));
+        let mut args = vec!["console=ttyS0,115200n8".to_string()];
+        args.extend(server_args);
+        args.extend(["ramboot.node=3".into(), "ramboot.token=0123abcd".into(), "ramboot.mac=52:54:00:12:34:56".into()]);
         BootScript {
             node_id: 3,
             boot_id: 12,
@@ -530,15 +568,9 @@ mod tests {
             hostname: "node-525400123456",
             profile: "compute-node",
             stage1: "stage1",
-            kernel_url: format!("http://10.213.0.1:8080/artifacts/sha256/{}/vmlinuz", "a".repeat(64)),
-            initrd_url: format!("http://10.213.0.1:8080/artifacts/sha256/{}/initrd.img", "b".repeat(64)),
-            args: vec![
-                "console=ttyS0,115200n8".into(),
-                "ramboot.server=http://10.213.0.1:8080".into(),
-                "ramboot.node=3".into(),
-                "ramboot.token=0123abcd".into(),
-                "ramboot.mac=52:54:00:12:34:56".into(),
-            ],
+            sources,
+            args,
+            retry_secs: ASK_AGAIN_SECS,
         }
         .render()
         .unwrap()
@@ -546,7 +578,31 @@ mod tests {
 
     #[test]
     fn boot_script_snapshot() {
-        insta::assert_snapshot!(script());
+        insta::assert_snapshot!(script(&["http://10.213.0.1:8080"]));
+    }
+
+    /// With peers, each server is tried in turn (this one first), and the agent
+    /// learns the others from `ramboot.peers`.
+    #[test]
+    fn boot_script_with_peers_snapshot() {
+        let script = script(&["http://10.213.0.1:8080", "http://10.213.0.2:8080", "http://10.213.0.3:8080"]);
+        insta::assert_snapshot!(script);
+    }
+
+    #[test]
+    fn every_fallback_jump_has_its_label() {
+        let script = script(&["http://10.213.0.1:8080", "http://10.213.0.2:8080"]);
+        for line in script.lines() {
+            if let Some((_, target)) = line.split_once("|| goto ") {
+                assert!(script.lines().any(|l| l == format!(":{target}")), "no label {target}:\n{script}");
+            }
+        }
+        let kernels: Vec<&str> = script.lines().filter(|l| l.starts_with("kernel ")).collect();
+        assert_eq!(kernels.len(), 2, "{script}");
+        assert!(kernels
+            .iter()
+            .all(|k| k.contains("ramboot.server=http://10.213.0.1:8080 ramboot.peers=http://10.213.0.2:8080")));
+        assert!(script.trim_end().ends_with("reboot"), "{script}");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! bridge, PXE-boots a QEMU VM (TCG, e1000 + iPXE ROM) from it, follows the node
 //! through the admin API while printing each phase, then prints the timeline.
 //! Everything it starts, it stops: children by PID, the namespace by name, also on
-//! Ctrl-C and on failure. The namespace, bridge, tap, QEMU and tgtd set-up is the
+//! Ctrl-C and on failure. With `--failover` it runs two servers on one PostgreSQL
+//! database and kills (SIGKILL) the one that served the VM's iPXE script, so the
+//! boot must finish on the other. The namespace, bridge, tap, QEMU and tgtd set-up is the
 //! lab library's ([`ramboot_lab`]), shared with the integration tests.
 
 use anyhow::{bail, Context, Result};
@@ -18,6 +20,7 @@ use ramboot_lab::process::Proc;
 use ramboot_lab::qemu::{self, Console, Nic, PxeVm};
 use ramboot_lab::setup::{build_agent, ensure_packages};
 use ramboot_lab::tgtd::{self, Tgtd, TgtdOptions};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -30,6 +33,97 @@ const SUBNET_PREFIX: &str = "10.213.0";
 const BRIDGE: &str = "rbbr0";
 const TAP: &str = "rbtap0";
 const HTTP_PORT: u16 = 8080;
+/// What a server logs when it hands a node its boot script (`http::boot`).
+const SCRIPT_SERVED: &str = "boot started: iPXE script served";
+/// What iPXE prints on the VM's console once it runs that script (`templates/boot.ipxe`).
+const SCRIPT_RUNNING: &str = " is booting profile ";
+
+/// One `ramboot serve` of the lab: its address, data dir, config and logs.
+#[derive(Debug, Clone)]
+struct LabServer {
+    /// "a" or "b", for messages.
+    name: &'static str,
+    ip: String,
+    data: PathBuf,
+    config: PathBuf,
+    /// Its stdout.
+    out: PathBuf,
+    /// Its stderr: tracing's log.
+    log: PathBuf,
+}
+
+impl LabServer {
+    /// Server `a` keeps the single-server file names (`data`, `ramboot.yaml`,
+    /// `server.log`, `server.err`): tests and users know them.
+    fn new(dir: &Path, name: &'static str, host: u8) -> LabServer {
+        let suffix = if name == "a" { String::new() } else { format!("-{name}") };
+        LabServer {
+            name,
+            ip: format!("{SUBNET_PREFIX}.{host}"),
+            data: dir.join(format!("data{suffix}")),
+            config: dir.join(format!("ramboot{suffix}.yaml")),
+            out: dir.join(format!("server{suffix}.log")),
+            log: dir.join(format!("server{suffix}.err")),
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}:{HTTP_PORT}", self.ip)
+    }
+}
+
+/// What a lab server's `ramboot.yaml` says beyond the common part: where it is,
+/// its database and peers. Alone, it listens on every address of the namespace;
+/// beside a peer in the same namespace, each listens on its own (HTTP and TFTP
+/// cannot share a port; DHCP's sockets can, see `dhcp::io::bind`).
+fn server_config(
+    server: &LabServer,
+    peers: &[&LabServer],
+    opts: &LabOptions,
+    paths: (&Path, &Path),
+    profile: &str,
+) -> String {
+    let (ip, (profiles, ipxe)) = (&server.ip, paths);
+    let listen = if peers.is_empty() { "0.0.0.0" } else { ip.as_str() };
+    let mut text = format!(
+        "# Written by `ramboot-lab`: the lab's own network namespace and paths.\n\
+         interface: {BRIDGE}\nserver_address: {ip}\nhttp:\n  listen: {listen}:{HTTP_PORT}\n\
+         dhcp:\n  subnet: {SUBNET_PREFIX}.0/24\n  range: [{SUBNET_PREFIX}.100, {SUBNET_PREFIX}.199]\n  router: {ip}\n\
+         paths:\n  profiles: {}\n  ipxe: {}\n  data: {}\n{}ipv6_ra: true\n",
+        profiles.display(),
+        ipxe.display(),
+        server.data.display(),
+        if opts.discover { String::new() } else { format!("default_profile: {profile}\n") }
+    );
+    if let Some(url) = &opts.database {
+        text.push_str(&format!("database: \"{url}\"\n"));
+    }
+    if !peers.is_empty() {
+        let urls: Vec<String> = peers.iter().map(|p| format!("\"{}\"", p.base())).collect();
+        text.push_str(&format!("tftp:\n  listen: {ip}:69\ncluster:\n  peers: [{}]\n", urls.join(", ")));
+    }
+    text
+}
+
+/// Hard-link every file under `from` into `to` (made anew): a second server's own
+/// copy of the built images, without copying their bytes.
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).with_context(|| format!("removing {}", to.display()))?;
+    }
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type()?.is_dir() {
+            link_tree(&src, &dst)?;
+        } else {
+            std::fs::hard_link(&src, &dst)
+                .with_context(|| format!("linking {} to {}", src.display(), dst.display()))?;
+        }
+    }
+    Ok(())
+}
 
 /// `ramboot-lab`'s options.
 #[derive(Debug, Clone, Parser)]
@@ -80,6 +174,17 @@ pub struct LabOptions {
     /// Profiles directory (default: the checkout's `profiles/`).
     #[arg(long)]
     pub profiles: Option<PathBuf>,
+    /// The servers' database, `postgres:///DB?host=/var/run/postgresql&user=U`
+    /// (the password from PGPASSWORD; the unix socket is reachable from the lab's
+    /// namespace). Default: a fresh SQLite file in the lab's data dir.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Run a second server (10.213.0.2, its own data dir holding the same images)
+    /// on the same bridge and --database, each the other's `cluster.peers`. Once
+    /// one of them has served the VM's iPXE script, kill it (SIGKILL) and follow
+    /// the boot to the end on the other.
+    #[arg(long, requires = "database", conflicts_with_all = ["iscsi", "crash", "discover"])]
+    pub failover: bool,
 }
 
 impl LabOptions {
@@ -257,7 +362,8 @@ async fn run(opts: LabOptions) -> Result<()> {
         None => tokio::task::spawn_blocking(|| ramboot_lab::bins::workspace().map(|b| b.ramboot.clone())).await??,
     };
     // Node state is per lab run (images stay cached): each run's timeline is its own.
-    for f in ["ramboot.db", "ramboot.db-wal", "ramboot.db-shm"] {
+    // A --database is the caller's: it is used as it is.
+    for f in ["ramboot.db", "ramboot.db-wal", "ramboot.db-shm"].iter().filter(|_| opts.database.is_none()) {
         match std::fs::remove_file(data.join(f)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).context("resetting the lab database"),
             _ => {}
@@ -285,21 +391,20 @@ async fn run(opts: LabOptions) -> Result<()> {
     let ipxe_dir = dir.join("ipxe");
     run_checked(std::process::Command::new("bash").arg(repo.join("ipxe/fetch.sh")).arg(&ipxe_dir), "ipxe/fetch.sh")?;
 
-    let server_ip = format!("{SUBNET_PREFIX}.1");
-    let config_path = dir.join("ramboot.yaml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "# Written by `ramboot-lab`: the lab's own network namespace and paths.\n\
-             interface: {BRIDGE}\nserver_address: {server_ip}\nhttp:\n  listen: 0.0.0.0:{HTTP_PORT}\n\
-             dhcp:\n  subnet: {SUBNET_PREFIX}.0/24\n  range: [{SUBNET_PREFIX}.100, {SUBNET_PREFIX}.199]\n  router: {server_ip}\n\
-             paths:\n  profiles: {}\n  ipxe: {}\n  data: {}\n{}ipv6_ra: true\n",
-            lab_profiles.display(),
-            ipxe_dir.display(),
-            data.display(),
-            if opts.discover { String::new() } else { format!("default_profile: {}\n", profile.name) }
-        ),
-    )?;
+    let mut servers = vec![LabServer::new(&dir, "a", 1)];
+    if opts.failover {
+        let b = LabServer::new(&dir, "b", 2);
+        // Its own copy of the images (a shared filesystem is not what is tested).
+        link_tree(&data.join("images"), &b.data.join("images"))?;
+        servers.push(b);
+    }
+    for server in &servers {
+        let peers: Vec<&LabServer> = servers.iter().filter(|p| p.ip != server.ip).collect();
+        let text = server_config(server, &peers, &opts, (&lab_profiles, &ipxe_dir), &profile.name);
+        std::fs::write(&server.config, text).with_context(|| format!("writing {}", server.config.display()))?;
+    }
+    let server_ip = servers[0].ip.clone();
+    let config_path = servers[0].config.clone();
     let tgt_control = tgtd::control_port();
     if opts.iscsi {
         // Fresh volumes per lab run, like the database: a run's data is its own.
@@ -325,11 +430,12 @@ async fn run(opts: LabOptions) -> Result<()> {
     }
 
     let netns_name = format!("rblab{}", std::process::id());
-    println!("lab: network namespace {netns_name}: bridge {BRIDGE} {server_ip}/24, tap {TAP}");
+    let addresses: Vec<String> = servers.iter().map(|s| format!("{}/24", s.ip)).collect();
+    println!("lab: network namespace {netns_name}: bridge {BRIDGE} {}, tap {TAP}", addresses.join(" "));
     let netns = Netns::create(&netns_name)?;
-    net::bridge_with_tap(&netns_name, BRIDGE, TAP, &[format!("{server_ip}/24")])?;
-    let lab = Lab { opts: &opts, dir: &dir, netns: &netns_name, ramboot: &ramboot, tgt_control };
-    let result = lab.run(&config_path, &server_ip, &interrupted).await;
+    net::bridge_with_tap(&netns_name, BRIDGE, TAP, &addresses)?;
+    let lab = Lab { opts: &opts, dir: &dir, netns: &netns_name, ramboot: &ramboot, tgt_control, servers: &servers };
+    let result = lab.run(&interrupted).await;
     drop(netns);
     println!("lab: cleaned up namespace {netns_name}");
     result
@@ -351,36 +457,33 @@ struct Lab<'a> {
     /// The `ramboot` server binary.
     ramboot: &'a Path,
     tgt_control: u16,
+    /// The first is the one operators talk to; with `--failover` there are two.
+    servers: &'a [LabServer],
 }
 
 /// How long a stopped server or VM gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(8);
 
 impl Lab<'_> {
-    async fn run(&self, config: &Path, server_ip: &str, interrupted: &CancellationToken) -> Result<()> {
-        let (opts, dir, netns) = (self.opts, self.dir, self.netns);
-        let server_log = dir.join("server.log");
+    async fn run(&self, interrupted: &CancellationToken) -> Result<()> {
+        let (opts, dir) = (self.opts, self.dir);
         let console_log = dir.join("console.log");
-        let program: Vec<OsString> = vec![self.ramboot.into(), "serve".into(), "--config".into(), config.into()];
-        let server = net::in_ns(netns, &program)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&server_log)?)
-            .stderr(std::fs::File::create(dir.join("server.err"))?)
-            .spawn()
-            .context("starting ramboot serve")?;
-        let server = Proc::new("ramboot serve", server);
-        println!("lab: ramboot serve started (log: {})", server_log.display());
-        let http = NetnsHttp::start(netns)?;
-        let base = format!("http://{server_ip}:{HTTP_PORT}");
-        let (server_err, data) = (dir.join("server.err"), dir.join("data"));
-        tokio::select! {
-            r = wait_for_server(&http, &base, &server_err, &data) => r?,
-            _ = interrupted.cancelled() => {
-                server.stop(STOP_GRACE);
-                bail!("interrupted");
+        let http = NetnsHttp::start(self.netns)?;
+        // The first server writes the admin token on its first start; the others
+        // share its database, and with it that token.
+        let token = ramboot::http::auth::admin_token_path(&self.servers[0].data);
+        let mut procs: Vec<Option<Proc>> = Vec::new();
+        for server in self.servers {
+            procs.push(Some(self.start_server(server)?));
+            let server_base = server.base();
+            tokio::select! {
+                r = wait_for_server(&http, &server_base, &server.log, &token) => r?,
+                // Dropping `procs` stops the servers.
+                _ = interrupted.cancelled() => bail!("interrupted"),
             }
         }
+        let server_ip = self.servers[0].ip.as_str();
+        let mut base = self.servers[0].base();
 
         let mac = LAB_MAC;
         let tgtd = if opts.iscsi { Some(self.start_tgtd(server_ip)?) } else { None };
@@ -396,6 +499,14 @@ impl Lab<'_> {
         let mut qemu = self.power_on(&console_log, false)?;
         let mut progress = Follow::default();
         let deadline = started + opts.timeout() * opts.boots.max(1);
+        let mut failover = None;
+        if opts.failover {
+            let killed = self.kill_script_server(&mut procs, &mut qemu, deadline, interrupted).await?;
+            let survivor = (killed + 1) % self.servers.len();
+            base = self.servers[survivor].base();
+            println!("lab: following the boot on server {} ({base})", self.servers[survivor].name);
+            failover = Some((killed, survivor));
+        }
         let mut outcome = Outcome::TimedOut;
         for n in 1..=opts.boots.max(1) {
             let (result, boot) =
@@ -421,6 +532,10 @@ impl Lab<'_> {
             }
         }
         if let (Some(path), Some(body)) = (&opts.report, http.get(format!("{base}/api/v1/nodes/{mac}")).await.ok()) {
+            let body = match failover {
+                Some((killed, survivor)) => self.failover_report(&body, killed, survivor)?,
+                None => body,
+            };
             std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?;
         }
         let outcome = match outcome {
@@ -433,7 +548,9 @@ impl Lab<'_> {
         };
         qemu.stop(STOP_GRACE);
         drop(tgtd);
-        server.stop(STOP_GRACE);
+        for server in procs.into_iter().flatten() {
+            server.stop(STOP_GRACE);
+        }
         let _ = std::fs::remove_file(&monitor);
         match outcome {
             Outcome::Ready => Ok(()),
@@ -451,6 +568,74 @@ impl Lab<'_> {
             }
             Outcome::Interrupted => bail!("interrupted"),
         }
+    }
+
+    /// Start `ramboot serve` with `server`'s config, in the lab's namespace.
+    fn start_server(&self, server: &LabServer) -> Result<Proc> {
+        let program: Vec<OsString> =
+            vec![self.ramboot.into(), "serve".into(), "--config".into(), server.config.clone().into()];
+        let child = net::in_ns(self.netns, &program)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&server.out)?)
+            .stderr(std::fs::File::create(&server.log)?)
+            .spawn()
+            .with_context(|| format!("starting ramboot serve ({})", server.config.display()))?;
+        println!("lab: ramboot serve {} started on {} (log: {})", server.name, server.base(), server.log.display());
+        Ok(Proc::new(format!("ramboot serve {}", server.name), child))
+    }
+
+    /// Wait until the VM runs its iPXE script (its console says so: the script has
+    /// arrived whole), then kill the server that served it (either may answer the
+    /// VM's DHCP first; its log says which) with SIGKILL, by PID: a crash, not a
+    /// shutdown. Returns its index.
+    async fn kill_script_server(
+        &self,
+        procs: &mut [Option<Proc>],
+        qemu: &mut Proc,
+        deadline: Instant,
+        interrupted: &CancellationToken,
+    ) -> Result<usize> {
+        while Instant::now() < deadline {
+            if let Some(status) = qemu.try_wait() {
+                bail!("the VM exited before any server served its iPXE script ({status})");
+            }
+            let running = ramboot_lab::logs::log_text(&self.dir.join("console.log")).contains(SCRIPT_RUNNING);
+            let served = self.servers.iter().position(|s| ramboot_lab::logs::log_text(&s.log).contains(SCRIPT_SERVED));
+            if let (true, Some(i)) = (running, served) {
+                let proc = procs[i].take().context("the script's server is already stopped")?;
+                let pid = proc.pid();
+                let status = proc.kill();
+                let server = &self.servers[i];
+                println!(
+                    "lab: server {} ({}) served the iPXE script; killed it (SIGKILL, pid {pid}): {}",
+                    server.name,
+                    server.base(),
+                    status.map_or_else(|| "not reaped".to_string(), |s| s.to_string())
+                );
+                return Ok(i);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = interrupted.cancelled() => bail!("interrupted"),
+            }
+        }
+        bail!("no server served the VM's iPXE script within {:?}", self.opts.timeout())
+    }
+
+    /// The node's detail with what `--failover` did: which server served the
+    /// script (and was killed) and which one logged the node's `ready`.
+    fn failover_report(&self, body: &str, killed: usize, survivor: usize) -> Result<String> {
+        let mut detail: serde_json::Value = serde_json::from_str(body).context("the node's detail")?;
+        let ready_on: Vec<String> = self.servers.iter().filter(|s| logged_ready(&s.log)).map(LabServer::base).collect();
+        detail["failover"] = serde_json::json!({
+            "script_server": self.servers[killed].base(),
+            "killed": self.servers[killed].base(),
+            "survivor": self.servers[survivor].base(),
+            "ready_logged_by": ready_on,
+            "logs": self.servers.iter().map(|s| (s.base(), s.log.display().to_string())).collect::<BTreeMap<_, _>>(),
+        });
+        Ok(serde_json::to_string_pretty(&detail)?)
     }
 
     /// Power the VM on: SeaBIOS or OVMF, e1000 with QEMU's iPXE ROM, network boot.
@@ -525,12 +710,16 @@ async fn attach_lab_volume(http: &NetnsHttp, base: &str) -> Result<()> {
     Ok(())
 }
 
-/// Wait until the server answers its admin API with the token it wrote at start.
-async fn wait_for_server(http: &NetnsHttp, base: &str, err_log: &Path, data: &Path) -> Result<()> {
+/// Did this server's log record a node moving to `ready` (an agent's report it took)?
+fn logged_ready(log: &Path) -> bool {
+    ramboot_lab::logs::log_text(log).lines().any(|l| l.contains("node moved") && l.contains("state=ready"))
+}
+
+/// Wait until the server answers its admin API with the admin token (in `token_file`).
+async fn wait_for_server(http: &NetnsHttp, base: &str, err_log: &Path, token_file: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let token_file = ramboot::http::auth::admin_token_path(data);
     while Instant::now() < deadline {
-        if let Ok(token) = std::fs::read_to_string(&token_file) {
+        if let Ok(token) = std::fs::read_to_string(token_file) {
             if let Ok(mut slot) = http.token.lock() {
                 *slot = Some(token.trim().to_string());
             }
