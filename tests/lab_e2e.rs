@@ -202,6 +202,16 @@ fn a_boot_finishes_on_the_other_server_when_its_server_dies() {
     assert_eq!(failover["script_server"], killed, "the server killed is the one that served the script");
     let log = |server: &str| harness::log_text(std::path::Path::new(failover["logs"][server].as_str().unwrap()));
     assert!(log(killed).contains("boot started: iPXE script served"), "{}", log(killed));
+    // The timeline names the server that served the script (its `cluster.name`,
+    // by default its address).
+    let killed_name = killed.trim_start_matches("http://").split(':').next().unwrap_or_default();
+    let served_by = format!("; server {killed_name})");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["state"] == "booting" && e["message"].as_str().is_some_and(|m| m.ends_with(&served_by))),
+        "the booting event names {killed_name}: {events:#?}"
+    );
     // The later reports went to the survivor: the agent says it moved on, and only
     // the survivor took the `ready` report.
     let moved_on = format!("server {killed} unreachable, continuing on {survivor}");

@@ -218,7 +218,9 @@ async fn boot_script(
         let bound = BootStart { hash: &token_hash, bound_ip: source, stage1 };
         let (boot_id, profile_name, why) = match &plan.profile {
             Some(boot) => {
-                let why = boot.describe();
+                // The node's timeline says which server of a cluster served it, and
+                // which revision of the profile (that server's copy).
+                let why = format!("{}; server {}", boot.describe(), state.config.cluster.name);
                 let id = state.store.start_boot(node.id, &boot.profile, Some(&boot.image), &bound, now, &why).await?;
                 (id, boot.profile.as_str(), why)
             }
