@@ -77,7 +77,12 @@ struct WireCluster {
     /// and each server offers addresses from its own share of every range.
     #[serde(default)]
     peers: Vec<String>,
+    /// How often to ask the peers for images this server lacks (`images::sync`).
+    image_sync_secs: Option<u64>,
 }
+
+/// `cluster.image_sync_secs` when unset.
+pub const DEFAULT_IMAGE_SYNC: Duration = Duration::from_secs(30);
 
 /// `retention:` how long history is kept before the pruning task deletes it; 0 keeps
 /// it for ever. Nodes, and each node's current boot with its events, are never pruned.
@@ -465,6 +470,8 @@ pub struct Cluster {
     pub peers: Vec<SocketAddrV4>,
     /// The part of every range this server offers from first.
     pub share: ramboot_core::dhcp::pool::Share,
+    /// How often image sync asks the peers for images this server lacks.
+    pub image_sync: Duration,
 }
 
 impl Cluster {
@@ -502,11 +509,16 @@ impl Cluster {
         if !valid_server_name(&name) {
             return Err(format!("cluster.name {name:?}: 1-63 letters, digits, '.', '-' or '_'"));
         }
+        let image_sync = match wire.image_sync_secs {
+            None => DEFAULT_IMAGE_SYNC,
+            Some(secs @ 1..=86_400) => Duration::from_secs(secs),
+            Some(secs) => return Err(format!("cluster.image_sync_secs {secs}: between 1 and 86400")),
+        };
         let mut all: Vec<SocketAddrV4> = peers.iter().copied().chain([own]).collect();
         all.sort();
         let index = all.iter().position(|a| *a == own).unwrap_or(0);
         let share = ramboot_core::dhcp::pool::Share { index: index as u32, of: all.len() as u32 };
-        Ok(Cluster { name, peers, share })
+        Ok(Cluster { name, peers, share, image_sync })
     }
 }
 
@@ -922,6 +934,9 @@ default_profile: tiny
         // Alone, a server has the whole range.
         let alone = Config::parse(Path::new("r.yaml"), GOOD).unwrap();
         assert_eq!(alone.cluster.share, ramboot_core::dhcp::pool::Share::WHOLE);
+        assert_eq!((a.cluster.image_sync, alone.cluster.image_sync), (DEFAULT_IMAGE_SYNC, DEFAULT_IMAGE_SYNC));
+        let fast = Config::parse(Path::new("r.yaml"), &format!("{GOOD}{pg}cluster:\n  image_sync_secs: 2\n")).unwrap();
+        assert_eq!(fast.cluster.image_sync, Duration::from_secs(2));
     }
 
     #[test]
@@ -942,6 +957,9 @@ default_profile: tiny
         assert!(err.contains("one PostgreSQL database"), "{err}");
         let text = format!("{GOOD}{pg}cluster:\n  name: \"a b\"\n");
         assert!(Config::parse(Path::new("r.yaml"), &text).is_err());
+        let text = format!("{GOOD}{pg}cluster:\n  image_sync_secs: 0\n");
+        let err = Config::parse(Path::new("r.yaml"), &text).unwrap_err().to_string();
+        assert!(err.contains("image_sync_secs 0"), "{err}");
     }
 
     #[test]

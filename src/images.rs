@@ -4,6 +4,9 @@
 //! Layout under `<data>/images/`: `sha256/<hex>` holds each artifact exactly once;
 //! `manifests/<name>.json` names the current build of an image and its artifacts.
 //! Artifacts are immutable: the HTTP tier serves them with their digest as ETag.
+//! Servers sharing one database fetch each other's images by digest (`sync`).
+
+pub mod sync;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -89,6 +92,14 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The SHA-256 of the manifest's JSON as this version writes it: tells two
+    /// builds of one name apart (sync warnings, tombstones).
+    pub fn digest(&self) -> Digest {
+        // A struct of strings, numbers and BTreeMaps always serialises.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        Digest(Sha256::digest(&json).into())
+    }
+
     pub fn artifact(&self, role: &str) -> Result<&Artifact, ImageError> {
         self.artifacts
             .get(role)
@@ -136,7 +147,13 @@ impl ImageStore {
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("sha256").join(digest.to_string())
+        self.blobs_dir().join(digest.to_string())
+    }
+
+    /// Where blobs live; temporary files beside them are named `.<digest>.…`, so
+    /// they are never served nor collected as garbage.
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.root.join("sha256")
     }
 
     pub fn manifests_dir(&self) -> PathBuf {
@@ -147,13 +164,40 @@ impl ImageStore {
         self.root.join("manifests").join(format!("{name}.json"))
     }
 
+    /// `manifests/.deleted/<name>`: the digest of the manifest last deleted under
+    /// that name, so image sync does not fetch it back from a peer that still has it.
+    fn tombstone_path(&self, name: &str) -> PathBuf {
+        self.root.join("manifests").join(".deleted").join(name)
+    }
+
+    /// Images deleted here: name → digest of the deleted manifest.
+    pub fn tombstones(&self) -> Result<BTreeMap<String, Digest>, ImageError> {
+        let dir = self.root.join("manifests").join(".deleted");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(ImageError::Io { path: dir, source: e }),
+        };
+        let mut out = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            // Anything else there (a half-written file) is not a tombstone.
+            if let (true, Ok(digest)) = (valid_name(&name), text.trim().parse()) {
+                out.insert(name, digest);
+            }
+        }
+        Ok(out)
+    }
+
     /// Hash `file` and copy it into the store (once per digest). The copy goes to a
     /// temporary name first and is renamed, so a reader never sees half a blob.
     pub fn ingest(&self, file: &Path, format: &str) -> Result<Artifact, ImageError> {
         let (digest, size) = hash_file(file)?;
         let dest = self.blob_path(&digest);
         if !dest.exists() {
-            let dir = self.root.join("sha256");
+            let dir = self.blobs_dir();
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
             let tmp = dir.join(format!(".{digest}.partial"));
             std::fs::copy(file, &tmp).map_err(io_err(&tmp))?;
@@ -171,7 +215,12 @@ impl ImageStore {
             .map_err(|e| ImageError::BadManifest { path: path.clone(), message: e.to_string() })?;
         let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
         f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        // Built (or fetched) again: no longer deleted.
+        match std::fs::remove_file(self.tombstone_path(&manifest.name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
     }
 
     pub fn manifest(&self, name: &str) -> Result<Manifest, ImageError> {
@@ -238,8 +287,15 @@ impl ImageStore {
     /// Remove an image's manifest, then every blob no remaining manifest uses and
     /// no boot in progress has pinned (`pinned`: digests, from
     /// `Store::pinned_digests`).
+    /// A tombstone remembers the deleted manifest, so image sync does not fetch it
+    /// back from a peer (a different build of the name still comes).
     pub fn delete(&self, name: &str, pinned: &BTreeSet<String>) -> Result<(), ImageError> {
-        self.manifest(name)?;
+        let deleted = self.manifest(name)?;
+        let tombstone = self.tombstone_path(name);
+        if let Some(dir) = tombstone.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        std::fs::write(&tombstone, format!("{}\n", deleted.digest())).map_err(io_err(&tombstone))?;
         let path = self.manifest_path(name);
         std::fs::remove_file(&path).map_err(io_err(&path))?;
         self.collect_garbage(pinned)
@@ -249,7 +305,7 @@ impl ImageStore {
     fn collect_garbage(&self, pinned: &BTreeSet<String>) -> Result<(), ImageError> {
         let live: BTreeSet<String> =
             self.list()?.iter().flat_map(|m| m.artifacts.values().map(|a| a.digest.to_string())).collect();
-        let dir = self.root.join("sha256");
+        let dir = self.blobs_dir();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -276,17 +332,32 @@ pub fn is_garbage(file_name: &str, live: &BTreeSet<String>, pinned: &BTreeSet<St
 }
 
 pub fn hash_file(path: &Path) -> Result<(Digest, u64), ImageError> {
-    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    hash_copy(file, &mut std::io::sink(), |_| Ok(())).map_err(io_err(path))
+}
+
+/// Copy `from` to `to` while hashing it: its SHA-256 and length. `tick` sees the
+/// bytes so far after each chunk; an error from it stops the copy (a caller's
+/// cancellation or size limit).
+pub fn hash_copy(
+    mut from: impl Read,
+    to: &mut impl Write,
+    mut tick: impl FnMut(u64) -> std::io::Result<()>,
+) -> std::io::Result<(Digest, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
         size += n as u64;
+        tick(size)?;
     }
     Ok((Digest(hasher.finalize().into()), size))
 }
@@ -440,6 +511,9 @@ mod tests {
         store.delete("tiny", &BTreeSet::new()).unwrap();
         assert!(store.list().unwrap().is_empty());
         assert!(!blob.exists(), "unreferenced blobs are collected");
+        assert_eq!(store.tombstones().unwrap(), BTreeMap::from([("tiny".to_string(), manifest.digest())]));
+        store.write_manifest(&manifest).unwrap();
+        assert!(store.tombstones().unwrap().is_empty(), "built again: no longer deleted");
     }
 
     #[test]

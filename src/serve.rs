@@ -8,6 +8,7 @@
 use crate::config::Config;
 use crate::dhcp;
 use crate::http::{self, AppState};
+use crate::images::sync::Syncer;
 use crate::images::ImageStore;
 use crate::profiles::LiveProfiles;
 use crate::store::Store;
@@ -23,9 +24,14 @@ const DRAIN: Duration = Duration::from_secs(10);
 const HTTP_DRAIN: Duration = Duration::from_secs(8);
 
 pub async fn run(config: Config) -> Result<()> {
+    // Before anything counts (the first image sync may run before profiles load).
+    crate::http::metrics::handle();
     let images = ImageStore::new(config.paths.images());
-    let profiles = LiveProfiles::load(&config.paths.profiles, &images)
-        .map_err(|e| anyhow::anyhow!("refusing to start: invalid profiles:\n{e}"))?;
+    let cancel = CancellationToken::new();
+    // With peers, images they built are fetched from them (`images::sync`).
+    let mut image_sync = (!config.cluster.peers.is_empty())
+        .then(|| Syncer::new(images.clone(), config.cluster.peers.clone(), cancel.clone()));
+    let profiles = load_profiles(&config, &images, &mut image_sync).await?;
     if let Some(default) = &config.default_profile {
         if profiles.current().get(default).is_none() {
             anyhow::bail!(
@@ -52,10 +58,8 @@ pub async fn run(config: Config) -> Result<()> {
     {
         warn!(path = %path.display(), "first start: created an admin API token; it is in this file (mode 0600)");
     }
-    crate::http::metrics::handle();
     info!(profiles = profiles.current().len(), database = %config.database_url, "ramboot starting");
 
-    let cancel = CancellationToken::new();
     let dhcp_listeners = dhcp::io::bind_all(&config)?;
     let tftp_socket = std::net::UdpSocket::bind(config.tftp_listen)
         .with_context(|| format!("binding TFTP on {}", config.tftp_listen))?;
@@ -93,6 +97,13 @@ pub async fn run(config: Config) -> Result<()> {
         let cancel = cancel.clone();
         tasks.spawn(async move {
             crate::watch::watch_profiles(profiles, images, cancel).await.map_err(anyhow::Error::from)
+        });
+    }
+    if let Some(syncer) = image_sync {
+        let every = config.cluster.image_sync;
+        tasks.spawn(async move {
+            crate::images::sync::run(syncer, every).await;
+            Ok(())
         });
     }
     {
@@ -192,6 +203,29 @@ pub async fn run(config: Config) -> Result<()> {
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The profiles, checked against the images. A server with peers that lacks an
+/// image its profiles name (a new server beside the one that built it) fetches
+/// the peers' images once and checks again before refusing to start.
+async fn load_profiles(config: &Config, images: &ImageStore, sync: &mut Option<Syncer>) -> Result<LiveProfiles> {
+    let refuse = |e| anyhow::anyhow!("refusing to start: invalid profiles:\n{e}");
+    let first = LiveProfiles::load(&config.paths.profiles, images);
+    match (first, sync.take()) {
+        (Ok(profiles), syncer) => {
+            *sync = syncer;
+            Ok(profiles)
+        }
+        (Err(e), None) => Err(refuse(e)),
+        (Err(_), Some(syncer)) => {
+            info!("profiles do not load; fetching the peers' images before checking them again");
+            let (syncer, _) = crate::images::sync::round(syncer)
+                .await
+                .ok_or_else(|| anyhow::anyhow!("image sync failed at start"))?;
+            *sync = Some(syncer);
+            LiveProfiles::load(&config.paths.profiles, images).map_err(refuse)
+        }
     }
 }
 

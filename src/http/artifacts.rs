@@ -1,4 +1,10 @@
-//! Artifact downloads: `/artifacts/sha256/<digest>[/<name>]`.
+//! Artifact downloads: `/artifacts/sha256/<digest>[/<name>]`, and the image
+//! manifests (`/artifacts/manifests[/<name>]`) other servers sharing the database
+//! read to fetch images they lack (`images::sync`).
+//!
+//! Both are public on the boot network, like the blobs themselves: a manifest
+//! holds only image names, kinds, build times, recipe inputs, sizes and digests,
+//! nothing secret (secrets live in profiles' templates, never in images).
 //!
 //! Artifacts are immutable and named by their SHA-256, which is also their strong
 //! ETag. Bodies stream from disk in fixed-size chunks, with single-range support for
@@ -21,13 +27,14 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::images::Digest;
+use crate::images::sync::ManifestList;
+use crate::images::{valid_name, Digest, ImageError, Manifest};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use ramboot_core::range::{answer, Answer, Conditions};
@@ -141,6 +148,24 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/artifacts/sha256/{digest}", get(artifact))
         .route("/artifacts/sha256/{digest}/{name}", get(named_artifact))
+        .route("/artifacts/manifests", get(manifests))
+        .route("/artifacts/manifests/{name}", get(manifest))
+}
+
+/// Every image manifest of this server.
+async fn manifests(State(state): State<AppState>) -> Result<Json<ManifestList<Manifest>>, ApiError> {
+    let images = state.images.clone();
+    let manifests = tokio::task::spawn_blocking(move || images.list()).await.map_err(ApiError::internal)??;
+    Ok(Json(ManifestList { manifests }))
+}
+
+/// One image manifest; a name that is not an image name is simply not found.
+async fn manifest(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Manifest>, ApiError> {
+    if !valid_name(&name) {
+        return Err(ImageError::NoSuchImage(name).into());
+    }
+    let images = state.images.clone();
+    Ok(Json(tokio::task::spawn_blocking(move || images.manifest(&name)).await.map_err(ApiError::internal)??))
 }
 
 async fn named_artifact(

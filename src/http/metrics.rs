@@ -55,6 +55,17 @@ fn describe() {
         "ramboot_db_listener_failures_total",
         "Times this server lost the database's change notices (it resyncs when they return)"
     );
+    metrics::describe_counter!(
+        "ramboot_image_sync_blobs_total",
+        "Blobs fetched from peers by image sync, by outcome (fetched; bad_digest, bad_size, peer_error, \
+         transfer_error, local_error: discarded and tried again next round)"
+    );
+    metrics::describe_counter!("ramboot_image_sync_bytes_total", "Bytes of verified blobs fetched from peers");
+    metrics::describe_counter!("ramboot_image_sync_images_total", "Image manifests fetched from peers");
+    metrics::describe_counter!(
+        "ramboot_image_sync_peer_errors_total",
+        "Image sync rounds in which a peer's manifest list could not be read"
+    );
     metrics::describe_counter!("ramboot_dhcp_messages_total", "DHCP messages handled, by request type and outcome");
     metrics::describe_counter!(
         "ramboot_dhcp_relay_info_disregarded_total",
