@@ -99,11 +99,7 @@ impl Pair {
     /// Server `i`'s counter `name{labels}` (0 when absent).
     fn metric(&self, i: usize, series: &str) -> f64 {
         let (_, body) = self.get(i, "/metrics", None);
-        String::from_utf8_lossy(&body)
-            .lines()
-            .filter(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        common::prometheus_sum(&String::from_utf8_lossy(&body), series)
     }
 
     /// The names of server `i`'s loaded profiles, and its profile errors.

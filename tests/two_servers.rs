@@ -183,11 +183,7 @@ fn metric(fleet: &Fleet, i: usize, name: &str) -> f64 {
         .arg(format!("http://{}:8080/metrics", SERVERS[i]))
         .output()
         .expect("curl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::prometheus_sum(&String::from_utf8_lossy(&out.stdout), name)
 }
 
 /// An event written through server 0 reaches `ramboot events --follow` on

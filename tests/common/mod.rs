@@ -40,6 +40,15 @@ pub struct TestServer {
     pub db: Option<testdb::TestDb>,
 }
 
+/// The sum of a Prometheus text exposition's samples of `series`: a metric name
+/// (all its label sets) or one full series (`name{label="v"}`).
+pub fn prometheus_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Where loopback tests' requests come from.
 pub const LOOPBACK: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
 
