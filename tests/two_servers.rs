@@ -41,32 +41,34 @@ fn unix_now() -> u64 {
 /// Two servers on one bridge, and the namespace perfdhcp runs in.
 struct Fleet {
     lab: Lab,
+    /// Namespace tags (switch, server 0, server 1, clients): tests that run at once
+    /// in one process (one PID) use different ones.
+    tags: [char; 4],
     server_ns: Vec<String>,
     servers: Vec<Option<Ramboot>>,
     client_ns: String,
 }
 
 impl Fleet {
-    fn new(mut lab: Lab) -> Fleet {
+    fn new(mut lab: Lab, tags: [char; 4]) -> Fleet {
         let pid = std::process::id();
-        let switch = lab.netns(&format!("rbw{pid}"));
+        let switch = lab.netns(&format!("rb{}{pid}", tags[0]));
         // The bridge's own tap carries nothing: the bridge is a switch here.
-        let (bridge, _tap) = bridge_with_tap(&switch, 'w', &[]);
+        let (bridge, _tap) = bridge_with_tap(&switch, tags[0], &[]);
         let mut server_ns = Vec::new();
         for (i, ip) in SERVERS.iter().enumerate() {
-            let tag = ['a', 'b'][i];
-            let (ns, _) = bridge_port_ns(&mut lab, (&switch, &bridge), tag, &[format!("{ip}/16")], 1500);
+            let (ns, _) = bridge_port_ns(&mut lab, (&switch, &bridge), tags[1 + i], &[format!("{ip}/16")], 1500);
             server_ns.push(ns);
         }
         let relays: Vec<String> = RELAYS.iter().map(|ip| format!("{ip}/16")).collect();
-        let (client_ns, _) = bridge_port_ns(&mut lab, (&switch, &bridge), 'c', &relays, 1500);
-        Fleet { lab, server_ns, servers: vec![None, None], client_ns }
+        let (client_ns, _) = bridge_port_ns(&mut lab, (&switch, &bridge), tags[3], &relays, 1500);
+        Fleet { lab, tags, server_ns, servers: vec![None, None], client_ns }
     }
 
     /// Start server `i` with the other as its peer, and wait until DHCP serves.
     fn start(&mut self, i: usize) {
         let (ip, peer) = (SERVERS[i], SERVERS[1 - i]);
-        let iface = format!("{}{}v", ['a', 'b'][i], std::process::id());
+        let iface = format!("{}{}v", self.tags[1 + i], std::process::id());
         let config = format!(
             "interface: {iface}\nserver_address: {ip}\nhttp:\n  listen: {ip}:8080\ntftp:\n  listen: {ip}:69\n\
              dhcp:\n  subnet: 10.67.0.0/16\n  range: [{start}, {end}]\n  router: {ip}\n  lease_time_secs: 3600\n\
@@ -241,7 +243,7 @@ fn two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone() {
     }
     let Some(lab) = Lab::for_test(TEST, &[("perfdhcp", PERFDHCP), ("curl", &["/usr/bin/curl"])]) else { return };
     let started = Instant::now();
-    let mut fleet = Fleet::new(lab);
+    let mut fleet = Fleet::new(lab, ['w', 'a', 'b', 'c']);
     fleet.start(0);
     fleet.start(1);
     let url = fleet.lab.database_url();
@@ -334,7 +336,7 @@ fn a_server_that_loses_its_database_acks_nothing_until_it_returns() {
         return;
     }
     let Some(lab) = Lab::for_test(TEST, &[("perfdhcp", PERFDHCP), ("curl", &["/usr/bin/curl"])]) else { return };
-    let mut fleet = Fleet::new(lab);
+    let mut fleet = Fleet::new(lab, ['x', 'd', 'e', 'f']);
     fleet.start(0);
     let url = fleet.lab.database_url();
     let clients = 300;

@@ -226,6 +226,28 @@ impl Tx<'_> {
 /// constant: "ramboot" in ASCII), see [`Backend::begin_write`].
 const PG_WRITE_LOCK: i64 = 0x72_61_6d_62_6f_6f_74;
 
+/// One row-group a lease commit locks on PostgreSQL (see
+/// [`Backend::begin_lease_write`]): an address, or a MAC. PostgreSQL's two-key
+/// advisory locks live apart from the one-key [`PG_WRITE_LOCK`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct LockKey {
+    class: i32,
+    id: i32,
+}
+
+impl LockKey {
+    pub fn address(ip: std::net::Ipv4Addr) -> LockKey {
+        LockKey { class: 1, id: u32::from(ip) as i32 }
+    }
+
+    /// Two MACs may share a key (a 48-bit MAC folded to 32 bits): they then only
+    /// wait for each other.
+    pub fn mac(mac: ramboot_core::node::MacAddr) -> LockKey {
+        let [a, b, c, d, e, f] = mac.0;
+        LockKey { class: 2, id: i32::from_be_bytes([a ^ e, b ^ f, c, d]) }
+    }
+}
+
 impl Backend {
     pub fn sql<'q>(&self, sql: &'q str) -> Stmt<'_, 'q> {
         match &self.pool {
@@ -245,6 +267,45 @@ impl Backend {
     /// wait is bounded by the connection's `lock_timeout` (SQLite's busy timeout),
     /// past which the write is refused as busy.
     pub async fn begin_write(&self) -> Result<Tx<'static>, super::StoreError> {
+        let mut tx = self.begin().await?;
+        if tx.is_postgres() {
+            tx.sql("SELECT pg_advisory_xact_lock($1)").bind(PG_WRITE_LOCK).execute().await?;
+        }
+        Ok(tx)
+    }
+
+    /// A write transaction for DHCP's lease commits, which touch only the rows of
+    /// the addresses and MACs in `keys`. SQLite: `BEGIN IMMEDIATE`, as any write.
+    /// PostgreSQL: the write lock *shared* (lease commits exclude every other
+    /// writer, as before, but not each other), then an exclusive advisory lock per
+    /// key, taken in sorted order so two commits never deadlock. Lease commits of
+    /// several servers on one database thus run side by side unless they touch the
+    /// same address or MAC, and what each reads of its own rows stays true until it
+    /// commits.
+    pub async fn begin_lease_write(&self, keys: &[LockKey]) -> Result<Tx<'static>, super::StoreError> {
+        let mut tx = self.begin().await?;
+        if let TxConn::Postgres(conn) = &mut tx.conn {
+            sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(PG_WRITE_LOCK).execute(&mut **conn).await?;
+            let mut keys = keys.to_vec();
+            keys.sort_unstable();
+            keys.dedup();
+            let (classes, ids): (Vec<i32>, Vec<i32>) = keys.iter().map(|k| (k.class, k.id)).unzip();
+            // OFFSET 0 keeps the sorted subquery as it is: the locks are taken in
+            // its order.
+            sqlx::query(
+                "SELECT count(pg_advisory_xact_lock(c, i)) FROM
+                 (SELECT c, i FROM unnest($1::int4[], $2::int4[]) AS k(c, i) ORDER BY c, i OFFSET 0) AS sorted",
+            )
+            .bind(classes)
+            .bind(ids)
+            .execute(&mut **conn)
+            .await?;
+        }
+        Ok(tx)
+    }
+
+    /// A transaction of either back-end (SQLite's takes the write lock at once).
+    async fn begin(&self) -> Result<Tx<'static>, super::StoreError> {
         let conn = match &self.pool {
             Pool::Sqlite(pool) => TxConn::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
             // No connection to begin on is an unreachable database, whatever the
@@ -255,11 +316,7 @@ impl Backend {
                     .map_err(|source| super::StoreError::Unwritable { reason: WriteRefused::Unreachable, source })?,
             ),
         };
-        let mut tx = Tx { conn, changes: self.changes.clone(), wrote_events: false };
-        if tx.is_postgres() {
-            tx.sql("SELECT pg_advisory_xact_lock($1)").bind(PG_WRITE_LOCK).execute().await?;
-        }
-        Ok(tx)
+        Ok(Tx { conn, changes: self.changes.clone(), wrote_events: false })
     }
 
     /// A read transaction that sees one snapshot of the whole database throughout.

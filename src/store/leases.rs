@@ -2,7 +2,7 @@
 //! quarantined, written in batches by [`Store::commit_dhcp`].
 
 use super::changes::{self, LeaseChange};
-use super::db::placeholders;
+use super::db::{placeholders, LockKey};
 use super::events::{self, EventKind, NewEvent};
 use super::nodes;
 use super::{corrupt, Row, Store, StoreError, Text, Tx};
@@ -171,6 +171,20 @@ impl LeaseBatch {
     }
 }
 
+/// What a batch writes: every address and every MAC its operations name (a MAC's
+/// other active leases, which a grant ends, are covered by the MAC's key).
+fn lock_keys(ops: &[LeaseOp]) -> Vec<LockKey> {
+    ops.iter()
+        .flat_map(|op| {
+            let (LeaseOp::Grant { mac, ip, .. }
+            | LeaseOp::Release { mac, ip }
+            | LeaseOp::Decline { mac, ip, .. }
+            | LeaseOp::Seen { mac, ip, .. }) = op;
+            [LockKey::address(*ip), LockKey::mac(*mac)]
+        })
+        .collect()
+}
+
 /// The batch's grants whose address the database holds for another MAC (an
 /// unexpired active lease that the batch does not end: its holder neither releases
 /// it nor moves elsewhere in `ops`) or in quarantine (an unexpired decline), at `now`.
@@ -306,10 +320,11 @@ impl Store {
     /// A grant of an address the database says is someone else's is left out (the
     /// rest of the batch is written) and returned: the caller must not send its ACK.
     /// With one server this never happens; with several on one database it is how a
-    /// lost race shows (write transactions are serialised, so check and write are one
-    /// step).
+    /// lost race shows. Check and write are one step: the transaction holds the
+    /// lock of every address and MAC it touches (`Backend::begin_lease_write`), so
+    /// lease commits of several servers run side by side unless they meet.
     pub async fn commit_dhcp(&self, ops: &[LeaseOp], now_ms: i64) -> Result<Vec<Taken>, StoreError> {
-        let mut tx = self.dhcp_writer.begin_write().await?;
+        let mut tx = self.dhcp_writer.begin_lease_write(&lock_keys(ops)).await?;
         let now = u64::try_from(now_ms / 1000).unwrap_or(0);
         let mut batch = LeaseBatch::coalesce(ops);
         let taken = taken_grants(&mut tx, ops, &batch, now).await?;
@@ -511,5 +526,48 @@ mod tests {
             .unwrap();
         let taken = s.commit_dhcp(&[grant(other, [10, 0, 0, 8], 990, false)], 503_000).await.unwrap();
         assert_eq!(taken.iter().map(|t| (t.ip.octets()[3], t.declined)).collect::<Vec<_>>(), [(8, true)]);
+    }
+
+    /// Two servers on one PostgreSQL database commit at the same moment: batches
+    /// that share an address race, and exactly one grant of it wins; batches that
+    /// share nothing both go through. (On SQLite: one server, run in turn.)
+    #[tokio::test]
+    async fn concurrent_commits_from_two_servers_never_lease_an_address_twice() {
+        let (a, guard) = store().await;
+        let b = match guard.url() {
+            Some(url) => Store::open(url).await.unwrap(),
+            None => a.clone(),
+        };
+        for round in 0..40u8 {
+            let mac = |server: u8, n: u8| MacAddr([2, server, n, 0, 0, round]);
+            // Both want 10.0.1.<round> for a client of theirs; each also grants an
+            // address nobody else wants.
+            let ops_a = [
+                grant(mac(0xa, 1), [10, 0, 1, round], 9_000, false),
+                grant(mac(0xa, 2), [10, 0, 2, round], 9_000, false),
+            ];
+            let ops_b = [
+                grant(mac(0xb, 1), [10, 0, 1, round], 9_000, false),
+                grant(mac(0xb, 2), [10, 0, 3, round], 9_000, false),
+            ];
+            let (ra, rb) = tokio::join!(a.commit_dhcp(&ops_a, 1), b.commit_dhcp(&ops_b, 1));
+            let (ta, tb) = (ra.unwrap(), rb.unwrap());
+            let lost: Vec<_> = ta.iter().chain(&tb).map(|t| t.ip).collect();
+            assert_eq!(
+                lost,
+                [Ipv4Addr::new(10, 0, 1, round)],
+                "round {round}: exactly one grant of the contested address loses"
+            );
+        }
+        let live = a.live_bindings(2).await.unwrap();
+        let mut by_ip = HashMap::new();
+        let mut by_mac = HashMap::new();
+        for l in &live {
+            assert!(by_ip.insert(l.ip, l.mac).is_none(), "{} leased twice", l.ip);
+            assert!(by_mac.insert(l.mac, l.ip).is_none(), "{} holds two leases", l.mac);
+        }
+        for net in 1..=3 {
+            assert_eq!(live.iter().filter(|l| l.ip.octets()[2] == net).count(), 40, "10.0.{net}.x: one lease each");
+        }
     }
 }

@@ -459,6 +459,13 @@ pub(crate) mod testing {
         _db: Option<super::testdb::TestDb>,
     }
 
+    impl Guard {
+        /// The PostgreSQL database's URL (a second server may open it), if any.
+        pub fn url(&self) -> Option<&str> {
+            self._db.as_ref().map(|db| db.url())
+        }
+    }
+
     /// A fresh store: a database of its own on the PostgreSQL server
     /// `RAMBOOT_TEST_POSTGRES` names, else SQLite in a temporary directory.
     pub async fn store() -> (Store, Guard) {
