@@ -203,11 +203,6 @@ impl Tx<'_> {
         matches!(self.conn, TxConn::Postgres(_))
     }
 
-    /// The change fan-out of the store this transaction writes to.
-    pub fn changes(&self) -> &Changes {
-        &self.changes
-    }
-
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self.conn {
             TxConn::Sqlite(tx) => {
@@ -302,6 +297,20 @@ impl Backend {
             .await?;
         }
         Ok(tx)
+    }
+
+    /// Send `payloads` on PostgreSQL's `channel` in one transaction of their own that
+    /// does not wait for its commit record to reach disk (a notice is a hint, and
+    /// its commit holds PostgreSQL's notify lock, which every notifying commit
+    /// takes in turn). No-op on SQLite.
+    pub async fn notify_unsynced(&self, channel: &str, payloads: &[String]) -> Result<(), sqlx::Error> {
+        let Pool::Postgres(pool) = &self.pool else { return Ok(()) };
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit TO OFF").execute(&mut *tx).await?;
+        for payload in payloads {
+            sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&mut *tx).await?;
+        }
+        tx.commit().await
     }
 
     /// A transaction of either back-end (SQLite's takes the write lock at once).

@@ -98,22 +98,6 @@ fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// Tell the other servers on this PostgreSQL database which lease rows this
-/// transaction wrote (delivered only if it commits; see `changes`). The older
-/// active lease a grant ends for its MAC is not listed: a server that learns the
-/// grant moves the MAC off its old address by itself.
-async fn notify_lease_changes(tx: &mut Tx<'_>, rows: &[LeaseChange]) -> Result<(), StoreError> {
-    if !tx.is_postgres() {
-        return Ok(());
-    }
-    let origin = tx.changes().origin;
-    for chunk in rows.chunks(changes::ROWS_PER_NOTICE) {
-        let payload = changes::encode_leases(origin, chunk);
-        tx.sql("SELECT pg_notify($1, $2)").bind(changes::LEASES_CHANNEL).bind(payload).execute().await?;
-    }
-    Ok(())
-}
-
 /// Values per row of the lease upsert: ip, mac, expires_at, state, updated_at_ms.
 const LEASE_COLUMNS: usize = 5;
 
@@ -409,10 +393,24 @@ impl Store {
                 events::insert(&mut tx, &NewEvent::note(node, None, EventKind::Dhcp, &message), now_ms).await?;
             }
         }
-        notify_lease_changes(&mut tx, &batch.rows).await?;
         tx.commit().await?;
         if new_nodes {
             self.hosts_changed();
+        }
+        // Tell the other servers on a PostgreSQL database which rows this wrote
+        // (see `changes`), after the commit: PostgreSQL serialises the commits of
+        // transactions that notify, fsync included, which would make every
+        // server's lease commits take turns. A notice lost to a crash in between
+        // only costs a peer a lost race, which the check above settles. The older
+        // active lease a grant ends for its MAC is not listed: a server that learns
+        // the grant moves the MAC off its old address by itself.
+        if self.dhcp_writer.is_postgres() && !batch.rows.is_empty() {
+            let origin = self.backend.changes.origin;
+            let payloads: Vec<String> =
+                batch.rows.chunks(changes::ROWS_PER_NOTICE).map(|rows| changes::encode_leases(origin, rows)).collect();
+            if let Err(e) = self.dhcp_writer.notify_unsynced(changes::LEASES_CHANNEL, &payloads).await {
+                tracing::warn!(error = %e, "lease change notice not sent; peers learn these leases when they race for them");
+            }
         }
         Ok(taken)
     }
