@@ -155,7 +155,7 @@ fn write_damaged_image(store: &ImageStore, dir: &Path, name: &str) -> Digest {
 #[test]
 fn a_server_fetches_the_images_its_peer_built_and_only_verified_blobs() {
     const TEST: &str = "a_server_fetches_the_images_its_peer_built_and_only_verified_blobs";
-    if common::skipped(TEST, common::testdb::TestDb::postgres_missing().as_deref()) {
+    if common::skipped_without_postgres(TEST) {
         return;
     }
     let Some(lab) = Lab::for_test(TEST, &[("curl", &["/usr/bin/curl"])]) else { return };

@@ -184,11 +184,10 @@ fn a_boot_finishes_on_the_other_server_when_its_server_dies() {
     if common::skipped(TEST, skip_reason().as_deref()) {
         return;
     }
-    // Not `skipped`: CI's first pass runs without PostgreSQL; its PostgreSQL pass runs this.
-    let Some(db) = common::testdb::TestDb::postgres() else {
-        eprintln!("SKIPPED {TEST}: two servers share a PostgreSQL database; set {}", common::testdb::ENV);
+    if common::skipped_without_postgres(TEST) {
         return;
-    };
+    }
+    let db = common::testdb::TestDb::postgres().expect("RAMBOOT_TEST_POSTGRES is set");
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let detail = boot_tiny("report-failover.json", &["--failover", "--database", db.url()]);
     assert_eq!(detail["node"]["state"], "ready", "{detail:#}");

@@ -238,7 +238,7 @@ fn events_reach_the_other_server(fleet: &mut Fleet) {
 #[test]
 fn two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone() {
     const TEST: &str = "two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone";
-    if common::skipped(TEST, common::testdb::TestDb::postgres_missing().as_deref()) {
+    if common::skipped_without_postgres(TEST) {
         return;
     }
     let Some(lab) = Lab::for_test(TEST, &[("perfdhcp", PERFDHCP), ("curl", &["/usr/bin/curl"])]) else { return };
@@ -332,7 +332,7 @@ fn two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone() {
 #[test]
 fn a_server_that_loses_its_database_acks_nothing_until_it_returns() {
     const TEST: &str = "a_server_that_loses_its_database_acks_nothing_until_it_returns";
-    if common::skipped(TEST, common::testdb::TestDb::postgres_missing().as_deref()) {
+    if common::skipped_without_postgres(TEST) {
         return;
     }
     let Some(lab) = Lab::for_test(TEST, &[("perfdhcp", PERFDHCP), ("curl", &["/usr/bin/curl"])]) else { return };

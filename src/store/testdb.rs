@@ -13,6 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// The environment variable naming the server tests create their databases on.
 pub const ENV: &str = "RAMBOOT_TEST_POSTGRES";
 
+/// Set by `.ci/run` for its first pass (SQLite), which a PostgreSQL pass follows:
+/// tests that need PostgreSQL may skip there, and run in the second pass.
+#[allow(dead_code)] // for the integration tests that need PostgreSQL
+pub const POSTGRES_PASS_FOLLOWS: &str = "RAMBOOT_TEST_POSTGRES_PASS_FOLLOWS";
+
 /// One test's database; dropped (with `FORCE`, closing what still uses it) on drop.
 pub struct TestDb {
     server: String,

@@ -14,6 +14,19 @@ pub mod testdb;
 #[allow(unused_imports)] // not every test skips
 pub use ramboot_lab::harness::skipped;
 
+/// Skip a test that needs PostgreSQL when `RAMBOOT_TEST_POSTGRES` names none,
+/// saying why. CI never skips it: its first pass (SQLite) says a PostgreSQL pass
+/// follows ([`testdb::POSTGRES_PASS_FOLLOWS`]), which runs it; anywhere else in CI
+/// a missing server fails the test.
+pub fn skipped_without_postgres(test: &str) -> bool {
+    let Some(reason) = testdb::TestDb::postgres_missing() else { return false };
+    if std::env::var_os(testdb::POSTGRES_PASS_FOLLOWS).is_some() {
+        eprintln!("SKIPPED {test} in this pass: {reason}; the PostgreSQL pass runs it");
+        return true;
+    }
+    skipped(test, Some(&reason))
+}
+
 use ramboot::config::Config;
 use ramboot::http::{router, AppState};
 use ramboot::images::{ImageKind, ImageStore, Manifest};
