@@ -132,9 +132,11 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
     {
+        // Where the event metrics start: read now, before anything is served.
+        let after = store.last_event_id().await.context("reading the event log")?;
         let (store, cancel) = (store.clone(), cancel.clone());
         tasks.spawn(async move {
-            crate::http::metrics::follow_events(store, cancel).await;
+            crate::http::metrics::follow_events(store, after, cancel).await;
             Ok(())
         });
     }

@@ -126,16 +126,11 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render())
 }
 
-/// Count the shared event log's events from now on, until `cancel`: the event
-/// feed hears every server's commits, so these counters are the fleet's.
-pub async fn follow_events(store: crate::store::Store, cancel: tokio_util::sync::CancellationToken) {
-    let after = match store.last_event_id().await {
-        Ok(id) => id,
-        Err(e) => {
-            tracing::warn!(error = %e, "event metrics: reading the event log failed; counting from its start");
-            0
-        }
-    };
+/// Count the shared event log's events after id `after` (the last one when the
+/// server started, read before it serves, so nothing it could cause is missed),
+/// until `cancel`: the event feed hears every server's commits, so these counters
+/// are the fleet's.
+pub async fn follow_events(store: crate::store::Store, after: i64, cancel: tokio_util::sync::CancellationToken) {
     let mut feed = crate::store::EventFeed::new(&store, after);
     loop {
         let events = tokio::select! {
