@@ -4,7 +4,7 @@
 //! people, `--json` (the API's own JSON) for scripts.
 
 use anyhow::{Context, Result};
-use ramboot_api::{Event, Manifest, Node, NodeDetail, NodeList, ProfileList};
+use ramboot_api::{Actor, AuditRecord, Event, Manifest, Node, NodeDetail, NodeList, ProfileList};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::io::BufRead;
@@ -210,4 +210,61 @@ pub fn print_events(events: &[Event]) {
 pub fn format_ms(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// One audit record on one line: when, who, what, to what, and each changed field
+/// as `before → after`.
+pub fn format_audit(r: &AuditRecord) -> String {
+    let who = match &r.actor {
+        Actor::Token { name } => format!("token {name}"),
+        Actor::File { path, revision } => format!("file {path}@{}", revision.get(..12).unwrap_or(revision)),
+        Actor::Server { name } => format!("server {name}"),
+    };
+    let empty = serde_json::Map::new();
+    let fields = |v: &Option<Value>| v.as_ref().and_then(Value::as_object).cloned().unwrap_or_else(|| empty.clone());
+    let (before, after) = (fields(&r.before), fields(&r.after));
+    let mut changes: Vec<String> = vec![];
+    for key in before.keys().chain(after.keys().filter(|k| !before.contains_key(*k))) {
+        let show = |m: &serde_json::Map<String, Value>| m.get(key).map_or("-".to_string(), Value::to_string);
+        changes.push(match (r.before.is_some(), r.after.is_some()) {
+            (true, true) => format!("{key}: {} → {}", show(&before), show(&after)),
+            (false, _) => format!("{key}={}", show(&after)),
+            (_, false) => format!("{key} was {}", show(&before)),
+        });
+    }
+    let mut line = format!("{}  {who:<24} {:<17} {} {}", format_ms(r.at_ms), r.action, r.target_kind, r.target);
+    if !changes.is_empty() {
+        line.push_str("  ");
+        line.push_str(&changes.join("; "));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_audit_line_shows_who_and_each_change() {
+        let record = AuditRecord {
+            id: 1,
+            at_ms: 0,
+            actor: Actor::Token { name: "alice".into() },
+            action: "node.update".into(),
+            target_kind: "node".into(),
+            target: "52:54:00:00:00:01".into(),
+            node_id: Some(1),
+            before: Some(json!({"profile": null, "labels": {}})),
+            after: Some(json!({"profile": "tiny", "labels": {"rack": "1"}})),
+        };
+        let line = format_audit(&record);
+        assert!(line.starts_with("1970-01-01T00:00:00.000Z  token alice"), "{line}");
+        assert!(
+            line.ends_with(r#"node 52:54:00:00:00:01  labels: {} → {"rack":"1"}; profile: null → "tiny""#),
+            "{line}"
+        );
+        let created = AuditRecord { before: None, after: Some(json!({"role": "admin"})), ..record };
+        assert!(format_audit(&created).ends_with(r#"role="admin""#));
+    }
 }

@@ -475,6 +475,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// This server as the author of changes it makes itself (audit trail).
+    pub fn actor(&self) -> crate::store::Actor {
+        crate::store::Actor::Server { name: self.name.clone() }
+    }
+
     /// Every server's boot URL, this one's first: where nodes may fetch from.
     pub fn boot_urls(&self, own: &str) -> Vec<String> {
         std::iter::once(own.to_string()).chain(self.peers.iter().map(|p| format!("http://{p}"))).collect()

@@ -70,6 +70,20 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         last: i64,
     },
+    /// Show the audit trail: who changed what (API tokens, inventory files), oldest first.
+    Audit {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only changes to this node (id or MAC; also a deleted node's MAC).
+        #[arg(long)]
+        node: Option<String>,
+        /// Only changes by this actor (a token's name, an inventory file's path).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Keep printing new records as they are made.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Work on a database directly (no server needed).
     Db {
         #[command(subcommand)]
@@ -266,6 +280,9 @@ enum TokensCmd {
         name: String,
         #[arg(long, value_parser = ["read", "admin"], default_value = "read")]
         role: String,
+        /// Refuse the token after this long: time-boxed access (2h, 30m, 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
     },
     /// Revoke a token.
     Rm { name: String },
@@ -387,6 +404,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Audit { api, node, actor, follow } => audit(&api, node, actor, follow),
         Cmd::Events { api, follow, node, last } => {
             let client = api.client();
             let path = match &node {
@@ -579,6 +597,36 @@ fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, 
         .collect()
 }
 
+fn audit(api: &ApiArgs, node: Option<String>, actor: Option<String>, follow: bool) -> Result<()> {
+    let client = api.client();
+    let mut filter = String::new();
+    if let Some(n) = &node {
+        filter.push_str(&format!("&node={}", cli::encode(n)));
+    }
+    if let Some(a) = &actor {
+        filter.push_str(&format!("&actor={}", cli::encode(a)));
+    }
+    let mut after = 0;
+    loop {
+        let page: ramboot_api::AuditList = client.get(&format!("/audit?after={after}&limit=500{filter}"))?;
+        for r in &page.records {
+            if api.json {
+                println!("{}", serde_json::to_string(r)?);
+            } else {
+                println!("{}", cli::format_audit(r));
+            }
+            after = r.id;
+        }
+        if page.next_after.is_none() {
+            if !follow {
+                return Ok(());
+            }
+            // Changes are rare: polling once a second is cheap and survives restarts.
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
 fn tokens(api: &ApiArgs, command: TokensCmd) -> Result<()> {
     let client = api.client();
     match command {
@@ -588,23 +636,37 @@ fn tokens(api: &ApiArgs, command: TokensCmd) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
             }
-            println!("{:<24} {:<6} CREATED", "NAME", "ROLE");
+            println!("{:<24} {:<6} {:<24} EXPIRES", "NAME", "ROLE", "CREATED");
+            let now = ramboot::clock::now_ms();
             for t in list.as_array().into_iter().flatten() {
                 let created = cli::format_ms(t["created_at_ms"].as_i64().unwrap_or(0));
+                let expires = match t["expires_at_ms"].as_i64() {
+                    Some(at) if at <= now => format!("{} (expired)", cli::format_ms(at)),
+                    Some(at) => cli::format_ms(at),
+                    None => "never".to_string(),
+                };
                 println!(
-                    "{:<24} {:<6} {created}",
+                    "{:<24} {:<6} {created:<24} {expires}",
                     t["name"].as_str().unwrap_or("?"),
                     t["role"].as_str().unwrap_or("?")
                 );
             }
         }
-        TokensCmd::Create { name, role } => {
-            let created = client.post("/tokens", json!({ "name": name, "role": role }))?;
+        TokensCmd::Create { name, role, expires } => {
+            let mut body = json!({ "name": name, "role": role });
+            if let Some(d) = expires {
+                body["expires_in_seconds"] = json!(d.as_secs().max(1));
+            }
+            let created = client.post("/tokens", body)?;
             if api.json {
                 println!("{}", serde_json::to_string_pretty(&created)?);
             } else {
+                let until = match created["expires_at_ms"].as_i64() {
+                    Some(at) => format!(", valid until {}", cli::format_ms(at)),
+                    None => String::new(),
+                };
                 // The secret alone on stdout, so it can be captured; the note goes to stderr.
-                eprintln!("token {name} ({role}) created; it is shown only this once:");
+                eprintln!("token {name} ({role}{until}) created; it is shown only this once:");
                 println!("{}", created["token"].as_str().unwrap_or_default());
             }
         }

@@ -53,8 +53,13 @@ pub async fn run(config: Config) -> Result<()> {
     let store = Store::connect(&config.database_url, config.database_password_file.as_deref())
         .await
         .context("opening the database")?;
-    if let Some(path) =
-        crate::http::auth::bootstrap_admin_token(&store, &config.paths.data, crate::clock::now_ms()).await?
+    if let Some(path) = crate::http::auth::bootstrap_admin_token(
+        &store,
+        &config.paths.data,
+        &config.cluster.actor(),
+        crate::clock::now_ms(),
+    )
+    .await?
     {
         warn!(path = %path.display(), "first start: created an admin API token; it is in this file (mode 0600)");
     }

@@ -73,7 +73,7 @@ fn hello(srv: &TestServer, token: &str, serial: &str) -> u16 {
 fn every_api_route_needs_a_token_and_changes_need_admin() {
     let srv = TestServer::start();
     let http = agent();
-    for path in ["/nodes", "/nodes/1", "/profiles", "/profiles/errors", "/images", "/leases", "/events"] {
+    for path in ["/nodes", "/nodes/1", "/profiles", "/profiles/errors", "/images", "/leases", "/events", "/audit"] {
         let (status, body) = call(http.get(&srv.url(&format!("/api/v1{path}"))));
         assert_eq!((status, error_code(&body).as_str()), (401, "unauthorized"), "{path}");
         let (status, _) = call(http.get(&srv.url(&format!("/api/v1{path}"))).set("Authorization", "Bearer wrong"));
@@ -465,4 +465,60 @@ fn image_gc_keeps_the_blob_of_a_boot_in_progress() {
     common::write_image(&images, srv.dir.path(), "old", rootfs, &[("rootfs", "squashfs", b"unused")]);
     assert_eq!(api.delete("/images/old").0, 204);
     assert!(!images.blob_path(&pinned).exists(), "once the boot is over, the old build is garbage");
+}
+
+#[test]
+fn changes_are_audited_with_who_and_what_and_tokens_expire() {
+    let srv = TestServer::start();
+    let admin = Api::admin(&srv);
+    let (status, body) =
+        admin.send("POST", "/tokens", json!({"name": "alice", "role": "admin", "expires_in_seconds": 0}));
+    assert_eq!((status, error_code(&body).as_str()), (422, "invalid"), "{body}");
+    // A time-boxed admin token.
+    let (status, body) =
+        admin.send("POST", "/tokens", json!({"name": "alice", "role": "admin", "expires_in_seconds": 3}));
+    assert_eq!(status, 201, "{body}");
+    let created: Value = serde_json::from_str(&body).unwrap();
+    let expires_at = created["expires_at_ms"].as_i64().expect("an expiry");
+    let alice = Api { srv: &srv, http: agent(), auth: format!("Bearer {}", created["token"].as_str().unwrap()) };
+
+    let mac = "52:54:00:00:a0:01";
+    let (status, body) = alice.send("POST", "/nodes", json!({"mac": mac, "hostname": "hv-1"}));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = alice.send("PATCH", &format!("/nodes/{mac}"), json!({"labels": {"rack": "r1"}}));
+    assert_eq!(status, 200, "{body}");
+    // A refused change leaves no record: it is written in the change's transaction.
+    let (status, _) = alice.send("PATCH", &format!("/nodes/{mac}"), json!({"reserved_ip": "10.9.9.9"}));
+    assert_eq!(status, 422);
+
+    let reader = Api::reader(&srv);
+    let trail = reader.json(&format!("/audit?node={mac}"));
+    let records = trail["records"].as_array().unwrap();
+    let summary: Vec<(&str, &str)> =
+        records.iter().map(|r| (r["actor"]["name"].as_str().unwrap(), r["action"].as_str().unwrap())).collect();
+    assert_eq!(summary, [("alice", "node.create"), ("alice", "node.update")], "{trail}");
+    assert_eq!(records[0]["before"], Value::Null, "a creation has no before");
+    assert_eq!(records[0]["after"]["hostname"], "hv-1");
+    assert_eq!(records[1]["before"], json!({"labels": {}}), "only the changed field");
+    assert_eq!(records[1]["after"], json!({"labels": {"rack": "r1"}}));
+    assert_eq!(records[1]["target"], mac);
+    let by_admin = reader.json("/audit?actor=admin");
+    let actions: Vec<&str> =
+        by_admin["records"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["token.create"], "{by_admin}");
+    assert_eq!(by_admin["records"][0]["after"], json!({"role": "admin", "expires_at_ms": expires_at}));
+
+    // The token is refused once it has expired, and says so.
+    while ramboot::clock::now_ms() < expires_at + 50 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, body) = alice.get("/nodes");
+    assert_eq!((status, error_code(&body).as_str()), (401, "token_expired"), "{body}");
+    assert!(body.contains("alice") && body.contains("expired at"), "{body}");
+    let tokens = admin.json("/tokens");
+    let listed = tokens.as_array().unwrap().iter().find(|t| t["name"] == "alice").unwrap();
+    assert_eq!(listed["expires_at_ms"], expires_at, "listed with its expiry until revoked");
+    assert_eq!(admin.delete("/tokens/alice").0, 204);
+    let last = admin.json("/audit?actor=admin")["records"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["action"].as_str(), last["target"].as_str()), (Some("token.delete"), Some("alice")));
 }

@@ -119,6 +119,27 @@ fn tokens_are_created_once_used_and_revoked() {
     assert!(err.contains("HTTP 401"), "a revoked token is dead: {err}");
     let err = fails(ramboot(&srv, &admin, &["tokens", "rm", "admin"]));
     assert!(err.contains("HTTP 409") && err.contains("last admin token"), "{err}");
+
+    // Time-boxed access: the expiry is shown when made and listed.
+    let out = ramboot(&srv, &admin, &["tokens", "create", "oncall", "--role", "admin", "--expires", "2h"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("valid until"), "{out:?}");
+    let oncall = ok(out).trim().to_string();
+    ok(ramboot(&srv, &oncall, &["nodes", "add", "52:54:00:00:c1:01", "--hostname", "hv-7"]));
+    let list = ok(ramboot(&srv, &admin, &["tokens", "ls"]));
+    let line = list.lines().find(|l| l.starts_with("oncall")).unwrap_or_else(|| panic!("{list}"));
+    assert!(!line.ends_with("never"), "{list}");
+    let err = fails(ramboot(&srv, &admin, &["tokens", "create", "x", "--expires", "soon"]));
+    assert!(err.contains("--expires"), "{err}");
+
+    // The audit trail names who did what, one line each.
+    let trail = ok(ramboot(&srv, &admin, &["audit"]));
+    let lines: Vec<&str> = trail.lines().collect();
+    assert!(lines.iter().any(|l| l.contains("token admin") && l.contains("token.create") && l.contains("prometheus")));
+    assert!(lines.iter().any(|l| l.contains("token admin") && l.contains("token.delete") && l.contains("prometheus")));
+    let created = lines.iter().find(|l| l.contains("node.create")).unwrap_or_else(|| panic!("{trail}"));
+    assert!(created.contains("token oncall") && created.contains(r#"hostname="hv-7""#), "{created}");
+    let only = ok(ramboot(&srv, &admin, &["audit", "--actor", "oncall"]));
+    assert_eq!(only.lines().count(), 1, "{only}");
 }
 
 /// The server binary never builds the agent: a stage-one build with no `--agent` and
@@ -162,11 +183,11 @@ fn db_copy_moves_a_database_and_overwrites_one_only_when_forced() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let s = Store::open(&source).await.unwrap();
-        s.create_node(ours, Some("hv-1"), None, &Default::default(), 1).await.unwrap();
-        s.create_token("admin", Role::Admin, "admin-hash", 1).await.unwrap();
+        s.create_node(ours, Some("hv-1"), None, &Default::default(), &common::operator(), 1).await.unwrap();
+        s.create_token("admin", Role::Admin, "admin-hash", None, &common::operator(), 1).await.unwrap();
         s.close().await;
         let t = Store::open(&target).await.unwrap();
-        t.create_node(theirs, None, None, &Default::default(), 1).await.unwrap();
+        t.create_node(theirs, None, None, &Default::default(), &common::operator(), 1).await.unwrap();
         t.close().await;
     });
     let db_copy = |extra: &[&str]| {
@@ -189,7 +210,7 @@ fn db_copy_moves_a_database_and_overwrites_one_only_when_forced() {
         let t = Store::open(&target).await.unwrap();
         assert_eq!(t.node_by_mac(ours).await.unwrap().unwrap().hostname, "hv-1");
         assert!(t.node_by_mac(theirs).await.unwrap().is_none(), "--force replaced the target's rows");
-        assert_eq!(t.token_role("admin-hash").await.unwrap(), Some(Role::Admin));
+        assert_eq!(t.token_by_hash("admin-hash").await.unwrap().map(|t| t.role), Some(Role::Admin));
         t.close().await;
     });
 

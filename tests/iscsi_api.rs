@@ -278,8 +278,9 @@ async fn reconcile_repairs_drift_from_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let (store, volumes) = common::loopback_volumes(&tgtd, dir.path()).await;
     let node = store.ensure_node("52:54:00:15:c5:0a".parse().unwrap(), 0).await.unwrap();
-    volumes.create("vm-a", 8 << 20, 0).await.unwrap();
-    volumes.attach("vm-a", node.id, 0).await.unwrap();
+    let op = common::operator();
+    volumes.create("vm-a", 8 << 20, &op, 0).await.unwrap();
+    volumes.attach("vm-a", node.id, &op, 0).await.unwrap();
     assert!(volumes.reconcile().await.unwrap().is_empty(), "in sync after attach");
 
     let backing = dir.path().join("volumes/vm-a.img");

@@ -7,6 +7,7 @@
 //! server: it must not depend on axum, sqlx, tokio or the `ramboot` crate
 //! (`cargo tree -p ramboot-api -e normal` is the check).
 
+pub mod audit;
 pub mod error;
 pub mod images;
 pub mod leases;
@@ -15,6 +16,7 @@ pub mod profiles;
 pub mod tokens;
 pub mod volumes;
 
+pub use audit::{Actor, AuditList, AuditQuery, AuditRecord};
 pub use error::{ErrorBody, ErrorDetail};
 pub use images::{Artifact, ImageKind, Manifest};
 pub use leases::Lease;

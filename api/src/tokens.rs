@@ -9,6 +9,8 @@ pub struct TokenInfo {
     pub name: String,
     pub role: Role,
     pub created_at_ms: i64,
+    /// Refused from this instant on (ms since the Unix epoch); absent: until revoked.
+    pub expires_at_ms: Option<i64>,
 }
 
 /// Roles of admin API tokens.
@@ -26,6 +28,11 @@ pub struct NewToken {
     #[schema(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")]
     pub name: String,
     pub role: Role,
+    /// The token is refused this many seconds after it is made (time-boxed access);
+    /// absent: it lasts until revoked.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 316224000)]
+    pub expires_in_seconds: Option<u64>,
 }
 
 /// The new token, shown this once: only its hash is stored.
@@ -34,4 +41,5 @@ pub struct CreatedToken {
     pub name: String,
     pub role: Role,
     pub token: String,
+    pub expires_at_ms: Option<i64>,
 }

@@ -4,7 +4,7 @@
 
 use super::{ensure_backing, Backend, Chap, Export, IscsiError, Lun, Repair};
 use crate::config::IscsiConfig;
-use crate::store::{NodeId, Store, StoreError, Volume};
+use crate::store::{Actor, NodeId, Store, StoreError, Volume};
 use ramboot_core::plan::VolumeWanted;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -105,13 +105,13 @@ pub struct Volumes<B: Backend> {
 }
 
 impl<B: Backend> Volumes<B> {
-    pub async fn create(&self, name: &str, size_bytes: u64, now_ms: i64) -> Result<Volume, VolumeError> {
+    pub async fn create(&self, name: &str, size_bytes: u64, actor: &Actor, now_ms: i64) -> Result<Volume, VolumeError> {
         check_volume(name, size_bytes)?;
-        let volume = self.store.create_volume(name, size_bytes, now_ms).await?;
+        let volume = self.store.create_volume(name, size_bytes, actor, now_ms).await?;
         let path = backing_path(&self.config, name);
         if let Err(e) = ensure_backing(&path, size_bytes) {
             // No row without its file: undo, so the name can be used again.
-            let _ = self.store.delete_volume(name).await;
+            let _ = self.store.delete_volume(name, actor, now_ms).await;
             return Err(e.into());
         }
         info!(volume = name, bytes = size_bytes, path = %path.display(), "volume created");
@@ -119,8 +119,8 @@ impl<B: Backend> Volumes<B> {
     }
 
     /// Delete a detached volume and its data.
-    pub async fn delete(&self, name: &str) -> Result<(), VolumeError> {
-        self.store.delete_volume(name).await?;
+    pub async fn delete(&self, name: &str, actor: &Actor, now_ms: i64) -> Result<(), VolumeError> {
+        self.store.delete_volume(name, actor, now_ms).await?;
         let path = backing_path(&self.config, name);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(IscsiError::Io { path, source: e }.into()),
@@ -132,7 +132,7 @@ impl<B: Backend> Volumes<B> {
     }
 
     /// Grow a volume (never shrink): the file first, then the target's view of it.
-    pub async fn grow(&self, name: &str, size_bytes: u64, now_ms: i64) -> Result<Volume, VolumeError> {
+    pub async fn grow(&self, name: &str, size_bytes: u64, actor: &Actor, now_ms: i64) -> Result<Volume, VolumeError> {
         check_volume(name, size_bytes)?;
         let volume = self.store.volume(name).await?;
         if size_bytes < volume.size_bytes {
@@ -143,7 +143,7 @@ impl<B: Backend> Volumes<B> {
         }
         let path = backing_path(&self.config, name);
         ensure_backing(&path, size_bytes)?;
-        let volume = self.store.set_volume_size(name, size_bytes, now_ms).await?;
+        let volume = self.store.set_volume_size(name, size_bytes, actor, now_ms).await?;
         if let (Some(node), Some(number)) = (volume.node_id, volume.lun) {
             self.backend.refresh_lun(&self.config.target_iqn(node), &Lun { number, backing: path }).await?;
             // The rest of the export (other LUNs, ACL) as the store has it.
@@ -152,14 +152,14 @@ impl<B: Backend> Volumes<B> {
         Ok(volume)
     }
 
-    pub async fn attach(&self, name: &str, node: NodeId, now_ms: i64) -> Result<Volume, VolumeError> {
-        let volume = self.store.attach_volume(name, node, now_ms).await?;
+    pub async fn attach(&self, name: &str, node: NodeId, actor: &Actor, now_ms: i64) -> Result<Volume, VolumeError> {
+        let volume = self.store.attach_volume(name, node, actor, now_ms).await?;
         self.sync_node(node).await?;
         Ok(volume)
     }
 
-    pub async fn detach(&self, name: &str, now_ms: i64) -> Result<Volume, VolumeError> {
-        if let Some(node) = self.store.detach_volume(name, now_ms).await? {
+    pub async fn detach(&self, name: &str, actor: &Actor, now_ms: i64) -> Result<Volume, VolumeError> {
+        if let Some(node) = self.store.detach_volume(name, actor, now_ms).await? {
             self.sync_node(node).await?;
         }
         Ok(self.store.volume(name).await?)
@@ -172,6 +172,7 @@ impl<B: Backend> Volumes<B> {
         &self,
         node: NodeId,
         wanted: &[VolumeWanted],
+        actor: &Actor,
         now_ms: i64,
     ) -> Result<Vec<String>, VolumeError> {
         let mut notes = vec![];
@@ -187,11 +188,11 @@ impl<B: Backend> Volumes<B> {
                     notes.push(format!("volume {} is attached to node {owner}; not attaching it here", v.name))
                 }
                 Some(None) => {
-                    self.attach(&v.name, node, now_ms).await?;
+                    self.attach(&v.name, node, actor, now_ms).await?;
                 }
                 None => {
-                    self.create(&v.name, v.size_bytes, now_ms).await?;
-                    self.attach(&v.name, node, now_ms).await?;
+                    self.create(&v.name, v.size_bytes, actor, now_ms).await?;
+                    self.attach(&v.name, node, actor, now_ms).await?;
                 }
             }
         }
@@ -244,13 +245,19 @@ impl<B: Backend> Volumes<B> {
     /// Turn mutual CHAP on (a target secret generated once and kept) or off (the
     /// secret forgotten: turning it on again makes a new one), then sync the export.
     /// Returns whether it is on.
-    pub async fn set_mutual_chap(&self, node: NodeId, on: bool, now_ms: i64) -> Result<bool, VolumeError> {
+    pub async fn set_mutual_chap(
+        &self,
+        node: NodeId,
+        on: bool,
+        actor: &Actor,
+        now_ms: i64,
+    ) -> Result<bool, VolumeError> {
         if on {
             let chap = self.store.chap_secret(node, generate_chap_secret).await?;
             // Each direction has its own secret (RFC 7143 §12.1.3).
-            self.store.enable_mutual_chap(node, || distinct_secret(&chap), now_ms).await?;
+            self.store.enable_mutual_chap(node, || distinct_secret(&chap), actor, now_ms).await?;
         } else {
-            self.store.disable_mutual_chap(node, now_ms).await?;
+            self.store.disable_mutual_chap(node, actor, now_ms).await?;
         }
         self.sync_node(node).await?;
         Ok(on)

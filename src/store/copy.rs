@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 /// Every table the migrations create, parents before children (foreign keys): rows
 /// go into the target in this order and, with `--force`, out of it in reverse.
-pub const TABLES: [&str; 6] = ["nodes", "boots", "events", "leases", "api_tokens", "volumes"];
+pub const TABLES: [&str; 7] = ["nodes", "boots", "events", "leases", "api_tokens", "volumes", "audit"];
 
 /// Tables of sqlx and of SQLite itself, not ramboot's (migrations are not copied:
 /// each end keeps its own back-end's history).
@@ -534,7 +534,7 @@ async fn insert(write: &mut Tx<'_>, table: &TablePlan, names: &str, rows: Vec<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::{grant, sqlite_store, store, token};
+    use crate::store::testing::{grant, op, sqlite_store, store, token};
     use crate::store::{BootImage, EventKind, LeaseOp, NodeId, Role};
     use ramboot_core::node::MacAddr;
     use std::collections::BTreeMap;
@@ -546,9 +546,10 @@ mod tests {
     /// a page) with leases; tokens; a gap in the node ids (a deleted node).
     async fn populate(s: &Store) -> NodeId {
         let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
-        let hv = s.create_node(HV, Some("hv-1"), None, &labels, 1_000).await.unwrap();
-        let gone = s.create_node(MacAddr([2, 0, 0, 0, 0, 2]), None, None, &BTreeMap::new(), 1_001).await.unwrap();
-        s.delete_node(gone.id).await.unwrap();
+        let hv = s.create_node(HV, Some("hv-1"), None, &labels, &op(), 1_000).await.unwrap();
+        let gone =
+            s.create_node(MacAddr([2, 0, 0, 0, 0, 2]), None, None, &BTreeMap::new(), &op(), 1_001).await.unwrap();
+        s.delete_node(gone.id, &op(), 0).await.unwrap();
         let client = |i: u16| MacAddr([2, 1, 0, 0, (i >> 8) as u8, (i & 0xff) as u8]);
         let address = |i: u16| [10, 0, 1 + (i >> 8) as u8, (i & 0xff) as u8];
         let grants: Vec<LeaseOp> = (0..600).map(|i| grant(client(i), address(i), 5_000, true)).collect();
@@ -561,11 +562,11 @@ mod tests {
         s.add_event(hv.id, Some(boot), EventKind::Progress, "fetching image", 3_100).await.unwrap();
         s.set_inventory(hv.id, &serde_json::json!({"cpus": 8}), 3_200).await.unwrap();
         s.chap_secret(hv.id, || Ok::<_, StoreError>("chap-secret".into())).await.unwrap();
-        s.create_volume("vm-disk", 1 << 30, 4_000).await.unwrap();
-        s.attach_volume("vm-disk", hv.id, 4_100).await.unwrap();
-        s.create_volume("spare", 1 << 20, 4_200).await.unwrap();
-        s.create_token("admin", Role::Admin, "token-hash-1", 5_000).await.unwrap();
-        s.create_token("prometheus", Role::Read, "token-hash-2", 5_000).await.unwrap();
+        s.create_volume("vm-disk", 1 << 30, &op(), 4_000).await.unwrap();
+        s.attach_volume("vm-disk", hv.id, &op(), 4_100).await.unwrap();
+        s.create_volume("spare", 1 << 20, &op(), 4_200).await.unwrap();
+        s.create_token("admin", Role::Admin, "token-hash-1", None, &op(), 5_000).await.unwrap();
+        s.create_token("prometheus", Role::Read, "token-hash-2", None, &op(), 5_000).await.unwrap();
         hv.id
     }
 
@@ -583,8 +584,10 @@ mod tests {
         // Refuses to make up a secret: the copied one must be there.
         let chap = s.chap_secret(hv.id, || Err(StoreError::Corrupt("no CHAP secret".into()))).await.unwrap();
         out += &format!("{chap}\n{:#?}\n{:#?}\n", s.volumes().await.unwrap(), s.list_tokens().await.unwrap());
+        let trail = crate::store::AuditFilter { limit: 1000, ..Default::default() };
+        out += &format!("{:#?}\n", s.audit(&trail).await.unwrap());
         for hash in ["token-hash-1", "token-hash-2"] {
-            out += &format!("{:?}\n", s.token_role(hash).await.unwrap());
+            out += &format!("{:?}\n", s.token_by_hash(hash).await.unwrap());
         }
         out
     }
@@ -613,8 +616,8 @@ mod tests {
         let boot = target.start_boot(node.id, "tiny", None, &token("new-boot"), 9_002, "assigned").await.unwrap();
         assert!(boot > hv, "boot {boot} after {hv}");
         let max_volume = source.volumes().await.unwrap().iter().map(|v| v.id).max().unwrap();
-        assert!(target.create_volume("new-disk", 1 << 20, 9_003).await.unwrap().id > max_volume);
-        target.create_token("new-token", Role::Read, "token-hash-3", 9_004).await.unwrap();
+        assert!(target.create_volume("new-disk", 1 << 20, &op(), 9_003).await.unwrap().id > max_volume);
+        target.create_token("new-token", Role::Read, "token-hash-3", None, &op(), 9_004).await.unwrap();
     }
 
     async fn copies_every_row_and_id(source: &Store, target: &Store) {
@@ -662,9 +665,11 @@ mod tests {
         let (source, _dir) = sqlite_store().await;
         populate(&source).await;
         let (target, _db) = store().await;
-        let other =
-            target.create_node(MacAddr([2, 7, 7, 7, 7, 7]), Some("other"), None, &BTreeMap::new(), 1).await.unwrap();
-        target.create_token("theirs", Role::Admin, "their-hash", 1).await.unwrap();
+        let other = target
+            .create_node(MacAddr([2, 7, 7, 7, 7, 7]), Some("other"), None, &BTreeMap::new(), &op(), 1)
+            .await
+            .unwrap();
+        target.create_token("theirs", Role::Admin, "their-hash", None, &op(), 1).await.unwrap();
         let before = (target.nodes().await.unwrap(), target.list_tokens().await.unwrap());
 
         let err = copy_logged(&source, &target, false).await.0.unwrap_err();
@@ -678,7 +683,7 @@ mod tests {
         copy_logged(&source, &target, true).await.0.unwrap();
         assert_eq!(contents(&target).await, contents(&source).await);
         assert!(target.node_by_mac(other.mac).await.unwrap().is_none(), "the target's own rows are gone");
-        assert!(target.token_role("their-hash").await.unwrap().is_none());
+        assert!(target.token_by_hash("their-hash").await.unwrap().is_none());
     }
 
     /// A copy that fails on its last table leaves the target as it was, even with
@@ -688,7 +693,10 @@ mod tests {
         let (source, _dir) = sqlite_store().await;
         populate(&source).await;
         let (target, _dir2) = sqlite_store().await;
-        target.create_node(MacAddr([2, 7, 7, 7, 7, 7]), Some("theirs"), None, &BTreeMap::new(), 1).await.unwrap();
+        target
+            .create_node(MacAddr([2, 7, 7, 7, 7, 7]), Some("theirs"), None, &BTreeMap::new(), &op(), 1)
+            .await
+            .unwrap();
         let before = format!("{:?}", target.nodes().await.unwrap());
         target
             .backend

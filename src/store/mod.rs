@@ -14,6 +14,7 @@
 //! the reason in words: nothing of it was saved, reads go on working, and the next
 //! write succeeds once the cause is gone (nothing to restart).
 
+mod audit;
 mod boots;
 mod changes;
 pub mod copy;
@@ -26,6 +27,7 @@ pub(crate) mod testdb;
 mod tokens;
 mod volumes;
 
+pub use audit::{changed_fields, Actor, AuditFilter, AuditRecord, Target};
 pub use boots::{Boot, BootImage, BootStart, Release};
 pub use changes::{LeaseChange, LeaseNotice, LeaseNotices};
 pub use events::{Event, EventFeed, EventKind};
@@ -91,7 +93,7 @@ pub enum StoreError {
     DuplicateVolume(String),
     #[error("volume {volume:?} is attached to node {node}; detach it first")]
     VolumeAttached { volume: String, node: NodeId },
-    #[error("this is the last admin token; create another admin token first")]
+    #[error("this is the last admin token without an expiry; create another one first")]
     LastAdmin,
     #[error("{ip} is already reserved for node {node}")]
     ReservedElsewhere { ip: Ipv4Addr, node: NodeId },
@@ -485,6 +487,11 @@ pub(crate) mod testing {
         (Store::open(&url).await.unwrap(), dir)
     }
 
+    /// The operator tests make their changes as.
+    pub fn op() -> super::Actor {
+        super::Actor::Token { name: "test-operator".into() }
+    }
+
     /// A boot token bound to loopback.
     pub fn token(hash: &str) -> super::BootStart<'_> {
         super::BootStart { hash, bound_ip: std::net::IpAddr::from([127, 0, 0, 1]), stage1: None }
@@ -567,7 +574,7 @@ mod file_mode_tests {
 #[cfg(test)]
 mod backend_tests {
     use super::testdb::{with_database, TestDb};
-    use super::testing::{grant, store, MAC};
+    use super::testing::{grant, op, store, MAC};
     use super::{Store, StoreError, WriteRefused};
 
     #[tokio::test]
@@ -576,7 +583,7 @@ mod backend_tests {
         let (s, _d) = store().await;
         let tries = (0..6).map(|_| {
             let s = s.clone();
-            tokio::spawn(async move { s.create_node(MAC, None, None, &Default::default(), 1).await })
+            tokio::spawn(async move { s.create_node(MAC, None, None, &Default::default(), &op(), 1).await })
         });
         let mut created = 0;
         for t in tries {

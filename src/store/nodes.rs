@@ -1,6 +1,7 @@
 //! The `nodes` table: identity, operator settings (profile, labels, hostname,
 //! reservation, maintenance) and the lifecycle state, moved only by [`move_state`].
 
+use super::audit::{self, Actor, Target};
 use super::boots;
 use super::db::placeholders;
 use super::events::{self, EventKind, NewEvent};
@@ -67,6 +68,19 @@ pub struct NodeChange {
     pub profile: Option<Option<String>>,
     /// Vouch for the node (or take that back): see [`Node::approved`].
     pub approved: Option<bool>,
+}
+
+/// What the audit trail records of a node: the fields operators set, and its state.
+pub(super) fn audit_view(node: &Node) -> serde_json::Value {
+    serde_json::json!({
+        "hostname": node.hostname,
+        "profile": node.profile,
+        "labels": node.labels,
+        "reserved_ip": node.reserved_ip,
+        "approved": node.approved,
+        "maintenance_reason": node.maintenance_reason,
+        "state": node.state,
+    })
 }
 
 /// The hostname a node gets until an operator names it.
@@ -278,23 +292,37 @@ impl Store {
         id: NodeId,
         ip: Option<Ipv4Addr>,
         take_over: bool,
+        actor: &Actor,
         now: u64,
         now_ms: i64,
     ) -> Result<Node, StoreError> {
         let change = NodeChange { reservation: Some(ip), take_over, ..NodeChange::default() };
-        self.apply_change(id, &change, now, now_ms).await
+        self.apply_change(id, &change, actor, now, now_ms).await
     }
 
     /// Apply an operator's change (reservation, hostname, labels, profile, in that
     /// order) in one transaction: either all of it is stored or none.
-    pub async fn update_node(&self, id: NodeId, change: &NodeChange, now_ms: i64) -> Result<Node, StoreError> {
+    pub async fn update_node(
+        &self,
+        id: NodeId,
+        change: &NodeChange,
+        actor: &Actor,
+        now_ms: i64,
+    ) -> Result<Node, StoreError> {
         // Leases expire on the DHCP core's clock, Unix seconds.
         let now = u64::try_from(now_ms / 1000).unwrap_or(0);
-        self.apply_change(id, change, now, now_ms).await
+        self.apply_change(id, change, actor, now, now_ms).await
     }
 
     /// [`Store::update_node`] with the lease clock given apart (`now`, Unix seconds).
-    async fn apply_change(&self, id: NodeId, change: &NodeChange, now: u64, now_ms: i64) -> Result<Node, StoreError> {
+    async fn apply_change(
+        &self,
+        id: NodeId,
+        change: &NodeChange,
+        actor: &Actor,
+        now: u64,
+        now_ms: i64,
+    ) -> Result<Node, StoreError> {
         let mut tx = self.backend.begin_write().await?;
         let node = node_in(&mut tx, id).await?;
         if let Some(ip) = change.reservation {
@@ -336,6 +364,18 @@ impl Store {
             };
             events::insert(&mut tx, &NewEvent::note(id, None, EventKind::Info, message), now_ms).await?;
         }
+        let after = node_in(&mut tx, id).await?;
+        let target = Target::node(id, node.mac);
+        audit::record(
+            &mut tx,
+            actor,
+            "node.update",
+            &target,
+            Some(&audit_view(&node)),
+            Some(&audit_view(&after)),
+            now_ms,
+        )
+        .await?;
         tx.commit().await?;
         if change.reservation.is_some() || change.hostname.is_some() {
             self.hosts_changed();
@@ -426,6 +466,7 @@ impl Store {
         hostname: Option<&str>,
         profile: Option<&str>,
         labels: &BTreeMap<String, String>,
+        actor: &Actor,
         now_ms: i64,
     ) -> Result<Node, StoreError> {
         let mut tx = self.backend.begin_write().await?;
@@ -443,48 +484,38 @@ impl Store {
         if let Some(profile) = profile {
             assign_in(&mut tx, id, Some(profile), now_ms).await?;
         }
+        let node = node_in(&mut tx, id).await?;
+        audit::record(&mut tx, actor, "node.create", &Target::node(id, mac), None, Some(&audit_view(&node)), now_ms)
+            .await?;
         tx.commit().await?;
         self.hosts_changed();
-        self.node(id).await
-    }
-
-    /// Set (or clear) a node's explicit profile. A node between boots becomes
-    /// `assigned` (or `discovered` when cleared); a node mid-boot keeps its pinned
-    /// image and gets the new profile on its next boot.
-    pub async fn assign(&self, id: NodeId, profile: Option<&str>, now_ms: i64) -> Result<Node, StoreError> {
-        let change = NodeChange { profile: Some(profile.map(str::to_string)), ..NodeChange::default() };
-        self.update_node(id, &change, now_ms).await
-    }
-
-    pub async fn set_labels(
-        &self,
-        id: NodeId,
-        labels: &BTreeMap<String, String>,
-        now_ms: i64,
-    ) -> Result<Node, StoreError> {
-        let change = NodeChange { labels: Some(labels.clone()), ..NodeChange::default() };
-        self.update_node(id, &change, now_ms).await
-    }
-
-    pub async fn set_hostname(&self, id: NodeId, hostname: &str, now_ms: i64) -> Result<Node, StoreError> {
-        let change = NodeChange { hostname: Some(hostname.to_string()), ..NodeChange::default() };
-        self.update_node(id, &change, now_ms).await
+        Ok(node)
     }
 
     /// Forget a node, its boots and events. Its lease stays until it expires: the
     /// address may still be in use.
-    pub async fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
-        let done = self.backend.sql("DELETE FROM nodes WHERE id = $1").bind(id).execute().await?;
-        if done == 0 {
-            return Err(StoreError::NoSuchNode(id.to_string()));
-        }
+    pub async fn delete_node(&self, id: NodeId, actor: &Actor, now_ms: i64) -> Result<(), StoreError> {
+        let mut tx = self.backend.begin_write().await?;
+        let node = node_in(&mut tx, id).await?;
+        tx.sql("DELETE FROM nodes WHERE id = $1").bind(id).execute().await?;
+        audit::record(
+            &mut tx,
+            actor,
+            "node.delete",
+            &Target::node(id, node.mac),
+            Some(&audit_view(&node)),
+            None,
+            now_ms,
+        )
+        .await?;
+        tx.commit().await?;
         self.hosts_changed();
         Ok(())
     }
 
     /// The next boot loads afresh: any boot in progress is superseded, the failure
     /// count is cleared, and the node waits for its next PXE boot.
-    pub async fn reprovision(&self, id: NodeId, now_ms: i64) -> Result<Node, StoreError> {
+    pub async fn reprovision(&self, id: NodeId, actor: &Actor, now_ms: i64) -> Result<Node, StoreError> {
         let mut tx = self.backend.begin_write().await?;
         let node = node_in(&mut tx, id).await?;
         boots::supersede_boots(&mut tx, id, now_ms).await?;
@@ -494,12 +525,30 @@ impl Store {
             .await?;
         let next = if node.profile.is_some() { NodeState::Assigned } else { NodeState::Discovered };
         move_state(&mut tx, id, None, next, "reprovision requested: the next boot loads afresh", now_ms).await?;
+        let after = node_in(&mut tx, id).await?;
+        let (before, after) = (audit_view(&node), audit_view(&after));
+        audit::record(
+            &mut tx,
+            actor,
+            "node.reprovision",
+            &Target::node(id, node.mac),
+            Some(&before),
+            Some(&after),
+            now_ms,
+        )
+        .await?;
         tx.commit().await?;
         self.node(id).await
     }
 
     /// Put a node in maintenance (it is told not to boot), or take it out.
-    pub async fn set_maintenance(&self, id: NodeId, reason: Option<&str>, now_ms: i64) -> Result<Node, StoreError> {
+    pub async fn set_maintenance(
+        &self,
+        id: NodeId,
+        reason: Option<&str>,
+        actor: &Actor,
+        now_ms: i64,
+    ) -> Result<Node, StoreError> {
         let mut tx = self.backend.begin_write().await?;
         let node = node_in(&mut tx, id).await?;
         match reason {
@@ -532,6 +581,18 @@ impl Store {
                 }
             }
         }
+        let after = node_in(&mut tx, id).await?;
+        let (before, after) = (audit_view(&node), audit_view(&after));
+        audit::record(
+            &mut tx,
+            actor,
+            "node.maintenance",
+            &Target::node(id, node.mac),
+            Some(&before),
+            Some(&after),
+            now_ms,
+        )
+        .await?;
         tx.commit().await?;
         self.node(id).await
     }
@@ -561,7 +622,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::{grant, store, MAC};
+    use crate::store::testing::{grant, op, store, MAC};
 
     #[tokio::test]
     async fn reservations_are_unique_and_take_over_is_explicit() {
@@ -570,16 +631,16 @@ mod tests {
         let b = s.ensure_node(MacAddr([2, 0, 0, 0, 0, 2]), 1).await.unwrap();
         let ip = Ipv4Addr::new(10, 0, 0, 9);
         s.commit_dhcp(&[grant(b.mac, [10, 0, 0, 9], 5000, true)], 2).await.unwrap();
-        let err = s.set_reservation(a.id, Some(ip), false, 100, 3).await.unwrap_err();
+        let err = s.set_reservation(a.id, Some(ip), false, &op(), 100, 3).await.unwrap_err();
         assert!(matches!(err, StoreError::LeasedElsewhere { .. }), "{err}");
-        let node = s.set_reservation(a.id, Some(ip), true, 100, 3).await.unwrap();
+        let node = s.set_reservation(a.id, Some(ip), true, &op(), 100, 3).await.unwrap();
         assert_eq!(node.reserved_ip.as_deref(), Some("10.0.0.9"));
         assert!(s.live_bindings(100).await.unwrap().iter().all(|l| l.ip != ip), "b's lease ended");
-        let err = s.set_reservation(b.id, Some(ip), true, 100, 4).await.unwrap_err();
+        let err = s.set_reservation(b.id, Some(ip), true, &op(), 100, 4).await.unwrap_err();
         assert!(matches!(err, StoreError::ReservedElsewhere { .. }), "{err}");
         let hosts = s.dhcp_hosts().await.unwrap();
         assert!(hosts.contains(&(MAC, Some(ip), a.hostname.clone())));
-        s.set_reservation(a.id, None, false, 100, 5).await.unwrap();
+        s.set_reservation(a.id, None, false, &op(), 100, 5).await.unwrap();
         assert_eq!(s.node(a.id).await.unwrap().reserved_ip, None);
     }
 
@@ -589,7 +650,7 @@ mod tests {
         let a = s.ensure_node(MAC, 1).await.unwrap();
         let b = s.ensure_node(MacAddr([2, 0, 0, 0, 0, 2]), 1).await.unwrap();
         let ip = Ipv4Addr::new(10, 0, 0, 9);
-        s.set_reservation(b.id, Some(ip), false, 100, 2).await.unwrap();
+        s.set_reservation(b.id, Some(ip), false, &op(), 100, 2).await.unwrap();
         let mut hosts = s.watch_hosts();
         hosts.mark_unchanged();
         let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
@@ -601,14 +662,14 @@ mod tests {
             ..NodeChange::default()
         };
         // The reservation is refused: nothing else of the change is stored either.
-        let err = s.update_node(a.id, &change, 3).await.unwrap_err();
+        let err = s.update_node(a.id, &change, &op(), 3).await.unwrap_err();
         assert!(matches!(err, StoreError::ReservedElsewhere { .. }), "{err}");
         let unchanged = s.node(a.id).await.unwrap();
         assert_eq!((unchanged.hostname.as_str(), unchanged.profile.as_deref()), (a.hostname.as_str(), None));
         assert!(!hosts.has_changed().unwrap());
 
         change.reservation = Some(Some(Ipv4Addr::new(10, 0, 0, 10)));
-        let node = s.update_node(a.id, &change, 4).await.unwrap();
+        let node = s.update_node(a.id, &change, &op(), 4).await.unwrap();
         assert_eq!(node.hostname, "web-1");
         assert_eq!(node.labels, labels);
         assert_eq!((node.profile.as_deref(), node.state), (Some("tiny"), NodeState::Assigned));

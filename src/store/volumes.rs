@@ -1,9 +1,10 @@
 //! The `volumes` table (iSCSI VM disks and their attachment to nodes as LUNs), and
 //! each node's CHAP secrets (`nodes` columns only iSCSI reads).
 
+use super::audit::{self, Actor, Target};
 use super::events::{self, EventKind, NewEvent};
 use super::nodes::node_in;
-use super::{corrupt, NodeId, Row, Store, StoreError};
+use super::{corrupt, NodeId, Row, Store, StoreError, Tx};
 use serde::{Deserialize, Serialize};
 
 /// A VM disk on the iSCSI target.
@@ -29,6 +30,50 @@ fn volume_from_row(row: &Row) -> Result<Volume, StoreError> {
         lun: lun.map(u32::try_from).transpose().map_err(corrupt)?,
         created_at_ms: row.try_get("created_at_ms")?,
     })
+}
+
+async fn volume_in(tx: &mut Tx<'_>, name: &str) -> Result<Volume, StoreError> {
+    let row = tx
+        .sql("SELECT * FROM volumes WHERE name = $1")
+        .bind(name)
+        .fetch_optional()
+        .await?
+        .ok_or_else(|| StoreError::NoSuchVolume(name.to_string()))?;
+    volume_from_row(&row)
+}
+
+/// What the audit trail records of a volume.
+fn audit_view(v: &Volume) -> serde_json::Value {
+    serde_json::json!({ "size_bytes": v.size_bytes, "node_id": v.node_id, "lun": v.lun })
+}
+
+/// Record a change to volume `before` (now `after`) in `tx`.
+async fn audit_volume(
+    tx: &mut Tx<'_>,
+    actor: &Actor,
+    action: &str,
+    before: Option<&Volume>,
+    after: Option<&Volume>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let Some(v) = after.or(before) else { return Ok(()) };
+    let node = after.and_then(|v| v.node_id).or(before.and_then(|v| v.node_id));
+    let target = Target { kind: "volume", name: v.name.clone(), node };
+    let (before, after) = (before.map(audit_view), after.map(audit_view));
+    audit::record(tx, actor, action, &target, before.as_ref(), after.as_ref(), now_ms).await
+}
+
+/// Record mutual CHAP turned on or off for `node` (never its secret).
+async fn audit_mutual_chap(
+    tx: &mut Tx<'_>,
+    actor: &Actor,
+    node: NodeId,
+    on: bool,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let mac = node_in(tx, node).await?.mac;
+    let (before, after) = (serde_json::json!({ "mutual_chap": !on }), serde_json::json!({ "mutual_chap": on }));
+    audit::record(tx, actor, "node.iscsi", &Target::node(node, mac), Some(&before), Some(&after), now_ms).await
 }
 
 impl Store {
@@ -64,9 +109,15 @@ impl Store {
         rows.iter().map(|r| r.try_get("node_id").map_err(StoreError::from)).collect()
     }
 
-    pub async fn create_volume(&self, name: &str, size_bytes: u64, now_ms: i64) -> Result<Volume, StoreError> {
-        let result = self
-            .backend
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        actor: &Actor,
+        now_ms: i64,
+    ) -> Result<Volume, StoreError> {
+        let mut tx = self.backend.begin_write().await?;
+        let result = tx
             .sql("INSERT INTO volumes (name, size_bytes, created_at_ms) VALUES ($1, $2, $3)")
             .bind(name)
             .bind(i64::try_from(size_bytes).map_err(corrupt)?)
@@ -79,20 +130,23 @@ impl Store {
             }
             other => other.map_err(StoreError::from)?,
         };
-        self.volume(name).await
+        let vol = volume_in(&mut tx, name).await?;
+        audit_volume(&mut tx, actor, "volume.create", None, Some(&vol), now_ms).await?;
+        tx.commit().await?;
+        Ok(vol)
     }
 
     /// Attach a volume to a node as its next free LUN (from 1). Idempotent for the
     /// same node; a volume attached elsewhere must be detached first.
-    pub async fn attach_volume(&self, name: &str, node: NodeId, now_ms: i64) -> Result<Volume, StoreError> {
+    pub async fn attach_volume(
+        &self,
+        name: &str,
+        node: NodeId,
+        actor: &Actor,
+        now_ms: i64,
+    ) -> Result<Volume, StoreError> {
         let mut tx = self.backend.begin_write().await?;
-        let vol = tx
-            .sql("SELECT * FROM volumes WHERE name = $1")
-            .bind(name)
-            .fetch_optional()
-            .await?
-            .ok_or_else(|| StoreError::NoSuchVolume(name.to_string()))?;
-        let vol = volume_from_row(&vol)?;
+        let vol = volume_in(&mut tx, name).await?;
         match vol.node_id {
             Some(n) if n == node => return Ok(vol),
             Some(other) => return Err(StoreError::VolumeAttached { volume: name.to_string(), node: other }),
@@ -113,41 +167,60 @@ impl Store {
             .await?;
         let message = format!("volume {name} attached as LUN {lun}");
         events::insert(&mut tx, &NewEvent::note(node, None, EventKind::Info, &message), now_ms).await?;
+        let after = volume_in(&mut tx, name).await?;
+        audit_volume(&mut tx, actor, "volume.attach", Some(&vol), Some(&after), now_ms).await?;
         tx.commit().await?;
-        self.volume(name).await
+        Ok(after)
     }
 
     /// Detach a volume; returns the node it was attached to.
-    pub async fn detach_volume(&self, name: &str, now_ms: i64) -> Result<Option<NodeId>, StoreError> {
-        let vol = self.volume(name).await?;
-        self.backend.sql("UPDATE volumes SET node_id = NULL, lun = NULL WHERE id = $1").bind(vol.id).execute().await?;
+    pub async fn detach_volume(&self, name: &str, actor: &Actor, now_ms: i64) -> Result<Option<NodeId>, StoreError> {
+        let mut tx = self.backend.begin_write().await?;
+        let vol = volume_in(&mut tx, name).await?;
+        tx.sql("UPDATE volumes SET node_id = NULL, lun = NULL WHERE id = $1").bind(vol.id).execute().await?;
         if let Some(node) = vol.node_id {
-            self.add_event(node, None, EventKind::Info, &format!("volume {name} detached"), now_ms).await?;
+            let message = format!("volume {name} detached");
+            events::insert(&mut tx, &NewEvent::note(node, None, EventKind::Info, &message), now_ms).await?;
         }
+        let after = volume_in(&mut tx, name).await?;
+        audit_volume(&mut tx, actor, "volume.detach", Some(&vol), Some(&after), now_ms).await?;
+        tx.commit().await?;
         Ok(vol.node_id)
     }
 
-    pub async fn set_volume_size(&self, name: &str, size_bytes: u64, now_ms: i64) -> Result<Volume, StoreError> {
-        let vol = self.volume(name).await?;
-        self.backend
-            .sql("UPDATE volumes SET size_bytes = $1 WHERE id = $2")
+    pub async fn set_volume_size(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        actor: &Actor,
+        now_ms: i64,
+    ) -> Result<Volume, StoreError> {
+        let mut tx = self.backend.begin_write().await?;
+        let vol = volume_in(&mut tx, name).await?;
+        tx.sql("UPDATE volumes SET size_bytes = $1 WHERE id = $2")
             .bind(i64::try_from(size_bytes).map_err(corrupt)?)
             .bind(vol.id)
             .execute()
             .await?;
         if let Some(node) = vol.node_id {
             let note = format!("volume {name} grown to {}", ramboot_proto::human_bytes(size_bytes));
-            self.add_event(node, None, EventKind::Info, &note, now_ms).await?;
+            events::insert(&mut tx, &NewEvent::note(node, None, EventKind::Info, &note), now_ms).await?;
         }
-        self.volume(name).await
+        let after = volume_in(&mut tx, name).await?;
+        audit_volume(&mut tx, actor, "volume.grow", Some(&vol), Some(&after), now_ms).await?;
+        tx.commit().await?;
+        Ok(after)
     }
 
-    pub async fn delete_volume(&self, name: &str) -> Result<(), StoreError> {
-        let vol = self.volume(name).await?;
+    pub async fn delete_volume(&self, name: &str, actor: &Actor, now_ms: i64) -> Result<(), StoreError> {
+        let mut tx = self.backend.begin_write().await?;
+        let vol = volume_in(&mut tx, name).await?;
         if let Some(node) = vol.node_id {
             return Err(StoreError::VolumeAttached { volume: name.to_string(), node });
         }
-        self.backend.sql("DELETE FROM volumes WHERE id = $1").bind(vol.id).execute().await?;
+        tx.sql("DELETE FROM volumes WHERE id = $1").bind(vol.id).execute().await?;
+        audit_volume(&mut tx, actor, "volume.delete", Some(&vol), None, now_ms).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -199,6 +272,7 @@ impl Store {
         &self,
         node: NodeId,
         generate: impl FnOnce() -> Result<String, E>,
+        actor: &Actor,
         now_ms: i64,
     ) -> Result<(), E> {
         let mut tx = self.backend.begin_write().await?;
@@ -221,12 +295,13 @@ impl Store {
             .map_err(StoreError::from)?;
         let note = NewEvent::note(node, None, EventKind::Info, "iSCSI mutual CHAP on");
         events::insert(&mut tx, &note, now_ms).await?;
+        audit_mutual_chap(&mut tx, actor, node, true, now_ms).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
 
     /// Turn mutual CHAP off, forgetting the target's secret.
-    pub async fn disable_mutual_chap(&self, node: NodeId, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn disable_mutual_chap(&self, node: NodeId, actor: &Actor, now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.backend.begin_write().await?;
         node_in(&mut tx, node).await?;
         let result = tx
@@ -237,6 +312,7 @@ impl Store {
         if result == 1 {
             let note = NewEvent::note(node, None, EventKind::Info, "iSCSI mutual CHAP off");
             events::insert(&mut tx, &note, now_ms).await?;
+            audit_mutual_chap(&mut tx, actor, node, false, now_ms).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -245,7 +321,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::testing::{store, MAC};
+    use crate::store::testing::{op, store, MAC};
     use crate::store::StoreError;
 
     #[tokio::test]
@@ -253,18 +329,18 @@ mod tests {
         let (s, _d) = store().await;
         let node = s.ensure_node(MAC, 0).await.unwrap();
         assert_eq!(s.mutual_chap_secret(node.id).await.unwrap(), None);
-        let err = s.enable_mutual_chap(node.id, || Err(StoreError::Corrupt("no randomness".into())), 1).await;
+        let err = s.enable_mutual_chap(node.id, || Err(StoreError::Corrupt("no randomness".into())), &op(), 1).await;
         assert!(matches!(err, Err(StoreError::Corrupt(_))));
         assert_eq!(s.mutual_chap_secret(node.id).await.unwrap(), None, "a failed source stores nothing");
-        s.enable_mutual_chap(node.id, || Ok::<_, StoreError>("mnopqrstuvwx".into()), 2).await.unwrap();
-        s.enable_mutual_chap(node.id, || Ok::<_, StoreError>("other".into()), 3).await.unwrap();
+        s.enable_mutual_chap(node.id, || Ok::<_, StoreError>("mnopqrstuvwx".into()), &op(), 2).await.unwrap();
+        s.enable_mutual_chap(node.id, || Ok::<_, StoreError>("other".into()), &op(), 3).await.unwrap();
         assert_eq!(s.mutual_chap_secret(node.id).await.unwrap().as_deref(), Some("mnopqrstuvwx"), "kept");
-        s.disable_mutual_chap(node.id, 4).await.unwrap();
-        s.disable_mutual_chap(node.id, 5).await.unwrap();
+        s.disable_mutual_chap(node.id, &op(), 4).await.unwrap();
+        s.disable_mutual_chap(node.id, &op(), 5).await.unwrap();
         assert_eq!(s.mutual_chap_secret(node.id).await.unwrap(), None);
         let notes: Vec<String> = s.events(node.id, 0, 100).await.unwrap().into_iter().map(|e| e.message).collect();
         assert_eq!(notes.iter().filter(|m| m.contains("mutual CHAP")).count(), 2, "{notes:?}");
-        assert!(matches!(s.disable_mutual_chap(999, 6).await, Err(StoreError::NoSuchNode(_))));
+        assert!(matches!(s.disable_mutual_chap(999, &op(), 6).await, Err(StoreError::NoSuchNode(_))));
         assert!(matches!(s.mutual_chap_secret(999).await, Err(StoreError::NoSuchNode(_))));
     }
 

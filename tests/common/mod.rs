@@ -14,6 +14,11 @@ pub mod testdb;
 #[allow(unused_imports)] // not every test skips
 pub use ramboot_lab::harness::skipped;
 
+/// The operator a test's own store writes are made as.
+pub fn operator() -> ramboot::store::Actor {
+    ramboot::store::Actor::Token { name: "test-operator".into() }
+}
+
 /// Skip a test that needs PostgreSQL when `RAMBOOT_TEST_POSTGRES` names none,
 /// saying why. CI never skips it: its first pass (SQLite) says a PostgreSQL pass
 /// follows ([`testdb::POSTGRES_PASS_FOLLOWS`]), which runs it; anywhere else in CI
@@ -158,7 +163,7 @@ impl TestServer {
                     async move { store.listen(shutdown).await }
                 });
                 for (name, role, hash) in tokens {
-                    store.create_token(name, role, &hash, 0).await.unwrap();
+                    store.create_token(name, role, &hash, None, &config.cluster.actor(), 0).await.unwrap();
                 }
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let mut config = config;

@@ -6,12 +6,22 @@
 
 use crate::images::{Artifact, ImageKind, Manifest};
 use crate::profiles::LoadedProfile;
-use crate::store::{Boot, Event, Lease, Node, Role, TokenInfo, Volume};
+use crate::store::{Actor, AuditRecord, Boot, Event, Lease, Node, Role, TokenInfo, Volume};
 use crate::yaml::SourceError;
 use ramboot_api as api;
 
 /// `From` for a view with the same fields, each moved (or `into`ed) across. The
 /// destructuring names every field, so a new one in the source fails to compile here.
+impl From<Actor> for api::Actor {
+    fn from(actor: Actor) -> Self {
+        match actor {
+            Actor::Token { name } => api::Actor::Token { name },
+            Actor::File { path, revision } => api::Actor::File { path, revision },
+            Actor::Server { name } => api::Actor::Server { name },
+        }
+    }
+}
+
 macro_rules! same_fields {
     ($from:path => $to:path { $($field:ident),* $(,)? }) => {
         impl From<$from> for $to {
@@ -33,8 +43,9 @@ same_fields!(Boot => api::Boot {
 });
 same_fields!(Event => api::Event { id, node_id, boot_id, at_ms, kind, state, phase_ms, message });
 same_fields!(Lease => api::Lease { ip, mac, expires_at, state });
+same_fields!(AuditRecord => api::AuditRecord { id, at_ms, actor, action, target_kind, target, node_id, before, after });
 same_fields!(Volume => api::Volume { id, name, size_bytes, node_id, lun, created_at_ms });
-same_fields!(TokenInfo => api::TokenInfo { name, role, created_at_ms });
+same_fields!(TokenInfo => api::TokenInfo { name, role, created_at_ms, expires_at_ms });
 
 // The API shows the store's closed sets of names as plain strings.
 impl From<crate::store::EventKind> for String {
@@ -188,7 +199,12 @@ mod tests {
             lun: Some(1),
             created_at_ms: 3,
         });
-        same_json::<_, api::TokenInfo>(TokenInfo { name: "admin".into(), role: Role::Admin, created_at_ms: 0 });
+        same_json::<_, api::TokenInfo>(TokenInfo {
+            name: "admin".into(),
+            role: Role::Admin,
+            created_at_ms: 0,
+            expires_at_ms: Some(1),
+        });
     }
 
     #[test]

@@ -24,9 +24,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
 use convert::{all, profile_view};
 use ramboot_api::{
-    Attach, CreatedToken, DeleteNodeQuery, ErrorBody, Event, EventQuery, Grow, IscsiSettings, Lease, Maintenance,
-    Manifest, NewNode, NewToken, NewVolume, Node, NodeDetail, NodeIscsi, NodeList, NodeQuery, NodeUpdate, ProfileList,
-    ProfileView, SourceError, StreamQuery, TokenInfo, Volume, MAX_PAGE,
+    Attach, AuditList, AuditQuery, CreatedToken, DeleteNodeQuery, ErrorBody, Event, EventQuery, Grow, IscsiSettings,
+    Lease, Maintenance, Manifest, NewNode, NewToken, NewVolume, Node, NodeDetail, NodeIscsi, NodeList, NodeQuery,
+    NodeUpdate, ProfileList, ProfileView, SourceError, StreamQuery, TokenInfo, Volume, MAX_PAGE,
 };
 use ramboot_core::node::{valid_hostname, valid_label, MacAddr, LABEL_RULE};
 use std::collections::BTreeMap;
@@ -55,6 +55,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(attach_volume))
         .routes(routes!(detach_volume))
         .routes(routes!(grow_volume))
+        .routes(routes!(list_audit))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(delete_token))
         // One count of open event streams per router (per server).
@@ -66,6 +67,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 struct EventStreams(crate::limits::SourceSlots);
 
 const MAX_LABELS: usize = 32;
+/// Tokens that expire do so within ten years.
+const MAX_TOKEN_LIFETIME_SECS: u64 = 10 * 366 * 24 * 3600;
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(v)| v).map_err(|r| ApiError::bad_request(r.body_text()))
@@ -156,7 +159,7 @@ fn check_profile(state: &AppState, name: &str) -> Result<(), ApiError> {
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_node(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     ApiJson(new): ApiJson<NewNode>,
 ) -> Result<(StatusCode, Json<Node>), ApiError> {
     if let Some(h) = &new.hostname {
@@ -168,7 +171,7 @@ async fn create_node(
     check_labels(&new.labels)?;
     let node = state
         .store
-        .create_node(new.mac, new.hostname.as_deref(), new.profile.as_deref(), &new.labels, now_ms())
+        .create_node(new.mac, new.hostname.as_deref(), new.profile.as_deref(), &new.labels, &actor, now_ms())
         .await?;
     Ok((StatusCode::CREATED, Json(node.into())))
 }
@@ -208,7 +211,7 @@ async fn show_node(
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn update_node(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
     ApiJson(update): ApiJson<NodeUpdate>,
 ) -> Result<Json<Node>, ApiError> {
@@ -236,7 +239,7 @@ async fn update_node(
         profile: update.profile,
         approved: update.approved,
     };
-    Ok(Json(state.store.update_node(node.id, &change, now_ms()).await?.into()))
+    Ok(Json(state.store.update_node(node.id, &change, &actor, now_ms()).await?.into()))
 }
 
 #[utoipa::path(delete, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "node id or MAC"), DeleteNodeQuery),
@@ -244,7 +247,7 @@ async fn update_node(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_node(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
     q: Result<Query<DeleteNodeQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
@@ -254,12 +257,12 @@ async fn delete_node(
     // Volumes outlive their node unless the operator asks otherwise.
     for v in &attached {
         let service = volume_service(&state)?;
-        service.detach(&v.name, now_ms()).await?;
+        service.detach(&v.name, &actor, now_ms()).await?;
         if q.delete_volumes {
-            service.delete(&v.name).await?;
+            service.delete(&v.name, &actor, now_ms()).await?;
         }
     }
-    state.store.delete_node(node.id).await?;
+    state.store.delete_node(node.id, &actor, now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -267,21 +270,25 @@ async fn delete_node(
     responses((status = 200, body = Node), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn reprovision_node(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
     let node = find_node(&state, &id).await?;
-    Ok(Json(state.store.reprovision(node.id, now_ms()).await?.into()))
+    Ok(Json(state.store.reprovision(node.id, &actor, now_ms()).await?.into()))
 }
 
 /// Vouch for a node: it may boot a profile that renders secrets or attaches volumes
 /// even if only facts it reports itself (serial, UUID, inventory) matched it.
 #[utoipa::path(post, path = "/nodes/{id}/approve", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
     responses((status = 200, body = Node), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn approve_node(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<Node>, ApiError> {
+async fn approve_node(
+    State(state): State<AppState>,
+    Admin(actor): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Node>, ApiError> {
     let node = find_node(&state, &id).await?;
     let change = NodeChange { approved: Some(true), ..NodeChange::default() };
-    Ok(Json(state.store.update_node(node.id, &change, now_ms()).await?.into()))
+    Ok(Json(state.store.update_node(node.id, &change, &actor, now_ms()).await?.into()))
 }
 
 #[utoipa::path(post, path = "/nodes/{id}/maintenance", tag = "nodes", params(("id" = String, Path, description = "node id or MAC")),
@@ -291,7 +298,7 @@ async fn approve_node(State(state): State<AppState>, _: Admin, Path(id): Path<St
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn maintenance_node(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
     ApiJson(m): ApiJson<Maintenance>,
 ) -> Result<Json<Node>, ApiError> {
@@ -301,7 +308,7 @@ async fn maintenance_node(
         return Err(ApiError::unprocessable("reason must be at most 200 printable characters"));
     }
     let reason = m.enabled.then_some(reason);
-    Ok(Json(state.store.set_maintenance(node.id, reason.as_deref(), now_ms()).await?.into()))
+    Ok(Json(state.store.set_maintenance(node.id, reason.as_deref(), &actor, now_ms()).await?.into()))
 }
 
 #[utoipa::path(get, path = "/nodes/{id}/events", tag = "events", params(("id" = String, Path, description = "node id or MAC"), EventQuery),
@@ -384,7 +391,7 @@ async fn show_image(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_image(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let users: Vec<String> = state
@@ -407,8 +414,56 @@ async fn delete_image(
     // them any more (the image was rebuilt while a node was loading it).
     let pinned = state.store.pinned_digests().await?;
     let images = state.images.clone();
-    blocking(move || images.delete(&name, &pinned)).await?;
+    let deleted = name.clone();
+    let digest = blocking(move || {
+        let digest = images.manifest(&deleted)?.digest();
+        images.delete(&deleted, &pinned).map(|()| digest)
+    })
+    .await?;
+    let before = serde_json::json!({ "digest": digest.to_string() });
+    state
+        .store
+        .audit_outside(&actor, "image.delete", &store::Target::named("image", &name), Some(&before), now_ms())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = AuditList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn list_audit(
+    State(state): State<AppState>,
+    _op: Operator,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditList>, ApiError> {
+    let q = query(q)?;
+    let limit = check_limit(q.limit)?;
+    check_after(q.after)?;
+    let node = match &q.node {
+        Some(id) => Some(find_audited_node(&state, id).await?),
+        None => None,
+    };
+    let filter = store::AuditFilter { node, actor: q.actor, after: q.after, limit };
+    let records = state.store.audit(&filter).await?;
+    let next_after = (records.len() as i64 == limit).then(|| records.last().map(|r| r.id)).flatten();
+    Ok(Json(AuditList { records: all(records), next_after }))
+}
+
+/// A node's id for the audit filter: the trail outlives the node, so an id is
+/// taken as it is, and a MAC is looked up among the records too.
+async fn find_audited_node(state: &AppState, id: &str) -> Result<store::NodeId, ApiError> {
+    if let Ok(n) = id.parse::<i64>() {
+        return Ok(n);
+    }
+    let mac: MacAddr = id.parse().map_err(|_| ApiError::bad_request(format!("node {id:?}: use its id or MAC")))?;
+    match state.store.node_by_mac(mac).await? {
+        Some(node) => Ok(node.id),
+        None => state
+            .store
+            .audited_node_by_mac(mac)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no node with MAC {mac} now or in the audit trail"))),
+    }
 }
 
 #[utoipa::path(get, path = "/leases", tag = "leases",
@@ -495,15 +550,26 @@ async fn list_tokens(State(state): State<AppState>, _: Admin) -> Result<Json<Vec
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_token(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     ApiJson(new): ApiJson<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     if !valid_label(&new.name) {
         return Err(ApiError::unprocessable(format!("token name {:?}: {LABEL_RULE}", new.name)));
     }
+    let now = now_ms();
+    let expires_at_ms = match new.expires_in_seconds {
+        Some(secs) if !(1..=MAX_TOKEN_LIFETIME_SECS).contains(&secs) => {
+            return Err(ApiError::unprocessable(format!(
+                "expires_in_seconds must be between 1 and {MAX_TOKEN_LIFETIME_SECS} (ten years)"
+            )))
+        }
+        Some(secs) => Some(now + secs as i64 * 1000),
+        None => None,
+    };
     let token = crate::token::generate()?;
-    state.store.create_token(&new.name, new.role.into(), &crate::token::hash(&token), now_ms()).await?;
-    Ok((StatusCode::CREATED, Json(CreatedToken { name: new.name, role: new.role, token })))
+    let hash = crate::token::hash(&token);
+    state.store.create_token(&new.name, new.role.into(), &hash, expires_at_ms, &actor, now).await?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { name: new.name, role: new.role, token, expires_at_ms })))
 }
 
 #[utoipa::path(delete, path = "/tokens/{name}", tag = "tokens", params(("name" = String, Path)),
@@ -511,10 +577,10 @@ async fn create_token(
         (status = 409, body = ErrorBody)))]
 async fn delete_token(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.store.delete_token(&name).await?;
+    state.store.delete_token(&name, &actor, now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -541,11 +607,11 @@ async fn list_volumes(State(state): State<AppState>, _op: Operator) -> Result<Js
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_volume(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     ApiJson(new): ApiJson<NewVolume>,
 ) -> Result<(StatusCode, Json<Volume>), ApiError> {
     let service = volume_service(&state)?;
-    let volume = service.create(&new.name, new.size_bytes, now_ms()).await?;
+    let volume = service.create(&new.name, new.size_bytes, &actor, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(volume.into())))
 }
 
@@ -564,10 +630,10 @@ async fn show_volume(
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_volume(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    volume_service(&state)?.delete(&name).await?;
+    volume_service(&state)?.delete(&name, &actor, now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -578,13 +644,13 @@ async fn delete_volume(
         (status = 503, body = ErrorBody)))]
 async fn attach_volume(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(name): Path<String>,
     ApiJson(a): ApiJson<Attach>,
 ) -> Result<Json<Volume>, ApiError> {
     let service = volume_service(&state)?;
     let node = find_node(&state, &a.node).await?;
-    Ok(Json(service.attach(&name, node.id, now_ms()).await?.into()))
+    Ok(Json(service.attach(&name, node.id, &actor, now_ms()).await?.into()))
 }
 
 #[utoipa::path(post, path = "/volumes/{name}/detach", tag = "volumes", params(("name" = String, Path)),
@@ -592,10 +658,10 @@ async fn attach_volume(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn detach_volume(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(name): Path<String>,
 ) -> Result<Json<Volume>, ApiError> {
-    Ok(Json(volume_service(&state)?.detach(&name, now_ms()).await?.into()))
+    Ok(Json(volume_service(&state)?.detach(&name, &actor, now_ms()).await?.into()))
 }
 
 #[utoipa::path(post, path = "/volumes/{name}/grow", tag = "volumes", params(("name" = String, Path)), request_body = Grow,
@@ -605,11 +671,11 @@ async fn detach_volume(
         (status = 503, body = ErrorBody)))]
 async fn grow_volume(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(name): Path<String>,
     ApiJson(g): ApiJson<Grow>,
 ) -> Result<Json<Volume>, ApiError> {
-    Ok(Json(volume_service(&state)?.grow(&name, g.size_bytes, now_ms()).await?.into()))
+    Ok(Json(volume_service(&state)?.grow(&name, g.size_bytes, &actor, now_ms()).await?.into()))
 }
 
 /// The node's iSCSI names and whether mutual CHAP is on (never its secrets).
@@ -651,12 +717,12 @@ async fn show_node_iscsi(
         (status = 503, body = ErrorBody)))]
 async fn set_node_iscsi(
     State(state): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
     ApiJson(settings): ApiJson<IscsiSettings>,
 ) -> Result<Json<NodeIscsi>, ApiError> {
     let service = volume_service(&state)?;
     let node = find_node(&state, &id).await?;
-    service.set_mutual_chap(node.id, settings.mutual_chap, now_ms()).await?;
+    service.set_mutual_chap(node.id, settings.mutual_chap, &actor, now_ms()).await?;
     Ok(Json(node_iscsi(service, node.id).await?))
 }

@@ -462,7 +462,10 @@ async fn ensure_profile_volumes(
     }
     let now = now_ms();
     let notes = match &state.volumes {
-        Some(volumes) => volumes.ensure_declared(node.id, wanted, now).await.map_err(iscsi_unavailable)?,
+        Some(volumes) => volumes
+            .ensure_declared(node.id, wanted, &state.config.cluster.actor(), now)
+            .await
+            .map_err(iscsi_unavailable)?,
         None => vec![format!("profile {profile} declares volumes, but this server manages no iSCSI volumes")],
     };
     for note in notes {
