@@ -434,6 +434,7 @@ fn default_quarantine_secs() -> u32 {
 #[serde(deny_unknown_fields)]
 struct WirePaths {
     profiles: Option<PathBuf>,
+    inventory: Option<PathBuf>,
     ipxe: Option<PathBuf>,
     data: Option<PathBuf>,
 }
@@ -717,6 +718,8 @@ fn dhcp_from_wire(d: WireDhcp, interface: &str) -> Result<DhcpConfig, String> {
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub profiles: PathBuf,
+    /// Node declarations (the inventory in git); absent directory: none.
+    pub inventory: PathBuf,
     pub ipxe: PathBuf,
     pub data: PathBuf,
 }
@@ -785,6 +788,7 @@ impl Config {
         };
         let paths = Paths {
             profiles: resolve(wire.paths.profiles, "profiles"),
+            inventory: resolve(wire.paths.inventory, "inventory"),
             ipxe: resolve(wire.paths.ipxe, "ipxe"),
             data: resolve(wire.paths.data, "data"),
         };

@@ -12,6 +12,7 @@ pub mod dhcp;
 pub mod files;
 pub mod http;
 pub mod images;
+pub mod inventory;
 pub mod iscsi;
 pub mod limits;
 pub mod pktinfo;

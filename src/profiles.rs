@@ -135,12 +135,7 @@ fn assemble(
     ctx: &Context,
     previous: Option<&ProfileSet>,
 ) -> Result<(ProfileSet, Vec<SourceError>), ProfileErrors> {
-    let entries = std::fs::read_dir(dir).map_err(|e| ProfileErrors(vec![at(dir, 0, format!("cannot read: {e}"))]))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
+    let files = yaml::yaml_files(dir).map_err(|e| ProfileErrors(vec![at(dir, 0, format!("cannot read: {e}"))]))?;
     let mut set = ProfileSet::default();
     let mut errors = vec![];
     for file in files {

@@ -88,16 +88,24 @@ pub async fn run(config: Config) -> Result<()> {
         }
         None => None,
     };
+    let inventory = Arc::new(crate::inventory::LiveInventory::new(&config.paths.inventory));
     let state = AppState {
         config: config.clone(),
         store: store.clone(),
         images: images.clone(),
         profiles: profiles.clone(),
+        inventory: inventory.clone(),
         volumes,
         limits: Default::default(),
         shutdown: cancel.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (profiles, store, config, cancel) = (profiles.clone(), store.clone(), config.clone(), cancel.clone());
+        tasks.spawn(async move {
+            crate::watch::watch_inventory(inventory, profiles, store, config, cancel).await.map_err(anyhow::Error::from)
+        });
+    }
     {
         let cancel = cancel.clone();
         tasks.spawn(async move {

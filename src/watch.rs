@@ -28,49 +28,70 @@ pub fn is_change(kind: &notify::EventKind) -> bool {
     matches!(kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any)
 }
 
+/// Debounced change notices for a few directories. The directory is watched, not
+/// the files: editors save by writing a new file and renaming it over the old one.
+pub struct DirWatch {
+    debouncer: notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>,
+    rx: tokio::sync::mpsc::Receiver<notify_debouncer_full::DebounceEventResult>,
+}
+
+impl DirWatch {
+    pub fn new() -> Result<DirWatch, WatchError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let debouncer = new_debouncer(DEBOUNCE, None, move |result: notify_debouncer_full::DebounceEventResult| {
+            // Reloading reads the files, and inotify reports reads (open, close) as
+            // access events: reacting to those would reload forever. Only changes count.
+            let changed = match &result {
+                Ok(events) => events.iter().any(|e| is_change(&e.kind)),
+                Err(_) => true,
+            };
+            if changed {
+                // A full channel means a reload is already pending: dropping is fine.
+                let _ = tx.try_send(result);
+            }
+        })
+        .map_err(|source| WatchError { path: "(watcher)".into(), source })?;
+        Ok(DirWatch { debouncer, rx })
+    }
+
+    pub fn watch(&mut self, dir: &std::path::Path, mode: RecursiveMode) -> Result<(), WatchError> {
+        self.debouncer.watch(dir, mode).map_err(|source| WatchError { path: dir.display().to_string(), source })
+    }
+
+    /// Wait for the next change (a burst of saves counts once); `false` once
+    /// `cancel` fires.
+    pub async fn changed(&mut self, cancel: &CancellationToken) -> bool {
+        let batch = tokio::select! {
+            _ = cancel.cancelled() => return false,
+            b = self.rx.recv() => match b { Some(b) => b, None => return false },
+        };
+        if let Err(errors) = batch {
+            for e in errors {
+                warn!(error = %e, "file watcher error");
+            }
+        }
+        while self.rx.try_recv().is_ok() {}
+        true
+    }
+}
+
 /// Reload `live` whenever its directory or the image manifests change, until `cancel`.
 pub async fn watch_profiles(
     live: Arc<LiveProfiles>,
     images: ImageStore,
     cancel: CancellationToken,
 ) -> Result<(), WatchError> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: notify_debouncer_full::DebounceEventResult| {
-        // Reloading reads the files, and inotify reports reads (open, close) as
-        // access events: reacting to those would reload forever. Only changes count.
-        let changed = match &result {
-            Ok(events) => events.iter().any(|e| is_change(&e.kind)),
-            Err(_) => true,
-        };
-        if changed {
-            // A full channel means a reload is already pending: dropping is fine.
-            let _ = tx.try_send(result);
-        }
-    })
-    .map_err(|source| WatchError { path: live.dir().display().to_string(), source })?;
+    let mut watch = DirWatch::new()?;
     let dir = live.dir().to_path_buf();
-    debouncer
-        .watch(&dir, RecursiveMode::Recursive)
-        .map_err(|source| WatchError { path: dir.display().to_string(), source })?;
+    watch.watch(&dir, RecursiveMode::Recursive)?;
     let manifests = images.manifests_dir();
     if std::fs::create_dir_all(&manifests).is_ok() {
-        if let Err(e) = debouncer.watch(&manifests, RecursiveMode::NonRecursive) {
+        if let Err(e) = watch.watch(&manifests, RecursiveMode::NonRecursive) {
             warn!(path = %manifests.display(), error = %e, "not watching image manifests; rebuilt images need a profile save to apply");
         }
     }
     info!(dir = %dir.display(), "watching profiles for changes");
-    loop {
-        let batch = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            b = rx.recv() => match b { Some(b) => b, None => return Ok(()) },
-        };
-        if let Err(errors) = batch {
-            for e in errors {
-                warn!(error = %e, "profile watcher error");
-            }
-        }
-        // Let a burst of saves settle into one reload.
-        while rx.try_recv().is_ok() {}
+    while watch.changed(&cancel).await {
         let (live, images) = (live.clone(), images.clone());
         let report = match tokio::task::spawn_blocking(move || live.reload(&images)).await {
             Ok(r) => r,
@@ -88,6 +109,58 @@ pub async fn watch_profiles(
                 // The operator's editor jumps to `file:line:col`.
                 error!("profile refused, last good version keeps serving: {e}");
             }
+        }
+    }
+    Ok(())
+}
+
+/// How often the inventory is applied again without a change: it heals what a
+/// refused apply left (an address whose lease since ended) and a database restored
+/// from a backup.
+const INVENTORY_REAPPLY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Apply the inventory now, then on every change to its directory (or to the
+/// profiles, which it refers to) and every [`INVENTORY_REAPPLY`], until `cancel`.
+pub async fn watch_inventory(
+    live: Arc<crate::inventory::LiveInventory>,
+    profiles: Arc<LiveProfiles>,
+    store: crate::store::Store,
+    config: Arc<crate::config::Config>,
+    cancel: CancellationToken,
+) -> Result<(), WatchError> {
+    let mut watch = DirWatch::new()?;
+    // A missing directory is an empty inventory; it is watched once it exists.
+    let watched = |watch: &mut DirWatch| {
+        let ok = live.dir().is_dir() && watch.watch(live.dir(), RecursiveMode::NonRecursive).is_ok();
+        let _ = watch.watch(profiles.dir(), RecursiveMode::NonRecursive);
+        ok
+    };
+    let mut watching = watched(&mut watch);
+    if watching {
+        info!(dir = %live.dir().display(), "watching the inventory for changes");
+    }
+    loop {
+        let names = profiles.current().iter().map(|(p, _)| p.name.clone()).collect();
+        match crate::inventory::Checks::for_config(&config, names) {
+            Ok(checks) => {
+                let report = live.reload(&store, &checks, crate::clock::now_ms()).await;
+                let outcome = if report.errors.is_empty() { "success" } else { "failure" };
+                metrics::counter!("ramboot_inventory_reloads_total", "outcome" => outcome).increment(1);
+                if report.changes > 0 {
+                    info!(files = report.files, changes = report.changes, "inventory applied");
+                }
+                for e in &report.errors {
+                    error!("inventory file refused, its last good version stays: {e}");
+                }
+            }
+            Err(e) => error!("inventory not applied: {e}"),
+        }
+        if !watching {
+            watching = watched(&mut watch);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(INVENTORY_REAPPLY) => {}
+            changed = watch.changed(&cancel) => if !changed { return Ok(()) },
         }
     }
 }

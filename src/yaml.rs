@@ -53,6 +53,16 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, YamlError> {
     parse(path, &text).map_err(YamlError::Invalid)
 }
 
+/// The `*.yaml` and `*.yml` files directly in `dir`, sorted by name.
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// serde-saphyr writes its own position into the message (`error: line 3 column 1:
 /// ...`, or `... at line 3, column 1`); we print ours as a `file:line:col:` prefix.
 fn strip_location_suffix(message: &str) -> String {

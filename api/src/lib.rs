@@ -21,7 +21,7 @@ pub use error::{ErrorBody, ErrorDetail};
 pub use images::{Artifact, ImageKind, Manifest};
 pub use leases::Lease;
 pub use nodes::{
-    Boot, BootId, BootImage, DeleteNodeQuery, Event, EventQuery, Maintenance, NewNode, Node, NodeDetail, NodeId,
+    Bmc, Boot, BootId, BootImage, DeleteNodeQuery, Field, Event, EventQuery, Maintenance, NewNode, Node, NodeDetail, NodeId,
     NodeList, NodeQuery, NodeUpdate, StreamQuery,
 };
 pub use profiles::{OverlayFile, Profile, ProfileList, ProfileView, ProfileVolume, Selector, SourceError};

@@ -4,7 +4,7 @@
 use crate::{default_limit, MAX_PAGE};
 use ramboot_core::node::{MacAddr, NodeState};
 use serde::{Deserialize, Deserializer, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use utoipa::{IntoParams, ToSchema};
 
 // Aliases, not newtypes: the document names their schema `i64`, as it always has.
@@ -40,9 +40,18 @@ pub struct Node {
     pub approved: bool,
     /// When DHCP last bound `ip` to the node (a lease, or a proxyDHCP sighting).
     pub ip_seen_at_ms: Option<i64>,
+    /// Its BMC: the Redfish system URL and the name of the secret that logs in
+    /// (never the credential itself).
+    pub bmc: Option<Bmc>,
+    /// The inventory file that declares the node; the API may not change the
+    /// fields it owns (`declared_fields`).
+    pub declared_in: Option<String>,
+    pub declared_fields: BTreeSet<Field>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
+
+pub use ramboot_core::inventory::{Bmc, Field};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Boot {
@@ -150,11 +159,15 @@ pub struct NodeUpdate {
     pub take_over: bool,
     /// Vouch for the node (`true`), or take that back.
     pub approved: Option<bool>,
+    /// Its BMC (Redfish); `null` forgets it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Bmc>, nullable)]
+    pub bmc: Option<Option<Bmc>>,
 }
 
 /// Tell a field given as `null` from a missing one.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

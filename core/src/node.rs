@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// An Ethernet MAC address, printed lowercase with colons.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddr(pub [u8; 6]);
 
 impl fmt::Display for MacAddr {

@@ -31,6 +31,8 @@ pub struct AppState {
     pub store: Store,
     pub images: ImageStore,
     pub profiles: Arc<LiveProfiles>,
+    /// Node declarations from `inventory/` and what was applied of them.
+    pub inventory: Arc<crate::inventory::LiveInventory>,
     /// iSCSI volumes, when the server manages them.
     pub volumes: Option<Arc<crate::iscsi::service::Volumes<crate::iscsi::tgt::Tgt>>>,
     /// The boot path's in-memory rate limits.

@@ -95,6 +95,10 @@ pub enum StoreError {
     VolumeAttached { volume: String, node: NodeId },
     #[error("this is the last admin token without an expiry; create another one first")]
     LastAdmin,
+    #[error("the {field} of node {mac} is declared in inventory file {file}; change it there")]
+    DeclaredInFile { mac: MacAddr, field: &'static str, file: String },
+    #[error("node {mac} is declared in inventory file {file}; remove it there first")]
+    DeclaredNode { mac: MacAddr, file: String },
     #[error("{ip} is already reserved for node {node}")]
     ReservedElsewhere { ip: Ipv4Addr, node: NodeId },
     #[error("{ip} is leased to {mac}; reserve it with take_over to end that lease")]

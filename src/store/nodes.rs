@@ -7,9 +7,10 @@ use super::db::placeholders;
 use super::events::{self, EventKind, NewEvent};
 use super::leases;
 use super::{corrupt, BootId, NodeId, Row, Store, StoreError, Text, Tx};
+use ramboot_core::inventory::{Bmc, Field};
 use ramboot_core::node::{MacAddr, NodeState};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +39,11 @@ pub struct Node {
     pub approved: bool,
     /// When DHCP last bound `ip` to it (a lease, or a proxyDHCP sighting).
     pub ip_seen_at_ms: Option<i64>,
+    /// Its BMC (Redfish), if it has one.
+    pub bmc: Option<Bmc>,
+    /// The inventory file that declares it, and the fields that file owns.
+    pub declared_in: Option<String>,
+    pub declared_fields: BTreeSet<Field>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -68,6 +74,34 @@ pub struct NodeChange {
     pub profile: Option<Option<String>>,
     /// Vouch for the node (or take that back): see [`Node::approved`].
     pub approved: Option<bool>,
+    /// Its BMC; `Some(None)` forgets it.
+    pub bmc: Option<Option<Bmc>>,
+}
+
+impl NodeChange {
+    /// The declarable fields this change sets to something other than `node` has.
+    fn changed_fields(&self, node: &Node) -> Vec<Field> {
+        let reserved = node.reserved_ip.as_deref().and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+        let changed = [
+            (Field::Hostname, self.hostname.as_ref().is_some_and(|h| *h != node.hostname)),
+            (Field::Labels, self.labels.as_ref().is_some_and(|l| *l != node.labels)),
+            (Field::Profile, self.profile.as_ref().is_some_and(|p| *p != node.profile)),
+            (Field::ReservedIp, self.reservation.is_some_and(|ip| ip != reserved)),
+            (Field::Bmc, self.bmc.as_ref().is_some_and(|b| *b != node.bmc)),
+        ];
+        changed.into_iter().filter(|(_, c)| *c).map(|(f, _)| f).collect()
+    }
+}
+
+/// Refuse a change to a field an inventory file owns, naming the file.
+fn check_not_declared(node: &Node, changing: impl IntoIterator<Item = Field>) -> Result<(), StoreError> {
+    let owner = node.declared_in.as_deref().map(|file| (file, &node.declared_fields));
+    match ramboot_core::inventory::owned_field(owner, changing) {
+        Some((field, file)) => {
+            Err(StoreError::DeclaredInFile { mac: node.mac, field: field.as_str(), file: file.to_string() })
+        }
+        None => Ok(()),
+    }
 }
 
 /// What the audit trail records of a node: the fields operators set, and its state.
@@ -80,6 +114,8 @@ pub(super) fn audit_view(node: &Node) -> serde_json::Value {
         "approved": node.approved,
         "maintenance_reason": node.maintenance_reason,
         "state": node.state,
+        "bmc": node.bmc,
+        "declared_in": node.declared_in,
     })
 }
 
@@ -111,6 +147,17 @@ fn node_from_row(row: &Row) -> Result<Node, StoreError> {
         client_uuid: row.try_get("client_uuid")?,
         approved: row.try_get("approved")?,
         ip_seen_at_ms: row.try_get("ip_seen_at_ms")?,
+        bmc: match (row.try_get::<Option<String>>("bmc_url")?, row.try_get::<Option<String>>("bmc_credential")?) {
+            (Some(url), Some(credential)) => Some(Bmc { url, credential }),
+            _ => None,
+        },
+        declared_in: row.try_get("declared_in")?,
+        declared_fields: row
+            .try_get::<String>("declared_fields")?
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(|f| Field::parse(f).ok_or_else(|| corrupt(format!("declared field {f:?}"))))
+            .collect::<Result<_, _>>()?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })
@@ -267,6 +314,67 @@ async fn reserve_in(
     Ok(())
 }
 
+/// Write `change` onto `node` (reservation, hostname, labels, profile, approval,
+/// BMC, in that order), with the events that say so.
+async fn set_fields(
+    tx: &mut Tx<'_>,
+    node: &Node,
+    change: &NodeChange,
+    now: u64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let id = node.id;
+    if let Some(ip) = change.reservation {
+        reserve_in(tx, node, ip, change.take_over, now, now_ms).await?;
+    }
+    if let Some(hostname) = &change.hostname {
+        tx.sql("UPDATE nodes SET hostname = $1, updated_at_ms = $2 WHERE id = $3")
+            .bind(hostname)
+            .bind(now_ms)
+            .bind(id)
+            .execute()
+            .await?;
+    }
+    if let Some(labels) = &change.labels {
+        let labels = serde_json::to_string(labels).map_err(corrupt)?;
+        tx.sql("UPDATE nodes SET labels = $1, updated_at_ms = $2 WHERE id = $3")
+            .bind(&labels)
+            .bind(now_ms)
+            .bind(id)
+            .execute()
+            .await?;
+        let message = format!("labels set to {labels}");
+        events::insert(tx, &NewEvent::note(id, None, EventKind::Info, &message), now_ms).await?;
+    }
+    if let Some(profile) = &change.profile {
+        assign_in(tx, id, profile.as_deref(), now_ms).await?;
+    }
+    if let Some(approved) = change.approved.filter(|a| *a != node.approved) {
+        tx.sql("UPDATE nodes SET approved = $1, updated_at_ms = $2 WHERE id = $3")
+            .bind(approved)
+            .bind(now_ms)
+            .bind(id)
+            .execute()
+            .await?;
+        let message = if approved {
+            "approved by an operator: may boot profiles that render secrets or attach volumes"
+        } else {
+            "approval withdrawn: profiles that hold secrets wait until an operator vouches for it again"
+        };
+        events::insert(tx, &NewEvent::note(id, None, EventKind::Info, message), now_ms).await?;
+    }
+    if let Some(bmc) = change.bmc.as_ref().filter(|b| **b != node.bmc) {
+        tx.sql("UPDATE nodes SET bmc_url = $1, bmc_credential = $2, updated_at_ms = $3 WHERE id = $4")
+            .bind(bmc.as_ref().map(|b| b.url.as_str()))
+            .bind(bmc.as_ref().map(|b| b.credential.as_str()))
+            .bind(now_ms)
+            .bind(id)
+            .execute()
+            .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Every node as DHCP sees it: MAC, reservation, hostname.
     pub async fn dhcp_hosts(&self) -> Result<Vec<(MacAddr, Option<Ipv4Addr>, String)>, StoreError> {
@@ -325,57 +433,12 @@ impl Store {
     ) -> Result<Node, StoreError> {
         let mut tx = self.backend.begin_write().await?;
         let node = node_in(&mut tx, id).await?;
-        if let Some(ip) = change.reservation {
-            reserve_in(&mut tx, &node, ip, change.take_over, now, now_ms).await?;
-        }
-        if let Some(hostname) = &change.hostname {
-            tx.sql("UPDATE nodes SET hostname = $1, updated_at_ms = $2 WHERE id = $3")
-                .bind(hostname)
-                .bind(now_ms)
-                .bind(id)
-                .execute()
-                .await?;
-        }
-        if let Some(labels) = &change.labels {
-            let labels = serde_json::to_string(labels).map_err(corrupt)?;
-            tx.sql("UPDATE nodes SET labels = $1, updated_at_ms = $2 WHERE id = $3")
-                .bind(&labels)
-                .bind(now_ms)
-                .bind(id)
-                .execute()
-                .await?;
-            let message = format!("labels set to {labels}");
-            events::insert(&mut tx, &NewEvent::note(id, None, EventKind::Info, &message), now_ms).await?;
-        }
-        if let Some(profile) = &change.profile {
-            assign_in(&mut tx, id, profile.as_deref(), now_ms).await?;
-        }
-        if let Some(approved) = change.approved.filter(|a| *a != node.approved) {
-            tx.sql("UPDATE nodes SET approved = $1, updated_at_ms = $2 WHERE id = $3")
-                .bind(approved)
-                .bind(now_ms)
-                .bind(id)
-                .execute()
-                .await?;
-            let message = if approved {
-                "approved by an operator: may boot profiles that render secrets or attach volumes"
-            } else {
-                "approval withdrawn: profiles that hold secrets wait until an operator vouches for it again"
-            };
-            events::insert(&mut tx, &NewEvent::note(id, None, EventKind::Info, message), now_ms).await?;
-        }
+        check_not_declared(&node, change.changed_fields(&node))?;
+        set_fields(&mut tx, &node, change, now, now_ms).await?;
         let after = node_in(&mut tx, id).await?;
         let target = Target::node(id, node.mac);
-        audit::record(
-            &mut tx,
-            actor,
-            "node.update",
-            &target,
-            Some(&audit_view(&node)),
-            Some(&audit_view(&after)),
-            now_ms,
-        )
-        .await?;
+        audit::record(&mut tx, actor, "node.update", &target, Some(&audit_view(&node)), Some(&audit_view(&after)), now_ms)
+            .await?;
         tx.commit().await?;
         if change.reservation.is_some() || change.hostname.is_some() {
             self.hosts_changed();
@@ -497,6 +560,10 @@ impl Store {
     pub async fn delete_node(&self, id: NodeId, actor: &Actor, now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.backend.begin_write().await?;
         let node = node_in(&mut tx, id).await?;
+        if let Some(file) = &node.declared_in {
+            // Deleting it here would not last: the file would declare it again.
+            return Err(StoreError::DeclaredNode { mac: node.mac, file: file.clone() });
+        }
         tx.sql("DELETE FROM nodes WHERE id = $1").bind(id).execute().await?;
         audit::record(
             &mut tx,
@@ -598,6 +665,83 @@ impl Store {
     }
 
     /// Nodes in `state` since before `before_ms`, with a current boot.
+    /// Make the database match what inventory file `file` (at `revision`) declares,
+    /// in one transaction: nodes created or updated, nodes the file dropped
+    /// released. Each change is audited as the file. Idempotent: a second server
+    /// applying the same revision finds nothing to do. Returns the changes made.
+    pub async fn apply_inventory(
+        &self,
+        file: &str,
+        revision: &str,
+        declared: &[ramboot_core::inventory::Declared],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        use ramboot_core::inventory::{reconcile, Current, Step};
+        let now = u64::try_from(now_ms / 1000).unwrap_or(0);
+        let actor = Actor::File { path: file.to_string(), revision: revision.to_string() };
+        let mut tx = self.backend.begin_write().await?;
+        let rows = tx.sql("SELECT * FROM nodes ORDER BY id").fetch_all().await?;
+        let nodes: Vec<Node> = rows.iter().map(node_from_row).collect::<Result<_, _>>()?;
+        let current: Vec<Current> = nodes
+            .iter()
+            .map(|n| Current {
+                id: n.id,
+                mac: n.mac,
+                hostname: n.hostname.clone(),
+                labels: n.labels.clone(),
+                profile: n.profile.clone(),
+                reserved_ip: n.reserved_ip.as_deref().and_then(|ip| ip.parse().ok()),
+                bmc: n.bmc.clone(),
+                declared_in: n.declared_in.clone(),
+                declared_fields: n.declared_fields.clone(),
+            })
+            .collect();
+        let steps = reconcile(file, declared, &current);
+        for step in &steps {
+            let (id, declared, action, before) = match step {
+                Step::Create(d) => {
+                    let (id, _) = upsert_node_created(&mut tx, d.mac, now_ms).await?;
+                    (id, Some(d), "node.create", None)
+                }
+                Step::Update { id, declared } => (*id, Some(declared), "node.update", Some(node_in(&mut tx, *id).await?)),
+                Step::Release { id } => (*id, None, "node.update", Some(node_in(&mut tx, *id).await?)),
+            };
+            let node = node_in(&mut tx, id).await?;
+            let fields = match declared {
+                Some(d) => {
+                    let change = NodeChange {
+                        reservation: d.reserved_ip.map(Some),
+                        take_over: false,
+                        hostname: d.hostname.clone(),
+                        labels: d.labels.clone(),
+                        profile: d.profile.clone().map(Some),
+                        approved: Some(true),
+                        bmc: d.bmc.clone().map(Some),
+                    };
+                    set_fields(&mut tx, &node, &change, now, now_ms).await?;
+                    d.fields().iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
+                }
+                None => String::new(),
+            };
+            let owner = declared.map(|_| file);
+            tx.sql("UPDATE nodes SET declared_in = $1, declared_fields = $2 WHERE id = $3")
+                .bind(owner)
+                .bind(&fields)
+                .bind(id)
+                .execute()
+                .await?;
+            let after = audit_view(&node_in(&mut tx, id).await?);
+            let before = before.as_ref().map(audit_view);
+            audit::record(&mut tx, &actor, action, &Target::node(id, node.mac), before.as_ref(), Some(&after), now_ms)
+                .await?;
+        }
+        tx.commit().await?;
+        if !steps.is_empty() {
+            self.hosts_changed();
+        }
+        Ok(steps.len())
+    }
+
     pub async fn nodes_in_state_since(&self, state: NodeState, before_ms: i64) -> Result<Vec<Node>, StoreError> {
         let rows = self
             .backend

@@ -173,11 +173,22 @@ impl TestServer {
                     Arc::new(ramboot::iscsi::service::Volumes { backend, config: cfg, store: store.clone() })
                 });
                 let profiles = Arc::new(profiles);
+                let config = Arc::new(config);
+                // The inventory is applied and watched as `ramboot serve` does.
+                let inventory = Arc::new(ramboot::inventory::LiveInventory::new(&config.paths.inventory));
+                tokio::spawn(ramboot::watch::watch_inventory(
+                    inventory.clone(),
+                    profiles.clone(),
+                    store.clone(),
+                    config.clone(),
+                    shutdown.clone(),
+                ));
                 let state = AppState {
-                    config: Arc::new(config),
+                    config,
                     store: store.clone(),
                     images,
                     profiles,
+                    inventory,
                     volumes,
                     limits: Default::default(),
                     shutdown: shutdown.clone(),

@@ -35,7 +35,8 @@ macro_rules! same_fields {
 
 same_fields!(Node => api::Node {
     id, mac, hostname, ip, profile, state, state_since_ms, current_boot_id, inventory, labels, arch, failures,
-    maintenance_reason, reserved_ip, client_uuid, approved, ip_seen_at_ms, created_at_ms, updated_at_ms,
+    maintenance_reason, reserved_ip, client_uuid, approved, ip_seen_at_ms, bmc, declared_in, declared_fields,
+    created_at_ms, updated_at_ms,
 });
 same_fields!(Boot => api::Boot {
     id, node_id, profile, image, started_at_ms, finished_at_ms, outcome, bound_ip, plan_released_at_ms,
@@ -153,6 +154,12 @@ mod tests {
             client_uuid: None,
             approved: true,
             ip_seen_at_ms: Some(4),
+            bmc: Some(ramboot_core::inventory::Bmc {
+                url: "https://10.0.5.7/redfish/v1/Systems/1".into(),
+                credential: "bmc-r1".into(),
+            }),
+            declared_in: Some("rack1.yaml".into()),
+            declared_fields: [ramboot_core::inventory::Field::Hostname].into(),
             created_at_ms: 1,
             updated_at_ms: 2,
         }

@@ -225,6 +225,9 @@ async fn update_node(
     if let Some(labels) = &update.labels {
         check_labels(labels)?;
     }
+    if let Some(problem) = update.bmc.as_ref().and_then(|b| b.as_ref()?.problem()) {
+        return Err(ApiError::unprocessable(problem));
+    }
     let reservation = match &update.reserved_ip {
         Some(Some(text)) => Some(Some(check_reservation(&state, text)?)),
         Some(None) => Some(None),
@@ -238,6 +241,7 @@ async fn update_node(
         labels: update.labels,
         profile: update.profile,
         approved: update.approved,
+        bmc: update.bmc,
     };
     Ok(Json(state.store.update_node(node.id, &change, &actor, now_ms()).await?.into()))
 }
