@@ -12,5 +12,6 @@ pub mod node;
 pub mod plan;
 pub mod profile;
 pub mod range;
+pub mod rollout;
 pub mod tftp;
 pub mod trust;
