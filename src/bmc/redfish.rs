@@ -639,6 +639,150 @@ mod tests {
         assert!(!c.basic_auth().contains("hunter2"), "only its base64 goes out");
     }
 
+    /// One request as the fake BMC saw it.
+    struct Seen {
+        method: String,
+        path: String,
+        /// The request line and headers.
+        head: String,
+        body: String,
+    }
+
+    /// A scripted BMC on loopback: answers each connection with the next of
+    /// `answers` (status, body) and records each request.
+    struct FakeBmc {
+        url: String,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    }
+
+    impl FakeBmc {
+        fn start(answers: Vec<(u16, String)>) -> FakeBmc {
+            use std::io::{BufRead, BufReader, Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/redfish/v1/Systems/1", listener.local_addr().unwrap());
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+            let log = seen.clone();
+            std::thread::spawn(move || {
+                for (status, body) in answers {
+                    let Ok((stream, _)) = listener.accept() else { return };
+                    let mut reader = BufReader::new(stream);
+                    let mut head = String::new();
+                    let mut length = 0;
+                    while reader.read_line(&mut head).is_ok_and(|n| n > 2) {
+                        let line = head.lines().last().unwrap_or_default().to_string();
+                        if let Some((name, value)) = line.split_once(": ") {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut request_body = vec![0; length];
+                    let _ = reader.read_exact(&mut request_body);
+                    let mut words = head.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+                    log.lock().unwrap().push(Seen {
+                        method: method.to_string(),
+                        path: path.to_string(),
+                        head: head.clone(),
+                        body: String::from_utf8_lossy(&request_body).into_owned(),
+                    });
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = reader.get_mut().write_all(answer.as_bytes());
+                }
+            });
+            FakeBmc { url, seen }
+        }
+
+        fn client(&self) -> Redfish {
+            let timeouts = Timeouts { request: Duration::from_secs(5), ..Timeouts::default() };
+            Redfish::new(&self.url, Credentials::new("admin", "hunter2"), timeouts).unwrap()
+        }
+
+        fn requests(&self) -> Vec<(String, String)> {
+            self.seen.lock().unwrap().iter().map(|r| (r.method.clone(), r.path.clone())).collect()
+        }
+    }
+
+    /// A system that is on, whose reset action is somewhere unusual.
+    const ON_SYSTEM: &str = r##"{"PowerState": "On", "Actions": {"#ComputerSystem.Reset": {
+        "target": "/custom/reset", "ResetType@Redfish.AllowableValues": ["On", "ForceOff", "ForceRestart"]}}}"##;
+
+    fn get(path: &str) -> (String, String) {
+        ("GET".into(), path.into())
+    }
+
+    #[test]
+    fn gets_are_retried_after_a_bmc_fault_with_basic_auth() {
+        let bmc = FakeBmc::start(vec![(503, String::new()), (503, String::new()), (200, ON_SYSTEM.into())]);
+        assert_eq!(bmc.client().power_state().unwrap(), PowerState::On);
+        assert_eq!(bmc.requests(), vec![get("/redfish/v1/Systems/1"); 3]);
+        let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("admin:hunter2"));
+        assert!(bmc
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| r.head.contains(&format!("\r\nAuthorization: {expected}\r\n"))));
+    }
+
+    #[test]
+    fn a_reset_goes_to_the_advertised_target_and_is_not_retried_once_sent() {
+        let bmc = FakeBmc::start(vec![(200, ON_SYSTEM.into()), (503, r#"{"error":{"message":"busy"}}"#.into())]);
+        let e = bmc.client().reset(ResetKind::ForceRestart).unwrap_err();
+        assert!(matches!(&e, BmcError::BmcFault { status: 503, message, .. } if message == "busy"), "{e:?}");
+        assert_eq!(bmc.requests(), vec![get("/redfish/v1/Systems/1"), ("POST".into(), "/custom/reset".into())]);
+        assert_eq!(bmc.seen.lock().unwrap()[1].body, r#"{"ResetType":"ForceRestart"}"#);
+    }
+
+    #[test]
+    fn the_boot_override_is_patched_once_with_the_etag() {
+        let system = r#"{"PowerState": "Off", "@odata.etag": "W/\"7\"",
+            "Boot": {"BootSourceOverrideTarget@Redfish.AllowableValues": ["Pxe", "Hdd"]}}"#;
+        let bmc = FakeBmc::start(vec![(200, system.into()), (204, String::new())]);
+        bmc.client().set_boot_once(BootTarget::Pxe).unwrap();
+        let seen = bmc.seen.lock().unwrap();
+        assert_eq!((seen[1].method.as_str(), seen[1].path.as_str()), ("PATCH", "/redfish/v1/Systems/1"));
+        assert!(seen[1].head.contains("If-Match: W/\"7\"\r\n"), "{}", seen[1].head);
+        let body: Value = serde_json::from_str(&seen[1].body).unwrap();
+        assert_eq!(body, json!({"Boot": {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Once"}}));
+        drop(seen);
+        // A target the BMC does not offer is refused without a PATCH.
+        let bmc = FakeBmc::start(vec![(200, system.into())]);
+        let e = bmc.client().set_boot_once(BootTarget::Other("Usb".into())).unwrap_err();
+        assert!(matches!(e, BmcError::Unsupported { .. }) && e.to_string().contains("Pxe, Hdd"), "{e}");
+        assert_eq!(bmc.requests().len(), 1);
+    }
+
+    #[test]
+    fn unauthorized_is_final_and_unlisted_resets_are_never_sent() {
+        let bmc = FakeBmc::start(vec![(401, String::new())]);
+        let e = bmc.client().power_state().unwrap_err();
+        assert!(matches!(e, BmcError::Unauthorized { status: 401, .. }), "{e:?}");
+        assert_eq!(bmc.requests().len(), 1);
+        let bmc = FakeBmc::start(vec![(200, ON_SYSTEM.into())]);
+        let e = bmc.client().reset(ResetKind::PowerCycle).unwrap_err();
+        assert!(e.to_string().contains("On, ForceOff, ForceRestart"), "{e}");
+        assert_eq!(bmc.requests(), vec![get("/redfish/v1/Systems/1")]);
+    }
+
+    #[test]
+    fn a_cycle_of_a_running_system_is_one_force_restart() {
+        let bmc = FakeBmc::start(vec![(200, ON_SYSTEM.into()), (204, String::new()), (200, ON_SYSTEM.into())]);
+        assert_eq!(bmc.client().power(PowerCommand::Cycle).unwrap(), PowerState::On);
+        let posts: Vec<_> = bmc.requests().into_iter().filter(|(m, _)| m == "POST").collect();
+        assert_eq!(posts, vec![("POST".into(), "/custom/reset".into())]);
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_malformed() {
+        let bmc = FakeBmc::start(vec![(200, "<html>login</html>".into())]);
+        let e = bmc.client().power_state().unwrap_err();
+        assert!(matches!(e, BmcError::Malformed { .. }), "{e:?}");
+    }
+
     fn arb_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
