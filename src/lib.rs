@@ -5,6 +5,7 @@
 //! Protocol decisions live in the pure `ramboot-core` crate; sockets and
 //! files live in thin tokio layers around them.
 
+pub mod bmc;
 pub mod cli;
 pub mod clock;
 pub mod config;

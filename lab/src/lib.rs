@@ -3,8 +3,9 @@
 //! `ramboot-sim` fleet simulator and the integration tests.
 //!
 //! The fallible building blocks (network namespaces, bridges and taps, processes
-//! stopped by PID, QEMU's command line, a private tgtd, the workspace's binaries and
-//! the lab's Debian packages and agent build) return [`LabError`]. [`harness`] and
+//! stopped by PID, QEMU's command line, a private tgtd, a private libvirtd behind a
+//! Redfish BMC (sushy-tools), the workspace's binaries and the lab's Debian packages
+//! and agent build) return [`LabError`]. [`harness`] and
 //! [`pcap`] wrap them for tests, which panic with a clear message instead; [`wire`]
 //! reads the DHCP and TFTP messages of a capture.
 //! Nothing here is linked into the `ramboot` server binary: the server crate never
@@ -17,6 +18,7 @@ pub mod net;
 pub mod pcap;
 pub mod process;
 pub mod qemu;
+pub mod redfish;
 pub mod setup;
 pub mod sim;
 pub mod tgtd;
