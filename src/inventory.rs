@@ -59,7 +59,8 @@ pub struct InventoryFile {
 
 impl InventoryFile {
     fn at(&self, mac: MacAddr, field: Option<Field>, message: String) -> SourceError {
-        let (line, column) = self.positions.get(&(mac, field)).or(self.positions.get(&(mac, None))).copied().unwrap_or((0, 0));
+        let (line, column) =
+            self.positions.get(&(mac, field)).or(self.positions.get(&(mac, None))).copied().unwrap_or((0, 0));
         SourceError { file: self.path.clone(), line, column, message }
     }
 }
@@ -103,12 +104,20 @@ fn pos<T>(s: &Spanned<T>) -> (u64, u64) {
 /// Parse and check one file's text; `name` is its name under the directory.
 pub fn parse_file(path: &Path, name: &str, text: &str, checks: &Checks) -> Result<InventoryFile, SourceError> {
     let wire: FileWire = yaml::parse(path, text)?;
-    let err = |(line, column): (u64, u64), message: String| SourceError { file: path.to_path_buf(), line, column, message };
+    let err =
+        |(line, column): (u64, u64), message: String| SourceError { file: path.to_path_buf(), line, column, message };
     let revision = hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6]);
-    let mut file = InventoryFile { name: name.to_string(), path: path.to_path_buf(), revision, nodes: vec![], positions: BTreeMap::new() };
+    let mut file = InventoryFile {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        revision,
+        nodes: vec![],
+        positions: BTreeMap::new(),
+    };
     let (mut hostnames, mut addresses) = (BTreeMap::new(), BTreeMap::new());
     for n in wire.nodes {
-        let mac: MacAddr = n.mac.value.parse().map_err(|_| err(pos(&n.mac), format!("mac {:?} is not a MAC address", n.mac.value)))?;
+        let mac: MacAddr =
+            n.mac.value.parse().map_err(|_| err(pos(&n.mac), format!("mac {:?} is not a MAC address", n.mac.value)))?;
         if file.positions.contains_key(&(mac, None)) {
             return Err(err(pos(&n.mac), format!("node {mac} is declared twice in this file")));
         }
@@ -117,7 +126,13 @@ pub fn parse_file(path: &Path, name: &str, text: &str, checks: &Checks) -> Resul
         if let Some(h) = n.hostname {
             file.positions.insert((mac, Some(Field::Hostname)), pos(&h));
             if !valid_hostname(&h.value) {
-                return Err(err(pos(&h), format!("hostname {:?} must be 1-63 letters, digits and '-', not starting or ending with '-'", h.value)));
+                return Err(err(
+                    pos(&h),
+                    format!(
+                        "hostname {:?} must be 1-63 letters, digits and '-', not starting or ending with '-'",
+                        h.value
+                    ),
+                ));
             }
             if let Some(other) = hostnames.insert(h.value.clone(), mac) {
                 return Err(err(pos(&h), format!("hostname {:?} is also node {other}'s", h.value)));
@@ -143,10 +158,16 @@ pub fn parse_file(path: &Path, name: &str, text: &str, checks: &Checks) -> Resul
         }
         if let Some(ip) = n.reserved_ip {
             file.positions.insert((mac, Some(Field::ReservedIp)), pos(&ip));
-            let addr: Ipv4Addr = ip.value.parse().map_err(|_| err(pos(&ip), format!("reserved_ip {:?} is not an IPv4 address", ip.value)))?;
+            let addr: Ipv4Addr = ip
+                .value
+                .parse()
+                .map_err(|_| err(pos(&ip), format!("reserved_ip {:?} is not an IPv4 address", ip.value)))?;
             let in_subnet = |s: &ipnet::Ipv4Net| s.contains(&addr) && addr != s.network() && addr != s.broadcast();
             if checks.subnets.as_ref().is_some_and(|subnets| !subnets.iter().any(in_subnet)) {
-                return Err(err(pos(&ip), format!("reserved_ip {addr} is not a host address in any configured DHCP subnet")));
+                return Err(err(
+                    pos(&ip),
+                    format!("reserved_ip {addr} is not a host address in any configured DHCP subnet"),
+                ));
             }
             if let Some(other) = addresses.insert(addr, mac) {
                 return Err(err(pos(&ip), format!("reserved_ip {addr} is also node {other}'s")));
@@ -191,7 +212,8 @@ pub fn assemble(dir: &Path, checks: &Checks, previous: Option<&InventorySet>) ->
         Ok(files) => files,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (InventorySet::default(), vec![]),
         Err(e) => {
-            let error = SourceError { file: dir.to_path_buf(), line: 0, column: 0, message: format!("cannot read: {e}") };
+            let error =
+                SourceError { file: dir.to_path_buf(), line: 0, column: 0, message: format!("cannot read: {e}") };
             return (previous.cloned().unwrap_or_default(), vec![error]);
         }
     };
@@ -245,7 +267,10 @@ fn clash(
             return Some(file.at(d.mac, Some(Field::Hostname), message));
         }
         if let Some(other) = d.reserved_ip.and_then(|ip| addresses.get(&ip)) {
-            let message = format!("reserved_ip {} is already declared in {other}", d.reserved_ip.unwrap_or(Ipv4Addr::UNSPECIFIED));
+            let message = format!(
+                "reserved_ip {} is already declared in {other}",
+                d.reserved_ip.unwrap_or(Ipv4Addr::UNSPECIFIED)
+            );
             return Some(file.at(d.mac, Some(Field::ReservedIp), message));
         }
     }
@@ -334,7 +359,9 @@ impl LiveInventory {
                     changes += n;
                     self.set_applied(&name, None);
                 }
-                Err(e) => errors.push(SourceError { file: self.dir.join(&name), line: 0, column: 0, message: e.to_string() }),
+                Err(e) => {
+                    errors.push(SourceError { file: self.dir.join(&name), line: 0, column: 0, message: e.to_string() })
+                }
             }
         }
         for file in set.files.values() {

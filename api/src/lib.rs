@@ -21,8 +21,8 @@ pub use error::{ErrorBody, ErrorDetail};
 pub use images::{Artifact, ImageKind, Manifest};
 pub use leases::Lease;
 pub use nodes::{
-    Bmc, Boot, BootId, BootImage, DeleteNodeQuery, Field, Event, EventQuery, Maintenance, NewNode, Node, NodeDetail, NodeId,
-    NodeList, NodeQuery, NodeUpdate, StreamQuery,
+    Bmc, Boot, BootId, BootImage, DeleteNodeQuery, Event, EventQuery, Field, Maintenance, NewNode, Node, NodeDetail,
+    NodeId, NodeList, NodeQuery, NodeUpdate, StreamQuery,
 };
 pub use profiles::{OverlayFile, Profile, ProfileList, ProfileView, ProfileVolume, Selector, SourceError};
 pub use ramboot_core::node::{MacAddr, NodeState};

@@ -90,7 +90,9 @@ impl From<StoreError> for ApiError {
             | StoreError::VolumeAttached { .. }
             | StoreError::ReservedElsewhere { .. }
             | StoreError::LeasedElsewhere { .. } => ApiError::conflict(e.to_string()),
-            StoreError::DeclaredInFile { .. } | StoreError::DeclaredNode { .. } => ApiError::new(StatusCode::CONFLICT, "declared_in_file", e.to_string()),
+            StoreError::DeclaredInFile { .. } | StoreError::DeclaredNode { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "declared_in_file", e.to_string())
+            }
             // Disk full, read-only, busy: the operator's to fix, and retrying later works.
             StoreError::Unwritable { reason, .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -184,18 +184,19 @@ fn record_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
 }
 
 impl Store {
-    /// Record a change made outside the database (an image deleted from disk) in
-    /// its own transaction.
+    /// Record a change made outside the database (an image deleted from disk, a
+    /// BMC told to power a node off) in its own transaction.
     pub async fn audit_outside(
         &self,
         actor: &Actor,
         action: &str,
         target: &Target,
         before: Option<&Value>,
+        after: Option<&Value>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.backend.begin_write().await?;
-        record(&mut tx, actor, action, target, before, None, now_ms).await?;
+        record(&mut tx, actor, action, target, before, after, now_ms).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -437,8 +437,16 @@ impl Store {
         set_fields(&mut tx, &node, change, now, now_ms).await?;
         let after = node_in(&mut tx, id).await?;
         let target = Target::node(id, node.mac);
-        audit::record(&mut tx, actor, "node.update", &target, Some(&audit_view(&node)), Some(&audit_view(&after)), now_ms)
-            .await?;
+        audit::record(
+            &mut tx,
+            actor,
+            "node.update",
+            &target,
+            Some(&audit_view(&node)),
+            Some(&audit_view(&after)),
+            now_ms,
+        )
+        .await?;
         tx.commit().await?;
         if change.reservation.is_some() || change.hostname.is_some() {
             self.hosts_changed();
@@ -703,7 +711,9 @@ impl Store {
                     let (id, _) = upsert_node_created(&mut tx, d.mac, now_ms).await?;
                     (id, Some(d), "node.create", None)
                 }
-                Step::Update { id, declared } => (*id, Some(declared), "node.update", Some(node_in(&mut tx, *id).await?)),
+                Step::Update { id, declared } => {
+                    (*id, Some(declared), "node.update", Some(node_in(&mut tx, *id).await?))
+                }
                 Step::Release { id } => (*id, None, "node.update", Some(node_in(&mut tx, *id).await?)),
             };
             let node = node_in(&mut tx, id).await?;

@@ -427,7 +427,7 @@ async fn delete_image(
     let before = serde_json::json!({ "digest": digest.to_string() });
     state
         .store
-        .audit_outside(&actor, "image.delete", &store::Target::named("image", &name), Some(&before), now_ms())
+        .audit_outside(&actor, "image.delete", &store::Target::named("image", &name), Some(&before), None, now_ms())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
