@@ -401,3 +401,46 @@ fn apply_error(file: &InventoryFile, e: StoreError) -> SourceError {
         _ => SourceError { file: file.path.clone(), line: 0, column: 0, message: format!("{e}{suffix}") },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, checks: &Checks) -> Result<InventoryFile, SourceError> {
+        parse_file(Path::new("inv/r1.yaml"), "r1.yaml", text, checks)
+    }
+
+    #[test]
+    fn errors_point_at_the_value() {
+        let bad_mac = parse("nodes:\n  - mac: 52:54:00:zz:00:01\n", &Checks::default()).unwrap_err();
+        assert_eq!((bad_mac.line, bad_mac.column), (2, 10), "{bad_mac}");
+        let text = "nodes:\n  - mac: 52:54:00:00:00:01\n    bmc:\n      url: ftp://x/\n      credential: c\n";
+        let bad_bmc = parse(text, &Checks::default()).unwrap_err();
+        assert_eq!(bad_bmc.line, 4, "{bad_bmc}");
+        assert!(bad_bmc.message.contains("https://"), "{bad_bmc}");
+        let twice = parse("nodes:\n  - mac: 52:54:00:00:00:01\n  - mac: 52:54:00:00:00:01\n", &Checks::default());
+        assert_eq!(twice.unwrap_err().line, 3);
+        let unknown_profile = Checks { profiles: Some(["tiny".to_string()].into()), ..Checks::default() };
+        let err = parse("nodes:\n  - mac: 52:54:00:00:00:01\n    profile: huge\n", &unknown_profile).unwrap_err();
+        assert_eq!((err.line, err.message.as_str()), (3, "no valid profile named \"huge\""));
+    }
+
+    #[test]
+    fn a_broken_file_keeps_its_last_good_version_and_others_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("a.yaml", "nodes:\n  - mac: 52:54:00:00:00:01\n    hostname: a1\n");
+        write("b.yaml", "nodes:\n  - mac: 52:54:00:00:00:02\n");
+        let (first, errors) = assemble(dir.path(), &Checks::default(), None);
+        assert!(errors.is_empty(), "{errors:?}");
+        write("a.yaml", "nodes:\n  - mac: [broken\n");
+        write("b.yaml", "nodes:\n  - mac: 52:54:00:00:00:02\n    hostname: b2\n");
+        let (second, errors) = assemble(dir.path(), &Checks::default(), Some(&first));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(second.files["a.yaml"], first.files["a.yaml"], "a.yaml: the last good version");
+        assert_eq!(second.files["b.yaml"].nodes[0].hostname.as_deref(), Some("b2"), "b.yaml applies");
+        assert_eq!(second.nodes(), 2);
+        let (none, errors) = assemble(&dir.path().join("missing"), &Checks::default(), None);
+        assert!(none.files.is_empty() && errors.is_empty(), "no directory: no inventory");
+    }
+}

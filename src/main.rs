@@ -42,6 +42,11 @@ enum Cmd {
         #[command(subcommand)]
         command: ProfilesCmd,
     },
+    /// The node inventory in git: what a server applied, or validate files locally.
+    Inventory {
+        #[command(subcommand)]
+        command: InventoryCmd,
+    },
     /// Manage iSCSI volumes (VM disks) and their attachment to nodes.
     Volumes {
         #[command(flatten)]
@@ -289,6 +294,26 @@ enum TokensCmd {
 }
 
 #[derive(Subcommand)]
+enum InventoryCmd {
+    /// The server's inventory files, the revision each applied, and refused files.
+    Ls {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Validate every inventory file in a directory; errors print as file:line:col.
+    /// Exits non-zero when any file is invalid.
+    Validate {
+        #[arg(default_value = "inventory")]
+        dir: PathBuf,
+        /// Also check against this server configuration, as the server would:
+        /// profile names, DHCP subnets for reserved addresses, BMC credentials in
+        /// its secrets file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ProfilesCmd {
     /// List the server's profiles and any reload errors.
     Ls {
@@ -394,6 +419,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Inventory { command } => inventory(command),
         Cmd::Profiles { command: ProfilesCmd::Validate { dir, data } } => {
             let store = data.map(|d| images::ImageStore::new(d.join("images")));
             let ctx = profiles::Context::for_dir(&dir, store.as_ref());
@@ -595,6 +621,55 @@ fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, 
             Ok((k.to_string(), v.to_string()))
         })
         .collect()
+}
+
+fn inventory(command: InventoryCmd) -> Result<()> {
+    match command {
+        InventoryCmd::Ls { api } => {
+            let inv: ramboot_api::Inventory = api.client().get("/inventory")?;
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&inv)?);
+                return Ok(());
+            }
+            println!("{:<32} {:<13} {:>5} APPLIED", "FILE", "REVISION", "NODES");
+            for f in &inv.files {
+                let applied = f.applied.as_deref().unwrap_or("no");
+                println!("{:<32} {:<13} {:>5} {applied}", f.name, f.revision, f.nodes);
+            }
+            for e in &inv.errors {
+                println!("error: {e}");
+            }
+            Ok(())
+        }
+        InventoryCmd::Validate { dir, config } => {
+            let checks = match config {
+                Some(path) => {
+                    let config = Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
+                    let ctx = profiles::Context::for_dir(&config.paths.profiles, None);
+                    let set = profiles::load_dir(&config.paths.profiles, &ctx)
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                        .context("the profiles the inventory refers to are invalid")?;
+                    let names = set.iter().map(|(p, _)| p.name.clone()).collect();
+                    ramboot::inventory::Checks::for_config(&config, names).map_err(|e| anyhow::anyhow!("{e}"))?
+                }
+                None => ramboot::inventory::Checks::default(),
+            };
+            if !dir.is_dir() {
+                anyhow::bail!("{}: not a directory", dir.display());
+            }
+            let (set, errors) = ramboot::inventory::assemble(&dir, &checks, None);
+            for f in set.files.values() {
+                println!("ok  {:<32} {:>5} nodes  revision {}", f.name, f.nodes.len(), f.revision);
+            }
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            if !errors.is_empty() {
+                anyhow::bail!("{} inventory file(s) invalid", errors.len());
+            }
+            Ok(())
+        }
+    }
 }
 
 fn audit(api: &ApiArgs, node: Option<String>, actor: Option<String>, follow: bool) -> Result<()> {

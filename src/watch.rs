@@ -6,6 +6,7 @@ use crate::images::ImageStore;
 use crate::profiles::LiveProfiles;
 use notify::RecursiveMode;
 use notify_debouncer_full::new_debouncer;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -129,17 +130,23 @@ pub async fn watch_inventory(
     cancel: CancellationToken,
 ) -> Result<(), WatchError> {
     let mut watch = DirWatch::new()?;
-    // A missing directory is an empty inventory; it is watched once it exists.
-    let watched = |watch: &mut DirWatch| {
-        let ok = live.dir().is_dir() && watch.watch(live.dir(), RecursiveMode::NonRecursive).is_ok();
-        let _ = watch.watch(profiles.dir(), RecursiveMode::NonRecursive);
-        ok
-    };
-    let mut watching = watched(&mut watch);
-    if watching {
-        info!(dir = %live.dir().display(), "watching the inventory for changes");
+    // Profiles are watched too: a declaration naming a profile not yet valid
+    // applies once it is.
+    let _ = watch.watch(profiles.dir(), RecursiveMode::NonRecursive);
+    // A missing directory is an empty inventory. Its parent is watched until it
+    // appears; then the directory itself, and it is read once more in case files
+    // landed before its watch began.
+    let parent = live.dir().parent().filter(|p| p.is_dir()).map(Path::to_path_buf);
+    if let Some(parent) = &parent {
+        let _ = watch.watch(parent, RecursiveMode::NonRecursive);
     }
+    let mut watching = false;
+    let mut last_errors = vec![];
     loop {
+        if !watching && live.dir().is_dir() && watch.watch(live.dir(), RecursiveMode::NonRecursive).is_ok() {
+            watching = true;
+            info!(dir = %live.dir().display(), "watching the inventory for changes");
+        }
         let names = profiles.current().iter().map(|(p, _)| p.name.clone()).collect();
         match crate::inventory::Checks::for_config(&config, names) {
             Ok(checks) => {
@@ -149,14 +156,18 @@ pub async fn watch_inventory(
                 if report.changes > 0 {
                     info!(files = report.files, changes = report.changes, "inventory applied");
                 }
-                for e in &report.errors {
-                    error!("inventory file refused, its last good version stays: {e}");
+                // Said once per new set of errors, not at every re-apply.
+                if report.errors != last_errors {
+                    for e in &report.errors {
+                        error!("inventory file refused, its last good version stays: {e}");
+                    }
+                    last_errors = report.errors;
                 }
             }
             Err(e) => error!("inventory not applied: {e}"),
         }
-        if !watching {
-            watching = watched(&mut watch);
+        if !watching && live.dir().is_dir() {
+            continue;
         }
         tokio::select! {
             _ = tokio::time::sleep(INVENTORY_REAPPLY) => {}

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod error;
 pub mod images;
+pub mod inventory;
 pub mod leases;
 pub mod nodes;
 pub mod profiles;
@@ -19,6 +20,7 @@ pub mod volumes;
 pub use audit::{Actor, AuditList, AuditQuery, AuditRecord};
 pub use error::{ErrorBody, ErrorDetail};
 pub use images::{Artifact, ImageKind, Manifest};
+pub use inventory::{Inventory, InventoryFile};
 pub use leases::Lease;
 pub use nodes::{
     Bmc, Boot, BootId, BootImage, DeleteNodeQuery, Event, EventQuery, Field, Maintenance, NewNode, Node, NodeDetail,

@@ -207,26 +207,32 @@ mod tests {
     fn new_nodes_are_created_changed_ones_updated_and_dropped_ones_released() {
         let a = declared(A, "hv-1");
         let b = declared(B, "hv-2");
-        assert_eq!(reconcile("r1.yaml", &[a.clone()], &[]), [Step::Create(a.clone())]);
+        assert_eq!(reconcile("r1.yaml", std::slice::from_ref(&a), &[]), [Step::Create(a.clone())]);
         let in_sync = current(1, &a, Some("r1.yaml"));
-        assert_eq!(reconcile("r1.yaml", &[a.clone()], &[in_sync.clone()]), [], "nothing to do");
+        assert_eq!(reconcile("r1.yaml", std::slice::from_ref(&a), std::slice::from_ref(&in_sync)), [], "nothing to do");
         let renamed = declared(A, "hv-1b");
         assert_eq!(
-            reconcile("r1.yaml", &[renamed.clone()], &[in_sync.clone()]),
+            reconcile("r1.yaml", std::slice::from_ref(&renamed), std::slice::from_ref(&in_sync)),
             [Step::Update { id: 1, declared: renamed }]
         );
         // Dropped from the file: released, not deleted.
         let owned_b = current(2, &b, Some("r1.yaml"));
-        assert_eq!(reconcile("r1.yaml", &[a.clone()], &[in_sync, owned_b]), [Step::Release { id: 2 }]);
+        assert_eq!(reconcile("r1.yaml", std::slice::from_ref(&a), &[in_sync, owned_b]), [Step::Release { id: 2 }]);
     }
 
     #[test]
     fn a_node_dhcp_found_first_is_claimed_and_one_moved_between_files_changes_owner() {
         let a = Declared { profile: Some("compute".into()), ..declared(A, "hv-1") };
         let found_by_dhcp = Current { id: 7, mac: A, hostname: "node-020000000001".into(), ..Current::default() };
-        assert_eq!(reconcile("r1.yaml", &[a.clone()], &[found_by_dhcp]), [Step::Update { id: 7, declared: a.clone() }]);
+        assert_eq!(
+            reconcile("r1.yaml", std::slice::from_ref(&a), &[found_by_dhcp]),
+            [Step::Update { id: 7, declared: a.clone() }]
+        );
         let owned_elsewhere = current(7, &a, Some("old.yaml"));
-        assert_eq!(reconcile("r1.yaml", &[a.clone()], &[owned_elsewhere]), [Step::Update { id: 7, declared: a }]);
+        assert_eq!(
+            reconcile("r1.yaml", std::slice::from_ref(&a), &[owned_elsewhere]),
+            [Step::Update { id: 7, declared: a }]
+        );
     }
 
     #[test]
@@ -234,7 +240,10 @@ mod tests {
         let with_profile = Declared { profile: Some("compute".into()), ..declared(A, "hv-1") };
         let without = declared(A, "hv-1");
         let c = current(1, &with_profile, Some("r1.yaml"));
-        assert_eq!(reconcile("r1.yaml", &[without.clone()], &[c]), [Step::Update { id: 1, declared: without }]);
+        assert_eq!(
+            reconcile("r1.yaml", std::slice::from_ref(&without), &[c]),
+            [Step::Update { id: 1, declared: without }]
+        );
     }
 
     #[test]

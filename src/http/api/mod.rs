@@ -24,9 +24,10 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
 use convert::{all, profile_view};
 use ramboot_api::{
-    Attach, AuditList, AuditQuery, CreatedToken, DeleteNodeQuery, ErrorBody, Event, EventQuery, Grow, IscsiSettings,
-    Lease, Maintenance, Manifest, NewNode, NewToken, NewVolume, Node, NodeDetail, NodeIscsi, NodeList, NodeQuery,
-    NodeUpdate, ProfileList, ProfileView, SourceError, StreamQuery, TokenInfo, Volume, MAX_PAGE,
+    Attach, AuditList, AuditQuery, CreatedToken, DeleteNodeQuery, ErrorBody, Event, EventQuery, Grow, Inventory,
+    InventoryFile, IscsiSettings, Lease, Maintenance, Manifest, NewNode, NewToken, NewVolume, Node, NodeDetail,
+    NodeIscsi, NodeList, NodeQuery, NodeUpdate, ProfileList, ProfileView, SourceError, StreamQuery, TokenInfo, Volume,
+    MAX_PAGE,
 };
 use ramboot_core::node::{valid_hostname, valid_label, MacAddr, LABEL_RULE};
 use std::collections::BTreeMap;
@@ -44,6 +45,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(show_node_iscsi, set_node_iscsi))
         .routes(routes!(list_profiles))
         .routes(routes!(profile_errors))
+        .routes(routes!(show_inventory))
         .routes(routes!(show_profile))
         .routes(routes!(list_images))
         .routes(routes!(show_image, delete_image))
@@ -346,6 +348,22 @@ async fn list_profiles(State(state): State<AppState>, _op: Operator) -> Json<Pro
     responses((status = 200, body = Vec<SourceError>), (status = 401, body = ErrorBody)))]
 async fn profile_errors(State(state): State<AppState>, _op: Operator) -> Json<Vec<SourceError>> {
     Json(all(state.profiles.errors().as_ref().clone()))
+}
+
+#[utoipa::path(get, path = "/inventory", tag = "inventory",
+    responses((status = 200, body = Inventory), (status = 401, body = ErrorBody)))]
+async fn show_inventory(State(state): State<AppState>, _op: Operator) -> Json<Inventory> {
+    let files = state
+        .inventory
+        .files()
+        .into_iter()
+        .map(|f| InventoryFile { name: f.name, revision: f.revision, nodes: f.nodes, applied: f.applied })
+        .collect();
+    Json(Inventory {
+        dir: state.inventory.dir().display().to_string(),
+        files,
+        errors: all(state.inventory.errors().as_ref().clone()),
+    })
 }
 
 #[utoipa::path(get, path = "/profiles/{name}", tag = "profiles", params(("name" = String, Path)),
