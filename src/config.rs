@@ -11,6 +11,7 @@ pub use ramboot_core::dhcp::ipxe::{ForeignIpxe, IpxePolicy};
 pub use ramboot_core::dhcp::policy::{default_boot_files, DhcpMode, DhcpPolicy, SubnetConfig, UnknownClients};
 pub use ramboot_core::lifecycle::Lifecycle;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,6 +64,63 @@ struct WireConfig {
     retention: WireRetention,
     #[serde(default)]
     cluster: WireCluster,
+    /// Hooks a rollout may run before a node's reboot (drain) and after it is
+    /// ready (undrain), by name. Defined here, not in the API: a token may pick a
+    /// hook, never write a command.
+    #[serde(default)]
+    hooks: BTreeMap<String, WireHook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireHook {
+    /// A program and its arguments (no shell), run with the node in its environment.
+    command: Option<Vec<String>>,
+    /// Or a URL to POST the node to (JSON); any 2xx is success.
+    webhook: Option<String>,
+    /// How long it may take before it counts as failed.
+    #[serde(default = "default_hook_timeout_secs")]
+    timeout_secs: u64,
+}
+
+fn default_hook_timeout_secs() -> u64 {
+    600
+}
+
+/// What a rollout hook runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookAction {
+    Command(Vec<String>),
+    Webhook(String),
+}
+
+/// A named rollout hook (`hooks:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub action: HookAction,
+    pub timeout: Duration,
+}
+
+fn hooks_from_wire(wire: BTreeMap<String, WireHook>) -> Result<BTreeMap<String, Hook>, String> {
+    wire.into_iter()
+        .map(|(name, h)| {
+            let action = match (h.command, h.webhook) {
+                (Some(argv), None) if !argv.is_empty() && !argv[0].is_empty() => HookAction::Command(argv),
+                (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+                    HookAction::Webhook(url)
+                }
+                _ => {
+                    return Err(format!(
+                        "hooks.{name}: give either `command: [program, args...]` or `webhook: http(s)://...`"
+                    ))
+                }
+            };
+            if !(1..=86_400).contains(&h.timeout_secs) {
+                return Err(format!("hooks.{name}.timeout_secs must be between 1 and 86400"));
+            }
+            Ok((name, Hook { action, timeout: Duration::from_secs(h.timeout_secs) }))
+        })
+        .collect()
 }
 
 /// `cluster:` the other ramboot servers that share this one's PostgreSQL database
@@ -460,6 +518,8 @@ pub struct Config {
     pub ipv6_ra: bool,
     pub retention: crate::retention::Retention,
     pub cluster: Cluster,
+    /// Rollout hooks by name.
+    pub hooks: BTreeMap<String, Hook>,
 }
 
 /// This server among those sharing one database (`cluster:`).
@@ -837,6 +897,7 @@ impl Config {
                 wire.retention.finished_boots_days,
             ),
             cluster,
+            hooks: hooks_from_wire(wire.hooks)?,
         })
     }
 

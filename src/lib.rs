@@ -20,6 +20,7 @@ pub mod pktinfo;
 pub mod profiles;
 pub mod ra;
 pub mod retention;
+pub mod rollout;
 pub mod safe_path;
 pub mod secrets;
 pub mod serve;

@@ -89,17 +89,26 @@ pub async fn run(config: Config) -> Result<()> {
         None => None,
     };
     let inventory = Arc::new(crate::inventory::LiveInventory::new(&config.paths.inventory));
+    let rollouts = crate::rollout::Driver::new(store.clone(), config.clone(), None);
     let state = AppState {
         config: config.clone(),
         store: store.clone(),
         images: images.clone(),
         profiles: profiles.clone(),
         inventory: inventory.clone(),
+        rollouts: rollouts.clone(),
         volumes,
         limits: Default::default(),
         shutdown: cancel.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();
+    {
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            rollouts.run(cancel).await;
+            Ok(())
+        });
+    }
     {
         let (profiles, store, config, cancel) = (profiles.clone(), store.clone(), config.clone(), cancel.clone());
         tasks.spawn(async move {

@@ -14,6 +14,7 @@ pub mod inventory;
 pub mod leases;
 pub mod nodes;
 pub mod profiles;
+pub mod rollouts;
 pub mod tokens;
 pub mod volumes;
 
@@ -28,6 +29,7 @@ pub use nodes::{
 };
 pub use profiles::{OverlayFile, Profile, ProfileList, ProfileView, ProfileVolume, Selector, SourceError};
 pub use ramboot_core::node::{MacAddr, NodeState};
+pub use rollouts::{NewRollout, Rollout, RolloutEvent, RolloutNode};
 pub use tokens::{CreatedToken, NewToken, Role, TokenInfo};
 pub use volumes::{Attach, Grow, IscsiSettings, NewVolume, NodeIscsi, Volume};
 

@@ -78,9 +78,10 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NoSuchNode(_) | StoreError::NoSuchToken(_) | StoreError::NoSuchVolume(_) => {
-                ApiError::not_found(e.to_string())
-            }
+            StoreError::NoSuchNode(_)
+            | StoreError::NoSuchToken(_)
+            | StoreError::NoSuchVolume(_)
+            | StoreError::NoSuchRollout(_) => ApiError::not_found(e.to_string()),
             StoreError::BadTransition { .. }
             | StoreError::StaleBoot(_)
             | StoreError::DuplicateMac(_)
@@ -89,7 +90,9 @@ impl From<StoreError> for ApiError {
             | StoreError::DuplicateVolume(_)
             | StoreError::VolumeAttached { .. }
             | StoreError::ReservedElsewhere { .. }
-            | StoreError::LeasedElsewhere { .. } => ApiError::conflict(e.to_string()),
+            | StoreError::LeasedElsewhere { .. }
+            | StoreError::RolloutRefused(_)
+            | StoreError::NodeInRollout { .. } => ApiError::conflict(e.to_string()),
             StoreError::DeclaredInFile { .. } | StoreError::DeclaredNode { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "declared_in_file", e.to_string())
             }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub profiles: Arc<LiveProfiles>,
     /// Node declarations from `inventory/` and what was applied of them.
     pub inventory: Arc<crate::inventory::LiveInventory>,
+    /// Drives rolling re-provisions; the API wakes it on a change.
+    pub rollouts: Arc<crate::rollout::Driver>,
     /// iSCSI volumes, when the server manages them.
     pub volumes: Option<Arc<crate::iscsi::service::Volumes<crate::iscsi::tgt::Tgt>>>,
     /// The boot path's in-memory rate limits.

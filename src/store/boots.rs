@@ -34,7 +34,7 @@ pub enum Release {
 /// The root filesystem a boot was planned with (the planner's type).
 pub use ramboot_core::plan::BootImage;
 
-fn boot_from_row(row: &Row) -> Result<Boot, StoreError> {
+pub(super) fn boot_from_row(row: &Row) -> Result<Boot, StoreError> {
     let name: Option<String> = row.try_get("image_name")?;
     let digest: Option<String> = row.try_get("image_digest")?;
     let size: Option<i64> = row.try_get("image_size")?;

@@ -22,6 +22,7 @@ mod db;
 mod events;
 mod leases;
 mod nodes;
+mod rollouts;
 #[cfg(test)]
 pub(crate) mod testdb;
 mod tokens;
@@ -33,6 +34,7 @@ pub use changes::{LeaseChange, LeaseNotice, LeaseNotices};
 pub use events::{Event, EventFeed, EventKind};
 pub use leases::{Lease, LeaseOp, LeaseState, Taken};
 pub use nodes::{default_hostname, Node, NodeChange, NodeFilter};
+pub use rollouts::{NewRollout, RolloutEventRow, RolloutHooks, RolloutRow, RolloutTarget};
 pub use tokens::{Role, TokenInfo};
 pub use volumes::Volume;
 
@@ -99,6 +101,12 @@ pub enum StoreError {
     DeclaredInFile { mac: MacAddr, field: &'static str, file: String },
     #[error("node {mac} is declared in inventory file {file}; remove it there first")]
     DeclaredNode { mac: MacAddr, file: String },
+    #[error("no rollout {0}")]
+    NoSuchRollout(i64),
+    #[error("{0}")]
+    RolloutRefused(String),
+    #[error("node {node} is in rollout {rollout}, which has not ended; abort it or wait")]
+    NodeInRollout { node: NodeId, rollout: i64 },
     #[error("{ip} is already reserved for node {node}")]
     ReservedElsewhere { ip: Ipv4Addr, node: NodeId },
     #[error("{ip} is leased to {mac}; reserve it with take_over to end that lease")]

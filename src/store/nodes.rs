@@ -125,7 +125,7 @@ pub fn default_hostname(mac: MacAddr) -> String {
     format!("node-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
 }
 
-fn node_from_row(row: &Row) -> Result<Node, StoreError> {
+pub(super) fn node_from_row(row: &Row) -> Result<Node, StoreError> {
     let mac: String = row.try_get("mac")?;
     let inventory: Option<String> = row.try_get("inventory")?;
     let labels: String = row.try_get("labels")?;

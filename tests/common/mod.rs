@@ -183,12 +183,15 @@ impl TestServer {
                     config.clone(),
                     shutdown.clone(),
                 ));
+                let rollouts = ramboot::rollout::Driver::new(store.clone(), config.clone(), None);
+                tokio::spawn(rollouts.clone().run(shutdown.clone()));
                 let state = AppState {
                     config,
                     store: store.clone(),
                     images,
                     profiles,
                     inventory,
+                    rollouts,
                     volumes,
                     limits: Default::default(),
                     shutdown: shutdown.clone(),

@@ -11,6 +11,7 @@
 //! and map: errors convert into `ApiError` with `?`.
 
 mod convert;
+mod rollouts;
 
 use super::auth::{Admin, Operator};
 use super::error::{ApiError, ApiJson};
@@ -58,6 +59,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(detach_volume))
         .routes(routes!(grow_volume))
         .routes(routes!(list_audit))
+        .merge(rollouts::routes())
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(delete_token))
         // One count of open event streams per router (per server).

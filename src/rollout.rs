@@ -1,0 +1,261 @@
+//! Drives rolling re-provisions: the thin I/O layer around the pure
+//! `ramboot_core::rollout::step`.
+//!
+//! Every tick (and whenever an action finishes or an operator sends a command) the
+//! driver claims the rollouts no live server drives (a lease in the row: a server
+//! that died is replaced after [`LEASE_MS`]), observes each rollout's nodes in one
+//! snapshot, steps it, persists the new state with its events in one transaction,
+//! and only then runs the actions the step asked for: the drain and undrain hooks
+//! (named in the config, never written through the API) and the reboot (a one-time
+//! PXE override and a power cycle through the node's BMC). Results come back on
+//! the next step. The core's contract makes this safe across a restart: an
+//! action runs at most once per attempt.
+
+use crate::config::{Config, Hook, HookAction};
+use crate::store::{Actor, Node, NodeChange, RolloutRow, RolloutTarget, Store, StoreError};
+use futures_util::future::BoxFuture;
+use ramboot_core::node::NodeState;
+use ramboot_core::rollout::{step, Action, Input, NodeSeen, RebootVia, StepKind, StepResult};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+/// How often rollouts are stepped without a reason to (timeouts, new boots).
+const TICK: Duration = Duration::from_secs(2);
+/// A driver's claim on a rollout lasts this long unless renewed (every tick).
+pub const LEASE_MS: i64 = 20_000;
+/// Hooks and reboots running at once, over every rollout this server drives.
+const MAX_ACTIONS: usize = 64;
+
+/// Power-cycles a node into a one-time PXE boot through its BMC.
+pub type BmcReboot = Arc<dyn Fn(Node) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+pub struct Driver {
+    store: Store,
+    config: Arc<Config>,
+    reboot: Option<BmcReboot>,
+    /// Results of actions, by rollout, waiting for its next step.
+    results: Mutex<HashMap<i64, Vec<StepResult>>>,
+    wake: tokio::sync::Notify,
+    actions: Arc<tokio::sync::Semaphore>,
+}
+
+impl Driver {
+    pub fn new(store: Store, config: Arc<Config>, reboot: Option<BmcReboot>) -> Arc<Driver> {
+        Arc::new(Driver {
+            store,
+            config,
+            reboot,
+            results: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+            actions: Arc::new(tokio::sync::Semaphore::new(MAX_ACTIONS)),
+        })
+    }
+
+    /// Step at once (a command came in).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn name(&self) -> &str {
+        &self.config.cluster.name
+    }
+
+    /// Until `cancel`. Actions in flight when it fires are dropped: the core fails
+    /// them by their timeouts once a server steps the rollout again.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            match self.store.claim_rollouts(self.name(), crate::clock::now_ms(), LEASE_MS).await {
+                Ok(ids) => {
+                    for id in ids {
+                        let span = info_span!("rollout", id);
+                        if let Err(e) = self.step_once(id).instrument(span).await {
+                            warn!(rollout = id, error = %e, "rollout step failed; retrying at the next tick");
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "claiming rollouts failed; retrying at the next tick"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn step_once(self: &Arc<Self>, id: i64) -> Result<(), StoreError> {
+        let row = self.store.rollout(id).await?;
+        if row.state.status.is_terminal() {
+            return Ok(());
+        }
+        let ids = row.targets.keys().copied().collect();
+        let snapshot = self.store.nodes_with_boots(&ids).await?;
+        let seen = snapshot
+            .iter()
+            .map(|(&id, (node, boot))| {
+                let target = row.targets.get(&id);
+                let matches = match (boot, target) {
+                    (Some(b), Some(t)) => {
+                        b.profile == t.profile
+                            && t.digest.as_ref().is_none_or(|d| b.image.as_ref().is_some_and(|i| &i.digest == d))
+                    }
+                    _ => false,
+                };
+                let failed = (node.state == NodeState::Failed)
+                    .then(|| format!("its boot failed (see `ramboot events --node {}`)", node.mac));
+                let seen = NodeSeen {
+                    state: node.state,
+                    boot_started_at_ms: boot.as_ref().map(|b| b.started_at_ms),
+                    boot_revision_matches: matches,
+                    boot_failed_reason: failed,
+                    has_bmc: node.bmc.is_some() && self.reboot.is_some(),
+                };
+                (id, seen)
+            })
+            .collect();
+        let results = self.results.lock().map(|mut r| r.remove(&id).unwrap_or_default()).unwrap_or_default();
+        let input = Input { command: row.command, results: results.clone(), seen };
+        let now = crate::clock::now_ms();
+        let next = step(&row.state, &input, now);
+        let unchanged = next.rollout == row.state && next.events.is_empty() && row.command.is_none();
+        if unchanged && next.actions.is_empty() {
+            return Ok(());
+        }
+        let saved = self.store.save_rollout_step(id, self.name(), &next.rollout, &next.events, row.command, now).await;
+        match saved {
+            Ok(true) => {}
+            Ok(false) => return Ok(()), // another server drives it now; its results time out there
+            Err(e) => {
+                // Not persisted: the results are fed to the next step instead.
+                if let Ok(mut r) = self.results.lock() {
+                    r.entry(id).or_default().extend(results);
+                }
+                return Err(e);
+            }
+        }
+        for e in &next.events {
+            info!(rollout = id, node = e.node_id, "{}", e.message);
+        }
+        if next.rollout.status != row.state.status {
+            info!(rollout = id, status = next.rollout.status.name(), "rollout status changed");
+        }
+        for action in next.actions {
+            let nodes: BTreeMap<i64, Node> = snapshot.iter().map(|(&id, (n, _))| (id, n.clone())).collect();
+            let (driver, row) = (self.clone(), row.clone());
+            tokio::spawn(async move { driver.act(&row, action, &nodes).await });
+        }
+        Ok(())
+    }
+
+    /// Run one action and queue its result for the rollout's next step.
+    async fn act(self: Arc<Self>, row: &RolloutRow, action: Action, nodes: &BTreeMap<i64, Node>) {
+        let (node_id, attempt, kind) = match action {
+            Action::Drain { node_id, attempt } => (node_id, attempt, StepKind::Drain),
+            Action::Reboot { node_id, attempt, .. } => (node_id, attempt, StepKind::Reboot),
+            Action::Undrain { node_id, attempt } => (node_id, attempt, StepKind::Undrain),
+        };
+        let result = match (nodes.get(&node_id), self.actions.clone().acquire_owned().await) {
+            (None, _) => Err("the node was deleted".to_string()),
+            (_, Err(_)) => Err("the server is stopping".to_string()),
+            (Some(node), Ok(_permit)) => match action {
+                Action::Drain { .. } => self.hook(row, "drain", row.hooks.drain.as_deref(), node).await,
+                Action::Undrain { .. } => self.hook(row, "undrain", row.hooks.undrain.as_deref(), node).await,
+                Action::Reboot { via, .. } => self.reboot(row, node, via).await,
+            },
+        };
+        if let Err(reason) = &result {
+            warn!(rollout = row.id, node = node_id, step = ?kind, %reason, "rollout action failed");
+        }
+        if let Ok(mut r) = self.results.lock() {
+            r.entry(row.id).or_default().push(StepResult { node_id, attempt, step: kind, result });
+        }
+        self.wake();
+    }
+
+    /// The rollout as the author of the changes it makes to nodes.
+    fn actor(&self, row: &RolloutRow) -> Actor {
+        Actor::Server { name: format!("{} (rollout {})", self.name(), row.id) }
+    }
+
+    async fn reboot(&self, row: &RolloutRow, node: &Node, via: RebootVia) -> Result<(), String> {
+        let now = crate::clock::now_ms();
+        let actor = self.actor(row);
+        if let Some(RolloutTarget { profile, assign: true, .. }) = row.targets.get(&node.id) {
+            if node.profile.as_ref() != Some(profile) {
+                let change = NodeChange { profile: Some(Some(profile.clone())), ..NodeChange::default() };
+                self.store.update_node(node.id, &change, &actor, now).await.map_err(|e| e.to_string())?;
+            }
+        }
+        // A fresh boot: failures and backoff cleared, any boot in progress superseded.
+        self.store.reprovision(node.id, &actor, now).await.map_err(|e| e.to_string())?;
+        match (via, &self.reboot) {
+            (RebootVia::BmcPxeOnce, Some(reboot)) => reboot(node.clone()).await,
+            _ => Err(format!(
+                "node {} has no BMC; give it one (PATCH /nodes/{}: bmc) or reboot it by hand",
+                node.mac, node.mac
+            )),
+        }
+    }
+
+    async fn hook(&self, row: &RolloutRow, which: &str, name: Option<&str>, node: &Node) -> Result<(), String> {
+        let Some(name) = name else { return Ok(()) };
+        let Some(hook) = self.config.hooks.get(name) else {
+            return Err(format!("{which} hook {name:?} is not in this server's config (`hooks:`)"));
+        };
+        run_hook(hook, which, row.id, node).await.map_err(|e| format!("{which} hook {name:?}: {e}"))
+    }
+}
+
+/// Run a hook for `node`: a command (no shell) with the node in its environment,
+/// or a webhook POST of the same facts as JSON. Bounded by the hook's timeout.
+pub async fn run_hook(hook: &Hook, which: &str, rollout: i64, node: &Node) -> Result<(), String> {
+    let facts = [
+        ("RAMBOOT_HOOK", which.to_string()),
+        ("RAMBOOT_ROLLOUT", rollout.to_string()),
+        ("RAMBOOT_NODE_ID", node.id.to_string()),
+        ("RAMBOOT_NODE_MAC", node.mac.to_string()),
+        ("RAMBOOT_NODE_HOSTNAME", node.hostname.clone()),
+        ("RAMBOOT_NODE_IP", node.ip.clone().unwrap_or_default()),
+    ];
+    match &hook.action {
+        HookAction::Command(argv) => {
+            let mut cmd = tokio::process::Command::new(&argv[0]);
+            cmd.args(&argv[1..]).envs(facts.iter().map(|(k, v)| (*k, v.as_str()))).kill_on_drop(true);
+            cmd.stdin(std::process::Stdio::null());
+            let output = tokio::time::timeout(hook.timeout, cmd.output())
+                .await
+                .map_err(|_| format!("timed out after {:?}", hook.timeout))?
+                .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+            if output.status.success() {
+                return Ok(());
+            }
+            // The hook's own last words say why, better than any code.
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let said = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+            let said: String = said.chars().take(200).collect();
+            Err(format!("{} ({said})", output.status))
+        }
+        HookAction::Webhook(url) => {
+            let body: serde_json::Map<String, serde_json::Value> = facts
+                .iter()
+                .map(|(k, v)| (k.trim_start_matches("RAMBOOT_").to_lowercase(), serde_json::Value::from(v.as_str())))
+                .collect();
+            let (url, timeout) = (url.clone(), hook.timeout);
+            let call = tokio::task::spawn_blocking(move || {
+                let agent = ureq::AgentBuilder::new().timeout(timeout).redirects(0).build();
+                match agent.post(&url).send_json(serde_json::Value::Object(body)) {
+                    Ok(_) => Ok(()),
+                    Err(ureq::Error::Status(code, resp)) => {
+                        let text: String = resp.into_string().unwrap_or_default().chars().take(200).collect();
+                        Err(format!("{url} answered HTTP {code}: {}", text.trim()))
+                    }
+                    Err(e) => Err(format!("{url}: {e}")),
+                }
+            });
+            call.await.map_err(|e| format!("webhook task failed: {e}"))?
+        }
+    }
+}
