@@ -63,6 +63,9 @@ struct WireConfig {
     retention: WireRetention,
     #[serde(default)]
     cluster: WireCluster,
+    /// Power over Redfish: the poller's interval and concurrency.
+    #[serde(default)]
+    bmc: crate::bmc::service::WirePowerSettings,
 }
 
 /// `cluster:` the other ramboot servers that share this one's PostgreSQL database
@@ -460,6 +463,7 @@ pub struct Config {
     pub ipv6_ra: bool,
     pub retention: crate::retention::Retention,
     pub cluster: Cluster,
+    pub bmc: crate::bmc::service::PowerSettings,
 }
 
 /// This server among those sharing one database (`cluster:`).
@@ -837,6 +841,7 @@ impl Config {
                 wire.retention.finished_boots_days,
             ),
             cluster,
+            bmc: wire.bmc.try_into()?,
         })
     }
 

@@ -89,6 +89,7 @@ pub async fn run(config: Config) -> Result<()> {
         None => None,
     };
     let inventory = Arc::new(crate::inventory::LiveInventory::new(&config.paths.inventory));
+    let power = Arc::new(crate::bmc::service::Power::from_config(&config));
     let state = AppState {
         config: config.clone(),
         store: store.clone(),
@@ -97,6 +98,7 @@ pub async fn run(config: Config) -> Result<()> {
         inventory: inventory.clone(),
         volumes,
         limits: Default::default(),
+        power: power.clone(),
         shutdown: cancel.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();
@@ -104,6 +106,14 @@ pub async fn run(config: Config) -> Result<()> {
         let (profiles, store, config, cancel) = (profiles.clone(), store.clone(), config.clone(), cancel.clone());
         tasks.spawn(async move {
             crate::watch::watch_inventory(inventory, profiles, store, config, cancel).await.map_err(anyhow::Error::from)
+        });
+    }
+    {
+        // Every BMC's power state, for the API's last view and `ramboot_bmc_nodes`.
+        let (store, cancel) = (store.clone(), cancel.clone());
+        tasks.spawn(async move {
+            crate::bmc::service::poll(power, store, cancel.clone()).await;
+            Ok(())
         });
     }
     {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod images;
 pub mod leases;
 pub mod nodes;
+pub mod power;
 pub mod profiles;
 pub mod tokens;
 pub mod volumes;
@@ -23,6 +24,9 @@ pub use leases::Lease;
 pub use nodes::{
     Bmc, Boot, BootId, BootImage, DeleteNodeQuery, Event, EventQuery, Field, Maintenance, NewNode, Node, NodeDetail,
     NodeId, NodeList, NodeQuery, NodeUpdate, StreamQuery,
+};
+pub use power::{
+    BootOverride, PollStatus, PowerAction, PowerCheck, PowerRequest, PowerResult, PowerState, PowerStatus,
 };
 pub use profiles::{OverlayFile, Profile, ProfileList, ProfileView, ProfileVolume, Selector, SourceError};
 pub use ramboot_core::node::{MacAddr, NodeState};

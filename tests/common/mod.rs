@@ -183,6 +183,7 @@ impl TestServer {
                     config.clone(),
                     shutdown.clone(),
                 ));
+                let power = Arc::new(ramboot::bmc::service::Power::from_config(&config));
                 let state = AppState {
                     config,
                     store: store.clone(),
@@ -191,6 +192,7 @@ impl TestServer {
                     inventory,
                     volumes,
                     limits: Default::default(),
+                    power,
                     shutdown: shutdown.clone(),
                 };
                 tx.send((listener.local_addr().unwrap(), store.clone(), tokio::runtime::Handle::current())).unwrap();

@@ -11,6 +11,7 @@
 //! and map: errors convert into `ApiError` with `?`.
 
 mod convert;
+mod power;
 
 use super::auth::{Admin, Operator};
 use super::error::{ApiError, ApiJson};
@@ -58,6 +59,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_audit))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(delete_token))
+        .merge(power::routes())
         // One count of open event streams per router (per server).
         .layer(axum::Extension(EventStreams::default()))
 }
