@@ -69,6 +69,9 @@ struct WireConfig {
     /// hook, never write a command.
     #[serde(default)]
     hooks: BTreeMap<String, WireHook>,
+    /// Power over Redfish: the poller's interval and concurrency.
+    #[serde(default)]
+    bmc: crate::bmc::service::WirePowerSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,6 +523,7 @@ pub struct Config {
     pub cluster: Cluster,
     /// Rollout hooks by name.
     pub hooks: BTreeMap<String, Hook>,
+    pub bmc: crate::bmc::service::PowerSettings,
 }
 
 /// This server among those sharing one database (`cluster:`).
@@ -898,6 +902,7 @@ impl Config {
             ),
             cluster,
             hooks: hooks_from_wire(wire.hooks)?,
+            bmc: wire.bmc.try_into()?,
         })
     }
 

@@ -250,6 +250,15 @@ enum NodesCmd {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// A node's power through its BMC (Redfish): on, off (forced), cycle, or status.
+    Power {
+        id: String,
+        #[arg(value_parser = ["on", "off", "cycle", "status"])]
+        action: String,
+        /// Boot from the network once: a one-time PXE override before the action.
+        #[arg(long)]
+        pxe: bool,
+    },
     /// Forget a node. Its volumes are detached and kept unless --delete-volumes.
     Rm {
         id: String,
@@ -602,6 +611,7 @@ fn nodes(api: &ApiArgs, command: NodesCmd) -> Result<()> {
             let body = json!({ "enabled": on, "reason": reason });
             show(client.post(&format!("/nodes/{}/maintenance", cli::encode(&id)), body)?)?
         }
+        NodesCmd::Power { id, action, pxe } => power(api, &client, &id, &action, pxe)?,
         NodesCmd::Rm { id, delete_volumes } => {
             let query = if delete_volumes { "?delete_volumes=true" } else { "" };
             client.delete(&format!("/nodes/{}{query}", cli::encode(&id)))?;
@@ -609,6 +619,41 @@ fn nodes(api: &ApiArgs, command: NodesCmd) -> Result<()> {
                 println!("removed node {id}");
             }
         }
+    }
+    Ok(())
+}
+
+/// `nodes power`: one line for people (`node MAC: power on (was off, now on; ...)`),
+/// the API's JSON with --json.
+fn power(api: &ApiArgs, client: &cli::ApiClient, id: &str, action: &str, pxe: bool) -> Result<()> {
+    let path = format!("/nodes/{}/power", cli::encode(id));
+    let value = if action == "status" {
+        anyhow::ensure!(!pxe, "--pxe goes with on, off or cycle, not status");
+        client.get_json(&path)?
+    } else {
+        client.post(&path, json!({ "action": action, "pxe_once": pxe }))?
+    };
+    if api.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if action == "status" {
+        let s: ramboot_api::PowerStatus = serde_json::from_value(value).context("unexpected answer from the API")?;
+        let boot = match s.boot_override {
+            Some(b) if b.target != "None" => {
+                format!("; boot override {} ({})", b.target, b.enabled.as_deref().unwrap_or("unspecified"))
+            }
+            _ => String::new(),
+        };
+        println!("node {}: power {}{boot} (BMC {})", s.mac, s.power.as_str(), s.bmc_url);
+    } else {
+        let r: ramboot_api::PowerResult = serde_json::from_value(value).context("unexpected answer from the API")?;
+        let pxe = if r.pxe_once { "; one-time PXE boot set" } else { "" };
+        println!(
+            "node {}: power {} (was {}, now {}{pxe})",
+            r.mac,
+            r.action.as_str(),
+            r.before.as_str(),
+            r.power.as_str()
+        );
     }
     Ok(())
 }

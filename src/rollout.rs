@@ -32,6 +32,16 @@ const MAX_ACTIONS: usize = 64;
 /// Power-cycles a node into a one-time PXE boot through its BMC.
 pub type BmcReboot = Arc<dyn Fn(Node) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// The rollout's reboot through `power`: a one-time PXE override, then a cycle.
+pub fn bmc_reboot(power: Arc<crate::bmc::service::Power>) -> BmcReboot {
+    Arc::new(move |node: Node| {
+        let power = power.clone();
+        Box::pin(async move {
+            power.run(&node, crate::bmc::PowerCommand::Cycle, true).await.map(|_| ()).map_err(|e| e.to_string())
+        })
+    })
+}
+
 pub struct Driver {
     store: Store,
     config: Arc<Config>,

@@ -89,7 +89,9 @@ pub async fn run(config: Config) -> Result<()> {
         None => None,
     };
     let inventory = Arc::new(crate::inventory::LiveInventory::new(&config.paths.inventory));
-    let rollouts = crate::rollout::Driver::new(store.clone(), config.clone(), None);
+    let power = Arc::new(crate::bmc::service::Power::from_config(&config));
+    let reboot = crate::rollout::bmc_reboot(power.clone());
+    let rollouts = crate::rollout::Driver::new(store.clone(), config.clone(), Some(reboot));
     let state = AppState {
         config: config.clone(),
         store: store.clone(),
@@ -99,6 +101,7 @@ pub async fn run(config: Config) -> Result<()> {
         rollouts: rollouts.clone(),
         volumes,
         limits: Default::default(),
+        power: power.clone(),
         shutdown: cancel.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();
@@ -113,6 +116,14 @@ pub async fn run(config: Config) -> Result<()> {
         let (profiles, store, config, cancel) = (profiles.clone(), store.clone(), config.clone(), cancel.clone());
         tasks.spawn(async move {
             crate::watch::watch_inventory(inventory, profiles, store, config, cancel).await.map_err(anyhow::Error::from)
+        });
+    }
+    {
+        // Every BMC's power state, for the API's last view and `ramboot_bmc_nodes`.
+        let (store, cancel) = (store.clone(), cancel.clone());
+        tasks.spawn(async move {
+            crate::bmc::service::poll(power, store, cancel.clone()).await;
+            Ok(())
         });
     }
     {

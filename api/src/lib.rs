@@ -13,6 +13,7 @@ pub mod images;
 pub mod inventory;
 pub mod leases;
 pub mod nodes;
+pub mod power;
 pub mod profiles;
 pub mod rollouts;
 pub mod tokens;
@@ -26,6 +27,9 @@ pub use leases::Lease;
 pub use nodes::{
     Bmc, Boot, BootId, BootImage, DeleteNodeQuery, Event, EventQuery, Field, Maintenance, NewNode, Node, NodeDetail,
     NodeId, NodeList, NodeQuery, NodeUpdate, StreamQuery,
+};
+pub use power::{
+    BootOverride, PollStatus, PowerAction, PowerCheck, PowerRequest, PowerResult, PowerState, PowerStatus,
 };
 pub use profiles::{OverlayFile, Profile, ProfileList, ProfileView, ProfileVolume, Selector, SourceError};
 pub use ramboot_core::node::{MacAddr, NodeState};

@@ -8,6 +8,7 @@
 //! hand in a system URL and [`Credentials`], which never print their password.
 
 pub mod redfish;
+pub mod service;
 
 pub use redfish::{BmcError, Redfish};
 

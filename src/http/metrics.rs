@@ -106,6 +106,14 @@ fn describe() {
         "ramboot_boot_refusals_total",
         "Boot-path requests refused by the trust rules (wrong address, unknown node, secrets twice, ...), by reason"
     );
+    metrics::describe_gauge!(
+        "ramboot_bmc_nodes",
+        "Nodes with a BMC by their last power check (on, off, unreachable, unauthorized, error)"
+    );
+    metrics::describe_histogram!(
+        "ramboot_bmc_poll_duration_seconds",
+        "Time one round of the BMC poller took (every node with a BMC)"
+    );
     metrics::describe_gauge!("ramboot_build_info", "Build information (value is always 1)");
 }
 

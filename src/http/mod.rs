@@ -39,6 +39,8 @@ pub struct AppState {
     pub volumes: Option<Arc<crate::iscsi::service::Volumes<crate::iscsi::tgt::Tgt>>>,
     /// The boot path's in-memory rate limits.
     pub limits: Arc<boot::trust::BootLimits>,
+    /// Power over Redfish (nodes' BMCs) and the poller's last view.
+    pub power: Arc<crate::bmc::service::Power>,
     /// Cancelled when the server stops: endless responses (the event stream) end
     /// then, so the shutdown drain does not wait for them.
     pub shutdown: tokio_util::sync::CancellationToken,

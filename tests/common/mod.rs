@@ -183,7 +183,9 @@ impl TestServer {
                     config.clone(),
                     shutdown.clone(),
                 ));
-                let rollouts = ramboot::rollout::Driver::new(store.clone(), config.clone(), None);
+                let power = Arc::new(ramboot::bmc::service::Power::from_config(&config));
+                let reboot = ramboot::rollout::bmc_reboot(power.clone());
+                let rollouts = ramboot::rollout::Driver::new(store.clone(), config.clone(), Some(reboot));
                 tokio::spawn(rollouts.clone().run(shutdown.clone()));
                 let state = AppState {
                     config,
@@ -194,6 +196,7 @@ impl TestServer {
                     rollouts,
                     volumes,
                     limits: Default::default(),
+                    power,
                     shutdown: shutdown.clone(),
                 };
                 tx.send((listener.local_addr().unwrap(), store.clone(), tokio::runtime::Handle::current())).unwrap();

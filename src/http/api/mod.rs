@@ -11,6 +11,7 @@
 //! and map: errors convert into `ApiError` with `?`.
 
 mod convert;
+mod power;
 mod rollouts;
 
 use super::auth::{Admin, Operator};
@@ -62,6 +63,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(rollouts::routes())
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(delete_token))
+        .merge(power::routes())
         // One count of open event streams per router (per server).
         .layer(axum::Extension(EventStreams::default()))
 }
