@@ -240,6 +240,114 @@ pub fn format_audit(r: &AuditRecord) -> String {
     line
 }
 
+/// A rollout's header and its nodes, as a table.
+pub fn print_rollout(r: &ramboot_api::Rollout) {
+    let reason = r.reason.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
+    println!("rollout {}: {}{reason}", r.id, r.status);
+    println!("{}", r.description);
+    println!(
+        "started {} by {}; driven by {}",
+        format_ms(r.created_at_ms),
+        r.created_by,
+        r.driver.as_deref().unwrap_or("-")
+    );
+    println!("{}", progress_line(r));
+    println!("{:<6} {:<18} {:<16} {:<14} {:>7} TARGET", "NODE", "MAC", "HOSTNAME", "PHASE", "ATTEMPT");
+    for n in &r.nodes {
+        println!(
+            "{:<6} {:<18} {:<16} {:<14} {:>7} {}",
+            n.node_id,
+            n.mac.as_deref().unwrap_or("(deleted)"),
+            n.hostname.as_deref().unwrap_or("-"),
+            n.phase.name(),
+            n.attempts,
+            n.target_profile
+        );
+    }
+}
+
+/// `[#####.....] 1/3 done · down: hv-2 · running`: one line of progress.
+pub fn progress_line(r: &ramboot_api::Rollout) -> String {
+    const WIDTH: usize = 20;
+    let p = &r.progress;
+    let filled = (p.done as usize * WIDTH).checked_div(p.total as usize).unwrap_or(0);
+    let bar = format!("{}{}", "#".repeat(filled), ".".repeat(WIDTH - filled));
+    let name = |id: &i64| {
+        r.nodes.iter().find(|n| n.node_id == *id).and_then(|n| n.hostname.clone()).unwrap_or_else(|| id.to_string())
+    };
+    let down: Vec<String> = p.down.iter().map(name).collect();
+    let mut line = format!("[{bar}] {}/{} done", p.done, p.total);
+    if !down.is_empty() {
+        line.push_str(&format!(" · down: {}", down.join(", ")));
+    }
+    if p.failed > 0 {
+        line.push_str(&format!(" · {} failed", p.failed));
+    }
+    line.push_str(&format!(" · {}", r.status));
+    line
+}
+
+pub fn print_rollout_event(r: &ramboot_api::Rollout, e: &ramboot_api::RolloutEvent) {
+    let node = e
+        .node_id
+        .map(|id| {
+            let name = r.nodes.iter().find(|n| n.node_id == id).and_then(|n| n.hostname.clone());
+            format!("{:<12} ", name.unwrap_or_else(|| format!("node {id}")))
+        })
+        .unwrap_or_else(|| format!("{:<12} ", "rollout"));
+    println!("{}  {node}{}", format_ms(e.at_ms), e.message);
+}
+
+/// Follow a rollout until it ends (exit 0) or halts (an error saying why): its
+/// events as they happen and, on a terminal, a progress bar redrawn in place.
+pub fn follow_rollout(client: &ApiClient, id: i64, json: bool) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal() && !json;
+    let (mut after, mut last_line) = (0, String::new());
+    loop {
+        let r: ramboot_api::Rollout = client.get(&format!("/rollouts/{id}"))?;
+        let events: Vec<ramboot_api::RolloutEvent> =
+            client.get(&format!("/rollouts/{id}/events?after={after}&limit=500"))?;
+        let line = progress_line(&r);
+        if tty && (!events.is_empty() || line != last_line) {
+            print!("\r\x1b[2K");
+        }
+        for e in &events {
+            if json {
+                println!("{}", serde_json::to_string(e)?);
+            } else {
+                print_rollout_event(&r, e);
+            }
+            after = e.id;
+        }
+        if tty {
+            print!("{line}");
+            std::io::stdout().flush()?;
+        } else if !json && line != last_line {
+            println!("{line}");
+        }
+        last_line = line;
+        match r.status.as_str() {
+            "done" | "aborted" => {
+                if tty {
+                    println!();
+                }
+                return Ok(());
+            }
+            "halted" => {
+                if tty {
+                    println!();
+                }
+                anyhow::bail!(
+                    "rollout {id} halted: {}; fix it, then `ramboot rollout resume {id}`",
+                    r.reason.as_deref().unwrap_or("?")
+                );
+            }
+            _ => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

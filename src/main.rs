@@ -75,6 +75,14 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         last: i64,
     },
+    /// Rolling re-provisions: reboot a selection of nodes into a new profile or
+    /// image, a batch at a time, with drain and undrain hooks.
+    Rollout {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: RolloutCmd,
+    },
     /// Show the audit trail: who changed what (API tokens, inventory files), oldest first.
     Audit {
         #[command(flatten)]
@@ -303,6 +311,63 @@ enum TokensCmd {
 }
 
 #[derive(Subcommand)]
+enum RolloutCmd {
+    /// Start a rollout over the nodes matching every criterion given.
+    ///
+    /// Each node: drain hook, one-time PXE boot and power cycle through its BMC,
+    /// wait for `ready` on the new revision, undrain hook. Hooks are named in the
+    /// server's config (`hooks:`).
+    Start {
+        /// Only nodes with this label (key=value; repeat for several).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Only nodes assigned this profile now.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Only these nodes (id or MAC; repeat).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// Assign this profile before each node's reboot (else each reboots into
+        /// its own profile's current image).
+        #[arg(long)]
+        to_profile: Option<String>,
+        /// Nodes down at once.
+        #[arg(long, default_value_t = 1)]
+        batch: u32,
+        /// Failed nodes tolerated; one more halts the rollout.
+        #[arg(long, default_value_t = 0)]
+        max_failures: u32,
+        /// Hook run before each reboot (e.g. live-migrate the VMs away).
+        #[arg(long)]
+        drain: Option<String>,
+        /// Hook run once each node is ready.
+        #[arg(long)]
+        undrain: Option<String>,
+        /// How long a node may take from its reboot to ready (30m, 1h).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30m")]
+        ready_timeout: std::time::Duration,
+        /// Show its progress until it ends or halts.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// List rollouts, newest first.
+    Ls,
+    /// Show a rollout: its nodes, and its timeline.
+    Show {
+        id: i64,
+        /// Keep showing progress until it ends or halts.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Start no new node; the ones in flight finish.
+    Pause { id: i64 },
+    /// Go on after a pause or a halt (failed nodes are tried again).
+    Resume { id: i64 },
+    /// Stop driving it; nodes in flight are left as they are.
+    Abort { id: i64 },
+}
+
+#[derive(Subcommand)]
 enum InventoryCmd {
     /// The server's inventory files, the revision each applied, and refused files.
     Ls {
@@ -429,6 +494,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Inventory { command } => inventory(command),
+        Cmd::Rollout { api, command } => rollout(&api, command),
         Cmd::Profiles { command: ProfilesCmd::Validate { dir, data } } => {
             let store = data.map(|d| images::ImageStore::new(d.join("images")));
             let ctx = profiles::Context::for_dir(&dir, store.as_ref());
@@ -666,6 +732,94 @@ fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, 
             Ok((k.to_string(), v.to_string()))
         })
         .collect()
+}
+
+fn rollout(api: &ApiArgs, command: RolloutCmd) -> Result<()> {
+    let client = api.client();
+    let print = |r: &ramboot_api::Rollout| -> Result<()> {
+        if api.json {
+            println!("{}", serde_json::to_string_pretty(r)?);
+        } else {
+            cli::print_rollout(r);
+        }
+        Ok(())
+    };
+    match command {
+        RolloutCmd::Start {
+            labels,
+            profile,
+            nodes,
+            to_profile,
+            batch,
+            max_failures,
+            drain,
+            undrain,
+            ready_timeout,
+            follow,
+        } => {
+            let body = json!({
+                "labels": parse_labels(&labels)?,
+                "profile": profile,
+                "nodes": nodes,
+                "to_profile": to_profile,
+                "batch_size": batch,
+                "max_failures": max_failures,
+                "drain": drain,
+                "undrain": undrain,
+                "ready_timeout_secs": ready_timeout.as_secs().max(1),
+            });
+            let started: ramboot_api::Rollout = serde_json::from_value(client.post("/rollouts", body)?)?;
+            eprintln!("rollout {} started: {}", started.id, started.description);
+            if follow {
+                return cli::follow_rollout(&client, started.id, api.json);
+            }
+            print(&started)
+        }
+        RolloutCmd::Ls => {
+            let list: Vec<ramboot_api::Rollout> = client.get("/rollouts")?;
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!("{:<5} {:<8} {:>4} {:>5} {:<24} DESCRIPTION", "ID", "STATUS", "DONE", "NODES", "STARTED");
+            for r in &list {
+                println!(
+                    "{:<5} {:<8} {:>4} {:>5} {:<24} {}",
+                    r.id,
+                    r.status,
+                    r.progress.done,
+                    r.progress.total,
+                    cli::format_ms(r.created_at_ms),
+                    r.description
+                );
+            }
+            Ok(())
+        }
+        RolloutCmd::Show { id, follow: true } => cli::follow_rollout(&client, id, api.json),
+        RolloutCmd::Show { id, follow: false } => {
+            let r: ramboot_api::Rollout = client.get(&format!("/rollouts/{id}"))?;
+            print(&r)?;
+            if !api.json {
+                let events: Vec<ramboot_api::RolloutEvent> = client.get(&format!("/rollouts/{id}/events?limit=500"))?;
+                println!();
+                for e in &events {
+                    cli::print_rollout_event(&r, e);
+                }
+            }
+            Ok(())
+        }
+        RolloutCmd::Pause { id } | RolloutCmd::Resume { id } | RolloutCmd::Abort { id } => {
+            let verb = match command {
+                RolloutCmd::Pause { .. } => "pause",
+                RolloutCmd::Resume { .. } => "resume",
+                _ => "abort",
+            };
+            let r: ramboot_api::Rollout =
+                serde_json::from_value(client.post(&format!("/rollouts/{id}/{verb}"), json!({}))?)?;
+            eprintln!("rollout {id}: {verb} requested (status {})", r.status);
+            Ok(())
+        }
+    }
 }
 
 fn inventory(command: InventoryCmd) -> Result<()> {

@@ -215,7 +215,8 @@ impl Driver {
         let Some(hook) = self.config.hooks.get(name) else {
             return Err(format!("{which} hook {name:?} is not in this server's config (`hooks:`)"));
         };
-        run_hook(hook, which, row.id, node).await.map_err(|e| format!("{which} hook {name:?}: {e}"))
+        // The core says which hook failed; this names the configured one.
+        run_hook(hook, which, row.id, node).await.map_err(|e| format!("{name}: {e}"))
     }
 }
 

@@ -4,8 +4,11 @@
 //! the agent this builds.
 
 use crate::LabError;
+use anyhow::{Context, Result};
+use ramboot::images::{self, BuildRequest, ImageStore};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// Debian packages the lab needs, by the file that proves each is installed.
 pub const NEEDS: &[(&str, &str)] = &[
@@ -69,4 +72,68 @@ pub fn build_agent(repo: &Path) -> Result<PathBuf, LabError> {
         return Err(LabError::Failed { command, detail: format!("building ramboot-agent failed ({status})") });
     }
     Ok(repo.join("target/agent").join(AGENT_TARGET).join("release/ramboot-agent"))
+}
+
+/// Make sure the images a profile needs exist and are current, building them if
+/// not: a recipe (or, for stage one, the agent) that changed since the last build
+/// makes that build stale.
+pub fn ensure_images(
+    repo: &Path,
+    data: &Path,
+    cache: &Path,
+    profile: &ramboot::profiles::Profile,
+    rebuild: bool,
+) -> Result<()> {
+    let store = ImageStore::new(data.join("images"));
+    let recipes = repo.join("images");
+    for name in [&profile.stage1, &profile.image] {
+        let agent = if name == &profile.stage1 { Some(build_agent(repo)?) } else { None };
+        let mut wanted = vec![(images::RECIPE_DIGEST, images::recipe_digest(&recipes, name)?.to_string())];
+        if let Some(agent) = &agent {
+            wanted.push((images::AGENT_DIGEST, images::hash_file(agent)?.0.to_string()));
+        }
+        let current =
+            store.manifest(name).ok().filter(|m| wanted.iter().all(|(key, digest)| m.inputs.get(*key) == Some(digest)));
+        if current.is_some() && !rebuild {
+            println!("lab: image {name} is up to date");
+            continue;
+        }
+        println!("lab: building image {name} (recipe images/{name}/build.sh)");
+        let started = Instant::now();
+        let manifest = images::build(
+            &store,
+            &BuildRequest {
+                recipe: name.clone(),
+                recipes_dir: recipes.clone(),
+                cache_dir: cache.to_path_buf(),
+                agent,
+                now_ms: ramboot::clock::now_ms(),
+            },
+        )?;
+        for (role, a) in &manifest.artifacts {
+            println!("lab:   {name}/{role}: {}, sha256 {}", ramboot_proto::human_bytes(a.size), a.digest);
+        }
+        println!("lab: image {name} built in {:.0}s", started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// Hard-link every file under `from` into `to` (made anew): a second server's own
+/// copy of the built images, without copying their bytes.
+pub fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).with_context(|| format!("removing {}", to.display()))?;
+    }
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type()?.is_dir() {
+            link_tree(&src, &dst)?;
+        } else {
+            std::fs::hard_link(&src, &dst)
+                .with_context(|| format!("linking {} to {}", src.display(), dst.display()))?;
+        }
+    }
+    Ok(())
 }

@@ -224,8 +224,9 @@ impl Store {
             .execute()
             .await?;
         let name = json(&command)?.trim_matches('"').to_string();
-        let before = serde_json::json!({ "status": rollout.state.status.name() });
-        let after = serde_json::json!({ "command": name });
+        let status = rollout.state.status.name();
+        let before = serde_json::json!({ "status": status, "command": rollout.command });
+        let after = serde_json::json!({ "status": status, "command": command });
         let target = Target::named("rollout", &id.to_string());
         audit::record(&mut tx, actor, &format!("rollout.{name}"), &target, Some(&before), Some(&after), now_ms).await?;
         insert_event(&mut tx, id, None, &format!("{name} requested by {actor}"), now_ms).await?;
