@@ -298,9 +298,9 @@ fn a_rollout_drains_reboots_and_survives_a_failed_hook_and_a_restart() {
     );
     eprintln!("rollout ended at {:.0}s", started.elapsed().as_secs_f64());
     assert_eq!(done["status"], "done", "{done:#}");
-    for i in 0..3 {
+    for (i, mac) in MACS.iter().enumerate() {
         let n = node(i).unwrap();
-        let boot = get(&ns, &token, &format!("/nodes/{}", MACS[i])).unwrap()["boot"].clone();
+        let boot = get(&ns, &token, &format!("/nodes/{mac}")).unwrap()["boot"].clone();
         assert_eq!((n["state"].as_str(), boot["profile"].as_str()), (Some("ready"), Some("tiny2")), "{n:#}");
         assert_ne!(n["current_boot_id"], first_boot(i), "a new boot");
     }

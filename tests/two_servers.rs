@@ -50,6 +50,16 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// The lab of `test` with its fleet, or `None` when it skips (no PostgreSQL,
+    /// perfdhcp or curl; saying why).
+    fn for_test(test: &str, tags: [char; 4]) -> Option<Fleet> {
+        if common::skipped_without_postgres(test) {
+            return None;
+        }
+        let lab = Lab::for_test(test, &[("perfdhcp", PERFDHCP), ("curl", &["/usr/bin/curl"])])?;
+        Some(Fleet::new(lab, tags))
+    }
+
     fn new(mut lab: Lab, tags: [char; 4]) -> Fleet {
         let pid = std::process::id();
         let switch = lab.netns(&format!("rb{}{pid}", tags[0]));
@@ -238,12 +248,8 @@ fn events_reach_the_other_server(fleet: &mut Fleet) {
 #[test]
 fn two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone() {
     const TEST: &str = "two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone";
-    if common::skipped_without_postgres(TEST) {
-        return;
-    }
-    let Some(lab) = Lab::for_test(TEST, &[("perfdhcp", PERFDHCP), ("curl", &["/usr/bin/curl"])]) else { return };
+    let Some(mut fleet) = Fleet::for_test(TEST, ['w', 'a', 'b', 'c']) else { return };
     let started = Instant::now();
-    let mut fleet = Fleet::new(lab, ['w', 'a', 'b', 'c']);
     fleet.start(0);
     fleet.start(1);
     let url = fleet.lab.database_url();
@@ -332,11 +338,7 @@ fn two_servers_share_one_pool_and_the_survivor_of_a_crash_serves_everyone() {
 #[test]
 fn a_server_that_loses_its_database_acks_nothing_until_it_returns() {
     const TEST: &str = "a_server_that_loses_its_database_acks_nothing_until_it_returns";
-    if common::skipped_without_postgres(TEST) {
-        return;
-    }
-    let Some(lab) = Lab::for_test(TEST, &[("perfdhcp", PERFDHCP), ("curl", &["/usr/bin/curl"])]) else { return };
-    let mut fleet = Fleet::new(lab, ['x', 'd', 'e', 'f']);
+    let Some(mut fleet) = Fleet::for_test(TEST, ['x', 'd', 'e', 'f']) else { return };
     fleet.start(0);
     let url = fleet.lab.database_url();
     let clients = 300;

@@ -306,10 +306,17 @@ impl Backend {
     pub async fn notify_unsynced(&self, channel: &str, payloads: &[String]) -> Result<(), sqlx::Error> {
         let Pool::Postgres(pool) = &self.pool else { return Ok(()) };
         let mut tx = pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit TO OFF").execute(&mut *tx).await?;
-        for payload in payloads {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&mut *tx).await?;
-        }
+        // One statement whatever the batch: three round trips (begin, this, commit).
+        // The volatile CTE runs once, before the notices, and sets the setting for
+        // this transaction's commit only.
+        sqlx::query(
+            "WITH unsynced AS (SELECT set_config('synchronous_commit', 'off', true))
+             SELECT count(pg_notify($1, payload)) FROM unsynced, unnest($2::text[]) AS payload",
+        )
+        .bind(channel)
+        .bind(payloads)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await
     }
 
