@@ -522,3 +522,86 @@ fn changes_are_audited_with_who_and_what_and_tokens_expire() {
     let last = admin.json("/audit?actor=admin")["records"].as_array().unwrap().last().unwrap().clone();
     assert_eq!((last["action"].as_str(), last["target"].as_str()), (Some("token.delete"), Some("alice")));
 }
+
+#[test]
+fn rollouts_are_validated_and_take_commands_by_status() {
+    // A drain that takes its time: the node stays in flight while commands come.
+    let srv = TestServer::start_with(Some("tiny"), &[], "hooks:\n  drain-vms:\n    command: [/bin/sleep, \"60\"]\n");
+    let admin = Api::admin(&srv);
+    let reader = Api::reader(&srv);
+    let mac = "52:54:00:00:d0:01";
+    let (status, body) =
+        admin.send("POST", "/nodes", json!({"mac": mac, "profile": "tiny", "labels": {"role": "compute"}}));
+    assert_eq!(status, 201, "{body}");
+
+    for (body, needle) in [
+        (json!({}), "at least one"),
+        (
+            json!({"labels": {"role": "compute"}, "drain": "nope"}),
+            "no hook named \"nope\" in the server's config (hooks: drain-vms)",
+        ),
+        (json!({"labels": {"role": "compute"}, "to_profile": "huge"}), "no valid profile named \"huge\""),
+        (json!({"labels": {"role": "storage"}}), "no node matches"),
+        (json!({"nodes": [mac], "batch_size": 0}), "batch_size"),
+    ] {
+        let (status, text) = admin.send("POST", "/rollouts", body.clone());
+        assert_eq!(status, 422, "{body}: {text}");
+        let message = serde_json::from_str::<Value>(&text).unwrap()["error"]["message"].clone();
+        assert!(message.as_str().unwrap().contains(needle), "{body}: {text}");
+    }
+    let (status, _) = reader.send("POST", "/rollouts", json!({"nodes": [mac]}));
+    assert_eq!(status, 403, "starting a rollout is for admins");
+
+    let (status, text) =
+        admin.send("POST", "/rollouts", json!({"nodes": [mac], "drain": "drain-vms", "ready_timeout_secs": 600}));
+    assert_eq!(status, 201, "{text}");
+    let rollout: Value = serde_json::from_str(&text).unwrap();
+    let id = rollout["id"].as_i64().unwrap();
+    assert_eq!(rollout["nodes"][0]["target_profile"], "tiny", "no to_profile: the node's own");
+    assert!(rollout["nodes"][0]["target_digest"].as_str().is_some_and(|d| d.len() == 64), "{rollout}");
+    // One unfinished rollout per node.
+    let (status, text) = admin.send("POST", "/rollouts", json!({"nodes": [mac]}));
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains(&format!("rollout {id}")), "{text}");
+
+    // Commands follow the status: a paused rollout takes resume or abort, not pause.
+    assert_eq!(reader.send("POST", &format!("/rollouts/{id}/pause"), json!({})).0, 403);
+    let (status, text) = admin.send("POST", &format!("/rollouts/{id}/pause"), json!({}));
+    assert_eq!(status, 200, "{text}");
+    let paused = (0..100).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let r = admin.json(&format!("/rollouts/{id}"));
+        (r["status"] == "paused").then_some(r)
+    });
+    assert!(paused.is_some(), "the driver takes the pause");
+    let (status, text) = admin.send("POST", &format!("/rollouts/{id}/pause"), json!({}));
+    assert_eq!(status, 409, "{text}");
+    let (status, _) = admin.send("POST", &format!("/rollouts/{id}/abort"), json!({}));
+    assert_eq!(status, 200);
+    let aborted = (0..100).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let r = admin.json(&format!("/rollouts/{id}"));
+        (r["status"] == "aborted").then_some(r)
+    });
+    assert!(aborted.is_some(), "the driver takes the abort");
+    assert_eq!(admin.send("POST", &format!("/rollouts/{id}/resume"), json!({})).0, 409, "aborted is final");
+    assert_eq!(admin.get("/rollouts/999").0, 404);
+
+    let events: Vec<String> = admin
+        .json(&format!("/rollouts/{id}/events"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(events.iter().any(|m| m.starts_with("pause requested by token admin")), "{events:?}");
+    assert!(events.iter().any(|m| m.starts_with("aborted")), "{events:?}");
+    let trail = admin.json("/audit?actor=admin")["records"].as_array().unwrap().clone();
+    let actions: Vec<&str> = trail.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    for a in ["rollout.start", "rollout.pause", "rollout.abort"] {
+        assert!(actions.contains(&a), "{actions:?}");
+    }
+    // A new rollout may take the node once the old one ended.
+    assert_eq!(admin.send("POST", "/rollouts", json!({"nodes": [mac]})).0, 201);
+    assert_eq!(admin.json("/rollouts").as_array().unwrap().len(), 2);
+}

@@ -16,12 +16,11 @@
 mod common;
 
 use common::netns::ServeInLab;
-use ramboot_lab::harness::{ip_in, log_text, read_lossy, tail, wait_for, Lab, PXE_ROM, QEMU};
-use ramboot_lab::redfish::{in_netns, Bmc, Vm};
+use ramboot_lab::harness::{log_text, read_lossy, tail, wait_for};
+use ramboot_lab::redfish::{in_netns, lab_with_bmc_bridge, Bmc, Vm};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const USER: &str = "ramboot";
@@ -32,16 +31,7 @@ const ADDR: &str = "10.216.0.1";
 
 /// `ramboot ARGS` in `ns` against the lab's server: (success, stdout, stderr).
 fn cli(ns: &str, token: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ramboot")])
-        .args(args)
-        .env("RAMBOOT_SERVER", format!("http://{ADDR}:8080"))
-        .env("RAMBOOT_TOKEN", token)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("running ramboot");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.success(), text(&out.stdout), text(&out.stderr))
+    common::netns::ramboot_cli(ns, ADDR, token, args)
 }
 
 /// One admin-API call from inside `ns` (the server listens on the bridge there).
@@ -77,17 +67,9 @@ fn metric(ns: &str, token: &str, series: &str) -> f64 {
 #[test]
 fn nodes_power_through_the_cli_netboots_a_vm_behind_a_redfish_bmc() {
     let test = "nodes_power_through_the_cli_netboots_a_vm_behind_a_redfish_bmc";
-    let mut tools: Vec<(&str, &[&str])> =
-        vec![("qemu-system-x86_64 (qemu-system-x86)", QEMU), ("pxe-e1000.rom (ipxe-qemu)", PXE_ROM)];
-    tools.extend(ramboot_lab::redfish::TOOLS);
-    let Some(mut lab) = Lab::for_test(test, &tools) else { return };
+    let Some((mut lab, ns, bridge)) = lab_with_bmc_bridge(test, &[], 'P', ADDR) else { return };
     let started = Instant::now();
     let pid = std::process::id();
-    let ns = lab.netns(&format!("rbP{pid}"));
-    let bridge = format!("P{pid}br");
-    ip_in(&ns, &["link", "add", "name", &bridge, "type", "bridge", "forward_delay", "0"]);
-    ip_in(&ns, &["addr", "add", &format!("{ADDR}/24"), "dev", &bridge]);
-    ip_in(&ns, &["link", "set", &bridge, "up"]);
 
     let vm = Vm {
         name: format!("rbp{pid}"),

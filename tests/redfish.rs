@@ -14,9 +14,9 @@
 //! installs them all); elsewhere it skips with a message, in CI it fails.
 
 use ramboot::bmc::{BmcError, BootTarget, Credentials, PowerCommand, PowerState, Redfish, ResetKind, Timeouts};
-use ramboot_lab::harness::{ip_in, read_lossy, tail, wait_for, Lab, PXE_ROM, QEMU};
+use ramboot_lab::harness::{read_lossy, tail, wait_for};
 use ramboot_lab::pcap::{capture, read_pcap, TCPDUMP};
-use ramboot_lab::redfish::{in_netns, Bmc, Vm};
+use ramboot_lab::redfish::{in_netns, lab_with_bmc_bridge, Bmc, Vm};
 use ramboot_lab::wire::dhcp_of;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -40,20 +40,11 @@ fn ipxe_starts(console: &Path) -> usize {
 #[test]
 fn redfish_power_and_one_time_pxe_against_sushy_and_libvirt() {
     let test = "redfish_power_and_one_time_pxe_against_sushy_and_libvirt";
-    let mut tools: Vec<(&str, &[&str])> = vec![
-        ("qemu-system-x86_64 (qemu-system-x86)", QEMU),
-        ("pxe-e1000.rom (ipxe-qemu)", PXE_ROM),
-        ("tcpdump", TCPDUMP),
-    ];
-    tools.extend(ramboot_lab::redfish::TOOLS);
-    let Some(mut lab) = Lab::for_test(test, &tools) else { return };
+    let Some((mut lab, ns, bridge)) = lab_with_bmc_bridge(test, &[("tcpdump", TCPDUMP)], 'F', BMC_ADDR) else {
+        return;
+    };
     let started = Instant::now();
     let pid = std::process::id();
-    let ns = lab.netns(&format!("rbR{pid}"));
-    let bridge = format!("R{pid}br");
-    ip_in(&ns, &["link", "add", "name", &bridge, "type", "bridge", "forward_delay", "0"]);
-    ip_in(&ns, &["addr", "add", &format!("{BMC_ADDR}/24"), "dev", &bridge]);
-    ip_in(&ns, &["link", "set", &bridge, "up"]);
     let (_tcpdump, pcap) = capture(&mut lab, &ns, &bridge, "udp port 67 or udp port 68");
 
     let vm = Vm {

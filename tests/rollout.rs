@@ -20,13 +20,12 @@ mod common;
 
 use common::netns::ServeInLab;
 use nix::sys::signal::{kill, Signal};
-use ramboot_lab::harness::{ip_in, log_text, read_lossy, tail, wait_for, Lab, PXE_ROM, QEMU};
-use ramboot_lab::redfish::{in_netns, Bmc, Vm};
+use ramboot_lab::harness::{log_text, read_lossy, tail, wait_for};
+use ramboot_lab::redfish::{in_netns, lab_with_bmc_bridge, Bmc, Vm};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const USER: &str = "ramboot";
@@ -37,16 +36,7 @@ const HOSTS: [&str; 3] = ["hv-1", "hv-2", "hv-3"];
 
 /// `ramboot ARGS` in `ns` against the lab's server: (success, stdout, stderr).
 fn cli(ns: &str, token: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ramboot")])
-        .args(args)
-        .env("RAMBOOT_SERVER", format!("http://{ADDR}:8080"))
-        .env("RAMBOOT_TOKEN", token)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("running ramboot");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.success(), text(&out.stdout), text(&out.stderr))
+    common::netns::ramboot_cli(ns, ADDR, token, args)
 }
 
 /// One admin-API GET from inside `ns`; `None` while the server is down.
@@ -98,17 +88,9 @@ fn down_intervals(events: &[Value]) -> Vec<(i64, i64, i64)> {
 #[test]
 fn a_rollout_drains_reboots_and_survives_a_failed_hook_and_a_restart() {
     let test = "a_rollout_drains_reboots_and_survives_a_failed_hook_and_a_restart";
-    let mut tools: Vec<(&str, &[&str])> =
-        vec![("qemu-system-x86_64 (qemu-system-x86)", QEMU), ("pxe-e1000.rom (ipxe-qemu)", PXE_ROM)];
-    tools.extend(ramboot_lab::redfish::TOOLS);
-    let Some(mut lab) = Lab::for_test(test, &tools) else { return };
+    let Some((mut lab, ns, bridge)) = lab_with_bmc_bridge(test, &[], 'R', ADDR) else { return };
     let started = Instant::now();
     let pid = std::process::id();
-    let ns = lab.netns(&format!("rbR{pid}"));
-    let bridge = format!("R{pid}br");
-    ip_in(&ns, &["link", "add", "name", &bridge, "type", "bridge", "forward_delay", "0"]);
-    ip_in(&ns, &["addr", "add", &format!("{ADDR}/24"), "dev", &bridge]);
-    ip_in(&ns, &["link", "set", &bridge, "up"]);
 
     let vms: Vec<Vm> = (0..3)
         .map(|i| Vm {

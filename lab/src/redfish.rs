@@ -501,6 +501,31 @@ impl Bmc {
     }
 }
 
+/// The lab of `test` (`None`: skipped, see [`Lab::for_test`]) needing QEMU, the
+/// iPXE ROM, libvirt and sushy-tools ([`TOOLS`]) and `more`, with a namespace
+/// `rb<tag><pid>` holding a bridge `<tag><pid>br` at `addr/24`: where the BMC, the
+/// VMs' taps and ramboot meet. Returns (lab, namespace, bridge).
+pub fn lab_with_bmc_bridge(
+    test: &str,
+    more: &[(&str, &[&str])],
+    tag: char,
+    addr: &str,
+) -> Option<(crate::harness::Lab, String, String)> {
+    use crate::harness::{ip_in, Lab, PXE_ROM, QEMU};
+    let mut tools: Vec<(&str, &[&str])> =
+        vec![("qemu-system-x86_64 (qemu-system-x86)", QEMU), ("pxe-e1000.rom (ipxe-qemu)", PXE_ROM)];
+    tools.extend(TOOLS);
+    tools.extend(more);
+    let mut lab = Lab::for_test(test, &tools)?;
+    let pid = std::process::id();
+    let ns = lab.netns(&format!("rb{tag}{pid}"));
+    let bridge = format!("{tag}{pid}br");
+    ip_in(&ns, &["link", "add", "name", &bridge, "type", "bridge", "forward_delay", "0"]);
+    ip_in(&ns, &["addr", "add", &format!("{addr}/24"), "dev", &bridge]);
+    ip_in(&ns, &["link", "set", &bridge, "up"]);
+    Some((lab, ns, bridge))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

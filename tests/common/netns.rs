@@ -244,3 +244,18 @@ impl Dhclient {
         wait_for(Duration::from_secs(5), "the running dhclient to exit after -r", || lab.try_wait(running), context)
     }
 }
+
+/// `ramboot ARGS` run in `ns` against the server at `http://<addr>:8080` with
+/// `token`: (success, stdout, stderr).
+pub fn ramboot_cli(ns: &str, addr: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ramboot")])
+        .args(args)
+        .env("RAMBOOT_SERVER", format!("http://{addr}:8080"))
+        .env("RAMBOOT_TOKEN", token)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running ramboot");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
