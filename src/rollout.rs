@@ -270,3 +270,87 @@ pub async fn run_hook(hook: &Hook, which: &str, rollout: i64, node: &Node) -> Re
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    fn node() -> Node {
+        serde_json::from_value(serde_json::json!({
+            "id": 7, "mac": "52:54:00:00:00:07", "hostname": "hv-7", "ip": "10.0.0.7", "profile": null,
+            "state": "ready", "state_since_ms": 0, "current_boot_id": null, "inventory": null, "labels": {},
+            "arch": null, "failures": 0, "maintenance_reason": null, "reserved_ip": null, "client_uuid": null,
+            "approved": true, "ip_seen_at_ms": null, "bmc": null, "declared_in": null, "declared_fields": [],
+            "created_at_ms": 0, "updated_at_ms": 0
+        }))
+        .unwrap()
+    }
+
+    fn hook(action: HookAction, secs: u64) -> Hook {
+        Hook { action, timeout: Duration::from_secs(secs) }
+    }
+
+    #[tokio::test]
+    async fn a_command_hook_gets_the_node_and_its_last_words_are_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env");
+        let script = format!(
+            "echo \"$RAMBOOT_HOOK $RAMBOOT_ROLLOUT $RAMBOOT_NODE_HOSTNAME $RAMBOOT_NODE_MAC\" > {}; \
+             echo noise >&2; echo 'VMs still running' >&2; exit 4",
+            out.display()
+        );
+        let failing = hook(HookAction::Command(vec!["/bin/sh".into(), "-c".into(), script]), 5);
+        let err = run_hook(&failing, "drain", 3, &node()).await.unwrap_err();
+        assert_eq!(err, "exit status: 4 (VMs still running)");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "drain 3 hv-7 52:54:00:00:00:07\n");
+        let slow = hook(HookAction::Command(vec!["/bin/sleep".into(), "5".into()]), 1);
+        assert_eq!(run_hook(&slow, "drain", 3, &node()).await.unwrap_err(), "timed out after 1s");
+        let missing = hook(HookAction::Command(vec!["/nonexistent/hook".into()]), 1);
+        assert!(run_hook(&missing, "drain", 3, &node()).await.unwrap_err().starts_with("cannot run /nonexistent/hook"));
+        let ok = hook(HookAction::Command(vec!["/bin/true".into()]), 1);
+        assert_eq!(run_hook(&ok, "undrain", 3, &node()).await, Ok(()));
+    }
+
+    /// A one-request HTTP server on loopback answering `status` with `body`;
+    /// returns its URL and what it received.
+    fn webhook_server(status: &'static str, body: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/drain", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut received = vec![0; length];
+            reader.read_exact(&mut received).unwrap();
+            let reply =
+                format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            reader.get_mut().write_all(reply.as_bytes()).unwrap();
+            String::from_utf8(received).unwrap()
+        });
+        (url, handle)
+    }
+
+    #[tokio::test]
+    async fn a_webhook_posts_the_node_and_any_2xx_is_success() {
+        let (url, server) = webhook_server("204 No Content", "");
+        assert_eq!(run_hook(&hook(HookAction::Webhook(url), 5), "drain", 9, &node()).await, Ok(()));
+        let sent: serde_json::Value = serde_json::from_str(&server.join().unwrap()).unwrap();
+        assert_eq!(sent["hook"], "drain");
+        assert_eq!((sent["rollout"].as_str(), sent["node_hostname"].as_str()), (Some("9"), Some("hv-7")));
+        let (url, server) = webhook_server("503 Service Unavailable", "migration queue full");
+        let err = run_hook(&hook(HookAction::Webhook(url.clone()), 5), "drain", 9, &node()).await.unwrap_err();
+        assert_eq!(err, format!("{url} answered HTTP 503: migration queue full"));
+        server.join().unwrap();
+    }
+}

@@ -318,6 +318,11 @@ fn a_rollout_drains_reboots_and_survives_a_failed_hook_and_a_restart() {
         "each hook ran once per attempt, in order, across the restart"
     );
 
+    // Following a rollout that ended prints its timeline and its last progress line.
+    let (ok, out, err) = cli(&ns, &token, &["rollout", "show", &id.to_string(), "--follow"]);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l == "[####################] 3/3 done · done"), "{out}");
+
     // The timeline as the CLI prints it, and the audit records the rollout left.
     let (ok, out, _) = cli(&ns, &token, &["rollout", "show", &id.to_string()]);
     assert!(ok);

@@ -33,6 +33,12 @@ const NO_HOOK_TIMEOUT_MS: i64 = 60 * 1000;
 /// Ready timeouts beyond a day are a typo.
 const MAX_READY_TIMEOUT_SECS: u64 = 24 * 3600;
 
+/// A rollout's id from the path: a number, else a 400 in the API's error shape
+/// (axum's own rejection is plain text).
+fn rollout_id(text: &str) -> Result<i64, ApiError> {
+    text.parse().map_err(|_| ApiError::bad_request(format!("rollout id {text:?} is not a number")))
+}
+
 async fn view(state: &AppState, row: RolloutRow) -> Result<Rollout, ApiError> {
     let ids: BTreeSet<i64> = row.targets.keys().copied().collect();
     let nodes = state.store.nodes_with_boots(&ids).await?;
@@ -88,26 +94,27 @@ async fn list_rollouts(State(state): State<AppState>, _op: Operator) -> Result<J
     Ok(Json(out))
 }
 
-#[utoipa::path(get, path = "/rollouts/{id}", tag = "rollouts", params(("id" = i64, Path)),
-    responses((status = 200, body = Rollout), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/rollouts/{id}", tag = "rollouts", params(("id" = i64, Path, description = "rollout id")),
+    responses((status = 200, body = Rollout), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn show_rollout(
     State(state): State<AppState>,
     _op: Operator,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
-    let row = state.store.rollout(id).await?;
+    let row = state.store.rollout(rollout_id(&id)?).await?;
     Ok(Json(view(&state, row).await?))
 }
 
-#[utoipa::path(get, path = "/rollouts/{id}/events", tag = "rollouts", params(("id" = i64, Path), EventQuery),
+#[utoipa::path(get, path = "/rollouts/{id}/events", tag = "rollouts", params(("id" = i64, Path, description = "rollout id"), EventQuery),
     responses((status = 200, body = Vec<RolloutEvent>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn rollout_events(
     State(state): State<AppState>,
     _op: Operator,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     q: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Json<Vec<RolloutEvent>>, ApiError> {
+    let id = rollout_id(&id)?;
     let q = query(q)?;
     check_after(q.after)?;
     state.store.rollout(id).await?;
@@ -235,35 +242,35 @@ async fn command(state: &AppState, actor: &store::Actor, id: i64, command: Comma
     Ok(Json(view(state, row).await?))
 }
 
-#[utoipa::path(post, path = "/rollouts/{id}/pause", tag = "rollouts", params(("id" = i64, Path)),
-    responses((status = 200, body = Rollout), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/rollouts/{id}/pause", tag = "rollouts", params(("id" = i64, Path, description = "rollout id")),
+    responses((status = 200, body = Rollout), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn pause_rollout(
     State(state): State<AppState>,
     Admin(actor): Admin,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
-    command(&state, &actor, id, Command::Pause).await
+    command(&state, &actor, rollout_id(&id)?, Command::Pause).await
 }
 
-#[utoipa::path(post, path = "/rollouts/{id}/resume", tag = "rollouts", params(("id" = i64, Path)),
-    responses((status = 200, body = Rollout), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/rollouts/{id}/resume", tag = "rollouts", params(("id" = i64, Path, description = "rollout id")),
+    responses((status = 200, body = Rollout), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn resume_rollout(
     State(state): State<AppState>,
     Admin(actor): Admin,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
-    command(&state, &actor, id, Command::Resume).await
+    command(&state, &actor, rollout_id(&id)?, Command::Resume).await
 }
 
-#[utoipa::path(post, path = "/rollouts/{id}/abort", tag = "rollouts", params(("id" = i64, Path)),
-    responses((status = 200, body = Rollout), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/rollouts/{id}/abort", tag = "rollouts", params(("id" = i64, Path, description = "rollout id")),
+    responses((status = 200, body = Rollout), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn abort_rollout(
     State(state): State<AppState>,
     Admin(actor): Admin,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
-    command(&state, &actor, id, Command::Abort).await
+    command(&state, &actor, rollout_id(&id)?, Command::Abort).await
 }
