@@ -9,6 +9,7 @@
 
 pub mod redfish;
 pub mod service;
+pub mod tls;
 
 pub use redfish::{BmcError, Redfish};
 

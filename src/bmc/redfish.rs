@@ -44,6 +44,8 @@ pub enum BmcError {
     BmcFault { host: String, action: String, status: u16, message: String },
     #[error("BMC {host} sent a malformed answer to {action}: {reason}")]
     Malformed { host: String, action: String, reason: String },
+    #[error("BMC {host}: TLS refused: {reason}")]
+    Tls { host: String, reason: String },
     #[error("BMC {host}: the system did not reach power state {wanted} within {secs} s (last: {last})")]
     Timeout { host: String, wanted: String, secs: u64, last: String },
 }
@@ -147,28 +149,42 @@ pub fn resolve_target(system: &Url, target: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// Check and parse a System URL: `http://HOST[:PORT]/redfish/v1/Systems/ID`, no
+/// Check and parse a System URL: `http(s)://HOST[:PORT]/redfish/v1/Systems/ID`, no
 /// credentials in it. Returns the URL and the host (with port) errors name.
 pub fn parse_system_url(system_url: &str) -> Result<(Url, String), BmcError> {
     let invalid = |reason: &str| BmcError::InvalidUrl { url: redact_url(system_url), reason: reason.into() };
     let url = Url::parse(system_url).map_err(|e| invalid(&e.to_string()))?;
     match url.scheme() {
-        "http" => {}
-        "https" => return Err(invalid("https is not supported yet (this build has no TLS); use http")),
-        _ => return Err(invalid("expected an http:// URL")),
+        "http" | "https" => {}
+        _ => return Err(invalid("expected an https:// or http:// URL")),
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid("credentials belong in the credentials reference, not the URL"));
     }
     let Some(host) = url.host_str() else { return Err(invalid("no host")) };
     if !url.path().contains("/redfish/v1/Systems/") {
-        return Err(invalid("expected the System resource, e.g. http://bmc/redfish/v1/Systems/1"));
+        return Err(invalid("expected the System resource, e.g. https://bmc/redfish/v1/Systems/1"));
     }
     let host = match url.port() {
         Some(port) => format!("{host}:{port}"),
         None => host.to_string(),
     };
     Ok((url, host))
+}
+
+/// The TLS error under a transport failure, if that is what it was.
+fn tls_refusal(t: &ureq::Transport) -> Option<String> {
+    let mut source = std::error::Error::source(t);
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(tls) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>()) {
+            return Some(tls.to_string());
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// A URL for messages: any user info replaced.
@@ -247,12 +263,37 @@ impl fmt::Debug for Redfish {
 }
 
 impl Redfish {
-    /// A client for the System at `system_url` (see [`parse_system_url`]).
+    /// A client for the System at `system_url` (see [`parse_system_url`]); an
+    /// https BMC must present a certificate the web PKI trusts.
     pub fn new(system_url: &str, credentials: Credentials, timeouts: Timeouts) -> Result<Redfish, BmcError> {
+        Redfish::pinned(system_url, None, credentials, timeouts)
+    }
+
+    /// [`Redfish::new`] trusting exactly the https certificate whose SHA-256 is
+    /// `fingerprint` (see `bmc::tls`).
+    pub fn pinned(
+        system_url: &str,
+        fingerprint: Option<&str>,
+        credentials: Credentials,
+        timeouts: Timeouts,
+    ) -> Result<Redfish, BmcError> {
         let (url, host) = parse_system_url(system_url)?;
+        let invalid = |reason: &str| BmcError::InvalidUrl { url: redact_url(system_url), reason: reason.into() };
+        let pin = match fingerprint {
+            Some(_) if url.scheme() != "https" => {
+                return Err(invalid("a fingerprint pins an https BMC's certificate, and this URL is http"))
+            }
+            Some(text) => Some(
+                super::tls::parse_fingerprint(text)
+                    .ok_or_else(|| invalid("the fingerprint must be 64 hex digits (colons allowed)"))?,
+            ),
+            None => None,
+        };
+        let tls = super::tls::client_config(pin).map_err(|e| invalid(&format!("TLS setup: {e}")))?;
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeouts.connect)
             .timeout(timeouts.request)
+            .tls_config(tls)
             // A redirect would carry the credentials to wherever it points.
             .redirects(0)
             .build();
@@ -441,6 +482,10 @@ impl Redfish {
                 (Err(error), status >= 500 && method.idempotent())
             }
             Err(ureq::Error::Transport(t)) => {
+                // A certificate refused is refused again: no retry.
+                if let Some(reason) = tls_refusal(&t) {
+                    return (Err(BmcError::Tls { host: self.host.clone(), reason }), false);
+                }
                 let never_sent = matches!(t.kind(), ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed);
                 let reason = match t.message() {
                     Some(m) => format!("{}: {m}", t.kind()),
@@ -621,7 +666,11 @@ mod tests {
         assert_eq!(parse_system_url("http://bmc/redfish/v1/Systems/1").unwrap().1, "bmc");
         let e = parse_system_url("http://root:hunter2@bmc/redfish/v1/Systems/1").unwrap_err();
         assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
-        assert!(parse_system_url("https://bmc/redfish/v1/Systems/1").unwrap_err().to_string().contains("TLS"));
+        assert_eq!(parse_system_url("https://bmc:8443/redfish/v1/Systems/1").unwrap().1, "bmc:8443");
+        let pinned_http = Redfish::pinned("http://bmc/redfish/v1/Systems/1", Some(&"ab".repeat(32)), Credentials::new("admin", "pw"), Timeouts::default());
+        assert!(pinned_http.unwrap_err().to_string().contains("pins an https"));
+        let bad_pin = Redfish::pinned("https://bmc/redfish/v1/Systems/1", Some("ab:cd"), Credentials::new("admin", "pw"), Timeouts::default());
+        assert!(bad_pin.unwrap_err().to_string().contains("64 hex digits"));
         assert!(parse_system_url("http://bmc/").unwrap_err().to_string().contains("System resource"));
         assert!(parse_system_url("bmc").is_err());
     }
