@@ -314,7 +314,8 @@ enum TokensCmd {
 enum RolloutCmd {
     /// Start a rollout over the nodes matching every criterion given.
     ///
-    /// Each node: drain hook, one-time PXE boot and power cycle through its BMC,
+    /// Each node: drain hook, one-time PXE boot and power cycle through its BMC
+    /// (a node without one is rebooted by its agent, `ramboot-agent commands`),
     /// wait for `ready` on the new revision, undrain hook. Hooks are named in the
     /// server's config (`hooks:`).
     Start {

@@ -7,7 +7,8 @@
 //! snapshot, steps it, persists the new state with its events in one transaction,
 //! and only then runs the actions the step asked for: the drain and undrain hooks
 //! (named in the config, never written through the API) and the reboot (a one-time
-//! PXE override and a power cycle through the node's BMC). Results come back on
+//! PXE override and a power cycle through the node's BMC, or, for a node without
+//! one, a request its agent hears on `GET /boot/v1/command`). Results come back on
 //! the next step. The core's contract makes this safe across a restart: an
 //! action runs at most once per attempt.
 
@@ -199,14 +200,19 @@ impl Driver {
                 self.store.update_node(node.id, &change, &actor, now).await.map_err(|e| e.to_string())?;
             }
         }
-        // A fresh boot: failures and backoff cleared, any boot in progress superseded.
-        self.store.reprovision(node.id, &actor, now).await.map_err(|e| e.to_string())?;
         match (via, &self.reboot) {
-            (RebootVia::BmcPxeOnce, Some(reboot)) => reboot(node.clone()).await,
-            _ => Err(format!(
-                "node {} has no BMC; give it one (PATCH /nodes/{}: bmc) or reboot it by hand",
-                node.mac, node.mac
-            )),
+            (RebootVia::BmcPxeOnce, Some(reboot)) => {
+                // A fresh boot: failures and backoff cleared, any boot in progress superseded.
+                self.store.reprovision(node.id, &actor, now).await.map_err(|e| e.to_string())?;
+                reboot(node.clone()).await
+            }
+            // No BMC (or no power service): the node's agent reboots it when it next
+            // polls `GET /boot/v1/command`. Not a reprovision: that would end the
+            // current boot, and with it the token the agent polls with. The request
+            // clears the failure count itself; the core waits for a new boot on the
+            // target revision, so an agent that never hears it fails by the ready
+            // timeout.
+            _ => self.store.request_reboot(node.id, &actor, now).await.map_err(|e| e.to_string()),
         }
     }
 

@@ -31,7 +31,7 @@ const ADDR: &str = "10.216.0.1";
 
 /// `ramboot ARGS` in `ns` against the lab's server: (success, stdout, stderr).
 fn cli(ns: &str, token: &str, args: &[&str]) -> (bool, String, String) {
-    common::netns::ramboot_cli(ns, ADDR, token, args)
+    common::netns::cli_in(ns, &format!("http://{ADDR}:8080"), token, args)
 }
 
 /// One admin-API call from inside `ns` (the server listens on the bridge there).

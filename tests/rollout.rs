@@ -21,7 +21,7 @@ mod common;
 use common::netns::ServeInLab;
 use nix::sys::signal::{kill, Signal};
 use ramboot_lab::harness::{log_text, read_lossy, tail, wait_for};
-use ramboot_lab::redfish::{in_netns, lab_with_bmc_bridge, Bmc, Vm};
+use ramboot_lab::redfish::{lab_with_bmc_bridge, Bmc, Vm};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -36,31 +36,12 @@ const HOSTS: [&str; 3] = ["hv-1", "hv-2", "hv-3"];
 
 /// `ramboot ARGS` in `ns` against the lab's server: (success, stdout, stderr).
 fn cli(ns: &str, token: &str, args: &[&str]) -> (bool, String, String) {
-    common::netns::ramboot_cli(ns, ADDR, token, args)
+    common::netns::cli_in(ns, &format!("http://{ADDR}:8080"), token, args)
 }
 
 /// One admin-API GET from inside `ns`; `None` while the server is down.
 fn get(ns: &str, token: &str, path: &str) -> Option<Value> {
-    in_netns(ns, || {
-        let req =
-            ureq::get(&format!("http://{ADDR}:8080/api/v1{path}")).set("Authorization", &format!("Bearer {token}"));
-        req.call().ok().and_then(|r| r.into_json().ok())
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// The lab's built `stage1` and `tiny` images (cached with lab_e2e's), linked into
-/// this server's data directory.
-fn images(data: &Path) {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-e2e");
-    let profiles = repo.join("profiles");
-    let set = ramboot::profiles::load_dir(&profiles, &ramboot::profiles::Context::for_dir(&profiles, None))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let tiny = set.get("tiny").expect("profiles/tiny.yaml");
-    ramboot_lab::setup::ensure_images(&repo, &cache.join("data"), &cache.join("cache"), tiny, false)
-        .unwrap_or_else(|e| panic!("building the lab images: {e:#}"));
-    ramboot_lab::setup::link_tree(&cache.join("data/images"), &data.join("images")).unwrap();
+    common::netns::api_get_in(ns, &format!("http://{ADDR}:8080"), token, path)
 }
 
 /// When each node was down, from the rollout's events: from "draining" until
@@ -109,7 +90,7 @@ fn a_rollout_drains_reboots_and_survives_a_failed_hook_and_a_restart() {
     for d in ["data", "profiles", "inventory"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    images(&root.join("data"));
+    common::netns::link_lab_images(&root.join("data"));
     let tiny = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/tiny.yaml")).unwrap();
     std::fs::write(root.join("profiles/tiny.yaml"), &tiny).unwrap();
     std::fs::write(root.join("profiles/tiny2.yaml"), tiny.replace("name: tiny", "name: tiny2")).unwrap();

@@ -8,6 +8,9 @@
 //! any failure is reported as `failed` with the reason and exits non-zero.
 //!
 //! `ramboot-agent ready` runs in stage two and reports the node ready.
+//! `ramboot-agent commands` then stays in stage two: it long-polls the server for
+//! what it asks of the node (`GET /boot/v1/command`) and carries it out: a reboot
+//! is how a rollout reboots a node that has no BMC.
 //!
 //! Built static (`-C target-feature=+crt-static`) so it runs on busybox alone.
 //!
@@ -20,7 +23,8 @@
 #![allow(clippy::result_large_err)]
 
 use ramboot_proto::{
-    human_bytes, paths, AgentEvent, BootArgs, Dmi, Inventory, Nic, Plan, PlanIscsi, PlanWait, Progress, ReportedState,
+    human_bytes, paths, AgentEvent, BootArgs, Command as ServerCommand, CommandKind, Dmi, Inventory, Nic, Plan,
+    PlanIscsi, PlanWait, Progress, ReportedState, MAX_COMMAND_WAIT_SECS,
 };
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
@@ -44,9 +48,10 @@ fn main() {
     let outcome = match mode.as_str() {
         "stage1" => stage1(),
         "ready" => ready(),
+        "commands" => commands(),
         "iscsi-login" => iscsi_login(),
         "report" => report(&std::env::args().skip(2).collect::<Vec<_>>().join(" ")),
-        _ => Err("usage: ramboot-agent stage1 | ready | iscsi-login | report MESSAGE".to_string()),
+        _ => Err("usage: ramboot-agent stage1 | ready | commands | iscsi-login | report MESSAGE".to_string()),
     };
     if let Err(e) = outcome {
         say(&format!("FAILED: {e}"));
@@ -562,6 +567,92 @@ fn ready() -> Result<()> {
     Ok(())
 }
 
+/// After a failed poll, the first pause before the next; it doubles up to
+/// [`POLL_BACKOFF_MAX`] while polls keep failing (a server that is down, a token
+/// the server no longer takes), so the agent never spins.
+const POLL_BACKOFF_MIN: Duration = Duration::from_secs(2);
+const POLL_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A 204 that came back sooner than this (a server that did not wait) is
+/// followed by a pause of this length.
+const POLL_MIN_CYCLE: Duration = Duration::from_secs(2);
+
+/// What one command poll got.
+#[derive(Debug, PartialEq, Eq)]
+enum Polled {
+    Command(CommandKind),
+    /// 204: nothing asked; poll again, after `retry_after` if the server said so.
+    Nothing {
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The pause before the next poll, and the back-off after it.
+fn next_poll(outcome: &std::result::Result<Polled, String>, took: Duration, backoff: Duration) -> (Duration, Duration) {
+    match outcome {
+        Ok(Polled::Nothing { retry_after: Some(after) }) => (*after, POLL_BACKOFF_MIN),
+        Ok(Polled::Nothing { retry_after: None }) if took < POLL_MIN_CYCLE => (POLL_MIN_CYCLE, POLL_BACKOFF_MIN),
+        Ok(_) => (Duration::ZERO, POLL_BACKOFF_MIN),
+        Err(_) => (backoff, (backoff * 2).min(POLL_BACKOFF_MAX)),
+    }
+}
+
+/// One long poll of `GET /boot/v1/command` (failing over like every call).
+fn poll_command(server: &Server, url: &str) -> Result<Polled> {
+    let resp = server.get(url)?;
+    match resp.status() {
+        200 => {
+            let body: ServerCommand = resp.into_json().map_err(|e| format!("{url}: bad JSON: {e}"))?;
+            Ok(Polled::Command(body.command))
+        }
+        204 => {
+            let retry_after = resp
+                .header("Retry-After")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|secs| Duration::from_secs(secs.clamp(1, 300)));
+            Ok(Polled::Nothing { retry_after })
+        }
+        other => Err(format!("{url}: unexpected HTTP {other}")),
+    }
+}
+
+/// Stage two, for good: wait for what the server asks of the node and do it.
+fn commands() -> Result<()> {
+    let server = stage_two_server()?;
+    let url = format!("{}{}?wait={MAX_COMMAND_WAIT_SECS}", server.base(), paths::COMMAND);
+    say(&format!("waiting for commands from {}", server.base()));
+    let mut backoff = POLL_BACKOFF_MIN;
+    loop {
+        let started = Instant::now();
+        let outcome = poll_command(&server, &url);
+        match &outcome {
+            Ok(Polled::Command(CommandKind::Reboot)) => return reboot_now(&server),
+            Ok(Polled::Command(CommandKind::Unknown)) => say("ignoring a command this agent does not know"),
+            Ok(Polled::Nothing { .. }) => {}
+            Err(e) => say(&format!("command poll failed: {e}; polling again in {backoff:?}")),
+        }
+        let (pause, next) = next_poll(&outcome, started.elapsed(), backoff);
+        backoff = next;
+        std::thread::sleep(pause);
+    }
+}
+
+/// The server asked for a reboot: say so (best effort: the reboot is what the
+/// server waits for), flush the page cache, and reboot at once. `reboot -f` is
+/// busybox's and systemd's alike; the next boot is a fresh network boot.
+fn reboot_now(server: &Server) -> Result<()> {
+    let note = "rebooting at the server's request";
+    say(note);
+    if let Err(e) = server.report(None, note, None) {
+        say(&format!("could not report the reboot ({e}); rebooting anyway"));
+    }
+    // sync(1) rather than sync(2): the agent stays free of unsafe code.
+    let _ = Command::new("sync").status();
+    run("reboot", &["-f"])?;
+    // Still here: the reboot is under way (systemd's) or did not happen.
+    std::thread::sleep(Duration::from_secs(60));
+    Err("reboot -f returned, and the node is still up".into())
+}
+
 /// A line for the node's event log, from a stage-two script.
 fn report(message: &str) -> Result<()> {
     if message.trim().is_empty() {
@@ -758,6 +849,27 @@ mod tests {
         // Not a known server (a port that merely starts the same, another host): untouched.
         assert_eq!(b.rebase("http://10.0.0.1:80801/x"), "http://10.0.0.1:80801/x");
         assert_eq!(b.rebase("http://mirror.example/x"), "http://mirror.example/x");
+    }
+
+    #[test]
+    fn polls_back_off_on_errors_and_never_spin() {
+        let nothing = |after| Ok(Polled::Nothing { retry_after: after });
+        let long = Duration::from_secs(25);
+        // A poll that waited its time goes again at once.
+        assert_eq!(next_poll(&nothing(None), long, POLL_BACKOFF_MIN), (Duration::ZERO, POLL_BACKOFF_MIN));
+        // One that came back at once pauses: as the server says, else a little.
+        assert_eq!(next_poll(&nothing(None), Duration::ZERO, POLL_BACKOFF_MIN).0, POLL_MIN_CYCLE);
+        assert_eq!(next_poll(&nothing(Some(long)), Duration::ZERO, POLL_BACKOFF_MIN).0, long);
+        // Errors double the pause up to the cap; an answer resets it.
+        let mut backoff = POLL_BACKOFF_MIN;
+        let mut pauses = vec![];
+        for _ in 0..8 {
+            let (pause, next) = next_poll(&Err("down".into()), Duration::ZERO, backoff);
+            pauses.push(pause.as_secs());
+            backoff = next;
+        }
+        assert_eq!(pauses, [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(next_poll(&nothing(None), long, backoff).1, POLL_BACKOFF_MIN);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub enum AgentCall {
     Overlay,
     /// A state change or progress message.
     Report,
+    /// Stage two's poll for a command (a reboot): releases nothing secret, so it
+    /// is allowed in every state of the boot, from the bound address only.
+    Command,
 }
 
 impl AgentCall {
@@ -48,6 +51,7 @@ impl AgentCall {
             AgentCall::Plan => "plan",
             AgentCall::Overlay => "overlay",
             AgentCall::Report => "report",
+            AgentCall::Command => "command",
         }
     }
 }
@@ -121,7 +125,7 @@ pub fn agent_call_allowed(call: AgentCall, source: IpAddr, boot: &BootUse) -> Re
         matches!(boot.state, NodeState::Handoff | NodeState::Ready | NodeState::Failed | NodeState::Maintenance);
     match call {
         AgentCall::Report if boot.reports >= MAX_REPORTS_PER_BOOT => Err(Refused::TooManyReports),
-        AgentCall::Report => Ok(()),
+        AgentCall::Report | AgentCall::Command => Ok(()),
         AgentCall::Hello | AgentCall::Plan | AgentCall::Overlay if handed_off => Err(Refused::AfterHandoff(call)),
         AgentCall::Plan if boot.plan_released => Err(Refused::AlreadyReleased(call)),
         AgentCall::Overlay if boot.overlay_released => Err(Refused::AlreadyReleased(call)),
@@ -209,7 +213,7 @@ mod tests {
     #[test]
     fn a_token_works_only_from_its_address() {
         assert_eq!(agent_call_allowed(AgentCall::Hello, ip(5), &boot()), Ok(()));
-        for call in [AgentCall::Hello, AgentCall::Plan, AgentCall::Overlay, AgentCall::Report] {
+        for call in [AgentCall::Hello, AgentCall::Plan, AgentCall::Overlay, AgentCall::Report, AgentCall::Command] {
             assert_eq!(
                 agent_call_allowed(call, ip(9), &boot()),
                 Err(Refused::WrongSource { bound: Some(ip(5)), from: ip(9) })
@@ -238,6 +242,8 @@ mod tests {
         assert_eq!(agent_call_allowed(AgentCall::Report, ip(5), &ready), Ok(()));
         let chatty = BootUse { reports: MAX_REPORTS_PER_BOOT, ..ready };
         assert_eq!(agent_call_allowed(AgentCall::Report, ip(5), &chatty), Err(Refused::TooManyReports));
+        // Polling for a command releases nothing and is not a report: any state, any count.
+        assert_eq!(agent_call_allowed(AgentCall::Command, ip(5), &chatty), Ok(()));
     }
 
     #[test]
@@ -262,7 +268,9 @@ mod tests {
             plan_released in any::<bool>(),
             overlay_released in any::<bool>(),
             reports in 0u32..400,
-            call in proptest::sample::select(vec![AgentCall::Hello, AgentCall::Plan, AgentCall::Overlay, AgentCall::Report]),
+            call in proptest::sample::select(vec![
+                AgentCall::Hello, AgentCall::Plan, AgentCall::Overlay, AgentCall::Report, AgentCall::Command,
+            ]),
         ) {
             let use_ = BootUse { bound_ip: bound.map(ip), state, plan_released, overlay_released, reports };
             if agent_call_allowed(call, ip(source), &use_).is_ok() {
@@ -273,6 +281,7 @@ mod tests {
                     AgentCall::Overlay => prop_assert!(!overlay_released && !handed_off),
                     AgentCall::Hello => prop_assert!(!handed_off),
                     AgentCall::Report => prop_assert!(reports < MAX_REPORTS_PER_BOOT),
+                    AgentCall::Command => {}
                 }
             }
         }

@@ -140,7 +140,7 @@ CFG
 # rootfs_systemd ROOT: the settings every ramboot systemd node needs.
 rootfs_systemd() {
     local root=$1 sd=$1/etc/systemd/system
-    log "configuring systemd (machine-id, firstboot, ttyS0 getty, ramboot-ready)"
+    log "configuring systemd (machine-id, firstboot, ttyS0 getty, ramboot-ready, ramboot-commands)"
     # Empty machine-id: each node generates its own at boot; sharing one breaks
     # DHCP client IDs and journald.
     : >"$root/etc/machine-id"
@@ -171,6 +171,27 @@ TimeoutStartSec=120
 WantedBy=multi-user.target
 UNIT
     ln -sfn ../ramboot-ready.service "$sd/multi-user.target.wants/ramboot-ready.service"
+    # What the server asks of the node (a reboot, for a rollout of a node without
+    # a BMC): the agent long-polls for it for as long as the node is up.
+    cat >"$sd/ramboot-commands.service" <<'UNIT'
+[Unit]
+Description=Carry out what ramboot asks of this node (a reboot)
+Documentation=file:///etc/ramboot/
+Wants=ramboot-ready.service
+After=ramboot-ready.service
+
+[Service]
+EnvironmentFile=-/etc/ramboot/agent.env
+ExecStart=/usr/sbin/ramboot-agent commands
+# The agent backs off on its own; this covers a crash or a failed reboot.
+Restart=always
+RestartSec=10
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    ln -sfn ../ramboot-commands.service "$sd/multi-user.target.wants/ramboot-commands.service"
     if [ -x "$root/usr/sbin/iscsiadm" ] || [ -x "$root/sbin/iscsiadm" ]; then
         # VM disks: log in to the volumes ramboot's plan names (stage one left the
         # plan in /etc/ramboot/iscsi.json), before the node reports ready.

@@ -10,6 +10,8 @@ pub mod paths {
     pub const HELLO: &str = "/boot/v1/hello";
     pub const PLAN: &str = "/boot/v1/plan";
     pub const EVENTS: &str = "/boot/v1/events";
+    /// Stage two's long poll for what the server asks of the node ([`super::Command`]).
+    pub const COMMAND: &str = "/boot/v1/command";
 }
 
 /// Kernel command-line keys the iPXE script sets for stage one.
@@ -201,6 +203,51 @@ mod human_tests {
         assert_eq!(super::human_bytes(983_040), "960 KiB");
         assert_eq!(super::human_bytes(12_900_000), "12.3 MiB");
         assert_eq!(super::human_bytes(3 << 30), "3.0 GiB");
+    }
+}
+
+/// The most a `GET /boot/v1/command` waits for a command (seconds) before it
+/// answers 204 No Content; the query `?wait=SECS` asks for less.
+pub const MAX_COMMAND_WAIT_SECS: u64 = 25;
+
+/// The query of `GET /boot/v1/command`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandQuery {
+    /// How long to wait for a command, in seconds (at most [`MAX_COMMAND_WAIT_SECS`],
+    /// the default).
+    pub wait: Option<u64>,
+}
+
+/// What the server asks of a node in stage two: the body of a 200 answer to
+/// `GET /boot/v1/command` (`{"command": "reboot"}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub command: CommandKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandKind {
+    /// Reboot now (the next boot is a fresh network boot): how a node without a
+    /// BMC is rebooted by a rollout.
+    Reboot,
+    /// A command this agent does not know (a newer server's): ignored.
+    #[serde(other)]
+    Unknown,
+}
+
+#[cfg(test)]
+mod command_tests {
+    use super::*;
+
+    #[test]
+    fn commands_read_and_unknown_ones_do_not_break_an_older_agent() {
+        let reboot = Command { command: CommandKind::Reboot };
+        assert_eq!(serde_json::to_string(&reboot).unwrap(), r#"{"command":"reboot"}"#);
+        assert_eq!(serde_json::from_str::<Command>(r#"{"command":"reboot"}"#).unwrap(), reboot);
+        let newer: Command = serde_json::from_str(r#"{"command":"kexec","extra":1}"#).unwrap();
+        assert_eq!(newer.command, CommandKind::Unknown);
     }
 }
 

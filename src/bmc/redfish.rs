@@ -179,7 +179,9 @@ fn tls_refusal(t: &ureq::Transport) -> Option<String> {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls.to_string());
         }
-        if let Some(tls) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>()) {
+        if let Some(tls) =
+            e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>())
+        {
             return Some(tls.to_string());
         }
         source = e.source();
@@ -667,9 +669,19 @@ mod tests {
         let e = parse_system_url("http://root:hunter2@bmc/redfish/v1/Systems/1").unwrap_err();
         assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
         assert_eq!(parse_system_url("https://bmc:8443/redfish/v1/Systems/1").unwrap().1, "bmc:8443");
-        let pinned_http = Redfish::pinned("http://bmc/redfish/v1/Systems/1", Some(&"ab".repeat(32)), Credentials::new("admin", "pw"), Timeouts::default());
+        let pinned_http = Redfish::pinned(
+            "http://bmc/redfish/v1/Systems/1",
+            Some(&"ab".repeat(32)),
+            Credentials::new("admin", "pw"),
+            Timeouts::default(),
+        );
         assert!(pinned_http.unwrap_err().to_string().contains("pins an https"));
-        let bad_pin = Redfish::pinned("https://bmc/redfish/v1/Systems/1", Some("ab:cd"), Credentials::new("admin", "pw"), Timeouts::default());
+        let bad_pin = Redfish::pinned(
+            "https://bmc/redfish/v1/Systems/1",
+            Some("ab:cd"),
+            Credentials::new("admin", "pw"),
+            Timeouts::default(),
+        );
         assert!(bad_pin.unwrap_err().to_string().contains("64 hex digits"));
         assert!(parse_system_url("http://bmc/").unwrap_err().to_string().contains("System resource"));
         assert!(parse_system_url("bmc").is_err());

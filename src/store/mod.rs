@@ -22,6 +22,7 @@ mod db;
 mod events;
 mod leases;
 mod nodes;
+mod reboots;
 mod rollouts;
 #[cfg(test)]
 pub(crate) mod testdb;

@@ -245,17 +245,42 @@ impl Dhclient {
     }
 }
 
-/// `ramboot ARGS` run in `ns` against the server at `http://<addr>:8080` with
-/// `token`: (success, stdout, stderr).
-pub fn ramboot_cli(ns: &str, addr: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+/// `ramboot ARGS` in `ns` against the server at `base` (its URL) with API `token`:
+/// (success, stdout, stderr).
+pub fn cli_in(ns: &str, base: &str, token: &str, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ramboot")])
         .args(args)
-        .env("RAMBOOT_SERVER", format!("http://{addr}:8080"))
+        .env("RAMBOOT_SERVER", base)
         .env("RAMBOOT_TOKEN", token)
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("running ramboot");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The lab's built `stage1` and `tiny` images (cached with lab_e2e's under
+/// `CARGO_TARGET_TMPDIR/lab-e2e`, rebuilt when the agent or a recipe changed),
+/// linked into the data directory `data` of a server.
+pub fn link_lab_images(data: &Path) {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-e2e");
+    let profiles = repo.join("profiles");
+    let set = ramboot::profiles::load_dir(&profiles, &ramboot::profiles::Context::for_dir(&profiles, None))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tiny = set.get("tiny").expect("profiles/tiny.yaml");
+    ramboot_lab::setup::ensure_images(&repo, &cache.join("data"), &cache.join("cache"), tiny, false)
+        .unwrap_or_else(|e| panic!("building the lab images: {e:#}"));
+    ramboot_lab::setup::link_tree(&cache.join("data/images"), &data.join("images")).unwrap();
+}
+
+/// One admin-API GET of `path` (under `/api/v1`) from inside `ns` against the
+/// server at `base`; `None` while it does not answer (or answers an error).
+pub fn api_get_in(ns: &str, base: &str, token: &str, path: &str) -> Option<serde_json::Value> {
+    ramboot_lab::redfish::in_netns(ns, || {
+        let req = ureq::get(&format!("{base}/api/v1{path}")).set("Authorization", &format!("Bearer {token}"));
+        req.call().ok().and_then(|r| r.into_json().ok())
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -34,7 +34,8 @@ use ramboot_core::plan::{
 };
 use ramboot_core::trust::{self as rules, AgentCall, BootUse, Refused, MAX_REPORTS_PER_BOOT};
 use ramboot_proto::{
-    human_bytes, paths, AgentEvent, Inventory, Plan, PlanImage, PlanWait, ReportedState, OVERLAY_PATH,
+    human_bytes, paths, AgentEvent, Command, CommandKind, CommandQuery, Inventory, Plan, PlanImage, PlanWait,
+    ReportedState, MAX_COMMAND_WAIT_SECS, OVERLAY_PATH,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -45,6 +46,12 @@ use tracing::{info, warn, Instrument};
 /// How often a script that refused to boot asks again, and a waiting agent polls.
 const ASK_AGAIN_SECS: u32 = 60;
 const DISCOVERY_POLL_SECS: u64 = 10;
+/// A waiting command poll re-reads at least this often, whatever the change feed
+/// says (a notice lost while PostgreSQL's listener reconnected).
+const COMMAND_RECHECK: Duration = Duration::from_secs(5);
+/// After the change feed wakes a poll: wait this long before reading, so a burst
+/// of events in the fleet costs each waiting poll one read.
+const COMMAND_COALESCE: Duration = Duration::from_millis(250);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -53,6 +60,7 @@ pub fn routes() -> Router<AppState> {
         .route(paths::PLAN, get(plan))
         .route(paths::EVENTS, post(event))
         .route(OVERLAY_PATH, get(overlay))
+        .route(paths::COMMAND, get(command))
 }
 
 #[derive(Template)]
@@ -288,6 +296,7 @@ fn call_of(path: &str) -> AgentCall {
         paths::HELLO => AgentCall::Hello,
         paths::PLAN => AgentCall::Plan,
         OVERLAY_PATH => AgentCall::Overlay,
+        paths::COMMAND => AgentCall::Command,
         _ => AgentCall::Report,
     }
 }
@@ -554,6 +563,63 @@ async fn event(
         info!(node, boot, state = %next, %message, "node moved");
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stage two's long poll (`ramboot-agent commands`): 200 `{"command":"reboot"}`
+/// once a reboot was asked of the node after this boot started (handed out once:
+/// `Store::take_reboot`), else 204 when the wait (`?wait=`, at most
+/// [`MAX_COMMAND_WAIT_SECS`]) ends or the server stops. A waiting poll is woken by
+/// the store's change feed (the request adds a node event, so every server sharing
+/// the database hears it) and re-reads every [`COMMAND_RECHECK`] anyway. Polls are
+/// rate-limited per boot and the waiting ones capped; one over the cap is answered
+/// at once with a `Retry-After`.
+async fn command(
+    State(state): State<AppState>,
+    auth: BootAuth,
+    Query(query): Query<CommandQuery>,
+) -> Result<Response, ApiError> {
+    let (node, boot, started) = (auth.node.id, auth.boot.id, auth.boot.started_at_ms);
+    if !state.limits.poll_allowed(boot, now_ms()) {
+        metrics::counter!("ramboot_boot_refusals_total", "reason" => "poll_rate").increment(1);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "poll_rate",
+            "command polls come too fast: slow down",
+        ));
+    }
+    let asked = Duration::from_secs(query.wait.unwrap_or(MAX_COMMAND_WAIT_SECS).min(MAX_COMMAND_WAIT_SECS));
+    let slot = if asked.is_zero() { None } else { state.limits.wait_slot(boot) };
+    let wait = if slot.is_some() { asked } else { Duration::ZERO };
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribed before the first read: a request made after it wakes the wait.
+    let mut changed = state.store.watch_events();
+    loop {
+        if state.store.take_reboot(node, boot, started, now_ms()).await? {
+            info!(node, boot, "reboot handed to the node's agent");
+            return Ok(Json(Command { command: CommandKind::Reboot }).into_response());
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(left) => break,
+            _ = tokio::time::sleep(COMMAND_RECHECK) => {}
+            woke = changed.changed() => {
+                // A closed feed (the store going away) falls back to the recheck.
+                let pause = if woke.is_ok() { COMMAND_COALESCE } else { COMMAND_RECHECK };
+                tokio::time::sleep(pause.min(left)).await;
+            }
+        }
+    }
+    drop(slot);
+    if wait < asked {
+        // Too many polls wait already: this one comes back later, not at once.
+        let retry = MAX_COMMAND_WAIT_SECS.to_string();
+        return Ok((StatusCode::NO_CONTENT, [(header::RETRY_AFTER, retry)]).into_response());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[cfg(test)]

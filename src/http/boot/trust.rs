@@ -21,6 +21,15 @@ const NOTE_EVERY_MS: i64 = 60_000;
 /// Reports a boot may burst, then make per second.
 const REPORT_BURST: u32 = 60;
 const REPORTS_PER_SEC: f64 = 5.0;
+/// Command polls a boot may burst, then make per second: the agent's long poll
+/// comes back every 25 s, or sooner after an error.
+const POLL_BURST: u32 = 10;
+const POLLS_PER_SEC: f64 = 0.2;
+/// Command polls waiting at once, over all boots and per boot (an agent restarted
+/// mid-poll leaves one behind for a while): bounded tasks and timers whatever the
+/// fleet or a leaked token does. Beyond these a poll is answered at once.
+pub const MAX_WAITING_POLLS: usize = 2048;
+const MAX_WAITING_POLLS_PER_BOOT: u32 = 2;
 /// Keys a limiter remembers before it forgets the oldest half (bounded memory
 /// whatever an attacker sends).
 const MAX_KEYS: usize = 10_000;
@@ -30,6 +39,36 @@ const MAX_KEYS: usize = 10_000;
 pub struct BootLimits {
     notes: Mutex<HashMap<(NodeId, &'static str), i64>>,
     reports: Mutex<HashMap<BootId, Bucket>>,
+    polls: Mutex<HashMap<BootId, Bucket>>,
+    waiting: Mutex<Waiting>,
+}
+
+/// Command polls waiting now.
+#[derive(Debug, Default)]
+struct Waiting {
+    total: usize,
+    by_boot: HashMap<BootId, u32>,
+}
+
+/// A command poll's place among the waiting ones; given back when dropped (the
+/// answer sent, or the client gone and the handler's future dropped).
+#[derive(Debug)]
+pub struct WaitSlot {
+    limits: std::sync::Arc<BootLimits>,
+    boot: BootId,
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        let Ok(mut waiting) = self.limits.waiting.lock() else { return };
+        waiting.total = waiting.total.saturating_sub(1);
+        if let Some(n) = waiting.by_boot.get_mut(&self.boot) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                waiting.by_boot.remove(&self.boot);
+            }
+        }
+    }
 }
 
 /// Forget the older half of a limiter's keys once it holds too many.
@@ -66,6 +105,28 @@ impl BootLimits {
             REPORTS_PER_SEC,
             REPORT_BURST,
         )
+    }
+}
+
+impl BootLimits {
+    /// May this boot poll for a command now (its rate)?
+    pub fn poll_allowed(&self, boot: BootId, now_ms: i64) -> bool {
+        let Ok(mut buckets) = self.polls.lock() else { return true };
+        bound(&mut buckets, |b| b.last_ms());
+        buckets.entry(boot).or_insert_with(|| Bucket::full(POLL_BURST, now_ms)).take(now_ms, POLLS_PER_SEC, POLL_BURST)
+    }
+
+    /// A place to wait for a command, or `None` when too many polls wait already
+    /// (the poll is then answered without waiting).
+    pub fn wait_slot(self: &std::sync::Arc<Self>, boot: BootId) -> Option<WaitSlot> {
+        let Ok(mut waiting) = self.waiting.lock() else { return None };
+        let mine = waiting.by_boot.get(&boot).copied().unwrap_or(0);
+        if waiting.total >= MAX_WAITING_POLLS || mine >= MAX_WAITING_POLLS_PER_BOOT {
+            return None;
+        }
+        waiting.total += 1;
+        waiting.by_boot.insert(boot, mine + 1);
+        Some(WaitSlot { limits: self.clone(), boot })
     }
 }
 
@@ -145,9 +206,36 @@ mod tests {
         for i in 0..(3 * MAX_KEYS as i64) {
             limits.note_due(i, "x", i);
             limits.report_allowed(i, i);
+            limits.poll_allowed(i, i);
         }
         assert!(limits.notes.lock().unwrap().len() <= MAX_KEYS);
         assert!(limits.reports.lock().unwrap().len() <= MAX_KEYS);
+        assert!(limits.polls.lock().unwrap().len() <= MAX_KEYS);
+    }
+
+    #[test]
+    fn waiting_polls_are_bounded_per_boot_and_given_back() {
+        let limits = std::sync::Arc::new(BootLimits::default());
+        let a = limits.wait_slot(1).expect("first");
+        let b = limits.wait_slot(1).expect("second");
+        assert!(limits.wait_slot(1).is_none(), "a third poll of one boot does not wait");
+        assert!(limits.wait_slot(2).is_some(), "another boot has its own");
+        drop(a);
+        assert!(limits.wait_slot(1).is_some(), "given back on drop");
+        drop(b);
+        assert_eq!(limits.waiting.lock().unwrap().total, 0);
+        assert!(limits.waiting.lock().unwrap().by_boot.is_empty());
+        let many: Vec<WaitSlot> = (0..MAX_WAITING_POLLS as i64).filter_map(|boot| limits.wait_slot(boot)).collect();
+        assert_eq!(many.len(), MAX_WAITING_POLLS);
+        assert!(limits.wait_slot(-1).is_none(), "the server-wide cap");
+    }
+
+    #[test]
+    fn command_polls_are_rate_limited_per_boot() {
+        let limits = BootLimits::default();
+        let allowed = (0..50).filter(|_| limits.poll_allowed(7, 0)).count();
+        assert_eq!(allowed, POLL_BURST as usize);
+        assert!(limits.poll_allowed(7, 5_000), "refills");
     }
 
     #[test]
