@@ -148,3 +148,42 @@ fn redfish_power_and_one_time_pxe_against_sushy_and_libvirt() {
     .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("done in {:.1}s", started.elapsed().as_secs_f64());
 }
+
+/// A BMC serving https with a self-signed certificate, as real ones do: refused
+/// until pinned (the refusal names the fingerprint to check on the BMC), trusted
+/// once pinned, refused again when the certificate is not the pinned one.
+#[test]
+fn an_https_bmc_is_trusted_only_once_its_certificate_is_pinned() {
+    let test = "an_https_bmc_is_trusted_only_once_its_certificate_is_pinned";
+    let Some((lab, ns, bridge)) = lab_with_bmc_bridge(test, &[("openssl", &["/usr/bin/openssl"])], 'S', BMC_ADDR)
+    else {
+        return;
+    };
+    let pid = std::process::id();
+    let vm = Vm { name: format!("rbs{pid}"), mac: MAC.into(), bridge, tap: format!("S{pid}t0"), memory_mb: 128 };
+    let listen: SocketAddr = format!("{BMC_ADDR}:8443").parse().unwrap();
+    let (bmc, fingerprint) =
+        Bmc::start_tls(&ns, listen, (USER, PASSWORD), &[vm], &lab.path("sushy")).unwrap_or_else(|e| panic!("{e}"));
+    let url = bmc.system_url(0);
+    assert!(url.starts_with("https://"), "{url}");
+    let creds = || Credentials::new(USER, PASSWORD);
+    in_netns(&ns, || {
+        let unpinned = Redfish::new(&url, creds(), Timeouts::default()).unwrap();
+        let err = unpinned.power_state().unwrap_err();
+        assert!(matches!(err, BmcError::Tls { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains(&fingerprint) && message.contains("pin it"), "{message}");
+        assert!(!message.contains(PASSWORD));
+
+        let pinned = Redfish::pinned(&url, Some(&fingerprint.to_uppercase()), creds(), Timeouts::default()).unwrap();
+        assert_eq!(pinned.power_state().unwrap(), PowerState::Off, "trusted once pinned");
+
+        let other = "00:".repeat(31) + "00";
+        let wrong = Redfish::pinned(&url, Some(&other), creds(), Timeouts::default()).unwrap();
+        let err = wrong.power_state().unwrap_err();
+        assert!(matches!(err, BmcError::Tls { .. }) && err.to_string().contains("not the pinned"), "{err}");
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(bmc);
+    drop(lab);
+}

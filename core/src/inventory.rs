@@ -20,6 +20,10 @@ pub struct Bmc {
     pub url: String,
     /// The name of an entry in the server's secrets file holding `user:password`.
     pub credential: String,
+    /// An https BMC's certificate, pinned by its SHA-256 fingerprint (64 hex
+    /// digits, colons allowed): most BMCs present a self-signed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl Bmc {
@@ -41,6 +45,15 @@ impl Bmc {
                 "bmc url {:?} must be a Redfish system: https://HOST/redfish/v1/Systems/ID",
                 self.url
             ));
+        }
+        if let Some(fp) = &self.fingerprint {
+            if !self.url.starts_with("https://") {
+                return Some("bmc fingerprint pins an https BMC's certificate; this url is http".to_string());
+            }
+            let digits: String = fp.chars().filter(|c| *c != ':').collect();
+            if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Some(format!("bmc fingerprint {fp:?} must be a SHA-256: 64 hex digits, colons allowed"));
+            }
         }
         if !crate::node::valid_label(&self.credential) {
             return Some(format!(
@@ -248,7 +261,8 @@ mod tests {
 
     #[test]
     fn bmc_references_are_checked() {
-        let bmc = |url: &str, credential: &str| Bmc { url: url.into(), credential: credential.into() };
+        let bmc =
+            |url: &str, credential: &str| Bmc { url: url.into(), credential: credential.into(), fingerprint: None };
         assert_eq!(bmc("https://10.0.5.21/redfish/v1/Systems/1", "bmc-rack1").problem(), None);
         assert_eq!(bmc("http://10.0.5.21:8000/redfish/v1/Systems/abc-1", "bmc").problem(), None);
         for bad in [
@@ -260,6 +274,10 @@ mod tests {
         ] {
             assert!(bad.problem().is_some(), "{bad:?}");
         }
+        let pinned = |url: &str, fp: &str| Bmc { fingerprint: Some(fp.into()), ..bmc(url, "bmc") };
+        assert_eq!(pinned("https://bmc/redfish/v1/Systems/1", &("AB:".repeat(31) + "CD")).problem(), None);
+        assert!(pinned("https://bmc/redfish/v1/Systems/1", "ab:cd").problem().is_some(), "too short");
+        assert!(pinned("http://bmc/redfish/v1/Systems/1", &"ab".repeat(32)).problem().is_some(), "http");
     }
 
     #[test]

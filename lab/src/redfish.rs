@@ -367,6 +367,8 @@ pub struct SushyOptions {
     pub password: String,
     /// For its configuration, htpasswd file and log.
     pub dir: PathBuf,
+    /// Serve https with this certificate and key (PEM files), not http.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A running sushy-emulator with basic auth; stopped by PID when dropped.
@@ -384,7 +386,7 @@ impl Sushy {
         let line = format!("{}:{}\n", opts.username, bcrypt_hash(&opts.password)?);
         std::fs::write(&htpasswd, line).map_err(|e| LabError::file(&htpasswd, e))?;
         let conf = opts.dir.join("sushy.conf");
-        let text = format!(
+        let mut text = format!(
             "SUSHY_EMULATOR_LISTEN_IP = {ip:?}\nSUSHY_EMULATOR_LISTEN_PORT = {port}\n\
              SUSHY_EMULATOR_LIBVIRT_URI = {uri:?}\nSUSHY_EMULATOR_AUTH_FILE = {auth:?}\n",
             ip = opts.listen.ip().to_string(),
@@ -392,6 +394,13 @@ impl Sushy {
             uri = opts.libvirt_uri,
             auth = htpasswd.display().to_string(),
         );
+        if let Some((cert, key)) = &opts.tls {
+            text.push_str(&format!(
+                "SUSHY_EMULATOR_SSL_CERT = {:?}\nSUSHY_EMULATOR_SSL_KEY = {:?}\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ));
+        }
         std::fs::write(&conf, text).map_err(|e| LabError::file(&conf, e))?;
         let log = opts.dir.join("sushy.log");
         let program = [crate::harness::tool(SUSHY_EMULATOR), "--config".into(), conf.display().to_string()];
@@ -399,9 +408,10 @@ impl Sushy {
         // Its state (a SQLite file) goes under TMPDIR: ours, not /tmp's.
         cmd.env("TMPDIR", &opts.dir);
         let mut proc = spawn_logged(&mut cmd, "sushy-emulator", &log)?;
-        let serving = || crate::logs::read_lossy(&log).contains("Running on http://");
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
+        let serving = || crate::logs::read_lossy(&log).contains(&format!("Running on {scheme}://"));
         let started = wait_started(&mut proc, 30, serving, || crate::logs::read_lossy(&log));
-        let sushy = Sushy { proc: Some(proc), base_url: format!("http://{}", opts.listen), log };
+        let sushy = Sushy { proc: Some(proc), base_url: format!("{scheme}://{}", opts.listen), log };
         started.map(|()| sushy)
     }
 
@@ -468,6 +478,38 @@ pub struct Bmc {
 }
 
 impl Bmc {
+    /// [`Bmc::start`] serving https with a fresh self-signed certificate (made by
+    /// `openssl` in `dir`); also returns that certificate's SHA-256 fingerprint
+    /// (hex pairs joined by colons), as an operator reads it off the BMC.
+    pub fn start_tls(
+        netns: &str,
+        listen: SocketAddr,
+        (username, password): (&str, &str),
+        vms: &[Vm],
+        dir: &Path,
+    ) -> Result<(Bmc, String), LabError> {
+        std::fs::create_dir_all(dir).map_err(|e| LabError::file(dir, e))?;
+        let (cert, key) = (dir.join("bmc-cert.pem"), dir.join("bmc-key.pem"));
+        let run = |args: &[&str]| -> Result<String, LabError> {
+            let out = Command::new("openssl").args(args).output().map_err(|e| LabError::spawn("openssl", e))?;
+            if !out.status.success() {
+                let detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                return Err(LabError::Failed { command: format!("openssl {}", args.join(" ")), detail });
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+        let subject = format!("/CN={}", listen.ip());
+        run(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject, "-keyout", &key_s,
+            "-out", &cert_s,
+        ])?;
+        let printed = run(&["x509", "-in", &cert_s, "-noout", "-fingerprint", "-sha256"])?;
+        let fingerprint = printed.trim().rsplit('=').next().unwrap_or_default().to_ascii_lowercase();
+        let bmc = Bmc::launch(netns, listen, (username, password), vms, dir, Some((cert, key)))?;
+        Ok((bmc, fingerprint))
+    }
+
     /// Start it all in `netns`, sushy listening on `listen`, its files in `dir`.
     pub fn start(
         netns: &str,
@@ -475,6 +517,17 @@ impl Bmc {
         (username, password): (&str, &str),
         vms: &[Vm],
         dir: &Path,
+    ) -> Result<Bmc, LabError> {
+        Bmc::launch(netns, listen, (username, password), vms, dir, None)
+    }
+
+    fn launch(
+        netns: &str,
+        listen: SocketAddr,
+        (username, password): (&str, &str),
+        vms: &[Vm],
+        dir: &Path,
+        tls: Option<(PathBuf, PathBuf)>,
     ) -> Result<Bmc, LabError> {
         let mut libvirtd = Libvirtd::start(netns)?;
         let domains = vms.iter().map(|vm| libvirtd.define(vm)).collect::<Result<Vec<_>, _>>()?;
@@ -485,6 +538,7 @@ impl Bmc {
             username: username.into(),
             password: password.into(),
             dir: dir.into(),
+            tls,
         };
         let sushy = Sushy::start(&opts)?;
         Ok(Bmc { sushy, libvirtd, domains })

@@ -196,7 +196,7 @@ impl Power {
         let (secrets, timeouts) = (self.secrets.clone(), self.timeouts);
         tokio::task::spawn_blocking(move || {
             let credentials = resolve_credentials(secrets.as_deref(), &bmc, &mac)?;
-            let client = Redfish::new(&bmc.url, credentials, timeouts)?;
+            let client = Redfish::pinned(&bmc.url, bmc.fingerprint.as_deref(), credentials, timeouts)?;
             Ok(f(&client)?)
         })
         .await
@@ -397,7 +397,11 @@ mod tests {
     const PLAIN: &str = "plainS3cretNoColon";
 
     fn bmc(credential: &str) -> Bmc {
-        Bmc { url: "http://10.0.0.5:8000/redfish/v1/Systems/1".into(), credential: credential.into() }
+        Bmc {
+            url: "http://10.0.0.5:8000/redfish/v1/Systems/1".into(),
+            credential: credential.into(),
+            fingerprint: None,
+        }
     }
 
     fn secrets_file(dir: &std::path::Path, text: &str) -> PathBuf {
@@ -504,6 +508,7 @@ mod tests {
         let node = node_with(Some(Bmc {
             url: format!("http://127.0.0.1:{port}/redfish/v1/Systems/1"),
             credential: "bmc".into(),
+            fingerprint: None,
         }));
         let e = power.status(&node).await.unwrap_err();
         assert!(matches!(e, PowerError::Bmc(BmcError::Unreachable { .. })), "{e:?}");

@@ -148,7 +148,9 @@ pub(super) fn node_from_row(row: &Row) -> Result<Node, StoreError> {
         approved: row.try_get("approved")?,
         ip_seen_at_ms: row.try_get("ip_seen_at_ms")?,
         bmc: match (row.try_get::<Option<String>>("bmc_url")?, row.try_get::<Option<String>>("bmc_credential")?) {
-            (Some(url), Some(credential)) => Some(Bmc { url, credential }),
+            (Some(url), Some(credential)) => {
+                Some(Bmc { url, credential, fingerprint: row.try_get("bmc_fingerprint")? })
+            }
             _ => None,
         },
         declared_in: row.try_get("declared_in")?,
@@ -364,10 +366,13 @@ async fn set_fields(
         events::insert(tx, &NewEvent::note(id, None, EventKind::Info, message), now_ms).await?;
     }
     if let Some(bmc) = change.bmc.as_ref().filter(|b| **b != node.bmc) {
-        tx.sql("UPDATE nodes SET bmc_url = $1, bmc_credential = $2, updated_at_ms = $3 WHERE id = $4")
-            .bind(bmc.as_ref().map(|b| b.url.as_str()))
-            .bind(bmc.as_ref().map(|b| b.credential.as_str()))
-            .bind(now_ms)
+        tx.sql(
+            "UPDATE nodes SET bmc_url = $1, bmc_credential = $2, bmc_fingerprint = $3, updated_at_ms = $4 WHERE id = $5",
+        )
+        .bind(bmc.as_ref().map(|b| b.url.as_str()))
+        .bind(bmc.as_ref().map(|b| b.credential.as_str()))
+        .bind(bmc.as_ref().and_then(|b| b.fingerprint.as_deref()))
+        .bind(now_ms)
             .bind(id)
             .execute()
             .await?;

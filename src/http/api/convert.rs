@@ -157,6 +157,7 @@ mod tests {
             bmc: Some(ramboot_core::inventory::Bmc {
                 url: "https://10.0.5.7/redfish/v1/Systems/1".into(),
                 credential: "bmc-r1".into(),
+                fingerprint: Some("ab".repeat(32)),
             }),
             declared_in: Some("rack1.yaml".into()),
             declared_fields: [ramboot_core::inventory::Field::Hostname].into(),
