@@ -40,7 +40,10 @@ fn admin_api_conforms_to_its_openapi_document() {
         ])
         // The event stream never ends by design; its plain JSON twin is tested.
         .args(["--exclude-path", "/api/v1/events/stream"])
-        .args(["--max-examples", "15", "--max-time", "120", "--seed", "1", "--workers", "2"])
+        // One worker: with two, CPython 3.11's `ast.parse` (hypothesis describing its
+        // strategies) can race in threads and abort a run with "AST constructor
+        // recursion depth mismatch" (CPython gh-106905), a failure of the tool, not the API.
+        .args(["--max-examples", "15", "--max-time", "120", "--seed", "1", "--workers", "1"])
         .args(["--phases", "examples,coverage,fuzzing"])
         .env("NO_COLOR", "1")
         // It keeps a cache of its findings in the working directory.
