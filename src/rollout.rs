@@ -17,7 +17,7 @@ use crate::store::{Actor, Node, NodeChange, RolloutRow, RolloutTarget, Store, St
 use futures_util::future::BoxFuture;
 use ramboot_core::node::NodeState;
 use ramboot_core::rollout::{step, Action, Input, NodeSeen, RebootVia, StepKind, StepResult};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -153,22 +153,21 @@ impl Driver {
         if next.rollout.status != row.state.status {
             info!(rollout = id, status = next.rollout.status.name(), "rollout status changed");
         }
+        // One shared copy of the row for every action of this step; each action gets
+        // only its own node.
+        let row = Arc::new(row);
         for action in next.actions {
-            let nodes: BTreeMap<i64, Node> = snapshot.iter().map(|(&id, (n, _))| (id, n.clone())).collect();
+            let node = snapshot.get(&step_of(&action).0).map(|(n, _)| n.clone());
             let (driver, row) = (self.clone(), row.clone());
-            tokio::spawn(async move { driver.act(&row, action, &nodes).await });
+            tokio::spawn(async move { driver.act(&row, action, node.as_ref()).await });
         }
         Ok(())
     }
 
     /// Run one action and queue its result for the rollout's next step.
-    async fn act(self: Arc<Self>, row: &RolloutRow, action: Action, nodes: &BTreeMap<i64, Node>) {
-        let (node_id, attempt, kind) = match action {
-            Action::Drain { node_id, attempt } => (node_id, attempt, StepKind::Drain),
-            Action::Reboot { node_id, attempt, .. } => (node_id, attempt, StepKind::Reboot),
-            Action::Undrain { node_id, attempt } => (node_id, attempt, StepKind::Undrain),
-        };
-        let result = match (nodes.get(&node_id), self.actions.clone().acquire_owned().await) {
+    async fn act(self: Arc<Self>, row: &RolloutRow, action: Action, node: Option<&Node>) {
+        let (node_id, attempt, kind) = step_of(&action);
+        let result = match (node, self.actions.clone().acquire_owned().await) {
             (None, _) => Err("the node was deleted".to_string()),
             (_, Err(_)) => Err("the server is stopping".to_string()),
             (Some(node), Ok(_permit)) => match action {
@@ -223,6 +222,15 @@ impl Driver {
         };
         // The core says which hook failed; this names the configured one.
         run_hook(hook, which, row.id, node).await.map_err(|e| format!("{name}: {e}"))
+    }
+}
+
+/// The node, attempt and step an action is for.
+fn step_of(action: &Action) -> (i64, u32, StepKind) {
+    match *action {
+        Action::Drain { node_id, attempt } => (node_id, attempt, StepKind::Drain),
+        Action::Reboot { node_id, attempt, .. } => (node_id, attempt, StepKind::Reboot),
+        Action::Undrain { node_id, attempt } => (node_id, attempt, StepKind::Undrain),
     }
 }
 
