@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod netns;
 pub mod perfdhcp;
 // The store's own test-database helper, shared rather than copied.
