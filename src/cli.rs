@@ -212,26 +212,38 @@ pub fn format_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// One audit record on one line: when, who, what, to what, and each changed field
-/// as `before → after`.
-pub fn format_audit(r: &AuditRecord) -> String {
-    let who = match &r.actor {
+/// Who made an audited change, in words.
+pub fn audit_actor(actor: &Actor) -> String {
+    match actor {
         Actor::Token { name } => format!("token {name}"),
         Actor::File { path, revision } => format!("file {path}@{}", revision.get(..12).unwrap_or(revision)),
         Actor::Server { name } => format!("server {name}"),
-    };
+    }
+}
+
+/// Each field an audited change touched, as `field: before → after` (or what it
+/// was set to, or what it was).
+pub fn audit_changes(before: &Option<Value>, after: &Option<Value>) -> Vec<String> {
     let empty = serde_json::Map::new();
     let fields = |v: &Option<Value>| v.as_ref().and_then(Value::as_object).cloned().unwrap_or_else(|| empty.clone());
-    let (before, after) = (fields(&r.before), fields(&r.after));
+    let (old, new) = (fields(before), fields(after));
     let mut changes: Vec<String> = vec![];
-    for key in before.keys().chain(after.keys().filter(|k| !before.contains_key(*k))) {
+    for key in old.keys().chain(new.keys().filter(|k| !old.contains_key(*k))) {
         let show = |m: &serde_json::Map<String, Value>| m.get(key).map_or("-".to_string(), Value::to_string);
-        changes.push(match (r.before.is_some(), r.after.is_some()) {
-            (true, true) => format!("{key}: {} → {}", show(&before), show(&after)),
-            (false, _) => format!("{key}={}", show(&after)),
-            (_, false) => format!("{key} was {}", show(&before)),
+        changes.push(match (before.is_some(), after.is_some()) {
+            (true, true) => format!("{key}: {} → {}", show(&old), show(&new)),
+            (false, _) => format!("{key}={}", show(&new)),
+            (_, false) => format!("{key} was {}", show(&old)),
         });
     }
+    changes
+}
+
+/// One audit record on one line: when, who, what, to what, and each changed field
+/// as `before → after`.
+pub fn format_audit(r: &AuditRecord) -> String {
+    let who = audit_actor(&r.actor);
+    let changes = audit_changes(&r.before, &r.after);
     let mut line = format!("{}  {who:<24} {:<17} {} {}", format_ms(r.at_ms), r.action, r.target_kind, r.target);
     if !changes.is_empty() {
         line.push_str("  ");

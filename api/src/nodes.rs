@@ -116,6 +116,9 @@ pub struct NodeQuery {
     pub profile: Option<String>,
     /// Only nodes with this label, as `key=value`.
     pub label: Option<String>,
+    /// Only nodes whose MAC, hostname, IP or BMC URL contains this text (any case).
+    #[param(max_length = 100)]
+    pub q: Option<String>,
     /// Only nodes with an id greater than this (the previous page's `next_after`).
     #[serde(default)]
     #[param(minimum = 0)]
@@ -139,7 +142,7 @@ pub struct NewNode {
 
 /// Fields to change; absent fields stay as they are. `"profile": null` clears the
 /// assignment.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeUpdate {
     #[schema(pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Boot phases last seconds to minutes under TCG or on real iron.
-const PHASE_BUCKETS: &[f64] = &[0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0, 600.0];
+pub(crate) const PHASE_BUCKETS: &[f64] = &[0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0, 600.0];
 
 /// Install the process-wide recorder once; later calls reuse it (tests start many servers).
 pub fn handle() -> &'static PrometheusHandle {

@@ -1,7 +1,9 @@
 //! HTTP: the boot tier (`boot`, `artifacts`: what nodes fetch) and the admin API
 //! (`api`: what operators call, documented at `/api/v1/openapi.json`), plus
-//! `/metrics`. They share one listener but have separate routes and separate auth:
-//! boot routes take only per-boot tokens, the API only API tokens (`auth`).
+//! `/metrics`, and the dashboard (`ui`: pages for operators at `/ui`). They share
+//! one listener but have separate routes and separate auth: boot routes take only
+//! per-boot tokens, the API only API tokens (`auth`), the dashboard a session
+//! opened with an API token (`ui::session`).
 
 pub mod api;
 pub mod artifacts;
@@ -11,6 +13,7 @@ pub mod error;
 pub mod metrics;
 pub mod sendfile;
 pub mod server;
+pub mod ui;
 
 use crate::config::Config;
 use crate::images::ImageStore;
@@ -84,7 +87,10 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .route("/api/v1/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .route("/metrics", get(metrics::render))
+        .merge(ui::routes())
         .fallback(error::not_found)
+        // One count of open event streams per server, the API's and the dashboard's.
+        .layer(axum::Extension(api::EventStreams::default()))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -97,6 +97,10 @@ pub struct AuditFilter {
     pub actor: Option<String>,
     pub after: i64,
     pub limit: i64,
+    /// Only records with an id below this.
+    pub before: Option<i64>,
+    /// Newest first (the dashboard); oldest first otherwise (the API's paging).
+    pub newest_first: bool,
 }
 
 /// The fields that differ between two JSON objects, as (before, after) objects
@@ -221,13 +225,20 @@ impl Store {
         if f.actor.is_some() {
             sql.push_str(&format!(" AND actor = {}", placeholders(&mut next, 1)));
         }
-        sql.push_str(&format!(" ORDER BY id LIMIT {}", placeholders(&mut next, 1)));
+        if f.before.is_some() {
+            sql.push_str(&format!(" AND id < {}", placeholders(&mut next, 1)));
+        }
+        let order = if f.newest_first { "DESC" } else { "ASC" };
+        sql.push_str(&format!(" ORDER BY id {order} LIMIT {}", placeholders(&mut next, 1)));
         let mut q = self.backend.sql(&sql).bind(f.after);
         if let Some(node) = f.node {
             q = q.bind(node);
         }
         if let Some(actor) = &f.actor {
             q = q.bind(actor);
+        }
+        if let Some(before) = f.before {
+            q = q.bind(before);
         }
         let rows = q.bind(f.limit).fetch_all().await?;
         rows.iter().map(record_from_row).collect()

@@ -23,8 +23,18 @@ use std::str::FromStr;
 
 /// Every table the migrations create, parents before children (foreign keys): rows
 /// go into the target in this order and, with `--force`, out of it in reverse.
-pub const TABLES: [&str; 9] =
-    ["nodes", "boots", "events", "leases", "api_tokens", "volumes", "audit", "rollouts", "rollout_events"];
+pub const TABLES: [&str; 10] = [
+    "nodes",
+    "boots",
+    "events",
+    "leases",
+    "api_tokens",
+    "ui_sessions",
+    "volumes",
+    "audit",
+    "rollouts",
+    "rollout_events",
+];
 
 /// Tables of sqlx and of SQLite itself, not ramboot's (migrations are not copied:
 /// each end keeps its own back-end's history).

@@ -211,7 +211,7 @@ async fn taken_grants(
     Ok(taken)
 }
 
-fn lease_from_row(row: &Row) -> Result<Lease, StoreError> {
+pub(super) fn lease_from_row(row: &Row) -> Result<Lease, StoreError> {
     let ip: String = row.try_get("ip")?;
     let mac: String = row.try_get("mac")?;
     let expires_at: i64 = row.try_get("expires_at")?;
@@ -270,6 +270,17 @@ impl Store {
             .backend
             .sql("SELECT ip, mac, expires_at, state FROM leases WHERE state = 'active' AND expires_at > $1")
             .bind(now as i64)
+            .fetch_all()
+            .await?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    /// The lease rows of one MAC (an active one, and addresses it held before).
+    pub async fn leases_of(&self, mac: MacAddr) -> Result<Vec<Lease>, StoreError> {
+        let rows = self
+            .backend
+            .sql("SELECT ip, mac, expires_at, state FROM leases WHERE mac = $1 ORDER BY expires_at DESC")
+            .bind(mac.to_string())
             .fetch_all()
             .await?;
         rows.iter().map(lease_from_row).collect()

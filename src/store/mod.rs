@@ -24,9 +24,11 @@ mod leases;
 mod nodes;
 mod reboots;
 mod rollouts;
+mod sessions;
 #[cfg(test)]
 pub(crate) mod testdb;
 mod tokens;
+mod views;
 mod volumes;
 
 pub use audit::{changed_fields, Actor, AuditFilter, AuditRecord, Target};
@@ -34,7 +36,7 @@ pub use boots::{Boot, BootImage, BootStart, Release};
 pub use changes::{LeaseChange, LeaseNotice, LeaseNotices};
 pub use events::{Event, EventFeed, EventKind};
 pub use leases::{Lease, LeaseOp, LeaseState, Taken};
-pub use nodes::{default_hostname, Node, NodeChange, NodeFilter};
+pub use nodes::{default_hostname, last_seen_ms, Node, NodeChange, NodeFilter, NodeSort};
 pub use rollouts::{NewRollout, RolloutEventRow, RolloutHooks, RolloutRow, RolloutTarget};
 pub use tokens::{Role, TokenInfo};
 pub use volumes::Volume;

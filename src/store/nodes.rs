@@ -54,9 +54,68 @@ pub struct NodeFilter {
     pub state: Option<NodeState>,
     pub profile: Option<String>,
     pub label: Option<(String, String)>,
+    /// Only nodes whose MAC, hostname, IP or BMC URL contains this, ignoring case.
+    pub text: Option<String>,
     /// Only nodes with an id greater than this.
     pub after: i64,
     pub limit: i64,
+}
+
+/// A column a node list can be ordered by (then by id, so the order is total).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeSort {
+    #[default]
+    Id,
+    Mac,
+    Hostname,
+    State,
+    Profile,
+    /// When the node last changed state.
+    StateSince,
+    /// When the node was last heard of: its last state change or DHCP sighting.
+    LastSeen,
+}
+
+impl NodeSort {
+    /// The expression to order by. NULLs (no profile) sort first, on both back-ends.
+    fn expression(self, postgres: bool) -> &'static str {
+        match self {
+            NodeSort::Id => "id",
+            NodeSort::Mac => "mac",
+            NodeSort::Hostname => "hostname",
+            NodeSort::State => "state",
+            NodeSort::Profile => "COALESCE(profile, '')",
+            NodeSort::StateSince => "state_since_ms",
+            NodeSort::LastSeen if postgres => "GREATEST(state_since_ms, COALESCE(ip_seen_at_ms, 0))",
+            NodeSort::LastSeen => "MAX(state_since_ms, COALESCE(ip_seen_at_ms, 0))",
+        }
+    }
+}
+
+/// When `node` was last heard of: what [`NodeSort::LastSeen`] orders by.
+pub fn last_seen_ms(node: &Node) -> i64 {
+    node.state_since_ms.max(node.ip_seen_at_ms.unwrap_or(0))
+}
+
+/// A value bound into a statement built from parts.
+enum Bound {
+    Int(i64),
+    Text(String),
+}
+
+/// `%text%` for LIKE, with LIKE's own wildcards in `text` taken literally
+/// (escaped with `\`) and lowercased, as the columns it is compared with are.
+fn contains_pattern(text: &str) -> String {
+    let mut out = String::from("%");
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
 }
 
 /// An operator's change to one node, applied in one transaction by
@@ -507,32 +566,89 @@ impl Store {
         Ok(())
     }
 
-    pub async fn list_nodes(&self, f: &NodeFilter) -> Result<Vec<Node>, StoreError> {
-        let mut sql = String::from("SELECT * FROM nodes WHERE id > $1");
-        let mut next = 2;
-        if f.state.is_some() {
-            sql.push_str(&format!(" AND state = {}", placeholders(&mut next, 1)));
-        }
-        if f.profile.is_some() {
-            sql.push_str(&format!(" AND profile = {}", placeholders(&mut next, 1)));
-        }
-        if f.label.is_some() {
-            sql.push_str(&format!(" AND {}", self.backend.label_equals(next, next + 1)));
-            next += 2;
-        }
-        sql.push_str(&format!(" ORDER BY id LIMIT {}", placeholders(&mut next, 1)));
-        let mut q = self.backend.sql(&sql).bind(f.after);
+    /// The `WHERE` conditions of `f` (all but `after` and `limit`), numbered from
+    /// `*next`, and the values they bind.
+    fn node_conditions(&self, f: &NodeFilter, next: &mut usize) -> (String, Vec<Bound>) {
+        let mut sql = String::new();
+        let mut binds = Vec::new();
         if let Some(state) = f.state {
-            q = q.bind(Text(state));
+            sql.push_str(&format!(" AND state = {}", placeholders(next, 1)));
+            binds.push(Bound::Text(state.as_str().to_string()));
         }
         if let Some(profile) = &f.profile {
-            q = q.bind(profile);
+            sql.push_str(&format!(" AND profile = {}", placeholders(next, 1)));
+            binds.push(Bound::Text(profile.clone()));
         }
         if let Some((k, v)) = &f.label {
-            q = q.bind(k).bind(v);
+            sql.push_str(&format!(" AND {}", self.backend.label_equals(*next, *next + 1)));
+            *next += 2;
+            binds.extend([Bound::Text(k.clone()), Bound::Text(v.clone())]);
         }
-        let rows = q.bind(f.limit).fetch_all().await?;
-        rows.iter().map(node_from_row).collect()
+        if let Some(text) = f.text.as_deref().filter(|t| !t.is_empty()) {
+            let n = placeholders(next, 1);
+            sql.push_str(&format!(
+                " AND (LOWER(mac) LIKE {n} ESCAPE '\\' OR LOWER(hostname) LIKE {n} ESCAPE '\\' \
+                 OR LOWER(COALESCE(ip, '')) LIKE {n} ESCAPE '\\' OR LOWER(COALESCE(bmc_url, '')) LIKE {n} ESCAPE '\\')"
+            ));
+            binds.push(Bound::Text(contains_pattern(text)));
+        }
+        (sql, binds)
+    }
+
+    async fn fetch_nodes(&self, sql: &str, binds: Vec<Bound>) -> Result<Vec<Row>, StoreError> {
+        let mut q = self.backend.sql(sql);
+        for b in binds {
+            q = match b {
+                Bound::Int(n) => q.bind(n),
+                Bound::Text(t) => q.bind(t),
+            };
+        }
+        Ok(q.fetch_all().await?)
+    }
+
+    pub async fn list_nodes(&self, f: &NodeFilter) -> Result<Vec<Node>, StoreError> {
+        let mut next = 2;
+        let (conditions, mut binds) = self.node_conditions(f, &mut next);
+        binds.insert(0, Bound::Int(f.after));
+        let limit = placeholders(&mut next, 1);
+        binds.push(Bound::Int(f.limit));
+        let sql = format!("SELECT * FROM nodes WHERE id > $1{conditions} ORDER BY id LIMIT {limit}");
+        self.fetch_nodes(&sql, binds).await?.iter().map(node_from_row).collect()
+    }
+
+    /// One page of the nodes `f` matches (its `after` ignored) in `sort` order:
+    /// skip `offset`, take `f.limit`. The dashboard pages this way because it sorts
+    /// by any column; at fleet sizes the skipped rows cost little.
+    pub async fn list_nodes_sorted(
+        &self,
+        f: &NodeFilter,
+        sort: NodeSort,
+        descending: bool,
+        offset: i64,
+    ) -> Result<Vec<Node>, StoreError> {
+        let mut next = 1;
+        let (conditions, mut binds) = self.node_conditions(f, &mut next);
+        let limit = placeholders(&mut next, 1);
+        let offset_mark = placeholders(&mut next, 1);
+        binds.extend([Bound::Int(f.limit), Bound::Int(offset)]);
+        let dir = if descending { "DESC" } else { "ASC" };
+        let column = sort.expression(self.backend.is_postgres());
+        let sql = format!(
+            "SELECT * FROM nodes WHERE 1 = 1{conditions} ORDER BY {column} {dir}, id {dir} \
+             LIMIT {limit} OFFSET {offset_mark}"
+        );
+        self.fetch_nodes(&sql, binds).await?.iter().map(node_from_row).collect()
+    }
+
+    /// How many nodes `f` matches (its `after` and `limit` ignored).
+    pub async fn count_nodes(&self, f: &NodeFilter) -> Result<i64, StoreError> {
+        let mut next = 1;
+        let (conditions, binds) = self.node_conditions(f, &mut next);
+        let rows = self.fetch_nodes(&format!("SELECT COUNT(*) AS n FROM nodes WHERE 1 = 1{conditions}"), binds).await?;
+        match rows.first() {
+            Some(row) => Ok(row.try_get("n")?),
+            None => Ok(0),
+        }
     }
 
     /// Register a node an operator knows about before it ever boots.

@@ -24,7 +24,7 @@ impl TokenInfo {
     }
 }
 
-fn token_from_row(row: &Row) -> Result<TokenInfo, StoreError> {
+pub(super) fn token_from_row(row: &Row) -> Result<TokenInfo, StoreError> {
     let role: String = row.try_get("role")?;
     Ok(TokenInfo {
         name: row.try_get("name")?,
@@ -131,6 +131,8 @@ impl Store {
             }
         }
         tx.sql("DELETE FROM api_tokens WHERE name = $1").bind(name).execute().await?;
+        // Its dashboard sessions end with it (they are found only through it anyway).
+        tx.sql("DELETE FROM ui_sessions WHERE token_hash NOT IN (SELECT token_hash FROM api_tokens)").execute().await?;
         let target = Target::named("token", name);
         audit::record(&mut tx, actor, "token.delete", &target, Some(&token.audit_view()), None, now_ms).await?;
         tx.commit().await?;

@@ -10,8 +10,8 @@
 //! and the loaded profiles and images into them. Handlers validate, call the store
 //! and map: errors convert into `ApiError` with `?`.
 
-mod convert;
-mod power;
+pub(crate) mod convert;
+pub(crate) mod power;
 mod rollouts;
 
 use super::auth::{Admin, Operator};
@@ -64,15 +64,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(delete_token))
         .merge(power::routes())
-        // One count of open event streams per router (per server).
-        .layer(axum::Extension(EventStreams::default()))
 }
 
-/// Open event streams by client address, shared by the server's handlers.
+/// Open event streams by client address, shared by the server's handlers (the
+/// API's and the dashboard's): one count per server, layered on by `http::router`.
 #[derive(Clone, Default)]
-struct EventStreams(crate::limits::SourceSlots);
+pub struct EventStreams(crate::limits::SourceSlots);
 
 const MAX_LABELS: usize = 32;
+/// A node search names part of one MAC, hostname, IP or URL.
+pub(crate) const MAX_SEARCH_CHARS: usize = 100;
 /// Tokens that expire do so within ten years.
 const MAX_TOKEN_LIFETIME_SECS: u64 = 10 * 366 * 24 * 3600;
 
@@ -112,7 +113,10 @@ async fn list_nodes(
     };
     let limit = check_limit(q.limit)?;
     check_after(q.after)?;
-    let filter = NodeFilter { state: q.state, profile: q.profile, label, after: q.after, limit };
+    if q.q.as_ref().is_some_and(|t| t.chars().count() > MAX_SEARCH_CHARS) {
+        return Err(ApiError::bad_request(format!("q must be at most {MAX_SEARCH_CHARS} characters")));
+    }
+    let filter = NodeFilter { state: q.state, profile: q.profile, label, text: q.q, after: q.after, limit };
     let nodes = state.store.list_nodes(&filter).await?;
     let next_after = (nodes.len() as i64 == limit).then(|| nodes.last().map(|n| n.id)).flatten();
     Ok(Json(NodeList { nodes: all(nodes), next_after }))
@@ -183,7 +187,7 @@ async fn create_node(
 }
 
 /// A node is addressed by its numeric id or by its MAC address.
-async fn find_node(state: &AppState, id: &str) -> Result<store::Node, ApiError> {
+pub(crate) async fn find_node(state: &AppState, id: &str) -> Result<store::Node, ApiError> {
     if let Ok(n) = id.parse::<i64>() {
         return Ok(state.store.node(n).await?);
     }
@@ -222,11 +226,22 @@ async fn update_node(
     ApiJson(update): ApiJson<NodeUpdate>,
 ) -> Result<Json<Node>, ApiError> {
     let node = find_node(&state, &id).await?;
+    Ok(Json(change_node(&state, &actor, &node, update).await?.into()))
+}
+
+/// Validate an operator's change to `node` and apply it in one transaction: what
+/// `PATCH /nodes/{id}` and the dashboard's node actions do.
+pub(crate) async fn change_node(
+    state: &AppState,
+    actor: &store::Actor,
+    node: &store::Node,
+    update: NodeUpdate,
+) -> Result<store::Node, ApiError> {
     if let Some(h) = &update.hostname {
         check_hostname(h)?;
     }
     if let Some(Some(p)) = &update.profile {
-        check_profile(&state, p)?;
+        check_profile(state, p)?;
     }
     if let Some(labels) = &update.labels {
         check_labels(labels)?;
@@ -235,7 +250,7 @@ async fn update_node(
         return Err(ApiError::unprocessable(problem));
     }
     let reservation = match &update.reserved_ip {
-        Some(Some(text)) => Some(Some(check_reservation(&state, text)?)),
+        Some(Some(text)) => Some(Some(check_reservation(state, text)?)),
         Some(None) => Some(None),
         None => None,
     };
@@ -249,7 +264,7 @@ async fn update_node(
         approved: update.approved,
         bmc: update.bmc,
     };
-    Ok(Json(state.store.update_node(node.id, &change, &actor, now_ms()).await?.into()))
+    Ok(state.store.update_node(node.id, &change, actor, now_ms()).await?)
 }
 
 #[utoipa::path(delete, path = "/nodes/{id}", tag = "nodes", params(("id" = String, Path, description = "node id or MAC"), DeleteNodeQuery),
@@ -313,12 +328,22 @@ async fn maintenance_node(
     ApiJson(m): ApiJson<Maintenance>,
 ) -> Result<Json<Node>, ApiError> {
     let node = find_node(&state, &id).await?;
-    let reason = m.reason.unwrap_or_else(|| "operator request".into());
+    Ok(Json(set_maintenance(&state, &actor, &node, m).await?.into()))
+}
+
+/// Take `node` out of service with a reason, or put it back.
+pub(crate) async fn set_maintenance(
+    state: &AppState,
+    actor: &store::Actor,
+    node: &store::Node,
+    m: Maintenance,
+) -> Result<store::Node, ApiError> {
+    let reason = m.reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "operator request".into());
     if reason.len() > 200 || reason.chars().any(char::is_control) {
         return Err(ApiError::unprocessable("reason must be at most 200 printable characters"));
     }
     let reason = m.enabled.then_some(reason);
-    Ok(Json(state.store.set_maintenance(node.id, reason.as_deref(), &actor, now_ms()).await?.into()))
+    Ok(state.store.set_maintenance(node.id, reason.as_deref(), actor, now_ms()).await?)
 }
 
 #[utoipa::path(get, path = "/nodes/{id}/events", tag = "events", params(("id" = String, Path, description = "node id or MAC"), EventQuery),
@@ -469,7 +494,7 @@ async fn list_audit(
         Some(id) => Some(find_audited_node(&state, id).await?),
         None => None,
     };
-    let filter = store::AuditFilter { node, actor: q.actor, after: q.after, limit };
+    let filter = store::AuditFilter { node, actor: q.actor, after: q.after, limit, ..Default::default() };
     let records = state.store.audit(&filter).await?;
     let next_after = (records.len() as i64 == limit).then(|| records.last().map(|r| r.id)).flatten();
     Ok(Json(AuditList { records: all(records), next_after }))
@@ -522,11 +547,22 @@ async fn list_events(
 async fn event_stream(
     State(state): State<AppState>,
     _op: Operator,
-    axum::Extension(EventStreams(streams)): axum::Extension<EventStreams>,
+    axum::Extension(streams): axum::Extension<EventStreams>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     q: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let q = query(q)?;
+    event_sse(state, streams, peer, query(q)?.after).await
+}
+
+/// Every event after `after` (default: from now on) as Server-Sent Events, for as
+/// long as the client stays or the server runs; refused past the stream caps. The
+/// API's stream and the dashboard's live updates.
+pub(crate) async fn event_sse(
+    state: AppState,
+    EventStreams(streams): EventStreams,
+    peer: std::net::SocketAddr,
+    after: Option<i64>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let limits = state.config.http_limits;
     // Held by the stream: given back when the client goes or the server stops.
     let slot = streams
@@ -540,7 +576,7 @@ async fn event_stream(
                 format!("too many event streams: {refused}; close one or poll /api/v1/events"),
             )
         })?;
-    let after = match q.after {
+    let after = match after {
         Some(a) if a >= 0 => a,
         Some(_) => return Err(ApiError::bad_request("after must not be negative")),
         None => state.store.last_event_id().await?,

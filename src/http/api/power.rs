@@ -107,26 +107,37 @@ async fn set_power(
     ApiJson(request): ApiJson<PowerRequest>,
 ) -> Result<Json<PowerResult>, ApiError> {
     let node = find_node(&state, &id).await?;
+    Ok(Json(switch_power(&state, &actor, &node, request).await?))
+}
+
+/// Switch `node`'s power through its BMC, audited whether it worked or not: what
+/// `POST /nodes/{id}/power` and the dashboard's power actions do.
+pub(crate) async fn switch_power(
+    state: &AppState,
+    actor: &store::Actor,
+    node: &store::Node,
+    request: PowerRequest,
+) -> Result<PowerResult, ApiError> {
     let target = store::Target::node(node.id, node.mac);
     let after = json!({"power": request.action.as_str(), "pxe_once": request.pxe_once});
-    let outcome = match state.power.run_detailed(&node, command(request.action), request.pxe_once).await {
+    let outcome = match state.power.run_detailed(node, command(request.action), request.pxe_once).await {
         Ok(outcome) => outcome,
         Err(e) => {
             // A refused or failed attempt is on the record too: who tried, and why it failed.
             let failed = json!({"power": request.action.as_str(), "pxe_once": request.pxe_once,
                 "error": e.to_string()});
-            state.store.audit_outside(&actor, "node.power", &target, None, Some(&failed), now_ms()).await?;
+            state.store.audit_outside(actor, "node.power", &target, None, Some(&failed), now_ms()).await?;
             return Err(e.into());
         }
     };
     let before = json!({"power": view_of(&outcome.before)});
-    state.store.audit_outside(&actor, "node.power", &target, Some(&before), Some(&after), now_ms()).await?;
-    Ok(Json(PowerResult {
+    state.store.audit_outside(actor, "node.power", &target, Some(&before), Some(&after), now_ms()).await?;
+    Ok(PowerResult {
         node_id: node.id,
         mac: node.mac,
         action: request.action,
         pxe_once: request.pxe_once,
         before: view_of(&outcome.before),
         power: view_of(&outcome.after),
-    }))
+    })
 }

@@ -159,7 +159,7 @@ async fn untrusted(
 }
 
 /// What selectors see of a node.
-fn facts_of(node: &Node) -> NodeFacts {
+pub(crate) fn facts_of(node: &Node) -> NodeFacts {
     let dmi = |field: &str| node.inventory.as_ref().and_then(|inv| inv["dmi"][field].as_str()).map(str::to_string);
     NodeFacts {
         mac: Some(node.mac),
@@ -172,7 +172,7 @@ fn facts_of(node: &Node) -> NodeFacts {
 }
 
 /// What the planner sees of a node.
-fn view_of(node: &Node) -> NodeView<'_> {
+pub(crate) fn view_of(node: &Node) -> NodeView<'_> {
     NodeView {
         state: node.state,
         failures: node.failures,
@@ -185,7 +185,7 @@ fn view_of(node: &Node) -> NodeView<'_> {
     }
 }
 
-fn settings(state: &AppState) -> Settings<'_> {
+pub(crate) fn settings(state: &AppState) -> Settings<'_> {
     Settings {
         lifecycle: &state.config.lifecycle,
         default_profile: state.config.default_profile.as_deref(),

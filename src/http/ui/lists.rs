@@ -1,0 +1,252 @@
+//! The reference pages: profiles (with load errors at `file:line:col`), images
+//! (sizes, digests, who uses them), volumes (node and LUN), tokens (admin only)
+//! and the audit trail.
+
+use super::{format, render, Chrome, UiError, Viewer};
+use crate::http::api::convert::all;
+use crate::http::AppState;
+use crate::store;
+use askama::Template;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+
+pub struct ProfileRow {
+    pub name: String,
+    pub revision: String,
+    pub file: String,
+    pub image: String,
+    pub stage1: String,
+    pub selectors: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "ui/profiles.html")]
+struct ProfilesPage {
+    chrome: Chrome,
+    profiles: Vec<ProfileRow>,
+    errors: Vec<String>,
+}
+
+pub async fn profiles(State(state): State<AppState>, viewer: Viewer) -> Response {
+    let set = state.profiles.current();
+    let mut profiles: Vec<ProfileRow> = set
+        .loaded_iter()
+        .map(|p| ProfileRow {
+            name: p.profile.name.clone(),
+            revision: p.revision.clone(),
+            file: p.file.display().to_string(),
+            image: p.profile.image.clone(),
+            stage1: p.profile.stage1.clone(),
+            selectors: p.profile.selectors.iter().map(|s| s.describe()).collect(),
+        })
+        .collect();
+    profiles.sort_by(|a, b| a.name.cmp(&b.name));
+    let errors = state.profiles.errors().iter().map(|e| e.to_string()).collect();
+    let page = ProfilesPage { chrome: Chrome::new(Some(&viewer), "/ui/profiles", ""), profiles, errors };
+    render(StatusCode::OK, &page, viewer.flash.is_some())
+}
+
+pub struct ImageRow {
+    pub name: String,
+    pub kind: String,
+    pub built: String,
+    /// (artifact, size, digest)
+    pub artifacts: Vec<(String, String, String)>,
+    pub profiles: Vec<String>,
+    pub booting: i64,
+}
+
+#[derive(Template)]
+#[template(path = "ui/images.html")]
+struct ImagesPage {
+    chrome: Chrome,
+    images: Vec<ImageRow>,
+}
+
+pub async fn images(State(state): State<AppState>, viewer: Viewer) -> Result<Response, UiError> {
+    let store_of_images = state.images.clone();
+    let manifests = tokio::task::spawn_blocking(move || store_of_images.list())
+        .await
+        .map_err(crate::http::error::ApiError::from)?
+        .map_err(crate::http::error::ApiError::from)?;
+    let booting = state.store.images_in_current_boots().await?;
+    let set = state.profiles.current();
+    let images = manifests
+        .into_iter()
+        .map(|m| {
+            let mut profiles: Vec<String> = set
+                .loaded_iter()
+                .filter(|p| p.profile.image == m.name || p.profile.stage1 == m.name)
+                .map(|p| p.profile.name.clone())
+                .collect();
+            if m.name == state.config.discovery_stage1 {
+                profiles.push("(discovery)".into());
+            }
+            profiles.sort();
+            ImageRow {
+                booting: booting.get(&m.name).copied().unwrap_or(0),
+                kind: format!("{:?}", m.kind).to_lowercase(),
+                built: format::time(m.built_at_ms),
+                artifacts: m
+                    .artifacts
+                    .iter()
+                    .map(|(name, a)| (name.clone(), format::bytes(a.size), a.digest.to_string()))
+                    .collect(),
+                profiles,
+                name: m.name,
+            }
+        })
+        .collect();
+    let page = ImagesPage { chrome: Chrome::new(Some(&viewer), "/ui/images", ""), images };
+    Ok(render(StatusCode::OK, &page, viewer.flash.is_some()))
+}
+
+pub struct VolumeRow {
+    pub name: String,
+    pub size: String,
+    pub node: Option<i64>,
+    pub node_name: String,
+    pub lun: String,
+    pub created: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/volumes.html")]
+struct VolumesPage {
+    chrome: Chrome,
+    volumes: Vec<VolumeRow>,
+}
+
+pub async fn volumes(State(state): State<AppState>, viewer: Viewer) -> Result<Response, UiError> {
+    let mut volumes = Vec::new();
+    for v in state.store.volumes().await? {
+        let node_name = match v.node_id {
+            Some(id) => state.store.node(id).await.map(|n| n.hostname).unwrap_or_else(|_| format!("node {id}")),
+            None => String::new(),
+        };
+        volumes.push(VolumeRow {
+            size: format::bytes(v.size_bytes),
+            node: v.node_id,
+            node_name,
+            lun: v.lun.map(|l| l.to_string()).unwrap_or_default(),
+            created: format::time(v.created_at_ms),
+            name: v.name,
+        });
+    }
+    let page = VolumesPage { chrome: Chrome::new(Some(&viewer), "/ui/volumes", ""), volumes };
+    Ok(render(StatusCode::OK, &page, viewer.flash.is_some()))
+}
+
+pub struct TokenRow {
+    pub name: String,
+    pub role: &'static str,
+    pub created: String,
+    pub expires: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/tokens.html")]
+struct TokensPage {
+    chrome: Chrome,
+    csrf: String,
+    tokens: Vec<TokenRow>,
+}
+
+pub async fn tokens(State(state): State<AppState>, viewer: Viewer) -> Result<Response, UiError> {
+    viewer.require_admin()?;
+    let now = crate::clock::now_ms();
+    let tokens = state
+        .store
+        .list_tokens()
+        .await?
+        .into_iter()
+        .map(|t| TokenRow {
+            role: t.role.as_str(),
+            created: format::time(t.created_at_ms),
+            expires: match t.expires_at_ms {
+                None => "never".into(),
+                Some(at) if at <= now => format!("expired {}", format::time(at)),
+                Some(at) => format::time(at),
+            },
+            name: t.name,
+        })
+        .collect();
+    let page = TokensPage { chrome: Chrome::new(Some(&viewer), "/ui/tokens", ""), csrf: viewer.csrf.clone(), tokens };
+    Ok(render(StatusCode::OK, &page, viewer.flash.is_some()))
+}
+
+pub struct AuditRow {
+    pub at: String,
+    pub who: String,
+    pub action: String,
+    pub target: String,
+    pub node: Option<i64>,
+    pub changes: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "ui/audit.html")]
+struct AuditPage {
+    chrome: Chrome,
+    node: String,
+    actor: String,
+    records: Vec<AuditRow>,
+    older: Option<String>,
+}
+
+const AUDIT_PAGE: i64 = 200;
+
+pub async fn audit(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, UiError> {
+    let (mut node_text, mut actor, mut before) = (String::new(), String::new(), None);
+    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "node" => node_text = v.trim().chars().take(40).collect(),
+            "actor" => actor = v.trim().chars().take(200).collect(),
+            "before" => before = v.parse::<i64>().ok(),
+            _ => {}
+        }
+    }
+    let node = match node_text.as_str() {
+        "" => None,
+        text => Some(crate::http::api::find_node(&state, text).await?.id),
+    };
+    let filter = store::AuditFilter {
+        node,
+        actor: (!actor.is_empty()).then(|| actor.clone()),
+        after: 0,
+        limit: AUDIT_PAGE,
+        before,
+        newest_first: true,
+    };
+    let records: Vec<ramboot_api::AuditRecord> = all(state.store.audit(&filter).await?);
+    let older = (records.len() as i64 == AUDIT_PAGE).then(|| {
+        let mut url = url::form_urlencoded::Serializer::new(String::new());
+        if !node_text.is_empty() {
+            url.append_pair("node", &node_text);
+        }
+        if !actor.is_empty() {
+            url.append_pair("actor", &actor);
+        }
+        url.append_pair("before", &records.last().map(|r| r.id).unwrap_or(0).to_string());
+        format!("/ui/audit?{}", url.finish())
+    });
+    let records = records
+        .into_iter()
+        .map(|r| AuditRow {
+            at: format::time(r.at_ms),
+            who: crate::cli::audit_actor(&r.actor),
+            changes: crate::cli::audit_changes(&r.before, &r.after),
+            target: format!("{} {}", r.target_kind, r.target),
+            node: r.node_id,
+            action: r.action,
+        })
+        .collect();
+    let page =
+        AuditPage { chrome: Chrome::new(Some(&viewer), "/ui/audit", ""), node: node_text, actor, records, older };
+    Ok(render(StatusCode::OK, &page, viewer.flash.is_some()))
+}
