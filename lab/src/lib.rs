@@ -19,6 +19,7 @@ pub mod pcap;
 pub mod process;
 pub mod qemu;
 pub mod redfish;
+pub mod seed;
 pub mod setup;
 pub mod sim;
 pub mod tgtd;

@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::not_found)
         // One count of open event streams per server, the API's and the dashboard's.
         .layer(axum::Extension(api::EventStreams::default()))
+        .layer(axum::Extension(ui::session::LiveStreams::default()))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

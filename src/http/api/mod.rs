@@ -551,23 +551,23 @@ async fn event_stream(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     q: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    event_sse(state, streams, peer, query(q)?.after).await
+    let q = query(q)?;
+    let limits = state.config.http_limits;
+    let slot = streams.acquire(peer, limits.max_event_streams_per_source, limits.max_event_streams)?;
+    let stop = state.shutdown.child_token();
+    event_sse(state, slot, q.after, stop, KeepAlive::default()).await
 }
 
-/// Every event after `after` (default: from now on) as Server-Sent Events, for as
-/// long as the client stays or the server runs; refused past the stream caps. The
-/// API's stream and the dashboard's live updates.
-pub(crate) async fn event_sse(
-    state: AppState,
-    EventStreams(streams): EventStreams,
-    peer: std::net::SocketAddr,
-    after: Option<i64>,
-) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let limits = state.config.http_limits;
-    // Held by the stream: given back when the client goes or the server stops.
-    let slot = streams
-        .try_acquire(peer.ip(), limits.max_event_streams_per_source, Some(limits.max_event_streams))
-        .map_err(|refused| {
+impl EventStreams {
+    /// A stream slot for `peer`: refused past `per_source` from its address or
+    /// `total` in all (counted, logged, and said in the error).
+    pub(crate) fn acquire(
+        &self,
+        peer: std::net::SocketAddr,
+        per_source: usize,
+        total: usize,
+    ) -> Result<crate::limits::Slot, ApiError> {
+        self.0.try_acquire(peer.ip(), per_source, Some(total)).map_err(|refused| {
             metrics::counter!("ramboot_http_event_streams_refused_total", "reason" => refused.label()).increment(1);
             tracing::warn!(%peer, reason = %refused, "event stream refused");
             ApiError::new(
@@ -575,7 +575,22 @@ pub(crate) async fn event_sse(
                 "too_many_streams",
                 format!("too many event streams: {refused}; close one or poll /api/v1/events"),
             )
-        })?;
+        })
+    }
+}
+
+/// Every event after `after` (default: from now on) as Server-Sent Events, until
+/// the client goes or `stop` fires (then, unless the server is stopping, a last
+/// `closed` message says so). Holds `slot` (a stream slot, with anything else that
+/// must live as long as the stream) while it runs. The API's stream and the
+/// dashboard's live updates.
+pub(crate) async fn event_sse(
+    state: AppState,
+    slot: impl Send + 'static,
+    after: Option<i64>,
+    stop: tokio_util::sync::CancellationToken,
+    keep_alive: KeepAlive,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let after = match after {
         Some(a) if a >= 0 => a,
         Some(_) => return Err(ApiError::bad_request("after must not be negative")),
@@ -583,10 +598,16 @@ pub(crate) async fn event_sse(
     };
     let mut feed = EventFeed::new(&state.store, after);
     let stream = async_stream::stream! {
+        // Given back when the client goes, the server stops, or `stop` fires.
         let _slot = slot;
         loop {
             let events = tokio::select! {
-                _ = state.shutdown.cancelled() => break,
+                _ = stop.cancelled() => {
+                    if !state.shutdown.is_cancelled() {
+                        yield Ok(SseEvent::default().event("closed").data("a newer stream took this one's place"));
+                    }
+                    break;
+                }
                 events = feed.next() => events,
             };
             for e in events {
@@ -597,7 +618,7 @@ pub(crate) async fn event_sse(
             }
         }
     };
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream).keep_alive(keep_alive))
 }
 
 #[utoipa::path(get, path = "/tokens", tag = "tokens",

@@ -6,9 +6,18 @@ pub fn duration(ms: i64) -> String {
     match ms {
         0..=999 => format!("{ms} ms"),
         1_000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
-        60_000..=3_599_999 => format!("{} min {} s", ms / 60_000, ms % 60_000 / 1000),
-        3_600_000..=172_799_999 => format!("{} h {} min", ms / 3_600_000, ms % 3_600_000 / 60_000),
+        60_000..=3_599_999 => with_rest(ms / 60_000, "min", ms % 60_000 / 1000, "s"),
+        3_600_000..=172_799_999 => with_rest(ms / 3_600_000, "h", ms % 3_600_000 / 60_000, "min"),
         _ => format!("{} d", ms / 86_400_000),
+    }
+}
+
+/// `3 min 5 s`, or `5 min` when the smaller unit is zero.
+fn with_rest(big: i64, big_unit: &str, small: i64, small_unit: &str) -> String {
+    if small == 0 {
+        format!("{big} {big_unit}")
+    } else {
+        format!("{big} {big_unit} {small} {small_unit}")
     }
 }
 
@@ -53,6 +62,7 @@ mod tests {
         assert_eq!(duration(12_400), "12.4 s");
         assert_eq!(duration(185_000), "3 min 5 s");
         assert_eq!(duration(7_800_000), "2 h 10 min");
+        assert_eq!(duration(300_000), "5 min");
         assert_eq!(duration(-5), "0 ms");
         assert_eq!(ago(0, 500), "just now");
         assert_eq!(ago(0, 42_000), "42 s ago");

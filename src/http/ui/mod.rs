@@ -20,7 +20,7 @@ mod format;
 mod lists;
 mod node;
 mod nodes;
-mod session;
+pub mod session;
 
 use super::error::ApiError;
 use super::AppState;

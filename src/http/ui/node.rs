@@ -170,7 +170,7 @@ fn would_boot(state: &AppState, node: &store::Node) -> String {
                 boot.profile,
                 boot.describe(),
                 boot.image.name,
-                boot.image.digest.get(..19).unwrap_or(&boot.image.digest)
+                boot.image.digest.get(..12).unwrap_or(&boot.image.digest)
             ),
             (None, Some(wait)) => format!("Discovery only: {wait}."),
             (None, None) => {

@@ -21,6 +21,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
 
 pub const SESSION_COOKIE: &str = "ramboot_session";
 const FLASH_COOKIE: &str = "ramboot_flash";
@@ -38,6 +41,8 @@ pub struct Viewer {
     pub csrf: String,
     /// The last action's outcome, shown once.
     pub flash: Option<Flash>,
+    /// The hash of the session's id: what its live streams are counted under.
+    pub session: String,
 }
 
 impl Viewer {
@@ -107,8 +112,8 @@ impl FromRequestParts<AppState> for Viewer {
             return Err(login_redirect(parts));
         };
         let now = now_ms();
-        let found =
-            state.store.session(&crate::token::hash(id), now).await.map_err(|e| UiError::from(e).into_response())?;
+        let session = crate::token::hash(id);
+        let found = state.store.session(&session, now).await.map_err(|e| UiError::from(e).into_response())?;
         // Unknown, expired, revoked, or its token expired: log in again.
         let Some((token, _)) = found.filter(|(token, _)| !token.expired(now)) else {
             return Err(login_redirect(parts));
@@ -120,6 +125,7 @@ impl FromRequestParts<AppState> for Viewer {
             role: token.role,
             csrf: csrf_token(id),
             flash,
+            session,
         })
     }
 }
@@ -285,14 +291,59 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap, body: axu
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Live streams a session may hold at once (a tab each). Closed tabs keep their
+/// stream until the next keep-alive write fails, so a newer stream takes the
+/// oldest one's place rather than being refused.
+const STREAMS_PER_SESSION: usize = 4;
+/// How soon a stream to a closed tab is noticed (a keep-alive write fails).
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The dashboard's live streams by session, oldest first, each with the token
+/// that ends it.
+#[derive(Clone, Default)]
+pub struct LiveStreams(Arc<Mutex<HashMap<String, VecDeque<CancellationToken>>>>);
+
+impl LiveStreams {
+    /// Register a new stream of `session`, ending its oldest past the limit.
+    fn open(&self, session: &str, stop: CancellationToken) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Streams that ended (their client went) leave no entry behind.
+        all.retain(|_, streams| {
+            streams.retain(|t| !t.is_cancelled());
+            !streams.is_empty()
+        });
+        let streams = all.entry(session.to_string()).or_default();
+        streams.push_back(stop);
+        while streams.len() > STREAMS_PER_SESSION {
+            if let Some(oldest) = streams.pop_front() {
+                oldest.cancel();
+            }
+        }
+    }
+}
+
 /// The event stream over the session: what the script follows for live updates.
+/// Bounded per session (the oldest stream gives way) and by the server's overall
+/// cap, not per address: operators behind one proxy share an address.
 pub async fn events(
     State(state): State<AppState>,
-    _viewer: Viewer,
+    viewer: Viewer,
     axum::Extension(streams): axum::Extension<EventStreams>,
+    axum::Extension(live): axum::Extension<LiveStreams>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
 ) -> Response {
-    match crate::http::api::event_sse(state, streams, peer, None).await {
+    let limits = state.config.http_limits;
+    let slot = match streams.acquire(peer, limits.max_event_streams, limits.max_event_streams) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    let stop = state.shutdown.child_token();
+    live.open(&viewer.session, stop.clone());
+    // A stream that ends on its own (its client went) cancels its token as it is
+    // dropped, so the session's list forgets it.
+    let held = (slot, stop.clone().drop_guard());
+    let keep_alive = axum::response::sse::KeepAlive::new().interval(KEEP_ALIVE);
+    match crate::http::api::event_sse(state, held, None, stop, keep_alive).await {
         Ok(sse) => sse.into_response(),
         Err(e) => e.into_response(),
     }

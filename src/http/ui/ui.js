@@ -90,6 +90,11 @@
   const source = new EventSource("/ui/events");
   source.addEventListener("open", () => { if (status) status.textContent = "Live"; });
   source.addEventListener("error", () => { if (status) status.textContent = "Reconnecting…"; });
+  // Newer tabs of this session took the live updates over: stay quiet until reloaded.
+  source.addEventListener("closed", () => {
+    source.close();
+    if (status) status.textContent = "Paused (newer tabs are live); reload to resume";
+  });
   source.addEventListener("event", (msg) => {
     let event;
     try { event = JSON.parse(msg.data); } catch (_) { return; }
