@@ -192,6 +192,9 @@ enum NodesCmd {
         /// key=value
         #[arg(long)]
         label: Option<String>,
+        /// Only nodes whose MAC, hostname, IP or BMC URL contains this (any case).
+        #[arg(long)]
+        search: Option<String>,
     },
     /// Show one node (by id or MAC) with its event timeline.
     Show { id: String },
@@ -596,9 +599,9 @@ fn nodes(api: &ApiArgs, command: NodesCmd) -> Result<()> {
         Ok(())
     };
     match command {
-        NodesCmd::Ls { state, profile, label } => {
+        NodesCmd::Ls { state, profile, label, search } => {
             let mut query = String::new();
-            for (key, value) in [("state", state), ("profile", profile), ("label", label)] {
+            for (key, value) in [("state", state), ("profile", profile), ("label", label), ("q", search)] {
                 if let Some(v) = value {
                     query.push_str(&format!("&{key}={}", cli::encode(&v)));
                 }

@@ -51,6 +51,10 @@ fn operators_manage_nodes_from_the_cli() {
         serde_json::from_str(&ok(ramboot(&srv, &reader, &["nodes", "ls", "--json", "--label", "role=hypervisor"])))
             .unwrap();
     assert_eq!(nodes[0]["hostname"], "hv-1");
+    let found = ok(ramboot(&srv, &reader, &["nodes", "ls", "--search", "HV-"]));
+    assert!(found.contains("hv-1"), "a search over hostnames, any case: {found}");
+    let none = ok(ramboot(&srv, &reader, &["nodes", "ls", "--search", "no-such-host"]));
+    assert!(!none.contains("hv-1"), "{none}");
     let text = ok(ramboot(&srv, &reader, &["nodes", "show", mac]));
     assert!(text.contains("[maintenance] maintenance: dimm swap") && text.contains("reprovision requested"), "{text}");
     let text = ok(ramboot(&srv, &reader, &["events", "--node", mac, "--last", "3"]));

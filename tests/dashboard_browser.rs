@@ -189,6 +189,30 @@ fn an_operator_watches_filters_and_acts_in_a_real_browser() {
     );
     assert_eq!(trail.as_str().unwrap_or("").matches("node.maintenance").count(), 3, "audited under the admin token");
 
+    // A rollout of two selected nodes, started from the table, then paused.
+    b.goto(&s.url("/ui/nodes?state=ready&sort=mac"));
+    for box_ in b.find_all("input.row-select").into_iter().take(2) {
+        box_.click();
+    }
+    b.find("#b-profile option[value=tiny]").click();
+    b.find("button[value=rollout_start]").click();
+    b.wait_for("#confirm-dialog[open]", WAIT);
+    b.find("#confirm-dialog button[value=ok]").click();
+    let flash = b.wait_for(".flash", WAIT).text();
+    assert!(flash.contains("Started rollout 1: 2 node(s)"), "{flash}");
+    assert!(b.url().ends_with("/ui/rollouts"));
+    b.find("#rollout-1 button[value=rollout_pause]").click();
+    b.wait_for("#confirm-dialog[open]", WAIT);
+    b.find("#confirm-dialog button[value=ok]").click();
+    let flash = b.wait_for(".flash", WAIT).text();
+    assert!(flash.starts_with("Pause rollout 1: "), "{flash}");
+    b.wait_until(WAIT, "the driver to pause it", |b| {
+        b.refresh();
+        b.find("#rollout-1 h2 .state").text() == "paused"
+    });
+    b.save_screenshot("rollouts");
+    b.assert_accessible("rollouts");
+
     // A forged action (no CSRF token) is refused even with the admin's cookie.
     let node = &chosen[0];
     assert_eq!(forged_post(&b, &format!("action=maintenance_off&node={node}&confirmed=1")), 403);

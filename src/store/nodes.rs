@@ -900,6 +900,34 @@ mod tests {
     use crate::store::testing::{grant, op, store, MAC};
 
     #[tokio::test]
+    async fn nodes_are_searched_sorted_counted_and_paged() {
+        let (s, _d) = store().await;
+        for i in 0..12u8 {
+            let n = s.ensure_node(MacAddr([0x52, 0x54, 0, 0, 0, i]), 100 + i64::from(i)).await.unwrap();
+            let name = format!("{}-{i:02}", if i % 3 == 0 { "Rack_A" } else { "rackb" });
+            let change = NodeChange { hostname: Some(name.replace('_', "-")), ..NodeChange::default() };
+            s.update_node(n.id, &change, &op(), 200).await.unwrap();
+        }
+        let text = |t: &str| NodeFilter { text: Some(t.into()), limit: 100, ..NodeFilter::default() };
+        assert_eq!(s.count_nodes(&text("RACK-a")).await.unwrap(), 4, "any case");
+        assert_eq!(s.count_nodes(&text("52:54:00:00:00:0A")).await.unwrap(), 1);
+        assert_eq!(s.count_nodes(&text("%")).await.unwrap(), 0, "LIKE's wildcards are literal");
+        assert_eq!(s.count_nodes(&text("_")).await.unwrap(), 0);
+        assert_eq!(s.count_nodes(&NodeFilter::default()).await.unwrap(), 12);
+        let page = |sort, desc, offset| {
+            let f = NodeFilter { limit: 5, ..NodeFilter::default() };
+            let s = s.clone();
+            async move { s.list_nodes_sorted(&f, sort, desc, offset).await.unwrap() }
+        };
+        let first: Vec<String> = page(NodeSort::Hostname, false, 0).await.into_iter().map(|n| n.hostname).collect();
+        assert_eq!(first, ["Rack-A-00", "Rack-A-03", "Rack-A-06", "Rack-A-09", "rackb-01"]);
+        let last = page(NodeSort::Hostname, true, 10).await;
+        assert_eq!(last.iter().map(|n| n.hostname.as_str()).collect::<Vec<_>>(), ["Rack-A-03", "Rack-A-00"]);
+        let seen = page(NodeSort::LastSeen, true, 0).await;
+        assert_eq!(seen.first().map(|n| n.mac), Some(MacAddr([0x52, 0x54, 0, 0, 0, 11])), "the newest first");
+    }
+
+    #[tokio::test]
     async fn reservations_are_unique_and_take_over_is_explicit() {
         let (s, _d) = store().await;
         let a = s.ensure_node(MAC, 1).await.unwrap();

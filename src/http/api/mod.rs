@@ -12,7 +12,7 @@
 
 pub(crate) mod convert;
 pub(crate) mod power;
-mod rollouts;
+pub(crate) mod rollouts;
 
 use super::auth::{Admin, Operator};
 use super::error::{ApiError, ApiJson};

@@ -39,7 +39,7 @@ fn rollout_id(text: &str) -> Result<i64, ApiError> {
     text.parse().map_err(|_| ApiError::bad_request(format!("rollout id {text:?} is not a number")))
 }
 
-async fn view(state: &AppState, row: RolloutRow) -> Result<Rollout, ApiError> {
+pub(crate) async fn view(state: &AppState, row: RolloutRow) -> Result<Rollout, ApiError> {
     let ids: BTreeSet<i64> = row.targets.keys().copied().collect();
     let nodes = state.store.nodes_with_boots(&ids).await?;
     let progress = row.state.progress();
@@ -154,6 +154,11 @@ async fn start_rollout(
     Admin(actor): Admin,
     ApiJson(new): ApiJson<NewRollout>,
 ) -> Result<(StatusCode, Json<Rollout>), ApiError> {
+    Ok((StatusCode::CREATED, Json(start(&state, &actor, new).await?)))
+}
+
+/// Validate and start a rollout: what `POST /rollouts` and the dashboard do.
+pub(crate) async fn start(state: &AppState, actor: &store::Actor, new: NewRollout) -> Result<Rollout, ApiError> {
     if new.batch_size == 0 {
         return Err(ApiError::unprocessable("batch_size must be at least 1"));
     }
@@ -181,7 +186,7 @@ async fn start_rollout(
             return Err(ApiError::unprocessable(format!("no valid profile named {p:?}")));
         }
     }
-    let nodes = select(&state, &new).await?;
+    let nodes = select(state, &new).await?;
     if nodes.is_empty() {
         return Err(ApiError::unprocessable("no node matches the selection"));
     }
@@ -210,10 +215,10 @@ async fn start_rollout(
     let description = describe(&new, nodes.len());
     let hooks = RolloutHooks { drain: new.drain.clone(), undrain: new.undrain.clone() };
     let row = store::NewRollout { description, state: rollout, targets, hooks };
-    let id = state.store.create_rollout(&row, &actor, now_ms()).await?;
+    let id = state.store.create_rollout(&row, actor, now_ms()).await?;
     state.rollouts.wake();
     let row = state.store.rollout(id).await?;
-    Ok((StatusCode::CREATED, Json(view(&state, row).await?)))
+    view(state, row).await
 }
 
 /// The selection and target in words, for lists and the audit trail.
@@ -236,10 +241,16 @@ fn describe(new: &NewRollout, count: usize) -> String {
     format!("{count} node(s) with {}, {to}, batch {}", what.join(" and "), new.batch_size)
 }
 
-async fn command(state: &AppState, actor: &store::Actor, id: i64, command: Command) -> Result<Json<Rollout>, ApiError> {
+/// Pause, resume or abort a rollout: what the API's routes and the dashboard do.
+pub(crate) async fn command(
+    state: &AppState,
+    actor: &store::Actor,
+    id: i64,
+    command: Command,
+) -> Result<Rollout, ApiError> {
     let row = state.store.command_rollout(id, command, actor, now_ms()).await?;
     state.rollouts.wake();
-    Ok(Json(view(state, row).await?))
+    view(state, row).await
 }
 
 #[utoipa::path(post, path = "/rollouts/{id}/pause", tag = "rollouts", params(("id" = i64, Path, description = "rollout id")),
@@ -250,7 +261,7 @@ async fn pause_rollout(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
-    command(&state, &actor, rollout_id(&id)?, Command::Pause).await
+    command(&state, &actor, rollout_id(&id)?, Command::Pause).await.map(Json)
 }
 
 #[utoipa::path(post, path = "/rollouts/{id}/resume", tag = "rollouts", params(("id" = i64, Path, description = "rollout id")),
@@ -261,7 +272,7 @@ async fn resume_rollout(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
-    command(&state, &actor, rollout_id(&id)?, Command::Resume).await
+    command(&state, &actor, rollout_id(&id)?, Command::Resume).await.map(Json)
 }
 
 #[utoipa::path(post, path = "/rollouts/{id}/abort", tag = "rollouts", params(("id" = i64, Path, description = "rollout id")),
@@ -272,5 +283,5 @@ async fn abort_rollout(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
-    command(&state, &actor, rollout_id(&id)?, Command::Abort).await
+    command(&state, &actor, rollout_id(&id)?, Command::Abort).await.map(Json)
 }

@@ -7,7 +7,7 @@
 use super::session::{check_form, field, form_fields, redirect_with_flash, safe_return};
 use super::{render, Chrome, Flash, UiError, Viewer};
 use crate::clock::now_ms;
-use crate::http::api::{change_node, find_node, power::switch_power, set_maintenance};
+use crate::http::api::{change_node, find_node, power::switch_power, rollouts, set_maintenance};
 use crate::http::error::ApiError;
 use crate::http::AppState;
 use crate::store;
@@ -16,7 +16,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use ramboot_api::{Maintenance, NodeUpdate, PowerAction, PowerRequest};
+use ramboot_api::rollouts::Command;
+use ramboot_api::{Maintenance, NewRollout, NodeUpdate, PowerAction, PowerRequest};
 use ramboot_core::node::valid_label;
 use std::collections::BTreeMap;
 
@@ -38,10 +39,14 @@ pub enum Action {
     PowerOff,
     PowerCycle,
     RevokeToken,
+    RolloutStart,
+    RolloutPause,
+    RolloutResume,
+    RolloutAbort,
 }
 
 impl Action {
-    const ALL: [(&'static str, Action, &'static str); 11] = [
+    const ALL: [(&'static str, Action, &'static str); 15] = [
         ("maintenance_on", Action::MaintenanceOn, "Maintenance on"),
         ("maintenance_off", Action::MaintenanceOff, "Maintenance off"),
         ("reprovision", Action::Reprovision, "Reprovision"),
@@ -53,6 +58,10 @@ impl Action {
         ("power_off", Action::PowerOff, "Power off"),
         ("power_cycle", Action::PowerCycle, "Power cycle with PXE"),
         ("revoke_token", Action::RevokeToken, "Revoke token"),
+        ("rollout_start", Action::RolloutStart, "Start a rollout"),
+        ("rollout_pause", Action::RolloutPause, "Pause rollout"),
+        ("rollout_resume", Action::RolloutResume, "Resume rollout"),
+        ("rollout_abort", Action::RolloutAbort, "Abort rollout"),
     ];
 
     fn parse(name: &str) -> Option<Action> {
@@ -179,7 +188,11 @@ async fn act(state: &AppState, viewer: &Viewer, r: &Request, node: &store::Node)
         Action::PowerOn => power(PowerAction::On, false).await.map(|p| format!("power {}", p.power.as_str())),
         Action::PowerOff => power(PowerAction::Off, false).await.map(|p| format!("power {}", p.power.as_str())),
         Action::PowerCycle => power(PowerAction::Cycle, true).await.map(|_| "power cycled into PXE".into()),
-        Action::RevokeToken => Err(ApiError::bad_request("revoke_token names a token, not nodes")),
+        Action::RevokeToken
+        | Action::RolloutStart
+        | Action::RolloutPause
+        | Action::RolloutResume
+        | Action::RolloutAbort => Err(ApiError::bad_request("this action is not run node by node")),
     }
 }
 
@@ -225,6 +238,31 @@ async fn run_inner(state: &AppState, viewer: &Viewer, headers: &HeaderMap, body:
         };
         return Ok(redirect_with_flash(&back, flash));
     }
+    if let Some(command) = match action {
+        Action::RolloutPause => Some(Command::Pause),
+        Action::RolloutResume => Some(Command::Resume),
+        Action::RolloutAbort => Some(Command::Abort),
+        _ => None,
+    } {
+        let id: i64 = field(&fields, "rollout")
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| ApiError::bad_request("which rollout? (a number)"))?;
+        if !confirmed {
+            return Ok(confirm(viewer, action, format!("Rollout {id}."), vec![], &fields, &back));
+        }
+        let flash = match rollouts::command(state, &viewer.actor, id, command).await {
+            Ok(r) => {
+                let summary = match r.command {
+                    // The driver applies a command at its next step (within seconds).
+                    Some(_) => format!("{} {id}: asked; its driver applies it at the next step.", action.label()),
+                    None => format!("{} {id}: now {}.", action.label(), r.status),
+                };
+                Flash { summary, failed: 0, lines: vec![] }
+            }
+            Err(e) => Flash { summary: format!("{} {id} refused.", action.label()), failed: 1, lines: vec![e.message] },
+        };
+        return Ok(redirect_with_flash(&back, flash));
+    }
     let ids: Vec<&str> = fields.iter().filter(|(k, _)| k == "node").map(|(_, v)| v.as_str()).collect();
     if ids.is_empty() {
         return Ok(redirect_with_flash(
@@ -237,6 +275,9 @@ async fn run_inner(state: &AppState, viewer: &Viewer, headers: &HeaderMap, body:
     }
     if action == Action::Reserve && ids.len() > 1 {
         return Err(ApiError::unprocessable("an address is reserved for one node at a time").into());
+    }
+    if action == Action::RolloutStart {
+        return start_rollout(state, viewer, &fields, &ids, confirmed, &back).await;
     }
     let request = request(action, &fields)?;
     let mut nodes = Vec::with_capacity(ids.len());
@@ -277,6 +318,52 @@ async fn run_inner(state: &AppState, viewer: &Viewer, headers: &HeaderMap, body:
         n => format!("{}: done on {done}, failed on {n}.", action.label()),
     };
     Ok(redirect_with_flash(&back, Flash { summary, failed: failed.len(), lines }))
+}
+
+/// A rollout over the selected nodes: to the chosen profile (or each node's own
+/// profile's current image), a batch at a time, with the hooks the config names.
+async fn start_rollout(
+    state: &AppState,
+    viewer: &Viewer,
+    fields: &[(String, String)],
+    ids: &[&str],
+    confirmed: bool,
+    back: &str,
+) -> Result<Response, UiError> {
+    let number = |name: &str, default: u32| -> Result<u32, ApiError> {
+        match field(fields, name).map(str::trim).filter(|s| !s.is_empty()) {
+            None => Ok(default),
+            Some(text) => text.parse().map_err(|_| ApiError::unprocessable(format!("{name} {text:?} is not a number"))),
+        }
+    };
+    let hook = |name: &str| field(fields, name).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+    let new = NewRollout {
+        labels: BTreeMap::new(),
+        profile: None,
+        nodes: ids.iter().map(|s| s.to_string()).collect(),
+        to_profile: hook("profile"),
+        batch_size: number("batch", 1)?,
+        max_failures: number("max_failures", 0)?,
+        drain: hook("drain"),
+        undrain: hook("undrain"),
+        ready_timeout_secs: 1800,
+    };
+    if !confirmed {
+        let target =
+            new.to_profile.as_deref().map_or("each node's own profile".to_string(), |p| format!("profile {p}"));
+        let detail = format!(
+            "{} node(s) reboot into {target}, {} at a time; {} failure(s) tolerated.",
+            ids.len(),
+            new.batch_size,
+            new.max_failures
+        );
+        return Ok(confirm(viewer, Action::RolloutStart, detail, vec![], fields, back));
+    }
+    let flash = match rollouts::start(state, &viewer.actor, new).await {
+        Ok(r) => Flash { summary: format!("Started rollout {}: {}.", r.id, r.description), failed: 0, lines: vec![] },
+        Err(e) => Flash { summary: "The rollout was not started.".into(), failed: 1, lines: vec![e.message] },
+    };
+    Ok(redirect_with_flash("/ui/rollouts", flash))
 }
 
 fn confirm(

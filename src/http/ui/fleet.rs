@@ -184,7 +184,36 @@ async fn attention(state: &AppState, now: i64) -> Result<(Vec<AttentionRow>, boo
     Ok((rows, more))
 }
 
-pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Result<Response, UiError> {
+/// How long a computed phase chart is reused: it covers a day, so seconds do not
+/// matter, and at thousands of nodes it is most of the page's cost (a page that
+/// refreshes live would pay it on every event).
+const CHART_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Phase durations as read, and when.
+type Durations = (std::time::Instant, Vec<(NodeState, i64)>);
+
+/// The last phase durations read: one per server.
+#[derive(Clone, Default)]
+pub struct PhaseCache(std::sync::Arc<tokio::sync::Mutex<Option<Durations>>>);
+
+impl PhaseCache {
+    async fn durations(&self, state: &AppState, since_ms: i64) -> Result<Vec<(NodeState, i64)>, UiError> {
+        // Held across the read: concurrent pages wait for one read instead of each making it.
+        let mut cached = self.0.lock().await;
+        if let Some((_, durations)) = cached.as_ref().filter(|(at, _)| at.elapsed() < CHART_TTL) {
+            return Ok(durations.clone());
+        }
+        let durations = state.store.phase_durations(since_ms).await?;
+        *cached = Some((std::time::Instant::now(), durations.clone()));
+        Ok(durations)
+    }
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    axum::Extension(cache): axum::Extension<PhaseCache>,
+) -> Result<Response, UiError> {
     let now = now_ms();
     let by_state = state.store.count_by_state().await?;
     let counts: Vec<StateCount> = NodeState::ALL
@@ -193,7 +222,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Result<Respo
         .collect();
     let (attention, attention_more) = attention(&state, now).await?;
     let mut by_phase: std::collections::BTreeMap<NodeState, Vec<i64>> = Default::default();
-    for (phase, ms) in state.store.phase_durations(now - CHART_WINDOW_MS).await? {
+    for (phase, ms) in cache.durations(&state, now - CHART_WINDOW_MS).await? {
         by_phase.entry(phase).or_default().push(ms);
     }
     let phases = PHASES.iter().filter_map(|p| by_phase.remove(p).map(|d| chart(*p, d))).collect();

@@ -250,3 +250,85 @@ pub async fn audit(
         AuditPage { chrome: Chrome::new(Some(&viewer), "/ui/audit", ""), node: node_text, actor, records, older };
     Ok(render(StatusCode::OK, &page, viewer.flash.is_some()))
 }
+
+pub struct RolloutCard {
+    pub id: i64,
+    pub status: String,
+    /// The state badge's colour class.
+    pub status_class: &'static str,
+    pub reason: Option<String>,
+    pub description: String,
+    pub done: u32,
+    pub total: u32,
+    pub failed: u32,
+    pub down: String,
+    pub created: String,
+    pub created_by: String,
+    pub batch: u32,
+    pub max_failures: u32,
+    pub driver: String,
+    pub active: bool,
+    /// (node id, name, phase, attempts, target)
+    pub nodes: Vec<(i64, String, String, u32, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "ui/rollouts.html")]
+struct RolloutsPage {
+    chrome: Chrome,
+    admin: bool,
+    csrf: String,
+    rollouts: Vec<RolloutCard>,
+}
+
+const ROLLOUTS_SHOWN: i64 = 50;
+
+pub async fn rollouts(State(state): State<AppState>, viewer: Viewer) -> Result<Response, UiError> {
+    let mut cards = Vec::new();
+    for row in state.store.rollouts(ROLLOUTS_SHOWN).await? {
+        let r = crate::http::api::rollouts::view(&state, row).await?;
+        let name = |id: i64| {
+            r.nodes.iter().find(|n| n.node_id == id).and_then(|n| n.hostname.clone()).unwrap_or_else(|| id.to_string())
+        };
+        cards.push(RolloutCard {
+            id: r.id,
+            status_class: match r.status.as_str() {
+                "done" => "ready",
+                "running" => "booting",
+                "halted" | "aborted" => "failed",
+                _ => "maintenance",
+            },
+            active: matches!(r.status.as_str(), "running" | "paused" | "halted"),
+            reason: r.reason.clone(),
+            description: r.description.clone(),
+            done: r.progress.done,
+            total: r.progress.total,
+            failed: r.progress.failed,
+            down: r.progress.down.iter().map(|id| name(*id)).collect::<Vec<_>>().join(", "),
+            created: format::time(r.created_at_ms),
+            created_by: r.created_by.clone(),
+            batch: r.batch_size,
+            max_failures: r.max_failures,
+            driver: r.driver.clone().unwrap_or_else(|| "no server yet".into()),
+            nodes: r
+                .nodes
+                .iter()
+                .map(|n| {
+                    let phase = match &n.phase {
+                        ramboot_api::rollouts::NodePhase::Failed { reason, .. } => format!("failed: {reason}"),
+                        other => other.name().to_string(),
+                    };
+                    (n.node_id, name(n.node_id), phase, n.attempts, n.target_profile.clone())
+                })
+                .collect(),
+            status: r.status,
+        });
+    }
+    let page = RolloutsPage {
+        chrome: Chrome::new(Some(&viewer), "/ui/rollouts", "rollouts"),
+        admin: viewer.is_admin(),
+        csrf: viewer.csrf.clone(),
+        rollouts: cards,
+    };
+    Ok(render(StatusCode::OK, &page, viewer.flash.is_some()))
+}

@@ -32,7 +32,7 @@ use axum::Router;
 pub use session::Viewer;
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    let pages = Router::new()
         .route("/ui", get(|| async { axum::response::Redirect::permanent("/ui/") }))
         .route("/ui/", get(fleet::page))
         .route("/ui/nodes", get(nodes::page))
@@ -42,11 +42,14 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/volumes", get(lists::volumes))
         .route("/ui/tokens", get(lists::tokens))
         .route("/ui/audit", get(lists::audit))
+        .route("/ui/rollouts", get(lists::rollouts))
         .route("/ui/events", get(session::events))
         .route("/ui/actions", post(actions::run))
         .route("/ui/login", get(session::login_page).post(session::login))
         .route("/ui/logout", post(session::logout))
-        .route("/ui/assets/{hash}/{name}", get(assets::serve))
+        .route("/ui/assets/{hash}/{name}", get(assets::serve));
+    // One phase-chart cache per router, that is per server.
+    pages.layer(axum::Extension(fleet::PhaseCache::default()))
 }
 
 /// A link of the top navigation.
@@ -75,16 +78,18 @@ pub struct Flash {
 pub struct Chrome {
     pub css: &'static str,
     pub js: &'static str,
-    /// Which live updates the script runs: `fleet`, `nodes`, `node`, or none.
+    /// Which live updates the script runs: `fleet`, `rollouts` (any event
+    /// refreshes), `nodes`, `node` (events of nodes on the page), or none.
     pub live: &'static str,
     pub nav: Vec<NavItem>,
     pub who: Option<Who>,
     pub flash: Option<Flash>,
 }
 
-const PAGES: [(&str, &str); 7] = [
+const PAGES: [(&str, &str); 8] = [
     ("/ui/", "Fleet"),
     ("/ui/nodes", "Nodes"),
+    ("/ui/rollouts", "Rollouts"),
     ("/ui/profiles", "Profiles"),
     ("/ui/images", "Images"),
     ("/ui/volumes", "Volumes"),

@@ -379,6 +379,8 @@ struct NodesPage {
     admin: bool,
     csrf: String,
     here: String,
+    /// Hooks a rollout may run (the config's `hooks:`).
+    hooks: Vec<String>,
     q: String,
     label: String,
     sort: &'static str,
@@ -441,6 +443,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, RawQuery(raw): 
         admin: viewer.is_admin(),
         csrf: viewer.csrf.clone(),
         here: t.href(|q| q.page = page),
+        hooks: state.config.hooks.keys().cloned().collect(),
         q: t.q.clone(),
         label: t.label_text.clone(),
         sort: sort_key(t.sort),

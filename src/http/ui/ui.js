@@ -110,7 +110,7 @@
       feed.prepend(item);
       while (feed.children.length > 50) feed.lastElementChild.remove();
     }
-    if (live === "fleet") return schedule();
+    if (live === "fleet" || live === "rollouts") return schedule();
     const id = String(event.node_id);
     if (onPage().has(id)) return schedule();
     if (live === "nodes" && event.state) {
