@@ -37,6 +37,21 @@ fn log_in(b: &Browser, s: &TestServer, token: &str) {
     b.wait_for("main h1", WAIT);
 }
 
+/// The text of the first element matching `css`, read in one step: a live update
+/// may replace the element between a find and a read.
+fn text_of(b: &Browser, css: &str) -> String {
+    let text =
+        b.execute("const e = document.querySelector(arguments[0]); return e ? e.textContent : ''", &[css.into()]);
+    text.as_str().unwrap_or_default().trim().to_string()
+}
+
+/// Wait for the page an action lands on to show a flash containing `expected`
+/// (the page before it may still show an older one for a moment).
+fn flash_saying(b: &Browser, expected: &str) -> String {
+    b.wait_until(WAIT, &format!("a flash saying {expected:?}"), |b| text_of(b, ".flash").contains(expected));
+    text_of(b, ".flash")
+}
+
 /// The number of table rows on the page.
 fn rows(b: &Browser) -> usize {
     b.find_all("#nodes tbody tr").len()
@@ -110,21 +125,40 @@ fn an_operator_watches_filters_and_acts_in_a_real_browser() {
     let headers: Vec<String> = b.find_all("#nodes thead th").into_iter().map(|h| h.text()).collect();
     assert_eq!(headers[1..], ["Hostname", "State", "Labels", "Power"], "{headers:?}");
 
-    // Live: a node that is booting moves on, and its row follows without a reload.
-    let booting = with_fate(&ids, Fate::Booting)[0];
-    let node = s.handle.block_on(s.store.node(booting)).unwrap();
-    b.goto(&s.url(&format!("/ui/nodes?q={}", node.mac)));
-    let row = format!("#nodes tr[data-node-id='{booting}']");
-    b.wait_for(&row, WAIT);
-    b.wait_until(WAIT, "the live stream to open", |b| b.find("#live-status").text() == "Live");
+    // Live: a new node boots over the real boot API (DHCP lease, iPXE script, the
+    // agent's hello and reports), and its row follows each phase without a reload.
+    let mac = "52:54:00:aa:00:01";
+    s.lease(mac);
+    b.goto(&s.url(&format!("/ui/nodes?q={mac}")));
+    let row = "#nodes tbody tr";
+    b.wait_for(row, WAIT);
+    assert_eq!(text_of(&b, &format!("{row} .state")), "discovered");
+    b.wait_until(WAIT, "the live stream to open", |b| text_of(b, "#live-status") == "Live");
     b.execute("window.__sameDocument = true", &[]);
-    let boot = node.current_boot_id.expect("the node is booting");
-    let now = ramboot::clock::now_ms();
-    s.handle.block_on(s.store.agent_transition(booting, boot, NodeState::Loading, "fetching the image", now)).unwrap();
-    b.wait_until(WAIT, "the row to show loading", |b| b.find(&format!("{row} .state")).text() == "loading");
-    s.handle.block_on(s.store.agent_transition(booting, boot, NodeState::Handoff, "switching root", now + 1)).unwrap();
-    s.handle.block_on(s.store.agent_transition(booting, boot, NodeState::Ready, "stage two up", now + 2)).unwrap();
-    b.wait_until(WAIT, "the row to show ready", |b| b.find(&format!("{row} .state")).text() == "ready");
+    let state_becomes = |state: &str| {
+        b.wait_until(WAIT, &format!("the row to show {state}"), |b| text_of(b, &format!("{row} .state")) == state);
+    };
+    let (status, script) = common::call(common::agent().get(&s.url(&format!("/boot.ipxe?mac={mac}"))));
+    assert_eq!(status, 200, "{script}");
+    state_becomes("booting");
+    let token = common::token_of(&script);
+    let agent_call = |path: &str, body: serde_json::Value| {
+        let req = common::agent().post(&s.url(path)).set("Authorization", &format!("Bearer {token}"));
+        let (status, answer) = common::send_json(req, body);
+        assert!((200..300).contains(&status), "{path}: {status} {answer}");
+    };
+    agent_call(
+        "/boot/v1/hello",
+        serde_json::json!({"cpus": 4, "memory_bytes": 8u64 << 30, "nics": [], "dmi": {"serial": "LIVE-1"}}),
+    );
+    state_becomes("stage1");
+    for state in ["loading", "handoff", "ready"] {
+        agent_call(
+            "/boot/v1/events",
+            serde_json::json!({"state": state, "message": format!("agent: {state}"), "progress": null}),
+        );
+        state_becomes(state);
+    }
     assert_eq!(b.execute("return window.__sameDocument === true", &[]), true, "updated in place, not reloaded");
     b.save_screenshot("nodes-live");
 
@@ -172,8 +206,7 @@ fn an_operator_watches_filters_and_acts_in_a_real_browser() {
     assert_eq!(b.find("#confirm-text").text(), "Maintenance on: 3 nodes. Go ahead?");
     b.save_screenshot("bulk-confirm");
     b.find("#confirm-dialog button[value=ok]").click();
-    let flash = b.wait_for(".flash", WAIT).text();
-    assert!(flash.contains("Maintenance on: done on 3 nodes."), "{flash}");
+    flash_saying(&b, "Maintenance on: done on 3 nodes.");
     for id in &chosen {
         let node = s.handle.block_on(s.store.node(id.parse().unwrap())).unwrap();
         assert_eq!(
@@ -198,17 +231,15 @@ fn an_operator_watches_filters_and_acts_in_a_real_browser() {
     b.find("button[value=rollout_start]").click();
     b.wait_for("#confirm-dialog[open]", WAIT);
     b.find("#confirm-dialog button[value=ok]").click();
-    let flash = b.wait_for(".flash", WAIT).text();
-    assert!(flash.contains("Started rollout 1: 2 node(s)"), "{flash}");
+    flash_saying(&b, "Started rollout 1: 2 node(s)");
     assert!(b.url().ends_with("/ui/rollouts"));
     b.find("#rollout-1 button[value=rollout_pause]").click();
     b.wait_for("#confirm-dialog[open]", WAIT);
     b.find("#confirm-dialog button[value=ok]").click();
-    let flash = b.wait_for(".flash", WAIT).text();
-    assert!(flash.starts_with("Pause rollout 1: "), "{flash}");
+    flash_saying(&b, "Pause rollout 1: ");
     b.wait_until(WAIT, "the driver to pause it", |b| {
         b.refresh();
-        b.find("#rollout-1 h2 .state").text() == "paused"
+        text_of(b, "#rollout-1 h2 .state") == "paused"
     });
     b.save_screenshot("rollouts");
     b.assert_accessible("rollouts");
@@ -252,11 +283,10 @@ fn every_page_reads_and_acts_with_javascript_off() {
     b.goto(&s.url(&format!("/ui/nodes/{node}")));
     b.find("#a-reason").send_keys("firmware update");
     b.find("button[value=maintenance_on]").click();
-    b.wait_until(WAIT, "the confirmation page", |b| b.find("main h1").text() == "Confirm: Maintenance on");
+    b.wait_until(WAIT, "the confirmation page", |b| text_of(b, "main h1") == "Confirm: Maintenance on");
     b.save_screenshot("confirm-no-js");
     b.find("main form button[type=submit]").click();
-    let flash = b.wait_for(".flash", WAIT).text();
-    assert!(flash.contains("done on 1 node"), "{flash}");
+    flash_saying(&b, "done on 1 node");
     let state = s.handle.block_on(s.store.node(node)).unwrap();
     assert_eq!(state.maintenance_reason.as_deref(), Some("firmware update"));
 }
