@@ -80,6 +80,9 @@ fn an_operator_watches_filters_and_acts_in_a_real_browser() {
     let (s, ids) = seeded();
     let failed = with_fate(&ids, Fate::FailedLoading).len() + with_fate(&ids, Fate::FailedBooting).len();
 
+    b.goto(&s.url("/ui/login"));
+    b.save_screenshot("login");
+    b.assert_accessible("login");
     log_in(&b, &s, &s.admin);
     let session = b.cookies().into_iter().find(|c| c["name"] == "ramboot_session").expect("a session cookie");
     assert_eq!(
@@ -100,6 +103,19 @@ fn an_operator_watches_filters_and_acts_in_a_real_browser() {
     assert!(b.find_all("#feed li").len() >= 10, "the event feed");
     b.save_screenshot("fleet");
     b.assert_accessible("fleet");
+    // From a small laptop to a 4K wall display: nothing overflows sideways.
+    for (name, width, height) in [("laptop", 1280, 800), ("wall", 3840, 2160)] {
+        b.set_window(width, height);
+        for page in ["/ui/", "/ui/nodes"] {
+            b.goto(&s.url(page));
+            let overflow = b.execute("return document.documentElement.scrollWidth - window.innerWidth", &[]);
+            assert!(overflow.as_i64().is_some_and(|o| o <= 0), "{page} at {width}x{height} overflows by {overflow}px");
+        }
+        b.save_screenshot(&format!("nodes-{name}"));
+    }
+    b.set_window(1440, 1300);
+    b.goto(&s.url("/ui/"));
+
     // The first Tab reaches the skip link: the page is usable from the keyboard.
     b.refresh();
     b.send_keys_active(keys::TAB);
@@ -221,6 +237,24 @@ fn an_operator_watches_filters_and_acts_in_a_real_browser() {
         &[],
     );
     assert_eq!(trail.as_str().unwrap_or("").matches("node.maintenance").count(), 3, "audited under the admin token");
+
+    // The confirmation page a browser without JavaScript gets (a script-made form's
+    // submit() skips the dialog, as no script would have asked): accessible too.
+    let csrf = b.find("header input[name=csrf]").attr("value").unwrap();
+    let fields =
+        serde_json::json!([["csrf", csrf], ["action", "reprovision"], ["node", chosen[0]], ["return", "/ui/nodes"]]);
+    b.execute(
+        "const f = document.createElement('form'); f.method = 'post'; f.action = '/ui/actions';
+         for (const [name, value] of arguments[0]) {
+           const i = document.createElement('input'); i.type = 'hidden'; i.name = name; i.value = value; f.appendChild(i);
+         }
+         document.body.appendChild(f); f.submit();",
+        &[fields],
+    );
+    b.wait_until(WAIT, "the confirmation page", |b| text_of(b, "main h1") == "Confirm: Reprovision");
+    b.assert_accessible("confirm");
+    b.find("main form a").click();
+    b.wait_until(WAIT, "cancel goes back", |b| b.url().ends_with("/ui/nodes"));
 
     // A rollout of two selected nodes, started from the table, then paused.
     b.goto(&s.url("/ui/nodes?state=ready&sort=mac"));

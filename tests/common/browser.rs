@@ -217,6 +217,11 @@ impl Browser {
         self.cmd("POST", "/refresh", Some(json!({})));
     }
 
+    /// Resize the window (outer size, CSS pixels): a laptop, a wall display.
+    pub fn set_window(&self, width: u32, height: u32) {
+        self.cmd("POST", "/window/rect", Some(json!({ "width": width, "height": height })));
+    }
+
     /// The element `css` matches; panics if none does.
     pub fn find(&self, css: &str) -> Element<'_> {
         self.find_in("", css)

@@ -119,10 +119,17 @@ struct VolumesPage {
 }
 
 pub async fn volumes(State(state): State<AppState>, viewer: Viewer) -> Result<Response, UiError> {
+    let all = state.store.volumes().await?;
+    // Every node's name in one read, not one per volume.
+    let names: std::collections::BTreeMap<i64, String> = if all.iter().any(|v| v.node_id.is_some()) {
+        state.store.nodes().await?.into_iter().map(|n| (n.id, n.hostname)).collect()
+    } else {
+        Default::default()
+    };
     let mut volumes = Vec::new();
-    for v in state.store.volumes().await? {
+    for v in all {
         let node_name = match v.node_id {
-            Some(id) => state.store.node(id).await.map(|n| n.hostname).unwrap_or_else(|_| format!("node {id}")),
+            Some(id) => names.get(&id).cloned().unwrap_or_else(|| format!("node {id}")),
             None => String::new(),
         };
         volumes.push(VolumeRow {
