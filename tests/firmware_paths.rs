@@ -29,7 +29,7 @@ mod common;
 use common::netns::{tftp_reads, Ramboot, ServeInLab};
 use ramboot_lab::harness::{
     bridge_port_ns, ip_in, lab_with_bridge, log_text, logs_context, spawn_pxe_vm, spawn_uefi_firmware_pxe_vm,
-    start_site_dnsmasq, tail, tool, Lab,
+    spawn_uefi_http_boot_vm, start_site_dnsmasq, tail, tool, Lab,
 };
 use ramboot_lab::net::in_ns;
 use ramboot_lab::pcap::{capture, read_pcap, wait_capture, Packet};
@@ -103,40 +103,94 @@ fn from_edk2(d: &Dhcp) -> bool {
     d.op == 1 && class.starts_with("PXEClient:Arch:00007") && !d.user_class().is_some_and(|u| u.contains("iPXE"))
 }
 
+/// OVMF's own network boot (PXE, or with `http_boot` its HTTP Boot client) on a
+/// lab bridge where another host's dnsmasq leases addresses and ramboot, in proxy
+/// mode, names the boot file; the VM started, the wire captured.
+struct ProxyBoot {
+    lab: Lab,
+    ramboot: Ramboot,
+    dnsmasq: usize,
+    qemu: usize,
+    tcpdump: usize,
+    pcap: std::path::PathBuf,
+    console: std::path::PathBuf,
+    qemu_log: std::path::PathBuf,
+    dnsmasq_log: std::path::PathBuf,
+    snponly: Vec<u8>,
+    vm_started: Instant,
+}
+
+impl ProxyBoot {
+    fn start(
+        test: &str,
+        tags: (char, char),
+        (proxy_ip, site_ip, range): (Ipv4Addr, Ipv4Addr, (Ipv4Addr, Ipv4Addr)),
+        mac: &str,
+        http_boot: bool,
+    ) -> Option<ProxyBoot> {
+        let more = [("OVMF (ovmf)", OVMF), ("snponly.efi (ipxe)", SNPONLY)];
+        let (mut lab, ns, bridge, tap) = lab_with_bridge(test, &more, tags.0, &[format!("{proxy_ip}/24")])?;
+        // The site's DHCP server is another host on the boot network (on the bridge's
+        // own address it would answer from ramboot's, and the wire could not tell them apart).
+        let (site_ns, site_if) = bridge_port_ns(&mut lab, (&ns, &bridge), tags.1, &[format!("{site_ip}/24")], 1500);
+        let snponly = serve_ipxe_binary(&lab, SNPONLY, "snponly.efi");
+        let (tcpdump, pcap) = capture(&mut lab, &ns, &bridge, "udp or tcp port 8080");
+        let config = format!(
+            "interface: {bridge}\nserver_address: {proxy_ip}\nipv6_ra: true\nhttp: {{listen: \"{proxy_ip}:8080\"}}\n\
+             tftp: {{listen: \"{proxy_ip}:69\"}}\ndhcp:\n  mode: proxy\n"
+        );
+        // tower_http at debug logs each request's URI; tftp at debug, EDK2's size probes.
+        let ramboot = lab.start_ramboot(&ns, &config, "info,tower_http=debug,ramboot::tftp=debug");
+        let dnsmasq = start_site_dnsmasq(&mut lab, &site_ns, &site_if, site_ip, range, &[]);
+        let (console, qemu_log, dnsmasq_log) = (lab.path("console.log"), lab.path("qemu.log"), lab.path("dnsmasq.log"));
+        let vm_started = Instant::now();
+        let spawn = if http_boot { spawn_uefi_http_boot_vm } else { spawn_uefi_firmware_pxe_vm };
+        let qemu = spawn(&mut lab, &ns, &tap, mac, &console, &qemu_log);
+        Some(ProxyBoot {
+            lab,
+            ramboot,
+            dnsmasq,
+            qemu,
+            tcpdump,
+            pcap,
+            console,
+            qemu_log,
+            dnsmasq_log,
+            snponly,
+            vm_started,
+        })
+    }
+
+    /// What to show when a wait times out: the logs as they are then.
+    fn context(&self) -> impl Fn() -> String {
+        let paths = [&self.console, &self.qemu_log, &self.dnsmasq_log, &self.ramboot.log].map(|p| p.clone());
+        move || {
+            let [console, qemu, dnsmasq, ramboot] = &paths;
+            logs_context(30, &[("console", console), ("qemu", qemu), ("dnsmasq", dnsmasq), ("ramboot", ramboot)])
+        }
+    }
+
+    /// Stop everything (see [`finish`]): ramboot's log and the capture.
+    fn finish(&mut self) -> (String, Vec<Packet>) {
+        finish(&mut self.lab, (&[self.qemu, self.dnsmasq], self.tcpdump), &self.ramboot, &self.pcap)
+    }
+}
+
 #[test]
 fn uefi_firmware_pxe_boots_through_ramboot_proxy_beside_dnsmasq() {
     const TEST: &str = "uefi_firmware_pxe_boots_through_ramboot_proxy_beside_dnsmasq";
-    let more = [("OVMF (ovmf)", OVMF), ("snponly.efi (ipxe)", SNPONLY)];
-    let Some((mut lab, ns, bridge, tap)) = lab_with_bridge(TEST, &more, 'u', &[format!("{PROXY_IP}/24")]) else {
+    let started = Instant::now();
+    let range = (Ipv4Addr::new(10, 77, 0, 50), Ipv4Addr::new(10, 77, 0, 90));
+    let Some(mut vm) = ProxyBoot::start(TEST, ('u', 'v'), (PROXY_IP, PROXY_SITE_IP, range), UEFI_MAC, false) else {
         return;
     };
-    let started = Instant::now();
-    // The site's DHCP server is another host on the boot network (on the bridge's own
-    // address it would answer from ramboot's, and the wire could not tell them apart).
-    let (site_ns, site_if) = bridge_port_ns(&mut lab, (&ns, &bridge), 'v', &[format!("{PROXY_SITE_IP}/24")], 1500);
-    let snponly = serve_ipxe_binary(&lab, SNPONLY, "snponly.efi");
-    let (tcpdump, pcap) = capture(&mut lab, &ns, &bridge, "udp or tcp port 8080");
-
-    let config = format!(
-        "interface: {bridge}\nserver_address: {PROXY_IP}\nipv6_ra: true\nhttp: {{listen: \"{PROXY_IP}:8080\"}}\n\
-         tftp: {{listen: \"{PROXY_IP}:69\"}}\ndhcp:\n  mode: proxy\n"
-    );
-    // tower_http at debug logs each request's URI; tftp at debug, EDK2's size probes.
-    let ramboot = lab.start_ramboot(&ns, &config, "info,tower_http=debug,ramboot::tftp=debug");
-    let range = (Ipv4Addr::new(10, 77, 0, 50), Ipv4Addr::new(10, 77, 0, 90));
-    let dnsmasq = start_site_dnsmasq(&mut lab, &site_ns, &site_if, PROXY_SITE_IP, range, &[]);
-
-    let (console, qemu_log) = (lab.path("console.log"), lab.path("qemu.log"));
-    let vm_started = Instant::now();
-    let qemu = spawn_uefi_firmware_pxe_vm(&mut lab, &ns, &tap, UEFI_MAC, &console, &qemu_log);
-    let dnsmasq_log = lab.path("dnsmasq.log");
-    let logs = [("console", &console), ("qemu", &qemu_log), ("dnsmasq", &dnsmasq_log), ("ramboot", &ramboot.log)];
-    let context = || logs_context(30, &logs);
-    ramboot.wait_tftp_read(&mut lab, qemu, "snponly.efi", VM_STEP, context);
-    let loaded_at = vm_started.elapsed();
-    ramboot.wait_script_served(&mut lab, qemu, UEFI_MAC, VM_STEP, context);
-    let script_at = vm_started.elapsed();
-    let (log, packets) = finish(&mut lab, (&[qemu, dnsmasq], tcpdump), &ramboot, &pcap);
+    let context = vm.context();
+    vm.ramboot.wait_tftp_read(&mut vm.lab, vm.qemu, "snponly.efi", VM_STEP, &context);
+    let loaded_at = vm.vm_started.elapsed();
+    vm.ramboot.wait_script_served(&mut vm.lab, vm.qemu, UEFI_MAC, VM_STEP, &context);
+    let script_at = vm.vm_started.elapsed();
+    let (log, packets) = vm.finish();
+    let (snponly, console) = (&vm.snponly, &vm.console);
 
     let msgs: Vec<(Packet, Dhcp)> = dhcp_of(&packets).into_iter().filter(|(_, d)| d.chaddr == UEFI_MAC).collect();
     let wire = describe_all(&msgs);
@@ -191,7 +245,7 @@ fn uefi_firmware_pxe_boots_through_ramboot_proxy_beside_dnsmasq() {
 
     // The console says the same: EDK2's PXE loaded the NBP, iPXE drove the NIC
     // through the firmware's SNP.
-    let console_text = log_text(&console);
+    let console_text = log_text(console);
     for step in ["Start PXE over IPv4", "NBP filename is snponly.efi", "NBP file downloaded successfully", "using SNP"]
     {
         assert!(console_text.contains(step), "the console lacks {step:?}:\n{console_text}");
@@ -218,6 +272,73 @@ fn uefi_firmware_pxe_boots_through_ramboot_proxy_beside_dnsmasq() {
         rrqs.iter().map(|(_, t)| format!("{t:?}")).collect::<Vec<_>>(),
         reads.len(),
         reads.first().and_then(|l| l.split("TFTP read").nth(1)).unwrap_or_default(),
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 1b. EDK2's own HTTP Boot through ramboot's proxyDHCP
+
+const HTTP_PROXY_IP: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 1);
+const HTTP_SITE_IP: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 2);
+const HTTP_MAC: &str = "52:54:00:79:79:01";
+
+/// OVMF with its PXE off boots with its UEFI HTTP Boot client; the site's dnsmasq
+/// gives the address, ramboot (proxy mode) the URL of `snponly.efi`, which the
+/// firmware fetches from ramboot's HTTP server (`/ipxe/`), and that iPXE fetches
+/// the script.
+#[test]
+fn uefi_http_boot_through_ramboot_proxy_beside_dnsmasq() {
+    const TEST: &str = "uefi_http_boot_through_ramboot_proxy_beside_dnsmasq";
+    let started = Instant::now();
+    let range = (Ipv4Addr::new(10, 79, 0, 50), Ipv4Addr::new(10, 79, 0, 90));
+    let Some(mut vm) = ProxyBoot::start(TEST, ('h', 'w'), (HTTP_PROXY_IP, HTTP_SITE_IP, range), HTTP_MAC, true) else {
+        return;
+    };
+    let context = vm.context();
+    vm.ramboot.wait_script_served(&mut vm.lab, vm.qemu, HTTP_MAC, VM_STEP, &context);
+    let script_at = vm.vm_started.elapsed();
+    let (_log, packets) = vm.finish();
+    let (snponly, console) = (&vm.snponly, &vm.console);
+
+    let msgs: Vec<(Packet, Dhcp)> = dhcp_of(&packets).into_iter().filter(|(_, d)| d.chaddr == HTTP_MAC).collect();
+    let wire = describe_all(&msgs);
+    // The firmware asked as an HTTP Boot client (arch 16), and ramboot's proxy
+    // offer answered in kind: `HTTPClient` and the URL, no address.
+    let first = msgs.iter().find(|(_, d)| d.kind() == "DISCOVER").unwrap_or_else(|| panic!("no DISCOVER:\n{wire}"));
+    let class = first.1.opt_str(60).unwrap_or_default();
+    assert!(class.starts_with("HTTPClient:Arch:00016"), "the first DISCOVER is not HTTP Boot's: {class}");
+    let url = format!("http://{HTTP_PROXY_IP}:8080/ipxe/snponly.efi");
+    let offers: Vec<&(Packet, Dhcp)> =
+        msgs.iter().filter(|(p, d)| d.op == 2 && p.src == HTTP_PROXY_IP && d.opt(60) == Some(b"HTTPClient")).collect();
+    assert!(!offers.is_empty(), "no HTTPClient proxy offer from ramboot:\n{wire}");
+    for (p, d) in &offers {
+        let line = describe(p, d);
+        assert!(d.yiaddr.is_unspecified(), "a proxy offer carries no address: {line}");
+        assert_eq!(d.boot_file(), url, "{line}");
+    }
+    // The firmware fetched the binary over HTTP (the whole of it), then its iPXE the
+    // script, from the address dnsmasq leased.
+    let requests = http_requests(&packets, 8080);
+    assert!(requests.iter().any(|(_, r)| r.starts_with("GET /ipxe/snponly.efi")), "no GET of the binary: {requests:?}");
+    let console_text = log_text(console);
+    for step in ["Start HTTP Boot over IPv4", &format!("URI: {url}"), "using SNP"] {
+        assert!(console_text.contains(step), "the console lacks {step:?}:\n{console_text}");
+    }
+    assert!(!console_text.contains("Start PXE over IPv4"), "the firmware tried PXE");
+    let leased: Vec<Ipv4Addr> =
+        msgs.iter().filter(|(p, d)| d.kind() == "ACK" && p.src == HTTP_SITE_IP).map(|(_, d)| d.yiaddr).collect();
+    let wanted = format!("GET /boot.ipxe?mac={HTTP_MAC}");
+    let scripts = script_requests(&packets);
+    assert!(
+        scripts.iter().any(|(src, target)| *target == wanted && leased.contains(src)),
+        "no {wanted} from a dnsmasq lease {leased:?}: {scripts:?}"
+    );
+    eprintln!(
+        "{TEST}: {} HTTPClient proxy offer(s); snponly.efi ({} bytes) over HTTP; the script fetched {script_at:.1?} \
+         after QEMU started; test took {:.1?}",
+        offers.len(),
+        snponly.len(),
         started.elapsed()
     );
 }

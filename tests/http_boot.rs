@@ -304,3 +304,47 @@ fn artifact_bodies_use_sendfile_and_share_keep_alive_connections_with_hyper() {
     std::io::Read::read_to_end(&mut fresh_reader, &mut rest).unwrap();
     assert!(rest.is_empty(), "closed after the body");
 }
+
+/// UEFI HTTP Boot: DHCP hands the client `{boot_url}/ipxe/<file>`, and the HTTP
+/// server serves the very files TFTP does, with the same path safety.
+#[test]
+fn ipxe_binaries_are_served_over_http_from_ipxe_only() {
+    let srv = TestServer::start();
+    let ipxe = srv.dir.path().join("ipxe");
+    std::fs::create_dir_all(ipxe.join("arm64")).unwrap();
+    let binary: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(ipxe.join("snponly.efi"), &binary).unwrap();
+    std::fs::write(ipxe.join("arm64/snponly.efi"), b"arm64 binary").unwrap();
+    std::fs::write(srv.dir.path().join("secret.txt"), b"not for nodes").unwrap();
+    std::os::unix::fs::symlink(srv.dir.path().join("secret.txt"), ipxe.join("escape.efi")).unwrap();
+
+    let response = agent().get(&srv.url("/ipxe/snponly.efi")).call().unwrap();
+    assert_eq!(response.header("content-type"), Some("application/efi"), "what UEFI HTTP Boot checks");
+    assert_eq!(response.header("cache-control"), Some("no-cache"), "fetch.sh may replace it");
+    let etag = response.header("etag").unwrap().to_string();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut response.into_reader(), &mut body).unwrap();
+    assert!(body == binary, "the bytes on disk");
+    let (status, text) = call(agent().get(&srv.url("/ipxe/arm64/snponly.efi")));
+    assert_eq!((status, text.as_str()), (200, "arm64 binary"), "subdirectories, as boot_files names them");
+
+    // Firmware resumes with a range, and revalidates with its ETag.
+    let part = agent().get(&srv.url("/ipxe/snponly.efi")).set("Range", "bytes=100-199").call().unwrap();
+    assert_eq!((part.status(), part.header("content-range")), (206, Some("bytes 100-199/200000")));
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut part.into_reader(), &mut got).unwrap();
+    assert!(got == binary[100..200]);
+    let (status, _) = call(agent().get(&srv.url("/ipxe/snponly.efi")).set("If-None-Match", &etag));
+    assert_eq!(status, 304);
+
+    // Nothing outside ipxe/: not by `..` (encoded or not), nor a symlink pointing out.
+    for path in
+        ["/ipxe/missing.efi", "/ipxe/%2e%2e/secret.txt", "/ipxe/..%2fsecret.txt", "/ipxe/escape.efi", "/ipxe/a%5cb"]
+    {
+        let (status, body) = call(agent().get(&srv.url(path)));
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(!body.contains("not for nodes"), "{path}");
+    }
+    let metrics = call(agent().get(&srv.url("/metrics"))).1;
+    assert!(metrics.contains("ramboot_http_boot_file_requests_total{result=\"refused\"}"), "refusals are counted");
+}

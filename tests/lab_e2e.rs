@@ -244,6 +244,33 @@ fn qemu_uefi_node_pxe_boots_into_ram() {
     assert_eq!(detail["node"]["arch"], "efi-x64", "DHCP saw UEFI x64 (option 93)");
 }
 
+/// UEFI HTTP Boot (issue 16, item 1): OVMF's own HTTP Boot client, on a NIC with
+/// no iPXE ROM and the firmware's PXE turned off, asks DHCP as `HTTPClient`, gets
+/// `http://…/ipxe/snponly.efi`, fetches it from ramboot's HTTP server and runs it;
+/// that iPXE (over the firmware's SNP) boots the node into RAM as usual.
+#[test]
+fn qemu_uefi_http_boot_node_boots_into_ram() {
+    if common::skipped("qemu_uefi_http_boot_node_boots_into_ram", skip_reason().as_deref()) {
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let detail = boot_tiny("report-http-boot.json", &["--http-boot"]);
+    assert_eq!(detail["node"]["state"], "ready", "{detail:#}");
+    // The firmware's own DHCP said HTTPClient and was handed the URL (the iPXE it
+    // loaded then asks as iPXE, arch 7, and is given the script).
+    let log = ramboot_lab::logs::log_text(&lab_dir().join("server.err"));
+    let http_offer = log
+        .lines()
+        .find(|l| l.contains("DHCP decision") && l.contains("firmware=HttpClient"))
+        .unwrap_or_else(|| panic!("no DHCP decision for an HTTPClient in the server's log"));
+    assert!(http_offer.contains("boot_file=\"http://") && http_offer.contains("/ipxe/snponly.efi\""), "{http_offer}");
+    let console = ramboot_lab::logs::log_text(&lab_dir().join("console.log"));
+    for step in ["Start HTTP Boot over IPv4", "URI: http://", "/ipxe/snponly.efi", "using SNP"] {
+        assert!(console.contains(step), "the console lacks {step:?}");
+    }
+    assert!(!console.contains("Start PXE over IPv4"), "the firmware tried PXE");
+}
+
 /// The other half of the diskless design: a compute node logs in to its iSCSI
 /// volume, writes a file and syncs; QEMU is killed (SIGKILL, a hypervisor crash); the
 /// node PXE-boots again, logs in again on its own, and reads the file back intact.

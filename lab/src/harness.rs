@@ -442,9 +442,25 @@ pub fn spawn_pxe_vm(lab: &mut Lab, ns: &str, tap: &str, mac: &str, console: &Pat
 /// virtio-net NIC with no option ROM, so no iPXE takes over. Its variables are a
 /// fresh copy in the lab's dir. Otherwise as [`spawn_pxe_vm`].
 pub fn spawn_uefi_firmware_pxe_vm(lab: &mut Lab, ns: &str, tap: &str, mac: &str, console: &Path, log: &Path) -> usize {
+    spawn_uefi_firmware_vm(lab, ns, (tap, mac, Nic::VirtioFirmwarePxe), console, log)
+}
+
+/// As [`spawn_uefi_firmware_pxe_vm`], with the firmware's PXE turned off: OVMF
+/// boots with its UEFI HTTP Boot client (DHCP as `HTTPClient`, the boot file by URL).
+pub fn spawn_uefi_http_boot_vm(lab: &mut Lab, ns: &str, tap: &str, mac: &str, console: &Path, log: &Path) -> usize {
+    spawn_uefi_firmware_vm(lab, ns, (tap, mac, Nic::VirtioFirmwareHttp), console, log)
+}
+
+fn spawn_uefi_firmware_vm(
+    lab: &mut Lab,
+    ns: &str,
+    (tap, mac, nic): (&str, &str, Nic),
+    console: &Path,
+    log: &Path,
+) -> usize {
     let vars = lab.path("OVMF_VARS.fd");
     std::fs::copy(crate::qemu::OVMF_VARS, &vars).unwrap_or_else(|e| panic!("copying {}: {e}", crate::qemu::OVMF_VARS));
-    let vm = PxeVm { uefi_vars: Some(vars), nic: Nic::VirtioFirmwarePxe, ..PxeVm::bios(tap, mac, console) };
+    let vm = PxeVm { uefi_vars: Some(vars), nic, ..PxeVm::bios(tap, mac, console) };
     lab.spawn("qemu", ns, &vm.command_line(), log, &[])
 }
 

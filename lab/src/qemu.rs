@@ -32,6 +32,10 @@ pub enum Nic {
     /// virtio-net with no option ROM. Under OVMF the firmware's own PXE stack boots
     /// (EDK2 NetworkPkg over its VirtioNetDxe driver); SeaBIOS has none.
     VirtioFirmwarePxe,
+    /// As [`Nic::VirtioFirmwarePxe`] with OVMF's PXE turned off (its fw_cfg
+    /// switches), so the firmware boots with its UEFI HTTP Boot client: DHCP as
+    /// `HTTPClient`, then the boot file by URL. UEFI only.
+    VirtioFirmwareHttp,
 }
 
 /// A network-booting VM's command line.
@@ -89,8 +93,18 @@ impl PxeVm {
                 format!("e1000,netdev=n0,mac={},romfile={rom},bootindex=1", self.mac)
             }
             // An empty romfile: no iPXE, the firmware's driver and PXE stack.
-            Nic::VirtioFirmwarePxe => format!("virtio-net-pci,netdev=n0,mac={},romfile=,bootindex=1", self.mac),
+            Nic::VirtioFirmwarePxe | Nic::VirtioFirmwareHttp => {
+                format!("virtio-net-pci,netdev=n0,mac={},romfile=,bootindex=1", self.mac)
+            }
         });
+        if self.nic == Nic::VirtioFirmwareHttp {
+            // OVMF reads these at start (OvmfPkg's NetworkPkg PCDs): with PXE off, the
+            // NIC's boot options are HTTP Boot's.
+            for family in ["IPv4", "IPv6"] {
+                args.push("-fw_cfg".into());
+                args.push(format!("name=opt/org.tianocore/{family}PXESupport,string=n"));
+            }
+        }
         args.push("-netdev".into());
         args.push(format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap));
         if let Some(vars) = &self.uefi_vars {

@@ -193,25 +193,39 @@ async fn artifact(
     // An open file's size: a local inode lookup, no I/O worth a blocking thread.
     let len = file.metadata().map_err(ApiError::internal)?.len();
     let etag = etag_of(&digest);
-    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    let request = Conditions {
-        if_none_match: header(header::IF_NONE_MATCH),
-        if_range: header(header::IF_RANGE),
-        range: header(header::RANGE),
-    };
     let mut common = HeaderMap::new();
     for (name, value) in fixed_headers(&etag) {
         if let Ok(v) = HeaderValue::from_str(&value) {
             common.insert(name, v);
         }
     }
-    let (status, start, count) = match answer(&etag, &request, len) {
-        Answer::NotModified => return Ok((StatusCode::NOT_MODIFIED, common).into_response()),
+    Ok(file_body(file, len, &etag, common, "application/octet-stream", &headers))
+}
+
+/// `file` (`len` bytes, tagged `etag`) as the request's conditions and range ask:
+/// 304, 416, 206 or 200 with `common` headers and `content_type`, the body read
+/// chunk by chunk within the shared budget.
+pub(crate) fn file_body(
+    file: Arc<std::fs::File>,
+    len: u64,
+    etag: &str,
+    mut common: HeaderMap,
+    content_type: &'static str,
+    headers: &HeaderMap,
+) -> Response {
+    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let request = Conditions {
+        if_none_match: header(header::IF_NONE_MATCH),
+        if_range: header(header::IF_RANGE),
+        range: header(header::RANGE),
+    };
+    let (status, start, count) = match answer(etag, &request, len) {
+        Answer::NotModified => return (StatusCode::NOT_MODIFIED, common).into_response(),
         Answer::Unsatisfiable => {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 common.insert(header::CONTENT_RANGE, v);
             }
-            return Ok((StatusCode::RANGE_NOT_SATISFIABLE, common).into_response());
+            return (StatusCode::RANGE_NOT_SATISFIABLE, common).into_response();
         }
         Answer::Body { start, count, content_range } => {
             let status = match content_range {
@@ -226,7 +240,7 @@ async fn artifact(
             (status, start, count)
         }
     };
-    common.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    common.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     common.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     let in_flight = InFlight::start();
     let read_at = move |offset, len| pread(file.clone(), offset, len);
@@ -234,8 +248,7 @@ async fn artifact(
         let _held = &in_flight;
         chunk
     });
-    let body = Body::from_stream(chunks);
-    Ok((status, common, body).into_response())
+    (status, common, Body::from_stream(chunks)).into_response()
 }
 
 #[cfg(test)]

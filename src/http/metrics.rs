@@ -40,6 +40,10 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     metrics::describe_counter!(
+        "ramboot_http_boot_file_requests_total",
+        "iPXE binaries asked for over HTTP (UEFI HTTP Boot), by result: ok, not_found, refused (the name left ipxe/)"
+    );
+    metrics::describe_counter!(
         "ramboot_events_total",
         "Events in the shared event log since this server started, by kind (all servers' nodes)"
     );

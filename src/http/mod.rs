@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod boot;
 pub mod error;
+pub mod firmware;
 pub mod metrics;
 pub mod sendfile;
 pub mod server;
@@ -84,6 +85,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(boot::routes())
         .merge(artifacts::routes())
+        .merge(firmware::routes())
         .merge(api)
         .route("/api/v1/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .route("/metrics", get(metrics::render))

@@ -130,6 +130,11 @@ pub struct LabOptions {
     /// Boot with OVMF (UEFI) instead of SeaBIOS.
     #[arg(long)]
     pub uefi: bool,
+    /// UEFI HTTP Boot: OVMF's own HTTP Boot client (a NIC without an iPXE ROM,
+    /// the firmware's PXE turned off) fetches iPXE by URL from ramboot's HTTP
+    /// server instead of over TFTP. Implies --uefi.
+    #[arg(long)]
+    pub http_boot: bool,
     #[arg(long, default_value_t = 512)]
     pub memory_mb: u32,
     /// Rebuild the images even if they are up to date.
@@ -170,6 +175,11 @@ pub struct LabOptions {
 impl LabOptions {
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
+    }
+
+    /// OVMF rather than SeaBIOS (HTTP Boot is UEFI's).
+    fn uefi(&self) -> bool {
+        self.uefi || self.http_boot
     }
 }
 
@@ -428,7 +438,7 @@ impl Lab<'_> {
             attach_lab_volume(&http, &base).await?;
         }
         let monitor = dir.join("qemu.monitor");
-        if opts.uefi {
+        if opts.uefi() {
             std::fs::copy(qemu::OVMF_VARS, dir.join("OVMF_VARS.fd"))?;
         }
         let started = Instant::now();
@@ -574,15 +584,16 @@ impl Lab<'_> {
         Ok(serde_json::to_string_pretty(&detail)?)
     }
 
-    /// Power the VM on: SeaBIOS or OVMF, e1000 with QEMU's iPXE ROM, network boot.
+    /// Power the VM on: SeaBIOS or OVMF, e1000 with QEMU's iPXE ROM (or, for HTTP
+    /// Boot, virtio-net driven by the firmware), network boot.
     fn power_on(&self, console_log: &Path, again: bool) -> Result<Proc> {
         let (opts, dir) = (self.opts, self.dir);
         let vm = PxeVm {
             tap: TAP.into(),
             mac: LAB_MAC.into(),
             memory_mb: opts.memory_mb,
-            uefi_vars: opts.uefi.then(|| dir.join("OVMF_VARS.fd")),
-            nic: Nic::E1000Ipxe,
+            uefi_vars: opts.uefi().then(|| dir.join("OVMF_VARS.fd")),
+            nic: if opts.http_boot { Nic::VirtioFirmwareHttp } else { Nic::E1000Ipxe },
             // Appended across power-ons: one console log for the whole run.
             console: Console::Stdout,
             // A monitor socket lets the lab power-cycle the VM between boots.
@@ -602,7 +613,11 @@ impl Lab<'_> {
             .context("starting QEMU")?;
         println!(
             "lab: VM {LAB_MAC} powered on ({}, {} MiB, TCG); serial console: {}",
-            if opts.uefi { "UEFI" } else { "BIOS" },
+            match (opts.http_boot, opts.uefi()) {
+                (true, _) => "UEFI HTTP Boot",
+                (false, true) => "UEFI",
+                (false, false) => "BIOS",
+            },
             opts.memory_mb,
             console_log.display()
         );
