@@ -54,9 +54,23 @@ impl TestDb {
     pub fn set_reachable(&self, reachable: bool) {
         let mut statements = vec![format!("ALTER DATABASE {} ALLOW_CONNECTIONS {reachable}", self.name)];
         if !reachable {
+            // Terminating is a signal the backend acts on when it next can: until
+            // it has exited, a write it is given may still commit (and its client
+            // hear of it only as a broken connection). So wait (at most 10 s) until
+            // no backend of the database is left: the outage is real when this returns.
             statements.push(format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-                self.name
+                "DO $$
+                 DECLARE remaining int;
+                 BEGIN
+                   FOR i IN 1..100 LOOP
+                     PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';
+                     PERFORM pg_stat_clear_snapshot();
+                     SELECT count(*) INTO remaining FROM pg_stat_activity WHERE datname = '{name}';
+                     EXIT WHEN remaining = 0;
+                     PERFORM pg_sleep(0.1);
+                   END LOOP;
+                 END $$",
+                name = self.name
             ));
         }
         for statement in statements {
