@@ -201,6 +201,9 @@ pub struct EventFeed {
 const FEED_PAGE: i64 = 500;
 /// How soon a failed read of the log is tried again.
 const FEED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a feed reads the log without a notice: one indexed query per open
+/// stream, against a notice that never came.
+const FEED_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl EventFeed {
     /// The events after id `after`; subscribed before the first read, so nothing
@@ -215,9 +218,19 @@ impl EventFeed {
             if !self.more {
                 if self.failed {
                     tokio::time::sleep(FEED_RETRY).await;
-                } else if self.changed.changed().await.is_err() {
-                    // The store is gone: nothing more will come.
-                    std::future::pending::<()>().await;
+                } else {
+                    // Woken by a commit notice; and in any case every FEED_RECHECK,
+                    // so a notice lost on its way (another server's NOTIFY, a
+                    // listener reconnecting) delays an event, never withholds it.
+                    tokio::select! {
+                        changed = self.changed.changed() => {
+                            if changed.is_err() {
+                                // The store is gone: nothing more will come.
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        _ = tokio::time::sleep(FEED_RECHECK) => {}
+                    }
                 }
             }
             self.changed.mark_unchanged();
