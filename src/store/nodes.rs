@@ -62,8 +62,7 @@ pub struct NodeFilter {
 }
 
 /// A column a node list can be ordered by (then by id, so the order is total).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum NodeSort {
     #[default]
     Id,

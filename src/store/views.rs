@@ -4,6 +4,7 @@
 
 use super::boots::boot_from_row;
 use super::db::placeholders;
+use super::volumes::{volume_from_row, Volume};
 use super::{Boot, BootId, NodeId, Store, StoreError, Text};
 use ramboot_core::node::NodeState;
 use std::collections::BTreeMap;
@@ -51,6 +52,23 @@ impl Store {
             .fetch_all()
             .await?;
         rows.iter().map(|r| Ok((r.try_get("image_name")?, r.try_get("n")?))).collect()
+    }
+
+    /// The volumes attached to any of `nodes`, by node and LUN.
+    pub async fn volumes_of(&self, nodes: &[NodeId]) -> Result<Vec<Volume>, StoreError> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut next = 1;
+        let sql = format!(
+            "SELECT * FROM volumes WHERE node_id IN ({}) ORDER BY node_id, lun",
+            placeholders(&mut next, nodes.len())
+        );
+        let mut q = self.backend.sql(&sql);
+        for id in nodes {
+            q = q.bind(*id);
+        }
+        q.fetch_all().await?.iter().map(volume_from_row).collect()
     }
 
     /// For each of `nodes`, the message of its latest move into `state` (why it
@@ -126,6 +144,12 @@ mod tests {
         let boots = s.node_boots(node.id, 10).await.unwrap();
         assert_eq!(boots.iter().map(|b| b.id).collect::<Vec<_>>(), [boot]);
         assert_eq!(s.boots_by_id(&[boot, 999]).await.unwrap().keys().copied().collect::<Vec<_>>(), [boot]);
+        s.create_volume("vm-a", 1 << 20, &op(), 5).await.unwrap();
+        s.create_volume("vm-b", 1 << 20, &op(), 5).await.unwrap();
+        s.attach_volume("vm-a", node.id, &op(), 6).await.unwrap();
+        let names: Vec<String> = s.volumes_of(&[node.id, 999]).await.unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["vm-a"], "only the attached volume of the nodes asked");
+        assert!(s.volumes_of(&[]).await.unwrap().is_empty());
         let reasons = s.last_move_messages(&[node.id], NodeState::Failed).await.unwrap();
         assert!(reasons[&node.id].contains("image digest mismatch"), "{reasons:?}");
         let mut phases = s.phase_durations(0).await.unwrap();

@@ -19,7 +19,7 @@ pub struct Volume {
     pub created_at_ms: i64,
 }
 
-fn volume_from_row(row: &Row) -> Result<Volume, StoreError> {
+pub(super) fn volume_from_row(row: &Row) -> Result<Volume, StoreError> {
     let size: i64 = row.try_get("size_bytes")?;
     let lun: Option<i64> = row.try_get("lun")?;
     Ok(Volume {

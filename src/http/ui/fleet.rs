@@ -134,18 +134,6 @@ pub fn chart(phase: NodeState, mut durations_ms: Vec<i64>) -> PhaseChart {
     }
 }
 
-/// How long a node may sit in `state` before the watchdog fails it.
-fn timeout_of(state: &AppState, phase: NodeState) -> Option<std::time::Duration> {
-    let l = &state.config.lifecycle;
-    match phase {
-        NodeState::Booting => Some(l.booting_timeout),
-        NodeState::Stage1 => Some(l.stage1_timeout),
-        NodeState::Loading => Some(l.loading_timeout),
-        NodeState::Handoff => Some(l.handoff_timeout),
-        _ => None,
-    }
-}
-
 async fn attention(state: &AppState, now: i64) -> Result<(Vec<AttentionRow>, bool), UiError> {
     let filter = NodeFilter { state: Some(NodeState::Failed), limit: ATTENTION_ROWS + 1, ..NodeFilter::default() };
     let mut nodes: Vec<(store::Node, Option<String>)> = Vec::new();
@@ -156,8 +144,8 @@ async fn attention(state: &AppState, now: i64) -> Result<(Vec<AttentionRow>, boo
         let reason = reasons.remove(&n.id);
         (n, reason)
     }));
-    for phase in PHASES {
-        let Some(timeout) = timeout_of(state, phase) else { continue };
+    // The watchdog's own limits: past them it fails the boot at its next sweep.
+    for (phase, timeout) in crate::watchdog::limits(&state.config.lifecycle) {
         let before = now - i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         for n in state.store.nodes_in_state_since(phase, before).await? {
             let reason = format!(

@@ -117,6 +117,11 @@ impl Chrome {
     }
 }
 
+/// The loaded profiles' names, in order (the set is kept by name).
+fn profile_names(state: &AppState) -> Vec<String> {
+    state.profiles.current().loaded_iter().map(|p| p.profile.name.clone()).collect()
+}
+
 /// Headers every page carries: no caching of session data, and a policy that lets
 /// the page load only its own script and stylesheet.
 fn page_headers(response: &mut Response, clear_flash: bool) {

@@ -265,8 +265,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Path(id): Path<
         ("Known since", format::time(node.created_at_ms)),
     ];
     let inventory = node.inventory.as_ref().and_then(|i| serde_json::to_string_pretty(i).ok()).unwrap_or_default();
-    let mut profiles: Vec<String> = state.profiles.current().loaded_iter().map(|p| p.profile.name.clone()).collect();
-    profiles.sort();
+    let profiles = super::profile_names(&state);
     let profiles = profiles
         .into_iter()
         .map(|p| Choice { selected: node.profile.as_deref() == Some(p.as_str()), value: p, label: "" })

@@ -281,8 +281,9 @@ impl RowContext {
     pub async fn load(state: &AppState, nodes: &[store::Node]) -> Result<RowContext, UiError> {
         let boot_ids: Vec<i64> = nodes.iter().filter_map(|n| n.current_boot_id).collect();
         let failed: Vec<i64> = nodes.iter().filter(|n| n.state == NodeState::Failed).map(|n| n.id).collect();
+        let ids: Vec<i64> = nodes.iter().map(|n| n.id).collect();
         let mut volumes: BTreeMap<i64, Vec<String>> = BTreeMap::new();
-        for v in state.store.volumes().await? {
+        for v in state.store.volumes_of(&ids).await? {
             if let Some(node) = v.node_id {
                 volumes.entry(node).or_default().push(match v.lun {
                     Some(lun) => format!("{} (LUN {lun})", v.name),
@@ -436,8 +437,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, RawQuery(raw): 
             }
         })
         .collect();
-    let mut profiles: Vec<String> = state.profiles.current().loaded_iter().map(|p| p.profile.name.clone()).collect();
-    profiles.sort();
+    let profiles = super::profile_names(&state);
     let page_view = NodesPage {
         chrome: Chrome::new(Some(&viewer), "/ui/nodes", "nodes"),
         admin: viewer.is_admin(),
