@@ -1,10 +1,25 @@
 #!/usr/bin/env bash
-# Put the iPXE binaries ramboot serves over TFTP into DEST (default: this directory).
+# Put the network boot binaries ramboot serves (TFTP and HTTP) into DEST
+# (default: this directory).
 #
-# They come from Debian's `ipxe` package (iPXE 1.0.0+git-20190125 on bookworm):
+# iPXE, from Debian's `ipxe` package (iPXE 1.0.0+git-20190125 on bookworm):
 #   undionly.kpxe  BIOS PXE ROMs chainload it (DHCP arch 0)
 #   ipxe.efi       UEFI x64 (arch 7/9), with its own NIC drivers
 #   snponly.efi    UEFI x64 using the firmware's SNP driver
+#
+# The signed chain for Secure Boot (a node or profile with `boot_chain: signed`),
+# from Debian's signed packages, unpacked (never installed: their maintainer
+# scripts would run grub-install on this host):
+#   shimx64.efi    shim-signed's shimx64.efi.signed, signed by Microsoft
+#   mmx64.efi      shim-helpers-amd64-signed's MokManager (shim runs it when a
+#                  verification fails, so the console says why)
+#   grubx64.efi    grub-efi-amd64-signed's grubnetx64.efi.signed, signed by Debian;
+#                  shim loads it from the directory it was loaded from
+# The downloaded .debs are kept in $CACHE (default ~/.cache/ramboot/debs), so a
+# second run needs no network. Pin versions with SHIM_VERSION / GRUB_VERSION.
+# SIGNED=0 skips the signed chain; SIGNED=1 fails without it; by default a failed
+# download only warns (iPXE serves every node not on `boot_chain: signed`).
+#
 # The binaries are not committed: run this on the server (ramboot-lab does).
 set -euo pipefail
 dest=${1:-$(dirname "$0")}
@@ -18,3 +33,35 @@ for f in undionly.kpxe ipxe.efi snponly.efi; do
     install -m 0644 "$src/$f" "$dest/$f"
 done
 echo "ipxe/fetch.sh: $(cd "$dest" && ls undionly.kpxe ipxe.efi snponly.efi | tr '\n' ' ')in $dest" >&2
+
+signed=${SIGNED:-auto}
+[ "$signed" = 0 ] && exit 0
+cache=${CACHE:-${HOME:-/root}/.cache/ramboot/debs}
+mkdir -p "$cache"
+# One .deb per package in the cache: the newest apt knows, or the pinned version.
+fetch_deb() {
+    local pkg=$1 version=${2:-}
+    local found
+    found=$(find "$cache" -maxdepth 1 -name "${pkg}_${version:+${version//:/%3a}}*_amd64.deb" -print -quit)
+    if [ -z "$found" ]; then
+        echo "ipxe/fetch.sh: downloading $pkg${version:+=$version} into $cache" >&2
+        (cd "$cache" && apt-get download -q -o APT::Sandbox::User=root "$pkg${version:+=$version}" >&2) || return 1
+        found=$(find "$cache" -maxdepth 1 -name "${pkg}_*_amd64.deb" -print -quit)
+    fi
+    printf '%s\n' "$found"
+}
+no_signed_chain() {
+    echo "ipxe/fetch.sh: cannot download $1 (apt-get update? network?): no signed chain for Secure Boot nodes" >&2
+    [ "$signed" = auto ] && exit 0
+    exit 1
+}
+unpack=$(mktemp -d "${TMPDIR:-/tmp}/ramboot-signed.XXXXXX")
+trap 'rm -rf "$unpack"' EXIT
+for pkg in shim-signed:"${SHIM_VERSION:-}" shim-helpers-amd64-signed: grub-efi-amd64-signed:"${GRUB_VERSION:-}"; do
+    deb=$(fetch_deb "${pkg%%:*}" "${pkg#*:}") || no_signed_chain "${pkg%%:*}"
+    dpkg-deb -x "$deb" "$unpack"
+done
+install -m 0644 "$unpack/usr/lib/shim/shimx64.efi.signed" "$dest/shimx64.efi"
+install -m 0644 "$unpack/usr/lib/shim/mmx64.efi.signed" "$dest/mmx64.efi"
+install -m 0644 "$unpack/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed" "$dest/grubx64.efi"
+echo "ipxe/fetch.sh: shimx64.efi mmx64.efi grubx64.efi (signed chain) in $dest" >&2

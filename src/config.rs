@@ -8,8 +8,11 @@ use crate::yaml::{self, SourceError, YamlError};
 use ipnet::Ipv4Net;
 use ramboot_core::dhcp::classify::Arch;
 pub use ramboot_core::dhcp::ipxe::{ForeignIpxe, IpxePolicy};
-pub use ramboot_core::dhcp::policy::{default_boot_files, DhcpMode, DhcpPolicy, SubnetConfig, UnknownClients};
+pub use ramboot_core::dhcp::policy::{
+    default_boot_files, default_signed_boot_files, DhcpMode, DhcpPolicy, SubnetConfig, UnknownClients,
+};
 pub use ramboot_core::lifecycle::Lifecycle;
+use ramboot_core::profile::BootChain;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -339,6 +342,13 @@ struct WireDhcp {
     /// over the built-in map.
     #[serde(default)]
     boot_files: std::collections::BTreeMap<String, String>,
+    /// Architecture → the signed chain's first binary (shim), for nodes on
+    /// `boot_chain: signed`; merged over the built-in map.
+    #[serde(default)]
+    signed_boot_files: std::collections::BTreeMap<String, String>,
+    /// The boot chain of nodes whose profile names none, and of unknown clients.
+    #[serde(default)]
+    boot_chain: BootChain,
     #[serde(default)]
     subnets: Vec<WireSubnet>,
     /// Relays (an address, or a network in CIDR) whose link selection (option 82
@@ -648,6 +658,9 @@ pub struct DhcpConfig {
     pub decline_quarantine: Duration,
     /// The effective architecture → boot file map (built-in, then the operator's).
     pub boot_files: std::collections::BTreeMap<Arch, String>,
+    /// The same for the signed chain's shim.
+    pub signed_boot_files: std::collections::BTreeMap<Arch, String>,
+    pub boot_chain: BootChain,
     pub subnets: Vec<SubnetConfig>,
     /// See `WireDhcp::trusted_relays`.
     pub trusted_relays: Vec<Ipv4Net>,
@@ -662,24 +675,34 @@ impl DhcpConfig {
     }
 }
 
-fn dhcp_from_wire(d: WireDhcp, interface: &str) -> Result<DhcpConfig, String> {
-    let mut boot_files = default_boot_files();
-    for (name, file) in &d.boot_files {
+/// The operator's `dhcp.<key>` architecture → file map, merged over `table`.
+fn merge_boot_files(
+    key: &str,
+    mut table: std::collections::BTreeMap<Arch, String>,
+    wire: &std::collections::BTreeMap<String, String>,
+) -> Result<std::collections::BTreeMap<Arch, String>, String> {
+    for (name, file) in wire {
         let codes = Arch::codes_named(name);
         if codes.is_empty() {
             let known: Vec<_> = Arch::known_names().collect();
             return Err(format!(
-                "dhcp.boot_files: unknown architecture {name:?} (use a code such as 11, or one of: {})",
+                "dhcp.{key}: unknown architecture {name:?} (use a code such as 11, or one of: {})",
                 known.join(", ")
             ));
         }
         if file.is_empty() || file.contains("..") || file.starts_with('/') {
-            return Err(format!("dhcp.boot_files.{name}: {file:?} must be a relative path under ipxe/"));
+            return Err(format!("dhcp.{key}.{name}: {file:?} must be a relative path under ipxe/"));
         }
         for code in codes {
-            boot_files.insert(code, file.clone());
+            table.insert(code, file.clone());
         }
     }
+    Ok(table)
+}
+
+fn dhcp_from_wire(d: WireDhcp, interface: &str) -> Result<DhcpConfig, String> {
+    let boot_files = merge_boot_files("boot_files", default_boot_files(), &d.boot_files)?;
+    let signed_boot_files = merge_boot_files("signed_boot_files", default_signed_boot_files(), &d.signed_boot_files)?;
     let defaults = d.defaults();
     let mut wires = d.subnets.clone();
     if defaults.subnet.is_some() {
@@ -773,6 +796,8 @@ fn dhcp_from_wire(d: WireDhcp, interface: &str) -> Result<DhcpConfig, String> {
         offer_hold: Duration::from_secs(u64::from(d.offer_hold_secs)),
         decline_quarantine: Duration::from_secs(u64::from(d.decline_quarantine_secs)),
         boot_files,
+        signed_boot_files,
+        boot_chain: d.boot_chain,
         subnets,
         trusted_relays,
         ipxe,
@@ -914,6 +939,8 @@ impl Config {
             tftp_server: self.server_address,
             boot_url: self.boot_url(),
             boot_files: self.dhcp.boot_files.clone(),
+            signed_boot_files: self.dhcp.signed_boot_files.clone(),
+            boot_chain: self.dhcp.boot_chain,
             subnets: self.dhcp.subnets.clone(),
             trusted_relays: self.dhcp.trusted_relays.clone(),
             offer_hold_secs: self.dhcp.offer_hold.as_secs(),

@@ -374,6 +374,9 @@ pub struct LiveProfiles {
     dir: PathBuf,
     current: ArcSwap<ProfileSet>,
     errors: ArcSwap<Vec<SourceError>>,
+    /// Counts the sets swapped in, for whoever keeps a view derived from them
+    /// (DHCP's boot chains).
+    swaps: tokio::sync::watch::Sender<u64>,
 }
 
 /// What a reload did.
@@ -387,11 +390,7 @@ impl LiveProfiles {
     /// Start-up: every file must be valid.
     pub fn load(dir: &Path, images: &ImageStore) -> Result<LiveProfiles, ProfileErrors> {
         let set = load_dir(dir, &Context::for_dir(dir, Some(images)))?;
-        Ok(LiveProfiles {
-            dir: dir.to_path_buf(),
-            current: ArcSwap::from_pointee(set),
-            errors: ArcSwap::from_pointee(vec![]),
-        })
+        Ok(LiveProfiles::fixed(dir, set))
     }
 
     /// Wrap an already validated set (tests, tools).
@@ -400,11 +399,23 @@ impl LiveProfiles {
             dir: dir.to_path_buf(),
             current: ArcSwap::from_pointee(set),
             errors: ArcSwap::from_pointee(vec![]),
+            swaps: tokio::sync::watch::Sender::new(0),
         }
     }
 
     pub fn current(&self) -> Arc<ProfileSet> {
         self.current.load_full()
+    }
+
+    /// Changes each time a new set is swapped in.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swaps.subscribe()
+    }
+
+    /// Each profile that names a boot chain, with it.
+    pub fn boot_chains(&self) -> Vec<(String, ramboot_core::profile::BootChain)> {
+        let set = self.current();
+        set.iter().filter_map(|(p, _)| Some((p.name.clone(), p.boot_chain?))).collect()
     }
 
     pub fn errors(&self) -> Arc<Vec<SourceError>> {
@@ -431,6 +442,7 @@ impl LiveProfiles {
         let report = ReloadReport { profiles: set.len(), errors: errors.clone() };
         self.current.store(Arc::new(set));
         self.errors.store(Arc::new(errors));
+        self.swaps.send_modify(|n| *n += 1);
         report
     }
 }

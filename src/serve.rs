@@ -127,7 +127,7 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
     {
-        let cancel = cancel.clone();
+        let (profiles, cancel) = (profiles.clone(), cancel.clone());
         tasks.spawn(async move {
             crate::watch::watch_profiles(profiles, images, cancel).await.map_err(anyhow::Error::from)
         });
@@ -174,13 +174,17 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
     {
-        let (cfg, store, cancel) = (config.clone(), store.clone(), cancel.clone());
-        tasks.spawn(
-            async move { dhcp::io::serve(&cfg, dhcp_listeners, store, cancel).await.map_err(anyhow::Error::from) },
-        );
+        let (cfg, store, profiles, cancel) = (config.clone(), store.clone(), profiles.clone(), cancel.clone());
+        tasks.spawn(async move {
+            dhcp::io::serve(&cfg, dhcp_listeners, store, profiles, cancel).await.map_err(anyhow::Error::from)
+        });
     }
     {
         let (root, limits, cancel) = (config.paths.ipxe.clone(), config.tftp_limits, cancel.clone());
+        // The signed chain's GRUB configs and stage-one files (`http::boot::grub`),
+        // rendered on this runtime, where the store lives.
+        let signed: Arc<dyn crate::tftp::GeneratedFiles> =
+            Arc::new(http::boot::grub::SignedChainFiles::new(state.clone(), tokio::runtime::Handle::current()));
         // TFTP gets a thread and a single-threaded runtime of its own: a session is a
         // ping-pong of small packets, answered sooner without cross-thread wake-ups,
         // and an HTTP storm on the main runtime cannot delay a PXE ROM's next block.
@@ -188,7 +192,7 @@ pub async fn run(config: Config) -> Result<()> {
             tokio::task::spawn_blocking(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 runtime
-                    .block_on(crate::tftp::serve_with(&root, tftp_socket, limits, cancel))
+                    .block_on(crate::tftp::serve_with(&root, tftp_socket, limits, Some(signed), cancel))
                     .map_err(anyhow::Error::from)
             })
             .await?

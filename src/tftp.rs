@@ -117,16 +117,44 @@ impl FileCache {
     }
 }
 
-/// Serve `root` on `socket` with the default limits until `cancel` fires.
-pub async fn serve(root: &Path, socket: std::net::UdpSocket, cancel: CancellationToken) -> Result<(), TftpError> {
-    serve_with(root, socket, TftpLimits::default(), cancel).await
+/// A file that is not read from the root: rendered for the client that asked (the
+/// signed chain's `grub.cfg`), or found elsewhere (a content-addressed artifact).
+pub enum Generated {
+    Bytes(Arc<[u8]>),
+    /// Read through the shared file cache, like the root's files.
+    File(PathBuf),
 }
 
-/// Serve `root` on `socket` under `limits` until `cancel` fires.
+/// Why a generated name is not served: the client gets "file not found" with it.
+pub type GeneratedError = String;
+
+/// A future that finds or renders a generated file.
+pub type GeneratedFuture = futures_util::future::BoxFuture<'static, Result<Generated, GeneratedError>>;
+
+/// Names served by something other than the root directory.
+pub trait GeneratedFiles: Send + Sync + 'static {
+    /// `None`: not one of its names (the root's file, if any, is served).
+    fn open(&self, name: &str, client: IpAddr) -> Option<GeneratedFuture>;
+}
+
+/// Serve `root` on `socket` with the default limits until `cancel` fires.
+pub async fn serve(root: &Path, socket: std::net::UdpSocket, cancel: CancellationToken) -> Result<(), TftpError> {
+    serve_with(root, socket, TftpLimits::default(), None, cancel).await
+}
+
+/// What a request reads: a file under the root, or a generated one.
+enum Source {
+    Root(PathBuf),
+    Generated(GeneratedFuture),
+}
+
+/// Serve `root` (and the names `generated` knows) on `socket` under `limits`
+/// until `cancel` fires.
 pub async fn serve_with(
     root: &Path,
     socket: std::net::UdpSocket,
     limits: TftpLimits,
+    generated: Option<Arc<dyn GeneratedFiles>>,
     cancel: CancellationToken,
 ) -> Result<(), TftpError> {
     let root = std::fs::canonicalize(root).map_err(|source| TftpError::Root { path: root.to_path_buf(), source })?;
@@ -200,8 +228,13 @@ pub async fn serve_with(
             .await;
             continue;
         }
-        let real = match resolve(&root, &request.filename) {
-            Ok(real) => real,
+        let generated = generated.as_ref().and_then(|g| g.open(&request.filename, client.ip()));
+        let source_file = match generated {
+            Some(future) => Ok(Source::Generated(future)),
+            None => resolve(&root, &request.filename).map(Source::Root),
+        };
+        let source_file = match source_file {
+            Ok(found) => found,
             Err(e) => {
                 let (code, outcome) = match e {
                     PathError::NotFound | PathError::Empty => {
@@ -234,6 +267,24 @@ pub async fn serve_with(
                 continue;
             }
         };
+        let real = match source_file {
+            Source::Root(real) => real,
+            Source::Generated(future) => match future.await {
+                Ok(Generated::File(path)) => path,
+                Ok(Generated::Bytes(bytes)) => {
+                    let ifindex = arrival.map_or(0, |a| a.ifindex);
+                    let mtu = tokio::task::spawn_blocking(move || crate::pktinfo::interface_mtu(ifindex)).await;
+                    let link_mtu = mtu.unwrap_or(None);
+                    spawn_session(&mut tasks, (request, client, source), (bytes, link_mtu), permit, &limits, &cancel);
+                    continue;
+                }
+                Err(message) => {
+                    debug!(%client, file = %request.filename.escape_debug(), %message, "TFTP: generated file refused");
+                    refuse(ramboot_core::tftp::session::code::FILE_NOT_FOUND, message, "not_found").await;
+                    continue;
+                }
+            },
+        };
         let fetched = {
             let (cache, real) = (cache.clone(), real.clone());
             let ifindex = arrival.map_or(0, |a| a.ifindex);
@@ -252,23 +303,36 @@ pub async fn serve_with(
                 continue;
             }
         };
-        let span = info_span!("tftp", %client, file = %request.filename);
-        let cancel = cancel.clone();
-        let options = request.options;
-        let session_limits = session_limits(&limits, link_mtu);
-        tasks.spawn(
-            async move {
-                let _permit = permit;
-                let link = Link { source, mtu: link_mtu };
-                if let Err(e) = transfer(link, client, &options, bytes, &limits, session_limits, cancel).await {
-                    warn!(error = %e, "TFTP session socket failed");
-                }
-            }
-            .instrument(span),
-        );
+        spawn_session(&mut tasks, (request, client, source), (bytes, link_mtu), permit, &limits, &cancel);
     }
     tasks.shutdown().await;
     Ok(())
+}
+
+/// Run one read session on its own task: (request, client, the address to answer
+/// from), (the file, the link's MTU).
+fn spawn_session(
+    tasks: &mut tokio::task::JoinSet<()>,
+    (request, client, source): (ramboot_core::tftp::session::Request, SocketAddr, IpAddr),
+    (bytes, link_mtu): (Arc<[u8]>, Option<u32>),
+    permit: crate::limits::Slot,
+    limits: &TftpLimits,
+    cancel: &CancellationToken,
+) {
+    let span = info_span!("tftp", %client, file = %request.filename);
+    let (cancel, limits) = (cancel.clone(), *limits);
+    let options = request.options;
+    let session_limits = session_limits(&limits, link_mtu);
+    tasks.spawn(
+        async move {
+            let _permit = permit;
+            let link = Link { source, mtu: link_mtu };
+            if let Err(e) = transfer(link, client, &options, bytes, &limits, session_limits, cancel).await {
+                warn!(error = %e, "TFTP session socket failed");
+            }
+        }
+        .instrument(span),
+    );
 }
 
 /// Receive a request: (length, sender, where it arrived if `pktinfo` is on).

@@ -92,6 +92,8 @@ fn policy() -> DhcpPolicy {
         tftp_server: SERVER,
         boot_url: "http://10.0.0.1:8080".into(),
         boot_files: default_boot_files(),
+        signed_boot_files: ramboot::config::default_signed_boot_files(),
+        boot_chain: Default::default(),
         // Three addresses: when the others are taken, nothing is left to give away.
         subnets: vec![SubnetConfig {
             net: "10.0.0.0/24".parse().unwrap(),

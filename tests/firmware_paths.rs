@@ -28,8 +28,8 @@ mod common;
 
 use common::netns::{tftp_reads, Ramboot, ServeInLab};
 use ramboot_lab::harness::{
-    bridge_port_ns, ip_in, lab_with_bridge, log_text, logs_context, spawn_pxe_vm, spawn_uefi_firmware_pxe_vm,
-    spawn_uefi_http_boot_vm, start_site_dnsmasq, tail, tool, Lab,
+    bridge_port_ns, ip_in, lab_with_bridge, log_text, logs_context, spawn_pxe_vm, spawn_secure_boot_pxe_vm,
+    spawn_uefi_firmware_pxe_vm, spawn_uefi_http_boot_vm, start_site_dnsmasq, tail, tool, wait_for, Lab,
 };
 use ramboot_lab::net::in_ns;
 use ramboot_lab::pcap::{capture, read_pcap, wait_capture, Packet};
@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 const SNPONLY: &[&str] = &["/usr/lib/ipxe/snponly.efi"];
 const UNDIONLY: &[&str] = &["/usr/lib/ipxe/undionly.kpxe"];
 const OVMF: &[&str] = &[ramboot_lab::qemu::OVMF_CODE];
+const OVMF_SECURE_BOOT: &[&str] = &[ramboot_lab::qemu::OVMF_SECBOOT_CODE];
 const NFT: &[&str] = &["/usr/sbin/nft", "/sbin/nft"];
 const BUSYBOX: &[&str] = &["/usr/bin/busybox", "/bin/busybox"];
 
@@ -562,4 +563,53 @@ fn a_bios_rom_loads_ipxe_over_tftp_from_a_secondary_server_address() {
         rrqs.len(),
         started.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------
+// 4. Secure Boot firmware refuses the unsigned iPXE
+
+const SECURE_IP: Ipv4Addr = Ipv4Addr::new(10, 82, 0, 1);
+const SECURE_MAC: &str = "52:54:00:82:82:01";
+
+/// The other half of the Secure Boot proof (the signed chain booting to `ready` is
+/// `tests/lab_e2e.rs::qemu_secure_boot_signed_chain_boots_into_ram`): the same
+/// enforcing firmware, handed ramboot's unsigned `snponly.efi` (a node on the
+/// default `boot_chain: ipxe`), downloads it whole over TFTP and refuses to run it.
+/// On the way it pins the authoritative offer a UEFI PXE client needs: a plain
+/// DHCP offer with the boot file, which it loads without asking port 4011.
+#[test]
+fn secure_boot_firmware_refuses_unsigned_ipxe() {
+    const TEST: &str = "secure_boot_firmware_refuses_unsigned_ipxe";
+    let more = [("OVMF Secure Boot (ovmf)", OVMF_SECURE_BOOT), ("snponly.efi (ipxe)", SNPONLY)];
+    let Some((mut lab, ns, bridge, tap)) = lab_with_bridge(TEST, &more, 'k', &[format!("{SECURE_IP}/24")]) else {
+        return;
+    };
+    let snponly = serve_ipxe_binary(&lab, SNPONLY, "snponly.efi");
+    let config = format!(
+        "interface: {bridge}\nserver_address: {SECURE_IP}\nipv6_ra: true\n\
+         http: {{listen: \"{SECURE_IP}:8080\"}}\ntftp: {{listen: \"{SECURE_IP}:69\"}}\n\
+         dhcp:\n  subnet: 10.82.0.0/24\n  range: [10.82.0.50, 10.82.0.90]\n"
+    );
+    let ramboot = lab.start_ramboot(&ns, &config, "info");
+    let (console, qemu_log) = (lab.path("console.log"), lab.path("qemu.log"));
+    let qemu = spawn_secure_boot_pxe_vm(&mut lab, &ns, &tap, SECURE_MAC, &console, &qemu_log);
+    let logs = [("console", &console), ("qemu", &qemu_log), ("ramboot", &ramboot.log)];
+    let context = || logs_context(30, &logs);
+    ramboot.wait_tftp_read(&mut lab, qemu, "snponly.efi", VM_STEP, context);
+    // EDK2's image verification (DxeImageVerificationLib) denies an image that no
+    // key in `db` signed; BdsDxe says so and moves on to the next boot option.
+    let refused = || {
+        let text = log_text(&console);
+        text.lines().find(|l| l.contains("failed to load") && l.contains("Access Denied")).map(str::to_string)
+    };
+    let line = wait_for(VM_STEP, "the firmware to refuse snponly.efi", refused, context);
+    lab.stop(qemu, Duration::from_secs(5));
+    let log = lab.stop_ramboot(&ramboot);
+    assert!(line.contains("UEFI PXEv4"), "{line}");
+    let text = log_text(&console);
+    assert!(text.contains("NBP filename is snponly.efi"), "{}", tail(&text, 30));
+    assert!(!text.contains("PXE-E16"), "the firmware found no usable offer:\n{}", tail(&text, 30));
+    let whole = format!("bytes={}", snponly.len());
+    assert!(tftp_reads(&log, "snponly.efi").iter().any(|l| l.contains(&whole)), "{}", tail(&log, 30));
+    assert!(!log.contains("boot started"), "no iPXE ran, so no boot started:\n{}", tail(&log, 30));
 }

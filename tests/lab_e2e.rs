@@ -271,6 +271,52 @@ fn qemu_uefi_http_boot_node_boots_into_ram() {
     assert!(!console.contains("Start PXE over IPv4"), "the firmware tried PXE");
 }
 
+/// Secure Boot (issue 16, item 2): OVMF's Secure Boot build with Microsoft's keys
+/// enrolled, enforcing, boots through its own PXE a node whose profile says
+/// `boot_chain: signed`. DHCP hands it shim (Microsoft-signed), shim loads Debian's
+/// signed GRUB, GRUB reads the node's config that ramboot renders over TFTP and
+/// loads Debian's signed kernel and stage one's initrd, and the node reaches
+/// `ready`. Enforcement is proved from inside: the kernel saw Secure Boot on, and
+/// the agent read the firmware's `SecureBoot` variable and the lockdown it caused.
+/// (`tests/firmware_paths.rs` shows the same firmware refusing unsigned iPXE.)
+#[test]
+fn qemu_secure_boot_signed_chain_boots_into_ram() {
+    if common::skipped("qemu_secure_boot_signed_chain_boots_into_ram", skip_reason().as_deref()) {
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let detail = boot_tiny("report-secure-boot.json", &["--secure-boot"]);
+    assert_eq!(detail["node"]["state"], "ready", "{detail:#}");
+    assert_eq!(detail["node"]["inventory"]["firmware"]["secure_boot"], true, "{detail:#}");
+    assert_eq!(detail["node"]["inventory"]["firmware"]["lockdown"], "integrity", "{detail:#}");
+    let messages: Vec<&str> =
+        detail["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
+    assert!(messages.iter().any(|m| m.starts_with("GRUB config served (profile tiny")), "{messages:#?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("agent hello:") && m.ends_with("; UEFI, Secure Boot on, lockdown integrity")),
+        "{messages:#?}"
+    );
+    let log = ramboot_lab::logs::log_text(&lab_dir().join("server.err"));
+    let offer = log
+        .lines()
+        .find(|l| l.contains("DHCP decision") && l.contains("firmware=Pxe"))
+        .unwrap_or_else(|| panic!("no DHCP decision for the firmware's PXE in the server's log"));
+    assert!(offer.contains("boot_file=\"shimx64.efi\""), "{offer}");
+    let console = ramboot_lab::logs::log_text(&lab_dir().join("console.log"));
+    for step in [
+        "NBP filename is shimx64.efi",
+        "Fetching Netboot Image grubx64.efi",
+        "is booting profile tiny",
+        "EFI stub: UEFI Secure Boot is enabled",
+        "secureboot: Secure boot enabled",
+        "Kernel is locked down from EFI Secure Boot",
+    ] {
+        assert!(console.contains(step), "the console lacks {step:?}");
+    }
+}
+
 /// The other half of the diskless design: a compute node logs in to its iSCSI
 /// volume, writes a file and syncs; QEMU is killed (SIGKILL, a hypervisor crash); the
 /// node PXE-boots again, logs in again on its own, and reads the file back intact.

@@ -57,7 +57,11 @@ impl LoopbackDhcp {
         let cancel = CancellationToken::new();
         let service = {
             let (config, store, cancel) = (config.clone(), store.clone(), cancel.clone());
-            tokio::spawn(async move { ramboot::dhcp::io::serve(&config, socket, store, cancel).await })
+            let profiles = std::sync::Arc::new(ramboot::profiles::LiveProfiles::fixed(
+                &config.paths.profiles,
+                ramboot::profiles::ProfileSet::default(),
+            ));
+            tokio::spawn(async move { ramboot::dhcp::io::serve(&config, socket, store, profiles, cancel).await })
         };
         let client = UdpSocket::bind(("0.0.0.0", port + 1)).unwrap();
         client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

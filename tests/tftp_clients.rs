@@ -324,7 +324,7 @@ async fn a_session_flood_from_one_address_is_refused_recorded_and_leaks_nothing(
             ..Default::default()
         };
         let stop = cancel.clone();
-        tokio::spawn(async move { ramboot::tftp::serve_with(&root, socket, limits, stop).await.unwrap() });
+        tokio::spawn(async move { ramboot::tftp::serve_with(&root, socket, limits, None, stop).await.unwrap() });
         Tftp { port, dir, payload, cancel }
     };
     let (busy_before, expired_before) = (sessions_counter("source_busy"), sessions_counter("expired"));

@@ -23,8 +23,8 @@
 #![allow(clippy::result_large_err)]
 
 use ramboot_proto::{
-    human_bytes, paths, AgentEvent, BootArgs, Command as ServerCommand, CommandKind, Dmi, Inventory, Nic, Plan,
-    PlanIscsi, PlanWait, Progress, ReportedState, MAX_COMMAND_WAIT_SECS,
+    human_bytes, paths, AgentEvent, BootArgs, Command as ServerCommand, CommandKind, Dmi, FirmwareFacts, Inventory,
+    Nic, Plan, PlanIscsi, PlanWait, Progress, ReportedState, MAX_COMMAND_WAIT_SECS,
 };
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
@@ -783,12 +783,47 @@ fn inventory() -> Inventory {
             uuid: dmi("product_uuid"),
         },
         kernel: read_trim("/proc/sys/kernel/osrelease"),
+        firmware: Some(firmware()),
     }
+}
+
+/// UEFI's global `SecureBoot` variable (EFI_GLOBAL_VARIABLE's GUID), under the
+/// efivarfs stage one's init mounts: four bytes of attributes, then 1 while the
+/// firmware enforces signatures.
+const SECURE_BOOT_VAR: &str = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
+fn firmware() -> FirmwareFacts {
+    let uefi = Path::new("/sys/firmware/efi").is_dir();
+    let secure_boot = if uefi {
+        match fs::read(SECURE_BOOT_VAR) {
+            Ok(value) => value.get(4).map(|b| *b == 1),
+            Err(e) => {
+                say(&format!("Secure Boot state unknown: reading {SECURE_BOOT_VAR}: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let lockdown = read_trim("/sys/kernel/security/lockdown").and_then(|modes| lockdown_mode(&modes));
+    FirmwareFacts { uefi, secure_boot, lockdown }
+}
+
+/// The selected mode of `/sys/kernel/security/lockdown` (`none [integrity] confidentiality`).
+fn lockdown_mode(modes: &str) -> Option<String> {
+    modes.split_whitespace().find_map(|m| m.strip_prefix('[')?.strip_suffix(']')).map(str::to_string)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_selected_lockdown_mode_is_read() {
+        assert_eq!(lockdown_mode("none [integrity] confidentiality").as_deref(), Some("integrity"));
+        assert_eq!(lockdown_mode("[none] integrity confidentiality").as_deref(), Some("none"));
+        assert_eq!(lockdown_mode("garbage"), None);
+    }
 
     #[test]
     fn secrets_are_cut_out_of_messages() {

@@ -371,6 +371,7 @@ mod tests {
             vars: BTreeMap::new(),
             files: vec![],
             volumes: vec![ProfileVolume { name: "vm".into(), size: "1G".into() }],
+            boot_chain: None,
         };
         (p, format!("rev-{name}"))
     }

@@ -33,6 +33,38 @@ pub struct Profile {
     /// and attached on its first boot, kept across boots.
     #[serde(default)]
     pub volumes: Vec<ProfileVolume>,
+    /// How a UEFI firmware's first step reaches stage one: ramboot's iPXE, or the
+    /// signed chain that Secure Boot firmware runs. Unset: the config's `boot_chain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_chain: Option<BootChain>,
+}
+
+/// What DHCP hands a PXE firmware on a node (for architectures that have both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum BootChain {
+    /// ramboot's iPXE (`snponly.efi`), which runs the per-node iPXE script.
+    #[default]
+    Ipxe,
+    /// Microsoft-signed shim, the distribution's signed GRUB and signed kernel: the
+    /// chain a Secure Boot firmware runs. GRUB loads the per-node `grub.cfg`.
+    Signed,
+}
+
+impl BootChain {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootChain::Ipxe => "ipxe",
+            BootChain::Signed => "signed",
+        }
+    }
+}
+
+impl std::fmt::Display for BootChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,8 +23,9 @@ fi
 # NIC drivers: virtio for VMs, Intel/Mellanox/Broadcom for common servers.
 NIC_MODULES="e1000 e1000e virtio_pci virtio_net igb ixgbe i40e mlx5_core bnxt_en"
 # The image is a squashfs on a loop device under an overlay; crc32c_generic
-# because TCG and some old CPUs lack SSE4.2 for crc32c_intel.
-FS_MODULES="squashfs overlay loop crc32c_generic"
+# because TCG and some old CPUs lack SSE4.2 for crc32c_intel; efivarfs for the
+# Secure Boot state the agent reports.
+FS_MODULES="squashfs overlay loop crc32c_generic efivarfs"
 
 mkdir -p "$OUT" "$CACHE"
 OUT=$(cd "$OUT" && pwd)

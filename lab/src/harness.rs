@@ -451,6 +451,20 @@ pub fn spawn_uefi_http_boot_vm(lab: &mut Lab, ns: &str, tap: &str, mac: &str, co
     spawn_uefi_firmware_vm(lab, ns, (tap, mac, Nic::VirtioFirmwareHttp), console, log)
 }
 
+/// As [`spawn_uefi_firmware_pxe_vm`], on OVMF's Secure Boot build with
+/// Microsoft's keys enrolled, enforcing: it runs only what Microsoft's CA signed.
+pub fn spawn_secure_boot_pxe_vm(lab: &mut Lab, ns: &str, tap: &str, mac: &str, console: &Path, log: &Path) -> usize {
+    let vars = lab.path("OVMF_VARS.fd");
+    crate::qemu::fresh_vars(&vars, true).unwrap_or_else(|e| panic!("copying {}: {e}", crate::qemu::OVMF_MS_VARS));
+    let vm = PxeVm {
+        uefi_vars: Some(vars),
+        secure_boot: true,
+        nic: Nic::VirtioFirmwarePxe,
+        ..PxeVm::bios(tap, mac, console)
+    };
+    lab.spawn("qemu", ns, &vm.command_line(), log, &[])
+}
+
 fn spawn_uefi_firmware_vm(
     lab: &mut Lab,
     ns: &str,
@@ -459,7 +473,7 @@ fn spawn_uefi_firmware_vm(
     log: &Path,
 ) -> usize {
     let vars = lab.path("OVMF_VARS.fd");
-    std::fs::copy(crate::qemu::OVMF_VARS, &vars).unwrap_or_else(|e| panic!("copying {}: {e}", crate::qemu::OVMF_VARS));
+    crate::qemu::fresh_vars(&vars, false).unwrap_or_else(|e| panic!("copying {}: {e}", crate::qemu::OVMF_VARS));
     let vm = PxeVm { uefi_vars: Some(vars), nic, ..PxeVm::bios(tap, mac, console) };
     lab.spawn("qemu", ns, &vm.command_line(), log, &[])
 }

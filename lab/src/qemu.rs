@@ -14,6 +14,18 @@ pub const EFI_ROM: &str = "/usr/lib/ipxe/qemu/efi-e1000.rom";
 /// OVMF's code (read-only) and the variables a VM gets a writable copy of.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF built with Secure Boot (and SMM, so a guest cannot rewrite its variables),
+/// and variables with Microsoft's keys enrolled and Secure Boot on: a firmware that
+/// runs only what Microsoft's UEFI CA signed, as a datacenter server's does.
+pub const OVMF_SECBOOT_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_MS_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+
+/// Write a fresh copy of OVMF's variables to `to`: Microsoft-enrolled ones for a
+/// Secure Boot VM, the empty set otherwise.
+pub fn fresh_vars(to: &Path, secure_boot: bool) -> std::io::Result<()> {
+    let from = if secure_boot { OVMF_MS_VARS } else { OVMF_VARS };
+    std::fs::copy(from, to).map(|_| ())
+}
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone)]
@@ -46,6 +58,9 @@ pub struct PxeVm {
     pub memory_mb: u32,
     /// UEFI (OVMF with this writable copy of its variables) instead of SeaBIOS.
     pub uefi_vars: Option<PathBuf>,
+    /// With `uefi_vars`: OVMF's Secure Boot build, enforcing (the variables must be
+    /// a copy of [`OVMF_MS_VARS`], see [`fresh_vars`]).
+    pub secure_boot: bool,
     pub nic: Nic,
     pub console: Console,
     /// A monitor socket (for [`reset`]); none without.
@@ -63,6 +78,7 @@ impl PxeVm {
             mac: mac.into(),
             memory_mb: 256,
             uefi_vars: None,
+            secure_boot: false,
             nic: Nic::E1000Ipxe,
             console: Console::File(console.to_path_buf()),
             monitor: None,
@@ -108,8 +124,20 @@ impl PxeVm {
         args.push("-netdev".into());
         args.push(format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap));
         if let Some(vars) = &self.uefi_vars {
-            args.extend(["-machine", "q35", "-drive"].map(String::from));
-            args.push(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+            let code = if self.secure_boot {
+                // The Secure Boot build keeps its variables in SMM-only flash: QEMU
+                // must emulate SMM and give that flash the "secure" property.
+                args.extend(
+                    ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]
+                        .map(String::from),
+                );
+                OVMF_SECBOOT_CODE
+            } else {
+                args.extend(["-machine", "q35"].map(String::from));
+                OVMF_CODE
+            };
+            args.push("-drive".into());
+            args.push(format!("if=pflash,format=raw,readonly=on,file={code}"));
             args.push("-drive".into());
             args.push(format!("if=pflash,format=raw,file={}", vars.display()));
         }

@@ -76,8 +76,12 @@ async fn seed_node(store: &Store, i: u32, profile: &str, now_ms: i64) -> Result<
     let change = NodeChange { labels: Some(labels), profile: Some(Some(profile.to_string())), ..NodeChange::default() };
     store.update_node(node.id, &change, &seeder(), start - 30_000).await?;
     let hash = format!("seed-{i}-{start}");
-    let token =
-        BootStart { hash: &hash, bound_ip: std::net::IpAddr::from([10, 0, (i >> 8) as u8, i as u8]), stage1: None };
+    let token = BootStart {
+        hash: &hash,
+        bound_ip: std::net::IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
+        stage1: None,
+        served: "iPXE script",
+    };
     let boot = store.start_boot(node.id, profile, None, &token, start, "seeded boot").await?;
     let fate = fate(i);
     let mut at = start + booting;

@@ -74,6 +74,42 @@ pub struct Inventory {
     #[serde(default)]
     pub dmi: Dmi,
     pub kernel: Option<String>,
+    /// What the firmware told the kernel (absent from agents before it was reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<FirmwareFacts>,
+}
+
+impl std::fmt::Display for FirmwareFacts {
+    /// `UEFI, Secure Boot on, lockdown integrity`, or `BIOS`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.uefi {
+            return f.write_str("BIOS");
+        }
+        f.write_str("UEFI")?;
+        match self.secure_boot {
+            Some(true) => f.write_str(", Secure Boot on")?,
+            Some(false) => f.write_str(", Secure Boot off")?,
+            None => f.write_str(", Secure Boot unknown")?,
+        }
+        if let Some(mode) = &self.lockdown {
+            write!(f, ", lockdown {mode}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The boot firmware as stage one sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareFacts {
+    /// Booted by UEFI (the kernel has `/sys/firmware/efi`), not a BIOS.
+    pub uefi: bool,
+    /// UEFI's `SecureBoot` variable: the firmware enforced signatures on what it
+    /// ran (`None`: not UEFI, or the variable could not be read).
+    pub secure_boot: Option<bool>,
+    /// The kernel's lockdown mode (`none`, `integrity`, `confidentiality`): under
+    /// Secure Boot, Debian's kernel locks itself down.
+    pub lockdown: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,6 +21,7 @@
 
 use crate::config::Config;
 use crate::pktinfo;
+use crate::profiles::LiveProfiles;
 use crate::store::LeaseState;
 use crate::store::{LeaseChange, LeaseNotice, LeaseOp, Store, StoreError, Taken};
 use dhcproto::v4::{Message, MessageType};
@@ -33,6 +34,7 @@ use ramboot_core::dhcp::decide::{
 use ramboot_core::dhcp::policy::{DhcpMode, DhcpPolicy};
 use ramboot_core::dhcp::pool::{BindingKind, Undo};
 use ramboot_core::dhcp::relay::{self, Screen};
+use ramboot_core::profile::BootChain;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -225,22 +227,48 @@ fn missing_boot_files(ipxe_dir: &Path, policy: &DhcpPolicy) -> BTreeSet<String> 
     missing
 }
 
+/// Warn at start when a Secure Boot node would be handed a shim, or shim would
+/// look for a GRUB, that is not under `ipxe_dir` (the firmware would get "not
+/// found" and try its next boot option).
+fn check_signed_chain(ipxe_dir: &Path, policy: &DhcpPolicy, profiles: &LiveProfiles) {
+    let in_use = policy.boot_chain == BootChain::Signed
+        || profiles.boot_chains().iter().any(|(_, chain)| *chain == BootChain::Signed);
+    if !in_use {
+        return;
+    }
+    let shims: BTreeSet<&String> = policy.signed_boot_files.values().collect();
+    // Shim loads `grub<arch>.efi` from its own directory (`shimx64.efi` → `grubx64.efi`).
+    let needed = shims.iter().flat_map(|shim| [shim.to_string(), shim.replacen("shim", "grub", 1)]);
+    let missing: Vec<String> = needed.filter(|file| !ipxe_dir.join(file).is_file()).collect();
+    if !missing.is_empty() {
+        warn!(
+            dir = %ipxe_dir.display(),
+            ?missing,
+            "boot_chain signed is in use but its binaries are not present (ipxe/fetch.sh unpacks Debian's \
+             signed shim and GRUB): those firmwares cannot boot the signed chain"
+        );
+    }
+}
+
 /// Serve DHCP on `listeners` until `cancel` fires.
 pub async fn serve(
     cfg: &Config,
     listeners: Vec<Listener>,
     store: Store,
+    profiles: Arc<LiveProfiles>,
     cancel: CancellationToken,
 ) -> Result<(), DhcpIoError> {
     let mut policy = cfg.dhcp_policy();
     policy.ipxe.missing = missing_boot_files(&cfg.paths.ipxe, &policy);
+    check_signed_chain(&cfg.paths.ipxe, &policy, &profiles);
     let mut leases = Leases::new(&policy);
     // Subscribed before the table is read, so no lease another server commits
     // meanwhile is missed.
     let mut notices = store.lease_notices();
     let restored = restore_leases(&store, &policy, &mut leases).await?;
     let mut hosts_watch = store.watch_hosts();
-    let mut hosts = load_hosts(&store).await?;
+    let mut profile_swaps = profiles.subscribe();
+    let mut hosts = load_hosts(&store, &profiles, cfg.default_profile.as_deref()).await?;
     install_reservations(&policy, &mut leases, &hosts);
     info!(
         interfaces = ?cfg.dhcp.interfaces,
@@ -263,15 +291,17 @@ pub async fn serve(
     drop(inbox_tx);
     tasks.spawn(commit_loop(store.clone(), commit_rx, failed_tx));
     {
-        let (store, cancel) = (store.clone(), cancel.clone());
+        let (store, cancel, default_profile) = (store.clone(), cancel.clone(), cfg.default_profile.clone());
         tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     changed = hosts_watch.changed() => if changed.is_err() { return },
+                    // A profile's `boot_chain` may have changed.
+                    changed = profile_swaps.changed() => if changed.is_err() { return },
                     _ = tokio::time::sleep(HOSTS_RELOAD) => {}
                 }
-                match load_hosts(&store).await {
+                match load_hosts(&store, &profiles, default_profile.as_deref()).await {
                     Ok(hosts) => {
                         if hosts_tx.send(hosts).await.is_err() {
                             return;
@@ -361,11 +391,18 @@ fn learn_leases(policy: &DhcpPolicy, leases: &mut Leases, rows: &[LeaseChange]) 
     metrics::counter!("ramboot_dhcp_leases_learned_total").increment(rows.len() as u64);
 }
 
-async fn load_hosts(store: &Store) -> Result<Hosts, StoreError> {
+async fn load_hosts(
+    store: &Store,
+    profiles: &LiveProfiles,
+    default_profile: Option<&str>,
+) -> Result<Hosts, StoreError> {
     let rows = store.dhcp_hosts().await?;
-    Ok(Hosts::new(
-        rows.into_iter().map(|(mac, reserved_ip, hostname)| (mac, Host { reserved_ip, hostname: Some(hostname) })),
-    ))
+    let mut hosts =
+        Hosts::new(rows.into_iter().map(|(mac, reserved_ip, hostname, profile)| {
+            (mac, Host { reserved_ip, hostname: Some(hostname), profile })
+        }));
+    hosts.set_profile_chains(profiles.boot_chains(), default_profile);
+    Ok(hosts)
 }
 
 fn install_reservations(policy: &DhcpPolicy, leases: &mut Leases, hosts: &Hosts) {

@@ -81,6 +81,8 @@ pub struct BootStart<'a> {
     pub bound_ip: IpAddr,
     /// Digests of the stage-one kernel and initramfs.
     pub stage1: Option<(&'a str, &'a str)>,
+    /// What the loader was given, for the timeline: `iPXE script` or `GRUB config`.
+    pub served: &'a str,
 }
 
 /// Supersede the node's previous boot and make a new one current.
@@ -177,7 +179,7 @@ impl Store {
             node,
             Some(boot),
             NodeState::Booting,
-            &format!("iPXE script served (profile {profile}: {why})"),
+            &format!("{} served (profile {profile}: {why})", token.served),
             now_ms,
         )
         .await?;

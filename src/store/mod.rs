@@ -509,7 +509,7 @@ pub(crate) mod testing {
 
     /// A boot token bound to loopback.
     pub fn token(hash: &str) -> super::BootStart<'_> {
-        super::BootStart { hash, bound_ip: std::net::IpAddr::from([127, 0, 0, 1]), stage1: None }
+        super::BootStart { hash, bound_ip: std::net::IpAddr::from([127, 0, 0, 1]), stage1: None, served: "iPXE script" }
     }
 
     pub fn grant(mac: MacAddr, ip: [u8; 4], expires_at: u64, netboot: bool) -> LeaseOp {

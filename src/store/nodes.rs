@@ -11,6 +11,9 @@ use ramboot_core::inventory::{Bmc, Field};
 use ramboot_core::node::{MacAddr, NodeState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// A node as DHCP sees it: MAC, reserved address, hostname, assigned profile.
+pub type DhcpHostRow = (MacAddr, Option<Ipv4Addr>, String, Option<String>);
 use std::net::Ipv4Addr;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -440,8 +443,9 @@ async fn set_fields(
 
 impl Store {
     /// Every node as DHCP sees it: MAC, reservation, hostname.
-    pub async fn dhcp_hosts(&self) -> Result<Vec<(MacAddr, Option<Ipv4Addr>, String)>, StoreError> {
-        let rows = self.backend.sql("SELECT mac, reserved_ip, hostname FROM nodes").fetch_all().await?;
+    /// What DHCP needs of each node: MAC, reservation, hostname, assigned profile.
+    pub async fn dhcp_hosts(&self) -> Result<Vec<DhcpHostRow>, StoreError> {
+        let rows = self.backend.sql("SELECT mac, reserved_ip, hostname, profile FROM nodes").fetch_all().await?;
         rows.iter()
             .map(|row| {
                 let mac: String = row.try_get("mac")?;
@@ -450,6 +454,7 @@ impl Store {
                     mac.parse().map_err(corrupt)?,
                     ip.map(|ip| ip.parse()).transpose().map_err(corrupt)?,
                     row.try_get("hostname")?,
+                    row.try_get("profile")?,
                 ))
             })
             .collect()
@@ -511,7 +516,8 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        if change.reservation.is_some() || change.hostname.is_some() {
+        // DHCP's view: reservation, hostname, and the profile (its boot chain).
+        if change.reservation.is_some() || change.hostname.is_some() || change.profile.is_some() {
             self.hosts_changed();
         }
         self.node(id).await
@@ -941,7 +947,7 @@ mod tests {
         let err = s.set_reservation(b.id, Some(ip), true, &op(), 100, 4).await.unwrap_err();
         assert!(matches!(err, StoreError::ReservedElsewhere { .. }), "{err}");
         let hosts = s.dhcp_hosts().await.unwrap();
-        assert!(hosts.contains(&(MAC, Some(ip), a.hostname.clone())));
+        assert!(hosts.contains(&(MAC, Some(ip), a.hostname.clone(), None)));
         s.set_reservation(a.id, None, false, &op(), 100, 5).await.unwrap();
         assert_eq!(s.node(a.id).await.unwrap().reserved_ip, None);
     }

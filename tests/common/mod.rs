@@ -51,6 +51,8 @@ pub struct TestServer {
     /// Stops the server (as SIGTERM does `ramboot serve`); `runtime` then ends.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub runtime: std::thread::JoinHandle<()>,
+    /// ramboot's TFTP server with the signed chain's generated files, on loopback.
+    pub tftp: std::net::SocketAddr,
     /// The server's store and runtime, for what only DHCP does (leases).
     pub store: Store,
     pub handle: tokio::runtime::Handle,
@@ -200,15 +202,29 @@ impl TestServer {
                     power,
                     shutdown: shutdown.clone(),
                 };
-                tx.send((listener.local_addr().unwrap(), store.clone(), tokio::runtime::Handle::current())).unwrap();
+                // TFTP as `ramboot serve` runs it, with the signed chain's files.
+                std::fs::create_dir_all(&state.config.paths.ipxe).unwrap();
+                let tftp_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let tftp = tftp_socket.local_addr().unwrap();
+                let signed: Arc<dyn ramboot::tftp::GeneratedFiles> = Arc::new(
+                    ramboot::http::boot::grub::SignedChainFiles::new(state.clone(), tokio::runtime::Handle::current()),
+                );
+                tokio::spawn({
+                    let (root, shutdown) = (state.config.paths.ipxe.clone(), shutdown.clone());
+                    async move {
+                        ramboot::tftp::serve_with(&root, tftp_socket, Default::default(), Some(signed), shutdown).await
+                    }
+                });
+                tx.send((listener.local_addr().unwrap(), tftp, store.clone(), tokio::runtime::Handle::current()))
+                    .unwrap();
                 let limits = Default::default();
                 let artifacts = Some(ramboot::http::sendfile::Artifacts { images: state.images.clone() });
                 ramboot::http::server::serve(listener, router(state), artifacts, limits, shutdown).await;
             });
         });
-        let (addr, store, handle) = rx.recv().unwrap();
+        let (addr, tftp, store, handle) = rx.recv().unwrap();
         let base = format!("http://{addr}");
-        TestServer { base, admin, reader, dir, rootfs, rootfs_digest, shutdown, runtime, store, handle, db }
+        TestServer { base, admin, reader, dir, rootfs, rootfs_digest, shutdown, runtime, tftp, store, handle, db }
     }
 
     /// What a DHCP grant does: `mac` holds a lease on `ip` (and is a node).

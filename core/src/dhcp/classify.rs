@@ -75,6 +75,11 @@ impl Arch {
         self.entry().is_some_and(|(_, _, http)| *http)
     }
 
+    /// A UEFI firmware (the registry's `efi-*` codes, HTTP boot ones included).
+    pub fn is_uefi(self) -> bool {
+        self.entry().is_some_and(|(_, name, _)| name.starts_with("efi-"))
+    }
+
     /// The registry name (`bios`, `efi-x64`, ...), or `arch-<code>` outside it.
     pub fn name(self) -> std::borrow::Cow<'static, str> {
         match self.entry() {
@@ -161,10 +166,7 @@ pub fn classify(msg: &Message) -> Result<Client, ClassifyError> {
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&msg.chaddr()[..6]);
     let opts = msg.opts();
-    let arch = match opts.get(OptionCode::ClientSystemArchitecture) {
-        Some(DhcpOption::ClientSystemArchitecture(a)) => Some(Arch::from(u16::from(*a))),
-        _ => None,
-    };
+    let arch = arch_of(msg);
     let vendor_class = match opts.get(OptionCode::ClassIdentifier) {
         Some(DhcpOption::ClassIdentifier(raw)) => Some(String::from_utf8_lossy(raw).into_owned()),
         _ => None,
@@ -192,6 +194,14 @@ pub fn classify(msg: &Message) -> Result<Client, ClassifyError> {
         _ => None,
     };
     Ok(Client { mac: MacAddr(mac), arch, firmware, uuid, vendor_class, user_classes })
+}
+
+/// The client's architecture (option 93), if it names one.
+pub fn arch_of(msg: &Message) -> Option<Arch> {
+    match msg.opts().get(OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(a)) => Some(Arch::from(u16::from(*a))),
+        _ => None,
+    }
 }
 
 /// Option 77's value. RFC 3004 frames it as length-prefixed names, but iPXE and many

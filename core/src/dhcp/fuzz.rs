@@ -27,6 +27,8 @@ pub fn decide_bytes(bytes: &[u8]) {
         tftp_server: Ipv4Addr::new(10, 213, 0, 1),
         boot_url: "http://10.213.0.1:8080".into(),
         boot_files: default_boot_files(),
+        signed_boot_files: crate::dhcp::policy::default_signed_boot_files(),
+        boot_chain: Default::default(),
         subnets: vec![subnet(213, UnknownClients::Discovery), subnet(9, UnknownClients::AddressOnly)],
         // 10.9.0.0/24 is a trusted relay network; other relays are not.
         trusted_relays: vec![ipnet::Ipv4Net::new(Ipv4Addr::new(10, 9, 0, 0), 24).unwrap_or_default()],

@@ -6,6 +6,7 @@
 use super::classify::Arch;
 use super::ipxe::IpxePolicy;
 use super::pool::Share;
+use crate::profile::BootChain;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -64,6 +65,15 @@ pub fn default_boot_files() -> BTreeMap<Arch, String> {
     table.iter().flat_map(|(codes, file)| codes.iter().map(|c| (Arch(*c), file.to_string()))).collect()
 }
 
+/// The signed chain's first binary (shim) per architecture: Debian's
+/// Microsoft-signed shim, which loads `grub<arch>.efi` from beside it.
+pub fn default_signed_boot_files() -> BTreeMap<Arch, String> {
+    [(7, "shimx64.efi"), (9, "shimx64.efi"), (11, "shimaa64.efi")]
+        .into_iter()
+        .map(|(code, file)| (Arch(code), file.to_string()))
+        .collect()
+}
+
 /// Static inputs of the decision: what the operator configured.
 #[derive(Debug, Clone)]
 pub struct DhcpPolicy {
@@ -73,6 +83,10 @@ pub struct DhcpPolicy {
     /// `http://server:port`: iPXE and UEFI HTTP clients get URLs under it.
     pub boot_url: String,
     pub boot_files: BTreeMap<Arch, String>,
+    /// What a PXE firmware on the signed chain loads first, per architecture.
+    pub signed_boot_files: BTreeMap<Arch, String>,
+    /// The chain of nodes whose profile names none, and of unknown clients.
+    pub boot_chain: BootChain,
     pub subnets: Vec<SubnetConfig>,
     /// Relays whose link selection (option 82 sub-option 5, option 118) and agent
     /// information are believed: a packet's giaddr and UDP source must both be in

@@ -116,6 +116,8 @@ mod tests {
             tftp_server: Ipv4Addr::new(10, 213, 0, 1),
             boot_url: "http://10.213.0.1:8080".into(),
             boot_files: default_boot_files(),
+            signed_boot_files: crate::dhcp::policy::default_signed_boot_files(),
+            boot_chain: Default::default(),
             subnets: vec![],
             trusted_relays: trusted.iter().map(|n| n.parse().unwrap()).collect(),
             offer_hold_secs: 60,

@@ -452,6 +452,7 @@ fn inventory(client: &Client, index: u32) -> Inventory {
             uuid,
         },
         kernel: None,
+        firmware: None,
     }
 }
 

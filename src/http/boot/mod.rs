@@ -13,6 +13,7 @@
 //! plan (CHAP credentials) and the overlay (secrets) are released once, before
 //! handoff; reports are rate-limited and capped per boot.
 
+pub mod grub;
 pub mod trust;
 
 use super::error::{ApiError, ApiJson};
@@ -29,8 +30,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ramboot_core::node::{MacAddr, NodeState};
 use ramboot_core::plan::{
-    approval_needed, plan_boot, profile_boot, resolve_profile, volumes_wanted, Decision, NodeView, Refusal, Settings,
-    VolumeWanted,
+    approval_needed, plan_boot, profile_boot, resolve_profile, volumes_wanted, Decision, NodeView,
+    Refusal as PlanRefusal, Settings, VolumeWanted,
 };
 use ramboot_core::trust::{self as rules, AgentCall, BootUse, Refused, MAX_REPORTS_PER_BOOT};
 use ramboot_proto::{
@@ -99,6 +100,12 @@ fn stage_one_sources(bases: &[String], kernel_digest: &str, initrd_digest: &str)
             initrd_url: format!("{base}/artifacts/sha256/{initrd_digest}/initrd.img"),
         })
         .collect();
+    (sources, server_args(bases))
+}
+
+/// The kernel arguments that tell the agent where to report: `ramboot.server` is
+/// this server (the first base), `ramboot.peers` the others (absent without peers).
+fn server_args(bases: &[String]) -> Vec<String> {
     let mut args = Vec::new();
     if let Some((own, peers)) = bases.split_first() {
         args.push(format!("{}={own}", ramboot_proto::cmdline::SERVER));
@@ -106,7 +113,7 @@ fn stage_one_sources(bases: &[String], kernel_digest: &str, initrd_digest: &str)
             args.push(format!("{}={}", ramboot_proto::cmdline::PEERS, peers.join(",")));
         }
     }
-    (sources, args)
+    args
 }
 
 #[derive(Template)]
@@ -142,20 +149,6 @@ fn refusal_script(mac: &str, reason: &str, retry_after: Option<Duration>) -> Ref
     let mac: String = mac.chars().take(32).filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-').collect();
     let retry_secs = retry_after.map_or(ASK_AGAIN_SECS, |d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX));
     RefuseScript { mac, reason, retry_secs }
-}
-
-/// A boot-path refusal for whoever asked for a script: the status says it, and the
-/// body is a script iPXE can show (it retries after a while).
-async fn untrusted(
-    state: &AppState,
-    mac: &str,
-    node: Option<&Node>,
-    refused: &Refused,
-    now: i64,
-) -> Result<Response, ApiError> {
-    let error = trust::refuse(state, node.map(|n| (n, None)), refused, now).await;
-    let script = render(&refusal_script(mac, &refused.to_string(), None))?;
-    Ok((error.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], script).into_response())
 }
 
 /// What selectors see of a node.
@@ -203,83 +196,155 @@ async fn boot_script(
         return refusal(&raw_mac, "the script URL carries no valid MAC address", None);
     };
     let source = peer.ip().to_canonical();
+    match start_boot(&state, mac, source, IPXE_SCRIPT).await? {
+        Started::Boot(boot) => {
+            let (sources, server_args) =
+                stage_one_sources(&boot.bases, &boot.stage1.kernel_digest, &boot.stage1.initrd_digest);
+            let mut args = boot.args;
+            let tail = args.split_off(boot.server_args_at);
+            args.extend(server_args);
+            args.extend(tail);
+            let script = BootScript {
+                node_id: boot.node_id,
+                boot_id: boot.boot_id,
+                mac,
+                hostname: &boot.hostname,
+                profile: &boot.profile,
+                stage1: &boot.stage1.name,
+                sources,
+                args,
+                retry_secs: ASK_AGAIN_SECS,
+            };
+            Ok(ipxe(render(&script)?))
+        }
+        Started::Refused(r) => {
+            let script = render(&refusal_script(&raw_mac, &r.reason, r.retry_after))?;
+            Ok((r.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], script).into_response())
+        }
+    }
+}
+
+/// What `GET /boot.ipxe` serves, in logs and the node's timeline.
+const IPXE_SCRIPT: &str = "iPXE script";
+
+/// A boot begun for a node that asked for its boot configuration (an iPXE script
+/// or a GRUB config): what either renders.
+pub(crate) struct StartedBoot {
+    pub node_id: i64,
+    pub boot_id: i64,
+    pub hostname: String,
+    /// The profile's name, or `(discovery)`.
+    pub profile: String,
+    pub stage1: ramboot_core::plan::StageOne,
+    /// This server's base URL, then its peers'.
+    pub bases: Vec<String>,
+    /// The kernel arguments: the plan's, then node, token and MAC. The arguments
+    /// naming the servers go in at `server_args_at` (each renderer has its own).
+    pub args: Vec<String>,
+    pub server_args_at: usize,
+}
+
+/// Why a node gets no boot now, for whichever language its loader speaks.
+pub(crate) struct Refusal {
+    pub reason: String,
+    pub retry_after: Option<Duration>,
+    /// For HTTP answers: 200 for a refusal of the plan, 4xx for a trust refusal.
+    pub status: StatusCode,
+}
+
+pub(crate) enum Started {
+    Boot(Box<StartedBoot>),
+    Refused(Refusal),
+}
+
+/// The boot path's first step, shared by `GET /boot.ipxe` and the signed chain's
+/// `grub.cfg`: the trust rules (a node DHCP knows, at the address DHCP bound to
+/// it), the planner's decision, a fresh per-boot token.
+pub(crate) async fn start_boot(
+    state: &AppState,
+    mac: MacAddr,
+    source: IpAddr,
+    what: &'static str,
+) -> Result<Started, ApiError> {
     let span = tracing::info_span!("boot", %mac, %source);
     async move {
         let now = now_ms();
         // Only DHCP (or an operator) creates nodes: a script request never does.
         let Some(node) = state.store.node_by_mac(mac).await? else {
-            return untrusted(&state, &raw_mac, None, &Refused::UnknownNode(mac), now).await;
+            return Ok(untrusted(state, None, &Refused::UnknownNode(mac), now).await);
         };
-        let claim = trust::address_claim(&state, &node, source, now).await?;
+        let claim = trust::address_claim(state, &node, source, now).await?;
         if let Err(refused) = rules::script_allowed(mac, source, &claim) {
-            return untrusted(&state, &raw_mac, Some(&node), &refused, now).await;
+            return Ok(untrusted(state, Some(&node), &refused, now).await);
         }
         // One snapshot of the profiles for the whole decision.
         let profiles = state.profiles.current();
-        let plan = match plan_boot(&view_of(&node), &*profiles, &state.images, settings(&state)) {
+        let plan = match plan_boot(&view_of(&node), &*profiles, &state.images, settings(state)) {
             Decision::Boot(plan) => *plan,
-            Decision::Refuse(refusal) => return refuse(&state, &node, &refusal, now).await,
+            Decision::Refuse(refusal) => return Ok(Started::Refused(refuse(state, &node, &refusal, now).await?)),
         };
         let token = crate::token::generate().map_err(ApiError::internal)?;
         let token_hash = crate::token::hash(&token);
         let stage1 = Some((plan.stage1.kernel_digest.as_str(), plan.stage1.initrd_digest.as_str()));
-        let bound = BootStart { hash: &token_hash, bound_ip: source, stage1 };
+        let bound = BootStart { hash: &token_hash, bound_ip: source, stage1, served: what };
         let (boot_id, profile_name, why) = match &plan.profile {
             Some(boot) => {
                 // The node's timeline says which server of a cluster served it, and
                 // which revision of the profile (that server's copy).
                 let why = format!("{}; server {}", boot.describe(), state.config.cluster.name);
                 let id = state.store.start_boot(node.id, &boot.profile, Some(&boot.image), &bound, now, &why).await?;
-                (id, boot.profile.as_str(), why)
+                (id, boot.profile.clone(), why)
             }
             None => {
                 let waiting = plan.awaiting_approval.as_deref();
                 let id = state.store.start_discovery_boot(node.id, &bound, waiting, now).await?;
                 let why = waiting.map_or_else(|| "no profile: discovery".to_string(), str::to_string);
-                (id, "(discovery)", why)
+                (id, "(discovery)".to_string(), why)
             }
         };
-        let bases = state.config.cluster.boot_urls(&state.config.boot_url());
-        let (sources, server_args) = stage_one_sources(&bases, &plan.stage1.kernel_digest, &plan.stage1.initrd_digest);
         let mut args = plan.kernel_args;
-        args.extend(server_args);
+        let server_args_at = args.len();
         args.extend([
             format!("{}={}", ramboot_proto::cmdline::NODE, node.id),
             format!("{}={token}", ramboot_proto::cmdline::TOKEN),
             format!("{}={mac}", ramboot_proto::cmdline::MAC),
         ]);
-        let script = BootScript {
+        info!(node = node.id, boot = boot_id, profile = %profile_name, %why, "boot started: {what} served");
+        Ok(Started::Boot(Box::new(StartedBoot {
             node_id: node.id,
             boot_id,
-            mac,
-            hostname: &node.hostname,
+            hostname: node.hostname.clone(),
             profile: profile_name,
-            stage1: &plan.stage1.name,
-            sources,
+            stage1: plan.stage1,
+            bases: state.config.cluster.boot_urls(&state.config.boot_url()),
             args,
-            retry_secs: ASK_AGAIN_SECS,
-        };
-        info!(node = node.id, boot = boot_id, profile = %profile_name, %why, "boot started: iPXE script served");
-        Ok(ipxe(render(&script)?))
+            server_args_at,
+        })))
     }
     .instrument(span)
     .await
 }
 
+/// A trust refusal: counted, logged, noted in the node's log (rate-limited).
+async fn untrusted(state: &AppState, node: Option<&Node>, refused: &Refused, now: i64) -> Started {
+    let error = trust::refuse(state, node.map(|n| (n, None)), refused, now).await;
+    Started::Refused(Refusal { reason: refused.to_string(), retry_after: None, status: error.status })
+}
+
 /// Tell the node why it does not boot; a profile or image an operator must fix is
 /// also recorded in its event log.
-async fn refuse(state: &AppState, node: &Node, why: &Refusal, now: i64) -> Result<Response, ApiError> {
+async fn refuse(state: &AppState, node: &Node, why: &PlanRefusal, now: i64) -> Result<Refusal, ApiError> {
     let reason = why.reason();
     match why {
-        Refusal::Maintenance { .. } => info!(node = node.id, %reason, "node in maintenance: told not to boot"),
-        Refusal::RetriesExhausted { .. } => warn!(node = node.id, "{reason}"),
-        Refusal::BackingOff { .. } => info!(node = node.id, %reason, "told to wait out its backoff"),
-        Refusal::Unbootable { .. } => {
+        PlanRefusal::Maintenance { .. } => info!(node = node.id, %reason, "node in maintenance: told not to boot"),
+        PlanRefusal::RetriesExhausted { .. } => warn!(node = node.id, "{reason}"),
+        PlanRefusal::BackingOff { .. } => info!(node = node.id, %reason, "told to wait out its backoff"),
+        PlanRefusal::Unbootable { .. } => {
             warn!(node = node.id, %reason, "refusing to boot");
             state.store.add_event(node.id, None, EventKind::Info, &format!("boot refused: {reason}"), now).await?;
         }
     }
-    refusal(&node.mac.to_string(), &reason, why.retry_after())
+    Ok(Refusal { reason: reason.to_string(), retry_after: why.retry_after(), status: StatusCode::OK })
 }
 
 /// The node and boot behind a valid per-boot bearer token, checked against the
@@ -356,8 +421,11 @@ async fn hello(
     let now = now_ms();
     let inventory = serde_json::to_value(&inv).map_err(|e| ApiError::bad_request(e.to_string()))?;
     state.store.set_inventory(auth.node.id, &inventory, now).await?;
-    let summary =
+    let mut summary =
         format!("agent hello: {} CPUs, {} RAM, {} NICs", inv.cpus, human_bytes(inv.memory_bytes), inv.nics.len());
+    if let Some(firmware) = &inv.firmware {
+        summary.push_str(&format!("; {firmware}"));
+    }
     if auth.boot.image.is_some() {
         state.store.agent_transition(auth.node.id, auth.boot.id, NodeState::Stage1, &summary, now).await?;
     } else {

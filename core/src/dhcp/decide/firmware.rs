@@ -125,6 +125,27 @@ fn uefi_proxy_offers_leave_option_43_to_the_boot_server_port() {
 }
 
 #[test]
+fn uefi_pxe_offers_from_an_authoritative_server_are_plain_dhcp_with_the_boot_file() {
+    // OVMF's PXE (EDK2 `PxeBcDhcp4.c`) takes an offer with `PXEClient` and no
+    // option 43 for a BINL offer and asks the boot server on 4011, which only a
+    // proxy answers (seen in the lab: "PXE-E16: No valid offer received"). A plain
+    // offer with the boot file is one it loads as it is.
+    let mut h = Harness::new();
+    let class = "PXEClient:Arch:00007:UNDI:003000";
+    let discover = pxe_rom(ASROCK_MAC, MessageType::Discover, 7, class);
+    let (offer, _, boot) = super::tests::reply_of(h.run(&discover, 1));
+    assert_eq!(boot, BootChoice::Tftp("snponly.efi".into()));
+    assert_eq!(offer.opts().get(OptionCode::ClassIdentifier), None, "no PXEClient: not a BINL offer");
+    assert_eq!(vendor_options(&offer), None);
+    assert_eq!(offer.opts().get(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(b"snponly.efi\0".to_vec())));
+    assert_eq!(offer.siaddr(), super::tests::SERVER, "the TFTP server");
+    // A BIOS ROM still gets its `PXEClient` (it waits for one).
+    let bios = pxe_rom([0x52, 0x54, 0, 1, 2, 3], MessageType::Discover, 0, "PXEClient:Arch:00000:UNDI:002001");
+    let (offer, _, _) = super::tests::reply_of(h.run(&bios, 2));
+    assert_rom_can_read(&offer, &encode(&offer, &bios), "undionly.kpxe");
+}
+
+#[test]
 fn bios_proxy_offers_carry_discovery_control_and_a_menu_prompt() {
     // dnsmasq always adds sub-option 10 (a prompt); edk2 issue 8149 was fixed by it.
     let mut policy = super::tests::policy();

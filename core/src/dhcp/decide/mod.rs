@@ -11,12 +11,13 @@
 //! server's socket layer (`ramboot::dhcp::io`) persists any [`LeaseGrant`] *before*
 //! it sends the reply that carries it.
 
-use super::classify::{classify, Arch, ClassifyError, Client, Firmware};
+use super::classify::{arch_of, classify, Arch, ClassifyError, Client, Firmware};
 use super::ipxe::{self, ForeignIpxe, Handovers, ScriptFor};
 use super::policy::{DhcpMode, DhcpPolicy, SubnetConfig, UnknownClients};
 use super::pool::{BindingKind, LeasePool, Undo};
 use super::relay::{self as trust, Screen};
 use crate::node::MacAddr;
+use crate::profile::BootChain;
 use dhcproto::v4::{relay, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -52,22 +53,49 @@ pub struct Inbound<'a> {
     pub arrival: Arrival,
 }
 
-/// A node the inventory knows: its reservation and hostname, if any.
+/// A node the inventory knows: its reservation and hostname, if any, and what
+/// chooses its boot chain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Host {
     pub reserved_ip: Option<Ipv4Addr>,
     pub hostname: Option<String>,
+    /// Its assigned profile, whose `boot_chain` applies unless the node has none.
+    pub profile: Option<String>,
 }
 
-/// The node inventory as DHCP sees it, rebuilt from the store when nodes change.
+/// The node inventory as DHCP sees it, rebuilt from the store when nodes change,
+/// and each profile's boot chain, updated when profiles reload.
 #[derive(Debug, Clone, Default)]
 pub struct Hosts {
     by_mac: HashMap<MacAddr, Host>,
+    profile_chains: HashMap<String, BootChain>,
+    /// The default profile's chain: nodes with no assigned profile boot it (DHCP
+    /// cannot know which selector a node will match before it reports hardware).
+    default_chain: Option<BootChain>,
 }
 
 impl Hosts {
     pub fn new(hosts: impl IntoIterator<Item = (MacAddr, Host)>) -> Hosts {
-        Hosts { by_mac: hosts.into_iter().collect() }
+        Hosts { by_mac: hosts.into_iter().collect(), profile_chains: HashMap::new(), default_chain: None }
+    }
+    /// The profiles that name a `boot_chain` (the others follow the policy's), and
+    /// which profile nodes without an assigned one boot.
+    pub fn set_profile_chains(
+        &mut self,
+        chains: impl IntoIterator<Item = (String, BootChain)>,
+        default_profile: Option<&str>,
+    ) {
+        self.profile_chains = chains.into_iter().collect();
+        self.default_chain = default_profile.and_then(|p| self.profile_chains.get(p).copied());
+    }
+    /// The chain a client boots: its assigned profile's, else the default
+    /// profile's (unknown clients too), else the policy's.
+    pub fn chain_of(&self, host: Option<&Host>, policy: &DhcpPolicy) -> BootChain {
+        match host.and_then(|h| h.profile.as_ref()) {
+            Some(assigned) => self.profile_chains.get(assigned).copied(),
+            None => self.default_chain,
+        }
+        .unwrap_or(policy.boot_chain)
     }
     pub fn get(&self, mac: MacAddr) -> Option<&Host> {
         self.by_mac.get(&mac)
@@ -175,6 +203,9 @@ pub enum BootChoice {
     Tftp(String),
     /// UEFI HTTP boot: load iPXE by URL.
     Http(String),
+    /// The signed chain for Secure Boot: a PXE firmware loads shim over TFTP, shim
+    /// loads GRUB from beside it, GRUB the per-node `grub.cfg` (`crate::boot`).
+    Signed(String),
     /// No boot file, for the stated reason.
     None(&'static str),
 }
@@ -182,9 +213,11 @@ pub enum BootChoice {
 impl BootChoice {
     pub fn file(&self) -> Option<&str> {
         match self {
-            BootChoice::IpxeScript(f, _) | BootChoice::ChainIpxe(f) | BootChoice::Tftp(f) | BootChoice::Http(f) => {
-                Some(f)
-            }
+            BootChoice::IpxeScript(f, _)
+            | BootChoice::ChainIpxe(f)
+            | BootChoice::Tftp(f)
+            | BootChoice::Http(f)
+            | BootChoice::Signed(f) => Some(f),
             BootChoice::None(_) => None,
         }
     }
@@ -204,6 +237,7 @@ impl BootChoice {
             BootChoice::ChainIpxe(_) => "chain_ipxe",
             BootChoice::Tftp(_) => "pxe_tftp",
             BootChoice::Http(_) => "http_boot",
+            BootChoice::Signed(_) => "signed_chain",
             BootChoice::None(_) => "none",
         }
     }
@@ -215,6 +249,7 @@ impl BootChoice {
             BootChoice::ChainIpxe(_) => "another iPXE build: ramboot's iPXE first, over TFTP",
             BootChoice::Tftp(_) => "PXE ROM: iPXE binary for its arch over TFTP",
             BootChoice::Http(_) => "UEFI HTTP boot: iPXE binary by URL",
+            BootChoice::Signed(_) => "boot_chain signed: shim over TFTP, then GRUB and the per-node grub.cfg",
             BootChoice::None(why) => why,
         }
     }
@@ -222,9 +257,21 @@ impl BootChoice {
 
 /// What `client`, in DHCP session `xid`, is told to load. Handovers of ramboot's
 /// iPXE are remembered so that the iPXE that follows one runs the script.
-pub fn choose_boot(client: &Client, xid: u32, policy: &DhcpPolicy, handovers: &mut Handovers, now: u64) -> BootChoice {
+pub fn choose_boot(
+    client: &Client,
+    xid: u32,
+    (policy, chain): (&DhcpPolicy, BootChain),
+    handovers: &mut Handovers,
+    now: u64,
+) -> BootChoice {
     // A PXE ROM that sends no option 93 is a legacy BIOS one (RFC 4578 §2.1).
     let arch = client.arch.unwrap_or(Arch::BIOS);
+    if chain == BootChain::Signed && client.firmware == Firmware::Pxe {
+        // Architectures without a signed chain (BIOS) fall through to iPXE.
+        if let Some(shim) = policy.signed_boot_files.get(&arch) {
+            return BootChoice::Signed(shim.clone());
+        }
+    }
     let binary = policy.boot_files.get(&arch);
     let script = |why| BootChoice::IpxeScript(format!("{}/boot.ipxe?mac={}", policy.boot_url, client.mac), why);
     let choice = match (client.firmware, binary) {
@@ -348,7 +395,8 @@ fn decide_inner(
     let boot = if host.is_none() && unknown_policy == UnknownClients::AddressOnly {
         BootChoice::None("unknown client: address only")
     } else {
-        choose_boot(&client, msg.xid(), policy, &mut leases.handovers, now)
+        let chain = hosts.chain_of(host, policy);
+        choose_boot(&client, msg.xid(), (policy, chain), &mut leases.handovers, now)
     };
     if policy.mode == DhcpMode::Proxy || inbound.arrival.port == Port::Binl {
         return proxy(inbound, kind, client, boot, policy);
@@ -572,8 +620,13 @@ pub const PXE_VENDOR_OPTIONS: [u8; 10] = [6, 1, 8, 10, 4, 0, b'P', b'X', b'E', 2
 /// leave it out for EFI). Without it, EDK2 asks the boot server on 4011, whose
 /// answer carries them.
 fn wants_pxe_vendor_options(client: &Client, port: Port) -> bool {
-    let efi = client.arch.is_some_and(|a| a.0 >= 6);
+    let efi = client.arch.is_some_and(Arch::is_uefi);
     client.firmware == Firmware::Pxe && (port == Port::Binl || !efi)
+}
+
+/// Does the request name a UEFI architecture (option 93)?
+fn client_is_uefi(msg: &Message) -> bool {
+    arch_of(msg).is_some_and(Arch::is_uefi)
 }
 
 /// A BOOTREPLY skeleton: same xid, flags, giaddr and chaddr as the request.
@@ -687,9 +740,12 @@ fn build_reply(
     let lease = u32::try_from(subnet.lease_time.as_secs()).unwrap_or(u32::MAX);
     let opts = reply.opts_mut();
     match boot {
-        // A PXE ROM waits for an offer that echoes `PXEClient` (PXE 2.1 §2.2.1: it
-        // retries DISCOVER at 4 s and 8 s before taking a plain one).
-        BootChoice::Tftp(_) => {
+        // A BIOS PXE ROM waits for an offer that echoes `PXEClient` (PXE 2.1 §2.2.1:
+        // it retries DISCOVER at 4 s and 8 s before taking a plain one). A UEFI one
+        // (EDK2 `PxeBcDhcp4.c`) takes `PXEClient` without option 43 for a BINL
+        // offer and asks the boot server on port 4011, which only a proxy answers:
+        // it gets a plain offer with the boot file, which it loads as it is.
+        BootChoice::Tftp(_) | BootChoice::Signed(_) if !client_is_uefi(inbound.msg) => {
             opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
         }
         BootChoice::IpxeScript(..) | BootChoice::ChainIpxe(_) => {

@@ -27,6 +27,8 @@ pub(super) fn policy() -> DhcpPolicy {
         tftp_server: SERVER,
         boot_url: "http://10.213.0.1:8080".into(),
         boot_files: default_boot_files(),
+        signed_boot_files: crate::dhcp::policy::default_signed_boot_files(),
+        boot_chain: Default::default(),
         subnets: vec![
             subnet("10.213.0.0/24", [10, 213, 0, 100], [10, 213, 0, 199]),
             subnet("10.9.0.0/24", [10, 9, 0, 10], [10, 9, 0, 20]),
@@ -66,7 +68,8 @@ impl Harness {
         self.run_on(msg, Port::Dhcp, now)
     }
     fn reserve(&mut self, mac: [u8; 6], ip: Option<Ipv4Addr>, hostname: Option<&str>) {
-        self.hosts.insert(MacAddr(mac), Host { reserved_ip: ip, hostname: hostname.map(str::to_string) });
+        self.hosts
+            .insert(MacAddr(mac), Host { reserved_ip: ip, hostname: hostname.map(str::to_string), profile: None });
         self.leases.set_reservations(&self.policy, &self.hosts);
     }
 }

@@ -135,6 +135,17 @@ pub struct LabOptions {
     /// server instead of over TFTP. Implies --uefi.
     #[arg(long)]
     pub http_boot: bool,
+    /// Secure Boot: OVMF's Secure Boot build with Microsoft's keys enrolled,
+    /// enforcing. The node boots the signed chain (Debian's shim, GRUB and
+    /// kernel) through the firmware's own PXE (or HTTP Boot with --http-boot).
+    /// Implies --uefi.
+    #[arg(long)]
+    pub secure_boot: bool,
+    /// The boot chain the lab's profile names (default: `signed` with
+    /// --secure-boot, else the config's `ipxe`). `--secure-boot --boot-chain ipxe`
+    /// shows the firmware refusing the unsigned iPXE.
+    #[arg(long, value_parser = ["ipxe", "signed"])]
+    pub boot_chain: Option<String>,
     #[arg(long, default_value_t = 512)]
     pub memory_mb: u32,
     /// Rebuild the images even if they are up to date.
@@ -179,7 +190,7 @@ impl LabOptions {
 
     /// OVMF rather than SeaBIOS (HTTP Boot is UEFI's).
     fn uefi(&self) -> bool {
-        self.uefi || self.http_boot
+        self.uefi || self.http_boot || self.secure_boot
     }
 }
 
@@ -323,7 +334,14 @@ async fn run(opts: LabOptions) -> Result<()> {
     }
     std::fs::create_dir_all(&lab_profiles)?;
     let (_, profile_file) = profiles.iter().find(|(p, _)| p.name == profile.name).context("profile file")?;
-    std::fs::copy(profile_file, lab_profiles.join(profile_file.file_name().unwrap_or_default()))?;
+    let lab_profile = lab_profiles.join(profile_file.file_name().unwrap_or_default());
+    std::fs::copy(profile_file, &lab_profile)?;
+    let chain = opts.boot_chain.as_deref().or(opts.secure_boot.then_some("signed"));
+    if let Some(chain) = chain {
+        // The profile chooses the chain: with `signed`, DHCP hands its nodes shim.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&lab_profile)?;
+        std::io::Write::write_all(&mut file, format!("\n# Written by ramboot-lab.\nboot_chain: {chain}\n").as_bytes())?;
+    }
     let templates = repo_profiles.join("templates");
     if templates.is_dir() {
         std::fs::create_dir_all(lab_profiles.join("templates"))?;
@@ -335,7 +353,13 @@ async fn run(opts: LabOptions) -> Result<()> {
         }
     }
     let ipxe_dir = dir.join("ipxe");
-    run_checked(std::process::Command::new("bash").arg(repo.join("ipxe/fetch.sh")).arg(&ipxe_dir), "ipxe/fetch.sh")?;
+    let mut fetch = std::process::Command::new("bash");
+    fetch.arg(repo.join("ipxe/fetch.sh")).arg(&ipxe_dir);
+    if chain == Some("signed") {
+        // This run boots the signed chain: its binaries are not optional.
+        fetch.env("SIGNED", "1");
+    }
+    run_checked(&mut fetch, "ipxe/fetch.sh")?;
 
     let mut servers = vec![LabServer::new(&dir, "a", 1)];
     if opts.failover {
@@ -439,7 +463,7 @@ impl Lab<'_> {
         }
         let monitor = dir.join("qemu.monitor");
         if opts.uefi() {
-            std::fs::copy(qemu::OVMF_VARS, dir.join("OVMF_VARS.fd"))?;
+            qemu::fresh_vars(&dir.join("OVMF_VARS.fd"), opts.secure_boot)?;
         }
         let started = Instant::now();
         let mut qemu = self.power_on(&console_log, false)?;
@@ -593,7 +617,14 @@ impl Lab<'_> {
             mac: LAB_MAC.into(),
             memory_mb: opts.memory_mb,
             uefi_vars: opts.uefi().then(|| dir.join("OVMF_VARS.fd")),
-            nic: if opts.http_boot { Nic::VirtioFirmwareHttp } else { Nic::E1000Ipxe },
+            secure_boot: opts.secure_boot,
+            // Secure Boot firmware refuses QEMU's unsigned iPXE option ROM: the
+            // firmware's own network stack boots.
+            nic: match (opts.http_boot, opts.secure_boot) {
+                (true, _) => Nic::VirtioFirmwareHttp,
+                (false, true) => Nic::VirtioFirmwarePxe,
+                (false, false) => Nic::E1000Ipxe,
+            },
             // Appended across power-ons: one console log for the whole run.
             console: Console::Stdout,
             // A monitor socket lets the lab power-cycle the VM between boots.
@@ -613,10 +644,12 @@ impl Lab<'_> {
             .context("starting QEMU")?;
         println!(
             "lab: VM {LAB_MAC} powered on ({}, {} MiB, TCG); serial console: {}",
-            match (opts.http_boot, opts.uefi()) {
-                (true, _) => "UEFI HTTP Boot",
-                (false, true) => "UEFI",
-                (false, false) => "BIOS",
+            match (opts.http_boot, opts.secure_boot, opts.uefi()) {
+                (true, true, _) => "UEFI HTTP Boot, Secure Boot",
+                (true, false, _) => "UEFI HTTP Boot",
+                (false, true, _) => "UEFI PXE, Secure Boot",
+                (false, false, true) => "UEFI",
+                (false, false, false) => "BIOS",
             },
             opts.memory_mb,
             console_log.display()
@@ -764,7 +797,7 @@ fn print_timeline(events: &[Event], boot: Option<i64>) {
     }
     if let Some(last) = moves.last() {
         println!(
-            "  total      {:>6.1}s   from iPXE script ({}) to {}",
+            "  total      {:>6.1}s   from the boot config served ({}) to {}",
             (last.at_ms - first.at_ms) as f64 / 1000.0,
             format_ms(first.at_ms),
             last.state.map(|s| s.as_str()).unwrap_or("-")
