@@ -15,6 +15,9 @@
 #                  verification fails, so the console says why)
 #   grubx64.efi    grub-efi-amd64-signed's grubnetx64.efi.signed, signed by Debian;
 #                  shim loads it from the directory it was loaded from
+# ARCHES="amd64 arm64" also unpacks the arm64 chain (shimaa64.efi, mmaa64.efi,
+# grubaa64.efi), for arm64 nodes (DHCP arch 11); it needs
+# `dpkg --add-architecture arm64 && apt-get update`.
 # The downloaded .debs are kept in $CACHE (default ~/.cache/ramboot/debs), so a
 # second run needs no network. Pin versions with SHIM_VERSION / GRUB_VERSION.
 # SIGNED=0 skips the signed chain; SIGNED=1 fails without it; by default a failed
@@ -38,15 +41,16 @@ signed=${SIGNED:-auto}
 [ "$signed" = 0 ] && exit 0
 cache=${CACHE:-${HOME:-/root}/.cache/ramboot/debs}
 mkdir -p "$cache"
-# One .deb per package in the cache: the newest apt knows, or the pinned version.
+# One .deb per package and architecture in the cache: the newest apt knows, or
+# the pinned version.
 fetch_deb() {
-    local pkg=$1 version=${2:-}
+    local pkg=$1 arch=$2 version=${3:-}
     local found
-    found=$(find "$cache" -maxdepth 1 -name "${pkg}_${version:+${version//:/%3a}}*_amd64.deb" -print -quit)
+    found=$(find "$cache" -maxdepth 1 -name "${pkg}_${version:+${version//:/%3a}}*_${arch}.deb" -print -quit)
     if [ -z "$found" ]; then
-        echo "ipxe/fetch.sh: downloading $pkg${version:+=$version} into $cache" >&2
-        (cd "$cache" && apt-get download -q -o APT::Sandbox::User=root "$pkg${version:+=$version}" >&2) || return 1
-        found=$(find "$cache" -maxdepth 1 -name "${pkg}_*_amd64.deb" -print -quit)
+        echo "ipxe/fetch.sh: downloading $pkg:$arch${version:+=$version} into $cache" >&2
+        (cd "$cache" && apt-get download -q -o APT::Sandbox::User=root "$pkg:$arch${version:+=$version}" >&2) || return 1
+        found=$(find "$cache" -maxdepth 1 -name "${pkg}_*_${arch}.deb" -print -quit)
     fi
     printf '%s\n' "$found"
 }
@@ -57,11 +61,18 @@ no_signed_chain() {
 }
 unpack=$(mktemp -d "${TMPDIR:-/tmp}/ramboot-signed.XXXXXX")
 trap 'rm -rf "$unpack"' EXIT
-for pkg in shim-signed:"${SHIM_VERSION:-}" shim-helpers-amd64-signed: grub-efi-amd64-signed:"${GRUB_VERSION:-}"; do
-    deb=$(fetch_deb "${pkg%%:*}" "${pkg#*:}") || no_signed_chain "${pkg%%:*}"
-    dpkg-deb -x "$deb" "$unpack"
+for arch in ${ARCHES:-amd64}; do
+    case $arch in
+        amd64) efi=x64 grub_dir=x86_64-efi-signed ;;
+        arm64) efi=aa64 grub_dir=arm64-efi-signed ;;
+        *) echo "ipxe/fetch.sh: no signed chain for $arch" >&2; exit 1 ;;
+    esac
+    for pkg in shim-signed:"${SHIM_VERSION:-}" "shim-helpers-$arch-signed:" "grub-efi-$arch-signed:${GRUB_VERSION:-}"; do
+        deb=$(fetch_deb "${pkg%%:*}" "$arch" "${pkg#*:}") || no_signed_chain "${pkg%%:*}:$arch"
+        dpkg-deb -x "$deb" "$unpack/$arch"
+    done
+    install -m 0644 "$unpack/$arch/usr/lib/shim/shim$efi.efi.signed" "$dest/shim$efi.efi"
+    install -m 0644 "$unpack/$arch/usr/lib/shim/mm$efi.efi.signed" "$dest/mm$efi.efi"
+    install -m 0644 "$unpack/$arch/usr/lib/grub/$grub_dir/grubnet$efi.efi.signed" "$dest/grub$efi.efi"
+    echo "ipxe/fetch.sh: shim$efi.efi mm$efi.efi grub$efi.efi (signed chain, $arch) in $dest" >&2
 done
-install -m 0644 "$unpack/usr/lib/shim/shimx64.efi.signed" "$dest/shimx64.efi"
-install -m 0644 "$unpack/usr/lib/shim/mmx64.efi.signed" "$dest/mmx64.efi"
-install -m 0644 "$unpack/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed" "$dest/grubx64.efi"
-echo "ipxe/fetch.sh: shimx64.efi mmx64.efi grubx64.efi (signed chain) in $dest" >&2

@@ -411,7 +411,21 @@ pub struct BuildRequest {
     pub cache_dir: PathBuf,
     /// Static agent binary to put into a stage-one initramfs.
     pub agent: Option<PathBuf>,
+    /// Build for another architecture (Debian's name, `arm64`): the image is named
+    /// `<recipe>-<arch>` and the recipe gets `ARCH`. `None`: the host's.
+    pub arch: Option<String>,
     pub now_ms: i64,
+}
+
+impl BuildRequest {
+    /// The image this request builds: the recipe's name, with the architecture
+    /// when it is another one's.
+    pub fn image_name(&self) -> String {
+        match &self.arch {
+            Some(arch) => format!("{}-{arch}", self.recipe),
+            None => self.recipe.clone(),
+        }
+    }
 }
 
 /// Run a recipe and ingest its outputs. The recipe's own progress lines stream to
@@ -425,7 +439,11 @@ pub fn build(store: &ImageStore, req: &BuildRequest) -> Result<Manifest, ImageEr
     if !script.is_file() {
         return Err(recipe_err(format!("{} does not exist", script.display())));
     }
-    let out = req.cache_dir.join("out").join(&req.recipe);
+    let name = req.image_name();
+    if !valid_name(&name) {
+        return Err(ImageError::BadName(name));
+    }
+    let out = req.cache_dir.join("out").join(&name);
     if out.exists() {
         std::fs::remove_dir_all(&out).map_err(io_err(&out))?;
     }
@@ -438,6 +456,9 @@ pub fn build(store: &ImageStore, req: &BuildRequest) -> Result<Manifest, ImageEr
     cmd.arg(&script).env("OUT", &out).env("CACHE", &cache);
     if let Some(agent) = &req.agent {
         cmd.env("AGENT", agent);
+    }
+    if let Some(arch) = &req.arch {
+        cmd.env("ARCH", arch);
     }
     let status = cmd.status().map_err(io_err(&script))?;
     if !status.success() {
@@ -466,7 +487,7 @@ pub fn build(store: &ImageStore, req: &BuildRequest) -> Result<Manifest, ImageEr
     if let Some(agent) = &req.agent {
         inputs.insert(AGENT_DIGEST.into(), hash_file(agent)?.0.to_string());
     }
-    let manifest = Manifest { name: req.recipe.clone(), kind, built_at_ms: req.now_ms, artifacts, inputs };
+    let manifest = Manifest { name, kind, built_at_ms: req.now_ms, artifacts, inputs };
     store.write_manifest(&manifest)?;
     std::fs::remove_dir_all(&out).map_err(io_err(&out))?;
     Ok(manifest)

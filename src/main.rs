@@ -168,9 +168,13 @@ enum ImageCmd {
         #[arg(long, default_value = ".cache/images")]
         cache: PathBuf,
         /// Static agent binary for stage-one recipes (default: a `ramboot-agent` next
-        /// to this executable).
+        /// to this executable); with --arch, one built for that architecture.
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// Build for another architecture (arm64): the image is `<recipe>-<arch>`.
+        /// The host needs `dpkg --add-architecture arm64 && apt-get update`.
+        #[arg(long, value_parser = ["arm64", "amd64"])]
+        arch: Option<String>,
     },
     /// List images: from a running server, or from a local data directory with --data.
     Ls {
@@ -421,14 +425,15 @@ fn main() -> Result<()> {
             let config = Config::load(&config)?;
             tokio::runtime::Runtime::new()?.block_on(ramboot::serve::run(config))
         }
-        Cmd::Images { command: ImageCmd::Build { recipe, data, recipes, cache, agent } } => {
+        Cmd::Images { command: ImageCmd::Build { recipe, data, recipes, cache, agent, arch } } => {
+            let packs_agent =
+                std::fs::read_to_string(recipes.join(&recipe).join("build.sh")).is_ok_and(|s| s.contains("AGENT"));
             let agent = match agent {
                 Some(a) => Some(a),
-                None if std::fs::read_to_string(recipes.join(&recipe).join("build.sh"))
-                    .is_ok_and(|s| s.contains("AGENT")) =>
-                {
-                    Some(agent_beside_exe(&recipe)?)
+                None if packs_agent && arch.is_some() => {
+                    anyhow::bail!("recipe {recipe} for {arch:?} packs an agent built for it: pass --agent")
                 }
+                None if packs_agent => Some(agent_beside_exe(&recipe)?),
                 None => None,
             };
             let store = images::ImageStore::new(data.join("images"));
@@ -438,6 +443,7 @@ fn main() -> Result<()> {
                 recipes_dir: recipes,
                 cache_dir: cache,
                 agent: agent.map(std::path::absolute).transpose()?,
+                arch,
                 now_ms: ramboot::clock::now_ms(),
             };
             let manifest = images::build(&store, &request)?;

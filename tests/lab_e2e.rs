@@ -317,6 +317,30 @@ fn qemu_secure_boot_signed_chain_boots_into_ram() {
     }
 }
 
+/// arm64 (issue 16, item 4): QEMU's `virt` machine (cortex-a57, TCG) with AAVMF,
+/// whose own PXE asks DHCP as arch 11. Debian ships no arm64 iPXE, so the node is
+/// on the signed chain: shimaa64 → grubaa64 → its GRUB config over TFTP → Debian's
+/// arm64 kernel and a stage one built for arm64 (`stage1-arm64`, the agent for
+/// aarch64-unknown-linux-musl) → `tiny-arm64` → `ready`.
+#[test]
+fn qemu_arm64_node_boots_into_ram() {
+    if common::skipped("qemu_arm64_node_boots_into_ram", skip_reason().as_deref()) {
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let detail = boot_tiny("report-arm64.json", &["--arch", "arm64", "--memory-mb", "1024"]);
+    assert_eq!(detail["node"]["state"], "ready", "{detail:#}");
+    assert_eq!(detail["node"]["arch"], "efi-arm64", "DHCP saw arm64 UEFI (option 93 = 11)");
+    let kernel = detail["node"]["inventory"]["kernel"].as_str().unwrap_or_default();
+    assert!(kernel.ends_with("-arm64"), "stage one ran Debian's arm64 kernel: {kernel}");
+    assert_eq!(detail["node"]["inventory"]["firmware"]["uefi"], true, "{detail:#}");
+    assert_eq!(detail["boot"]["image"]["name"], "tiny-arm64", "{detail:#}");
+    let console = ramboot_lab::logs::log_text(&lab_dir().join("console.log"));
+    for step in ["NBP filename is shimaa64.efi", "Fetching Netboot Image grubaa64.efi", "(stage one stage1-arm64)"] {
+        assert!(console.contains(step), "the console lacks {step:?}");
+    }
+}
+
 /// The other half of the diskless design: a compute node logs in to its iSCSI
 /// volume, writes a file and syncs; QEMU is killed (SIGKILL, a hypervisor crash); the
 /// node PXE-boots again, logs in again on its own, and reads the file back intact.

@@ -26,12 +26,61 @@ need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root"; }
 # kv FILE KEY VALUE: append one key=value line to an inputs.txt.
 kv() { printf '%s=%s\n' "$2" "$3" >>"$1"; }
 
-# --- busybox (from the host's busybox-static package) -------------------------
+# The node's architecture, in Debian's words: amd64 (the default) or arm64. A
+# foreign one needs `dpkg --add-architecture arm64 && apt-get update` on the
+# build host (packages are downloaded and unpacked, never installed).
+ARCH=${ARCH:-amd64}
+case $ARCH in
+    amd64 | arm64) ;;
+    *) die "ARCH=$ARCH: ramboot builds images for amd64 or arm64" ;;
+esac
+HOST_ARCH=$(dpkg --print-architecture)
+
+# deb_fetch PKG VERSION: download PKG (for $ARCH) once into $CACHE/debs; prints
+# the .deb's path. apt verifies it against the signed index.
+deb_fetch() {
+    local pkg=$1 version=$2 debdir=$CACHE/debs tmp deb
+    deb=$debdir/${pkg}_${version//:/%3a}_${ARCH}.deb
+    if [[ ! -s $deb ]]; then
+        mkdir -p "$debdir"
+        # Into a scratch dir first: an interrupted download must not look cached.
+        # Sandbox user root: the cache dir is usually not readable by _apt.
+        tmp=$(mktemp -d "$debdir/.dl.XXXXXX")
+        (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$pkg:$ARCH=$version" >&2) \
+            || die "cannot download $pkg:$ARCH=$version (for arm64: dpkg --add-architecture arm64 && apt-get update)"
+        mv -f "$tmp"/*.deb "$deb"
+        rmdir "$tmp"
+    fi
+    printf '%s\n' "$deb"
+}
+
+# --- busybox (busybox-static: the host's, or the $ARCH package's) -----------------
 BUSYBOX_BIN=/bin/busybox
 
 busybox_version() {
-    dpkg-query -W -f='${Version}' busybox-static 2>/dev/null \
-        || die "busybox-static is not installed"
+    if [[ $ARCH == "$HOST_ARCH" ]]; then
+        dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || die "busybox-static is not installed"
+    else
+        apt-cache policy "busybox-static:$ARCH" | awk '$1 == "Candidate:" { print $2 }'
+    fi
+}
+
+# busybox_for_arch: point BUSYBOX_BIN at a static busybox for $ARCH (a foreign
+# one is unpacked from its package into $CACHE).
+busybox_for_arch() {
+    [[ $ARCH == "$HOST_ARCH" ]] && return 0
+    need_env CACHE
+    local version deb root
+    version=$(busybox_version)
+    [[ -n $version && $version != "(none)" ]] || die "no busybox-static:$ARCH (dpkg --add-architecture $ARCH && apt-get update)"
+    root=$CACHE/busybox/${ARCH}_${version}
+    if [[ ! -x $root/bin/busybox ]]; then
+        deb=$(deb_fetch busybox-static "$version")
+        rm -rf "$root"
+        mkdir -p "$root"
+        dpkg-deb -x "$deb" "$root"
+    fi
+    BUSYBOX_BIN=$root/bin/busybox
 }
 
 # install_busybox ROOT [links]: copy the static busybox into ROOT/bin, plus /bin/sh.
@@ -44,7 +93,9 @@ install_busybox() {
     install -D -m 0755 "$BUSYBOX_BIN" "$root/bin/busybox"
     ln -sfn busybox "$root/bin/sh"
     [[ $links == links ]] || return 0
-    for path in $("$BUSYBOX_BIN" --list-full); do
+    # The applet list comes from the host's busybox: a foreign one cannot run here
+    # (the same Debian release builds both with the same applets).
+    for path in $(/bin/busybox --list-full); do
         [[ -e $root/$path || -L $root/$path ]] && continue
         mkdir -p "$root/$(dirname "$path")"
         ln -s /bin/busybox "$root/$path"

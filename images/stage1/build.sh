@@ -3,7 +3,8 @@
 #
 #   OUT=dir  AGENT=/path/to/static/ramboot-agent  CACHE=dir  images/stage1/build.sh
 #
-# The kernel is Debian's current linux-image-amd64 target, downloaded once into
+# The kernel is Debian's current linux-image-$ARCH target (ARCH=amd64 unless set:
+# see lib/common.sh), downloaded once into
 # $CACHE; later builds reuse it and need no network (pin it with KERNEL_PACKAGE).
 set -euo pipefail
 
@@ -69,6 +70,7 @@ log "${#included[@]} module files, $(du -sh "$STAGE/lib/modules" | cut -f1) unco
 
 log "assembling the initramfs tree"
 mkdir -p "$STAGE"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,run,tmp,newroot,etc/ramboot}
+busybox_for_arch
 install_busybox "$STAGE"
 install -m 0755 "$HERE/init" "$STAGE/init"
 install -m 0755 "$HERE/udhcpc.script" "$STAGE/etc/udhcpc.script"
@@ -97,6 +99,7 @@ inputs=$OUT/inputs.txt
 kv "$inputs" kernel_package "$KPKG"
 kv "$inputs" kernel_version "$KPKG_VERSION"
 kv "$inputs" kernel_release "$KVER"
+kv "$inputs" arch "$ARCH"
 kv "$inputs" busybox_version "$(busybox_version)"
 kv "$inputs" agent_sha256 "$(sha256sum "$AGENT" | cut -d' ' -f1)"
 kv "$inputs" init_sha256 "$(sha256sum "$HERE/init" | cut -d' ' -f1)"

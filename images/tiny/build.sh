@@ -19,6 +19,7 @@ trap 'rm -rf "$ROOT"' EXIT
 chmod 0755 "$ROOT"   # mktemp made it 0700; it becomes the node's /
 
 log "installing busybox and its applet links"
+busybox_for_arch
 install_busybox "$ROOT" links
 
 log "writing /sbin/init and /etc"
@@ -41,6 +42,7 @@ make_sqfs "$ROOT" "$OUT/rootfs.sqfs"
 inputs=$OUT/inputs.txt
 : >"$inputs"
 kv "$inputs" profile tiny
+kv "$inputs" arch "$ARCH"
 kv "$inputs" busybox_version "$(busybox_version)"
 kv "$inputs" init_sha256 "$(sha256sum "$HERE/init" | cut -d' ' -f1)"
 kv "$inputs" compression zstd

@@ -20,6 +20,17 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 pub const OVMF_SECBOOT_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 pub const OVMF_MS_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 
+/// arm64: QEMU's `virt` machine with AAVMF (EDK2 for arm64, Debian's
+/// qemu-efi-aarch64), under TCG.
+pub const QEMU_AARCH64: &str = "/usr/bin/qemu-system-aarch64";
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+
+/// Write a fresh copy of AAVMF's variables to `to`.
+pub fn fresh_arm64_vars(to: &Path) -> std::io::Result<()> {
+    std::fs::copy(AAVMF_VARS, to).map(|_| ())
+}
+
 /// Write a fresh copy of OVMF's variables to `to`: Microsoft-enrolled ones for a
 /// Secure Boot VM, the empty set otherwise.
 pub fn fresh_vars(to: &Path, secure_boot: bool) -> std::io::Result<()> {
@@ -61,6 +72,9 @@ pub struct PxeVm {
     /// With `uefi_vars`: OVMF's Secure Boot build, enforcing (the variables must be
     /// a copy of [`OVMF_MS_VARS`], see [`fresh_vars`]).
     pub secure_boot: bool,
+    /// An arm64 `virt` machine with AAVMF (`uefi_vars` a copy of [`AAVMF_VARS`])
+    /// instead of an x86 one; its NIC boots with the firmware's own PXE.
+    pub aarch64: bool,
     pub nic: Nic,
     pub console: Console,
     /// A monitor socket (for [`reset`]); none without.
@@ -79,6 +93,7 @@ impl PxeVm {
             memory_mb: 256,
             uefi_vars: None,
             secure_boot: false,
+            aarch64: false,
             nic: Nic::E1000Ipxe,
             console: Console::File(console.to_path_buf()),
             monitor: None,
@@ -96,7 +111,8 @@ impl PxeVm {
             Some(path) => format!("unix:{},server,nowait", path.display()),
             None => "none".to_string(),
         };
-        let mut args: Vec<String> = vec![QEMU.into(), "-accel".into(), "tcg".into(), "-m".into()];
+        let program = if self.aarch64 { QEMU_AARCH64 } else { QEMU };
+        let mut args: Vec<String> = vec![program.into(), "-accel".into(), "tcg".into(), "-m".into()];
         args.push(self.memory_mb.to_string());
         args.extend(["-nographic", "-serial", &serial, "-monitor", &monitor].map(String::from));
         if self.no_reboot {
@@ -123,7 +139,13 @@ impl PxeVm {
         }
         args.push("-netdev".into());
         args.push(format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap));
-        if let Some(vars) = &self.uefi_vars {
+        if let (true, Some(vars)) = (self.aarch64, &self.uefi_vars) {
+            // cortex-a57: a plain ARMv8.0 core, quicker under TCG than `max`.
+            args.extend(["-machine", "virt", "-cpu", "cortex-a57", "-drive"].map(String::from));
+            args.push(format!("if=pflash,format=raw,readonly=on,file={AAVMF_CODE}"));
+            args.push("-drive".into());
+            args.push(format!("if=pflash,format=raw,file={}", vars.display()));
+        } else if let Some(vars) = &self.uefi_vars {
             let code = if self.secure_boot {
                 // The Secure Boot build keeps its variables in SMM-only flash: QEMU
                 // must emulate SMM and give that flash the "secure" property.

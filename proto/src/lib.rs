@@ -341,6 +341,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod size_tests {
+
+    #[test]
+    fn firmware_facts_read_as_one_phrase() {
+        let sb = super::FirmwareFacts { uefi: true, secure_boot: Some(true), lockdown: Some("integrity".into()) };
+        assert_eq!(sb.to_string(), "UEFI, Secure Boot on, lockdown integrity");
+        let off = super::FirmwareFacts { uefi: true, secure_boot: Some(false), lockdown: None };
+        assert_eq!(off.to_string(), "UEFI, Secure Boot off");
+        assert_eq!(super::FirmwareFacts::default().to_string(), "BIOS");
+    }
+
     #[test]
     fn sizes_parse_in_binary_units() {
         assert_eq!(super::parse_size("20G").unwrap(), 20 << 30);

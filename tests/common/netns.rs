@@ -270,7 +270,7 @@ pub fn link_lab_images(data: &Path) {
     let set = ramboot::profiles::load_dir(&profiles, &ramboot::profiles::Context::for_dir(&profiles, None))
         .unwrap_or_else(|e| panic!("{e}"));
     let tiny = set.get("tiny").expect("profiles/tiny.yaml");
-    ramboot_lab::setup::ensure_images(&repo, &cache.join("data"), &cache.join("cache"), tiny, false)
+    ramboot_lab::setup::ensure_images(&repo, &cache.join("data"), &cache.join("cache"), tiny, false, None)
         .unwrap_or_else(|e| panic!("building the lab images: {e:#}"));
     ramboot_lab::setup::link_tree(&cache.join("data/images"), &data.join("images")).unwrap();
 }

@@ -146,6 +146,12 @@ pub struct LabOptions {
     /// shows the firmware refusing the unsigned iPXE.
     #[arg(long, value_parser = ["ipxe", "signed"])]
     pub boot_chain: Option<String>,
+    /// Boot an arm64 node: QEMU's `virt` machine with AAVMF under TCG (slow: a few
+    /// minutes), stage one and the image built for arm64 (`<image>-arm64`), the
+    /// agent for aarch64-unknown-linux-musl. Debian ships no arm64 iPXE, so the
+    /// node boots the signed chain (shimaa64, GRUB, the arm64 kernel).
+    #[arg(long, value_parser = ["arm64"], conflicts_with_all = ["secure_boot", "http_boot", "uefi", "iscsi", "failover"])]
+    pub arch: Option<String>,
     #[arg(long, default_value_t = 512)]
     pub memory_mb: u32,
     /// Rebuild the images even if they are up to date.
@@ -190,7 +196,7 @@ impl LabOptions {
 
     /// OVMF rather than SeaBIOS (HTTP Boot is UEFI's).
     fn uefi(&self) -> bool {
-        self.uefi || self.http_boot || self.secure_boot
+        self.uefi || self.http_boot || self.secure_boot || self.arch.is_some()
     }
 }
 
@@ -296,6 +302,9 @@ async fn run(opts: LabOptions) -> Result<()> {
         bail!("ramboot-lab needs root (network namespaces, tap devices, DHCP port 67)");
     }
     ensure_packages()?;
+    if opts.arch.is_some() {
+        ramboot_lab::setup::ensure_arm64()?;
+    }
     let dir = std::path::absolute(&opts.dir)?;
     let repo = std::path::absolute(&opts.repo)?;
     let (data, cache) = (dir.join("data"), dir.join("cache"));
@@ -310,9 +319,10 @@ async fn run(opts: LabOptions) -> Result<()> {
         .with_context(|| format!("no profile {:?} in {}/profiles", opts.profile, repo.display()))?
         .clone();
     {
-        let (repo, data, cache, profile, rebuild) =
-            (repo.clone(), data.clone(), cache.clone(), profile.clone(), opts.rebuild);
-        tokio::task::spawn_blocking(move || ensure_images(&repo, &data, &cache, &profile, rebuild)).await??;
+        let (repo, data, cache, profile, rebuild, arch) =
+            (repo.clone(), data.clone(), cache.clone(), profile.clone(), opts.rebuild, opts.arch.clone());
+        tokio::task::spawn_blocking(move || ensure_images(&repo, &data, &cache, &profile, rebuild, arch.as_deref()))
+            .await??;
     }
     let ramboot = match &opts.ramboot {
         Some(path) => std::path::absolute(path)?,
@@ -336,8 +346,19 @@ async fn run(opts: LabOptions) -> Result<()> {
     let (_, profile_file) = profiles.iter().find(|(p, _)| p.name == profile.name).context("profile file")?;
     let lab_profile = lab_profiles.join(profile_file.file_name().unwrap_or_default());
     std::fs::copy(profile_file, &lab_profile)?;
-    let chain = opts.boot_chain.as_deref().or(opts.secure_boot.then_some("signed"));
-    if let Some(chain) = chain {
+    let chain = opts.boot_chain.as_deref().or((opts.secure_boot || opts.arch.is_some()).then_some("signed"));
+    if let Some(arch) = &opts.arch {
+        // The same profile for an arm64 node: its images, its serial console (the
+        // PL011 is ttyAMA0), the signed chain. JSON is YAML.
+        let mut adapted = profile.clone();
+        adapted.stage1 = format!("{}-{arch}", profile.stage1);
+        adapted.image = format!("{}-{arch}", profile.image);
+        for a in &mut adapted.kernel_args {
+            *a = a.replace("ttyS0", "ttyAMA0");
+        }
+        adapted.boot_chain = Some(ramboot_core::profile::BootChain::Signed);
+        std::fs::write(&lab_profile, serde_json::to_string_pretty(&adapted)?)?;
+    } else if let Some(chain) = chain {
         // The profile chooses the chain: with `signed`, DHCP hands its nodes shim.
         let mut file = std::fs::OpenOptions::new().append(true).open(&lab_profile)?;
         std::io::Write::write_all(&mut file, format!("\n# Written by ramboot-lab.\nboot_chain: {chain}\n").as_bytes())?;
@@ -358,6 +379,9 @@ async fn run(opts: LabOptions) -> Result<()> {
     if chain == Some("signed") {
         // This run boots the signed chain: its binaries are not optional.
         fetch.env("SIGNED", "1");
+    }
+    if let Some(arch) = &opts.arch {
+        fetch.env("ARCHES", format!("amd64 {arch}"));
     }
     run_checked(&mut fetch, "ipxe/fetch.sh")?;
 
@@ -462,7 +486,9 @@ impl Lab<'_> {
             attach_lab_volume(&http, &base).await?;
         }
         let monitor = dir.join("qemu.monitor");
-        if opts.uefi() {
+        if opts.arch.is_some() {
+            qemu::fresh_arm64_vars(&dir.join("OVMF_VARS.fd"))?;
+        } else if opts.uefi() {
             qemu::fresh_vars(&dir.join("OVMF_VARS.fd"), opts.secure_boot)?;
         }
         let started = Instant::now();
@@ -618,9 +644,10 @@ impl Lab<'_> {
             memory_mb: opts.memory_mb,
             uefi_vars: opts.uefi().then(|| dir.join("OVMF_VARS.fd")),
             secure_boot: opts.secure_boot,
-            // Secure Boot firmware refuses QEMU's unsigned iPXE option ROM: the
-            // firmware's own network stack boots.
-            nic: match (opts.http_boot, opts.secure_boot) {
+            aarch64: opts.arch.is_some(),
+            // Secure Boot firmware refuses QEMU's unsigned iPXE option ROM, and
+            // there is no arm64 one: the firmware's own network stack boots.
+            nic: match (opts.http_boot, opts.secure_boot || opts.arch.is_some()) {
                 (true, _) => Nic::VirtioFirmwareHttp,
                 (false, true) => Nic::VirtioFirmwarePxe,
                 (false, false) => Nic::E1000Ipxe,
@@ -645,6 +672,7 @@ impl Lab<'_> {
         println!(
             "lab: VM {LAB_MAC} powered on ({}, {} MiB, TCG); serial console: {}",
             match (opts.http_boot, opts.secure_boot, opts.uefi()) {
+                _ if opts.arch.is_some() => "arm64 virt, AAVMF PXE",
                 (true, true, _) => "UEFI HTTP Boot, Secure Boot",
                 (true, false, _) => "UEFI HTTP Boot",
                 (false, true, _) => "UEFI PXE, Secure Boot",
