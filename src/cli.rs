@@ -171,6 +171,9 @@ pub fn print_node(detail: &NodeDetail) {
         println!("maintenance: {reason}");
     }
     println!("profile {}", n.profile.as_deref().unwrap_or("- (selectors or default)"));
+    if let Some(chain) = n.boot_chain {
+        println!("boot chain {chain} (its own; otherwise its profile's)");
+    }
     if !n.labels.is_empty() {
         let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("labels {}", labels.join(", "));

@@ -221,6 +221,13 @@ enum NodesCmd {
         #[arg(long, conflicts_with = "profile")]
         clear: bool,
     },
+    /// Choose the node's boot chain for UEFI PXE: `signed` (Secure Boot: shim,
+    /// GRUB, the signed kernel), `ipxe`, or `profile` (its profile's again).
+    BootChain {
+        id: String,
+        #[arg(value_parser = ["ipxe", "signed", "profile"])]
+        chain: String,
+    },
     /// Set labels (key=value) and remove others (key-).
     Label {
         id: String,
@@ -639,6 +646,10 @@ fn nodes(api: &ApiArgs, command: NodesCmd) -> Result<()> {
         NodesCmd::Assign { id, profile, clear } => {
             let profile = if clear { None } else { profile };
             show(client.patch(&format!("/nodes/{}", cli::encode(&id)), json!({ "profile": profile }))?)?;
+        }
+        NodesCmd::BootChain { id, chain } => {
+            let chain = (chain != "profile").then_some(chain);
+            show(client.patch(&format!("/nodes/{}", cli::encode(&id)), json!({ "boot_chain": chain }))?)?;
         }
         NodesCmd::Label { id, changes } => {
             let current = client.node(&id)?.node.labels;

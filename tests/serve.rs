@@ -4,6 +4,7 @@ use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
 use ramboot::config::Config;
 use ramboot::store::Store;
+use ramboot_core::profile::BootChain;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -240,4 +241,56 @@ fn serve_refuses_a_world_readable_secrets_file_and_keeps_its_data_private() {
     assert!(!stderr.contains("hunter2"), "{stderr}");
     assert!(!data.join("ramboot.db").exists(), "refused before the database was opened");
     assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+}
+
+/// A UEFI PXE firmware's DISCOVER (arch 7), as OVMF sends it.
+fn uefi_pxe_discover(xid: u32, mac: [u8; 6]) -> Message {
+    let any = Ipv4Addr::UNSPECIFIED;
+    let mut msg = Message::new_with_id(xid, any, any, any, any, &mac);
+    msg.set_flags(dhcproto::v4::Flags::default().set_broadcast());
+    let opts = msg.opts_mut();
+    opts.insert(DhcpOption::MessageType(MessageType::Discover));
+    opts.insert(DhcpOption::ClientSystemArchitecture(dhcproto::v4::Architecture::from(7)));
+    opts.insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007:UNDI:003000".to_vec()));
+    msg
+}
+
+/// A node's own `boot_chain` (set through the store as the API and the CLI's
+/// `nodes boot-chain` do) reaches the running DHCP service: its UEFI PXE firmware
+/// is offered shim instead of iPXE at once, and iPXE again once it is cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_boot_chain_changes_what_its_firmware_is_offered() {
+    let Some(dhcp) = LoopbackDhcp::start().await else { return };
+    let mac = [0x52, 0x54, 0, 0x5b, 0, 0x07];
+    let offered = |xid: u32| {
+        dhcp.send(&uefi_pxe_discover(xid, mac));
+        let offer = dhcp.reply(Duration::from_secs(5)).expect("an offer");
+        assert_eq!(offer.xid(), xid);
+        match offer.opts().get(OptionCode::BootfileName) {
+            Some(DhcpOption::BootfileName(name)) => String::from_utf8_lossy(name).trim_end_matches('\0').to_string(),
+            other => panic!("no boot file: {other:?}"),
+        }
+    };
+    assert_eq!(offered(1), "snponly.efi", "the default chain is iPXE");
+    // An operator registered it (DHCP makes a node on its first grant).
+    let node = dhcp.store.ensure_node(ramboot_core::node::MacAddr(mac), 0).await.unwrap();
+    let set = |chain| ramboot::store::NodeChange { boot_chain: Some(chain), ..Default::default() };
+    let actor = ramboot::store::Actor::Token { name: "test".into() };
+    dhcp.store.update_node(node.id, &set(Some(BootChain::Signed)), &actor, 1).await.unwrap();
+    // The DHCP service reloads its view on the store's notice: a moment, not a restart.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut xid = 2;
+    while offered(xid) != "shimx64.efi" {
+        assert!(std::time::Instant::now() < deadline, "the node's signed chain never reached DHCP");
+        std::thread::sleep(Duration::from_millis(100));
+        xid += 1;
+    }
+    dhcp.store.update_node(node.id, &set(None), &actor, 2).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while offered(xid) != "snponly.efi" {
+        assert!(std::time::Instant::now() < deadline, "clearing the chain never reached DHCP");
+        std::thread::sleep(Duration::from_millis(100));
+        xid += 1;
+    }
+    dhcp.stop().await;
 }

@@ -92,3 +92,32 @@ fn grub_configs_follow_the_boot_scripts_trust_rules() {
     let config = text(config);
     assert!(config.contains("ramboot: not booting") && !config.contains("ramboot.token"), "{config}");
 }
+
+#[test]
+fn a_node_chooses_its_own_boot_chain_over_the_api() {
+    let srv = TestServer::start();
+    srv.lease(MAC);
+    let http = agent();
+    let url = srv.url(&format!("/api/v1/nodes/{MAC}"));
+    let patch = |body: serde_json::Value| {
+        common::send_json(http.request("PATCH", &url).set("Authorization", &srv.admin_auth()), body)
+    };
+    let (status, body) = patch(serde_json::json!({"boot_chain": "signed"}));
+    assert_eq!(status, 200, "{body}");
+    let node: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(node["boot_chain"], "signed");
+    // Not a chain: refused with the error shape, nothing changed.
+    let (status, body) = patch(serde_json::json!({"boot_chain": "pxe"}));
+    assert_eq!(status, 422, "{body}");
+    let (_, body) = call(http.get(&url).set("Authorization", &srv.admin_auth()));
+    assert!(body.contains("\"boot_chain\":\"signed\""), "{body}");
+    assert!(body.contains("boot chain set to signed"), "the timeline says it: {body}");
+    // null: its profile's again.
+    let (status, body) = patch(serde_json::json!({"boot_chain": null}));
+    assert_eq!(status, 200, "{body}");
+    let node: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(node["boot_chain"], serde_json::Value::Null);
+    // The audit trail has both changes under the admin token.
+    let (_, audit) = call(http.get(&srv.url("/api/v1/audit")).set("Authorization", &srv.admin_auth()));
+    assert!(audit.matches("\"boot_chain\":\"signed\"").count() >= 2, "{audit}");
+}

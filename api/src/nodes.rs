@@ -43,6 +43,9 @@ pub struct Node {
     /// Its BMC: the Redfish system URL and the name of the secret that logs in
     /// (never the credential itself).
     pub bmc: Option<Bmc>,
+    /// Its own boot chain for UEFI PXE (`signed`: Secure Boot's shim and GRUB);
+    /// none: its profile's, else the default profile's, else `dhcp.boot_chain`.
+    pub boot_chain: Option<BootChain>,
     /// The inventory file that declares the node; the API may not change the
     /// fields it owns (`declared_fields`).
     pub declared_in: Option<String>,
@@ -52,6 +55,7 @@ pub struct Node {
 }
 
 pub use ramboot_core::inventory::{Bmc, Field};
+pub use ramboot_core::profile::BootChain;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Boot {
@@ -166,6 +170,10 @@ pub struct NodeUpdate {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Bmc>, nullable)]
     pub bmc: Option<Option<Bmc>>,
+    /// Its own boot chain (`ipxe` or `signed`); `null`: its profile's again.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<BootChain>, nullable)]
+    pub boot_chain: Option<Option<BootChain>>,
 }
 
 /// Tell a field given as `null` from a missing one.

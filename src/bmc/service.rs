@@ -486,6 +486,7 @@ mod tests {
             approved: false,
             ip_seen_at_ms: None,
             bmc,
+            boot_chain: None,
             declared_in: None,
             declared_fields: Default::default(),
             created_at_ms: 0,

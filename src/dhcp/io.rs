@@ -397,10 +397,15 @@ async fn load_hosts(
     default_profile: Option<&str>,
 ) -> Result<Hosts, StoreError> {
     let rows = store.dhcp_hosts().await?;
-    let mut hosts =
-        Hosts::new(rows.into_iter().map(|(mac, reserved_ip, hostname, profile)| {
-            (mac, Host { reserved_ip, hostname: Some(hostname), profile })
-        }));
+    let mut hosts = Hosts::new(rows.into_iter().map(|h| {
+        let host = Host {
+            reserved_ip: h.reserved_ip,
+            hostname: Some(h.hostname),
+            profile: h.profile,
+            boot_chain: h.boot_chain,
+        };
+        (h.mac, host)
+    }));
     hosts.set_profile_chains(profiles.boot_chains(), default_profile);
     Ok(hosts)
 }

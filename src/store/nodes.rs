@@ -9,11 +9,20 @@ use super::leases;
 use super::{corrupt, BootId, NodeId, Row, Store, StoreError, Text, Tx};
 use ramboot_core::inventory::{Bmc, Field};
 use ramboot_core::node::{MacAddr, NodeState};
+use ramboot_core::profile::BootChain;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A node as DHCP sees it: MAC, reserved address, hostname, assigned profile.
-pub type DhcpHostRow = (MacAddr, Option<Ipv4Addr>, String, Option<String>);
+/// A node as DHCP sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpHostRow {
+    pub mac: MacAddr,
+    pub reserved_ip: Option<Ipv4Addr>,
+    pub hostname: String,
+    /// Its assigned profile, whose boot chain applies unless it has its own.
+    pub profile: Option<String>,
+    pub boot_chain: Option<BootChain>,
+}
 use std::net::Ipv4Addr;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +53,8 @@ pub struct Node {
     pub ip_seen_at_ms: Option<i64>,
     /// Its BMC (Redfish), if it has one.
     pub bmc: Option<Bmc>,
+    /// Its own boot chain for UEFI PXE (`None`: its profile's).
+    pub boot_chain: Option<BootChain>,
     /// The inventory file that declares it, and the fields that file owns.
     pub declared_in: Option<String>,
     pub declared_fields: BTreeSet<Field>,
@@ -137,6 +148,8 @@ pub struct NodeChange {
     pub approved: Option<bool>,
     /// Its BMC; `Some(None)` forgets it.
     pub bmc: Option<Option<Bmc>>,
+    /// Its own boot chain; `Some(None)`: its profile's again.
+    pub boot_chain: Option<Option<BootChain>>,
 }
 
 impl NodeChange {
@@ -176,6 +189,7 @@ pub(super) fn audit_view(node: &Node) -> serde_json::Value {
         "maintenance_reason": node.maintenance_reason,
         "state": node.state,
         "bmc": node.bmc,
+        "boot_chain": node.boot_chain,
         "declared_in": node.declared_in,
     })
 }
@@ -184,6 +198,16 @@ pub(super) fn audit_view(node: &Node) -> serde_json::Value {
 pub fn default_hostname(mac: MacAddr) -> String {
     let b = mac.0;
     format!("node-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+}
+
+/// The `boot_chain` column: unset, `ipxe` or `signed`.
+fn boot_chain_of(row: &Row) -> Result<Option<BootChain>, StoreError> {
+    match row.try_get::<Option<String>>("boot_chain")?.as_deref() {
+        None => Ok(None),
+        Some("ipxe") => Ok(Some(BootChain::Ipxe)),
+        Some("signed") => Ok(Some(BootChain::Signed)),
+        Some(other) => Err(corrupt(format!("boot_chain {other:?}"))),
+    }
 }
 
 pub(super) fn node_from_row(row: &Row) -> Result<Node, StoreError> {
@@ -214,6 +238,7 @@ pub(super) fn node_from_row(row: &Row) -> Result<Node, StoreError> {
             }
             _ => None,
         },
+        boot_chain: boot_chain_of(row)?,
         declared_in: row.try_get("declared_in")?,
         declared_fields: row
             .try_get::<String>("declared_fields")?
@@ -438,6 +463,19 @@ async fn set_fields(
             .execute()
             .await?;
     }
+    if let Some(chain) = change.boot_chain.filter(|c| *c != node.boot_chain) {
+        tx.sql("UPDATE nodes SET boot_chain = $1, updated_at_ms = $2 WHERE id = $3")
+            .bind(chain.map(BootChain::as_str))
+            .bind(now_ms)
+            .bind(id)
+            .execute()
+            .await?;
+        let message = match chain {
+            Some(chain) => format!("boot chain set to {chain}: DHCP hands its UEFI PXE firmware the {chain} chain"),
+            None => "boot chain cleared: its profile's again".to_string(),
+        };
+        events::insert(tx, &NewEvent::note(id, None, EventKind::Info, &message), now_ms).await?;
+    }
     Ok(())
 }
 
@@ -445,17 +483,19 @@ impl Store {
     /// Every node as DHCP sees it: MAC, reservation, hostname.
     /// What DHCP needs of each node: MAC, reservation, hostname, assigned profile.
     pub async fn dhcp_hosts(&self) -> Result<Vec<DhcpHostRow>, StoreError> {
-        let rows = self.backend.sql("SELECT mac, reserved_ip, hostname, profile FROM nodes").fetch_all().await?;
+        let sql = "SELECT mac, reserved_ip, hostname, profile, boot_chain FROM nodes";
+        let rows = self.backend.sql(sql).fetch_all().await?;
         rows.iter()
             .map(|row| {
                 let mac: String = row.try_get("mac")?;
                 let ip: Option<String> = row.try_get("reserved_ip")?;
-                Ok((
-                    mac.parse().map_err(corrupt)?,
-                    ip.map(|ip| ip.parse()).transpose().map_err(corrupt)?,
-                    row.try_get("hostname")?,
-                    row.try_get("profile")?,
-                ))
+                Ok(DhcpHostRow {
+                    mac: mac.parse().map_err(corrupt)?,
+                    reserved_ip: ip.map(|ip| ip.parse()).transpose().map_err(corrupt)?,
+                    hostname: row.try_get("hostname")?,
+                    profile: row.try_get("profile")?,
+                    boot_chain: boot_chain_of(row)?,
+                })
             })
             .collect()
     }
@@ -516,8 +556,12 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        // DHCP's view: reservation, hostname, and the profile (its boot chain).
-        if change.reservation.is_some() || change.hostname.is_some() || change.profile.is_some() {
+        // DHCP's view: reservation, hostname, and the boot chain (its own or its profile's).
+        if change.reservation.is_some()
+            || change.hostname.is_some()
+            || change.profile.is_some()
+            || change.boot_chain.is_some()
+        {
             self.hosts_changed();
         }
         self.node(id).await
@@ -853,6 +897,8 @@ impl Store {
                         profile: d.profile.clone().map(Some),
                         approved: Some(true),
                         bmc: d.bmc.clone().map(Some),
+                        // Not a declarable field (yet): the inventory leaves it alone.
+                        boot_chain: None,
                     };
                     set_fields(&mut tx, &node, &change, now, now_ms).await?;
                     d.fields().iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
@@ -947,7 +993,7 @@ mod tests {
         let err = s.set_reservation(b.id, Some(ip), true, &op(), 100, 4).await.unwrap_err();
         assert!(matches!(err, StoreError::ReservedElsewhere { .. }), "{err}");
         let hosts = s.dhcp_hosts().await.unwrap();
-        assert!(hosts.contains(&(MAC, Some(ip), a.hostname.clone(), None)));
+        assert!(hosts.iter().any(|h| h.mac == MAC && h.reserved_ip == Some(ip) && h.hostname == a.hostname));
         s.set_reservation(a.id, None, false, &op(), 100, 5).await.unwrap();
         assert_eq!(s.node(a.id).await.unwrap().reserved_ip, None);
     }

@@ -35,8 +35,8 @@ macro_rules! same_fields {
 
 same_fields!(Node => api::Node {
     id, mac, hostname, ip, profile, state, state_since_ms, current_boot_id, inventory, labels, arch, failures,
-    maintenance_reason, reserved_ip, client_uuid, approved, ip_seen_at_ms, bmc, declared_in, declared_fields,
-    created_at_ms, updated_at_ms,
+    maintenance_reason, reserved_ip, client_uuid, approved, ip_seen_at_ms, bmc, boot_chain, declared_in,
+    declared_fields, created_at_ms, updated_at_ms,
 });
 same_fields!(Boot => api::Boot {
     id, node_id, profile, image, started_at_ms, finished_at_ms, outcome, bound_ip, plan_released_at_ms,
@@ -159,6 +159,7 @@ mod tests {
                 credential: "bmc-r1".into(),
                 fingerprint: Some("ab".repeat(32)),
             }),
+            boot_chain: None,
             declared_in: Some("rack1.yaml".into()),
             declared_fields: [ramboot_core::inventory::Field::Hostname].into(),
             created_at_ms: 1,

@@ -263,6 +263,7 @@ pub(crate) async fn change_node(
         profile: update.profile,
         approved: update.approved,
         bmc: update.bmc,
+        boot_chain: update.boot_chain,
     };
     Ok(state.store.update_node(node.id, &change, actor, now_ms()).await?)
 }

@@ -361,3 +361,47 @@ fn an_infiniband_flexboot_client_is_refused_as_not_ethernet() {
         "{decision:?}"
     );
 }
+
+#[test]
+fn the_signed_chain_is_chosen_by_node_then_profile_then_default_profile_then_policy() {
+    use crate::profile::BootChain::{Ipxe, Signed};
+    let policy = super::tests::policy();
+    let host =
+        |profile: Option<&str>, own| Host { profile: profile.map(str::to_string), boot_chain: own, ..Host::default() };
+    let mut hosts = Hosts::default();
+    hosts.set_profile_chains([("secure".to_string(), Signed), ("plain".to_string(), Ipxe)], Some("secure"));
+    // The node's own chain wins over its profile's.
+    assert_eq!(hosts.chain_of(Some(&host(Some("secure"), Some(Ipxe))), &policy), Ipxe);
+    assert_eq!(hosts.chain_of(Some(&host(Some("plain"), Some(Signed))), &policy), Signed);
+    // Else its assigned profile's; a profile naming none follows the policy.
+    assert_eq!(hosts.chain_of(Some(&host(Some("plain"), None)), &policy), Ipxe);
+    assert_eq!(hosts.chain_of(Some(&host(Some("other"), None)), &policy), policy.boot_chain);
+    // No assignment (and unknown clients): the default profile's.
+    assert_eq!(hosts.chain_of(Some(&host(None, None)), &policy), Signed);
+    assert_eq!(hosts.chain_of(None, &policy), Signed);
+    hosts.set_profile_chains([], None);
+    assert_eq!(hosts.chain_of(None, &policy), Ipxe, "the policy's default");
+}
+
+#[test]
+fn signed_chain_nodes_get_shim_from_their_firmware_and_the_script_from_ipxe() {
+    let mut policy = super::tests::policy();
+    policy.boot_chain = crate::profile::BootChain::Signed;
+    let mut h = Harness::with(policy);
+    // UEFI x64 PXE: shim over TFTP, a plain offer (no PXEClient), no iPXE user class.
+    let discover = pxe_rom(ASROCK_MAC, MessageType::Discover, 7, "PXEClient:Arch:00007:UNDI:003000");
+    let (offer, _, boot) = super::tests::reply_of(h.run(&discover, 1));
+    assert_eq!(boot, BootChoice::Signed("shimx64.efi".into()));
+    assert_eq!(boot.label(), "signed_chain");
+    assert_eq!(offer.opts().get(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(b"shimx64.efi\0".to_vec())));
+    assert_eq!(offer.opts().get(OptionCode::UserClass), None, "shim is not ramboot's iPXE");
+    // arm64 PXE: shimaa64.
+    let arm = pxe_rom([0x52, 0x54, 0, 0xaa, 0, 1], MessageType::Discover, 11, "PXEClient:Arch:00011:UNDI:003000");
+    assert_eq!(super::tests::reply_of(h.run(&arm, 2)).2, BootChoice::Signed("shimaa64.efi".into()));
+    // BIOS has no signed chain: iPXE as ever.
+    let bios = pxe_rom([0x52, 0x54, 0, 0xb1, 0, 1], MessageType::Discover, 0, "PXEClient:Arch:00000:UNDI:002001");
+    assert_eq!(super::tests::reply_of(h.run(&bios, 3)).2, BootChoice::Tftp("undionly.kpxe".into()));
+    // An iPXE that runs anyway (the chain changed mid-boot) gets the script.
+    let ipxe = ipxe_efi([0x52, 0x54, 0, 0xb1, 0, 2], MessageType::Discover, 4);
+    assert!(matches!(super::tests::reply_of(h.run(&ipxe, 4)).2, BootChoice::ChainIpxe(_) | BootChoice::IpxeScript(..)));
+}

@@ -59,8 +59,10 @@ pub struct Inbound<'a> {
 pub struct Host {
     pub reserved_ip: Option<Ipv4Addr>,
     pub hostname: Option<String>,
-    /// Its assigned profile, whose `boot_chain` applies unless the node has none.
+    /// Its assigned profile, whose `boot_chain` applies unless the node has its own.
     pub profile: Option<String>,
+    /// The node's own boot chain, over any profile's.
+    pub boot_chain: Option<BootChain>,
 }
 
 /// The node inventory as DHCP sees it, rebuilt from the store when nodes change,
@@ -88,9 +90,12 @@ impl Hosts {
         self.profile_chains = chains.into_iter().collect();
         self.default_chain = default_profile.and_then(|p| self.profile_chains.get(p).copied());
     }
-    /// The chain a client boots: its assigned profile's, else the default
-    /// profile's (unknown clients too), else the policy's.
+    /// The chain a client boots: the node's own, else its assigned profile's,
+    /// else the default profile's (unknown clients too), else the policy's.
     pub fn chain_of(&self, host: Option<&Host>, policy: &DhcpPolicy) -> BootChain {
+        if let Some(own) = host.and_then(|h| h.boot_chain) {
+            return own;
+        }
         match host.and_then(|h| h.profile.as_ref()) {
             Some(assigned) => self.profile_chains.get(assigned).copied(),
             None => self.default_chain,

@@ -68,8 +68,10 @@ impl Harness {
         self.run_on(msg, Port::Dhcp, now)
     }
     fn reserve(&mut self, mac: [u8; 6], ip: Option<Ipv4Addr>, hostname: Option<&str>) {
-        self.hosts
-            .insert(MacAddr(mac), Host { reserved_ip: ip, hostname: hostname.map(str::to_string), profile: None });
+        self.hosts.insert(
+            MacAddr(mac),
+            Host { reserved_ip: ip, hostname: hostname.map(str::to_string), profile: None, boot_chain: None },
+        );
         self.leases.set_reservations(&self.policy, &self.hosts);
     }
 }
