@@ -239,3 +239,24 @@ fn five_hundred_nodes_render_filter_and_page() {
         assert_eq!(a.status, 200, "{page}: {}", a.body);
     }
 }
+
+#[test]
+fn a_node_page_shows_its_boot_chain_and_what_the_firmware_enforced() {
+    let s = TestServer::start();
+    let node = s.handle.block_on(s.store.ensure_node(mac(7), 1)).unwrap();
+    let admin = login(&s, &s.admin);
+    let page = get(&s, &format!("/ui/nodes/{}", node.id), Some(&admin));
+    assert!(page.body.contains("<dt>Boot chain</dt><dd>ipxe (from its profile or the fleet)</dd>"), "{}", page.body);
+    let signed = ramboot::store::NodeChange {
+        boot_chain: Some(Some(ramboot_core::profile::BootChain::Signed)),
+        ..Default::default()
+    };
+    let actor = ramboot::store::Actor::Token { name: "admin".into() };
+    s.handle.block_on(s.store.update_node(node.id, &signed, &actor, 2)).unwrap();
+    let report = serde_json::json!({"cpus": 1, "memory_bytes": 1, "kernel": "6.1.0-57-amd64",
+        "firmware": {"uefi": true, "secure_boot": true, "lockdown": "integrity"}});
+    s.handle.block_on(s.store.set_inventory(node.id, &report, 3)).unwrap();
+    let page = get(&s, &format!("/ui/nodes/{}", node.id), Some(&admin));
+    assert!(page.body.contains("<dt>Boot chain</dt><dd>signed (set on the node)</dd>"), "{}", page.body);
+    assert!(page.body.contains("UEFI, Secure Boot on, lockdown integrity"), "{}", page.body);
+}

@@ -156,6 +156,30 @@ struct NodePage {
 
 /// What the planner would decide for `node` now, in words: the same decision a
 /// boot script request would get, without starting a boot.
+/// DHCP's architecture, and what the agent last reported of the firmware.
+fn firmware(node: &store::Node) -> String {
+    let arch = node.arch.as_deref().unwrap_or("—");
+    let reported = node
+        .inventory
+        .as_ref()
+        .and_then(|inv| serde_json::from_value::<ramboot_proto::FirmwareFacts>(inv["firmware"].clone()).ok());
+    match reported {
+        Some(facts) => format!("{arch}; {facts}"),
+        None => arch.to_string(),
+    }
+}
+
+/// What DHCP hands this node's UEFI PXE firmware, decided as DHCP decides it.
+fn boot_chain(state: &AppState, node: &store::Node) -> String {
+    use ramboot_core::dhcp::decide::{Host, Hosts};
+    let host = Host { profile: node.profile.clone(), boot_chain: node.boot_chain, ..Host::default() };
+    let mut hosts = Hosts::default();
+    hosts.set_profile_chains(state.profiles.boot_chains(), state.config.default_profile.as_deref());
+    let chain = hosts.chain_of(Some(&host), &state.config.dhcp_policy());
+    let why = if node.boot_chain.is_some() { "set on the node" } else { "from its profile or the fleet" };
+    format!("{chain} ({why})")
+}
+
 fn would_boot(state: &AppState, node: &store::Node) -> String {
     let profiles = state.profiles.current();
     match ramboot_core::plan::plan_boot(
@@ -243,7 +267,8 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Path(id): Path<
         ),
         ("Reserved address", or_none(node.reserved_ip.as_deref())),
         ("Assigned profile", or_none(node.profile.as_deref())),
-        ("Firmware", or_none(node.arch.as_deref())),
+        ("Firmware", firmware(&node)),
+        ("Boot chain", boot_chain(&state, &node)),
         ("Firmware UUID", or_none(node.client_uuid.as_deref())),
         ("Approved", yes_no(node.approved)),
         ("Failed boots in a row", node.failures.to_string()),
