@@ -73,6 +73,9 @@ impl Default for TftpLimits {
         }
     }
 }
+/// How long the request loop waits for a generated file (a GRUB config is a store
+/// read and write): a slow database delays other requests at most this long.
+const GENERATED_WITHIN: Duration = Duration::from_secs(3);
 /// Files larger than this are not served over TFTP (iPXE loads the rest by HTTP).
 const MAX_FILE: u64 = 128 << 20;
 
@@ -90,13 +93,29 @@ pub enum TftpError {
 
 /// Files read into memory, shared by sessions; a file is read again when its
 /// size or modification time changes.
-#[derive(Default)]
 struct FileCache {
     files: Mutex<HashMap<PathBuf, CachedFile>>,
+    /// Most bytes kept: past it the files used longest ago are dropped (the signed
+    /// chain's stage-one files come through here, and each rebuild has new ones).
+    max_bytes: u64,
 }
 
-/// A file's bytes and the modification time they were read at.
-type CachedFile = (SystemTime, Arc<[u8]>);
+impl Default for FileCache {
+    fn default() -> Self {
+        FileCache { files: Mutex::default(), max_bytes: CACHE_BYTES }
+    }
+}
+
+/// The file cache's bound: every iPXE binary and a few stage-one sets.
+const CACHE_BYTES: u64 = 512 << 20;
+
+/// A file's bytes, the modification time they were read at, and when a session
+/// last took them.
+struct CachedFile {
+    mtime: SystemTime,
+    bytes: Arc<[u8]>,
+    used: std::time::Instant,
+}
 
 impl FileCache {
     fn get(&self, path: &Path) -> std::io::Result<Arc<[u8]>> {
@@ -105,14 +124,25 @@ impl FileCache {
             return Err(std::io::Error::other(format!("{} bytes is too large for TFTP", meta.len())));
         }
         let mtime = meta.modified()?;
+        let now = std::time::Instant::now();
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((seen, bytes)) = files.get(path) {
-            if *seen == mtime && bytes.len() as u64 == meta.len() {
-                return Ok(bytes.clone());
+        if let Some(cached) = files.get_mut(path) {
+            if cached.mtime == mtime && cached.bytes.len() as u64 == meta.len() {
+                cached.used = now;
+                return Ok(cached.bytes.clone());
             }
         }
         let bytes: Arc<[u8]> = std::fs::read(path)?.into();
-        files.insert(path.to_path_buf(), (mtime, bytes.clone()));
+        files.insert(path.to_path_buf(), CachedFile { mtime, bytes: bytes.clone(), used: now });
+        // Sessions hold their own reference: dropping an entry never cuts a transfer.
+        let mut total: u64 = files.values().map(|f| f.bytes.len() as u64).sum();
+        while total > self.max_bytes {
+            let oldest = files.iter().filter(|(p, _)| p.as_path() != path).min_by_key(|(_, f)| f.used);
+            let Some(oldest) = oldest.map(|(p, _)| p.clone()) else { break };
+            if let Some(dropped) = files.remove(&oldest) {
+                total -= dropped.bytes.len() as u64;
+            }
+        }
         Ok(bytes)
     }
 }
@@ -269,16 +299,26 @@ pub async fn serve_with(
         };
         let real = match source_file {
             Source::Root(real) => real,
-            Source::Generated(future) => match future.await {
-                Ok(Generated::File(path)) => path,
-                Ok(Generated::Bytes(bytes)) => {
+            Source::Generated(future) => match tokio::time::timeout(GENERATED_WITHIN, future).await {
+                Err(_) => {
+                    warn!(
+                        %client,
+                        file = %request.filename.escape_debug(),
+                        "TFTP: generated file not ready in time; refused (the client retries)"
+                    );
+                    let busy = "server busy, retry".to_string();
+                    refuse(ramboot_core::tftp::session::code::NOT_DEFINED, busy, "busy").await;
+                    continue;
+                }
+                Ok(Ok(Generated::File(path))) => path,
+                Ok(Ok(Generated::Bytes(bytes))) => {
                     let ifindex = arrival.map_or(0, |a| a.ifindex);
                     let mtu = tokio::task::spawn_blocking(move || crate::pktinfo::interface_mtu(ifindex)).await;
                     let link_mtu = mtu.unwrap_or(None);
                     spawn_session(&mut tasks, (request, client, source), (bytes, link_mtu), permit, &limits, &cancel);
                     continue;
                 }
-                Err(message) => {
+                Ok(Err(message)) => {
                     debug!(%client, file = %request.filename.escape_debug(), %message, "TFTP: generated file refused");
                     refuse(ramboot_core::tftp::session::code::FILE_NOT_FOUND, message, "not_found").await;
                     continue;
@@ -475,6 +515,27 @@ mod tests {
 
     fn arrived(local: [u8; 4]) -> Option<PacketInfo> {
         Some(PacketInfo { local: local.into(), header_dst: local.into(), ifindex: 2 })
+    }
+
+    #[test]
+    fn the_file_cache_drops_the_files_used_longest_ago_past_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, len) in [("a", 40), ("b", 40), ("c", 40)] {
+            std::fs::write(dir.path().join(name), vec![0u8; len]).unwrap();
+        }
+        let cache = FileCache { files: Mutex::default(), max_bytes: 100 };
+        let get = |name: &str| cache.get(&dir.path().join(name)).unwrap();
+        let a = get("a");
+        get("b");
+        get("a"); // a is used again: b is now the oldest
+        get("c");
+        let files = cache.files.lock().unwrap();
+        let kept: Vec<_> = files.keys().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert!(
+            kept.contains(&"a".to_string()) && kept.contains(&"c".to_string()) && !kept.contains(&"b".to_string()),
+            "{kept:?}"
+        );
+        assert_eq!(a.len(), 40, "a reference taken earlier stays whole");
     }
 
     #[test]

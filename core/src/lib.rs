@@ -6,6 +6,7 @@
 //! Cargo enforces the wall: `cargo tree -p ramboot-core -e normal` lists no I/O crate.
 
 pub mod dhcp;
+pub mod dhcp6;
 pub mod inventory;
 pub mod lifecycle;
 pub mod node;

@@ -46,6 +46,11 @@ if [ -z \"$net_default_mac\" ]; then
   reboot
 fi
 configfile $prefix/node-${net_default_mac}.cfg
+# Only when that config could not be read (a busy or unreachable server): GRUB
+# would otherwise wait at its prompt for ever.
+echo 'ramboot: could not read the config of this node; rebooting in 30 seconds'
+sleep 30
+reboot
 ";
 
 mod filters {
