@@ -136,10 +136,6 @@ fn grub_sources(boot: &StartedBoot) -> Vec<GrubSource> {
 /// The rendered config for a started boot.
 pub(crate) fn render_boot(boot: StartedBoot, mac: MacAddr) -> Result<String, askama::Error> {
     let sources = grub_sources(&boot);
-    let mut args = boot.args.clone();
-    let tail = args.split_off(boot.server_args_at);
-    args.extend(super::server_args(&boot.bases));
-    args.extend(tail);
     GrubConfig {
         node_id: boot.node_id,
         boot_id: boot.boot_id,
@@ -151,7 +147,7 @@ pub(crate) fn render_boot(boot: StartedBoot, mac: MacAddr) -> Result<String, ask
         ),
         give_up: format!("ramboot: no ramboot server could load stage one ({} tried)", sources.len()),
         sources,
-        args,
+        args: boot.args,
         retry_secs: ASK_AGAIN_SECS,
     }
     .render()
@@ -162,8 +158,8 @@ pub(crate) fn render_refusal(
     reason: &str,
     retry_after: Option<Duration>,
 ) -> Result<String, askama::Error> {
-    let retry_secs = retry_after.map_or(ASK_AGAIN_SECS, |d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX));
-    RefuseGrub { line: format!("ramboot: not booting {mac}: {reason}"), retry_secs }.render()
+    RefuseGrub { line: format!("ramboot: not booting {mac}: {reason}"), retry_secs: super::retry_secs(retry_after) }
+        .render()
 }
 
 /// The node's config for a request for `grub/node-<mac>.cfg` from `source`.

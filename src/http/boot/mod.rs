@@ -88,19 +88,16 @@ pub struct StageOneSource {
     pub initrd_url: String,
 }
 
-/// Each server's stage-one URLs, in `bases` order (this server first), and the
-/// kernel arguments that tell the agent where to report: `ramboot.server` is this
-/// server, `ramboot.peers` the others (absent without peers).
-fn stage_one_sources(bases: &[String], kernel_digest: &str, initrd_digest: &str) -> (Vec<StageOneSource>, Vec<String>) {
-    let sources = bases
+/// Each server's stage-one URLs, in `bases` order (this server first).
+fn stage_one_sources(bases: &[String], kernel_digest: &str, initrd_digest: &str) -> Vec<StageOneSource> {
+    bases
         .iter()
         .map(|base| StageOneSource {
             base: base.clone(),
             kernel_url: format!("{base}/artifacts/sha256/{kernel_digest}/vmlinuz"),
             initrd_url: format!("{base}/artifacts/sha256/{initrd_digest}/initrd.img"),
         })
-        .collect();
-    (sources, server_args(bases))
+        .collect()
 }
 
 /// The kernel arguments that tell the agent where to report: `ramboot.server` is
@@ -142,13 +139,17 @@ fn refusal(mac: &str, reason: &str, retry_after: Option<Duration>) -> Result<Res
     Ok(ipxe(render(&refusal_script(mac, reason, retry_after))?))
 }
 
+/// How long a refused loader waits before asking again.
+fn retry_secs(retry_after: Option<Duration>) -> u32 {
+    retry_after.map_or(ASK_AGAIN_SECS, |d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX))
+}
+
 /// Only printable ASCII reaches the script (iPXE echoes it), so neither a client's
 /// query string nor an error message can inject script lines.
 fn refusal_script(mac: &str, reason: &str, retry_after: Option<Duration>) -> RefuseScript {
     let reason: String = reason.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
     let mac: String = mac.chars().take(32).filter(|c| c.is_ascii_hexdigit() || *c == ':' || *c == '-').collect();
-    let retry_secs = retry_after.map_or(ASK_AGAIN_SECS, |d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX));
-    RefuseScript { mac, reason, retry_secs }
+    RefuseScript { mac, reason, retry_secs: retry_secs(retry_after) }
 }
 
 /// What selectors see of a node.
@@ -198,12 +199,8 @@ async fn boot_script(
     let source = peer.ip().to_canonical();
     match start_boot(&state, mac, source, IPXE_SCRIPT).await? {
         Started::Boot(boot) => {
-            let (sources, server_args) =
-                stage_one_sources(&boot.bases, &boot.stage1.kernel_digest, &boot.stage1.initrd_digest);
-            let mut args = boot.args;
-            let tail = args.split_off(boot.server_args_at);
-            args.extend(server_args);
-            args.extend(tail);
+            let sources = stage_one_sources(&boot.bases, &boot.stage1.kernel_digest, &boot.stage1.initrd_digest);
+            let args = boot.args;
             let script = BootScript {
                 node_id: boot.node_id,
                 boot_id: boot.boot_id,
@@ -238,10 +235,8 @@ pub(crate) struct StartedBoot {
     pub stage1: ramboot_core::plan::StageOne,
     /// This server's base URL, then its peers'.
     pub bases: Vec<String>,
-    /// The kernel arguments: the plan's, then node, token and MAC. The arguments
-    /// naming the servers go in at `server_args_at` (each renderer has its own).
+    /// The kernel arguments: the plan's, the servers', then node, token and MAC.
     pub args: Vec<String>,
-    pub server_args_at: usize,
 }
 
 /// Why a node gets no boot now, for whichever language its loader speaks.
@@ -302,8 +297,9 @@ pub(crate) async fn start_boot(
                 (id, "(discovery)".to_string(), why)
             }
         };
+        let bases = state.config.cluster.boot_urls(&state.config.boot_url());
         let mut args = plan.kernel_args;
-        let server_args_at = args.len();
+        args.extend(server_args(&bases));
         args.extend([
             format!("{}={}", ramboot_proto::cmdline::NODE, node.id),
             format!("{}={token}", ramboot_proto::cmdline::TOKEN),
@@ -316,9 +312,8 @@ pub(crate) async fn start_boot(
             hostname: node.hostname.clone(),
             profile: profile_name,
             stage1: plan.stage1,
-            bases: state.config.cluster.boot_urls(&state.config.boot_url()),
+            bases,
             args,
-            server_args_at,
         })))
     }
     .instrument(span)
@@ -696,9 +691,9 @@ mod tests {
 
     fn script(bases: &[&str]) -> String {
         let bases: Vec<String> = bases.iter().map(|b| b.to_string()).collect();
-        let (sources, server_args) = stage_one_sources(&bases, &"a".repeat(64), &"b".repeat(64));
+        let sources = stage_one_sources(&bases, &"a".repeat(64), &"b".repeat(64));
         let mut args = vec!["console=ttyS0,115200n8".to_string()];
-        args.extend(server_args);
+        args.extend(server_args(&bases));
         args.extend(["ramboot.node=3".into(), "ramboot.token=0123abcd".into(), "ramboot.mac=52:54:00:12:34:56".into()]);
         BootScript {
             node_id: 3,
