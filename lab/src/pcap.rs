@@ -31,7 +31,9 @@ pub fn capture(lab: &mut Lab, ns: &str, interface: &str, filter: &str) -> (usize
     let pcap = lab.path(&format!("{interface}.pcap"));
     let log = lab.path(&format!("tcpdump-{interface}.log"));
     let mut program: Vec<String> =
-        [tool(TCPDUMP).as_str(), "-i", interface, "--immediate-mode", "-U", "-n", "-Z", "root", "-w"]
+        // -B: a 16 MiB kernel buffer (default 2 MiB), so that a capture on a busy
+        // machine (tcpdump not scheduled for a while) loses no packet a test counts.
+        [tool(TCPDUMP).as_str(), "-i", interface, "--immediate-mode", "-B", "16384", "-U", "-n", "-Z", "root", "-w"]
             .iter()
             .map(|s| s.to_string())
             .collect();
