@@ -15,7 +15,7 @@ pub use ramboot_core::lifecycle::Lifecycle;
 use ramboot_core::profile::BootChain;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -63,6 +63,8 @@ struct WireConfig {
     /// ~13 s IPv6 wait on boot networks that have no IPv6 router.
     #[serde(default)]
     ipv6_ra: bool,
+    /// DHCPv6 for IPv6 boot networks (see `WireDhcp6`); absent: none.
+    dhcp6: Option<WireDhcp6>,
     #[serde(default)]
     retention: WireRetention,
     #[serde(default)]
@@ -324,6 +326,9 @@ fn default_tftp_listen() -> SocketAddr {
 struct WireDhcp {
     #[serde(default)]
     mode: DhcpMode,
+    /// `false`: answer no DHCPv4 at all (an IPv6-only boot network, with `dhcp6`).
+    #[serde(default = "default_true")]
+    ipv4: bool,
     #[serde(default = "default_dhcp_port")]
     port: u16,
     /// PXE's BINL port, answered in proxy mode (PXE 2.1 §2.2.1).
@@ -385,6 +390,74 @@ impl WireDhcp {
             unknown_clients: self.unknown_clients,
         }
     }
+}
+
+/// `dhcp6:` netboot over IPv6 on the top-level `interface`: DHCPv6 (UDP 547) hands
+/// out addresses from `range` and the boot file as a URL (option 59); router
+/// advertisements announce `prefix` as on-link with the M and O flags, so clients
+/// ask DHCPv6 for their address (no SLAAC: the boot path's trust rules want the
+/// address DHCP bound to the node). HTTP also listens on IPv6.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireDhcp6 {
+    /// The address nodes reach this server on over IPv6 (on `interface`).
+    server_address: Ipv6Addr,
+    /// The boot network's on-link prefix, announced in router advertisements.
+    prefix: ipnet::Ipv6Net,
+    /// Addresses handed out, inclusive, inside `prefix`.
+    range: [Ipv6Addr; 2],
+    #[serde(default = "default_lease_secs")]
+    lease_time_secs: u32,
+    /// Answer a Solicit that asks for Rapid Commit with a Reply at once.
+    #[serde(default = "default_true")]
+    rapid_commit: bool,
+    #[serde(default)]
+    dns: Vec<Ipv6Addr>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Validated `dhcp6:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dhcp6Config {
+    pub server_address: Ipv6Addr,
+    pub prefix: ipnet::Ipv6Net,
+    pub range: (Ipv6Addr, Ipv6Addr),
+    pub lease_time: Duration,
+    pub rapid_commit: bool,
+    pub dns: Vec<Ipv6Addr>,
+}
+
+fn dhcp6_from_wire(w: WireDhcp6) -> Result<Dhcp6Config, String> {
+    let [first, last] = w.range;
+    if w.prefix.trunc() != w.prefix {
+        return Err(format!("dhcp6.prefix: {} has host bits set (did you mean {}?)", w.prefix, w.prefix.trunc()));
+    }
+    if !w.prefix.contains(&first) || !w.prefix.contains(&last) {
+        return Err(format!("dhcp6.range: {first}-{last} is not inside the prefix {}", w.prefix));
+    }
+    if first > last {
+        return Err(format!("dhcp6.range starts after it ends ({first} > {last})"));
+    }
+    if !w.prefix.contains(&w.server_address) {
+        return Err(format!("dhcp6.server_address {} is not inside the prefix {}", w.server_address, w.prefix));
+    }
+    if (first..=last).contains(&w.server_address) {
+        return Err(format!("dhcp6.server_address {} is inside the range it hands out", w.server_address));
+    }
+    if w.lease_time_secs < 60 {
+        return Err("dhcp6.lease_time_secs must be at least 60".into());
+    }
+    Ok(Dhcp6Config {
+        server_address: w.server_address,
+        prefix: w.prefix,
+        range: (first, last),
+        lease_time: Duration::from_secs(u64::from(w.lease_time_secs)),
+        rapid_commit: w.rapid_commit,
+        dns: w.dns,
+    })
 }
 
 /// `dhcp.ipxe`: an iPXE that is not ramboot's own build loads ramboot's first
@@ -529,6 +602,7 @@ pub struct Config {
     pub lifecycle: Lifecycle,
     pub iscsi: Option<IscsiConfig>,
     pub ipv6_ra: bool,
+    pub dhcp6: Option<Dhcp6Config>,
     pub retention: crate::retention::Retention,
     pub cluster: Cluster,
     /// Rollout hooks by name.
@@ -710,7 +784,7 @@ fn dhcp_from_wire(d: WireDhcp, interface: &str) -> Result<DhcpConfig, String> {
     } else if defaults.range.is_some() || defaults.ranges.is_some() {
         return Err("dhcp.range needs dhcp.subnet".into());
     }
-    if wires.is_empty() && d.mode == DhcpMode::Authoritative {
+    if wires.is_empty() && d.mode == DhcpMode::Authoritative && d.ipv4 {
         return Err("dhcp: an authoritative server needs at least one subnet (dhcp.subnet or dhcp.subnets)".into());
     }
     let mut subnets: Vec<SubnetConfig> = Vec::new();
@@ -763,7 +837,11 @@ fn dhcp_from_wire(d: WireDhcp, interface: &str) -> Result<DhcpConfig, String> {
             unknown_clients: w.unknown_clients.or(defaults.unknown_clients).unwrap_or_default(),
         });
     }
-    let interfaces = if d.interfaces.is_empty() { vec![interface.to_string()] } else { d.interfaces };
+    let interfaces = match (d.ipv4, d.interfaces.is_empty()) {
+        (false, _) => Vec::new(),
+        (true, true) => vec![interface.to_string()],
+        (true, false) => d.interfaces,
+    };
     if let Some(bad) = interfaces.iter().find(|i| i.is_empty() || i.len() > 15) {
         return Err(format!("dhcp.interfaces: {bad:?} is not a valid interface name"));
     }
@@ -866,6 +944,9 @@ impl Config {
         if wire.interface.is_empty() || wire.interface.len() > 15 {
             return Err(format!("interface {:?} is not a valid interface name", wire.interface));
         }
+        if !wire.dhcp.ipv4 && wire.dhcp6.is_none() {
+            return Err("dhcp.ipv4: false needs a dhcp6 section (else nodes get no address at all)".into());
+        }
         let dhcp = dhcp_from_wire(wire.dhcp, &wire.interface)?;
         let resolve = |p: Option<PathBuf>, default: &str| {
             let p = p.unwrap_or_else(|| PathBuf::from(default));
@@ -921,6 +1002,7 @@ impl Config {
                     .map_or_else(|| volumes_default.clone(), |p| if p.is_absolute() { p } else { base.join(p) }),
             }),
             ipv6_ra: wire.ipv6_ra,
+            dhcp6: wire.dhcp6.map(dhcp6_from_wire).transpose()?,
             retention: crate::retention::Retention::from_days(
                 wire.retention.events_days,
                 wire.retention.finished_boots_days,
@@ -952,6 +1034,29 @@ impl Config {
 
     pub fn boot_url(&self) -> String {
         format!("http://{}:{}", self.server_address, self.http_listen.port())
+    }
+
+    /// The boot URL for a node that reached this server from `source`: over IPv6
+    /// (`http://[addr]:port`) when `dhcp6` is set and the node came over IPv6.
+    pub fn boot_url_for(&self, source: Option<std::net::IpAddr>) -> String {
+        match (&self.dhcp6, source.map(|s| s.to_canonical())) {
+            (Some(v6), Some(std::net::IpAddr::V6(_))) => {
+                format!("http://[{}]:{}", v6.server_address, self.http_listen.port())
+            }
+            _ => self.boot_url(),
+        }
+    }
+
+    /// Every server a node at `source` may fetch from, this one first. The
+    /// cluster's peers are IPv4 addresses (`cluster.peers`), so a node that came
+    /// over IPv6 is given this server only.
+    pub fn boot_urls_for(&self, source: std::net::IpAddr) -> Vec<String> {
+        let own = self.boot_url_for(Some(source));
+        if own == self.boot_url() {
+            self.cluster.boot_urls(&own)
+        } else {
+            vec![own]
+        }
     }
 }
 

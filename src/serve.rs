@@ -71,6 +71,15 @@ pub async fn run(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding HTTP on {}", config.http_listen))?;
+    let mut http_listeners = vec![listener];
+    let mut dhcp6_socket = None;
+    if let Some(v6) = &config.dhcp6 {
+        // IPv6 nodes reach HTTP on the same port, on a socket of its own (v6 only).
+        let at = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, config.http_listen.port()));
+        http_listeners.push(bind_tcp_v6_only(at).with_context(|| format!("binding HTTP on {at}"))?);
+        dhcp6_socket = Some(dhcp::io6::bind(&config.interface, dhcp::io6::SERVER_PORT)?);
+        info!(interface = %config.interface, server = %v6.server_address, "listening on IPv6 (DHCPv6, HTTP)");
+    }
     info!(http = %config.http_listen, tftp = %config.tftp_listen, dhcp = ?config.dhcp.interfaces, "listening");
 
     let config = Arc::new(config);
@@ -198,9 +207,21 @@ pub async fn run(config: Config) -> Result<()> {
             .await?
         });
     }
-    if config.ipv6_ra {
+    if let Some(socket) = dhcp6_socket {
+        let (cfg, store, profiles, cancel) = (config.clone(), store.clone(), profiles.clone(), cancel.clone());
+        tasks.spawn(async move {
+            dhcp::io6::serve(&cfg, socket, store, profiles, cancel).await.map_err(anyhow::Error::from)
+        });
+    }
+    if config.ipv6_ra || config.dhcp6.is_some() {
+        // With dhcp6: the prefix as on-link and the M and O flags; without: an RA
+        // that configures nothing (see `ra`).
+        let advert = match &config.dhcp6 {
+            Some(v6) => crate::ra::Advertisement::Managed { prefix: v6.prefix },
+            None => crate::ra::Advertisement::Empty,
+        };
         let (interface, cancel) = (config.interface.clone(), cancel.clone());
-        tasks.spawn(async move { crate::ra::serve(&interface, cancel).await.map_err(anyhow::Error::from) });
+        tasks.spawn(async move { crate::ra::serve(&interface, advert, cancel).await.map_err(anyhow::Error::from) });
     }
     {
         let cancel = cancel.clone();
@@ -214,7 +235,7 @@ pub async fn run(config: Config) -> Result<()> {
             ..Default::default()
         };
         tasks.spawn(async move {
-            http::server::serve(listener, app, artifacts, limits, cancel).await;
+            http::server::serve_all(http_listeners, app, artifacts, limits, cancel).await;
             Ok(())
         });
     }
@@ -281,4 +302,17 @@ async fn shutdown_signal() {
             let _ = ctrl_c.await;
         }
     }
+}
+
+/// A TCP listener on an IPv6 socket that takes IPv6 only (the IPv4 listener is
+/// separate), so both may use one port.
+fn bind_tcp_v6_only(at: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&at.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }

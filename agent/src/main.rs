@@ -7,6 +7,9 @@
 //! there. The init script then switches root. Every step is reported to the server;
 //! any failure is reported as `failed` with the reason and exits non-zero.
 //!
+//! `ramboot-agent dhcp6 IFACE` runs before that on an IPv6-only boot network: it
+//! gets the node an address by DHCPv6 and prints it for the init script ([`dhcp6`]).
+//!
 //! `ramboot-agent ready` runs in stage two and reports the node ready.
 //! `ramboot-agent commands` then stays in stage two: it long-polls the server for
 //! what it asks of the node (`GET /boot/v1/command`) and carries it out: a reboot
@@ -43,15 +46,28 @@ const INSTALLED_AGENT: &str = "usr/sbin/ramboot-agent";
 
 type Result<T> = std::result::Result<T, String>;
 
+mod dhcp6;
+
+const USAGE: &str = "usage: ramboot-agent stage1 | dhcp6 IFACE | ready | commands | iscsi-login | report MESSAGE";
+
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
+    if mode == "dhcp6" {
+        // Its stdout is the lease, for the init script: everything else, the
+        // failure too, goes to stderr.
+        if let Err(e) = dhcp6::command(&std::env::args().skip(2).collect::<Vec<_>>()) {
+            dhcp6::log(&format!("FAILED: {e}"));
+            std::process::exit(1);
+        }
+        return;
+    }
     let outcome = match mode.as_str() {
         "stage1" => stage1(),
         "ready" => ready(),
         "commands" => commands(),
         "iscsi-login" => iscsi_login(),
         "report" => report(&std::env::args().skip(2).collect::<Vec<_>>().join(" ")),
-        _ => Err("usage: ramboot-agent stage1 | ready | commands | iscsi-login | report MESSAGE".to_string()),
+        _ => Err(USAGE.to_string()),
     };
     if let Err(e) = outcome {
         say(&format!("FAILED: {e}"));
@@ -884,6 +900,58 @@ mod tests {
         // Not a known server (a port that merely starts the same, another host): untouched.
         assert_eq!(b.rebase("http://10.0.0.1:80801/x"), "http://10.0.0.1:80801/x");
         assert_eq!(b.rebase("http://mirror.example/x"), "http://mirror.example/x");
+    }
+
+    #[test]
+    fn ipv6_servers_are_bases_like_any_other() {
+        let mut b = Bases::new("http://[fd00:213::1]:8080/", &["http://[fd00:213::2]:8080".into()]);
+        assert_eq!(b.all, ["http://[fd00:213::1]:8080", "http://[fd00:213::2]:8080"]);
+        let image = "http://[fd00:213::1]:8080/artifacts/sha256/ab/tiny.squashfs";
+        b.advance();
+        assert_eq!(b.rebase(image), "http://[fd00:213::2]:8080/artifacts/sha256/ab/tiny.squashfs");
+        // A longer address that merely starts the same is another server.
+        assert_eq!(b.rebase("http://[fd00:213::11]:8080/x"), "http://[fd00:213::11]:8080/x");
+    }
+
+    /// ureq 2 connects to a bracketed IPv6 literal and names it so in `Host`.
+    #[test]
+    fn the_http_client_speaks_to_an_ipv6_server() {
+        use std::io::BufRead;
+        let Ok(listener) = std::net::TcpListener::bind("[::1]:0") else {
+            eprintln!("skipping: no IPv6 loopback here");
+            return;
+        };
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(conn);
+            let mut head = vec![];
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                head.push(line.trim_end().to_string());
+            }
+            reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            head
+        });
+        let args = BootArgs {
+            server: format!("http://[::1]:{port}/"),
+            node: "1".into(),
+            token: "t".repeat(64),
+            mac: None,
+            peers: vec![],
+        };
+        let agent = Server::new(&args, "test");
+        agent.post(paths::HELLO, &serde_json::json!({})).unwrap();
+        let head = server.join().unwrap();
+        assert_eq!(head[0], "POST /boot/v1/hello HTTP/1.1");
+        assert!(head.contains(&format!("Host: [::1]:{port}")), "{head:?}");
     }
 
     #[test]

@@ -170,6 +170,19 @@ pub fn udp_counters(ns: &str) -> HashMap<String, u64> {
         .collect()
 }
 
+/// The kernel's UDP-over-IPv6 counters in namespace `ns` (`/proc/net/snmp6`, named
+/// as in [`udp_counters`]: `InDatagrams`, `RcvbufErrors`, ...).
+pub fn udp6_counters(ns: &str) -> HashMap<String, u64> {
+    let out = in_ns(ns, &["cat", "/proc/net/snmp6"]).output().expect("running ip netns exec");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(char::is_whitespace)?;
+            Some((name.strip_prefix("Udp6")?.to_string(), value.trim().parse().unwrap_or(0)))
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------
 // The guard
 

@@ -210,6 +210,15 @@ mod tests {
         assert!(empty.peers.is_empty());
         assert!(parse_peers(" , ").is_empty());
     }
+
+    #[test]
+    fn ipv6_servers_come_through_whole() {
+        let line = "ramboot.server=http://[fd00:213::1]:8080 ramboot.node=7 ramboot.token=abc \
+                    ramboot.peers=http://[fd00:213::2]:8080,http://10.0.0.3:8080";
+        let args = BootArgs::from_cmdline(line).unwrap();
+        assert_eq!(args.server, "http://[fd00:213::1]:8080");
+        assert_eq!(args.peers, ["http://[fd00:213::2]:8080", "http://10.0.0.3:8080"]);
+    }
 }
 
 /// Byte counts for people: `960 KiB`, `12.3 MiB`, `1.5 GiB`.

@@ -163,7 +163,7 @@ pub fn reply_destination(
     SocketAddrV4::new(Ipv4Addr::BROADCAST, client_port)
 }
 
-fn unix_now() -> (u64, i64) {
+pub(crate) fn unix_now() -> (u64, i64) {
     (crate::clock::now_secs(), crate::clock::now_ms())
 }
 
@@ -213,7 +213,7 @@ struct Pending {
 
 /// The configured iPXE binaries that are not files under `ipxe_dir` (checked once,
 /// at start): a foreign iPXE is not sent to load one.
-fn missing_boot_files(ipxe_dir: &Path, policy: &DhcpPolicy) -> BTreeSet<String> {
+pub(crate) fn missing_boot_files(ipxe_dir: &Path, policy: &DhcpPolicy) -> BTreeSet<String> {
     let files: BTreeSet<&String> = policy.boot_files.values().collect();
     let missing: BTreeSet<String> = files.into_iter().filter(|file| !ipxe_dir.join(file).is_file()).cloned().collect();
     if !missing.is_empty() {
@@ -258,6 +258,12 @@ pub async fn serve(
     profiles: Arc<LiveProfiles>,
     cancel: CancellationToken,
 ) -> Result<(), DhcpIoError> {
+    if listeners.is_empty() {
+        // `dhcp.ipv4: false`: an IPv6-only boot network (DHCPv6 serves it).
+        info!("DHCPv4 is off (dhcp.ipv4: false)");
+        cancel.cancelled().await;
+        return Ok(());
+    }
     let mut policy = cfg.dhcp_policy();
     policy.ipxe.missing = missing_boot_files(&cfg.paths.ipxe, &policy);
     check_signed_chain(&cfg.paths.ipxe, &policy, &profiles);
@@ -266,8 +272,8 @@ pub async fn serve(
     // meanwhile is missed.
     let mut notices = store.lease_notices();
     let restored = restore_leases(&store, &policy, &mut leases).await?;
-    let mut hosts_watch = store.watch_hosts();
-    let mut profile_swaps = profiles.subscribe();
+    let hosts_watch = store.watch_hosts();
+    let profile_swaps = profiles.subscribe();
     let mut hosts = load_hosts(&store, &profiles, cfg.default_profile.as_deref()).await?;
     install_reservations(&policy, &mut leases, &hosts);
     info!(
@@ -290,28 +296,12 @@ pub async fn serve(
     }
     drop(inbox_tx);
     tasks.spawn(commit_loop(store.clone(), commit_rx, failed_tx));
-    {
-        let (store, cancel, default_profile) = (store.clone(), cancel.clone(), cfg.default_profile.clone());
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    changed = hosts_watch.changed() => if changed.is_err() { return },
-                    // A profile's `boot_chain` may have changed.
-                    changed = profile_swaps.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep(HOSTS_RELOAD) => {}
-                }
-                match load_hosts(&store, &profiles, default_profile.as_deref()).await {
-                    Ok(hosts) => {
-                        if hosts_tx.send(hosts).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "reloading DHCP's node view failed; keeping the old one"),
-                }
-            }
-        });
-    }
+    tasks.spawn(reload_hosts(
+        HostSources { store: store.clone(), profiles, hosts_watch, profile_swaps },
+        cfg.default_profile.clone(),
+        hosts_tx,
+        cancel.clone(),
+    ));
 
     let port_number = cfg.dhcp.port;
     loop {
@@ -391,7 +381,44 @@ fn learn_leases(policy: &DhcpPolicy, leases: &mut Leases, rows: &[LeaseChange]) 
     metrics::counter!("ramboot_dhcp_leases_learned_total").increment(rows.len() as u64);
 }
 
-async fn load_hosts(
+/// What DHCP's node view is built from, with the change feeds subscribed before
+/// the first load (so no change in between is missed).
+pub(crate) struct HostSources {
+    pub store: Store,
+    pub profiles: Arc<LiveProfiles>,
+    pub hosts_watch: tokio::sync::watch::Receiver<u64>,
+    pub profile_swaps: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Send a fresh node view on `out` whenever nodes or profiles change (and every
+/// [`HOSTS_RELOAD`], for changes another server made), until `cancel` fires.
+pub(crate) async fn reload_hosts(
+    sources: HostSources,
+    default_profile: Option<String>,
+    out: mpsc::Sender<Hosts>,
+    cancel: CancellationToken,
+) {
+    let HostSources { store, profiles, mut hosts_watch, mut profile_swaps } = sources;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = hosts_watch.changed() => if changed.is_err() { return },
+            // A profile's `boot_chain` may have changed.
+            changed = profile_swaps.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(HOSTS_RELOAD) => {}
+        }
+        match load_hosts(&store, &profiles, default_profile.as_deref()).await {
+            Ok(hosts) => {
+                if out.send(hosts).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => warn!(error = %e, "reloading DHCP's node view failed; keeping the old one"),
+        }
+    }
+}
+
+pub(crate) async fn load_hosts(
     store: &Store,
     profiles: &LiveProfiles,
     default_profile: Option<&str>,

@@ -2,3 +2,4 @@
 //! `ramboot_core::dhcp` (classify, pool, decide).
 
 pub mod io;
+pub mod io6;

@@ -118,6 +118,31 @@ pub async fn serve(
     limits: ServerLimits,
     cancel: CancellationToken,
 ) {
+    serve_all(vec![listener], app, artifacts, limits, cancel).await
+}
+
+/// The next connection on any of `listeners` (IPv4 and IPv6 sockets of one server).
+fn accept_any(
+    listeners: &[TcpListener],
+) -> impl std::future::Future<Output = std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>> + '_ {
+    std::future::poll_fn(move |cx| {
+        for listener in listeners {
+            if let std::task::Poll::Ready(accepted) = listener.poll_accept(cx) {
+                return std::task::Poll::Ready(accepted);
+            }
+        }
+        std::task::Poll::Pending
+    })
+}
+
+/// [`serve`] on several listeners, under one connection cap and one drain.
+pub async fn serve_all(
+    listeners: Vec<TcpListener>,
+    app: Router,
+    artifacts: Option<Artifacts>,
+    limits: ServerLimits,
+    cancel: CancellationToken,
+) {
     // hyper panics below its 8 KiB minimum.
     let max_buf_size = limits.max_buf_size.max(8192);
     let mut http = http1::Builder::new();
@@ -163,7 +188,7 @@ pub async fn serve(
         };
         let (stream, remote) = tokio::select! {
             _ = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
+            accepted = accept_any(&listeners) => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
@@ -230,7 +255,7 @@ pub async fn serve(
     }
 
     // Closing the listener makes new connections fail at once (RST), not hang.
-    drop(listener);
+    drop(listeners);
     connections.close();
     info!(open = connections.len(), drain = ?limits.drain, "HTTP: stopped accepting; draining connections");
     // Idle connections close now; busy ones after their current response. The

@@ -23,11 +23,12 @@ use std::str::FromStr;
 
 /// Every table the migrations create, parents before children (foreign keys): rows
 /// go into the target in this order and, with `--force`, out of it in reverse.
-pub const TABLES: [&str; 10] = [
+pub const TABLES: [&str; 11] = [
     "nodes",
     "boots",
     "events",
     "leases",
+    "leases6",
     "api_tokens",
     "ui_sessions",
     "volumes",

@@ -235,6 +235,14 @@ impl LockKey {
         LockKey { class: 1, id: u32::from(ip) as i32 }
     }
 
+    /// An IPv6 address, its 128 bits folded to 32 (two addresses may share a key:
+    /// they then only wait for each other).
+    pub fn address6(addr: std::net::Ipv6Addr) -> LockKey {
+        let bits = u128::from(addr);
+        let folded = (bits ^ (bits >> 32) ^ (bits >> 64) ^ (bits >> 96)) as u32;
+        LockKey { class: 3, id: folded as i32 }
+    }
+
     /// Two MACs may share a key (a 48-bit MAC folded to 32 bits): they then only
     /// wait for each other.
     pub fn mac(mac: ramboot_core::node::MacAddr) -> LockKey {

@@ -389,20 +389,10 @@ impl Store {
             if !netboot && !known {
                 continue;
             }
-            // Network-boot clients become nodes; an OS's DHCP client only updates a
-            // node that already exists.
-            let node = if *netboot {
-                let (id, created) = nodes::upsert_node_created(&mut tx, *mac, now_ms).await?;
-                new_nodes |= created;
-                Some(id)
-            } else {
-                None
-            };
-            nodes::record_dhcp_facts(&mut tx, *mac, *ip, arch.as_deref(), uuid.as_deref(), now_ms).await?;
-            if let Some(node) = node {
-                let message = format!("DHCP lease {ip} (until unix {expires_at})");
-                events::insert(&mut tx, &NewEvent::note(node, None, EventKind::Dhcp, &message), now_ms).await?;
-            }
+            let note = format!("DHCP lease {ip} (until unix {expires_at})");
+            let facts = (arch.as_deref(), uuid.as_deref());
+            new_nodes |=
+                nodes::record_dhcp_grant(&mut tx, (*mac, (*ip).into()), *netboot, facts, &note, now_ms).await?;
         }
         tx.commit().await?;
         if new_nodes {

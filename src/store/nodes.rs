@@ -290,15 +290,43 @@ pub(super) async fn upsert_node_created(
     Ok((id, true))
 }
 
+/// A DHCP grant on the client's node: a network-boot client becomes a node if it is
+/// new (and the grant is noted in its timeline as `note`); an OS's DHCP client only
+/// updates a node that exists. Returns whether a node was created.
+pub(super) async fn record_dhcp_grant(
+    tx: &mut Tx<'_>,
+    (mac, ip): (MacAddr, std::net::IpAddr),
+    netboot: bool,
+    (arch, uuid): (Option<&str>, Option<&str>),
+    note: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let created = if netboot {
+        let (id, created) = upsert_node_created(tx, mac, now_ms).await?;
+        super::events::insert(
+            tx,
+            &super::events::NewEvent::note(id, None, super::events::EventKind::Dhcp, note),
+            now_ms,
+        )
+        .await?;
+        created
+    } else {
+        false
+    };
+    record_dhcp_facts(tx, mac, ip, arch, uuid, now_ms).await?;
+    Ok(created)
+}
+
 /// Record what a DHCP grant says about the node with `mac`, if there is one.
 pub(super) async fn record_dhcp_facts(
     tx: &mut Tx<'_>,
     mac: MacAddr,
-    ip: Ipv4Addr,
+    ip: impl Into<std::net::IpAddr>,
     arch: Option<&str>,
     uuid: Option<&str>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
+    let ip: std::net::IpAddr = ip.into();
     tx.sql(
         "UPDATE nodes SET ip = $1, ip_seen_at_ms = $2, arch = COALESCE($3, arch),
              client_uuid = COALESCE($4, client_uuid), updated_at_ms = $5

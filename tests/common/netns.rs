@@ -62,7 +62,9 @@ impl ServeInLab for Lab {
             &log,
             &[("RUST_LOG", rust_log), ("NO_COLOR", "1")],
         );
-        let ready = |text: &str| text.contains("DHCP serving") || udp_port_bound(ns, 67);
+        // An IPv6-only server (`dhcp.ipv4: false`) binds no port 67.
+        let ready =
+            |text: &str| text.contains("DHCP serving") || text.contains("DHCPv6 serving") || udp_port_bound(ns, 67);
         self.wait_ready(idx, &log, Duration::from_secs(30), "\"DHCP serving\"", ready);
         Ramboot { idx, log }
     }
@@ -205,7 +207,16 @@ impl Dhclient {
 
     /// The command line `dhclient -4 <flags> <the private files> <interface>`.
     pub fn args(&self, flags: &[&str], interface: &str) -> Vec<String> {
-        let mut args = vec![self.binary.display().to_string(), "-4".into()];
+        self.args_of_family("-4", flags, interface)
+    }
+
+    /// The same for DHCPv6: `dhclient -6 ...`.
+    pub fn args6(&self, flags: &[&str], interface: &str) -> Vec<String> {
+        self.args_of_family("-6", flags, interface)
+    }
+
+    fn args_of_family(&self, family: &str, flags: &[&str], interface: &str) -> Vec<String> {
+        let mut args = vec![self.binary.display().to_string(), family.into()];
         args.extend(flags.iter().map(|f| f.to_string()));
         args.extend(self.files.iter().cloned());
         args.push(interface.to_string());

@@ -14,8 +14,14 @@
 //!   architecture), option 16 (vendor class: `PXEClient`, `HTTPClient`) and option
 //!   15 (user class: iPXE), so both families hand a node the same chain. A PXE
 //!   firmware gets `tftp://[server]/<file>`; iPXE and HTTP Boot get `http://` URLs.
-//! - **Identity:** a client is its DUID. The MAC that names the node comes from a
-//!   DUID-LL or DUID-LLT of hardware type 1 (what EDK2 and iPXE send).
+//! - **Identity:** a client is its DUID and IAID. The MAC that names the node comes
+//!   from a DUID-LL or DUID-LLT of hardware type 1 (what EDK2 and Linux clients
+//!   send), else from the modified EUI-64 of the link-local address the message
+//!   came from (iPXE sends a DUID-UUID, but forms its link-local address from the
+//!   MAC). A node keeps one address whichever client asks for it: the firmware,
+//!   iPXE and stage one each have a DUID of their own, yet the boot path's trust
+//!   rules want every request of a boot to come from the address DHCP bound to the
+//!   node, so a client whose MAC already holds an address takes that binding over.
 //!
 //! Not (yet) served: relayed messages (Relay-forw), temporary addresses (IA_TA),
 //! prefix delegation, reconfiguration.
@@ -86,6 +92,8 @@ pub enum IgnoreReason6 {
 pub struct Binding6 {
     pub duid: Vec<u8>,
     pub iaid: u32,
+    /// The node's MAC, when the client's DUID or link-local address names one.
+    pub mac: Option<MacAddr>,
     pub addr: Ipv6Addr,
     /// Unix seconds.
     pub expires_at: u64,
@@ -103,11 +111,12 @@ pub struct Grant6 {
     pub expires_at: u64,
 }
 
-/// The range's bindings, by address and by (DUID, IAID).
+/// The range's bindings, by address, by (DUID, IAID) and by MAC.
 #[derive(Debug, Clone, Default)]
 pub struct Pool6 {
     by_addr: BTreeMap<Ipv6Addr, Binding6>,
     by_client: HashMap<(Vec<u8>, u32), Ipv6Addr>,
+    by_mac: HashMap<MacAddr, Ipv6Addr>,
     /// Quarantined (declined) addresses, until when.
     declined: BTreeMap<Ipv6Addr, u64>,
 }
@@ -115,8 +124,28 @@ pub struct Pool6 {
 impl Pool6 {
     /// A binding restored from the store (or learnt from another server).
     pub fn restore(&mut self, binding: Binding6) {
-        self.by_client.insert((binding.duid.clone(), binding.iaid), binding.addr);
-        self.by_addr.insert(binding.addr, binding);
+        self.bind(binding);
+    }
+
+    /// An address set aside (declined) until `until`, restored from the store.
+    pub fn quarantine(&mut self, addr: Ipv6Addr, until: u64) {
+        self.declined.insert(addr, until);
+    }
+
+    /// Forget a binding (expired, released elsewhere, or a grant the store refused).
+    pub fn forget(&mut self, addr: Ipv6Addr) {
+        if let Some(old) = self.by_addr.remove(&addr) {
+            self.unlink(&old);
+        }
+    }
+
+    /// Addresses bound or held.
+    pub fn len(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
     }
 
     pub fn binding(&self, addr: Ipv6Addr) -> Option<&Binding6> {
@@ -128,18 +157,37 @@ impl Pool6 {
         self.by_addr.get(addr).filter(|b| b.expires_at > now)
     }
 
+    fn of_mac(&self, mac: Option<MacAddr>, now: u64) -> Option<&Binding6> {
+        let addr = self.by_mac.get(&mac?)?;
+        self.by_addr.get(addr).filter(|b| b.expires_at > now)
+    }
+
+    /// Remove the indexes that point at `binding` (not `by_addr` itself).
+    fn unlink(&mut self, binding: &Binding6) {
+        let key = (binding.duid.clone(), binding.iaid);
+        if self.by_client.get(&key) == Some(&binding.addr) {
+            self.by_client.remove(&key);
+        }
+        if let Some(mac) = binding.mac {
+            if self.by_mac.get(&mac) == Some(&binding.addr) {
+                self.by_mac.remove(&mac);
+            }
+        }
+    }
+
     fn is_free(&self, addr: Ipv6Addr, now: u64) -> bool {
         let bound = self.by_addr.get(&addr).is_some_and(|b| b.expires_at > now);
         let declined = self.declined.get(&addr).is_some_and(|until| *until > now);
         !bound && !declined
     }
 
-    /// The client's address for this IA: its binding, else the address it asks for
-    /// if free and in range, else the first free one (a bounded scan from the
-    /// range's start: ranges are what an operator writes, not a /64).
-    fn pick(&self, range: (Ipv6Addr, Ipv6Addr), want: (&[u8], u32, Option<Ipv6Addr>), now: u64) -> Option<Ipv6Addr> {
-        let (duid, iaid, hint) = want;
-        if let Some(b) = self.of_client(duid, iaid, now) {
+    /// The client's address for this IA: its binding, else its node's (the same
+    /// MAC under another DUID), else the address it asks for if free and in
+    /// range, else the first free one (a bounded scan from the range's start:
+    /// ranges are what an operator writes, not a /64).
+    fn pick(&self, range: (Ipv6Addr, Ipv6Addr), want: Want<'_>, now: u64) -> Option<Ipv6Addr> {
+        let Want { duid, iaid, mac, hint } = want;
+        if let Some(b) = self.of_client(duid, iaid, now).or_else(|| self.of_mac(mac, now)) {
             return Some(b.addr);
         }
         let (first, last) = (u128::from(range.0), u128::from(range.1));
@@ -151,25 +199,43 @@ impl Pool6 {
         (first..=last).take(MAX_SCAN).map(Ipv6Addr::from).find(|a| self.is_free(*a, now))
     }
 
+    /// Bind `binding.addr` to its client, taking it over from whoever held it
+    /// (the same node under another DUID), and drop the client's and the node's
+    /// previous addresses.
     fn bind(&mut self, binding: Binding6) {
+        if let Some(previous) = self.by_addr.remove(&binding.addr) {
+            self.unlink(&previous);
+        }
         let key = (binding.duid.clone(), binding.iaid);
-        if let Some(old) = self.by_client.insert(key, binding.addr) {
-            if old != binding.addr {
-                self.by_addr.remove(&old);
+        let stale_of_client = self.by_client.get(&key).copied();
+        let stale_of_mac = binding.mac.and_then(|m| self.by_mac.get(&m).copied());
+        for stale in [stale_of_client, stale_of_mac].into_iter().flatten() {
+            if stale != binding.addr {
+                self.forget(stale);
             }
+        }
+        self.by_client.insert(key, binding.addr);
+        if let Some(mac) = binding.mac {
+            self.by_mac.insert(mac, binding.addr);
         }
         self.by_addr.insert(binding.addr, binding);
     }
 
     fn release(&mut self, duid: &[u8], iaid: u32, addr: Ipv6Addr) -> bool {
-        let key = (duid.to_vec(), iaid);
-        if self.by_client.get(&key) != Some(&addr) {
-            return false;
+        let ours = self.by_addr.get(&addr).is_some_and(|b| b.duid == duid && b.iaid == iaid);
+        if ours {
+            self.forget(addr);
         }
-        self.by_client.remove(&key);
-        self.by_addr.remove(&addr);
-        true
+        ours
     }
+}
+
+/// Who wants an address, and which one it asked for.
+struct Want<'a> {
+    duid: &'a [u8],
+    iaid: u32,
+    mac: Option<MacAddr>,
+    hint: Option<Ipv6Addr>,
 }
 
 /// Most addresses one allocation looks at.
@@ -185,10 +251,12 @@ pub enum Decision6 {
         client: Client6,
         boot: BootChoice,
     },
-    /// The client gave these addresses back (the reply is still sent).
+    /// The client gave these addresses back (the reply is still sent): released,
+    /// or declined and set aside until `quarantined_until`.
     Released {
         reply: Box<Message>,
         addrs: Vec<Ipv6Addr>,
+        quarantined_until: Option<u64>,
     },
     Ignore(IgnoreReason6),
 }
@@ -206,8 +274,17 @@ pub fn mac_of_duid(duid: &[u8]) -> Option<MacAddr> {
         .then(|| MacAddr([lladdr[0], lladdr[1], lladdr[2], lladdr[3], lladdr[4], lladdr[5]]))
 }
 
-/// Who sent `msg`: its DUID and what its options say of its firmware.
-pub fn classify6(msg: &Message) -> Result<Client6, IgnoreReason6> {
+/// The MAC a link-local address was formed from (modified EUI-64, RFC 4291
+/// appendix A): `fe80::` with `ff:fe` in the middle of the interface id.
+pub fn mac_of_link_local(addr: Ipv6Addr) -> Option<MacAddr> {
+    let o = addr.octets();
+    let link_local = o[0] == 0xfe && o[1] & 0xc0 == 0x80 && o[2..8].iter().all(|b| *b == 0);
+    (link_local && o[11] == 0xff && o[12] == 0xfe).then(|| MacAddr([o[8] ^ 0x02, o[9], o[10], o[13], o[14], o[15]]))
+}
+
+/// Who sent `msg` (from `peer`): its DUID, the MAC that names its node, and what
+/// its options say of its firmware.
+pub fn classify6(msg: &Message, peer: Ipv6Addr) -> Result<Client6, IgnoreReason6> {
     let opts = msg.opts();
     let duid = match opts.get(OptionCode::ClientId) {
         Some(DhcpOption::ClientId(duid)) if !duid.is_empty() => duid.clone(),
@@ -237,7 +314,8 @@ pub fn classify6(msg: &Message) -> Result<Client6, IgnoreReason6> {
     } else {
         Firmware::Plain
     };
-    Ok(Client6 { mac: mac_of_duid(&duid), duid, arch, firmware, user_classes })
+    let mac = mac_of_duid(&duid).or_else(|| mac_of_link_local(peer));
+    Ok(Client6 { mac, duid, arch, firmware, user_classes })
 }
 
 /// The boot decision's inputs besides the message: the v4 policy's boot tables
@@ -249,16 +327,29 @@ pub struct BootInputs<'a> {
     pub handovers: &'a mut Handovers,
 }
 
+/// One message as it arrived: the link-local (or relay) address it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound6<'a> {
+    pub msg: &'a Message,
+    pub peer: Ipv6Addr,
+}
+
 /// Decide what to answer `msg` at `now` (Unix seconds).
-pub fn decide6(msg: &Message, policy: &Dhcp6Policy, pool: &mut Pool6, boot: BootInputs<'_>, now: u64) -> Decision6 {
-    match decide_inner(msg, policy, pool, boot, now) {
+pub fn decide6(
+    inbound: Inbound6<'_>,
+    policy: &Dhcp6Policy,
+    pool: &mut Pool6,
+    boot: BootInputs<'_>,
+    now: u64,
+) -> Decision6 {
+    match decide_inner(inbound, policy, pool, boot, now) {
         Ok(d) => d,
         Err(reason) => Decision6::Ignore(reason),
     }
 }
 
 fn decide_inner(
-    msg: &Message,
+    Inbound6 { msg, peer }: Inbound6<'_>,
     policy: &Dhcp6Policy,
     pool: &mut Pool6,
     boot: BootInputs<'_>,
@@ -275,7 +366,7 @@ fn decide_inner(
     ) {
         return Err(IgnoreReason6::NotForServers(kind));
     }
-    let client = classify6(msg)?;
+    let client = classify6(msg, peer)?;
     let server_id = match msg.opts().get(OptionCode::ServerId) {
         Some(DhcpOption::ServerId(id)) => Some(id.as_slice()),
         _ => None,
@@ -319,11 +410,16 @@ fn decide_inner(
     match kind {
         M::Solicit | M::Request | M::Renew | M::Rebind => {
             for ia in &ias {
-                let answer = match pool.pick(policy.range, (&client.duid, ia.id, ask(ia)), now) {
+                let want = Want { duid: &client.duid, iaid: ia.id, mac: client.mac, hint: ask(ia) };
+                let answer = match pool.pick(policy.range, want, now) {
                     // Renew and Rebind extend only what is bound (RFC 8415 §18.3.4-5).
                     Some(addr)
                         if matches!(kind, M::Renew | M::Rebind)
-                            && pool.of_client(&client.duid, ia.id, now).map(|b| b.addr) != Some(addr) =>
+                            && pool
+                                .of_client(&client.duid, ia.id, now)
+                                .or_else(|| pool.of_mac(client.mac, now))
+                                .map(|b| b.addr)
+                                != Some(addr) =>
                     {
                         ia_status(ia.id, Status::NoBinding, "no binding for this IA")
                     }
@@ -331,7 +427,14 @@ fn decide_inner(
                         let binds = kind != M::Solicit || rapid;
                         let expires_at =
                             if binds { now + u64::from(policy.valid_secs) } else { now + policy.offer_hold_secs };
-                        pool.bind(Binding6 { duid: client.duid.clone(), iaid: ia.id, addr, expires_at, held: !binds });
+                        pool.bind(Binding6 {
+                            duid: client.duid.clone(),
+                            iaid: ia.id,
+                            mac: client.mac,
+                            addr,
+                            expires_at,
+                            held: !binds,
+                        });
                         if binds {
                             grants.push(Grant6 {
                                 mac: client.mac,
@@ -357,19 +460,20 @@ fn decide_inner(
                 }
             }
             reply.opts_mut().insert(status(Status::Success, "released"));
-            return Ok(Decision6::Released { reply: Box::new(reply), addrs: released });
+            return Ok(Decision6::Released { reply: Box::new(reply), addrs: released, quarantined_until: None });
         }
         M::Decline => {
+            let until = now + u64::from(policy.valid_secs);
             for ia in &ias {
                 if let Some(addr) = ask(ia) {
                     if pool.release(&client.duid, ia.id, addr) {
-                        pool.declined.insert(addr, now + u64::from(policy.valid_secs));
+                        pool.declined.insert(addr, until);
                         released.push(addr);
                     }
                 }
             }
             reply.opts_mut().insert(status(Status::Success, "declined addresses are set aside"));
-            return Ok(Decision6::Released { reply: Box::new(reply), addrs: released });
+            return Ok(Decision6::Released { reply: Box::new(reply), addrs: released, quarantined_until: Some(until) });
         }
         M::Confirm => {
             let (first, last) = (u128::from(policy.range.0), u128::from(policy.range.1));
@@ -399,7 +503,7 @@ fn decide_inner(
             choose_boot(&v4_client, msg.xid_num(), (boot.boot, boot.chain), boot.handovers, now)
         }
     };
-    if let Some(url) = boot_url(&boot_choice, policy) {
+    if let Some(url) = boot_url(&boot_choice, policy, boot.boot) {
         reply
             .opts_mut()
             .insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::Unknown(OPT_BOOTFILE_URL), url.into_bytes())));
@@ -418,13 +522,13 @@ fn decide_inner(
     Ok(Decision6::Reply { reply: Box::new(reply), grants, client, boot: boot_choice })
 }
 
-/// Option 59's URL for a boot choice: TFTP for what a PXE ROM loads, HTTP URLs as
-/// the choice names them.
-pub fn boot_url(choice: &BootChoice, policy: &Dhcp6Policy) -> Option<String> {
+/// Option 59's URL for a boot choice: TFTP for what a PXE ROM loads; HTTP for an
+/// iPXE handed ramboot's binary (every iPXE speaks HTTP, and on IPv6 the HTTP
+/// server is the one every client reaches), and HTTP URLs as the choice names them.
+pub fn boot_url(choice: &BootChoice, policy: &Dhcp6Policy, boot: &DhcpPolicy) -> Option<String> {
     match choice {
-        BootChoice::Tftp(file) | BootChoice::ChainIpxe(file) | BootChoice::Signed(file) => {
-            Some(format!("tftp://[{}]/{file}", policy.tftp_server))
-        }
+        BootChoice::Tftp(file) | BootChoice::Signed(file) => Some(format!("tftp://[{}]/{file}", policy.tftp_server)),
+        BootChoice::ChainIpxe(file) => Some(format!("{}/ipxe/{file}", boot.boot_url)),
         BootChoice::IpxeScript(url, _) | BootChoice::Http(url) => Some(url.clone()),
         BootChoice::None(_) => None,
     }
@@ -505,7 +609,8 @@ pub fn decide6_bytes(bytes: &[u8]) {
     let mut handovers = Handovers::default();
     for (now, chain) in [(1_000, BootChain::Ipxe), (1_001, BootChain::Signed)] {
         let inputs = BootInputs { boot: &boot, chain, handovers: &mut handovers };
-        match decide6(&msg, &policy, &mut pool, inputs, now) {
+        let peer = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x5054, 0xff, 0xfe00, 1);
+        match decide6(Inbound6 { msg: &msg, peer }, &policy, &mut pool, inputs, now) {
             Decision6::Reply { reply, .. } | Decision6::Released { reply, .. } => {
                 let _ = reply.to_vec();
             }

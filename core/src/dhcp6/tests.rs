@@ -51,6 +51,8 @@ struct Harness {
     pool: Pool6,
     handovers: Handovers,
     chain: BootChain,
+    /// Where messages come from: a link-local address of no MAC's (not EUI-64).
+    peer: Ipv6Addr,
 }
 
 impl Harness {
@@ -61,6 +63,7 @@ impl Harness {
             pool: Pool6::default(),
             handovers: Handovers::default(),
             chain: BootChain::Ipxe,
+            peer: "fe80::1".parse().unwrap(),
         }
     }
     fn run(&mut self, msg: &Message, now: u64) -> Decision6 {
@@ -68,7 +71,7 @@ impl Harness {
         let raw = msg.to_vec().unwrap();
         let msg = Message::decode(&mut Decoder::new(&raw)).unwrap();
         let boot = BootInputs { boot: &self.boot, chain: self.chain, handovers: &mut self.handovers };
-        decide6(&msg, &self.policy, &mut self.pool, boot, now)
+        decide6(Inbound6 { msg: &msg, peer: self.peer }, &self.policy, &mut self.pool, boot, now)
     }
 }
 
@@ -162,6 +165,67 @@ fn a_pxe_firmware_is_advertised_then_granted_an_address_and_ipxe_over_tftp() {
 }
 
 #[test]
+fn the_mac_comes_from_an_eui64_link_local_address_when_the_duid_has_none() {
+    let ll: Ipv6Addr = "fe80::5054:ff:fe72:6206".parse().unwrap();
+    assert_eq!(mac_of_link_local(ll), Some(MacAddr(MAC)));
+    assert_eq!(mac_of_link_local("fe80::1".parse().unwrap()), None, "not EUI-64");
+    assert_eq!(mac_of_link_local("fd00::5054:ff:fe72:6206".parse().unwrap()), None, "not link-local");
+}
+
+/// iPXE's client id: a DUID-UUID (type 4), which names no MAC.
+fn duid_uuid() -> Vec<u8> {
+    let mut d = vec![0, 4];
+    d.extend_from_slice(&[0x11; 16]);
+    d
+}
+
+#[test]
+fn a_node_keeps_its_address_across_the_firmware_ipxe_and_stage_one() {
+    let mut h = Harness::new();
+    h.peer = "fe80::5054:ff:fe72:6206".parse().unwrap();
+    let mut firmware = pxe(MessageType::Solicit, MAC);
+    firmware.opts_mut().insert(DhcpOption::RapidCommit);
+    let (r, _, _) = reply(h.run(&firmware, 10));
+    let first = addr_of(&r).unwrap();
+    // Another client of the same range takes the next address.
+    let (r, _, _) = reply(h.run(&pxe(MessageType::Solicit, [0x52, 0x54, 0, 9, 9, 9]), 10));
+    assert_ne!(addr_of(&r), Some(first));
+
+    // iPXE: a DUID-UUID and another IAID, from the EUI-64 link-local address.
+    let mut ipxe = Message::new_with_id(MessageType::Solicit, [4, 4, 4]);
+    ipxe.opts_mut().insert(DhcpOption::ClientId(duid_uuid()));
+    ipxe.opts_mut().insert(DhcpOption::IANA(IANA { id: 0xabcd, t1: 0, t2: 0, opts: Default::default() }));
+    ipxe.opts_mut().insert(DhcpOption::RapidCommit);
+    ipxe.opts_mut().insert(class_option(OptionCode::UserClass, None, &[b"iPXE"]));
+    let (r, grants, _) = reply(h.run(&ipxe, 11));
+    assert_eq!(addr_of(&r), Some(first), "the node's address, taken over");
+    assert_eq!(grants[0].mac, Some(MacAddr(MAC)));
+    assert_eq!(grants[0].duid, duid_uuid());
+
+    // Stage one: a DUID-LL of the MAC.
+    let mut ll = vec![0, 3, 0, 1];
+    ll.extend_from_slice(&MAC);
+    let mut stage1 = Message::new_with_id(MessageType::Solicit, [5, 5, 5]);
+    stage1.opts_mut().insert(DhcpOption::ClientId(ll.clone()));
+    stage1.opts_mut().insert(DhcpOption::IANA(IANA { id: 1, t1: 0, t2: 0, opts: Default::default() }));
+    stage1.opts_mut().insert(DhcpOption::RapidCommit);
+    let (r, _, _) = reply(h.run(&stage1, 12));
+    assert_eq!(addr_of(&r), Some(first));
+    assert_eq!(h.pool.len(), 2, "one binding per node: {:?}", h.pool);
+    assert_eq!(h.pool.binding(first).map(|b| b.duid.clone()), Some(ll), "the last client holds it");
+
+    // The earlier client's Release no longer frees it.
+    let mut release = with_server(pxe(MessageType::Release, MAC));
+    release.opts_mut().remove(OptionCode::IANA);
+    release.opts_mut().insert(DhcpOption::IANA(ia_with(7, first, &policy())));
+    match h.run(&release, 13) {
+        Decision6::Released { addrs, .. } => assert!(addrs.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.pool.binding(first).is_some());
+}
+
+#[test]
 fn rapid_commit_binds_at_once() {
     let mut h = Harness::new();
     let mut solicit = pxe(MessageType::Solicit, MAC);
@@ -180,7 +244,7 @@ fn ipxe_gets_the_script_and_http_boot_its_url_with_the_vendor_class() {
     let mut foreign = ipxe.clone();
     foreign.opts_mut().insert(class_option(OptionCode::UserClass, None, &[b"iPXE"]));
     let (r, _, _) = reply(h.run(&foreign, 1));
-    assert_eq!(url_of(&r).as_deref(), Some("tftp://[fd00:72::1]/snponly.efi"));
+    assert_eq!(url_of(&r).as_deref(), Some("http://[fd00:72::1]:8080/ipxe/snponly.efi"), "over HTTP: iPXE speaks it");
     // ramboot's own iPXE (its user class) gets the script.
     ipxe.opts_mut().insert(class_option(OptionCode::UserClass, None, &[b"iPXE", b"ramboot"]));
     let (r, _, _) = reply(h.run(&ipxe, 1));

@@ -297,7 +297,7 @@ pub(crate) async fn start_boot(
                 (id, "(discovery)".to_string(), why)
             }
         };
-        let bases = state.config.cluster.boot_urls(&state.config.boot_url());
+        let bases = state.config.boot_urls_for(source);
         let mut args = plan.kernel_args;
         args.extend(server_args(&bases));
         args.extend([
@@ -482,7 +482,7 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
             }
         },
     };
-    let base = state.config.boot_url();
+    let base = state.config.boot_url_for(auth.boot.bound_ip);
     let (has_files, volumes) = match state.profiles.current().get(&profile) {
         Some(p) => (!p.files.is_empty(), volumes_wanted(p, &auth.node.hostname)),
         None => (false, vec![]),
@@ -562,7 +562,7 @@ async fn overlay(State(state): State<AppState>, auth: BootAuth) -> Result<Respon
         "profile": loaded.profile.name,
         "vars": loaded.profile.vars,
         "boot": { "id": auth.boot.id },
-        "server": { "url": state.config.boot_url() },
+        "server": { "url": state.config.boot_url_for(auth.boot.bound_ip) },
     });
     let secrets = read_secrets(state.config.secrets.as_deref()).await?;
     let files = loaded

@@ -142,7 +142,7 @@ pub async fn address_claim(
         DhcpMode::Authoritative => {
             let holder = match source.to_canonical() {
                 IpAddr::V4(v4) => state.store.lease_holder(v4, now_secs()).await?,
-                IpAddr::V6(_) => None,
+                IpAddr::V6(v6) => state.store.lease6_holder(v6, now_secs()).await?,
             };
             AddressClaim::Lease { holder }
         }
