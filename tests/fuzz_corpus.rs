@@ -1,6 +1,7 @@
-//! Regression check for the DHCP fuzzer: replays every seed in fuzz/corpus/dhcp_decide/
-//! and every saved crash in fuzz/artifacts/dhcp_decide/ through
-//! `ramboot_core::dhcp::fuzz::decide_bytes`, on stable, in a plain `cargo test`.
+//! Regression check for the DHCP fuzzers: replays every seed in fuzz/corpus/<target>/
+//! and every saved crash in fuzz/artifacts/<target>/ through the target's function
+//! (`ramboot_core::dhcp::fuzz::decide_bytes`, `ramboot_core::dhcp6::decide6_bytes`),
+//! on stable, in a plain `cargo test`.
 //! The fuzzer itself (nightly-style flags, libFuzzer) lives in fuzz/: see fuzz/README.md.
 
 use std::path::{Path, PathBuf};
@@ -17,11 +18,11 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn replay(files: &[PathBuf]) -> Vec<String> {
+fn replay(files: &[PathBuf], target: fn(&[u8])) -> Vec<String> {
     let mut failures = Vec::new();
     for path in files {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let outcome = std::panic::catch_unwind(|| ramboot_core::dhcp::fuzz::decide_bytes(&bytes));
+        let outcome = std::panic::catch_unwind(|| target(&bytes));
         if let Err(payload) = outcome {
             let msg = payload
                 .downcast_ref::<&str>()
@@ -34,20 +35,30 @@ fn replay(files: &[PathBuf]) -> Vec<String> {
     failures
 }
 
-#[test]
-fn dhcp_decide_corpus_never_panics() {
+/// Replay fuzz/corpus/`name`/ (which must hold seeds) and fuzz/artifacts/`name`/.
+fn corpus_never_panics(name: &str, target: fn(&[u8])) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-    let corpus = files_in(&root.join("corpus/dhcp_decide"));
-    assert!(!corpus.is_empty(), "fuzz/corpus/dhcp_decide/ is empty or missing");
-    let artifacts = files_in(&root.join("artifacts/dhcp_decide"));
+    let corpus = files_in(&root.join("corpus").join(name));
+    assert!(!corpus.is_empty(), "fuzz/corpus/{name}/ is empty or missing");
+    let artifacts = files_in(&root.join("artifacts").join(name));
 
-    let mut failures = replay(&corpus);
-    failures.extend(replay(&artifacts));
+    let mut failures = replay(&corpus, target);
+    failures.extend(replay(&artifacts, target));
     assert!(
         failures.is_empty(),
-        "decide_bytes panicked on {} of {} inputs:\n{}",
+        "{name} panicked on {} of {} inputs:\n{}",
         failures.len(),
         corpus.len() + artifacts.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn dhcp_decide_corpus_never_panics() {
+    corpus_never_panics("dhcp_decide", ramboot_core::dhcp::fuzz::decide_bytes);
+}
+
+#[test]
+fn dhcp6_decide_corpus_never_panics() {
+    corpus_never_panics("dhcp6_decide", ramboot_core::dhcp6::decide6_bytes);
 }

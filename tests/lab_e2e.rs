@@ -341,6 +341,38 @@ fn qemu_arm64_node_boots_into_ram() {
     }
 }
 
+/// An IPv6-only boot network (`ramboot-lab --ipv6`: no DHCPv4 for the node). QEMU's
+/// iPXE ROM under OVMF takes its address from ramboot's DHCPv6 (the RA says M),
+/// is handed ramboot's iPXE over HTTP, which fetches the script, kernel and initrd
+/// from `http://[fd00:213::1]:8080`; stage one's agent gets the same address by
+/// DHCPv6 (one address per node across three DUIDs: the boot token is bound to it)
+/// and talks to the server over IPv6 until `ready`.
+#[test]
+fn qemu_ipv6_only_node_boots_into_ram() {
+    if common::skipped("qemu_ipv6_only_node_boots_into_ram", skip_reason().as_deref()) {
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let detail = boot_tiny("report-ipv6.json", &["--ipv6"]);
+    assert_eq!(detail["node"]["state"], "ready", "{detail:#}");
+    let ip = detail["node"]["ip"].as_str().unwrap_or_default();
+    assert!(ip.starts_with("fd00:213::"), "the node's address is its DHCPv6 one: {ip}");
+    let messages: Vec<&str> =
+        detail["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
+    assert!(messages.iter().any(|m| m.starts_with(&format!("DHCPv6 lease {ip} "))), "{messages:#?}");
+    assert!(!messages.iter().any(|m| m.starts_with("DHCP lease ")), "no DHCPv4 lease: {messages:#?}");
+    let console = ramboot_lab::logs::log_text(&lab_dir().join("console.log"));
+    for step in [
+        "Filename: http://[fd00:213::1]:8080/ipxe/snponly.efi".to_string(),
+        "Filename: http://[fd00:213::1]:8080/boot.ipxe?mac=52:54:00:72:62:01".to_string(),
+        format!("network up on eth0 ({ip})"),
+        "talking to http://[fd00:213::1]:8080".to_string(),
+        "RAMBOOT-STAGE2-READY".to_string(),
+    ] {
+        assert!(console.contains(&step), "the console lacks {step:?}");
+    }
+}
+
 /// The other half of the diskless design: a compute node logs in to its iSCSI
 /// volume, writes a file and syncs; QEMU is killed (SIGKILL, a hypervisor crash); the
 /// node PXE-boots again, logs in again on its own, and reads the file back intact.

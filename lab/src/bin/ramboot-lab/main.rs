@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Inside the lab namespace only: nothing outside it ever sees these addresses.
 const SUBNET_PREFIX: &str = "10.213.0";
+/// The IPv6 boot network of `--ipv6`: its prefix, the server's address, the range.
+const PREFIX6: &str = "fd00:213::";
 const BRIDGE: &str = "rbbr0";
 const TAP: &str = "rbtap0";
 const HTTP_PORT: u16 = 8080;
@@ -85,11 +87,23 @@ fn server_config(
 ) -> String {
     let (ip, (profiles, ipxe)) = (&server.ip, paths);
     let listen = if peers.is_empty() { "0.0.0.0" } else { ip.as_str() };
+    // --ipv6: no DHCPv4 for nodes (the IPv4 address stays the operator's way in,
+    // for the admin API), DHCPv6 and router advertisements on the bridge.
+    let dhcp = if opts.ipv6 {
+        format!(
+            "dhcp:\n  ipv4: false\ndhcp6:\n  server_address: {PREFIX6}1\n  prefix: {PREFIX6}/64\n  \
+             range: [{PREFIX6}100, {PREFIX6}1ff]\n"
+        )
+    } else {
+        format!(
+            "dhcp:\n  subnet: {SUBNET_PREFIX}.0/24\n  range: [{SUBNET_PREFIX}.100, {SUBNET_PREFIX}.199]\n  \
+             router: {ip}\nipv6_ra: true\n"
+        )
+    };
     let mut text = format!(
         "# Written by `ramboot-lab`: the lab's own network namespace and paths.\n\
-         interface: {BRIDGE}\nserver_address: {ip}\nhttp:\n  listen: {listen}:{HTTP_PORT}\n\
-         dhcp:\n  subnet: {SUBNET_PREFIX}.0/24\n  range: [{SUBNET_PREFIX}.100, {SUBNET_PREFIX}.199]\n  router: {ip}\n\
-         paths:\n  profiles: {}\n  ipxe: {}\n  data: {}\n{}ipv6_ra: true\n",
+         interface: {BRIDGE}\nserver_address: {ip}\nhttp:\n  listen: {listen}:{HTTP_PORT}\n{dhcp}\
+         paths:\n  profiles: {}\n  ipxe: {}\n  data: {}\n{}",
         profiles.display(),
         ipxe.display(),
         server.data.display(),
@@ -152,6 +166,13 @@ pub struct LabOptions {
     /// node boots the signed chain (shimaa64, GRUB, the arm64 kernel).
     #[arg(long, value_parser = ["arm64"], conflicts_with_all = ["secure_boot", "http_boot", "uefi", "iscsi", "failover"])]
     pub arch: Option<String>,
+    /// An IPv6-only boot network: ramboot answers no DHCPv4 and serves DHCPv6 and
+    /// router advertisements for fd00:213::/64. The VM (UEFI, e1000 with QEMU's
+    /// iPXE ROM, which speaks IPv6) takes its address from DHCPv6, fetches the
+    /// script, kernel and initrd over HTTP on IPv6, and stage one brings IPv6 up
+    /// with `ramboot-agent dhcp6`. Implies --uefi.
+    #[arg(long, conflicts_with_all = ["arch", "secure_boot", "http_boot", "iscsi", "failover"])]
+    pub ipv6: bool,
     #[arg(long, default_value_t = 512)]
     pub memory_mb: u32,
     /// Rebuild the images even if they are up to date.
@@ -196,7 +217,7 @@ impl LabOptions {
 
     /// OVMF rather than SeaBIOS (HTTP Boot is UEFI's).
     fn uefi(&self) -> bool {
-        self.uefi || self.http_boot || self.secure_boot || self.arch.is_some()
+        self.uefi || self.http_boot || self.secure_boot || self.arch.is_some() || self.ipv6
     }
 }
 
@@ -424,7 +445,10 @@ async fn run(opts: LabOptions) -> Result<()> {
     }
 
     let netns_name = format!("rblab{}", std::process::id());
-    let addresses: Vec<String> = servers.iter().map(|s| format!("{}/24", s.ip)).collect();
+    let mut addresses: Vec<String> = servers.iter().map(|s| format!("{}/24", s.ip)).collect();
+    if opts.ipv6 {
+        addresses.push(format!("{PREFIX6}1/64"));
+    }
     println!("lab: network namespace {netns_name}: bridge {BRIDGE} {}, tap {TAP}", addresses.join(" "));
     let netns = Netns::create(&netns_name)?;
     net::bridge_with_tap(&netns_name, BRIDGE, TAP, &addresses)?;
@@ -673,6 +697,7 @@ impl Lab<'_> {
             "lab: VM {LAB_MAC} powered on ({}, {} MiB, TCG); serial console: {}",
             match (opts.http_boot, opts.secure_boot, opts.uefi()) {
                 _ if opts.arch.is_some() => "arm64 virt, AAVMF PXE",
+                _ if opts.ipv6 => "UEFI, iPXE ROM, IPv6 only",
                 (true, true, _) => "UEFI HTTP Boot, Secure Boot",
                 (true, false, _) => "UEFI HTTP Boot",
                 (false, true, _) => "UEFI PXE, Secure Boot",
