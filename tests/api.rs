@@ -73,7 +73,9 @@ fn hello(srv: &TestServer, token: &str, serial: &str) -> u16 {
 fn every_api_route_needs_a_token_and_changes_need_admin() {
     let srv = TestServer::start();
     let http = agent();
-    for path in ["/nodes", "/nodes/1", "/profiles", "/profiles/errors", "/images", "/leases", "/events", "/audit"] {
+    for path in
+        ["/nodes", "/nodes/1", "/profiles", "/profiles/errors", "/images", "/leases", "/leases6", "/events", "/audit"]
+    {
         let (status, body) = call(http.get(&srv.url(&format!("/api/v1{path}"))));
         assert_eq!((status, error_code(&body).as_str()), (401, "unauthorized"), "{path}");
         let (status, _) = call(http.get(&srv.url(&format!("/api/v1{path}"))).set("Authorization", "Bearer wrong"));

@@ -179,6 +179,21 @@ fn dhclient6_gets_and_releases_a_durable_address() {
     assert!(row.expires_at > unix_now() + 3000, "{row:?}");
     let out = read_lossy(&log);
     assert!(out.contains("Advertise") || out.contains("ADVERTISE") || out.contains("Reply"), "{out}");
+    // The admin API lists it, over HTTP on IPv6 (ramboot's second listener).
+    let token = std::fs::read_to_string(segment.lab.path("data/admin.token")).unwrap();
+    let listed = Command::new("ip")
+        .args(["netns", "exec", &segment.server_ns, "curl", "-sf", "-g", "-H"])
+        .arg(format!("Authorization: Bearer {}", token.trim()))
+        .arg(format!("http://[{SERVER_IP}]:8080/api/v1/leases6"))
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout)
+        .unwrap_or_else(|e| panic!("GET /api/v1/leases6: {e}: {}", String::from_utf8_lossy(&listed.stderr)));
+    let listed = listed.as_array().unwrap();
+    assert!(
+        listed.iter().any(|l| l["address"] == bound.to_string() && l["mac"] == CLIENT_MAC && l["state"] == "active"),
+        "{listed:?}"
+    );
 
     // dhclient -6 -r releases it; the store marks it released.
     let running_pid = segment.lab.pid(idx);

@@ -23,7 +23,7 @@ pub use audit::{Actor, AuditList, AuditQuery, AuditRecord};
 pub use error::{ErrorBody, ErrorDetail};
 pub use images::{Artifact, ImageKind, Manifest};
 pub use inventory::{Inventory, InventoryFile};
-pub use leases::Lease;
+pub use leases::{Lease, Lease6};
 pub use nodes::{
     Bmc, Boot, BootId, BootImage, DeleteNodeQuery, Event, EventQuery, Field, Maintenance, NewNode, Node, NodeDetail,
     NodeId, NodeList, NodeQuery, NodeUpdate, StreamQuery,

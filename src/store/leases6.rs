@@ -130,6 +130,20 @@ impl Store {
         rows.iter().map(lease6_from_row).collect()
     }
 
+    /// The IPv6 lease rows of one node (an active one, and addresses it held before).
+    pub async fn leases6_of(&self, mac: MacAddr) -> Result<Vec<Lease6>, StoreError> {
+        let rows = self
+            .backend
+            .sql(
+                "SELECT address, duid, iaid, mac, expires_at, state FROM leases6 WHERE mac = $1
+                 ORDER BY expires_at DESC",
+            )
+            .bind(mac.to_string())
+            .fetch_all()
+            .await?;
+        rows.iter().map(lease6_from_row).collect()
+    }
+
     /// What the DHCPv6 pool is rebuilt from at start: live bindings, and declined
     /// addresses still in quarantine.
     pub async fn live_bindings6(&self, now: u64) -> Result<Vec<Lease6>, StoreError> {
@@ -268,5 +282,8 @@ mod tests {
         assert_eq!(live[0].state, LeaseState::Declined);
         assert!(s.lease6_holder("fd00::101".parse().unwrap(), 1_000).await.unwrap().is_none());
         assert_eq!(s.leases6().await.unwrap().len(), 2);
+        let mine = s.leases6_of(MAC).await.unwrap();
+        assert_eq!(mine.len(), 1, "its released row; the other node took the one it moved to: {mine:?}");
+        assert_eq!(mine[0].state, LeaseState::Released);
     }
 }

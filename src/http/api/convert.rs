@@ -6,7 +6,7 @@
 
 use crate::images::{Artifact, ImageKind, Manifest};
 use crate::profiles::LoadedProfile;
-use crate::store::{Actor, AuditRecord, Boot, Event, Lease, Node, Role, TokenInfo, Volume};
+use crate::store::{Actor, AuditRecord, Boot, Event, Lease, Lease6, Node, Role, TokenInfo, Volume};
 use crate::yaml::SourceError;
 use ramboot_api as api;
 
@@ -44,6 +44,7 @@ same_fields!(Boot => api::Boot {
 });
 same_fields!(Event => api::Event { id, node_id, boot_id, at_ms, kind, state, phase_ms, message });
 same_fields!(Lease => api::Lease { ip, mac, expires_at, state });
+same_fields!(Lease6 => api::Lease6 { address, duid, iaid, mac, expires_at, state });
 same_fields!(AuditRecord => api::AuditRecord { id, at_ms, actor, action, target_kind, target, node_id, before, after });
 same_fields!(Volume => api::Volume { id, name, size_bytes, node_id, lun, created_at_ms });
 same_fields!(TokenInfo => api::TokenInfo { name, role, created_at_ms, expires_at_ms });

@@ -27,7 +27,7 @@ use axum::Json;
 use convert::{all, profile_view};
 use ramboot_api::{
     Attach, AuditList, AuditQuery, CreatedToken, DeleteNodeQuery, ErrorBody, Event, EventQuery, Grow, Inventory,
-    InventoryFile, IscsiSettings, Lease, Maintenance, Manifest, NewNode, NewToken, NewVolume, Node, NodeDetail,
+    InventoryFile, IscsiSettings, Lease, Lease6, Maintenance, Manifest, NewNode, NewToken, NewVolume, Node, NodeDetail,
     NodeIscsi, NodeList, NodeQuery, NodeUpdate, ProfileList, ProfileView, SourceError, StreamQuery, TokenInfo, Volume,
     MAX_PAGE,
 };
@@ -52,6 +52,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_images))
         .routes(routes!(show_image, delete_image))
         .routes(routes!(list_leases))
+        .routes(routes!(list_leases6))
         .routes(routes!(list_events))
         .routes(routes!(event_stream))
         .routes(routes!(list_volumes, create_volume))
@@ -522,6 +523,12 @@ async fn find_audited_node(state: &AppState, id: &str) -> Result<store::NodeId, 
     responses((status = 200, body = Vec<Lease>), (status = 401, body = ErrorBody)))]
 async fn list_leases(State(state): State<AppState>, _op: Operator) -> Result<Json<Vec<Lease>>, ApiError> {
     Ok(Json(all(state.store.leases().await?)))
+}
+
+#[utoipa::path(get, path = "/leases6", tag = "leases",
+    responses((status = 200, body = Vec<Lease6>), (status = 401, body = ErrorBody)))]
+async fn list_leases6(State(state): State<AppState>, _op: Operator) -> Result<Json<Vec<Lease6>>, ApiError> {
+    Ok(Json(all(state.store.leases6().await?)))
 }
 
 #[utoipa::path(get, path = "/events", tag = "events", params(EventQuery),

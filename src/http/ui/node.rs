@@ -224,16 +224,20 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Path(id): Path<
             message: e.message,
         })
         .collect();
-    let leases = state
+    // IPv4 and IPv6 (DHCPv6) leases in one table.
+    let row = |ip: String, state: crate::store::LeaseState, expires_at: u64| {
+        (ip, state.as_str(), format::time(i64::try_from(expires_at).unwrap_or(i64::MAX).saturating_mul(1000)))
+    };
+    let mut leases: Vec<_> = state
         .store
         .leases_of(node.mac)
         .await?
         .into_iter()
-        .map(|l| {
-            let expires = i64::try_from(l.expires_at).unwrap_or(i64::MAX).saturating_mul(1000);
-            (l.ip.to_string(), l.state.as_str(), format::time(expires))
-        })
+        .map(|l| row(l.ip.to_string(), l.state, l.expires_at))
         .collect();
+    leases.extend(
+        state.store.leases6_of(node.mac).await?.into_iter().map(|l| row(l.address.to_string(), l.state, l.expires_at)),
+    );
     let volumes = state
         .store
         .node_volumes(node.id)
