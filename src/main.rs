@@ -23,6 +23,10 @@ enum Cmd {
     Serve {
         #[arg(long, short, default_value = "ramboot.yaml", env = "RAMBOOT_CONFIG")]
         config: PathBuf,
+        /// `text` (colours only on a terminal; no timestamps under journald, which
+        /// adds its own) or `json` (one object per line, for log shippers).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "RAMBOOT_LOG_FORMAT")]
+        log_format: LogFormat,
     },
     /// Build and list images.
     #[command(alias = "image")]
@@ -101,6 +105,17 @@ enum Cmd {
     Db {
         #[command(subcommand)]
         command: DbCmd,
+    },
+    /// Print a shell completion script (e.g. `ramboot completions bash >
+    /// /usr/share/bash-completion/completions/ramboot`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (ramboot.1 and one per subcommand) into a directory.
+    Man {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -419,16 +434,61 @@ enum ProfilesCmd {
     },
 }
 
-fn init_tracing() {
+/// The server's log lines (`serve --log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Is stderr connected to journald (`JOURNAL_STREAM` names its device and inode)?
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = stream.split_once(':') else { return false };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => {
+            // Colour codes only for a person at a terminal (and never with NO_COLOR).
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            let builder = builder.with_ansi(ansi);
+            if stderr_is_journal() {
+                builder.without_time().init();
+            } else {
+                builder.init();
+            }
+        }
+    }
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     match args.command {
-        Cmd::Serve { config } => {
-            init_tracing();
+        Cmd::Completions { shell } => {
+            let mut command = <Args as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "ramboot", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let command = <Args as clap::CommandFactory>::command();
+            clap_mangen::generate_to(command, &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            let pages = std::fs::read_dir(&dir)?
+                .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "1")))
+                .count();
+            eprintln!("ramboot: {pages} man pages in {}", dir.display());
+            Ok(())
+        }
+        Cmd::Serve { config, log_format } => {
+            init_tracing(log_format);
             let config = Config::load(&config)?;
             tokio::runtime::Runtime::new()?.block_on(ramboot::serve::run(config))
         }

@@ -24,6 +24,9 @@ const DRAIN: Duration = Duration::from_secs(10);
 const HTTP_DRAIN: Duration = Duration::from_secs(8);
 
 pub async fn run(config: Config) -> Result<()> {
+    // First: a SIGTERM while the server is still starting (a unit stopped at once)
+    // then ends it cleanly too, instead of by the signal's default action.
+    let mut signals = ShutdownSignals::register().context("installing the SIGINT/SIGTERM handlers")?;
     // Before anything counts (the first image sync may run before profiles load).
     crate::http::metrics::handle();
     let images = ImageStore::new(config.paths.images());
@@ -242,7 +245,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     let mut failure = None;
     tokio::select! {
-        _ = shutdown_signal() => info!("shutting down"),
+        _ = signals.recv() => info!("shutting down"),
         Some(result) = tasks.join_next() => {
             // A service ended on its own: that is a failure; take the rest down.
             let err = match result {
@@ -289,17 +292,22 @@ async fn load_profiles(config: &Config, images: &ImageStore, sync: &mut Option<S
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
+/// SIGINT and SIGTERM, handled from the moment they are registered.
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn register() -> std::io::Result<ShutdownSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
         }
     }
 }

@@ -226,3 +226,33 @@ fn db_copy_moves_a_database_and_overwrites_one_only_when_forced() {
     let err = fails(out);
     assert!(err.contains("--to: the URL holds a password") && !err.contains("hunter2"), "{err}");
 }
+
+/// The shell completions and man pages come from the CLI's own definition: every
+/// subcommand is in them.
+#[test]
+fn completions_and_man_pages_cover_every_subcommand() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ramboot")).args(args).output().unwrap();
+        assert!(out.status.success(), "ramboot {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("ramboot.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let syntax = Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    assert!(syntax.status.success(), "bash -n: {}", String::from_utf8_lossy(&syntax.stderr));
+    for shell in ["zsh", "fish"] {
+        assert!(run(&["completions", shell]).contains("boot-chain"), "{shell}: the nodes subcommands are there");
+    }
+    let man = dir.path().join("man");
+    run(&["man", man.to_str().unwrap()]);
+    let top = std::fs::read_to_string(man.join("ramboot.1")).unwrap();
+    assert!(top.contains(".TH ramboot 1"), "{top}");
+    for sub in ["serve", "nodes", "nodes-assign", "nodes-boot-chain", "images-build", "db-copy", "completions"] {
+        let page = man.join(format!("ramboot-{sub}.1"));
+        assert!(page.is_file(), "no man page for `ramboot {sub}`");
+    }
+    let serve = std::fs::read_to_string(man.join("ramboot-serve.1")).unwrap();
+    assert!(serve.contains("log\\-format"), "options are documented: {serve}");
+}

@@ -294,3 +294,61 @@ async fn a_nodes_boot_chain_changes_what_its_firmware_is_offered() {
     }
     dhcp.stop().await;
 }
+
+/// `serve`'s log lines fit where they go: plain text without colour codes when
+/// stderr is not a terminal, or one JSON object per line with `--log-format json`.
+#[test]
+fn serve_logs_plain_text_off_a_terminal_and_json_on_request() {
+    if !is_root() {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIPPED: binding DHCP to an interface (SO_BINDTODEVICE) needs root");
+        return;
+    }
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port_pair();
+        let config = format!(
+            "interface: lo\nserver_address: 127.0.0.1\nhttp:\n  listen: 127.0.0.1:0\ntftp:\n  listen: 127.0.0.1:0\n\
+             dhcp:\n  port: {port}\n  subnet: 127.0.0.0/8\n  range: [127.0.0.100, 127.0.0.200]\n\
+             paths:\n  data: {d}/data\n  profiles: {d}/profiles\n  ipxe: {d}/ipxe\n",
+            d = dir.path().display()
+        );
+        std::fs::write(dir.path().join("ramboot.yaml"), config).unwrap();
+        for d in ["profiles", "ipxe"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let log = dir.path().join("stderr");
+        // No NO_COLOR here: off a terminal, text must come without colour by itself.
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ramboot"))
+            .args(["serve", "--log-format", format, "--config"])
+            .arg(dir.path().join("ramboot.yaml"))
+            .env_remove("NO_COLOR")
+            .env_remove("JOURNAL_STREAM")
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("DHCP serving") {
+            assert!(started.elapsed() < Duration::from_secs(30), "{}", std::fs::read_to_string(&log).unwrap());
+            assert!(child.try_wait().unwrap().is_none(), "{}", std::fs::read_to_string(&log).unwrap());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        let status = child.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(status.success(), "{status}: {text}");
+        assert!(!text.contains('\u{1b}'), "no colour codes off a terminal: {text}");
+        if format == "json" {
+            for line in text.lines() {
+                let object: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(object["level"].is_string() && object["timestamp"].is_string(), "{line}");
+            }
+            assert!(text.lines().any(|l| l.contains("\"message\":\"DHCP serving\"")), "{text}");
+        } else {
+            assert!(text.lines().any(|l| l.contains(" INFO ") && l.contains("DHCP serving")), "{text}");
+        }
+    }
+}
