@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dhcp;
+pub mod doctor;
 pub mod files;
 pub mod http;
 pub mod images;

@@ -106,6 +106,20 @@ enum Cmd {
         #[command(subcommand)]
         command: DbCmd,
     },
+    /// Check a configuration and this machine: what would keep a node from
+    /// booting, one line each with how to fix it. Exit status 0 when nothing
+    /// failed (warnings allowed), 1 otherwise.
+    Doctor {
+        #[arg(long, short, default_value = "ramboot.yaml", env = "RAMBOOT_CONFIG")]
+        config: PathBuf,
+        /// Do not send a DHCPDISCOVER to look for other DHCP servers.
+        #[arg(long)]
+        no_probe: bool,
+        /// How long to listen for other DHCP servers' offers (dnsmasq pings an
+        /// address for up to 3 s before it offers it).
+        #[arg(long, default_value_t = 5)]
+        probe_secs: u64,
+    },
     /// Print a shell completion script (e.g. `ramboot completions bash >
     /// /usr/share/bash-completion/completions/ramboot`).
     Completions {
@@ -471,6 +485,17 @@ fn init_tracing(format: LogFormat) {
 fn main() -> Result<()> {
     let args = Args::parse();
     match args.command {
+        Cmd::Doctor { config, no_probe, probe_secs } => {
+            let options = ramboot::doctor::Options {
+                probe_dhcp: !no_probe,
+                probe_wait: std::time::Duration::from_secs(probe_secs.clamp(1, 60)),
+            };
+            let findings = tokio::runtime::Runtime::new()?.block_on(ramboot::doctor::run(&config, options));
+            for finding in &findings {
+                println!("{finding}");
+            }
+            std::process::exit(ramboot::doctor::exit_code(&findings));
+        }
         Cmd::Completions { shell } => {
             let mut command = <Args as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "ramboot", &mut std::io::stdout());

@@ -80,6 +80,13 @@ pub enum StoreError {
     PasswordFile(crate::secrets::SecretsError),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database was migrated by a newer ramboot: this one would not know its
+    /// tables, so it touches nothing.
+    #[error(
+        "the database's schema is version {at}, newer than this ramboot knows (up to {latest}): \
+         run the ramboot that migrated it, or restore the backup taken before that upgrade"
+    )]
+    NewerSchema { at: i64, latest: i64 },
     #[error("no node {0}")]
     NoSuchNode(String),
     #[error("node {node} cannot move from {from} to {to} in this boot")]
@@ -276,6 +283,74 @@ impl Store {
     }
 }
 
+/// Where a database's schema stands against this build's migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// No database yet (a SQLite file that does not exist): created at start.
+    NotCreated,
+    /// Migrated up to `at` (0: none); `latest` is what this build knows.
+    At { at: i64, latest: i64 },
+}
+
+/// The newest migration this build has, per back-end.
+fn latest_migration(postgres: bool) -> i64 {
+    let migrator =
+        if postgres { sqlx::migrate!("./migrations/postgres") } else { sqlx::migrate!("./migrations/sqlite") };
+    migrator.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// The newest migration applied to the database behind `pool` (0: none yet).
+async fn applied_migration<'e, E>(executor: E) -> Result<i64, StoreError>
+where
+    E: sqlx::Executor<'e>,
+    for<'r> (Option<i64>,): sqlx::FromRow<'r, <E::Database as sqlx::Database>::Row>,
+    for<'q> <E::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, E::Database>,
+{
+    match sqlx::query_as::<_, (Option<i64>,)>("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(executor)
+        .await
+    {
+        Ok((at,)) => Ok(at.unwrap_or(0)),
+        // No table: nothing was ever migrated.
+        Err(sqlx::Error::Database(e)) if e.message().contains("_sqlx_migrations") => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Refuse a database a newer ramboot migrated (before migrating anything).
+fn check_not_newer(at: i64, postgres: bool) -> Result<(), StoreError> {
+    let latest = latest_migration(postgres);
+    if at > latest {
+        return Err(StoreError::NewerSchema { at, latest });
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Where the database at `url` stands, without creating or migrating it.
+    pub async fn schema(url: &str, password_file: Option<&Path>) -> Result<Schema, StoreError> {
+        if is_postgres_url(url) {
+            let mut options = PgConnectOptions::from_str(url)?.application_name("ramboot doctor");
+            if let Some(path) = password_file {
+                options = options.password(&read_password_file(path)?);
+            }
+            let unreachable = |source| StoreError::Connect { target: describe(&options), source };
+            let pool: sqlx::PgPool = pool_options(1).connect_with(options.clone()).await.map_err(unreachable)?;
+            let at = applied_migration(&pool).await;
+            pool.close().await;
+            return Ok(Schema::At { at: at?, latest: latest_migration(true) });
+        }
+        let options = SqliteConnectOptions::from_str(url)?.read_only(true);
+        if !options.get_filename().exists() {
+            return Ok(Schema::NotCreated);
+        }
+        let pool: sqlx::SqlitePool = pool_options(1).connect_with(options).await?;
+        let at = applied_migration(&pool).await;
+        pool.close().await;
+        Ok(Schema::At { at: at?, latest: latest_migration(false) })
+    }
+}
+
 /// The HTTP pool and DHCP's lease writer of a SQLite database.
 async fn open_sqlite(url: &str) -> Result<(Pool, Pool), StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
@@ -291,6 +366,7 @@ async fn open_sqlite(url: &str) -> Result<(Pool, Pool), StoreError> {
     // SQLite creates -wal and -shm with the database's mode; an older one may
     // have left them looser.
     restrict_database_files(&options)?;
+    check_not_newer(applied_migration(&pool).await?, false)?;
     sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
     // Opened on first use: a CLI or test that never commits leases never opens it.
     let dhcp_writer = pool_options(1).connect_lazy_with(options);
@@ -309,6 +385,7 @@ async fn open_postgres(url: &str, password_file: Option<&Path>) -> Result<(Pool,
     }
     let unreachable = |source| StoreError::Connect { target: describe(&options), source };
     let pool = pool_options(8).connect_with(options.clone()).await.map_err(unreachable)?;
+    check_not_newer(applied_migration(&pool).await?, true)?;
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;
     let dhcp_writer = pool_options(1).connect_lazy_with(options);
     Ok((Pool::Postgres(pool), Pool::Postgres(dhcp_writer)))
@@ -531,6 +608,32 @@ pub(crate) mod testing {
 mod tests {
     use super::*;
     use std::fmt::{Debug, Display};
+
+    #[tokio::test]
+    async fn a_database_a_newer_ramboot_migrated_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("r.db").display());
+        assert_eq!(Store::schema(&url, None).await.unwrap(), Schema::NotCreated);
+        let store = Store::open(&url).await.unwrap();
+        let latest = latest_migration(false);
+        assert_eq!(Store::schema(&url, None).await.unwrap(), Schema::At { at: latest, latest });
+        // A newer ramboot's migration.
+        store
+            .backend
+            .sql(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                 VALUES ($1, 'from the future', TRUE, x'00', 0)",
+            )
+            .bind(latest + 1)
+            .execute()
+            .await
+            .unwrap();
+        store.close().await;
+        assert_eq!(Store::schema(&url, None).await.unwrap(), Schema::At { at: latest + 1, latest });
+        let refused = Store::open(&url).await.err().expect("refused");
+        assert!(matches!(refused, StoreError::NewerSchema { at, .. } if at == latest + 1), "{refused}");
+        assert!(refused.to_string().contains("newer than this ramboot knows"), "{refused}");
+    }
 
     /// Every value goes into the database and back as itself, and its JSON is its text form.
     async fn round_trip<T>(db: &Backend, all: &[T])
