@@ -58,7 +58,14 @@ fn a_boot_runs_from_script_to_ready_with_its_token() {
     huge["cpu_model"] = json!("x".repeat(300 * 1024));
     assert!(matches!(common::send_oversize(hello(), huge).as_str(), "bad_body" | "cut"));
 
-    let (status, _) = send_json(hello(), inventory());
+    // A stage one built for another boot protocol is told to rebuild, and the
+    // node's timeline says so.
+    let old_agent = hello().set("User-Agent", "ramboot-agent/0.0.1 (protocol 0)");
+    let (status, body) = send_json(old_agent, inventory());
+    assert_eq!((status, error_code(&body).as_str()), (409, "agent_incompatible"), "{body}");
+    assert!(body.contains("ramboot images build stage1"), "{body}");
+
+    let (status, _) = send_json(hello().set("User-Agent", &ramboot_proto::agent_user_agent("0.1.0")), inventory());
     assert_eq!(status, 204);
     let (status, plan) = call(http.get(&srv.url("/boot/v1/plan")).set("Authorization", &bearer));
     assert_eq!(status, 200);
@@ -66,6 +73,8 @@ fn a_boot_runs_from_script_to_ready_with_its_token() {
     assert_eq!(plan["image"]["sha256"], srv.rootfs_digest.as_str());
     assert_eq!(plan["image"]["size"], srv.rootfs.len());
     assert_eq!(plan["image"]["format"], "squashfs");
+    assert_eq!(plan["server"]["protocol"], ramboot_proto::PROTOCOL, "the plan names the server and its protocol");
+    assert_eq!(plan["server"]["version"], env!("CARGO_PKG_VERSION"));
 
     // The agent downloads the image from the URL in its plan.
     let url = plan["image"]["url"].as_str().unwrap();

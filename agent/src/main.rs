@@ -201,6 +201,8 @@ struct Server {
 impl Server {
     fn new(args: &BootArgs, who: &'static str) -> Server {
         let http = ureq::AgentBuilder::new()
+            // The server refuses an agent whose protocol it does not speak.
+            .user_agent(&ramboot_proto::agent_user_agent(env!("CARGO_PKG_VERSION")))
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(60))
             .build();
@@ -331,8 +333,11 @@ fn load_and_mount(server: &Server, args: &BootArgs) -> Result<()> {
     if let Some(iscsi) = &plan.iscsi {
         keep_iscsi_secrets(iscsi);
     }
+    let from = plan.server.as_ref().map_or_else(String::new, |s| {
+        format!("; server ramboot {} (protocol {}), agent {}", s.version, s.protocol, env!("CARGO_PKG_VERSION"))
+    });
     say(&format!(
-        "plan: profile {}, image {} ({}, {})",
+        "plan: profile {}, image {} ({}, {}){from}",
         plan.profile,
         plan.image.name,
         human_bytes(plan.image.size),

@@ -133,6 +133,9 @@ pub struct Dmi {
 /// What the node should become.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
+    /// The server that made the plan (absent from servers older than this field).
+    #[serde(default)]
+    pub server: Option<ServerInfo>,
     pub node_id: i64,
     pub boot_id: i64,
     pub hostname: String,
@@ -143,6 +146,38 @@ pub struct Plan {
     /// iSCSI volumes attached to this node, if any.
     #[serde(default)]
     pub iscsi: Option<PlanIscsi>,
+}
+
+/// Which server made a plan, and the boot protocol it speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub version: String,
+    pub protocol: u32,
+}
+
+/// The boot protocol between the server and stage one's agent (the shapes of
+/// hello, plan, events, overlay and command). Raised by any change an agent
+/// built before it cannot follow: the server then refuses such an agent's hello
+/// with a message that says to rebuild stage one.
+pub const PROTOCOL: u32 = 1;
+
+/// The agent's User-Agent: its version and the protocol it speaks.
+pub fn agent_user_agent(version: &str) -> String {
+    format!("ramboot-agent/{version} (protocol {PROTOCOL})")
+}
+
+/// (agent version, protocol) from a User-Agent. An agent built before versions
+/// were sent says `ureq/...`: it speaks protocol 1.
+pub fn parse_agent_user_agent(user_agent: &str) -> (Option<String>, u32) {
+    let Some(rest) = user_agent.strip_prefix("ramboot-agent/") else { return (None, 1) };
+    let (version, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+    let protocol = tail
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .strip_prefix("protocol ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(1);
+    (Some(version.to_string()), protocol)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,5 +402,15 @@ mod size_tests {
         assert_eq!(super::parse_size("4096").unwrap(), 4096);
         assert!(super::parse_size("12X").is_err() && super::parse_size("G").is_err());
         assert!(super::parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn the_agents_user_agent_names_its_version_and_protocol() {
+        use crate::{agent_user_agent, parse_agent_user_agent, PROTOCOL};
+        let ua = agent_user_agent("0.1.0");
+        assert_eq!(parse_agent_user_agent(&ua), (Some("0.1.0".into()), PROTOCOL));
+        assert_eq!(parse_agent_user_agent("ramboot-agent/0.0.9 (protocol 0)"), (Some("0.0.9".into()), 0));
+        assert_eq!(parse_agent_user_agent("ureq/2.12.1"), (None, 1), "an agent from before versions");
+        assert_eq!(parse_agent_user_agent("ramboot-agent/x"), (Some("x".into()), 1));
     }
 }

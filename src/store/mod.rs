@@ -351,6 +351,32 @@ impl Store {
     }
 }
 
+/// Where [`backup_before_migrating`] keeps the copy of `db` at schema `at`: named by
+/// the schema and by the ramboot that migrated past it.
+pub fn backup_path(db: &Path, at: i64) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(format!(".schema-{at}.before-ramboot-{}", env!("CARGO_PKG_VERSION")));
+    std::path::PathBuf::from(name)
+}
+
+/// A consistent copy of the database (`VACUUM INTO`: one read transaction, so
+/// never a half-written file) before this ramboot migrates it: a failed or
+/// regretted upgrade goes back by putting it in place. Kept; never overwritten.
+async fn backup_before_migrating(pool: &sqlx::SqlitePool, db: &Path, at: i64) -> Result<(), StoreError> {
+    let target = backup_path(db, at);
+    if target.exists() {
+        return Ok(());
+    }
+    let partial = target.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    let io = |e: std::io::Error| StoreError::Db(sqlx::Error::Io(e));
+    sqlx::query("VACUUM INTO $1").bind(partial.to_string_lossy().into_owned()).execute(pool).await?;
+    crate::files::restrict_file(&partial).map_err(io)?;
+    std::fs::rename(&partial, &target).map_err(io)?;
+    tracing::info!(backup = %target.display(), schema = at, "database backed up before its migration");
+    Ok(())
+}
+
 /// The HTTP pool and DHCP's lease writer of a SQLite database.
 async fn open_sqlite(url: &str) -> Result<(Pool, Pool), StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
@@ -366,7 +392,11 @@ async fn open_sqlite(url: &str) -> Result<(Pool, Pool), StoreError> {
     // SQLite creates -wal and -shm with the database's mode; an older one may
     // have left them looser.
     restrict_database_files(&options)?;
-    check_not_newer(applied_migration(&pool).await?, false)?;
+    let at = applied_migration(&pool).await?;
+    check_not_newer(at, false)?;
+    if at > 0 && at < latest_migration(false) {
+        backup_before_migrating(&pool, options.get_filename(), at).await?;
+    }
     sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
     // Opened on first use: a CLI or test that never commits leases never opens it.
     let dhcp_writer = pool_options(1).connect_lazy_with(options);
@@ -633,6 +663,52 @@ mod tests {
         let refused = Store::open(&url).await.err().expect("refused");
         assert!(matches!(refused, StoreError::NewerSchema { at, .. } if at == latest + 1), "{refused}");
         assert!(refused.to_string().contains("newer than this ramboot knows"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn an_older_database_is_backed_up_before_it_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("r.db");
+        let url = format!("sqlite://{}", db.display());
+        // A database an older ramboot made: every migration but the last.
+        let older = dir.path().join("older-migrations");
+        std::fs::create_dir_all(&older).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files.pop();
+        for f in &files {
+            std::fs::copy(f, older.join(f.file_name().unwrap())).unwrap();
+        }
+        {
+            let options = SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true);
+            let pool: sqlx::SqlitePool = pool_options(1).connect_with(options).await.unwrap();
+            sqlx::migrate::Migrator::new(older.as_path()).await.unwrap().run(&pool).await.unwrap();
+            sqlx::query("CREATE TABLE marker (v TEXT); INSERT INTO marker VALUES ('before')")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        let latest = latest_migration(false);
+        assert_eq!(Store::schema(&url, None).await.unwrap(), Schema::At { at: latest - 1, latest });
+        let store = Store::open(&url).await.unwrap();
+        store.close().await;
+        let backup = backup_path(&db, latest - 1);
+        assert!(backup.is_file(), "no backup at {}", backup.display());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&backup).unwrap().permissions().mode() & 0o077, 0, "private like the database");
+        let backup_url = format!("sqlite://{}", backup.display());
+        assert_eq!(Store::schema(&backup_url, None).await.unwrap(), Schema::At { at: latest - 1, latest });
+        assert_eq!(Store::schema(&url, None).await.unwrap(), Schema::At { at: latest, latest });
+        // A later start (nothing to migrate) makes no other copy.
+        Store::open(&url).await.unwrap().close().await;
+        let copies = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".schema-"));
+        assert_eq!(copies.count(), 1);
     }
 
     /// Every value goes into the database and back as itself, and its JSON is its text form.

@@ -36,7 +36,7 @@ use ramboot_core::plan::{
 use ramboot_core::trust::{self as rules, AgentCall, BootUse, Refused, MAX_REPORTS_PER_BOOT};
 use ramboot_proto::{
     human_bytes, paths, AgentEvent, Command, CommandKind, CommandQuery, Inventory, Plan, PlanImage, PlanWait,
-    ReportedState, MAX_COMMAND_WAIT_SECS, OVERLAY_PATH,
+    ReportedState, ServerInfo, MAX_COMMAND_WAIT_SECS, OVERLAY_PATH,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -411,9 +411,24 @@ impl BootAuth {
 async fn hello(
     State(state): State<AppState>,
     auth: BootAuth,
+    headers: axum::http::HeaderMap,
     ApiJson(inv): ApiJson<Inventory>,
 ) -> Result<StatusCode, ApiError> {
     let now = now_ms();
+    let user_agent = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (agent_version, protocol) = ramboot_proto::parse_agent_user_agent(user_agent);
+    if protocol != ramboot_proto::PROTOCOL {
+        let message = format!(
+            "stage one's agent ({} speaking boot protocol {protocol}) does not match this server (ramboot {}, \
+             protocol {}): rebuild stage one with this ramboot (ramboot images build stage1 --agent ...)",
+            agent_version.as_deref().map_or("an unknown version".to_string(), |v| format!("ramboot-agent {v}")),
+            env!("CARGO_PKG_VERSION"),
+            ramboot_proto::PROTOCOL,
+        );
+        warn!(node = auth.node.id, boot = auth.boot.id, "{message}");
+        state.store.add_event(auth.node.id, Some(auth.boot.id), EventKind::Info, &message, now).await?;
+        return Err(ApiError::new(StatusCode::CONFLICT, "agent_incompatible", message));
+    }
     let inventory = serde_json::to_value(&inv).map_err(|e| ApiError::bad_request(e.to_string()))?;
     state.store.set_inventory(auth.node.id, &inventory, now).await?;
     let mut summary =
@@ -498,6 +513,7 @@ async fn plan(State(state): State<AppState>, auth: BootAuth) -> Result<Response,
     // Everything is ready: this answer carries the boot's credentials, once.
     auth.release(&state, Release::Plan).await?;
     Ok(Json(Plan {
+        server: Some(ServerInfo { version: env!("CARGO_PKG_VERSION").into(), protocol: ramboot_proto::PROTOCOL }),
         node_id: auth.node.id,
         boot_id: auth.boot.id,
         hostname: auth.node.hostname,
