@@ -23,6 +23,7 @@ pub mod ra;
 pub mod retention;
 pub mod rollout;
 pub mod safe_path;
+pub mod sd_notify;
 pub mod secrets;
 pub mod serve;
 pub mod store;

@@ -243,6 +243,18 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
 
+    // Every socket was bound before the services started (they queue what
+    // arrives until read): DHCP, TFTP and HTTP are listening.
+    crate::sd_notify::notify("READY=1\nSTATUS=serving DHCP, TFTP and HTTP");
+    if let Some(interval) = crate::sd_notify::watchdog_interval() {
+        info!(?interval, "systemd watchdog: pinging at half the interval");
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            crate::sd_notify::keep_watchdog_fed(interval, cancel).await;
+            Ok(())
+        });
+    }
+
     let mut failure = None;
     tokio::select! {
         _ = signals.recv() => info!("shutting down"),
@@ -257,6 +269,7 @@ pub async fn run(config: Config) -> Result<()> {
             failure = Some(err);
         }
     }
+    crate::sd_notify::notify("STOPPING=1");
     cancel.cancel();
     let drained = tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
