@@ -4,7 +4,7 @@
 //! WATCHDOG=1 pings, STOPPING=1 on SIGTERM).
 
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/ramboot.service");
@@ -115,4 +115,100 @@ fn serve_tells_systemd_it_is_ready_feeds_the_watchdog_and_says_when_it_stops() {
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
     assert!(seen.iter().any(|m| m == "STOPPING=1"), "{seen:?}");
+}
+
+/// The Debian package, built as `packaging/build-deb.sh` builds it, linted,
+/// installed on this machine (CI's, which is disposable), checked, and used: the
+/// installed `/usr/bin/ramboot` (the unit's ExecStart program) serves a QEMU VM
+/// through `ramboot-lab` until the node is ready. Purged at the end. Runs once per
+/// CI run (the SQLite pass): the package is the same on both.
+#[test]
+fn the_debian_package_builds_lints_installs_and_boots_a_node() {
+    const TEST: &str = "the_debian_package_builds_lints_installs_and_boots_a_node";
+    let ci = std::env::var_os("CI").is_some();
+    if std::env::var_os("RAMBOOT_TEST_POSTGRES").is_some() {
+        eprintln!("SKIPPED ({TEST}): the package was tested in the SQLite pass");
+        return;
+    }
+    let cargo_deb = std::process::Command::new("cargo").args(["deb", "--version"]).output();
+    let tools = [
+        ("cargo-deb (cargo install cargo-deb --locked)", cargo_deb.is_ok_and(|o| o.status.success())),
+        ("lintian", Path::new("/usr/bin/lintian").exists()),
+        ("qemu-system-x86_64", Path::new("/usr/bin/qemu-system-x86_64").exists()),
+        ("root", is_root()),
+    ];
+    if let Some((missing, _)) = tools.iter().find(|(_, here)| !here) {
+        assert!(!ci, "CI has {missing}");
+        eprintln!("SKIPPED ({TEST}): {missing} is missing");
+        return;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program).args(args).current_dir(repo).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let started = Instant::now();
+    let (built, log) = run("packaging/build-deb.sh", &[]);
+    assert!(built, "packaging/build-deb.sh failed:\n{log}");
+    let deb = log.lines().rev().find(|l| l.ends_with(".deb")).expect("the .deb's path").trim().to_string();
+    eprintln!("{TEST}: built {deb} in {:.0?}", started.elapsed());
+
+    // lintian: no errors; the warnings are listed.
+    let (_, lint) = run("lintian", &["--no-tag-display-limit", &deb]);
+    let errors: Vec<&str> = lint.lines().filter(|l| l.starts_with("E: ")).collect();
+    assert!(errors.is_empty(), "lintian errors:\n{lint}");
+    eprintln!("lintian:\n{lint}");
+
+    struct Purge;
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("dpkg").args(["--purge", "ramboot"]).status();
+        }
+    }
+    let (installed, out) = run("dpkg", &["-i", &deb]);
+    let _purge = Purge;
+    assert!(installed, "dpkg -i: {out}");
+    let (ok, version) = run("/usr/bin/ramboot", &["--version"]);
+    assert!(ok && version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+    let (ok, user) = run("id", &["ramboot"]);
+    assert!(ok, "the service user: {user}");
+    let (ok, out) = run("systemd-analyze", &["verify", "--man=no", "/usr/lib/systemd/system/ramboot.service"]);
+    assert!(ok && out.trim().is_empty(), "systemd-analyze verify: {out}");
+    for file in
+        ["/etc/ramboot/ramboot.yaml", "/usr/lib/ramboot/ramboot-agent", "/usr/share/man/man1/ramboot-doctor.1.gz"]
+    {
+        assert!(Path::new(file).exists(), "{file} is not installed");
+    }
+    // The installed default configuration has placeholders, and doctor says which.
+    let (ok, doctor) = run("/usr/bin/ramboot", &["doctor", "--no-probe", "--config", "/etc/ramboot/ramboot.yaml"]);
+    assert!(!ok && doctor.contains("FAIL  interface eth1 does not exist"), "{doctor}");
+
+    // README's install steps: images built from the installed recipes and agent.
+    let work = tempfile::tempdir().unwrap();
+    let (data, cache) = (work.path().join("data"), work.path().join("cache"));
+    let (data, cache) = (data.to_str().unwrap(), cache.to_str().unwrap());
+    for (recipe, agent) in [("stage1", Some("/usr/lib/ramboot/ramboot-agent")), ("tiny", None)] {
+        let mut args = vec!["images", "build", recipe, "--recipes", "/usr/share/ramboot/images", "--data", data];
+        args.extend(["--cache", cache]);
+        if let Some(agent) = agent {
+            args.extend(["--agent", agent]);
+        }
+        let (ok, out) = run("/usr/bin/ramboot", &args);
+        assert!(ok, "ramboot images build {recipe} from the package: {out}");
+    }
+
+    // The unit's ExecStart program serves a VM until the node is ready.
+    let unit = std::fs::read_to_string("/usr/lib/systemd/system/ramboot.service").unwrap();
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
+    let program = exec.split_whitespace().next().unwrap();
+    let lab = ramboot_lab::bins::workspace().unwrap_or_else(|e| panic!("building ramboot-lab: {e}")).lab.clone();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-package");
+    let status = std::process::Command::new(lab)
+        .args(["--once", "--timeout", "300", "--profile", "tiny", "--ramboot", program, "--dir"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ramboot-lab with {program} failed ({status}); see {}/console.log", dir.display());
+    eprintln!("{TEST}: {:.0?} in all", started.elapsed());
 }
