@@ -199,9 +199,8 @@ fn sqlite_file(url: &str) -> Result<Option<PathBuf>, sqlx::Error> {
 
 async fn open(side: Side, end: Endpoint<'_>) -> Result<Store, CopyError> {
     Store::connect(end.url, end.password_file).await.map_err(|e| match e {
-        StoreError::Migrate(sqlx::migrate::MigrateError::VersionMissing(version)) => {
-            CopyError::NewerSchema { side, version }
-        }
+        StoreError::Migrate(sqlx::migrate::MigrateError::VersionMissing(version))
+        | StoreError::NewerSchema { at: version, .. } => CopyError::NewerSchema { side, version },
         error => CopyError::Db { side, error },
     })
 }
