@@ -11,11 +11,27 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "ramboot", version, about = "Diskless netboot provisioner: PXE-boot servers into RAM")]
+#[command(
+    name = "ramboot",
+    version,
+    about = "Diskless netboot provisioner: PXE-boot servers into RAM",
+    after_help = EXAMPLES
+)]
 struct Args {
     #[command(subcommand)]
     command: Cmd,
 }
+
+/// `ramboot --help`'s examples: each line is also in README.md (a test checks).
+const EXAMPLES: &str = "\
+Examples:
+  ramboot doctor --config /etc/ramboot/ramboot.yaml
+  ramboot serve --config /etc/ramboot/ramboot.yaml
+  ramboot nodes ls --state ready --label rack=r1
+  ramboot nodes assign 52:54:00:72:62:01 compute-node
+  ramboot nodes reprovision 7
+  ramboot events --follow
+  ramboot profiles ls";
 
 #[derive(Subcommand)]
 enum Cmd {

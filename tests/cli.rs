@@ -256,3 +256,22 @@ fn completions_and_man_pages_cover_every_subcommand() {
     let serve = std::fs::read_to_string(man.join("ramboot-serve.1")).unwrap();
     assert!(serve.contains("log\\-format"), "options are documented: {serve}");
 }
+
+/// The examples `ramboot --help` prints are commands README.md shows too.
+#[test]
+fn help_examples_are_the_readmes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ramboot")).arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let examples: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Examples:"))
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(examples.len() >= 5, "{help}");
+    for example in examples {
+        assert!(readme.contains(example), "`ramboot --help` shows {example:?}, which README.md does not");
+    }
+}
