@@ -1051,11 +1051,9 @@ impl Config {
     /// cluster's peers are IPv4 addresses (`cluster.peers`), so a node that came
     /// over IPv6 is given this server only.
     pub fn boot_urls_for(&self, source: std::net::IpAddr) -> Vec<String> {
-        let own = self.boot_url_for(Some(source));
-        if own == self.boot_url() {
-            self.cluster.boot_urls(&own)
-        } else {
-            vec![own]
+        match (&self.dhcp6, source.to_canonical()) {
+            (Some(_), std::net::IpAddr::V6(_)) => vec![self.boot_url_for(Some(source))],
+            _ => self.cluster.boot_urls(&self.boot_url()),
         }
     }
 }

@@ -20,9 +20,8 @@ use ramboot_core::dhcp::classify::Firmware;
 use ramboot_core::dhcp::decide::Hosts;
 use ramboot_core::dhcp::ipxe::Handovers;
 use ramboot_core::dhcp::policy::DhcpPolicy;
-use ramboot_core::dhcp6::{
-    classify6, decide6, Binding6, BootInputs, Decision6, Dhcp6Policy, IgnoreReason6, Inbound6, Pool6,
-};
+use ramboot_core::dhcp6::{decide6, Binding6, BootInputs, Decision6, Dhcp6Policy, IgnoreReason6, Inbound6, Pool6};
+use ramboot_core::node::MacAddr;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::Arc;
@@ -284,11 +283,10 @@ fn handle(
         }
     };
     let kind = format!("{:?}", msg.msg_type()).to_lowercase();
-    // The chain is the node's: look it up by the MAC the message names.
-    let mac = classify6(&msg, *peer.ip()).ok().and_then(|c| c.mac);
-    let chain = ctx.hosts.chain_of(mac.and_then(|m| ctx.hosts.get(m)), ctx.boot);
     let (now, _) = unix_now();
-    let inputs = BootInputs { boot: ctx.boot, chain, handovers };
+    // The chain is the node's, by the MAC the core finds in the message.
+    let chain_of = |mac: Option<MacAddr>| ctx.hosts.chain_of(mac.and_then(|m| ctx.hosts.get(m)), ctx.boot);
+    let inputs = BootInputs { boot: ctx.boot, chain_of: &chain_of, handovers };
     let decision = decide6(Inbound6 { msg: &msg, peer: *peer.ip() }, ctx.policy, pool, inputs, now);
     let count = |outcome: &'static str| {
         metrics::counter!("ramboot_dhcp6_messages_total", "type" => kind.clone(), "outcome" => outcome).increment(1);
@@ -318,10 +316,9 @@ fn handle(
             let ops = grants.into_iter().map(|grant| Lease6Op::Grant { grant, netboot, arch: arch.clone() }).collect();
             Some(Outcome::AfterCommit(HeldReply { bytes, binds }, ops))
         }
-        Decision6::Released { reply, addrs, quarantined_until } => {
+        Decision6::Released { reply, duid, addrs, quarantined_until } => {
             let bytes = encode(&reply)?;
             count("released");
-            let duid = classify6(&msg, *peer.ip()).map(|c| c.duid).unwrap_or_default();
             let ops: Vec<Lease6Op> = addrs
                 .into_iter()
                 .map(|address| Lease6Op::GiveBack { duid: duid.clone(), address, quarantined_until })

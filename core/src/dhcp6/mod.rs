@@ -251,10 +251,11 @@ pub enum Decision6 {
         client: Client6,
         boot: BootChoice,
     },
-    /// The client gave these addresses back (the reply is still sent): released,
-    /// or declined and set aside until `quarantined_until`.
+    /// The client (`duid`) gave these addresses back (the reply is still sent):
+    /// released, or declined and set aside until `quarantined_until`.
     Released {
         reply: Box<Message>,
+        duid: Vec<u8>,
         addrs: Vec<Ipv6Addr>,
         quarantined_until: Option<u64>,
     },
@@ -319,11 +320,12 @@ pub fn classify6(msg: &Message, peer: Ipv6Addr) -> Result<Client6, IgnoreReason6
 }
 
 /// The boot decision's inputs besides the message: the v4 policy's boot tables
-/// (with `boot_url` the server's IPv6 base, `http://[addr]:port`), the chain for
-/// this client, and iPXE handovers.
+/// (with `boot_url` the server's IPv6 base, `http://[addr]:port`), the boot chain
+/// of the node a MAC names (known once the message is classified), and iPXE
+/// handovers.
 pub struct BootInputs<'a> {
     pub boot: &'a DhcpPolicy,
-    pub chain: BootChain,
+    pub chain_of: &'a dyn Fn(Option<MacAddr>) -> BootChain,
     pub handovers: &'a mut Handovers,
 }
 
@@ -460,7 +462,12 @@ fn decide_inner(
                 }
             }
             reply.opts_mut().insert(status(Status::Success, "released"));
-            return Ok(Decision6::Released { reply: Box::new(reply), addrs: released, quarantined_until: None });
+            return Ok(Decision6::Released {
+                reply: Box::new(reply),
+                duid: client.duid,
+                addrs: released,
+                quarantined_until: None,
+            });
         }
         M::Decline => {
             let until = now + u64::from(policy.valid_secs);
@@ -473,7 +480,12 @@ fn decide_inner(
                 }
             }
             reply.opts_mut().insert(status(Status::Success, "declined addresses are set aside"));
-            return Ok(Decision6::Released { reply: Box::new(reply), addrs: released, quarantined_until: Some(until) });
+            return Ok(Decision6::Released {
+                reply: Box::new(reply),
+                duid: client.duid,
+                addrs: released,
+                quarantined_until: Some(until),
+            });
         }
         M::Confirm => {
             let (first, last) = (u128::from(policy.range.0), u128::from(policy.range.1));
@@ -500,7 +512,7 @@ fn decide_inner(
         if client.mac.is_none() && client.firmware != Firmware::Plain {
             BootChoice::None("no MAC address in the client's DUID: the node cannot be named")
         } else {
-            choose_boot(&v4_client, msg.xid_num(), (boot.boot, boot.chain), boot.handovers, now)
+            choose_boot(&v4_client, msg.xid_num(), (boot.boot, (boot.chain_of)(client.mac)), boot.handovers, now)
         }
     };
     if let Some(url) = boot_url(&boot_choice, policy, boot.boot) {
@@ -608,7 +620,7 @@ pub fn decide6_bytes(bytes: &[u8]) {
     let mut pool = Pool6::default();
     let mut handovers = Handovers::default();
     for (now, chain) in [(1_000, BootChain::Ipxe), (1_001, BootChain::Signed)] {
-        let inputs = BootInputs { boot: &boot, chain, handovers: &mut handovers };
+        let inputs = BootInputs { boot: &boot, chain_of: &|_| chain, handovers: &mut handovers };
         let peer = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x5054, 0xff, 0xfe00, 1);
         match decide6(Inbound6 { msg: &msg, peer }, &policy, &mut pool, inputs, now) {
             Decision6::Reply { reply, .. } | Decision6::Released { reply, .. } => {

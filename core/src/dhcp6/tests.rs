@@ -70,7 +70,8 @@ impl Harness {
         // Through the wire and back, as the socket layer sees it.
         let raw = msg.to_vec().unwrap();
         let msg = Message::decode(&mut Decoder::new(&raw)).unwrap();
-        let boot = BootInputs { boot: &self.boot, chain: self.chain, handovers: &mut self.handovers };
+        let chain = self.chain;
+        let boot = BootInputs { boot: &self.boot, chain_of: &|_| chain, handovers: &mut self.handovers };
         decide6(Inbound6 { msg: &msg, peer: self.peer }, &self.policy, &mut self.pool, boot, now)
     }
 }
