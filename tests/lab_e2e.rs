@@ -40,11 +40,17 @@ fn lab_dir() -> PathBuf {
 /// shared lab dir, and return its `--report` (the node's detail, as the admin API
 /// answered it).
 fn boot_tiny(report_name: &str, extra: &[&str]) -> Value {
+    boot_tiny_with(report_name, extra, &[])
+}
+
+/// [`boot_tiny`] with `env` set for the lab (and so for the servers it starts).
+fn boot_tiny_with(report_name: &str, extra: &[&str], env: &[(&str, &str)]) -> Value {
     let dir = lab_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join(report_name);
     let _ = std::fs::remove_file(&report);
     let status = ramboot_lab()
+        .envs(env.iter().copied())
         .args(["--once", "--timeout", "300", "--profile", "tiny"])
         .args(extra)
         .arg("--dir")
@@ -80,7 +86,8 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
         return;
     }
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let detail = boot_tiny("report.json", &[]);
+    // JSON logs, so the log check below reads fields, not text.
+    let detail = boot_tiny_with("report.json", &[], &[("RAMBOOT_LOG_FORMAT", "json")]);
     let node = &detail["node"];
     assert_eq!(node["state"], "ready", "{detail:#}");
     assert_eq!(node["mac"], "52:54:00:72:62:01");
@@ -109,6 +116,46 @@ fn qemu_node_pxe_boots_into_ram_and_reports_ready() {
         console.contains("ramboot: node-525400726201 (52:54:00:72:62:01) runs profile tiny"),
         "stage two prints its rendered /etc/motd; console:\n{console}"
     );
+    server_logged_one_line_per_boot_phase(node);
+}
+
+/// At `info` the server logs one line per boot phase of a node, no more (README,
+/// "Running it for real"): a lease for each DHCP client (the ROM's iPXE, ramboot's iPXE,
+/// stage one), the TFTP read, the script, the agent's hello, and each state it reports.
+/// Offers, HTTP requests and the like are `debug`.
+fn server_logged_one_line_per_boot_phase(node: &Value) {
+    let log = std::fs::read_to_string(lab_dir().join("server.err")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {l}")))
+        .collect();
+    let (mac, id, ip) = (node["mac"].as_str().unwrap(), &node["id"], node["ip"].as_str().unwrap());
+    let about_node = |l: &&Value| {
+        l["mac"] == mac
+            || l["span"]["mac"] == mac
+            || l["node"] == *id
+            || l["span"]["client"].as_str().is_some_and(|c| c.starts_with(&format!("{ip}:")))
+    };
+    let ours: Vec<&Value> = lines.iter().filter(|l| l["level"] == "INFO").filter(about_node).collect();
+    let phase = |l: &Value| {
+        let message = l["message"].as_str().unwrap_or_default();
+        message.split(':').next().unwrap_or_default().to_string()
+    };
+    let mut phases: Vec<String> = ours.iter().map(|l| phase(l)).collect();
+    phases.dedup();
+    let shown: Vec<String> = ours.iter().map(|l| l.to_string()).collect();
+    assert_eq!(
+        phases,
+        ["DHCP decision", "TFTP read", "DHCP decision", "boot started", "DHCP decision", "agent hello", "node moved"],
+        "the node's info lines:\n{}",
+        shown.join("\n")
+    );
+    assert_eq!(ours.len(), 9, "one line per phase:\n{}", shown.join("\n"));
+    let states: Vec<&str> = ours.iter().filter_map(|l| l["state"].as_str()).collect();
+    assert_eq!(states, ["loading", "handoff", "ready"], "{}", shown.join("\n"));
+    let leases: Vec<&str> =
+        ours.iter().filter(|l| l["message"] == "DHCP decision").filter_map(|l| l["reply"].as_str()).collect();
+    assert_eq!(leases, ["Ack"; 3], "offers are debug: {}", shown.join("\n"));
 }
 
 /// Operators edit profiles while nodes boot. A broken save must not disturb the boot

@@ -143,13 +143,22 @@ fn the_debian_package_builds_lints_installs_and_boots_a_node() {
         return;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let run = |program: &str, args: &[&str]| {
-        let out = std::process::Command::new(program).args(args).current_dir(repo).output().unwrap();
+    let run_with = |program: &str, args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(repo)
+            .output()
+            .unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
     };
+    let run = |program: &str, args: &[&str]| run_with(program, args, &[]);
     let started = Instant::now();
-    let (built, log) = run("packaging/build-deb.sh", &[]);
+    // The package of this test run's own build: a release build would add minutes
+    // to CI and test the same packaging.
+    let profile = if cfg!(debug_assertions) { "dev" } else { "release" };
+    let (built, log) = run_with("packaging/build-deb.sh", &[], &[("RAMBOOT_DEB_PROFILE", profile)]);
     assert!(built, "packaging/build-deb.sh failed:\n{log}");
     let deb = log.lines().rev().find(|l| l.ends_with(".deb")).expect("the .deb's path").trim().to_string();
     eprintln!("{TEST}: built {deb} in {:.0?}", started.elapsed());

@@ -203,6 +203,19 @@ impl Outgoing {
     }
 }
 
+/// Whether `reply` ends a DHCP client's part of a boot, the one line per client
+/// logged at info (README, "Running it for real"): an ACK to a client that had no address
+/// (SELECTING or INIT-REBOOT), a proxy offer (it carries the boot file), a NAK.
+/// Address offers, renewals, INFORMs and port-4011 follow-ups (ciaddr set) are
+/// steps on the way or repeats, logged at debug.
+fn ends_a_boot_phase(request: &Message, reply: &Message) -> bool {
+    match reply.opts().msg_type() {
+        Some(MessageType::Ack) => request.ciaddr().is_unspecified(),
+        Some(MessageType::Offer) => reply.yiaddr().is_unspecified(),
+        _ => true,
+    }
+}
+
 /// One lease change for the committer, the reply that must wait for it, and how
 /// to roll the pool back if it cannot be saved.
 struct Pending {
@@ -514,19 +527,30 @@ fn handle(
         Decision::Reply { reply, grant, client, boot, seen } => {
             let reply_type = reply.opts().msg_type().unwrap_or(MessageType::Unknown(0));
             metrics::counter!("ramboot_dhcp_boot_choices_total", "choice" => boot.label()).increment(1);
-            info!(
-                target: "ramboot::dhcp::decision",
-                mac = %client.mac,
-                request = ?request_type,
-                reply = ?reply_type,
-                ip = %reply.yiaddr(),
-                relay = %request.giaddr(),
-                arch = %client.arch.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-                firmware = ?client.firmware,
-                boot_file = boot.file().unwrap_or("-"),
-                reason = boot.reason(),
-                "DHCP decision"
-            );
+            // One macro, two levels: tracing's level must be known at the call site.
+            macro_rules! log_decision {
+                ($level:expr) => {
+                    tracing::event!(
+                        target: "ramboot::dhcp::decision",
+                        $level,
+                        mac = %client.mac,
+                        request = ?request_type,
+                        reply = ?reply_type,
+                        ip = %reply.yiaddr(),
+                        relay = %request.giaddr(),
+                        arch = %client.arch.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                        firmware = ?client.firmware,
+                        boot_file = boot.file().unwrap_or("-"),
+                        reason = boot.reason(),
+                        "DHCP decision"
+                    )
+                };
+            }
+            if ends_a_boot_phase(&request, &reply) {
+                log_decision!(tracing::Level::INFO);
+            } else {
+                log_decision!(tracing::Level::DEBUG);
+            }
             let bytes = match encode_reply(&reply, &d.bytes) {
                 Ok(b) => b,
                 Err(e) => {
@@ -773,5 +797,25 @@ mod tests {
         // A boot-server request on 4011 is answered where it came from.
         let client = "10.0.0.77:4011".parse().unwrap();
         assert_eq!(reply_destination(&req, MessageType::Ack, Port::Binl, client, 67), client);
+    }
+
+    #[test]
+    fn one_line_at_info_per_dhcp_client_per_boot() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let leased = Ipv4Addr::new(10, 0, 0, 5);
+        let reply = |kind, yiaddr| {
+            let mut msg = request(mac, kind);
+            msg.set_yiaddr(yiaddr);
+            msg
+        };
+        let selecting = request(mac, MessageType::Request);
+        let mut renewing = request(mac, MessageType::Request);
+        renewing.set_ciaddr(leased);
+        let discover = request(mac, MessageType::Discover);
+        assert!(ends_a_boot_phase(&selecting, &reply(MessageType::Ack, leased)), "the lease");
+        assert!(!ends_a_boot_phase(&renewing, &reply(MessageType::Ack, leased)), "a renewal");
+        assert!(!ends_a_boot_phase(&discover, &reply(MessageType::Offer, leased)), "an address offered");
+        assert!(ends_a_boot_phase(&discover, &reply(MessageType::Offer, Ipv4Addr::UNSPECIFIED)), "a proxy offer");
+        assert!(ends_a_boot_phase(&selecting, &reply(MessageType::Nak, Ipv4Addr::UNSPECIFIED)), "a refusal");
     }
 }

@@ -13,7 +13,7 @@ use super::io::{load_hosts, missing_boot_files, reload_hosts, unix_now, HostSour
 use crate::config::{Config, Dhcp6Config};
 use crate::profiles::LiveProfiles;
 use crate::store::{Lease6Op, LeaseState, Store, StoreError};
-use dhcproto::v6::Message;
+use dhcproto::v6::{Message, MessageType};
 use dhcproto::{Decodable, Decoder, Encodable};
 use nix::sys::socket as sock;
 use ramboot_core::dhcp::classify::Firmware;
@@ -310,8 +310,14 @@ fn handle(
             let netboot = client.firmware != Firmware::Plain;
             let arch = client.arch.map(|a| a.to_string());
             let binds = grants.iter().map(|g| g.addr).collect();
+            // One line per client per boot at info; renewals are repeats (README, "Running it for real").
+            let renewal = matches!(msg.msg_type(), MessageType::Renew | MessageType::Rebind);
             for g in &grants {
-                info!(mac = ?g.mac, address = %g.addr, until = g.expires_at, "DHCPv6 lease");
+                if renewal {
+                    debug!(mac = ?g.mac, address = %g.addr, until = g.expires_at, "DHCPv6 lease renewed");
+                } else {
+                    info!(mac = ?g.mac, address = %g.addr, until = g.expires_at, "DHCPv6 lease");
+                }
             }
             let ops = grants.into_iter().map(|grant| Lease6Op::Grant { grant, netboot, arch: arch.clone() }).collect();
             Some(Outcome::AfterCommit(HeldReply { bytes, binds }, ops))

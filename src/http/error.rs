@@ -67,7 +67,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // `internal` logged its detail when it was made; other 5xx (503) log here.
         if self.status.is_server_error() && self.code != INTERNAL {
-            tracing::error!(code = self.code, message = %self.message, "request failed");
+            tracing::error!(code = self.code, detail = %self.message, "request failed");
         }
         let body =
             ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message, details: None } };

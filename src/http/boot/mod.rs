@@ -639,7 +639,7 @@ async fn event(
     }
     if let Some(next) = next {
         super::metrics::record_phase(&auth.boot.profile, auth.node.state, now - auth.node.state_since_ms);
-        info!(node, boot, state = %next, %message, "node moved");
+        info!(node, boot, state = %next, report = %message, "node moved");
     }
     Ok(StatusCode::NO_CONTENT)
 }
