@@ -203,6 +203,40 @@ impl Tx<'_> {
         matches!(self.conn, TxConn::Postgres(_))
     }
 
+    /// A subquery over the JSON array bound as `$param`: one row per element (an
+    /// array with a value per column), in array order, with `columns` named and
+    /// typed as given. A batch of any size is one statement of one shape, prepared
+    /// once, and one round trip to the database (the DHCP lease commit's).
+    pub fn json_rows(&self, param: usize, columns: &[JsonColumn]) -> String {
+        let postgres = self.is_postgres();
+        let select: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| match column {
+                // SQLite's `->>` gives a JSON number back as an integer already.
+                JsonColumn::Int(name) if postgres => format!("(value ->> {i})::bigint AS {name}"),
+                JsonColumn::Text(name) | JsonColumn::Int(name) => format!("value ->> {i} AS {name}"),
+            })
+            .collect();
+        let select = select.join(", ");
+        if postgres {
+            format!(
+                "SELECT {select} FROM jsonb_array_elements(${param}::jsonb) WITH ORDINALITY AS element(value, n) ORDER BY n"
+            )
+        } else {
+            format!("SELECT {select} FROM json_each(${param}) ORDER BY key")
+        }
+    }
+
+    /// A subquery over the JSON array of strings bound as `$param`: one text per row.
+    pub fn json_texts(&self, param: usize) -> String {
+        if self.is_postgres() {
+            format!("SELECT jsonb_array_elements_text(${param}::jsonb)")
+        } else {
+            format!("SELECT value FROM json_each(${param})")
+        }
+    }
+
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self.conn {
             TxConn::Sqlite(tx) => {
@@ -375,6 +409,14 @@ impl Backend {
             Pool::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// A column of [`Tx::json_rows`]: its name, and whether it is read as text or as
+/// a 64-bit integer.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum JsonColumn {
+    Text(&'static str),
+    Int(&'static str),
 }
 
 /// `$n, $n+1, …` for `count` values from `*next`, which moves past them: the

@@ -2,7 +2,7 @@
 //! quarantined, written in batches by [`Store::commit_dhcp`].
 
 use super::changes::{self, LeaseChange};
-use super::db::{placeholders, LockKey};
+use super::db::{JsonColumn, LockKey};
 use super::events::{self, EventKind, NewEvent};
 use super::nodes;
 use super::{corrupt, Row, Store, StoreError, Text, Tx};
@@ -85,21 +85,9 @@ pub struct Taken {
     pub declined: bool,
 }
 
-/// `items` in consecutive chunks whose lengths are powers of two, at most 512.
-fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        if items.is_empty() {
-            return None;
-        }
-        let take = 1usize << items.len().min(512).ilog2();
-        let (chunk, rest) = items.split_at(take);
-        items = rest;
-        Some(chunk)
-    })
-}
-
-/// Values per row of the lease upsert: ip, mac, expires_at, state, updated_at_ms.
-const LEASE_COLUMNS: usize = 5;
+/// The columns of a batch's lease rows, as [`LeaseBatch::rows_json`] lays them out.
+const LEASE_ROW: [JsonColumn; 4] =
+    [JsonColumn::Text("ip"), JsonColumn::Text("mac"), JsonColumn::Int("expires_at"), JsonColumn::Text("state")];
 
 /// The final state of every address a batch of [`LeaseOp`]s touches, in order.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -153,6 +141,21 @@ impl LeaseBatch {
         }
         batch
     }
+
+    /// The rows as one JSON array of `[ip, mac, expires_at, state]` ([`LEASE_ROW`]).
+    fn rows_json(&self) -> String {
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|r| serde_json::json!([r.ip.to_string(), r.mac.to_string(), r.expires_at, r.state]))
+            .collect();
+        serde_json::Value::Array(rows).to_string()
+    }
+
+    /// The granted MACs as one JSON array of strings.
+    fn granted_macs_json(&self) -> String {
+        serde_json::Value::Array(self.granted_macs.iter().map(|m| m.to_string().into()).collect()).to_string()
+    }
 }
 
 /// What a batch writes: every address and every MAC its operations name (a MAC's
@@ -186,26 +189,25 @@ async fn taken_grants(
         })
     };
     let grants: Vec<&LeaseChange> = batch.rows.iter().filter(|r| r.state == LeaseState::Active).collect();
+    if grants.is_empty() {
+        return Ok(Vec::new());
+    }
+    let addresses = serde_json::Value::Array(grants.iter().map(|g| g.ip.to_string().into()).collect()).to_string();
+    let sql = format!(
+        "SELECT ip, mac, expires_at, state FROM leases
+         WHERE state IN ('active', 'declined') AND expires_at > $1 AND ip IN ({})",
+        tx.json_texts(2)
+    );
+    let rows = tx.sql(&sql).bind(now as i64).bind(addresses).fetch_all().await?;
+    // Renewals find their own rows: look each up by address, not by a scan.
+    let grantee: HashMap<Ipv4Addr, MacAddr> = grants.iter().map(|g| (g.ip, g.mac)).collect();
     let mut taken = Vec::new();
-    for chunk in pow2_chunks(&grants) {
-        let marks = placeholders(&mut 2, chunk.len());
-        let sql = format!(
-            "SELECT ip, mac, expires_at, state FROM leases
-             WHERE state IN ('active', 'declined') AND expires_at > $1 AND ip IN ({marks})"
-        );
-        let mut q = tx.sql(&sql).bind(now as i64);
-        for row in chunk {
-            q = q.bind(row.ip.to_string());
-        }
-        // Renewals find their own rows: look each up by address, not by a scan.
-        let grantee: HashMap<Ipv4Addr, MacAddr> = chunk.iter().map(|g| (g.ip, g.mac)).collect();
-        for row in q.fetch_all().await? {
-            let held = lease_from_row(&row)?;
-            let declined = held.state == LeaseState::Declined;
-            let granted_to = grantee.get(&held.ip).copied();
-            if declined || (granted_to != Some(held.mac) && !lets_go(held.mac, held.ip)) {
-                taken.push(Taken { ip: held.ip, holder: held.mac, expires_at: held.expires_at, declined });
-            }
+    for row in rows {
+        let held = lease_from_row(&row)?;
+        let declined = held.state == LeaseState::Declined;
+        let granted_to = grantee.get(&held.ip).copied();
+        if declined || (granted_to != Some(held.mac) && !lets_go(held.mac, held.ip)) {
+            taken.push(Taken { ip: held.ip, holder: held.mac, expires_at: held.expires_at, declined });
         }
     }
     Ok(taken)
@@ -333,45 +335,31 @@ impl Store {
             std::borrow::Cow::Owned(kept)
         };
         let ops = &kept[..];
-        // Statements come in power-of-two sizes up to 512 rows, so each shape is
-        // parsed and prepared once per connection and then reused from sqlx's cache
-        // (SQLite allows 32,766 bound parameters per statement, PostgreSQL 65,535).
-        for macs in pow2_chunks(&batch.granted_macs) {
-            let marks = placeholders(&mut 2, macs.len());
+        // Each step is one statement over a JSON array, whatever the batch's size:
+        // one shape to prepare, and one round trip to the database's thread (SQLite)
+        // or server (PostgreSQL) per step, not one per row or per chunk.
+        if !batch.granted_macs.is_empty() {
             let sql = format!(
-                "UPDATE leases SET state = 'released', updated_at_ms = $1 WHERE state = 'active' AND mac IN ({marks})"
+                "UPDATE leases SET state = 'released', updated_at_ms = $1 WHERE state = 'active' AND mac IN ({})",
+                tx.json_texts(2)
             );
-            let mut q = tx.sql(&sql).bind(now_ms);
-            for mac in macs {
-                q = q.bind(mac.to_string());
-            }
-            q.execute().await?;
+            tx.sql(&sql).bind(now_ms).bind(batch.granted_macs_json()).execute().await?;
         }
-        for rows in pow2_chunks(&batch.rows) {
-            let mut next = 1;
-            let marks: Vec<String> =
-                rows.iter().map(|_| format!("({})", placeholders(&mut next, LEASE_COLUMNS))).collect();
-            let marks = marks.join(", ");
+        if !batch.rows.is_empty() {
             // A grant takes the address whatever the row said (the DHCP core chose a
             // free one); a release or decline only touches the client's own row.
+            // (`WHERE true`: SQLite needs a WHERE before ON CONFLICT after a SELECT.)
             let sql = format!(
-                "INSERT INTO leases (ip, mac, expires_at, state, updated_at_ms) VALUES {marks}
+                "INSERT INTO leases (ip, mac, expires_at, state, updated_at_ms)
+                 SELECT ip, mac, expires_at, state, $1 FROM ({}) AS batch WHERE true
                  ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac,
                      expires_at = CASE WHEN excluded.state = 'released' THEN leases.expires_at
                                        ELSE excluded.expires_at END,
                      state = excluded.state, updated_at_ms = excluded.updated_at_ms
-                 WHERE excluded.state = 'active' OR leases.mac = excluded.mac"
+                 WHERE excluded.state = 'active' OR leases.mac = excluded.mac",
+                tx.json_rows(2, &LEASE_ROW)
             );
-            let mut q = tx.sql(&sql);
-            for row in rows {
-                q = q
-                    .bind(row.ip.to_string())
-                    .bind(row.mac.to_string())
-                    .bind(row.expires_at as i64)
-                    .bind(Text(row.state))
-                    .bind(now_ms);
-            }
-            q.execute().await?;
+            tx.sql(&sql).bind(now_ms).bind(batch.rows_json()).execute().await?;
         }
         let mut new_nodes = false;
         for op in ops {
@@ -474,12 +462,29 @@ mod tests {
         assert_eq!(states, [(1, a, "released", 0), (2, b, "declined", 900), (3, b, "active", 400)]);
     }
 
-    #[test]
-    fn chunks_are_powers_of_two_and_cover_everything() {
-        let items: Vec<u32> = (0..1100).collect();
-        let sizes: Vec<usize> = pow2_chunks(&items).map(<[u32]>::len).collect();
-        assert_eq!(sizes, [512, 512, 64, 8, 4]);
-        assert_eq!(pow2_chunks(&items[..0]).count(), 0);
+    #[tokio::test]
+    async fn a_large_batch_is_written_whole_and_checked_whole() {
+        let (s, _d) = store().await;
+        let mac = |i: u32| MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        let ip = |i: u32| [10, 1, (i >> 8) as u8, i as u8];
+        let grants: Vec<LeaseOp> = (0..1100).map(|i| grant(mac(i), ip(i), 5_000, false)).collect();
+        assert_eq!(s.commit_dhcp(&grants, 1_000).await.unwrap(), []);
+        let live = s.live_bindings(0).await.unwrap();
+        assert_eq!(live.len(), 1100);
+        assert!(live.iter().all(|l| l.state == LeaseState::Active && l.expires_at == 5_000));
+        // Every MAC moves to the address of the next one: all old rows end, all new
+        // ones are active, and none of them is another's (the batch lets them go).
+        let moved: Vec<LeaseOp> = (0..1100).map(|i| grant(mac(i), ip((i + 1) % 1100), 6_000, false)).collect();
+        assert_eq!(s.commit_dhcp(&moved, 2_000).await.unwrap(), []);
+        let live = s.live_bindings(0).await.unwrap();
+        assert_eq!(live.len(), 1100);
+        let leased = |i: u32| live.iter().find(|l| l.mac == mac(i)).map(|l| l.ip.octets());
+        assert!((0..1100).all(|i| leased(i) == Some(ip((i + 1) % 1100))), "every MAC on its new address");
+        // A stranger asking for one of them, in a later batch, is refused that one.
+        let stranger = MacAddr([2, 0, 0, 0xff, 0xff, 0xff]);
+        let taken = s.commit_dhcp(&[grant(stranger, ip(7), 7_000, false)], 3_000).await.unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].holder, mac(6));
     }
 
     #[tokio::test]
