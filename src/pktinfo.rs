@@ -62,21 +62,25 @@ pub async fn send_from(
     dest: SocketAddrV4,
     source: Ipv4Addr,
 ) -> std::io::Result<usize> {
+    socket.async_io(Interest::WRITABLE, || send_from_now(socket, bytes, dest, source)).await
+}
+
+/// [`send_from`] without waiting: one `sendmsg` on the (non-blocking) socket, from
+/// any thread; `WouldBlock` if its send buffer is full.
+pub fn send_from_now(
+    socket: &impl AsRawFd,
+    bytes: &[u8],
+    dest: SocketAddrV4,
+    source: Ipv4Addr,
+) -> std::io::Result<usize> {
     let info = nix::libc::in_pktinfo {
         ipi_ifindex: 0,
         ipi_spec_dst: nix::libc::in_addr { s_addr: u32::from(source).to_be() },
         ipi_addr: nix::libc::in_addr { s_addr: 0 },
     };
     let dest = SockaddrIn::from(dest);
-    socket
-        .async_io(Interest::WRITABLE, || {
-            let cmsgs: &[ControlMessage] =
-                if source.is_unspecified() { &[] } else { &[ControlMessage::Ipv4PacketInfo(&info)] };
-            let sent =
-                sock::sendmsg(socket.as_raw_fd(), &[IoSlice::new(bytes)], cmsgs, MsgFlags::empty(), Some(&dest))?;
-            Ok(sent)
-        })
-        .await
+    let cmsgs: &[ControlMessage] = if source.is_unspecified() { &[] } else { &[ControlMessage::Ipv4PacketInfo(&info)] };
+    Ok(sock::sendmsg(socket.as_raw_fd(), &[IoSlice::new(bytes)], cmsgs, MsgFlags::empty(), Some(&dest))?)
 }
 
 /// The MTU of interface `ifindex` (from sysfs, in this process's network namespace

@@ -11,7 +11,7 @@
 
 use dhcproto::v4::{DhcpOption, Message, MessageType};
 use dhcproto::{Decodable, Encodable};
-use ramboot::store::{LeaseOp, LeaseState, Store, StoreError, WriteRefused};
+use ramboot::store::{LeaseOp, LeaseState, Store, StoreError, SyncLeaseWriter, Taken, WriteRefused};
 use ramboot_core::dhcp::decide::{decide, Arrival, Decision, Hosts, Inbound, LeaseGrant, Leases, Port};
 use ramboot_core::dhcp::policy::{default_boot_files, DhcpMode, DhcpPolicy, SubnetConfig, UnknownClients};
 use ramboot_core::dhcp::pool::BindingKind;
@@ -190,28 +190,54 @@ fn op(g: &LeaseGrant) -> LeaseOp {
     }
 }
 
+/// How the test commits: as `dhcp::io` does on SQLite (the synchronous writer on a
+/// thread of its own), or through the pool (`Store::commit_dhcp`, PostgreSQL's way).
+struct Committer {
+    store: Store,
+    writer: Option<SyncLeaseWriter>,
+}
+
+impl Committer {
+    async fn commit(&mut self, ops: &[LeaseOp], now_ms: i64) -> Result<Vec<Taken>, StoreError> {
+        match &mut self.writer {
+            Some(writer) => self.store.commit_dhcp_sync(writer, ops, now_ms),
+            None => self.store.commit_dhcp(ops, now_ms).await,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_lease_commit_on_a_full_disk_fails_clearly_keeps_the_binding_and_recovers() {
-    const TEST: &str = "a_lease_commit_on_a_full_disk_fails_clearly_keeps_the_binding_and_recovers";
+    full_disk("a_lease_commit_on_a_full_disk_fails_clearly_keeps_the_binding_and_recovers", true).await;
+}
+
+#[tokio::test]
+async fn a_pool_lease_commit_on_a_full_disk_fails_clearly_keeps_the_binding_and_recovers() {
+    full_disk("a_pool_lease_commit_on_a_full_disk_fails_clearly_keeps_the_binding_and_recovers", false).await;
+}
+
+async fn full_disk(test: &str, sync_writer: bool) {
     let not_root = (!nix::unistd::geteuid().is_root()).then_some("needs root (mounts a tmpfs)");
-    if skipped(TEST, not_root) {
+    if skipped(test, not_root) {
         return;
     }
     let fs = Tmpfs::mount("2m");
     let store = Store::open(&format!("sqlite://{}", fs.path("ramboot.db").display())).await.unwrap();
+    let writer = if sync_writer { Some(store.sync_lease_writer().unwrap().expect("a SQLite writer")) } else { None };
+    let mut committer = Committer { store: store.clone(), writer };
     let mut now = 1_000u64;
     let mut d = Decider::restored(&store, now).await;
 
     // Client 1 gets a lease, durably.
     let ip = d.offer(1, now).expect("an offer");
     let first = d.request(1, ip, now).expect("an ACK");
-    store.commit_dhcp(&[op(&first)], 1).await.unwrap();
+    committer.commit(&[op(&first)], 1).await.unwrap();
 
     // The disk fills up. Client 1 renews: the commit fails, and says why.
     fill(&fs.path("filler"));
     now += 300;
     let renewal = d.renew(1, ip, now);
-    let err = store.commit_dhcp(&[op(&renewal)], 2).await.expect_err("a commit on a full disk");
+    let err = committer.commit(&[op(&renewal)], 2).await.expect_err("a commit on a full disk");
     assert!(matches!(err, StoreError::Unwritable { reason: WriteRefused::DiskFull, .. }), "{err:?}");
     assert!(err.to_string().starts_with("database write refused: disk full"), "{err}");
     // What `dhcp::io` does with a failed batch: no ACK, the pool rolled back.
@@ -234,7 +260,7 @@ async fn a_lease_commit_on_a_full_disk_fails_clearly_keeps_the_binding_and_recov
     std::fs::remove_file(fs.path("filler")).unwrap();
     now += 10;
     let renewal = d.renew(1, ip, now);
-    store.commit_dhcp(&[op(&renewal)], 3).await.expect("the first commit after the disk has room");
+    committer.commit(&[op(&renewal)], 3).await.expect("the first commit after the disk has room");
     let stored = store.leases().await.unwrap();
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!((stored[0].ip, stored[0].expires_at, stored[0].state), (ip, now + 600, LeaseState::Active));
@@ -242,5 +268,6 @@ async fn a_lease_commit_on_a_full_disk_fails_clearly_keeps_the_binding_and_recov
     // And a restart (the pool rebuilt from the store) agrees.
     let mut again = Decider::restored(&store, now).await;
     assert_eq!(again.request(2, ip, now).unwrap_err(), Some(MessageType::Nak));
+    drop(committer);
     store.close().await;
 }

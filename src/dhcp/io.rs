@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::pktinfo;
 use crate::profiles::LiveProfiles;
 use crate::store::LeaseState;
-use crate::store::{LeaseChange, LeaseNotice, LeaseOp, Store, StoreError, Taken};
+use crate::store::{LeaseChange, LeaseNotice, LeaseOp, Store, StoreError, SyncLeaseWriter, Taken};
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder};
 use nix::sys::socket as sock;
@@ -69,6 +69,8 @@ pub enum DhcpIoError {
     },
     #[error("DHCP: loading leases: {0}")]
     Store(#[from] StoreError),
+    #[error("DHCP: opening the lease writer's database connection: {0}")]
+    LeaseWriter(#[source] StoreError),
 }
 
 /// One bound DHCP socket.
@@ -193,7 +195,23 @@ struct Outgoing {
 
 impl Outgoing {
     async fn send(self) {
-        match pktinfo::send_from(&self.socket, &self.bytes, self.dest, self.source).await {
+        let sent = pktinfo::send_from(&self.socket, &self.bytes, self.dest, self.source).await;
+        self.sent(sent);
+    }
+
+    /// Send from a thread outside the runtime (the SQLite committer's). A full
+    /// send buffer hands the reply to the runtime, which waits for room.
+    fn send_now(self, runtime: &tokio::runtime::Handle) {
+        match pktinfo::send_from_now(&*self.socket, &self.bytes, self.dest, self.source) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                runtime.spawn(self.send());
+            }
+            sent => self.sent(sent),
+        }
+    }
+
+    fn sent(&self, result: std::io::Result<usize>) {
+        match result {
             Ok(_) => count(self.request_type, self.outcome),
             Err(e) => {
                 count(self.request_type, "send_error");
@@ -308,7 +326,16 @@ pub async fn serve(
         tasks.spawn(read_loop(listener, index, inbox_tx.clone(), cancel.clone()));
     }
     drop(inbox_tx);
-    tasks.spawn(commit_loop(store.clone(), commit_rx, failed_tx));
+    match store.sync_lease_writer() {
+        Ok(Some(writer)) => {
+            let (store, runtime) = (store.clone(), tokio::runtime::Handle::current());
+            tasks.spawn_blocking(move || commit_loop_sync(store, writer, commit_rx, failed_tx, runtime));
+        }
+        Ok(None) => {
+            tasks.spawn(commit_loop(store.clone(), commit_rx, failed_tx));
+        }
+        Err(e) => return Err(DhcpIoError::LeaseWriter(e)),
+    }
     tasks.spawn(reload_hosts(
         HostSources { store: store.clone(), profiles, hosts_watch, profile_swaps },
         cfg.default_profile.clone(),
@@ -703,29 +730,76 @@ impl Rollback {
 /// the database refused (another server holds the address) gets no ACK either; the
 /// client's retry is offered another address.
 async fn commit_loop(store: Store, mut queue: mpsc::Receiver<Pending>, failed: mpsc::UnboundedSender<Rollback>) {
-    // The batch's lease changes and, alongside (same index), the replies waiting for
-    // them and the pool changes to roll back if they are not saved.
-    let mut ops: Vec<LeaseOp> = Vec::with_capacity(MAX_BATCH);
-    let mut replies: Vec<Option<Outgoing>> = Vec::with_capacity(MAX_BATCH);
-    let mut undos: Vec<Option<Undo>> = Vec::with_capacity(MAX_BATCH);
+    let mut batch = Batch::default();
     while let Some(first) = queue.recv().await {
+        batch.gather(first, &mut queue);
+        let started = Instant::now();
+        let result = store.commit_dhcp(&batch.ops, unix_now().1).await;
+        for reply in batch.settle(result, started, &failed) {
+            reply.send().await;
+        }
+    }
+}
+
+/// [`commit_loop`] on a SQLite database, on a thread of its own that may block:
+/// each batch runs whole there (statements, commit, fsync) and its replies leave
+/// from there, so a batch costs this thread one wake-up and the runtime none.
+fn commit_loop_sync(
+    store: Store,
+    mut writer: SyncLeaseWriter,
+    mut queue: mpsc::Receiver<Pending>,
+    failed: mpsc::UnboundedSender<Rollback>,
+    runtime: tokio::runtime::Handle,
+) {
+    let mut batch = Batch::default();
+    while let Some(first) = queue.blocking_recv() {
+        batch.gather(first, &mut queue);
+        let started = Instant::now();
+        let result = store.commit_dhcp_sync(&mut writer, &batch.ops, unix_now().1);
+        for reply in batch.settle(result, started, &failed) {
+            reply.send_now(&runtime);
+        }
+    }
+}
+
+/// The lease changes of one commit and, alongside (same index), the replies
+/// waiting for them and the pool changes to roll back if they are not saved.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<LeaseOp>,
+    replies: Vec<Option<Outgoing>>,
+    undos: Vec<Option<Undo>>,
+}
+
+impl Batch {
+    /// `first` and whatever else is queued already, up to [`MAX_BATCH`].
+    fn gather(&mut self, first: Pending, queue: &mut mpsc::Receiver<Pending>) {
         let mut next = Some(first);
         while let Some(p) = next.take() {
-            ops.push(p.op);
-            replies.push(p.reply);
-            undos.push(p.undo);
-            if ops.len() < MAX_BATCH {
+            self.ops.push(p.op);
+            self.replies.push(p.reply);
+            self.undos.push(p.undo);
+            if self.ops.len() < MAX_BATCH {
                 next = queue.try_recv().ok();
             }
         }
-        let started = Instant::now();
-        let (_, now_ms) = unix_now();
-        let result = store.commit_dhcp(&ops, now_ms).await;
+    }
+
+    /// Act on the store's answer and empty the batch: the replies that may go now.
+    /// Grants the database refused (another server's lease) and a failed commit
+    /// roll the decider's pool back through `failed` and send nothing.
+    fn settle(
+        &mut self,
+        result: Result<Vec<Taken>, StoreError>,
+        started: Instant,
+        failed: &mpsc::UnboundedSender<Rollback>,
+    ) -> Vec<Outgoing> {
         metrics::histogram!("ramboot_dhcp_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("ramboot_dhcp_commit_batch_size").record(ops.len() as f64);
+        metrics::histogram!("ramboot_dhcp_commit_batch_size").record(self.ops.len() as f64);
+        let mut ready = Vec::with_capacity(self.replies.len());
         match result {
             Ok(taken) => {
-                for ((op, reply), undo) in ops.drain(..).zip(replies.drain(..)).zip(undos.drain(..)) {
+                for ((op, reply), undo) in self.ops.drain(..).zip(self.replies.drain(..)).zip(self.undos.drain(..)) {
                     let refused = match op {
                         LeaseOp::Grant { ip, mac, .. } => taken.iter().find(|t| t.ip == ip).map(|t| (mac, t.clone())),
                         _ => None,
@@ -741,7 +815,7 @@ async fn commit_loop(store: Store, mut queue: mpsc::Receiver<Pending>, failed: m
                                 "the database holds this address for another client (another server's lease): no ACK");
                             let _ = failed.send(Rollback::Taken { undo, taken });
                         }
-                        (None, Some(reply)) => reply.send().await,
+                        (None, Some(reply)) => ready.push(reply),
                         (None, None) => {}
                     }
                 }
@@ -753,20 +827,21 @@ async fn commit_loop(store: Store, mut queue: mpsc::Receiver<Pending>, failed: m
                 };
                 metrics::counter!("ramboot_dhcp_commit_failures_total", "reason" => label).increment(1);
                 error!(
-                    leases = undos.len(),
+                    leases = self.undos.len(),
                     %reason,
                     error = %e,
                     "lease commit failed: no ACKs sent; the pool keeps the previous bindings (clients will retry)"
                 );
-                ops.clear();
-                for undo in undos.drain(..).flatten().rev() {
+                self.ops.clear();
+                for undo in self.undos.drain(..).flatten().rev() {
                     let _ = failed.send(Rollback::Undo(undo));
                 }
-                for reply in replies.drain(..).flatten() {
+                for reply in self.replies.drain(..).flatten() {
                     count(reply.request_type, "store_error");
                 }
             }
         }
+        ready
     }
 }
 

@@ -41,20 +41,36 @@ pub(super) enum Pool {
     Postgres(PgPool),
 }
 
-/// A value a statement binds: one both drivers can encode.
+/// A value a statement binds: one every driver can encode.
 pub(super) trait Param<'q>:
-    'q + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>
+    'q
+    + sqlx::Encode<'q, Sqlite>
+    + sqlx::Type<Sqlite>
+    + sqlx::Encode<'q, Postgres>
+    + sqlx::Type<Postgres>
+    + rusqlite::ToSql
+    + Send
 {
 }
 
 impl<'q, T> Param<'q> for T where
-    T: 'q + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>
+    T: 'q
+        + sqlx::Encode<'q, Sqlite>
+        + sqlx::Type<Sqlite>
+        + sqlx::Encode<'q, Postgres>
+        + sqlx::Type<Postgres>
+        + rusqlite::ToSql
+        + Send
 {
 }
 
-/// A column type both drivers can decode.
+/// A column type every driver can decode.
 pub(super) trait Column:
-    for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite> + for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>
+    for<'r> sqlx::Decode<'r, Sqlite>
+    + sqlx::Type<Sqlite>
+    + for<'r> sqlx::Decode<'r, Postgres>
+    + sqlx::Type<Postgres>
+    + rusqlite::types::FromSql
 {
 }
 
@@ -63,13 +79,17 @@ impl<T> Column for T where
         + sqlx::Type<Sqlite>
         + for<'r> sqlx::Decode<'r, Postgres>
         + sqlx::Type<Postgres>
+        + rusqlite::types::FromSql
 {
 }
 
-/// A result row of either back-end.
+/// A result row of any driver.
 pub(super) enum Row {
     Sqlite(SqliteRow),
     Postgres(PgRow),
+    /// From the synchronous SQLite connection ([`Tx::sync`]): the values, read out
+    /// of the statement, and the statement's column names.
+    Sync(std::sync::Arc<[String]>, Vec<rusqlite::types::Value>),
 }
 
 impl Row {
@@ -78,6 +98,13 @@ impl Row {
         match self {
             Row::Sqlite(row) => row.try_get(column),
             Row::Postgres(row) => row.try_get(column),
+            Row::Sync(names, values) => {
+                let index = names.iter().position(|n| n == column);
+                let value =
+                    index.and_then(|i| values.get(i)).ok_or_else(|| sqlx::Error::ColumnNotFound(column.into()))?;
+                T::column_result(value.into())
+                    .map_err(|e| sqlx::Error::ColumnDecode { index: column.into(), source: Box::new(e) })
+            }
         }
     }
 }
@@ -105,17 +132,22 @@ pub(super) enum Stmt<'c, 'q> {
     Sqlite(&'c mut SqliteConnection, SqliteQuery<'q>),
     PgPool(&'c PgPool, PgQuery<'q>),
     Postgres(&'c mut PgConnection, PgQuery<'q>),
+    /// On the synchronous SQLite connection: runs on the caller's thread when
+    /// awaited (the future is ready at once).
+    Sync(&'c mut rusqlite::Connection, &'q str, Vec<Box<dyn rusqlite::ToSql + Send + 'q>>),
 }
 
-/// Run `$body` with `$e` (executor) and `$q` (query) bound, whatever the variant:
-/// the same text for each, so every arm is the same code against its own driver.
+/// Run `$body` with `$e` (executor) and `$q` (query) bound, whatever sqlx variant,
+/// or `$sync` for the synchronous connection: the same text for each sqlx arm, so
+/// every arm is the same code against its own driver.
 macro_rules! run {
-    ($stmt:expr, |$e:ident, $q:ident| $body:expr) => {
+    ($stmt:expr, |$e:ident, $q:ident| $body:expr, $sync:expr) => {
         match $stmt {
             Stmt::SqlitePool($e, $q) => $body,
             Stmt::Sqlite($e, $q) => $body,
             Stmt::PgPool($e, $q) => $body,
             Stmt::Postgres($e, $q) => $body,
+            Stmt::Sync(conn, sql, params) => $sync(conn, sql, params)?,
         }
     };
 }
@@ -127,24 +159,178 @@ impl<'q> Stmt<'_, 'q> {
             Stmt::Sqlite(e, q) => Stmt::Sqlite(e, q.bind(value)),
             Stmt::PgPool(e, q) => Stmt::PgPool(e, q.bind(value)),
             Stmt::Postgres(e, q) => Stmt::Postgres(e, q.bind(value)),
+            Stmt::Sync(conn, sql, mut params) => {
+                params.push(Box::new(value));
+                Stmt::Sync(conn, sql, params)
+            }
         }
     }
 
     /// Run it; how many rows it changed.
     pub async fn execute(self) -> Result<u64, sqlx::Error> {
-        Ok(run!(self, |e, q| q.execute(e).await?.rows_affected()))
+        Ok(run!(self, |e, q| q.execute(e).await?.rows_affected(), sync::execute))
     }
 
     pub async fn fetch_optional(self) -> Result<Option<Row>, sqlx::Error> {
-        Ok(run!(self, |e, q| q.fetch_optional(e).await?.map(Row::from)))
+        Ok(run!(self, |e, q| q.fetch_optional(e).await?.map(Row::from), |c, s, p| sync::fetch(c, s, p, Some(1))
+            .map(|rows| rows.into_iter().next())))
     }
 
     pub async fn fetch_one(self) -> Result<Row, sqlx::Error> {
-        Ok(run!(self, |e, q| q.fetch_one(e).await?.into()))
+        Ok(run!(self, |e, q| q.fetch_one(e).await?.into(), |c, s, p| sync::fetch(c, s, p, Some(1))
+            .and_then(|rows| rows.into_iter().next().ok_or(sqlx::Error::RowNotFound))))
     }
 
     pub async fn fetch_all(self) -> Result<Vec<Row>, sqlx::Error> {
-        Ok(run!(self, |e, q| q.fetch_all(e).await?.into_iter().map(Row::from).collect()))
+        Ok(run!(self, |e, q| q.fetch_all(e).await?.into_iter().map(Row::from).collect(), |c, s, p| sync::fetch(
+            c, s, p, None
+        )))
+    }
+}
+
+/// The synchronous SQLite connection's side of [`Stmt`] (rusqlite, on the same
+/// SQLite library sqlx links): DHCP's lease committer runs a whole batch on a
+/// thread of its own with it, with no hand-off to a driver thread per statement.
+pub(super) mod sync {
+    use super::Row;
+    use rusqlite::ToSql;
+
+    type Params<'q> = Vec<Box<dyn ToSql + Send + 'q>>;
+
+    /// A write transaction on a connection borrowed mutably, so that it can be held
+    /// across `.await`s (rusqlite's own `Transaction` borrows the connection shared,
+    /// and a shared `Connection` cannot move between threads). Rolled back if
+    /// dropped uncommitted.
+    pub struct Transaction<'a> {
+        conn: &'a mut rusqlite::Connection,
+        open: bool,
+    }
+
+    impl<'a> Transaction<'a> {
+        pub fn begin(conn: &'a mut rusqlite::Connection) -> Result<Transaction<'a>, sqlx::Error> {
+            conn.execute_batch("BEGIN IMMEDIATE").map_err(error)?;
+            Ok(Transaction { conn, open: true })
+        }
+
+        pub fn conn(&mut self) -> &mut rusqlite::Connection {
+            self.conn
+        }
+
+        pub fn commit(mut self) -> Result<(), sqlx::Error> {
+            // A COMMIT that fails (disk full) leaves SQLite's own rollback, or none:
+            // the drop below finishes either way.
+            self.conn.execute_batch("COMMIT").map_err(error)?;
+            self.open = false;
+            Ok(())
+        }
+    }
+
+    impl Drop for Transaction<'_> {
+        fn drop(&mut self) {
+            if self.open && !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+        }
+    }
+
+    /// The prepared (cached) statement with `params` bound by number (`$1` is the
+    /// first), as sqlx's SQLite driver binds them.
+    fn prepare<'c>(
+        conn: &'c rusqlite::Connection,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        for (i, value) in params.iter().enumerate() {
+            if let Some(index) = stmt.parameter_index(&format!("${}", i + 1))? {
+                stmt.raw_bind_parameter(index, value)?;
+            }
+        }
+        Ok(stmt)
+    }
+
+    pub fn execute(conn: &rusqlite::Connection, sql: &str, params: Params<'_>) -> Result<u64, sqlx::Error> {
+        let run = || {
+            let mut stmt = prepare(conn, sql, &params)?;
+            // Stepped through, so a statement that also returns rows runs whole.
+            let mut rows = stmt.raw_query();
+            while rows.next()?.is_some() {}
+            Ok(conn.changes())
+        };
+        run().map_err(error)
+    }
+
+    pub fn fetch(
+        conn: &rusqlite::Connection,
+        sql: &str,
+        params: Params<'_>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Row>, sqlx::Error> {
+        let run = || {
+            let mut stmt = prepare(conn, sql, &params)?;
+            let names: std::sync::Arc<[String]> = stmt.column_names().into_iter().map(String::from).collect();
+            let count = names.len();
+            let mut rows = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let values = (0..count).map(|i| row.get_ref(i).map(rusqlite::types::Value::from));
+                out.push(Row::Sync(names.clone(), values.collect::<rusqlite::Result<_>>()?));
+                if limit.is_some_and(|n| out.len() >= n) {
+                    break;
+                }
+            }
+            Ok(out)
+        };
+        run().map_err(error)
+    }
+
+    /// A rusqlite error as the sqlx error the rest of the store handles: SQLite's
+    /// own failures keep their result code (see [`super::write_refused`]).
+    pub fn error(e: rusqlite::Error) -> sqlx::Error {
+        match e {
+            rusqlite::Error::SqliteFailure(code, message) => {
+                sqlx::Error::Database(Box::new(SyncSqliteError { code, message }))
+            }
+            other => sqlx::Error::Protocol(format!("sqlite: {other}")),
+        }
+    }
+
+    /// A failure SQLite reported to the synchronous connection.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{}", message.as_deref().unwrap_or("SQLite error"))]
+    pub struct SyncSqliteError {
+        code: rusqlite::ffi::Error,
+        message: Option<String>,
+    }
+
+    impl sqlx::error::DatabaseError for SyncSqliteError {
+        fn message(&self) -> &str {
+            self.message.as_deref().unwrap_or("SQLite error")
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.code.extended_code.to_string().into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            use rusqlite::ffi;
+            match self.code.extended_code {
+                ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                    sqlx::error::ErrorKind::UniqueViolation
+                }
+                ffi::SQLITE_CONSTRAINT_FOREIGNKEY => sqlx::error::ErrorKind::ForeignKeyViolation,
+                ffi::SQLITE_CONSTRAINT_NOTNULL => sqlx::error::ErrorKind::NotNullViolation,
+                ffi::SQLITE_CONSTRAINT_CHECK => sqlx::error::ErrorKind::CheckViolation,
+                _ => sqlx::error::ErrorKind::Other,
+            }
+        }
     }
 }
 
@@ -189,6 +375,15 @@ pub(super) struct Tx<'a> {
 enum TxConn<'a> {
     Sqlite(sqlx::Transaction<'a, Sqlite>),
     Postgres(sqlx::Transaction<'a, Postgres>),
+    Sync(sync::Transaction<'a>),
+}
+
+impl<'a> Tx<'a> {
+    /// A write transaction (`BEGIN IMMEDIATE`) on a synchronous SQLite connection:
+    /// its statements run on the calling thread.
+    pub fn sync(conn: &'a mut rusqlite::Connection, changes: std::sync::Arc<Changes>) -> Result<Tx<'a>, sqlx::Error> {
+        Ok(Tx { conn: TxConn::Sync(sync::Transaction::begin(conn)?), changes, wrote_events: false })
+    }
 }
 
 impl Tx<'_> {
@@ -196,6 +391,7 @@ impl Tx<'_> {
         match &mut self.conn {
             TxConn::Sqlite(tx) => Stmt::Sqlite(tx, sqlx::query(sql)),
             TxConn::Postgres(tx) => Stmt::Postgres(tx, sqlx::query(sql)),
+            TxConn::Sync(tx) => Stmt::Sync(tx.conn(), sql, Vec::new()),
         }
     }
 
@@ -247,6 +443,13 @@ impl Tx<'_> {
                 Ok(())
             }
             TxConn::Postgres(tx) => tx.commit().await,
+            TxConn::Sync(tx) => {
+                tx.commit()?;
+                if self.wrote_events {
+                    self.changes.events_changed();
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -453,7 +656,11 @@ pub(super) fn write_refused(e: &sqlx::Error) -> Option<WriteRefused> {
             _ => None,
         };
     }
-    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+    let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+        || db.try_downcast_ref::<sync::SyncSqliteError>().is_some();
+    if !sqlite {
+        return None;
+    }
     match db.code()?.parse::<i64>().ok()? & 0xff {
         SQLITE_FULL => Some(WriteRefused::DiskFull),
         SQLITE_READONLY => Some(WriteRefused::ReadOnly),

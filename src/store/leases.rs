@@ -85,6 +85,11 @@ pub struct Taken {
     pub declined: bool,
 }
 
+/// DHCP's lease writer on a SQLite database: see [`Store::sync_lease_writer`].
+pub struct SyncLeaseWriter {
+    conn: rusqlite::Connection,
+}
+
 /// The columns of a batch's lease rows, as [`LeaseBatch::rows_json`] lays them out.
 const LEASE_ROW: [JsonColumn; 4] =
     [JsonColumn::Text("ip"), JsonColumn::Text("mac"), JsonColumn::Int("expires_at"), JsonColumn::Text("state")];
@@ -321,7 +326,43 @@ impl Store {
     /// lock of every address and MAC it touches (`Backend::begin_lease_write`), so
     /// lease commits of several servers run side by side unless they meet.
     pub async fn commit_dhcp(&self, ops: &[LeaseOp], now_ms: i64) -> Result<Vec<Taken>, StoreError> {
-        let mut tx = self.dhcp_writer.begin_lease_write(&lock_keys(ops)).await?;
+        let tx = self.dhcp_writer.begin_lease_write(&lock_keys(ops)).await?;
+        self.commit_lease_batch(tx, ops, now_ms).await
+    }
+
+    /// A connection of its own for DHCP's lease committer on a SQLite database,
+    /// used from one thread with [`Store::commit_dhcp_sync`]; `None` on PostgreSQL
+    /// (whose driver has no thread of its own to hand each statement to).
+    pub fn sync_lease_writer(&self) -> Result<Option<SyncLeaseWriter>, StoreError> {
+        let Some(file) = &self.sqlite_file else { return Ok(None) };
+        let open = || -> rusqlite::Result<rusqlite::Connection> {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = rusqlite::Connection::open_with_flags(file, flags)?;
+            // As the pool's connections (see `open_sqlite`): durable commits, the same
+            // wait for another writer.
+            conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+            conn.busy_timeout(super::WRITE_WAIT)?;
+            conn.set_prepared_statement_cache_capacity(64);
+            Ok(conn)
+        };
+        Ok(Some(SyncLeaseWriter { conn: open().map_err(super::db::sync::error)? }))
+    }
+
+    /// [`Store::commit_dhcp`] on the synchronous writer: the whole batch, commit
+    /// and fsync included, runs on the calling thread (a thread that may block).
+    pub fn commit_dhcp_sync(
+        &self,
+        writer: &mut SyncLeaseWriter,
+        ops: &[LeaseOp],
+        now_ms: i64,
+    ) -> Result<Vec<Taken>, StoreError> {
+        let tx = Tx::sync(&mut writer.conn, self.dhcp_writer.changes.clone())?;
+        // Every statement of a synchronous transaction is ready when first polled.
+        futures_executor::block_on(self.commit_lease_batch(tx, ops, now_ms))
+    }
+
+    /// The batch's changes in `tx`, which holds the write lock; committed.
+    async fn commit_lease_batch(&self, mut tx: Tx<'_>, ops: &[LeaseOp], now_ms: i64) -> Result<Vec<Taken>, StoreError> {
         let now = u64::try_from(now_ms / 1000).unwrap_or(0);
         let mut batch = LeaseBatch::coalesce(ops);
         let taken = taken_grants(&mut tx, ops, &batch, now).await?;
@@ -485,6 +526,37 @@ mod tests {
         let taken = s.commit_dhcp(&[grant(stranger, ip(7), 7_000, false)], 3_000).await.unwrap();
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].holder, mac(6));
+    }
+
+    #[tokio::test]
+    async fn the_synchronous_writer_commits_as_the_pool_does() {
+        let (s, _d) = crate::store::testing::sqlite_store().await;
+        let mut writer = s.sync_lease_writer().unwrap().expect("SQLite has one");
+        let mut hosts = s.watch_hosts();
+        hosts.mark_unchanged();
+        let other = MacAddr([2, 0, 0, 0, 0, 2]);
+        let ops = [grant(other, [10, 0, 0, 4], 400, false), grant(MAC, [10, 0, 0, 5], 500, true)];
+        assert_eq!(s.commit_dhcp_sync(&mut writer, &ops, 1).unwrap(), []);
+        // A network-boot client became a node, with its lease as an event, and
+        // DHCP's view heard of it.
+        assert!(hosts.has_changed().unwrap());
+        let node = s.node_by_mac(MAC).await.unwrap().unwrap();
+        assert_eq!((node.ip.as_deref(), node.arch.as_deref()), (Some("10.0.0.5"), Some("bios")));
+        assert!(s.node_by_mac(other).await.unwrap().is_none());
+        // The pool's connection sees what the synchronous one committed, and the
+        // taken check reads rows back through it.
+        assert_eq!(s.live_bindings(0).await.unwrap().len(), 2);
+        let stranger = MacAddr([2, 0, 0, 0, 0, 3]);
+        let taken = s.commit_dhcp_sync(&mut writer, &[grant(stranger, [10, 0, 0, 5], 900, false)], 2).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!((taken[0].holder, taken[0].expires_at), (MAC, 500));
+        // Writes through the pool and through the writer take turns on one file.
+        s.commit_dhcp(&[grant(stranger, [10, 0, 0, 6], 900, false)], 3).await.unwrap();
+        s.commit_dhcp_sync(&mut writer, &[LeaseOp::Release { mac: stranger, ip: Ipv4Addr::new(10, 0, 0, 6) }], 4)
+            .unwrap();
+        let rows = s.leases().await.unwrap();
+        let six = rows.iter().find(|l| l.ip == Ipv4Addr::new(10, 0, 0, 6)).unwrap();
+        assert_eq!(six.state, LeaseState::Released);
     }
 
     #[tokio::test]

@@ -36,7 +36,7 @@ pub use audit::{changed_fields, Actor, AuditFilter, AuditRecord, Target};
 pub use boots::{Boot, BootImage, BootStart, Release};
 pub use changes::{LeaseChange, LeaseNotice, LeaseNotices};
 pub use events::{Event, EventFeed, EventKind};
-pub use leases::{Lease, LeaseOp, LeaseState, Taken};
+pub use leases::{Lease, LeaseOp, LeaseState, SyncLeaseWriter, Taken};
 pub use leases6::{Lease6, Lease6Op, Taken6};
 pub use nodes::{default_hostname, last_seen_ms, Node, NodeChange, NodeFilter, NodeSort};
 pub use rollouts::{NewRollout, RolloutEventRow, RolloutHooks, RolloutRow, RolloutTarget};
@@ -49,7 +49,7 @@ use ramboot_core::node::{MacAddr, NodeState};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,6 +188,8 @@ pub struct Store {
     /// of ACKs never waits for a connection behind HTTP's queries (SQLite has one
     /// writer anyway; this takes the pool out of the wait).
     dhcp_writer: Backend,
+    /// A SQLite database's file (for [`Store::sync_lease_writer`]).
+    sqlite_file: Option<PathBuf>,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -236,11 +238,17 @@ impl Store {
     /// must be private to this user, as the `secrets:` file).
     pub async fn connect(url: &str, password_file: Option<&Path>) -> Result<Store, StoreError> {
         let changes = Changes::new();
-        let (pool, dhcp_writer) =
-            if is_postgres_url(url) { open_postgres(url, password_file).await? } else { open_sqlite(url).await? };
+        let (pool, dhcp_writer, sqlite_file) = if is_postgres_url(url) {
+            let (pool, dhcp_writer) = open_postgres(url, password_file).await?;
+            (pool, dhcp_writer, None)
+        } else {
+            let (pool, dhcp_writer, file) = open_sqlite(url).await?;
+            (pool, dhcp_writer, Some(file))
+        };
         Ok(Store {
             backend: Backend { pool, changes: changes.clone() },
             dhcp_writer: Backend { pool: dhcp_writer, changes },
+            sqlite_file,
         })
     }
 
@@ -377,8 +385,8 @@ async fn backup_before_migrating(pool: &sqlx::SqlitePool, db: &Path, at: i64) ->
     Ok(())
 }
 
-/// The HTTP pool and DHCP's lease writer of a SQLite database.
-async fn open_sqlite(url: &str) -> Result<(Pool, Pool), StoreError> {
+/// The HTTP pool and DHCP's lease writer of a SQLite database, and its file.
+async fn open_sqlite(url: &str) -> Result<(Pool, Pool, PathBuf), StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -399,8 +407,9 @@ async fn open_sqlite(url: &str) -> Result<(Pool, Pool), StoreError> {
     }
     sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
     // Opened on first use: a CLI or test that never commits leases never opens it.
+    let file = options.get_filename().to_path_buf();
     let dhcp_writer = pool_options(1).connect_lazy_with(options);
-    Ok((Pool::Sqlite(pool), Pool::Sqlite(dhcp_writer)))
+    Ok((Pool::Sqlite(pool), Pool::Sqlite(dhcp_writer), file))
 }
 
 /// The HTTP pool and DHCP's lease writer of a PostgreSQL database. Commits are
@@ -538,6 +547,18 @@ where
 {
     fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
         Ok(Text(<&'r str as sqlx::Decode<'r, DB>>::decode(value)?.parse()?))
+    }
+}
+
+impl<T: Named> rusqlite::ToSql for Text<T> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(self.0.name().as_bytes())))
+    }
+}
+
+impl<T: Named> rusqlite::types::FromSql for Text<T> {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        value.as_str()?.parse().map(Text).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
     }
 }
 
