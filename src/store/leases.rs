@@ -647,3 +647,49 @@ mod tests {
         }
     }
 }
+
+/// What one lease commit costs in CPU, through each committer path: not a test but
+/// a measurement (`#[ignore]`d), run on one core and a real disk:
+/// `RAMBOOT_COMMIT_BATCH=6 taskset -c 0 cargo test --release --lib commit_cpu -- --ignored --nocapture`.
+#[cfg(test)]
+mod commit_cpu {
+    use super::*;
+    use crate::store::testing::grant;
+
+    /// This process's CPU seconds so far, every thread's (clock ticks).
+    fn cpu_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    #[ignore = "a measurement, not a test"]
+    async fn commit_cpu_per_batch() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let mut writer = store.sync_lease_writer().unwrap().unwrap();
+        let per: u32 = std::env::var("RAMBOOT_COMMIT_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+        const BATCHES: u32 = 2000;
+        let batch = |b: u32| -> Vec<LeaseOp> {
+            let lease = |i: u32| {
+                let mac = MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+                grant(mac, [10, 1, (i >> 8) as u8, i as u8], 5_000_000, false)
+            };
+            (0..per).map(|k| lease((b * per + k) % 15_000)).collect()
+        };
+        for path in ["synchronous writer (SQLite's DHCP committer)", "pool (sqlx)"] {
+            let (cpu, wall) = (cpu_seconds(), std::time::Instant::now());
+            for b in 0..BATCHES {
+                if path.starts_with("pool") {
+                    store.commit_dhcp(&batch(b), i64::from(b)).await.unwrap();
+                } else {
+                    store.commit_dhcp_sync(&mut writer, &batch(b), i64::from(b)).unwrap();
+                }
+            }
+            let cpu_us = (cpu_seconds() - cpu) * 1e6 / f64::from(BATCHES);
+            let wall_us = wall.elapsed().as_secs_f64() * 1e6 / f64::from(BATCHES);
+            eprintln!("{path}, {per} lease(s) per batch: {cpu_us:.0} us CPU and {wall_us:.0} us wall per commit");
+        }
+    }
+}
