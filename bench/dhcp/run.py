@@ -301,6 +301,15 @@ def second_server_link(topo: Topology) -> tuple[str, str, str]:
     return ns, server_if, client_if
 
 
+def udp_rcvbuf_errors(ns: str) -> int:
+    """The namespace's UDP `RcvbufErrors` (/proc/net/snmp): datagrams the kernel
+    dropped because a socket's receive buffer was full."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"],
+                         capture_output=True, text=True, check=True).stdout
+    header, values = [line.split()[1:] for line in out.splitlines() if line.startswith("Udp:")][:2]
+    return int(dict(zip(header, values))["RcvbufErrors"])
+
+
 def merge_perfdhcp(reports: list[dict]) -> dict:
     """Several perfdhcp reports as one: counters summed, latency samples pooled."""
     if len(reports) == 1:
@@ -516,6 +525,9 @@ class Bench:
         stops: list[dict] = []
         try:
             cpu0 = [cpu_seconds(srv.proc.pid) for srv in srvs]
+            # Whose socket overflowed, if any: the server's or perfdhcp's.
+            rcvbuf_ns = {"server": self.topo.server_ns, "perfdhcp": self.topo.client_ns}
+            rcvbuf0 = {side: udp_rcvbuf_errors(ns) for side, ns in rcvbuf_ns.items()}
             pg0 = self.pg.cpu_seconds() if self.pg and name in NEEDS_POSTGRES else None
             t0 = time.monotonic()
             texts = self.perfdhcps(extras, secs + self.args.exit_wait + 60, targets)
@@ -525,6 +537,7 @@ class Bench:
             except FileNotFoundError:
                 cpu1 = None
             pg1 = self.pg.cpu_seconds() if pg0 is not None else None
+            rcvbuf = {side: udp_rcvbuf_errors(ns) - rcvbuf0[side] for side, ns in rcvbuf_ns.items()}
         finally:
             for srv in reversed(srvs):  # the first server of a pair drops the database
                 stops.append(self.stop_server(srv))
@@ -572,6 +585,9 @@ class Bench:
             "db_cpu_s": pg_s,
             "db_cpu_us_per_exchange": (pg_s * 1e6 / ra_rcvd) if (pg_s is not None and ra_rcvd) else None,
             "client_limited": client_limited, "answered": ra_rcvd > 0, "ok": ok, "passed": passed,
+            # Datagrams dropped at a full socket receive buffer during the step, by side
+            # (the second server of a pair, in its own namespace, is not counted).
+            "rcvbuf_drops": rcvbuf,
             "servers": n, **stop_info,
         }
 
@@ -586,6 +602,9 @@ class Bench:
             verdict += " (perfdhcp could not offer the target rate)"
         if s.get("exited_during_step"):
             verdict += f" (server exited {s.get('exit_code')})"
+        full = s.get("rcvbuf_drops") or {}
+        if any(full.values()):
+            verdict += " (full receive buffers: " + ", ".join(f"{k} {v}" for k, v in full.items()) + ")"
         return (f"offered {s['offered_per_s']:.0f}/s, completed {s['completed_per_s']:.0f}/s, "
                 f"drops {s['drop_pct']:.2f} %, {lat}, cpu {fmt(s['cpu_us_per_exchange'], 1)} us/exch, "
                 f"{s['leases_in_store']} leases stored -> {verdict}")
