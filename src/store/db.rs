@@ -5,10 +5,15 @@
 //! How one text serves both: a statement is built on an executor of one back-end
 //! ([`Backend::sql`] for the pool, [`Tx::sql`] in a transaction), so it carries
 //! that back-end's native `sqlx::query` and can never meet the other one. Binding
-//! and reading are checked against *both* drivers at compile time ([`Param`],
+//! and reading are checked against *every* driver at compile time ([`Param`],
 //! [`Column`]), and rows come back as one [`Row`] type. The table modules are
 //! thus ordinary, monomorphic code with no back-end in sight, and the only
 //! per-back-end `match`es are the few lines in this file.
+//!
+//! A third executor runs the same statements on a SQLite file synchronously
+//! ([`Tx::sync`], rusqlite over the SQLite library sqlx links): DHCP's lease
+//! committer uses it from a thread of its own, since sqlx's SQLite driver hands
+//! every statement to a driver thread and back (see `dhcp::io`).
 //!
 //! Why not the alternatives: functions generic over `sqlx::Database` must restate
 //! higher-ranked executor bounds (`for<'c> &'c mut DB::Connection: Executor<'c>`)
@@ -19,8 +24,9 @@
 //!
 //! What the dialects do differently lives here too, and only here: how a write
 //! transaction takes the write lock ([`Backend::begin_write`]), the label filter's
-//! JSON syntax ([`Backend::label_equals`]), and which error codes mean "the
-//! database will not take writes" ([`write_refused`]).
+//! JSON syntax ([`Backend::label_equals`]), how a JSON array parameter becomes rows
+//! ([`Tx::json_rows`]), and which error codes mean "the database will not take
+//! writes" ([`write_refused`]).
 
 use super::changes::Changes;
 use super::WriteRefused;
