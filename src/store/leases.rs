@@ -90,6 +90,11 @@ pub struct SyncLeaseWriter {
     conn: rusqlite::Connection,
 }
 
+/// `items` as one JSON array of their text forms (for [`Tx::json_texts`]).
+fn json_strings<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    serde_json::Value::Array(items.into_iter().map(|item| item.to_string().into()).collect()).to_string()
+}
+
 /// The columns of a batch's lease rows, as [`LeaseBatch::rows_json`] lays them out.
 const LEASE_ROW: [JsonColumn; 4] =
     [JsonColumn::Text("ip"), JsonColumn::Text("mac"), JsonColumn::Int("expires_at"), JsonColumn::Text("state")];
@@ -156,11 +161,6 @@ impl LeaseBatch {
             .collect();
         serde_json::Value::Array(rows).to_string()
     }
-
-    /// The granted MACs as one JSON array of strings.
-    fn granted_macs_json(&self) -> String {
-        serde_json::Value::Array(self.granted_macs.iter().map(|m| m.to_string().into()).collect()).to_string()
-    }
 }
 
 /// What a batch writes: every address and every MAC its operations name (a MAC's
@@ -197,7 +197,7 @@ async fn taken_grants(
     if grants.is_empty() {
         return Ok(Vec::new());
     }
-    let addresses = serde_json::Value::Array(grants.iter().map(|g| g.ip.to_string().into()).collect()).to_string();
+    let addresses = json_strings(grants.iter().map(|g| g.ip));
     let sql = format!(
         "SELECT ip, mac, expires_at, state FROM leases
          WHERE state IN ('active', 'declined') AND expires_at > $1 AND ip IN ({})",
@@ -384,7 +384,7 @@ impl Store {
                 "UPDATE leases SET state = 'released', updated_at_ms = $1 WHERE state = 'active' AND mac IN ({})",
                 tx.json_texts(2)
             );
-            tx.sql(&sql).bind(now_ms).bind(batch.granted_macs_json()).execute().await?;
+            tx.sql(&sql).bind(now_ms).bind(json_strings(&batch.granted_macs)).execute().await?;
         }
         if !batch.rows.is_empty() {
             // A grant takes the address whatever the row said (the DHCP core chose a
