@@ -301,6 +301,16 @@ def second_server_link(topo: Topology) -> tuple[str, str, str]:
     return ns, server_if, client_if
 
 
+def generator_ip(server_index: int, generator: int) -> str:
+    """The client address of a server's perfdhcp number `generator` (>= 1)."""
+    return f"10.77.0.{16 + 16 * server_index + generator}"  # in SUBNET, clear of .1-.4
+
+
+def share(total: int, parts: int, k: int) -> int:
+    """Part k of `total` split into `parts` near-equal whole shares."""
+    return total // parts + (1 if k < total % parts else 0)
+
+
 def udp_rcvbuf_errors(ns: str) -> int:
     """The namespace's UDP `RcvbufErrors` (/proc/net/snmp): datagrams the kernel
     dropped because a socket's receive buffer was full."""
@@ -328,6 +338,9 @@ def merge_perfdhcp(reports: list[dict]) -> dict:
                 merged[k] = merged.get(k, 0) + v
         for name, vals in r["latencies_ms"].items():
             out["latencies_ms"].setdefault(name, []).extend(vals)
+        if r.get("load_cpu_s") is not None:
+            out["load_cpu_s"] = out.get("load_cpu_s", 0.0) + r["load_cpu_s"]
+            out["load_max_lag_ms"] = max(out.get("load_max_lag_ms", 0.0), r["load_max_lag_ms"])
     return out
 
 
@@ -383,6 +396,24 @@ def parse_perfdhcp(text: str) -> dict:
     return out
 
 
+def parse_dhcp_load(text: str) -> dict:
+    """ramboot-dhcp-load's JSON report -> parse_perfdhcp's shape (+ its own CPU and lag)."""
+    try:
+        r = json.loads(text.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"rate_line": None, "malformed": None, "exchanges": {}, "latencies_ms": {}}
+    exchanges, latencies = {}, {}
+    for name, key in (("DISCOVER-OFFER", "discover_offer"), ("REQUEST-ACK", "request_ack")):
+        ex = r[key]
+        exchanges[name] = {"sent_packets": ex["sent_packets"], "received_packets": ex["received_packets"],
+                           "drops": ex["sent_packets"] - ex["received_packets"],
+                           "orphans": r["orphans"] if name == "REQUEST-ACK" else 0}
+        if ex.get("samples_ms"):
+            latencies[name] = ex["samples_ms"]
+    return {"rate_line": None, "malformed": r["malformed"], "exchanges": exchanges, "latencies_ms": latencies,
+            "load_cpu_s": r["busy_s"], "load_max_lag_ms": r["max_lag_ms"]}
+
+
 # --------------------------------------------------------------------------- the bench
 
 
@@ -400,6 +431,8 @@ class Bench:
     # ramboot-pg-2's second server: its namespace and interface, and the client
     # interface that relays to it (set up once per bench run).
     second: tuple[str, str, str] | None = None
+    # Extra client addresses already added for --generators.
+    generator_ips: set = field(default_factory=set)
 
     def targets(self, name: str) -> list[tuple[str, str]]:
         """(client interface, server address) for each server `name` stands for."""
@@ -452,7 +485,7 @@ class Bench:
         """Ready once it completes one full DORA for a probe client (at most 20 s)."""
         def probe() -> bool:
             p = self.perfdhcp(["-n", "1", "-b", f"mac={PROBE_MAC}", "-d", "0.5", "-W", "200000"], timeout=10,
-                              target=target)
+                              target=self.generators([target])[0])
             return p is not None and \
                 parse_perfdhcp(p)["exchanges"].get("REQUEST-ACK", {}).get("received_packets", 0) >= 1
 
@@ -474,17 +507,43 @@ class Bench:
 
     # ---- perfdhcp
 
+    def generators(self, targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """(local address, server address) of each load generator a step runs:
+        --generators per server. A generator acts as a relay and binds port 67 on its
+        local address, so each one beyond a server's first gets an address of its own
+        on that server's client interface (added once, deleted with the namespace)."""
+        out = []
+        for i, (client_if, server_ip) in enumerate(targets):
+            out.append(({SERVER_IP: CLIENT_IP, SECOND_SERVER_IP: SECOND_CLIENT_IP}[server_ip], server_ip))
+            for g in range(1, self.args.generators):
+                ip = generator_ip(i, g)
+                if ip not in self.generator_ips:
+                    run(["ip", "-n", self.topo.client_ns, "addr", "add", f"{ip}/{PREFIX}", "dev", client_if])
+                    self.generator_ips.add(ip)
+                out.append((ip, server_ip))
+        return out
+
     def perfdhcp(self, extra: list[str], timeout: float, target: tuple[str, str] | None = None) -> str | None:
         """Run perfdhcp in the client namespace; stdout, or None if it failed to run."""
-        return self.perfdhcps([extra], timeout, [target or self.targets("ramboot")[0]])[0]
+        return self.perfdhcps([extra], timeout, [target or self.generators(self.targets("ramboot"))[0]])[0]
 
     def perfdhcps(self, extras: list[list[str]], timeout: float,
                   targets: list[tuple[str, str]]) -> list[str | None]:
         """One perfdhcp per target, at once; each one's stdout, or None if it failed."""
+        return self.generate(extras, timeout, targets, "perfdhcp")
+
+    def generate(self, extras: list[list[str]], timeout: float, targets: list[tuple[str, str]],
+                 load: str | None = None) -> list[str | None]:
+        """One load generator (--load, or `load`) per target, at once; each one's
+        stdout, or None if it failed."""
+        load = load or self.args.load
         started = []
-        for extra, (client_if, server_ip) in zip(extras, targets):
-            cmd = ns_exec(self.topo.client_ns, self.args.client_cpus,
-                          [self.args.perfdhcp_bin, "-4", "-l", client_if] + extra + [server_ip])
+        for extra, (local, server_ip) in zip(extras, targets):
+            if load == "ramboot":
+                argv = [str(self.args.dhcp_load_bin), "--local", local, "--server", server_ip] + extra
+            else:
+                argv = [self.args.perfdhcp_bin, "-4", "-l", local] + extra + [server_ip]
+            cmd = ns_exec(self.topo.client_ns, self.args.client_cpus, argv)
             started.append(self.procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             stdin=subprocess.DEVNULL, text=True))
         deadline = time.monotonic() + timeout
@@ -495,14 +554,14 @@ class Bench:
             except subprocess.TimeoutExpired:
                 self.procs.stop(p, grace=2)
                 out, err = p.communicate()
-                log(f"  warning: perfdhcp exceeded {timeout:.0f} s and was stopped")
+                log(f"  warning: the {load} load generator exceeded {timeout:.0f} s and was stopped")
             finally:
                 if p.poll() is None:  # interrupted: end it now, by its PID
                     self.procs.stop(p, grace=2)
                 self.procs.live.pop(p.pid, None)
-            # Exit 3 = "some exchanges not completed": normal under load.
+            # perfdhcp's exit 3 = "some exchanges not completed": normal under load.
             if p.returncode not in (0, 3) and (not out or "***Statistics" not in out):
-                log(f"  perfdhcp exit {p.returncode}: {(err or out).strip()[-400:]}")
+                log(f"  {load} load exit {p.returncode}: {(err or out).strip()[-400:]}")
                 out = None
             outs.append(out)
         return outs
@@ -513,14 +572,21 @@ class Bench:
         srvs = self.start_servers(name)
         targets = self.targets(name)
         n = len(targets)
+        gens = self.generators(targets)
         extras = []
-        for i in range(n):
-            # Several servers: each perfdhcp its own clients (MAC base), a share of the rate.
-            base = ["-b", f"mac=02:{0xa0 + i:02x}:00:00:00:00"] if n > 1 else []
-            extra = base + ["-R", str(self.args.clients // n), "-r", str(max(1, rate // n)), "-p", str(secs),
-                            "-W", str(int(self.args.exit_wait * 1e6)), "-s", str(run_idx + 1)]
-            if timestamps:
-                extra += ["-x", "t"]
+        for k in range(len(gens)):
+            # Each generator its own clients (MAC base) and an equal share of the rate.
+            clients, share_rate = share(self.args.clients, len(gens), k), max(1, share(rate, len(gens), k))
+            if self.args.load == "ramboot":
+                extra = ["--mac-base", str(0xa0 + k), "--clients", str(clients), "--rate", str(share_rate),
+                         "--seconds", str(secs), "--exit-wait", str(self.args.exit_wait)]
+                if timestamps:
+                    extra.append("--samples")
+            else:
+                extra = ["-b", f"mac=02:{0xa0 + k:02x}:00:00:00:00", "-R", str(clients), "-r", str(share_rate),
+                         "-p", str(secs), "-W", str(int(self.args.exit_wait * 1e6)), "-s", str(run_idx + 1)]
+                if timestamps:
+                    extra += ["-x", "t"]
             extras.append(extra)
         stops: list[dict] = []
         try:
@@ -530,7 +596,7 @@ class Bench:
             rcvbuf0 = {side: udp_rcvbuf_errors(ns) for side, ns in rcvbuf_ns.items()}
             pg0 = self.pg.cpu_seconds() if self.pg and name in NEEDS_POSTGRES else None
             t0 = time.monotonic()
-            texts = self.perfdhcps(extras, secs + self.args.exit_wait + 60, targets)
+            texts = self.generate(extras, secs + self.args.exit_wait + 60, gens)
             wall = time.monotonic() - t0
             try:
                 cpu1 = [cpu_seconds(srv.proc.pid) for srv in srvs]
@@ -547,7 +613,8 @@ class Bench:
             "leases_in_store": next((i["leases_in_store"] for i in stops if i["leases_in_store"] is not None), None),
         }
         text = None if any(t is None for t in texts) else "\n".join(texts)
-        res = merge_perfdhcp([parse_perfdhcp(t or "") for t in texts])
+        parse = parse_dhcp_load if self.args.load == "ramboot" else parse_perfdhcp
+        res = merge_perfdhcp([parse(t or "") for t in texts])
         do = res["exchanges"].get("DISCOVER-OFFER", {})
         ra = res["exchanges"].get("REQUEST-ACK", {})
         do_sent, do_rcvd = do.get("sent_packets", 0), do.get("received_packets", 0)
@@ -578,6 +645,12 @@ class Bench:
             "orphans": do.get("orphans", 0) + ra.get("orphans", 0), "malformed": res["malformed"],
             "perfdhcp_drops": {"do": do.get("drops"), "ra": ra.get("drops")},
             "perfdhcp_rate_line": res["rate_line"],
+            # The load generator's busy time per completed exchange (it spins, so its
+            # CPU time is its wall time) and how far it fell behind its schedule
+            # (ramboot-dhcp-load reports both; perfdhcp neither).
+            "load_cpu_us_per_exchange": (res["load_cpu_s"] * 1e6 / ra_rcvd)
+            if (res.get("load_cpu_s") is not None and ra_rcvd) else None,
+            "load_max_lag_ms": res.get("load_max_lag_ms"),
             "offered_per_s": do_sent / secs, "completed_per_s": completed_ps, "drop_pct": drop_pct,
             "latency": lat, "server_cpu_s": cpu_s,
             "cpu_us_per_exchange": (cpu_s * 1e6 / ra_rcvd) if (cpu_s is not None and ra_rcvd) else None,
@@ -588,7 +661,7 @@ class Bench:
             # Datagrams dropped at a full socket receive buffer during the step, by side
             # (the second server of a pair, in its own namespace, is not counted).
             "rcvbuf_drops": rcvbuf,
-            "servers": n, **stop_info,
+            "servers": n, "generators": len(gens), **stop_info,
         }
 
     def describe(self, s: dict) -> str:
@@ -606,7 +679,9 @@ class Bench:
         if any(full.values()):
             verdict += " (full receive buffers: " + ", ".join(f"{k} {v}" for k, v in full.items()) + ")"
         return (f"offered {s['offered_per_s']:.0f}/s, completed {s['completed_per_s']:.0f}/s, "
-                f"drops {s['drop_pct']:.2f} %, {lat}, cpu {fmt(s['cpu_us_per_exchange'], 1)} us/exch, "
+                f"drops {s['drop_pct']:.2f} %, {lat}, cpu {fmt(s['cpu_us_per_exchange'], 1)} us/exch"
+                + (f" (load generator busy {fmt(s['load_cpu_us_per_exchange'], 1)}, lag max {fmt(s['load_max_lag_ms'], 1)} ms)"
+                   if s.get("load_cpu_us_per_exchange") is not None else "") + ", "
                 f"{s['leases_in_store']} leases stored -> {verdict}")
 
     def run_step(self, name: str, rate: int, run_idx: int, label: str, timestamps: bool | None = None) -> dict:
@@ -644,6 +719,9 @@ class Bench:
         if cpu_step is None:
             cpu_step = self.run_step(name, self.args.cpu_rate, run_idx, "cpu")
             steps.append(cpu_step)
+        for rate in self.args.cpu_rates:  # CPU per exchange side by side, passed or not
+            if not any(s["target_rate"] == rate for s in steps):
+                steps.append(self.run_step(name, rate, run_idx, "cpu"))
         unl = self.run_step(name, self.args.unlimited_rate, run_idx, "unlimited",
                             timestamps=self.args.unlimited_timestamps)
         steps.append(unl)
@@ -665,6 +743,10 @@ class Bench:
                                               "latency", "cpu_us_per_exchange", "db_cpu_us_per_exchange",
                                               "answered")},
             "steps": steps,
+            "cpu_at": {str(rate): next((s["cpu_us_per_exchange"] for s in steps if s["target_rate"] == rate), None)
+                       for rate in self.args.cpu_rates},
+            "passed_at": {str(rate): next((s["passed"] for s in steps if s["target_rate"] == rate), None)
+                          for rate in self.args.cpu_rates},
         }
 
 
@@ -703,6 +785,9 @@ def summarize(results: list[dict], servers: list[str]) -> dict:
             "unlimited_offered_per_s": med([r["unlimited"]["offered_per_s"] for r in rs]),
             "unlimited_completed_per_s": med([r["unlimited"]["completed_per_s"] for r in rs]),
             "unlimited_drop_pct": med([r["unlimited"]["drop_pct"] for r in rs]),
+            "cpu_us_per_exchange_at": {k: med([r["cpu_at"][k] for r in rs if r.get("cpu_at", {}).get(k) is not None])
+                                       for k in (rs[0].get("cpu_at", {}) if rs else {})},
+            "passed_all_at": {k: all(r["passed_at"][k] for r in rs) for k in (rs[0].get("passed_at", {}) if rs else {})},
         }
     rb = summary.get("ramboot", {}).get("sustained_rate")
     peers = {n: s["sustained_rate"] for n, s in summary.items() if not n.startswith("ramboot") and s["sustained_rate"]}
@@ -749,7 +834,7 @@ def table(summary: dict, servers: list[str], args: argparse.Namespace) -> str:
             fmt(s["unlimited_drop_pct"], 1),
         ])
     out = [
-        f"DHCPv4 DORA via perfdhcp: {args.clients} clients, {args.step_seconds} s steps, "
+        f"DHCPv4 DORA via {'ramboot-dhcp-load' if args.load == 'ramboot' else 'perfdhcp'}: {args.clients} clients, {args.step_seconds} s steps, "
         f"pass = drops < {DROP_LIMIT_PCT:g} %, median of {args.runs} run(s)",
     ] + render_table(head, rows, left=1)
     ratio = summary.get("ratio_ramboot_to_best_peer")
@@ -759,6 +844,20 @@ def table(summary: dict, servers: list[str], args: argparse.Namespace) -> str:
             out.append(f"ramboot / best peer ({ratio['peer']}) sustained rate: < {bound:.2f}x")
         else:
             out.append(f"ramboot / best peer ({ratio['peer']}) sustained rate: {ratio['sustained_rate']:.2f}x")
+    for rate in args.cpu_rates:  # issue 18: CPU per exchange at fixed offered rates
+        k = str(rate)
+        cells = []
+        for name in servers:
+            v = summary[name].get("cpu_us_per_exchange_at", {}).get(k)
+            if v is not None:
+                mark = "" if summary[name]["passed_all_at"].get(k) else " (saturated: did not sustain it)"
+                cells.append(f"{name} {fmt(v, 1)}{mark}")
+        if cells:
+            line = f"CPU us/exch at {rate}/s offered: " + ", ".join(cells)
+            rb, kea = (summary.get(n, {}).get("cpu_us_per_exchange_at", {}).get(k) for n in ("ramboot", "kea"))
+            if rb and kea:
+                line += f"; ramboot / kea {rb / kea:.2f}"
+            out.append(line)
     pg_ratio = summary.get("ratio_ramboot_pg_to_kea_pg")
     if pg_ratio:
         out.append(f"ramboot-pg / kea on PostgreSQL (its best of kea-pg, kea-pg-mt) sustained rate: "
@@ -792,6 +891,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)), help="sweep steps (exchanges/s)")
     ap.add_argument("--no-bisect", dest="bisect", action="store_false", help="skip the one bisection step")
     ap.add_argument("--cpu-rate", type=int, default=250, help="fixed rate for CPU/exchange and fixed-rate latency")
+    ap.add_argument("--cpu-rates", default="8000,12000",
+                    help="offered rates whose CPU per exchange the table compares (each server runs them, passing or not)")
     ap.add_argument("--unlimited-rate", type=int, default=100000, help="perfdhcp -r of the unlimited step")
     ap.add_argument("--unlimited-timestamps", action="store_true",
                     help="also collect per-packet timestamps in the unlimited step (perfdhcp memory!)")
@@ -799,6 +900,12 @@ def parse_args() -> argparse.Namespace:
                     help="collect -x t timestamps only when rate*seconds is at most this many exchanges; "
                          "perfdhcp then keeps every packet (~6 KB each). 0: a quarter of MemAvailable")
     ap.add_argument("--clients", type=int, default=10000, help="perfdhcp -R")
+    ap.add_argument("--load", choices=("ramboot", "perfdhcp"), default="ramboot",
+                    help="the load generator: ramboot-dhcp-load (costs less CPU per exchange than the servers, so "
+                         "it shows their ceiling on two cores) or perfdhcp (the reference; ~12,000/s on one core)")
+    ap.add_argument("--dhcp-load-bin", type=Path, default=HERE.parent.parent / "target" / "release" / "ramboot-dhcp-load")
+    ap.add_argument("--generators", type=int, default=1,
+                    help="load generators per server, each with its own clients, address and share of the rate")
     ap.add_argument("--exit-wait", type=float, default=1.0, help="perfdhcp -W (seconds) after the period")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="don't pin the server to CPU 0 and perfdhcp to the other CPUs")
@@ -811,8 +918,9 @@ def parse_args() -> argparse.Namespace:
     a = ap.parse_args()
     parse_servers(ap, a, ALL_SERVERS)
     a.rates = sorted({int(r) for r in a.rates.split(",")})
-    if a.runs < 1 or a.step_seconds < 1 or not a.rates or a.rates[0] < 1:
-        ap.error("--runs, --step-seconds and --rates must be positive")
+    a.cpu_rates = sorted({int(r) for r in a.cpu_rates.split(",") if r.strip()})
+    if a.runs < 1 or a.step_seconds < 1 or a.generators < 1 or not a.rates or a.rates[0] < 1:
+        ap.error("--runs, --step-seconds, --generators and --rates must be positive")
     if a.timestamp_limit <= 0:
         a.timestamp_limit = mem_available() // 4 // PERFDHCP_BYTES_PER_EXCHANGE
     ncpu = os.cpu_count() or 1
@@ -825,7 +933,9 @@ def parse_args() -> argparse.Namespace:
 
 def preflight(a: argparse.Namespace) -> None:
     need = common_needs(a, shutil.which("ip"), shutil.which("taskset"))
-    need["perfdhcp"] = a.perfdhcp_bin
+    need["perfdhcp"] = a.perfdhcp_bin  # the readiness probe, and --load perfdhcp
+    if a.load == "ramboot":
+        need["ramboot-dhcp-load"] = str(a.dhcp_load_bin)
     if {"kea", "kea-pg", "kea-pg-mt"} & set(a.servers):
         need["kea-dhcp4"] = a.kea_bin
     if NEEDS_POSTGRES & set(a.servers):
@@ -839,7 +949,7 @@ def preflight(a: argparse.Namespace) -> None:
     missing = [f"{k} ({v})" for k, v in need.items() if not v or not os.access(v, os.X_OK)]
     if missing:
         raise BenchError("missing: " + ", ".join(missing) +
-                         " (ramboot: cargo build --release, or --ramboot-bin; the others: apt-get install kea-admin kea-dhcp4-server dnsmasq-base)")
+                         " (ramboot, ramboot-dhcp-load: cargo build --release --workspace, or --ramboot-bin; the others: apt-get install kea-admin kea-dhcp4-server dnsmasq-base)")
     os.makedirs(a.workdir, exist_ok=True)
 
 
@@ -889,7 +999,8 @@ def main() -> int:
         "versions": {"perfdhcp": bench.perfdhcp_version, **bench.server_versions},
         "settings": {
             "runs": args.runs, "step_seconds": args.step_seconds, "clients": args.clients,
-            "rates": args.rates, "bisect": args.bisect, "cpu_rate": args.cpu_rate,
+            "load": args.load, "generators_per_server": args.generators,
+            "rates": args.rates, "bisect": args.bisect, "cpu_rate": args.cpu_rate, "cpu_rates": args.cpu_rates,
             "unlimited_rate": args.unlimited_rate, "exit_wait_s": args.exit_wait,
             "timestamp_limit_exchanges": args.timestamp_limit,
             "pinning": {"server": args.server_cpus, "perfdhcp": args.client_cpus},

@@ -12,6 +12,7 @@
 //! depends on this one.
 
 pub mod bins;
+pub mod dhcpload;
 pub mod harness;
 pub mod logs;
 pub mod net;

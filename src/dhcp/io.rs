@@ -316,6 +316,7 @@ pub async fn serve(
         "DHCP serving"
     );
 
+    let commit_delay = cfg.dhcp.commit_delay;
     let (inbox_tx, mut inbox) = mpsc::channel::<Datagram>(INBOX);
     let (commit_tx, commit_rx) = mpsc::channel::<Pending>(COMMIT_QUEUE);
     let (failed_tx, mut failed) = mpsc::unbounded_channel::<Rollback>();
@@ -329,10 +330,10 @@ pub async fn serve(
     match store.sync_lease_writer() {
         Ok(Some(writer)) => {
             let (store, runtime) = (store.clone(), tokio::runtime::Handle::current());
-            tasks.spawn_blocking(move || commit_loop_sync(store, writer, commit_rx, failed_tx, runtime));
+            tasks.spawn_blocking(move || commit_loop_sync(store, writer, commit_rx, failed_tx, runtime, commit_delay));
         }
         Ok(None) => {
-            tasks.spawn(commit_loop(store.clone(), commit_rx, failed_tx));
+            tasks.spawn(commit_loop(store.clone(), commit_rx, failed_tx, commit_delay));
         }
         Err(e) => return Err(DhcpIoError::LeaseWriter(e)),
     }
@@ -729,9 +730,17 @@ impl Rollback {
 /// to the decider, newest first, which restores the bindings they replaced. A grant
 /// the database refused (another server holds the address) gets no ACK either; the
 /// client's retry is offered another address.
-async fn commit_loop(store: Store, mut queue: mpsc::Receiver<Pending>, failed: mpsc::UnboundedSender<Rollback>) {
-    let mut batch = Batch::default();
+async fn commit_loop(
+    store: Store,
+    mut queue: mpsc::Receiver<Pending>,
+    failed: mpsc::UnboundedSender<Rollback>,
+    commit_delay: Duration,
+) {
+    let mut batch = Batch::new(commit_delay);
     while let Some(first) = queue.recv().await {
+        if let Some(pause) = batch.pause() {
+            tokio::time::sleep(pause).await;
+        }
         batch.gather(first, &mut queue);
         let started = Instant::now();
         let result = store.commit_dhcp(&batch.ops, unix_now().1).await;
@@ -750,9 +759,13 @@ fn commit_loop_sync(
     mut queue: mpsc::Receiver<Pending>,
     failed: mpsc::UnboundedSender<Rollback>,
     runtime: tokio::runtime::Handle,
+    commit_delay: Duration,
 ) {
-    let mut batch = Batch::default();
+    let mut batch = Batch::new(commit_delay);
     while let Some(first) = queue.blocking_recv() {
+        if let Some(pause) = batch.pause() {
+            std::thread::sleep(pause);
+        }
         batch.gather(first, &mut queue);
         let started = Instant::now();
         let result = store.commit_dhcp_sync(&mut writer, &batch.ops, unix_now().1);
@@ -769,9 +782,23 @@ struct Batch {
     ops: Vec<LeaseOp>,
     replies: Vec<Option<Outgoing>>,
     undos: Vec<Option<Undo>>,
+    /// `dhcp.commit_delay_us`, and how many leases the last commit carried.
+    delay: Duration,
+    last_size: usize,
 }
 
 impl Batch {
+    fn new(delay: Duration) -> Batch {
+        Batch { delay, ..Batch::default() }
+    }
+
+    /// How long to let the next batch fill before gathering it: the commit delay
+    /// when the last commit had company (clients are arriving faster than commits
+    /// finish, so waiting adds leases to one fsync); none for a lone client.
+    fn pause(&self) -> Option<Duration> {
+        (self.last_size > 1 && !self.delay.is_zero()).then_some(self.delay)
+    }
+
     /// `first` and whatever else is queued already, up to [`MAX_BATCH`].
     fn gather(&mut self, first: Pending, queue: &mut mpsc::Receiver<Pending>) {
         let mut next = Some(first);
@@ -783,6 +810,7 @@ impl Batch {
                 next = queue.try_recv().ok();
             }
         }
+        self.last_size = self.ops.len();
     }
 
     /// Act on the store's answer and empty the batch: the replies that may go now.
@@ -849,6 +877,32 @@ impl Batch {
 mod tests {
     use super::*;
     use dhcproto::v4::{DhcpOption, Flags};
+
+    #[test]
+    fn the_commit_delay_waits_only_behind_a_commit_that_had_company() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let release = |n: u8| Pending {
+            op: LeaseOp::Release {
+                mac: ramboot_core::node::MacAddr([2, 0, 0, 0, 0, n]),
+                ip: Ipv4Addr::new(10, 0, 0, n),
+            },
+            reply: None,
+            undo: None,
+        };
+        let mut batch = Batch::new(Duration::from_millis(1));
+        assert_eq!(batch.pause(), None, "the first commit does not wait");
+        batch.gather(release(1), &mut rx);
+        assert_eq!(batch.pause(), None, "a lone client's lease is written at once");
+        batch.ops.clear();
+        tx.try_send(release(3)).unwrap();
+        batch.gather(release(2), &mut rx);
+        assert_eq!(batch.ops.len(), 2);
+        assert_eq!(batch.pause(), Some(Duration::from_millis(1)), "two at once: the next batch may fill");
+        assert_eq!(Batch::new(Duration::ZERO).pause(), None);
+        let mut off = Batch::new(Duration::ZERO);
+        off.last_size = 100;
+        assert_eq!(off.pause(), None, "0 turns it off");
+    }
 
     fn request(mac: [u8; 6], kind: MessageType) -> Message {
         let any = Ipv4Addr::UNSPECIFIED;
