@@ -22,6 +22,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// HTTP's share of `DRAIN`: it closes its stragglers itself (and says so) before
 /// `run` stops waiting for it.
 const HTTP_DRAIN: Duration = Duration::from_secs(8);
+/// TFTP's blocking pool beyond one thread per session: file reads and MTU lookups.
+const TFTP_SPARE_BLOCKING_THREADS: usize = 16;
 
 pub async fn run(config: Config) -> Result<()> {
     // First: a SIGTERM while the server is still starting (a unit stopped at once)
@@ -202,7 +204,11 @@ pub async fn run(config: Config) -> Result<()> {
         // and an HTTP storm on the main runtime cannot delay a PXE ROM's next block.
         tasks.spawn(async move {
             tokio::task::spawn_blocking(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                // Each session blocks a pool thread (`tftp::transfer`): room for all of them.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .max_blocking_threads(limits.max_sessions + TFTP_SPARE_BLOCKING_THREADS)
+                    .build()?;
                 runtime
                     .block_on(crate::tftp::serve_with(&root, tftp_socket, limits, Some(signed), cancel))
                     .map_err(anyhow::Error::from)

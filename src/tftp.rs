@@ -1,8 +1,11 @@
 //! TFTP: read-only service of the iPXE binaries under `ipxe/`.
 //!
 //! The protocol is ours (`ramboot_core::tftp::session`: a pure state machine); this is the thin
-//! tokio layer around it. The server port takes requests; each read runs as its own
-//! task on its own port (the TFTP transfer ID), under a cap on concurrent sessions.
+//! layer around it. The server port takes requests (tokio); each read runs on its
+//! own port (the TFTP transfer ID) and its own blocking-pool thread, under a cap on
+//! concurrent sessions: a lockstep download is one send and one blocking receive
+//! per block, woken by the kernel directly (tftpd-hpa's cost per block, not an
+//! event loop's).
 //! Files are read once into memory and shared by every session that reads them
 //! (all nodes fetch the same few iPXE binaries), so a boot storm costs one copy.
 //!
@@ -39,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn};
 
 /// Concurrent transfers; more are refused with an ERROR (the client retries).
 pub const MAX_SESSIONS: usize = 1024;
@@ -48,6 +51,8 @@ pub const MAX_SESSIONS_PER_SOURCE: usize = 8;
 /// A whole session's lifetime: 1 MB in 512-byte lock-step blocks is 2,048 round
 /// trips, 120 s even at 50 ms each.
 pub const MAX_SESSION: Duration = Duration::from_secs(120);
+/// How often a session blocked in recv(2) wakes to check shutdown and its clocks.
+const SESSION_WAKE: Duration = Duration::from_millis(100);
 /// Refusal warnings are logged at most this often (with a count of the rest).
 const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -363,16 +368,18 @@ fn spawn_session(
     let (cancel, limits) = (cancel.clone(), *limits);
     let options = request.options;
     let session_limits = session_limits(&limits, link_mtu);
-    tasks.spawn(
-        async move {
-            let _permit = permit;
-            let link = Link { source, mtu: link_mtu };
-            if let Err(e) = transfer(link, client, &options, bytes, &limits, session_limits, cancel).await {
-                warn!(error = %e, "TFTP session socket failed");
-            }
+    // A thread of its own, blocked in recv(2) between blocks: a lockstep download
+    // (every PXE ROM's) costs one send and one receive per block, and the kernel
+    // wakes the session directly, with no event loop in between. `max_sessions`
+    // bounds the threads (the TFTP runtime's blocking pool is sized for it).
+    tasks.spawn_blocking(move || {
+        let _permit = permit;
+        let _entered = span.enter();
+        let link = Link { source, mtu: link_mtu };
+        if let Err(e) = transfer(link, client, &options, bytes, &limits, session_limits, &cancel) {
+            warn!(error = %e, "TFTP session socket failed");
         }
-        .instrument(span),
-    );
+    });
 }
 
 /// Receive a request: (length, sender, where it arrived if `pktinfo` is on).
@@ -414,41 +421,44 @@ struct Link {
 }
 
 /// Run one read session from a fresh port (the server's transfer ID) on the
-/// address the request was sent to.
-async fn transfer(
+/// address the request was sent to, blocking this thread until it ends.
+fn transfer(
     link: Link,
     client: SocketAddr,
     options: &[(String, String)],
     file: Arc<[u8]>,
     limits: &TftpLimits,
     session_limits: Limits,
-    cancel: CancellationToken,
+    cancel: &CancellationToken,
 ) -> std::io::Result<()> {
-    let socket = UdpSocket::bind(SocketAddr::new(link.source, 0)).await?;
+    let socket = std::net::UdpSocket::bind(SocketAddr::new(link.source, 0))?;
     // Connected: the kernel drops packets from any other transfer ID.
-    socket.connect(client).await?;
+    socket.connect(client)?;
+    // recv(2) returns at least this often, to notice shutdown, the session's time
+    // limit and a due resend (timeouts are whole seconds, so this is precise enough).
+    socket.set_read_timeout(Some(SESSION_WAKE))?;
     let negotiated = negotiate(options, file.len() as u64, &session_limits);
     let (mut session, mut step) = Session::start(&negotiated, file.len() as u64, &session_limits);
     let started = std::time::Instant::now();
-    let expires = tokio::time::Instant::now() + limits.max_session;
+    let expires = started + limits.max_session;
+    let mut deadline = started + session.timeout();
     let mut packet = Vec::with_capacity(usize::from(negotiated.blksize) + 4);
     let mut buf = vec![0u8; 1024];
-    let mut deadline = tokio::time::Instant::now();
     loop {
         match step {
             Step::Send(sends) => {
-                deadline = tokio::time::Instant::now() + session.timeout();
+                deadline = std::time::Instant::now() + session.timeout();
                 for send in sends {
                     match send {
                         Datagram::Oack => {
-                            socket.send(negotiated.oack.as_deref().unwrap_or_default()).await?;
+                            socket.send(negotiated.oack.as_deref().unwrap_or_default())?;
                         }
                         Datagram::Data { index, offset, len } => {
                             let offset = offset as usize;
                             packet.clear();
                             packet.extend_from_slice(&ramboot_core::tftp::session::data_header(index as u16));
                             packet.extend_from_slice(&file[offset..offset + len]);
-                            socket.send(&packet).await?;
+                            socket.send(&packet)?;
                         }
                     }
                 }
@@ -484,26 +494,38 @@ async fn transfer(
                 return Ok(());
             }
         }
-        step = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep_until(expires) => {
+        // Wait for the client's next packet, a due resend, or the session's end.
+        step = loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            let now = std::time::Instant::now();
+            if now >= expires {
                 metrics::counter!("ramboot_tftp_sessions_total", "outcome" => "expired").increment(1);
                 warn!(max_session = ?limits.max_session, "TFTP session ran out of time; ended");
                 let packet = error_packet(ramboot_core::tftp::session::code::NOT_DEFINED, "session time limit reached");
                 // Best effort: the client may be gone.
-                let _ = socket.send(&packet).await;
+                let _ = socket.send(&packet);
                 return Ok(());
             }
-            r = tokio::time::timeout_at(deadline, socket.recv(&mut buf)) => match r {
-                Err(_) => session.on_timeout(),
-                // ICMP port unreachable: the client went away; resends run out fast.
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => session.on_timeout(),
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(n)) => match parse_client(&buf[..n]) {
-                    Ok(p) => session.on_packet(&p),
-                    Err(_) => Step::Wait,
+            if now >= deadline {
+                break session.on_timeout();
+            }
+            match socket.recv(&mut buf) {
+                Ok(n) => match parse_client(&buf[..n]) {
+                    Ok(p) => break session.on_packet(&p),
+                    Err(_) => continue,
                 },
-            },
+                // ICMP port unreachable: the client went away; resends run out fast.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break session.on_timeout(),
+                // SO_RCVTIMEO passed (EAGAIN), or a signal: check the clocks again.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
         };
     }
 }

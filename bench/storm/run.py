@@ -200,7 +200,7 @@ def summarize(results: list[dict], limits: list[float], node_counts: list[int],
     for mode, n in [(mode, n) for mode in modes for n in node_counts]:
         rs = [r for r in results if r["nodes"] == n and r.get("mode") == mode and "error" not in r]
         if not rs:
-            rows.append([n, mode] + ["-"] * 10)
+            rows.append([n, mode] + ["-"] * 12)
             continue
         ready = med([r["all_ready_secs"] for r in rs])
         moved = med([r["bytes"] for r in rs])
@@ -213,12 +213,19 @@ def summarize(results: list[dict], limits: list[float], node_counts: list[int],
              "rss_peak_mib": rss / MIB, "server_cpu_secs": med([r["server_cpu_secs"] for r in rs]),
              "sim_cpu_secs": med([r["sim_cpu_secs"] for r in rs]),
              "target_met": bool(eff and eff >= 0.8), "runs": len(rs)}
+        # What a core buys: server CPU per GiB it served and per node it booted, and
+        # RSS per node (flat memory means this falls as the fleet grows).
+        cpu = s["server_cpu_secs"]
+        s["server_cpu_secs_per_gib"] = cpu / (moved / (1 << 30)) if cpu is not None and moved else None
+        s["server_cpu_ms_per_node"] = cpu * 1e3 / n if cpu is not None else None
+        s["rss_kib_per_node"] = rss / 1024 / n
         summary.append(s)
         rows.append([n, mode, f"{moved / (1 << 30):.1f} GiB", fmt(ready, 2), fmt(limit, 2), f"{eff * 100:.0f} %" if eff else "-",
                      fmt(s["boot_p50"], 2), fmt(s["boot_p99"], 2), fmt(s["image_p50"], 2), f"{rss / MIB:.1f}",
-                     fmt(s["server_cpu_secs"], 1), fmt(s["sim_cpu_secs"], 1)])
+                     fmt(s["server_cpu_secs"], 1), fmt(s["server_cpu_secs_per_gib"], 2),
+                     fmt(s["server_cpu_ms_per_node"], 1), fmt(s["sim_cpu_secs"], 1)])
     head = ["nodes", "image check", "moved", "all ready s", "limit s", "of limit", "boot p50", "boot p99", "image p50",
-            "RSS peak MiB", "server CPU s", "sim CPU s"]
+            "RSS peak MiB", "server CPU s", "CPU s/GiB", "CPU ms/node", "sim CPU s"]
     return render_table(head, rows, 2), summary
 
 
