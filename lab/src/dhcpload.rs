@@ -202,9 +202,9 @@ struct Latencies(Vec<f64>);
 impl Latencies {
     fn stats(mut self, stats: &mut ExchangeStats, keep: bool) {
         self.0.sort_by(f64::total_cmp);
-        let at = |p: f64| self.0.get(((self.0.len() as f64 - 1.0) * p).round() as usize).copied();
-        stats.p50_ms = at(0.5);
-        stats.p99_ms = at(0.99);
+        let at = |p: f64| (!self.0.is_empty()).then(|| crate::sim::percentile(&self.0, p));
+        stats.p50_ms = at(50.0);
+        stats.p99_ms = at(99.0);
         stats.max_ms = self.0.last().copied();
         if keep {
             stats.samples_ms = self.0;
