@@ -29,6 +29,7 @@ pub mod serve;
 pub mod store;
 pub mod tftp;
 pub mod token;
+pub mod udp;
 pub mod watch;
 pub mod watchdog;
 pub mod yaml;

@@ -194,6 +194,9 @@ pub async fn serve_with(
 ) -> Result<(), TftpError> {
     let root = std::fs::canonicalize(root).map_err(|source| TftpError::Root { path: root.to_path_buf(), source })?;
     socket.set_nonblocking(true)?;
+    // A storm's read requests all arrive at once; each one dropped here costs its
+    // node a retransmit timeout (the simulator's 1,000-node storms measured it).
+    crate::udp::deepen_receive_queue(&socket, crate::udp::LISTENER_RECEIVE_BUFFER);
     let socket = UdpSocket::from_std(socket)?;
     let local = socket.local_addr()?;
     // IPv4: each request tells where it arrived (see the module doc). IPv6 sessions
@@ -444,6 +447,9 @@ fn transfer(
     let mut deadline = started + session.timeout();
     let mut packet = Vec::with_capacity(usize::from(negotiated.blksize) + 4);
     let mut buf = vec![0u8; 1024];
+    // Waits for an ACK that ran out (each resends): a lossy network or an
+    // overloaded side shows here first.
+    let mut timeouts = 0u32;
     loop {
         match step {
             Step::Send(sends) => {
@@ -477,6 +483,7 @@ fn transfer(
                     windowsize = negotiated.windowsize,
                     asked = ?asked.join(" "),
                     ms = (secs * 1000.0) as u64,
+                    timeouts,
                     from = %link.source,
                     link_mtu = ?link.mtu,
                     "TFTP read"
@@ -509,6 +516,8 @@ fn transfer(
                 return Ok(());
             }
             if now >= deadline {
+                timeouts += 1;
+                metrics::counter!("ramboot_tftp_timeouts_total").increment(1);
                 break session.on_timeout();
             }
             match socket.recv(&mut buf) {

@@ -113,6 +113,8 @@ fn twenty_simulated_nodes_boot_to_ready_through_dhcp_tftp_and_http() {
         assert!(phase["p50"].as_f64().unwrap() > 0.0, "every phase timed: {phase}");
     }
     assert!(report["all_ready_secs"].as_f64().unwrap() > 0.0);
+    // On a private link nothing is lost: no node waits out a DHCP or TFTP timeout.
+    assert_eq!(report["retransmits"]["nodes"], 0, "retransmissions {}: {}", report["retransmits"], context());
     assert!(sim_output.contains("20 of 20 nodes ready"), "the summary table is printed");
 
     // The server's account: every node ready, each with its own lease and its events.

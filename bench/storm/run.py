@@ -94,7 +94,7 @@ def ramboot_config(workdir: Path, topo: Topology) -> Path:
     cfg.write_text(f"""interface: {topo.server_if}
 server_address: {SERVER_IP}
 http: {{listen: "{SERVER_IP}:{HTTP_PORT}", max_connections_per_source: 4096}}
-tftp: {{listen: "{SERVER_IP}:69", max_sessions_per_source: 1024}}
+tftp: {{listen: "{SERVER_IP}:69", max_sessions: 8192, max_sessions_per_source: 8192}}
 dhcp: {{subnet: {SUBNET}, range: [{LEASE_FIRST}, {LEASE_LAST}], router: {SERVER_IP}}}
 default_profile: storm
 paths: {{data: {workdir}/data, profiles: {workdir}/profiles, ipxe: {workdir}/ipxe}}
@@ -118,6 +118,30 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self.done.wait(0.1):
             self.peak = max(self.peak, self.status("VmRSS"))
+
+
+# Kernel counters of a namespace that say whether anything was lost or waited out:
+# (file, group, counter) -> the name the results use.
+NET_COUNTERS = {
+    ("snmp", "Tcp", "RetransSegs"): "tcp_retrans_segs",
+    ("netstat", "TcpExt", "TCPTimeouts"): "tcp_rtos",
+    ("netstat", "TcpExt", "TCPMemoryPressures"): "tcp_memory_pressures",
+    ("netstat", "TcpExt", "TCPRcvQDrop"): "tcp_rcvq_drops",
+    ("netstat", "TcpExt", "TCPToZeroWindowAdv"): "tcp_zero_windows",
+    ("snmp", "Udp", "RcvbufErrors"): "udp_rcvbuf_drops",
+}
+
+
+def net_counters(ns: str) -> dict[str, int]:
+    """NET_COUNTERS' values in `ns` (/proc/net/snmp and netstat: a header line, then values)."""
+    values: dict[tuple[str, str, str], int] = {}
+    for file in ("snmp", "netstat"):
+        lines = run(["ip", "netns", "exec", ns, "cat", f"/proc/net/{file}"]).stdout.splitlines()
+        for head, vals in zip(lines[0::2], lines[1::2]):
+            group, names = head.split(":", 1)
+            for name, value in zip(names.split(), vals.split(":", 1)[1].split()):
+                values[(file, group, name)] = int(value)
+    return {key: values.get(where, 0) for where, key in NET_COUNTERS.items()}
 
 
 def iperf_limit(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path) -> float:
@@ -161,12 +185,15 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
     log(f"storm of {nodes} nodes, image {mode} (run {run_idx + 1}/{a.runs})")
     started = time.monotonic()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    net_before = {side: net_counters(ns) for side, ns in (("server", topo.server_ns), ("sim", topo.client_ns))}
     sim = subprocess.run(ns_exec(topo.client_ns, pin_c, sim_cmd, {"NO_COLOR": "1"}), stdout=subprocess.PIPE,
                          text=True, timeout=a.timeout + 120)
     wall = time.monotonic() - started
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     sim_cpu = (children.ru_utime + children.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
     cpu = cpu_seconds(server.pid) - cpu_before
+    net = {side: {k: v - net_before[side][k] for k, v in net_counters(ns).items()}
+           for side, ns in (("server", topo.server_ns), ("sim", topo.client_ns))}
     sampler.done.set()
     sampler.join()
     hwm = sampler.status("VmHWM")
@@ -187,6 +214,10 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
         # The node that finished last, phase by phase: what a long tail is made of.
         "slowest": max(rep["results"], key=lambda r: r["ready_at_secs"]),
         "rss_peak": sampler.peak, "rss_hwm": hwm, "server_cpu_secs": cpu, "sim_cpu_secs": sim_cpu,
+        # Timeouts waited out: the simulator's own (DHCP, TFTP; per node in its
+        # report) and the kernel's in each namespace (TCP retransmit timeouts, UDP
+        # queue drops, TCP memory pressure).
+        "retransmits": rep["retransmits"], "net": net, "tcp_receive_buffer": rep.get("tcp_receive_buffer"),
     }
 
 
@@ -200,7 +231,7 @@ def summarize(results: list[dict], limits: list[float], node_counts: list[int],
     for mode, n in [(mode, n) for mode in modes for n in node_counts]:
         rs = [r for r in results if r["nodes"] == n and r.get("mode") == mode and "error" not in r]
         if not rs:
-            rows.append([n, mode] + ["-"] * 12)
+            rows.append([n, mode] + ["-"] * 14)
             continue
         ready = med([r["all_ready_secs"] for r in rs])
         moved = med([r["bytes"] for r in rs])
@@ -212,7 +243,11 @@ def summarize(results: list[dict], limits: list[float], node_counts: list[int],
              "image_p50": med([r["phases"]["image"]["p50"] for r in rs]),
              "rss_peak_mib": rss / MIB, "server_cpu_secs": med([r["server_cpu_secs"] for r in rs]),
              "sim_cpu_secs": med([r["sim_cpu_secs"] for r in rs]),
-             "target_met": bool(eff and eff >= 0.8), "runs": len(rs)}
+             "target_met": bool(eff and eff >= 0.8), "runs": len(rs),
+             "nodes_with_timeouts": med([r["retransmits"]["nodes"] for r in rs]),
+             "tcp_rtos": med([r["net"]["server"]["tcp_rtos"] + r["net"]["sim"]["tcp_rtos"] for r in rs]),
+             "udp_drops": med([r["net"]["server"]["udp_rcvbuf_drops"] + r["net"]["sim"]["udp_rcvbuf_drops"]
+                               for r in rs])}
         # What a core buys: server CPU per GiB it served and per node it booted, and
         # RSS per node (flat memory means this falls as the fleet grows).
         cpu = s["server_cpu_secs"]
@@ -223,9 +258,11 @@ def summarize(results: list[dict], limits: list[float], node_counts: list[int],
         rows.append([n, mode, f"{moved / (1 << 30):.1f} GiB", fmt(ready, 2), fmt(limit, 2), f"{eff * 100:.0f} %" if eff else "-",
                      fmt(s["boot_p50"], 2), fmt(s["boot_p99"], 2), fmt(s["image_p50"], 2), f"{rss / MIB:.1f}",
                      fmt(s["server_cpu_secs"], 1), fmt(s["server_cpu_secs_per_gib"], 2),
-                     fmt(s["server_cpu_ms_per_node"], 1), fmt(s["sim_cpu_secs"], 1)])
+                     fmt(s["server_cpu_ms_per_node"], 1), fmt(s["sim_cpu_secs"], 1),
+                     f'{s["nodes_with_timeouts"]:g}', f'{s["tcp_rtos"]:g} / {s["udp_drops"]:g}'])
     head = ["nodes", "image check", "moved", "all ready s", "limit s", "of limit", "boot p50", "boot p99", "image p50",
-            "RSS peak MiB", "server CPU s", "CPU s/GiB", "CPU ms/node", "sim CPU s"]
+            "RSS peak MiB", "server CPU s", "CPU s/GiB", "CPU ms/node", "sim CPU s", "nodes timed out",
+            "TCP RTOs / UDP drops"]
     return render_table(head, rows, 2), summary
 
 

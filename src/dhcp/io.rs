@@ -26,7 +26,6 @@ use crate::store::LeaseState;
 use crate::store::{LeaseChange, LeaseNotice, LeaseOp, Store, StoreError, SyncLeaseWriter, Taken};
 use dhcproto::v4::{Message, MessageType};
 use dhcproto::{Decodable, Decoder};
-use nix::sys::socket as sock;
 use ramboot_core::dhcp::classify::{self, ClassifyError, Client, Firmware};
 use ramboot_core::dhcp::decide::{
     decide, encode_reply, Arrival, Decision, Host, Hosts, IgnoreReason, Inbound, Leases, Port,
@@ -46,8 +45,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-/// Kernel receive buffer per DHCP socket: a few thousand requests.
-const RECEIVE_BUFFER: usize = 4 << 20;
 /// Packets waiting for the decider; beyond this they are dropped (and counted).
 const INBOX: usize = 1024;
 /// Lease changes waiting for the committer; a full queue slows the decider down.
@@ -97,9 +94,7 @@ pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpIoError> {
     pktinfo::enable(&socket).map_err(err)?;
     // A deep receive queue absorbs bursts while the committer holds the CPU (a boot
     // storm arrives all at once); as root, past net.core.rmem_max.
-    if sock::setsockopt(&socket, sock::sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
-        let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
-    }
+    crate::udp::deepen_receive_queue(&socket, crate::udp::LISTENER_RECEIVE_BUFFER);
     socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into()).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     UdpSocket::from_std(socket.into()).map_err(err)

@@ -15,7 +15,6 @@ use crate::profiles::LiveProfiles;
 use crate::store::{Lease6Op, LeaseState, Store, StoreError};
 use dhcproto::v6::{Message, MessageType};
 use dhcproto::{Decodable, Decoder, Encodable};
-use nix::sys::socket as sock;
 use ramboot_core::dhcp::classify::Firmware;
 use ramboot_core::dhcp::decide::Hosts;
 use ramboot_core::dhcp::ipxe::Handovers;
@@ -35,8 +34,6 @@ pub const SERVER_PORT: u16 = 547;
 pub const CLIENT_PORT: u16 = 546;
 /// All_DHCP_Relay_Agents_and_Servers.
 const ALL_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
-/// Kernel receive buffer: what arrives while a batch commits.
-const RECEIVE_BUFFER: usize = 4 << 20;
 /// Most bindings written in one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -61,9 +58,7 @@ pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, Dhcp6IoError> {
     socket.set_only_v6(true).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
     socket.bind_device(Some(interface.as_bytes())).map_err(err)?;
-    if sock::setsockopt(&socket, sock::sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
-        let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
-    }
+    crate::udp::deepen_receive_queue(&socket, crate::udp::LISTENER_RECEIVE_BUFFER);
     socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into()).map_err(err)?;
     socket.join_multicast_v6(&ALL_SERVERS, ifindex).map_err(err)?;
     socket.set_multicast_if_v6(ifindex).map_err(err)?;

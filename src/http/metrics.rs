@@ -93,6 +93,10 @@ fn describe() {
         "TFTP read requests, by outcome (served, busy and source_busy refusals, expired sessions, ...)"
     );
     metrics::describe_counter!("ramboot_tftp_bytes_total", "Bytes of files opened for TFTP transfer");
+    metrics::describe_counter!(
+        "ramboot_tftp_timeouts_total",
+        "TFTP waits for a client's ACK that ran out: each resends (or, past the resend limit, ends the session)"
+    );
     metrics::describe_counter!("ramboot_http_artifact_bytes_total", "Artifact bytes sent over HTTP");
     metrics::describe_gauge!("ramboot_http_artifact_downloads_in_flight", "Artifact downloads in progress");
     metrics::describe_counter!(

@@ -175,8 +175,13 @@ impl Relay {
     }
 
     /// Send `msg` and wait for a reply of `wanted` type (a NAK is a refusal),
-    /// resending on silence.
-    pub async fn exchange(&self, msg: &Message, wanted: MessageType) -> Result<Answer, DhcpSimError> {
+    /// resending on silence; each resend counts in `resends`.
+    pub async fn exchange(
+        &self,
+        msg: &Message,
+        wanted: MessageType,
+        resends: &mut u32,
+    ) -> Result<Answer, DhcpSimError> {
         let mut bytes = Vec::with_capacity(400);
         msg.encode(&mut Encoder::new(&mut bytes)).map_err(|e| DhcpSimError::Encode(e.to_string()))?;
         let (tx, mut rx) = mpsc::channel(4);
@@ -185,7 +190,10 @@ impl Relay {
             w.insert(xid, tx);
         }
         let _unregister = Unregister { waiting: &self.waiting, xid };
-        for wait in RETRIES {
+        for (attempt, wait) in RETRIES.into_iter().enumerate() {
+            if attempt > 0 {
+                *resends += 1;
+            }
             self.socket.send_to(&bytes, self.server).await?;
             let deadline = tokio::time::Instant::now() + wait;
             while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -202,12 +210,17 @@ impl Relay {
     }
 
     /// DISCOVER → OFFER → REQUEST → ACK.
-    pub async fn dora(&self, client: &Client, stage: Stage, xid: u32) -> Result<Answer, DhcpSimError> {
-        let offer = self
-            .exchange(&message(client, stage, xid, self.address, MessageType::Discover), MessageType::Offer)
-            .await?;
+    pub async fn dora(
+        &self,
+        client: &Client,
+        stage: Stage,
+        xid: u32,
+        resends: &mut u32,
+    ) -> Result<Answer, DhcpSimError> {
+        let discover = message(client, stage, xid, self.address, MessageType::Discover);
+        let offer = self.exchange(&discover, MessageType::Offer, resends).await?;
         let request = request_for(client, stage, xid, self.address, &offer);
-        let ack = self.exchange(&request, MessageType::Ack).await?;
+        let ack = self.exchange(&request, MessageType::Ack, resends).await?;
         // Options a server sends only in the ACK still count; the OFFER's boot file
         // is the fallback.
         Ok(Answer { boot_file: ack.boot_file.clone().or(offer.boot_file), ..ack })

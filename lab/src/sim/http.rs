@@ -48,14 +48,27 @@ pub struct Call<'a> {
     pub hash: bool,
     /// Called with the running byte count as the body arrives.
     pub progress: Option<&'a mut (dyn FnMut(u64) + Send)>,
-    /// Connect from this address (a simulated node's leased one): the server gives
-    /// a node's script and token only to the address DHCP bound to its MAC.
-    pub local: Option<IpAddr>,
+    /// Connect as this node: the server gives a node's script and token only to
+    /// the address DHCP bound to its MAC.
+    pub origin: Option<Origin>,
+}
+
+/// Where a simulated node's connections come from.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    /// The node's leased address.
+    pub address: IpAddr,
+    /// `SO_RCVBUF` of each connection, when set. Every simulated node's receive
+    /// queue is on this one host: left to autotuning (up to `tcp_rmem`'s 32 MiB each)
+    /// a few hundred slow readers push the host past `net.ipv4.tcp_mem`, where Linux
+    /// drops arriving segments and a node can stall for a minute on its sender's
+    /// backed-off retransmit timer. A real node's queue is in its own memory.
+    pub receive_buffer: Option<usize>,
 }
 
 impl<'a> Call<'a> {
     pub fn get(url: &'a str, token: Option<&'a str>) -> Call<'a> {
-        Call { method: Method::GET, url, token, json: None, keep: 1 << 20, hash: true, progress: None, local: None }
+        Call { method: Method::GET, url, token, json: None, keep: 1 << 20, hash: true, progress: None, origin: None }
     }
 
     pub fn post_json(url: &'a str, token: Option<&'a str>, body: &impl serde::Serialize) -> Call<'a> {
@@ -68,7 +81,7 @@ impl<'a> Call<'a> {
             keep: 64 << 10,
             hash: true,
             progress: None,
-            local: None,
+            origin: None,
         }
     }
 }
@@ -79,7 +92,7 @@ pub async fn call(mut c: Call<'_>) -> Result<Fetched, HttpSimError> {
     let uri: Uri = c.url.parse().map_err(|_| HttpSimError::BadUrl { url: url.clone() })?;
     let host = uri.host().ok_or_else(|| HttpSimError::BadUrl { url: url.clone() })?.to_string();
     let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect(&host, port, c.local))
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect(&host, port, c.origin))
         .await
         .map_err(|_| transport("connect timed out".into()))?
         .map_err(|e| transport(format!("connect: {e}")))?;
@@ -128,14 +141,20 @@ pub async fn call(mut c: Call<'_>) -> Result<Fetched, HttpSimError> {
     Ok(Fetched { status, bytes, sha256, kept })
 }
 
-/// Connect to `host:port`, from `local` if given.
-async fn connect(host: &str, port: u16, local: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    let Some(local) = local else { return TcpStream::connect((host, port)).await };
+/// Connect to `host:port`, as `origin` if given.
+async fn connect(host: &str, port: u16, origin: Option<Origin>) -> std::io::Result<TcpStream> {
+    let Some(Origin { address: local, receive_buffer }) = origin else {
+        return TcpStream::connect((host, port)).await;
+    };
     let server = tokio::net::lookup_host((host, port))
         .await?
         .find(|a| a.is_ipv4() == local.is_ipv4())
         .ok_or_else(|| std::io::Error::other(format!("{host} has no address of the family of {local}")))?;
     let socket = if local.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(bytes) = receive_buffer {
+        // Before connect: the window scale is agreed in the handshake.
+        socket.set_recv_buffer_size(u32::try_from(bytes).unwrap_or(u32::MAX))?;
+    }
     socket.bind(SocketAddr::new(local, 0)).map_err(|e| {
         std::io::Error::new(
             e.kind(),

@@ -130,7 +130,34 @@ pub struct NodeResult {
     pub ready_at_secs: f64,
     pub tftp_bytes: u64,
     pub http_bytes: u64,
+    pub retransmits: Retransmits,
     pub error: Option<String>,
+}
+
+/// What one node sent again because an answer did not come in time: each is a
+/// retransmit timeout the node waited out (TCP's own are the kernel's; the storm
+/// bench reads them from both namespaces).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Retransmits {
+    /// DHCP DISCOVERs and REQUESTs sent again (after 2, 4, 8 s).
+    pub dhcp: u32,
+    /// TFTP timeouts (after 1, 2, 4, 8 s): the read request or an ACK sent again.
+    pub tftp: u32,
+}
+
+impl Retransmits {
+    fn any(&self) -> bool {
+        self.dhcp + self.tftp > 0
+    }
+}
+
+/// The fleet's retransmissions.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RetransmitTotals {
+    pub dhcp: u64,
+    pub tftp: u64,
+    /// Nodes that waited out at least one timeout.
+    pub nodes: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +183,9 @@ pub struct Report {
     pub http_bytes: u64,
     /// All bytes received over the run's wall time.
     pub bytes_per_sec: f64,
+    pub retransmits: RetransmitTotals,
+    /// Each node connection's TCP receive buffer (`SO_RCVBUF`); none: autotuned.
+    pub tcp_receive_buffer: Option<usize>,
     pub errors: Vec<String>,
     pub results: Vec<NodeResult>,
 }
@@ -193,6 +223,15 @@ impl Progress {
 
 /// Boot `opts.nodes` simulated nodes and report. Progress goes to stderr every 2 s.
 pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
+    let receive_buffer = tcp_memory_pressure_bytes().map(|bytes| receive_buffer_per_node(bytes, opts.nodes));
+    match receive_buffer {
+        Some(b) => eprintln!(
+            "each node's TCP receive buffer: {} (all {} together stay under half of net.ipv4.tcp_mem's pressure line)",
+            human_bytes(b as u64),
+            opts.nodes
+        ),
+        None => eprintln!("neither net.ipv4.tcp_mem nor MemTotal readable: TCP receive buffers autotuned"),
+    }
     let (relay, router) = Relay::bind(opts.relay, opts.server).await?;
     let relay = Arc::new(relay);
     let progress = Arc::new(Progress::default());
@@ -206,7 +245,7 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         nodes.spawn(
             async move {
                 tokio::time::sleep(delay).await;
-                boot(&opts, &relay, client, index, &progress, started).await
+                boot(&opts, &relay, client, index, receive_buffer, &progress, started).await
             }
             .instrument(span),
         );
@@ -226,7 +265,31 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
     }
     eprintln!("{}", progress.line(opts.nodes, started.elapsed()));
     router.abort();
-    Ok(summarize(opts.nodes, results, started.elapsed()))
+    Ok(summarize(opts.nodes, results, started.elapsed(), receive_buffer))
+}
+
+/// `net.ipv4.tcp_mem`'s pressure line in bytes: past it Linux starts dropping
+/// arriving segments. The setting is the host's, and a network namespace does not
+/// show it: there, Linux's default for it (a sixteenth of memory).
+fn tcp_memory_pressure_bytes() -> Option<u64> {
+    let page = u64::try_from(nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??).ok()?;
+    let set = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem").ok();
+    if let Some(pages) = set.as_deref().and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok()) {
+        return Some(pages * page);
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 =
+        meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024 / 16)
+}
+
+/// One node's `SO_RCVBUF`: all `nodes` together within half the pressure line
+/// (the other half is the server's send queues when it runs on this host too). The
+/// kernel charges up to twice `SO_RCVBUF`. At least 64 KiB (the window iPXE
+/// offers is 256 KiB), at most 4 MiB.
+fn receive_buffer_per_node(pressure_bytes: u64, nodes: u32) -> usize {
+    let share = pressure_bytes / 2 / 2 / u64::from(nodes.max(1));
+    share.clamp(64 << 10, 4 << 20) as usize
 }
 
 fn client_for(opts: &SimOptions, index: u32) -> Client {
@@ -267,15 +330,16 @@ async fn boot(
     relay: &Relay,
     client: Client,
     index: u32,
+    receive_buffer: Option<usize>,
     progress: &Progress,
     started: Instant,
 ) -> NodeResult {
     let powered_on = Instant::now();
     let mut timeline = Timeline { progress, current: None, phases: Vec::new() };
-    let mut bytes = (0u64, 0u64);
+    let mut tally = Tally { receive_buffer, ..Tally::default() };
     let limit = Duration::from_secs(opts.timeout_secs);
     let outcome =
-        match tokio::time::timeout(limit, boot_steps(opts, relay, &client, index, &mut timeline, &mut bytes)).await {
+        match tokio::time::timeout(limit, boot_steps(opts, relay, &client, index, &mut timeline, &mut tally)).await {
             Ok(r) => r,
             Err(_) => Err(SimError::Timeout(limit)),
         };
@@ -298,10 +362,21 @@ async fn boot(
         phases: timeline.phases,
         total_secs: powered_on.elapsed().as_secs_f64(),
         ready_at_secs: started.elapsed().as_secs_f64(),
-        tftp_bytes: bytes.0,
-        http_bytes: bytes.1,
+        tftp_bytes: tally.tftp_bytes,
+        http_bytes: tally.http_bytes,
+        retransmits: tally.retransmits,
         error,
     }
+}
+
+/// What one node's boot counts as it goes.
+#[derive(Default)]
+struct Tally {
+    tftp_bytes: u64,
+    http_bytes: u64,
+    retransmits: Retransmits,
+    /// Its connections' `SO_RCVBUF` (see [`http::Origin`]).
+    receive_buffer: Option<usize>,
 }
 
 async fn boot_steps(
@@ -310,13 +385,13 @@ async fn boot_steps(
     client: &Client,
     index: u32,
     timeline: &mut Timeline<'_>,
-    bytes: &mut (u64, u64),
+    tally: &mut Tally,
 ) -> Result<(), SimError> {
     let progress = timeline.progress;
     let xid = |stage: u32| u32::from_be_bytes([0x5a, 0, 0, 0]) ^ (index << 2) ^ stage;
 
     timeline.enter(Phase::DhcpFirmware);
-    let rom = relay.dora(client, Stage::Firmware, xid(1)).await?;
+    let rom = relay.dora(client, Stage::Firmware, xid(1), &mut tally.retransmits.dhcp).await?;
     let binary = rom.boot_file.ok_or_else(|| SimError::Boot("the PXE ROM's ACK named no boot file".into()))?;
     debug!(ip = %rom.yiaddr, %binary, "PXE ROM bound");
 
@@ -327,28 +402,28 @@ async fn boot_steps(
         windowsize: opts.tftp_windowsize,
         tsize: true,
     };
-    let got = tftp_fetch(opts.relay, SocketAddr::from((rom.next_server, 69)), request, progress).await?;
-    bytes.0 += got;
+    let server = SocketAddr::from((rom.next_server, 69));
+    tally.tftp_bytes += tftp_fetch(opts.relay, server, request, progress, &mut tally.retransmits.tftp).await?;
 
     timeline.enter(Phase::DhcpIpxe);
-    let ipxe = relay.dora(client, Stage::Ipxe, xid(2)).await?;
+    let ipxe = relay.dora(client, Stage::Ipxe, xid(2), &mut tally.retransmits.dhcp).await?;
     let script_url = ipxe.boot_file.ok_or_else(|| SimError::Boot("iPXE's ACK named no script".into()))?;
     if !script_url.starts_with("http://") {
         return Err(SimError::Boot(format!("iPXE was given {script_url:?}, not its script URL: chainload loop")));
     }
 
     // From here on the node speaks HTTP from the address iPXE was leased.
-    let from = IpAddr::V4(ipxe.yiaddr);
+    let from = http::Origin { address: IpAddr::V4(ipxe.yiaddr), receive_buffer: tally.receive_buffer };
 
     timeline.enter(Phase::Script);
     let script_url = script_url.replace("${net0/mac}", &client.mac.to_string());
-    let script = fetch(from, http::Call::get(&script_url, None), bytes, progress).await?;
+    let script = fetch(from, http::Call::get(&script_url, None), tally, progress).await?;
     let script = String::from_utf8_lossy(&script.kept).into_owned();
     let boot = BootScript::parse(&script)?;
 
     timeline.enter(Phase::KernelInitrd);
     for url in [&boot.kernel_url, &boot.initrd_url] {
-        let got = fetch(from, http::Call::get(url, None), bytes, progress).await?;
+        let got = fetch(from, http::Call::get(url, None), tally, progress).await?;
         if let Some(digest) = digest_in(url) {
             http::verify(url, &got, digest, None)?;
         }
@@ -359,9 +434,9 @@ async fn boot_steps(
     let token = Some(args.token.as_str());
     let api = |path: &str| format!("{}{path}", args.server.trim_end_matches('/'));
     let hello = inventory(client, index);
-    fetch(from, http::Call::post_json(&api(paths::HELLO), token, &hello), bytes, progress).await?;
+    fetch(from, http::Call::post_json(&api(paths::HELLO), token, &hello), tally, progress).await?;
     let plan_url = api(paths::PLAN);
-    let answer = fetch(from, http::Call::get(&plan_url, token), bytes, progress).await?;
+    let answer = fetch(from, http::Call::get(&plan_url, token), tally, progress).await?;
     if answer.status == hyper::StatusCode::ACCEPTED {
         return Err(SimError::Boot(
             "no profile for this node (discovery): give the server a default_profile or a selector".into(),
@@ -373,7 +448,7 @@ async fn boot_steps(
     timeline.enter(Phase::Image);
     let events = api(paths::EVENTS);
     let loading = event(Some(ReportedState::Loading), format!("fetching {}", plan.image.name));
-    fetch(from, http::Call::post_json(&events, token, &loading), bytes, progress).await?;
+    fetch(from, http::Call::post_json(&events, token, &loading), tally, progress).await?;
     let mut last = 0u64;
     let mut count = |n: u64| {
         progress.bytes.fetch_add(n - last, Ordering::Relaxed);
@@ -384,11 +459,11 @@ async fn boot_steps(
         progress: Some(&mut count),
         keep: 0,
         hash,
-        local: Some(from),
+        origin: Some(from),
         ..http::Call::get(&plan.image.url, token)
     };
     let image = http::call(call).await?;
-    bytes.1 += image.bytes;
+    tally.http_bytes += image.bytes;
     if hash {
         http::verify(&plan.image.url, &image, &plan.image.sha256, Some(plan.image.size))?;
     } else if image.bytes != plan.image.size {
@@ -402,29 +477,29 @@ async fn boot_steps(
         false => format!("image fetched: {} bytes (hash not checked: --skip-image-hash)", image.bytes),
     };
     let verified = event(None, checked);
-    fetch(from, http::Call::post_json(&events, token, &verified), bytes, progress).await?;
+    fetch(from, http::Call::post_json(&events, token, &verified), tally, progress).await?;
     if let Some(url) = &plan.overlay_url {
-        fetch(from, http::Call::get(url, token), bytes, progress).await?;
+        fetch(from, http::Call::get(url, token), tally, progress).await?;
     }
     for (state, message) in
         [(ReportedState::Handoff, "simulated switch_root"), (ReportedState::Ready, "simulated stage two up")]
     {
-        fetch(from, http::Call::post_json(&events, token, &event(Some(state), message.into())), bytes, progress)
+        fetch(from, http::Call::post_json(&events, token, &event(Some(state), message.into())), tally, progress)
             .await?;
     }
     timeline.leave();
     Ok(())
 }
 
-/// A GET or POST from the node's address whose bytes count toward its HTTP total.
+/// A GET or POST as the node whose bytes count toward its HTTP total.
 async fn fetch(
-    from: IpAddr,
+    from: http::Origin,
     call: http::Call<'_>,
-    bytes: &mut (u64, u64),
+    tally: &mut Tally,
     progress: &Progress,
 ) -> Result<http::Fetched, SimError> {
-    let got = http::call(http::Call { local: Some(from), ..call }).await?;
-    bytes.1 += got.bytes;
+    let got = http::call(http::Call { origin: Some(from), ..call }).await?;
+    tally.http_bytes += got.bytes;
     progress.bytes.fetch_add(got.bytes, Ordering::Relaxed);
     Ok(got)
 }
@@ -499,7 +574,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn summarize(nodes: u32, results: Vec<NodeResult>, elapsed: Duration) -> Report {
+fn summarize(nodes: u32, results: Vec<NodeResult>, elapsed: Duration, tcp_receive_buffer: Option<usize>) -> Report {
     let ok: Vec<&NodeResult> = results.iter().filter(|r| r.error.is_none()).collect();
     let sorted = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -522,6 +597,11 @@ fn summarize(nodes: u32, results: Vec<NodeResult>, elapsed: Duration) -> Report 
     let totals = sorted(ok.iter().map(|r| r.total_secs).collect());
     let all_ready_secs = results.iter().map(|r| r.ready_at_secs).fold(0.0, f64::max);
     let (tftp_bytes, http_bytes) = results.iter().fold((0, 0), |(t, h), r| (t + r.tftp_bytes, h + r.http_bytes));
+    let retransmits = results.iter().fold(RetransmitTotals::default(), |t, r| RetransmitTotals {
+        dhcp: t.dhcp + u64::from(r.retransmits.dhcp),
+        tftp: t.tftp + u64::from(r.retransmits.tftp),
+        nodes: t.nodes + u32::from(r.retransmits.any()),
+    });
     Report {
         nodes,
         ready: ok.len() as u32,
@@ -533,6 +613,8 @@ fn summarize(nodes: u32, results: Vec<NodeResult>, elapsed: Duration) -> Report 
         tftp_bytes,
         http_bytes,
         bytes_per_sec: (tftp_bytes + http_bytes) as f64 / elapsed.as_secs_f64().max(1e-3),
+        retransmits,
+        tcp_receive_buffer,
         errors: results.iter().filter_map(|r| r.error.clone()).collect(),
         results,
     }
@@ -543,7 +625,9 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = format!(
             "{} of {} nodes ready, {} failed; all ready in {:.2} s; boot p50 {:.2} s, p99 {:.2} s\n\
-             received {} over TFTP and {} over HTTP: {}/s\n\n{:<20} {:>9} {:>9} {:>9} {:>9}\n",
+             received {} over TFTP and {} over HTTP: {}/s\n\
+             {} nodes waited out a timeout: {} DHCP and {} TFTP retransmissions\n\n\
+             {:<20} {:>9} {:>9} {:>9} {:>9}\n",
             self.ready,
             self.nodes,
             self.failed,
@@ -553,6 +637,9 @@ impl Report {
             human_bytes(self.tftp_bytes),
             human_bytes(self.http_bytes),
             human_bytes(self.bytes_per_sec as u64),
+            self.retransmits.nodes,
+            self.retransmits.dhcp,
+            self.retransmits.tftp,
             "phase (seconds)",
             "p50",
             "p90",
@@ -579,6 +666,7 @@ async fn tftp_fetch(
     server: SocketAddr,
     request: ReadRequest,
     progress: &Progress,
+    timeouts: &mut u32,
 ) -> Result<u64, SimError> {
     let file = request.filename.clone();
     let fail = |message: String| SimError::Tftp { file: file.clone(), message };
@@ -592,6 +680,7 @@ async fn tftp_fetch(
         let received = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await;
         let step = match received {
             Err(_) => {
+                *timeouts += 1;
                 wait = (wait * 2).min(Duration::from_secs(8));
                 download.on_timeout()
             }
@@ -654,6 +743,17 @@ mod tests {
         assert_eq!((percentile(&v, 50.0), percentile(&v, 99.0), percentile(&v, 100.0)), (50.0, 99.0, 100.0));
         assert_eq!(percentile(&[], 50.0), 0.0);
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
+    }
+
+    #[test]
+    fn node_receive_buffers_together_stay_under_the_tcp_memory_pressure_line() {
+        let pressure = 383_878 * 4096; // this 24 GiB machine's net.ipv4.tcp_mem
+        let each = receive_buffer_per_node(pressure, 500);
+        assert_eq!(each, 786_182);
+        assert!(2 * each as u64 * 500 <= pressure / 2, "charged at twice SO_RCVBUF");
+        assert_eq!(receive_buffer_per_node(pressure, 50_000), 64 << 10, "never below a usable window");
+        assert_eq!(receive_buffer_per_node(pressure, 1), 4 << 20, "never above rmem_max's default");
+        assert_eq!(receive_buffer_per_node(pressure, 0), 4 << 20);
     }
 
     #[test]
