@@ -93,6 +93,9 @@ pub async fn run(path: &Path, options: Options) -> Vec<Finding> {
     findings.extend(profiles(&config));
     findings.push(database(&config).await);
     findings.push(disk(&config.paths.data));
+    if let Some(found) = neighbours(&config) {
+        findings.push(found);
+    }
     findings.push(clock(SystemTime::now(), binary_time()));
     if let Some(iscsi) = &config.iscsi {
         findings.push(iscsi_portal(iscsi.portal).await);
@@ -485,6 +488,46 @@ pub fn judge_disk(data: &Path, free: u64) -> Finding {
     }
 }
 
+/// Whether the kernel keeps a neighbour (ARP) entry for every node on the server's
+/// own link. None when no DHCP range is on that link (proxy mode, relays only).
+fn neighbours(config: &Config) -> Option<Finding> {
+    let on_link: u64 = config
+        .dhcp
+        .subnets
+        .iter()
+        .filter(|s| s.net.contains(&config.server_address))
+        .flat_map(|s| &s.ranges)
+        .map(|&(first, last)| u64::from(u32::from(last).saturating_sub(u32::from(first))) + 1)
+        .sum();
+    if on_link == 0 {
+        return None;
+    }
+    let limit = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3").ok()?.trim().parse().ok()?;
+    Some(judge_neighbours(on_link, limit))
+}
+
+/// Past `gc_thresh3` entries Linux refuses new neighbours ("neighbor table
+/// overflow"): in a storm the nodes beyond it get no SYN-ACK, no TFTP block, and
+/// time out. Nodes behind a relay take one entry (the router) in all.
+pub fn judge_neighbours(on_link: u64, gc_thresh3: u64) -> Finding {
+    if on_link < gc_thresh3 {
+        return Finding::ok(format!(
+            "the neighbour table holds all {on_link} on-link DHCP addresses (net.ipv4.neigh.default.gc_thresh3 {gc_thresh3})"
+        ));
+    }
+    let want = (on_link + 1024).next_power_of_two();
+    Finding::warn(
+        format!(
+            "{on_link} DHCP addresses are on this server's link, but the kernel keeps neighbour entries for              {gc_thresh3} (net.ipv4.neigh.default.gc_thresh3): in a boot storm the nodes past it time out"
+        ),
+        format!(
+            "sysctl -w net.ipv4.neigh.default.gc_thresh1={} net.ipv4.neigh.default.gc_thresh2={}              net.ipv4.neigh.default.gc_thresh3={want} (and the same in /etc/sysctl.d/)",
+            want / 4,
+            want / 2
+        ),
+    )
+}
+
 /// When this binary was written: a floor for a sane clock.
 fn binary_time() -> Option<SystemTime> {
     std::env::current_exe().ok()?.metadata().ok()?.modified().ok()
@@ -541,6 +584,17 @@ mod tests {
         assert_eq!(offer_from(&bytes, 7, from), Some((Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 50))));
         assert_eq!(offer_from(&bytes, 8, from), None, "another transaction");
         assert_eq!(offer_from(b"junk", 7, from), None);
+    }
+
+    #[test]
+    fn a_neighbour_table_smaller_than_the_on_link_fleet_is_named_with_its_sysctl() {
+        assert_eq!(judge_neighbours(101, 1024).level, Level::Ok);
+        // The lab's storm bench: 10,240 addresses on one /16 against Linux's default.
+        let short = judge_neighbours(10_240, 1024);
+        assert_eq!(short.level, Level::Warn);
+        assert!(short.what.contains("10240 DHCP addresses") && short.what.contains("1024"), "{}", short.what);
+        let fix = short.fix.unwrap();
+        assert!(fix.contains("gc_thresh3=16384") && fix.contains("gc_thresh2=8192"), "{fix}");
     }
 
     #[test]

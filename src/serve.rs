@@ -73,15 +73,14 @@ pub async fn run(config: Config) -> Result<()> {
     let dhcp_listeners = dhcp::io::bind_all(&config)?;
     let tftp_socket = std::net::UdpSocket::bind(config.tftp_listen)
         .with_context(|| format!("binding TFTP on {}", config.tftp_listen))?;
-    let listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| format!("binding HTTP on {}", config.http_listen))?;
+    let listener =
+        bind_tcp(config.http_listen, false).with_context(|| format!("binding HTTP on {}", config.http_listen))?;
     let mut http_listeners = vec![listener];
     let mut dhcp6_socket = None;
     if let Some(v6) = &config.dhcp6 {
         // IPv6 nodes reach HTTP on the same port, on a socket of its own (v6 only).
         let at = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, config.http_listen.port()));
-        http_listeners.push(bind_tcp_v6_only(at).with_context(|| format!("binding HTTP on {at}"))?);
+        http_listeners.push(bind_tcp(at, true).with_context(|| format!("binding HTTP on {at}"))?);
         dhcp6_socket = Some(dhcp::io6::bind(&config.interface, dhcp::io6::SERVER_PORT)?);
         info!(interface = %config.interface, server = %v6.server_address, "listening on IPv6 (DHCPv6, HTTP)");
     }
@@ -331,15 +330,23 @@ impl ShutdownSignals {
     }
 }
 
-/// A TCP listener on an IPv6 socket that takes IPv6 only (the IPv4 listener is
-/// separate), so both may use one port.
-fn bind_tcp_v6_only(at: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+/// Connections a listener queues before it accepts them (the kernel caps it at
+/// `net.core.somaxconn`, 4096 by default). A storm's nodes connect within
+/// milliseconds of each other; at the usual 128 the rest fall back to SYN
+/// cookies or retry their SYN a second later.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A TCP listener; an IPv6 one (`v6_only`) takes IPv6 only (the IPv4 listener
+/// is separate), so both may use one port.
+fn bind_tcp(at: std::net::SocketAddr, v6_only: bool) -> std::io::Result<tokio::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_only_v6(true)?;
+    let socket = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP))?;
+    if v6_only {
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.bind(&at.into())?;
-    socket.listen(1024)?;
+    socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(socket.into())
 }

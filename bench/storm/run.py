@@ -105,6 +105,37 @@ paths: {{data: {workdir}/data, profiles: {workdir}/profiles, ipxe: {workdir}/ipx
 # --------------------------------------------------------------------------- measurements
 
 
+class NeighbourTable:
+    """The host's neighbour (ARP) table limits, raised for a storm and put back.
+
+    The server keeps one entry per node on its link; past gc_thresh3 (Linux's
+    default: 1,024) the kernel refuses new ones and drops what the server sends to
+    those nodes, so they time out (`ramboot doctor` names this for an operator's
+    boot network). The limits are the host's, shared by every network namespace.
+    """
+
+    KEYS = [f"/proc/sys/net/ipv4/neigh/default/gc_thresh{i}" for i in (1, 2, 3)]
+
+    def __init__(self) -> None:
+        self.saved: list[str] | None = None
+
+    def raise_for(self, nodes: int) -> None:
+        want = 1 << (nodes + 1024).bit_length()
+        current = [Path(k).read_text().strip() for k in self.KEYS]
+        if int(current[2]) >= want:
+            return
+        self.saved = current
+        for key, value in zip(self.KEYS, (want // 4, want // 2, want)):
+            Path(key).write_text(str(value))
+        log(f"neighbour table limits raised to {want // 4}/{want // 2}/{want} for the run (were {'/'.join(current)})")
+
+    def restore(self) -> None:
+        if self.saved:
+            for key, value in zip(self.KEYS, self.saved):
+                Path(key).write_text(value)
+            self.saved = None
+
+
 class RssSampler(threading.Thread):
     """Peak VmRSS of `pid`, sampled every 100 ms until stopped."""
 
@@ -142,6 +173,37 @@ def net_counters(ns: str) -> dict[str, int]:
             for name, value in zip(names.split(), vals.split(":", 1)[1].split()):
                 values[(file, group, name)] = int(value)
     return {key: values.get(where, 0) for where, key in NET_COUNTERS.items()}
+
+
+# The boot path's control-plane requests, as the server's histogram names them.
+CONTROL_ROUTES = {"script": "/boot.ipxe", "hello": "/boot/v1/hello", "plan": "/boot/v1/plan",
+                  "events": "/boot/v1/events"}
+
+
+def server_metrics(topo: Topology) -> tuple[dict[str, dict[str, float | int | None]], int]:
+    """From the server's /metrics, scraped before it stops: its own time per
+    control-plane request (`ramboot_http_request_duration_seconds`: per route, the
+    count and the upper bounds of the buckets holding p50 and p99), and how often
+    its TFTP sessions waited out an ACK (`ramboot_tftp_timeouts_total`)."""
+    text = run(["ip", "netns", "exec", topo.server_ns, "curl", "-sf", "--max-time", "10",
+                f"http://{SERVER_IP}:{HTTP_PORT}/metrics"], check=False).stdout
+    tftp_timeouts = sum(int(float(line.split()[-1])) for line in text.splitlines()
+                        if line.startswith("ramboot_tftp_timeouts_total"))
+    buckets: dict[str, list[tuple[float, int]]] = {}
+    for line in text.splitlines():
+        if not line.startswith("ramboot_http_request_duration_seconds_bucket{"):
+            continue
+        labels, value = line[line.index("{") + 1:].rsplit("} ", 1)
+        fields = dict(part.split("=", 1) for part in labels.split(","))
+        route, le = fields.get("route", "").strip('"'), fields.get("le", "").strip('"')
+        buckets.setdefault(route, []).append((float("inf") if le == "+Inf" else float(le), int(float(value))))
+    out: dict[str, dict[str, float | int | None]] = {}
+    for name, route in CONTROL_ROUTES.items():
+        bs = sorted(buckets.get(route, []))
+        count = bs[-1][1] if bs else 0
+        at = lambda q: next((le for le, n in bs if n >= q * count), None) if count else None  # noqa: E731
+        out[name] = {"count": count, "p50_le": at(0.5), "p99_le": at(0.99)}
+    return out, tftp_timeouts
 
 
 def iperf_limit(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path) -> float:
@@ -198,6 +260,7 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
     sampler.join()
     hwm = sampler.status("VmHWM")
     crashed = server.poll() is not None
+    server_latency, server_tftp_timeouts = ({}, None) if crashed else server_metrics(topo)
     procs.stop(server)
     if crashed:
         raise BenchError(f"ramboot exited during the storm:\n{tail()}")
@@ -218,6 +281,8 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
         # report) and the kernel's in each namespace (TCP retransmit timeouts, UDP
         # queue drops, TCP memory pressure).
         "retransmits": rep["retransmits"], "net": net, "tcp_receive_buffer": rep.get("tcp_receive_buffer"),
+        # The server's own time for script, hello, plan and event requests.
+        "server_latency": server_latency, "server_tftp_timeouts": server_tftp_timeouts,
     }
 
 
@@ -231,7 +296,7 @@ def summarize(results: list[dict], limits: list[float], node_counts: list[int],
     for mode, n in [(mode, n) for mode in modes for n in node_counts]:
         rs = [r for r in results if r["nodes"] == n and r.get("mode") == mode and "error" not in r]
         if not rs:
-            rows.append([n, mode] + ["-"] * 14)
+            rows.append([n, mode] + ["-"] * 15)
             continue
         ready = med([r["all_ready_secs"] for r in rs])
         moved = med([r["bytes"] for r in rs])
@@ -247,7 +312,10 @@ def summarize(results: list[dict], limits: list[float], node_counts: list[int],
              "nodes_with_timeouts": med([r["retransmits"]["nodes"] for r in rs]),
              "tcp_rtos": med([r["net"]["server"]["tcp_rtos"] + r["net"]["sim"]["tcp_rtos"] for r in rs]),
              "udp_drops": med([r["net"]["server"]["udp_rcvbuf_drops"] + r["net"]["sim"]["udp_rcvbuf_drops"]
-                               for r in rs])}
+                               for r in rs]),
+             # Worst of the control-plane routes' p99 (a bucket's upper bound), server side.
+             "server_control_p99_le": med([max((v["p99_le"] or 0) for v in r["server_latency"].values())
+                                           if r.get("server_latency") else None for r in rs])}
         # What a core buys: server CPU per GiB it served and per node it booted, and
         # RSS per node (flat memory means this falls as the fleet grows).
         cpu = s["server_cpu_secs"]
@@ -259,10 +327,11 @@ def summarize(results: list[dict], limits: list[float], node_counts: list[int],
                      fmt(s["boot_p50"], 2), fmt(s["boot_p99"], 2), fmt(s["image_p50"], 2), f"{rss / MIB:.1f}",
                      fmt(s["server_cpu_secs"], 1), fmt(s["server_cpu_secs_per_gib"], 2),
                      fmt(s["server_cpu_ms_per_node"], 1), fmt(s["sim_cpu_secs"], 1),
-                     f'{s["nodes_with_timeouts"]:g}', f'{s["tcp_rtos"]:g} / {s["udp_drops"]:g}'])
+                     f'{s["nodes_with_timeouts"]:g}', f'{s["tcp_rtos"]:g} / {s["udp_drops"]:g}',
+                     f'<= {s["server_control_p99_le"]:g}' if s["server_control_p99_le"] is not None else "-"])
     head = ["nodes", "image check", "moved", "all ready s", "limit s", "of limit", "boot p50", "boot p99", "image p50",
             "RSS peak MiB", "server CPU s", "CPU s/GiB", "CPU ms/node", "sim CPU s", "nodes timed out",
-            "TCP RTOs / UDP drops"]
+            "TCP RTOs / UDP drops", "server control p99 s"]
     return render_table(head, rows, 2), summary
 
 
@@ -306,6 +375,7 @@ def main() -> int:
 
     def body() -> None:
         topo.up()
+        neighbours.raise_for(max(node_counts))
         # Simulated nodes speak HTTP from their leased addresses (ramboot binds each
         # boot to its lease): the simulator's namespace owns the whole range.
         for block in LEASED_BLOCKS:
@@ -326,7 +396,13 @@ def main() -> int:
                         log(f"run {run_idx + 1}, {n} nodes, {mode}: ERROR {e}")
                         results.append({"nodes": n, "mode": mode, "run": run_idx + 1, "error": str(e)})
 
-    interrupted = guarded(body, lambda: cleanup_run(procs, topo, workdir, keep=False))
+    neighbours = NeighbourTable()
+
+    def cleanup() -> None:
+        cleanup_run(procs, topo, workdir, keep=False)
+        neighbours.restore()
+
+    interrupted = guarded(body, cleanup)
     table, summary = summarize(results, limits, node_counts, modes)
     rate = med(limits)
     print(f"boot storm: ramboot {run([str(a.ramboot_bin), '--version'], check=False).stdout.strip()}, "

@@ -8,9 +8,10 @@
 //! bytes), `_total` for counters.
 
 use super::AppState;
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use ramboot_core::node::NodeState;
 use std::sync::OnceLock;
@@ -20,13 +21,20 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Boot phases last seconds to minutes under TCG or on real iron.
 pub(crate) const PHASE_BUCKETS: &[f64] = &[0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0, 600.0];
 
+/// A script, a plan or an agent report takes a millisecond or two when nothing
+/// waits; a storm shows in the upper buckets.
+pub(crate) const REQUEST_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
 /// Install the process-wide recorder once; later calls reuse it (tests start many servers).
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let matcher = Matcher::Full("ramboot_boot_phase_duration_seconds".into());
-        // Only an empty bucket list is refused, and ours is a non-empty constant.
+        let phases = Matcher::Full("ramboot_boot_phase_duration_seconds".into());
+        let requests = Matcher::Full("ramboot_http_request_duration_seconds".into());
+        // Only an empty bucket list is refused, and ours are non-empty constants.
         let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(matcher, PHASE_BUCKETS)
+            .set_buckets_for_metric(phases, PHASE_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(requests, REQUEST_BUCKETS))
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -109,6 +117,15 @@ fn describe() {
     );
     metrics::describe_gauge!("ramboot_nodes", "Nodes by lifecycle state");
     metrics::describe_histogram!("ramboot_boot_phase_duration_seconds", "Time spent in each boot phase, by profile");
+    metrics::describe_histogram!(
+        "ramboot_http_request_duration_seconds",
+        "Time from a request's arrival to its response's start, by route template and method"
+    );
+    metrics::describe_histogram!(
+        "ramboot_db_group_commit_writers",
+        "Writes (script, agent reports, operator changes; not DHCP leases) committed together in one transaction"
+    );
+    metrics::describe_histogram!("ramboot_db_group_commit_seconds", "Time one group commit took (its fsync)");
     metrics::describe_counter!("ramboot_profile_reloads_total", "Profile directory reloads, by outcome");
     metrics::describe_counter!(
         "ramboot_boot_refusals_total",
@@ -123,6 +140,19 @@ fn describe() {
         "Time one round of the BMC poller took (every node with a BMC)"
     );
     metrics::describe_gauge!("ramboot_build_info", "Build information (value is always 1)");
+}
+
+/// Time each request to a route took until its response began (a download's
+/// body streams after), by route template and method: where a storm's requests
+/// wait, from the server's side.
+pub async fn time_request(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    metrics::histogram!("ramboot_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// Time a node spent in `phase` before moving on.

@@ -90,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .route("/metrics", get(metrics::render))
         .merge(ui::routes())
+        .route_layer(axum::middleware::from_fn(metrics::time_request))
         .fallback(error::not_found)
         // One count of open event streams per server, the API's and the dashboard's.
         .layer(axum::Extension(api::EventStreams::default()))

@@ -229,7 +229,9 @@ impl Store {
             Release::Overlay => "overlay_released_at_ms",
         };
         let sql = format!("UPDATE boots SET {column} = $1 WHERE id = $2 AND {column} IS NULL");
-        let done = self.backend.sql(&sql).bind(now_ms).bind(boot).execute().await?;
+        let mut write = self.backend.begin_write().await?;
+        let done = write.sql(&sql).bind(now_ms).bind(boot).execute().await?;
+        write.commit().await?;
         Ok(done == 1)
     }
 

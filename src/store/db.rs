@@ -39,6 +39,8 @@ use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnection, SqlitePool, Sqlite
 pub(super) struct Backend {
     pub pool: Pool,
     pub changes: std::sync::Arc<Changes>,
+    /// The open group of write transactions ([`Backend::begin_write`]).
+    pub groups: super::group::Groups,
 }
 
 #[derive(Clone)]
@@ -502,7 +504,7 @@ impl Backend {
         }
     }
 
-    /// A transaction that holds the database's write lock from its first statement,
+    /// A transaction of its own that holds the database's write lock from its first statement,
     /// so what it reads stays true until it commits (read-then-write rules such as
     /// "not the last admin token" or "the next free LUN" rely on it).
     ///
@@ -512,7 +514,7 @@ impl Backend {
     /// they do on SQLite; single-statement writes outside one stay concurrent. The
     /// wait is bounded by the connection's `lock_timeout` (SQLite's busy timeout),
     /// past which the write is refused as busy.
-    pub async fn begin_write(&self) -> Result<Tx<'static>, super::StoreError> {
+    pub async fn begin_write_alone(&self) -> Result<Tx<'static>, super::StoreError> {
         let mut tx = self.begin().await?;
         if tx.is_postgres() {
             tx.sql("SELECT pg_advisory_xact_lock($1)").bind(PG_WRITE_LOCK).execute().await?;

@@ -112,7 +112,10 @@ impl Store {
         message: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        insert(&mut &self.backend, &NewEvent::note(node, boot, kind, message), now_ms).await
+        // One of a storm's many small writes: committed with whatever else is due.
+        let mut write = self.backend.begin_write().await?;
+        insert(&mut write, &NewEvent::note(node, boot, kind, message), now_ms).await?;
+        write.commit().await
     }
 
     /// A node's events, oldest first, newer than `after_id`, at most `limit`.

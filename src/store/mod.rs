@@ -20,6 +20,7 @@ mod changes;
 pub mod copy;
 mod db;
 mod events;
+mod group;
 mod leases;
 mod leases6;
 mod nodes;
@@ -69,6 +70,10 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The group commit this write joined failed for a reason that is not a
+    /// refusal (see `store::group`): nothing of the write was saved.
+    #[error("database: the commit this write joined failed: {0}")]
+    GroupCommit(String),
     /// PostgreSQL could not be reached or refused the login.
     #[error("cannot connect to {target}: {source}")]
     Connect {
@@ -246,8 +251,8 @@ impl Store {
             (pool, dhcp_writer, Some(file))
         };
         Ok(Store {
-            backend: Backend { pool, changes: changes.clone() },
-            dhcp_writer: Backend { pool: dhcp_writer, changes },
+            backend: Backend { pool, changes: changes.clone(), groups: Default::default() },
+            dhcp_writer: Backend { pool: dhcp_writer, changes, groups: Default::default() },
             sqlite_file,
         })
     }

@@ -633,14 +633,15 @@ impl Store {
         inventory: &serde_json::Value,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.backend
+        let mut write = self.backend.begin_write().await?;
+        write
             .sql("UPDATE nodes SET inventory = $1, updated_at_ms = $2 WHERE id = $3")
             .bind(inventory.to_string())
             .bind(now_ms)
             .bind(id)
             .execute()
             .await?;
-        Ok(())
+        write.commit().await
     }
 
     /// The `WHERE` conditions of `f` (all but `after` and `limit`), numbered from

@@ -250,7 +250,7 @@ impl Store {
             .execute()
             .await
             .map_err(StoreError::from)?;
-        tx.commit().await.map_err(StoreError::from)?;
+        tx.commit().await?;
         Ok(secret)
     }
 
@@ -296,7 +296,7 @@ impl Store {
         let note = NewEvent::note(node, None, EventKind::Info, "iSCSI mutual CHAP on");
         events::insert(&mut tx, &note, now_ms).await?;
         audit_mutual_chap(&mut tx, actor, node, true, now_ms).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        tx.commit().await?;
         Ok(())
     }
 
