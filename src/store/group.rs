@@ -297,3 +297,45 @@ mod tests {
         store.close().await;
     }
 }
+
+/// A measurement, not a check (`cargo test --release --lib group_writer_cost --
+/// --ignored --nocapture`): 2,000 event writes at once on SQLite, the wall time,
+/// the process's CPU per write and how many groups they made. Each writer holds
+/// the group's lock for its statements (SAVEPOINT, INSERT, RELEASE), one sqlx
+/// driver-thread round trip each: that, not the fsync, bounds a storm's writes.
+#[cfg(test)]
+mod measure {
+    use super::super::testing::{sqlite_store, MAC};
+    use super::super::EventKind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn group_writer_cost() {
+        let (store, _dir) = sqlite_store().await;
+        let node = store.ensure_node(MAC, 1).await.unwrap();
+        for round in 0..3 {
+            let started = std::time::Instant::now();
+            let cpu0 = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
+            let writers: Vec<_> = (0..2000)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(
+                        async move { store.add_event(node.id, None, EventKind::Info, &format!("w{i}"), 2).await },
+                    )
+                })
+                .collect();
+            for w in writers {
+                w.await.unwrap().unwrap();
+            }
+            let cpu1 = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
+            let us = |t: nix::sys::time::TimeVal| t.tv_sec() * 1_000_000 + t.tv_usec();
+            let cpu = (us(cpu1.user_time()) + us(cpu1.system_time())) - (us(cpu0.user_time()) + us(cpu0.system_time()));
+            let committed = store.backend.groups.lock().await.committed;
+            eprintln!(
+                "round {round}: 2000 writers in {:?}, cpu {} us/writer, groups so far {committed}",
+                started.elapsed(),
+                cpu / 2000
+            );
+        }
+    }
+}
