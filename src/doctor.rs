@@ -518,10 +518,12 @@ pub fn judge_neighbours(on_link: u64, gc_thresh3: u64) -> Finding {
     let want = (on_link + 1024).next_power_of_two();
     Finding::warn(
         format!(
-            "{on_link} DHCP addresses are on this server's link, but the kernel keeps neighbour entries for              {gc_thresh3} (net.ipv4.neigh.default.gc_thresh3): in a boot storm the nodes past it time out"
+            "{on_link} DHCP addresses are on this server's link, but the kernel keeps neighbour entries for \
+             {gc_thresh3} (net.ipv4.neigh.default.gc_thresh3): in a boot storm the nodes past it time out"
         ),
         format!(
-            "sysctl -w net.ipv4.neigh.default.gc_thresh1={} net.ipv4.neigh.default.gc_thresh2={}              net.ipv4.neigh.default.gc_thresh3={want} (and the same in /etc/sysctl.d/)",
+            "sysctl -w net.ipv4.neigh.default.gc_thresh1={} net.ipv4.neigh.default.gc_thresh2={} \
+             net.ipv4.neigh.default.gc_thresh3={want} (and the same in /etc/sysctl.d/)",
             want / 4,
             want / 2
         ),

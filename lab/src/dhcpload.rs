@@ -358,10 +358,8 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, LoadError> {
 fn bind(local: Ipv4Addr) -> Result<UdpSocket, LoadError> {
     const RECEIVE_BUFFER: usize = 8 << 20;
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-    // SO_RCVBUFFORCE passes net.core.rmem_max (root only); SO_RCVBUF is the fallback.
-    if nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
-        socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
-    }
+    // The size it got is in the report (`receive_buffer_bytes`).
+    ramboot::udp::deepen_receive_queue(&socket, RECEIVE_BUFFER);
     socket.set_send_buffer_size(1 << 20)?;
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddrV4::new(local, 67).into()).map_err(|e| LoadError::Bind(local, e))?;

@@ -342,25 +342,11 @@ pub(super) mod sync {
     }
 }
 
-/// Somewhere to run a statement: the pool, or an open transaction.
+/// Somewhere to run a statement: a transaction of its own, or a grouped writer's.
 pub(super) trait Sql {
     fn sql<'q>(&mut self, sql: &'q str) -> Stmt<'_, 'q>;
     /// An event row was written: event watchers wake once it is committed.
     fn wrote_events(&mut self);
-}
-
-impl Sql for &Backend {
-    fn sql<'q>(&mut self, sql: &'q str) -> Stmt<'_, 'q> {
-        Backend::sql(self, sql)
-    }
-
-    fn wrote_events(&mut self) {
-        // Outside a transaction the statement has committed already. On
-        // PostgreSQL the database's trigger tells every server, this one too.
-        if matches!(self.pool, Pool::Sqlite(_)) {
-            self.changes.events_changed();
-        }
-    }
 }
 
 impl<'a> Sql for Tx<'a> {

@@ -84,7 +84,7 @@ impl<'a> NewEvent<'a> {
     }
 }
 
-/// Insert `event` at `at_ms`, in a transaction or straight on the pool.
+/// Insert `event` at `at_ms` in `db`'s transaction (watchers wake when it commits).
 pub(super) async fn insert(db: &mut impl Sql, event: &NewEvent<'_>, at_ms: i64) -> Result<(), StoreError> {
     db.sql(
         "INSERT INTO events (node_id, boot_id, at_ms, kind, state, phase_ms, message) VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -117,9 +117,7 @@ impl Write {
             Ok(None) | Err(_) => Err(StoreError::GroupCommit("the commit was abandoned (shutting down)".into())),
         }
     }
-}
 
-impl Write {
     async fn release(&mut self) -> Result<(), StoreError> {
         self.sql("RELEASE writer").execute().await?;
         Ok(())
@@ -305,17 +303,17 @@ mod tests {
 /// driver-thread round trip each: that, not the fsync, bounds a storm's writes.
 #[cfg(test)]
 mod measure {
-    use super::super::testing::{sqlite_store, MAC};
+    use super::super::testing::{process_cpu_seconds, sqlite_store, MAC};
     use super::super::EventKind;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
+    #[ignore = "a measurement, not a test"]
     async fn group_writer_cost() {
         let (store, _dir) = sqlite_store().await;
         let node = store.ensure_node(MAC, 1).await.unwrap();
         for round in 0..3 {
             let started = std::time::Instant::now();
-            let cpu0 = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
+            let cpu_before = process_cpu_seconds();
             let writers: Vec<_> = (0..2000)
                 .map(|i| {
                     let store = store.clone();
@@ -327,14 +325,11 @@ mod measure {
             for w in writers {
                 w.await.unwrap().unwrap();
             }
-            let cpu1 = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
-            let us = |t: nix::sys::time::TimeVal| t.tv_sec() * 1_000_000 + t.tv_usec();
-            let cpu = (us(cpu1.user_time()) + us(cpu1.system_time())) - (us(cpu0.user_time()) + us(cpu0.system_time()));
+            let cpu_us_per_write = (process_cpu_seconds() - cpu_before) * 1e6 / 2000.0;
             let committed = store.backend.groups.lock().await.committed;
             eprintln!(
-                "round {round}: 2000 writers in {:?}, cpu {} us/writer, groups so far {committed}",
-                started.elapsed(),
-                cpu / 2000
+                "round {round}: 2000 writers in {:?}, cpu {cpu_us_per_write:.0} us/writer, groups so far {committed}",
+                started.elapsed()
             );
         }
     }

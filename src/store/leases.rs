@@ -654,14 +654,7 @@ mod tests {
 #[cfg(test)]
 mod commit_cpu {
     use super::*;
-    use crate::store::testing::grant;
-
-    /// This process's CPU seconds so far, every thread's (clock ticks).
-    fn cpu_seconds() -> f64 {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
-    }
+    use crate::store::testing::{grant, process_cpu_seconds as cpu_seconds};
 
     #[tokio::test(flavor = "current_thread")]
     #[ignore = "a measurement, not a test"]

@@ -637,6 +637,14 @@ pub(crate) mod testing {
         (Store::open(&url).await.unwrap(), dir)
     }
 
+    /// This process's CPU seconds so far, every thread's (clock ticks): for the
+    /// ignored measurements (`leases::commit_cpu`, `group::measure`).
+    pub fn process_cpu_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+    }
+
     /// The operator tests make their changes as.
     pub fn op() -> super::Actor {
         super::Actor::Token { name: "test-operator".into() }
