@@ -38,6 +38,7 @@ use ramboot_core::tftp::session::{
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::net::UdpSocket;
@@ -152,6 +153,72 @@ impl FileCache {
     }
 }
 
+/// Running sessions by the client's address and port (its transfer ID), each with
+/// the request that opened it. The same request again from the same port is the
+/// client saying our first packet was lost or late, not a new transfer: the session
+/// is told (it resends at once if the client has not answered yet), and no second
+/// session is opened. A second one would answer from a new port the client ignores,
+/// resending into the void until it gives up (a 5,000-node storm made 3,552 such).
+#[derive(Default, Clone)]
+struct LiveRequests(Arc<Mutex<HashMap<SocketAddr, Arc<LiveRequest>>>>);
+
+struct LiveRequest {
+    request: Box<[u8]>,
+    /// Set by the listener, taken by the session on its next wake.
+    repeated: AtomicBool,
+}
+
+/// A session's entry in [`LiveRequests`], removed when dropped.
+struct LiveEntry {
+    requests: LiveRequests,
+    client: SocketAddr,
+    live: Arc<LiveRequest>,
+}
+
+impl LiveRequests {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<LiveRequest>>> {
+        // Every change is one map operation: the map is whole even after a panic.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `request` from `client` repeats the one a running session was opened
+    /// by; if so, that session is told. A different request from the same port (a
+    /// ROM that probed `tsize` and asks again) is a new transfer.
+    fn repeat(&self, client: SocketAddr, request: &[u8]) -> bool {
+        match self.map().get(&client) {
+            Some(live) if *live.request == *request => {
+                live.repeated.store(true, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Enter a new session's request; a session opened later for the same port
+    /// replaces it.
+    fn enter(&self, client: SocketAddr, request: &[u8]) -> LiveEntry {
+        let live = Arc::new(LiveRequest { request: request.into(), repeated: AtomicBool::new(false) });
+        self.map().insert(client, live.clone());
+        LiveEntry { requests: self.clone(), client, live }
+    }
+}
+
+impl LiveEntry {
+    /// Whether the client repeated its request since the last look.
+    fn take_repeat(&self) -> bool {
+        self.live.repeated.swap(false, Ordering::Relaxed)
+    }
+}
+
+impl Drop for LiveEntry {
+    fn drop(&mut self) {
+        let mut map = self.requests.map();
+        if map.get(&self.client).is_some_and(|live| Arc::ptr_eq(live, &self.live)) {
+            map.remove(&self.client);
+        }
+    }
+}
+
 /// A file that is not read from the root: rendered for the client that asked (the
 /// signed chain's `grub.cfg`), or found elsewhere (a content-addressed artifact).
 pub enum Generated {
@@ -219,6 +286,7 @@ pub async fn serve_with(
     let sessions = SourceSlots::default();
     let mut refusals = Throttle::new(REFUSAL_WARN_INTERVAL);
     let cache = Arc::new(FileCache::default());
+    let live = LiveRequests::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 1024];
     loop {
@@ -234,6 +302,11 @@ pub async fn serve_with(
             // Reap finished sessions so the set stays small.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
+        if live.repeat(client, &buf[..len]) {
+            metrics::counter!("ramboot_tftp_repeated_requests_total").increment(1);
+            debug!(%client, "TFTP: a running session's request again; that session answers it");
+            continue;
+        }
         let request = match parse_request(&buf[..len]) {
             Ok(r) => r,
             Err(e) => {
@@ -323,7 +396,15 @@ pub async fn serve_with(
                     let ifindex = arrival.map_or(0, |a| a.ifindex);
                     let mtu = tokio::task::spawn_blocking(move || crate::pktinfo::interface_mtu(ifindex)).await;
                     let link_mtu = mtu.unwrap_or(None);
-                    spawn_session(&mut tasks, (request, client, source), (bytes, link_mtu), permit, &limits, &cancel);
+                    let entry = live.enter(client, &buf[..len]);
+                    spawn_session(
+                        &mut tasks,
+                        (request, client, source),
+                        (bytes, link_mtu),
+                        (permit, entry),
+                        &limits,
+                        &cancel,
+                    );
                     continue;
                 }
                 Ok(Err(message)) => {
@@ -351,19 +432,20 @@ pub async fn serve_with(
                 continue;
             }
         };
-        spawn_session(&mut tasks, (request, client, source), (bytes, link_mtu), permit, &limits, &cancel);
+        let entry = live.enter(client, &buf[..len]);
+        spawn_session(&mut tasks, (request, client, source), (bytes, link_mtu), (permit, entry), &limits, &cancel);
     }
     tasks.shutdown().await;
     Ok(())
 }
 
 /// Run one read session on its own task: (request, client, the address to answer
-/// from), (the file, the link's MTU).
+/// from), (the file, the link's MTU), (its slot, its entry among live requests).
 fn spawn_session(
     tasks: &mut tokio::task::JoinSet<()>,
     (request, client, source): (ramboot_core::tftp::session::Request, SocketAddr, IpAddr),
     (bytes, link_mtu): (Arc<[u8]>, Option<u32>),
-    permit: crate::limits::Slot,
+    (permit, entry): (crate::limits::Slot, LiveEntry),
     limits: &TftpLimits,
     cancel: &CancellationToken,
 ) {
@@ -379,7 +461,7 @@ fn spawn_session(
         let _permit = permit;
         let _entered = span.enter();
         let link = Link { source, mtu: link_mtu };
-        if let Err(e) = transfer(link, client, &options, bytes, &limits, session_limits, &cancel) {
+        if let Err(e) = transfer(link, client, &options, bytes, &limits, session_limits, (&entry, &cancel)) {
             warn!(error = %e, "TFTP session socket failed");
         }
     });
@@ -432,7 +514,7 @@ fn transfer(
     file: Arc<[u8]>,
     limits: &TftpLimits,
     session_limits: Limits,
-    cancel: &CancellationToken,
+    (entry, cancel): (&LiveEntry, &CancellationToken),
 ) -> std::io::Result<()> {
     let socket = std::net::UdpSocket::bind(SocketAddr::new(link.source, 0))?;
     // Connected: the kernel drops packets from any other transfer ID.
@@ -515,6 +597,9 @@ fn transfer(
                 let _ = socket.send(&packet);
                 return Ok(());
             }
+            if entry.take_repeat() {
+                break session.on_repeated_request();
+            }
             if now >= deadline {
                 timeouts += 1;
                 metrics::counter!("ramboot_tftp_timeouts_total").increment(1);
@@ -567,6 +652,80 @@ mod tests {
             "{kept:?}"
         );
         assert_eq!(a.len(), 40, "a reference taken earlier stays whole");
+    }
+
+    fn rrq(filename: &str, options: &[(&str, &str)]) -> Vec<u8> {
+        let mut packet = vec![0, 1];
+        for field in [filename, "octet"].into_iter().chain(options.iter().flat_map(|(n, v)| [*n, *v])) {
+            packet.extend_from_slice(field.as_bytes());
+            packet.push(0);
+        }
+        packet
+    }
+
+    /// Datagrams the client receives within `within`: (sender's port, bytes).
+    async fn received(client: &UdpSocket, within: Duration) -> Vec<(u16, Vec<u8>)> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        let end = tokio::time::Instant::now() + within;
+        while let Ok(Ok((n, from))) = tokio::time::timeout_at(end, client.recv_from(&mut buf)).await {
+            got.push((from.port(), buf[..n].to_vec()));
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_repeated_request_is_answered_by_the_running_session_and_a_new_one_opens_a_new_session() {
+        let root = tempfile::tempdir().unwrap();
+        let file: Vec<u8> = (0..2000u32).map(|i| i as u8).collect();
+        std::fs::write(root.path().join("undionly.kpxe"), &file).unwrap();
+        let listener = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server_addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let (root_path, stop) = (root.path().to_path_buf(), cancel.clone());
+        let server = tokio::spawn(async move { serve(&root_path, listener, stop).await });
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+
+        // The request twice from one port, as a client whose first block came late
+        // sends it: one session answers both, from one port (block 1, then its resend).
+        let request = rrq("undionly.kpxe", &[]);
+        client.send_to(&request, server_addr).await.unwrap();
+        client.send_to(&request, server_addr).await.unwrap();
+        let answers = received(&client, Duration::from_millis(1500)).await;
+        assert!(!answers.is_empty(), "no answer");
+        // (sender's port, TFTP header) of each answer.
+        let heads: Vec<(u16, Vec<u8>)> = answers.iter().map(|(port, bytes)| (*port, bytes[..4].to_vec())).collect();
+        let session_port = answers[0].0;
+        assert!(heads.iter().all(|(port, _)| *port == session_port), "a second session answered: {heads:?}");
+        assert!(heads.iter().all(|(_, head)| *head == [0, 3, 0, 1]), "only block 1: {heads:?}");
+        // That session serves the whole file.
+        let session = SocketAddr::new(server_addr.ip(), session_port);
+        let mut got = answers[0].1[4..].to_vec();
+        for block in 1u16.. {
+            client.send_to(&[0, 4, (block >> 8) as u8, block as u8], session).await.unwrap();
+            if got.len() >= file.len() {
+                break;
+            }
+            let mut buf = [0u8; 1024];
+            let (n, _) =
+                tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf)).await.unwrap().unwrap();
+            assert_eq!(buf[..4], [0, 3, ((block + 1) >> 8) as u8, (block + 1) as u8]);
+            got.extend_from_slice(&buf[4..n]);
+        }
+        assert_eq!(got, file);
+
+        // A different request from the same port while a session runs (a ROM that
+        // read tsize and asks again) is a transfer of its own.
+        client.send_to(&rrq("undionly.kpxe", &[("tsize", "0")]), server_addr).await.unwrap();
+        let probe = received(&client, Duration::from_millis(300)).await;
+        assert_eq!(probe.first().map(|(_, b)| b[..2].to_vec()), Some(vec![0, 6]), "an OACK first");
+        client.send_to(&request, server_addr).await.unwrap();
+        let second = received(&client, Duration::from_millis(300)).await;
+        let data = second.iter().find(|(_, b)| b[..2] == [0, 3]).expect("block 1 of a new session");
+        assert_ne!(data.0, probe[0].0, "the new request got a session of its own");
+
+        cancel.cancel();
+        server.await.unwrap().unwrap();
     }
 
     #[test]

@@ -381,6 +381,20 @@ impl Session {
         }
     }
 
+    /// The client sent its read request again (same bytes, same port) while this
+    /// session runs. Before the client has answered anything, that means our first
+    /// packet was lost or late: send it again now, without counting a resend (the
+    /// client is there). Once the client has answered, the repeat is stale: it
+    /// stays with this session, so a second session would resend into the void.
+    pub fn on_repeated_request(&mut self) -> Step {
+        match self.phase {
+            Phase::Negotiating => Step::Send(vec![Datagram::Oack]),
+            Phase::Transferring if self.acked == 0 => self.window(),
+            Phase::Transferring => Step::Wait,
+            Phase::Finished => Step::Done,
+        }
+    }
+
     /// The timer ran out: resend what is unacknowledged, or give up.
     pub fn on_timeout(&mut self) -> Step {
         if self.phase == Phase::Finished {

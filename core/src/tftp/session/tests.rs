@@ -117,6 +117,25 @@ fn timeouts_resend_with_backoff_then_give_up() {
 }
 
 #[test]
+fn a_repeated_request_resends_the_first_packet_only_until_the_client_answers() {
+    // Options: the OACK again, and the resend budget is untouched.
+    let (mut s, _, _) = session(3000, &[("blksize", "1024")]);
+    assert_eq!(s.on_repeated_request(), Step::Send(vec![Datagram::Oack]));
+    assert_eq!(s.timeout(), Duration::from_secs(1), "not counted as a resend");
+    assert_eq!(data_indices(&s.on_packet(&ClientPacket::Ack(0))), vec![1]);
+    // ACK 0 came, block 1 is out: still nothing of the file acknowledged.
+    assert_eq!(data_indices(&s.on_repeated_request()), vec![1]);
+    assert_eq!(data_indices(&s.on_packet(&ClientPacket::Ack(1))), vec![2]);
+    // The client is reading this session: a late repeat changes nothing.
+    assert_eq!(s.on_repeated_request(), Step::Wait);
+    // No options: block 1 again.
+    let (mut s, _, _) = session(3000, &[]);
+    assert_eq!(data_indices(&s.on_repeated_request()), vec![1]);
+    s.on_packet(&ClientPacket::Error { code: 0, message: String::new() });
+    assert_eq!(s.on_repeated_request(), Step::Done);
+}
+
+#[test]
 fn a_client_error_ends_the_session_and_tsize_probes_are_recognised() {
     let (mut s, _, _) = session(5000, &[("tsize", "0")]);
     let error = parse_client(b"\x00\x05\x00\x08tsize probe\x00").unwrap();
