@@ -33,7 +33,7 @@
 use crate::limits::{Refused, SourceSlots, Throttle};
 use crate::safe_path::{resolve, PathError};
 use ramboot_core::tftp::session::{
-    error_packet, negotiate, parse_client, parse_request, Datagram, Limits, Session, Step,
+    error_packet, negotiate, parse_client, parse_request, AbortReason, Datagram, Limits, Session, Step,
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -573,12 +573,12 @@ fn transfer(
                 return Ok(());
             }
             Step::Abort(reason) => {
-                if reason.is_tsize_probe() {
-                    metrics::counter!("ramboot_tftp_sessions_total", "outcome" => "tsize_probe").increment(1);
-                    debug!(%reason, "TFTP: client read the size and ended the session");
-                } else {
-                    metrics::counter!("ramboot_tftp_sessions_total", "outcome" => "aborted").increment(1);
-                    warn!(%reason, "TFTP transfer aborted");
+                metrics::counter!("ramboot_tftp_sessions_total", "outcome" => reason.outcome()).increment(1);
+                match reason {
+                    _ if reason.is_tsize_probe() => debug!(%reason, "TFTP: client read the size and ended the session"),
+                    // A late repeat of a request whose transfer already ended: routine in a storm.
+                    AbortReason::ClientGone => debug!(%reason, "TFTP session ended"),
+                    _ => warn!(%reason, "TFTP transfer aborted"),
                 }
                 return Ok(());
             }
@@ -610,8 +610,8 @@ fn transfer(
                     Ok(p) => break session.on_packet(&p),
                     Err(_) => continue,
                 },
-                // ICMP port unreachable: the client went away; resends run out fast.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break session.on_timeout(),
+                // ICMP port unreachable: the client's port is closed.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break session.on_client_gone(),
                 // SO_RCVTIMEO passed (EAGAIN), or a signal: check the clocks again.
                 Err(e)
                     if matches!(

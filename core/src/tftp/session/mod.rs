@@ -256,6 +256,10 @@ pub enum AbortReason {
     ClientError { code: u16, message: String },
     #[error("no answer after {0} resends")]
     Timeout(u32),
+    /// The client's port is closed (ICMP port unreachable): its transfer is over,
+    /// typically a late repeat of a request whose transfer already finished.
+    #[error("the client's port is closed (it no longer waits for this transfer)")]
+    ClientGone,
     #[error("unexpected opcode {0} from the client")]
     Unexpected(u16),
 }
@@ -264,6 +268,15 @@ impl AbortReason {
     /// A PXE ROM reading `tsize` and aborting (ERROR 8) is routine, not a failure.
     pub fn is_tsize_probe(&self) -> bool {
         matches!(self, AbortReason::ClientError { code: code::OPTION_REFUSED, .. })
+    }
+
+    /// The metric label of a session that ended this way.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            _ if self.is_tsize_probe() => "tsize_probe",
+            AbortReason::ClientGone => "client_gone",
+            _ => "aborted",
+        }
     }
 }
 
@@ -393,6 +406,15 @@ impl Session {
             Phase::Transferring => Step::Wait,
             Phase::Finished => Step::Done,
         }
+    }
+
+    /// The client's port is closed: nobody will ever answer, so resending is waste.
+    pub fn on_client_gone(&mut self) -> Step {
+        if self.phase == Phase::Finished {
+            return Step::Done;
+        }
+        self.phase = Phase::Finished;
+        Step::Abort(AbortReason::ClientGone)
     }
 
     /// The timer ran out: resend what is unacknowledged, or give up.

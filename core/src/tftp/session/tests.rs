@@ -136,6 +136,18 @@ fn a_repeated_request_resends_the_first_packet_only_until_the_client_answers() {
 }
 
 #[test]
+fn a_closed_client_port_ends_the_session_without_resends() {
+    let (mut s, _, _) = session(3000, &[]);
+    let gone = s.on_client_gone();
+    assert_eq!(gone, Step::Abort(AbortReason::ClientGone));
+    let Step::Abort(reason) = gone else { unreachable!() };
+    assert_eq!(reason.outcome(), "client_gone");
+    assert_eq!(s.on_timeout(), Step::Done, "nothing is resent after it");
+    let probe = AbortReason::ClientError { code: code::OPTION_REFUSED, message: String::new() };
+    assert_eq!((probe.outcome(), AbortReason::Timeout(5).outcome()), ("tsize_probe", "aborted"));
+}
+
+#[test]
 fn a_client_error_ends_the_session_and_tsize_probes_are_recognised() {
     let (mut s, _, _) = session(5000, &[("tsize", "0")]);
     let error = parse_client(b"\x00\x05\x00\x08tsize probe\x00").unwrap();
