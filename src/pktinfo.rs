@@ -35,23 +35,29 @@ pub fn enable(socket: &impl AsFd) -> std::io::Result<()> {
 /// where it arrived). A datagram without the control message (the option off)
 /// reports unspecified addresses and interface 0.
 pub async fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV4, PacketInfo)> {
-    socket
-        .async_io(Interest::READABLE, || {
-            let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
-            let mut iov = [IoSliceMut::new(buf)];
-            let msg = sock::recvmsg::<SockaddrIn>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
-            let peer = msg.address.map_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), SocketAddrV4::from);
-            let mut info = PacketInfo { local: Ipv4Addr::UNSPECIFIED, header_dst: Ipv4Addr::UNSPECIFIED, ifindex: 0 };
-            for c in msg.cmsgs()? {
-                if let ControlMessageOwned::Ipv4PacketInfo(pi) = c {
-                    info.local = Ipv4Addr::from(u32::from_be(pi.ipi_spec_dst.s_addr));
-                    info.header_dst = Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr));
-                    info.ifindex = u32::try_from(pi.ipi_ifindex).unwrap_or(0);
-                }
-            }
-            Ok((msg.bytes, peer, info))
-        })
-        .await
+    socket.async_io(Interest::READABLE, || recv_now(socket, buf)).await
+}
+
+/// [`recv_from`] without waiting: `WouldBlock` when nothing is queued.
+pub fn try_recv_from(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV4, PacketInfo)> {
+    socket.try_io(Interest::READABLE, || recv_now(socket, buf))
+}
+
+/// One `recvmsg` on the (non-blocking) socket.
+fn recv_now(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV4, PacketInfo)> {
+    let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = sock::recvmsg::<SockaddrIn>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+    let peer = msg.address.map_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), SocketAddrV4::from);
+    let mut info = PacketInfo { local: Ipv4Addr::UNSPECIFIED, header_dst: Ipv4Addr::UNSPECIFIED, ifindex: 0 };
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::Ipv4PacketInfo(pi) = c {
+            info.local = Ipv4Addr::from(u32::from_be(pi.ipi_spec_dst.s_addr));
+            info.header_dst = Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr));
+            info.ifindex = u32::try_from(pi.ipi_ifindex).unwrap_or(0);
+        }
+    }
+    Ok((msg.bytes, peer, info))
 }
 
 /// Send `bytes` to `dest` from local address `source` (unspecified: the kernel
