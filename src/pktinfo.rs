@@ -35,19 +35,36 @@ pub fn enable(socket: &impl AsFd) -> std::io::Result<()> {
 /// where it arrived). A datagram without the control message (the option off)
 /// reports unspecified addresses and interface 0.
 pub async fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV4, PacketInfo)> {
-    socket.async_io(Interest::READABLE, || recv_now(socket, buf)).await
+    socket.async_io(Interest::READABLE, || recv_now(socket, buf, Wait::No)).await
 }
 
-/// [`recv_from`] without waiting: `WouldBlock` when nothing is queued.
-pub fn try_recv_from(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV4, PacketInfo)> {
-    socket.try_io(Interest::READABLE, || recv_now(socket, buf))
+/// Whether a call on a blocking socket may wait (a non-blocking socket never does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Yes,
+    No,
 }
 
-/// One `recvmsg` on the (non-blocking) socket.
-fn recv_now(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV4, PacketInfo)> {
+impl Wait {
+    fn flags(self) -> MsgFlags {
+        match self {
+            Wait::Yes => MsgFlags::empty(),
+            Wait::No => MsgFlags::MSG_DONTWAIT,
+        }
+    }
+}
+
+/// One `recvmsg` with its `IP_PKTINFO`, from any thread: with [`Wait::No`],
+/// `WouldBlock` when nothing is queued; with [`Wait::Yes`] on a blocking socket,
+/// until a datagram comes or the socket's receive timeout passes.
+pub fn recv_now(
+    socket: &impl AsRawFd,
+    buf: &mut [u8],
+    wait: Wait,
+) -> std::io::Result<(usize, SocketAddrV4, PacketInfo)> {
     let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
     let mut iov = [IoSliceMut::new(buf)];
-    let msg = sock::recvmsg::<SockaddrIn>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+    let msg = sock::recvmsg::<SockaddrIn>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), wait.flags())?;
     let peer = msg.address.map_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), SocketAddrV4::from);
     let mut info = PacketInfo { local: Ipv4Addr::UNSPECIFIED, header_dst: Ipv4Addr::UNSPECIFIED, ifindex: 0 };
     for c in msg.cmsgs()? {
@@ -68,16 +85,18 @@ pub async fn send_from(
     dest: SocketAddrV4,
     source: Ipv4Addr,
 ) -> std::io::Result<usize> {
-    socket.async_io(Interest::WRITABLE, || send_from_now(socket, bytes, dest, source)).await
+    socket.async_io(Interest::WRITABLE, || send_from_now(socket, bytes, dest, source, Wait::No)).await
 }
 
-/// [`send_from`] without waiting: one `sendmsg` on the (non-blocking) socket, from
-/// any thread; `WouldBlock` if its send buffer is full.
+/// [`send_from`] from any thread: one `sendmsg`. With [`Wait::No`], `WouldBlock`
+/// if the send buffer is full; with [`Wait::Yes`] on a blocking socket, it waits
+/// for room.
 pub fn send_from_now(
     socket: &impl AsRawFd,
     bytes: &[u8],
     dest: SocketAddrV4,
     source: Ipv4Addr,
+    wait: Wait,
 ) -> std::io::Result<usize> {
     let info = nix::libc::in_pktinfo {
         ipi_ifindex: 0,
@@ -86,7 +105,7 @@ pub fn send_from_now(
     };
     let dest = SockaddrIn::from(dest);
     let cmsgs: &[ControlMessage] = if source.is_unspecified() { &[] } else { &[ControlMessage::Ipv4PacketInfo(&info)] };
-    Ok(sock::sendmsg(socket.as_raw_fd(), &[IoSlice::new(bytes)], cmsgs, MsgFlags::empty(), Some(&dest))?)
+    Ok(sock::sendmsg(socket.as_raw_fd(), &[IoSlice::new(bytes)], cmsgs, wait.flags(), Some(&dest))?)
 }
 
 /// The MTU of interface `ifindex` (from sysfs, in this process's network namespace

@@ -1,9 +1,11 @@
 //! The DHCP socket layer: receive datagrams, run the pure core, persist grants in
 //! batches, send replies.
 //!
-//! Three kinds of task, connected by bounded channels:
-//! - one **reader** per socket (interface × port 67/4011) reads datagrams with
-//!   `IP_PKTINFO`, so each packet carries the local address it arrived on;
+//! Three kinds of task, connected by bounded queues:
+//! - one **reader** per socket (interface × port 67/4011), a thread blocked in
+//!   recvmsg(2), reads datagrams with `IP_PKTINFO`, so each packet carries the
+//!   local address it arrived on, and hands everything queued to the decider at
+//!   once (see [`READ_COALESCE`]);
 //! - one **decider** owns the in-memory pools and the inventory view and runs
 //!   [`decide`] on each packet in arrival order (no locks; an address is only ever
 //!   chosen here, so it can never be handed out twice);
@@ -20,7 +22,7 @@
 //! (counted), instead of the decider falling ever further behind.
 
 use crate::config::Config;
-use crate::pktinfo;
+use crate::pktinfo::{self, Wait};
 use crate::profiles::LiveProfiles;
 use crate::store::LeaseState;
 use crate::store::{LeaseChange, LeaseNotice, LeaseOp, Store, StoreError, SyncLeaseWriter, Taken};
@@ -36,17 +38,42 @@ use ramboot_core::dhcp::relay::{self, Screen};
 use ramboot_core::profile::BootChain;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::BTreeSet;
+use std::net::UdpSocket;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 /// Packets waiting for the decider; beyond this they are dropped (and counted).
 const INBOX: usize = 1024;
+
+/// The readers' side of the decider's inbox. Datagrams go in batches, one per
+/// reader wake-up, so the decider is woken once for all of them (woken per
+/// datagram, it preempted the reader on a shared core); the bound is on
+/// datagrams waiting, across all batches.
+#[derive(Clone)]
+struct Inbox {
+    batches: mpsc::UnboundedSender<Vec<Datagram>>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Inbox {
+    /// Whether one more datagram fits beside `batch` (not yet sent).
+    fn has_room(&self, batch: &[Datagram]) -> bool {
+        self.waiting.load(Ordering::Relaxed) + batch.len() < INBOX
+    }
+
+    /// Hand `batch` to the decider; false if it has stopped.
+    fn send(&self, batch: Vec<Datagram>) -> bool {
+        let len = batch.len();
+        self.waiting.fetch_add(len, Ordering::Relaxed);
+        self.batches.send(batch).is_ok()
+    }
+}
 /// Lease changes waiting for the committer; a full queue slows the decider down.
 const COMMIT_QUEUE: usize = 8192;
 /// Most lease changes written in one transaction.
@@ -85,6 +112,10 @@ pub struct Listener {
 /// A UDP socket bound to `port` on every address but tied to `interface`, so
 /// broadcast replies leave through the boot network and nowhere else, with
 /// `IP_PKTINFO` on so each datagram tells which local address it reached.
+///
+/// The socket is blocking and read by a thread of its own ([`read_loop`]), never
+/// registered with the runtime: with tokio's edge-triggered epoll every arriving
+/// datagram woke a runtime thread, even while the reader was deliberately waiting.
 pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpIoError> {
     let err = |source| DhcpIoError::Bind { interface: interface.to_string(), port, source };
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
@@ -96,8 +127,8 @@ pub fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpIoError> {
     // storm arrives all at once); as root, past net.core.rmem_max.
     crate::udp::deepen_receive_queue(&socket, crate::udp::LISTENER_RECEIVE_BUFFER);
     socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into()).map_err(err)?;
-    socket.set_nonblocking(true).map_err(err)?;
-    UdpSocket::from_std(socket.into()).map_err(err)
+    socket.set_read_timeout(Some(READ_WAKE)).map_err(err)?;
+    Ok(socket.into())
 }
 
 /// Every socket the configuration asks for: port 67 on each DHCP interface, and
@@ -189,17 +220,15 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    async fn send(self) {
-        let sent = pktinfo::send_from(&self.socket, &self.bytes, self.dest, self.source).await;
-        self.sent(sent);
-    }
-
-    /// Send from a thread outside the runtime (the SQLite committer's). A full
-    /// send buffer hands the reply to the runtime, which waits for room.
-    fn send_now(self, runtime: &tokio::runtime::Handle) {
-        match pktinfo::send_from_now(&*self.socket, &self.bytes, self.dest, self.source) {
+    /// Send without waiting, from the decider or a committer. A full send buffer
+    /// (rare for UDP) hands the reply to a blocking-pool thread that waits for room.
+    fn send(self, runtime: &tokio::runtime::Handle) {
+        match pktinfo::send_from_now(&*self.socket, &self.bytes, self.dest, self.source, Wait::No) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                runtime.spawn(self.send());
+                runtime.spawn_blocking(move || {
+                    let sent = pktinfo::send_from_now(&*self.socket, &self.bytes, self.dest, self.source, Wait::Yes);
+                    self.sent(sent);
+                });
             }
             sent => self.sent(sent),
         }
@@ -312,14 +341,17 @@ pub async fn serve(
     );
 
     let commit_delay = cfg.dhcp.commit_delay;
-    let (inbox_tx, mut inbox) = mpsc::channel::<Datagram>(INBOX);
+    let (batches, mut inbox) = mpsc::unbounded_channel::<Vec<Datagram>>();
+    let inbox_tx = Inbox { batches, waiting: Arc::default() };
+    let waiting = inbox_tx.waiting.clone();
     let (commit_tx, commit_rx) = mpsc::channel::<Pending>(COMMIT_QUEUE);
     let (failed_tx, mut failed) = mpsc::unbounded_channel::<Rollback>();
     let (hosts_tx, mut new_hosts) = mpsc::channel::<Hosts>(1);
     let sockets: Vec<(Arc<UdpSocket>, Port)> = listeners.iter().map(|l| (l.socket.clone(), l.port)).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for (index, listener) in listeners.into_iter().enumerate() {
-        tasks.spawn(read_loop(listener, index, inbox_tx.clone(), cancel.clone()));
+        let (inbox_tx, cancel) = (inbox_tx.clone(), cancel.clone());
+        tasks.spawn_blocking(move || read_loop(listener, index, inbox_tx, cancel));
     }
     drop(inbox_tx);
     match store.sync_lease_writer() {
@@ -340,6 +372,7 @@ pub async fn serve(
     ));
 
     let port_number = cfg.dhcp.port;
+    let runtime = tokio::runtime::Handle::current();
     loop {
         tokio::select! {
             biased;
@@ -357,19 +390,22 @@ pub async fn serve(
                 install_reservations(&policy, &mut leases, &hosts);
                 debug!(nodes = hosts.len(), "DHCP node view reloaded");
             }
-            datagram = inbox.recv() => match datagram {
-                Some(d) => {
-                    let (socket, port) = &sockets[d.listener];
-                    let outcome = handle(&d, *port, socket, &policy, &mut leases, &hosts, port_number);
-                    if let Some(pending) = outcome {
-                        match pending {
-                            Next::Send(out) => out.send().await,
-                            Next::Commit(p) => {
-                                if commit_tx.send(p).await.is_err() {
-                                    break;
-                                }
+            batch = inbox.recv() => match batch {
+                Some(batch) => {
+                    waiting.fetch_sub(batch.len(), Ordering::Relaxed);
+                    for d in batch {
+                        let (socket, port) = &sockets[d.listener];
+                        match handle(&d, *port, socket, &policy, &mut leases, &hosts, port_number) {
+                            Some(Next::Send(out)) => out.send(&runtime),
+                            // A committer that stopped ends the loop below.
+                            Some(Next::Commit(p)) => {
+                                let _ = commit_tx.send(p).await;
                             }
+                            None => {}
                         }
+                    }
+                    if commit_tx.is_closed() {
+                        break;
                     }
                 }
                 None => break,
@@ -480,60 +516,70 @@ fn install_reservations(policy: &DhcpPolicy, leases: &mut Leases, hosts: &Hosts)
 }
 
 /// Under load a reader wakes at most this often and takes everything queued at
-/// once: a wake-up from idle (a context switch, an `epoll_wait`) costs more than
-/// handling a packet, so at 8,000 exchanges/s one wake per datagram was most of the
-/// server's CPU. Only a reader whose last wake-up found company (more than one
-/// datagram queued) waits, as the lease committer does: a lone client, and any
-/// low rate, is answered at once. Under load a reply waits at most about this long
-/// more (tokio's timer rounds up to its next millisecond), which no DHCP client
-/// notices: they wait seconds, and an ACK already waits for its commit.
+/// once: a wake-up from idle (a context switch) costs more than handling a packet,
+/// so at 8,000 exchanges/s one wake per datagram was most of the server's CPU.
+/// Only a reader whose last wake-up found company (more than one datagram queued)
+/// waits, as the lease committer does: a lone client, and any low rate, is
+/// answered at once. Under load a reply waits at most this long more, which no
+/// DHCP client notices: they wait seconds, and an ACK already waits for its commit.
 const READ_COALESCE: Duration = Duration::from_millis(1);
-/// Most datagrams taken in one wake-up before the reader yields.
+/// Most datagrams taken in one wake-up.
 const MAX_DRAIN: usize = 256;
+/// How often a reader blocked in recvmsg(2) wakes to notice shutdown.
+const READ_WAKE: Duration = Duration::from_millis(100);
 
-async fn read_loop(listener: Listener, index: usize, inbox: mpsc::Sender<Datagram>, cancel: CancellationToken) {
+/// One socket's reader, on a thread of its own: blocked in recvmsg(2) until a
+/// datagram comes, then everything queued goes to the decider's inbox.
+fn read_loop(listener: Listener, index: usize, inbox: Inbox, cancel: CancellationToken) {
     let mut buf = vec![0u8; 1500];
     // When the last wake-up found company.
-    let mut last_wake: Option<tokio::time::Instant> = None;
-    loop {
-        if let Some(next) = last_wake.take().map(|at| at + READ_COALESCE) {
-            if tokio::time::Instant::now() < next {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep_until(next) => {}
-                }
+    let mut busy_since: Option<Instant> = None;
+    while !cancel.is_cancelled() {
+        if let Some(next) = busy_since.take().map(|at| at + READ_COALESCE) {
+            let now = Instant::now();
+            if now < next {
+                std::thread::sleep(next - now);
             }
         }
-        let received = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = pktinfo::recv_from(&listener.socket, &mut buf) => r,
-        };
-        let woke = tokio::time::Instant::now();
-        let mut received = Some(received);
+        let mut woke = None;
+        let mut batch = Vec::new();
         for taken in 0..MAX_DRAIN {
-            let datagram = match received.take().unwrap_or_else(|| pktinfo::try_recv_from(&listener.socket, &mut buf)) {
-                Ok((len, peer, info)) => {
-                    let broadcast = info.header_dst != info.local;
-                    let local = match listener.broadcast_source {
-                        Some(ours) if broadcast => ours,
-                        _ => info.local,
-                    };
-                    Datagram { bytes: buf[..len].to_vec(), peer, local, listener: index }
+            let wait = if taken == 0 { Wait::Yes } else { Wait::No };
+            let (len, peer, info) = match pktinfo::recv_now(&*listener.socket, &mut buf, wait) {
+                Ok(received) => received,
+                // Nothing (more) queued, or READ_WAKE passed: look at `cancel` again.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    break
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     warn!(interface = %listener.interface, error = %e, "DHCP receive failed");
+                    // Not a hot loop if the error persists (an interface gone).
+                    std::thread::sleep(READ_WAKE);
                     break;
                 }
             };
+            let woke_at = *woke.get_or_insert_with(Instant::now);
             if taken == 1 {
-                last_wake = Some(woke);
+                busy_since = Some(woke_at);
             }
-            match inbox.try_send(datagram) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => count(None, "dropped_overload"),
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            let broadcast = info.header_dst != info.local;
+            let local = match listener.broadcast_source {
+                Some(ours) if broadcast => ours,
+                _ => info.local,
+            };
+            if inbox.has_room(&batch) {
+                batch.push(Datagram { bytes: buf[..len].to_vec(), peer, local, listener: index });
+            } else {
+                count(None, "dropped_overload");
             }
+        }
+        if !batch.is_empty() && !inbox.send(batch) {
+            return;
         }
     }
 }
@@ -763,6 +809,7 @@ async fn commit_loop(
     commit_delay: Duration,
 ) {
     let mut batch = Batch::new(commit_delay);
+    let runtime = tokio::runtime::Handle::current();
     while let Some(first) = queue.recv().await {
         if let Some(pause) = batch.pause() {
             tokio::time::sleep(pause).await;
@@ -771,7 +818,7 @@ async fn commit_loop(
         let started = Instant::now();
         let result = store.commit_dhcp(&batch.ops, unix_now().1).await;
         for reply in batch.settle(result, started, &failed) {
-            reply.send().await;
+            reply.send(&runtime);
         }
     }
 }
@@ -796,7 +843,7 @@ fn commit_loop_sync(
         let started = Instant::now();
         let result = store.commit_dhcp_sync(&mut writer, &batch.ops, unix_now().1);
         for reply in batch.settle(result, started, &failed) {
-            reply.send_now(&runtime);
+            reply.send(&runtime);
         }
     }
 }
