@@ -51,6 +51,14 @@ use tracing::{debug, error, info, warn};
 /// Packets waiting for the decider; beyond this they are dropped (and counted).
 const INBOX: usize = 1024;
 
+/// Lease changes waiting for the committer; a full queue slows the decider down.
+const COMMIT_QUEUE: usize = 8192;
+/// Most lease changes written in one transaction.
+const MAX_BATCH: usize = 1024;
+/// How often the inventory view is reloaded even without a change notice (another
+/// ramboot server sharing the database may have changed it).
+const HOSTS_RELOAD: Duration = Duration::from_secs(60);
+
 /// The readers' side of the decider's inbox. Datagrams go in batches, one per
 /// reader wake-up, so the decider is woken once for all of them (woken per
 /// datagram, it preempted the reader on a shared core); the bound is on
@@ -74,13 +82,6 @@ impl Inbox {
         self.batches.send(batch).is_ok()
     }
 }
-/// Lease changes waiting for the committer; a full queue slows the decider down.
-const COMMIT_QUEUE: usize = 8192;
-/// Most lease changes written in one transaction.
-const MAX_BATCH: usize = 1024;
-/// How often the inventory view is reloaded even without a change notice (another
-/// ramboot server sharing the database may have changed it).
-const HOSTS_RELOAD: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpIoError {
@@ -949,6 +950,31 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inbox_bounds_the_datagrams_waiting_across_batches() {
+        let (batches, mut decider) = mpsc::unbounded_channel();
+        let inbox = Inbox { batches, waiting: Arc::default() };
+        let datagram = || Datagram {
+            bytes: vec![1],
+            peer: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 68),
+            local: Ipv4Addr::LOCALHOST,
+            listener: 0,
+        };
+        let full: Vec<Datagram> = (0..INBOX - 1).map(|_| datagram()).collect();
+        assert!(inbox.has_room(&full), "room for the last one");
+        assert!(inbox.send(full));
+        let mut next = vec![datagram()];
+        assert!(!inbox.has_room(&next), "the bound counts what waits in earlier batches");
+        // The decider takes a batch: room again.
+        let taken = decider.try_recv().unwrap();
+        inbox.waiting.fetch_sub(taken.len(), Ordering::Relaxed);
+        assert!(inbox.has_room(&next));
+        next.push(datagram());
+        assert!(inbox.send(next));
+        drop(decider);
+        assert!(!inbox.send(vec![datagram()]), "a stopped decider is reported");
+    }
     use dhcproto::v4::{DhcpOption, Flags};
 
     #[test]
