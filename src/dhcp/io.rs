@@ -69,6 +69,28 @@ struct Inbox {
     waiting: Arc<AtomicUsize>,
 }
 
+/// The decider's side of the inbox.
+struct InboxReceiver {
+    batches: mpsc::UnboundedReceiver<Vec<Datagram>>,
+    waiting: Arc<AtomicUsize>,
+}
+
+fn inbox() -> (Inbox, InboxReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    (Inbox { batches: tx, waiting: waiting.clone() }, InboxReceiver { batches: rx, waiting })
+}
+
+impl InboxReceiver {
+    /// The next batch (its datagrams no longer count against the bound); `None`
+    /// once every reader has stopped. Cancel-safe, as `select!` needs.
+    async fn recv(&mut self) -> Option<Vec<Datagram>> {
+        let batch = self.batches.recv().await?;
+        self.waiting.fetch_sub(batch.len(), Ordering::Relaxed);
+        Some(batch)
+    }
+}
+
 impl Inbox {
     /// Whether one more datagram fits beside `batch` (not yet sent).
     fn has_room(&self, batch: &[Datagram]) -> bool {
@@ -342,9 +364,7 @@ pub async fn serve(
     );
 
     let commit_delay = cfg.dhcp.commit_delay;
-    let (batches, mut inbox) = mpsc::unbounded_channel::<Vec<Datagram>>();
-    let inbox_tx = Inbox { batches, waiting: Arc::default() };
-    let waiting = inbox_tx.waiting.clone();
+    let (inbox_tx, mut inbox) = inbox();
     let (commit_tx, commit_rx) = mpsc::channel::<Pending>(COMMIT_QUEUE);
     let (failed_tx, mut failed) = mpsc::unbounded_channel::<Rollback>();
     let (hosts_tx, mut new_hosts) = mpsc::channel::<Hosts>(1);
@@ -393,7 +413,6 @@ pub async fn serve(
             }
             batch = inbox.recv() => match batch {
                 Some(batch) => {
-                    waiting.fetch_sub(batch.len(), Ordering::Relaxed);
                     for d in batch {
                         let (socket, port) = &sockets[d.listener];
                         match handle(&d, *port, socket, &policy, &mut leases, &hosts, port_number) {
@@ -951,10 +970,11 @@ impl Batch {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_inbox_bounds_the_datagrams_waiting_across_batches() {
-        let (batches, mut decider) = mpsc::unbounded_channel();
-        let inbox = Inbox { batches, waiting: Arc::default() };
+    use dhcproto::v4::{DhcpOption, Flags};
+
+    #[tokio::test]
+    async fn the_inbox_bounds_the_datagrams_waiting_across_batches() {
+        let (inbox, mut decider) = inbox();
         let datagram = || Datagram {
             bytes: vec![1],
             peer: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 68),
@@ -967,15 +987,13 @@ mod tests {
         let mut next = vec![datagram()];
         assert!(!inbox.has_room(&next), "the bound counts what waits in earlier batches");
         // The decider takes a batch: room again.
-        let taken = decider.try_recv().unwrap();
-        inbox.waiting.fetch_sub(taken.len(), Ordering::Relaxed);
+        decider.recv().await.unwrap();
         assert!(inbox.has_room(&next));
         next.push(datagram());
         assert!(inbox.send(next));
         drop(decider);
         assert!(!inbox.send(vec![datagram()]), "a stopped decider is reported");
     }
-    use dhcproto::v4::{DhcpOption, Flags};
 
     #[test]
     fn the_commit_delay_waits_only_behind_a_commit_that_had_company() {
