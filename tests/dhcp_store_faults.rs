@@ -11,7 +11,7 @@
 
 use dhcproto::v4::{DhcpOption, Message, MessageType};
 use dhcproto::{Decodable, Encodable};
-use ramboot::store::{LeaseOp, LeaseState, Store, StoreError, SyncLeaseWriter, Taken, WriteRefused};
+use ramboot::store::{EventKind, LeaseOp, LeaseState, Store, StoreError, SyncLeaseWriter, Taken, WriteRefused};
 use ramboot_core::dhcp::decide::{decide, Arrival, Decision, Hosts, Inbound, LeaseGrant, Leases, Port};
 use ramboot_core::dhcp::policy::{default_boot_files, DhcpMode, DhcpPolicy, SubnetConfig, UnknownClients};
 use ramboot_core::dhcp::pool::BindingKind;
@@ -222,5 +222,34 @@ async fn full_disk(test: &str, sync_writer: bool) {
     let mut again = Decider::restored(&store, now).await;
     assert_eq!(again.request(2, ip, now).unwrap_err(), Some(MessageType::Nak));
     drop(committer);
+    store.close().await;
+}
+
+/// The HTTP tier's writes (events, scripts, hellos) share group commits on a
+/// connection of the group's own: on a full disk such a write is refused as
+/// such, and once there is room the next one commits on the same store.
+#[tokio::test]
+async fn a_grouped_write_on_a_full_disk_fails_clearly_and_the_next_one_commits() {
+    let test = "a_grouped_write_on_a_full_disk_fails_clearly_and_the_next_one_commits";
+    let not_root = (!nix::unistd::geteuid().is_root()).then_some("needs root (mounts a tmpfs)");
+    if skipped(test, not_root) {
+        return;
+    }
+    let fs = Tmpfs::mount("2m");
+    let store = Store::open(&format!("sqlite://{}", fs.path("ramboot.db").display())).await.unwrap();
+    let node = store.ensure_node(MacAddr(mac(1)), 1).await.unwrap();
+    store.add_event(node.id, None, EventKind::Info, "before", 2).await.unwrap();
+
+    fill(&fs.path("filler"));
+    // Larger than any free page the WAL may still hold, so the write must grow it.
+    let big = "x".repeat(256 * 1024);
+    let err = store.add_event(node.id, None, EventKind::Info, &big, 3).await.expect_err("a write on a full disk");
+    assert!(matches!(err, StoreError::Unwritable { reason: WriteRefused::DiskFull, .. }), "{err:?}");
+
+    std::fs::remove_file(fs.path("filler")).unwrap();
+    store.add_event(node.id, None, EventKind::Info, "after", 4).await.expect("the first write after the disk has room");
+    let messages: Vec<String> = store.events(node.id, 0, 100).await.unwrap().into_iter().map(|e| e.message).collect();
+    assert!(messages.contains(&"before".to_string()) && messages.contains(&"after".to_string()), "{messages:?}");
+    assert!(!messages.iter().any(|m| m.starts_with('x')), "the refused write left nothing");
     store.close().await;
 }

@@ -205,40 +205,107 @@ pub(super) mod sync {
 
     type Params<'q> = Vec<Box<dyn ToSql + Send + 'q>>;
 
-    /// A write transaction on a connection borrowed mutably, so that it can be held
-    /// across `.await`s (rusqlite's own `Transaction` borrows the connection shared,
-    /// and a shared `Connection` cannot move between threads). Rolled back if
-    /// dropped uncommitted.
+    /// A SQLite database file, and this process's queue for its one write lock:
+    /// the process's synchronous writers (DHCP's lease committer, the group of
+    /// writers) take turns here in arrival order, each with the lock to itself,
+    /// instead of polling SQLite's busy handler, whose sleeps grow to 100 ms and
+    /// favour whoever asks again first.
+    #[derive(Clone)]
+    pub struct SqliteFile {
+        pub path: std::path::PathBuf,
+        pub turns: std::sync::Arc<tokio::sync::Mutex<()>>,
+    }
+
+    impl SqliteFile {
+        pub fn new(path: std::path::PathBuf) -> SqliteFile {
+            SqliteFile { path, turns: Default::default() }
+        }
+    }
+
+    /// One writer's turn at the write lock ([`SqliteFile::turns`]).
+    pub type Turn = tokio::sync::OwnedMutexGuard<()>;
+
+    /// The connection a [`Transaction`] runs on: DHCP's committer lends its own;
+    /// the group of writers (`store::group`) hands its connection over for the
+    /// transaction's life and takes it back at the commit.
+    pub enum Conn<'a> {
+        Borrowed(&'a mut rusqlite::Connection),
+        Owned(rusqlite::Connection),
+    }
+
+    impl Conn<'_> {
+        fn get(&mut self) -> &mut rusqlite::Connection {
+            match self {
+                Conn::Borrowed(conn) => conn,
+                Conn::Owned(conn) => conn,
+            }
+        }
+
+        pub fn into_owned(self) -> Option<rusqlite::Connection> {
+            match self {
+                Conn::Owned(conn) => Some(conn),
+                Conn::Borrowed(_) => None,
+            }
+        }
+    }
+
+    /// A write transaction that can be held across `.await`s (rusqlite's own
+    /// `Transaction` borrows the connection shared, and a shared `Connection`
+    /// cannot move between threads). Rolled back if dropped uncommitted.
     pub struct Transaction<'a> {
-        conn: &'a mut rusqlite::Connection,
-        open: bool,
+        /// `None` only once committed.
+        conn: Option<Conn<'a>>,
+        /// Held until the transaction has ended (dropped after `conn`'s rollback).
+        _turn: Turn,
     }
 
     impl<'a> Transaction<'a> {
-        pub fn begin(conn: &'a mut rusqlite::Connection) -> Result<Transaction<'a>, sqlx::Error> {
-            conn.execute_batch("BEGIN IMMEDIATE").map_err(error)?;
-            Ok(Transaction { conn, open: true })
+        /// `BEGIN IMMEDIATE`, in this process's `turn`: waits (blocking) up to the
+        /// busy timeout only for another process's writer.
+        pub fn begin(mut conn: Conn<'a>, turn: Turn) -> Result<Transaction<'a>, sqlx::Error> {
+            conn.get().execute_batch("BEGIN IMMEDIATE").map_err(error)?;
+            Ok(Transaction { conn: Some(conn), _turn: turn })
         }
 
         pub fn conn(&mut self) -> &mut rusqlite::Connection {
-            self.conn
+            self.conn.as_mut().expect("open until committed").get()
         }
 
-        pub fn commit(mut self) -> Result<(), sqlx::Error> {
-            // A COMMIT that fails (disk full) leaves SQLite's own rollback, or none:
-            // the drop below finishes either way.
-            self.conn.execute_batch("COMMIT").map_err(error)?;
-            self.open = false;
-            Ok(())
+        /// `COMMIT` (blocking: the fsync), and the connection back out of any
+        /// transaction, or `None` if it cannot be made so.
+        pub fn commit(mut self) -> (Result<(), sqlx::Error>, Option<Conn<'a>>) {
+            let mut conn = self.conn.take().expect("open until committed");
+            let committed = conn.get().execute_batch("COMMIT").map_err(error);
+            // A COMMIT that fails (disk full) leaves SQLite's own rollback, or none.
+            let idle = conn.get().is_autocommit() || conn.get().execute_batch("ROLLBACK").is_ok();
+            (committed, idle.then_some(conn))
         }
     }
 
     impl Drop for Transaction<'_> {
         fn drop(&mut self) {
-            if self.open && !self.conn.is_autocommit() {
-                let _ = self.conn.execute_batch("ROLLBACK");
+            if let Some(conn) = self.conn.as_mut().map(Conn::get) {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
             }
         }
+    }
+
+    /// A connection of its own to the SQLite database at `file`, set as the
+    /// pool's connections are (see `open_sqlite`): durable commits, the same wait
+    /// for another writer.
+    pub fn open(file: &std::path::Path) -> Result<rusqlite::Connection, sqlx::Error> {
+        let open = || -> rusqlite::Result<rusqlite::Connection> {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = rusqlite::Connection::open_with_flags(file, flags)?;
+            conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+            conn.busy_timeout(super::super::WRITE_WAIT)?;
+            // Every statement text of the store's writers stays prepared.
+            conn.set_prepared_statement_cache_capacity(256);
+            Ok(conn)
+        };
+        open().map_err(error)
     }
 
     /// The prepared (cached) statement with `params` bound by number (`$1` is the
@@ -373,10 +440,28 @@ enum TxConn<'a> {
 }
 
 impl<'a> Tx<'a> {
-    /// A write transaction (`BEGIN IMMEDIATE`) on a synchronous SQLite connection:
-    /// its statements run on the calling thread.
-    pub fn sync(conn: &'a mut rusqlite::Connection, changes: std::sync::Arc<Changes>) -> Result<Tx<'a>, sqlx::Error> {
-        Ok(Tx { conn: TxConn::Sync(sync::Transaction::begin(conn)?), changes, wrote_events: false })
+    /// A write transaction (`BEGIN IMMEDIATE`) on a synchronous SQLite connection,
+    /// in the caller's `turn`: its statements run on the calling thread.
+    pub fn sync(
+        conn: &'a mut rusqlite::Connection,
+        turn: sync::Turn,
+        changes: std::sync::Arc<Changes>,
+    ) -> Result<Tx<'a>, sqlx::Error> {
+        let tx = sync::Transaction::begin(sync::Conn::Borrowed(conn), turn)?;
+        Ok(Tx { conn: TxConn::Sync(tx), changes, wrote_events: false })
+    }
+}
+
+impl Tx<'static> {
+    /// [`Tx::sync`] on a connection the transaction keeps until [`Tx::finish`]
+    /// hands it back. Blocks until it has the write lock.
+    pub fn sync_owned(
+        conn: rusqlite::Connection,
+        turn: sync::Turn,
+        changes: std::sync::Arc<Changes>,
+    ) -> Result<Tx<'static>, sqlx::Error> {
+        let tx = sync::Transaction::begin(sync::Conn::Owned(conn), turn)?;
+        Ok(Tx { conn: TxConn::Sync(tx), changes, wrote_events: false })
     }
 }
 
@@ -428,23 +513,31 @@ impl Tx<'_> {
     }
 
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self.conn {
-            TxConn::Sqlite(tx) => {
-                tx.commit().await?;
-                if self.wrote_events {
-                    self.changes.events_changed();
-                }
-                Ok(())
-            }
-            TxConn::Postgres(tx) => tx.commit().await,
+        self.finish().await.0
+    }
+
+    /// Commit, and hand back the connection of a [`Tx::sync_owned`] transaction
+    /// if it can be used again. A synchronous transaction commits (and fsyncs) on
+    /// the calling thread.
+    pub async fn finish(self) -> (Result<(), sqlx::Error>, Option<rusqlite::Connection>) {
+        let (committed, conn) = match self.conn {
+            TxConn::Sqlite(tx) => (tx.commit().await, None),
+            TxConn::Postgres(tx) => return (tx.commit().await, None),
             TxConn::Sync(tx) => {
-                tx.commit()?;
-                if self.wrote_events {
-                    self.changes.events_changed();
-                }
-                Ok(())
+                let (committed, conn) = tx.commit();
+                (committed, conn.and_then(sync::Conn::into_owned))
             }
+        };
+        if committed.is_ok() && self.wrote_events {
+            self.changes.events_changed();
         }
+        (committed, conn)
+    }
+
+    /// Whether this is a synchronous SQLite transaction, whose statements and
+    /// commit run on the calling thread.
+    pub fn is_sync(&self) -> bool {
+        matches!(self.conn, TxConn::Sync(_))
     }
 }
 

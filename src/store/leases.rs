@@ -88,6 +88,7 @@ pub struct Taken {
 /// DHCP's lease writer on a SQLite database: see [`Store::sync_lease_writer`].
 pub struct SyncLeaseWriter {
     conn: rusqlite::Connection,
+    file: super::db::sync::SqliteFile,
 }
 
 /// `items` as one JSON array of their text forms (for [`Tx::json_texts`]).
@@ -334,18 +335,8 @@ impl Store {
     /// used from one thread with [`Store::commit_dhcp_sync`]; `None` on PostgreSQL
     /// (whose driver has no thread of its own to hand each statement to).
     pub fn sync_lease_writer(&self) -> Result<Option<SyncLeaseWriter>, StoreError> {
-        let Some(file) = &self.sqlite_file else { return Ok(None) };
-        let open = || -> rusqlite::Result<rusqlite::Connection> {
-            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            let conn = rusqlite::Connection::open_with_flags(file, flags)?;
-            // As the pool's connections (see `open_sqlite`): durable commits, the same
-            // wait for another writer.
-            conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-            conn.busy_timeout(super::WRITE_WAIT)?;
-            conn.set_prepared_statement_cache_capacity(64);
-            Ok(conn)
-        };
-        Ok(Some(SyncLeaseWriter { conn: open().map_err(super::db::sync::error)? }))
+        let Some(file) = &self.sqlite else { return Ok(None) };
+        Ok(Some(SyncLeaseWriter { conn: super::db::sync::open(&file.path)?, file: file.clone() }))
     }
 
     /// [`Store::commit_dhcp`] on the synchronous writer: the whole batch, commit
@@ -356,7 +347,9 @@ impl Store {
         ops: &[LeaseOp],
         now_ms: i64,
     ) -> Result<Vec<Taken>, StoreError> {
-        let tx = Tx::sync(&mut writer.conn, self.dhcp_writer.changes.clone())?;
+        // Behind the group of writers already waiting, if any (see `SqliteFile`).
+        let turn = futures_executor::block_on(writer.file.turns.clone().lock_owned());
+        let tx = Tx::sync(&mut writer.conn, turn, self.dhcp_writer.changes.clone())?;
         // Every statement of a synchronous transaction is ready when first polled.
         futures_executor::block_on(self.commit_lease_batch(tx, ops, now_ms))
     }

@@ -193,8 +193,9 @@ pub struct Store {
     /// of ACKs never waits for a connection behind HTTP's queries (SQLite has one
     /// writer anyway; this takes the pool out of the wait).
     dhcp_writer: Backend,
-    /// A SQLite database's file (for [`Store::sync_lease_writer`]).
-    sqlite_file: Option<PathBuf>,
+    /// A SQLite database's file, and this process's queue for its write lock
+    /// (for [`Store::sync_lease_writer`] and the group of writers).
+    sqlite: Option<db::sync::SqliteFile>,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -243,17 +244,17 @@ impl Store {
     /// must be private to this user, as the `secrets:` file).
     pub async fn connect(url: &str, password_file: Option<&Path>) -> Result<Store, StoreError> {
         let changes = Changes::new();
-        let (pool, dhcp_writer, sqlite_file) = if is_postgres_url(url) {
+        let (pool, dhcp_writer, sqlite) = if is_postgres_url(url) {
             let (pool, dhcp_writer) = open_postgres(url, password_file).await?;
             (pool, dhcp_writer, None)
         } else {
             let (pool, dhcp_writer, file) = open_sqlite(url).await?;
-            (pool, dhcp_writer, Some(file))
+            (pool, dhcp_writer, Some(db::sync::SqliteFile::new(file)))
         };
         Ok(Store {
-            backend: Backend { pool, changes: changes.clone(), groups: Default::default() },
-            dhcp_writer: Backend { pool: dhcp_writer, changes, groups: Default::default() },
-            sqlite_file,
+            backend: Backend { pool, changes: changes.clone(), groups: group::groups(sqlite.clone()) },
+            dhcp_writer: Backend { pool: dhcp_writer, changes, groups: group::groups(None) },
+            sqlite,
         })
     }
 
