@@ -441,26 +441,14 @@ enum TxConn<'a> {
 
 impl<'a> Tx<'a> {
     /// A write transaction (`BEGIN IMMEDIATE`) on a synchronous SQLite connection,
-    /// in the caller's `turn`: its statements run on the calling thread.
+    /// in the caller's `turn`: its statements run on the calling thread. An owned
+    /// connection stays with the transaction until [`Tx::finish`] hands it back.
     pub fn sync(
-        conn: &'a mut rusqlite::Connection,
+        conn: sync::Conn<'a>,
         turn: sync::Turn,
         changes: std::sync::Arc<Changes>,
     ) -> Result<Tx<'a>, sqlx::Error> {
-        let tx = sync::Transaction::begin(sync::Conn::Borrowed(conn), turn)?;
-        Ok(Tx { conn: TxConn::Sync(tx), changes, wrote_events: false })
-    }
-}
-
-impl Tx<'static> {
-    /// [`Tx::sync`] on a connection the transaction keeps until [`Tx::finish`]
-    /// hands it back. Blocks until it has the write lock.
-    pub fn sync_owned(
-        conn: rusqlite::Connection,
-        turn: sync::Turn,
-        changes: std::sync::Arc<Changes>,
-    ) -> Result<Tx<'static>, sqlx::Error> {
-        let tx = sync::Transaction::begin(sync::Conn::Owned(conn), turn)?;
+        let tx = sync::Transaction::begin(conn, turn)?;
         Ok(Tx { conn: TxConn::Sync(tx), changes, wrote_events: false })
     }
 }
@@ -516,7 +504,7 @@ impl Tx<'_> {
         self.finish().await.0
     }
 
-    /// Commit, and hand back the connection of a [`Tx::sync_owned`] transaction
+    /// Commit, and hand back the owned connection of a [`Tx::sync`] transaction
     /// if it can be used again. A synchronous transaction commits (and fsyncs) on
     /// the calling thread.
     pub async fn finish(self) -> (Result<(), sqlx::Error>, Option<rusqlite::Connection>) {

@@ -22,7 +22,7 @@
 //! A group holds at most [`MAX_WRITERS`], which bounds how long the write lock is
 //! held (DHCP's committer waits for it on SQLite).
 //!
-//! On SQLite the group has a connection of its own ([`Tx::sync_owned`]), as DHCP's
+//! On SQLite the group has a connection of its own ([`Tx::sync`]), as DHCP's
 //! committer does: a writer's statements run right where it awaits them, a few
 //! microseconds each, where sqlx's driver would hand every statement to its
 //! thread and back while the writers behind wait for the lock. What may block
@@ -230,7 +230,7 @@ impl Group {
                 Some(conn) => conn,
                 None => sync::open(&path)?,
             };
-            Tx::sync_owned(conn, turn, changes)
+            Tx::sync(sync::Conn::Owned(conn), turn, changes)
         })
         .await;
         match begun {
@@ -369,9 +369,22 @@ mod tests {
 #[cfg(test)]
 mod measure {
     use super::super::testing::{process_cpu_seconds, sqlite_store, MAC};
-    use super::super::{EventKind, LeaseOp};
+    use super::super::{EventKind, LeaseOp, NodeId, Store, StoreError};
     use ramboot_core::node::MacAddr;
     use std::time::{Duration, Instant};
+
+    /// `count` event writes at once, each a task of its own.
+    fn spawn_event_writes(
+        store: &Store,
+        node: NodeId,
+        count: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<(), StoreError>>> {
+        let write = |i| {
+            let store = store.clone();
+            async move { store.add_event(node, None, EventKind::Info, &format!("w{i}"), 2).await }
+        };
+        (0..count).map(|i| tokio::spawn(write(i))).collect()
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "a measurement, not a test"]
@@ -381,14 +394,7 @@ mod measure {
         for round in 0..3 {
             let started = std::time::Instant::now();
             let cpu_before = process_cpu_seconds();
-            let writers: Vec<_> = (0..2000)
-                .map(|i| {
-                    let store = store.clone();
-                    tokio::spawn(
-                        async move { store.add_event(node.id, None, EventKind::Info, &format!("w{i}"), 2).await },
-                    )
-                })
-                .collect();
+            let writers = spawn_event_writes(&store, node.id, 2000);
             for w in writers {
                 w.await.unwrap().unwrap();
             }
@@ -413,14 +419,7 @@ mod measure {
         let mut writer = store.sync_lease_writer().unwrap().expect("a SQLite writer");
         for round in 0..3u32 {
             let started = Instant::now();
-            let writers: Vec<_> = (0..4000)
-                .map(|i| {
-                    let store = store.clone();
-                    tokio::spawn(
-                        async move { store.add_event(node.id, None, EventKind::Info, &format!("w{i}"), 2).await },
-                    )
-                })
-                .collect();
+            let writers = spawn_event_writes(&store, node.id, 4000);
             let store2 = store.clone();
             let (back, mut waits) = tokio::task::spawn_blocking(move || {
                 let mut waits: Vec<Duration> = Vec::new();

@@ -349,7 +349,7 @@ impl Store {
     ) -> Result<Vec<Taken>, StoreError> {
         // Behind the group of writers already waiting, if any (see `SqliteFile`).
         let turn = futures_executor::block_on(writer.file.turns.clone().lock_owned());
-        let tx = Tx::sync(&mut writer.conn, turn, self.dhcp_writer.changes.clone())?;
+        let tx = Tx::sync(super::db::sync::Conn::Borrowed(&mut writer.conn), turn, self.dhcp_writer.changes.clone())?;
         // Every statement of a synchronous transaction is ready when first polled.
         futures_executor::block_on(self.commit_lease_batch(tx, ops, now_ms))
     }
