@@ -268,7 +268,10 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
         raise BenchError(f"ramboot-sim wrote no report (exit {sim.returncode}):\n{sim.stdout[-2000:]}")
     rep = json.loads(report_path.read_text())
     if rep["failed"]:
-        raise BenchError(f"{rep['failed']} of {nodes} nodes failed: {rep['errors'][:5]}")
+        # What the kernel and the server counted says which side lost the nodes.
+        raise BenchError(f"{rep['failed']} of {nodes} nodes failed: {rep['errors'][:5]}; "
+                         f"retransmits {rep['retransmits']}; net {net}; server latency {server_latency}; "
+                         f"server TFTP timeouts {server_tftp_timeouts}")
     moved = rep["tftp_bytes"] + rep["http_bytes"]
     return {
         "nodes": nodes, "mode": mode, "run": run_idx + 1, "all_ready_secs": rep["all_ready_secs"], "sim_wall_secs": wall,

@@ -348,8 +348,9 @@ impl Store {
     /// go with them (`ON DELETE CASCADE`). Nodes are never deleted here. Returns how
     /// many went; the caller repeats while `limit` went, so each transaction is short.
     pub async fn prune_boots(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
-        let done = self
-            .backend
+        // As `prune_events`: a transaction of its own, in its turn.
+        let mut tx = self.backend.begin_write_alone().await?;
+        let done = tx
             .sql(
                 "DELETE FROM boots WHERE id IN (
                  SELECT id FROM boots
@@ -361,6 +362,7 @@ impl Store {
             .bind(limit)
             .execute()
             .await?;
+        tx.commit().await?;
         Ok(done)
     }
 

@@ -41,6 +41,8 @@ pub(super) struct Backend {
     pub changes: std::sync::Arc<Changes>,
     /// The open group of write transactions ([`Backend::begin_write`]).
     pub groups: super::group::Groups,
+    /// A SQLite database's queue for its write lock ([`sync::SqliteFile`]).
+    pub turns: Option<sync::Turns>,
 }
 
 #[derive(Clone)]
@@ -206,15 +208,18 @@ pub(super) mod sync {
     type Params<'q> = Vec<Box<dyn ToSql + Send + 'q>>;
 
     /// A SQLite database file, and this process's queue for its one write lock:
-    /// the process's synchronous writers (DHCP's lease committer, the group of
-    /// writers) take turns here in arrival order, each with the lock to itself,
-    /// instead of polling SQLite's busy handler, whose sleeps grow to 100 ms and
-    /// favour whoever asks again first.
+    /// every write transaction of the process (DHCP's lease committers, the group
+    /// of writers, the few writes of their own) takes its turn here in arrival
+    /// order, with the lock to itself, instead of polling SQLite's busy handler,
+    /// whose sleeps grow to 100 ms and favour whoever asks again first.
     #[derive(Clone)]
     pub struct SqliteFile {
         pub path: std::path::PathBuf,
-        pub turns: std::sync::Arc<tokio::sync::Mutex<()>>,
+        pub turns: Turns,
     }
+
+    /// See [`SqliteFile`].
+    pub type Turns = std::sync::Arc<tokio::sync::Mutex<()>>;
 
     impl SqliteFile {
         pub fn new(path: std::path::PathBuf) -> SqliteFile {
@@ -224,6 +229,17 @@ pub(super) mod sync {
 
     /// One writer's turn at the write lock ([`SqliteFile::turns`]).
     pub type Turn = tokio::sync::OwnedMutexGuard<()>;
+
+    /// Wait for this process's turn at the write lock, at most as long as SQLite's
+    /// busy timeout; past it the write is refused as busy, as SQLite would refuse it.
+    pub async fn take_turn(turns: &Turns) -> Result<Turn, sqlx::Error> {
+        let wait = crate::store::WRITE_WAIT;
+        tokio::time::timeout(wait, turns.clone().lock_owned()).await.map_err(|_| {
+            let message = format!("waited {} s for this process's other writers", wait.as_secs());
+            let code = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY);
+            sqlx::Error::Database(Box::new(SyncSqliteError { code, message: Some(message) }))
+        })
+    }
 
     /// The connection a [`Transaction`] runs on: DHCP's committer lends its own;
     /// the group of writers (`store::group`) hands its connection over for the
@@ -255,16 +271,14 @@ pub(super) mod sync {
     pub struct Transaction<'a> {
         /// `None` only once committed.
         conn: Option<Conn<'a>>,
-        /// Held until the transaction has ended (dropped after `conn`'s rollback).
-        _turn: Turn,
     }
 
     impl<'a> Transaction<'a> {
-        /// `BEGIN IMMEDIATE`, in this process's `turn`: waits (blocking) up to the
-        /// busy timeout only for another process's writer.
-        pub fn begin(mut conn: Conn<'a>, turn: Turn) -> Result<Transaction<'a>, sqlx::Error> {
+        /// `BEGIN IMMEDIATE`: waits (blocking) up to the busy timeout for a writer
+        /// of another process (those of this one wait their turn first).
+        pub fn begin(mut conn: Conn<'a>) -> Result<Transaction<'a>, sqlx::Error> {
             conn.get().execute_batch("BEGIN IMMEDIATE").map_err(error)?;
-            Ok(Transaction { conn: Some(conn), _turn: turn })
+            Ok(Transaction { conn: Some(conn) })
         }
 
         pub fn conn(&mut self) -> &mut rusqlite::Connection {
@@ -300,7 +314,7 @@ pub(super) mod sync {
             let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let conn = rusqlite::Connection::open_with_flags(file, flags)?;
             conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-            conn.busy_timeout(super::super::WRITE_WAIT)?;
+            conn.busy_timeout(crate::store::WRITE_WAIT)?;
             // Every statement text of the store's writers stays prepared.
             conn.set_prepared_statement_cache_capacity(256);
             Ok(conn)
@@ -431,6 +445,9 @@ pub(super) struct Tx<'a> {
     conn: TxConn<'a>,
     changes: std::sync::Arc<Changes>,
     wrote_events: bool,
+    /// A SQLite write transaction's turn ([`sync::SqliteFile`]), released once the
+    /// transaction has ended (declared after `conn`, so dropped after its rollback).
+    _turn: Option<sync::Turn>,
 }
 
 enum TxConn<'a> {
@@ -448,8 +465,8 @@ impl<'a> Tx<'a> {
         turn: sync::Turn,
         changes: std::sync::Arc<Changes>,
     ) -> Result<Tx<'a>, sqlx::Error> {
-        let tx = sync::Transaction::begin(conn, turn)?;
-        Ok(Tx { conn: TxConn::Sync(tx), changes, wrote_events: false })
+        let tx = sync::Transaction::begin(conn)?;
+        Ok(Tx { conn: TxConn::Sync(tx), changes, wrote_events: false, _turn: Some(turn) })
     }
 }
 
@@ -640,8 +657,13 @@ impl Backend {
         tx.commit().await
     }
 
-    /// A transaction of either back-end (SQLite's takes the write lock at once).
+    /// A write transaction of either back-end (SQLite's takes the write lock at
+    /// once, in its turn).
     async fn begin(&self) -> Result<Tx<'static>, super::StoreError> {
+        let turn = match &self.turns {
+            Some(turns) => Some(sync::take_turn(turns).await?),
+            None => None,
+        };
         let conn = match &self.pool {
             Pool::Sqlite(pool) => TxConn::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
             // No connection to begin on is an unreachable database, whatever the
@@ -652,7 +674,7 @@ impl Backend {
                     .map_err(|source| super::StoreError::Unwritable { reason: WriteRefused::Unreachable, source })?,
             ),
         };
-        Ok(Tx { conn, changes: self.changes.clone(), wrote_events: false })
+        Ok(Tx { conn, changes: self.changes.clone(), wrote_events: false, _turn: turn })
     }
 
     /// A read transaction that sees one snapshot of the whole database throughout.
@@ -665,7 +687,7 @@ impl Backend {
                 TxConn::Postgres(pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?)
             }
         };
-        Ok(Tx { conn, changes: self.changes.clone(), wrote_events: false })
+        Ok(Tx { conn, changes: self.changes.clone(), wrote_events: false, _turn: None })
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -682,6 +704,8 @@ impl Backend {
     }
 
     pub async fn close(&self) {
+        // Behind any writer or commit still holding the group.
+        self.groups.lock().await.close().await;
         match &self.pool {
             Pool::Sqlite(pool) => pool.close().await,
             Pool::Postgres(pool) => pool.close().await,

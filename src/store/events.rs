@@ -163,8 +163,10 @@ impl Store {
     pub async fn prune_events(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
         // Ids rise with time, so walking `events_id` from the oldest stops after the
         // first `limit` matches instead of scanning the table.
-        let done = self
-            .backend
+        // A transaction of its own (not the group's: a bulk delete runs on sqlx's
+        // thread), so it takes its turn at SQLite's write lock.
+        let mut tx = self.backend.begin_write_alone().await?;
+        let done = tx
             .sql(
                 "DELETE FROM events WHERE id IN (
                  SELECT id FROM events
@@ -177,6 +179,7 @@ impl Store {
             .bind(limit)
             .execute()
             .await?;
+        tx.commit().await?;
         Ok(done)
     }
 

@@ -205,24 +205,40 @@ impl DerefMut for Write {
 
 impl Group {
     /// Undo what a writer left half done, before anyone else uses the transaction.
+    /// `abandoned` stays set until the undo is done: if this future is dropped
+    /// midway, the next holder undoes it again (or fails the group), rather than
+    /// committing the abandoned statements.
     async fn roll_back_abandoned(&mut self) {
-        if !std::mem::take(&mut self.abandoned) {
+        if !self.abandoned {
             return;
         }
-        let Some(tx) = self.tx.as_mut() else { return };
+        let Some(tx) = self.tx.as_mut() else {
+            self.abandoned = false;
+            return;
+        };
         let undone = match tx.sql("ROLLBACK TO writer").execute().await {
             Ok(_) => tx.sql("RELEASE writer").execute().await,
             Err(e) => Err(e),
         };
-        if let Err(e) = undone {
-            self.fail(&e.into());
+        match undone {
+            Ok(_) => self.abandoned = false,
+            Err(e) => self.fail(&e.into()),
+        }
+    }
+
+    /// At the store's close: commit what the open group holds, and close the
+    /// group's connection.
+    pub(super) async fn close(&mut self) {
+        self.commit().await;
+        if let Some(local) = self.local.as_mut() {
+            local.idle = None;
         }
     }
 
     /// Open the group's transaction, holding the database's write lock.
     async fn begin(&mut self, backend: &Backend) -> Result<Tx<'static>, StoreError> {
         let Some(local) = self.local.as_mut() else { return backend.begin_write_alone().await };
-        let turn = local.file.turns.clone().lock_owned().await;
+        let turn = sync::take_turn(&local.file.turns).await?;
         let (path, idle, changes) = (local.file.path.clone(), local.idle.take(), backend.changes.clone());
         // A connection whose `BEGIN` failed is dropped: the next group opens one.
         let begun = tokio::task::spawn_blocking(move || {
@@ -299,8 +315,8 @@ fn outcome_of(e: &StoreError) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::super::events::{insert, NewEvent};
-    use super::super::testing::{store, MAC};
-    use super::super::EventKind;
+    use super::super::testing::{sqlite_store, store, MAC};
+    use super::super::{EventKind, StoreError, WriteRefused};
     use std::time::Duration;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,6 +342,24 @@ mod tests {
         let events = store.events(node.id, 0, 1000).await.unwrap();
         let written = events.iter().filter(|e| e.message.starts_with('w')).count();
         assert_eq!(written, 40, "every writer told Ok is in the database");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_write_that_waits_out_the_busy_timeout_for_its_turn_is_refused_as_busy() {
+        let (store, _dir) = sqlite_store().await;
+        let node = store.ensure_node(MAC, 1).await.unwrap();
+        // Another writer of this process (DHCP's committer, say) holds SQLite's
+        // write lock for longer than a write may wait.
+        let turns = store.backend.turns.clone().expect("a SQLite store has turns");
+        let held = turns.clone().lock_owned().await;
+        let err = store.add_event(node.id, None, EventKind::Info, "late", 2).await.expect_err("refused");
+        assert!(matches!(err, StoreError::Unwritable { reason: WriteRefused::Busy, .. }), "{err:?}");
+        drop(held);
+        store.add_event(node.id, None, EventKind::Info, "in turn", 3).await.expect("the next write commits");
+        let messages: Vec<String> =
+            store.events(node.id, 0, 100).await.unwrap().into_iter().map(|e| e.message).collect();
+        assert!(messages.contains(&"in turn".to_string()) && !messages.contains(&"late".to_string()), "{messages:?}");
         store.close().await;
     }
 

@@ -2,7 +2,7 @@
 //! quarantined, written in batches by [`Store::commit_dhcp`].
 
 use super::changes::{self, LeaseChange};
-use super::db::{JsonColumn, LockKey};
+use super::db::{sync, JsonColumn, LockKey};
 use super::events::{self, EventKind, NewEvent};
 use super::nodes;
 use super::{corrupt, Row, Store, StoreError, Text, Tx};
@@ -88,7 +88,7 @@ pub struct Taken {
 /// DHCP's lease writer on a SQLite database: see [`Store::sync_lease_writer`].
 pub struct SyncLeaseWriter {
     conn: rusqlite::Connection,
-    file: super::db::sync::SqliteFile,
+    file: sync::SqliteFile,
 }
 
 /// `items` as one JSON array of their text forms (for [`Tx::json_texts`]).
@@ -336,7 +336,7 @@ impl Store {
     /// (whose driver has no thread of its own to hand each statement to).
     pub fn sync_lease_writer(&self) -> Result<Option<SyncLeaseWriter>, StoreError> {
         let Some(file) = &self.sqlite else { return Ok(None) };
-        Ok(Some(SyncLeaseWriter { conn: super::db::sync::open(&file.path)?, file: file.clone() }))
+        Ok(Some(SyncLeaseWriter { conn: sync::open(&file.path)?, file: file.clone() }))
     }
 
     /// [`Store::commit_dhcp`] on the synchronous writer: the whole batch, commit
@@ -348,10 +348,18 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<Taken>, StoreError> {
         // Behind the group of writers already waiting, if any (see `SqliteFile`).
-        let turn = futures_executor::block_on(writer.file.turns.clone().lock_owned());
-        let tx = Tx::sync(super::db::sync::Conn::Borrowed(&mut writer.conn), turn, self.dhcp_writer.changes.clone())?;
+        let turn = futures_executor::block_on(sync::take_turn(&writer.file.turns))?;
+        let tx = Tx::sync(sync::Conn::Borrowed(&mut writer.conn), turn, self.dhcp_writer.changes.clone())?;
         // Every statement of a synchronous transaction is ready when first polled.
-        futures_executor::block_on(self.commit_lease_batch(tx, ops, now_ms))
+        let committed = futures_executor::block_on(self.commit_lease_batch(tx, ops, now_ms));
+        if !writer.conn.is_autocommit() {
+            // A failed COMMIT whose ROLLBACK failed too left the connection inside
+            // its transaction, holding SQLite's lock: a new one, or the next try.
+            if let Ok(conn) = sync::open(&writer.file.path) {
+                writer.conn = conn;
+            }
+        }
+        committed
     }
 
     /// The batch's changes in `tx`, which holds the write lock; committed.

@@ -252,8 +252,18 @@ impl Store {
             (pool, dhcp_writer, Some(db::sync::SqliteFile::new(file)))
         };
         Ok(Store {
-            backend: Backend { pool, changes: changes.clone(), groups: group::groups(sqlite.clone()) },
-            dhcp_writer: Backend { pool: dhcp_writer, changes, groups: group::groups(None) },
+            backend: Backend {
+                pool,
+                changes: changes.clone(),
+                groups: group::groups(sqlite.clone()),
+                turns: sqlite.as_ref().map(|file| file.turns.clone()),
+            },
+            dhcp_writer: Backend {
+                pool: dhcp_writer,
+                changes,
+                groups: group::groups(None),
+                turns: sqlite.as_ref().map(|file| file.turns.clone()),
+            },
             sqlite,
         })
     }

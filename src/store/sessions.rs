@@ -52,7 +52,10 @@ impl Store {
 
     /// Log a session out.
     pub async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
-        self.backend.sql("DELETE FROM ui_sessions WHERE id_hash = $1").bind(id_hash).execute().await?;
+        // In its turn at SQLite's write lock, as every write of this process.
+        let mut tx = self.backend.begin_write_alone().await?;
+        tx.sql("DELETE FROM ui_sessions WHERE id_hash = $1").bind(id_hash).execute().await?;
+        tx.commit().await?;
         Ok(())
     }
 }
