@@ -630,15 +630,17 @@ fn main() -> Result<()> {
                 Some(n) => format!("/nodes/{}/events", cli::encode(n)),
                 None => "/events".to_string(),
             };
+            // With --follow, the newest event id *before* the tail is read: an empty
+            // tail then follows on from it, so an event that lands between the two
+            // requests is streamed, not skipped.
+            let newest_before =
+                if follow { client.get::<Vec<Event>>("/events?last=1")?.last().map_or(0, |e| e.id) } else { 0 };
             // The tail of the log first, then (with --follow) everything after it.
             let recent: Vec<Event> = client.get(&format!("{path}?last={}", last.clamp(1, 500)))?;
-            let mut shown = 0;
+            let mut shown = newest_before;
             for e in &recent {
                 print_one(&api, e)?;
                 shown = e.id;
-            }
-            if shown == 0 {
-                shown = client.get::<Vec<Event>>("/events?last=1")?.last().map_or(0, |e| e.id);
             }
             if follow {
                 let node_id = match &node {
