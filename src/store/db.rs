@@ -41,8 +41,9 @@ pub(super) struct Backend {
     pub changes: std::sync::Arc<Changes>,
     /// The open group of write transactions ([`Backend::begin_write`]).
     pub groups: super::group::Groups,
-    /// A SQLite database's queue for its write lock ([`sync::SqliteFile`]).
-    pub turns: Option<sync::Turns>,
+    /// A SQLite database's file and its queue for the write lock
+    /// ([`sync::SqliteFile`]), shared by the store's back-ends.
+    pub sqlite: Option<sync::SqliteFile>,
 }
 
 #[derive(Clone)]
@@ -660,8 +661,8 @@ impl Backend {
     /// A write transaction of either back-end (SQLite's takes the write lock at
     /// once, in its turn).
     async fn begin(&self) -> Result<Tx<'static>, super::StoreError> {
-        let turn = match &self.turns {
-            Some(turns) => Some(sync::take_turn(turns).await?),
+        let turn = match &self.sqlite {
+            Some(file) => Some(sync::take_turn(&file.turns).await?),
             None => None,
         };
         let conn = match &self.pool {

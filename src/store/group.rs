@@ -30,7 +30,7 @@
 //! The group and DHCP's committer take turns at SQLite's write lock in arrival
 //! order (`db::sync::SqliteFile`).
 
-use super::db::sync::{self, SqliteFile};
+use super::db::sync;
 use super::db::{Backend, Sql, Tx};
 use super::{StoreError, WriteRefused};
 use std::ops::{Deref, DerefMut};
@@ -63,26 +63,13 @@ pub(super) struct Group {
     outcome: Option<watch::Sender<Option<Outcome>>>,
     /// Groups committed so far (the tests count them).
     committed: u64,
-    /// A SQLite database's: the group's own connection.
-    local: Option<LocalSqlite>,
-}
-
-/// The group's connection to a SQLite database, between transactions.
-struct LocalSqlite {
-    file: SqliteFile,
-    /// Opened on first use, and again after a failure lost it.
+    /// On SQLite, the group's own connection between transactions: opened on
+    /// first use, and again after a failure lost it.
     idle: Option<rusqlite::Connection>,
 }
 
 /// The lock over the open group, one per back-end.
 pub(super) type Groups = Arc<Mutex<Group>>;
-
-/// The groups of a back-end: on a SQLite database (`sqlite`), on a connection
-/// of their own.
-pub(super) fn groups(sqlite: Option<SqliteFile>) -> Groups {
-    let local = sqlite.map(|file| LocalSqlite { file, idle: None });
-    Arc::new(Mutex::new(Group { local, ..Group::default() }))
-}
 
 /// One writer's turn: its statements run on the shared transaction (it derefs to
 /// [`Tx`]) inside its own savepoint. [`Write::commit`] reports once the group is
@@ -230,16 +217,14 @@ impl Group {
     /// group's connection.
     pub(super) async fn close(&mut self) {
         self.commit().await;
-        if let Some(local) = self.local.as_mut() {
-            local.idle = None;
-        }
+        self.idle = None;
     }
 
     /// Open the group's transaction, holding the database's write lock.
     async fn begin(&mut self, backend: &Backend) -> Result<Tx<'static>, StoreError> {
-        let Some(local) = self.local.as_mut() else { return backend.begin_write_alone().await };
-        let turn = sync::take_turn(&local.file.turns).await?;
-        let (path, idle, changes) = (local.file.path.clone(), local.idle.take(), backend.changes.clone());
+        let Some(file) = &backend.sqlite else { return backend.begin_write_alone().await };
+        let turn = sync::take_turn(&file.turns).await?;
+        let (path, idle, changes) = (file.path.clone(), self.idle.take(), backend.changes.clone());
         // A connection whose `BEGIN` failed is dropped: the next group opens one.
         let begun = tokio::task::spawn_blocking(move || {
             let conn = match idle {
@@ -283,10 +268,8 @@ impl Group {
             tokio::spawn(finish).await
         };
         self.committed += 1;
-        if let Some(local) = self.local.as_mut() {
-            // A thread that failed took the connection with it: the next group opens one.
-            local.idle = conn.ok().flatten();
-        }
+        // A thread that failed took the connection with it: the next group opens one.
+        self.idle = conn.ok().flatten();
     }
 
     /// End the open transaction unsaved (it rolls back as it drops) and tell its
@@ -351,8 +334,8 @@ mod tests {
         let node = store.ensure_node(MAC, 1).await.unwrap();
         // Another writer of this process (DHCP's committer, say) holds SQLite's
         // write lock for longer than a write may wait.
-        let turns = store.backend.turns.clone().expect("a SQLite store has turns");
-        let held = turns.clone().lock_owned().await;
+        let file = store.backend.sqlite.as_ref().expect("a SQLite store");
+        let held = file.turns.clone().lock_owned().await;
         let err = store.add_event(node.id, None, EventKind::Info, "late", 2).await.expect_err("refused");
         assert!(matches!(err, StoreError::Unwritable { reason: WriteRefused::Busy, .. }), "{err:?}");
         drop(held);

@@ -335,7 +335,7 @@ impl Store {
     /// used from one thread with [`Store::commit_dhcp_sync`]; `None` on PostgreSQL
     /// (whose driver has no thread of its own to hand each statement to).
     pub fn sync_lease_writer(&self) -> Result<Option<SyncLeaseWriter>, StoreError> {
-        let Some(file) = &self.sqlite else { return Ok(None) };
+        let Some(file) = &self.dhcp_writer.sqlite else { return Ok(None) };
         Ok(Some(SyncLeaseWriter { conn: sync::open(&file.path)?, file: file.clone() }))
     }
 

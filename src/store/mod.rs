@@ -193,9 +193,6 @@ pub struct Store {
     /// of ACKs never waits for a connection behind HTTP's queries (SQLite has one
     /// writer anyway; this takes the pool out of the wait).
     dhcp_writer: Backend,
-    /// A SQLite database's file, and this process's queue for its write lock
-    /// (for [`Store::sync_lease_writer`] and the group of writers).
-    sqlite: Option<db::sync::SqliteFile>,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -252,19 +249,8 @@ impl Store {
             (pool, dhcp_writer, Some(db::sync::SqliteFile::new(file)))
         };
         Ok(Store {
-            backend: Backend {
-                pool,
-                changes: changes.clone(),
-                groups: group::groups(sqlite.clone()),
-                turns: sqlite.as_ref().map(|file| file.turns.clone()),
-            },
-            dhcp_writer: Backend {
-                pool: dhcp_writer,
-                changes,
-                groups: group::groups(None),
-                turns: sqlite.as_ref().map(|file| file.turns.clone()),
-            },
-            sqlite,
+            backend: Backend { pool, changes: changes.clone(), groups: Default::default(), sqlite: sqlite.clone() },
+            dhcp_writer: Backend { pool: dhcp_writer, changes, groups: Default::default(), sqlite },
         })
     }
 
