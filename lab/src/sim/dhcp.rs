@@ -6,9 +6,12 @@
 
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, Opcode, OptionCode, UnknownOption};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use ramboot_core::node::MacAddr;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -142,35 +145,28 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Bind `address:67` and start routing replies. The task ends with the relay.
-    pub async fn bind(
-        address: Ipv4Addr,
-        server: Ipv4Addr,
-    ) -> Result<(Relay, tokio::task::JoinHandle<()>), DhcpSimError> {
+    /// Bind `address:67` and start routing replies, on a thread of its own that
+    /// ends when the returned [`Router`] is dropped.
+    ///
+    /// Why a thread: a reply must reach its node's queue when it arrives, as it
+    /// would reach a real node's NIC. A routing task would wait its turn behind
+    /// thousands of busy node tasks, and a node whose OFFER sat unread in this
+    /// socket would count (and send) a retransmission the server never caused.
+    pub async fn bind(address: Ipv4Addr, server: Ipv4Addr) -> Result<(Relay, Router), DhcpSimError> {
         let std_socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
         // Thousands of replies can arrive in a burst after the server's group commit.
         let _ = std_socket.set_recv_buffer_size(4 << 20);
         std_socket.set_nonblocking(true)?;
         std_socket.bind(&SocketAddrV4::new(address, 67).into())?;
+        let reader = std_socket.try_clone()?;
         let socket = Arc::new(UdpSocket::from_std(std_socket.into())?);
         let waiting: Arc<Mutex<HashMap<u32, mpsc::Sender<Message>>>> = Arc::default();
-        let router = {
-            let (socket, waiting) = (socket.clone(), waiting.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 1500];
-                loop {
-                    let Ok((len, _)) = socket.recv_from(&mut buf).await else { return };
-                    let Ok(msg) = Message::decode(&mut Decoder::new(&buf[..len])) else { continue };
-                    if msg.opcode() != Opcode::BootReply {
-                        continue;
-                    }
-                    let target = waiting.lock().ok().and_then(|w| w.get(&msg.xid()).cloned());
-                    if let Some(tx) = target {
-                        let _ = tx.try_send(msg);
-                    }
-                }
-            })
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (waiting, stop) = (waiting.clone(), stop.clone());
+            std::thread::Builder::new().name("sim-dhcp-relay".into()).spawn(move || route(&reader, &waiting, &stop))?
         };
+        let router = Router { stop, thread: Some(thread) };
         Ok((Relay { socket, address, server: SocketAddrV4::new(server, 67), waiting }, router))
     }
 
@@ -224,6 +220,50 @@ impl Relay {
         // Options a server sends only in the ACK still count; the OFFER's boot file
         // is the fallback.
         Ok(Answer { boot_file: ack.boot_file.clone().or(offer.boot_file), ..ack })
+    }
+}
+
+/// Read replies from the relay socket (non-blocking: the nodes send on it through
+/// tokio) and hand each to the node waiting on its transaction id, until `stop`.
+fn route(socket: &socket2::Socket, waiting: &Mutex<HashMap<u32, mpsc::Sender<Message>>>, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 1500];
+    while !stop.load(Ordering::Relaxed) {
+        // Wakes at least this often to notice `stop`.
+        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(100u16)).is_err() {
+            continue;
+        }
+        loop {
+            let len = match std::io::Read::read(&mut &*socket, &mut buf) {
+                Ok(len) => len,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            let Ok(msg) = Message::decode(&mut Decoder::new(&buf[..len])) else { continue };
+            if msg.opcode() != Opcode::BootReply {
+                continue;
+            }
+            let target = waiting.lock().ok().and_then(|w| w.get(&msg.xid()).cloned());
+            if let Some(tx) = target {
+                let _ = tx.try_send(msg);
+            }
+        }
+    }
+}
+
+/// The relay's reply-routing thread; dropping this stops it.
+pub struct Router {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            // At most one poll interval.
+            let _ = thread.join();
+        }
     }
 }
 

@@ -143,6 +143,9 @@ pub struct Retransmits {
     pub dhcp: u32,
     /// TFTP timeouts (after 1, 2, 4, 8 s): the read request or an ACK sent again.
     pub tftp: u32,
+    /// Of `tftp`, those before the server's first answer (the read request sent
+    /// again): the server's admission of a session, not its turnaround per block.
+    pub tftp_request: u32,
 }
 
 impl Retransmits {
@@ -156,6 +159,7 @@ impl Retransmits {
 pub struct RetransmitTotals {
     pub dhcp: u64,
     pub tftp: u64,
+    pub tftp_request: u64,
     /// Nodes that waited out at least one timeout.
     pub nodes: u32,
 }
@@ -235,17 +239,20 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
     let (relay, router) = Relay::bind(opts.relay, opts.server).await?;
     let relay = Arc::new(relay);
     let progress = Arc::new(Progress::default());
+    let bulk = BulkRuntime::start()?;
+    let downloads = Downloads { runtime: bulk.handle(), progress: progress.clone() };
     let started = Instant::now();
     let mut nodes = tokio::task::JoinSet::new();
     for index in 0..opts.nodes {
         let client = client_for(opts, index);
-        let (relay, progress, opts) = (relay.clone(), progress.clone(), opts.clone());
+        let (relay, progress, opts, downloads) = (relay.clone(), progress.clone(), opts.clone(), downloads.clone());
         let delay = Duration::from_secs_f64(opts.ramp_secs.max(0.0) * f64::from(index) / f64::from(opts.nodes));
         let span = tracing::info_span!("sim node", mac = %client.mac);
         nodes.spawn(
             async move {
                 tokio::time::sleep(delay).await;
-                boot(&opts, &relay, client, index, receive_buffer, &progress, started).await
+                let net = Net { relay: &relay, downloads: &downloads, receive_buffer };
+                boot(&opts, net, client, index, &progress, started).await
             }
             .instrument(span),
         );
@@ -264,7 +271,8 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         }
     }
     eprintln!("{}", progress.line(opts.nodes, started.elapsed()));
-    router.abort();
+    drop(router);
+    drop(bulk);
     Ok(summarize(opts.nodes, results, started.elapsed(), receive_buffer))
 }
 
@@ -325,21 +333,29 @@ impl Timeline<'_> {
     }
 }
 
+/// How a node reaches the server: the shared relay, the download runtime, and its
+/// connections' `SO_RCVBUF` (see [`http::Origin`]).
+#[derive(Clone, Copy)]
+struct Net<'a> {
+    relay: &'a Relay,
+    downloads: &'a Downloads,
+    receive_buffer: Option<usize>,
+}
+
 async fn boot(
     opts: &SimOptions,
-    relay: &Relay,
+    net: Net<'_>,
     client: Client,
     index: u32,
-    receive_buffer: Option<usize>,
     progress: &Progress,
     started: Instant,
 ) -> NodeResult {
     let powered_on = Instant::now();
     let mut timeline = Timeline { progress, current: None, phases: Vec::new() };
-    let mut tally = Tally { receive_buffer, ..Tally::default() };
+    let mut tally = Tally::default();
     let limit = Duration::from_secs(opts.timeout_secs);
     let outcome =
-        match tokio::time::timeout(limit, boot_steps(opts, relay, &client, index, &mut timeline, &mut tally)).await {
+        match tokio::time::timeout(limit, boot_steps(opts, net, &client, index, &mut timeline, &mut tally)).await {
             Ok(r) => r,
             Err(_) => Err(SimError::Timeout(limit)),
         };
@@ -375,13 +391,11 @@ struct Tally {
     tftp_bytes: u64,
     http_bytes: u64,
     retransmits: Retransmits,
-    /// Its connections' `SO_RCVBUF` (see [`http::Origin`]).
-    receive_buffer: Option<usize>,
 }
 
 async fn boot_steps(
     opts: &SimOptions,
-    relay: &Relay,
+    Net { relay, downloads, receive_buffer }: Net<'_>,
     client: &Client,
     index: u32,
     timeline: &mut Timeline<'_>,
@@ -403,7 +417,7 @@ async fn boot_steps(
         tsize: true,
     };
     let server = SocketAddr::from((rom.next_server, 69));
-    tally.tftp_bytes += tftp_fetch(opts.relay, server, request, progress, &mut tally.retransmits.tftp).await?;
+    tally.tftp_bytes += tftp_fetch(opts.relay, server, request, progress, &mut tally.retransmits).await?;
 
     timeline.enter(Phase::DhcpIpxe);
     let ipxe = relay.dora(client, Stage::Ipxe, xid(2), &mut tally.retransmits.dhcp).await?;
@@ -413,7 +427,7 @@ async fn boot_steps(
     }
 
     // From here on the node speaks HTTP from the address iPXE was leased.
-    let from = http::Origin { address: IpAddr::V4(ipxe.yiaddr), receive_buffer: tally.receive_buffer };
+    let from = http::Origin { address: IpAddr::V4(ipxe.yiaddr), receive_buffer };
 
     timeline.enter(Phase::Script);
     let script_url = script_url.replace("${net0/mac}", &client.mac.to_string());
@@ -423,7 +437,8 @@ async fn boot_steps(
 
     timeline.enter(Phase::KernelInitrd);
     for url in [&boot.kernel_url, &boot.initrd_url] {
-        let got = fetch(from, http::Call::get(url, None), tally, progress).await?;
+        let got = downloads.get(from, url, None, true).await?;
+        tally.http_bytes += got.bytes;
         if let Some(digest) = digest_in(url) {
             http::verify(url, &got, digest, None)?;
         }
@@ -449,20 +464,8 @@ async fn boot_steps(
     let events = api(paths::EVENTS);
     let loading = event(Some(ReportedState::Loading), format!("fetching {}", plan.image.name));
     fetch(from, http::Call::post_json(&events, token, &loading), tally, progress).await?;
-    let mut last = 0u64;
-    let mut count = |n: u64| {
-        progress.bytes.fetch_add(n - last, Ordering::Relaxed);
-        last = n;
-    };
     let hash = !opts.skip_image_hash;
-    let call = http::Call {
-        progress: Some(&mut count),
-        keep: 0,
-        hash,
-        origin: Some(from),
-        ..http::Call::get(&plan.image.url, token)
-    };
-    let image = http::call(call).await?;
+    let image = downloads.get(from, &plan.image.url, token, hash).await?;
     tally.http_bytes += image.bytes;
     if hash {
         http::verify(&plan.image.url, &image, &plan.image.sha256, Some(plan.image.size))?;
@@ -502,6 +505,81 @@ async fn fetch(
     tally.http_bytes += got.bytes;
     progress.bytes.fetch_add(got.bytes, Ordering::Relaxed);
     Ok(got)
+}
+
+/// The runtime the nodes' large downloads (kernel, initrd, image) run on, apart
+/// from the one that runs their DHCP, TFTP and small HTTP exchanges. On real
+/// hardware every node has a CPU of its own: a node reads its DHCP OFFER or its
+/// next TFTP block in microseconds whatever the others are downloading. On one
+/// runtime, thousands of body-streaming, hashing tasks would queue ahead of those
+/// wake-ups, and a 5,000-node storm would measure that queue (timeouts the
+/// server never caused) instead of the server. Two runtimes are two sets of OS
+/// threads: the kernel's scheduler runs a woken exchange at once.
+struct BulkRuntime(Option<tokio::runtime::Runtime>);
+
+impl BulkRuntime {
+    fn start() -> Result<BulkRuntime, SimError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("sim-download")
+            .enable_all()
+            .build()
+            .map_err(|e| SimError::Boot(format!("starting the download runtime: {e}")))?;
+        Ok(BulkRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().map(|r| r.handle().clone()).unwrap_or_else(tokio::runtime::Handle::current)
+    }
+}
+
+impl Drop for BulkRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which an async caller must not do.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Large downloads on the [`BulkRuntime`], counted into the live progress.
+#[derive(Clone)]
+struct Downloads {
+    runtime: tokio::runtime::Handle,
+    progress: Arc<Progress>,
+}
+
+impl Downloads {
+    /// GET `url` as the node at `from`; the body is only counted (and hashed if asked).
+    async fn get(
+        &self,
+        from: http::Origin,
+        url: &str,
+        token: Option<&str>,
+        hash: bool,
+    ) -> Result<http::Fetched, SimError> {
+        let (url, token, progress) = (url.to_string(), token.map(str::to_string), self.progress.clone());
+        let download = async move {
+            let mut last = 0u64;
+            let mut count = |n: u64| {
+                progress.bytes.fetch_add(n - last, Ordering::Relaxed);
+                last = n;
+            };
+            let get = http::Call::get(&url, token.as_deref());
+            http::call(http::Call { progress: Some(&mut count), keep: 0, hash, origin: Some(from), ..get }).await
+        };
+        // Aborted with the node (its time limit): a detached download would go on.
+        let mut task = AbortOnDrop(self.runtime.spawn(download.instrument(tracing::Span::current())));
+        let joined = (&mut task.0).await;
+        joined.map_err(|e| SimError::Boot(format!("a download task failed: {e}")))?.map_err(SimError::from)
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn event(state: Option<ReportedState>, message: String) -> AgentEvent {
@@ -600,6 +678,7 @@ fn summarize(nodes: u32, results: Vec<NodeResult>, elapsed: Duration, tcp_receiv
     let retransmits = results.iter().fold(RetransmitTotals::default(), |t, r| RetransmitTotals {
         dhcp: t.dhcp + u64::from(r.retransmits.dhcp),
         tftp: t.tftp + u64::from(r.retransmits.tftp),
+        tftp_request: t.tftp_request + u64::from(r.retransmits.tftp_request),
         nodes: t.nodes + u32::from(r.retransmits.any()),
     });
     Report {
@@ -626,7 +705,7 @@ impl Report {
         let mut out = format!(
             "{} of {} nodes ready, {} failed; all ready in {:.2} s; boot p50 {:.2} s, p99 {:.2} s\n\
              received {} over TFTP and {} over HTTP: {}/s\n\
-             {} nodes waited out a timeout: {} DHCP and {} TFTP retransmissions\n\n\
+             {} nodes waited out a timeout: {} DHCP and {} TFTP retransmissions ({} of them read requests)\n\n\
              {:<20} {:>9} {:>9} {:>9} {:>9}\n",
             self.ready,
             self.nodes,
@@ -640,6 +719,7 @@ impl Report {
             self.retransmits.nodes,
             self.retransmits.dhcp,
             self.retransmits.tftp,
+            self.retransmits.tftp_request,
             "phase (seconds)",
             "p50",
             "p90",
@@ -666,7 +746,7 @@ async fn tftp_fetch(
     server: SocketAddr,
     request: ReadRequest,
     progress: &Progress,
-    timeouts: &mut u32,
+    timeouts: &mut Retransmits,
 ) -> Result<u64, SimError> {
     let file = request.filename.clone();
     let fail = |message: String| SimError::Tftp { file: file.clone(), message };
@@ -680,7 +760,8 @@ async fn tftp_fetch(
         let received = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await;
         let step = match received {
             Err(_) => {
-                *timeouts += 1;
+                timeouts.tftp += 1;
+                timeouts.tftp_request += u32::from(peer.is_none());
                 wait = (wait * 2).min(Duration::from_secs(8));
                 download.on_timeout()
             }
