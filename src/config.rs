@@ -236,6 +236,11 @@ struct WireTftp {
     /// beyond it): UNDI ROMs drop IP fragments. 1468 fills one 1500-byte frame.
     #[serde(default = "default_tftp_max_blksize")]
     max_blksize: u16,
+    /// Sessions that run on a thread each (the lowest per-block turnaround); past
+    /// this many at once, sessions share the TFTP runtime's one thread, so a boot
+    /// storm's thousands cannot crowd DHCP and HTTP off the CPU. 0: all share it.
+    #[serde(default = "default_tftp_threaded_sessions")]
+    threaded_sessions: usize,
 }
 
 impl Default for WireTftp {
@@ -248,6 +253,7 @@ impl Default for WireTftp {
             min_timeout_secs: default_tftp_min_timeout(),
             max_timeout_secs: default_tftp_max_timeout(),
             max_blksize: default_tftp_max_blksize(),
+            threaded_sessions: default_tftp_threaded_sessions(),
         }
     }
 }
@@ -274,6 +280,10 @@ fn default_tftp_max_timeout() -> u8 {
 
 fn default_tftp_max_blksize() -> u16 {
     TftpLimits::default().session.max_blksize
+}
+
+fn default_tftp_threaded_sessions() -> usize {
+    TftpLimits::default().threaded_sessions
 }
 
 impl WireTftp {
@@ -310,6 +320,7 @@ impl WireTftp {
             max_sessions: self.max_sessions,
             max_sessions_per_source: self.max_sessions_per_source,
             max_session: Duration::from_secs(self.max_session_secs),
+            threaded_sessions: self.threaded_sessions,
         })
     }
 }

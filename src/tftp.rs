@@ -2,10 +2,12 @@
 //!
 //! The protocol is ours (`ramboot_core::tftp::session`: a pure state machine); this is the thin
 //! layer around it. The server port takes requests (tokio); each read runs on its
-//! own port (the TFTP transfer ID) and its own blocking-pool thread, under a cap on
-//! concurrent sessions: a lockstep download is one send and one blocking receive
-//! per block, woken by the kernel directly (tftpd-hpa's cost per block, not an
-//! event loop's).
+//! own port (the TFTP transfer ID), under a cap on concurrent sessions. The first
+//! few at once (`threaded_sessions`) each get a blocking-pool thread: a lockstep
+//! download is one send and one blocking receive per block, woken by the kernel
+//! directly (tftpd-hpa's cost per block, not an event loop's). A storm's other
+//! thousands are tasks on the TFTP runtime's one thread, so together they weigh
+//! as one thread beside DHCP's and HTTP's (see `SessionSocket`).
 //! Files are read once into memory and shared by every session that reads them
 //! (all nodes fetch the same few iPXE binaries), so a boot storm costs one copy.
 //!
@@ -43,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 /// Concurrent transfers; more are refused with an ERROR (the client retries).
 pub const MAX_SESSIONS: usize = 1024;
@@ -52,6 +54,9 @@ pub const MAX_SESSIONS_PER_SOURCE: usize = 8;
 /// A whole session's lifetime: 1 MB in 512-byte lock-step blocks is 2,048 round
 /// trips, 120 s even at 50 ms each.
 pub const MAX_SESSION: Duration = Duration::from_secs(120);
+/// Sessions with a thread each: lockstep turnaround for a normal day's few; past
+/// them a storm's sessions are tasks, and weigh as one thread (`SessionSocket`).
+pub const THREADED_SESSIONS: usize = 16;
 /// How often a session blocked in recv(2) wakes to check shutdown and its clocks.
 const SESSION_WAKE: Duration = Duration::from_millis(100);
 /// Refusal warnings are logged at most this often (with a count of the rest).
@@ -67,6 +72,9 @@ pub struct TftpLimits {
     pub max_sessions_per_source: usize,
     /// A session still running after this long is ended with an ERROR.
     pub max_session: Duration,
+    /// Sessions running at once on a thread each; the rest are tasks on the TFTP
+    /// runtime's one thread (see `SessionSocket`).
+    pub threaded_sessions: usize,
 }
 
 impl Default for TftpLimits {
@@ -76,6 +84,7 @@ impl Default for TftpLimits {
             max_sessions: MAX_SESSIONS,
             max_sessions_per_source: MAX_SESSIONS_PER_SOURCE,
             max_session: MAX_SESSION,
+            threaded_sessions: THREADED_SESSIONS,
         }
     }
 }
@@ -166,6 +175,8 @@ struct LiveRequest {
     request: Box<[u8]>,
     /// Set by the listener, taken by the session on its next wake.
     repeated: AtomicBool,
+    /// Wakes a session that runs as a task (a thread looks at `repeated` on its own).
+    repeated_notify: tokio::sync::Notify,
 }
 
 /// A session's entry in [`LiveRequests`], removed when dropped.
@@ -188,6 +199,7 @@ impl LiveRequests {
         match self.map().get(&client) {
             Some(live) if *live.request == *request => {
                 live.repeated.store(true, Ordering::Relaxed);
+                live.repeated_notify.notify_one();
                 true
             }
             _ => false,
@@ -197,7 +209,11 @@ impl LiveRequests {
     /// Enter a new session's request; a session opened later for the same port
     /// replaces it.
     fn enter(&self, client: SocketAddr, request: &[u8]) -> LiveEntry {
-        let live = Arc::new(LiveRequest { request: request.into(), repeated: AtomicBool::new(false) });
+        let live = Arc::new(LiveRequest {
+            request: request.into(),
+            repeated: AtomicBool::new(false),
+            repeated_notify: tokio::sync::Notify::new(),
+        });
         self.map().insert(client, live.clone());
         LiveEntry { requests: self.clone(), client, live }
     }
@@ -287,6 +303,7 @@ pub async fn serve_with(
     let mut refusals = Throttle::new(REFUSAL_WARN_INTERVAL);
     let cache = Arc::new(FileCache::default());
     let live = LiveRequests::default();
+    let threads = Arc::new(tokio::sync::Semaphore::new(limits.threaded_sessions));
     let mut tasks = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 1024];
     loop {
@@ -378,8 +395,8 @@ pub async fn serve_with(
                 continue;
             }
         };
-        let real = match source_file {
-            Source::Root(real) => real,
+        let file = match source_file {
+            Source::Root(real) => SessionFile::Cached(cache.clone(), real),
             Source::Generated(future) => match tokio::time::timeout(GENERATED_WITHIN, future).await {
                 Err(_) => {
                     warn!(
@@ -391,22 +408,8 @@ pub async fn serve_with(
                     refuse(ramboot_core::tftp::session::code::NOT_DEFINED, busy, "busy").await;
                     continue;
                 }
-                Ok(Ok(Generated::File(path))) => path,
-                Ok(Ok(Generated::Bytes(bytes))) => {
-                    let ifindex = arrival.map_or(0, |a| a.ifindex);
-                    let mtu = tokio::task::spawn_blocking(move || crate::pktinfo::interface_mtu(ifindex)).await;
-                    let link_mtu = mtu.unwrap_or(None);
-                    let entry = live.enter(client, &buf[..len]);
-                    spawn_session(
-                        &mut tasks,
-                        (request, client, source),
-                        (bytes, link_mtu),
-                        (permit, entry),
-                        &limits,
-                        &cancel,
-                    );
-                    continue;
-                }
+                Ok(Ok(Generated::File(path))) => SessionFile::Cached(cache.clone(), path),
+                Ok(Ok(Generated::Bytes(bytes))) => SessionFile::Bytes(bytes),
                 Ok(Err(message)) => {
                     debug!(%client, file = %request.filename.escape_debug(), %message, "TFTP: generated file refused");
                     refuse(ramboot_core::tftp::session::code::FILE_NOT_FOUND, message, "not_found").await;
@@ -414,57 +417,106 @@ pub async fn serve_with(
                 }
             },
         };
-        let fetched = {
-            let (cache, real) = (cache.clone(), real.clone());
-            let ifindex = arrival.map_or(0, |a| a.ifindex);
-            // The link's MTU too: a sysfs read, off the session thread like the file's.
-            tokio::task::spawn_blocking(move || (cache.get(&real), crate::pktinfo::interface_mtu(ifindex))).await
-        };
-        let (bytes, link_mtu) = match fetched {
-            Ok((Ok(b), mtu)) => (b, mtu),
-            Ok((Err(e), _)) => {
-                warn!(%client, file = %real.display(), error = %e, "TFTP open failed");
-                refuse(ramboot_core::tftp::session::code::FILE_NOT_FOUND, e.to_string(), "not_found").await;
-                continue;
-            }
-            Err(e) => {
-                warn!(error = %e, "TFTP file read task failed");
-                continue;
-            }
-        };
         let entry = live.enter(client, &buf[..len]);
-        spawn_session(&mut tasks, (request, client, source), (bytes, link_mtu), (permit, entry), &limits, &cancel);
+        let ifindex = arrival.map_or(0, |a| a.ifindex);
+        spawn_session(
+            &mut tasks,
+            (request, client, source),
+            (file, ifindex),
+            (permit, entry),
+            (&limits, &threads),
+            &cancel,
+        );
     }
     tasks.shutdown().await;
     Ok(())
 }
 
-/// Run one read session on its own task: (request, client, the address to answer
-/// from), (the file, the link's MTU), (its slot, its entry among live requests).
+/// What a session sends: a file under the root, through the shared cache, or
+/// bytes generated for this client.
+enum SessionFile {
+    Cached(Arc<FileCache>, PathBuf),
+    Bytes(Arc<[u8]>),
+}
+
+impl SessionFile {
+    /// The file's bytes and the MTU of the link the request came in on
+    /// (`ifindex`): a stat, or a read if the file changed, and a sysfs read.
+    fn load(self, ifindex: u32) -> (std::io::Result<Arc<[u8]>>, Option<u32>) {
+        let mtu = crate::pktinfo::interface_mtu(ifindex);
+        match self {
+            SessionFile::Bytes(bytes) => (Ok(bytes), mtu),
+            SessionFile::Cached(cache, path) => {
+                (cache.get(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))), mtu)
+            }
+        }
+    }
+}
+
+/// Run one read session: (request, client, the address to answer from), (its
+/// file, the interface the request came in on), (its slot, its entry among live
+/// requests). The first [`TftpLimits::threaded_sessions`] running at once get a
+/// thread each, the rest are tasks on the TFTP runtime (see [`SessionSocket`]).
 fn spawn_session(
     tasks: &mut tokio::task::JoinSet<()>,
     (request, client, source): (ramboot_core::tftp::session::Request, SocketAddr, IpAddr),
-    (bytes, link_mtu): (Arc<[u8]>, Option<u32>),
+    (file, ifindex): (SessionFile, u32),
     (permit, entry): (crate::limits::Slot, LiveEntry),
-    limits: &TftpLimits,
+    (limits, threads): (&TftpLimits, &Arc<tokio::sync::Semaphore>),
     cancel: &CancellationToken,
 ) {
     let span = info_span!("tftp", %client, file = %request.filename);
     let (cancel, limits) = (cancel.clone(), *limits);
     let options = request.options;
-    let session_limits = session_limits(&limits, link_mtu);
-    // A thread of its own, blocked in recv(2) between blocks: a lockstep download
-    // (every PXE ROM's) costs one send and one receive per block, and the kernel
-    // wakes the session directly, with no event loop in between. `max_sessions`
-    // bounds the threads (the TFTP runtime's blocking pool is sized for it).
-    tasks.spawn_blocking(move || {
-        let _permit = permit;
-        let _entered = span.enter();
-        let link = Link { source, mtu: link_mtu };
-        if let Err(e) = transfer(link, client, &options, bytes, &limits, session_limits, (&entry, &cancel)) {
-            warn!(error = %e, "TFTP session socket failed");
+    let session = move |loaded: (std::io::Result<Arc<[u8]>>, Option<u32>), threaded: bool| {
+        let link = Link { source, mtu: loaded.1 };
+        async move {
+            let bytes = match loaded.0 {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    warn!(error = %e, "TFTP open failed");
+                    metrics::counter!("ramboot_tftp_sessions_total", "outcome" => "not_found").increment(1);
+                    let packet = error_packet(ramboot_core::tftp::session::code::FILE_NOT_FOUND, &e.to_string());
+                    // From the address asked, as the transfer would have come; best effort.
+                    let _ = std::net::UdpSocket::bind(SocketAddr::new(link.source, 0))
+                        .and_then(|socket| socket.send_to(&packet, client));
+                    return;
+                }
+            };
+            let session_limits = session_limits(&limits, link.mtu);
+            let socket = match SessionSocket::open(&link, client, threaded) {
+                Ok(socket) => socket,
+                Err(e) => return warn!(error = %e, "TFTP session socket failed"),
+            };
+            let run = transfer(socket, link, &options, bytes, (&limits, session_limits), (&entry, &cancel));
+            if let Err(e) = run.await {
+                warn!(error = %e, "TFTP session socket failed");
+            }
         }
-    });
+    };
+    // The file (a stat, or a read if it changed) and the link's MTU are read by
+    // the session, not by the listener: in a storm the listener admits thousands
+    // of requests at once, and each of its waits for another thread was a turn
+    // behind every busy session (a 5,000-node storm's read requests waited out a
+    // retransmit timeout for admission).
+    match threads.clone().try_acquire_owned() {
+        Ok(thread) => {
+            tasks.spawn_blocking(move || {
+                let (_permit, _thread, _entered) = (permit, thread, span.enter());
+                // The threaded socket never returns Pending: this runs it to the end.
+                futures_executor::block_on(session(file.load(ifindex), true));
+            });
+        }
+        Err(_) => {
+            let run = async move {
+                let _permit = permit;
+                let loaded = tokio::task::spawn_blocking(move || file.load(ifindex)).await;
+                let loaded = loaded.unwrap_or_else(|e| (Err(std::io::Error::other(e)), None));
+                session(loaded, false).await;
+            };
+            tasks.spawn(run.instrument(span));
+        }
+    }
 }
 
 /// Receive a request: (length, sender, where it arrived if `pktinfo` is on).
@@ -506,22 +558,15 @@ struct Link {
 }
 
 /// Run one read session from a fresh port (the server's transfer ID) on the
-/// address the request was sent to, blocking this thread until it ends.
-fn transfer(
+/// address the request was sent to, until it ends.
+async fn transfer(
+    socket: SessionSocket,
     link: Link,
-    client: SocketAddr,
     options: &[(String, String)],
     file: Arc<[u8]>,
-    limits: &TftpLimits,
-    session_limits: Limits,
+    (limits, session_limits): (&TftpLimits, Limits),
     (entry, cancel): (&LiveEntry, &CancellationToken),
 ) -> std::io::Result<()> {
-    let socket = std::net::UdpSocket::bind(SocketAddr::new(link.source, 0))?;
-    // Connected: the kernel drops packets from any other transfer ID.
-    socket.connect(client)?;
-    // recv(2) returns at least this often, to notice shutdown, the session's time
-    // limit and a due resend (timeouts are whole seconds, so this is precise enough).
-    socket.set_read_timeout(Some(SESSION_WAKE))?;
     let negotiated = negotiate(options, file.len() as u64, &session_limits);
     let (mut session, mut step) = Session::start(&negotiated, file.len() as u64, &session_limits);
     let started = std::time::Instant::now();
@@ -539,14 +584,14 @@ fn transfer(
                 for send in sends {
                     match send {
                         Datagram::Oack => {
-                            socket.send(negotiated.oack.as_deref().unwrap_or_default())?;
+                            socket.send(negotiated.oack.as_deref().unwrap_or_default()).await?;
                         }
                         Datagram::Data { index, offset, len } => {
                             let offset = offset as usize;
                             packet.clear();
                             packet.extend_from_slice(&ramboot_core::tftp::session::data_header(index as u16));
                             packet.extend_from_slice(&file[offset..offset + len]);
-                            socket.send(&packet)?;
+                            socket.send(&packet).await?;
                         }
                     }
                 }
@@ -584,43 +629,162 @@ fn transfer(
             }
         }
         // Wait for the client's next packet, a due resend, or the session's end.
-        step = loop {
-            if cancel.is_cancelled() {
-                return Ok(());
-            }
-            let now = std::time::Instant::now();
-            if now >= expires {
+        step = match socket.wait(&mut buf, (deadline, expires), entry, cancel).await? {
+            Wake::Cancelled => return Ok(()),
+            Wake::Expired => {
                 metrics::counter!("ramboot_tftp_sessions_total", "outcome" => "expired").increment(1);
                 warn!(max_session = ?limits.max_session, "TFTP session ran out of time; ended");
                 let packet = error_packet(ramboot_core::tftp::session::code::NOT_DEFINED, "session time limit reached");
                 // Best effort: the client may be gone.
-                let _ = socket.send(&packet);
+                let _ = socket.send(&packet).await;
                 return Ok(());
             }
-            if entry.take_repeat() {
-                break session.on_repeated_request();
-            }
-            if now >= deadline {
+            Wake::Repeated => session.on_repeated_request(),
+            Wake::Client(Waited::Packet(n)) => match parse_client(&buf[..n]) {
+                Ok(p) => session.on_packet(&p),
+                // Not TFTP: as if nothing came.
+                Err(_) => Step::Wait,
+            },
+            Wake::Client(Waited::ClientGone) => session.on_client_gone(),
+            Wake::Client(_) => {
                 timeouts += 1;
                 metrics::counter!("ramboot_tftp_timeouts_total").increment(1);
-                break session.on_timeout();
-            }
-            match socket.recv(&mut buf) {
-                Ok(n) => match parse_client(&buf[..n]) {
-                    Ok(p) => break session.on_packet(&p),
-                    Err(_) => continue,
-                },
-                // ICMP port unreachable: the client's port is closed.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break session.on_client_gone(),
-                // SO_RCVTIMEO passed (EAGAIN), or a signal: check the clocks again.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(e),
+                session.on_timeout()
             }
         };
+    }
+}
+
+/// A session's socket, connected to its client: the kernel drops packets from
+/// any other transfer ID.
+///
+/// Why two kinds. On a thread of its own, blocked in recv(2) between blocks, a
+/// lockstep download (every PXE ROM's) costs one send and one receive per block,
+/// and the kernel wakes the session directly: the lowest turnaround for the few
+/// sessions of a normal day. But each thread weighs as much as DHCP's in the
+/// kernel's scheduler: 5,000 session threads in a storm left DHCP a 5,000th of
+/// a busy core. Past [`TftpLimits::threaded_sessions`] a session is a task on
+/// the TFTP runtime's one thread, and all of them together weigh as one.
+enum SessionSocket {
+    /// recv(2) returns at least every [`SESSION_WAKE`] to look at the clocks.
+    Thread(std::net::UdpSocket),
+    Task(UdpSocket),
+}
+
+/// What ended a session's wait.
+#[derive(Debug)]
+enum Wake {
+    Cancelled,
+    /// The session's whole lifetime ran out.
+    Expired,
+    /// The client sent its request again (see [`LiveRequests`]).
+    Repeated,
+    /// A packet, the client's port closed, or the resend deadline passed.
+    Client(Waited),
+}
+
+impl SessionSocket {
+    fn open(link: &Link, client: SocketAddr, threaded: bool) -> std::io::Result<SessionSocket> {
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(link.source, 0))?;
+        socket.connect(client)?;
+        if threaded {
+            // Timeouts are whole seconds: waking this often is precise enough.
+            socket.set_read_timeout(Some(SESSION_WAKE))?;
+            Ok(SessionSocket::Thread(socket))
+        } else {
+            socket.set_nonblocking(true)?;
+            Ok(SessionSocket::Task(UdpSocket::from_std(socket)?))
+        }
+    }
+
+    async fn send(&self, packet: &[u8]) -> std::io::Result<()> {
+        match self {
+            SessionSocket::Thread(socket) => socket.send(packet).map(drop),
+            SessionSocket::Task(socket) => socket.send(packet).await.map(drop),
+        }
+    }
+
+    /// Wait for the client's next packet, its request again, the resend
+    /// `deadline`, the session's end (`expires`) or shutdown.
+    async fn wait(
+        &self,
+        buf: &mut [u8],
+        (deadline, expires): (std::time::Instant, std::time::Instant),
+        entry: &LiveEntry,
+        cancel: &CancellationToken,
+    ) -> std::io::Result<Wake> {
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(Wake::Cancelled);
+            }
+            let now = std::time::Instant::now();
+            if now >= expires {
+                return Ok(Wake::Expired);
+            }
+            if entry.take_repeat() {
+                return Ok(Wake::Repeated);
+            }
+            let overdue = now >= deadline;
+            let waited = match self {
+                SessionSocket::Thread(socket) => wait_for_client(socket, buf, overdue)?,
+                SessionSocket::Task(socket) if overdue => waited(socket.try_recv(buf), true)?,
+                SessionSocket::Task(socket) => tokio::select! {
+                    // A packet that came with the deadline is read, not resent over.
+                    biased;
+                    received = socket.recv(buf) => waited(received, false)?,
+                    _ = entry.live.repeated_notify.notified() => Waited::Nothing,
+                    _ = cancel.cancelled() => Waited::Nothing,
+                    _ = tokio::time::sleep_until(deadline.min(expires).into()) => Waited::Nothing,
+                },
+            };
+            if !matches!(waited, Waited::Nothing) {
+                return Ok(Wake::Client(waited));
+            }
+        }
+    }
+}
+
+/// What a session's wait for its client came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    /// A datagram of this length is in the buffer.
+    Packet(usize),
+    /// ICMP port unreachable: the client's port is closed.
+    ClientGone,
+    /// The deadline had passed and nothing had come: resend.
+    TimedOut,
+    /// The socket's wake-up interval passed, or a signal: check the clocks again.
+    Nothing,
+}
+
+/// Wait for the client's next datagram; `overdue`: the resend deadline has passed.
+///
+/// An overdue session still reads what is already queued before it counts a
+/// timeout: on a busy host its thread can run after the deadline with the
+/// client's ACK waiting in the socket, and resending then would be a block the
+/// client already has (and, for the client, a duplicate to answer).
+fn wait_for_client(socket: &std::net::UdpSocket, buf: &mut [u8], overdue: bool) -> std::io::Result<Waited> {
+    let received = if overdue {
+        use std::os::fd::AsRawFd;
+        nix::sys::socket::recv(socket.as_raw_fd(), buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT)
+            .map_err(std::io::Error::from)
+    } else {
+        socket.recv(buf)
+    };
+    waited(received, overdue)
+}
+
+/// What a receive came to; `overdue`: nothing received means resend.
+fn waited(received: std::io::Result<usize>, overdue: bool) -> std::io::Result<Waited> {
+    use std::io::ErrorKind;
+    match received {
+        Ok(n) => Ok(Waited::Packet(n)),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(Waited::ClientGone),
+        Err(e) if e.kind() == ErrorKind::Interrupted => Ok(Waited::Nothing),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            Ok(if overdue { Waited::TimedOut } else { Waited::Nothing })
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -628,6 +792,29 @@ fn transfer(
 mod tests {
     use super::*;
     use crate::pktinfo::PacketInfo;
+
+    #[test]
+    fn an_overdue_session_reads_the_answer_already_queued_before_it_counts_a_timeout() {
+        let session = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        session.connect(client.local_addr().unwrap()).unwrap();
+        session.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(wait_for_client(&session, &mut buf, false).unwrap(), Waited::Nothing);
+        let started = std::time::Instant::now();
+        assert_eq!(wait_for_client(&session, &mut buf, true).unwrap(), Waited::TimedOut);
+        assert!(started.elapsed() < Duration::from_millis(20), "an overdue wait does not block");
+        // The ACK came while the session's thread was not running: it is read, not resent over.
+        client.send_to(&[0, 4, 0, 1], session.local_addr().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(wait_for_client(&session, &mut buf, true).unwrap(), Waited::Packet(4));
+        assert_eq!(&buf[..4], &[0, 4, 0, 1]);
+        drop(client);
+        // A closed client port: an ICMP error, then the session ends.
+        session.send(&[0, 3, 0, 2]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(wait_for_client(&session, &mut buf, true).unwrap(), Waited::ClientGone);
+    }
 
     fn arrived(local: [u8; 4]) -> Option<PacketInfo> {
         Some(PacketInfo { local: local.into(), header_dst: local.into(), ifindex: 2 })
@@ -676,6 +863,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_repeated_request_is_answered_by_the_running_session_and_a_new_one_opens_a_new_session() {
+        // A session on a thread of its own, then one that runs as a task.
+        for threaded_sessions in [THREADED_SESSIONS, 0] {
+            repeated_request_case(threaded_sessions).await;
+        }
+    }
+
+    async fn repeated_request_case(threaded_sessions: usize) {
         let root = tempfile::tempdir().unwrap();
         let file: Vec<u8> = (0..2000u32).map(|i| i as u8).collect();
         std::fs::write(root.path().join("undionly.kpxe"), &file).unwrap();
@@ -683,7 +877,8 @@ mod tests {
         let server_addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
         let (root_path, stop) = (root.path().to_path_buf(), cancel.clone());
-        let server = tokio::spawn(async move { serve(&root_path, listener, stop).await });
+        let limits = TftpLimits { threaded_sessions, ..TftpLimits::default() };
+        let server = tokio::spawn(async move { serve_with(&root_path, listener, limits, None, stop).await });
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
 
         // The request twice from one port, as a client whose first block came late
