@@ -132,22 +132,42 @@ struct CachedFile {
     used: std::time::Instant,
 }
 
+/// What the cache holds of a file, as it is on disk now.
+enum Lookup {
+    Fresh(Arc<[u8]>),
+    /// Not held, or changed since: read it ([`FileCache::read`]) with its mtime.
+    Stale(SystemTime),
+}
+
 impl FileCache {
     fn get(&self, path: &Path) -> std::io::Result<Arc<[u8]>> {
+        match self.lookup(path)? {
+            Lookup::Fresh(bytes) => Ok(bytes),
+            Lookup::Stale(mtime) => self.read(path, mtime),
+        }
+    }
+
+    /// One stat: cheap enough for an async task, where reading is not.
+    fn lookup(&self, path: &Path) -> std::io::Result<Lookup> {
         let meta = std::fs::metadata(path)?;
         if meta.len() > MAX_FILE {
             return Err(std::io::Error::other(format!("{} bytes is too large for TFTP", meta.len())));
         }
         let mtime = meta.modified()?;
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        match files.get_mut(path) {
+            Some(cached) if cached.mtime == mtime && cached.bytes.len() as u64 == meta.len() => {
+                cached.used = std::time::Instant::now();
+                Ok(Lookup::Fresh(cached.bytes.clone()))
+            }
+            _ => Ok(Lookup::Stale(mtime)),
+        }
+    }
+
+    fn read(&self, path: &Path, mtime: SystemTime) -> std::io::Result<Arc<[u8]>> {
+        let bytes: Arc<[u8]> = std::fs::read(path)?.into();
         let now = std::time::Instant::now();
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(cached) = files.get_mut(path) {
-            if cached.mtime == mtime && cached.bytes.len() as u64 == meta.len() {
-                cached.used = now;
-                return Ok(cached.bytes.clone());
-            }
-        }
-        let bytes: Arc<[u8]> = std::fs::read(path)?.into();
         files.insert(path.to_path_buf(), CachedFile { mtime, bytes: bytes.clone(), used: now });
         // Sessions hold their own reference: dropping an entry never cuts a transfer.
         let mut total: u64 = files.values().map(|f| f.bytes.len() as u64).sum();
@@ -304,6 +324,7 @@ pub async fn serve_with(
     let cache = Arc::new(FileCache::default());
     let live = LiveRequests::default();
     let threads = Arc::new(tokio::sync::Semaphore::new(limits.threaded_sessions));
+    let mtus = LinkMtus::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 1024];
     loop {
@@ -418,11 +439,11 @@ pub async fn serve_with(
             },
         };
         let entry = live.enter(client, &buf[..len]);
-        let ifindex = arrival.map_or(0, |a| a.ifindex);
+        let link_mtu = mtus.get(arrival.map_or(0, |a| a.ifindex));
         spawn_session(
             &mut tasks,
             (request, client, source),
-            (file, ifindex),
+            (file, link_mtu),
             (permit, entry),
             (&limits, &threads),
             &cancel,
@@ -440,14 +461,49 @@ enum SessionFile {
 }
 
 impl SessionFile {
-    /// The file's bytes and the MTU of the link the request came in on
-    /// (`ifindex`): a stat, or a read if the file changed, and a sysfs read.
-    fn load(self, ifindex: u32) -> (std::io::Result<Arc<[u8]>>, Option<u32>) {
-        let mtu = crate::pktinfo::interface_mtu(ifindex);
+    /// The file's bytes: a stat, or a read if the file changed.
+    fn load(self) -> std::io::Result<Arc<[u8]>> {
         match self {
-            SessionFile::Bytes(bytes) => (Ok(bytes), mtu),
-            SessionFile::Cached(cache, path) => {
-                (cache.get(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))), mtu)
+            SessionFile::Bytes(bytes) => Ok(bytes),
+            SessionFile::Cached(cache, path) => cache.get(&path).map_err(|e| in_file(&path, e)),
+        }
+    }
+
+    /// The bytes at once if reading them takes no more than a stat; else the
+    /// file back, to be read on a blocking thread.
+    fn load_now(self) -> Result<std::io::Result<Arc<[u8]>>, SessionFile> {
+        match self {
+            SessionFile::Bytes(bytes) => Ok(Ok(bytes)),
+            SessionFile::Cached(cache, path) => match cache.lookup(&path) {
+                Ok(Lookup::Fresh(bytes)) => Ok(Ok(bytes)),
+                Ok(Lookup::Stale(_)) => Err(SessionFile::Cached(cache, path)),
+                Err(e) => Ok(Err(in_file(&path, e))),
+            },
+        }
+    }
+}
+
+fn in_file(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Interface MTUs by index, each read again after [`LinkMtus::FOR`]: a read is
+/// an ioctl and a sysfs file, and a storm asks thousands of times a second.
+#[derive(Default)]
+struct LinkMtus(Mutex<HashMap<u32, (std::time::Instant, Option<u32>)>>);
+
+impl LinkMtus {
+    const FOR: Duration = Duration::from_secs(1);
+
+    fn get(&self, ifindex: u32) -> Option<u32> {
+        let now = std::time::Instant::now();
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match known.get(&ifindex) {
+            Some(&(read, mtu)) if now.duration_since(read) < Self::FOR => mtu,
+            _ => {
+                let mtu = crate::pktinfo::interface_mtu(ifindex);
+                known.insert(ifindex, (now, mtu));
+                mtu
             }
         }
     }
@@ -460,7 +516,7 @@ impl SessionFile {
 fn spawn_session(
     tasks: &mut tokio::task::JoinSet<()>,
     (request, client, source): (ramboot_core::tftp::session::Request, SocketAddr, IpAddr),
-    (file, ifindex): (SessionFile, u32),
+    (file, link_mtu): (SessionFile, Option<u32>),
     (permit, entry): (crate::limits::Slot, LiveEntry),
     (limits, threads): (&TftpLimits, &Arc<tokio::sync::Semaphore>),
     cancel: &CancellationToken,
@@ -468,10 +524,10 @@ fn spawn_session(
     let span = info_span!("tftp", %client, file = %request.filename);
     let (cancel, limits) = (cancel.clone(), *limits);
     let options = request.options;
-    let session = move |loaded: (std::io::Result<Arc<[u8]>>, Option<u32>), threaded: bool| {
-        let link = Link { source, mtu: loaded.1 };
+    let session = move |loaded: std::io::Result<Arc<[u8]>>, threaded: bool| {
+        let link = Link { source, mtu: link_mtu };
         async move {
-            let bytes = match loaded.0 {
+            let bytes = match loaded {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     warn!(error = %e, "TFTP open failed");
@@ -494,24 +550,30 @@ fn spawn_session(
             }
         }
     };
-    // The file (a stat, or a read if it changed) and the link's MTU are read by
-    // the session, not by the listener: in a storm the listener admits thousands
-    // of requests at once, and each of its waits for another thread was a turn
-    // behind every busy session (a 5,000-node storm's read requests waited out a
-    // retransmit timeout for admission).
+    // The file (a stat, or a read if it changed) is taken by the session, not by
+    // the listener: in a storm the listener admits thousands of requests at once,
+    // and each of its waits for another thread was a turn behind every busy
+    // session (a 5,000-node storm's read requests waited out a retransmit timeout
+    // for admission). A session as a task reads on a blocking thread only when the
+    // cache must read: thousands of hand-offs would be thousands of new threads.
     match threads.clone().try_acquire_owned() {
         Ok(thread) => {
             tasks.spawn_blocking(move || {
                 let (_permit, _thread, _entered) = (permit, thread, span.enter());
                 // The threaded socket never returns Pending: this runs it to the end.
-                futures_executor::block_on(session(file.load(ifindex), true));
+                futures_executor::block_on(session(file.load(), true));
             });
         }
         Err(_) => {
             let run = async move {
                 let _permit = permit;
-                let loaded = tokio::task::spawn_blocking(move || file.load(ifindex)).await;
-                let loaded = loaded.unwrap_or_else(|e| (Err(std::io::Error::other(e)), None));
+                let loaded = match file.load_now() {
+                    Ok(loaded) => loaded,
+                    // A read (the file is new or changed): not on the runtime's one thread.
+                    Err(file) => tokio::task::spawn_blocking(move || file.load())
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                };
                 session(loaded, false).await;
             };
             tasks.spawn(run.instrument(span));

@@ -180,15 +180,19 @@ CONTROL_ROUTES = {"script": "/boot.ipxe", "hello": "/boot/v1/hello", "plan": "/b
                   "events": "/boot/v1/events"}
 
 
-def server_metrics(topo: Topology) -> tuple[dict[str, dict[str, float | int | None]], int]:
+def server_metrics(topo: Topology) -> tuple[dict[str, dict[str, float | int | None]], int, int]:
     """From the server's /metrics, scraped before it stops: its own time per
     control-plane request (`ramboot_http_request_duration_seconds`: per route, the
-    count and the upper bounds of the buckets holding p50 and p99), and how often
-    its TFTP sessions waited out an ACK (`ramboot_tftp_timeouts_total`)."""
+    count and the upper bounds of the buckets holding p50 and p99), how often
+    its TFTP sessions waited out an ACK (`ramboot_tftp_timeouts_total`), and how
+    many DHCP datagrams its full inbox shed at the door (`outcome="dropped_overload"`:
+    packets truly lost, each one a node's DHCP retransmission)."""
     text = run(["ip", "netns", "exec", topo.server_ns, "curl", "-sf", "--max-time", "10",
                 f"http://{SERVER_IP}:{HTTP_PORT}/metrics"], check=False).stdout
     tftp_timeouts = sum(int(float(line.split()[-1])) for line in text.splitlines()
                         if line.startswith("ramboot_tftp_timeouts_total"))
+    dhcp_shed = sum(int(float(line.split()[-1])) for line in text.splitlines()
+                    if line.startswith("ramboot_dhcp_messages_total{") and 'outcome="dropped_overload"' in line)
     buckets: dict[str, list[tuple[float, int]]] = {}
     for line in text.splitlines():
         if not line.startswith("ramboot_http_request_duration_seconds_bucket{"):
@@ -203,7 +207,7 @@ def server_metrics(topo: Topology) -> tuple[dict[str, dict[str, float | int | No
         count = bs[-1][1] if bs else 0
         at = lambda q: next((le for le, n in bs if n >= q * count), None) if count else None  # noqa: E731
         out[name] = {"count": count, "p50_le": at(0.5), "p99_le": at(0.99)}
-    return out, tftp_timeouts
+    return out, tftp_timeouts, dhcp_shed
 
 
 def iperf_limit(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path) -> float:
@@ -260,7 +264,7 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
     sampler.join()
     hwm = sampler.status("VmHWM")
     crashed = server.poll() is not None
-    server_latency, server_tftp_timeouts = ({}, None) if crashed else server_metrics(topo)
+    server_latency, server_tftp_timeouts, server_dhcp_shed = ({}, None, None) if crashed else server_metrics(topo)
     procs.stop(server)
     if crashed:
         raise BenchError(f"ramboot exited during the storm:\n{tail()}")
@@ -271,7 +275,7 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
         # What the kernel and the server counted says which side lost the nodes.
         raise BenchError(f"{rep['failed']} of {nodes} nodes failed: {rep['errors'][:5]}; "
                          f"retransmits {rep['retransmits']}; net {net}; server latency {server_latency}; "
-                         f"server TFTP timeouts {server_tftp_timeouts}")
+                         f"server TFTP timeouts {server_tftp_timeouts}; DHCP datagrams shed {server_dhcp_shed}")
     moved = rep["tftp_bytes"] + rep["http_bytes"]
     return {
         "nodes": nodes, "mode": mode, "run": run_idx + 1, "all_ready_secs": rep["all_ready_secs"], "sim_wall_secs": wall,
@@ -286,6 +290,7 @@ def one_storm(a: argparse.Namespace, procs: Procs, topo: Topology, workdir: Path
         "retransmits": rep["retransmits"], "net": net, "tcp_receive_buffer": rep.get("tcp_receive_buffer"),
         # The server's own time for script, hello, plan and event requests.
         "server_latency": server_latency, "server_tftp_timeouts": server_tftp_timeouts,
+        "server_dhcp_shed": server_dhcp_shed,
     }
 
 
@@ -316,6 +321,7 @@ def summarize(results: list[dict], limits: list[float], node_counts: list[int],
              "tcp_rtos": med([r["net"]["server"]["tcp_rtos"] + r["net"]["sim"]["tcp_rtos"] for r in rs]),
              "udp_drops": med([r["net"]["server"]["udp_rcvbuf_drops"] + r["net"]["sim"]["udp_rcvbuf_drops"]
                                for r in rs]),
+             "dhcp_shed": med([r.get("server_dhcp_shed") or 0 for r in rs]),
              # Worst of the control-plane routes' p99 (a bucket's upper bound), server side.
              "server_control_p99_le": med([max((v["p99_le"] or 0) for v in r["server_latency"].values())
                                            if r.get("server_latency") else None for r in rs])}
@@ -330,11 +336,11 @@ def summarize(results: list[dict], limits: list[float], node_counts: list[int],
                      fmt(s["boot_p50"], 2), fmt(s["boot_p99"], 2), fmt(s["image_p50"], 2), f"{rss / MIB:.1f}",
                      fmt(s["server_cpu_secs"], 1), fmt(s["server_cpu_secs_per_gib"], 2),
                      fmt(s["server_cpu_ms_per_node"], 1), fmt(s["sim_cpu_secs"], 1),
-                     f'{s["nodes_with_timeouts"]:g}', f'{s["tcp_rtos"]:g} / {s["udp_drops"]:g}',
+                     f'{s["nodes_with_timeouts"]:g}', f'{s["tcp_rtos"]:g} / {s["udp_drops"]:g} / {s["dhcp_shed"]:g}',
                      f'<= {s["server_control_p99_le"]:g}' if s["server_control_p99_le"] is not None else "-"])
     head = ["nodes", "image check", "moved", "all ready s", "limit s", "of limit", "boot p50", "boot p99", "image p50",
             "RSS peak MiB", "server CPU s", "CPU s/GiB", "CPU ms/node", "sim CPU s", "nodes timed out",
-            "TCP RTOs / UDP drops", "server control p99 s"]
+            "TCP RTOs / UDP drops / DHCP shed", "server control p99 s"]
     return render_table(head, rows, 2), summary
 
 
