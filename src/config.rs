@@ -320,7 +320,8 @@ impl WireTftp {
             max_sessions: self.max_sessions,
             max_sessions_per_source: self.max_sessions_per_source,
             max_session: Duration::from_secs(self.max_session_secs),
-            threaded_sessions: self.threaded_sessions,
+            // More could never run at once.
+            threaded_sessions: self.threaded_sessions.min(self.max_sessions),
         })
     }
 }

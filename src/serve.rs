@@ -22,7 +22,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// HTTP's share of `DRAIN`: it closes its stragglers itself (and says so) before
 /// `run` stops waiting for it.
 const HTTP_DRAIN: Duration = Duration::from_secs(8);
-/// TFTP's blocking pool beyond one thread per session: file reads and MTU lookups.
+/// TFTP's blocking pool beyond its sessions on threads: file reads into the cache.
 const TFTP_SPARE_BLOCKING_THREADS: usize = 16;
 
 pub async fn run(config: Config) -> Result<()> {
@@ -203,10 +203,11 @@ pub async fn run(config: Config) -> Result<()> {
         // and an HTTP storm on the main runtime cannot delay a PXE ROM's next block.
         tasks.spawn(async move {
             tokio::task::spawn_blocking(move || {
-                // Each session blocks a pool thread (`tftp::transfer`): room for all of them.
+                // A session on a thread blocks a pool thread (`tftp::SessionSocket`):
+                // room for all of them, and for a file read into the cache.
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .max_blocking_threads(limits.max_sessions + TFTP_SPARE_BLOCKING_THREADS)
+                    .max_blocking_threads(limits.threaded_sessions + TFTP_SPARE_BLOCKING_THREADS)
                     .build()?;
                 runtime
                     .block_on(crate::tftp::serve_with(&root, tftp_socket, limits, Some(signed), cancel))

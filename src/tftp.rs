@@ -110,6 +110,9 @@ pub enum TftpError {
 /// size or modification time changes.
 struct FileCache {
     files: Mutex<HashMap<PathBuf, CachedFile>>,
+    /// Held while a file is read into the cache: a storm's sessions that all find
+    /// a new or changed file wait for one read instead of each making a copy.
+    reading: tokio::sync::Mutex<()>,
     /// Most bytes kept: past it the files used longest ago are dropped (the signed
     /// chain's stage-one files come through here, and each rebuild has new ones).
     max_bytes: u64,
@@ -117,7 +120,7 @@ struct FileCache {
 
 impl Default for FileCache {
     fn default() -> Self {
-        FileCache { files: Mutex::default(), max_bytes: CACHE_BYTES }
+        FileCache { files: Mutex::default(), reading: tokio::sync::Mutex::default(), max_bytes: CACHE_BYTES }
     }
 }
 
@@ -461,30 +464,38 @@ enum SessionFile {
 }
 
 impl SessionFile {
-    /// The file's bytes: a stat, or a read if the file changed.
+    /// The file's bytes, for a session on a thread: a stat, or (new or changed)
+    /// a read that the other sessions wanting it wait for.
     fn load(self) -> std::io::Result<Arc<[u8]>> {
-        match self {
-            SessionFile::Bytes(bytes) => Ok(bytes),
-            SessionFile::Cached(cache, path) => cache.get(&path).map_err(|e| in_file(&path, e)),
+        let (cache, path) = match self {
+            SessionFile::Bytes(bytes) => return Ok(bytes),
+            SessionFile::Cached(cache, path) => (cache, path),
+        };
+        if let Lookup::Fresh(bytes) = cache.lookup(&path)? {
+            return Ok(bytes);
         }
+        let _one_reader = cache.reading.blocking_lock();
+        cache.get(&path)
     }
 
-    /// The bytes at once if reading them takes no more than a stat; else the
-    /// file back, to be read on a blocking thread.
-    fn load_now(self) -> Result<std::io::Result<Arc<[u8]>>, SessionFile> {
-        match self {
-            SessionFile::Bytes(bytes) => Ok(Ok(bytes)),
-            SessionFile::Cached(cache, path) => match cache.lookup(&path) {
-                Ok(Lookup::Fresh(bytes)) => Ok(Ok(bytes)),
-                Ok(Lookup::Stale(_)) => Err(SessionFile::Cached(cache, path)),
-                Err(e) => Ok(Err(in_file(&path, e))),
-            },
+    /// The same for a session that runs as a task: the stat on the runtime's
+    /// thread, a read on a blocking one.
+    async fn load_async(self) -> std::io::Result<Arc<[u8]>> {
+        let (cache, path) = match self {
+            SessionFile::Bytes(bytes) => return Ok(bytes),
+            SessionFile::Cached(cache, path) => (cache, path),
+        };
+        if let Lookup::Fresh(bytes) = cache.lookup(&path)? {
+            return Ok(bytes);
         }
+        let _one_reader = cache.reading.lock().await;
+        // Read by the session this one waited for, most likely.
+        if let Lookup::Fresh(bytes) = cache.lookup(&path)? {
+            return Ok(bytes);
+        }
+        let reader = cache.clone();
+        tokio::task::spawn_blocking(move || reader.get(&path)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
-}
-
-fn in_file(path: &Path, e: std::io::Error) -> std::io::Error {
-    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Interface MTUs by index, each read again after [`LinkMtus::FOR`]: a read is
@@ -555,7 +566,8 @@ fn spawn_session(
     // and each of its waits for another thread was a turn behind every busy
     // session (a 5,000-node storm's read requests waited out a retransmit timeout
     // for admission). A session as a task reads on a blocking thread only when the
-    // cache must read: thousands of hand-offs would be thousands of new threads.
+    // cache must read, one read at a time: thousands of hand-offs would be
+    // thousands of new threads, and thousands of copies of the file.
     match threads.clone().try_acquire_owned() {
         Ok(thread) => {
             tasks.spawn_blocking(move || {
@@ -567,14 +579,7 @@ fn spawn_session(
         Err(_) => {
             let run = async move {
                 let _permit = permit;
-                let loaded = match file.load_now() {
-                    Ok(loaded) => loaded,
-                    // A read (the file is new or changed): not on the runtime's one thread.
-                    Err(file) => tokio::task::spawn_blocking(move || file.load())
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e))),
-                };
-                session(loaded, false).await;
+                session(file.load_async().await, false).await;
             };
             tasks.spawn(run.instrument(span));
         }
@@ -789,7 +794,7 @@ impl SessionSocket {
             let overdue = now >= deadline;
             let waited = match self {
                 SessionSocket::Thread(socket) => wait_for_client(socket, buf, overdue)?,
-                SessionSocket::Task(socket) if overdue => waited(socket.try_recv(buf), true)?,
+                SessionSocket::Task(socket) if overdue => waited(recv_queued(socket, buf), true)?,
                 SessionSocket::Task(socket) => tokio::select! {
                     // A packet that came with the deadline is read, not resent over.
                     biased;
@@ -826,14 +831,16 @@ enum Waited {
 /// client's ACK waiting in the socket, and resending then would be a block the
 /// client already has (and, for the client, a duplicate to answer).
 fn wait_for_client(socket: &std::net::UdpSocket, buf: &mut [u8], overdue: bool) -> std::io::Result<Waited> {
-    let received = if overdue {
-        use std::os::fd::AsRawFd;
-        nix::sys::socket::recv(socket.as_raw_fd(), buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT)
-            .map_err(std::io::Error::from)
-    } else {
-        socket.recv(buf)
-    };
+    let received = if overdue { recv_queued(socket, buf) } else { socket.recv(buf) };
     waited(received, overdue)
+}
+
+/// A datagram already queued on `socket`, without waiting: a syscall whatever
+/// tokio last saw of the socket's readiness (its `try_recv` trusts that, and a
+/// task woken late would miss an ACK the reactor has not reported yet).
+fn recv_queued(socket: &impl std::os::fd::AsRawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    nix::sys::socket::recv(socket.as_raw_fd(), buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT)
+        .map_err(std::io::Error::from)
 }
 
 /// What a receive came to; `overdue`: nothing received means resend.
@@ -888,7 +895,7 @@ mod tests {
         for (name, len) in [("a", 40), ("b", 40), ("c", 40)] {
             std::fs::write(dir.path().join(name), vec![0u8; len]).unwrap();
         }
-        let cache = FileCache { files: Mutex::default(), max_bytes: 100 };
+        let cache = FileCache { max_bytes: 100, ..FileCache::default() };
         let get = |name: &str| cache.get(&dir.path().join(name)).unwrap();
         let a = get("a");
         get("b");
@@ -901,6 +908,26 @@ mod tests {
             "{kept:?}"
         );
         assert_eq!(a.len(), 40, "a reference taken earlier stays whole");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_that_find_a_new_file_at_once_share_one_read_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipxe.efi");
+        std::fs::write(&path, vec![7u8; 300_000]).unwrap();
+        let cache = Arc::new(FileCache::default());
+        let file = || SessionFile::Cached(cache.clone(), path.clone());
+        let mut loads = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            loads.spawn(file().load_async());
+        }
+        for _ in 0..8 {
+            let file = file();
+            loads.spawn_blocking(move || file.load());
+        }
+        let got: Vec<Arc<[u8]>> = loads.join_all().await.into_iter().map(Result::unwrap).collect();
+        assert!(got.iter().all(|bytes| Arc::ptr_eq(bytes, &got[0])), "one copy in memory, read once");
+        assert_eq!(got[0].len(), 300_000);
     }
 
     fn rrq(filename: &str, options: &[(&str, &str)]) -> Vec<u8> {
